@@ -1,0 +1,241 @@
+"""Project configuration: ``tunewise.yaml`` validated with pydantic before any work starts.
+
+Each pipeline stage reads one section; the stage cache hashes that section, so changing only the
+evaluation settings re-runs evaluation and not training. Every field carries help text (PEFT's
+habit): ``tunewise init`` writes it into the generated file as comments.
+
+A wrong key or type is reported with its path, the file and line, and a suggestion:
+``tunewise.yaml:14: unknown key 'learnig_rate' under train: did you mean 'learning_rate'?``
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A config problem the user must fix; the message says where and how."""
+
+
+class Section(BaseModel):
+    # forbid: a misspelt key must be an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnsConfig(Section):
+    id: str | None = Field(None, description="column with a stable row id; default: row position")
+    input: str | None = Field(None, description="text column (classify) or user-input column")
+    label: str | None = Field(None, description="label column for classify")
+    target: str | None = Field(None, description="reply column for generate")
+    instruction: str | None = Field(None, description="instruction column (instruction/input/output records)")
+    messages: str | None = Field(None, description="chat messages column (OpenAI format)")
+
+
+class DataConfig(Section):
+    train: str = Field(..., description="training data file (csv, tsv, jsonl, json, parquet)")
+    test: str | None = Field(
+        None, description="frozen held-out test file; when given it is the test set as it is"
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
+        "auto", description="file format; auto infers it from the extension and content"
+    )
+    record_format: Literal["auto", "text_label", "instruction", "prompt_completion", "messages"] = Field(
+        "auto", description="record shape; auto infers it from the column names"
+    )
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig, description="column names where they differ")
+    slice_columns: list[str] = Field(default_factory=list, description="columns to slice metrics by (bias check)")
+    max_chars: int = Field(20000, gt=0, description="rows longer than this many characters are rejected")
+    knowledge_base: str | None = Field(None, description="folder of .txt/.md files for retrieval (generate)")
+    task_description: str | None = Field(None, description="one line saying what the task is about")
+
+
+class ModelsConfig(Section):
+    llm: str = Field("embedded:smollm2-135m-instruct", description="base LLM spec: embedded:NAME, a folder, or a hub id")
+    encoder: str = Field("embedded:minilm-l6", description="sentence encoder spec")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub; off unless you trust it")
+    offline: bool = Field(True, description="never contact a model hub")
+
+
+class CheckConfig(Section):
+    enabled: bool = Field(True, description="run this check")
+    action: Literal["drop", "flag", "redact", "relabel"] | None = Field(None, description="what to do with findings")
+    threshold: float | None = Field(None, description="the check's main threshold (see docs)")
+
+
+def _check(enabled: bool = True, action: str | None = None, threshold: float | None = None) -> Any:
+    return Field(default_factory=lambda: CheckConfig(enabled=enabled, action=action, threshold=threshold))
+
+
+class CurateConfig(Section):
+    standardise: CheckConfig = _check(True, "relabel")
+    empty_garbage: CheckConfig = _check(True, "drop")
+    too_short: CheckConfig = _check(True, "drop", 2)
+    too_long: CheckConfig = _check(True, "drop", 512)
+    exact_duplicates: CheckConfig = _check(True, "drop")
+    near_duplicates: CheckConfig = _check(True, "drop", 0.7)
+    semantic_duplicates: CheckConfig = _check(False, "flag", 0.95)
+    label_conflicts: CheckConfig = _check(True, "relabel")
+    label_errors: CheckConfig = _check(True, "flag")
+    off_topic: CheckConfig = _check(True, "drop")
+    pii: CheckConfig = _check(True, "redact")
+    thin_classes: CheckConfig = _check(True, "flag", 20)
+    generation: CheckConfig = _check(True, "flag")
+    synthesize: bool = Field(False, description="generate synthetic paraphrases for thin classes")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    shingle: int = Field(3, ge=1, le=10, description="word n-gram size for near-duplicate shingles")
+
+    @model_validator(mode="after")
+    def _thresholds_in_range(self) -> "CurateConfig":
+        for name in ("near_duplicates", "semantic_duplicates"):
+            t = getattr(self, name).threshold
+            if t is not None and not 0.0 < t <= 1.0:
+                raise ValueError(f"{name}.threshold must be in (0, 1], got {t}")
+        return self
+
+
+class SplitConfig(Section):
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of training data held for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share held out for test when no test file is given")
+    seed: int = Field(0, description="split seed")
+
+
+class TrackingConfig(Section):
+    uri: str = Field("mlruns", description="MLflow tracking URI or local folder")
+    experiment: str = Field("tunewise", description="MLflow experiment name")
+
+
+class ProjectConfig(Section):
+    task: Literal["classify", "generate"] = Field("classify", description="classify (text to label) or generate (input to reply)")
+    seed: int = Field(0, description="global seed")
+    runs_dir: str = Field("runs", description="where runs/<run-id>/<stage>/ go")
+    data: DataConfig
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
+
+    # Where the config came from; relative data paths resolve against its folder.
+    _path: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A section as plain data, for the stage cache key and MLflow params."""
+        value = getattr(self, name)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with good errors
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each mapping key path in a YAML document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = (*path, str(key.value))
+                lines[k] = key.start_mark.line + 1
+                walk(value, k)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, str(i))] = item.start_mark.line + 1
+                walk(item, (*path, str(i)))
+
+    walk(root, ())
+    return lines
+
+
+def _fields_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
+    """Field names valid at a key path, for did-you-mean suggestions."""
+    current: Any = model
+    for part in path:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, source: str, text: str) -> str:
+    key_lines = _key_lines(text)
+    messages = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        # pydantic adds union member names (e.g. 'TrackingConfig') to loc; drop them.
+        loc = tuple(p for p in loc if not (p[:1].isupper() or p.startswith("literal[")))
+        line = None
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in key_lines:
+                line = key_lines[loc[:n]]
+                break
+        where = f"{source}:{line}" if line else source
+        parent = " under " + ".".join(loc[:-1]) if len(loc) > 1 else " at top level"
+        if e["type"] == "extra_forbidden":
+            key = loc[-1]
+            known = _fields_at(ProjectConfig, loc[:-1])
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f": did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(known)}" if known else "")
+            messages.append(f"{where}: unknown key '{key}'{parent}{hint}")
+        elif e["type"] == "missing":
+            messages.append(f"{where}: missing required key '{'.'.join(loc)}'")
+        else:
+            got = e.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+            messages.append(f"{where}: {'.'.join(loc) or 'config'}: {e['msg']}{got_s}")
+    return "\n".join(messages)
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found (create one with `tunewise init DATA_FILE`)")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: config file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        cfg = ProjectConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path), text)) from None
+    cfg._path = path.resolve()
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) -> ProjectConfig:
+    """Build a config in code (tests, the demo); errors read like file errors."""
+    try:
+        cfg = ProjectConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "<config>", yaml.safe_dump(raw))) from None
+    if base_dir is not None:
+        cfg._path = Path(base_dir).resolve() / "tunewise.yaml"
+    return cfg

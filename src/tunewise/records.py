@@ -1,0 +1,40 @@
+"""The normalised record every stage reads and writes.
+
+In memory a data set is a pandas DataFrame with these columns:
+
+- ``id``: str, stable: the input's own id column if it has one, else the 0-based row position in
+  the input file as a string;
+- ``input``: str, the text to classify or respond to (for chat data, the last user turn);
+- ``context``: str, JSON list of earlier chat messages (``[]`` for single-turn data);
+- ``label`` (task ``classify``) or ``target`` (task ``generate``): str;
+- ``source_file``: str and ``source_line``: int (1-based physical line where the row starts;
+  for Parquet, the 1-based row number);
+- ``synthetic``: bool, True for rows tunewise generated (never placed in validation or test);
+- any slice/meta columns named in the config, kept as they are (str).
+
+``meta`` in the design sketch is every column beyond the core ones.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+TASKS = ("classify", "generate")
+CORE_COLUMNS = ("id", "input", "context", "source_file", "source_line", "synthetic")
+
+
+def answer_column(task: str) -> str:
+    """Name of the column that holds the expected answer for a task."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return "label" if task == "classify" else "target"
+
+
+def meta_columns(frame: pd.DataFrame) -> list[str]:
+    core = set(CORE_COLUMNS) | {"label", "target"}
+    return [c for c in frame.columns if c not in core]
+
+
+def empty_frame(task: str, extra: list[str] | None = None) -> pd.DataFrame:
+    cols = ["id", "input", "context", answer_column(task), "source_file", "source_line", "synthetic"]
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in cols + list(extra or [])})
