@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -102,6 +102,9 @@ class SplitConfig(Section):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of training data held for validation")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share held out for test when no test file is given")
     seed: int = Field(0, description="split seed")
+    leakage_threshold: float = Field(
+        0.5, gt=0, le=1, description="word-3-gram Jaccard at which two rows count as one group (kept on one side)"
+    )
 
 
 class TrackingConfig(Section):
@@ -118,6 +121,12 @@ class ProjectConfig(Section):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _off_means_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False; both mean "no tracking".
+        return "off" if value is False or value == "off" else value
 
     # Where the config came from; relative data paths resolve against its folder.
     _path: Path | None = None
@@ -182,6 +191,8 @@ def format_validation_error(err: ValidationError, source: str, text: str) -> str
     key_lines = _key_lines(text)
     messages = []
     for e in err.errors():
+        if e["type"] == "literal_error" and isinstance(e.get("input"), dict):
+            continue  # the mapping branch of a `section | "off"` union already says what is wrong
         loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         # pydantic adds union member names (e.g. 'TrackingConfig') to loc; drop them.
         loc = tuple(p for p in loc if not (p[:1].isupper() or p.startswith("literal[")))

@@ -1,0 +1,369 @@
+"""Row-level text checks: standardise, empty_garbage, too_short, too_long.
+
+These run first (see ``tunewise.curate.CHECK_ORDER``): they are cheap, look at one row at a time
+(except the label-spelling pass), and remove junk before the embedding-based checks see it.
+
+Config semantics under ``curate:`` (``action`` first listed = default; ``threshold``):
+
+- ``standardise`` (actions ``relabel``, ``flag``; no threshold). Always applies a silent
+  clean-up (Unicode NFC, control characters removed except ``\\n`` and ``\\t``, runs of spaces
+  collapsed, ends stripped) to ``input``, the answer column and chat ``context`` contents, and
+  counts the rows it changed (``rows_normalised``). For classify it then finds label spelling
+  variants ("Order Status", "order-status", "ORDER_STATUS" -> "order_status"): labels with the
+  same key (casefold, ``-``/``_``/space unified) are one label, spelt the way most rows spell it.
+  ``relabel`` rewrites the variant rows, ``flag`` only reports them. The mapping lands in the
+  check's summary (``label_mapping``) and in each finding's detail.
+- ``empty_garbage`` (actions ``drop``, ``flag``; no threshold). ``empty``: input (or, for
+  generate, target; for classify, label) missing or whitespace only. ``garbage``: no letters at
+  all, one token repeated (>= 3 times), keyboard mash (>= half of the letters in mash-like
+  words), or mostly non-word characters (< 35 % letters/digits among >= 6 symbols). The limits are
+  set so that short real queries ("Refund?", "hi :)", "#A1234567 status") survive.
+- ``too_short`` (actions ``drop``, ``flag``; threshold = minimum number of *letters* in the input,
+  default 2). Letters, not words: one-word queries ("Refund?", "hi") are real intent data and
+  must survive, while "k", "?" or "1" carry nothing to learn from. With the default 2 only
+  inputs with 0 or 1 letter are reported.
+- ``too_long`` (actions ``drop``, ``flag``; threshold = maximum tokens in the base LLM's own
+  tokenizer, default 512). 512 keeps a training example plus the chat template well inside the
+  context of the default small model and keeps LoRA training on a CPU tractable; raise it for a
+  bigger model. Counts input + chat context (+ target for generate). If the tokenizer cannot be
+  loaded, whitespace tokens x 1.3 is used and the detail says "estimated".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from ..curate import Check, CurateContext, Finding, register
+from ..progress import console
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers (also used by checks.pii and checks.generation)
+
+
+def as_text(value: Any) -> str:
+    """A cell as a string; missing values (None, NaN) become ''."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value != value:  # NaN
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def map_context(context: Any, fn: Callable[[str], str]) -> Any:
+    """Apply ``fn`` to every message content string in a chat-context JSON list.
+
+    Returns the original value unchanged when nothing changed or the value is not a JSON list
+    (ingest already reports malformed context), so unchanged rows keep their exact bytes.
+    """
+    if not isinstance(context, str) or not context.strip().startswith("["):
+        return context
+    try:
+        messages = json.loads(context)
+    except json.JSONDecodeError:
+        return context
+    changed = False
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            new = fn(content)
+            if new != content:
+                message["content"], changed = new, True
+        elif isinstance(content, list):  # OpenAI multi-part content: [{"type": "text", "text": ...}]
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    new = fn(part["text"])
+                    if new != part["text"]:
+                        part["text"], changed = new, True
+    return json.dumps(messages, ensure_ascii=False) if changed else context
+
+
+def context_texts(context: Any) -> list[str]:
+    """The message content strings of a chat-context JSON list (empty for single-turn rows)."""
+    found: list[str] = []
+    map_context(context, lambda s: (found.append(s), s)[1])
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# standardise
+
+# Cc = control characters; \n and \t carry layout, everything else (NUL, \x1b, \x7f...) is noise.
+# Zero-width space and BOM are format characters that only ever get in the way of matching.
+_KEEP_CONTROL = {"\n", "\t"}
+_INVISIBLE = {"\u200b", "\ufeff"}
+_SPACE_RUN = re.compile(r" {2,}")
+
+
+def normalise_text(text: str) -> str:
+    """NFC, drop control characters (keep newline and tab), collapse spaces, strip the ends."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    out = []
+    for ch in text:
+        if ch in _KEEP_CONTROL:
+            out.append(ch)
+        elif ch in _INVISIBLE or unicodedata.category(ch) == "Cc":
+            continue
+        elif unicodedata.category(ch) == "Zs":  # no-break and other odd spaces -> plain space
+            out.append(" ")
+        else:
+            out.append(ch)
+    return _SPACE_RUN.sub(" ", "".join(out)).strip()
+
+
+_LABEL_SEPARATORS = re.compile(r"[\s_\-]+")
+_SNAKE = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
+
+
+def label_key(label: str) -> str:
+    """The spelling-free identity of a label: casefolded, separators unified to '_'."""
+    return _LABEL_SEPARATORS.sub("_", label.casefold()).strip("_")
+
+
+def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
+    """Map every non-canonical label spelling to its group's canonical spelling.
+
+    Labels whose keys match (see ``label_key``) are one label. The canonical spelling is the one
+    most rows use; ties go to a snake_case spelling, then to an all-lower-case one, then to the
+    alphabetically first (so the result never depends on row order).
+    """
+    counts = Counter(label for label in labels if isinstance(label, str) and label.strip())
+    groups: dict[str, list[str]] = defaultdict(list)
+    for spelling in sorted(counts):
+        key = label_key(spelling)
+        if key:
+            groups[key].append(spelling)
+    mapping: dict[str, str] = {}
+    for spellings in groups.values():
+        if len(spellings) < 2:
+            continue
+        canonical = max(
+            spellings,
+            key=lambda s: (counts[s], bool(_SNAKE.fullmatch(s)), s == s.lower(), [-ord(c) for c in s]),
+        )
+        mapping.update({s: canonical for s in spellings if s != canonical})
+    return mapping
+
+
+@register
+class Standardise(Check):
+    name = "standardise"
+    issues = ("label_variant",)
+    actions = ("relabel", "flag")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mapping_: dict[str, str] = {}
+
+    def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+        frame = frame.copy()
+        changed = pd.Series(False, index=frame.index)
+        for column in ("input", ctx.answer):
+            if column not in frame:
+                continue
+            before = frame[column]
+            after = before.map(lambda v: normalise_text(v) if isinstance(v, str) else v)
+            changed |= (before != after) & before.map(lambda v: isinstance(v, str))
+            frame[column] = after
+        if "context" in frame:
+            before = frame["context"]
+            after = before.map(lambda v: map_context(v, normalise_text))
+            changed |= (before != after) & before.map(lambda v: isinstance(v, str))
+            frame["context"] = after
+        counts: dict[str, Any] = {"rows_normalised": int(changed.sum())}
+        if ctx.answer == "label" and "label" in frame:
+            # The summary's per-check counts are where people look for what was merged into what.
+            counts["label_mapping"] = label_mapping(frame["label"])
+        return frame, counts
+
+    def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
+        if ctx.answer != "label" or "label" not in frame:
+            return []  # generate data has no labels to merge
+        self.mapping_ = label_mapping(frame["label"])
+        findings = []
+        for index, label in enumerate(frame["label"].tolist()):
+            canonical = self.mapping_.get(label) if isinstance(label, str) else None
+            if canonical is not None:
+                findings.append(Finding(index, "label_variant", f"{label!r} -> {canonical!r}",
+                                        change={"label": canonical}))
+        return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# empty_garbage
+
+_LETTERS = re.compile(r"[^\W\d_]+")  # runs of Unicode letters
+_VOWELS = frozenset("aeiouy")
+# 4-key runs along a keyboard row, both directions: what a hand sliding over the keys types.
+# "erty" (property, liberty) and "trew" (strewn) are dropped because real words contain them.
+_KEY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+_KEY_RUNS = frozenset(
+    run for row in _KEY_ROWS for line in (row, row[::-1]) for run in (line[i:i + 4] for i in range(len(line) - 3))
+) - {"erty", "trew"}
+# Letter pairs that (almost) never occur inside English words; several in one word = mash.
+_RARE_BIGRAMS = frozenset(
+    "bx cj cv cx dx fq fx gq gx hx jc jf jg jq js jv jw jx jz kq kx mx px pz qb qc qd qf qg qh qj qk "
+    "ql qm qn qp qs qt qv qw qx qy qz sx vb vf vh vj vm vp vq vt vw vx wx xj zj zq zx".split()
+)
+_TOKEN_STRIP = ".,;:!?\"'()[]{}<>*"
+MIN_WORD_CHAR_SHARE = 0.35   # "hi :)" is 50 % word characters; "!!!$$$ ok ???" is 15 %
+MIN_SYMBOLS_FOR_SHARE = 6    # don't judge the share on a handful of characters ("ok :)")
+
+
+def _is_mash_word(word: str) -> bool:
+    """A lower-case ASCII letter run that no one types on purpose."""
+    if len(word) < 4:
+        return False
+    if len(set(word)) == 1:                                   # "jjjjjjjj"
+        return True
+    if len(word) >= 6 and not _VOWELS & set(word):            # "bcdfgh"; "https" (5) is fine
+        return True
+    if any(word[i:i + 4] in _KEY_RUNS for i in range(len(word) - 3)):  # "asdfghjkl", "uiop"
+        return True
+    rare = sum(word[i:i + 2] in _RARE_BIGRAMS for i in range(len(word) - 1))
+    return rare >= 2 or (rare >= 1 and rare / (len(word) - 1) >= 0.25)
+
+
+def garbage_reason(text: str) -> str | None:
+    """Why an input is garbage (a short phrase for the issue detail), or None if it is not."""
+    stripped = text.strip()
+    if not stripped:
+        return None  # that is "empty", reported separately
+    letter_runs = _LETTERS.findall(stripped)
+    if not letter_runs:
+        return "no letters"
+    tokens = [t.strip(_TOKEN_STRIP).casefold() for t in stripped.split()]
+    tokens = [t for t in tokens if t]
+    if len(tokens) >= 3 and len(set(tokens)) == 1:
+        return f"one token repeated {len(tokens)} times"
+    total_letters = sum(len(run) for run in letter_runs)
+    ascii_words = [run.lower() for run in letter_runs if run.isascii()]
+    mash = [w for w in ascii_words if _is_mash_word(w)]
+    if mash and sum(len(w) for w in mash) / total_letters >= 0.5:
+        return f"keyboard mash ({', '.join(mash[:3])})"
+    symbols = [ch for ch in stripped if not ch.isspace()]
+    word_chars = sum(ch.isalnum() for ch in symbols)
+    if len(symbols) - word_chars >= MIN_SYMBOLS_FOR_SHARE and word_chars / len(symbols) < MIN_WORD_CHAR_SHARE:
+        return f"mostly symbols ({word_chars}/{len(symbols)} letters or digits)"
+    return None
+
+
+@register
+class EmptyGarbage(Check):
+    name = "empty_garbage"
+    issues = ("empty", "garbage")
+    actions = ("drop", "flag")
+
+    def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
+        answers = frame[ctx.answer].tolist() if ctx.answer in frame else [None] * len(frame)
+        findings = []
+        for index, (value, answer) in enumerate(zip(frame["input"].tolist(), answers)):
+            text = as_text(value)
+            if not text.strip():
+                findings.append(Finding(index, "empty", "empty input"))
+                continue
+            if not as_text(answer).strip():
+                findings.append(Finding(index, "empty", f"empty {ctx.answer}"))
+                continue
+            reason = garbage_reason(text)
+            if reason:
+                findings.append(Finding(index, "garbage", reason))
+        return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# too_short
+
+DEFAULT_MIN_LETTERS = 2
+
+
+@register
+class TooShort(Check):
+    name = "too_short"
+    issues = ("too_short",)
+    actions = ("drop", "flag")
+
+    def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
+        minimum = int(self.threshold if self.threshold is not None else DEFAULT_MIN_LETTERS)
+        findings = []
+        for index, value in enumerate(frame["input"].tolist()):
+            letters = sum(len(run) for run in _LETTERS.findall(as_text(value)))
+            if letters < minimum:
+                findings.append(Finding(index, "too_short", f"{letters} letter{'s' * (letters != 1)} < {minimum}"))
+        return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# too_long
+
+DEFAULT_MAX_TOKENS = 512
+WORDS_TO_TOKENS = 1.3  # rough sub-word tokens per whitespace word for English text
+_TOKENIZE_BATCH = 512
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(spec: str, offline: bool = True, trust_remote_code: bool = False) -> tuple[Any | None, str]:
+    """The base LLM's tokenizer only (no weights), or (None, why not).
+
+    ``resolve_llm(spec).path`` is the model's local folder; loading just the tokenizer from it is
+    fast, unlike ``load_llm``, which builds the whole model.
+    """
+    try:
+        from transformers import AutoTokenizer
+
+        from ..models import resolve_llm
+
+        path = resolve_llm(spec, offline=offline).path
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=offline,
+                                             trust_remote_code=trust_remote_code), ""
+    except Exception as exc:  # noqa: BLE001 - any failure means "estimate"; the reason is reported
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def count_tokens(texts: list[str], tokenizer: Any | None) -> list[int]:
+    """Token counts per text: the real tokenizer in batches, else a whitespace estimate."""
+    if tokenizer is None:
+        return [round(len(t.split()) * WORDS_TO_TOKENS) for t in texts]
+    counts: list[int] = []
+    for start in range(0, len(texts), _TOKENIZE_BATCH):
+        batch = texts[start:start + _TOKENIZE_BATCH]
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        counts.extend(len(x) for x in ids)
+    return counts
+
+
+@register
+class TooLong(Check):
+    name = "too_long"
+    issues = ("too_long",)
+    actions = ("drop", "flag")
+
+    def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
+        limit = int(self.threshold if self.threshold is not None else DEFAULT_MAX_TOKENS)
+        models = self.project.models
+        tokenizer, why = load_tokenizer(models.llm, models.offline, models.trust_remote_code)
+        if tokenizer is None:
+            console.print(f"[yellow]curate: too_long estimates tokens (x{WORDS_TO_TOKENS} words): "
+                          f"tokenizer for {self.project.models.llm} not loaded: {why}[/yellow]")
+        parts = {"input": count_tokens([as_text(v) for v in frame["input"].tolist()], tokenizer)}
+        if "context" in frame:
+            contexts = [context_texts(v) for v in frame["context"].tolist()]
+            flat = [t for texts in contexts for t in texts]
+            flat_counts = iter(count_tokens(flat, tokenizer))
+            parts["context"] = [sum(next(flat_counts) for _ in texts) for texts in contexts]
+        if ctx.answer == "target" and "target" in frame:
+            parts["target"] = count_tokens([as_text(v) for v in frame["target"].tolist()], tokenizer)
+        totals = [sum(values) for values in zip(*parts.values())]
+        how = "" if tokenizer is not None else f", estimated as words x {WORDS_TO_TOKENS}: tokenizer unavailable"
+        return [
+            Finding(index, "too_long", f"{total} tokens > {limit} (model context budget{how})")
+            for index, total in enumerate(totals) if total > limit
+        ]

@@ -1,0 +1,214 @@
+"""The ``tunewise`` command: a thin layer that assembles commands calling the library.
+
+Known errors (config, data, missing model) become one message and exit code 1; ``--json`` gives
+machine-readable output for scripts (huggingface_hub CLI's habit).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, ProjectConfig, load_config
+
+app = typer.Typer(
+    name="tunewise",
+    help="Will fine-tuning an LLM on your data pay off? Curate, measure baselines, fine-tune, evaluate, decide.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="project config file")]
+RunIdOpt = Annotated[str, typer.Option("--run-id", help="run folder name under runs/")]
+ForceOpt = Annotated[Optional[list[str]], typer.Option("--force", help="re-run this stage even if cached (repeatable)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .ingest import IngestError
+    from .models import ModelNotFoundError
+    from .runner import StageError
+
+    return (ConfigError, StageError, IngestError, ModelNotFoundError, FileExistsError)
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _load(config: Path) -> ProjectConfig:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+        raise  # unreachable
+
+
+def _run(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None, as_json: bool,
+         options: dict | None = None) -> dict:
+    from .runner import run_stages
+    from .tracking import Tracker
+
+    try:
+        with Tracker(cfg, run_id) as tracker:
+            results = run_stages(cfg, run_id, only=only, force=set(force or ()), tracker=tracker, options=options)
+    except _known_errors() as exc:
+        _fail(exc)
+    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    if as_json:
+        print(json.dumps({"run_dir": str(run_dir), "stages": results}, default=str))
+    else:
+        _print_stage_table(results)
+        out.print(f"run folder: [bold]{run_dir}[/bold]")
+    return results
+
+
+def _print_stage_table(results: dict) -> None:
+    table = Table(title="stages")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("key metrics")
+    for name, marker in results.items():
+        metrics = marker.get("metrics", {})
+        shown = ", ".join(f"{k}={v}" for k, v in list(metrics.items())[:6] if not isinstance(v, (dict, list)))
+        table.add_row(name, f"{marker.get('seconds', 0):.1f}", shown)
+    out.print(table)
+
+
+@app.command()
+def init(
+    data_file: Annotated[Path, typer.Argument(help="training data (csv, tsv, jsonl, json, parquet)")],
+    test: Annotated[Optional[Path], typer.Option("--test", help="frozen held-out test file, used as it is")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="classify or generate (inferred when omitted)")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="config file to write")] = Path("tunewise.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing config")] = False,
+) -> None:
+    """Inspect a data file and write a commented tunewise.yaml with sensible defaults."""
+    from .init_project import init_project
+
+    if task not in (None, "classify", "generate"):
+        _fail(ConfigError(f"--task must be classify or generate, got {task!r}"))
+    try:
+        path, info = init_project(data_file, test_file=test, task=task, out=output, overwrite=force)
+    except _known_errors() as exc:
+        _fail(exc)
+    out.print(f"wrote [bold]{path}[/bold]: {info['file_format']} file, {info['record_format']} records, task {info['task']}")
+    out.print(f"columns: {info.get('columns_used')}; slice columns: {info.get('slice_candidates')}")
+    out.print("next: [bold]tunewise run[/bold]")
+
+
+@app.command()
+def run(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+        as_json: JsonOpt = False) -> None:
+    """Run every pipeline stage in order, reusing stages whose inputs did not change."""
+    cfg = _load(config)
+    _run(cfg, run_id, None, force, as_json)
+    _print_verdict(cfg, run_id)
+
+
+def _print_verdict(cfg: ProjectConfig, run_id: str) -> None:
+    summary = cfg.resolve(cfg.runs_dir) / run_id / "report" / "summary.json"
+    page = summary.parent / "index.html"
+    if summary.exists():
+        data = json.loads(summary.read_text())
+        verdict = data.get("decision", {}).get("verdict")
+        if verdict:
+            colour = "green" if verdict == "GO" else "yellow"
+            out.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  ({data['decision'].get('recommended')})")
+    if page.exists():
+        out.print(f"report: [bold]{page}[/bold]")
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    def command(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+                as_json: JsonOpt = False) -> None:
+        cfg = _load(config)
+        _run(cfg, run_id, [name], list(force or []) + [name], as_json)
+
+    command.__doc__ = help_text
+    app.command(name=name)(command)
+
+
+def _register_stage_commands() -> None:
+    from .runner import load_stages
+
+    for name, spec in load_stages().items():
+        if name not in {c.name for c in app.registered_commands}:
+            _stage_command(name, spec.help)
+
+
+@app.command()
+def curate(
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+    engine: Annotated[str, typer.Option("--engine", help="local, or ray to hand shards to a Ray cluster")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find and fix duplicates, conflicts, label errors, off-topic rows, PII and thin classes."""
+    if engine not in ("local", "ray"):
+        _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
+    cfg = _load(config)
+    _run(cfg, run_id, ["curate"], list(force or []) + ["curate"], as_json,
+         options={"engine": engine, "ray_address": ray_address})
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo data, config and runs")] = Path("demo"),
+    task: Annotated[str, typer.Option("--task", help="classify or generate")] = "classify",
+    seed: Annotated[int, typer.Option("--seed", help="data seed: same seed, same bytes")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate the demo support data set (with known defects) and run every stage on it."""
+    from .demo import write_demo_project
+
+    t0 = time.perf_counter()
+    cfg_path, files = write_demo_project(out_dir, task=task, seed=seed)
+    out.print(f"demo data: [bold]{files.data}[/bold] ({sum(files.defect_counts.values())} injected defects, "
+              f"truth in {files.truth.name}); config: [bold]{cfg_path}[/bold]")
+    cfg = _load(cfg_path)
+    _run(cfg, "demo", None, None, as_json)
+    _print_verdict(cfg, "demo")
+    out.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+
+
+@app.command()
+def doctor(as_json: JsonOpt = False) -> None:
+    """Show what is installed, where the models are, torch threads and devices, and what is missing."""
+    from .models import doctor_report
+
+    rows = doctor_report()
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    table = Table(title="tunewise doctor")
+    for col in ("item", "status", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    style = {"ok": "green", "warn": "yellow", "missing": "red"}
+    for r in rows:
+        table.add_row(r["item"], f"[{style.get(r['status'], 'white')}]{r['status']}[/]", str(r.get("detail", "")), r.get("fix") or "")
+    out.print(table)
+    if any(r["status"] == "missing" for r in rows):
+        raise typer.Exit(1)
+
+
+_register_stage_commands()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""``tunewise demo``: generate the demo support data set and a config that runs on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifacts import write_text
+from .config import ProjectConfig
+from .demo_data import DemoFiles, generate_demo
+from .init_project import render_config
+
+
+def demo_config(files: DemoFiles, task: str, seed: int) -> ProjectConfig:
+    columns = {"id": "id", "input": "text"}
+    columns["label" if task == "classify" else "target"] = "intent" if task == "classify" else "reply"
+    return ProjectConfig.model_validate({
+        "task": task,
+        "seed": seed,
+        "data": {
+            "train": files.data.name,
+            "test": files.test.name,
+            "format": "csv",
+            "record_format": "text_label",
+            "columns": columns,
+            "slice_columns": ["channel", "customer_tier"],
+            "knowledge_base": files.knowledge_base.name,
+            "task_description": "customer-support messages to an online store about orders, returns, payments and accounts",
+        },
+    })
+
+
+def write_demo_project(out_dir: str | Path, task: str = "classify", seed: int = 0) -> tuple[Path, DemoFiles]:
+    out_dir = Path(out_dir)
+    files = generate_demo(out_dir, task=task, seed=seed)
+    cfg = demo_config(files, task, seed)
+    cfg_path = out_dir / "tunewise.yaml"
+    write_text(cfg_path, render_config(cfg, "tunewise demo project: generated support data with known defects."))
+    return cfg_path, files

@@ -1,0 +1,117 @@
+"""Split without leakage: stratified train / validation / test with near-duplicate clusters kept
+on one side, synthetic rows only in train, and a leakage check of test against train.
+
+Random row splits leak: two phrasings of the same request that differ by an order number land on
+both sides and the test score measures memory, not skill. So rows are grouped by near-duplicate
+cluster (MinHash at a lower threshold than curation's de-duplication, to catch looser copies too)
+and whole groups are assigned, stratified by label with scikit-learn's StratifiedGroupKFold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+from .issues import IssueTable
+from .neardup import find_near_duplicates
+
+
+@dataclass
+class SplitResult:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    issues: IssueTable
+    summary: dict
+
+
+def leakage_groups(texts: list[str], threshold: float, seed: int) -> np.ndarray:
+    """Cluster id per row: rows joined by a near-duplicate chain share a cluster."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    return find_near_duplicates(texts, threshold=threshold, seed=seed + 1).cluster
+
+
+def _holdout(frame: pd.DataFrame, fraction: float, groups: np.ndarray, label: str | None, seed: int) -> np.ndarray:
+    """Boolean mask of rows held out: about ``fraction`` of rows, whole groups, stratified."""
+    n = len(frame)
+    mask = np.zeros(n, dtype=bool)
+    eligible = ~frame["synthetic"].astype(bool).to_numpy()  # synthetic rows never leave train
+    idx = np.flatnonzero(eligible)
+    if len(idx) < 2:
+        return mask
+    n_splits = max(2, int(round(1.0 / fraction)))
+    if label is not None:
+        y = frame[label].to_numpy()[idx]
+        counts = pd.Series(y).value_counts()
+        if counts.min() >= 2 and len(counts) > 1:
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            # smallest classes may have fewer rows than folds: sklearn warns, the split stays valid
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                _, held = next(splitter.split(idx, y, groups[idx]))
+            mask[idx[held]] = True
+            return mask
+    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    _, held = next(splitter.split(idx, groups=groups[idx]))
+    mask[idx[held]] = True
+    return mask
+
+
+def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, test_fraction: float,
+                seed: int, test_frame: pd.DataFrame | None = None, leakage_threshold: float = 0.5) -> SplitResult:
+    """Split curated records. With ``test_frame`` (a frozen test file) only validation is split."""
+    label = "label" if task == "classify" else None
+    frame = frame.reset_index(drop=True)
+    issues = IssueTable("split")
+    texts = frame["input"].astype(str).tolist()
+    groups = leakage_groups(texts, leakage_threshold, seed)
+
+    if test_frame is None:
+        test_mask = _holdout(frame, test_fraction, groups, label, seed)
+        test = frame[test_mask]
+        rest, rest_groups = frame[~test_mask].reset_index(drop=True), groups[~test_mask]
+    else:
+        test = test_frame.reset_index(drop=True)
+        rest, rest_groups = frame, groups
+    val_mask = _holdout(rest, validation_fraction, rest_groups, label, seed + 1)
+    validation = rest[val_mask].reset_index(drop=True)
+    train = rest[~val_mask].reset_index(drop=True)
+    test = test.reset_index(drop=True)
+
+    leaks = find_leakage(train, test, leakage_threshold, seed)
+    for test_id, train_id, jac in leaks:
+        issues.add(test_id, "leakage", f"test row has a near-duplicate in train: {train_id} (Jaccard {jac:.2f})", "flagged")
+
+    summary = {
+        "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
+        "test_source": "file" if test_frame is not None else "split",
+        "synthetic_in_train": int(train["synthetic"].astype(bool).sum()),
+        "leakage_rows": len(leaks),
+        "groups": int(len(np.unique(groups))) if len(groups) else 0,
+    }
+    if label is not None:
+        summary["class_counts"] = {
+            name: part[label].value_counts().sort_index().to_dict()
+            for name, part in (("train", train), ("validation", validation), ("test", test))
+        }
+    return SplitResult(train, validation, test, issues, summary)
+
+
+def find_leakage(train: pd.DataFrame, test: pd.DataFrame, threshold: float, seed: int) -> list[tuple[str, str, float]]:
+    """Test rows with a near-duplicate in train: (test id, train id, Jaccard)."""
+    if len(train) == 0 or len(test) == 0:
+        return []
+    texts = test["input"].astype(str).tolist() + train["input"].astype(str).tolist()
+    result = find_near_duplicates(texts, threshold=threshold, seed=seed + 1)
+    n_test = len(test)
+    out: dict[int, tuple[str, str, float]] = {}
+    for (i, j), jac in zip(result.pairs.tolist(), result.jaccard.tolist()):
+        if i < n_test <= j and (i not in out or jac > out[i][2]):
+            out[i] = (str(test["id"].iloc[i]), str(train["id"].iloc[j - n_test]), float(jac))
+    return [out[k] for k in sorted(out)]
