@@ -96,7 +96,7 @@ def test_iter_raw_rows_streams_fields_and_errors(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n\n{"text": "b",\n', encoding="utf-8")
     rows = list(iter_raw_rows(path, "auto"))
-    assert rows[0] == RawRow(1, {"text": "a", "label": "x"}, None)
+    assert rows[0] == RawRow(1, {"text": "a", "label": "x"}, None, len('{"text": "a", "label": "x"}'))
     assert rows[1].line == 3 and rows[1].fields is None
     assert rows[1].error.startswith("malformed JSON: Expecting property name")
     assert len(rows) == 2  # the blank line is no record
@@ -157,6 +157,20 @@ def test_messages_records_from_jsonl_and_csv(tmp_path):
         assert row["input"] == "My card is lost"
         assert row["target"] == "I have blocked it."
         assert json.loads(row["context"]) == CHAT[:3]
+
+
+def test_messages_with_content_parts_and_tool_turns(tmp_path):
+    chat = [
+        {"role": "user", "content": [{"type": "text", "text": "Block my card"}, {"type": "text", "text": "please"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "block_card"}]},
+        {"role": "user", "content": "Is it done?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Yes, blocked."}]},
+    ]
+    result = ingest(write_jsonl(tmp_path / "chat.jsonl", [{"messages": chat}]), task="generate")
+    row = result.frame.iloc[0]
+    assert (row["input"], row["target"]) == ("Is it done?", "Yes, blocked.")
+    assert json.loads(row["context"]) == [{"role": "user", "content": "Block my card\nplease"},
+                                          {"role": "assistant", "content": ""}]
 
 
 def test_messages_from_parquet_and_classify_with_label(tmp_path):
@@ -230,7 +244,7 @@ def test_every_kind_of_bad_row_is_reported_with_its_line_and_the_good_rows_are_k
         4: "empty field 'label'",
         5: "field 'label' is a list, expected text",
         6: "field 'label' is a boolean, expected text",
-        8: f"row is {len('h') + len(long_text) + len('ok'):,} characters, over data.max_chars=20000",
+        8: f"row is {len(lines[7]):,} characters, over data.max_chars=20000",  # the object's text
         9: "duplicate id 'a' in column 'id' (first on line 1)",
         11: "line holds a list, expected a JSON object",
         12: "field 'label' is null, expected text",
@@ -372,13 +386,17 @@ def test_json_array_not_closed_keeps_the_rows_before(tmp_path):
 # ------------------------------------------------------------------------- file-level errors
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"", "is empty (0 bytes)"),
-    (b"text,label\n", "has no data rows (only a header)"),
-    (b"text,label\n\n\n", "has no data rows (only a header)"),
+@pytest.mark.parametrize("name, content, needle", [
+    ("x.csv", b"", "is empty (0 bytes)"),
+    ("x.csv", b"text,label\n", "has no data rows (only a header)"),
+    ("x.csv", b"text,label\n\n\n", "has no data rows (only a header)"),
+    ("x.jsonl", b"\n\n", "has no data rows"),
+    ("x.json", b"[ ]", "has no data rows"),
+    ("x.jsonl", b'{"text": 1\n[1]\n', "all 2 rows were rejected; first reasons: line 1: malformed JSON: "
+                                       "Expecting ',' delimiter (col 11); line 2: line holds a list"),
 ])
-def test_empty_and_header_only_files_raise(tmp_path, content, needle):
-    path = tmp_path / "x.csv"
+def test_empty_header_only_and_unparsable_files_raise(tmp_path, name, content, needle):
+    path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(IngestError, match=re.escape(needle)) as info:
         ingest(path, task="classify")
@@ -496,6 +514,7 @@ def test_sniff_banking77_suggests_classify():
     assert found["columns_used"] == {"input": "text", "label": "category"}
     assert len(found["label_counts"]) == 20 and found["n_sample_rows"] > 0
     assert found["slice_candidates"] == []
+    assert sniff(BANKING77, task="generate")["columns_used"] == {"input": "text"}  # no reply column
 
 
 def test_sniff_generate_data_and_slice_candidates(tmp_path):

@@ -21,8 +21,9 @@ Layers, bottom up:
 from __future__ import annotations
 
 import codecs
-import functools
+import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -145,8 +146,33 @@ def iter_raw_rows(path: str | Path, file_format: str) -> Iterator[RawRow]:
     return _open_rows(Path(path), resolve_file_format(path, file_format))[1]
 
 
+class _Rows:
+    """A raw-row iterator over a file opened before the first row is asked for (to read its header
+    or schema): ``close()`` releases the file even if iteration never started, which closing a
+    bare generator would not do."""
+
+    def __init__(self, rows: Iterator[RawRow], release: Callable[[], None]) -> None:
+        self._rows = rows
+        self._release = release
+
+    def __iter__(self) -> "_Rows":
+        return self
+
+    def __next__(self) -> RawRow:
+        return next(self._rows)
+
+    def close(self) -> None:
+        close = getattr(self._rows, "close", None)
+        if close:
+            close()
+        self._release()
+
+
 def _open_rows(path: Path, fmt: str) -> tuple[list[str] | None, Iterator[RawRow]]:
-    """(header columns when the format has a header or schema, raw row iterator)."""
+    """(header columns when the format has a header or schema, raw row iterator).
+
+    The iterator has a ``close()``; call it (``contextlib.closing``) if you stop early.
+    """
     _check_file(path)
     if fmt in ("csv", "tsv"):
         return _delimited_rows(path, "\t" if fmt == "tsv" else ",")
@@ -231,7 +257,7 @@ def _delimited_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[Raw
 
     def rows() -> Iterator[RawRow]:
         end = last_end
-        with binary:
+        with binary:  # closes the file when the rows run out
             while True:
                 start = end + 1
                 try:
@@ -257,7 +283,7 @@ def _delimited_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[Raw
                 else:
                     yield RawRow(start, dict(zip(columns, fields)), None, sum(map(len, fields)))
 
-    return columns, rows()
+    return columns, _Rows(rows(), binary.close)
 
 
 def _header_names(header: list[str], path: Path) -> list[str]:
@@ -297,6 +323,7 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
             if lines.bad and lines.bad[-1][0] == line_no:
                 yield RawRow(line_no, None, _undecodable(lines.bad.pop()[1]))
                 continue
+            text = text.rstrip("\r\n")  # so an error at the end of the line has a column on it
             if not text.strip():
                 continue
             begin = len(text) - len(text.lstrip())
@@ -470,13 +497,13 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[RawRow]]:
 
     def rows() -> Iterator[RawRow]:
         row_number = 0
-        with parquet:
+        with parquet:  # closes the file when the rows run out
             for batch in parquet.iter_batches(batch_size=10_000):
                 for fields in batch.to_pylist():
                     row_number += 1
                     yield RawRow(row_number, fields)
 
-    return columns, rows()
+    return columns, _Rows(rows(), parquet.close)
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,6 +576,8 @@ def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
 def _message_text(content: Any, index: int, name: str) -> str:
     if isinstance(content, str):
         return content
+    if content is None:  # e.g. an assistant turn that only calls a tool
+        return ""
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
         parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         if all(isinstance(p, str) for p in parts) and parts:
@@ -760,30 +789,43 @@ def _configured_columns(columns: dict[str, str | None] | None, found: list[str],
     return configured
 
 
-def _sample(rows: Iterator[RawRow], limit: int) -> tuple[list[str], list[dict[str, Any]], int]:
-    """(columns in first-seen order, up to ``limit`` good rows' fields, raw rows read)."""
+@dataclass
+class _Sample:
+    columns: list[str]  # header, or keys of the sampled rows in first-seen order
+    rows: list[dict[str, Any]]  # fields of up to the limit of good rows
+    read: int  # raw rows read, bad ones included
+    first_errors: list[str]  # "line N: reason" for the first bad rows
+
+    def raise_if_unusable(self, source: str, fmt: str) -> None:
+        if self.read == 0:
+            raise IngestError(f"{source} has no data rows" + (" (only a header)" if fmt in ("csv", "tsv") else ""))
+        if not self.rows:
+            raise IngestError(f"no usable rows in {source}: all {self.read:,} rows were rejected; "
+                              f"first reasons: {'; '.join(self.first_errors)}")
+
+
+def _sample(rows: Iterator[RawRow], limit: int) -> tuple[list[str], list[dict[str, Any]], int, list[str]]:
     seen: dict[str, None] = {}
     good: list[dict[str, Any]] = []
+    first_errors: list[str] = []
     read = 0
     for raw in rows:
         read += 1
+        if raw.fields is None and len(first_errors) < 3:
+            first_errors.append(f"line {raw.line}: {raw.error}")
         if raw.fields is not None:
             good.append(raw.fields)
             seen.update(dict.fromkeys(raw.fields))
             if len(good) >= limit:
                 break
-    return list(seen), good, read
+    return list(seen), good, read, first_errors
 
 
-def _columns_of(path: Path, fmt: str, sample_rows: int) -> tuple[list[str], list[dict[str, Any]], int]:
+def _sample_file(path: Path, fmt: str, sample_rows: int) -> _Sample:
     header, rows = _open_rows(path, fmt)
-    try:
-        found, sample, read = _sample(rows, sample_rows)
-    finally:
-        close = getattr(rows, "close", None)
-        if close:
-            close()
-    return (header if header is not None else found), sample, read
+    with contextlib.closing(rows):  # type: ignore[type-var]
+        found, good, read, first_errors = _sample(rows, sample_rows)
+    return _Sample(header if header is not None else found, good, read, first_errors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -808,11 +850,19 @@ def ingest(
     file_path = Path(path)
     fmt = resolve_file_format(file_path, file_format)
     header, rows = _open_rows(file_path, fmt)
-    # JSON has no header: learn the columns from the first rows, then read again from the top.
-    found = header if header is not None else _columns_of(file_path, fmt, _SAMPLE_ROWS)[0]
-    configured = _configured_columns(columns, found, source)
-    plan = _plan(found, task=task, record_format=record_format, configured=configured,
-                 keep_columns=list(keep_columns or []), source=source)
+    try:
+        if header is not None:
+            found = header
+        else:  # JSON has no header: learn the columns from the first rows, then read from the top
+            sample = _sample_file(file_path, fmt, _SAMPLE_ROWS)
+            sample.raise_if_unusable(source, fmt)
+            found = sample.columns
+        configured = _configured_columns(columns, found, source)
+        plan = _plan(found, task=task, record_format=record_format, configured=configured,
+                     keep_columns=list(keep_columns or []), source=source)
+    except BaseException:
+        rows.close()  # type: ignore[attr-defined]  # the file is open before the first row is read
+        raise
     not_meta = set(plan.roles.values()) | set(plan.keep_columns)
     has_id_column = "id" in plan.roles
 
@@ -876,13 +926,8 @@ def ingest(
     if pending:
         chunks.append(pd.DataFrame.from_records(pending))
 
-    if position == 0:
-        raise IngestError(f"{source} has no data rows" + (" (only a header)" if fmt in ("csv", "tsv") else ""))
     if not chunks:
-        raise IngestError(
-            f"no usable rows in {source}: all {position:,} rows were rejected; "
-            f"first reasons: {'; '.join(first_reasons)}"
-        )
+        _Sample(found, [], position, first_reasons).raise_if_unusable(source, fmt)
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
     core = ["id", "input", "context", answer, "source_file", "source_line", "synthetic"]
     kept = [_meta_name(c) for c in plan.keep_columns]
@@ -899,8 +944,10 @@ def ingest(
                         columns_used=columns_used, rows_read=position)
 
 
-def sniff(path: str | Path, *, sample_rows: int = 5000) -> dict[str, Any]:
+def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000) -> dict[str, Any]:
     """Look at the first rows of a file and guess how to read it (used by ``tunewise init``).
+
+    ``columns_used`` follows ``task`` when given, else the suggested task.
 
     Never raises for a missing role (the user will be asked); raises :class:`IngestError` only
     when the file itself cannot be read.
@@ -908,9 +955,9 @@ def sniff(path: str | Path, *, sample_rows: int = 5000) -> dict[str, Any]:
     file_path = Path(path)
     source = str(path)
     fmt = resolve_file_format(file_path)
-    columns, sample, read = _columns_of(file_path, fmt, sample_rows)
-    if read == 0:
-        raise IngestError(f"{source} has no data rows")
+    found = _sample_file(file_path, fmt, sample_rows)
+    found.raise_if_unusable(source, fmt)
+    columns, sample = found.columns, found.rows
     record_format = _detect_record_format(columns, {})
     roles = _candidate_roles(columns, record_format, {})
 
@@ -930,7 +977,9 @@ def sniff(path: str | Path, *, sample_rows: int = 5000) -> dict[str, Any]:
         suggested = "generate"
 
     role_order = ["id", "messages", "instruction", "input", "label", "target"]
-    wanted = {"id", "messages", "instruction", "input"} | ({"label"} if suggested == "classify" else {"target"})
+    chosen = task or suggested
+    answer_column(chosen)  # refuses an unknown task
+    wanted = {"id", "messages", "instruction", "input"} | ({"label"} if chosen == "classify" else {"target"})
     columns_used = {role: roles[role] for role in role_order if role in wanted and roles.get(role)}
     used = set(columns_used.values()) | ({label_column} if label_column else set())
 

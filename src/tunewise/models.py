@@ -653,8 +653,8 @@ def _torch_rows() -> list[dict[str, str]]:
     except (AttributeError, RuntimeError):
         cpu_bf16 = False
     capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
-    rows.append(_row("cpu_bf16", "ok" if cpu_bf16 else "warn",
-                     f"CPU {platform.machine()} {capability}: bf16 {'supported' if cpu_bf16 else 'not native (use float32)'}"))
+    bf16_note = "supported" if cpu_bf16 else "not native (use float32)"
+    rows.append(_row("cpu_bf16", "ok" if cpu_bf16 else "warn", f"CPU {platform.machine()} {capability}: bf16 {bf16_note}"))
     return rows
 
 
