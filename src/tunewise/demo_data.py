@@ -149,7 +149,7 @@ KNOWLEDGE_BASE: dict[str, str] = {
 - Standard shipping is free on orders over {P['free_shipping_over']} and always free for Plus members.
 - Express shipping costs {P['express_fee']} and takes {P['express_time']}.
 - International shipping starts at {P['international_fee']} and takes {P['international_time']}.
-- Every order ships once; a second order placed the same day pays its own shipping.
+- Each order ships separately; a second order placed the same day pays its own shipping.
 - Shipping fees do not depend on weight, except for furniture, which ships by freight.
 """,
     "orders.md": f"""# Orders: status, cancellation and address changes
@@ -212,14 +212,14 @@ KNOWLEDGE_BASE: dict[str, str] = {
 # Slot values
 # ---------------------------------------------------------------------------------------------
 PRODUCTS = (
-    "wireless earbuds", "Aurora desk lamp", "merino wool sweater", "ceramic pour-over set",
-    "trail running shoes", "hiking backpack", "cast iron skillet", "bluetooth speaker",
+    "smartwatch", "Aurora desk lamp", "merino wool sweater", "ceramic pour-over set",
+    "trail running vest", "hiking backpack", "cast iron skillet", "bluetooth speaker",
     "standing desk", "linen duvet cover", "smart thermostat", "espresso machine", "yoga mat",
     "leather wallet", "kids' rain jacket", "air purifier", "electric toothbrush", "office chair",
-    "noise-cancelling headphones", "glass food containers", "camping stove", "denim jacket",
-    "robot vacuum", "wool socks", "fitness tracker", "chef's knife", "table lamp",
-    "baby monitor", "phone charger", "winter boots", "portable blender", "garden hose",
-    "mechanical keyboard", "weighted blanket", "sunglasses", "bike helmet", "coffee grinder",
+    "noise-cancelling headset", "glass food container set", "camping stove", "denim jacket",
+    "robot vacuum", "wool beanie", "fitness tracker", "chef's knife", "table lamp",
+    "baby monitor", "phone charger", "winter coat", "portable blender", "garden hose",
+    "mechanical keyboard", "weighted blanket", "straw sun hat", "bike helmet", "coffee grinder",
     "water bottle", "tablet case", "hair dryer",
 )
 CITIES = (
@@ -283,12 +283,14 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "My order status has said 'processing' (for two days|since {date}). (Is that normal?|When will it ship?)",
         "Can I get a tracking number for order {order}?",
         "I (never got|didn't receive) a shipping confirmation email for {order}. Did it go out?",
-        "(Is|Has) my {product} (been packed|on the way) yet? [Order {order}.]",
+        "(Has my {product} been packed|Is my {product} on the way) yet? [Order {order}.]",
         "Which carrier is delivering my order {order}[ and when]?",
         "Could you look up order {order} and (let me know|tell me) (where it is|the current status)?",
         "I want to know (when|if) my order {order} (will ship|is shipping) [this week].",
         "My (package|order) {order} (still hasn't arrived|hasn't shown up yet). Where is it?",
         "I ordered the {product} {when}, when will it (arrive|get here)?",
+        "It's been a few days since I ordered the {product}. Is order {order} still on schedule?",
+        "Is order {order} going to arrive on time? I need it by {date}.",
     ),
     "delivery_delay": (
         "My order {order} was supposed to arrive (on {date}|last week|two days ago) and it's still not here.",
@@ -309,6 +311,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Do I get anything for the late delivery? Order {order} (came|turned up) {n} days late.",
         "Where is my order {order}? It should (be here by now|have arrived already).",
         "Any update on order {order}? The tracking still shows it (in transit|at the depot).",
+        "Can you check where order {order} is? The estimated delivery was {date}.",
+        "What's the status of my {product}? It was due {when}.",
     ),
     "cancel_order": (
         "(Please|Can you|Could you) cancel my order {order}.",
@@ -328,6 +332,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "(Need|I need) to cancel {order} (asap|right away), (ordered|bought) it by accident.",
         "What happens if I cancel order {order}? Do I get the full {amount} back?",
         "I don't want the {product} anymore, can I get my money back before it ships?",
+        "I don't need order {order} anymore. How do I get a refund?",
+        "Can I still change or cancel order {order}? I ordered the wrong {product}.",
     ),
     "return_item": (
         "(How do I|How can I) return the {product} I bought?",
@@ -348,6 +354,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Can I exchange the {product} for a different (size|color) instead of returning it?",
         "If I return the {product}, how long until I get my money back?",
         "I sent the {product} back {when}, did you get it?",
+        "The {product} I got doesn't work properly, I'd like to send it back for a refund.",
+        "How do I get a refund for the {product}? I don't want it anymore.",
     ),
     "refund_status": (
         "(Where is|When will I get) my refund for order {order}?",
@@ -367,6 +375,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Could you confirm (the refund amount|how much I'll be refunded) for order {order}?",
         "I sent back the {product} from order {order}. What happens now?",
         "I cancelled order {order} {when}, when does the money come back?",
+        "I sent my return for order {order} {when}. Has it been received yet?",
+        "I was charged {amount} for an order I cancelled. When will it be refunded?",
     ),
     "change_address": (
         "(Can I|Can you|I need to) change the (delivery|shipping) address (on|for) order {order}?",
@@ -386,6 +396,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "I made a typo in the (house number|street name) on order {order}.",
         "Please update my address (for|on) the {product} order, I'm now in {city}.",
         "Order {order} hasn't shipped yet, right? I need to (change|update) the address.",
+        "Where is order {order} being shipped? I think I used my old address.",
+        "If I can't change the address on order {order}, can you cancel it and I'll reorder?",
     ),
     "payment_failed": (
         "My payment (keeps failing|was declined|didn't go through) (when I try to check out|at checkout).",
@@ -405,6 +417,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Every time I (press|click) pay it (just spins|freezes) and then says payment unsuccessful.",
         "Why does it say my billing address doesn't match? My payment (won't go through|was refused).",
         "I was charged {amount} for order {order} but the amount looks wrong.",
+        "My payment was taken but the discount wasn't applied, and now it says the order failed.",
+        "Can you send me proof that my payment of {amount} went through?",
     ),
     "discount_code": (
         "My (discount|promo|coupon) code {code} (isn't working|doesn't work|was rejected).",
@@ -424,6 +438,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Does the {code} code work on (sale items|items already on sale)?",
         "I entered {code} and (nothing happened|the total didn't change).",
         "The promo code {code} (was supposed to remove|should have removed) shipping but I was still charged {amount}.",
+        "Checkout won't accept my code {code}, it says payment error.",
+        "Why didn't I get the discount on order {order}? I was charged the full {amount}.",
     ),
     "shipping_cost": (
         "How much is shipping (to {city}|for an order of {amount})?",
@@ -443,10 +459,12 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Is there a (flat|fixed) shipping rate or does it depend on the (weight|size)?",
         "My cart (says|shows) {amount} (for shipping|shipping), (that can't be right|is that correct)?",
         "How long does (shipping|delivery) take (to {city}|with the standard option)?",
+        "Is there a code for free shipping? My order is {amount}.",
+        "Why does express delivery cost so much when it still takes {n} days?",
     ),
     "damaged_item": (
         "My {product} (arrived|came) (broken|damaged|cracked).",
-        "The box was (crushed|soaked|torn open) and the {product} inside is (damaged|ruined).",
+        "The box was (crushed|soaked|torn open) and the {product} inside got (damaged|ruined).",
         "I (received|got) order {order} today and the {product} (is scratched|has a dent|is shattered).",
         "(Half|Some) of the items in order {order} (arrived|came) broken.",
         "The {product} (was|is) (dead|not working) (on arrival|out of the box). [Order {order}.]",
@@ -462,6 +480,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Got my {product} today but it's (damaged|broken), (really disappointed|not happy).",
         "The {product} arrived damaged, I want to return it.",
         "The {product} (stopped working|broke) after (a day|a couple of days), (is it covered|what can you do)?",
+        "Can I return the {product}? It came with a scratch on it.",
+        "The {product} arrived with a crack. Is that covered by the warranty?",
     ),
     "account_login": (
         "I can't (log in|sign in) to my account[ on the website].",
@@ -481,6 +501,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "My account (shows|says) 'user not found' but I've ordered (from you|before).",
         "(Somebody|Someone) may have (got into|accessed) my account, I (didn't place|don't recognise) order {order}.",
         "I can't see my orders (since|after) I logged in (on my phone|on the app).",
+        "I can't check my order status because the site won't let me log in.",
+        "My saved card disappeared and now I can't sign in to pay.",
     ),
     "product_availability": (
         "(Is|Will) the {product} (be back in stock|be available again) (soon|any time soon)?",
@@ -499,6 +521,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Will the {product} be (in the sale|available) (this week|on Black Friday)?",
         "(Does|Do) your warehouse have the {product} (ready to ship|in stock right now)?",
         "If I order the {product} today, (when will it ship|will it ship this week)?",
+        "How long does shipping take for the {product} if it's back in stock?",
+        "My order has the {product} on backorder, when will it be available?",
     ),
     "warranty_claim": (
         "My {product} stopped working after (three|five|eight) months. Is it (still under warranty|covered by the warranty)?",
@@ -518,6 +542,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "My {product} (cracked|broke) with normal use after (a few|several) months. (Warranty?|Is that covered?)",
         "What's the (process|procedure) for a warranty (claim|replacement) on order {order}?",
         "The {product} arrived fine but broke after (a week|two weeks). (What can you do?|Can I get a new one?)",
+        "The {product} is broken and I only bought it {when}. Can I get a replacement?",
+        "Can I return the {product} for a refund? It has stopped working.",
     ),
     "invoice_request": (
         "Can I (get|have) an invoice for order {order}?",
@@ -537,6 +563,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Please (reissue|re-send) the invoice for order {order} with my new (billing|company) address.",
         "(How|Where) do I get a (PDF|printable) (invoice|receipt) for the {product}?",
         "I was charged {amount} for order {order}, can you send a breakdown of the charge?",
+        "I need proof of payment for order {order}, my bank is asking.",
+        "Can you send a credit note for the refund on order {order}?",
     ),
 }
 
@@ -641,6 +669,12 @@ REPLIES: dict[str, tuple[tuple[str | None, tuple[str, ...]], ...]] = {
         )),
         (r"billing address", (
             "The billing address must match the one your bank has on file, or the payment is declined. Please update it at checkout and try again.",
+        )),
+        (r"proof", (
+            "I can confirm the payment for {order_ref} went through; the receipt is under Account > Orders > Download invoice.",
+        )),
+        (r"looks wrong", (
+            "I've checked {order_ref}: the total includes shipping and tax, and any pending authorisation from an earlier attempt is released by your bank within {hold_release_days} business days.",
         )),
         (r"expired|replaced", (
             "Please update the card under Account > Payment methods and retry the order. Any pending charge from the failed attempt is released within {hold_release_days} business days.",
@@ -749,6 +783,7 @@ REPLIES: dict[str, tuple[tuple[str | None, tuple[str, ...]], ...]] = {
         (r"one invoice|single invoice|accounts team", (
             "Business customers can get one invoice covering several orders. I've emailed a combined invoice to you.",
         )),
+        (r"credit note", ("I've emailed you a credit note for the refund on {order_ref}.",)),
         (r"pro forma", ("I've emailed you a pro forma invoice for your cart; the final invoice follows when you pay.",)),
         (r"download|pdf|printable", ("Invoices are available as PDFs under Account > Orders > Download invoice.",)),
         (None, (
@@ -1037,15 +1072,15 @@ def _style(body: str, channel: str, draw: _Draw) -> str:
 
 
 def _reply(intent: str, message: str, slots: dict[str, str], tier: str, has_order: bool, draw: _Draw,
-           extra: str = "") -> str:
+           extra: str = "", opener: str | None = None) -> str:
     """An agent reply that answers this message with knowledge-base facts and its slot values."""
     lowered = message.lower()
     options = next(opts for pattern, opts in REPLIES[intent] if pattern is None or re.search(pattern, lowered))
     order_ref = f"order {slots['order']}" if has_order else "your order"
     values = {**slots, "order_ref": order_ref, "order_ref_cap": order_ref[:1].upper() + order_ref[1:]}
     body = _fill(_expand(draw.pick(options), draw), values)
-    parts = [draw.pick(REPLY_OPENERS), body, TIER_NOTES.get((intent, tier), ""), extra,
-             draw.pick(REPLY_CLOSERS)]
+    opener = draw.pick(REPLY_OPENERS) if opener is None else opener
+    parts = [opener, body, TIER_NOTES.get((intent, tier), ""), extra, draw.pick(REPLY_CLOSERS)]
     return " ".join(p for p in parts if p)
 
 
@@ -1089,7 +1124,7 @@ class _Pool:
     def row(self, intent: str) -> _Row:
         draw = self.draw
         for _ in range(200):
-            index = int(draw.rng.integers(len(TEMPLATES[intent])))
+            index = draw.index(len(TEMPLATES[intent]))
             skeleton = _expand(TEMPLATES[intent][index], draw)
             slots = draw.slots()
             channel = draw.pick(CHANNELS, CHANNEL_WEIGHTS)
@@ -1153,7 +1188,7 @@ def _case_or_space_variant(text: str, draw: _Draw) -> tuple[str, str]:
 def _near_edit(row: _Row, draw: _Draw) -> tuple[str, str, str] | None:
     """A small edit of a row's text; returns (text, reply, how) or None when none fits."""
     text, reply = row.text, row.reply
-    how = draw.pick(("order_number", "add_filler", "remove_word", "punctuation", "typo"))
+    how = draw.pick(("order_number", "add_word", "remove_word", "punctuation", "typo"))
     if how == "order_number":
         old = row.slots["order"]
         if not row.has_order:
@@ -1163,12 +1198,16 @@ def _near_edit(row: _Row, draw: _Draw) -> tuple[str, str, str] | None:
         text = re.sub(re.escape(old), new.lower() if old.lower() in text else new, text, flags=re.I)
         return text, reply.replace(old, new), how
     words = text.split(" ")
-    if how == "add_filler":
-        at = draw.between(1, max(1, len(words) - 1))
-        return " ".join(words[:at] + [draw.pick(FILLERS)] + words[at:]), reply, how
+    if how == "add_word":
+        # where people really add words: a greeting in front, a thank-you or "please" at the end
+        if draw.chance(0.5):
+            return f"{draw.pick(('Hi,', 'Hello again,', 'Sorry,', 'Hey,', 'Hi again,'))} {text}", reply, how
+        return f"{text.rstrip()} {draw.pick(('Thanks!', 'please', 'Thank you.', 'asap', 'Thanks again.'))}", reply, how
     if how == "remove_word":
-        candidates = [i for i, w in enumerate(words) if w.lower().strip(",.!?") in
-                      FILLERS + ("hi", "hello", "hey", "the", "my", "thanks", "very", "yeah")]
+        removable = FILLERS + ("hi", "hello", "hey", "the", "my", "thanks", "very", "yeah")
+        # "hi there" loses both words or neither
+        candidates = [i for i, w in enumerate(words) if w.lower().strip(",.!?-") in removable
+                      and not (i + 1 < len(words) and words[i + 1].lower().startswith("there"))]
         if not candidates:
             return None
         at = draw.pick(candidates)
@@ -1281,7 +1320,7 @@ def _inject_pii(row: _Row, kind: str, draw: _Draw) -> tuple[str, str]:
         value = _ip(draw)
         sentence = draw.pick((f"I'm connecting from {value} if that helps.", f"My IP address is {value}.",
                               f"Your site blocked my IP {value}."))
-    row.text = f"{row.text} {sentence}" if draw.chance(0.7) else f"{sentence} {row.text}"
+    row.text = f"{row.text} {sentence}" if draw.chance(0.8) else f"{sentence} {row.text}"
     return "text", value
 
 
@@ -1389,8 +1428,7 @@ def generate_demo(out_dir: str | Path, task: str = "classify", seed: int = 0, n_
 
 def _inject_defects(base: list[_Row], counts: dict[str, int], pool: _Pool, draw: _Draw) -> list[_Row]:
     """Mark in-place defects on base rows and build the added rows; base order is kept."""
-    order = list(range(len(base)))
-    free = [i for i in order]  # base rows still clean and not an original
+    free = list(range(len(base)))  # base rows still clean and not an original
     draw.rng.shuffle(free)
 
     def take(predicate=lambda r: True) -> _Row:
@@ -1457,8 +1495,11 @@ def _inject_defects(base: list[_Row], counts: dict[str, int], pool: _Pool, draw:
         order = row.slots["order"]
         if order in row.reply and slot in ("{order_id}", "[ORDER_NUMBER]"):
             row.reply = row.reply.replace(order, slot)
+        elif "name" in slot:
+            row.reply = _reply(row.intent, row.text, row.slots, row.tier, row.has_order, draw, opener=f"Hi {slot},")
         else:
-            row.reply = f"Hi {slot}, {row.reply}" if "name" in slot else f"{row.reply} Track it here: {slot}"
+            line = f"You can follow it here: {slot}" if slot.startswith("<") else f"Your order number is {slot}."
+            row.reply = _reply(row.intent, row.text, row.slots, row.tier, row.has_order, draw, extra=line)
         row.kind, row.detail = "template_slot", slot
     for _ in range(counts["copied_reply"]):
         row = take()
