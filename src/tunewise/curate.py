@@ -161,7 +161,7 @@ class Check:
     def threshold(self) -> float | None:
         return self.settings.threshold
 
-    def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, int]]:
+    def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Optional silent clean-up applied to every row before ``find`` (e.g. Unicode NFC).
 
         Returns the new frame and counts of what changed; these changes are not per-row issues
@@ -171,6 +171,10 @@ class Check:
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """Optional extra summary (a balance table, a label mapping) merged into the check's counts."""
+        return {}
 
 
 # name -> class; "registered" and "run by default" are separate (the config's `enabled`).
@@ -242,6 +246,7 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
             continue
         frame, counts = _apply(frame, findings, check, issues, examples)
         counts.update(transformed)
+        counts.update(check.report())
         counts["seconds"] = round(time.perf_counter() - t0, 3)
         per_check[check.name] = counts
     summary = {
@@ -276,10 +281,13 @@ def _run_check(check: Check, frame: pd.DataFrame, ctx: CurateContext) -> tuple[p
 
     parts = ctx.engine.map_frame(one_shard, frame, check.shard_rows)
     merged = pd.concat([p[0] for p in parts], ignore_index=True) if parts else frame
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     for _, c, _ in parts:
         for k, v in c.items():
-            counts[k] = counts.get(k, 0) + v
+            if isinstance(v, dict):  # e.g. a label mapping: shards' mappings agree, merge them
+                counts.setdefault(k, {}).update(v)
+            else:
+                counts[k] = counts.get(k, 0) + v
     return merged, counts, [f for _, _, found in parts for f in found]
 
 

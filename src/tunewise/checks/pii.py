@@ -43,7 +43,7 @@ IBAN_RE = re.compile(r"(?<![\w])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![A-Za
 IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 VERSION_BEFORE_RE = re.compile(r"(?:\bversion|\bver\.?|\bv)\s*$", re.IGNORECASE)  # "version 1.2.3.4"
 IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-# Optional +/00/( then 7+ digits with at most two separator characters between digits.
+# Optional "+" or "(" then 7+ digits with at most two separator characters between digits.
 PHONE_RE = re.compile(r"(?<![\w#$€£¥+/@.,-])(?:\+|\(\+?)?\d(?:[ .()\-]{0,2}\d){6,16}(?![\w/]|[.,]\d)")
 DATE_RE = re.compile(r"(?<!\d)(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?!\d)")
 PHONE_WORDS_RE = re.compile(

@@ -6,18 +6,23 @@ These run first (see ``tunewise.curate.CHECK_ORDER``): they are cheap, look at o
 Config semantics under ``curate:`` (``action`` first listed = default; ``threshold``):
 
 - ``standardise`` (actions ``relabel``, ``flag``; no threshold). Always applies a silent
-  clean-up (Unicode NFC, control characters removed except ``\\n`` and ``\\t``, runs of spaces
-  collapsed, ends stripped) to ``input``, the answer column and chat ``context`` contents, and
-  counts the rows it changed (``rows_normalised``). For classify it then finds label spelling
-  variants ("Order Status", "order-status", "ORDER_STATUS" -> "order_status"): labels with the
-  same key (casefold, ``-``/``_``/space unified) are one label, spelt the way most rows spell it.
-  ``relabel`` rewrites the variant rows, ``flag`` only reports them. The mapping lands in the
-  check's summary (``label_mapping``) and in each finding's detail.
+  clean-up (Unicode NFC, control characters removed except ``\\n`` and ``\\t``, odd spaces made
+  plain, runs of spaces collapsed, ends stripped) to ``input``, the answer column and chat
+  ``context`` contents, and counts the rows it changed (``rows_normalised``). For classify it
+  then finds label spelling variants ("Order Status", "order-status ", "ORDER_STATUS",
+  "OrderStatus" -> "order_status"): labels with the same key (casefold, camelCase split,
+  ``-``/``_``/space unified) are one label, spelt the way most rows spell it. ``relabel``
+  rewrites the variant rows, ``flag`` only reports them. The mapping lands in the check's
+  summary (``label_mapping``) and in each finding's detail.
 - ``empty_garbage`` (actions ``drop``, ``flag``; no threshold). ``empty``: input (or, for
-  generate, target; for classify, label) missing or whitespace only. ``garbage``: no letters at
-  all, one token repeated (>= 3 times), keyboard mash (>= half of the letters in mash-like
-  words), or mostly non-word characters (< 35 % letters/digits among >= 6 symbols). The limits are
-  set so that short real queries ("Refund?", "hi :)", "#A1234567 status") survive.
+  classify, label) missing or whitespace only. A blank target (generate) is ``empty_reply``, the
+  vocabulary's name for it; the ``generation`` check then leaves blank replies to this check and
+  reports only stand-ins such as "N/A". ``garbage``: no letters at all; one token repeated
+  (>= 3 times); keyboard mash (>= half of the letters in mash-like words: keyboard-row runs,
+  long vowel-less runs, one repeated letter, or letter pairs far likelier under random typing
+  than in English words, see ``MASH_LOG_ODDS``); or mostly non-word characters (< 35 % letters or
+  digits, with >= 6 symbols). The limits are set so that short real queries ("Refund?", "hi :)",
+  "#A1234567 status") survive: no BANKING77 query (13,083) is reported.
 - ``too_short`` (actions ``drop``, ``flag``; threshold = minimum number of *letters* in the input,
   default 2). Letters, not words: one-word queries ("Refund?", "hi") are real intent data and
   must survive, while "k", "?" or "1" carry nothing to learn from. With the default 2 only
@@ -33,11 +38,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import unicodedata
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from ..curate import Check, CurateContext, Finding, register
@@ -49,11 +56,11 @@ from ..progress import console
 
 def as_text(value: Any) -> str:
     """A cell as a string; missing values (None, NaN) become ''."""
-    if value is None:
+    if isinstance(value, str):
+        return value
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):  # None, NaN, pd.NA
         return ""
-    if isinstance(value, float) and value != value:  # NaN
-        return ""
-    return value if isinstance(value, str) else str(value)
+    return str(value)
 
 
 def map_context(context: Any, fn: Callable[[str], str]) -> Any:
@@ -98,42 +105,39 @@ def context_texts(context: Any) -> list[str]:
 
 # Cc = control characters; \n and \t carry layout, everything else (NUL, \x1b, \x7f...) is noise.
 # Zero-width space and BOM are format characters that only ever get in the way of matching.
-_KEEP_CONTROL = {"\n", "\t"}
-_INVISIBLE = {"\u200b", "\ufeff"}
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")
+# Unicode space separators (category Zs: no-break space, thin space...) become a plain space.
+_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _SPACE_RUN = re.compile(r" {2,}")
 
 
 def normalise_text(text: str) -> str:
     """NFC, drop control characters (keep newline and tab), collapse spaces, strip the ends."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    out = []
-    for ch in text:
-        if ch in _KEEP_CONTROL:
-            out.append(ch)
-        elif ch in _INVISIBLE or unicodedata.category(ch) == "Cc":
-            continue
-        elif unicodedata.category(ch) == "Zs":  # no-break and other odd spaces -> plain space
-            out.append(" ")
-        else:
-            out.append(ch)
-    return _SPACE_RUN.sub(" ", "".join(out)).strip()
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():
+        text = _ODD_SPACES.sub(" ", unicodedata.normalize("NFC", text))
+    return _SPACE_RUN.sub(" ", _CONTROL.sub("", text)).strip()
 
 
 _LABEL_SEPARATORS = re.compile(r"[\s_\-]+")
 _SNAKE = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def label_key(label: str) -> str:
-    """The spelling-free identity of a label: casefolded, separators unified to '_'."""
-    return _LABEL_SEPARATORS.sub("_", label.casefold()).strip("_")
+    """The spelling-free identity of a label: words split (also at camelCase), casefolded,
+    separators unified to '_': "Order Status", "order-status ", "OrderStatus" -> "order_status"."""
+    words = _CAMEL_BOUNDARY.sub("_", normalise_text(label))
+    return _LABEL_SEPARATORS.sub("_", words.casefold()).strip("_")
 
 
 def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
     """Map every non-canonical label spelling to its group's canonical spelling.
 
     Labels whose keys match (see ``label_key``) are one label. The canonical spelling is the one
-    most rows use; ties go to a snake_case spelling, then to an all-lower-case one, then to the
-    alphabetically first (so the result never depends on row order).
+    most rows use (tidied by ``normalise_text``); ties go to a spelling that needs no tidying,
+    then to snake_case, then to all-lower-case, then to the alphabetically first, so the result
+    never depends on row order. A label spelt only one way is not in the mapping.
     """
     counts = Counter(label for label in labels if isinstance(label, str) and label.strip())
     groups: dict[str, list[str]] = defaultdict(list)
@@ -145,10 +149,9 @@ def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
     for spellings in groups.values():
         if len(spellings) < 2:
             continue
-        canonical = max(
-            spellings,
-            key=lambda s: (counts[s], bool(_SNAKE.fullmatch(s)), s == s.lower(), [-ord(c) for c in s]),
-        )
+        best = max(spellings, key=lambda s: (counts[s], s == normalise_text(s), bool(_SNAKE.fullmatch(s)),
+                                             s == s.lower(), [-ord(c) for c in s]))
+        canonical = normalise_text(best)
         mapping.update({s: canonical for s in spellings if s != canonical})
     return mapping
 
@@ -165,23 +168,27 @@ class Standardise(Check):
 
     def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         frame = frame.copy()
-        changed = pd.Series(False, index=frame.index)
+        changed = np.zeros(len(frame), dtype=bool)
+        # Label spellings that merge with another spelling are left to ``find``, so that every
+        # merged row is reported; a label spelt one way is only tidied here.
+        variants = label_mapping(frame["label"]) if ctx.answer == "label" and "label" in frame else {}
         for column in ("input", ctx.answer):
             if column not in frame:
                 continue
-            before = frame[column]
-            after = before.map(lambda v: normalise_text(v) if isinstance(v, str) else v)
-            changed |= (before != after) & before.map(lambda v: isinstance(v, str))
+            keep = variants if column == "label" else {}
+            before = frame[column].tolist()
+            after = [normalise_text(v) if isinstance(v, str) and v not in keep else v for v in before]
+            changed |= np.array([isinstance(b, str) and b != a for b, a in zip(before, after)], dtype=bool)
             frame[column] = after
         if "context" in frame:
-            before = frame["context"]
-            after = before.map(lambda v: map_context(v, normalise_text))
-            changed |= (before != after) & before.map(lambda v: isinstance(v, str))
+            before = frame["context"].tolist()
+            after = [map_context(v, normalise_text) for v in before]
+            changed |= np.array([isinstance(b, str) and b != a for b, a in zip(before, after)], dtype=bool)
             frame["context"] = after
         counts: dict[str, Any] = {"rows_normalised": int(changed.sum())}
-        if ctx.answer == "label" and "label" in frame:
+        if variants:
             # The summary's per-check counts are where people look for what was merged into what.
-            counts["label_mapping"] = label_mapping(frame["label"])
+            counts["label_mapping"] = variants
         return frame, counts
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
@@ -208,11 +215,63 @@ _KEY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 _KEY_RUNS = frozenset(
     run for row in _KEY_ROWS for line in (row, row[::-1]) for run in (line[i:i + 4] for i in range(len(line) - 3))
 ) - {"erty", "trew"}
-# Letter pairs that (almost) never occur inside English words; several in one word = mash.
-_RARE_BIGRAMS = frozenset(
-    "bx cj cv cx dx fq fx gq gx hx jc jf jg jq js jv jw jx jz kq kx mx px pz qb qc qd qf qg qh qj qk "
-    "ql qm qn qp qs qt qv qw qx qy qz sx vb vf vh vj vm vp vq vt vw vx wx xj zj zq zx".split()
+# Letter-pair costs for telling random letters from English-like words: -2*log10 P(next | letter),
+# rounded and capped at 9, estimated from the 21,719 all-letter whole words of the BERT uncased
+# WordPiece vocabulary (the vocab.txt that all-MiniLM-L6-v2 ships). Rows: previous letter ("^" =
+# word start); columns: next letter a..z then "$" (word end). Stored here rather than loaded from
+# the encoder package so this check needs no model and gives the same answer everywhere.
+_BIGRAM_COST_ROWS = (
+    "222333333443233252234436559",  # ^
+    "633354343642325362223445352",  # a
+    "235526652572552772342667473",  # b
+    "263627622823661653423778473",  # c
+    "355415452574453673353448471",  # d
+    "353234454653324452235444452",  # e
+    "265622671662572772432766473",  # f
+    "267526322873533682343868471",  # g
+    "146515882874442563433758362",  # h
+    "342334366653312353225375843",  # i
+    "165516662566661465561666664",  # j
+    "256515542663533574254647371",  # k
+    "255314562742462586333468272",  # l
+    "134615662875342286363667482",  # m
+    "253224252545533665224456452",  # n
+    "443354354642213372332335463",  # o
+    "255626532762562382333768473",  # p
+    "444555554554555555550555553",  # q
+    "243315452744332463233457372",  # r
+    "353625632844453356323649471",  # s
+    "254615621974552682333658362",  # t
+    "333334363652225372227575553",  # u
+    "266616661775772675665777473",  # v
+    "154514732743522673345657472",  # w
+    "252624632665563156623455461",  # x
+    "354435563653333474344656750",  # y
+    "146516532664552564443566332",  # z
 )
+_BIGRAM_COST = {
+    prev + nxt: int(cost) / 2
+    for prev, row in zip("^abcdefghijklmnopqrstuvwxyz", _BIGRAM_COST_ROWS)
+    for nxt, cost in zip("abcdefghijklmnopqrstuvwxyz$", row)
+}
+_UNIFORM_COST = math.log10(26)  # -log10 P(letter) when letters are typed at random
+# Log10 likelihood ratio "random letters" vs "English-like" above which a word is mash. 1.5
+# (odds ~30:1) catches ~95 % of random 6-16 letter strings and no BANKING77 word of 5+ letters.
+MASH_LOG_ODDS = 1.5
+# A message that is one long word and nothing else has no context to vouch for it: there even
+# odds suffice (catches ~97 % of random 6+ letter strings; "withdraw", "unsubscribe", "klarna"
+# and other one-word requests stay below 0).
+SINGLE_WORD_LOG_ODDS = 0.0
+SINGLE_WORD_MIN_LETTERS = 6
+
+
+def random_letters_log_odds(word: str) -> float:
+    """log10 P(word | random letters) - log10 P(word | English letter pairs), lower-case a-z."""
+    padded = f"^{word}$"
+    pairs = [padded[i:i + 2] for i in range(len(padded) - 1)]
+    return sum(_BIGRAM_COST[p] for p in pairs) - len(pairs) * _UNIFORM_COST
+
+
 _TOKEN_STRIP = ".,;:!?\"'()[]{}<>*"
 MIN_WORD_CHAR_SHARE = 0.35   # "hi :)" is 50 % word characters; "!!!$$$ ok ???" is 15 %
 MIN_SYMBOLS_FOR_SHARE = 6    # don't judge the share on a handful of characters ("ok :)")
@@ -228,8 +287,7 @@ def _is_mash_word(word: str) -> bool:
         return True
     if any(word[i:i + 4] in _KEY_RUNS for i in range(len(word) - 3)):  # "asdfghjkl", "uiop"
         return True
-    rare = sum(word[i:i + 2] in _RARE_BIGRAMS for i in range(len(word) - 1))
-    return rare >= 2 or (rare >= 1 and rare / (len(word) - 1) >= 0.25)
+    return len(word) >= 5 and random_letters_log_odds(word) > MASH_LOG_ODDS  # "ytyzkfs"
 
 
 def garbage_reason(text: str) -> str | None:
@@ -249,6 +307,10 @@ def garbage_reason(text: str) -> str | None:
     mash = [w for w in ascii_words if _is_mash_word(w)]
     if mash and sum(len(w) for w in mash) / total_letters >= 0.5:
         return f"keyboard mash ({', '.join(mash[:3])})"
+    if (len(tokens) == 1 and len(letter_runs) == 1 and len(ascii_words) == 1
+            and len(ascii_words[0]) >= SINGLE_WORD_MIN_LETTERS
+            and random_letters_log_odds(ascii_words[0]) > SINGLE_WORD_LOG_ODDS):
+        return f"random letters ({ascii_words[0]})"
     symbols = [ch for ch in stripped if not ch.isspace()]
     word_chars = sum(ch.isalnum() for ch in symbols)
     if len(symbols) - word_chars >= MIN_SYMBOLS_FOR_SHARE and word_chars / len(symbols) < MIN_WORD_CHAR_SHARE:
@@ -259,7 +321,7 @@ def garbage_reason(text: str) -> str | None:
 @register
 class EmptyGarbage(Check):
     name = "empty_garbage"
-    issues = ("empty", "garbage")
+    issues = ("empty", "garbage", "empty_reply")
     actions = ("drop", "flag")
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
@@ -271,7 +333,8 @@ class EmptyGarbage(Check):
                 findings.append(Finding(index, "empty", "empty input"))
                 continue
             if not as_text(answer).strip():
-                findings.append(Finding(index, "empty", f"empty {ctx.answer}"))
+                kind = "empty_reply" if ctx.answer == "target" else "empty"
+                findings.append(Finding(index, kind, f"empty {ctx.answer}"))
                 continue
             reason = garbage_reason(text)
             if reason:
