@@ -17,7 +17,7 @@ Python sets of shingle strings.
 
 Peak memory is the process's ru_maxrss read right after the engine returns, so it includes the
 generated texts but not the datasketch loop, which runs afterwards on the first
-``--reference-n`` texts.
+``--reference-n`` texts with the engine's bands x rows (its recall on those is printed too).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 from tunewise.neardup import (
     datasketch_reference,
     find_near_duplicates,
+    lsh_params,
     normalise_texts,
     shingle_set,
 )
@@ -118,8 +119,10 @@ def _edit(text: str, rng: random.Random) -> str:
             words[pos] = words[pos].rstrip(".?!,") + rng.choice([",", "!!", "...", "?", ""])
         elif kind == "number":
             digits = [k for k, w in enumerate(words) if any(c.isdigit() for c in w)]
-            k = rng.choice(digits) if digits else pos
-            words[k] = str(rng.randint(10, 99_999_999))
+            if digits:
+                words[rng.choice(digits)] = str(rng.randint(10, 99_999_999))
+            else:
+                words[pos] = rng.choice(EXTRA_WORDS)
         else:
             words.append(rng.choice(["please", "thanks", "asap", "thank you", "cheers", "?", "!!!"]))
     return " ".join(words)
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ref_n = min(args.reference_n, args.n)
     sample = texts[:ref_n]
     t0 = time.perf_counter()
-    ref_pairs = datasketch_reference(sample, args.threshold, args.num_perm, args.shingle)
+    bands, rows, _ = lsh_params(args.threshold, args.num_perm)  # same banding as the engine
+    ref_pairs = datasketch_reference(sample, args.threshold, args.num_perm, args.shingle, params=(bands, rows))
     ref_s = time.perf_counter() - t0
     ref_tps = ref_n / ref_s
     engine_tps = args.n / wall_s

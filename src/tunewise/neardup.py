@@ -15,9 +15,11 @@ Pipeline (each phase timed in ``NearDupResult.stats``):
 4. MinHash: ``num_perm`` multiply-shift hashes ``(a*x + b) >> 32`` of the shingle's low 32 bits
    (a strongly universal family for 32-bit keys), minimum per text with ``np.minimum.reduceat``.
 5. LSH: ``bands`` x ``rows`` of the signature, each band folded to one 64-bit key; candidates are
-   texts that share a key in some band, found by sorting keys (no per-text Python dict).
-6. verify: the exact Jaccard of the two texts' shingle sets, for every candidate; only pairs with
-   Jaccard >= threshold are reported, so precision is 1 by construction (up to 64-bit collisions).
+   pairs that share a key in at least ``min_matches`` bands (see :func:`lsh_params`), found by
+   sorting keys (no per-text Python dict). Oversized buckets are capped (see ``MAX_BUCKET``).
+6. verify: the exact Jaccard of the two texts' shingle sets (rows of a sparse binary matrix), for
+   every candidate; only pairs with Jaccard >= threshold are reported, so precision is 1 by
+   construction (up to 64-bit hash collisions between different shingles).
 7. cluster: connected components over verified pairs and exact-duplicate links; the cluster id
    is the smallest row index in it, and that row is the cluster's representative.
 
@@ -41,7 +43,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 __all__ = [
@@ -88,7 +90,8 @@ class NearDupResult:
     cluster: np.ndarray  # (n,) int64, smallest row index of the row's cluster
     representative: np.ndarray  # (n,) bool, True for the one row kept per cluster
     stats: dict = field(default_factory=dict)  # timings per phase (s) and counts
-    exact_group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (n,) first row with the same normalised text
+    # (n,) int64, first row with the same normalised text (see exact_duplicate_groups)
+    exact_group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +127,16 @@ def _normalise_arrow(arr: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(out)
 
 
+def _normalise_parallel(arr: pa.Array, workers: int) -> pa.Array:
+    """:func:`_normalise_arrow` over ``workers`` slices on threads (Arrow kernels release the GIL)."""
+    if workers < 2 or len(arr) < 50_000:
+        return _normalise_arrow(arr)
+    step = -(-len(arr) // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(_normalise_arrow, [arr.slice(k, step) for k in range(0, len(arr), step)]))
+    return pa.concat_arrays(parts)
+
+
 def normalise_texts(texts: Sequence[str]) -> list[str]:
     """:func:`normalise_for_dedup` for many texts at once (vectorised in Arrow)."""
     return _normalise_arrow(_to_arrow(texts)).to_pylist()
@@ -133,6 +146,8 @@ def normalise_for_dedup(text: str) -> str:
     """The form two texts are compared in: ``"Where's order #1234?!"`` -> ``"wheres order 0"``.
 
     One definition for every caller: this runs the same Arrow pipeline as the batch engine.
+    Arrow compiles its patterns on every call (about 1 ms), so for many texts call
+    :func:`normalise_texts` once instead of this in a loop.
     """
     return normalise_texts([text])[0]
 
@@ -160,6 +175,33 @@ def exact_duplicate_groups(texts: Sequence[str]) -> np.ndarray:
     """
     codes, first_row, _ = _unique_codes(_normalise_arrow(_to_arrow(texts)))
     return first_row[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# sorted-array helpers
+
+
+def _first_of_runs(sorted_values: np.ndarray) -> np.ndarray:
+    """True where a sorted array's value differs from the previous one."""
+    first = np.empty(len(sorted_values), dtype=bool)
+    first[:1] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=first[1:])
+    return first
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique for large integer arrays: numpy 2.4's np.unique takes a hash-table path that is
+    ~100x slower here than its own (SIMD) sort."""
+    ordered = np.sort(values)
+    return ordered[_first_of_runs(ordered)]
+
+
+def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, count of each) of a sorted array."""
+    if len(sorted_values) == 0:
+        return sorted_values, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    return sorted_values[starts], np.diff(np.append(starts, len(sorted_values)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +234,11 @@ def _word_hashes(words: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _shingle_hashes(uniques: pa.Array, shingle: int) -> tuple[np.ndarray, np.ndarray]:
-    """(64-bit hash per shingle, shingle offsets per text: text u owns [off[u], off[u+1]))."""
+    """(64-bit hash per shingle, shingle offsets per text): text u owns [off[u], off[u+1]).
+
+    Shingles come out grouped by text, in word order, repeats included (MinHash ignores them;
+    the Jaccard check takes sets).
+    """
     n_texts = len(uniques)
     tokens = pc.split_pattern(uniques, pattern=" ")
     list_offsets = tokens.offsets.to_numpy()
@@ -200,59 +246,49 @@ def _shingle_hashes(uniques: pa.Array, shingle: int) -> tuple[np.ndarray, np.nda
     keep = word_len > 0  # "" splits into one empty token
     text_of_word = np.repeat(np.arange(n_texts, dtype=np.int64), np.diff(list_offsets))[keep]
     word_hash = word_hash[keep]
-    n_words = np.bincount(text_of_word, minlength=n_texts).astype(np.int64)
-    word_start = np.zeros(n_texts + 1, dtype=np.int64)
-    np.cumsum(n_words, out=word_start[1:])
-
-    n_shingles = np.where(n_words >= shingle, n_words - shingle + 1, np.minimum(n_words, 1))
+    n_all = len(word_hash)
     sh_off = np.zeros(n_texts + 1, dtype=np.int64)
-    np.cumsum(n_shingles, out=sh_off[1:])
-    total = int(sh_off[-1])
-    if total == 0:
-        return np.zeros(0, dtype=np.uint64), sh_off
-    sh_text = np.repeat(np.arange(n_texts, dtype=np.int64), n_shingles)
-    start = word_start[sh_text] + (np.arange(total, dtype=np.int64) - sh_off[sh_text])
-    width = np.minimum(n_words, shingle)[sh_text]
-    h = word_hash[start].copy()
-    last = len(word_hash) - 1
+    if n_all == 0:
+        return word_hash, sh_off
+
+    # The shingle starting at word k mixes in words k+1 .. k+shingle-1 while they belong to the
+    # same text: shifted views of one padded array, no per-shingle gathers. It is kept when its
+    # window is complete, or when k is the first word of a text too short for a full window.
+    span = shingle - 1
+    owner = np.concatenate((text_of_word, np.full(span, -1, dtype=np.int64)))
+    padded = np.concatenate((word_hash, np.zeros(span, dtype=np.uint64)))
+    h = word_hash.copy()
     for t in range(1, shingle):
-        inside = width > t
-        nxt = word_hash[np.minimum(start + t, last)]
-        mixed = _mix64(h * _NGRAM_MULT + nxt)
-        h = np.where(inside, mixed, h)
-    return h, sh_off
+        mixed = _mix64(h * _NGRAM_MULT + padded[t : t + n_all])
+        np.copyto(h, mixed, where=owner[t : t + n_all] == text_of_word)
+    keep = owner[span : span + n_all] == text_of_word  # complete window
+    keep[0] = True
+    keep[1:] |= text_of_word[1:] != text_of_word[:-1]  # first word of a text
+    np.cumsum(np.bincount(text_of_word[keep], minlength=n_texts), out=sh_off[1:])
+    return h[keep], sh_off
 
 
-def _shingle_sets(sh_hash: np.ndarray, sh_off: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-text sets of shingles as dense ids sorted within each text.
+def _shingle_sets(sh_hash: np.ndarray, sh_off: np.ndarray, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Shingle sets of ``texts`` (a few of all), as dense ids sorted within each text.
 
-    Returns (dense id per set element, set offsets per text, the 64-bit hash of each dense id).
-    Dense ids let the Jaccard check pack (pair, shingle) into one int64 key.
+    Returns (dense ids, set offsets per entry of ``texts``, number of distinct ids): the columns,
+    row offsets and width of a binary CSR matrix. Only texts that are in some candidate pair
+    need them, so the sort stays small.
     """
-    n_texts = len(sh_off) - 1
-    if len(sh_hash) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(n_texts + 1, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    order = np.argsort(sh_hash)
-    sorted_hash = sh_hash[order]
-    new = np.empty(len(sorted_hash), dtype=bool)
-    new[0] = True
-    np.not_equal(sorted_hash[1:], sorted_hash[:-1], out=new[1:])
-    dense_sorted = np.cumsum(new) - 1
-    dense = np.empty(len(sh_hash), dtype=np.int64)
-    dense[order] = dense_sorted
-    vocab_hash = sorted_hash[new]
-    n_vocab = len(vocab_hash)
-
-    sh_text = np.repeat(np.arange(n_texts, dtype=np.int64), np.diff(sh_off))
-    key = np.sort(sh_text * n_vocab + dense)
-    first = np.empty(len(key), dtype=bool)
-    first[0] = True
-    np.not_equal(key[1:], key[:-1], out=first[1:])
-    key = key[first]
+    idx, local = _segment_gather(sh_off[texts], sh_off[texts + 1] - sh_off[texts])
+    set_off = np.zeros(len(texts) + 1, dtype=np.int64)
+    if len(idx) == 0:
+        return np.zeros(0, dtype=np.int64), set_off, 0
+    hashes = sh_hash[idx]
+    order = np.argsort(hashes)
+    new = _first_of_runs(hashes[order])
+    dense = np.empty(len(hashes), dtype=np.int64)
+    dense[order] = np.cumsum(new) - 1
+    n_vocab = int(new.sum())
+    key = _sorted_unique(local * n_vocab + dense)  # sorted by text, then id; repeats gone
     set_text, set_ids = np.divmod(key, n_vocab)
-    set_off = np.zeros(n_texts + 1, dtype=np.int64)
-    np.cumsum(np.bincount(set_text, minlength=n_texts), out=set_off[1:])
-    return set_ids, set_off, vocab_hash
+    np.cumsum(np.bincount(set_text, minlength=len(texts)), out=set_off[1:])
+    return set_ids, set_off, n_vocab
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,8 +356,8 @@ def _band_keys_batch(
 
 
 def _band_keys(
-    x32: np.ndarray,
-    set_off: np.ndarray,
+    sh_hash: np.ndarray,
+    sh_off: np.ndarray,
     live: np.ndarray,
     a: np.ndarray,
     b: np.ndarray,
@@ -335,20 +371,23 @@ def _band_keys(
     releases the GIL inside ufunc loops, so threads use both cores without pickling arrays)."""
     n_live = len(live)
     keys = np.empty((bands, n_live), dtype=np.uint64)
-    starts, ends = set_off[live], set_off[live + 1]
-    # batch boundaries: consecutive live texts holding about max_batch_shingles set elements
+    if n_live == 0:
+        return keys
+    starts, ends = sh_off[live], sh_off[live + 1]
+    # batch boundaries: consecutive live texts holding about max_batch_shingles shingles, so one
+    # batch's (perm, shingle) matrix stays near 64 MiB
     cum = np.cumsum(ends - starts)
-    cuts = np.searchsorted(cum, np.arange(max_batch_shingles, int(cum[-1]) if n_live else 0, max_batch_shingles))
-    bounds = np.unique(np.concatenate(([0], cuts, [n_live]))) if n_live else np.array([0])
+    cuts = np.searchsorted(cum, np.arange(max_batch_shingles, int(cum[-1]), max_batch_shingles))
+    bounds = np.unique(np.concatenate(([0], cuts, [n_live])))
 
     def run(k: int) -> int:
         lo, hi = int(bounds[k]), int(bounds[k + 1])
         s0 = starts[lo:hi]
-        keys[:, lo:hi] = _band_keys_batch(x32[s0[0] : ends[hi - 1]], s0 - s0[0], a, b, bands, rows)
+        x32 = sh_hash[s0[0] : ends[hi - 1]] & _MASK32
+        keys[:, lo:hi] = _band_keys_batch(x32, s0 - s0[0], a, b, bands, rows)
         return hi - lo
 
-    bar = _progress("near-dup: minhash", n_live, progress)
-    with bar as advance, ThreadPoolExecutor(max_workers=workers) as pool:
+    with _progress("near-dup: minhash", n_live, progress) as advance, ThreadPoolExecutor(max_workers=workers) as pool:
         for done in pool.map(run, range(len(bounds) - 1)):
             advance(done)
     return keys
@@ -360,36 +399,45 @@ def _bucket_pairs(band_key: np.ndarray, next_key: np.ndarray, max_bucket: int) -
     Returns (codes, number of capped buckets).
     """
     n = len(band_key)
-    order = np.argsort(band_key, kind="stable")  # stable: members ascend by index
-    sorted_key = band_key[order]
-    boundary = np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1
+    # Sort (key prefix | index) packed in one uint64: a plain sort is far faster than argsort,
+    # and members of a bucket come out in index order. Dropping the key's low bits only merges
+    # buckets by chance (n^2 / 2^(64 - index bits), ~0.03 per band at a million texts); such a
+    # pair is a spurious candidate that verification rejects.
+    index_bits = max(1, (n - 1).bit_length())
+    low = _U64((1 << index_bits) - 1)
+    packed = (band_key & ~low) | np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & low).astype(np.int64)
+    prefix = packed >> _U64(index_bits)
+    boundary = np.flatnonzero(prefix[1:] != prefix[:-1]) + 1
     run_start = np.concatenate(([0], boundary))
     run_len = np.diff(np.concatenate((run_start, [n])))
     out: list[np.ndarray] = []
     multi = run_len >= 2
-    for size in np.unique(run_len[multi & (run_len <= max_bucket)]):
+    for size in np.flatnonzero(np.bincount(run_len[multi & (run_len <= max_bucket)], minlength=1)):
         starts = run_start[run_len == size]
         members = order[starts[:, None] + np.arange(size)]  # (buckets, size), ascending rows
         ii, jj = np.triu_indices(int(size), 1)
         out.append((members[:, ii] * n + members[:, jj]).ravel())
-    big = np.flatnonzero(run_len > max_bucket)
-    for k in big:  # rare by construction (see MAX_BUCKET), so a Python loop over them is fine
-        members = order[run_start[k] : run_start[k] + run_len[k]]
-        anchor = members[0]
-        out.append(anchor * n + members[1:])
-        by_next = members[np.argsort(next_key[members], kind="stable")]
-        lo, hi = np.minimum(by_next[:-1], by_next[1:]), np.maximum(by_next[:-1], by_next[1:])
+    big = run_len > max_bucket
+    if big.any():
+        # capped buckets: every member links to the bucket's first (smallest) member, and to its
+        # neighbour when the bucket is ordered by the next band's key
+        run_of = np.repeat(np.arange(len(run_start)), run_len)
+        pos = np.flatnonzero(big[run_of])
+        rid = run_of[pos]
+        members = order[pos]
+        anchor = order[run_start[rid]]
+        not_anchor = pos != run_start[rid]
+        out.append(anchor[not_anchor] * n + members[not_anchor])
+        by_next = np.lexsort((next_key[members], rid))
+        chain, chain_rid = members[by_next], rid[by_next]
+        same = chain_rid[1:] == chain_rid[:-1]
+        lo = np.minimum(chain[:-1], chain[1:])[same]
+        hi = np.maximum(chain[:-1], chain[1:])[same]
         out.append(lo * n + hi)
     codes = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-    return codes.astype(np.int64, copy=False), len(big)
-
-
-def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct values, count of each) of a sorted array."""
-    if len(sorted_values) == 0:
-        return sorted_values, np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
-    return sorted_values[starts], np.diff(np.append(starts, len(sorted_values)))
+    return codes.astype(np.int64, copy=False), int(big.sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,33 +446,20 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _segment_gather(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(flat element indices of all segments, segment number of each element)."""
-    total = int(lengths.sum())
     seg = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)
-    seg_off = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=seg_off[1:])
-    idx = starts[seg] + (np.arange(total, dtype=np.int64) - seg_off[seg])
+    seg_start = np.zeros(len(starts), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=seg_start[1:])
+    idx = np.arange(len(seg), dtype=np.int64) + np.repeat(starts - seg_start, lengths)
     return idx, seg
 
 
-def _exact_jaccard(
-    left: np.ndarray, right: np.ndarray, set_ids: np.ndarray, set_off: np.ndarray, n_vocab: int
-) -> np.ndarray:
-    """Exact Jaccard of the shingle sets of texts ``left[p]`` and ``right[p]`` for every p.
-
-    Each side's elements, keyed ``p * n_vocab + shingle id``, come out already sorted (pairs in
-    order, ids sorted within a text), so one binary search per element finds the intersection.
-    """
-    len_l = set_off[left + 1] - set_off[left]
-    len_r = set_off[right + 1] - set_off[right]
-    idx_l, seg_l = _segment_gather(set_off[left], len_l)
-    idx_r, seg_r = _segment_gather(set_off[right], len_r)
-    key_l = seg_l * n_vocab + set_ids[idx_l]
-    key_r = seg_r * n_vocab + set_ids[idx_r]
-    pos = np.searchsorted(key_r, key_l)
-    pos[pos == len(key_r)] = 0
-    hit = key_r[pos] == key_l if len(key_r) else np.zeros(len(key_l), dtype=bool)
-    inter = np.bincount(seg_l[hit], minlength=len(left))
-    union = len_l + len_r - inter
+def _exact_jaccard(left: np.ndarray, right: np.ndarray, sets: csr_matrix) -> np.ndarray:
+    """Exact Jaccard of the shingle sets (rows of a binary CSR matrix) of ``left[p]`` and
+    ``right[p]`` for every p: scipy's sparse element-wise product merges the two sorted id lists
+    of each pair in C, several times faster than a numpy search over (pair, id) keys."""
+    size = np.diff(sets.indptr)
+    inter = np.asarray(sets[left].multiply(sets[right]).sum(axis=1)).ravel()
+    union = size[left] + size[right] - inter
     return inter / np.maximum(union, 1)
 
 
@@ -432,12 +467,12 @@ def _exact_jaccard(
 # the engine
 
 
-def _progress(description: str, total: int, enabled: bool):
+def _progress(description: str, total: int, enabled: bool, unit: str = "texts"):
     if not enabled:
         return nullcontext(lambda n=1, **_: None)
     from .progress import progress as rich_progress
 
-    return rich_progress(description, total, unit="texts")
+    return rich_progress(description, total, unit=unit)
 
 
 def find_near_duplicates(
@@ -453,13 +488,14 @@ def find_near_duplicates(
     min_matches: int | None = None,
     max_bucket: int = MAX_BUCKET,
     workers: int | None = None,
-    verify_batch: int = 1 << 21,
+    verify_batch: int = 1 << 19,
 ) -> NearDupResult:
     """Pairs of rows whose word-``shingle``-gram sets have Jaccard >= ``threshold``, and clusters.
 
     ``bands``/``rows``/``min_matches`` default to :func:`lsh_params` (about 99% chance of
-    catching a pair at exactly the threshold, more above it). ``workers`` threads hash MinHash batches (default: up
-    to 2, the CPU count). Deterministic for a given ``seed``.
+    catching a pair at exactly the threshold, more above it). ``workers`` threads share the
+    normalising, MinHash, LSH and verify phases (default: the CPU count, at most 2). The result
+    is deterministic for a given ``seed``; rows that are None or NaN count as empty text.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -486,34 +522,32 @@ def find_near_duplicates(
         clock = now
 
     # 1-2. normalise, collapse exact duplicates
-    codes, first_row, uniques = _unique_codes(_normalise_arrow(_to_arrow(texts)))
+    codes, first_row, uniques = _unique_codes(_normalise_parallel(_to_arrow(texts), workers))
     n = len(codes)
     exact_group = first_row[codes] if n else np.zeros(0, dtype=np.int64)
     lap("normalise_s")
 
-    # 3. shingles of the distinct texts, as sorted sets of dense ids
+    # 3. shingles of the distinct texts
     sh_hash, sh_off = _shingle_hashes(uniques, shingle)
-    set_ids, set_off, vocab_hash = _shingle_sets(sh_hash, sh_off)
-    del sh_hash
-    set_len = np.diff(set_off)
-    live = np.flatnonzero(set_len > 0)  # distinct texts with content
+    sh_len = np.diff(sh_off)
+    live = np.flatnonzero(sh_len > 0)  # distinct texts with content
     lap("shingle_s")
 
     # 4. MinHash -> band keys
     a, b = _permutations(num_perm, seed)
-    x32 = vocab_hash[set_ids] & _MASK32
-    keys = _band_keys(x32, set_off, live, a, b, bands, rows, workers, progress)
-    del x32
+    keys = _band_keys(sh_hash, sh_off, live, a, b, bands, rows, workers, progress)
     lap("minhash_s")
 
     # 5. LSH candidates (live indices): pairs sharing a key in >= min_matches bands
-    per_band: list[np.ndarray] = []
-    capped = 0
-    for k in range(bands):
+    def band_pairs(k: int) -> tuple[np.ndarray, int]:
         band_codes, n_capped = _bucket_pairs(keys[k], keys[(k + 1) % bands], max_bucket)
-        capped += n_capped
-        per_band.append(np.unique(band_codes))  # one vote per band, even from a capped bucket
-    del keys
+        return _sorted_unique(band_codes), n_capped  # one vote per band, even from a capped bucket
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # sorts release the GIL
+        per_band_capped = list(pool.map(band_pairs, range(bands)))
+    per_band = [codes_k for codes_k, _ in per_band_capped]
+    capped = sum(n_capped for _, n_capped in per_band_capped)
+    del keys, per_band_capped
     collisions = np.sort(np.concatenate(per_band)) if per_band else np.zeros(0, dtype=np.int64)
     del per_band
     candidates, votes = _runs(collisions)
@@ -526,15 +560,26 @@ def find_near_duplicates(
     n_live = max(len(live), 1)
     kept_codes: list[np.ndarray] = []
     kept_jac: list[np.ndarray] = []
-    with _progress("near-dup: verify", len(candidates), progress) as advance:
-        for lo in range(0, len(candidates), verify_batch):
-            chunk = candidates[lo : lo + verify_batch]
-            li, lj = np.divmod(chunk, n_live)
-            jac = _exact_jaccard(live[li], live[lj], set_ids, set_off, len(vocab_hash))
-            ok = jac >= threshold
-            kept_codes.append(chunk[ok])
-            kept_jac.append(jac[ok])
-            advance(len(chunk))
+    involved = _sorted_unique(np.concatenate(np.divmod(candidates, n_live)))  # live indices
+    set_ids, set_off, n_vocab = _shingle_sets(sh_hash, sh_off, live[involved])
+    sets = csr_matrix((np.ones(len(set_ids), dtype=np.int32), set_ids, set_off), shape=(len(involved), max(n_vocab, 1)))
+    sets.has_sorted_indices = True  # ids ascend within each text, no repeats
+    del sh_hash, set_ids
+
+    def verify(lo: int) -> tuple[np.ndarray, np.ndarray]:
+        chunk = candidates[lo : lo + verify_batch]
+        li, lj = np.divmod(chunk, n_live)
+        jac = _exact_jaccard(np.searchsorted(involved, li), np.searchsorted(involved, lj), sets)
+        ok = jac >= threshold
+        return chunk[ok], jac[ok]
+
+    with _progress("near-dup: verify", len(candidates), progress, "pairs") as advance, ThreadPoolExecutor(workers) as pool:
+        for lo, (codes_ok, jac_ok) in zip(
+            range(0, len(candidates), verify_batch), pool.map(verify, range(0, len(candidates), verify_batch))
+        ):
+            kept_codes.append(codes_ok)  # pool.map keeps chunk order, so codes stay sorted
+            kept_jac.append(jac_ok)
+            advance(min(verify_batch, len(candidates) - lo))
     verified = np.concatenate(kept_codes) if kept_codes else np.zeros(0, dtype=np.int64)
     near_jac = np.concatenate(kept_jac) if kept_jac else np.zeros(0)
     li, lj = np.divmod(verified, n_live)
@@ -543,7 +588,7 @@ def find_near_duplicates(
 
     # 7. clusters: near links plus exact-duplicate links of rows with content
     rows_idx = np.arange(n, dtype=np.int64)
-    has_content = set_len[codes] > 0 if n else np.zeros(0, dtype=bool)
+    has_content = sh_len[codes] > 0 if n else np.zeros(0, dtype=bool)
     dup_rows = np.flatnonzero((exact_group != rows_idx) & has_content)
     pair_i = np.concatenate((near_i, exact_group[dup_rows]))
     pair_j = np.concatenate((near_j, dup_rows))
@@ -567,7 +612,8 @@ def find_near_duplicates(
         "distinct_texts": int(len(uniques)),
         "texts_without_shingles": int(n - has_content.sum()) if n else 0,
         "exact_duplicate_rows": int(len(dup_rows)),
-        "shingles": int(len(set_ids)),
+        "shingles": int(sh_off[-1]),
+        "texts_verified": int(len(involved)),
         "threshold": threshold,
         "num_perm": num_perm,
         "shingle": shingle,

@@ -104,14 +104,33 @@ def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, t
 
 
 def find_leakage(train: pd.DataFrame, test: pd.DataFrame, threshold: float, seed: int) -> list[tuple[str, str, float]]:
-    """Test rows with a near-duplicate in train: (test id, train id, Jaccard)."""
+    """Test rows with a near-duplicate in train: (test id, train id, Jaccard).
+
+    The engine links each exact-duplicate group through its first row only, so a test row is
+    matched through its group: it leaks when its group holds a train row (Jaccard 1.0 after
+    normalisation) or when its group's first row is linked to a group that holds one.
+    """
     if len(train) == 0 or len(test) == 0:
         return []
     texts = test["input"].astype(str).tolist() + train["input"].astype(str).tolist()
     result = find_near_duplicates(texts, threshold=threshold, seed=seed + 1)
     n_test = len(test)
-    out: dict[int, tuple[str, str, float]] = {}
-    for (i, j), jac in zip(result.pairs.tolist(), result.jaccard.tolist()):
-        if i < n_test <= j and (i not in out or jac > out[i][2]):
-            out[i] = (str(test["id"].iloc[i]), str(train["id"].iloc[j - n_test]), float(jac))
-    return [out[k] for k in sorted(out)]
+    group = result.exact_group
+    # first train row of every exact group that has one
+    train_in_group: dict[int, int] = {}
+    for j in range(n_test, len(texts)):
+        train_in_group.setdefault(int(group[j]), j)
+    best: dict[int, tuple[int, float]] = {}  # group first row -> (train row, jaccard)
+    for g, j in train_in_group.items():
+        best[g] = (j, 1.0)
+    for (a, b), jac in zip(result.pairs.tolist(), result.jaccard.tolist()):
+        for here, there in ((a, b), (b, a)):
+            j = train_in_group.get(int(group[there]))
+            if j is not None and (int(group[here]) not in best or best[int(group[here])][1] < jac):
+                best[int(group[here])] = (j, float(jac))
+    out = []
+    for i in range(n_test):
+        hit = best.get(int(group[i]))
+        if hit is not None:
+            out.append((str(test["id"].iloc[i]), str(train["id"].iloc[hit[0] - n_test]), hit[1]))
+    return out
