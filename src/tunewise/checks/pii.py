@@ -221,6 +221,7 @@ def _kinds_phrase(kinds: set[str]) -> str:
 @register
 class Pii(Check):
     name = "pii"
+    row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("pii",)
     actions = ("redact", "drop", "flag")
 

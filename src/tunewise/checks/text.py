@@ -321,6 +321,7 @@ def garbage_reason(text: str) -> str | None:
 @register
 class EmptyGarbage(Check):
     name = "empty_garbage"
+    row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("empty", "garbage", "empty_reply")
     actions = ("drop", "flag")
 
@@ -351,6 +352,7 @@ DEFAULT_MIN_LETTERS = 2
 @register
 class TooShort(Check):
     name = "too_short"
+    row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("too_short",)
     actions = ("drop", "flag")
 
@@ -406,6 +408,7 @@ def count_tokens(texts: list[str], tokenizer: Any | None) -> list[int]:
 @register
 class TooLong(Check):
     name = "too_long"
+    row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("too_long",)
     actions = ("drop", "flag")
 
