@@ -1103,6 +1103,9 @@ class _Row:
     id: str = ""
 
 
+_NUMBERS = re.compile(r"\w*\d\w*")
+
+
 class _Pool:
     """Generates clean rows with unique normalised texts and no same-template near duplicates."""
 
@@ -1111,7 +1114,30 @@ class _Pool:
     def __init__(self, draw: _Draw) -> None:
         self.draw = draw
         self.seen: set[str] = set()
-        self.by_template: dict[tuple[str, int], list[set]] = {}
+        # every clean row's shingles (numbers masked) and an inverted index to find overlaps fast
+        self.shingle_sets: list[set] = []
+        self.index: dict[tuple[str, ...], list[int]] = {}
+
+    def too_close(self, shingles: set) -> bool:
+        """True when a kept clean row (any intent) reaches MAX_SIMILARITY with these shingles.
+
+        Numbers are masked first: two messages that differ only in an order number are one
+        request, i.e. a near-duplicate the truth file would not list.
+        """
+        overlap: dict[int, int] = {}
+        for sh in shingles:
+            for i in self.index.get(sh, ()):
+                overlap[i] = overlap.get(i, 0) + 1
+        for i, common in overlap.items():
+            union = len(shingles) + len(self.shingle_sets[i]) - common
+            if union and common / union >= self.MAX_SIMILARITY:
+                return True
+        return False
+
+    def keep(self, shingles: set) -> None:
+        self.shingle_sets.append(shingles)
+        for sh in shingles:
+            self.index.setdefault(sh, []).append(len(self.shingle_sets) - 1)
 
     def claim(self, text: str) -> bool:
         """Reserve a normalised text; False if it is already taken."""
@@ -1130,13 +1156,12 @@ class _Pool:
             channel = draw.pick(CHANNELS, CHANNEL_WEIGHTS)
             tier = draw.pick(TIERS, (0.4, 0.2, 0.4) if intent == "invoice_request" else TIER_WEIGHTS)
             text = _style(_fill(skeleton, slots), channel, draw)
-            shingles = word_shingles(text)
-            siblings = self.by_template.setdefault((intent, index), [])
-            if any(jaccard(shingles, s) >= self.MAX_SIMILARITY for s in siblings):
+            shingles = word_shingles(_NUMBERS.sub("0", text))
+            if self.too_close(shingles):
                 continue
             if not self.claim(text):
                 continue
-            siblings.append(shingles)
+            self.keep(shingles)
             has_order = "{order}" in skeleton
             reply = _reply(intent, text, slots, tier, has_order, draw)
             return _Row(text, intent, reply, channel, tier, slots, (intent, index), has_order)
