@@ -4,8 +4,9 @@ Config under ``curate.pii``: ``action`` is ``redact`` (default: replace each mat
 placeholder ``<EMAIL>``, ``<PHONE>``, ``<CARD>``, ``<IBAN>``, ``<IP>`` so the row keeps its
 meaning for training), ``drop`` (remove the row) or ``flag`` (report only). No threshold.
 
-Scanned: ``input``, chat ``context`` contents and, for generate, ``target`` (agent replies leak
-customer data too). Labels are not scanned: they are a closed set of class names.
+Scanned: ``input``, chat ``context`` contents, for generate ``target`` (agent replies leak
+customer data too), and every text meta column kept with the records (for example a reply
+column beside a classify label). Labels are not scanned: they are a closed set of class names.
 
 Hand-written patterns plus checksums, not a library: Presidio and phonenumbers are not
 dependencies (and Presidio pulls in spaCy models we cannot download offline). Checksums keep
@@ -28,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from ..curate import Check, CurateContext, Finding, register
+from ..records import meta_columns
 from .text import as_text, map_context
 
 KINDS = ("email", "phone", "card", "iban", "ip")
@@ -227,6 +229,9 @@ class Pii(Check):
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         fields = ["input", "context"] + (["target"] if ctx.answer == "target" else [])
+        # meta columns travel with the data into every artifact (a reply column kept beside a
+        # classify label, a notes column): they leak PII just the same
+        fields += [c for c in meta_columns(frame) if frame[c].dtype == object]
         fields = [f for f in fields if f in frame]
         columns = {f: frame[f].tolist() for f in fields}
         findings = []
