@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pandas as pd  # noqa: E402
 
 from tunewise.config import config_from_dict  # noqa: E402
 from tunewise.curate import curate_frame, make_engine  # noqa: E402

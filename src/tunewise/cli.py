@@ -164,6 +164,25 @@ def curate(
 
 
 @app.command()
+def evaluate(
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+    fail_under: Annotated[bool, typer.Option("--fail-under", help="exit 1 when the gate fails (for CI regression gates)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score every candidate on held-out data with intervals, paired tests, slices and the gate."""
+    cfg = _load(config)
+    _run(cfg, run_id, ["evaluate"], list(force or []) + ["evaluate"], as_json)
+    if fail_under:
+        from .artifacts import read_json
+        from .evaluate import gate_exit_code
+
+        summary = read_json(cfg.resolve(cfg.runs_dir) / run_id / "evaluate" / "summary.json")
+        gate = summary.get("gate", {})
+        err.print(f"gate: {'passed' if gate.get('passed') else 'FAILED'}; " + "; ".join(gate.get("reasons", [])))
+        raise typer.Exit(gate_exit_code(summary))
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo data, config and runs")] = Path("demo"),
     task: Annotated[str, typer.Option("--task", help="classify or generate")] = "classify",

@@ -11,6 +11,7 @@ A wrong key or type is reported with its path, the file and line, and a suggesti
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,6 +109,65 @@ class SplitConfig(Section):
     )
 
 
+class EvaluateConfig(Section):
+    """The ``evaluate:`` section: metrics, intervals, slices, robustness and the gate."""
+
+    baseline: str | None = Field(
+        None, description="candidate every other one is compared with; default: the zero-shot LLM "
+        "(zero_shot_llm for classify, zero_shot_llm_gen for generate)")
+    candidates: list[str] | None = Field(None, description="evaluate only these candidates; default: all with predictions")
+    threshold: float = Field(0.15, ge=0, description="gate: relative improvement over the baseline the chosen candidate must reach")
+    n_resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples for every interval")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1, description="level of every interval")
+    out_of_scope_label: str = Field("out_of_scope", description="classify: label of messages the model should not answer")
+    target_precision: float = Field(
+        0.9, gt=0, le=1, description="classify: the out-of-scope threshold is the lowest confidence at which "
+        "validation answers reach this precision; answers below it become the out-of-scope label")
+    format_pattern: str | None = Field(
+        None, description="generate: regular expression every reply should contain (re.search; anchor with ^...$ for all of it)")
+    embedding_similarity: bool = Field(True, description="generate: cosine similarity of reply and reference embeddings")
+    min_slice_rows: int = Field(20, ge=1, description="slices with fewer rows are reported as not computable")
+    robustness: bool = Field(True, description="re-predict a sample of the test set under perturbations")
+    perturbations: list[str] = Field(
+        default_factory=lambda: ["typos", "casing", "punctuation", "fillers"],
+        description="perturbations for the robustness check (tunewise.perturb): typos, casing, punctuation, fillers")
+    robustness_rows: int = Field(300, ge=10, description="test rows re-predicted per perturbation")
+    robustness_expensive: bool = Field(
+        False, description="also re-predict LLM prompting candidates under perturbations (slow on a CPU)")
+    overfit_gap: float = Field(
+        0.10, gt=0, description="flag a candidate whose train score exceeds its validation score by more than "
+        "this share of the validation score (and validation vs test likewise)")
+    overfit_train_rows: int = Field(2000, ge=10, description="training rows re-predicted for the train score")
+    forgetting: bool = Field(True, description="run the general-ability probe on the base and fine-tuned LLM")
+    human_sheet_size: int = Field(50, ge=0, description="rows in the blind side-by-side sheet for people; 0 turns it off")
+    gate_beats_cheap: bool = Field(
+        True, description="gate: the chosen candidate must not lose to the best cheap candidate beyond noise")
+    worst_examples: int = Field(10, ge=0, description="worst examples listed per candidate")
+    top_confusions: int = Field(10, ge=1, description="classify: largest confusions named per candidate")
+
+    @field_validator("format_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"format_pattern is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known_perturbations(cls, value: list[str]) -> list[str]:
+        from .perturb import PERTURBATIONS  # the same list training augmentation uses
+
+        unknown = [v for v in value if v not in PERTURBATIONS]
+        if unknown:
+            raise ValueError(f"unknown perturbation(s) {unknown}; known: {', '.join(PERTURBATIONS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("perturbations listed twice")
+        return value
+
+
 class TrackingConfig(Section):
     uri: str = Field("mlruns", description="MLflow tracking URI or local folder")
     experiment: str = Field("tunewise", description="MLflow experiment name")
@@ -121,6 +181,7 @@ class ProjectConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation and gate settings")
     tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
 
     @field_validator("tracking", mode="before")

@@ -6,6 +6,12 @@ on a few thousand examples take well under a second. Comparisons between two can
 the same resample matrix for both (a paired bootstrap), which is what makes the interval of a
 difference narrow and right. scipy's ``bootstrap`` handles one statistic at a time with a Python
 callback per call; this shape shares the resamples across all metrics and candidates.
+
+Intervals are percentiles of the resampled statistic. tests/test_stats.py simulates paired data
+with a true difference of zero (continuous and 0/1 correctness, n=100, 1,000 seeded simulations,
+independent resamples each): the 95% interval of the paired difference covers zero in 93-97% of
+them, so the percentile interval is kept; BCa would need a jackknife per statistic, which the
+counts form does not give for free.
 """
 
 from __future__ import annotations
@@ -20,8 +26,14 @@ from scipy import stats as sps
 def resample_weights(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
     """(B, n) float32 counts: row b says how many times each example is drawn in resample b."""
     rng = np.random.default_rng(seed)
-    # drawing n examples with replacement = one multinomial draw of counts over the n examples
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float32)
+    if n == 0:
+        return np.zeros((n_resamples, 0), dtype=np.float32)
+    # n draws with replacement per resample, counted with one bincount over all resamples; the
+    # same distribution as a multinomial draw of counts, but ~20x faster for small n (numpy's
+    # multinomial pays a per-row cost), which keeps per-slice and simulated bootstraps cheap.
+    drawn = rng.integers(0, n, size=(n_resamples, n))
+    drawn += np.arange(n_resamples)[:, None] * n
+    return np.bincount(drawn.ravel(), minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float32)
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -49,10 +61,11 @@ def class_counts(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n_
     """Weighted true/false positives and false negatives per class, for every resample at once."""
     correct = y_true == y_pred
     eye = np.eye(n_classes, dtype=np.float32)
-    tp = weights @ (eye[y_true] * correct[:, None])
-    fp = weights @ (eye[y_pred] * ~correct[:, None])
-    fn = weights @ (eye[y_true] * ~correct[:, None])
-    return ClassCounts(tp, fp, fn, weights.sum(axis=1))
+    # products in the weights' precision (float32 counts are exact below 2^24), ratios in float64
+    tp = (weights @ (eye[y_true] * correct[:, None])).astype(np.float64)
+    fp = (weights @ (eye[y_pred] * ~correct[:, None])).astype(np.float64)
+    fn = (weights @ (eye[y_true] * ~correct[:, None])).astype(np.float64)
+    return ClassCounts(tp, fp, fn, weights.sum(axis=1, dtype=np.float64))
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -75,13 +88,19 @@ def metrics_from_counts(c: ClassCounts) -> dict[str, np.ndarray]:
     present = (support + fp) > 0
     n_present = np.maximum(present.sum(axis=1), 1)
     weight = _safe_div(support, support.sum(axis=1, keepdims=True))
-    micro = _safe_div(tp.sum(axis=1), c.total)
+    accuracy = _safe_div(tp.sum(axis=1), c.total)
+    # micro averages pool the counts; single-label, they equal accuracy unless some rows carry
+    # a prediction outside the counted classes
+    micro_precision = _safe_div(tp.sum(axis=1), (tp + fp).sum(axis=1))
+    micro_recall = _safe_div(tp.sum(axis=1), (tp + fn).sum(axis=1))
     return {
-        "accuracy": micro,
+        "accuracy": accuracy,
         "macro_precision": (precision * present).sum(axis=1) / n_present,
         "macro_recall": (recall * present).sum(axis=1) / n_present,
         "macro_f1": (f1 * present).sum(axis=1) / n_present,
-        "micro_f1": micro,
+        "micro_precision": micro_precision,
+        "micro_recall": micro_recall,
+        "micro_f1": _safe_div(2 * micro_precision * micro_recall, micro_precision + micro_recall),
         "weighted_precision": (precision * weight).sum(axis=1),
         "weighted_recall": (recall * weight).sum(axis=1),
         "weighted_f1": (f1 * weight).sum(axis=1),
@@ -91,7 +110,7 @@ def metrics_from_counts(c: ClassCounts) -> dict[str, np.ndarray]:
 def classification_metrics_with_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
                                    weights: np.ndarray | None = None, level: float = 0.95) -> tuple[dict, dict, dict]:
     """Point metrics, their intervals and the resampled values (for paired comparisons)."""
-    ones = np.ones((1, len(y_true)), dtype=np.float32)
+    ones = np.ones((1, len(y_true)), dtype=np.float64)  # float64: point metrics exact to the last digit
     point = {k: float(v[0]) for k, v in metrics_from_counts(class_counts(ones, y_true, y_pred, n_classes)).items()}
     if weights is None:
         return point, {}, {}
@@ -203,6 +222,37 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     nonzero = total > 0
     gap = np.abs(acc_sum[nonzero] - conf_sum[nonzero])
     return float(gap.sum() / confidence.size)
+
+
+def calibration_error_resampled(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray,
+                                n_bins: int = 15) -> np.ndarray:
+    """ECE of every resample at once, (B,): the same bins, with per-bin sums as weighted counts."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    if confidence.size == 0:
+        return np.full(weights.shape[0], np.nan)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    onehot = np.eye(n_bins)[bins]  # (n, bins)
+    w = weights.astype(np.float64)
+    total = w.sum(axis=1)
+    gap = np.abs(w @ (onehot * correct[:, None]) - w @ (onehot * confidence[:, None]))
+    return gap.sum(axis=1) / np.where(total > 0, total, 1)
+
+
+def ratio_resampled(numerator: np.ndarray, denominator: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum(numerator) / sum(denominator) per resample, NaN where the denominator is zero."""
+    num = weights @ np.asarray(numerator, np.float64)
+    den = weights @ np.asarray(denominator, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy's); (nan, nan) for no trials."""
+    if trials <= 0:
+        return (float("nan"), float("nan"))
+    ci = sps.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def bootstrap_statistic(fn: Callable[[np.ndarray], float], n: int, weights: np.ndarray) -> np.ndarray:

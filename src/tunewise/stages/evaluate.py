@@ -1,0 +1,241 @@
+"""evaluate: every candidate on the held-out test set, with intervals, paired tests and the gate."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import write_json
+from ..config import ProjectConfig
+from ..progress import console
+from ..runner import StageContext, StageError, stage
+
+
+
+def _knowledge_base(cfg: ProjectConfig) -> Path | None:
+    return cfg.resolve(cfg.data.knowledge_base) if cfg.data.knowledge_base else None
+
+
+def _knowledge_base_files(cfg: ProjectConfig) -> list[Path]:
+    # In the cache key: a knowledge-base edit changes which reply facts count as supported.
+    folder = _knowledge_base(cfg)
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".md", ".txt"))
+
+
+def _read_split(ctx: StageContext, name: str, required: bool) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(ctx.input("split", f"{name}.parquet"))
+    except StageError:
+        if required:
+            raise
+        return None
+
+
+def _trained_loader() -> Any:
+    """``tunewise.train.load_candidate(train_dir, name) -> Candidate`` when the train module has it."""
+    try:
+        module = importlib.import_module("tunewise.train")
+    except ModuleNotFoundError as exc:
+        if exc.name != "tunewise.train":
+            raise
+        return None
+    return getattr(module, "load_candidate", None)
+
+
+def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataFrame, validation: pd.DataFrame | None,
+                       include_expensive: bool) -> tuple[dict, list[dict]]:
+    """Fitted candidates to re-predict with: cheap ones refitted on train.parquet (seconds),
+    prompted LLMs only when asked, fine-tuned ones through the train stage's loader."""
+    from ..baseline import BaselineConfig, build_candidate, candidate_settings
+    from ..candidates import CANDIDATES
+
+    cfg = ctx.config
+    section = getattr(cfg, "baseline", None) or BaselineConfig()
+    settings = candidate_settings(section, cfg.models, knowledge_base=_knowledge_base(cfg),
+                                  task_description=cfg.data.task_description)
+    fitted: dict[str, Any] = {}
+    skipped: list[dict] = []
+    loader = _trained_loader()
+    for name, entry in names.items():
+        registered = CANDIDATES.get(name)
+        if entry["source"] == "train" or registered is None:
+            if loader is None:
+                skipped.append({"name": name, "reason": "the train stage exposes no loader "
+                                "(tunewise.train.load_candidate(train_dir, name)), so it cannot re-predict"})
+                continue
+            try:
+                fitted[name] = loader(ctx.run_dir / "train", name)
+            except Exception as exc:  # noqa: BLE001 - reported, and the other candidates go on
+                skipped.append({"name": name, "reason": f"loading from the train stage failed: {type(exc).__name__}: {exc}"})
+            continue
+        if registered.expensive and not include_expensive:
+            skipped.append({"name": name, "reason": "LLM prompting candidate: re-predicting it is slow on a CPU "
+                            "(set evaluate.robustness_expensive: true to include it)"})
+            continue
+        started = time.perf_counter()
+        fitted[name] = build_candidate(name, settings).fit(train, validation)
+        console.print(f"evaluate: refitted {name} in {time.perf_counter() - started:.1f}s for robustness and over-fitting")
+    return fitted, skipped
+
+
+@stage("evaluate", sections=("evaluate", "data", "models"),
+       reads=("split", "baseline", "train"), user_files=_knowledge_base_files)
+def run(ctx: StageContext) -> dict:
+    """Compare every candidate with the baseline on the test set: intervals, slices, robustness, gate."""
+    from .. import evaluate as ev
+    from ..metrics_gen import knowledge_texts
+
+    cfg = ctx.config
+    section = cfg.evaluate
+    task = cfg.task
+    test = _read_split(ctx, "test", required=True)
+    validation = _read_split(ctx, "validation", required=False)
+    train = _read_split(ctx, "train", required=False)
+    candidates, skipped = ev.load_run_predictions(ctx.run_dir)
+    if not (ctx.run_dir / "train").is_dir():
+        console.print("[dim]evaluate: no train stage in this run; evaluating the baseline stage's candidates[/dim]")
+    if not candidates:
+        raise StageError(f"no candidate predictions under {ctx.run_dir / 'baseline' / 'predictions'} or "
+                         f"{ctx.run_dir / 'train' / 'predictions'}; run `tunewise baseline` first"
+                         + (f" ({'; '.join(s['reason'] for s in skipped)})" if skipped else ""))
+    for s in skipped:
+        console.print(f"[yellow]evaluate: skipped {s['name']}: {s['reason']}[/yellow]")
+
+    kb = _knowledge_base(cfg)
+    knowledge = knowledge_texts(kb) if task == "generate" and kb is not None else []
+    encoder = cfg.models.encoder if task == "generate" and section.embedding_similarity else None
+    evaluation = ev.evaluate_candidates(
+        test, candidates, task=task, config=section, validation=validation, slice_columns=cfg.data.slice_columns,
+        knowledge=knowledge, encoder=encoder, seed=cfg.seed, skipped=skipped,
+    )
+    summary = evaluation.summary
+    sample_file = ctx.run_dir / "baseline" / "sample_ids.json"
+    if sample_file.exists():  # which candidates scored only a sample: their comparisons run on it
+        from ..artifacts import read_json
+
+        sample = read_json(sample_file)
+        summary["sample"] = {"size": len(sample.get("test", [])), "scored_by": sample.get("scored_by", []),
+                             "stratified_by": sample.get("stratified_by")}
+    for s in summary["skipped"][len(skipped):]:
+        console.print(f"[yellow]evaluate: {s['name']}: {s['reason']}[/yellow]")
+    by_name = {c.name: c for c in candidates}
+    evaluated = {e["name"]: e for e in summary["candidates"]}
+
+    # ---- robustness and over-fitting (train score) need fitted candidates
+    fitted: dict[str, Any] = {}
+    fit_skipped: list[dict] = []
+    if train is not None and len(train):
+        started = time.perf_counter()
+        fitted, fit_skipped = _fitted_candidates(ctx, evaluated, train, validation, section.robustness_expensive)
+        summary["timings_s"]["refit"] = round(time.perf_counter() - started, 3)
+    else:
+        fit_skipped = [{"name": n, "reason": "split/train.parquet is missing: nothing to refit on"} for n in evaluated]
+    robustness: dict[str, Any] = {"enabled": section.robustness}
+    if section.robustness:
+        started = time.perf_counter()
+        rng = np.random.default_rng(cfg.seed)
+        rows = np.sort(rng.choice(len(test), size=min(section.robustness_rows, len(test)), replace=False))
+        robustness.update(ev.robustness_report(task, fitted, test.iloc[rows], kinds=section.perturbations,
+                                               n_resamples=section.n_resamples, level=section.confidence_level,
+                                               seed=cfg.seed, skipped=fit_skipped))
+        summary["timings_s"]["robustness"] = round(time.perf_counter() - started, 3)
+    write_json(ctx.path("robustness.json"), ev._json_safe(robustness))
+
+    started = time.perf_counter()
+    overfit_rows: dict[str, dict] = {}
+    train_sample = None
+    if train is not None and len(train):
+        rng = np.random.default_rng(cfg.seed + 1)
+        train_sample = train.iloc[np.sort(rng.choice(len(train), size=min(section.overfit_train_rows, len(train)), replace=False))]
+    for name, entry in evaluated.items():
+        c = by_name[name]
+        primary = summary["primary_metric"]
+        splits: dict[str, tuple] = {"test": (entry["metrics"].get(primary, float("nan")), entry["n_eval"],
+                                             tuple(entry["ci95"].get(primary, (float("nan"), float("nan")))))}
+        scored = {"n_resamples": section.n_resamples, "level": section.confidence_level, "seed": cfg.seed}
+        if c.validation is not None and validation is not None:
+            splits["validation"] = ev.primary_score(task, c.validation, validation, **scored)
+        if c.train is not None and train is not None:
+            splits["train"] = ev.primary_score(task, c.train, train, **scored)
+        elif name in fitted and train_sample is not None:
+            splits["train"] = ev.primary_score(task, fitted[name].predict(train_sample), train_sample, **scored)
+        if "train" in splits:
+            overfit_rows[name] = splits
+    overfitting = ev.overfitting_report(task, overfit_rows, section.overfit_gap)
+    overfitting["not_computed"] = {n: "no train-set predictions and not cheap to refit" for n in evaluated if n not in overfit_rows}
+    write_json(ctx.path("overfitting.json"), ev._json_safe(overfitting))
+    summary["timings_s"]["overfitting"] = round(time.perf_counter() - started, 3)
+
+    # ---- forgetting: the general-ability probe on the base and fine-tuned LLMs
+    started = time.perf_counter()
+    forgetting = _forgetting(ctx, section.forgetting)
+    write_json(ctx.path("forgetting.json"), ev._json_safe(forgetting))
+    summary["timings_s"]["forgetting"] = round(time.perf_counter() - started, 3)
+
+    # ---- the blind side-by-side sheet for people
+    human = {"enabled": section.human_sheet_size > 0}
+    gate = summary["gate"]
+    if section.human_sheet_size > 0 and gate.get("candidate") and gate.get("baseline"):
+        from ..human_sheet import write_sheet
+
+        pair = (gate["candidate"], gate["baseline"])
+        files = write_sheet(ctx.path("human"), test, {n: by_name[n].test.set_index("id")["prediction"] for n in pair},
+                            n=section.human_sheet_size, seed=cfg.seed,
+                            reference_column="target" if task == "generate" else None,
+                            title=f"Which answer is better? ({len(test)} test messages, {section.human_sheet_size} sampled)")
+        human.update({"candidates": list(pair), "n_items": files.n_items, "sheet_csv": str(files.sheet_csv.name),
+                      "sheet_html": str(files.sheet_html.name), "key_csv": str(files.key_csv.name),
+                      "read_back": "tunewise.human_sheet.read_sheet(filled_csv, 'human/key.csv', candidate)"})
+
+    summary["robustness"] = {name: {k: v["drop"] for k, v in r["perturbations"].items()}
+                             for name, r in robustness.get("candidates", {}).items()}
+    summary["overfitting_flags"] = {n: e["flags"] for n, e in overfitting["candidates"].items() if e["flags"]}
+    summary["forgetting"] = {k: forgetting.get(k) for k in ("status", "reason", "models") if k in forgetting}
+    summary["human_sheet"] = human
+    evaluation.write(ctx.dir)
+
+    primary = summary["primary_metric"]
+    return ev._json_safe({
+        "gate_passed": gate["passed"],
+        "n_candidates": len(evaluated),
+        "candidates": {n: {primary: e["metrics"].get(primary), "n_eval": e["n_eval"]} for n, e in evaluated.items()},
+        "relative_improvement": (summary["comparison"] or {}).get("relative_improvement"),
+    })
+
+
+def _forgetting(ctx: StageContext, enabled: bool) -> dict[str, Any]:
+    if not enabled:
+        return {"status": "off", "reason": "evaluate.forgetting is false"}
+    from ..forgetting import compare_probes, find_finetuned_models, load_finetuned, run_probe
+
+    models = find_finetuned_models(ctx.run_dir / "train")
+    if not models:
+        return {"status": "skipped", "reason": f"no fine-tuned LLM saved under {ctx.run_dir / 'train'} "
+                "(a PEFT adapter folder with adapter_config.json, or a model folder)"}
+    from ..models import load_llm
+
+    cfg = ctx.config
+    out: dict[str, Any] = {"status": "done", "base_model": cfg.models.llm, "models": {}}
+    try:
+        model, tokenizer = load_llm(cfg.models.llm, offline=cfg.models.offline, trust_remote_code=cfg.models.trust_remote_code)
+        base = run_probe(model, tokenizer)
+        del model
+        out["base"] = base.as_dict()
+        for name, folder, kind in models:
+            tuned_model, tuned_tokenizer = load_finetuned(folder, kind, cfg.models.llm, offline=cfg.models.offline,
+                                                          trust_remote_code=cfg.models.trust_remote_code)
+            tuned = run_probe(tuned_model, tuned_tokenizer)
+            del tuned_model
+            out["models"][name] = {"folder": str(folder), "kind": kind, **compare_probes(base, tuned),
+                                   "answers": tuned.as_dict()["answers"]}
+    except Exception as exc:  # noqa: BLE001 - the probe is a side check: report it, keep the evaluation
+        console.print(f"[yellow]evaluate: forgetting probe failed: {type(exc).__name__}: {exc}[/yellow]")
+        out.update({"status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+    return out
