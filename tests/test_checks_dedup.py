@@ -12,7 +12,6 @@ import pytest
 
 from tunewise.config import config_from_dict
 from tunewise.curate import CurateContext, Engine, SkipCheck, curate_frame
-from tunewise.checks import dedup
 from tunewise.checks.conflicts import LabelConflicts
 from tunewise.checks.dedup import (
     ExactDuplicates,
@@ -222,11 +221,10 @@ def test_semantic_duplicates_find_rewordings_with_the_same_label():
     assert all(re.fullmatch(r"cosine 0\.9\d\d with r[04]", f.detail) for f in findings)
 
 
-def test_semantic_duplicates_skip_above_the_row_limit(monkeypatch):
-    monkeypatch.setattr(dedup, "SEMANTIC_MAX_ROWS", 3)
+def test_semantic_duplicates_skip_above_the_row_limit():
     frame = make_frame([(f"message {i}", "x") for i in range(4)])
     with pytest.raises(SkipCheck, match="4 rows > 3"):
-        run(SemanticDuplicates, frame, semantic_duplicates={"enabled": True})
+        run(SemanticDuplicates, frame, semantic_duplicates={"enabled": True}, semantic_max_rows=3)
 
 
 # ---------------------------------------------------------------------------------------------

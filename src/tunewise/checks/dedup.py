@@ -351,7 +351,7 @@ class SemanticDuplicates(Check):
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if len(frame) < 2:
             return []
-        limit = getattr(self.project.curate, "semantic_max_rows", None) or SEMANTIC_MAX_ROWS
+        limit = self.project.curate.semantic_max_rows
         if len(frame) > limit:
             raise SkipCheck(
                 f"{len(frame)} rows > {limit}: the semantic pair search is quadratic in rows; "
