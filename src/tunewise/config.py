@@ -109,6 +109,42 @@ class SplitConfig(Section):
     )
 
 
+class BaselineConfig(Section):
+    """The ``baseline:`` section: which prompted-LLM and cheap candidates to score, and how."""
+
+    candidates: list[str] | None = Field(
+        None,
+        description="candidates to run; default for classify: majority, tfidf_lr, embed_lr, zero_shot_llm, "
+        "few_shot_llm; for generate: nn_reply, zero_shot_llm_gen, few_shot_llm_gen, rag_llm_gen (with a knowledge base)",
+    )
+    sample_size: int | None = Field(
+        500, ge=1, description="LLM candidates score a stratified sample of this many test (and validation) rows; null scores all"
+    )
+    few_shot_k: int = Field(5, ge=1, le=50, description="training examples placed in few-shot prompts (nearest by embedding)")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="generate: longest reply, in tokens")
+    system_prompt: str | None = Field(None, description="system prompt for the LLM candidates; default: a generic one per task")
+    rag_top_k: int = Field(3, ge=1, le=20, description="knowledge-base paragraphs placed in the RAG prompt")
+    label_score: Literal["mean", "sum"] = Field(
+        "sum", description="classify: rank labels by summed (whole answer) or mean (per token) log-likelihood"
+    )
+    calibrate: bool = Field(
+        True, description="zero_shot_llm: subtract each label's score for content-free messages (contextual calibration)"
+    )
+    batch_size: int = Field(8, ge=1, le=512, description="examples per LLM forward pass")
+    max_input_tokens: int = Field(256, ge=8, description="longer messages (and few-shot examples) are cut to this many tokens")
+
+    @field_validator("candidates")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("list at least one candidate, or leave candidates out for the defaults")
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(f"candidates listed twice: {', '.join(repeated)}")
+        return value
+
+
 class EvaluateConfig(Section):
     """The ``evaluate:`` section: metrics, intervals, slices, robustness and the gate."""
 
@@ -181,6 +217,7 @@ class ProjectConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="baseline candidates")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation and gate settings")
     tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
 
