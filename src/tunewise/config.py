@@ -81,7 +81,7 @@ class CurateConfig(Section):
     near_duplicates: CheckConfig = _check(True, "drop", 0.7)
     semantic_duplicates: CheckConfig = _check(False, "flag", 0.95)
     label_conflicts: CheckConfig = _check(True, "relabel", 0.9)
-    label_errors: CheckConfig = _check(True, "flag")
+    label_errors: CheckConfig = _check(True, "flag", 0.5)
     off_topic: CheckConfig = _check(True, "drop", 0.5)
     pii: CheckConfig = _check(True, "redact")
     thin_classes: CheckConfig = _check(True, "flag", 20)

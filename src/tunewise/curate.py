@@ -245,6 +245,8 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
             console.print(f"[yellow]curate: {check.name} skipped: {why}[/yellow]")
             continue
         frame, counts = _apply(frame, findings, check, issues, examples)
+        if check.name == "thin_classes" and cfg.curate.synthesize:
+            frame, counts["added"] = _add_synthetic(check, frame, ctx, issues)
         counts.update(transformed)
         counts.update(check.report())
         counts["seconds"] = round(time.perf_counter() - t0, 3)
@@ -317,6 +319,19 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
     if drop:
         frame = frame.drop(index=sorted(drop)).reset_index(drop=True)
     return frame, counts
+
+
+def _add_synthetic(check: Check, frame: pd.DataFrame, ctx: CurateContext, issues: IssueTable) -> tuple[pd.DataFrame, int]:
+    """Append a check's synthetic rows (paraphrases for thin classes), each with an issue row."""
+    new = check.synthesize(frame, ctx)  # type: ignore[attr-defined]
+    if new is None or len(new) == 0:
+        return frame, 0
+    ids = new["id"].tolist()
+    for f in check.added_findings:  # type: ignore[attr-defined]
+        issues.add(ids[f.index], "synthetic", f.detail + (f" (of {f.of})" if f.of else ""), "added", source="synthetic")
+    merged = pd.concat([frame, new], ignore_index=True)
+    merged["source_line"] = merged["source_line"].astype("Int64")
+    return merged, len(new)
 
 
 def _int(value: Any) -> int | None:

@@ -82,9 +82,10 @@ from __future__ import annotations
 import re
 import unicodedata
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,7 +107,7 @@ CHAR_NGRAM_FEATURES = 50_000  # the most frequent char n-grams; bounds memory an
 # --- thin_classes / synthesize defaults ------------------------------------------------------
 THIN_MINIMUM = 20
 MAX_GENERATED = 200       # candidates generated in one run, all classes together
-OVERSAMPLE = 3            # candidates per needed row in a round: about 1 in 4 is kept (demo, SmolLM2-135M)
+OVERSAMPLE = 3            # candidates per needed row and round: 1 in 4 to 1 in 7 is kept (demo, SmolLM2-135M)
 MAX_ROUNDS = 3            # generation rounds for classes still short
 GEN_BATCH = 16
 MAX_NEW_TOKENS = 40
@@ -139,7 +140,11 @@ def text_features(texts: Sequence[str], embeddings: np.ndarray) -> Any:
         TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2,
                         max_features=CHAR_NGRAM_FEATURES, dtype=np.float32),
     )
-    return sparse.hstack([tfidf.fit_transform(list(texts)), sparse.csr_matrix(embeddings)]).tocsr()
+    try:
+        counts = tfidf.fit_transform(list(texts))
+    except ValueError:  # "empty vocabulary": no word or repeated char n-gram (e.g. emoji-only rows)
+        return sparse.csr_matrix(embeddings)
+    return sparse.hstack([counts, sparse.csr_matrix(embeddings)]).tocsr()
 
 
 def out_of_fold_probs(features: Any, y: np.ndarray, *, seed: int = 0, C: float = LR_C,
@@ -217,6 +222,10 @@ class LabelErrors(Check):
         return dict(self.coverage)
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
+        threshold = MIN_SUGGESTED_P if self.threshold is None else float(self.threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"curate.label_errors.threshold is a probability in [0, 1] (the least "
+                              f"confidence in a suggested label), got {threshold}")
         labels = frame["label"].astype(str)
         usable = np.ones(len(frame), dtype=bool)
         in_conflict = 0
@@ -231,26 +240,24 @@ class LabelErrors(Check):
         usable &= ~labels.isin(too_small.index).to_numpy()
         judged = np.flatnonzero(usable)
         self.coverage = {
-            "judged_rows": int(len(judged)),
+            "judged_rows": len(judged),
             "judged_classes": int((counts >= MIN_CLASS_ROWS).sum()),
             "not_judged": {str(k): int(v) for k, v in too_small.items()},
             "left_to_label_conflicts": in_conflict,
         }
         if len(too_small):
             names = ", ".join(repr(c) for c in too_small.index[:10]) + (" ..." if len(too_small) > 10 else "")
-            self.coverage["note"] = f"rows of {len(too_small)} class(es) with fewer than {MIN_CLASS_ROWS} rows not judged: {names}"
+            self.coverage["note"] = (f"rows of {len(too_small)} class(es) with fewer than {MIN_CLASS_ROWS} "
+                                     f"rows not judged: {names}")
         if self.coverage["judged_classes"] < 2:
-            raise SkipCheck(f"needs at least 2 classes with {MIN_CLASS_ROWS}+ rows, found {self.coverage['judged_classes']}"
+            raise SkipCheck(f"needs at least 2 classes with {MIN_CLASS_ROWS}+ rows, "
+                            f"found {self.coverage['judged_classes']}"
                             + (f" ({self.coverage['note']})" if len(too_small) else ""))
         if len(judged) < MIN_ROWS_TO_JUDGE:
             raise SkipCheck(f"only {len(judged)} rows to judge (classes with {MIN_CLASS_ROWS}+ rows); "
                             f"needs {MIN_ROWS_TO_JUDGE} for out-of-fold predictions")
         texts = frame["input"].astype(str).to_numpy()[judged].tolist()
         features = text_features(texts, ctx.embed(texts))
-        threshold = MIN_SUGGESTED_P if self.threshold is None else float(self.threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"curate.label_errors.threshold is a probability in [0, 1] (the least "
-                              f"confidence in a suggested label), got {threshold}")
         suspects = find_suspects(features, labels.to_numpy()[judged].tolist(), seed=self.project.seed,
                                  min_suggested_p=threshold)
         return [
@@ -269,7 +276,7 @@ def balance_report(labels: pd.Series, minimum: int) -> dict[str, Any]:
     return {
         "minimum": minimum,
         "rows": int(counts.sum()),
-        "classes": int(len(counts)),
+        "classes": len(counts),
         "counts": {str(k): int(v) for k, v in counts.items()},
         "largest": int(counts.iloc[0]) if len(counts) else 0,
         "smallest": int(counts.iloc[-1]) if len(counts) else 0,
@@ -471,7 +478,7 @@ def _paraphrase(model: Any, tokenizer: Any, texts: list[str], *, seed: int, roun
 
 
 _QUOTED = re.compile(r"[\"“]([^\"”]{8,})[\"”]")
-_LEAD_IN = re.compile(r"^(sure|here('s| is)|certainly|rewritten|paraphrase|rephrased)\b[^:\n]*:\s*", re.I)
+_LEAD_IN = re.compile(r"^(sure|here('s| is)|certainly|rewritten|paraphrase|rephrased)\b[^:\n]*:\s*", re.IGNORECASE)
 
 
 def _clean_generation(text: str, finished: bool) -> str | None:
