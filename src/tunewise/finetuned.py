@@ -1,0 +1,225 @@
+"""Fine-tuned candidates, behind the predict contract of tunewise.candidates.
+
+- ``lora_llm`` (classify): the base LLM with a classification head, LoRA on its projections.
+- ``lora_llm_gen`` (generate): the base LLM fine-tuned with LoRA on the replies (chat template).
+- ``encoder_ft`` (classify): the small sentence encoder fine-tuned in full, mean pooling, linear head.
+
+``fit`` runs the recipe in :mod:`tunewise.train` (the training settings are one ``TrainConfig``);
+``predict`` runs the trained model. torch and transformers load only when a candidate is fitted.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .candidates import (
+    Candidate,
+    CandidateError,
+    classification_predictions,
+    generation_predictions,
+    register_candidate,
+)
+from .models import DEFAULT_ENCODER, DEFAULT_LLM
+
+__all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator"]
+
+# What the train stage trains when train.candidates is not set.
+DEFAULT_FINETUNED: dict[str, tuple[str, ...]] = {
+    "classify": ("lora_llm", "encoder_ft"),
+    "generate": ("lora_llm_gen",),
+}
+
+
+class FineTunedCandidate(Candidate):
+    """What the fine-tuned candidates share: training in ``fit``, the trained model in ``predict``."""
+
+    kind = "finetuned"
+    method: ClassVar[str]  # "lora" or "encoder": the recipe's method
+
+    # Set by subclasses' constructors; listed here for type checkers.
+    train_config: Any
+    offline: bool
+    trust_remote_code: bool
+    seed: int
+    output_dir: str | None
+    checkpoint_dir: str | None
+
+    def _model_spec(self) -> str:
+        raise NotImplementedError
+
+    def _config(self) -> Any:
+        from .train import TrainConfig
+
+        if self.train_config is None:
+            return TrainConfig()
+        if isinstance(self.train_config, TrainConfig):
+            return self.train_config
+        try:
+            return TrainConfig.model_validate(self.train_config)
+        except Exception as exc:  # pydantic's ValidationError, reworded with the candidate's name
+            raise CandidateError(f"{self.name}: train_config is not valid: {exc}") from None
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "FineTunedCandidate":
+        from .train import TrainError, train as run_training
+
+        self._training_answers(train)  # the contract's checks (column present, no missing answers)
+        try:
+            result = run_training(
+                self.task, train, validation, method=self.method, config=self._config(), model_spec=self._model_spec(),
+                offline=self.offline, trust_remote_code=self.trust_remote_code, out_dir=self.output_dir,
+                checkpoint_dir=self.checkpoint_dir, seed=self.seed, name=self.name,
+            )
+        except TrainError as exc:
+            raise CandidateError(str(exc)) from None
+        self._set_trained(result.model, result.tokenizer, result.labels, result.pad_id, result.device,
+                          result.precision, result.max_length, result.system_prompt, result.summary["runtime"]["threads"])
+        self.train_summary_ = result.summary
+        self.curves_ = result.curves
+        return self
+
+    def _set_trained(self, model: Any, tokenizer: Any, labels: list[str], pad_id: int, device: str, precision: str,
+                     max_length: int, system_prompt: str | None, threads: int | None = None) -> None:
+        if hasattr(model, "merge_adapter"):  # LoRA folded into the weights: predictions skip the extra matmuls
+            model.merge_adapter()
+        self.model_ = model
+        self.tokenizer_ = tokenizer
+        self.pad_id_ = pad_id
+        self.device_ = device
+        self.precision_ = precision
+        self.max_length_ = max_length
+        self.system_prompt_ = system_prompt
+        self.threads_ = threads
+        if self.task == "classify":
+            self.labels_ = list(labels)
+
+    @contextmanager
+    def _torch_threads(self) -> Iterator[None]:
+        """Predict with the thread count training used (the process default may differ)."""
+        import torch
+
+        before = torch.get_num_threads()
+        if self.threads_:
+            torch.set_num_threads(self.threads_)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    @classmethod
+    def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> "FineTunedCandidate":
+        """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving)."""
+        from .train import _native_bf16, load_trained
+
+        model, tokenizer, info = load_trained(adapter_dir, trust_remote_code=kwargs.get("trust_remote_code", False))
+        precision = "bf16" if _native_bf16("cpu") else "fp32"
+        if info["task"] != cls.task or info["method"] != cls.method:
+            raise CandidateError(f"{adapter_dir}: trained as {info['method']} for {info['task']}, not a {cls.name} model")
+        candidate = cls(**kwargs)
+        candidate._set_trained(model, tokenizer, info.get("labels", []), int(tokenizer.pad_token_id), "cpu", precision,
+                               int(info["max_length"]), info.get("system_prompt"))
+        return candidate
+
+
+class _Classifier(FineTunedCandidate):
+    task = "classify"
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self._check_fitted()
+        from .train import classifier_probabilities, encode_classification
+
+        started = time.perf_counter()
+        examples = encode_classification(self.tokenizer_, frame, self.labels_, self.max_length_)
+        if examples:
+            with self._torch_threads():
+                proba = classifier_probabilities(self.model_, examples, pad_id=self.pad_id_, device=self.device_,
+                                                 precision=self.precision_)
+        else:
+            proba = np.zeros((0, len(self.labels_)))
+        latency = (time.perf_counter() - started) * 1000 / max(len(frame), 1)
+        return classification_predictions(frame, self.labels_, proba, latency)
+
+
+@register_candidate
+class LoraClassifier(_Classifier):
+    """The base LLM with a classification head (LlamaForSequenceClassification); LoRA + the new head trained."""
+
+    name = "lora_llm"
+    method = "lora"
+    expensive = True  # one LLM forward pass per example
+
+    def __init__(self, llm: str = DEFAULT_LLM, offline: bool = True, trust_remote_code: bool = False,
+                 train_config: Any = None, seed: int = 0, output_dir: str | None = None,
+                 checkpoint_dir: str | None = None) -> None:
+        self.llm = llm
+        self.offline = offline
+        self.trust_remote_code = trust_remote_code
+        self.train_config = train_config
+        self.seed = seed
+        self.output_dir = output_dir
+        self.checkpoint_dir = checkpoint_dir
+
+    def _model_spec(self) -> str:
+        return self.llm
+
+
+@register_candidate
+class EncoderFineTuned(_Classifier):
+    """The sentence encoder fine-tuned in full with a linear head on mean-pooled tokens."""
+
+    name = "encoder_ft"
+    method = "encoder"
+
+    def __init__(self, encoder: str = DEFAULT_ENCODER, offline: bool = True, trust_remote_code: bool = False,
+                 train_config: Any = None, seed: int = 0, output_dir: str | None = None,
+                 checkpoint_dir: str | None = None) -> None:
+        self.encoder = encoder
+        self.offline = offline
+        self.trust_remote_code = trust_remote_code
+        self.train_config = train_config
+        self.seed = seed
+        self.output_dir = output_dir
+        self.checkpoint_dir = checkpoint_dir
+
+    def _model_spec(self) -> str:
+        return self.encoder
+
+
+@register_candidate
+class LoraGenerator(FineTunedCandidate):
+    """The base LLM fine-tuned with LoRA on the replies; greedy decoding."""
+
+    name = "lora_llm_gen"
+    task = "generate"
+    method = "lora"
+    expensive = True  # generation: many LLM forward passes per example
+
+    def __init__(self, llm: str = DEFAULT_LLM, offline: bool = True, trust_remote_code: bool = False,
+                 train_config: Any = None, seed: int = 0, output_dir: str | None = None,
+                 checkpoint_dir: str | None = None, batch_size: int = 8) -> None:
+        self.llm = llm
+        self.offline = offline
+        self.trust_remote_code = trust_remote_code
+        self.train_config = train_config
+        self.seed = seed
+        self.output_dir = output_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.batch_size = batch_size
+
+    def _model_spec(self) -> str:
+        return self.llm
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self._check_fitted()
+        from .train import generate_texts
+
+        with self._torch_threads():
+            replies, latency = generate_texts(self.model_, self.tokenizer_, frame, system_prompt=self.system_prompt_,
+                                              max_new_tokens=self._config().max_new_tokens, batch_size=self.batch_size,
+                                              description=self.name)
+        return generation_predictions(frame, replies, latency)
