@@ -38,9 +38,9 @@ os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tunewise.config import CurateConfig, config_from_dict  # noqa: E402
-from tunewise.curate import curate_frame  # noqa: E402
-from tunewise.ingest import ingest  # noqa: E402
+from tunewise.config import CurateConfig, config_from_dict
+from tunewise.curate import curate_frame
+from tunewise.ingest import ingest
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77" / "train.csv"
 CHECK_NAMES = [name for name, field in CurateConfig.model_fields.items() if field.annotation.__name__ == "CheckConfig"]
@@ -113,7 +113,8 @@ def main() -> None:
             files = generate_demo(tmp_path / "demo", task="classify", seed=args.seed, n_rows=args.demo_rows)
             defects = pd.DataFrame([json.loads(line) for line in files.truth.read_text().splitlines()])
             wrong = set(defects.loc[defects["defect"] == "wrong_label", "id"])
-            label_defects = set(defects.loc[defects["defect"].isin(["wrong_label", "label_conflict", "label_variant"]), "id"])
+            label_kinds = ["wrong_label", "label_conflict", "label_variant"]
+            label_defects = set(defects.loc[defects["defect"].isin(label_kinds), "id"])
             # a conflict's original carries a label defect too: its copy contradicts it
             label_defects |= set(defects.loc[defects["defect"] == "label_conflict", "of"].dropna())
             for mode in ("only", "pipeline"):
