@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunewise.records import records_from_texts
+
 from tunewise.checks.labels import (
     LabelErrors,
     ThinClasses,
@@ -27,16 +29,7 @@ INTENTS = ["card_arrival", "exchange_rate", "apple_pay_or_google_pay", "pin_bloc
            "cash_withdrawal_charge"]
 
 
-def make_frame(texts: list[str], labels: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(len(texts))],
-        "input": texts,
-        "context": ["[]"] * len(texts),
-        "label": labels,
-        "source_file": ["train.csv"] * len(texts),
-        "source_line": list(range(2, len(texts) + 2)),
-        "synthetic": [False] * len(texts),
-    })
+make_frame = records_from_texts
 
 
 def only(*enabled: str, **settings):

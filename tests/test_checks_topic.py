@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunewise.records import records_from_texts
+
 from tunewise.config import config_from_dict
 from tunewise.curate import CurateContext, Engine, curate_frame
 from tunewise.checks.topic import MIN_ROWS, OffTopic, spam_cues, typicality
@@ -66,16 +68,7 @@ OFF_TOPIC = [
 ]
 
 
-def make_frame(texts: list[str], labels: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(len(texts))],
-        "input": texts,
-        "context": ["[]"] * len(texts),
-        "label": labels,
-        "source_file": ["train.csv"] * len(texts),
-        "source_line": list(range(2, len(texts) + 2)),
-        "synthetic": [False] * len(texts),
-    })
+make_frame = records_from_texts
 
 
 # Embeddings by text, shared by every context in this module: the BANKING77 rows are embedded

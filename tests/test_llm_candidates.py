@@ -21,16 +21,7 @@ from tunewise.llm_candidates import (
 from tunewise.models import DEFAULT_LLM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test machine's 2 cores are shared: under load, a second OpenMP thread spins and makes
-    # every forward pass several times slower (measured 4x), so these tests run single-threaded.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

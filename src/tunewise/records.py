@@ -38,3 +38,16 @@ def meta_columns(frame: pd.DataFrame) -> list[str]:
 def empty_frame(task: str, extra: list[str] | None = None) -> pd.DataFrame:
     cols = ["id", "input", "context", answer_column(task), "source_file", "source_line", "synthetic"]
     return pd.DataFrame({c: pd.Series(dtype="object") for c in cols + list(extra or [])})
+
+
+def records_from_texts(texts: list[str], labels: list[str], source_file: str = "train.csv") -> pd.DataFrame:
+    """A classify record frame from parallel lists (ids r0, r1, ...; lines from 2, after a header)."""
+    return pd.DataFrame({
+        "id": [f"r{i}" for i in range(len(texts))],
+        "input": texts,
+        "context": ["[]"] * len(texts),
+        "label": labels,
+        "source_file": [source_file] * len(texts),
+        "source_line": list(range(2, len(texts) + 2)),
+        "synthetic": [False] * len(texts),
+    })
