@@ -462,12 +462,12 @@ def test_end_to_end_robustness_overfitting_and_side_checks(classify_run):
     assert typo["drop_ci"][0] <= typo["drop"] <= typo["drop_ci"][1]
     assert robustness["candidates"]["majority"]["perturbations"]["casing"]["drop"] == 0  # it never reads the text
     skipped = {s["name"]: s["reason"] for s in robustness["skipped"]}
-    assert "tfidf_tuned" in skipped and "loader" in skipped["tfidf_tuned"]
+    assert "tfidf_tuned" in skipped and "loading from the train stage failed" in skipped["tfidf_tuned"]
     overfitting = json.loads((out / "overfitting.json").read_text())
     assert {"train", "validation", "test"} <= set(overfitting["candidates"]["tfidf_lr"]["scores"])
     assert "tfidf_tuned" in overfitting["not_computed"]
     forgetting = json.loads((out / "forgetting.json").read_text())
-    assert forgetting["status"] == "skipped" and "no fine-tuned LLM" in forgetting["reason"]
+    assert forgetting["status"] == "skipped" and "no fine-tuned generative LLM" in forgetting["reason"]
     key = pd.read_csv(out / "human" / "key.csv")
     assert len(key) == 20 and set(key["A"]) | set(key["B"]) == {"tfidf_tuned", "majority"}
 

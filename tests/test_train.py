@@ -64,26 +64,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> str:
-    """A 2-layer Llama with the real SmolLM2 tokenizer (vocabulary, chat template), as a model folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tunewise.models import DEFAULT_LLM, resolve_llm
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_llm(DEFAULT_LLM).path)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def quick(**overrides) -> TrainConfig:
     # fp32: for a 64-wide model bf16 autocast only adds casts (the real-model test runs the default)
     settings = {"batch_size": 8, "learning_rate": 5e-3, "num_threads": 1, "generate_sample": 0, "max_new_tokens": 8,
@@ -337,6 +317,52 @@ def test_dry_run_reports_tokens_steps_memory_and_costs(tiny_llm):
     assert gpus["H100"]["seconds"] < gpus["A10G"]["seconds"]
     expected = 4 * (report["parameters"] - report["trainable_parameters"]) * report["tokens_total"]
     assert report["flops"]["total"] == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage, on the tiny model
+
+
+def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
+    from tunewise.config import config_from_dict
+    from tunewise.runner import StageContext
+    from tunewise.stages import train as train_stage
+
+    cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}},
+                           base_dir=tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    for name, frame in (("train", toy_frame(40)), ("validation", toy_frame(12, 1, "v")), ("test", toy_frame(15, 2, "t"))):
+        (run_dir / "split").mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(run_dir / "split" / f"{name}.parquet")
+    cfg = cfg.model_copy(update={"train": quick(candidates=["lora_llm"], max_steps=8)})
+    metrics = train_stage.run(StageContext(cfg, run_dir, "train"))
+    out = run_dir / "train"
+    assert set(metrics["candidates"]) == {"lora_llm"}
+    for name in ("lora_llm/adapter/adapter_model.safetensors", "lora_llm/curves.json", "lora_llm/curves.png",
+                 "lora_llm/train_summary.json", "predictions/lora_llm.parquet",
+                 "predictions/lora_llm.validation.parquet", "summary.json"):
+        assert (out / name).exists(), name
+    test_predictions = pd.read_parquet(out / "predictions" / "lora_llm.parquet")
+    assert test_predictions["id"].tolist() == toy_frame(15, 2, "t")["id"].tolist()
+    assert list(test_predictions.columns) == ["id", "prediction", "score", "proba", "latency_ms"]
+    assert not (run_dir / "_checkpoints" / "train" / "lora_llm").exists()  # removed once finished
+    # the saved adapter gives back the same predictions (evaluation and serving load it this way)
+    from tunewise.finetuned import LoraClassifier
+
+    reloaded = LoraClassifier.from_trained(out / "lora_llm" / "adapter").predict(toy_frame(15, 2, "t"))
+    assert reloaded["prediction"].tolist() == test_predictions["prediction"].tolist()
+    assert np.allclose(np.stack(reloaded["proba"]), np.stack(test_predictions["proba"]), atol=1e-3)
+
+
+def test_train_stage_refuses_a_candidate_of_another_task():
+    from tunewise.runner import StageError
+    from tunewise.stages.train import resolve_candidates
+
+    with pytest.raises(StageError, match="'lora_llm_gen' is a finetuned generate candidate"):
+        resolve_candidates("classify", ["lora_llm_gen"])
+    with pytest.raises(StageError, match="'tfidf_lr' is a cheap classify candidate"):
+        resolve_candidates("classify", ["tfidf_lr"])
+    assert resolve_candidates("generate", None) == ["lora_llm_gen"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -370,4 +370,5 @@ class EmbedLogRegCandidate(Candidate):
 
 # The LLM candidates register themselves on import. Imported last because that module imports
 # the contract above; torch and transformers load only when an LLM candidate is fitted.
-from . import llm_candidates as _llm_candidates  # noqa: F401
+from . import llm_candidates as _llm_candidates  # noqa: F401,E402
+from . import finetuned as _finetuned  # noqa: F401,E402

@@ -143,8 +143,10 @@ def _stage_command(name: str, help_text: str) -> None:
 def _register_stage_commands() -> None:
     from .runner import load_stages
 
+    # Commands written out above (curate, train, evaluate: extra options) keep their own definition.
+    defined = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands if c.callback}
     for name, spec in load_stages().items():
-        if name not in {c.name for c in app.registered_commands}:
+        if name not in defined:
             _stage_command(name, spec.help)
 
 
@@ -180,6 +182,113 @@ def evaluate(
         gate = summary.get("gate", {})
         err.print(f"gate: {'passed' if gate.get('passed') else 'FAILED'}; " + "; ".join(gate.get("reasons", [])))
         raise typer.Exit(gate_exit_code(summary))
+
+
+@app.command()
+def train(
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print tokens, steps, memory and time (here and on "
+                                          "reference GPUs) from a short calibration; train nothing")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue an interrupted run from its last "
+                                         "checkpoint (same data order); --no-resume starts over")] = True,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="training processes (torchrun / DDP: gloo on CPU, "
+                                       "NCCL on GPUs); the batch size is per process")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune the configured candidates (LoRA on the LLM, the small encoder) with validation and early stopping."""
+    from . import distributed
+
+    cfg = _load(config)
+    if not resume:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": False})})
+    if dry_run:
+        _train_dry_run(cfg, run_id, as_json)
+        return
+    if nproc > 1 and not distributed.in_worker():
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
+    if not distributed.in_worker():
+        _run(cfg, run_id, ["train"], list(force or []) + ["train"], as_json)
+        return
+    # A torchrun worker: rank 0 brings the earlier stages up to date before the others read the split.
+    from .runner import run_stages
+    from .stages.train import fit_worker
+
+    distributed.init_process_group()
+    try:
+        try:
+            if distributed.rank() == 0:
+                run_stages(cfg, run_id, only=["split"])
+            distributed.barrier()
+            if distributed.rank() == 0:
+                _run(cfg, run_id, ["train"], list(force or []) + ["train"], as_json)
+            else:
+                fit_worker(cfg, run_id)
+        except _known_errors() as exc:
+            _fail(exc)
+    finally:
+        distributed.destroy_process_group()
+
+
+def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
+    from .stages.train import dry_run as plan_training
+
+    try:
+        reports = plan_training(cfg, run_id)
+    except _known_errors() as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(reports, default=str))
+        return
+    for name, r in reports.items():
+        plan, here = r["plan"], r["this_machine"]
+        table = Table(title=f"train --dry-run: {name} ({r['method']}, {r['task']}, {r['base_model']})")
+        table.add_column("item")
+        table.add_column("value", overflow="fold")
+        table.add_row("rows / epochs / steps", f"{plan['n_train']} / {plan['epochs']} / {plan['total_steps']}")
+        table.add_row("batch x accumulation", f"{plan['batch_size']} x {plan['gradient_accumulation']}")
+        table.add_row("max length / tokens", f"{plan['max_length']} / {r['tokens_total']:,}")
+        table.add_row("parameters (trainable)", f"{r['parameters']:,} ({r['trainable_parameters']:,})")
+        table.add_row("memory", f"estimate {r['memory']['estimate_mib']:.0f} MiB; "
+                                f"measured peak {r['memory']['measured_peak_rss_mib']:.0f} MiB")
+        seconds = here["seconds"]
+        table.add_row("this machine", f"{here['tokens_per_second'] or 0:,.0f} tok/s on {here['threads']} thread(s), "
+                                      f"{here['precision']}: about {_duration(seconds)}")
+        for gpu in r["reference_gpus"]:
+            table.add_row(gpu["gpu"], f"about {_duration(gpu['seconds'])}, ${gpu['usd']:.4g} "
+                                       f"(FLOPs estimate, {gpu['utilisation']:.0%} utilisation)")
+        out.print(table)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="run folder name under runs/")],
+    config: ConfigOpt = Path("tunewise.yaml"),
+    merge: Annotated[bool, typer.Option("--merge", help="fold the LoRA adapter into the base weights: a plain "
+                                        "transformers model folder")] = False,
+    candidate: Annotated[Optional[str], typer.Option("--candidate", help="which trained candidate (needed when "
+                                                     "the run trained several)")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="folder to write (default "
+                                                   "runs/<id>/export/<candidate>-<form>)")] = None,
+) -> None:
+    """Export a trained candidate: the adapter (safetensors) or, with --merge, a merged model."""
+    from .export import ExportError, export as export_model
+
+    cfg = _load(config)
+    try:
+        folder = export_model(cfg.resolve(cfg.runs_dir) / run_id, merge=merge, candidate=candidate, out_dir=output)
+    except (ExportError, *_known_errors()) as exc:
+        _fail(exc)
+    out.print(f"exported to [bold]{folder}[/bold]")
 
 
 @app.command()

@@ -30,6 +30,9 @@ def demo_config(files: DemoFiles, task: str, seed: int) -> ProjectConfig:
         # sample of 30 test rows (the cheap candidates score all of them); few-shot prompting,
         # several times slower on a CPU, is left to real projects
         "baseline": {"candidates": ["majority", "tfidf_lr", "embed_lr", "zero_shot_llm"], "sample_size": 30},
+        # both fine-tuned classify candidates with their data-sized defaults; the LoRA head (an LLM
+        # forward pass per row) predicts the same paired 30-row sample as the prompted LLM
+        "train": {"sample_size": 30},
     })
 
 

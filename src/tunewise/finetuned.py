@@ -27,7 +27,8 @@ from .candidates import (
 )
 from .models import DEFAULT_ENCODER, DEFAULT_LLM
 
-__all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator"]
+__all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator",
+           "load_candidate"]
 
 # What the train stage trains when train.candidates is not set.
 DEFAULT_FINETUNED: dict[str, tuple[str, ...]] = {
@@ -223,3 +224,16 @@ class LoraGenerator(FineTunedCandidate):
                                               max_new_tokens=self._config().max_new_tokens, batch_size=self.batch_size,
                                               description=self.name)
         return generation_predictions(frame, replies, latency)
+
+
+def load_candidate(train_dir: str | Path, name: str, **kwargs: Any) -> FineTunedCandidate:
+    """The fitted candidate ``name`` from a train stage folder (``runs/<id>/train``): evaluation, serving."""
+    from .candidates import candidate_class
+
+    cls = candidate_class(name)
+    if not issubclass(cls, FineTunedCandidate):
+        raise CandidateError(f"{name!r} is a {cls.kind} candidate, not a fine-tuned one")
+    adapter_dir = Path(train_dir) / name / "adapter"
+    if not (adapter_dir / "tunewise_train.json").exists():
+        raise CandidateError(f"{adapter_dir}: no trained model (run `tunewise train`)")
+    return cls.from_trained(adapter_dir, **kwargs)

@@ -14,6 +14,8 @@ adapter-loaded model can be passed as it is.
 
 from __future__ import annotations
 
+import json
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -168,20 +170,38 @@ def compare_probes(base: ProbeResult, tuned: ProbeResult, *, max_accuracy_drop: 
 
 
 def find_finetuned_models(train_dir: str | Path) -> list[tuple[str, Path, str]]:
-    """(name, folder, kind) of fine-tuned LLMs the train stage saved: PEFT adapter folders
-    (``adapter_config.json``) and full model folders (``config.json`` with safetensors)."""
+    """(name, folder, kind) of fine-tuned generative LLMs the train stage saved: PEFT adapter folders
+    (``adapter_config.json``) and full model folders (``config.json`` with safetensors).
+
+    Folders the train stage describes in ``tunewise_train.json`` count only when they hold a LoRA
+    adapter for generation: a classifier (LLM with a classification head, or the fine-tuned
+    encoder) never generates, so its general generation ability is not what it is used for.
+    """
     root = Path(train_dir)
     if not root.is_dir():
         return []
+
+    def candidate(folder: Path) -> tuple[str, bool]:
+        info_path = folder / "tunewise_train.json"
+        if not info_path.exists():
+            return folder.name, True
+        info = json.loads(info_path.read_text())
+        return folder.parent.name, info.get("method") == "lora" and info.get("task") == "generate"
+
     found: list[tuple[str, Path, str]] = []
+    seen: set[Path] = set()
     for marker in sorted(root.rglob("adapter_config.json")):
-        found.append((marker.parent.name, marker.parent, "adapter"))
-    adapters = {p for _, p, _ in found}
+        seen.add(marker.parent)
+        name, wanted = candidate(marker.parent)
+        if wanted:
+            found.append((name, marker.parent, "adapter"))
     for marker in sorted(root.rglob("config.json")):
         folder = marker.parent
-        if folder in adapters or not any(folder.glob("*.safetensors")):
+        if folder in seen or not any(folder.glob("*.safetensors")):
             continue
-        found.append((folder.name, folder, "model"))
+        name, wanted = candidate(folder)
+        if wanted:
+            found.append((name, folder, "model"))
     return found
 
 

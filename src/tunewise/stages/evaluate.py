@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,6 @@ def _read_split(ctx: StageContext, name: str, required: bool) -> pd.DataFrame | 
         return None
 
 
-def _trained_loader() -> Any:
-    """``tunewise.train.load_candidate(train_dir, name) -> Candidate`` when the train module has it."""
-    try:
-        module = importlib.import_module("tunewise.train")
-    except ModuleNotFoundError as exc:
-        if exc.name != "tunewise.train":
-            raise
-        return None
-    return getattr(module, "load_candidate", None)
-
-
 def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataFrame, validation: pd.DataFrame | None,
                        include_expensive: bool) -> tuple[dict, list[dict]]:
     """Fitted candidates to re-predict with: cheap ones refitted on train.parquet (seconds),
@@ -62,14 +50,10 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
                                   task_description=cfg.data.task_description)
     fitted: dict[str, Any] = {}
     skipped: list[dict] = []
-    loader = _trained_loader()
+    from ..finetuned import load_candidate as loader
     for name, entry in names.items():
         registered = CANDIDATES.get(name)
         if entry["source"] == "train" or registered is None:
-            if loader is None:
-                skipped.append({"name": name, "reason": "the train stage exposes no loader "
-                                "(tunewise.train.load_candidate(train_dir, name)), so it cannot re-predict"})
-                continue
             try:
                 fitted[name] = loader(ctx.run_dir / "train", name)
             except Exception as exc:  # noqa: BLE001 - reported, and the other candidates go on
@@ -217,8 +201,8 @@ def _forgetting(ctx: StageContext, enabled: bool) -> dict[str, Any]:
 
     models = find_finetuned_models(ctx.run_dir / "train")
     if not models:
-        return {"status": "skipped", "reason": f"no fine-tuned LLM saved under {ctx.run_dir / 'train'} "
-                "(a PEFT adapter folder with adapter_config.json, or a model folder)"}
+        return {"status": "skipped", "reason": f"no fine-tuned generative LLM saved under {ctx.run_dir / 'train'} "
+                "(classifiers are not probed: they never generate)"}
     from ..models import load_llm
 
     cfg = ctx.config

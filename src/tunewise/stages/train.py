@@ -1,0 +1,166 @@
+"""train: fine-tune the configured candidates (LoRA on the LLM, the encoder) and predict with them.
+
+Writes ``runs/<id>/train/<candidate>/`` (adapter/, curves.json, curves.png, train_summary.json),
+``runs/<id>/train/predictions/<candidate>.parquet`` (test) and ``<candidate>.validation.parquet``
+in the baseline stage's prediction format, and ``summary.json``.
+
+Resumable checkpoints live in ``runs/<id>/_checkpoints/train/<candidate>/``, outside the stage
+folder: the runner clears a stage folder that did not finish before re-running it, and a killed
+training run must find its checkpoints. They are removed once the candidate has finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config import ProjectConfig
+from ..progress import console
+from ..runner import StageContext, StageError, stage
+
+def resolve_candidates(task: str, names: list[str] | None) -> list[str]:
+    """The fine-tuned candidates to train; a wrong name, kind or task is an error naming the field."""
+    from ..candidates import CANDIDATES, CandidateError, candidate_class
+    from ..finetuned import DEFAULT_FINETUNED
+
+    if names is None:
+        return list(DEFAULT_FINETUNED[task])
+    fine_tuned = sorted(n for n, c in CANDIDATES.items() if c.kind == "finetuned" and c.task == task)
+    for name in names:
+        try:
+            cls = candidate_class(name)
+        except CandidateError as exc:
+            raise StageError(f"train.candidates: {exc}") from None
+        if cls.kind != "finetuned" or cls.task != task:
+            raise StageError(f"train.candidates: {name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
+                             f"candidates: {', '.join(fine_tuned)}")
+    return list(names)
+
+
+def _settings(cfg: ProjectConfig) -> dict[str, Any]:
+    models = cfg.models
+    return {"llm": models.llm, "encoder": models.encoder, "offline": models.offline,
+            "trust_remote_code": models.trust_remote_code, "train_config": cfg.train, "seed": cfg.seed}
+
+
+def _read_split(ctx: StageContext) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(ctx.input("split", f"{name}.parquet")) for name in ("train", "validation", "test")}
+
+
+@stage("train", sections=("train", "models"), reads=("split",))
+def run(ctx: StageContext) -> dict:
+    """Fine-tune the configured candidates (LoRA on the LLM, the encoder) and predict validation and test."""
+    from ..artifacts import write_json, write_parquet
+    from ..baseline import quick_metrics, stratified_sample_ids
+    from ..candidates import check_predictions
+    from ..records import answer_column
+
+    cfg = ctx.config
+    section = cfg.train
+    names = resolve_candidates(cfg.task, section.candidates)
+    frames = _read_split(ctx)
+    settings = _settings(cfg)
+    # The same paired sample as the baseline stage (same function, seeds and stratification) when
+    # train.sample_size equals baseline.sample_size, so evaluation compares the same rows.
+    by = answer_column(cfg.task) if cfg.task == "classify" else None
+    samples = {
+        "test": stratified_sample_ids(frames["test"], section.sample_size, cfg.seed, by),
+        "validation": stratified_sample_ids(frames["validation"], section.sample_size, cfg.seed + 1, by),
+    }
+    summaries = []
+    for name in names:
+        checkpoints = ctx.run_dir / "_checkpoints" / "train" / name
+        candidate = _candidate(settings, name, str(ctx.path(name)), checkpoints)
+        console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
+        started = time.perf_counter()
+        candidate.fit(frames["train"], frames["validation"])
+        fit_seconds = time.perf_counter() - started
+        predictions, seconds = {}, {"fit": round(fit_seconds, 3)}
+        for split in ("test", "validation"):
+            frame = frames[split]
+            if candidate.expensive:
+                frame = frame[frame["id"].astype(str).isin(set(samples[split]))].reset_index(drop=True)
+            t0 = time.perf_counter()
+            predictions[split] = candidate.predict(frame)
+            seconds[split] = round(time.perf_counter() - t0, 3)
+            check_predictions(predictions[split], frame, candidate)
+        write_parquet(ctx.path(f"predictions/{name}.parquet"), predictions["test"])
+        write_parquet(ctx.path(f"predictions/{name}.validation.parquet"), predictions["validation"])
+        train_summary = candidate.train_summary_
+        summaries.append({
+            "name": name, "kind": candidate.kind, "expensive": candidate.expensive,
+            "n_scored": {split: len(p) for split, p in predictions.items()},
+            "metrics": quick_metrics(cfg.task, predictions["test"], frames["test"]),
+            "validation_metrics": quick_metrics(cfg.task, predictions["validation"], frames["validation"]),
+            "seconds": seconds, "steps": train_summary["steps_done"], "stop_reason": train_summary["stop_reason"],
+            "best_step": train_summary["best_step"], "tokens_per_second": train_summary["tokens_per_second"],
+            "runtime": train_summary["runtime"],
+        })
+        console.print(f"train: {name}: test {summaries[-1]['metrics']} ({train_summary['steps_done']} steps, "
+                      f"{train_summary['stop_reason']}) in {fit_seconds:.1f}s")
+        shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the adapter in the stage folder is what stays
+        del candidate
+    write_json(ctx.path("summary.json"), {
+        "task": cfg.task, "primary_metric": "accuracy" if cfg.task == "classify" else "chrf",
+        "candidates": summaries, "sample_size": section.sample_size, "sample_ids": samples,
+    })
+    return {"candidates": {s["name"]: {**s["metrics"], "seconds": s["seconds"]["fit"], "steps": s["steps"]}
+                           for s in summaries}}
+
+
+def _candidate(ctx_settings: dict[str, Any], name: str, output_dir: str | None, checkpoints: Path) -> Any:
+    from ..candidates import candidate_kwargs, make_candidate
+
+    return make_candidate(name, **candidate_kwargs(name, {**ctx_settings, "output_dir": output_dir,
+                                                          "checkpoint_dir": str(checkpoints)}))
+
+
+def fit_worker(cfg: ProjectConfig, run_id: str = "default") -> None:
+    """A rank > 0 of ``tunewise train --nproc N``: train every candidate in step with rank 0, write nothing.
+
+    Rank 0 runs the stage itself (:func:`run`); the candidates, their order and the data are the
+    same here, so every collective operation has its partner. Checkpoints are read (a resumed run
+    resumes on every rank) but only rank 0 writes them.
+    """
+    section = cfg.train
+    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    frames = {name: pd.read_parquet(run_dir / "split" / f"{name}.parquet") for name in ("train", "validation")}
+    settings = _settings(cfg)
+    for name in resolve_candidates(cfg.task, section.candidates):
+        candidate = _candidate(settings, name, None, run_dir / "_checkpoints" / "train" / name)
+        candidate.fit(frames["train"], frames["validation"])
+        del candidate
+
+
+def dry_run(cfg: ProjectConfig, run_id: str = "default", calibration_steps: int = 3) -> dict[str, Any]:
+    """What training would take (tokens, steps, memory, time here and on reference GPUs), per candidate.
+
+    Reads the split stage's output of ``run_id`` (run `tunewise split` first); writes nothing, so the
+    train stage's cache is untouched. For ``tunewise train --dry-run``.
+    """
+    from ..candidates import candidate_class
+    from ..train import TrainError, dry_run as plan_cost
+
+    section = cfg.train
+    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    paths = {name: run_dir / "split" / f"{name}.parquet" for name in ("train", "validation")}
+    for path in paths.values():
+        if not path.exists():
+            raise StageError(f"train --dry-run needs {path}, which stage 'split' writes; run `tunewise split` first")
+    train_frame, validation_frame = (pd.read_parquet(p) for p in paths.values())
+    reports = {}
+    for name in resolve_candidates(cfg.task, section.candidates):
+        cls = candidate_class(name)
+        spec = cfg.models.encoder if cls.method == "encoder" else cfg.models.llm
+        try:
+            reports[name] = plan_cost(cfg.task, train_frame, validation_frame, method=cls.method, config=section,
+                                      model_spec=spec, offline=cfg.models.offline,
+                                      trust_remote_code=cfg.models.trust_remote_code, seed=cfg.seed,
+                                      calibration_steps=calibration_steps, source=str(paths["train"]))
+        except TrainError as exc:
+            raise StageError(str(exc)) from None
+    return reports
