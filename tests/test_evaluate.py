@@ -472,6 +472,29 @@ def test_end_to_end_robustness_overfitting_and_side_checks(classify_run):
     assert len(key) == 20 and set(key["A"]) | set(key["B"]) == {"tfidf_tuned", "majority"}
 
 
+def test_filled_human_sheet_folds_back_into_the_evaluation(classify_run, tmp_path):
+    from tunewise.human_sheet import fold_ratings
+
+    run_dir, _, _ = classify_run
+    out = run_dir / "evaluate"
+    sheet = pd.read_csv(out / "human" / "sheet.csv")
+    key = pd.read_csv(out / "human" / "key.csv").set_index("item")
+    # a rater who prefers the fine-tuned answer in the first 12 items, the other in the next 6, 2 left blank
+    tuned_side = [("A" if key.loc[item, "A"] == "tfidf_tuned" else "B") for item in sheet["item"]]
+    other = {"A": "B", "B": "A"}
+    sheet["preference"] = [side if i < 12 else other[side] if i < 18 else "" for i, side in enumerate(tuned_side)]
+    filled = tmp_path / "filled.csv"
+    sheet.to_csv(filled, index=False)
+    ratings = fold_ratings(out, filled)
+    assert (ratings["wins"], ratings["losses"], ratings["unrated"]) == (12, 6, 2)
+    assert ratings["win_rate"] == pytest.approx(12 / 18) and ratings["ci95"][0] < 12 / 18 < ratings["ci95"][1]
+    assert json.loads((out / "summary.json").read_text())["human_ratings"]["wins"] == 12
+    sheet.loc[0, "preference"] = "maybe"
+    sheet.to_csv(filled, index=False)
+    with pytest.raises(SheetError, match="filled.csv:2: preference 'maybe'"):
+        fold_ratings(out, filled)
+
+
 def test_end_to_end_generate_on_nearest_reply_predictions(tmp_path, one_torch_thread):
     from tunewise.candidates import make_candidate
     from tunewise.metrics_gen import knowledge_texts

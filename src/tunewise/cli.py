@@ -169,19 +169,55 @@ def curate(
 def evaluate(
     config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
     fail_under: Annotated[bool, typer.Option("--fail-under", help="exit 1 when the gate fails (for CI regression gates)")] = False,
+    human_sheet: Annotated[bool, typer.Option("--human-sheet", help="write the blind side-by-side sheet for people "
+                                              "(CSV and HTML form) even when evaluate.human_sheet_size is 0")] = False,
+    human_ratings: Annotated[Optional[Path], typer.Option("--human-ratings", help="a filled sheet (CSV): fold it "
+                                                          "back in as a win rate with its interval")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every candidate on held-out data with intervals, paired tests, slices and the gate."""
+    from .artifacts import read_json
+
     cfg = _load(config)
-    _run(cfg, run_id, ["evaluate"], list(force or []) + ["evaluate"], as_json)
+    if human_sheet and cfg.evaluate.human_sheet_size == 0:
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"human_sheet_size": 50})})
+    evaluate_dir = cfg.resolve(cfg.runs_dir) / run_id / "evaluate"
+    # Folding ratings in must not re-run (and re-sample) the evaluation the sheet came from.
+    rerun = [] if human_ratings is not None else ["evaluate"]
+    _run(cfg, run_id, ["evaluate"], list(force or []) + rerun, as_json)
+    summary = read_json(evaluate_dir / "summary.json")
+    if human_sheet:
+        sheet = summary.get("human_sheet", {})
+        if sheet.get("sheet_csv"):
+            out.print(f"human sheet: [bold]{evaluate_dir / 'human' / sheet['sheet_html']}[/bold] (form) and "
+                      f"{evaluate_dir / 'human' / sheet['sheet_csv']} ({sheet['n_items']} items, "
+                      f"{' vs '.join(sheet['candidates'])}); fill it, then: tunewise evaluate --human-ratings FILE")
+        else:
+            err.print("human sheet: not written (no fine-tuned candidate and baseline pair to compare)")
+    if human_ratings is not None:
+        _fold_human_ratings(evaluate_dir, human_ratings)
     if fail_under:
-        from .artifacts import read_json
         from .evaluate import gate_exit_code
 
-        summary = read_json(cfg.resolve(cfg.runs_dir) / run_id / "evaluate" / "summary.json")
         gate = summary.get("gate", {})
         err.print(f"gate: {'passed' if gate.get('passed') else 'FAILED'}; " + "; ".join(gate.get("reasons", [])))
         raise typer.Exit(gate_exit_code(summary))
+
+
+def _fold_human_ratings(evaluate_dir: Path, filled: Path) -> None:
+    from .human_sheet import SheetError, fold_ratings
+
+    try:
+        ratings = fold_ratings(evaluate_dir, filled)
+    except (SheetError, OSError) as exc:
+        _fail(exc)
+    if ratings["win_rate"] is None:
+        out.print(f"human ratings: no decided items yet ({ratings['ties']} ties, {ratings['unrated']} unrated)")
+        return
+    low, high = ratings["ci95"]
+    out.print(f"human ratings: {ratings['candidate']} preferred over {ratings['opponent']} in "
+              f"{ratings['win_rate']:.0%} of {ratings['wins'] + ratings['losses']} decided items "
+              f"(95% CI {low:.0%} to {high:.0%}); {ratings['ties']} ties, {ratings['unrated']} unrated")
 
 
 @app.command()

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .artifacts import write_csv, write_text
+from .artifacts import read_json, write_csv, write_json, write_text
 from .stats import wilson_interval
 
-__all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "read_sheet", "write_sheet"]
+__all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "fold_ratings", "read_sheet", "write_sheet"]
 
 SHEET_COLUMNS = ("item", "input", "reference", "answer_A", "answer_B", "preference", "comment")
 _PREFERENCES = {"a": "A", "b": "B", "tie": "tie", "=": "tie", "same": "tie", "equal": "tie"}
@@ -201,3 +201,23 @@ def read_sheet(filled: str | Path, key: str | Path, candidate: str, level: float
         "tie_rate": ties / (decided + ties) if decided + ties else None,
         "interval": "wilson, ties left out",
     }
+
+
+def fold_ratings(evaluate_dir: str | Path, filled: str | Path) -> dict[str, Any]:
+    """Read a filled sheet against the evaluation's key and record the win rate beside the metrics.
+
+    Writes ``human_ratings.json`` and adds ``human_ratings`` to ``summary.json`` in ``evaluate_dir``
+    (the decision reads it there); returns the ratings.
+    """
+    evaluate_dir = Path(evaluate_dir)
+    summary = read_json(evaluate_dir / "summary.json")
+    sheet = summary.get("human_sheet", {})
+    key = evaluate_dir / "human" / "key.csv"
+    if not sheet.get("candidates") or not key.exists():
+        raise SheetError(f"{filled}: there is no sheet key at {key}; write the sheet first with "
+                         "`tunewise evaluate --human-sheet`")
+    ratings = {**read_sheet(filled, key, sheet["candidates"][0]), "sheet": str(filled)}
+    write_json(evaluate_dir / "human_ratings.json", ratings)
+    summary["human_ratings"] = ratings
+    write_json(evaluate_dir / "summary.json", summary)
+    return ratings
