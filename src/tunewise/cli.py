@@ -35,11 +35,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from .candidates import CandidateError
     from .ingest import IngestError
     from .models import ModelNotFoundError
     from .runner import StageError
 
-    return (ConfigError, StageError, IngestError, ModelNotFoundError, FileExistsError)
+    return (ConfigError, StageError, IngestError, ModelNotFoundError, CandidateError, FileExistsError)
 
 
 def _fail(exc: BaseException) -> None:
@@ -118,14 +119,16 @@ def run(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
 
 
 def _print_verdict(cfg: ProjectConfig, run_id: str) -> None:
-    summary = cfg.resolve(cfg.runs_dir) / run_id / "report" / "summary.json"
-    page = summary.parent / "index.html"
-    if summary.exists():
-        data = json.loads(summary.read_text())
-        verdict = data.get("decision", {}).get("verdict")
-        if verdict:
-            colour = "green" if verdict == "GO" else "yellow"
-            out.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  ({data['decision'].get('recommended')})")
+    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    page = run_dir / "report" / "index.html"
+    for source in (run_dir / "report" / "summary.json", run_dir / "decide" / "decision.json"):
+        if source.exists():
+            decision = json.loads(source.read_text()).get("decision", {})
+            verdict = decision.get("verdict")
+            if verdict:
+                colour = "green" if verdict == "GO" else "yellow"
+                out.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  (recommended: {decision.get('recommended')})")
+                break
     if page.exists():
         out.print(f"report: [bold]{page}[/bold]")
 

@@ -310,6 +310,68 @@ class TrainConfig(Section):
         return self
 
 
+class RoiConfig(Section):
+    """The ``roi:`` section: the business assumptions that turn a measured gain into money.
+
+    Nothing here is guessed for you where it matters: without ``monthly_volume`` and
+    ``value_per_outcome_usd`` the decision is NO-GO with a reason naming what is missing. The
+    cost defaults (GPU and CPU prices, utilisation) come from tables in tunewise.train and
+    tunewise.decide that cite their source and date.
+    """
+
+    monthly_volume: float | None = Field(None, gt=0, description="requests (messages, tickets) a month the model "
+                                         "would handle")
+    value_per_outcome_usd: float | None = Field(
+        None, gt=0, le=1e6, description="value of one more correct outcome (e.g. a support ticket resolved "
+        "without an agent), in USD")
+    horizon_months: int = Field(12, ge=1, le=120, description="payback must fall within this many months for GO")
+    # -- one-time cost
+    gpu: str = Field("A10G", description="reference GPU that prices training (A10G, L4, A100-40GB, H100)")
+    gpu_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the GPU's hourly price")
+    gpu_utilisation: float | None = Field(None, gt=0, le=1, description="override the share of peak FLOP/s "
+                                          "training reaches (default 0.35)")
+    training_runs: int = Field(1, ge=1, le=1000, description="trainings to pay for within the horizon "
+                               "(first run plus planned retrains)")
+    review_minutes_per_row: float = Field(1.0, ge=0, le=600, description="minutes a person spends on a row "
+                                          "curation flagged for review")
+    reviewer_usd_per_hour: float = Field(40.0, ge=0, le=10000, description="hourly rate of that person")
+    new_labels: int = Field(0, ge=0, description="new labelled rows to buy or write")
+    usd_per_label: float = Field(0.5, ge=0, le=10000, description="price of one new labelled row")
+    engineering_days: float = Field(5.0, ge=0, le=10000, description="engineering days to build, ship and "
+                                    "maintain the fine-tuned model over the horizon")
+    engineer_usd_per_day: float = Field(800.0, ge=0, le=100000, description="day rate of that engineer")
+    # -- running cost
+    serving_instance: str = Field("c7i.large", description="CPU instance that serves a model, priced from "
+                                  "tunewise.decide.CPU_INSTANCES (latencies measured here scale by its vCPUs)")
+    serving_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the instance's price")
+    always_on: bool = Field(True, description="a served model keeps one instance running all month even when "
+                            "traffic needs less")
+    baseline_usd_per_million_tokens: float | None = Field(
+        None, gt=0, le=10000, description="the baseline is a hosted LLM API at this price (input and output "
+        "tokens); default: the baseline runs on the serving instance like the candidates")
+    tokens_per_request: float | None = Field(None, gt=0, description="tokens per request for API pricing; "
+                                             "default: measured on the test inputs (about 4 characters a token)")
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, value: str) -> str:
+        from .train import REFERENCE_GPUS
+
+        known = [g["gpu"] for g in REFERENCE_GPUS]
+        if value not in known:
+            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(known)} (set gpu_usd_per_hour to price another)")
+        return value
+
+    @field_validator("serving_instance")
+    @classmethod
+    def _known_instance(cls, value: str) -> str:
+        from .decide import CPU_INSTANCES
+
+        if value not in CPU_INSTANCES:
+            raise ValueError(f"unknown instance {value!r}; known: {', '.join(CPU_INSTANCES)}")
+        return value
+
+
 class TrackingConfig(Section):
     uri: str = Field("mlruns", description="MLflow tracking URI or local folder")
     experiment: str = Field("tunewise", description="MLflow experiment name")
@@ -326,6 +388,7 @@ class ProjectConfig(Section):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="baseline candidates")
     train: TrainConfig = Field(default_factory=TrainConfig, description="fine-tuning settings")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation and gate settings")
+    roi: RoiConfig = Field(default_factory=RoiConfig, description="business assumptions for the GO / NO-GO decision")
     tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
 
     @field_validator("tracking", mode="before")

@@ -1144,7 +1144,8 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
         watch = EarlyStopping(mode="min" if plan.monitor == "loss" else "max", patience=config.patience,
                               min_delta=config.min_delta, overfit_window=config.overfit_window,
                               enabled=config.early_stopping)
-        fingerprint = _fingerprint(config.model_dump(mode="json"), task, method, model_spec, seed,
+        # resume itself is not a training setting: a run started with --no-resume can be resumed later
+        fingerprint = _fingerprint(config.model_dump(mode="json", exclude={"resume"}), task, method, model_spec, seed,
                                    _data_fingerprint(train_frame, task), plan.labels, world_size)
         # -- 5. resume: after 3 and 4, because it restores their state
         state: dict[str, Any] = {"step": 0, "epoch": 0, "window_in_epoch": 0, "data_seed": seed, "threads": runtime.threads,

@@ -1,0 +1,668 @@
+"""The run report: one self-contained HTML page and the summary outside checks read.
+
+``build_report(run_dir)`` reads the artifacts earlier stages left under ``runs/<id>/`` and writes
+
+- ``report/index.html``: one file that opens without a network (no external script, font, image
+  or style sheet; charts are inline SVG drawn by matplotlib with their text as paths), readable on
+  a phone (charts shrink to the screen, wide tables scroll inside their own box);
+- ``report/summary.json``: the shape docs/DESIGN fixes (task, primary_metric, candidates,
+  comparison, roi, decision, timings_s), built from evaluate/summary.json, decide/decision.json and
+  each stage's ``_stage.json``.
+
+Every section reads its own artifacts and says plainly when they are missing, so a run without a
+train or decide stage still gets a page: without ``decide/decision.json`` the verdict reads "no
+decision yet: run `tunewise decide`" and the page still shows the quality comparison.
+All user text goes through jinja2's autoescaping; chart text is escaped by matplotlib's SVG writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import platform
+import re
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .artifacts import file_digest, write_json, write_text
+
+# Stages whose _stage.json timing goes into summary.json, in pipeline order.
+PIPELINE_STAGES = ("ingest", "curate", "split", "baseline", "train", "evaluate", "decide")
+# Colours per candidate kind, shared by every chart and the page's legend.
+KIND_COLOURS = {"baseline": "#8c8c8c", "cheap": "#4c72b0", "finetuned": "#dd8452"}
+OTHER_COLOUR = "#55a868"
+# Packages whose versions decide whether a run can be reproduced.
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "scikit-learn", "numpy", "pandas",
+                      "scipy", "sacrebleu")
+EXAMPLES_PER_ISSUE = 3
+TEXT_CHARS = 300  # example texts are cut to this many characters
+
+
+class ReportError(Exception):
+    """The report cannot be built (no evaluation to report on); the message says what to run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading artifacts
+
+
+def _json(path: Path) -> Any | None:
+    """A JSON artifact, or None when it is missing or unreadable (a section then says so)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinity become null: summary.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy scalars
+        return _json_safe(obj.item())
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Number formatting (jinja filters too)
+
+
+def fmt_num(value: Any, digits: int = 4) -> str:
+    number = _finite(value)
+    if number is None:
+        return "n/a"
+    if abs(number) >= 1000:
+        return f"{number:,.0f}"
+    return f"{number:.{digits}g}"
+
+
+def fmt_pct(value: Any, signed: bool = True) -> str:
+    number = _finite(value)
+    if number is None:
+        return "n/a"
+    digits = 0 if abs(number) >= 1 else 1  # +1350% reads better than +1350.0%
+    return f"{number * 100:+.{digits}f}%" if signed else f"{number * 100:.{digits}f}%"
+
+
+def fmt_usd(value: Any) -> str:
+    number = _finite(value)
+    if number is None:
+        return "n/a"
+    sign = "-" if number < 0 else ""
+    number = abs(number)
+    return f"{sign}${number:,.0f}" if number >= 100 else f"{sign}${number:,.2f}"
+
+
+def fmt_months(value: Any) -> str:
+    number = _finite(value)
+    if number is None:
+        return "n/a"
+    return f"{number:.2g} months" if number < 10 else f"{number:.0f} months"
+
+
+def fmt_interval(pair: Any, fmt=fmt_num) -> str:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(_finite(v) is None for v in pair):
+        return "n/a"
+    return f"{fmt(pair[0])} to {fmt(pair[1])}"
+
+
+def _short(text: Any, limit: int = TEXT_CHARS) -> str:
+    text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts: matplotlib to inline SVG
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    # Text as paths: the page needs no font; a fixed salt keeps the SVG (and so the page) reproducible.
+    plt.rcParams.update({"svg.fonttype": "path", "svg.hashsalt": "tunewise-report", "font.size": 10})
+    return plt
+
+
+_chart_count = 0  # charts drawn for the page being built: their id prefixes
+
+
+def _svg(fig: Any) -> str:
+    """The figure as an <svg> element to inline: no XML header, ids made unique within the page,
+    fixed width and height dropped so CSS can shrink it to the screen."""
+    global _chart_count
+    plt = _pyplot()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight",
+                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    plt.close(fig)
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    _chart_count += 1
+    prefix = f"c{_chart_count}-"
+    # Several SVGs share ids (figure_1, glyph paths); an id referenced from another chart would
+    # draw the wrong thing, so every id and every reference to one gets this chart's prefix.
+    text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', text)
+    text = re.sub(r'(url\(#|href="#)([^)"]+)', lambda m: f"{m.group(1)}{prefix}{m.group(2)}", text)
+    match = re.match(r'<svg[^>]*?\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"', text)
+    width_px = round(float(match.group(1)) * 4 / 3) if match else 640
+    text = re.sub(r'^(<svg[^>]*?)\swidth="[\d.]+pt"\s+height="[\d.]+pt"', r"\1", text, count=1)
+    text = text.replace("<svg", f'<svg role="img" style="max-width:{width_px}px"', 1)
+    return text
+
+
+def _kind_colour(kind: str | None) -> str:
+    return KIND_COLOURS.get(kind or "", OTHER_COLOUR)
+
+
+def candidates_chart(candidates: list[dict], metric: str, chosen: str | None, baseline: str | None) -> str | None:
+    """Horizontal bars of the primary metric with ci95 error bars, one per candidate, coloured by kind."""
+    rows = [c for c in candidates if _finite(c.get("metrics", {}).get(metric)) is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    rows = sorted(rows, key=lambda c: c["metrics"][metric])
+    values = [c["metrics"][metric] for c in rows]
+    lows, highs = [], []
+    for c, v in zip(rows, values):
+        low, high = (c.get("ci95", {}).get(metric) or [None, None])[:2]
+        lows.append(max(0.0, v - low) if _finite(low) is not None else 0.0)
+        highs.append(max(0.0, high - v) if _finite(high) is not None else 0.0)
+    # Short tick labels keep the chart wide enough to read on a phone; n goes beside the value.
+    labels = [c["name"] + (" *" if c["name"] == chosen else "") for c in rows]
+    fig, ax = plt.subplots(figsize=(5.2, 0.42 * len(rows) + 1.1))
+    ax.barh(range(len(rows)), values, xerr=[lows, highs], capsize=3,
+            color=[_kind_colour(c.get("kind")) for c in rows], edgecolor="#333333",
+            linewidth=[1.6 if c["name"] in (chosen, baseline) else 0.4 for c in rows])
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_xlabel(f"{metric} on the test set, 95% interval" + (f"; * compared with {baseline}" if chosen else ""))
+    for i, (c, v) in enumerate(zip(rows, values)):
+        ax.text(v, i + 0.32, f" {v:.3g} (n={c.get('n_eval', '?')})", va="center", fontsize=8)
+    kinds = list(dict.fromkeys(c.get("kind") or "other" for c in rows))
+    ax.legend(handles=[Patch(color=_kind_colour(k), label=k) for k in kinds], loc="lower right", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def curves_charts(name: str, curves: dict) -> list[str]:
+    """Training loss per step with validation loss, and the monitored validation metric: two
+    panels drawn apart so a phone stacks them instead of shrinking both."""
+    train = [p for p in curves.get("train", []) if _finite(p.get("loss")) is not None]
+    validation = curves.get("validation", []) or []
+    if not train and not validation:
+        return []
+    plt = _pyplot()
+    monitor = curves.get("monitor")
+    metric_names = [monitor] if monitor and monitor != "loss" else []
+    metric_names += [k for k in ("accuracy", "macro_f1", "chrf") if k != monitor]
+    metric = next((m for m in metric_names if any(_finite(p.get(m)) is not None for p in validation)), None)
+    best = _finite(curves.get("best_step"))
+    charts = []
+    fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    if train:
+        ax.plot([p["step"] for p in train], [p["loss"] for p in train], color="#4c72b0", linewidth=0.8,
+                alpha=0.7, label="training loss")
+    val_loss = [p for p in validation if _finite(p.get("loss")) is not None]
+    if val_loss:
+        ax.plot([p["step"] for p in val_loss], [p["loss"] for p in val_loss], "o-", color="#dd8452",
+                markersize=3, label="validation loss")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{name}: loss", fontsize=10)
+    charts.append(ax)
+    if metric:
+        points = [p for p in validation if _finite(p.get(metric)) is not None]
+        fig2, right = plt.subplots(figsize=(4.2, 2.8))
+        right.plot([p["step"] for p in points], [p[metric] for p in points], "o-", color="#55a868", markersize=3)
+        right.set_ylabel(f"validation {metric}")
+        right.set_title(f"{name}: validation {metric}" + (" (monitored)" if metric == monitor else ""), fontsize=10)
+        charts.append(right)
+    out = []
+    for a in charts:
+        if best is not None:
+            a.axvline(best, color="#999999", linestyle=":", linewidth=1)
+        a.set_xlabel("optimiser step")
+        a.spines[["top", "right"]].set_visible(False)
+        out.append(_svg(a.figure))
+    return out
+
+
+def payback_chart(roi: dict) -> str | None:
+    """Cumulative net money over the months with its interval band, break-even line and horizon."""
+    points = [p for p in roi.get("cumulative") or [] if _finite(p.get("net_usd")) is not None]
+    if len(points) < 2:
+        return None
+    plt = _pyplot()
+    months = [p["month"] for p in points]
+    net = [p["net_usd"] for p in points]
+    low = [_finite(p.get("low")) if _finite(p.get("low")) is not None else p["net_usd"] for p in points]
+    high = [_finite(p.get("high")) if _finite(p.get("high")) is not None else p["net_usd"] for p in points]
+    fig, ax = plt.subplots(figsize=(5.6, 3.0))
+    ax.fill_between(months, low, high, color="#dd8452", alpha=0.25, linewidth=0, label="95% interval")
+    ax.plot(months, net, "o-", color="#dd8452", markersize=3, label="cumulative net (USD)")
+    ax.axhline(0, color="#333333", linewidth=0.8)
+    payback = _finite(roi.get("payback_months"))
+    if payback is not None and payback <= months[-1]:
+        ax.axvline(payback, color="#55a868", linestyle="--", linewidth=1, label=f"payback {payback:.2g} months")
+    ax.set_xlabel("months after go-live")
+    ax.set_ylabel("USD")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _comparison_for(evaluation: dict, candidate: str | None) -> dict | None:
+    """The comparison of ``candidate`` with the baseline on the primary metric, in summary.json's
+    shape; evaluate's own headline comparison when the candidate is not named or not compared."""
+    primary = evaluation.get("primary_metric")
+    headline = evaluation.get("comparison")
+    threshold = (headline or {}).get("threshold", (evaluation.get("gate") or {}).get("threshold"))
+    if candidate and headline and headline.get("candidate") != candidate:
+        entry = (evaluation.get("comparisons") or {}).get(candidate) or {}
+        m = (entry.get("metrics") or {}).get(primary)
+        if m:
+            return {"candidate": candidate, "baseline": entry.get("baseline"), "metric": primary,
+                    "relative_improvement": m.get("relative_improvement"), "ci95": m.get("relative_ci"),
+                    "p_value": m.get("p_value"), "threshold": threshold, "test": m.get("test"),
+                    "difference": m.get("difference"), "difference_ci95": m.get("difference_ci"), "n": m.get("n"),
+                    "candidate_score": m.get("candidate"), "baseline_score": m.get("baseline")}
+    return dict(headline) if headline else None
+
+
+def _n_eval(run_dir: Path, entry: dict, stage_metrics: dict) -> int | None:
+    if entry.get("n_eval") is not None:
+        return int(entry["n_eval"])
+    known = (stage_metrics.get("candidates") or {}).get(entry.get("name"), {}).get("n_eval")
+    if known is not None:
+        return int(known)
+    rows = run_dir / "evaluate" / "per_example" / f"{entry.get('name')}.parquet"
+    if rows.exists():  # evaluate scored one row per example
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(rows).metadata.num_rows)
+    return None
+
+
+def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None) -> dict:
+    primary = evaluation.get("primary_metric")
+    stage_metrics = (_json(run_dir / "evaluate" / "_stage.json") or {}).get("metrics") or {}
+    candidates = []
+    for entry in evaluation.get("candidates") or []:
+        candidates.append({**entry, "n_eval": _n_eval(run_dir, entry, stage_metrics)})
+    chosen = (comparison or {}).get("candidate")
+    baseline = (comparison or {}).get("baseline") or evaluation.get("baseline")
+    # Secondary metrics worth a column: the compared ones evaluate reports for the task.
+    others = [m for m in ("macro_f1", "coverage", "ece", "bleu", "rouge_l", "embedding_similarity",
+                          "unsupported_fact_rate", "format_compliance") if any(m in c.get("metrics", {}) for c in candidates)]
+    rows = []
+    for c in sorted(candidates, key=lambda c: -(_finite(c.get("metrics", {}).get(primary)) or -1)):
+        comp = (evaluation.get("comparisons") or {}).get(c["name"], {}).get("metrics", {}).get(primary) or {}
+        rows.append({"name": c["name"], "kind": c.get("kind"), "colour": _kind_colour(c.get("kind")),
+                     "value": c.get("metrics", {}).get(primary), "ci": (c.get("ci95") or {}).get(primary),
+                     "n_eval": c.get("n_eval"), "others": [c.get("metrics", {}).get(m) for m in others],
+                     "vs_baseline": comp.get("relative_improvement"), "vs_baseline_ci": comp.get("relative_ci"),
+                     "p_value": comp.get("p_value"), "chosen": c["name"] == chosen, "is_baseline": c["name"] == baseline})
+    return {"primary": primary, "candidates": candidates, "rows": rows, "other_metrics": others,
+            "chart": candidates_chart(candidates, primary, chosen, baseline),
+            "gate": evaluation.get("gate") or {}, "cheap_check": evaluation.get("cheap_check"),
+            "skipped": evaluation.get("skipped") or [], "sample": evaluation.get("sample"),
+            "n_test": evaluation.get("n_test"), "baseline": baseline}
+
+
+def quality_section(run_dir: Path) -> dict:
+    """Rows before and after curation, issue counts per kind, a few example rows per kind."""
+    ingest = _json(run_dir / "ingest" / "summary.json") or {}
+    curate = _json(run_dir / "curate" / "summary.json")
+    split = _json(run_dir / "split" / "summary.json") or {}
+    if curate is None:
+        return {"available": False, "ingest": ingest, "split": split}
+    counts = curate.get("issue_counts") or {}
+    actions: dict[str, dict[str, int]] = {}
+    examples: dict[str, list[dict]] = {}
+    issues_file = run_dir / "curate" / "issues.parquet"
+    if issues_file.exists():
+        issues = pd.read_parquet(issues_file)
+        if len(issues):
+            for (kind, action), n in issues.groupby(["issue", "action"]).size().items():
+                actions.setdefault(str(kind), {})[str(action)] = int(n)
+            # Texts come from curate's own examples (cut and taken after PII redaction where that
+            # check ran first), else from the cleaned rows (redacted); a dropped row's raw text is
+            # not repeated on a page people pass around.
+            texts = {(kind, e.get("id")): e.get("input") for kind, rows in (curate.get("examples") or {}).items()
+                     for e in rows}
+            cleaned_file = run_dir / "curate" / "cleaned.parquet"
+            cleaned = (pd.read_parquet(cleaned_file, columns=["id", "input"]).astype({"id": str}).set_index("id")["input"]
+                       if cleaned_file.exists() else pd.Series(dtype=str))
+            for kind, group in issues.groupby("issue", sort=False):
+                for row in group.head(EXAMPLES_PER_ISSUE).to_dict("records"):
+                    rid = str(row.get("id"))
+                    text = texts.get((kind, rid))
+                    if text is None and rid in cleaned.index:
+                        value = cleaned.loc[rid]
+                        text = value.iloc[0] if isinstance(value, pd.Series) else value
+                    line = row.get("line")
+                    where = f"{Path(str(row.get('source') or '')).name}:{line}" if line is not None and not pd.isna(line) else ""
+                    examples.setdefault(str(kind), []).append({
+                        "id": rid, "text": _short(text) if text is not None else None, "detail": _short(row.get("detail")),
+                        "action": row.get("action"), "where": where, "stage": row.get("stage")})
+    kinds = sorted(set(counts) | set(actions), key=lambda k: (-int(counts.get(k, sum(actions.get(k, {}).values()))), k))
+    table = [{"kind": k, "count": int(counts.get(k, sum(actions.get(k, {}).values()))),
+              "actions": ", ".join(f"{a} {n}" for a, n in sorted(actions.get(k, {}).items()))} for k in kinds]
+    return {"available": True, "ingest": ingest, "curate": curate, "split": split, "table": table,
+            "examples": {k: examples.get(k, []) for k in kinds}, "action_counts": curate.get("action_counts") or {},
+            "skipped_checks": curate.get("skipped") or {}}
+
+
+def curves_section(run_dir: Path) -> list[dict]:
+    out = []
+    train_dir = run_dir / "train"
+    if not train_dir.is_dir():
+        return out
+    for folder in sorted(p for p in train_dir.iterdir() if p.is_dir() and (p / "curves.json").exists()):
+        curves = _json(folder / "curves.json") or {}
+        summary = _json(folder / "train_summary.json") or {}
+        out.append({"name": folder.name, "charts": curves_charts(folder.name, curves),
+                    "monitor": curves.get("monitor"), "best_step": curves.get("best_step"), "best": curves.get("best"),
+                    "steps": summary.get("steps_done"), "stop": summary.get("stop_message") or summary.get("stop_reason"),
+                    "seconds": summary.get("seconds"), "method": summary.get("method"),
+                    "base_model": summary.get("base_model"), "trainable": summary.get("trainable_parameters"),
+                    "parameters": summary.get("parameters")})
+    return out
+
+
+def errors_section(run_dir: Path, task: str, focus: list[str]) -> dict:
+    """Top confusions (classify) or worst generations (generate), the focus candidates first."""
+    if task == "classify":
+        confusions = _json(run_dir / "evaluate" / "confusions.json") or {}
+        worst = _json(run_dir / "evaluate" / "worst_examples.json") or {}
+        names = [n for n in focus if n in confusions] + [n for n in confusions if n not in focus]
+        return {"kind": "confusions", "items": [
+            {"name": n, "open": i == 0, "top": confusions[n].get("top") or [],
+             "worst": [{**w, "input": _short(w.get("input"))} for w in (worst.get(n) or [])[:5]]}
+            for i, n in enumerate(names)]}
+    worst = _json(run_dir / "evaluate" / "worst_examples.json") or {}
+    names = [n for n in focus if n in worst] + [n for n in worst if n not in focus]
+    items = []
+    for i, n in enumerate(names):
+        groups = worst[n] if isinstance(worst[n], dict) else {"lowest_chrf": worst[n]}
+        items.append({"name": n, "open": i == 0, "groups": [
+            {"title": title.replace("_", " "), "rows": [
+                {"id": r.get("id"), "input": _short(r.get("input")), "target": _short(r.get("target")),
+                 "prediction": _short(r.get("prediction")), "chrf": r.get("chrf"),
+                 "unsupported": ", ".join(map(str, r.get("unsupported_facts") or []))
+                 if isinstance(r.get("unsupported_facts"), (list, tuple)) else _short(r.get("unsupported_facts"), 120)}
+                for r in rows[:5]]}
+            for title, rows in groups.items() if rows]})
+    return {"kind": "generations", "items": items}
+
+
+def slices_section(run_dir: Path, primary: str, focus: list[str]) -> dict:
+    slices = _json(run_dir / "evaluate" / "slices.json")
+    if not slices:
+        return {"available": False}
+    columns = []
+    for column, per_candidate in (slices.get("columns") or {}).items():
+        names = [n for n in focus if n in per_candidate] or list(per_candidate)[:1]
+        for name in names:
+            report = per_candidate[name]
+            rows = []
+            for value, entry in (report.get("slices") or {}).items():
+                vs = entry.get("vs_baseline") or {}
+                rows.append({"value": value, "n": entry.get("n"), "computable": entry.get("computable"),
+                             "score": (entry.get("metrics") or {}).get(primary),
+                             "ci": (entry.get("ci95") or {}).get(primary), "reason": entry.get("reason"),
+                             "vs": (f"{fmt_num(vs.get('difference'))} ({fmt_interval(vs.get('difference_ci'))})"
+                                    + (" worse beyond noise" if vs.get("worse_beyond_noise") else ""))
+                                   if vs.get("computable") else (vs.get("reason") or "")})
+            columns.append({"column": column, "candidate": name, "rows": rows, "gap": report.get("largest_gap")})
+    return {"available": True, "columns": columns, "worse": slices.get("worse_than_baseline") or []}
+
+
+def robustness_section(run_dir: Path) -> dict:
+    data = _json(run_dir / "evaluate" / "robustness.json")
+    if not data:
+        return {"available": False, "reason": "evaluate/robustness.json is missing"}
+    if not data.get("enabled", True) or not data.get("candidates"):
+        return {"available": False, "reason": "robustness check off (evaluate.robustness: false)"
+                if not data.get("enabled", True) else "no candidate could be re-predicted",
+                "skipped": data.get("skipped") or []}
+    kinds = list(data.get("perturbations") or [])
+    rows = []
+    for name, entry in data["candidates"].items():
+        cells = []
+        for k in kinds:
+            p = (entry.get("perturbations") or {}).get(k) or {}
+            cells.append({"drop": p.get("drop"), "ci": p.get("drop_ci"), "significant": bool(p.get("significant"))})
+        rows.append({"name": name, "clean": entry.get("clean"), "cells": cells})
+    examples = {k: [{"original": _short(e.get("original"), 160), "perturbed": _short(e.get("perturbed"), 160)}
+                    for e in v[:2]] for k, v in (data.get("examples") or {}).items()}
+    return {"available": True, "n": data.get("n"), "metric": data.get("metric"), "kinds": kinds, "rows": rows,
+            "skipped": data.get("skipped") or [], "examples": examples}
+
+
+def forgetting_section(run_dir: Path) -> dict:
+    data = _json(run_dir / "evaluate" / "forgetting.json")
+    if not data:
+        return {"status": "missing", "reason": "evaluate/forgetting.json is missing", "models": []}
+    base = data.get("base") or {}
+    models = []
+    for name, m in (data.get("models") or {}).items():
+        models.append({"name": name, "kind": m.get("kind"),
+                       "base_accuracy": (m.get("base") or base).get("accuracy"), "tuned_accuracy": (m.get("tuned") or {}).get("accuracy"),
+                       "base_perplexity": (m.get("base") or base).get("perplexity"),
+                       "tuned_perplexity": (m.get("tuned") or {}).get("perplexity"),
+                       "forgot": m.get("forgot"), "flags": m.get("flags") or []})
+    return {"status": data.get("status"), "reason": data.get("reason"), "models": models,
+            "base_model": data.get("base_model")}
+
+
+def overfitting_section(run_dir: Path) -> dict:
+    data = _json(run_dir / "evaluate" / "overfitting.json")
+    if not data:
+        return {"available": False}
+    rows = [{"name": n, "train": e["scores"].get("train"), "validation": e["scores"].get("validation"),
+             "test": e["scores"].get("test"), "flags": ", ".join(e.get("flags") or [])}
+            for n, e in (data.get("candidates") or {}).items()]
+    return {"available": True, "rows": rows, "rule": data.get("rule"), "metric": data.get("metric")}
+
+
+def decision_section(decision_file: dict | None, config: dict) -> dict:
+    """The verdict block's words and the ROI details; what is missing for a verdict."""
+    roi_config = config.get("roi") or {}
+    unset = [f"roi.{k}" for k in ("monthly_volume", "value_per_outcome_usd") if roi_config.get(k) in (None, "")]
+    if decision_file is None:
+        return {"present": False, "verdict": None, "recommended": None, "candidate": None,
+                "reasons": ["no decision yet: run `tunewise decide`"], "roi": {}, "missing": unset,
+                "chart": None}
+    roi = decision_file.get("roi") or {}
+    decision = decision_file.get("decision") or {}
+    missing = list(roi.get("missing") or [])
+    sensitivity = sorted(roi.get("sensitivity") or [], key=lambda s: -(_finite(s.get("swing_months")) or 0))
+    return {"present": True, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
+            "candidate": decision.get("candidate") or decision.get("recommended"),
+            "reasons": decision.get("reasons") or [], "roi": roi, "missing": missing,
+            "sensitivity": sensitivity, "chart": payback_chart(roi),
+            "assumptions": roi.get("assumptions") or {}, "cost_lines": roi.get("one_time_cost_lines") or []}
+
+
+def _data_files(run_dir: Path, config: dict, base_dir: Path | None) -> list[dict]:
+    """The input data files with their sha256 now; ingest/summary.json may name them, else the config."""
+    ingest = _json(run_dir / "ingest" / "summary.json") or {}
+    named = ingest.get("files") or ingest.get("input_files")
+    data = config.get("data") or {}
+    if isinstance(named, dict):
+        entries = list(named.items())
+    elif isinstance(named, list):
+        entries = [(str(i), p) for i, p in enumerate(named)]
+    else:
+        entries = [(role, data.get(role)) for role in ("train", "test") if data.get(role)]
+    if base_dir is None:  # run_dir is <project>/<runs_dir>/<run-id>
+        runs_dir = Path(str(config.get("runs_dir") or "runs"))
+        base_dir = run_dir.parent if runs_dir.is_absolute() else run_dir.parents[len(runs_dir.parts)]
+    out = []
+    for role, name in entries:
+        path = name.get("path") if isinstance(name, dict) else name
+        if not path:
+            continue
+        resolved = Path(path) if Path(path).is_absolute() else base_dir / path
+        recorded = name.get("sha256") if isinstance(name, dict) else None
+        if resolved.is_file():
+            digest = file_digest(resolved)
+            out.append({"role": role, "path": str(resolved), "sha256": digest, "bytes": resolved.stat().st_size,
+                        "note": "" if recorded in (None, digest) else f"differs from ingest's {recorded}"})
+        else:
+            out.append({"role": role, "path": str(resolved), "sha256": recorded, "bytes": None,
+                        "note": "not found when the report was built"})
+    kb = data.get("knowledge_base")
+    if kb:
+        folder = Path(kb) if Path(kb).is_absolute() else base_dir / kb
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        if files:  # one digest over names and contents: changes when any file does
+            h = hashlib.sha256()
+            for p in files:
+                h.update(str(p.relative_to(folder)).encode() + b"\0" + file_digest(p).encode())
+            out.append({"role": "knowledge_base", "path": str(folder), "sha256": h.hexdigest(),
+                        "bytes": sum(p.stat().st_size for p in files), "note": f"{len(files)} files, digest of digests"})
+    return out
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def reproducibility_section(run_dir: Path, config: dict, base_dir: Path | None) -> dict:
+    stages = []
+    for name in PIPELINE_STAGES + ("report",):
+        marker = _json(run_dir / name / "_stage.json")
+        if marker:
+            stages.append({"name": name, "key": marker.get("key"), "finished": marker.get("finished"),
+                           "seconds": marker.get("seconds")})
+    versions = {"tunewise": __version__, "python": platform.python_version()}
+    versions.update({p: _version(p) for p in VERSIONED_PACKAGES})
+    models = config.get("models") or {}
+    return {"config_json": json.dumps(config, indent=2, ensure_ascii=False), "versions": versions,
+            "seed": config.get("seed"), "split_seed": (config.get("split") or {}).get("seed"),
+            "models": {k: models.get(k) for k in ("llm", "encoder")}, "files": _data_files(run_dir, config, base_dir),
+            "stages": stages, "platform": f"{platform.system()} {platform.machine()}"}
+
+
+def timings(run_dir: Path) -> dict[str, float]:
+    out = {}
+    for name in PIPELINE_STAGES:
+        marker = _json(run_dir / name / "_stage.json")
+        if marker and _finite(marker.get("seconds")) is not None:
+            out[name] = float(marker["seconds"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole report
+
+
+def build_summary(evaluation: dict, candidates: list[dict], comparison: dict | None, decision: dict,
+                  stage_timings: dict[str, float]) -> dict:
+    roi = decision.get("roi") or {}
+    return _json_safe({
+        "task": evaluation.get("task"),
+        "primary_metric": evaluation.get("primary_metric"),
+        "candidates": [{"name": c.get("name"), "kind": c.get("kind"), "metrics": c.get("metrics") or {},
+                        "ci95": c.get("ci95") or {}, "n_eval": c.get("n_eval"), "n_test": c.get("n_test"),
+                        "source": c.get("source")} for c in candidates],
+        "comparison": comparison,
+        "roi": {"one_time_cost_usd": roi.get("one_time_cost_usd"), "monthly_benefit_usd": roi.get("monthly_benefit_usd"),
+                "payback_months": roi.get("payback_months"),
+                "monthly_benefit_ci95": roi.get("monthly_benefit_ci95"),
+                "payback_months_ci95": roi.get("payback_months_ci95"),
+                "monthly_net_usd": roi.get("monthly_net_usd"), "horizon_months": roi.get("horizon_months"),
+                "missing": decision.get("missing") or []},
+        "decision": {"verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
+                     "reasons": decision.get("reasons") or [], "candidate": decision.get("candidate"),
+                     "decided": decision.get("present", False)},
+        "gate": evaluation.get("gate"),
+        "timings_s": stage_timings,
+    })
+
+
+def build_report(run_dir: str | Path, base_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report/index.html`` and ``report/summary.json`` for the run in ``run_dir``.
+
+    ``base_dir`` is the project folder the config's data paths are relative to (the stage passes
+    it); by default it is inferred from ``run_dir`` (``<project>/<runs_dir>/<run-id>``).
+    Returns the paths written, by name.
+    """
+    global _chart_count
+    started = time.perf_counter()
+    _chart_count = 0  # chart ids start at c1 on every page
+    run_dir = Path(run_dir)
+    evaluation = _json(run_dir / "evaluate" / "summary.json")
+    if not evaluation:
+        raise ReportError(f"{run_dir / 'evaluate' / 'summary.json'} is missing; run `tunewise evaluate` first")
+    config = _json(run_dir / "config.json") or {}
+    decision_file = _json(run_dir / "decide" / "decision.json")
+    if decision_file is None and (run_dir / "decide" / "decision.json").exists():
+        raise ReportError(f"{run_dir / 'decide' / 'decision.json'} is not valid JSON; re-run `tunewise decide`")
+    decision = decision_section(decision_file, config)
+    comparison = _comparison_for(evaluation, decision.get("candidate"))
+    task = evaluation.get("task") or config.get("task") or "classify"
+    primary = evaluation.get("primary_metric")
+    candidates = candidates_section(run_dir, evaluation, comparison)
+    focus = [n for n in ((comparison or {}).get("candidate"), (comparison or {}).get("baseline")) if n]
+    stage_timings = timings(run_dir)
+    page = {
+        "run_id": run_dir.name, "run_dir": str(run_dir), "task": task, "primary": primary,
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"), "description": (config.get("data") or {}).get("task_description"),
+        "decision": decision, "comparison": comparison, "candidates": candidates,
+        "quality": quality_section(run_dir), "curves": curves_section(run_dir),
+        "errors": errors_section(run_dir, task, focus), "slices": slices_section(run_dir, primary, focus),
+        "robustness": robustness_section(run_dir), "forgetting": forgetting_section(run_dir),
+        "overfitting": overfitting_section(run_dir),
+        "reproducibility": reproducibility_section(run_dir, config, Path(base_dir) if base_dir else None),
+        "timings": stage_timings, "kind_colours": KIND_COLOURS,
+    }
+    out = run_dir / "report"
+    html = render(page)
+    stage_timings = {**stage_timings, "report": round(time.perf_counter() - started, 3)}
+    summary = build_summary(evaluation, candidates["candidates"], comparison, decision, stage_timings)
+    written = {"html": write_text(out / "index.html", html), "summary": write_json(out / "summary.json", summary)}
+    return written
+
+
+def render(page: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("tunewise", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=fmt_num, pct=fmt_pct, usd=fmt_usd, months=fmt_months, interval=fmt_interval,
+                       pct_interval=lambda pair: fmt_interval(pair, fmt_pct),
+                       usd_interval=lambda pair: fmt_interval(pair, fmt_usd))
+    return env.get_template("report.html.j2").render(**page)
