@@ -26,6 +26,7 @@ candidates reuses them; --fresh ignores the cache.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -66,12 +67,22 @@ def train_config(epochs: int | None, max_steps: int | None) -> dict:
     return settings
 
 
+def epochs_for(spec: str | None, name: str) -> int | None:
+    if not spec:
+        return None
+    if "=" not in spec:
+        return int(spec)
+    pairs = dict(part.split("=") for part in spec.split(","))
+    return int(pairs[name]) if name in pairs else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(TARGETS), default="full")
     parser.add_argument("--candidates", default="tfidf_lr,embed_lr,encoder_ft,lora_llm")
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps (quick looks)")
-    parser.add_argument("--epochs", type=int, default=None, help="train.epochs for the fine-tuned candidates")
+    parser.add_argument("--epochs", default=None, help="train.epochs for the fine-tuned candidates: a number, or "
+                        "per candidate, e.g. encoder_ft=4,lora_llm=2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/tunewise-bench-banking77"))
     parser.add_argument("--fresh", action="store_true")
@@ -96,16 +107,18 @@ def main() -> int:
     results: dict[str, dict] = {}
     probabilities: dict[str, np.ndarray] = {}
     for name in [c for c in args.candidates.split(",") if c]:
-        path = cache / f"{name}.parquet"
-        meta_path = cache / f"{name}.json"
+        kwargs: dict = {}
+        if candidate_class(name).kind == "finetuned":
+            kwargs["train_config"] = TrainConfig(**train_config(epochs_for(args.epochs, name), args.max_steps))
+            kwargs["seed"] = args.seed
+        # the cache file names the training settings, so other settings never reuse a result
+        tag = "" if not kwargs else "-" + hashlib.sha256(kwargs["train_config"].model_dump_json().encode()).hexdigest()[:8]
+        path = cache / f"{name}{tag}.parquet"
+        meta_path = cache / f"{name}{tag}.json"
         if path.exists() and meta_path.exists() and not args.fresh:
             predictions, meta = pd.read_parquet(path), json.loads(meta_path.read_text())
             print(f"{name}: cached ({meta['fit_seconds']:.0f} s fit)", flush=True)
         else:
-            kwargs = {}
-            if candidate_class(name).kind == "finetuned":
-                kwargs["train_config"] = TrainConfig(**train_config(args.epochs, args.max_steps))
-                kwargs["seed"] = args.seed
             candidate = make_candidate(name, **kwargs)
             load = os.getloadavg()[0]
             started = time.perf_counter()

@@ -127,3 +127,20 @@ def test_decide_stage_writes_the_decision_and_flips_with_the_config(demo_run):
 def test_negative_or_absurd_assumptions_are_config_errors(bad, field):
     with pytest.raises(ConfigError, match=field):
         config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "roi": bad})
+
+
+def test_the_learning_curve_tells_the_decision_how_much_data_the_target_needs(demo_run):
+    from tunewise.curve import run_curve
+    from tunewise.decide import _more_data_reason
+
+    cfg, run_dir = demo_run
+    curve = run_curve(cfg, "r1", candidates=["tfidf_lr"], fractions=[0.2, 0.4, 0.7, 1.0], target=0.999, n_resamples=50)
+    assert (run_dir / "curve" / "curve.json").exists() and (run_dir / "curve" / "curve.png").exists()
+    target = curve["candidates"]["tfidf_lr"]["target"]
+    reason = _more_data_reason(run_dir, "tfidf_lr", RoiConfig(usd_per_label=0.4, **GENEROUS))
+    if target["reachable"]:
+        assert f"{target['more_rows']:,} more labelled rows" in reason
+        assert f"${target['more_rows'] * 0.4:,.0f}" in reason
+    else:
+        assert reason.startswith("more data of the same kind will not reach the target")
+    assert _more_data_reason(run_dir, "not_in_the_curve", RoiConfig()) is None

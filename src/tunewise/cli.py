@@ -331,6 +331,50 @@ def export(
 
 
 @app.command()
+def curve(
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+    fractions: Annotated[str, typer.Option("--fractions", help="nested training subsets, comma-separated")] = "0.1,0.25,0.5,1.0",
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="comma-separated (default: the gate's "
+                                                      "candidate and the cheap model it was checked against)")] = None,
+    target: Annotated[Optional[float], typer.Option("--target", help="accuracy to reach (default: the gate's "
+                                                    "baseline score x (1 + threshold))")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local, or ray: each subset training a Ray task")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learning curves: accuracy against data size, what 2x/5x/10x data would give, and the data the target needs."""
+    from .curve import CurveError, run_curve
+
+    if engine not in ("local", "ray"):
+        _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
+    cfg = _load(config)
+    try:
+        parsed = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        _fail(ConfigError(f"--fractions: {fractions!r} is not a comma-separated list of numbers"))
+    try:
+        result = run_curve(cfg, run_id, fractions=parsed, target=target, engine=engine, ray_address=ray_address,
+                           candidates=[c for c in (candidates or "").split(",") if c] or None)
+    except (CurveError, *_known_errors()) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    for note in result["notes"]:
+        err.print(f"note: {note}")
+    table = Table(title=f"learning curve ({result['n_train']:,} training rows now)")
+    for column in ("candidate", "accuracy by rows", "levels off at", "2x", "5x", "10x", "target"):
+        table.add_column(column)
+    for name, entry in result["candidates"].items():
+        measured = ", ".join(f"{n:,}: {a:.3f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
+        expected = [f"{e['accuracy']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})" for e in entry["expected"].values()]
+        table.add_row(name, measured, f"{entry['fit']['plateau_accuracy']:.3f}", *expected,
+                      entry.get("target", {}).get("message", "-"))
+    out.print(table)
+    out.print(f"curve: [bold]{cfg.resolve(cfg.runs_dir) / run_id / 'curve'}[/bold]")
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo data, config and runs")] = Path("demo"),
     task: Annotated[str, typer.Option("--task", help="classify or generate")] = "classify",

@@ -381,9 +381,32 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
             + (f"a value per outcome of at least ${value_needed:,.4g}, a volume of at least {volume_needed:,.0f} a "
                f"month, or " if value_needed is not None else "")
             + f"{gain_text} (measured {gain:.3f})")
+    if not passed:
+        more = _more_data_reason(run_dir, candidate, roi)
+        if more:
+            reasons.append(more)
+            roi_out["more_data"] = more
     recommended = _recommend(evaluation, metric, kinds, latency, roi, trained, flagged, baseline, lower_is_better,
                              money_for)
     return _result(roi_out, verdict, recommended, candidate, reasons, gate)
+
+
+def _more_data_reason(run_dir: Path, candidate: str, roi: RoiConfig) -> str | None:
+    """When the gate fails: what the learning curve (``tunewise curve``) says more labels would do."""
+    path = run_dir / "curve" / "curve.json"
+    if not path.exists():
+        return None
+    entry = read_json(path).get("candidates", {}).get(candidate)
+    target = (entry or {}).get("target")
+    if not target:
+        return None
+    if not target["reachable"]:
+        return f"more data of the same kind will not reach the target: {target['message']} (tunewise curve)"
+    more = target["more_rows"]
+    classes = [row["label"] for row in entry["per_class"][:5]]
+    return (f"the learning curve says {candidate} reaches {target['accuracy']:.3f} accuracy with about "
+            f"{target['n_needed']:,} training rows: {more:,} more labelled rows, most useful in {', '.join(classes)}; "
+            f"at ${roi.usd_per_label:g} a label that is ${more * roi.usd_per_label:,.0f} (tunewise curve)")
 
 
 def _interval_months(months_ci: list[float | None]) -> str:

@@ -1,11 +1,13 @@
 """The run report: one self-contained HTML page and the summary outside checks read.
 
-``build_report(run_dir)`` reads the artifacts earlier stages left under ``runs/<id>/`` and writes
+Command: ``tunewise report [--config tunewise.yaml] [--run-id ID]`` (the ``report`` stage, last in
+``tunewise run``). ``build_report(run_dir)`` reads the artifacts earlier stages left under
+``runs/<id>/`` and writes
 
 - ``report/index.html``: one file that opens without a network (no external script, font, image
   or style sheet; charts are inline SVG drawn by matplotlib with their text as paths), readable on
   a phone (charts shrink to the screen, wide tables scroll inside their own box);
-- ``report/summary.json``: the shape docs/DESIGN fixes (task, primary_metric, candidates,
+- ``report/summary.json``: the shape the design fixes for outside checks (task, primary_metric, candidates,
   comparison, roi, decision, timings_s), built from evaluate/summary.json, decide/decision.json and
   each stage's ``_stage.json``.
 
@@ -119,6 +121,11 @@ def fmt_months(value: Any) -> str:
     return f"{number:.2g} months" if number < 10 else f"{number:.0f} months"
 
 
+def fmt_months_number(value: Any) -> str:
+    number = _finite(value)
+    return "n/a" if number is None else f"{number:.2g}" if number < 10 else f"{number:.0f}"
+
+
 def fmt_interval(pair: Any, fmt=fmt_num) -> str:
     if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(_finite(v) is None for v in pair):
         return "n/a"
@@ -140,9 +147,12 @@ def _pyplot():
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    # Text as paths: the page needs no font; a fixed salt keeps the SVG (and so the page) reproducible.
-    plt.rcParams.update({"svg.fonttype": "path", "svg.hashsalt": "tunewise-report", "font.size": 10})
     return plt
+
+
+# Text as paths: the page needs no font; a fixed salt keeps the SVG ids the same from run to run.
+# Applied with rc_context around the page's charts, so other plots in the process keep their style.
+CHART_STYLE = {"svg.fonttype": "path", "svg.hashsalt": "tunewise-report", "font.size": 10}
 
 
 _chart_count = 0  # charts drawn for the page being built: their id prefixes
@@ -221,7 +231,7 @@ def curves_charts(name: str, curves: dict) -> list[str]:
     metric = next((m for m in metric_names if any(_finite(p.get(m)) is not None for p in validation)), None)
     best = _finite(curves.get("best_step"))
     charts = []
-    fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    ax = plt.subplots(figsize=(4.2, 2.8))[1]
     if train:
         ax.plot([p["step"] for p in train], [p["loss"] for p in train], color="#4c72b0", linewidth=0.8,
                 alpha=0.7, label="training loss")
@@ -235,7 +245,7 @@ def curves_charts(name: str, curves: dict) -> list[str]:
     charts.append(ax)
     if metric:
         points = [p for p in validation if _finite(p.get(metric)) is not None]
-        fig2, right = plt.subplots(figsize=(4.2, 2.8))
+        right = plt.subplots(figsize=(4.2, 2.8))[1]
         right.plot([p["step"] for p in points], [p[metric] for p in points], "o-", color="#55a868", markersize=3)
         right.set_ylabel(f"validation {metric}")
         right.set_title(f"{name}: validation {metric}" + (" (monitored)" if metric == monitor else ""), fontsize=10)
@@ -262,13 +272,16 @@ def payback_chart(roi: dict) -> str | None:
     high = [_finite(p.get("high")) if _finite(p.get("high")) is not None else p["net_usd"] for p in points]
     fig, ax = plt.subplots(figsize=(5.6, 3.0))
     ax.fill_between(months, low, high, color="#dd8452", alpha=0.25, linewidth=0, label="95% interval")
-    ax.plot(months, net, "o-", color="#dd8452", markersize=3, label="cumulative net (USD)")
+    ax.plot(months, net, "o-", color="#dd8452", markersize=3, label="cumulative net: benefit minus costs")
     ax.axhline(0, color="#333333", linewidth=0.8)
     payback = _finite(roi.get("payback_months"))
     if payback is not None and payback <= months[-1]:
         ax.axvline(payback, color="#55a868", linestyle="--", linewidth=1, label=f"payback {payback:.2g} months")
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xlabel("months after go-live")
-    ax.set_ylabel("USD")
+    ax.set_ylabel("cumulative net")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"-${-v:,.0f}" if v < 0 else f"${v:,.0f}"))
     ax.legend(fontsize=7, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
@@ -322,7 +335,11 @@ def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None)
     others = [m for m in ("macro_f1", "coverage", "ece", "bleu", "rouge_l", "embedding_similarity",
                           "unsupported_fact_rate", "format_compliance") if any(m in c.get("metrics", {}) for c in candidates)]
     rows = []
-    for c in sorted(candidates, key=lambda c: -(_finite(c.get("metrics", {}).get(primary)) or -1)):
+    def best_first(c: dict) -> float:
+        value = _finite(c.get("metrics", {}).get(primary))
+        return -value if value is not None else math.inf
+
+    for c in sorted(candidates, key=best_first):
         comp = (evaluation.get("comparisons") or {}).get(c["name"], {}).get("metrics", {}).get(primary) or {}
         rows.append({"name": c["name"], "kind": c.get("kind"), "colour": _kind_colour(c.get("kind")),
                      "value": c.get("metrics", {}).get(primary), "ci": (c.get("ci95") or {}).get(primary),
@@ -352,9 +369,9 @@ def quality_section(run_dir: Path) -> dict:
         if len(issues):
             for (kind, action), n in issues.groupby(["issue", "action"]).size().items():
                 actions.setdefault(str(kind), {})[str(action)] = int(n)
-            # Texts come from curate's own examples (cut and taken after PII redaction where that
-            # check ran first), else from the cleaned rows (redacted); a dropped row's raw text is
-            # not repeated on a page people pass around.
+            # Texts come from curate's own examples (the first rows of each kind, as the check saw
+            # them), else from the cleaned rows (PII redacted); the raw input files are never read
+            # here, so no text that curation redacted reaches a page people pass around.
             texts = {(kind, e.get("id")): e.get("input") for kind, rows in (curate.get("examples") or {}).items()
                      for e in rows}
             cleaned_file = run_dir / "curate" / "cleaned.parquet"
@@ -475,7 +492,8 @@ def forgetting_section(run_dir: Path) -> dict:
     models = []
     for name, m in (data.get("models") or {}).items():
         models.append({"name": name, "kind": m.get("kind"),
-                       "base_accuracy": (m.get("base") or base).get("accuracy"), "tuned_accuracy": (m.get("tuned") or {}).get("accuracy"),
+                       "base_accuracy": (m.get("base") or base).get("accuracy"),
+                       "tuned_accuracy": (m.get("tuned") or {}).get("accuracy"),
                        "base_perplexity": (m.get("base") or base).get("perplexity"),
                        "tuned_perplexity": (m.get("tuned") or {}).get("perplexity"),
                        "forgot": m.get("forgot"), "flags": m.get("flags") or []})
@@ -500,12 +518,18 @@ def decision_section(decision_file: dict | None, config: dict) -> dict:
     if decision_file is None:
         return {"present": False, "verdict": None, "recommended": None, "candidate": None,
                 "reasons": ["no decision yet: run `tunewise decide`"], "roi": {}, "missing": unset,
-                "chart": None}
+                "payback_text": "n/a", "chart": None}
     roi = decision_file.get("roi") or {}
     decision = decision_file.get("decision") or {}
-    missing = list(roi.get("missing") or [])
+    # decide names the missing settings by field; the page names them as the config file does
+    missing = [m if str(m).startswith("roi.") else f"roi.{m}" for m in roi.get("missing") or []]
     sensitivity = sorted(roi.get("sensitivity") or [], key=lambda s: -(_finite(s.get("swing_months")) or 0))
-    return {"present": True, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
+    payback = fmt_months(roi.get("payback_months"))
+    net = _finite(roi.get("monthly_net_usd"))
+    if _finite(roi.get("payback_months")) is None and net is not None and net <= 0:
+        payback = "never"  # the monthly net does not cover the running-cost change
+    return {"present": True, "verdict": decision.get("verdict"), "payback_text": payback,
+            "recommended": decision.get("recommended"),
             "candidate": decision.get("candidate") or decision.get("recommended"),
             "reasons": decision.get("reasons") or [], "roi": roi, "missing": missing,
             "sensitivity": sensitivity, "chart": payback_chart(roi),
@@ -525,7 +549,8 @@ def _data_files(run_dir: Path, config: dict, base_dir: Path | None) -> list[dict
         entries = [(role, data.get(role)) for role in ("train", "test") if data.get(role)]
     if base_dir is None:  # run_dir is <project>/<runs_dir>/<run-id>
         runs_dir = Path(str(config.get("runs_dir") or "runs"))
-        base_dir = run_dir.parent if runs_dir.is_absolute() else run_dir.parents[len(runs_dir.parts)]
+        up = len(runs_dir.parts)
+        base_dir = run_dir.parent if runs_dir.is_absolute() or up >= len(run_dir.parents) else run_dir.parents[up]
     out = []
     for role, name in entries:
         path = name.get("path") if isinstance(name, dict) else name
@@ -631,14 +656,28 @@ def build_report(run_dir: str | Path, base_dir: str | Path | None = None) -> dic
     decision_file = _json(run_dir / "decide" / "decision.json")
     if decision_file is None and (run_dir / "decide" / "decision.json").exists():
         raise ReportError(f"{run_dir / 'decide' / 'decision.json'} is not valid JSON; re-run `tunewise decide`")
-    decision = decision_section(decision_file, config)
-    comparison = _comparison_for(evaluation, decision.get("candidate"))
     task = evaluation.get("task") or config.get("task") or "classify"
     primary = evaluation.get("primary_metric")
-    candidates = candidates_section(run_dir, evaluation, comparison)
-    focus = [n for n in ((comparison or {}).get("candidate"), (comparison or {}).get("baseline")) if n]
     stage_timings = timings(run_dir)
-    page = {
+    with _pyplot().rc_context(CHART_STYLE):
+        decision = decision_section(decision_file, config)
+        comparison = _comparison_for(evaluation, decision.get("candidate"))
+        candidates = candidates_section(run_dir, evaluation, comparison)
+        focus = [n for n in ((comparison or {}).get("candidate"), (comparison or {}).get("baseline")) if n]
+        page = _page(run_dir, config, evaluation, decision, comparison, candidates, task, primary, focus, base_dir)
+    page["timings"] = stage_timings
+    out = run_dir / "report"
+    html = render(page)
+    stage_timings = {**stage_timings, "report": round(time.perf_counter() - started, 3)}
+    summary = build_summary(evaluation, candidates["candidates"], comparison, decision, stage_timings)
+    written = {"html": write_text(out / "index.html", html), "summary": write_json(out / "summary.json", summary)}
+    return written
+
+
+def _page(run_dir: Path, config: dict, evaluation: dict, decision: dict, comparison: dict | None, candidates: dict,
+          task: str, primary: str | None, focus: list[str], base_dir: str | Path | None) -> dict:
+    """Everything the template shows, section by section (the charts are drawn here)."""
+    return {
         "run_id": run_dir.name, "run_dir": str(run_dir), "task": task, "primary": primary,
         "built": time.strftime("%Y-%m-%d %H:%M:%S"), "description": (config.get("data") or {}).get("task_description"),
         "decision": decision, "comparison": comparison, "candidates": candidates,
@@ -647,14 +686,8 @@ def build_report(run_dir: str | Path, base_dir: str | Path | None = None) -> dic
         "robustness": robustness_section(run_dir), "forgetting": forgetting_section(run_dir),
         "overfitting": overfitting_section(run_dir),
         "reproducibility": reproducibility_section(run_dir, config, Path(base_dir) if base_dir else None),
-        "timings": stage_timings, "kind_colours": KIND_COLOURS,
+        "kind_colours": KIND_COLOURS,
     }
-    out = run_dir / "report"
-    html = render(page)
-    stage_timings = {**stage_timings, "report": round(time.perf_counter() - started, 3)}
-    summary = build_summary(evaluation, candidates["candidates"], comparison, decision, stage_timings)
-    written = {"html": write_text(out / "index.html", html), "summary": write_json(out / "summary.json", summary)}
-    return written
 
 
 def render(page: dict) -> str:
@@ -664,5 +697,6 @@ def render(page: dict) -> str:
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=fmt_num, pct=fmt_pct, usd=fmt_usd, months=fmt_months, interval=fmt_interval,
                        pct_interval=lambda pair: fmt_interval(pair, fmt_pct),
-                       usd_interval=lambda pair: fmt_interval(pair, fmt_usd))
+                       usd_interval=lambda pair: fmt_interval(pair, fmt_usd),
+                       months_interval=lambda pair: fmt_interval(pair, fmt_months_number))
     return env.get_template("report.html.j2").render(**page)
