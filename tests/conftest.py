@@ -54,3 +54,42 @@ def tiny_llm(tmp_path_factory) -> str:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+# Curation checks that load the sentence encoder (slow on 2 shared cores); the others still find
+# duplicates, PII, label variants and garbage in the demo data.
+SLOW_CHECKS = ("off_topic", "label_errors", "too_long")
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline_run(tmp_path_factory):
+    """A real project on 300 demo rows and its run r1 after ingest, curate, split, baseline (majority,
+    tfidf_lr), train (encoder_ft, a few steps) and evaluate: what decide, report and curve read.
+    Tests that write into it write decide/ or curve/; tests that need it pristine copy it."""
+    import torch
+
+    from tunewise.config import config_from_dict
+    from tunewise.demo import demo_config
+    from tunewise.demo_data import generate_demo
+    from tunewise.runner import run_stages
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        project = tmp_path_factory.mktemp("project")
+        files = generate_demo(project, task="classify", n_rows=300, n_test=60)
+        raw = demo_config(files, "classify", 0).model_dump(mode="json")
+        raw["curate"].update({name: {"enabled": False} for name in SLOW_CHECKS})
+        raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
+        raw["train"].update(candidates=["encoder_ft"], max_steps=12, eval_every=4, batch_size=8, eval_max_rows=64,
+                            num_threads=1, precision="fp32")
+        # on the demo data the word TF-IDF model beats a 12-step fine-tune; the gate's "must not lose
+        # to the cheap model" rule is tested in test_evaluate, so here it is off and the gate can pass
+        raw["evaluate"].update(baseline="majority", robustness_rows=40, overfit_train_rows=100, n_resamples=300,
+                               human_sheet_size=0, gate_beats_cheap=False)
+        raw["tracking"] = "off"
+        cfg = config_from_dict(raw, project)
+        run_stages(cfg, "r1", only=["evaluate"])
+    finally:
+        torch.set_num_threads(threads)
+    return cfg, project / "runs" / "r1"

@@ -17,27 +17,8 @@ GENEROUS = {"monthly_volume": 20000, "value_per_outcome_usd": 2.0}
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """A real run on the demo data up to evaluate, with the quick candidates."""
-    from tunewise.demo import write_demo_project
-    from tunewise.runner import run_stages
-
-    folder = tmp_path_factory.mktemp("decide")
-    cfg_path, _ = write_demo_project(folder / "demo", task="classify", seed=0)
-    cfg = load_config(cfg_path)
-    raw = cfg.model_dump(mode="json")
-    raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
-    # curation's model-based checks are not what this module tests: off, to keep it quick
-    raw["curate"]["label_errors"]["enabled"] = raw["curate"]["off_topic"]["enabled"] = False
-    raw["train"].update(candidates=["encoder_ft"], max_steps=100, eval_every=50)
-    # on the demo data the word TF-IDF model is as good as a short fine-tune; the gate's "must not
-    # lose to the cheap model" rule is tested in test_evaluate, so here it is off
-    raw["evaluate"].update(baseline="majority", robustness=False, forgetting=False, human_sheet_size=0,
-                           gate_beats_cheap=False)
-    raw["tracking"] = "off"
-    cfg = config_from_dict(raw, base_dir=cfg_path.parent)
-    run_stages(cfg, "r1", only=["evaluate"])
-    return cfg, cfg.resolve(cfg.runs_dir) / "r1"
+def demo_run(demo_pipeline_run):
+    return demo_pipeline_run
 
 
 def test_a_cost_line_recomputes_by_hand_from_the_table_and_the_measured_tokens(demo_run):

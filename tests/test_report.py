@@ -16,33 +16,12 @@ import pytest
 
 from tunewise.runner import StageContext, StageError, load_stages
 
-# Curation checks that load the sentence encoder (slow on 2 shared cores); the others still find
-# duplicates, PII, label variants and garbage in the demo data, which is what the page shows.
-SLOW_CHECKS = ("off_topic", "label_errors", "too_long")
 EVIL = "<script>alert('x')</script>"
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, one_torch_thread):
-    """A project folder and its run r1 after ingest, curate, split, baseline, train and evaluate."""
-    from tunewise.config import config_from_dict
-    from tunewise.demo import demo_config
-    from tunewise.demo_data import generate_demo
-    from tunewise.runner import run_stages
-
-    project = tmp_path_factory.mktemp("project")
-    files = generate_demo(project, task="classify", n_rows=300, n_test=60)
-    raw = demo_config(files, "classify", 0).model_dump(mode="json")
-    raw["curate"].update({name: {"enabled": False} for name in SLOW_CHECKS})
-    raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
-    raw["train"].update(candidates=["encoder_ft"], max_steps=12, eval_every=4, batch_size=8, eval_max_rows=64,
-                        num_threads=1, precision="fp32")
-    raw["evaluate"].update(baseline="majority", robustness_rows=40, overfit_train_rows=100, n_resamples=300,
-                           human_sheet_size=0)
-    raw["tracking"] = "off"
-    cfg = config_from_dict(raw, project)
-    run_stages(cfg, "r1", only=["evaluate"])
-    return cfg, project / "runs" / "r1"
+def pipeline_run(demo_pipeline_run):
+    return demo_pipeline_run
 
 
 def decision_fixture(verdict: str = "GO", candidate: str = "encoder_ft") -> dict:
