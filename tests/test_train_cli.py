@@ -109,11 +109,12 @@ def test_export_without_a_trained_candidate_says_what_to_run(tmp_path):
     assert "tunewise train" in result.stderr
 
 
-@pytest.mark.parametrize("bad", [{"lora_r": 0}, {"learnig_rate": 1e-3}])
-def test_bad_train_settings_name_the_field(tmp_path, bad):
+@pytest.mark.parametrize("bad, field", [({"lora_r": 0}, "lora_r"), ({"learnig_rate": 1e-3}, "learnig_rate"),
+                                        ({"overrides": {"lora_llm": {"max_stepz": 1}}}, "max_stepz")])
+def test_bad_train_settings_name_the_field(tmp_path, bad, field):
     project = tmp_path / "tunewise.yaml"
     project.write_text(yaml.safe_dump({"task": "classify", "data": {"train": "x.csv"}, "train": bad}))
     result = subprocess.run([sys.executable, "-m", "tunewise.cli", "train", "--config", str(project), "--dry-run"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
-    assert "train" in result.stderr and next(iter(bad)) in result.stderr
+    assert "train" in result.stderr and field in result.stderr

@@ -214,6 +214,9 @@ class TrainConfig(Section):
     candidates: list[str] | None = Field(
         None, description="fine-tuned candidates to train; default for classify: lora_llm, encoder_ft; "
         "for generate: lora_llm_gen")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="settings for one candidate over the ones in this section, e.g. "
+        "{lora_llm: {max_steps: 100}, encoder_ft: {learning_rate: 1e-4}}")
     # -- how long
     epochs: int | None = Field(None, ge=1, le=100, description="passes over the training data; default sized "
                                "from the data: about 3,000 examples seen (at least 1, at most 10 epochs)")
@@ -307,7 +310,22 @@ class TrainConfig(Section):
                              "raise max_length_cap too")
         if self.monitor == "chrf" and self.generate_sample == 0:
             raise ValueError("monitor: chrf needs generate_sample > 0 (replies to score)")
+        for name, settings in self.overrides.items():
+            if "overrides" in settings or "candidates" in settings:
+                raise ValueError(f"overrides.{name}: 'overrides' and 'candidates' cannot be set per candidate")
+            self.for_candidate(name)  # an unknown key or bad value fails here, at load time
         return self
+
+    def for_candidate(self, name: str) -> "TrainConfig":
+        """This section with ``overrides[name]`` applied: the settings ``name`` trains with."""
+        settings = self.overrides.get(name)
+        if not settings:
+            return self
+        try:
+            return TrainConfig.model_validate({**self.model_dump(exclude={"overrides"}), **settings})
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"overrides.{name}: {problems}") from None
 
 
 class RoiConfig(Section):

@@ -302,11 +302,11 @@ def candidate_factory(cfg: Any) -> Callable[[str], Any]:
     from .candidates import candidate_class
 
     settings = candidate_settings(cfg.baseline, cfg.models, task_description=cfg.data.task_description)
-    settings.update(train_config=cfg.train, seed=cfg.seed)
+    settings["seed"] = cfg.seed
 
     def factory(name: str) -> Any:
         candidate_class(name)  # an unknown name fails here, before any training
-        return build_candidate(name, settings)
+        return build_candidate(name, {**settings, "train_config": cfg.train.for_candidate(name)})
 
     return factory
 

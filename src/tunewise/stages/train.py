@@ -115,8 +115,9 @@ def run(ctx: StageContext) -> dict:
 def _candidate(ctx_settings: dict[str, Any], name: str, output_dir: str | None, checkpoints: Path) -> Any:
     from ..candidates import candidate_kwargs, make_candidate
 
-    return make_candidate(name, **candidate_kwargs(name, {**ctx_settings, "output_dir": output_dir,
-                                                          "checkpoint_dir": str(checkpoints)}))
+    train_config = ctx_settings["train_config"].for_candidate(name)  # with train.overrides[name]
+    return make_candidate(name, **candidate_kwargs(name, {**ctx_settings, "train_config": train_config,
+                                                          "output_dir": output_dir, "checkpoint_dir": str(checkpoints)}))
 
 
 def fit_worker(cfg: ProjectConfig, run_id: str = "default") -> None:
@@ -157,7 +158,7 @@ def dry_run(cfg: ProjectConfig, run_id: str = "default", calibration_steps: int 
         cls = candidate_class(name)
         spec = cfg.models.encoder if cls.method == "encoder" else cfg.models.llm
         try:
-            reports[name] = plan_cost(cfg.task, train_frame, validation_frame, method=cls.method, config=section,
+            reports[name] = plan_cost(cfg.task, train_frame, validation_frame, method=cls.method, config=section.for_candidate(name),
                                       model_spec=spec, offline=cfg.models.offline,
                                       trust_remote_code=cfg.models.trust_remote_code, seed=cfg.seed,
                                       calibration_steps=calibration_steps, source=str(paths["train"]))
