@@ -354,6 +354,50 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
     assert np.allclose(np.stack(reloaded["proba"]), np.stack(test_predictions["proba"]), atol=1e-3)
 
 
+def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining(tiny_llm, tmp_path, monkeypatch):
+    from tunewise.config import config_from_dict
+    from tunewise.runner import StageContext
+    from tunewise.stages import train as train_stage
+
+    cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}},
+                           base_dir=tmp_path)
+    cfg = cfg.model_copy(update={"train": quick(candidates=["lora_llm", "encoder_ft"], max_steps=2)})
+    run_dir = tmp_path / "runs" / "r1"
+    for name, frame in (("train", toy_frame(40)), ("validation", toy_frame(12, 1, "v")), ("test", toy_frame(15, 2, "t"))):
+        (run_dir / "split").mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(run_dir / "split" / f"{name}.parquet")
+    real = train_stage._train_one
+    trained: list[str] = []
+
+    def killed_at_the_second(ctx, settings, name, frames, samples):
+        if name == "encoder_ft":
+            raise KeyboardInterrupt  # the process is stopped while the second candidate trains
+        trained.append(name)
+        return real(ctx, settings, name, frames, samples)
+
+    monkeypatch.setattr(train_stage, "_train_one", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage.run(StageContext(cfg, run_dir, "train"))
+    first = (run_dir / "train" / "lora_llm" / "adapter" / "adapter_model.safetensors").read_bytes()
+    # the runner starts a stage that did not finish from a clean folder
+    import shutil
+
+    shutil.rmtree(run_dir / "train")
+    (run_dir / "train").mkdir()
+
+    def counting(ctx, settings, name, frames, samples):
+        trained.append(name)
+        return real(ctx, settings, name, frames, samples)
+
+    monkeypatch.setattr(train_stage, "_train_one", counting)
+    metrics = train_stage.run(StageContext(cfg, run_dir, "train"))
+    assert trained == ["lora_llm", "encoder_ft"]  # lora_llm trained once, in the first attempt
+    assert set(metrics["candidates"]) == {"lora_llm", "encoder_ft"}
+    assert (run_dir / "train" / "lora_llm" / "adapter" / "adapter_model.safetensors").read_bytes() == first
+    assert (run_dir / "train" / "predictions" / "lora_llm.parquet").exists()
+    assert not (run_dir / "_checkpoints" / "train").exists()
+
+
 def test_train_stage_refuses_a_candidate_of_another_task():
     from tunewise.runner import StageError
     from tunewise.stages.train import resolve_candidates

@@ -54,62 +54,124 @@ def _read_split(ctx: StageContext) -> dict[str, pd.DataFrame]:
 @stage("train", sections=("train", "models"), reads=("split",))
 def run(ctx: StageContext) -> dict:
     """Fine-tune the configured candidates (LoRA on the LLM, the encoder) and predict validation and test."""
-    from ..artifacts import write_json, write_parquet
-    from ..baseline import quick_metrics, stratified_sample_ids
-    from ..candidates import check_predictions
-    from ..records import answer_column
+    from ..artifacts import read_json, write_json
 
     cfg = ctx.config
     section = cfg.train
     names = resolve_candidates(cfg.task, section.candidates)
     frames = _read_split(ctx)
     settings = _settings(cfg)
-    # The same paired sample as the baseline stage (same function, seeds and stratification) when
-    # train.sample_size equals baseline.sample_size, so evaluation compares the same rows.
-    by = answer_column(cfg.task) if cfg.task == "classify" else None
-    samples = {
-        "test": stratified_sample_ids(frames["test"], section.sample_size, cfg.seed, by),
-        "validation": stratified_sample_ids(frames["validation"], section.sample_size, cfg.seed + 1, by),
-    }
+    samples = _samples(cfg, frames)
     summaries = []
     for name in names:
-        checkpoints = ctx.run_dir / "_checkpoints" / "train" / name
-        candidate = _candidate(settings, name, str(ctx.path(name)), checkpoints)
-        console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
-        started = time.perf_counter()
-        candidate.fit(frames["train"], frames["validation"])
-        fit_seconds = time.perf_counter() - started
-        predictions, seconds = {}, {"fit": round(fit_seconds, 3)}
-        for split in ("test", "validation"):
-            frame = frames[split]
-            if candidate.expensive:
-                frame = frame[frame["id"].astype(str).isin(set(samples[split]))].reset_index(drop=True)
-            t0 = time.perf_counter()
-            predictions[split] = candidate.predict(frame)
-            seconds[split] = round(time.perf_counter() - t0, 3)
-            check_predictions(predictions[split], frame, candidate)
-        write_parquet(ctx.path(f"predictions/{name}.parquet"), predictions["test"])
-        write_parquet(ctx.path(f"predictions/{name}.validation.parquet"), predictions["validation"])
-        train_summary = candidate.train_summary_
-        summaries.append({
-            "name": name, "kind": candidate.kind, "expensive": candidate.expensive,
-            "n_scored": {split: len(p) for split, p in predictions.items()},
-            "metrics": quick_metrics(cfg.task, predictions["test"], frames["test"]),
-            "validation_metrics": quick_metrics(cfg.task, predictions["validation"], frames["validation"]),
-            "seconds": seconds, "steps": train_summary["steps_done"], "stop_reason": train_summary["stop_reason"],
-            "best_step": train_summary["best_step"], "tokens_per_second": train_summary["tokens_per_second"],
-            "runtime": train_summary["runtime"],
-        })
-        console.print(f"train: {name}: test {summaries[-1]['metrics']} ({train_summary['steps_done']} steps, "
-                      f"{train_summary['stop_reason']}) in {fit_seconds:.1f}s")
-        shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the adapter in the stage folder is what stays
-        del candidate
+        finished = ctx.run_dir / "_checkpoints" / "train" / "_finished" / name
+        key = _finished_key(cfg, name, ctx.run_dir, samples)
+        if _restore_finished(finished, key, ctx, name):
+            entry = read_json(finished / "summary.json")
+            console.print(f"train: {name}: finished before this run was interrupted; restored, not retrained")
+        else:
+            entry = _train_one(ctx, settings, name, frames, samples)
+            _save_finished(finished, key, ctx, name, entry)
+        summaries.append(entry)
+    shutil.rmtree(ctx.run_dir / "_checkpoints" / "train", ignore_errors=True)  # the stage is done
     write_json(ctx.path("summary.json"), {
         "task": cfg.task, "primary_metric": "accuracy" if cfg.task == "classify" else "chrf",
         "candidates": summaries, "sample_size": section.sample_size, "sample_ids": samples,
     })
     return {"candidates": {s["name"]: {**s["metrics"], "seconds": s["seconds"]["fit"], "steps": s["steps"]}
                            for s in summaries}}
+
+
+def _train_one(ctx: StageContext, settings: dict[str, Any], name: str, frames: dict[str, pd.DataFrame],
+               samples: dict[str, list[str]]) -> dict[str, Any]:
+    """Train one candidate, predict validation and test (a paired sample for expensive ones), write them."""
+    from ..artifacts import write_parquet
+    from ..baseline import quick_metrics
+    from ..candidates import check_predictions
+
+    cfg = ctx.config
+    checkpoints = ctx.run_dir / "_checkpoints" / "train" / name
+    candidate = _candidate(settings, name, str(ctx.path(name)), checkpoints)
+    console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
+    started = time.perf_counter()
+    candidate.fit(frames["train"], frames["validation"])
+    fit_seconds = time.perf_counter() - started
+    predictions, seconds = {}, {"fit": round(fit_seconds, 3)}
+    for split in ("test", "validation"):
+        frame = frames[split]
+        if candidate.expensive:
+            frame = frame[frame["id"].astype(str).isin(set(samples[split]))].reset_index(drop=True)
+        t0 = time.perf_counter()
+        predictions[split] = candidate.predict(frame)
+        seconds[split] = round(time.perf_counter() - t0, 3)
+        check_predictions(predictions[split], frame, candidate)
+    write_parquet(ctx.path(f"predictions/{name}.parquet"), predictions["test"])
+    write_parquet(ctx.path(f"predictions/{name}.validation.parquet"), predictions["validation"])
+    train_summary = candidate.train_summary_
+    entry = {
+        "name": name, "kind": candidate.kind, "expensive": candidate.expensive,
+        "n_scored": {split: len(p) for split, p in predictions.items()},
+        "metrics": quick_metrics(cfg.task, predictions["test"], frames["test"]),
+        "validation_metrics": quick_metrics(cfg.task, predictions["validation"], frames["validation"]),
+        "seconds": seconds, "steps": train_summary["steps_done"], "stop_reason": train_summary["stop_reason"],
+        "best_step": train_summary["best_step"], "tokens_per_second": train_summary["tokens_per_second"],
+        "runtime": train_summary["runtime"],
+    }
+    console.print(f"train: {name}: test {entry['metrics']} ({train_summary['steps_done']} steps, "
+                  f"{train_summary['stop_reason']}) in {fit_seconds:.1f}s")
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: its outputs are what stays
+    return entry
+
+
+# A killed stage is re-run from a clean folder; candidates that had finished are kept aside (with
+# a key of everything their training read) so the re-run restores them instead of training again.
+
+
+def _samples(cfg: ProjectConfig, frames: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
+    """The same paired sample as the baseline stage (same function, seeds and stratification) when
+    train.sample_size equals baseline.sample_size, so evaluation compares the same rows."""
+    from ..baseline import stratified_sample_ids
+    from ..records import answer_column
+
+    by = answer_column(cfg.task) if cfg.task == "classify" else None
+    return {"test": stratified_sample_ids(frames["test"], cfg.train.sample_size, cfg.seed, by),
+            "validation": stratified_sample_ids(frames["validation"], cfg.train.sample_size, cfg.seed + 1, by)}
+
+
+def _finished_key(cfg: ProjectConfig, name: str, run_dir: Path, samples: dict[str, list[str]]) -> str:
+    import hashlib
+    import json
+
+    from ..artifacts import file_digest
+
+    parts = {"train": cfg.train.for_candidate(name).model_dump(mode="json", exclude={"resume"}),
+             "models": cfg.models.model_dump(mode="json"), "seed": cfg.seed, "task": cfg.task, "samples": samples,
+             "split": {n: file_digest(run_dir / "split" / f"{n}.parquet") for n in ("train", "validation", "test")}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_finished(finished: Path, key: str, ctx: StageContext, name: str, entry: dict[str, Any]) -> None:
+    from ..artifacts import write_json, write_text
+
+    shutil.rmtree(finished, ignore_errors=True)
+    shutil.copytree(ctx.path(name), finished / "out")
+    for suffix in ("", ".validation"):
+        shutil.copy2(ctx.path(f"predictions/{name}{suffix}.parquet"), finished / f"{name}{suffix}.parquet")
+    write_json(finished / "summary.json", entry)
+    write_text(finished / "key.txt", key)  # last: a folder without it is incomplete and ignored
+
+
+def _restore_finished(finished: Path, key: str, ctx: StageContext, name: str) -> bool:
+    marker = finished / "key.txt"
+    if not marker.exists() or marker.read_text() != key:
+        return False
+    shutil.rmtree(ctx.path(name), ignore_errors=True)
+    shutil.copytree(finished / "out", ctx.path(name))
+    for suffix in ("", ".validation"):
+        target = ctx.path(f"predictions/{name}{suffix}.parquet")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(finished / f"{name}{suffix}.parquet", target)
+    return True
 
 
 def _candidate(ctx_settings: dict[str, Any], name: str, output_dir: str | None, checkpoints: Path) -> Any:
@@ -127,11 +189,15 @@ def fit_worker(cfg: ProjectConfig, run_id: str = "default") -> None:
     same here, so every collective operation has its partner. Checkpoints are read (a resumed run
     resumes on every rank) but only rank 0 writes them.
     """
-    section = cfg.train
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
-    frames = {name: pd.read_parquet(run_dir / "split" / f"{name}.parquet") for name in ("train", "validation")}
+    frames = {name: pd.read_parquet(run_dir / "split" / f"{name}.parquet") for name in ("train", "validation", "test")}
+    samples = _samples(cfg, frames)
     settings = _settings(cfg)
-    for name in resolve_candidates(cfg.task, section.candidates):
+    for name in resolve_candidates(cfg.task, cfg.train.candidates):
+        # rank 0 restores a candidate that finished before an interruption instead of training it
+        marker = run_dir / "_checkpoints" / "train" / "_finished" / name / "key.txt"
+        if marker.exists() and marker.read_text() == _finished_key(cfg, name, run_dir, samples):
+            continue
         candidate = _candidate(settings, name, None, run_dir / "_checkpoints" / "train" / name)
         candidate.fit(frames["train"], frames["validation"])
         del candidate
