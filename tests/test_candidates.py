@@ -73,8 +73,13 @@ def generate_data(classify_data):
 def tiny_settings(tmp_path_factory):
     kb = tmp_path_factory.mktemp("kb")
     (kb / "cards.md").write_text("# Cards\n\nA new card arrives within 5 working days.\n\nLost cards can be frozen in the app.\n")
+    from tunewise.config import TrainConfig
+
+    # fine-tuned candidates: a few real optimiser steps (the recipe itself is tested in test_train.py)
+    quick_training = TrainConfig(max_steps=3, batch_size=4, num_threads=1, generate_sample=0, max_new_tokens=4,
+                                 max_length=48)
     return {"batch_size": 8, "few_shot_k": 2, "max_new_tokens": 4, "max_input_tokens": 48, "rag_top_k": 1,
-            "knowledge_base": str(kb), "max_iter": 300}
+            "knowledge_base": str(kb), "max_iter": 300, "train_config": quick_training}
 
 
 @pytest.mark.parametrize("name", sorted(CANDIDATES))

@@ -135,7 +135,7 @@ class _Classifier(FineTunedCandidate):
         from .train import classifier_probabilities, encode_classification
 
         started = time.perf_counter()
-        examples = encode_classification(self.tokenizer_, frame, self.labels_, self.max_length_)
+        examples = encode_classification(self.tokenizer_, frame, self.labels_, self.max_length_) if len(frame) else []
         if examples:
             with self._torch_threads():
                 proba = classifier_probabilities(self.model_, examples, pad_id=self.pad_id_, device=self.device_,
@@ -219,6 +219,8 @@ class LoraGenerator(FineTunedCandidate):
         self._check_fitted()
         from .train import generate_texts
 
+        if not len(frame):
+            return generation_predictions(frame, [], 0.0)
         with self._torch_threads():
             replies, latency = generate_texts(self.model_, self.tokenizer_, frame, system_prompt=self.system_prompt_,
                                               max_new_tokens=self._config().max_new_tokens, batch_size=self.batch_size,
