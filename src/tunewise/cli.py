@@ -367,11 +367,101 @@ def curve(
         table.add_column(column)
     for name, entry in result["candidates"].items():
         measured = ", ".join(f"{n:,}: {a:.3f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
-        expected = [f"{e['accuracy']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})" for e in entry["expected"].values()]
+        expected = [f"{e['accuracy']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"
+                    for k, e in entry["expected"].items() if k != "1x"]
         table.add_row(name, measured, f"{entry['fit']['plateau_accuracy']:.3f}", *expected,
                       entry.get("target", {}).get("message", "-"))
     out.print(table)
     out.print(f"curve: [bold]{cfg.resolve(cfg.runs_dir) / run_id / 'curve'}[/bold]")
+
+
+@app.command()
+def suggest(
+    pool: Annotated[Path, typer.Option("--pool", help="unlabelled rows (csv, tsv, jsonl, json, parquet) with the "
+                                       "project's text column")],
+    k: Annotated[int, typer.Option("--k", min=1, help="rows to suggest")],
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+    candidate: Annotated[Optional[str], typer.Option("--candidate", help="model that ranks the rows (default: the "
+                                                     "evaluation gate's candidate), e.g. embed_lr")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default "
+                                                   "runs/<id>/suggest/to_label.csv)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rows to label next: the model's most uncertain, spread over distinct confusions, none already labelled."""
+    from .labelling import LabellingError, suggest as suggest_rows
+
+    cfg = _load(config)
+    try:
+        result = suggest_rows(cfg, pool, k, run_id=run_id, candidate=candidate, out=output)
+    except (LabellingError, *_known_errors()) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    for problem in result["pool_unreadable"][:10]:
+        err.print(f"warning: {problem}", highlight=False)
+    for note in result["notes"]:
+        err.print(f"note: {note}")
+    table = Table(title=f"{result['suggested']} rows to label next ({result['candidate']}, {result['model']})")
+    for column in ("id", "text", "model's guess", "confidence", "uncertainty", "cluster"):
+        table.add_column(column, overflow="fold")
+    for row in result["rows"][:20]:
+        table.add_row(str(row["id"]), str(row["text"])[:80], str(row["suggested_label"]), f"{row['confidence']:.2f}",
+                      f"{row['uncertainty']:.2f}", str(row["cluster"]))
+    out.print(table)
+    if result["suggested"] > 20:
+        out.print(f"... and {result['suggested'] - 20} more in the CSV")
+    out.print(f"pool: {result['pool_rows']:,} rows; skipped {result['skipped_labelled_exact']:,} already labelled "
+              f"(same text), {result['skipped_labelled_near']:,} near-duplicates of labelled rows (cosine >= 0.95), "
+              f"{result['skipped_pool_copies']:,} repeated in the pool, {result['pool_empty']:,} empty, "
+              f"{len(result['pool_unreadable']):,} unreadable")
+    out.print(f"mean uncertainty: suggested {result['suggested_mean_uncertainty'] or 0:.3f}, "
+              f"pool {result['pool_mean_uncertainty']:.3f}")
+    out.print(f"wrote [bold]{result['out']}[/bold]: fill the label column, then: tunewise add-labels {result['out']}")
+
+
+@app.command(name="add-labels")
+def add_labels(
+    file: Annotated[Path, typer.Argument(help="labelled rows: the filled suggest CSV, or any csv/jsonl with text "
+                                         "and label (reply for generate)")],
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add newly labelled rows to the project's data (the test split stays as it is); then: tunewise run."""
+    from .labelling import LabellingError, add_labels as add_rows
+
+    cfg = _load(config)
+    try:
+        result = add_rows(cfg, file, run_id=run_id)
+    except (LabellingError, *_known_errors()) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    for warning in result["warnings"][:20]:
+        err.print(f"warning: {warning}", highlight=False)
+    if len(result["warnings"]) > 20:
+        err.print(f"... and {len(result['warnings']) - 20} more warnings")
+    table = Table(title=f"add-labels: {result['file']}")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    for name, key in (("read", "rows_read"), ("added", "added"), ("skipped: blank label", "skipped_blank_label"),
+                      ("skipped: already in the data", "skipped_already_labelled"),
+                      ("skipped: empty text", "skipped_empty_text"), ("skipped: unreadable", "skipped_unreadable"),
+                      ("skipped: too long", "skipped_too_long")):
+        table.add_row(name, f"{result[key]:,}")
+    out.print(table)
+    if result["new_labels"]:
+        out.print("new classes: " + ", ".join(f"{label} ({n})" for label, n in result["new_labels"].items()))
+    out.print(f"{result['added_file']}: {result['added_total']:,} added rows in all")
+    test = result["test"]
+    if test.get("new"):
+        out.print(f"froze the {test['ids']:,} test ids of run {run_id} in {test['path']}: the test split stays as it is")
+    elif test.get("frozen"):
+        out.print(f"test split: the {test['ids']:,} frozen ids in {test['path']}")
+    else:
+        out.print(f"test split: {test['reason']}")
+    out.print("next: [bold]tunewise run[/bold]")
 
 
 @app.command()

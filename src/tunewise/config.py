@@ -53,6 +53,7 @@ class DataConfig(Section):
     max_chars: int = Field(20000, gt=0, description="rows longer than this many characters are rejected")
     knowledge_base: str | None = Field(None, description="folder of .txt/.md files for retrieval (generate)")
     task_description: str | None = Field(None, description="one line saying what the task is about")
+    added: str = Field("added_labels.jsonl", description="labelled rows added with `tunewise add-labels` (read when the file exists); their test split stays untouched")
 
 
 class ModelsConfig(Section):

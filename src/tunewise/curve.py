@@ -35,7 +35,7 @@ __all__ = ["CurveError", "CurveFit", "fit_power_law", "learning_curve", "nested_
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 MIN_PER_CLASS = 2  # a class below this is raised to it: a model cannot learn a class it never saw
-MULTIPLES = (2, 5, 10)
+MULTIPLES = (1, 2, 5, 10)  # 1x: the fit at the current data, beside the measured value
 
 
 class CurveError(ValueError):

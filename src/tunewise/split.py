@@ -10,6 +10,7 @@ and whole groups are assigned, stratified by label with scikit-learn's Stratifie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from .issues import IssueTable
 from .neardup import find_near_duplicates
+
+# Beside the config: the test ids `tunewise add-labels` froze, so added rows never move the test split.
+FROZEN_TEST_FILE = "tunewise_frozen_test_ids.json"
 
 
 @dataclass
@@ -64,15 +68,21 @@ def _holdout(frame: pd.DataFrame, fraction: float, groups: np.ndarray, label: st
 
 
 def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, test_fraction: float,
-                seed: int, test_frame: pd.DataFrame | None = None, leakage_threshold: float = 0.5) -> SplitResult:
-    """Split curated records. With ``test_frame`` (a frozen test file) only validation is split."""
+                seed: int, test_frame: pd.DataFrame | None = None, leakage_threshold: float = 0.5,
+                test_ids: Sequence[str] | None = None) -> SplitResult:
+    """Split curated records. With ``test_frame`` (a frozen test file) only validation is split; with
+    ``test_ids`` (frozen by add-labels) exactly those rows are the test and the rest is split."""
     label = "label" if task == "classify" else None
     frame = frame.reset_index(drop=True)
     issues = IssueTable("split")
     texts = frame["input"].astype(str).tolist()
     groups = leakage_groups(texts, leakage_threshold, seed)
 
-    if test_frame is None:
+    if test_frame is None and test_ids is not None:
+        test_mask = frame["id"].astype(str).isin(set(map(str, test_ids))).to_numpy()
+        test = frame[test_mask]
+        rest, rest_groups = frame[~test_mask].reset_index(drop=True), groups[~test_mask]
+    elif test_frame is None:
         test_mask = _holdout(frame, test_fraction, groups, label, seed)
         test = frame[test_mask]
         rest, rest_groups = frame[~test_mask].reset_index(drop=True), groups[~test_mask]
@@ -90,11 +100,13 @@ def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, t
 
     summary = {
         "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
-        "test_source": "file" if test_frame is not None else "split",
+        "test_source": "file" if test_frame is not None else ("frozen" if test_ids is not None else "split"),
         "synthetic_in_train": int(train["synthetic"].astype(bool).sum()),
         "leakage_rows": len(leaks),
         "groups": int(len(np.unique(groups))) if len(groups) else 0,
     }
+    if test_frame is None and test_ids is not None:
+        summary["frozen_test_ids_missing"] = len(set(map(str, test_ids))) - len(test)  # dropped by curation
     if label is not None:
         summary["class_counts"] = {
             name: part[label].value_counts().sort_index().to_dict()
