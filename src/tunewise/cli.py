@@ -506,6 +506,10 @@ def doctor(as_json: JsonOpt = False) -> None:
 
 _register_stage_commands()
 
+from .serve_cli import register as _register_serve  # noqa: E402  (serve, monitor, promote, rollback)
+
+_register_serve(app)
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app()

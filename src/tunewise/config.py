@@ -391,6 +391,50 @@ class RoiConfig(Section):
         return value
 
 
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="address to listen on; 127.0.0.1 keeps the server local")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    arms: dict[str, float] | None = Field(
+        None, description="arm weights, ARM[:CANDIDATE]=WEIGHT; default incumbent (the gate's baseline) 0.9 and "
+                          "candidate (the decision's recommendation, else the gate's candidate) 0.1")
+    incumbent: str | None = Field(None, description="arm that answers when another arm fails; default the arm "
+                                                    "named incumbent, else the first")
+    store_url: str | None = Field(None, description="request log: a SQLAlchemy URL (postgresql+psycopg://... for "
+                                                    "several replicas); default SQLite runs/<id>/serve/requests.db")
+    api_key_env: str = Field("TUNEWISE_API_KEY", description="environment variable holding the API key; "
+                                                              "no key set means no key required")
+    max_body_bytes: int = Field(65536, gt=0, description="larger request bodies are refused with 413")
+    max_input_chars: int = Field(8000, gt=0, description="longer inputs are refused with 422")
+    max_tokens: int = Field(256, gt=0, description="upper bound of max_tokens a chat request may ask for")
+    max_batch: int = Field(32, ge=1, description="micro-batching: most requests one predict call takes")
+    max_wait_ms: float = Field(5.0, ge=0, description="micro-batching: how long a batch waits to fill")
+    arms_refresh_s: float = Field(1.0, gt=0, description="how often weights are re-read from the log "
+                                                         "(replicas on one database share them)")
+    store_inputs: bool = Field(True, description="keep input texts in the log (monitor's drift check needs them)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads for the models; default torch's")
+
+
+class MonitorConfig(Section):
+    since: str | None = Field(None, description="default window: a duration (24h, 7d, 30m) or an ISO date; "
+                                                "default everything")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1, description="level of intervals and of the verdict")
+    power: float = Field(0.8, gt=0.5, lt=1, description="power for the traffic needed to decide")
+    min_feedback: int = Field(30, ge=1, description="labelled feedback an arm needs before a verdict")
+    min_detectable_effect: float = Field(0.05, gt=0, lt=1, description="smallest accuracy difference worth "
+                                                                       "detecting (sizes the traffic needed)")
+    psi_warn: float = Field(0.1, ge=0, description="population stability index: moderate shift from here")
+    psi_alert: float = Field(0.25, ge=0, description="population stability index: shift needing action from here")
+    drift_window: int = Field(500, ge=10, description="the most recent requests the drift checks look at")
+    drift_reference_rows: int = Field(1000, ge=10, description="training rows sampled as the drift reference")
+    drift_permutations: int = Field(500, ge=50, description="permutations for the embedding drift p-value")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="embedding drift is flagged below this p-value")
+    latency_p50_budget_ms: float = Field(200.0, gt=0, description="median latency budget per arm")
+    latency_p99_budget_ms: float = Field(1000.0, gt=0, description="99th percentile latency budget per arm")
+    error_rate_budget: float = Field(0.01, ge=0, le=1, description="share of failed requests (fallback or error) "
+                                                                   "allowed per arm")
+    seed: int = Field(0, description="seed of the drift resampling")
+
+
 class TrackingConfig(Section):
     uri: str = Field("mlruns", description="MLflow tracking URI or local folder")
     experiment: str = Field("tunewise", description="MLflow experiment name")
@@ -408,6 +452,8 @@ class ProjectConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="fine-tuning settings")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation and gate settings")
     roi: RoiConfig = Field(default_factory=RoiConfig, description="business assumptions for the GO / NO-GO decision")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="the A/B server (tunewise serve)")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="live monitoring (tunewise monitor)")
     tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
 
     @field_validator("tracking", mode="before")

@@ -1,0 +1,885 @@
+"""``tunewise serve``: a run's candidates behind HTTP, traffic split between arms (A/B, canary).
+
+The app (:func:`create_app`) is FastAPI on uvicorn:
+
+- ``POST /v1/classify`` and an OpenAI-compatible ``POST /v1/chat/completions``;
+- each request goes to an arm: sticky per ``user`` (sha256 of the user -> [0, 1) against the
+  cumulative weights, so a user keeps their arm, and raising a canary's weight only moves users
+  towards it), overridable per request (``arm``) for testing; the response names the arm and a
+  request id;
+- ``POST /v1/feedback`` (a correct label, thumbs up/down or a 1-5 rating; stored once),
+  ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /v1/arms``, ``POST /admin/arms`` (the
+  weights, changed without a restart: ``tunewise promote`` / ``rollback`` call it);
+- dynamic micro-batching: per arm, an asyncio queue; a worker takes what arrived within
+  ``max_wait_ms`` (up to ``max_batch``) and runs one ``predict`` in a thread;
+- every request, response, latency and arm goes to the log (:mod:`tunewise.store`) before the
+  response leaves, so no answered request is missing from it after a crash;
+- safe defaults: 127.0.0.1, bounded body size, input length and max_tokens, an optional API key
+  (read from the environment, never from the config file), no stack traces to clients; when a
+  candidate arm fails, the incumbent answers and the failure is counted.
+
+Classification answers below the evaluation's out-of-scope threshold for that candidate
+(evaluate/summary.json) are answered with the out-of-scope label: the bot hands over to a person
+instead of guessing, as the evaluation measured.
+
+Command: ``tunewise serve --run-id RUN [--arms incumbent=0.9,candidate=0.1]``, or for scripts and
+tests without a config file ``python -m tunewise.serve RUN_DIR --port 8000 [--arms ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .config import MonitorConfig, ServeConfig  # re-exported: monitor and tests import them here
+
+__all__ = [
+    "ArmSpec",
+    "MonitorConfig",
+    "ServeConfig",
+    "ServeError",
+    "ServedModel",
+    "assign_arm",
+    "create_app",
+    "load_models",
+    "parse_arms",
+    "resolve_arms",
+    "run_server",
+    "start_in_thread",
+]
+
+log = logging.getLogger("tunewise.serve")
+
+INCUMBENT, CANDIDATE = "incumbent", "candidate"
+
+
+class ServeError(RuntimeError):
+    """The server cannot start as asked; the message says what to change."""
+
+
+# =============================================================================================
+# Arms: which candidates, with which weights, and the sticky assignment
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str
+    candidate: str
+    weight: float
+    max_batch: int | None = None  # None: ServeConfig.max_batch (the bench serves one arm one-at-a-time)
+
+
+def parse_arms(text: str | Mapping[str, float] | None) -> dict[str, float] | None:
+    """``"incumbent=0.9,candidate:encoder_ft=0.1"`` -> {"incumbent": 0.9, "candidate:encoder_ft": 0.1}."""
+    if text is None or isinstance(text, Mapping):
+        return dict(text) if text is not None else None
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, weight = part.rpartition("=")
+        if not sep or not name:
+            raise ServeError(f"--arms: {part!r} is not ARM=WEIGHT (e.g. incumbent=0.9,candidate=0.1)")
+        try:
+            out[name.strip()] = float(weight)
+        except ValueError:
+            raise ServeError(f"--arms: weight {weight!r} of {name!r} is not a number") from None
+    return out
+
+
+def _gate_roles(run_dir: Path) -> dict[str, str | None]:
+    summary_path = run_dir / "evaluate" / "summary.json"
+    if not summary_path.exists():
+        raise ServeError(f"{summary_path} not found: run `tunewise evaluate` before serving")
+    gate = json.loads(summary_path.read_text()).get("gate", {})
+    candidate = gate.get("candidate")
+    decision_path = run_dir / "decide" / "decision.json"
+    if decision_path.exists():
+        candidate = json.loads(decision_path.read_text()).get("decision", {}).get("recommended") or candidate
+    return {INCUMBENT: gate.get("baseline"), CANDIDATE: candidate}
+
+
+def resolve_arms(run_dir: str | Path, arms: str | Mapping[str, float] | None) -> list[ArmSpec]:
+    """Arm specs from ``--arms``: ``incumbent`` and ``candidate`` name the gate's baseline and the
+    recommended candidate; any other arm name is a candidate name; ``ARM:CANDIDATE`` names both."""
+    run_dir = Path(run_dir)
+    weights = parse_arms(arms)
+    roles = _gate_roles(run_dir)
+    if weights is None:
+        if roles[INCUMBENT] and roles[CANDIDATE] and roles[INCUMBENT] != roles[CANDIDATE]:
+            weights = {INCUMBENT: 0.9, CANDIDATE: 0.1}
+        else:
+            weights = {INCUMBENT: 1.0}
+    specs = []
+    for key, weight in weights.items():
+        name, _, candidate = key.partition(":")
+        if not candidate:
+            candidate = roles.get(name) if name in roles else name
+        if not candidate:
+            raise ServeError(f"arm {name!r}: the evaluation names no {name} (evaluate/summary.json gate); "
+                             f"give it as {name}:CANDIDATE=WEIGHT")
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ServeError(f"arm {name!r}: weight must be a non-negative number, got {weight}")
+        specs.append(ArmSpec(name=name, candidate=candidate, weight=float(weight)))
+    if len({s.name for s in specs}) != len(specs):
+        raise ServeError("arm names must be distinct")
+    if not any(s.weight > 0 for s in specs):
+        raise ServeError("at least one arm needs a positive weight")
+    return specs
+
+
+def _unit_interval(key: str) -> float:
+    # sha256, not hash(): Python salts str hashes per process, and replicas must agree.
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def assign_arm(key: str, weights: Mapping[str, float]) -> str:
+    """The arm of ``key`` (a user): its point in [0, 1) against the cumulative weights, arms in name
+    order. Sticky, the same in every replica, and when one arm's share grows the users who move
+    only move towards it (for two arms)."""
+    names = sorted(n for n, w in weights.items() if w > 0)
+    if not names:
+        raise ServeError("no arm has a positive weight")
+    total = float(sum(weights[n] for n in names))
+    point = _unit_interval(key) * total
+    cumulative = 0.0
+    for name in names:
+        cumulative += weights[name]
+        if point < cumulative:
+            return name
+    return names[-1]
+
+
+# =============================================================================================
+# Models
+
+
+def _project_config(run_dir: Path, cfg: Any = None) -> Any:
+    if cfg is not None:
+        return cfg
+    from .config import config_from_dict
+
+    saved = run_dir / "config.json"
+    if saved.exists():
+        try:
+            return config_from_dict(json.loads(saved.read_text()), base_dir=run_dir.parent.parent)
+        except Exception as exc:  # noqa: BLE001 - defaults still serve the common case
+            log.warning("run config %s not usable (%s); using default settings", saved, exc)
+    return None
+
+
+class ServedModel:
+    """A fitted candidate, with the out-of-scope threshold the evaluation chose for it."""
+
+    def __init__(self, name: str, candidate: Any, threshold: float | None, out_of_scope_label: str) -> None:
+        self.name = name
+        self.candidate = candidate
+        self.task = candidate.task
+        self.threshold = threshold if candidate.task == "classify" else None
+        self.out_of_scope_label = out_of_scope_label
+        self.labels = list(getattr(candidate, "labels_", []) or [])
+
+    def feedback_labels(self) -> set[str]:
+        return {*self.labels, self.out_of_scope_label}
+
+    def predict(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """items: (input, context JSON) -> one answer dict per item, in order."""
+        frame = pd.DataFrame({"id": [str(i) for i in range(len(items))], "input": [t for t, _ in items],
+                              "context": [c for _, c in items]})
+        predictions = self.candidate.predict(frame)
+        out = []
+        for row in predictions.itertuples(index=False):
+            score = float(row.score) if row.score is not None and np.isfinite(row.score) else None
+            out_of_scope = self.threshold is not None and score is not None and score < self.threshold
+            out.append({"prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
+                        "model_prediction": str(row.prediction), "score": score, "out_of_scope": bool(out_of_scope)})
+        return out
+
+
+def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> dict[str, ServedModel]:
+    """Fitted candidates by name: fine-tuned ones from train/<name>/adapter (no refit), cheap and
+    prompted ones refitted on the run's split (seconds for the cheap ones)."""
+    from .baseline import BaselineConfig, build_candidate, candidate_settings
+    from .candidates import CANDIDATES, CandidateError
+    from .config import EvaluateConfig, ModelsConfig
+    from .finetuned import load_candidate
+
+    run_dir = Path(run_dir)
+    cfg = _project_config(run_dir, cfg)
+    summary_path = run_dir / "evaluate" / "summary.json"
+    evaluated = {c["name"]: c for c in json.loads(summary_path.read_text()).get("candidates", [])} if summary_path.exists() else {}
+    oos_label = (cfg.evaluate if cfg is not None else EvaluateConfig()).out_of_scope_label
+    train = validation = None
+    models: dict[str, ServedModel] = {}
+    for name in sorted(candidates):
+        started = time.perf_counter()
+        if (run_dir / "train" / name / "adapter" / "tunewise_train.json").exists():
+            candidate = load_candidate(run_dir / "train", name)
+        else:
+            if name not in CANDIDATES:
+                raise ServeError(f"candidate {name!r}: not trained in {run_dir / 'train'} and not a registered "
+                                 f"candidate (known: {', '.join(sorted(CANDIDATES))})")
+            if train is None:
+                split = run_dir / "split"
+                if not (split / "train.parquet").exists():
+                    raise ServeError(f"{split / 'train.parquet'} not found: {name!r} is refitted on the run's split")
+                train = pd.read_parquet(split / "train.parquet")
+                validation = pd.read_parquet(split / "validation.parquet") if (split / "validation.parquet").exists() else None
+            baseline = getattr(cfg, "baseline", None) or BaselineConfig()
+            models_cfg = getattr(cfg, "models", None) or ModelsConfig()
+            kb = cfg.resolve(cfg.data.knowledge_base) if cfg is not None and cfg.data.knowledge_base else None
+            settings = candidate_settings(baseline, models_cfg, knowledge_base=kb,
+                                          task_description=cfg.data.task_description if cfg is not None else None)
+            try:
+                candidate = build_candidate(name, settings).fit(train, validation)
+            except CandidateError as exc:
+                raise ServeError(f"candidate {name!r}: {exc}") from None
+        threshold = evaluated.get(name, {}).get("out_of_scope_threshold")
+        models[name] = ServedModel(name, candidate, threshold, oos_label)
+        log.info("loaded %s in %.1fs", name, time.perf_counter() - started)
+    tasks = {m.task for m in models.values()}
+    if len(tasks) > 1:
+        raise ServeError(f"arms mix tasks {sorted(tasks)}: serve candidates of one task")
+    return models
+
+
+# =============================================================================================
+# Micro-batching
+
+
+@dataclass
+class _Pending:
+    item: tuple[str, str]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Per arm: requests that arrive while a batch waits (``max_wait_ms``) or runs go into the next
+    batch; one ``predict`` per batch in the model's thread, so the event loop never blocks."""
+
+    def __init__(self, model: ServedModel, executor: concurrent.futures.Executor, max_batch: int, max_wait_ms: float,
+                 on_batch: Any = None) -> None:
+        self.model = model
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.on_batch = on_batch
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    async def submit(self, text: str, context: str) -> tuple[dict[str, Any], int]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Pending((text, context), future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                results = await loop.run_in_executor(self.executor, self.model.predict, [p.item for p in batch])
+            except Exception as exc:  # noqa: BLE001
+                if len(batch) == 1:
+                    batch[0].future.done() or batch[0].future.set_exception(exc)
+                    continue
+                # one by one, so a single input the model chokes on fails alone, not its batch-mates
+                for p in batch:
+                    try:
+                        (result,) = await loop.run_in_executor(self.executor, self.model.predict, [p.item])
+                    except Exception as one:  # noqa: BLE001
+                        p.future.done() or p.future.set_exception(one)
+                    else:
+                        p.future.done() or p.future.set_result((result, 1))
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            for p, result in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result((result, len(batch)))
+
+
+# =============================================================================================
+# Request and response models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyRequest(_Strict):
+    text: str = Field(..., min_length=1, description="the message to classify")
+    user: str | None = Field(None, max_length=256, description="stable user id: the same user keeps the same arm")
+    arm: str | None = Field(None, description="force an arm (testing); default: the user's sticky arm")
+    context: list[dict[str, Any]] | None = Field(None, description="earlier chat messages, OpenAI format")
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    arm: str = Field(..., description="the arm assigned to this request")
+    served_by: str = Field(..., description="the arm that answered (the incumbent when the assigned arm failed)")
+    model: str = Field(..., description="candidate name")
+    label: str = Field(..., description="the answer; the out-of-scope label when the model was not confident")
+    score: float | None = Field(None, description="probability of the model's label")
+    out_of_scope: bool = Field(False, description="True when the score fell below the evaluation's threshold")
+    model_label: str | None = Field(None, description="the model's own label before the threshold")
+    latency_ms: float
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") in (None, "text"))
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    # extra allowed: OpenAI clients send temperature, top_p, n, ... that a deterministic model ignores
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(None, description="an arm name forces that arm; anything else is ignored")
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    user: str | None = Field(None, max_length=256)
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    arm: str | None = None
+
+
+class FeedbackRequest(_Strict):
+    request_id: str = Field(..., min_length=1, max_length=64)
+    label: str | None = Field(None, description="the correct label (classify)")
+    thumbs: Literal["up", "down"] | None = None
+    rating: float | None = Field(None, ge=1, le=5, description="1 (bad) to 5 (good)")
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    stored: list[str] = Field(..., description="feedback kinds stored now")
+    duplicates: list[str] = Field(..., description="feedback kinds already stored before (kept once)")
+
+
+class ArmsUpdate(_Strict):
+    weights: dict[str, float]
+    reason: str | None = Field(None, max_length=500)
+
+    @field_validator("weights")
+    @classmethod
+    def _valid(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("weights is empty")
+        for name, weight in value.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"weight of {name!r} must be a non-negative number")
+        if sum(value.values()) <= 0:
+            raise ValueError("at least one weight must be positive")
+        return value
+
+
+# =============================================================================================
+# The app
+
+
+class _Metrics:
+    """Prometheus metrics in a registry of the app's own (tests run several apps in one process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tunewise_requests", "answered requests", ["endpoint", "arm", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("tunewise_request_latency_seconds", "request latency, queueing and log write included",
+                                 ["endpoint", "arm"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.arm_failures = Counter("tunewise_arm_failures", "model failures per arm (answered by the incumbent "
+                                    "when possible)", ["arm"], registry=self.registry)
+        self.rejected = Counter("tunewise_rejected_requests", "requests refused with a 4xx", ["path", "status"],
+                                registry=self.registry)
+        self.internal_errors = Counter("tunewise_internal_errors", "unexpected server errors", registry=self.registry)
+        self.log_failures = Counter("tunewise_log_write_failures", "log rows that could not be written",
+                                    registry=self.registry)
+        self.feedback = Counter("tunewise_feedback", "feedback stored", ["kind", "duplicate"], registry=self.registry)
+        self.batch_size = Histogram("tunewise_batch_size", "requests per model call", ["arm"], registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.weights = Gauge("tunewise_arm_weight", "current traffic weight", ["arm"], registry=self.registry)
+
+
+class _GuardMiddleware:
+    """Refuses bodies over ``max_bytes`` with 413 (Content-Length first, then the streamed size, so a
+    chunked upload cannot get around it) and counts every 4xx response."""
+
+    def __init__(self, app: Any, max_bytes: int, metrics: _Metrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                self.metrics.rejected.labels(_route_label(path), str(message["status"])).inc()
+            await send(message)
+
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, counting_send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                too_big = False
+            if too_big:
+                await self._refuse(counting_send)
+                return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._refuse(counting_send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, counting_send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _route_label(path: str) -> str:
+    # bounded label values: unknown paths share one label so a scanner cannot blow up the metrics
+    known = ("/v1/classify", "/v1/chat/completions", "/v1/feedback", "/v1/arms", "/admin/arms", "/healthz", "/metrics")
+    return path if path in known else "other"
+
+
+class _State:
+    def __init__(self, run_dir: Path, config: ServeConfig, specs: list[ArmSpec], models: dict[str, ServedModel],
+                 store: Any, api_key: str | None) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.specs = {s.name: s for s in specs}
+        self.models = models
+        self.store = store
+        self.api_key = api_key
+        self.metrics = _Metrics()
+        self.weights: dict[str, float] = {s.name: s.weight for s in specs}
+        self.incumbent = config.incumbent or (INCUMBENT if INCUMBENT in self.specs else specs[0].name)
+        if self.incumbent not in self.specs:
+            raise ServeError(f"incumbent {self.incumbent!r} is not one of the arms {sorted(self.specs)}")
+        self.task = next(iter(models.values())).task
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.writer: Any = None
+        self.started = time.time()
+
+    def model_of(self, arm: str) -> ServedModel:
+        return self.models[self.specs[arm].candidate]
+
+    def apply_weights(self, stored: Mapping[str, tuple[str, float]]) -> None:
+        weights = {name: stored[name][1] if name in stored else w for name, w in self.weights.items()}
+        if any(w > 0 for w in weights.values()):
+            self.weights = weights
+        for name, w in self.weights.items():
+            self.metrics.weights.labels(name).set(w)
+
+
+def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: str | Mapping[str, float] | list[ArmSpec] | None = None,
+               store_url: str | None = None, project_config: Any = None, models: dict[str, ServedModel] | None = None,
+               reset_weights: bool = False) -> Any:
+    """The FastAPI app serving ``run_dir``'s candidates. Models load when the app starts (lifespan),
+    so uvicorn answers /healthz only once they are ready."""
+    from .store import Store, default_store_url
+
+    run_dir = Path(run_dir)
+    config = config or ServeConfig()
+    specs = arms if isinstance(arms, list) else resolve_arms(run_dir, arms if arms is not None else config.arms)
+    url = store_url or config.store_url or default_store_url(run_dir)
+    api_key = os.environ.get(config.api_key_env) or None
+    holder: dict[str, _State] = {}
+    metrics_holder = _Metrics()  # the middleware needs it before the lifespan runs
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        loaded = models
+        if loaded is None:
+            loaded = await asyncio.to_thread(load_models, run_dir, {s.candidate for s in specs}, project_config)
+        store = await asyncio.to_thread(Store, url)
+        state = _State(run_dir, config, specs, loaded, store, api_key)
+        state.metrics = metrics_holder
+        await asyncio.to_thread(store.init_arms, {s.name: (s.candidate, s.weight) for s in specs}, reset_weights)
+        state.apply_weights(await asyncio.to_thread(store.arm_weights))
+        state.writer = store.writer()
+        # one thread per model: a model never runs two batches at once (arms may share a model),
+        # different models can
+        executors = {name: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+                     for name in loaded}
+        for spec in specs:
+            batcher = MicroBatcher(state.model_of(spec.name), executors[spec.candidate],
+                                   spec.max_batch or config.max_batch, config.max_wait_ms,
+                                   on_batch=lambda n, arm=spec.name: metrics_holder.batch_size.labels(arm).observe(n))
+            batcher.start()
+            state.batchers[spec.name] = batcher
+        refresher = asyncio.get_running_loop().create_task(_refresh_weights(state))
+        holder["state"] = state
+        app.state.tunewise = state
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            for batcher in state.batchers.values():
+                await batcher.stop()
+            # drain: every queued log row is committed before the process ends
+            await asyncio.to_thread(store.close)
+            for executor in executors.values():
+                executor.shutdown(wait=False)
+
+    app = FastAPI(title="tunewise serve", version="1", lifespan=lifespan,
+                  description="A/B and canary serving of a tunewise run's candidates, with a request log.")
+    app.add_middleware(_GuardMiddleware, max_bytes=config.max_body_bytes, metrics=metrics_holder)
+
+    def state() -> _State:
+        return holder["state"]
+
+    def require_key(request: Request) -> None:
+        key = holder["state"].api_key
+        if key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # its location is a character offset, not a field
+                problems.append(f"malformed JSON ({e.get('ctx', {}).get('error', 'cannot be parsed')})")
+                continue
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            message = e.get("msg", "invalid")
+            problems.append(f"{where}: {message}" if where else message)
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        reference = uuid.uuid4().hex[:12]
+        log.exception("unexpected error (reference %s) on %s", reference, request.url.path)
+        metrics_holder.internal_errors.inc()
+        # no trace to the client; 503 so clients retry
+        return JSONResponse({"detail": f"the server could not answer this request (reference {reference})"},
+                            status_code=503)
+
+    def _pick_arm(s: _State, forced: str | None, user: str | None, request_id: str) -> str:
+        if forced is not None:
+            if forced not in s.specs:
+                raise HTTPException(422, f"unknown arm {forced!r}; arms: {', '.join(sorted(s.specs))}")
+            return forced
+        return assign_arm(user if user else request_id, s.weights)
+
+    async def _answer(s: _State, endpoint: str, arm: str, user: str | None, text: str, context: str,
+                      request_id: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        if len(text) > s.config.max_input_chars:
+            raise HTTPException(422, f"input is {len(text)} characters; the limit is {s.config.max_input_chars}")
+        served_by, status, error = arm, "ok", None
+        try:
+            result, batch = await s.batchers[arm].submit(text, context)
+        except Exception as exc:  # noqa: BLE001 - the incumbent answers instead, the failure is counted
+            s.metrics.arm_failures.labels(arm).inc()
+            log.error("arm %s failed: %s: %s", arm, type(exc).__name__, exc)
+            error = f"{arm}: {type(exc).__name__}: {exc}"[:500]
+            result = None
+            if arm != s.incumbent:
+                try:
+                    result, batch = await s.batchers[s.incumbent].submit(text, context)
+                    served_by, status = s.incumbent, "fallback"
+                except Exception as exc2:  # noqa: BLE001
+                    s.metrics.arm_failures.labels(s.incumbent).inc()
+                    error += f"; {s.incumbent}: {type(exc2).__name__}"
+        latency_ms = (time.perf_counter() - started) * 1000
+        model = s.model_of(served_by)
+        row = {"id": request_id, "ts": time.time(), "endpoint": endpoint, "user": user, "arm": arm,
+               "served_by": served_by, "candidate": model.name, "input": text if s.config.store_inputs else None,
+               "output": result["prediction"] if result else None, "score": result["score"] if result else None,
+               "out_of_scope": int(result["out_of_scope"]) if result else None, "latency_ms": latency_ms,
+               "batch_size": batch if result else None, "status": status if result else "error", "error": error}
+        try:
+            # awaited before answering: an answered request is always in the log (see tunewise.store)
+            await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("request", row)), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - still answer; the missing row is counted
+            s.metrics.log_failures.inc()
+            log.error("request %s not logged: %s", request_id, exc)
+        s.metrics.requests.labels(endpoint, served_by, row["status"]).inc()
+        s.metrics.latency.labels(endpoint, arm).observe(time.perf_counter() - started)
+        if result is None:
+            raise HTTPException(503, f"no model could answer (request {request_id}); the failure is logged")
+        return {"result": result, "served_by": served_by, "model": model.name, "latency_ms": latency_ms}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_key)])
+    async def classify(body: ClassifyRequest) -> ClassifyResponse:
+        s = state()
+        if s.task != "classify":
+            raise HTTPException(422, "this server's models generate replies: use /v1/chat/completions")
+        request_id = uuid.uuid4().hex
+        arm = _pick_arm(s, body.arm, body.user, request_id)
+        context = json.dumps(body.context or [])
+        answer = await _answer(s, "classify", arm, body.user, body.text, context, request_id)
+        result = answer["result"]
+        return ClassifyResponse(request_id=request_id, arm=arm, served_by=answer["served_by"], model=answer["model"],
+                                label=result["prediction"], score=result["score"], out_of_scope=result["out_of_scope"],
+                                model_label=result["model_prediction"], latency_ms=round(answer["latency_ms"], 3))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat(body: ChatRequest) -> dict[str, Any]:
+        s = state()
+        if body.stream:
+            raise HTTPException(422, "stream: streaming is not supported; send stream=false")
+        if body.max_tokens is not None and body.max_tokens > s.config.max_tokens:
+            raise HTTPException(422, f"max_tokens {body.max_tokens} is above the server's limit {s.config.max_tokens}")
+        users = [i for i, m in enumerate(body.messages) if m.role == "user"]
+        if not users:
+            raise HTTPException(422, "messages: no user message to answer")
+        last = users[-1]
+        text = body.messages[last].text()
+        if not text.strip():
+            raise HTTPException(422, "messages: the last user message is empty")
+        context = json.dumps([{"role": m.role, "content": m.text()} for m in body.messages[:last]])
+        forced = body.arm or (body.model if body.model in s.specs else None)
+        request_id = uuid.uuid4().hex
+        arm = _pick_arm(s, forced, body.user, request_id)
+        answer = await _answer(s, "chat", arm, body.user, text, context, request_id)
+        content = answer["result"]["prediction"]
+        return {
+            "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": answer["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+            "tunewise": {"request_id": request_id, "arm": arm, "served_by": answer["served_by"],
+                         "score": answer["result"]["score"], "out_of_scope": answer["result"]["out_of_scope"]},
+        }
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)])
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        s = state()
+        given = {k: v for k, v in (("label", body.label), ("thumbs", body.thumbs), ("rating", body.rating)) if v is not None}
+        if not given:
+            raise HTTPException(422, "give at least one of label, thumbs (up/down) or rating (1-5)")
+        found = await asyncio.to_thread(s.store.request_exists, body.request_id)
+        if found is None:
+            raise HTTPException(404, f"unknown request id {body.request_id!r}: no request with this id in the log")
+        if "label" in given:
+            if s.task != "classify":
+                raise HTTPException(422, "label feedback is for classification; use thumbs or rating")
+            served = s.models.get(next((sp.candidate for sp in s.specs.values() if sp.name == found["served_by"]), ""))
+            allowed = served.feedback_labels() if served else set().union(*(m.feedback_labels() for m in s.models.values()))
+            if body.label not in allowed:
+                raise HTTPException(422, f"label {body.label!r} is not in the label set ({len(allowed)} labels: "
+                                         f"{', '.join(sorted(allowed)[:20])}{', ...' if len(allowed) > 20 else ''})")
+        stored, duplicates = [], []
+        now = time.time()
+        for kind, value in given.items():
+            row = {"request_id": body.request_id, "kind": kind, "value": str(value), "ts": now}
+            new = await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("feedback", row)), timeout=60)
+            (stored if new else duplicates).append(kind)
+            s.metrics.feedback.labels(kind, str(not new).lower()).inc()
+        return FeedbackResponse(request_id=body.request_id, stored=stored, duplicates=duplicates)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        s = state()
+        return {"status": "ok", "task": s.task, "incumbent": s.incumbent, "weights": s.weights,
+                "arms": {n: sp.candidate for n, sp in s.specs.items()}, "uptime_s": round(time.time() - s.started, 1),
+                "log_queue": s.writer.pending if s.writer else None}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics_holder.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/arms", dependencies=[Depends(require_key)])
+    async def get_arms() -> dict[str, Any]:
+        s = state()
+        return {"weights": s.weights, "arms": {n: sp.candidate for n, sp in s.specs.items()}, "incumbent": s.incumbent}
+
+    @app.post("/admin/arms", dependencies=[Depends(require_key)])
+    async def set_arms(body: ArmsUpdate) -> dict[str, Any]:
+        s = state()
+        unknown = sorted(set(body.weights) - set(s.specs))
+        if unknown:
+            raise HTTPException(422, f"unknown arms {unknown}; arms: {', '.join(sorted(s.specs))}")
+        total = sum(body.weights.values())
+        # arms not named keep weight 0: the update is the whole split, normalised to 1
+        weights = {name: body.weights.get(name, 0.0) / total for name in s.specs}
+        await asyncio.to_thread(s.store.set_weights, weights, body.reason)
+        s.apply_weights({n: (s.specs[n].candidate, w) for n, w in weights.items()})
+        log.warning("arm weights set to %s (%s)", weights, body.reason or "no reason given")
+        return {"weights": s.weights, "incumbent": s.incumbent}
+
+    return app
+
+
+async def _refresh_weights(state: _State) -> None:
+    """Re-read the weights: another replica, or promote/rollback through it, may have changed them."""
+    while True:
+        await asyncio.sleep(state.config.arms_refresh_s)
+        try:
+            state.apply_weights(await asyncio.to_thread(state.store.arm_weights))
+        except Exception as exc:  # noqa: BLE001 - keep serving with the weights we have
+            log.warning("could not re-read arm weights: %s", exc)
+
+
+# =============================================================================================
+# Running
+
+
+def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+
+
+class ServerThread:
+    """A uvicorn server in a thread of this process (tests, benches); ``stop()`` shuts it down cleanly."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 120.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise ServeError(f"server at {self.url} did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> ServerThread:
+    return ServerThread(app, host, port).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tunewise.serve RUN_DIR``: serve without a project config (tests, scripts)."""
+    parser = argparse.ArgumentParser(prog="python -m tunewise.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--arms", default=None, help="ARM[:CANDIDATE]=WEIGHT,...")
+    parser.add_argument("--store", default=None, help="SQLAlchemy URL of the request log")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--arm-batch", action="append", default=[], metavar="ARM=N",
+                        help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable")
+    parser.add_argument("--reset-weights", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         torch_threads=args.threads)
+    batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
+    specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
+    app = create_app(args.run_dir, config, arms=specs, store_url=args.store, reset_weights=args.reset_weights)
+    run_server(app, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Commands ``serve``, ``monitor``, ``promote`` and ``rollback``; ``tunewise.cli`` calls :func:`register`.
+
+- ``tunewise serve --run-id RUN [--arms incumbent=0.9,candidate=0.1]``: the A/B server (tunewise.serve);
+- ``tunewise monitor --run-id RUN [--since 24h]``: verdicts, drift and budgets from the log
+  (tunewise.monitor); exit code 3 when the result needs action, for cron or CI;
+- ``tunewise promote [--arm candidate] [--weight 1.0]`` / ``tunewise rollback [--arm candidate]``:
+  change a running server's weights through ``POST /admin/arms`` (no restart; replicas on one
+  PostgreSQL log pick them up within ``serve.arms_refresh_s``).
+"""
+
+# no `from __future__ import annotations`: typer reads the option types, defined inside register(), at runtime
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def _serve_section(cfg: Any) -> Any:
+    from .serve import ServeConfig
+
+    return getattr(cfg, "serve", None) or ServeConfig()
+
+
+def _monitor_section(cfg: Any) -> Any:
+    from .serve import MonitorConfig
+
+    return getattr(cfg, "monitor", None) or MonitorConfig()
+
+
+def _store_url(cfg: Any, run_id: str, given: str | None) -> str:
+    from .store import default_store_url
+
+    return given or _serve_section(cfg).store_url or default_store_url(cfg.resolve(cfg.runs_dir) / run_id)
+
+
+def register(app: typer.Typer) -> None:
+    from .cli import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
+
+    UrlOpt = Annotated[Optional[str], typer.Option("--url", help="the server, e.g. http://127.0.0.1:8000 "
+                                                   "(default: serve.host and serve.port of the config)")]
+    ArmOpt = Annotated[str, typer.Option("--arm", help="the arm to move traffic to or from")]
+    ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="kept in the log's arm history")]
+
+    @app.command()
+    def serve(
+        config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+        arms: Annotated[Optional[str], typer.Option("--arms", help="ARM[:CANDIDATE]=WEIGHT,...; incumbent and "
+                                                    "candidate name the gate's baseline and the recommended candidate")] = None,
+        host: Annotated[Optional[str], typer.Option("--host", help="default serve.host (127.0.0.1)")] = None,
+        port: Annotated[Optional[int], typer.Option("--port", help="default serve.port (8000)")] = None,
+        store: Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the request log "
+                                                     "(postgresql+psycopg://... for replicas)")] = None,
+        reset_weights: Annotated[bool, typer.Option("--reset-weights", help="start from --arms even when the log "
+                                                    "holds weights set by promote/rollback")] = False,
+    ) -> None:
+        """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
+        from .serve import ServeError, create_app, parse_arms, run_server
+
+        cfg = _load(config)
+        section = _serve_section(cfg)
+        updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        section = section.model_copy(update=updates)
+        run_dir = cfg.resolve(cfg.runs_dir) / run_id
+        if not run_dir.is_dir():
+            _fail(FileNotFoundError(f"{run_dir}: no such run; run `tunewise run --run-id {run_id}` first"))
+        if section.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(section.api_key_env):
+            err.print(f"[yellow]warning: listening on {section.host} without an API key "
+                      f"(set {section.api_key_env})[/yellow]")
+        try:
+            app_ = create_app(run_dir, section, arms=parse_arms(arms) if arms else None, store_url=store,
+                              project_config=cfg, reset_weights=reset_weights)
+        except (ServeError, *_known_errors()) as exc:
+            _fail(exc)
+        out.print(f"serving {run_dir} on http://{section.host}:{section.port} (docs: /docs, metrics: /metrics)")
+        run_server(app_, section.host, section.port)
+
+    @app.command()
+    def monitor(
+        config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+        since: Annotated[Optional[str], typer.Option("--since", help="30m, 24h, 7d or an ISO date")] = None,
+        store: Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the request log")] = None,
+        incumbent: Annotated[Optional[str], typer.Option("--incumbent", help="arm the others are compared with")] = None,
+        no_embedding: Annotated[bool, typer.Option("--no-embedding", help="skip the embedding drift check")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Online metrics, promote / keep testing / roll back, drift and budgets; exit 3 when action is needed."""
+        from .monitor import ACTION_EXIT_CODE, monitor_run
+        from .store import StoreError
+
+        cfg = _load(config)
+        run_dir = cfg.resolve(cfg.runs_dir) / run_id
+        try:
+            report = monitor_run(_store_url(cfg, run_id, store), run_dir, _monitor_section(cfg), since=since,
+                                 incumbent=incumbent, encoder=None if no_embedding else cfg.models.encoder, task=cfg.task)
+        except (StoreError, ValueError) as exc:
+            _fail(exc)
+        if as_json:
+            print(json.dumps(report, default=str))
+        else:
+            _print_report(report, out)
+        if report["needs_action"]:
+            raise typer.Exit(ACTION_EXIT_CODE)
+
+    @app.command()
+    def promote(
+        config: ConfigOpt = Path("tunewise.yaml"), url: UrlOpt = None, arm: ArmOpt = "candidate",
+        weight: Annotated[float, typer.Option("--weight", min=0.0, max=1.0, help="the arm's new share of traffic; "
+                                              "1.0 sends it everything, less steps a canary up")] = 1.0,
+        reason: ReasonOpt = None,
+    ) -> None:
+        """Give an arm a larger share of live traffic on a running server (no restart)."""
+        base, key = _server(config, url)
+        current = _call("GET", f"{base}/v1/arms", key)["weights"]
+        if arm not in current:
+            _fail(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
+        weights = _with_share(current, arm, weight)
+        result = _call("POST", f"{base}/admin/arms", key, {"weights": weights, "reason": reason or f"promote {arm} to {weight}"})
+        out.print("weights now: " + ", ".join(f"{n}={w:.3g}" for n, w in result["weights"].items()))
+
+    @app.command()
+    def rollback(config: ConfigOpt = Path("tunewise.yaml"), url: UrlOpt = None, arm: ArmOpt = "candidate",
+                 reason: ReasonOpt = None) -> None:
+        """Take an arm out of live traffic on a running server; the incumbent answers instead."""
+        base, key = _server(config, url)
+        arms = _call("GET", f"{base}/v1/arms", key)
+        current, incumbent = arms["weights"], arms["incumbent"]
+        if arm not in current:
+            _fail(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
+        if arm == incumbent:
+            _fail(ValueError(f"{arm!r} is the incumbent (the fallback); roll back a candidate arm"))
+        weights = {n: (0.0 if n == arm else w) for n, w in current.items()}
+        if sum(weights.values()) <= 0:
+            weights[incumbent] = 1.0
+        result = _call("POST", f"{base}/admin/arms", key, {"weights": weights, "reason": reason or f"rollback {arm}"})
+        out.print("weights now: " + ", ".join(f"{n}={w:.3g}" for n, w in result["weights"].items()))
+
+    def _server(config: Path, url: str | None) -> tuple[str, str | None]:
+        from .serve import ServeConfig
+
+        if url is None:
+            section = _serve_section(_load(config)) if config.exists() else ServeConfig()
+            url = f"http://{section.host}:{section.port}"
+            env = section.api_key_env
+        else:
+            env = _serve_section(_load(config)).api_key_env if config.exists() else ServeConfig().api_key_env
+        return url.rstrip("/"), os.environ.get(env)
+
+    def _call(method: str, url: str, key: str | None, body: dict | None = None) -> dict:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            response = httpx.request(method, url, json=body, headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            _fail(ConnectionError(f"cannot reach the server at {url}: {exc}"))
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text[:200]
+            _fail(RuntimeError(f"{method} {url}: HTTP {response.status_code}: {detail}"))
+        return response.json()
+
+
+def _with_share(current: dict[str, float], arm: str, share: float) -> dict[str, float]:
+    """``arm`` gets ``share``; the others split the rest in their current proportions."""
+    others = {n: w for n, w in current.items() if n != arm}
+    rest = sum(others.values())
+    weights = {arm: share}
+    for name, w in others.items():
+        weights[name] = (1 - share) * (w / rest if rest > 0 else 1 / len(others))
+    return weights
+
+
+def _print_report(report: dict, out: Any) -> None:
+    from rich.table import Table
+
+    window = report["window"]
+    out.print(f"window: {window['requests']} requests; online metric: {report['online_metric'] or 'none (no feedback)'}")
+    table = Table(title="arms")
+    for col in ("arm", "assigned", "answered", "error rate", "p50 ms", "p99 ms", "feedback", "online", "interval"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)  # noqa: E731
+    for arm, e in report["arms"].items():
+        ci = e.get("online_ci")
+        table.add_row(arm, str(e["requests_assigned"]), str(e["requests_answered"]), fmt(e["error_rate"], "{:.2%}"),
+                      fmt(e["latency_p50_ms"], "{:.1f}"), fmt(e["latency_p99_ms"], "{:.1f}"), str(e["feedback_n"]),
+                      fmt(e["online_metric"], "{:.3f}"), f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-")
+    out.print(table)
+    for arm, v in report["verdicts"].items():
+        extra = f"; about {v['requests_needed']} more requests" if v.get("requests_needed") else ""
+        out.print(f"[bold]{arm}[/bold] vs {report['incumbent']}: [bold]{v['verdict']}[/bold] - {v['reason']}{extra}")
+    drift = report.get("drift", {})
+    for key, entry in drift.items():
+        if isinstance(entry, dict) and "psi" in entry:
+            out.print(f"drift {key}: PSI {entry['psi']:.3f} ({entry['level']})")
+        elif isinstance(entry, dict) and "distance" in entry:
+            out.print(f"drift embedding: distance {entry['distance']:.4f}, permutation p={entry['p_value']:.3g}")
+        elif isinstance(entry, dict) and entry.get("reason"):
+            out.print(f"drift {key}: not computed ({entry['reason']})")
+    if report["actions"]:
+        out.print("[bold red]action needed:[/bold red]")
+        for action in report["actions"]:
+            out.print(f"  - {action}")
+    else:
+        out.print("[green]no action needed[/green]")
