@@ -416,7 +416,14 @@ def test_end_to_end_classify_writes_the_designed_artifacts(classify_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "classify" and summary["primary_metric"] == "accuracy"
     names = {e["name"]: e for e in summary["candidates"]}
-    assert set(names) == {"majority", "tfidf_lr", "tfidf_tuned"}
+    assert set(names) == {"majority", "tfidf_lr", "tfidf_tuned", "ensemble"}
+    # the ensemble: the mean class probabilities of the fine-tuned candidate and the best cheap one
+    ensemble = pd.read_parquet(run_dir / "evaluate" / "predictions" / "ensemble.parquet").set_index("id")
+    members = [pd.read_parquet(run_dir / folder / "predictions" / f"{n}.parquet").set_index("id").loc[ensemble.index]
+               for n, folder in (("tfidf_tuned", "train"), ("tfidf_lr", "baseline"))]
+    mean = (np.stack(members[0]["proba"]) + np.stack(members[1]["proba"])) / 2
+    assert np.allclose(np.stack(ensemble["proba"]), mean)
+    assert names["ensemble"]["kind"] == "finetuned"
     assert names["tfidf_tuned"]["kind"] == "finetuned" and names["tfidf_lr"]["kind"] == "cheap"
     # metrics equal scikit-learn's on the files the candidates wrote
     for name, folder in (("tfidf_lr", "baseline"), ("tfidf_tuned", "train")):
@@ -429,7 +436,7 @@ def test_end_to_end_classify_writes_the_designed_artifacts(classify_run):
         assert low <= names[name]["metrics"]["accuracy"] <= high
     comparison = summary["comparison"]
     assert set(comparison) >= {"candidate", "baseline", "relative_improvement", "ci95", "p_value", "threshold"}
-    assert comparison["candidate"] == "tfidf_tuned" and comparison["baseline"] == "majority"
+    assert comparison["candidate"] == "ensemble"  # the average beat its members here and comparison["baseline"] == "majority"
     assert summary["gate"]["passed"] is (metrics["gate_passed"]) and isinstance(summary["gate"]["reasons"], list)
     assert summary["cheap_check"]["cheap"] == "tfidf_lr"
     skipped = {s["name"]: s["reason"] for s in summary["skipped"]}
@@ -469,7 +476,7 @@ def test_end_to_end_robustness_overfitting_and_side_checks(classify_run):
     forgetting = json.loads((out / "forgetting.json").read_text())
     assert forgetting["status"] == "skipped" and "no fine-tuned generative LLM" in forgetting["reason"]
     key = pd.read_csv(out / "human" / "key.csv")
-    assert len(key) == 20 and set(key["A"]) | set(key["B"]) == {"tfidf_tuned", "majority"}
+    assert len(key) == 20 and set(key["A"]) | set(key["B"]) == {"ensemble", "majority"}
 
 
 def test_filled_human_sheet_folds_back_into_the_evaluation(classify_run, tmp_path):
@@ -479,8 +486,8 @@ def test_filled_human_sheet_folds_back_into_the_evaluation(classify_run, tmp_pat
     out = run_dir / "evaluate"
     sheet = pd.read_csv(out / "human" / "sheet.csv")
     key = pd.read_csv(out / "human" / "key.csv").set_index("item")
-    # a rater who prefers the fine-tuned answer in the first 12 items, the other in the next 6, 2 left blank
-    tuned_side = [("A" if key.loc[item, "A"] == "tfidf_tuned" else "B") for item in sheet["item"]]
+    # a rater who prefers the gate candidate's answer in the first 12 items, the other in the next 6, 2 left blank
+    tuned_side = [("A" if key.loc[item, "A"] == "ensemble" else "B") for item in sheet["item"]]
     other = {"A": "B", "B": "A"}
     sheet["preference"] = [side if i < 12 else other[side] if i < 18 else "" for i, side in enumerate(tuned_side)]
     filled = tmp_path / "filled.csv"

@@ -179,6 +179,9 @@ class EvaluateConfig(Section):
     human_sheet_size: int = Field(50, ge=0, description="rows in the blind side-by-side sheet for people; 0 turns it off")
     gate_beats_cheap: bool = Field(
         True, description="gate: the chosen candidate must not lose to the best cheap candidate beyond noise")
+    ensemble: bool = Field(
+        True, description="classify: also evaluate 'ensemble', the mean class probabilities of the fine-tuned "
+        "candidates and the best cheap one (by validation accuracy), when there are at least two")
     worst_examples: int = Field(10, ge=0, description="worst examples listed per candidate")
     top_confusions: int = Field(10, ge=1, description="classify: largest confusions named per candidate")
 

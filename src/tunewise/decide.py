@@ -113,7 +113,7 @@ def one_time_cost(train_summaries: dict[str, dict], flagged_rows: int, roi: RoiC
     """Total one-time cost and its lines. ``candidate``: only that candidate's training is priced
     (None: every trained candidate, the compute this run spent)."""
     compute = training_compute_lines(train_summaries, roi)
-    if candidate is not None:
+    if candidate is not None and candidate != "ensemble":  # the ensemble needs every trained member
         compute = [line for line in compute if line["candidate"] == candidate]
     review_hours = flagged_rows * roi.review_minutes_per_row / 60
     lines = compute + [
@@ -426,7 +426,8 @@ def _recommend(evaluation: dict, metric: str, kinds: dict[str, str], latency: di
                                          "noise: keep the baseline"}
     costs = {}
     for name in meeting:
-        compute = sum(line["usd"] for line in training_compute_lines({k: v for k, v in trained.items() if k == name}, roi))
+        members = trained if name == "ensemble" else {k: v for k, v in trained.items() if k == name}
+        compute = sum(line["usd"] for line in training_compute_lines(members, roi))
         running = monthly_running_cost(latency.get(name, 0.0), roi)["usd"] if roi.monthly_volume else latency.get(name, 0.0)
         costs[name] = compute + running * roi.horizon_months
     cheapest = min(meeting, key=lambda n: (round(costs[n], 2), latency.get(n, 0.0), n))

@@ -70,6 +70,7 @@ __all__ = [
     "coverage_curve",
     "evaluate_candidates",
     "gate_exit_code",
+    "ensemble_candidate",
     "load_run_predictions",
     "overfitting_report",
     "perturb_texts",
@@ -175,6 +176,66 @@ def load_run_predictions(run_dir: str | Path, stages: Sequence[str] = ("baseline
                 skipped.append({"name": name, "reason": f"stage {stage!r} lists candidate {name!r} but "
                                 f"{folder / (name + '.parquet')} does not exist; re-run `tunewise {stage}`"})
     return list(found.values()), skipped
+
+
+def _proba_matrix(frame: pd.DataFrame, labels: list[str]) -> np.ndarray | None:
+    """The class probabilities in ``labels`` order, or None when they are missing or in another order."""
+    if "proba" not in frame.columns or not len(frame) or frame["proba"].isna().any():
+        return None
+    proba = np.stack([np.asarray(p, dtype=np.float64) for p in frame["proba"]])
+    if proba.shape[1] != len(labels):
+        return None
+    # candidates order their columns by sorted label: check it through the argmax, do not assume it
+    if not (np.asarray(labels, dtype=object)[proba.argmax(1)] == frame["prediction"].to_numpy()).all():
+        return None
+    return proba
+
+
+def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Sequence[str], *,
+                       name: str = "ensemble") -> tuple[CandidatePredictions | None, dict[str, Any]]:
+    """The mean class probabilities of the fine-tuned candidates and the best cheap one.
+
+    Members: every fine-tuned candidate with probabilities, plus the cheap candidate with the best
+    validation accuracy (classic models often err differently from fine-tuned ones, which is what
+    an average needs). Rows: the test (and validation) ids every member scored. Latency: the sum
+    of the members' (serving it runs them all). Returns (candidate or None, what was done).
+    """
+    labels = sorted(labels)
+    usable = {c.name: c for c in candidates if _proba_matrix(c.test, labels) is not None}
+    tuned = [c for c in usable.values() if c.kind == "finetuned"]
+    cheap = [c for c in usable.values() if c.kind == "cheap" and c.validation is not None and c.name != "majority"]
+
+    def validation_accuracy(c: CandidatePredictions) -> float:
+        truth = c.validation.get("label")
+        return float((c.validation["prediction"] == truth).mean()) if truth is not None else 0.0
+
+    members = list(tuned)
+    if cheap and tuned:
+        members.append(max(cheap, key=lambda c: (validation_accuracy(c), c.name)))
+    info: dict[str, Any] = {"members": [m.name for m in members]}
+    if len(members) < 2:
+        info["reason"] = "fewer than two members (fine-tuned candidates with probabilities, plus a cheap one)"
+        return None, info
+
+    def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        ids = set.intersection(*(set(f["id"]) for f in frames))
+        parts = [f[f["id"].isin(ids)].set_index("id") for f in frames]
+        order = [i for i in frames[0]["id"] if i in ids]
+        probas = [_proba_matrix(p.loc[order].reset_index(), labels) for p in parts]
+        mean = np.mean(probas, axis=0)
+        best = mean.argmax(1)
+        latency = np.sum([p.loc[order, "latency_ms"].to_numpy(dtype=float) for p in parts], axis=0)
+        return pd.DataFrame({"id": order, "prediction": np.asarray(labels, dtype=object)[best],
+                             "score": mean[np.arange(len(order)), best], "proba": [r.tolist() for r in mean],
+                             "latency_ms": latency})
+
+    test = combine([m.test for m in members])
+    validation = None
+    if all(m.validation is not None and _proba_matrix(m.validation, labels) is not None for m in members):
+        validation = combine([m.validation for m in members])
+    info["n_test"] = len(test)
+    return CandidatePredictions(name, "finetuned", test, validation, None, "evaluate",
+                                any(m.expensive for m in members)), info
 
 
 def _check_ids(candidate: CandidatePredictions, test_ids: set[str]) -> str | None:

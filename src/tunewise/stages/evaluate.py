@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..artifacts import write_json
+from ..artifacts import write_json, write_parquet
 from ..config import ProjectConfig
 from ..progress import console
 from ..runner import StageContext, StageError, stage
@@ -26,6 +26,14 @@ def _knowledge_base_files(cfg: ProjectConfig) -> list[Path]:
     if folder is None or not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".md", ".txt"))
+
+
+def _with_labels(predictions: pd.DataFrame | None, truth: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Validation predictions with the true label beside them (the ensemble ranks cheap models by it)."""
+    if predictions is None or truth is None or "label" not in truth.columns:
+        return predictions
+    labels = truth.assign(id=truth["id"].astype(str)).set_index("id")["label"]
+    return predictions.assign(label=predictions["id"].map(labels))
 
 
 def _read_split(ctx: StageContext, name: str, required: bool) -> pd.DataFrame | None:
@@ -89,6 +97,17 @@ def run(ctx: StageContext) -> dict:
         raise StageError(f"no candidate predictions under {ctx.run_dir / 'baseline' / 'predictions'} or "
                          f"{ctx.run_dir / 'train' / 'predictions'}; run `tunewise baseline` first"
                          + (f" ({'; '.join(s['reason'] for s in skipped)})" if skipped else ""))
+    if task == "classify" and section.ensemble and not any(c.name == "ensemble" for c in candidates):
+        labels = sorted(set(train["label"].astype(str)) if train is not None else set(test["label"].astype(str)))
+        with_truth = [ev.CandidatePredictions(c.name, c.kind, c.test, _with_labels(c.validation, validation), c.train,
+                                              c.source, c.expensive) for c in candidates]
+        ensemble, info = ev.ensemble_candidate(with_truth, labels)
+        if ensemble is not None:
+            candidates.append(ensemble)
+            write_parquet(ctx.path("predictions/ensemble.parquet"), ensemble.test)
+            if ensemble.validation is not None:
+                write_parquet(ctx.path("predictions/ensemble.validation.parquet"), ensemble.validation)
+            console.print(f"evaluate: ensemble of {', '.join(info['members'])} on {info['n_test']} test rows")
     for s in skipped:
         console.print(f"[yellow]evaluate: skipped {s['name']}: {s['reason']}[/yellow]")
 
