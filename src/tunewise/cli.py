@@ -32,6 +32,11 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="project config 
 RunIdOpt = Annotated[str, typer.Option("--run-id", help="run folder name under runs/")]
 ForceOpt = Annotated[Optional[list[str]], typer.Option("--force", help="re-run this stage even if cached (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")]
+
+
+def _check_engine(engine: str) -> None:
+    _check_engine(engine)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -157,12 +162,11 @@ def _register_stage_commands() -> None:
 def curate(
     config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
     engine: Annotated[str, typer.Option("--engine", help="local, or ray to hand shards to a Ray cluster")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")] = None,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find and fix duplicates, conflicts, label errors, off-topic rows, PII and thin classes."""
-    if engine not in ("local", "ray"):
-        _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
+    _check_engine(engine)
     cfg = _load(config)
     _run(cfg, run_id, ["curate"], list(force or []) + ["curate"], as_json,
          options={"engine": engine, "ray_address": ray_address})
@@ -339,14 +343,13 @@ def curve(
     target: Annotated[Optional[float], typer.Option("--target", help="accuracy to reach (default: the gate's "
                                                     "baseline score x (1 + threshold))")] = None,
     engine: Annotated[str, typer.Option("--engine", help="local, or ray: each subset training a Ray task")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")] = None,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Learning curves: accuracy against data size, what 2x/5x/10x data would give, and the data the target needs."""
     from .curve import CurveError, run_curve
 
-    if engine not in ("local", "ray"):
-        _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
+    _check_engine(engine)
     cfg = _load(config)
     try:
         parsed = [float(f) for f in fractions.split(",") if f.strip()]

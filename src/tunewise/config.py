@@ -476,6 +476,16 @@ class ProjectConfig(Section):
         p = Path(relative).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 
+    def knowledge_base_dir(self) -> Path | None:
+        return self.resolve(self.data.knowledge_base) if self.data.knowledge_base else None
+
+    def knowledge_base_files(self) -> list[Path]:
+        """The knowledge base's .md and .txt files: stages that read them put them in their cache key."""
+        folder = self.knowledge_base_dir()
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".md", ".txt"))
+
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data, for the stage cache key and MLflow params."""
         value = getattr(self, name)

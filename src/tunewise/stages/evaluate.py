@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,19 +12,6 @@ from ..artifacts import write_json, write_parquet
 from ..config import ProjectConfig
 from ..progress import console
 from ..runner import StageContext, StageError, stage
-
-
-
-def _knowledge_base(cfg: ProjectConfig) -> Path | None:
-    return cfg.resolve(cfg.data.knowledge_base) if cfg.data.knowledge_base else None
-
-
-def _knowledge_base_files(cfg: ProjectConfig) -> list[Path]:
-    # In the cache key: a knowledge-base edit changes which reply facts count as supported.
-    folder = _knowledge_base(cfg)
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".md", ".txt"))
 
 
 def _with_labels(predictions: pd.DataFrame | None, truth: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -54,7 +40,7 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
 
     cfg = ctx.config
     section = getattr(cfg, "baseline", None) or BaselineConfig()
-    settings = candidate_settings(section, cfg.models, knowledge_base=_knowledge_base(cfg),
+    settings = candidate_settings(section, cfg.models, knowledge_base=cfg.knowledge_base_dir(),
                                   task_description=cfg.data.task_description)
     fitted: dict[str, Any] = {}
     skipped: list[dict] = []
@@ -78,7 +64,7 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
 
 
 @stage("evaluate", sections=("evaluate", "data", "models"),
-       reads=("split", "baseline", "train"), user_files=_knowledge_base_files)
+       reads=("split", "baseline", "train"), user_files=ProjectConfig.knowledge_base_files)
 def run(ctx: StageContext) -> dict:
     """Compare every candidate with the baseline on the test set: intervals, slices, robustness, gate."""
     from .. import evaluate as ev
@@ -111,7 +97,7 @@ def run(ctx: StageContext) -> dict:
     for s in skipped:
         console.print(f"[yellow]evaluate: skipped {s['name']}: {s['reason']}[/yellow]")
 
-    kb = _knowledge_base(cfg)
+    kb = cfg.knowledge_base_dir()
     knowledge = knowledge_texts(kb) if task == "generate" and kb is not None else []
     encoder = cfg.models.encoder if task == "generate" and section.embedding_similarity else None
     evaluation = ev.evaluate_candidates(
