@@ -308,3 +308,25 @@ def test_report_without_an_evaluation_names_the_stage_to_run(tmp_path):
     (tmp_path / "runs" / "r").mkdir(parents=True)
     with pytest.raises(StageError, match="run `tunewise evaluate` first"):
         run_report_stage(cfg, tmp_path / "runs" / "r")
+
+
+def test_the_page_shows_the_learning_curve_when_there_is_one(pipeline_run, tmp_path):
+    import pandas as pd
+
+    from tunewise.artifacts import write_json
+    from tunewise.curve import candidate_factory, learning_curve
+
+    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("GO"))
+    shutil.rmtree(run_dir / "curve", ignore_errors=True)
+    run_report_stage(cfg, run_dir)
+    assert "No learning curve yet" in (run_dir / "report" / "index.html").read_text()
+    frames = {n: pd.read_parquet(run_dir / "split" / f"{n}.parquet") for n in ("train", "validation", "test")}
+    curve = learning_curve(frames["train"], frames["validation"], frames["test"], candidates=["tfidf_lr"],
+                           factory=candidate_factory(cfg), fractions=[0.25, 0.5, 0.75, 1.0], target=0.99,
+                           n_resamples=50)
+    write_json(run_dir / "curve" / "curve.json", curve)
+    run_report_stage(cfg, run_dir)
+    page = (run_dir / "report" / "index.html").read_text()
+    section = page[page.index('id="more-data"'):page.index('id="cost"')]
+    assert "<svg" in section and "levels off at" in section and "tfidf_lr" in section
+    assert curve["candidates"]["tfidf_lr"]["target"]["message"].split(":")[0] in section

@@ -19,6 +19,8 @@ All user text goes through jinja2's autoescaping; chart text is escaped by matpl
 
 from __future__ import annotations
 
+import numpy as np
+
 import hashlib
 import io
 import json
@@ -289,6 +291,40 @@ def payback_chart(roi: dict) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # Sections
+
+
+def more_data_section(run_dir: Path) -> dict:
+    """``tunewise curve``'s learning curves: measured points, the fitted power law, what more data gives."""
+    curve = _json(run_dir / "curve" / "curve.json")
+    if not curve or not curve.get("candidates"):
+        return {"available": False}
+    from .curve import CurveFit
+
+    plt = _pyplot()
+    ax = plt.subplots(figsize=(6.0, 3.4))[1]
+    rows = []
+    for name, entry in curve["candidates"].items():
+        ns = np.asarray(entry["n"], dtype=float)
+        line = ax.plot(ns, entry["test_accuracy"], "o", markersize=4, label=f"{name} (measured)")[0]
+        fit = CurveFit(entry["fit"]["a"], entry["fit"]["b"], entry["fit"]["c"])
+        grid = np.geomspace(ns.min(), ns.max() * 10, 60)
+        ax.plot(grid, [1 - fit.error(n) for n in grid], "-", color=line.get_color(), alpha=0.7, linewidth=1)
+        expected = entry.get("expected", {})
+        rows.append({"name": name, "measured": list(zip(entry["n"], entry["test_accuracy"])),
+                     "plateau": entry["fit"]["plateau_accuracy"], "plateau_ci95": entry.get("plateau_ci95"),
+                     "expected": {k: v for k, v in expected.items() if k != "1x"},
+                     "target": (entry.get("target") or {}).get("message"),
+                     "classes": [r["label"] for r in entry.get("per_class", [])[:5]]})
+    if curve.get("target") is not None:
+        ax.axhline(curve["target"], color="#999999", linestyle="--", linewidth=1, label="target")
+    ax.axvline(curve["n_train"], color="#333333", linewidth=0.8, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows (log scale; line: current data)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    return {"available": True, "chart": _svg(ax.figure), "rows": rows, "n_train": curve["n_train"],
+            "notes": curve.get("notes", [])}
 
 
 def _comparison_for(evaluation: dict, candidate: str | None) -> dict | None:
@@ -684,7 +720,7 @@ def _page(run_dir: Path, config: dict, evaluation: dict, decision: dict, compari
         "quality": quality_section(run_dir), "curves": curves_section(run_dir),
         "errors": errors_section(run_dir, task, focus), "slices": slices_section(run_dir, primary, focus),
         "robustness": robustness_section(run_dir), "forgetting": forgetting_section(run_dir),
-        "overfitting": overfitting_section(run_dir),
+        "overfitting": overfitting_section(run_dir), "more_data": more_data_section(run_dir),
         "reproducibility": reproducibility_section(run_dir, config, Path(base_dir) if base_dir else None),
         "kind_colours": KIND_COLOURS,
     }
