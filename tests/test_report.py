@@ -52,14 +52,15 @@ def decision_fixture(verdict: str = "GO", candidate: str = "encoder_ft") -> dict
 
 
 def copy_run(pipeline_run, tmp_path: Path, decision: dict | None) -> tuple[object, Path]:
-    """A copy of the run in a project folder of its own (the data files beside it, as in the original)."""
+    """A copy of the run in a project folder of its own (the data files beside it, as in the original),
+    without what other test modules add to the shared run (decide/, curve/)."""
     cfg, run_dir = pipeline_run
     project = tmp_path / "project"
     for name in (cfg.data.train, cfg.data.test):
         project.mkdir(parents=True, exist_ok=True)
         shutil.copy(cfg.resolve(name), project / name)
     copy = project / "runs" / "r1"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "decide", "_checkpoints"))
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "decide", "curve", "_checkpoints"))
     if decision is not None:
         (copy / "decide").mkdir()
         (copy / "decide" / "decision.json").write_text(json.dumps(decision))
