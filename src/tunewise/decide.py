@@ -225,7 +225,7 @@ def _latencies(run_dir: Path, names: list[str]) -> dict[str, float]:
     """Median per-request latency (ms) of each candidate's test predictions."""
     out = {}
     for name in names:
-        for stage in ("train", "baseline"):
+        for stage in ("train", "baseline", "evaluate"):  # evaluate: the ensemble's summed latency
             path = run_dir / stage / "predictions" / f"{name}.parquet"
             if path.exists():
                 frame = pd.read_parquet(path, columns=["latency_ms"])
