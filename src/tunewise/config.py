@@ -374,23 +374,20 @@ class RoiConfig(Section):
     tokens_per_request: float | None = Field(None, gt=0, description="tokens per request for API pricing; "
                                              "default: measured on the test inputs (about 4 characters a token)")
 
-    @field_validator("gpu")
+    @field_validator("gpu", "serving_instance")
     @classmethod
-    def _known_gpu(cls, value: str) -> str:
-        from .train import REFERENCE_GPUS
+    def _known_price_table_entry(cls, value: str, info: Any) -> str:
+        # Both name a row of a price table; an unknown name is a config error, not a silent default.
+        if info.field_name == "gpu":
+            from .train import REFERENCE_GPUS
 
-        known = [g["gpu"] for g in REFERENCE_GPUS]
+            known, what, hint = [g["gpu"] for g in REFERENCE_GPUS], "GPU", " (set gpu_usd_per_hour to price another)"
+        else:
+            from .decide import CPU_INSTANCES
+
+            known, what, hint = list(CPU_INSTANCES), "instance", ""
         if value not in known:
-            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(known)} (set gpu_usd_per_hour to price another)")
-        return value
-
-    @field_validator("serving_instance")
-    @classmethod
-    def _known_instance(cls, value: str) -> str:
-        from .decide import CPU_INSTANCES
-
-        if value not in CPU_INSTANCES:
-            raise ValueError(f"unknown instance {value!r}; known: {', '.join(CPU_INSTANCES)}")
+            raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}{hint}")
         return value
 
 

@@ -54,6 +54,17 @@ class FineTunedCandidate(Candidate):
     def _model_spec(self) -> str:
         raise NotImplementedError
 
+    def _set_settings(self, offline: bool, trust_remote_code: bool, train_config: Any, seed: int,
+                      output_dir: str | None, checkpoint_dir: str | None) -> None:
+        # Each subclass keeps an explicit __init__ signature (get_params reads it, as in scikit-learn);
+        # the settings they share are stored here once.
+        self.offline = offline
+        self.trust_remote_code = trust_remote_code
+        self.train_config = train_config
+        self.seed = seed
+        self.output_dir = output_dir
+        self.checkpoint_dir = checkpoint_dir
+
     def _config(self) -> Any:
         from .train import TrainConfig
 
@@ -158,12 +169,7 @@ class LoraClassifier(_Classifier):
                  train_config: Any = None, seed: int = 0, output_dir: str | None = None,
                  checkpoint_dir: str | None = None) -> None:
         self.llm = llm
-        self.offline = offline
-        self.trust_remote_code = trust_remote_code
-        self.train_config = train_config
-        self.seed = seed
-        self.output_dir = output_dir
-        self.checkpoint_dir = checkpoint_dir
+        self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
 
     def _model_spec(self) -> str:
         return self.llm
@@ -180,12 +186,7 @@ class EncoderFineTuned(_Classifier):
                  train_config: Any = None, seed: int = 0, output_dir: str | None = None,
                  checkpoint_dir: str | None = None) -> None:
         self.encoder = encoder
-        self.offline = offline
-        self.trust_remote_code = trust_remote_code
-        self.train_config = train_config
-        self.seed = seed
-        self.output_dir = output_dir
-        self.checkpoint_dir = checkpoint_dir
+        self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
 
     def _model_spec(self) -> str:
         return self.encoder
@@ -204,12 +205,7 @@ class LoraGenerator(FineTunedCandidate):
                  train_config: Any = None, seed: int = 0, output_dir: str | None = None,
                  checkpoint_dir: str | None = None, batch_size: int = 8) -> None:
         self.llm = llm
-        self.offline = offline
-        self.trust_remote_code = trust_remote_code
-        self.train_config = train_config
-        self.seed = seed
-        self.output_dir = output_dir
-        self.checkpoint_dir = checkpoint_dir
+        self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
         self.batch_size = batch_size
 
     def _model_spec(self) -> str:
