@@ -677,12 +677,31 @@ class EarlyStopping:
 # Evaluation
 
 
+# A sorted run of examples is cut where padding would exceed this share of the real tokens: on CPU
+# the padded positions cost as much as real ones, and a micro-batch of 32 random requests padded to
+# its longest row wastes ~40% (measured: 31 ms/row at one chunk of 32 vs 22 ms/row in chunks of ~8).
+MAX_PADDING_SHARE = 0.15
+MIN_CHUNK_ROWS = 4  # below this, per-call overhead outweighs the padding saved
+
+
 def _batched(examples: Sequence[Example], batch_size: int) -> Iterator[tuple[np.ndarray, list[Example]]]:
-    """Length-sorted batches for inference; yields (positions in ``examples``, batch)."""
-    order = np.argsort([len(e.input_ids) for e in examples], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, [examples[i] for i in rows]
+    """Length-sorted chunks for inference, at most ``batch_size`` rows, cut early where padding
+    would exceed ``MAX_PADDING_SHARE``; yields (positions in ``examples``, chunk)."""
+    lengths = np.asarray([len(e.input_ids) for e in examples])
+    order = np.argsort(lengths, kind="stable")
+    rows: list[int] = []
+    real = 0
+    for i in order:
+        length = int(lengths[i])  # ascending, so this row sets the chunk's padded length
+        padded = (len(rows) + 1) * length
+        if rows and (len(rows) >= batch_size
+                     or (len(rows) >= MIN_CHUNK_ROWS and padded - real - length > MAX_PADDING_SHARE * (real + length))):
+            yield np.asarray(rows), [examples[j] for j in rows]
+            rows, real = [], 0
+        rows.append(int(i))
+        real += length
+    if rows:
+        yield np.asarray(rows), [examples[j] for j in rows]
 
 
 def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
