@@ -556,12 +556,18 @@ class _State:
 
 def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: str | Mapping[str, float] | list[ArmSpec] | None = None,
                store_url: str | None = None, project_config: Any = None, models: dict[str, ServedModel] | None = None,
-               reset_weights: bool = False) -> Any:
+               reset_weights: bool = False, allow_failed_gate: bool = False) -> Any:
     """The FastAPI app serving ``run_dir``'s candidates. Models load when the app starts (lifespan),
-    so uvicorn answers /healthz only once they are ready."""
+    so uvicorn answers /healthz only once they are ready. A run made by ``tunewise retrain`` whose
+    gate failed is refused unless ``allow_failed_gate``."""
+    from .retrain import retrain_gate
     from .store import Store, default_store_url
 
     run_dir = Path(run_dir)
+    gate = retrain_gate(run_dir)
+    if gate is not None and not gate.get("passed") and not allow_failed_gate:
+        raise ServeError(f"{run_dir} was retrained and failed the gate ({'; '.join(gate.get('reasons', []))}); "
+                         "serve the previous run, or pass --allow-failed-gate to serve it anyway")
     config = config or ServeConfig()
     specs = arms if isinstance(arms, list) else resolve_arms(run_dir, arms if arms is not None else config.arms)
     url = store_url or config.store_url or default_store_url(run_dir)
@@ -871,13 +877,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arm-batch", action="append", default=[], metavar="ARM=N",
                         help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable")
     parser.add_argument("--reset-weights", action="store_true")
+    parser.add_argument("--allow-failed-gate", action="store_true", help="serve a retrained run whose gate failed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          torch_threads=args.threads)
     batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
     specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
-    app = create_app(args.run_dir, config, arms=specs, store_url=args.store, reset_weights=args.reset_weights)
+    try:
+        app = create_app(args.run_dir, config, arms=specs, store_url=args.store, reset_weights=args.reset_weights,
+                         allow_failed_gate=args.allow_failed_gate)
+    except ServeError as exc:
+        parser.exit(2, f"error: {exc}\n")
     run_server(app, args.host, args.port)
 
 

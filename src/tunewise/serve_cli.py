@@ -1,8 +1,10 @@
-"""Commands ``serve``, ``monitor``, ``promote`` and ``rollback``; ``tunewise.cli`` calls :func:`register`.
+"""Commands ``serve``, ``monitor``, ``retrain``, ``promote`` and ``rollback``; ``tunewise.cli`` calls :func:`register`.
 
 - ``tunewise serve --run-id RUN [--arms incumbent=0.9,candidate=0.1]``: the A/B server (tunewise.serve);
 - ``tunewise monitor --run-id RUN [--since 24h]``: verdicts, drift and budgets from the log
   (tunewise.monitor); exit code 3 when the result needs action, for cron or CI;
+- ``tunewise retrain --run-id RUN``: feedback-labelled rows through add-labels and the pipeline into a
+  new run that must pass the same gate (tunewise.retrain); exit code 3 when it fails;
 - ``tunewise promote [--arm candidate] [--weight 1.0]`` / ``tunewise rollback [--arm candidate]``:
   change a running server's weights through ``POST /admin/arms`` (no restart; replicas on one
   PostgreSQL log pick them up within ``serve.arms_refresh_s``).
@@ -57,6 +59,8 @@ def register(app: typer.Typer) -> None:
                                                      "(postgresql+psycopg://... for replicas)")] = None,
         reset_weights: Annotated[bool, typer.Option("--reset-weights", help="start from --arms even when the log "
                                                     "holds weights set by promote/rollback")] = False,
+        allow_failed_gate: Annotated[bool, typer.Option("--allow-failed-gate", help="serve a run made by "
+                                                        "`tunewise retrain` although its gate failed")] = False,
     ) -> None:
         """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
         from .serve import ServeError, create_app, parse_arms, run_server
@@ -73,7 +77,7 @@ def register(app: typer.Typer) -> None:
                       f"(set {section.api_key_env})[/yellow]")
         try:
             app_ = create_app(run_dir, section, arms=parse_arms(arms) if arms else None, store_url=store,
-                              project_config=cfg, reset_weights=reset_weights)
+                              project_config=cfg, reset_weights=reset_weights, allow_failed_gate=allow_failed_gate)
         except (ServeError, *_known_errors()) as exc:
             _fail(exc)
         out.print(f"serving {run_dir} on http://{section.host}:{section.port} (docs: /docs, metrics: /metrics)")
@@ -104,6 +108,54 @@ def register(app: typer.Typer) -> None:
         else:
             _print_report(report, out)
         if report["needs_action"]:
+            raise typer.Exit(ACTION_EXIT_CODE)
+
+    @app.command()
+    def retrain(
+        config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+        store: Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the request log "
+                                                     "(default: the run's serve log)")] = None,
+        new_run_id: Annotated[Optional[str], typer.Option("--new-run-id", help="run to train into "
+                                                          "(default: RUN-retrain-<time>)")] = None,
+        since: Annotated[Optional[str], typer.Option("--since", help="feedback on requests since: 30m, 24h, 7d or "
+                                                     "an ISO date")] = None,
+        thumbs_up: Annotated[bool, typer.Option("--thumbs-up/--no-thumbs-up", help="a thumbs-up confirms the served "
+                                                "answer as a training row")] = True,
+        min_rows: Annotated[int, typer.Option("--min-rows", min=1, help="fewest feedback rows worth a "
+                                              "retrain")] = 1,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="count the usable feedback rows; change nothing")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Feedback-labelled rows -> add-labels -> the pipeline into a new run -> the same gate; exit 3 when
+        the new run fails the gate (`tunewise serve` then refuses it)."""
+        from .monitor import ACTION_EXIT_CODE
+        from .retrain import RetrainError, retrain as run_retrain
+        from .store import StoreError
+
+        cfg = _load(config)
+        try:
+            record = run_retrain(cfg, run_id=run_id, store_url=_store_url(cfg, run_id, store), new_run_id=new_run_id,
+                                 since=since, thumbs_up=thumbs_up, min_rows=min_rows, dry_run=dry_run)
+        except (RetrainError, StoreError, *_known_errors()) as exc:
+            _fail(exc)
+        if as_json:
+            print(json.dumps(record, default=str))
+        else:
+            skipped = ", ".join(f"{n} {why}" for why, n in record["skipped"].items()) or "none"
+            out.print(f"feedback: {record['rows']} usable row(s) from {record['requests_in_window']} logged requests "
+                      f"({record['rows_by_source'] or 'none'}); skipped: {skipped}")
+            if not dry_run:
+                gate = record["gate"]
+                out.print(f"added {record['added']['added']} row(s) to {record['added']['added_file']}; "
+                          f"new run {record['new_run']} in {record['pipeline_seconds']:.0f}s")
+                colour = "green" if gate["passed"] else "red"
+                out.print(f"[{colour}]gate: {'PASSED' if gate['passed'] else 'FAILED'}[/{colour}] "
+                          f"(verdict {gate['verdict']}, recommended {gate['recommended']})")
+                for reason in gate["reasons"]:
+                    out.print(f"  - {reason}")
+                if gate["passed"]:
+                    out.print(f"serve it: tunewise serve --run-id {record['new_run']}")
+        if not dry_run and not record["gate"]["passed"]:
             raise typer.Exit(ACTION_EXIT_CODE)
 
     @app.command()

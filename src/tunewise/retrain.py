@@ -1,0 +1,243 @@
+"""``tunewise retrain``: live feedback becomes training rows, the pipeline re-runs, the same gate decides.
+
+The loop the server closes (issue 9):
+
+1. rows from the request log: a request whose feedback gives the correct label (classify), or one
+   whose answer got a thumbs up (its served answer is confirmed: a label or a reply). Each row
+   needs its logged input (``serve.store_inputs``); a thumbs-up on an out-of-scope answer, a
+   label outside the run's label set, or a row that is a near-copy of a frozen test row is skipped
+   and counted with its reason: production traffic repeats test questions, and those rows in
+   training would inflate the new run's test score, so the gate would pass on leaked rows;
+2. the rows go through ``add-labels`` (the test ids are frozen first, so the new run is scored on
+   exactly the old test rows) and the whole pipeline (ingest, curation, split, baselines,
+   training, evaluation, decision, report) runs into a new run id; the old run, which the server
+   may be serving, is not touched;
+3. the new run must pass the same gate: its decision is GO with the gate settings of the source
+   run (``evaluate.baseline``, ``threshold``, ``gate_beats_cheap``, ``confidence_level`` and the
+   ``roi`` section unchanged), and the new recommended candidate is not worse than the old one
+   beyond noise on the shared test rows (McNemar on the paired answers). The result is
+   ``runs/<new>/retrain/retrain.json``; ``tunewise serve`` refuses a retrained run whose gate
+   failed, so a worse model cannot be put in front of users by accident.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["GATE_FIELDS", "RetrainError", "feedback_training_rows", "retrain", "retrain_gate"]
+
+RETRAIN_FILE = Path("retrain") / "retrain.json"
+GATE_FIELDS = ("baseline", "threshold", "gate_beats_cheap", "confidence_level")  # of the evaluate section
+NOISE_ALPHA = 0.05  # a regression against the previous candidate counts when McNemar's p is below this
+
+
+class RetrainError(ValueError):
+    """retrain cannot run as asked; the message says what to change."""
+
+
+def feedback_training_rows(requests: pd.DataFrame, feedback: pd.DataFrame, *, task: str,
+                           labels: set[str] | None = None, thumbs_up: bool = True,
+                           out_of_scope_label: str = "out_of_scope") -> tuple[pd.DataFrame, Counter]:
+    """Labelled rows from the log: (request_id, text, label or reply, source); and skip counts by reason.
+
+    A corrected label wins over a thumbs-up on the same request; a thumbs-down without a label
+    says the answer was wrong but not what is right, so it gives no row."""
+    answer = "label" if task == "classify" else "reply"
+    skipped: Counter = Counter()
+    if requests.empty or feedback.empty:
+        return pd.DataFrame(columns=["request_id", "text", answer, "source"]), skipped
+    by_request = requests.set_index("id")
+    wanted = feedback["kind"].isin(["label", "thumbs"] if thumbs_up else ["label"])
+    rows: dict[str, dict[str, Any]] = {}
+    for fb in feedback[wanted].sort_values("kind").itertuples(index=False):  # "label" sorts before "thumbs"
+        if fb.request_id in rows:
+            continue
+        if fb.request_id not in by_request.index:
+            skipped["request not in the window"] += 1
+            continue
+        request = by_request.loc[fb.request_id]
+        if fb.kind == "thumbs" and fb.value != "up":
+            skipped["thumbs down without a label"] += 1
+            continue
+        text = request["input"]
+        if text is None or (isinstance(text, float) and pd.isna(text)) or not str(text).strip():
+            skipped["input not logged (serve.store_inputs off)"] += 1
+            continue
+        if fb.kind == "label":
+            value, source = str(fb.value), "feedback label"
+        else:
+            if request["status"] == "error" or request["output"] is None:
+                skipped["thumbs up on a failed request"] += 1
+                continue
+            if task == "classify" and (request["out_of_scope"] == 1 or request["output"] == out_of_scope_label):
+                skipped["thumbs up on an out-of-scope answer"] += 1
+                continue
+            value, source = str(request["output"]), "thumbs up"
+        if task == "classify" and labels is not None and value not in labels:
+            skipped["label outside the run's label set"] += 1
+            continue
+        rows[fb.request_id] = {"request_id": fb.request_id, "text": str(text), answer: value, "source": source}
+    return pd.DataFrame(list(rows.values()), columns=["request_id", "text", answer, "source"]), skipped
+
+
+def _run_labels(run_dir: Path) -> set[str] | None:
+    train = run_dir / "split" / "train.parquet"
+    if not train.exists():
+        return None
+    frame = pd.read_parquet(train)
+    return set(frame["label"].astype(str)) if "label" in frame.columns else None
+
+
+def _drop_test_copies(rows: pd.DataFrame, run_dir: Path, cfg: Any) -> tuple[pd.DataFrame, int]:
+    """Rows that are near-copies of the source run's test rows (the split's own leakage check)."""
+    from .split import find_leakage
+
+    test_path = run_dir / "split" / "test.parquet"
+    if rows.empty or not test_path.exists():
+        return rows, 0
+    test = pd.read_parquet(test_path, columns=["id", "input"])
+    candidates = pd.DataFrame({"id": rows["request_id"].astype(str), "input": rows["text"].astype(str)})
+    # roles swapped: every feedback row with a near-duplicate among the test rows is reported once
+    leaks = find_leakage(test, candidates, cfg.split.leakage_threshold, cfg.seed)
+    leaked = {feedback_id for feedback_id, _, _ in leaks}
+    return rows[~rows["request_id"].astype(str).isin(leaked)].reset_index(drop=True), len(leaked)
+
+
+def _gate_settings(config: dict) -> dict[str, Any]:
+    evaluate = config.get("evaluate") or {}
+    return {**{f"evaluate.{k}": evaluate.get(k) for k in GATE_FIELDS}, "roi": config.get("roi")}
+
+
+def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_name: str | None) -> dict[str, Any]:
+    """The new recommended candidate against the old one on the test rows both answered."""
+    from .stats import mcnemar
+
+    if not old_name or not new_name:
+        return {"status": "not computed", "reason": "no recommended candidate in one of the runs"}
+    paths = [d / "evaluate" / "per_example" / f"{n}.parquet" for d, n in ((old_dir, old_name), (new_dir, new_name))]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        return {"status": "not computed", "reason": f"no per-example results: {', '.join(missing)}"}
+    old, new = (pd.read_parquet(p) for p in paths)
+    if "correct" not in old.columns or "correct" not in new.columns:
+        return {"status": "not computed", "reason": "per-example results have no 'correct' column (generation)"}
+    both = old[["id", "correct"]].merge(new[["id", "correct"]], on="id", suffixes=("_old", "_new"))
+    if both.empty:
+        return {"status": "not computed", "reason": "the runs share no test rows"}
+    old_acc, new_acc = float(both["correct_old"].mean()), float(both["correct_new"].mean())
+    p_value, method = mcnemar(both["correct_new"].to_numpy(bool), both["correct_old"].to_numpy(bool))
+    worse = new_acc < old_acc and p_value < NOISE_ALPHA
+    return {"status": "computed", "previous": old_name, "new": new_name, "rows": int(len(both)),
+            "previous_accuracy": old_acc, "new_accuracy": new_acc, "p_value": float(p_value), "test": method,
+            "worse_beyond_noise": bool(worse)}
+
+
+def retrain_gate(run_dir: str | Path) -> dict[str, Any] | None:
+    """The gate of a retrained run (None for a run that did not come from ``retrain``)."""
+    from .artifacts import read_json
+
+    path = Path(run_dir) / RETRAIN_FILE
+    return read_json(path).get("gate") if path.exists() else None
+
+
+def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = None, since: str | None = None,
+            thumbs_up: bool = True, min_rows: int = 1, dry_run: bool = False) -> dict[str, Any]:
+    """Feedback rows -> add-labels -> the pipeline into ``new_run_id`` -> the same gate. Returns the record
+    written to ``runs/<new>/retrain/retrain.json`` (``dry_run``: the rows only, nothing written)."""
+    from .artifacts import read_json, write_json, write_text
+    from .config import EvaluateConfig
+    from .labelling import add_labels
+    from .monitor import parse_since
+    from .runner import run_stages
+    from .store import Store, StoreError
+
+    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    if not (run_dir / "split" / "test.parquet").exists():
+        raise RetrainError(f"{run_dir}: no split test set; `tunewise retrain` starts from a run that went through "
+                           f"the pipeline (`tunewise run --run-id {run_id}`)")
+    try:
+        cutoff = parse_since(since)
+    except ValueError as exc:
+        raise RetrainError(str(exc)) from None
+    store = Store(store_url)
+    try:
+        requests, feedback = store.requests_frame(cutoff), store.feedback_frame()
+        safe_url = store.safe_url
+    finally:
+        store.close()
+    oos = (cfg.evaluate or EvaluateConfig()).out_of_scope_label
+    rows, skipped = feedback_training_rows(requests, feedback, task=cfg.task, labels=_run_labels(run_dir),
+                                           thumbs_up=thumbs_up, out_of_scope_label=oos)
+    rows, near_test = _drop_test_copies(rows, run_dir, cfg)
+    if near_test:
+        skipped["near-copy of a test row"] += near_test
+    record: dict[str, Any] = {
+        "source_run": run_id, "store": safe_url, "since": cutoff, "requests_in_window": int(len(requests)),
+        "feedback_rows": int(len(feedback)), "rows": int(len(rows)),
+        "rows_by_source": rows["source"].value_counts().to_dict() if len(rows) else {},
+        "skipped": dict(skipped), "thumbs_up_used": thumbs_up,
+    }
+    if dry_run:
+        return {**record, "dry_run": True}
+    if len(rows) < min_rows:
+        raise RetrainError(f"{len(rows)} labelled feedback row(s) in {safe_url} (--min-rows {min_rows}); skipped: "
+                           f"{dict(skipped) or 'none'}. Post feedback with a label (POST /v1/feedback) first")
+
+    new_run_id = new_run_id or f"{run_id}-retrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    new_dir = cfg.resolve(cfg.runs_dir) / new_run_id
+    if new_dir.exists() and (new_dir / RETRAIN_FILE).exists():
+        raise RetrainError(f"{new_dir} holds a finished retrain already; pick another --new-run-id")
+    answer = "label" if cfg.task == "classify" else "reply"
+    feedback_file = new_dir / "retrain" / "feedback_rows.jsonl"
+    write_text(feedback_file, rows[["request_id", "text", answer, "source"]].to_json(
+        orient="records", lines=True, force_ascii=False))
+    added = add_labels(cfg, feedback_file, run_id=run_id)
+    record.update(new_run=new_run_id, feedback_file=str(feedback_file),
+                  added={k: added[k] for k in ("added", "added_total", "added_file", "skipped_already_labelled",
+                                               "new_labels", "test")})
+
+    started = time.perf_counter()
+    run_stages(cfg, new_run_id)
+    record["pipeline_seconds"] = round(time.perf_counter() - started, 1)
+
+    old_config, new_config = read_json(run_dir / "config.json"), read_json(new_dir / "config.json")
+    decision = (read_json(new_dir / "decide" / "decision.json") or {}).get("decision", {})
+    old_decision = (read_json(run_dir / "decide" / "decision.json") or {}).get("decision", {}) \
+        if (run_dir / "decide" / "decision.json").exists() else {}
+    reasons: list[str] = []
+    changed = {k: (v, _gate_settings(new_config)[k]) for k, v in _gate_settings(old_config).items()
+               if _gate_settings(new_config)[k] != v}
+    for key, (before, after) in changed.items():
+        reasons.append(f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
+                       "pass the gate its predecessor passed")
+    if decision.get("verdict") != "GO":
+        reasons.append(f"{new_run_id}'s decision is {decision.get('verdict', 'missing')}: "
+                       + "; ".join(decision.get("reasons", [])[:3]))
+    old_test = set(pd.read_parquet(run_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
+    new_test = set(pd.read_parquet(new_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
+    same_test = old_test == new_test
+    if not same_test:
+        reasons.append(f"the test rows differ from {run_id}'s ({len(old_test ^ new_test)} ids not shared): "
+                       "the comparison would not be like for like")
+    previous = old_decision.get("recommended") or old_decision.get("candidate")
+    regression = _paired_regression(run_dir, previous, new_dir, decision.get("recommended"))
+    if regression.get("worse_beyond_noise"):
+        reasons.append(f"{regression['new']} is worse than the previous {regression['previous']} beyond noise on "
+                       f"{regression['rows']} shared test rows ({regression['new_accuracy']:.4f} vs "
+                       f"{regression['previous_accuracy']:.4f}, McNemar p={regression['p_value']:.3g})")
+    passed = not reasons
+    record["gate"] = {
+        "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
+        "previous_recommended": previous, "same_test_rows": same_test, "test_rows": len(new_test),
+        "gate_settings": _gate_settings(new_config), "against_previous": regression,
+        "reasons": reasons or [f"{new_run_id} is GO under the same gate as {run_id}, on the same {len(new_test)} "
+                               f"test rows, and not worse than {previous or 'the previous candidate'} beyond noise"],
+    }
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(new_dir / RETRAIN_FILE, record)
+    return record
