@@ -83,3 +83,20 @@ def test_ray_engine_gives_the_same_issues_table(demo, curated):
     pd.testing.assert_frame_equal(local, distributed)
     assert ray_result.summary["engine"] == "ray"
     assert ray_result.frame["id"].tolist() == curated.frame["id"].tolist()
+
+
+def test_curate_command_runs_the_stage_and_rejects_an_unknown_engine(demo, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tunewise.cli import app
+
+    cfg, _, _ = demo
+    config_file = cfg.base_dir / "tunewise.yaml"
+    bad = CliRunner().invoke(app, ["curate", "--config", str(config_file), "--engine", "spark"])
+    assert bad.exit_code == 1 and "--engine must be local or ray" in bad.output
+    ran = CliRunner().invoke(app, ["curate", "--config", str(config_file), "--run-id", "cli", "--json"])
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads((cfg.resolve(cfg.runs_dir) / "cli" / "curate" / "_stage.json").read_text())
+    assert summary["status"] == "done" and summary["metrics"]

@@ -36,7 +36,8 @@ RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray
 
 
 def _check_engine(engine: str) -> None:
-    _check_engine(engine)
+    if engine not in ("local", "ray"):
+        _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -61,16 +62,22 @@ def _load(config: Path) -> ProjectConfig:
         raise  # unreachable
 
 
-def _run(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None, as_json: bool,
-         options: dict | None = None) -> dict:
+def _run_stages(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None,
+                options: dict | None = None) -> dict:
     from .runner import run_stages
     from .tracking import Tracker
 
     try:
         with Tracker(cfg, run_id) as tracker:
-            results = run_stages(cfg, run_id, only=only, force=set(force or ()), tracker=tracker, options=options)
+            return run_stages(cfg, run_id, only=only, force=set(force or ()), tracker=tracker, options=options)
     except _known_errors() as exc:
         _fail(exc)
+        raise  # unreachable
+
+
+def _run(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None, as_json: bool,
+         options: dict | None = None) -> dict:
+    results = _run_stages(cfg, run_id, only, force, options)
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if as_json:
         print(json.dumps({"run_dir": str(run_dir), "stages": results}, default=str))
@@ -505,6 +512,63 @@ def doctor(as_json: JsonOpt = False) -> None:
     out.print(table)
     if any(r["status"] == "missing" for r in rows):
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+    live: Annotated[Optional[str], typer.Option("--live", help="a server's request log (runs/<id>/serve/requests.db "
+                                                "or a SQLAlchemy URL): adds the Live traffic section")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="window of the live section: 30m, 24h, 7d or an "
+                                                 "ISO date (default monitor.since, else the whole log)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the run's report page and summary.json; with --live, add what the server's log says."""
+    from .report import ReportError, build_report, live_store_url
+
+    cfg = _load(config)
+    url = None
+    if live is not None:
+        try:  # a wrong --live fails before the stage runs
+            url = live_store_url(live)
+        except ReportError as exc:
+            _fail(exc)
+    elif since is not None:
+        _fail(ConfigError("--since needs --live: it is the window of the live section"))
+    if url is None:
+        _run(cfg, run_id, ["report"], list(force or []) + ["report"], as_json)
+        return
+    # The stage builds the page without live data (live data is not part of its cache key: it
+    # changes every minute), then the page is rebuilt with the live section.
+    results = _run_stages(cfg, run_id, ["report"], list(force or []) + ["report"])
+    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    try:
+        written = build_report(run_dir, base_dir=cfg.base_dir, live=url, live_since=since)
+    except ReportError as exc:
+        _fail(exc)
+    summary = json.loads(written["summary"].read_text(encoding="utf-8"))
+    live_summary = summary["live"]
+    if as_json:
+        print(json.dumps({"run_dir": str(run_dir), "stages": results, "page": str(written["html"]),
+                          "live_json": str(written["live"]), "live": live_summary}, default=str))
+        return
+    _print_stage_table(results)
+    window = live_summary["window"]
+    out.print(f"live: {window['requests']} request(s) in the window from {live_summary['store']}", markup=False,
+              highlight=False)
+    for name, arm in live_summary["arms"].items():
+        metric = arm["online_metric"]
+        shown = "n/a" if metric is None else f"{metric:.3f}"
+        out.print(f"  {name} ({arm['candidate']}): {arm['requests']} requests, {arm['errors']} errors, "
+                  f"{live_summary['metric'] or 'online metric'} {shown} (n={arm['feedback_n']})"
+                  + (f", {arm['verdict']}" if arm["verdict"] else ""), markup=False, highlight=False)
+    if live_summary["actions"]:
+        out.print(f"[bold yellow]live actions ({len(live_summary['actions'])}):[/bold yellow]")
+        for action in live_summary["actions"]:
+            out.print(f"  - {action}", markup=False, highlight=False)
+    else:
+        out.print("live actions: none")
+    out.print(f"report: [bold]{written['html']}[/bold]")
 
 
 _register_stage_commands()
