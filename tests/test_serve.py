@@ -225,11 +225,15 @@ class _Slow:
 
     def __init__(self):
         self.calls = 0
+        self.threads_seen: list[tuple[int, int]] = []  # (rows, torch threads) per call
 
     def predict(self, frame):
+        import torch
+
         from tunewise.candidates import classification_predictions
 
         self.calls += 1
+        self.threads_seen.append((len(frame), torch.get_num_threads()))
         time.sleep(0.05)
         return classification_predictions(frame, self.labels_, np.tile([0.7, 0.3], (len(frame), 1)), 50 / len(frame))
 
@@ -267,6 +271,33 @@ def test_concurrent_requests_are_micro_batched(run_dir, tmp_path):
             w.join()
     assert threads_out == [200] * 32
     assert slow.calls <= 8, f"32 concurrent requests took {slow.calls} model calls"
+
+
+def test_large_micro_batches_get_batch_threads_and_single_requests_do_not(run_dir, tmp_path):
+    import torch
+
+    slow = _Slow()
+    served = {"slow": ServedModel("slow", slow, None, "out_of_scope")}
+    config = ServeConfig(max_batch=16, max_wait_ms=50, torch_threads=1, batch_threads=2, batch_threads_min_rows=4)
+    app = create_app(run_dir, config, arms=[ArmSpec("incumbent", "slow", 1.0)], store_url=_sqlite(tmp_path),
+                     models=served)
+    try:
+        with ServerThread(app) as server:
+            def one(i: int) -> None:
+                with httpx.Client(base_url=server.url, timeout=30) as c:
+                    c.post("/v1/classify", json={"text": f"message {i}"}).raise_for_status()
+
+            workers = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            one(99)  # alone: a batch of one
+    finally:
+        torch.set_num_threads(1)
+    assert any(rows >= 4 for rows, _ in slow.threads_seen)
+    assert all(threads == (2 if rows >= 4 else 1) for rows, threads in slow.threads_seen), slow.threads_seen
+    assert slow.threads_seen[-1] == (1, 1)
 
 
 # ---------------------------------------------------------------------------------------------

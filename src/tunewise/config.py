@@ -412,6 +412,13 @@ class ServeConfig(Section):
                                                          "(replicas on one database share them)")
     store_inputs: bool = Field(True, description="keep input texts in the log (monitor's drift check needs them)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads for the models; default torch's")
+    batch_threads: int | None = Field(
+        None, ge=1, description="torch threads for a micro-batch of at least batch_threads_min_rows requests "
+        "(default torch_threads): one request is too small to split across cores, a full batch is not")
+    batch_threads_min_rows: int = Field(8, ge=2, description="micro-batches this large use batch_threads")
+    keep_alive_s: float = Field(
+        75.0, gt=0, description="idle keep-alive connections are closed after this; above the clients' pool "
+        "expiry so a client never reuses a connection the server is closing (uvicorn's 5 s default races)")
 
 
 class MonitorConfig(Section):

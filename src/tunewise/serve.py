@@ -280,12 +280,14 @@ class MicroBatcher:
     batch; one ``predict`` per batch in the model's thread, so the event loop never blocks."""
 
     def __init__(self, model: ServedModel, executor: concurrent.futures.Executor, max_batch: int, max_wait_ms: float,
-                 on_batch: Any = None) -> None:
+                 on_batch: Any = None, batch_threads: int | None = None, batch_threads_min_rows: int = 8) -> None:
         self.model = model
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
+        self.batch_threads = batch_threads
+        self.batch_threads_min_rows = batch_threads_min_rows
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -304,6 +306,20 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Pending((text, context), future))
         return await future
+
+    def _predict(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """One model call; a large batch gets ``batch_threads`` (set per call in the model's thread):
+        on CPU one request's matrices are too small to share across cores, a full batch's are not."""
+        if not self.batch_threads or len(items) < self.batch_threads_min_rows:
+            return self.model.predict(items)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.batch_threads)
+        try:
+            return self.model.predict(items)
+        finally:
+            torch.set_num_threads(before)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -324,7 +340,7 @@ class MicroBatcher:
                 except TimeoutError:
                     break
             try:
-                results = await loop.run_in_executor(self.executor, self.model.predict, [p.item for p in batch])
+                results = await loop.run_in_executor(self.executor, self._predict, [p.item for p in batch])
             except Exception as exc:  # noqa: BLE001
                 if len(batch) == 1:
                     batch[0].future.done() or batch[0].future.set_exception(exc)
@@ -597,7 +613,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         for spec in specs:
             batcher = MicroBatcher(state.model_of(spec.name), executors[spec.candidate],
                                    spec.max_batch or config.max_batch, config.max_wait_ms,
-                                   on_batch=lambda n, arm=spec.name: metrics_holder.batch_size.labels(arm).observe(n))
+                                   on_batch=lambda n, arm=spec.name: metrics_holder.batch_size.labels(arm).observe(n),
+                                   batch_threads=config.batch_threads,
+                                   batch_threads_min_rows=config.batch_threads_min_rows)
             batcher.start()
             state.batchers[spec.name] = batcher
         refresher = asyncio.get_running_loop().create_task(_refresh_weights(state))
@@ -817,10 +835,12 @@ async def _refresh_weights(state: _State) -> None:
 # Running
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
+               keep_alive_s: float = 75.0) -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                timeout_keep_alive=keep_alive_s)
 
 
 class ServerThread:
@@ -836,7 +856,7 @@ class ServerThread:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=75))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self, timeout: float = 120.0) -> "ServerThread":
@@ -874,6 +894,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--batch-threads", type=int, default=None, help="torch threads for large micro-batches")
     parser.add_argument("--arm-batch", action="append", default=[], metavar="ARM=N",
                         help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable")
     parser.add_argument("--reset-weights", action="store_true")
@@ -881,7 +902,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                         torch_threads=args.threads)
+                         torch_threads=args.threads, batch_threads=args.batch_threads)
     batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
     specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
     try:
@@ -889,7 +910,7 @@ def main(argv: list[str] | None = None) -> None:
                          allow_failed_gate=args.allow_failed_gate)
     except ServeError as exc:
         parser.exit(2, f"error: {exc}\n")
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, keep_alive_s=config.keep_alive_s)
 
 
 if __name__ == "__main__":

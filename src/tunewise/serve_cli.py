@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         except (ServeError, *_known_errors()) as exc:
             _fail(exc)
         out.print(f"serving {run_dir} on http://{section.host}:{section.port} (docs: /docs, metrics: /metrics)")
-        run_server(app_, section.host, section.port)
+        run_server(app_, section.host, section.port, keep_alive_s=section.keep_alive_s)
 
     @app.command()
     def monitor(
