@@ -32,7 +32,8 @@ from tunewise.store import Store
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LLM, NN = "zero_shot_llm_gen", "nn_reply"
-MAX_TOKENS = 16
+MAX_TOKENS = 16  # the LLM's own reply limit (baseline.max_new_tokens in the run's config)
+SERVER_MAX = 64  # serve.max_tokens: the most a request may ask for
 WEIGHTS = {"incumbent": 0.5, "candidate": 0.5}
 PER_ARM = 6  # users per arm, one thumbs each
 SYSTEM = {"role": "system", "content": "You answer customers of Northwind Goods."}
@@ -100,7 +101,7 @@ def _users_per_arm() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def traffic(run_dir, models, tmp_path_factory) -> Traffic:
     url = f"sqlite:///{tmp_path_factory.mktemp('serve_generate_log') / 'log.db'}"
-    app = create_app(run_dir, ServeConfig(max_tokens=MAX_TOKENS), arms=WEIGHTS, store_url=url, models=models)
+    app = create_app(run_dir, ServeConfig(max_tokens=SERVER_MAX), arms=WEIGHTS, store_url=url, models=models)
     texts = pd.read_parquet(run_dir / "split" / "test.parquet")["input"].tolist()
     out = Traffic(store_url=url)
     users = _users_per_arm()
@@ -110,7 +111,7 @@ def traffic(run_dir, models, tmp_path_factory) -> Traffic:
         def chat(user: str, text: str, history: list[dict[str, str]] = ()) -> str:
             # the fields an OpenAI client sends; "model" names no arm here, so the sticky arm decides
             r = client.post("/v1/chat/completions", json={
-                "model": "northwind-support", "temperature": 0, "user": user, "max_tokens": MAX_TOKENS,
+                "model": "northwind-support", "temperature": 0, "user": user, "max_tokens": SERVER_MAX,
                 "messages": [SYSTEM, *history, {"role": "user", "content": text}]})
             assert r.status_code == 200, r.text
             body = r.json()
@@ -148,7 +149,14 @@ def traffic(run_dir, models, tmp_path_factory) -> Traffic:
         out.responses["rating again"] = client.post("/v1/feedback", json={"request_id": some, "rating": 3})
         out.responses["classify"] = client.post("/v1/classify", json={"text": "where is my parcel?", "user": "x"})
         out.responses["max_tokens above the bound"] = client.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "max_tokens": MAX_TOKENS + 1})
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": SERVER_MAX + 1})
+        out.responses["max_completion_tokens above the bound"] = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": SERVER_MAX + 1})
+        # a short reply asked for, from each arm: both names of the limit, the smaller one wins
+        for arm in ("candidate", "incumbent"):
+            out.responses[f"3 tokens from {arm}"] = client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": texts[0]}], "arm": arm, "max_tokens": 5,
+                "max_completion_tokens": 3})
         out.metrics = client.get("/metrics").text
     return out
 
@@ -183,16 +191,21 @@ def test_chat_completions_answers_in_openai_shape_with_a_sticky_arm(traffic, run
         assert body["object"] == "chat.completion" and body["id"] == f"chatcmpl-{rid}" and len(rid) == 32
         assert isinstance(body["created"], int)
         (choice,) = body["choices"]
-        assert choice["index"] == 0 and choice["finish_reason"] == "stop"
+        assert choice["index"] == 0 and choice["finish_reason"] in ("stop", "length")
         assert choice["message"]["role"] == "assistant"
         content = choice["message"]["content"]
         assert isinstance(content, str) and content.strip()
-        assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+        usage = body["usage"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] and usage["prompt_tokens"] > 0
         meta = body["tunewise"]
         assert meta["arm"] == meta["served_by"] and meta["out_of_scope"] is False and meta["score"] is None
         if meta["arm"] == "candidate":
-            assert body["model"] == NN and content in replies  # the nearest training message's reply
+            # the nearest training message's reply, whole: the demo replies are shorter than 64 words
+            assert body["model"] == NN and content in replies and choice["finish_reason"] == "stop"
+            assert usage["completion_tokens"] == len(content.split())
         else:
+            # "length" when the LLM stopped at its own 16-token limit
+            assert (choice["finish_reason"] == "length") == (usage["completion_tokens"] >= MAX_TOKENS), body
             assert body["model"] == LLM
             # 16 new tokens at most (a little slack: decode then encode may split differently)
             assert len(tokenizer(content, add_special_tokens=False)["input_ids"]) <= MAX_TOKENS + 2, content
@@ -201,10 +214,24 @@ def test_chat_completions_answers_in_openai_shape_with_a_sticky_arm(traffic, run
     assert sorted(traffic.repeat_of_user.values()) == ["candidate", "incumbent"]
 
 
+def test_max_tokens_cuts_the_reply_before_it_is_logged_and_says_length(traffic, models):
+    rows = Store(traffic.store_url).requests_frame().set_index("id")
+    for arm, model in (("candidate", NN), ("incumbent", LLM)):
+        r = traffic.responses[f"3 tokens from {arm}"]
+        assert r.status_code == 200, r.text
+        body = r.json()
+        content = body["choices"][0]["message"]["content"]
+        assert body["model"] == model and body["usage"]["completion_tokens"] <= 3
+        assert models[model].count_tokens(content) <= 3
+        assert body["choices"][0]["finish_reason"] == "length"  # every reply here is longer than 3 tokens
+        assert rows.loc[body["tunewise"]["request_id"], "output"] == content  # the log holds what was sent
+
+
 def test_bad_requests_on_a_generate_server_are_clear_4xx(traffic):
     r = traffic.responses
-    assert r["max_tokens above the bound"].status_code == 422
-    assert f"above the server's limit {MAX_TOKENS}" in r["max_tokens above the bound"].json()["detail"]
+    for name in ("max_tokens", "max_completion_tokens"):
+        assert r[f"{name} above the bound"].status_code == 422
+        assert f"{name} {SERVER_MAX + 1} is above the server's limit {SERVER_MAX}" in r[f"{name} above the bound"].json()["detail"]
     assert r["classify"].status_code == 422 and "/v1/chat/completions" in r["classify"].json()["detail"]
     for arm in ("incumbent", "candidate"):
         for what in (f"label+thumbs on {arm}", f"label on {arm}"):
@@ -212,8 +239,9 @@ def test_bad_requests_on_a_generate_server_are_clear_4xx(traffic):
             assert "label feedback is for classification" in r[what].json()["detail"]
     assert 'tunewise_rejected_requests_total{path="/v1/feedback",status="422"} 4.0' in traffic.metrics
     assert 'tunewise_rejected_requests_total{path="/v1/classify",status="422"} 1.0' in traffic.metrics
-    assert f'tunewise_requests_total{{arm="candidate",endpoint="chat",status="ok"}} {PER_ARM + 1}.0' in traffic.metrics
-    assert f'tunewise_requests_total{{arm="incumbent",endpoint="chat",status="ok"}} {PER_ARM + 1}.0' in traffic.metrics
+    # PER_ARM first messages, a second message and a 3-token request per arm
+    assert f'tunewise_requests_total{{arm="candidate",endpoint="chat",status="ok"}} {PER_ARM + 2}.0' in traffic.metrics
+    assert f'tunewise_requests_total{{arm="incumbent",endpoint="chat",status="ok"}} {PER_ARM + 2}.0' in traffic.metrics
 
 
 def test_feedback_is_stored_once_and_every_answer_is_a_log_row(traffic):
@@ -226,7 +254,8 @@ def test_feedback_is_stored_once_and_every_answer_is_a_log_row(traffic):
     finally:
         store.close()
     # answered requests only: the refused ones (classify, max_tokens) left no row
-    assert set(logged.index) == set(traffic.answers)
+    short = {traffic.responses[f"3 tokens from {arm}"].json()["tunewise"]["request_id"] for arm in ("candidate", "incumbent")}
+    assert set(logged.index) == set(traffic.answers) | short
     for rid, body in traffic.answers.items():
         row = logged.loc[rid]
         assert row["output"] == body["choices"][0]["message"]["content"]
@@ -257,13 +286,13 @@ def test_monitor_reports_thumbs_up_rate_per_arm_and_reply_length_drift(traffic, 
         entry = report["arms"][arm]
         assert entry["feedback_n"] == len(mine) == PER_ARM
         assert entry["online_metric"] == pytest.approx(mine.count("up") / len(mine))
-        assert entry["requests_answered"] == PER_ARM + 1
+        assert entry["requests_answered"] == PER_ARM + 2  # and the 3-token request
         ratings = [v for rid, v in traffic.ratings.items() if arm_of[rid] == arm]
         assert entry["rating_mean"] == pytest.approx(sum(ratings) / len(ratings))
     # 5/6 up against 1/6: the interval of the difference lies above zero even at 6 each
     assert report["verdicts"]["candidate"]["verdict"] == "promote"
     drift = report["drift"]["reply_length"]
-    assert drift["n_recent"] == len(traffic.answers)
+    assert drift["n_recent"] == len(traffic.answers) + 2
     assert drift["n_reference"] == len(pd.read_parquet(run_dir / "split" / "train.parquet"))
     assert drift["psi"] >= 0 and drift["level"] in ("stable", "moderate", "shift")
     assert report["drift"]["embedding"]["status"] == "not computed"

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -55,6 +56,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .config import MonitorConfig, ServeConfig  # re-exported: monitor and tests import them here
+
+_WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
 __all__ = [
     "ArmSpec",
@@ -202,6 +205,34 @@ class ServedModel:
 
     def feedback_labels(self) -> set[str]:
         return {*self.labels, self.out_of_scope_label}
+
+    @property
+    def generation_limit(self) -> int | None:
+        """Most tokens the model itself generates (its max_new_tokens), when it has one."""
+        limit = getattr(self.candidate, "max_new_tokens", None)
+        if limit is None and hasattr(self.candidate, "_config"):  # fine-tuned: the train config's
+            limit = getattr(self.candidate._config(), "max_new_tokens", None)
+        return int(limit) if limit else None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of the model's tokenizer; words for a model without one (nn_reply)."""
+        tokenizer = getattr(self.candidate, "tokenizer_", None)
+        if tokenizer is not None:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(_WORDS.findall(text))
+
+    def cut(self, text: str, max_tokens: int) -> tuple[str, int, bool]:
+        """``text`` cut to ``max_tokens`` tokens: (reply, its token count, whether it was cut)."""
+        tokenizer = getattr(self.candidate, "tokenizer_", None)
+        if tokenizer is not None:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= max_tokens:
+                return text, len(ids), False
+            return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True), max_tokens, True
+        words = list(_WORDS.finditer(text))
+        if len(words) <= max_tokens:
+            return text, len(words), False
+        return text[: words[max_tokens - 1].end()], max_tokens, True
 
     def predict(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """items: (input, context JSON) -> one answer dict per item, in order."""
@@ -405,7 +436,8 @@ class ChatRequest(BaseModel):
     model: str | None = Field(None, description="an arm name forces that arm; anything else is ignored")
     messages: list[ChatMessage] = Field(..., min_length=1)
     user: str | None = Field(None, max_length=256)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="most tokens in the reply (OpenAI's older name)")
+    max_completion_tokens: int | None = Field(None, ge=1, description="most tokens in the reply")
     stream: bool = False
     arm: str | None = None
 
@@ -679,7 +711,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         return assign_arm(user if user else request_id, s.weights)
 
     async def _answer(s: _State, endpoint: str, arm: str, user: str | None, text: str, context: str,
-                      request_id: str) -> dict[str, Any]:
+                      request_id: str, max_tokens: int | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         if len(text) > s.config.max_input_chars:
             raise HTTPException(422, f"input is {len(text)} characters; the limit is {s.config.max_input_chars}")
@@ -698,8 +730,16 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
                 except Exception as exc2:  # noqa: BLE001
                     s.metrics.arm_failures.labels(s.incumbent).inc()
                     error += f"; {s.incumbent}: {type(exc2).__name__}"
-        latency_ms = (time.perf_counter() - started) * 1000
         model = s.model_of(served_by)
+        reply_tokens, finish = None, "stop"
+        if result is not None and model.task == "generate":
+            # the reply is cut here, before it is logged, so the log holds what the client got; the
+            # model generated up to its own limit (one batch serves requests with different limits)
+            reply, reply_tokens, cut = model.cut(result["prediction"], max_tokens or s.config.max_tokens)
+            limit = model.generation_limit
+            finish = "length" if cut or (limit is not None and reply_tokens >= limit) else "stop"
+            result = {**result, "prediction": reply}
+        latency_ms = (time.perf_counter() - started) * 1000
         row = {"id": request_id, "ts": time.time(), "endpoint": endpoint, "user": user, "arm": arm,
                "served_by": served_by, "candidate": model.name, "input": text if s.config.store_inputs else None,
                "output": result["prediction"] if result else None, "score": result["score"] if result else None,
@@ -715,7 +755,8 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         s.metrics.latency.labels(endpoint, arm).observe(time.perf_counter() - started)
         if result is None:
             raise HTTPException(503, f"no model could answer (request {request_id}); the failure is logged")
-        return {"result": result, "served_by": served_by, "model": model.name, "latency_ms": latency_ms}
+        return {"result": result, "served_by": served_by, "model": model.name, "latency_ms": latency_ms,
+                "reply_tokens": reply_tokens, "finish_reason": finish}
 
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_key)])
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
@@ -736,8 +777,11 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         s = state()
         if body.stream:
             raise HTTPException(422, "stream: streaming is not supported; send stream=false")
-        if body.max_tokens is not None and body.max_tokens > s.config.max_tokens:
-            raise HTTPException(422, f"max_tokens {body.max_tokens} is above the server's limit {s.config.max_tokens}")
+        for name in ("max_tokens", "max_completion_tokens"):
+            asked = getattr(body, name)
+            if asked is not None and asked > s.config.max_tokens:
+                raise HTTPException(422, f"{name} {asked} is above the server's limit {s.config.max_tokens}")
+        limits = [n for n in (body.max_tokens, body.max_completion_tokens) if n is not None]
         users = [i for i, m in enumerate(body.messages) if m.role == "user"]
         if not users:
             raise HTTPException(422, "messages: no user message to answer")
@@ -749,13 +793,21 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         forced = body.arm or (body.model if body.model in s.specs else None)
         request_id = uuid.uuid4().hex
         arm = _pick_arm(s, forced, body.user, request_id)
-        answer = await _answer(s, "chat", arm, body.user, text, context, request_id)
+        answer = await _answer(s, "chat", arm, body.user, text, context, request_id,
+                               max_tokens=min(limits) if limits else None)
         content = answer["result"]["prediction"]
+        model = s.model_of(answer["served_by"])
+        prompt_tokens = sum(model.count_tokens(m.text()) for m in body.messages[: last + 1])
+        completion_tokens = answer["reply_tokens"] if answer["reply_tokens"] is not None else model.count_tokens(content)
         return {
             "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
             "model": answer["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": answer["finish_reason"]}],
+            # the model's tokenizer on the messages' texts (chat-template tokens not counted); words
+            # for a model without a tokenizer
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
             "tunewise": {"request_id": request_id, "arm": arm, "served_by": answer["served_by"],
                          "score": answer["result"]["score"], "out_of_scope": answer["result"]["out_of_scope"]},
         }
