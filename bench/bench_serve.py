@@ -272,8 +272,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     parser.add_argument("--quick", action="store_true", help="10 s encoder phase, 10 s per LLM arm")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batching: how long a batch waits to fill")
-    parser.add_argument("--batch-threads", type=int, default=None,
-                        help="server: torch threads for micro-batches of 8 or more (serve.batch_threads)")
+    parser.add_argument("--batch-threads", type=int, default=os.cpu_count(),
+                        help="server: torch threads for micro-batches of 8 or more (serve.batch_threads; default, "
+                        "as the server's: the machine's cores)")
     args = parser.parse_args()
     global MAX_WAIT_MS, BATCH_THREADS
     MAX_WAIT_MS, BATCH_THREADS = args.max_wait_ms, args.batch_threads

@@ -625,10 +625,12 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if config.torch_threads:
-            import torch
+        import torch
 
+        cores = torch.get_num_threads()  # torch's default: the machine's cores (or OMP_NUM_THREADS)
+        if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
+        batch_threads = config.batch_threads or (cores if cores > torch.get_num_threads() else None)
         loaded = models
         if loaded is None:
             loaded = await asyncio.to_thread(load_models, run_dir, {s.candidate for s in specs}, project_config)
@@ -646,7 +648,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             batcher = MicroBatcher(state.model_of(spec.name), executors[spec.candidate],
                                    spec.max_batch or config.max_batch, config.max_wait_ms,
                                    on_batch=lambda n, arm=spec.name: metrics_holder.batch_size.labels(arm).observe(n),
-                                   batch_threads=config.batch_threads,
+                                   batch_threads=batch_threads,
                                    batch_threads_min_rows=config.batch_threads_min_rows)
             batcher.start()
             state.batchers[spec.name] = batcher
@@ -945,16 +947,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default=None, help="SQLAlchemy URL of the request log")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--batch-threads", type=int, default=None, help="torch threads for large micro-batches")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default serve.torch_threads: 1)")
+    parser.add_argument("--batch-threads", type=int, default=None,
+                        help="torch threads for large micro-batches (default: the machine's cores)")
     parser.add_argument("--arm-batch", action="append", default=[], metavar="ARM=N",
                         help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable")
     parser.add_argument("--reset-weights", action="store_true")
     parser.add_argument("--allow-failed-gate", action="store_true", help="serve a retrained run whose gate failed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                         torch_threads=args.threads, batch_threads=args.batch_threads)
+    given = {k: v for k, v in (("torch_threads", args.threads), ("batch_threads", args.batch_threads)) if v is not None}
+    config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, **given)
     batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
     specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
     try:
