@@ -11,13 +11,16 @@ Targets (issue 9):
     .venv/bin/python bench/bench_serve.py --run demo/runs/default          # full: 60 s + 2 x 30 s
     .venv/bin/python bench/bench_serve.py --run demo/runs/default --quick  # 10 s + 2 x 10 s
 
-Two server processes (`python -m tunewise.serve`, SQLite log in a temporary folder, so the run
+Server processes (`python -m tunewise.serve`, SQLite log in a temporary folder, so the run
 folder is not written to), driven from this process by asyncio httpx clients that send
 back-to-back requests (inputs: the run's test split, cycled) until a phase's time is up, then wait
 for the answers in flight. The encoder phase serves encoder_ft alone. The LLM phase serves one
 lora_llm model through two arms, `batched` (micro-batching, max batch 32) and `single` (max batch
 1: one request per model call), and the same clients alternate between them in slices (after a
-warm-up slice each), so a change in the machine's background load hits both alike. Printed:
+warm-up slice each), so a change in the machine's background load hits both alike. The server
+runs as `tunewise serve` does by default: 1 torch thread for single requests and small batches,
+the machine's cores for batches of 8 or more (serve.batch_threads); a third server serves `single`
+with that many threads too, and the better one-at-a-time figure is the reference. Printed:
 
 - `requests`, `errors`: answered (HTTP 200) and failed requests (other status or no answer);
 - `throughput`: answered requests / wall time from the first request to the last answer (summed
