@@ -99,12 +99,15 @@ def test_parse_since():
 def _log(store: Store, arm: str, n: int, accuracy: float, *, labelled: float = 1.0, latency_ms: float = 20.0,
          failed: int = 0, predicted: str | None = None, seed: int = 0, inputs: list[str] | None = None) -> None:
     """n answered requests on ``arm`` (its candidate's name is the arm's), each with a label
-    feedback (share ``labelled``); the first round(accuracy * labelled rows) are right."""
+    feedback (share ``labelled``); round(accuracy * labelled rows) of them are right, spread at
+    random over time (the decay check compares the earlier half with the recent one)."""
     rng = np.random.default_rng(seed)
     now = time.time()
     rows, feedback = [], []
     n_labelled = int(round(n * labelled))
     n_right = int(round(accuracy * n_labelled))
+    other = np.random.default_rng(seed + 1000)  # its own stream: the outputs keep their draws
+    right = set(other.permutation(n_labelled)[:n_right].tolist())
     for i in range(n):
         rid = f"{arm}-{seed}-{i}"
         output = predicted or LABELS[int(rng.integers(len(LABELS)))]
@@ -115,7 +118,7 @@ def _log(store: Store, arm: str, n: int, accuracy: float, *, labelled: float = 1
                      "score": 0.9, "out_of_scope": 0, "latency_ms": latency_ms, "batch_size": 1, "status": status,
                      "error": "boom" if status == "fallback" else None})
         if i < n_labelled:
-            truth = output if i < n_right else next(x for x in LABELS if x != output)
+            truth = output if i in right else str(other.choice([x for x in LABELS if x != output]))
             feedback.append({"request_id": rid, "kind": "label", "value": truth, "ts": now})
     store.insert_requests(rows)
     store.insert_feedback(feedback)
@@ -194,6 +197,34 @@ def test_budgets_and_label_drift_need_action(store, train):
     assert report["drift"]["predicted_labels"]["level"] == "shift"
     assert report["drift"]["feedback_labels"]["psi"] < report["drift"]["predicted_labels"]["psi"]
     assert report["needs_action"] and any("drift" in a for a in report["actions"])
+
+
+def test_decay_of_an_arm_over_time_advises_a_retrain(store, train):
+    _log(store, "incumbent", 400, 0.80, seed=1)
+    # the candidate: 0.90 on its first 200 answers, 0.65 on the next 200 (same inputs, worse answers)
+    _log(store, "candidate", 200, 0.90, seed=2)
+    requests, feedback = _frames(store)
+    later = requests[requests["arm"] == "candidate"].copy()
+    later["id"] = later["id"] + "-later"
+    later["ts"] = later["ts"] + 1000
+    store.insert_requests(later.to_dict("records"))
+    ids = later["id"].tolist()
+    store.insert_feedback([{"request_id": rid, "kind": "label",
+                            "value": row_output if k < 130 else next(x for x in LABELS if x != row_output),
+                            "ts": time.time()} for k, (rid, row_output) in enumerate(zip(ids, later["output"]))])
+    report = monitor(*_frames(store), train=train, weights={"incumbent": 0.5, "candidate": 0.5})
+    decay = report["decay"]["candidate"]
+    assert decay["earlier_n"] == decay["recent_n"] == 200
+    assert decay["earlier"] == pytest.approx(0.90) and decay["recent"] == pytest.approx(0.65)
+    assert decay["decayed"] and decay["p_value"] < 1e-6
+    assert not report["decay"]["incumbent"]["decayed"]  # 0.80 throughout, right answers spread at random
+    assert any(a.startswith("decay: candidate") for a in report["actions"]) and report["needs_action"]
+    retrain = report["retrain"]
+    assert retrain["advised"] and any("decay" in w for w in retrain["why"])
+    assert retrain["feedback_rows"] == 800  # every labelled answer with its input logged
+    # too little feedback to split in halves: not computed, no action
+    small = monitor(*_frames(store), train=train, config=MonitorConfig(min_feedback=500))
+    assert small["decay"]["candidate"]["status"] == "not computed" and not small["retrain"]["advised"]
 
 
 def test_embedding_drift_with_the_embedded_encoder(store, train):

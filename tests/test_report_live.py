@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -66,10 +67,12 @@ def fill_log(db: Path, run_dir: Path) -> dict:
                              "score": 0.9, "out_of_scope": 0, "latency_ms": 30.0 + i % 7, "batch_size": 1,
                              "status": status, "error": None if status == "ok" else "model failed"})
             ok = [r for r in rows if r["arm"] == arm and r["status"] == "ok"]
+            # right answers spread over the three hours: no decay between the earlier and recent halves
+            right = set(np.random.default_rng(len(arm)).permutation(N_LABELLED[arm])[: N_RIGHT[arm]].tolist())
             for j, row in enumerate(ok[:N_LABELLED[arm]]):
                 # a wrong answer's truth is the next label: the feedback labels stay spread like the outputs
                 wrong = labels[(labels.index(row["output"]) + 1) % len(labels)]
-                truth = row["output"] if j < N_RIGHT[arm] else wrong
+                truth = row["output"] if j in right else wrong
                 feedback.append({"request_id": row["id"], "kind": "label", "value": truth, "ts": now})
         store.insert_requests(rows)
         assert all(store.insert_feedback(feedback))

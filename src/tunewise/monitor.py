@@ -22,9 +22,13 @@ Reads the request log of ``tunewise serve`` (:mod:`tunewise.store`) and reports,
   (the embedded MiniLM) and the training inputs' centroid, with a permutation p-value (labels
   "recent" / "training" shuffled over the pooled set).
 - latency p50 / p99 and error rate per arm against the budgets of ``MonitorConfig``.
+- decay: per arm, the online metric of the earlier half of its feedback against the recent half
+  (two-proportion test); a drop of at least ``min_detectable_effect`` beyond noise is flagged.
+- when drift or decay is flagged, ``retrain`` says so, with the feedback rows ``tunewise retrain``
+  could use.
 
-Anything that needs a person (a promote or roll-back verdict, drift beyond the alert level, a
-budget breached) sets ``needs_action``; ``tunewise monitor`` then exits with code 3.
+Anything that needs a person (a promote or roll-back verdict, drift beyond the alert level, decay,
+a budget breached) sets ``needs_action``; ``tunewise monitor`` then exits with code 3.
 """
 
 from __future__ import annotations
@@ -260,6 +264,31 @@ def _arm_table(requests: pd.DataFrame, outcomes: pd.DataFrame, feedback: pd.Data
     return arms
 
 
+def _decay(requests: pd.DataFrame, outcomes: pd.DataFrame, config: MonitorConfig) -> dict[str, dict]:
+    """Per arm, the online metric of the earlier half of its feedback (by request time) against the
+    recent half: a model whose answers get worse while its inputs look the same (concept drift,
+    a product change) shows here before anywhere else."""
+    out: dict[str, dict] = {}
+    if outcomes.empty:
+        return out
+    times = requests.set_index("id")["ts"]
+    timed = outcomes.assign(ts=times.reindex(outcomes["request_id"]).to_numpy()).sort_values("ts")
+    for arm, rows in timed.groupby("arm"):
+        n = len(rows)
+        if n < 2 * config.min_feedback:
+            out[str(arm)] = {"status": "not computed",
+                             "reason": f"{n} outcomes; {2 * config.min_feedback} needed (two halves of monitor.min_feedback)"}
+            continue
+        earlier, recent = rows.iloc[: n // 2], rows.iloc[n // 2:]
+        k1, n1, k2, n2 = int(earlier["success"].sum()), len(earlier), int(recent["success"].sum()), len(recent)
+        p_value = two_proportion_test(k1, n1, k2, n2)
+        drop = k1 / n1 - k2 / n2
+        out[str(arm)] = {"earlier": k1 / n1, "earlier_n": n1, "recent": k2 / n2, "recent_n": n2, "drop": drop,
+                         "p_value": p_value,
+                         "decayed": bool(drop >= config.min_detectable_effect and p_value < 1 - config.confidence_level)}
+    return out
+
+
 def _budgets(arms: dict, config: MonitorConfig) -> list[dict]:
     breaches = []
     for arm, e in arms.items():
@@ -371,8 +400,24 @@ def monitor(requests: pd.DataFrame, feedback: pd.DataFrame, *, config: MonitorCo
     if emb.get("drifted"):
         report["actions"].append(f"drift: recent inputs' embedding centroid moved {emb['distance']:.4f} from the "
                                  f"training centroid (permutation p={emb['p_value']:.3g}): consider retraining")
+    report["decay"] = _decay(requests, outcomes, config) if metric is not None else {}
+    for arm, entry in report["decay"].items():
+        if entry.get("decayed"):
+            report["actions"].append(f"decay: {arm}'s online {metric} fell from {entry['earlier']:.3f} "
+                                     f"(n={entry['earlier_n']}) to {entry['recent']:.3f} (n={entry['recent_n']}), "
+                                     f"p={entry['p_value']:.3g}: consider retraining")
+    report["retrain"] = _retrain_advice(report, requests, feedback, task)
     report["needs_action"] = bool(report["actions"])
     return report
+
+
+def _retrain_advice(report: dict, requests: pd.DataFrame, feedback: pd.DataFrame, task: str) -> dict[str, Any]:
+    """Whether drift or decay calls for a retrain, and how many feedback rows ``tunewise retrain`` could use."""
+    from .retrain import feedback_training_rows
+
+    why = [a for a in report["actions"] if a.startswith(("drift:", "decay:"))]
+    rows, _ = feedback_training_rows(requests, feedback, task=task)
+    return {"advised": bool(why), "why": why, "feedback_rows": int(len(rows))}
 
 
 def monitor_run(store_url: str, run_dir: str | Path, config: MonitorConfig | None = None, since: str | None = None,
@@ -397,4 +442,5 @@ def monitor_run(store_url: str, run_dir: str | Path, config: MonitorConfig | Non
                      weights={n: w for n, (_, w) in stored.items()}, encoder=encoder)
     report["window"]["since"] = cutoff
     report["weights"] = {n: {"candidate": c, "weight": w} for n, (c, w) in stored.items()}
+    report["retrain"]["command"] = f"tunewise retrain --run-id {run_dir.name}"
     return report

@@ -255,6 +255,14 @@ def _print_report(report: dict, out: Any) -> None:
             out.print(f"drift embedding: distance {entry['distance']:.4f}, permutation p={entry['p_value']:.3g}")
         elif isinstance(entry, dict) and entry.get("reason"):
             out.print(f"drift {key}: not computed ({entry['reason']})")
+    for arm, entry in report.get("decay", {}).items():
+        if "drop" in entry:
+            out.print(f"decay {arm}: {entry['earlier']:.3f} (n={entry['earlier_n']}) -> {entry['recent']:.3f} "
+                      f"(n={entry['recent_n']}), p={entry['p_value']:.3g}")
+    retrain = report.get("retrain", {})
+    if retrain.get("advised"):
+        out.print(f"[bold]retrain advised[/bold]: {retrain['feedback_rows']} labelled or confirmed feedback row(s) "
+                  f"usable; run `{retrain.get('command', 'tunewise retrain')}`")
     if report["actions"]:
         out.print("[bold red]action needed:[/bold red]")
         for action in report["actions"]:
