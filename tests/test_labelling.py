@@ -160,3 +160,19 @@ def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_p
     assert not added_ids & set(test_after["id"])
     assert len(added_ids & (set(train["id"]) | set(validation["id"]))) >= 6  # curation may still drop one
     assert json.loads((split_dir / "summary.json").read_text())["test_source"] == "frozen"
+
+
+def test_suggest_uses_the_best_real_classifier_when_the_gate_names_the_ensemble():
+    from tunewise.labelling import _best_single_candidate
+
+    evaluation = {"primary_metric": "accuracy", "lower_is_better": ["ece"], "candidates": [
+        {"name": "zero_shot_llm", "metrics": {"accuracy": 0.07}},
+        {"name": "tfidf_lr", "metrics": {"accuracy": 0.98}},
+        {"name": "encoder_ft", "metrics": {"accuracy": 0.96}},
+        {"name": "ensemble", "metrics": {"accuracy": 1.0}}]}
+    assert _best_single_candidate(evaluation, "ensemble") == "tfidf_lr"
+    lower = {"primary_metric": "ece", "lower_is_better": ["ece"], "candidates": [
+        {"name": "tfidf_lr", "metrics": {"ece": 0.2}}, {"name": "embed_lr", "metrics": {"ece": 0.05}}]}
+    assert _best_single_candidate(lower, "ensemble") == "embed_lr"
+    with pytest.raises(LabellingError, match="pass --candidate"):
+        _best_single_candidate({"candidates": [{"name": "ensemble", "metrics": {"accuracy": 1.0}}]}, "ensemble")

@@ -252,16 +252,19 @@ def _labelled_texts(cfg: Any, run_dir: Path) -> list[str]:
 def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
     """(fitted candidate, its name, how it was obtained)."""
     from .artifacts import read_json
-    from .candidates import candidate_class
+    from .candidates import CANDIDATES, candidate_class
     from .curve import candidate_factory
     from .finetuned import FineTunedCandidate, load_candidate
 
     if name is None:
         summary = run_dir / "evaluate" / "summary.json"
-        name = (read_json(summary).get("gate") or {}).get("candidate") if summary.exists() else None
+        evaluation = read_json(summary) if summary.exists() else {}
+        name = (evaluation.get("gate") or {}).get("candidate")
         if not name:
             raise LabellingError(f"no evaluation in {run_dir} names a candidate: pass --candidate (e.g. embed_lr) "
                                  "or run `tunewise evaluate` first")
+        if name not in CANDIDATES:  # "ensemble" is built by evaluate, not a model to refit: take its best member
+            name = _best_single_candidate(evaluation, name)
     cls = candidate_class(name)
     if cls.task != "classify":
         raise LabellingError(f"{name!r} is a {cls.task} candidate; suggest needs a classifier's probabilities")
@@ -275,6 +278,22 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
         frames[split] = pd.read_parquet(path)
     model = candidate_factory(cfg)(name).fit(frames["train"], frames["validation"])
     return model, name, f"refit on {len(frames['train']):,} training rows"
+
+
+def _best_single_candidate(evaluation: dict, gate_candidate: str) -> str:
+    """The real classify candidate with the best primary metric in the evaluation (``gate_candidate``
+    is a combination, such as the ensemble, that cannot be refit on its own)."""
+    from .candidates import CANDIDATES
+
+    metric = evaluation.get("primary_metric") or "accuracy"
+    sign = 1 if metric in (evaluation.get("lower_is_better") or []) else -1
+    scored = [(sign * c["metrics"][metric], c["name"]) for c in evaluation.get("candidates", [])
+              if c.get("name") in CANDIDATES and CANDIDATES[c["name"]].task == "classify"
+              and isinstance((c.get("metrics") or {}).get(metric), (int, float))]
+    if not scored:
+        raise LabellingError(f"the gate's candidate {gate_candidate!r} is not a model suggest can use and the "
+                             "evaluation has no other classifier: pass --candidate (e.g. embed_lr)")
+    return min(scored)[1]
 
 
 def suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str = "default", candidate: str | None = None,
