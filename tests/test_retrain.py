@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -195,3 +196,30 @@ def test_retrain_without_usable_feedback_is_a_clear_error(project, tmp_path):
     result = CliRunner().invoke(app, ["retrain", "--config", str(project["config_file"]), "--run-id", "r1",
                                       "--store", project["store_url"], "--min-rows", "100000"])
     assert result.exit_code != 0 and "--min-rows 100000" in " ".join(result.output.split())
+
+
+def test_the_regression_check_pairs_rows_for_labels_and_for_replies(tmp_path):
+    from tunewise.artifacts import write_parquet
+    from tunewise.retrain import _paired_regression
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    ids = [f"t{i}" for i in range(200)]
+    # classify: the new model gets 40 rows wrong that the old got right, and fixes 5
+    write_parquet(old / "evaluate" / "per_example" / "a.parquet", pd.DataFrame({"id": ids, "correct": [True] * 180 + [False] * 20}))
+    write_parquet(new / "evaluate" / "per_example" / "b.parquet",
+                  pd.DataFrame({"id": ids, "correct": [False] * 40 + [True] * 140 + [True] * 5 + [False] * 15}))
+    worse = _paired_regression(old, "a", new, "b")
+    assert worse["measure"] == "accuracy" and worse["rows"] == 200 and worse["worse_beyond_noise"]
+    assert worse["previous_value"] == pytest.approx(0.9) and worse["new_value"] == pytest.approx(0.725)
+    better = _paired_regression(new, "b", old, "a")
+    assert not better["worse_beyond_noise"]
+    # generate: per-row chrF, the new replies 8 points lower on every row
+    rng = np.random.default_rng(0)
+    chrf = rng.uniform(30, 70, 200)
+    write_parquet(old / "evaluate" / "per_example" / "g.parquet", pd.DataFrame({"id": ids, "chrf": chrf}))
+    write_parquet(new / "evaluate" / "per_example" / "h.parquet", pd.DataFrame({"id": ids, "chrf": chrf - 8}))
+    replies = _paired_regression(old, "g", new, "h")
+    assert replies["measure"] == "chrf" and replies["test"] == "paired_permutation" and replies["worse_beyond_noise"]
+    same = _paired_regression(old, "g", old, "g")
+    assert same["p_value"] == 1.0 and not same["worse_beyond_noise"]
+    assert _paired_regression(old, "a", new, "missing")["status"] == "not computed"

@@ -15,7 +15,8 @@ The loop the server closes (issue 9):
 3. the new run must pass the same gate: its decision is GO with the gate settings of the source
    run (``evaluate.baseline``, ``threshold``, ``gate_beats_cheap``, ``confidence_level`` and the
    ``roi`` section unchanged), and the new recommended candidate is not worse than the old one
-   beyond noise on the shared test rows (McNemar on the paired answers). The result is
+   beyond noise on the shared test rows (McNemar on the paired answers; for replies, a sign-flip
+   permutation test on per-row chrF). The result is
    ``runs/<new>/retrain/retrain.json``; ``tunewise serve`` refuses a retrained run whose gate
    failed, so a worse model cannot be put in front of users by accident.
 """
@@ -114,8 +115,9 @@ def _gate_settings(config: dict) -> dict[str, Any]:
 
 
 def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_name: str | None) -> dict[str, Any]:
-    """The new recommended candidate against the old one on the test rows both answered."""
-    from .stats import mcnemar
+    """The new recommended candidate against the old one on the test rows both answered: McNemar on
+    right/wrong (classify), a sign-flip permutation test on per-row chrF (generate)."""
+    from .stats import mcnemar, paired_permutation
 
     if not old_name or not new_name:
         return {"status": "not computed", "reason": "no recommended candidate in one of the runs"}
@@ -124,16 +126,22 @@ def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_n
     if missing:
         return {"status": "not computed", "reason": f"no per-example results: {', '.join(missing)}"}
     old, new = (pd.read_parquet(p) for p in paths)
-    if "correct" not in old.columns or "correct" not in new.columns:
-        return {"status": "not computed", "reason": "per-example results have no 'correct' column (generation)"}
-    both = old[["id", "correct"]].merge(new[["id", "correct"]], on="id", suffixes=("_old", "_new"))
+    column = next((c for c in ("correct", "chrf") if c in old.columns and c in new.columns), None)
+    if column is None:
+        return {"status": "not computed", "reason": "per-example results have neither 'correct' nor 'chrf'"}
+    both = old[["id", column]].merge(new[["id", column]], on="id", suffixes=("_old", "_new"))
     if both.empty:
         return {"status": "not computed", "reason": "the runs share no test rows"}
-    old_acc, new_acc = float(both["correct_old"].mean()), float(both["correct_new"].mean())
-    p_value, method = mcnemar(both["correct_new"].to_numpy(bool), both["correct_old"].to_numpy(bool))
-    worse = new_acc < old_acc and p_value < NOISE_ALPHA
-    return {"status": "computed", "previous": old_name, "new": new_name, "rows": int(len(both)),
-            "previous_accuracy": old_acc, "new_accuracy": new_acc, "p_value": float(p_value), "test": method,
+    before, after = both[f"{column}_old"].to_numpy(), both[f"{column}_new"].to_numpy()
+    if column == "correct":
+        p_value, method = mcnemar(after.astype(bool), before.astype(bool))
+        measure = "accuracy"
+    else:
+        p_value, method, measure = paired_permutation(after, before), "paired_permutation", "chrf"
+    old_value, new_value = float(before.astype(float).mean()), float(after.astype(float).mean())
+    worse = new_value < old_value and p_value < NOISE_ALPHA
+    return {"status": "computed", "previous": old_name, "new": new_name, "rows": int(len(both)), "measure": measure,
+            "previous_value": old_value, "new_value": new_value, "p_value": float(p_value), "test": method,
             "worse_beyond_noise": bool(worse)}
 
 
@@ -228,8 +236,8 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
     regression = _paired_regression(run_dir, previous, new_dir, decision.get("recommended"))
     if regression.get("worse_beyond_noise"):
         reasons.append(f"{regression['new']} is worse than the previous {regression['previous']} beyond noise on "
-                       f"{regression['rows']} shared test rows ({regression['new_accuracy']:.4f} vs "
-                       f"{regression['previous_accuracy']:.4f}, McNemar p={regression['p_value']:.3g})")
+                       f"{regression['rows']} shared test rows ({regression['measure']} {regression['new_value']:.4f} vs "
+                       f"{regression['previous_value']:.4f}, {regression['test']} p={regression['p_value']:.3g})")
     passed = not reasons
     record["gate"] = {
         "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
