@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,13 +29,27 @@ from .candidates import (
 from .models import DEFAULT_ENCODER, DEFAULT_LLM
 
 __all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator",
-           "load_candidate"]
+           "load_candidate", "torch_threads"]
 
 # What the train stage trains when train.candidates is not set.
 DEFAULT_FINETUNED: dict[str, tuple[str, ...]] = {
     "classify": ("lora_llm", "encoder_ft"),
     "generate": ("lora_llm_gen",),
 }
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` (None: unchanged) for the block, then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class FineTunedCandidate(Candidate):
@@ -110,18 +125,9 @@ class FineTunedCandidate(Candidate):
         if self.task == "classify":
             self.labels_ = list(labels)
 
-    @contextmanager
-    def _torch_threads(self) -> Iterator[None]:
+    def _torch_threads(self) -> contextlib.AbstractContextManager:
         """Predict with the thread count training used (the process default may differ)."""
-        import torch
-
-        before = torch.get_num_threads()
-        if self.threads_:
-            torch.set_num_threads(self.threads_)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        return torch_threads(self.threads_)
 
     @classmethod
     def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> "FineTunedCandidate":

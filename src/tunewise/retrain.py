@@ -215,12 +215,14 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
 
     old_config, new_config = read_json(run_dir / "config.json"), read_json(new_dir / "config.json")
     decision = (read_json(new_dir / "decide" / "decision.json") or {}).get("decision", {})
-    old_decision = (read_json(run_dir / "decide" / "decision.json") or {}).get("decision", {}) \
-        if (run_dir / "decide" / "decision.json").exists() else {}
+    old_decision_file = run_dir / "decide" / "decision.json"
+    old_decision = (read_json(old_decision_file) or {}).get("decision", {}) if old_decision_file.exists() else {}
     reasons: list[str] = []
-    changed = {k: (v, _gate_settings(new_config)[k]) for k, v in _gate_settings(old_config).items()
-               if _gate_settings(new_config)[k] != v}
-    for key, (before, after) in changed.items():
+    old_gate, new_gate = _gate_settings(old_config), _gate_settings(new_config)
+    for key, before in old_gate.items():
+        after = new_gate[key]
+        if after == before:
+            continue
         reasons.append(f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
                        "pass the gate its predecessor passed")
     if decision.get("verdict") != "GO":
@@ -242,7 +244,7 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
     record["gate"] = {
         "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
         "previous_recommended": previous, "same_test_rows": same_test, "test_rows": len(new_test),
-        "gate_settings": _gate_settings(new_config), "against_previous": regression,
+        "gate_settings": new_gate, "against_previous": regression,
         "reasons": reasons or [f"{new_run_id} is GO under the same gate as {run_id}, on the same {len(new_test)} "
                                f"test rows, and not worse than {previous or 'the previous candidate'} beyond noise"],
     }

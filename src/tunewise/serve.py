@@ -343,14 +343,10 @@ class MicroBatcher:
         on CPU one request's matrices are too small to share across cores, a full batch's are not."""
         if not self.batch_threads or len(items) < self.batch_threads_min_rows:
             return self.model.predict(items)
-        import torch
+        from .finetuned import torch_threads
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.batch_threads)
-        try:
+        with torch_threads(self.batch_threads):
             return self.model.predict(items)
-        finally:
-            torch.set_num_threads(before)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
