@@ -81,7 +81,7 @@ def demo_pipeline_run(tmp_path_factory):
         raw = demo_config(files, "classify", 0).model_dump(mode="json")
         raw["curate"].update({name: {"enabled": False} for name in SLOW_CHECKS})
         raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
-        raw["train"].update(candidates=["encoder_ft"], max_steps=12, eval_every=4, batch_size=8, eval_max_rows=64,
+        raw["train"].update(candidates=["encoder_ft"], max_steps=150, eval_every=8, batch_size=8, eval_max_rows=64,
                             num_threads=1, precision="fp32")
         # on the demo data the word TF-IDF model beats a 12-step fine-tune; the gate's "must not lose
         # to the cheap model" rule is tested in test_evaluate, so here it is off and the gate can pass;

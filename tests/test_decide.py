@@ -35,6 +35,9 @@ def test_a_cost_line_recomputes_by_hand_from_the_table_and_the_measured_tokens(d
     assert lines[0]["usd"] == pytest.approx(by_hand)
     assert lines[1]["usd"] == pytest.approx(10 * 1.0 / 60 * 40.0)  # 10 flagged rows x 1 min x $40/h
     assert lines[3]["usd"] == pytest.approx(5 * 800.0)  # engineering days x day rate
+    _, cheap_lines = one_time_cost({"encoder_ft": summary}, flagged_rows=10, roi=roi, candidate="tfidf_lr", kind="cheap")
+    assert [line["item"] for line in cheap_lines] == ["data review", "new labels", "engineering"]
+    assert cheap_lines[2]["usd"] == pytest.approx(2 * 800.0)  # a cheap model's engineering days
     assert total == pytest.approx(sum(line["usd"] for line in lines))
 
 
@@ -43,7 +46,7 @@ def test_payback_and_running_cost_arithmetic():
     assert payback_months(1200.0, 0.0) is None and payback_months(1200.0, -5.0) is None
     money = Money(one_time=1000.0, gain=0.1, volume=1000, value=2.0, extra_running=50.0)
     assert money.benefit() == pytest.approx(200.0) and money.net() == pytest.approx(150.0)
-    roi = RoiConfig(monthly_volume=1_000_000, value_per_outcome_usd=1.0, always_on=False)
+    roi = RoiConfig(monthly_volume=1_000_000, value_per_outcome_usd=1.0, always_on=False, serving_instance="c7i.large")
     # 1M requests x 36 ms on the 2-core machine = 10 busy hours on c7i.large (2 vCPU) at $0.08925
     assert monthly_running_cost(36.0, roi)["usd"] == pytest.approx(10 * 0.08925)
     always_on = roi.model_copy(update={"always_on": True})
@@ -52,53 +55,157 @@ def test_payback_and_running_cost_arithmetic():
     assert monthly_running_cost(36.0, api, api_tokens=100)["usd"] == pytest.approx(1_000_000 * 100 / 1e6 * 0.5)
 
 
-def test_generous_assumptions_give_go_with_payback_inside_its_interval(demo_run):
+def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):
+    """The fixture run's real predictions evaluated again under other evaluate settings, into a copy
+    of the run (split, curate, baseline and train stay as they are): what a team changing
+    ``evaluate:`` in its config gets."""
+    import shutil
+
+    import pandas as pd
+
+    from tunewise import evaluate as ev
+    from tunewise.config import EvaluateConfig
+
+    for stage in ("split", "curate", "baseline", "train"):
+        if (run_dir / stage).exists():
+            shutil.copytree(run_dir / stage, out_dir / stage, dirs_exist_ok=True)
+    test = pd.read_parquet(run_dir / "split" / "test.parquet")
+    validation = pd.read_parquet(run_dir / "split" / "validation.parquet")
+    candidates, skipped = ev.load_run_predictions(run_dir)
+    info = None
+    if incumbent_file is not None:
+        incumbent, info = ev.load_incumbent_predictions(incumbent_file, test)
+        candidates.append(incumbent)
+        evaluate_settings["baseline"] = f"predictions:{incumbent_file}"
+    config = EvaluateConfig(n_resamples=300, human_sheet_size=0, ensemble=False, **evaluate_settings)
+    evaluation = ev.evaluate_candidates(test, candidates, task="classify", config=config, validation=validation,
+                                        seed=0, skipped=skipped)
+    if info is not None:
+        evaluation.summary["incumbent"]["predictions_file"] = info
+    evaluation.write(out_dir / "evaluate")
+    return out_dir, evaluation.summary
+
+
+def test_a_near_chance_baseline_is_not_the_yardstick_and_the_cheaper_model_that_wins_is_recommended(demo_run):
     _, run_dir = demo_run
-    result = decide(run_dir, RoiConfig(**GENEROUS))
-    roi, decision = result["roi"], result["decision"]
     evaluation = json.loads((run_dir / "evaluate" / "summary.json").read_text())
-    assert evaluation["gate"]["passed"], evaluation["gate"]["reasons"]
-    assert decision["verdict"] == "GO", decision["reasons"]
-    assert roi["gain"] == pytest.approx(evaluation["comparison"]["difference"])
+    # the configured baseline answers the most frequent label: within noise of chance
+    assert evaluation["incumbent"]["name"] == "majority" and not evaluation["incumbent"]["meaningful"]
+    assert evaluation["baseline"] == "tfidf_lr"  # the best candidate that needs no fine-tuning
+    scores = {c["name"]: c["metrics"]["accuracy"] for c in evaluation["candidates"]}
+    assert scores["tfidf_lr"] > scores["encoder_ft"]  # 12 fine-tuning steps do not beat TF-IDF here
+    decision = decide(run_dir, RoiConfig(**GENEROUS))["decision"]
+    assert decision["verdict"] == "USE_ALTERNATIVE", decision["reasons"]
+    assert decision["recommended"] == "tfidf_lr"
+    assert decision["reasons"][0].startswith("use tfidf_lr, which needs no fine-tuning")
+    assert any("majority is not meaningful" in r for r in decision["reasons"])
+
+
+def test_fine_tune_when_it_meets_the_target_and_the_money_pays_back(demo_run, tmp_path):
+    _, run_dir = demo_run
+    out, evaluation = _reevaluate(run_dir, tmp_path / "r", candidates=["majority", "encoder_ft"], baseline="majority")
+    status = evaluation["comparisons"]["encoder_ft"]["metrics"]["accuracy"]
+    assert status["relative_ci"][0] >= 0.15  # the whole interval above the minimum improvement
+    result = decide(out, RoiConfig(**GENEROUS))
+    decision, roi = result["decision"], result["roi"]
+    assert decision["verdict"] == "FINE_TUNE", decision["reasons"]
+    assert decision["recommended"] == "encoder_ft"
+    assert "pays back its extra cost" in decision["reasons"][0]
+    assert roi["gain"] == pytest.approx(status["difference"])
     assert roi["monthly_benefit_usd"] == pytest.approx(20000 * roi["gain"] * 2.0)
     low, high = roi["payback_months_ci95"]
     assert low <= roi["payback_months"] <= high <= 12
     assert roi["cumulative"][0]["net_usd"] == pytest.approx(-roi["one_time_cost_usd"])
     assert len(roi["cumulative"]) == 13 and roi["sensitivity"]
-    # the cheapest candidate meeting the target is recommended, here a classic model beside the fine-tuned one
-    assert decision["recommended"] in decision["recommendation"]["meeting_target"]
+    # without volume and value the verdict stands on quality and says the money was not priced
+    unpriced = decide(out, RoiConfig())["decision"]
+    assert unpriced["verdict"] == "FINE_TUNE" and "the money side was not priced" in unpriced["reasons"][0]
+    # a worthless outcome: the fine-tune no longer pays back, nothing else is meaningful: not yet
+    worthless = decide(out, RoiConfig(monthly_volume=20000, value_per_outcome_usd=0.0001))["decision"]
+    assert worthless["verdict"] == "NOT_YET" and "does not pay back" in worthless["reasons"][0]
 
 
-def test_a_worthless_outcome_turns_the_verdict_to_no_go_naming_that_assumption(demo_run):
+def test_not_yet_when_nothing_meets_the_bar(demo_run, tmp_path):
     _, run_dir = demo_run
-    result = decide(run_dir, RoiConfig(monthly_volume=20000, value_per_outcome_usd=0.0001))
-    decision = result["decision"]
-    assert decision["verdict"] == "NO_GO"
-    assert any("roi.value_per_outcome_usd $0.0001" in r and "beyond the 12-month horizon" in r for r in decision["reasons"])
-    assert result["roi"]["payback_months"] is None or result["roi"]["payback_months"] > 12
+    out, _ = _reevaluate(run_dir, tmp_path / "r", candidates=["majority", "encoder_ft"], baseline="majority",
+                         threshold=50.0)
+    decision = decide(out, RoiConfig(**GENEROUS))["decision"]
+    assert decision["verdict"] == "NOT_YET", decision["reasons"]
+    assert decision["recommended"] is None
+    assert decision["reasons"][0].startswith("nothing meets the bar")
+    assert "5000%" in decision["reasons"][0]
 
 
-def test_missing_assumptions_give_no_go_and_say_what_is_needed(demo_run):
+def test_inconclusive_when_the_interval_straddles_the_threshold_says_how_many_rows_settle_it(demo_run, tmp_path):
+    from tunewise.decide import test_rows_needed
+
     _, run_dir = demo_run
-    result = decide(run_dir, RoiConfig())
-    assert result["decision"]["verdict"] == "NO_GO"
-    assert "no value per outcome given (roi.value_per_outcome_usd): the gain cannot be priced" in result["decision"]["reasons"]
-    assert set(result["roi"]["missing"]) == {"monthly_volume", "value_per_outcome_usd"}
-    assert result["roi"]["payback_months"] is None and result["roi"]["one_time_cost_usd"] is not None
+    _, first = _reevaluate(run_dir, tmp_path / "a", candidates=["majority", "encoder_ft"], baseline="majority")
+    cmp = first["comparisons"]["encoder_ft"]["metrics"]["accuracy"]
+    rel, (low, high) = cmp["relative_improvement"], cmp["relative_ci"]
+    threshold = rel - 0.4 * (rel - low)  # inside the interval, below the observed effect
+    out, _ = _reevaluate(run_dir, tmp_path / "b", candidates=["majority", "encoder_ft"], baseline="majority",
+                         threshold=threshold)
+    decision = decide(out, RoiConfig(**GENEROUS))["decision"]
+    assert decision["verdict"] == "INCONCLUSIVE", decision["reasons"]
+    needed = decision["test_rows_needed"]
+    assert needed == test_rows_needed(cmp["n"], rel, (low, high), threshold) and needed > cmp["n"]
+    assert f"{needed:,} in all" in decision["reasons"][0]
+    # the power arithmetic: half the distance to the threshold takes four times the rows
+    assert test_rows_needed(100, 0.3, (0.1, 0.5), 0.2) == pytest.approx(
+        4 * test_rows_needed(100, 0.4, (0.2, 0.6), 0.2), rel=0.02)
 
 
-def test_decide_stage_writes_the_decision_and_flips_with_the_config(demo_run):
+def test_incumbent_predictions_file_with_missing_ids_and_a_tie_in_cost(demo_run, tmp_path):
+    import pandas as pd
+
+    _, run_dir = demo_run
+    # the team's current system happens to be the same TF-IDF model: its answers, minus 10 rows, plus 3 stray ids
+    tfidf = pd.read_parquet(run_dir / "baseline" / "predictions" / "tfidf_lr.parquet")
+    answers = tfidf[["id", "prediction", "latency_ms"]].iloc[10:]
+    answers = pd.concat([answers, pd.DataFrame({"id": ["x1", "x2", "x3"], "prediction": ["a", "b", "c"],
+                                                "latency_ms": [1.0, 1.0, 1.0]})])
+    path = tmp_path / "current_system.csv"
+    answers.to_csv(path, index=False)
+    out, evaluation = _reevaluate(run_dir, tmp_path / "r", incumbent_file=path, candidates=["tfidf_lr", "encoder_ft"])
+    info = evaluation["incumbent"]["predictions_file"]
+    assert evaluation["incumbent"]["name"] == "incumbent" and evaluation["incumbent"]["meaningful"]
+    assert (info["missing_ids"], info["extra_ids"], info["matched"]) == (10, 3, len(tfidf) - 10)
+    assert evaluation["baseline"] == "incumbent"
+    assert evaluation["comparisons"]["tfidf_lr"]["n"] == len(tfidf) - 10  # compared on the rows both answered
+    # same model, same instance, and (here) no engineering or data review for the cheap one either: a tie in cost
+    roi = RoiConfig(engineering_days_cheap=0.0, review_minutes_per_row=0.0, serving_instance="c7i.large")
+    decision = decide(out, roi)["decision"]
+    assert decision["verdict"] == "USE_ALTERNATIVE", decision["reasons"]
+    tie = [r for r in decision["reasons"] if "cost the same; the tie is broken by quality" in r]
+    assert tie, decision["reasons"]
+    # with its usual engineering days the new model costs more than what already runs: keep the incumbent
+    kept = decide(out, RoiConfig(serving_instance="c7i.large"))["decision"]
+    assert kept["recommended"] == "incumbent", kept["reasons"]
+
+
+def test_each_candidate_carries_its_own_costs(demo_run):
+    _, run_dir = demo_run
+    costs = decide(run_dir, RoiConfig(**GENEROUS))["roi"]["candidates"]
+    # a fine-tune pays training compute and more engineering; a TF-IDF model fits a smaller instance
+    assert costs["encoder_ft"]["one_time_usd"] > costs["tfidf_lr"]["one_time_usd"]
+    assert any(line["item"] == "training compute: encoder_ft" for line in costs["encoder_ft"]["one_time_lines"])
+    assert not any(line["item"].startswith("training compute") for line in costs["tfidf_lr"]["one_time_lines"])
+    assert costs["tfidf_lr"]["instance"] == "t3.micro" and costs["encoder_ft"]["instance"] != "t3.micro"
+    assert costs["encoder_ft"]["horizon_cost_usd"] > costs["tfidf_lr"]["horizon_cost_usd"]
+
+
+def test_decide_stage_writes_the_decision_and_follows_the_config(demo_run):
     from tunewise.runner import run_stages
 
     cfg, run_dir = demo_run
-    go = cfg.model_copy(update={"roi": RoiConfig(**GENEROUS)})
-    markers = run_stages(go, "r1", only=["decide"])
-    assert markers["decide"]["metrics"]["verdict"] == "GO"
+    priced = cfg.model_copy(update={"roi": RoiConfig(**GENEROUS)})
+    markers = run_stages(priced, "r1", only=["decide"])
+    assert markers["decide"]["metrics"]["verdict"] == "USE_ALTERNATIVE"
     assert markers["evaluate"]["status"] == "done"  # reused from the cache, not re-run
-    no_go = cfg.model_copy(update={"roi": RoiConfig(monthly_volume=20000, value_per_outcome_usd=0.0001)})
-    assert run_stages(no_go, "r1", only=["decide"])["decide"]["metrics"]["verdict"] == "NO_GO"
     saved = json.loads((run_dir / "decide" / "decision.json").read_text())
-    assert saved["decision"]["verdict"] == "NO_GO"
+    assert saved["decision"]["verdict"] == "USE_ALTERNATIVE"
+    assert saved["decision"]["headline"].startswith("USE_ALTERNATIVE: use tfidf_lr")
 
 
 @pytest.mark.parametrize("bad, field", [({"value_per_outcome_usd": -3}, "value_per_outcome_usd"),

@@ -24,7 +24,7 @@ def pipeline_run(demo_pipeline_run):
     return demo_pipeline_run
 
 
-def decision_fixture(verdict: str = "GO", candidate: str = "encoder_ft") -> dict:
+def decision_fixture(verdict: str = "FINE_TUNE", candidate: str = "encoder_ft") -> dict:
     """decide/decision.json in the schema the decide stage writes."""
     cost, net = 123.4, 940.0
     return {
@@ -131,7 +131,7 @@ def assert_self_contained(html: str) -> None:
 
 
 def test_report_with_a_decision_in_a_real_browser(pipeline_run, tmp_path):
-    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("GO"))
+    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("FINE_TUNE"))
     # user text that must come out escaped: a curation example and a test input
     curate = json.loads((run_dir / "curate" / "summary.json").read_text())
     kind = next(iter(curate["examples"]))
@@ -142,7 +142,7 @@ def test_report_with_a_decision_in_a_real_browser(pipeline_run, tmp_path):
     (run_dir / "evaluate" / "worst_examples.json").write_text(json.dumps(worst))
 
     metrics = run_report_stage(cfg, run_dir)
-    assert metrics["verdict"] == "GO" and metrics["recommended"] == "encoder_ft"
+    assert metrics["verdict"] == "FINE_TUNE" and metrics["recommended"] == "encoder_ft"
     page = run_dir / "report" / "index.html"
     html = page.read_text()
     assert_self_contained(html)
@@ -163,7 +163,8 @@ def test_report_with_a_decision_in_a_real_browser(pipeline_run, tmp_path):
     # candidates, encoder_ft's loss and validation metric, payback
     assert_renders_cleanly(seen, n_charts=4)
     desktop = seen["desktop"]
-    assert desktop["verdict"].splitlines()[0].strip() == "GO"
+    assert desktop["verdict"].splitlines()[0].strip() == "Fine-tune (FINE_TUNE)"
+    assert desktop["verdict"].splitlines()[1].strip().startswith("Because encoder_ft pays back")
     assert "$123" in desktop["verdict"] and "0.13 months" in desktop["verdict"]
     relative = evaluation["comparison"]["relative_improvement"]
     assert f"{relative * 100:+.0f}%" in desktop["verdict"] or f"{relative * 100:+.1f}%" in desktop["verdict"]
@@ -171,7 +172,7 @@ def test_report_with_a_decision_in_a_real_browser(pipeline_run, tmp_path):
 
 
 def test_summary_json_has_the_designed_shape(pipeline_run, tmp_path):
-    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("GO"))
+    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("FINE_TUNE"))
     run_report_stage(cfg, run_dir)
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     evaluation = json.loads((run_dir / "evaluate" / "summary.json").read_text())
@@ -188,7 +189,7 @@ def test_summary_json_has_the_designed_shape(pipeline_run, tmp_path):
     assert comparison["candidate"] == "encoder_ft" and comparison["baseline"] == "majority"
     assert summary["roi"] == {**summary["roi"], "one_time_cost_usd": 123.4, "monthly_benefit_usd": 900.0,
                               "payback_months": 0.13}
-    assert summary["decision"]["verdict"] == "GO" and summary["decision"]["recommended"] == "encoder_ft"
+    assert summary["decision"]["verdict"] == "FINE_TUNE" and summary["decision"]["recommended"] == "encoder_ft"
     assert summary["decision"]["reasons"]
     for stage in ("ingest", "curate", "split", "baseline", "train", "evaluate"):
         marker = json.loads((run_dir / stage / "_stage.json").read_text())
@@ -220,7 +221,7 @@ def test_page_without_a_decide_stage_shows_the_quality_comparison(pipeline_run, 
 
 
 def test_no_go_with_missing_numbers_says_what_is_needed(pipeline_run, tmp_path):
-    decision = decision_fixture("NO_GO", candidate="encoder_ft")
+    decision = decision_fixture("NOT_YET", candidate="encoder_ft")
     decision["roi"].update(monthly_benefit_usd=None, monthly_benefit_ci95=None, monthly_net_usd=None,
                            payback_months=None, payback_months_ci95=None, roi_12m=None, cumulative=[],
                            sensitivity=[], missing=["value_per_outcome_usd"])
@@ -228,7 +229,7 @@ def test_no_go_with_missing_numbers_says_what_is_needed(pipeline_run, tmp_path):
     cfg, run_dir = copy_run(pipeline_run, tmp_path, decision)
     run_report_stage(cfg, run_dir)
     html = (run_dir / "report" / "index.html").read_text()
-    assert 'data-verdict="NO_GO"' in html and "NO-GO" in html
+    assert 'data-verdict="NOT_YET"' in html and "Not yet" in html
     assert "Needed for a verdict:</strong> roi.value_per_outcome_usd" in html
     assert "no value per outcome given" in html
     assert html.count("<svg") == 3  # nothing to chart for payback
@@ -256,8 +257,10 @@ def test_report_after_the_real_decide_stage(pipeline_run, tmp_path):
     for key in ("one_time_cost_usd", "monthly_benefit_usd", "payback_months"):
         assert summary["roi"][key] == decided["roi"][key], key
     html = (run_dir / "report" / "index.html").read_text()
-    word = {"GO": "GO", "NO_GO": "NO-GO"}[decided["decision"]["verdict"]]
-    assert f'data-verdict="{decided["decision"]["verdict"]}">{word}</p>' in html
+    word = {"FINE_TUNE": "Fine-tune", "USE_ALTERNATIVE": "Use an alternative", "NOT_YET": "Not yet",
+            "INCONCLUSIVE": "Inconclusive"}[decided["decision"]["verdict"]]
+    assert f'data-verdict="{decided["decision"]["verdict"]}">{word} <span' in html
+    assert html.count(decided["decision"]["reasons"][0].split(":")[0]) >= 1
     assert "No decision yet" not in html
 
 
@@ -317,7 +320,7 @@ def test_the_page_shows_the_learning_curve_when_there_is_one(pipeline_run, tmp_p
     from tunewise.artifacts import write_json
     from tunewise.curve import candidate_factory, learning_curve
 
-    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("GO"))
+    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("FINE_TUNE"))
     shutil.rmtree(run_dir / "curve", ignore_errors=True)
     run_report_stage(cfg, run_dir)
     assert "No learning curve yet" in (run_dir / "report" / "index.html").read_text()

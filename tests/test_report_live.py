@@ -100,7 +100,7 @@ def expected_per_arm(log: dict) -> dict:
 def test_live_section_numbers_page_and_browser(pipeline_run, tmp_path):
     from statsmodels.stats.proportion import proportion_confint
 
-    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("GO"))
+    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("FINE_TUNE"))
     run_report_stage(cfg, run_dir)  # the stage as before: no live key, no live.json
     plain = json.loads((run_dir / "report" / "summary.json").read_text())
     assert "live" not in plain and not (run_dir / "report" / "live.json").exists()
@@ -166,7 +166,7 @@ def test_live_section_numbers_page_and_browser(pipeline_run, tmp_path):
 
 
 def test_empty_log_missing_file_and_unreadable_store(pipeline_run, tmp_path):
-    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("GO"))
+    cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("FINE_TUNE"))
     run_report_stage(cfg, run_dir)
     empty = tmp_path / "empty.db"
     Store(f"sqlite:///{empty}").close()  # the tables, no rows
@@ -242,7 +242,7 @@ def test_report_command_with_live(pipeline_run, tmp_path):
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     assert summary["live"]["arms"]["candidate"]["verdict"] == "promote"
     assert summary["live"]["window"]["since"] == pytest.approx(time.time() - 86400, abs=120)
-    assert summary["decision"]["verdict"] in ("GO", "NO_GO")  # decide ran through the runner
+    assert summary["decision"]["verdict"] in ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")  # decide ran through the runner
 
     as_json = CliRunner().invoke(app, env=wide, args=[*base, "--live", str(db), "--json"])
     assert as_json.exit_code == 0, as_json.output

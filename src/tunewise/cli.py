@@ -130,6 +130,9 @@ def run(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
     _print_verdict(cfg, run_id)
 
 
+VERDICT_COLOURS = {"FINE_TUNE": "green", "USE_ALTERNATIVE": "cyan", "NOT_YET": "yellow", "INCONCLUSIVE": "magenta"}
+
+
 def _print_verdict(cfg: ProjectConfig, run_id: str) -> None:
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     page = run_dir / "report" / "index.html"
@@ -138,8 +141,10 @@ def _print_verdict(cfg: ProjectConfig, run_id: str) -> None:
             decision = json.loads(source.read_text()).get("decision", {})
             verdict = decision.get("verdict")
             if verdict:
-                colour = "green" if verdict == "GO" else "yellow"
+                colour = VERDICT_COLOURS.get(verdict, "yellow")
                 out.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  (recommended: {decision.get('recommended')})")
+                if decision.get("reasons"):
+                    out.print(f"  because {decision['reasons'][0]}", markup=False, highlight=False)
                 break
     if page.exists():
         out.print(f"report: [bold]{page}[/bold]")
@@ -295,6 +300,11 @@ def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
         table.add_column("item")
         table.add_column("value", overflow="fold")
         table.add_row("rows / epochs / steps", f"{plan['n_train']} / {plan['epochs']} / {plan['total_steps']}")
+        conv = r.get("convergence") or {}
+        cap = {"budget": f"default budget: {plan.get('budget_rule', '')}", "epochs": "capped by train.epochs",
+               "max_steps": "capped by train.max_steps"}.get(plan.get("step_cap", ""), "")
+        table.add_row("planned steps", f"{plan['total_steps']:,} ({cap}); validation every {plan['eval_every']} "
+                                       f"steps on {conv.get('validation_rows', 0)} rows")
         table.add_row("batch x accumulation", f"{plan['batch_size']} x {plan['gradient_accumulation']}")
         table.add_row("max length / tokens", f"{plan['max_length']} / {r['tokens_total']:,}")
         table.add_row("parameters (trainable)", f"{r['parameters']:,} ({r['trainable_parameters']:,})")
@@ -306,6 +316,13 @@ def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
         for gpu in r["reference_gpus"]:
             table.add_row(gpu["gpu"], f"about {_duration(gpu['seconds'])}, ${gpu['usd']:.4g} "
                                        f"(FLOPs estimate, {gpu['utilisation']:.0%} utilisation)")
+        if conv:
+            gpus = ", ".join(f"{g} {_duration(s)}" for g, s in conv["reference_gpus"].items())
+            table.add_row("time to convergence (at most)",
+                          f"this machine {_duration(conv['this_machine_seconds'])}; {gpus} (every planned step and "
+                          f"{conv['validations']} validations; early stopping usually ends sooner)")
+            if conv.get("warning"):
+                table.add_row("time cap", f"[yellow]{conv['warning']}[/yellow]")
         out.print(table)
 
 

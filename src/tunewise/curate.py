@@ -22,7 +22,7 @@ import pandas as pd
 
 from .config import CheckConfig, ConfigError, ProjectConfig
 from .issues import IssueTable
-from .progress import console
+from .progress import console, progress
 from .records import answer_column
 
 # config action -> issues-table action
@@ -233,24 +233,31 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
     per_check: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
-    for check in build_checks(cfg):
-        if cfg.task not in check.tasks:
-            skipped[check.name] = f"not used for task {cfg.task}"
-            continue
-        t0 = time.perf_counter()
-        try:
-            frame, transformed, findings = _run_check(check, frame, ctx)
-        except SkipCheck as why:
-            skipped[check.name] = str(why)
-            console.print(f"[yellow]curate: {check.name} skipped: {why}[/yellow]")
-            continue
-        frame, counts = _apply(frame, findings, check, issues, examples)
-        if check.name == "thin_classes" and cfg.curate.synthesize:
-            frame, counts["added"] = _add_synthetic(check, frame, ctx, issues)
-        counts.update(transformed)
-        counts.update(check.report())
-        counts["seconds"] = round(time.perf_counter() - t0, 3)
-        per_check[check.name] = counts
+    checks = build_checks(cfg)
+    # one progress line over the checks; a check's own long loops (near-duplicates, embeddings)
+    # show their own lines inside it
+    with progress("curate", sum(cfg.task in c.tasks for c in checks), unit="checks") as advance:
+        for check in checks:
+            if cfg.task not in check.tasks:
+                skipped[check.name] = f"not used for task {cfg.task}"
+                continue
+            advance(0, description=f"curate: {check.name} ({len(frame):,} rows)")
+            t0 = time.perf_counter()
+            try:
+                frame, transformed, findings = _run_check(check, frame, ctx)
+            except SkipCheck as why:
+                skipped[check.name] = str(why)
+                console.print(f"[yellow]curate: {check.name} skipped: {why}[/yellow]")
+                advance(1)
+                continue
+            frame, counts = _apply(frame, findings, check, issues, examples)
+            if check.name == "thin_classes" and cfg.curate.synthesize:
+                frame, counts["added"] = _add_synthetic(check, frame, ctx, issues)
+            counts.update(transformed)
+            counts.update(check.report())
+            counts["seconds"] = round(time.perf_counter() - t0, 3)
+            per_check[check.name] = counts
+            advance(1)
     summary = {
         "engine": engine.name,
         "rows_in": rows_in,

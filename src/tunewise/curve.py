@@ -155,8 +155,10 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
         with progress("learning curve", len(jobs), unit="fits") as advance:
             for name, f in jobs:
                 subset = train.iloc[subsets[f]].reset_index(drop=True)
+                # say what is being fitted now (a log line during a long fit names it), then count it
+                advance(0, description=f"curve {name} at {f:g} ({len(subset)} rows)")
                 results[(name, f)] = _fit_and_score(name, factory, subset, frames)
-                advance(1, description=f"curve {name} at {f:g} ({len(subset)} rows)")
+                advance(1)
     labels = test["label"].astype(str).to_numpy()
     classes = sorted(set(labels.tolist()))
     out: dict[str, Any] = {"fractions": list(subsets), "n_train": len(train), "notes": notes, "seed": seed,
@@ -164,12 +166,21 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
                            "n_resamples": n_resamples, "engine": engine, "candidates": {}}
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(test), size=(n_resamples, len(test)))  # the same resamples for every candidate
+    boot_fits: dict[str, list[CurveFit]] = {}
+    ns = np.array([len(subsets[f]) for f in subsets], dtype=float)
+    # the bootstrap refits (a scipy fit each, ~4 ms): a few seconds per candidate at 500 resamples
+    with progress("learning curve: bootstrap", len(candidates) * n_resamples, unit="fits") as advance:
+        for name in candidates:
+            correct = np.stack([results[(name, f)]["test"] for f in subsets])
+            boot_fits[name] = []
+            for d in draws:
+                boot_fits[name].append(fit_power_law(ns, 1 - correct[:, d].mean(axis=1)))
+                advance(1)
     for name in candidates:
-        ns = np.array([len(subsets[f]) for f in subsets], dtype=float)
         correct = np.stack([results[(name, f)]["test"] for f in subsets])  # (fractions, test rows)
         accuracy = correct.mean(axis=1)
         fit = fit_power_law(ns, 1 - accuracy)
-        boot = [fit_power_law(ns, 1 - correct[:, d].mean(axis=1)) for d in draws]
+        boot = boot_fits[name]
         entry: dict[str, Any] = {
             "n": ns.astype(int).tolist(), "test_accuracy": accuracy.tolist(),
             "validation_accuracy": [float(results[(name, f)]["validation"].mean()) for f in subsets],

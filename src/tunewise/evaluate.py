@@ -40,6 +40,7 @@ from .candidates import CANDIDATES, PREDICTION_COLUMNS, Candidate
 from .config import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
 from .metrics_gen import FactChecker, bleu_from_statistics, chrf_from_statistics, score_generation
 from .perturb import PERTURBATIONS, perturb
+from .progress import track
 from .records import answer_column
 from .stats import (
     calibration_error_resampled,
@@ -71,7 +72,11 @@ __all__ = [
     "evaluate_candidates",
     "gate_exit_code",
     "ensemble_candidate",
+    "load_incumbent_predictions",
     "load_run_predictions",
+    "meaningful",
+    "pairwise_primary",
+    "pick_incumbent",
     "overfitting_report",
     "perturb_texts",
     "primary_score",
@@ -84,6 +89,9 @@ PRIMARY_METRIC = {"classify": "accuracy", "generate": "chrf"}
 # Secondary metrics compared against the baseline besides the primary one.
 COMPARED_METRICS = {"classify": ("accuracy", "macro_f1"), "generate": ("chrf", "bleu", "rouge_l", "embedding_similarity")}
 DEFAULT_BASELINE = {"classify": "zero_shot_llm", "generate": "zero_shot_llm_gen"}
+# evaluate.baseline: predictions:FILE names the team's current system's answers on the test file
+PREDICTIONS_PREFIX = "predictions:"
+INCUMBENT_NAME = "incumbent"
 LOWER_IS_BETTER = frozenset({"ece", "unsupported_fact_rate"})
 PERTURBATION_KINDS = tuple(PERTURBATIONS)  # typos, casing, punctuation, fillers
 COVERAGE_LEVELS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 100% .. 50%
@@ -236,6 +244,64 @@ def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Seque
     info["n_test"] = len(test)
     return CandidatePredictions(name, "finetuned", test, validation, None, "evaluate",
                                 any(m.expensive for m in members)), info
+
+
+def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[CandidatePredictions, dict[str, Any]]:
+    """The team's current system's answers on the test file (``evaluate.baseline: predictions:FILE``).
+
+    Columns ``id``, ``prediction``, optional ``latency_ms`` and ``usd`` (cost of one request);
+    CSV, TSV, JSONL or Parquet. Joined on id: ids the file lacks are compared on the rows it has
+    (and counted), ids the test set lacks are dropped (and counted). Nothing is guessed."""
+    path = Path(path)
+    if not path.exists():
+        raise EvaluationError(f"evaluate.baseline: predictions file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".json":
+            frame = pd.read_json(path, dtype=False)
+        else:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise EvaluationError(f"{path}: cannot read the incumbent's predictions ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in ("id", "prediction") if c not in frame.columns]
+    if missing:
+        raise EvaluationError(f"{path}: the incumbent's predictions lack column(s) {missing}; expected id, prediction "
+                              "and optionally latency_ms, usd")
+    frame = frame.assign(id=frame["id"].astype(str), prediction=frame["prediction"].fillna("").astype(str))
+    repeated = frame["id"][frame["id"].duplicated()]
+    if len(repeated):
+        line = int(repeated.index[0]) + 2  # a header line, then 1-based rows
+        raise EvaluationError(f"{path}, line {line}: field id {repeated.iloc[0]!r} appears more than once")
+    for column in ("latency_ms", "usd"):
+        if column in frame.columns:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = values.isna() | (values < 0)
+            if bad.any():
+                at = int(np.flatnonzero(bad.to_numpy())[0])
+                raise EvaluationError(f"{path}, line {at + 2}: field {column} must be a number >= 0, got "
+                                      f"{frame[column].iloc[at]!r}")
+            frame[column] = values.astype(float)
+    test_ids = test["id"].astype(str)
+    extra = frame.loc[~frame["id"].isin(set(test_ids)), "id"]
+    absent = test_ids[~test_ids.isin(set(frame["id"]))]
+    kept = frame[frame["id"].isin(set(test_ids))].reset_index(drop=True)
+    predictions = pd.DataFrame({"id": kept["id"], "prediction": kept["prediction"], "score": np.nan,
+                                "latency_ms": kept["latency_ms"] if "latency_ms" in kept else np.nan})
+    if "usd" in kept:
+        predictions["usd"] = kept["usd"]
+    info = {"file": str(path), "rows": int(len(frame)), "matched": int(len(kept)),
+            "missing_ids": int(len(absent)), "missing_examples": absent.head(5).tolist(),
+            "extra_ids": int(len(extra)), "extra_examples": extra.head(5).tolist(),
+            "has_latency": "latency_ms" in frame.columns, "has_usd": "usd" in frame.columns,
+            "usd_per_request": float(kept["usd"].mean()) if "usd" in kept and len(kept) else None}
+    if not len(kept):
+        raise EvaluationError(f"{path}: none of its {len(frame)} ids is a test id (first: "
+                              f"{frame['id'].iloc[0] if len(frame) else 'none'!r}); the file must answer the test file's rows")
+    return CandidatePredictions(INCUMBENT_NAME, "incumbent", predictions, None, None, "evaluate", False), info
 
 
 def _check_ids(candidate: CandidatePredictions, test_ids: set[str]) -> str | None:
@@ -601,20 +667,80 @@ def _label_list(task_labels: Sequence[str], candidates: Sequence[CandidatePredic
     return sorted(labels)
 
 
-def _pick_baseline(task: str, entries: dict[str, dict], configured: str | None) -> tuple[str | None, str | None]:
-    """(baseline name, note): the configured one, else the zero-shot LLM, else another prompted LLM."""
+def pick_incumbent(task: str, entries: dict[str, dict], configured: str | None) -> tuple[str | None, str | None]:
+    """(incumbent name, note): the configured candidate (or ``predictions:FILE``, loaded as
+    ``incumbent``), else the strongest prompted LLM measured: the "pre-trained model before
+    fine-tuning" of the minimum-improvement rule, never an arbitrary one of them."""
+    primary = PRIMARY_METRIC[task]
     if configured is not None:
-        if configured in entries:
-            return configured, None
+        name = INCUMBENT_NAME if configured.startswith(PREDICTIONS_PREFIX) else configured
+        if name in entries:
+            return name, None
         return None, (f"evaluate.baseline is {configured!r} but it has no usable predictions; "
                       f"available: {', '.join(sorted(entries)) or 'none'}")
-    default = DEFAULT_BASELINE[task]
-    if default in entries:
-        return default, None
     prompted = [n for n, e in entries.items() if e["kind"] == "baseline"]
-    if prompted:
-        return prompted[0], f"{default} has no predictions; {prompted[0]} is the baseline instead"
-    return None, f"no baseline: {default} (or another prompted LLM) has no predictions; set evaluate.baseline"
+    best = _best(entries, prompted, primary)
+    if best is not None:
+        return best, (f"the incumbent is {best}, the strongest prompted LLM measured "
+                      f"(of {', '.join(sorted(prompted))}); name the system you run today with evaluate.baseline")
+    alternatives = [n for n, e in entries.items() if e["kind"] != "finetuned"]
+    best = _best(entries, alternatives, primary)
+    if best is not None:
+        return best, f"no prompted LLM was measured; the incumbent is {best}, the best candidate that needs no fine-tuning"
+    return None, "no baseline: no prompted LLM or other candidate without fine-tuning has predictions; set evaluate.baseline"
+
+
+def meaningful(task: str, entry: dict, scores: "Scores", primary: str) -> dict:
+    """Whether a candidate is more than chance: its interval's lower end above the majority-class
+    rate (the accuracy of always answering the most frequent label on the same rows, never below
+    1 / number of labels). A baseline within noise of that is a strawman: beating it by 15% says
+    nothing about fine-tuning."""
+    if task != "classify" or primary != "accuracy":
+        return {"meaningful": True, "floor": None, "reason": "not checked for this metric"}
+    counts = np.bincount(scores.y_true, minlength=len(scores.labels))
+    floor = max(float(counts.max() / max(len(scores.y_true), 1)), 1.0 / max(len(set(scores.y_true.tolist())), 1))
+    low = (entry.get("ci95", {}).get(primary) or [float("nan")])[0]
+    ok = bool(low is not None and math.isfinite(low) and low > floor)
+    reason = (f"{entry['name']} scores {entry['metrics'].get(primary, float('nan')):.4g} {primary} (interval from "
+              f"{low:.4g}); always answering the most frequent label scores {floor:.4g} on the same rows")
+    return {"meaningful": ok, "floor": floor, "lower": low,
+            "reason": reason + ("" if ok else ": within noise of chance, not a meaningful baseline")}
+
+
+def _reference(task: str, entries: dict[str, dict], incumbent: str | None, checks: dict[str, dict],
+               primary: str) -> tuple[str | None, str | None]:
+    """The candidate the minimum-improvement rule is measured against: the incumbent when it is
+    meaningful, else the best meaningful candidate that needs no fine-tuning."""
+    if incumbent is None or checks.get(incumbent, {}).get("meaningful", True):
+        return incumbent, None
+    alternatives = [n for n, e in entries.items() if e["kind"] != "finetuned" and n != incumbent
+                    and checks.get(n, {}).get("meaningful", True)]
+    best = _best(entries, alternatives, primary)
+    if best is None:
+        return incumbent, (f"the baseline {incumbent} is not meaningful ({checks[incumbent]['reason']}) and no "
+                           "other candidate without fine-tuning is either; comparisons use it all the same")
+    return best, (f"the baseline {incumbent} is not meaningful ({checks[incumbent]['reason']}): the "
+                  f"minimum-improvement rule is measured against {best}, the best candidate that needs no fine-tuning")
+
+
+def pairwise_primary(scores: dict[str, "Scores"], names: Sequence[str], primary: str, resampler: "_Resampler",
+                     level: float, seed: int) -> dict[str, dict[str, dict]]:
+    """Every ordered pair's paired comparison on the primary metric (on the ids both scored):
+    ``out[a][b]`` is a against b. The decision reads it to tell which candidates are within noise
+    of each other and which beat the cheaper ones."""
+    out: dict[str, dict[str, dict]] = {n: {} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            result = compare_scores(scores[a], scores[b], (primary,), resampler, level, seed)
+            if result is None or primary not in result["metrics"]:
+                continue
+            m = result["metrics"][primary]
+            lo, hi = m["difference_ci"]
+            out[a][b] = {"difference": m["difference"], "difference_ci": [lo, hi], "p_value": m["p_value"],
+                         "test": m["test"], "n": m["n"]}
+            out[b][a] = {"difference": -m["difference"], "difference_ci": [-hi, -lo], "p_value": m["p_value"],
+                         "test": m["test"], "n": m["n"]}
+    return out
 
 
 def _best(entries: dict[str, dict], names: Sequence[str], primary: str) -> str | None:
@@ -713,6 +839,8 @@ def evaluate_candidates(
     skipped = list(skipped)
     usable: list[CandidatePredictions] = []
     always = config.baseline or DEFAULT_BASELINE[task]  # the baseline stays in even when not listed
+    if always.startswith(PREDICTIONS_PREFIX):
+        always = INCUMBENT_NAME
     for c in candidates:
         if config.candidates is not None and c.name not in config.candidates and c.name != always:
             continue
@@ -798,10 +926,18 @@ def evaluate_candidates(
             entries[c.name]["out_of_scope_threshold"] = thresholds[c.name]["threshold"]
     timings["score"] = time.perf_counter() - started
 
-    # ---- comparisons with the baseline, and the gate
+    # ---- the incumbent, the reference of the minimum-improvement rule, comparisons and the gate
     started = time.perf_counter()
-    baseline, note = _pick_baseline(task, entries, config.baseline)
+    incumbent, note = pick_incumbent(task, entries, config.baseline)
     notes = [note] if note else []
+    checks = {name: meaningful(task, entries[name], scores[name], primary) for name in entries}
+    for name, check in checks.items():
+        entries[name]["meaningful"] = check["meaningful"]
+        entries[name]["needs_finetuning"] = entries[name]["kind"] == "finetuned"
+        entries[name]["on_sample"] = entries[name]["n_eval"] < len(test)
+    baseline, reference_note = _reference(task, entries, incumbent, checks, primary)
+    if reference_note:
+        notes.append(reference_note)
     comparisons: dict[str, dict] = {}
     if baseline is not None:
         for name in entries:
@@ -811,10 +947,14 @@ def evaluate_candidates(
                     skipped.append({"name": name, "reason": f"shares no scored test id with the baseline {baseline}; not compared"})
                 else:
                     comparisons[name] = result
+    pairwise = pairwise_primary(scores, list(entries), primary, resampler, level, seed)
     others = [n for n in entries if n != baseline]
     finetuned = [n for n in others if entries[n]["kind"] == "finetuned"]
     gate_candidate = _best(entries, finetuned or others, primary)
-    cheap = _best(entries, [n for n in entries if entries[n]["kind"] == "cheap" and n not in (gate_candidate, baseline)], primary)
+    # the alternative the fine-tune must not lose to: the best candidate that needs no fine-tuning
+    # (cheap models and prompted LLMs alike), other than the reference itself
+    cheap = _best(entries, [n for n in entries if entries[n]["kind"] != "finetuned" and n not in (gate_candidate, baseline)
+                            and checks[n]["meaningful"]], primary)
     vs_cheap = None
     if gate_candidate is not None and cheap is not None and config.gate_beats_cheap:
         vs_cheap = compare_scores(scores[gate_candidate], scores[cheap], (primary,), resampler, level, seed)
@@ -828,7 +968,8 @@ def evaluate_candidates(
                 "relative_improvement": cmp["relative_improvement"], "ci95": cmp["relative_ci"],
                 "p_value": cmp["p_value"], "test": cmp["test"], "threshold": config.threshold,
                 "difference": cmp["difference"], "difference_ci95": cmp["difference_ci"], "n": cmp["n"],
-                "candidate_score": cmp["candidate"], "baseline_score": cmp["baseline"]}
+                "candidate_score": cmp["candidate"], "baseline_score": cmp["baseline"],
+                "on_sample": cmp["n"] < len(test)}
     timings["compare"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -842,7 +983,11 @@ def evaluate_candidates(
         "n_resamples": config.n_resamples,
         "n_test": int(len(test)),
         "baseline": baseline,
+        "incumbent": {"name": incumbent, "configured": config.baseline, **(checks.get(incumbent or "", {}))},
+        "reference_note": reference_note,
+        "threshold": config.threshold,
         "candidates": list(entries.values()),
+        "pairwise": pairwise,
         "comparison": head,
         "comparisons": {name: {"baseline": baseline, **c} for name, c in comparisons.items()},
         "cheap_check": ({"candidate": gate_candidate, "cheap": cheap, **vs_cheap} if vs_cheap else None),
@@ -973,7 +1118,7 @@ def robustness_report(task: str, fitted: dict[str, Candidate], sample: pd.DataFr
                             zip(sample["input"].head(3).astype(str), perturbed[kind]["input"].head(3))] for kind in kinds},
         "candidates": {}, "skipped": list(skipped),
     }
-    for name, candidate in fitted.items():
+    for name, candidate in track(fitted.items(), "robustness", unit="candidates"):
         started = time.perf_counter()
         clean_predictions = candidate.predict(sample)
         predictions = {kind: candidate.predict(frame) for kind, frame in perturbed.items()}

@@ -543,8 +543,11 @@ def find_near_duplicates(
         band_codes, n_capped = _bucket_pairs(keys[k], keys[(k + 1) % bands], max_bucket)
         return _sorted_unique(band_codes), n_capped  # one vote per band, even from a capped bucket
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # sorts release the GIL
-        per_band_capped = list(pool.map(band_pairs, range(bands)))
+    per_band_capped = []
+    with _progress("near-dup: lsh", bands, progress, "bands") as advance, ThreadPoolExecutor(max_workers=workers) as pool:
+        for band_result in pool.map(band_pairs, range(bands)):  # sorts release the GIL
+            per_band_capped.append(band_result)
+            advance(1)
     per_band = [codes_k for codes_k, _ in per_band_capped]
     capped = sum(n_capped for _, n_capped in per_band_capped)
     del keys, per_band_capped

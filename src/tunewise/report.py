@@ -572,6 +572,8 @@ def decision_section(decision_file: dict | None, config: dict) -> dict:
             "recommended": decision.get("recommended"),
             "candidate": decision.get("candidate") or decision.get("recommended"),
             "reasons": decision.get("reasons") or [], "roi": roi, "missing": missing,
+            "headline": decision.get("headline"), "reference": decision.get("reference"),
+            "incumbent": decision.get("incumbent"), "candidate_costs": roi.get("candidates") or {},
             "sensitivity": sensitivity, "chart": payback_chart(roi),
             "assumptions": roi.get("assumptions") or {}, "cost_lines": roi.get("one_time_cost_lines") or []}
 
@@ -909,7 +911,8 @@ def build_summary(evaluation: dict, candidates: list[dict], comparison: dict | N
                 "missing": decision.get("missing") or []},
         "decision": {"verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
                      "reasons": decision.get("reasons") or [], "candidate": decision.get("candidate"),
-                     "decided": decision.get("present", False)},
+                     "headline": decision.get("headline"), "reference": decision.get("reference"),
+                     "incumbent": decision.get("incumbent"), "decided": decision.get("present", False)},
         "gate": evaluation.get("gate"),
         "timings_s": stage_timings,
     })

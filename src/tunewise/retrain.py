@@ -12,7 +12,8 @@ The loop the server closes (issue 9):
    exactly the old test rows) and the whole pipeline (ingest, curation, split, baselines,
    training, evaluation, decision, report) runs into a new run id; the old run, which the server
    may be serving, is not touched;
-3. the new run must pass the same gate: its decision is GO with the gate settings of the source
+3. the new run must pass the same gate: its decision recommends a model (FINE_TUNE or USE_ALTERNATIVE,
+   as its predecessor's did) with the gate settings of the source
    run (``evaluate.baseline``, ``threshold``, ``gate_beats_cheap``, ``confidence_level`` and the
    ``roi`` section unchanged), and the new recommended candidate is not worse than the old one
    beyond noise on the shared test rows (McNemar on the paired answers; for replies, a sign-flip
@@ -40,6 +41,9 @@ NOISE_ALPHA = 0.05  # a regression against the previous candidate counts when Mc
 class RetrainError(ValueError):
     """retrain cannot run as asked; the message says what to change."""
 
+
+# verdicts that name a model to serve; a retrained run must keep its predecessor's
+SERVABLE_VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE")
 
 def feedback_training_rows(requests: pd.DataFrame, feedback: pd.DataFrame, *, task: str,
                            labels: set[str] | None = None, thumbs_up: bool = True,
@@ -225,9 +229,12 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
             continue
         reasons.append(f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
                        "pass the gate its predecessor passed")
-    if decision.get("verdict") != "GO":
-        reasons.append(f"{new_run_id}'s decision is {decision.get('verdict', 'missing')}: "
-                       + "; ".join(decision.get("reasons", [])[:3]))
+    verdict, old_verdict = decision.get("verdict"), old_decision.get("verdict")
+    if verdict not in SERVABLE_VERDICTS:
+        reasons.append(f"{new_run_id}'s decision is {verdict or 'missing'}: " + "; ".join(decision.get("reasons", [])[:3]))
+    elif old_verdict in SERVABLE_VERDICTS and verdict != old_verdict:
+        reasons.append(f"{new_run_id}'s decision is {verdict} where {run_id}'s was {old_verdict}: "
+                       + "; ".join(decision.get("reasons", [])[:2]))
     old_test = set(pd.read_parquet(run_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
     new_test = set(pd.read_parquet(new_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
     same_test = old_test == new_test
@@ -245,7 +252,7 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
         "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
         "previous_recommended": previous, "same_test_rows": same_test, "test_rows": len(new_test),
         "gate_settings": new_gate, "against_previous": regression,
-        "reasons": reasons or [f"{new_run_id} is GO under the same gate as {run_id}, on the same {len(new_test)} "
+        "reasons": reasons or [f"{new_run_id} is {verdict} under the same gate as {run_id}, on the same {len(new_test)} "
                                f"test rows, and not worse than {previous or 'the previous candidate'} beyond noise"],
     }
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,4 +1,4 @@
-"""decide: the measured gain priced against its cost: payback, ROI and GO / NO-GO (tunewise.decide)."""
+"""decide: FINE_TUNE, USE_ALTERNATIVE, NOT_YET or INCONCLUSIVE, with each candidate's cost (tunewise.decide)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from ..runner import StageContext, StageError, stage
 
 @stage("decide", sections=("roi",), reads=("evaluate",))
 def run(ctx: StageContext) -> dict:
-    """Turn the evaluation's gain into cost, benefit, payback and a GO / NO-GO verdict."""
+    """Turn the evaluation into a verdict: fine-tune, use an alternative, not yet, or inconclusive."""
     from ..artifacts import write_json
     from ..decide import DecisionError, decide
     from ..progress import console
@@ -18,7 +18,7 @@ def run(ctx: StageContext) -> dict:
         raise StageError(str(exc)) from None
     write_json(ctx.path("decision.json"), result)
     decision, roi = result["decision"], result["roi"]
-    colour = "green" if decision["verdict"] == "GO" else "yellow"
+    colour = {"FINE_TUNE": "green", "USE_ALTERNATIVE": "cyan"}.get(decision["verdict"], "yellow")
     console.print(f"decide: [bold {colour}]{decision['verdict']}[/bold {colour}]; recommended: {decision['recommended']}")
     for reason in decision["reasons"]:
         console.print(f"  - {reason}", highlight=False)

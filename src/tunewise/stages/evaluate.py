@@ -64,7 +64,7 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
 
 
 @stage("evaluate", sections=("evaluate", "data", "models"),
-       reads=("split", "baseline", "train"), user_files=ProjectConfig.knowledge_base_files)
+       reads=("split", "baseline", "train"), user_files=ProjectConfig.evaluate_files)
 def run(ctx: StageContext) -> dict:
     """Compare every candidate with the baseline on the test set: intervals, slices, robustness, gate."""
     from .. import evaluate as ev
@@ -83,17 +83,31 @@ def run(ctx: StageContext) -> dict:
         raise StageError(f"no candidate predictions under {ctx.run_dir / 'baseline' / 'predictions'} or "
                          f"{ctx.run_dir / 'train' / 'predictions'}; run `tunewise baseline` first"
                          + (f" ({'; '.join(s['reason'] for s in skipped)})" if skipped else ""))
+    ensemble_info = None
     if task == "classify" and section.ensemble and not any(c.name == "ensemble" for c in candidates):
         labels = sorted(set(train["label"].astype(str)) if train is not None else set(test["label"].astype(str)))
         with_truth = [ev.CandidatePredictions(c.name, c.kind, c.test, _with_labels(c.validation, validation), c.train,
                                               c.source, c.expensive) for c in candidates]
         ensemble, info = ev.ensemble_candidate(with_truth, labels)
+        ensemble_info = info
         if ensemble is not None:
             candidates.append(ensemble)
             write_parquet(ctx.path("predictions/ensemble.parquet"), ensemble.test)
             if ensemble.validation is not None:
                 write_parquet(ctx.path("predictions/ensemble.validation.parquet"), ensemble.validation)
             console.print(f"evaluate: ensemble of {', '.join(info['members'])} on {info['n_test']} test rows")
+    incumbent_file = cfg.incumbent_predictions_file()
+    incumbent_info = None
+    if incumbent_file is not None:
+        try:
+            incumbent, incumbent_info = ev.load_incumbent_predictions(incumbent_file, test)
+        except ev.EvaluationError as exc:
+            raise StageError(str(exc)) from None
+        candidates.append(incumbent)
+        write_parquet(ctx.path(f"predictions/{incumbent.name}.parquet"), incumbent.test)  # decide reads its latency
+        console.print(f"evaluate: incumbent from {incumbent_file}: {incumbent_info['matched']} of {len(test)} test rows "
+                      f"answered ({incumbent_info['missing_ids']} missing, {incumbent_info['extra_ids']} ids not in the "
+                      "test set, dropped)")
     for s in skipped:
         console.print(f"[yellow]evaluate: skipped {s['name']}: {s['reason']}[/yellow]")
 
@@ -105,6 +119,10 @@ def run(ctx: StageContext) -> dict:
         knowledge=knowledge, encoder=encoder, seed=cfg.seed, skipped=skipped,
     )
     summary = evaluation.summary
+    if incumbent_info is not None:
+        summary["incumbent"]["predictions_file"] = incumbent_info
+    if ensemble_info is not None:
+        summary["ensemble"] = ensemble_info
     sample_file = ctx.run_dir / "baseline" / "sample_ids.json"
     if sample_file.exists():  # which candidates scored only a sample: their comparisons run on it
         from ..artifacts import read_json
