@@ -232,3 +232,20 @@ def test_the_learning_curve_tells_the_decision_how_much_data_the_target_needs(de
     else:
         assert reason.startswith("more data of the same kind will not reach the target")
     assert _more_data_reason(run_dir, "not_in_the_curve", RoiConfig()) is None
+
+
+def test_the_curve_follows_the_decision_target_and_measures_the_ensemble_through_a_member(demo_run):
+    from tunewise.curve import resolve_curve_candidates, run_curve
+    from tunewise.runner import run_stages
+
+    cfg, run_dir = demo_run
+    run_stages(cfg.model_copy(update={"roi": RoiConfig(**GENEROUS)}), "r1", only=["decide"])
+    decision = json.loads((run_dir / "decide" / "decision.json").read_text())["decision"]
+    curve = run_curve(cfg, "r1", candidates=["tfidf_lr"], fractions=[0.3, 0.6, 1.0], n_resamples=50)
+    assert curve["target_source"] == "decision"
+    assert curve["target"] == pytest.approx(min(1.0, decision["target_score"]))
+    evaluation = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    evaluation["ensemble"] = {"members": ["encoder_ft", "tfidf_lr"]}
+    names, notes = resolve_curve_candidates(["ensemble", "tfidf_lr"], evaluation)
+    assert names == ["encoder_ft", "tfidf_lr"] and notes["ensemble_proxy"] == "encoder_ft"
+    assert "measured through its strongest fine-tuned member encoder_ft" in notes["ensemble"]

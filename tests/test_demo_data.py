@@ -262,21 +262,27 @@ def test_replies_reuse_the_order_number_and_state_knowledge_base_facts(demo):
 
 
 def test_tfidf_baseline_is_good_but_not_perfect(demo):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+    """The intents overlap as real ones do: the project's TF-IDF model lands where it does on real
+    support traffic (BANKING77: 91%), not near 100%. Measured with bench/bench_demo_difficulty.py,
+    seeds 0-2: 0.85-0.88 (before the generator learned paraphrases, vague messages, side remarks
+    and typos: 0.99-1.00)."""
     from threadpoolctl import threadpool_limits
+
+    from tunewise.candidates import make_candidate
 
     _, data, test, truth = demo
     clean = clean_rows(data, truth)
-    model = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=2000))
+
+    def records(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"id": frame["id"], "input": frame["text"], "label": frame["intent"]})
+
     # one BLAS thread: on a busy 2-core box, OpenBLAS threads fighting each other turn a 0.1 s
     # fit into several seconds
     with threadpool_limits(1):
-        model.fit(clean["text"], clean["intent"])
-    accuracy = float((model.predict(test["text"]) == test["intent"]).mean())
-    assert 0.80 <= accuracy <= 0.99, accuracy
+        model = make_candidate("tfidf_lr").fit(records(clean))
+        predicted = model.predict(records(test))["prediction"].to_numpy()
+    accuracy = float((predicted == test["intent"].to_numpy()).mean())
+    assert 0.80 <= accuracy <= 0.92, accuracy
 
 
 def test_is_fast(tmp_path):

@@ -362,10 +362,11 @@ def export(
 def curve(
     config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
     fractions: Annotated[str, typer.Option("--fractions", help="nested training subsets, comma-separated")] = "0.1,0.25,0.5,1.0",
-    candidates: Annotated[Optional[str], typer.Option("--candidates", help="comma-separated (default: the gate's "
-                                                      "candidate and the cheap model it was checked against)")] = None,
-    target: Annotated[Optional[float], typer.Option("--target", help="accuracy to reach (default: the gate's "
-                                                    "baseline score x (1 + threshold))")] = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="comma-separated (default: the "
+                                                      "decision's best fine-tune and the alternative it was weighed "
+                                                      "against; ensemble: measured through its strongest member)")] = None,
+    target: Annotated[Optional[float], typer.Option("--target", help="accuracy to reach (default: the "
+                                                    "decision's target, the reference's score x (1 + threshold))")] = None,
     engine: Annotated[str, typer.Option("--engine", help="local, or ray: each subset training a Ray task")] = "local",
     ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,

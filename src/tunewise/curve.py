@@ -322,11 +322,39 @@ def candidate_factory(cfg: Any) -> Callable[[str], Any]:
     return factory
 
 
-def default_candidates(evaluation: dict[str, Any]) -> list[str]:
-    """The gate's candidate and the cheapest alternative it was checked against, for contrast."""
+def default_candidates(evaluation: dict[str, Any], decision: dict[str, Any] | None = None) -> list[str]:
+    """The decision's best fine-tune and the alternative it was weighed against (else the gate's)."""
+    decision = decision or {}
     gate = evaluation.get("gate", {})
-    names = [n for n in (gate.get("candidate"), gate.get("cheap")) if n]
-    return list(dict.fromkeys(names))
+    names = [decision.get("candidate") or gate.get("candidate"),
+             decision.get("alternative") or decision.get("recommended") or gate.get("cheap")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def resolve_curve_candidates(names: list[str], evaluation: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Candidates a curve can train. The ensemble is not trained on its own: it averages its
+    members' probabilities, so its curve is measured through its strongest fine-tuned member
+    (the ensemble scored at or above it on this test set); ``notes`` says so."""
+    notes: dict[str, str] = {}
+    out: list[str] = []
+    scores = {c["name"]: (c.get("metrics") or {}).get("accuracy") for c in evaluation.get("candidates", [])}
+    kinds = {c["name"]: c.get("kind") for c in evaluation.get("candidates", [])}
+    for name in names:
+        if name == "ensemble":
+            members = (evaluation.get("ensemble") or {}).get("members") or [n for n, k in kinds.items()
+                                                                             if k == "finetuned" and n != "ensemble"]
+            tuned = [m for m in members if kinds.get(m) == "finetuned"] or members
+            if not tuned:
+                raise CurveError("the ensemble has no recorded members to measure a curve through; pass --candidates")
+            proxy = max(tuned, key=lambda m: (scores.get(m) or 0.0, m))
+            notes["ensemble"] = (f"the ensemble averages {', '.join(members)}; its curve is measured through its "
+                                 f"strongest fine-tuned member {proxy} (the ensemble adds "
+                                 f"{(scores.get('ensemble') or 0) - (scores.get(proxy) or 0):+.3f} accuracy on this test set)")
+            notes["ensemble_proxy"] = proxy
+            name = proxy
+        if name not in out:
+            out.append(name)
+    return out, notes
 
 
 def run_curve(cfg: Any, run_id: str = "default", *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -347,20 +375,35 @@ def run_curve(cfg: Any, run_id: str = "default", *, fractions: Sequence[float] =
     frames = {name: pd.read_parquet(path) for name, path in paths.items()}
     summary_path = run_dir / "evaluate" / "summary.json"
     evaluation = read_json(summary_path) if summary_path.exists() else {}
+    decision_path = run_dir / "decide" / "decision.json"
+    decision = (read_json(decision_path) or {}).get("decision", {}) if decision_path.exists() else {}
     if not candidates:
-        candidates = default_candidates(evaluation)
+        candidates = default_candidates(evaluation, decision)
         if not candidates:
             raise CurveError(f"no evaluation in {run_dir} to pick candidates from: pass --candidates "
                              "(e.g. tfidf_lr,encoder_ft) or run `tunewise evaluate` first")
+    candidates, notes = resolve_curve_candidates(list(candidates), evaluation)
+    for key, note in notes.items():
+        if not key.endswith("_proxy"):
+            console.print(f"curve: {note}")
     if target is None:
-        comparison = evaluation.get("comparison") or {}
-        if comparison.get("baseline_score") is not None:
-            target = min(1.0, comparison["baseline_score"] * (1 + comparison.get("threshold", cfg.evaluate.threshold)))
+        # the decision's target: the reference's score moved by the minimum improvement
+        target = decision.get("target_score")
+        if target is None:
+            comparison = evaluation.get("comparison") or {}
+            if comparison.get("baseline_score") is not None:
+                target = comparison["baseline_score"] * (1 + comparison.get("threshold", cfg.evaluate.threshold))
+        if target is not None and target > 1.0:
+            console.print(f"curve: the decision's target {target:.3f} is above accuracy 1: no amount of data reaches "
+                          "it; the curve reports accuracy 1.0 as the target instead")
+            target = 1.0
     console.print(f"curve: {', '.join(candidates)} on fractions {', '.join(f'{f:g}' for f in fractions)} of "
                   f"{len(frames['train'])} training rows" + (f"; target accuracy {target:.3f}" if target else ""))
     curve = learning_curve(frames["train"], frames["validation"], frames["test"], candidates=candidates,
                            factory=candidate_factory(cfg), fractions=fractions, seed=cfg.seed, target=target,
                            n_resamples=n_resamples, engine=engine, ray_address=ray_address)
+    curve["notes"] = notes
+    curve["target_source"] = "decision" if decision.get("target_score") is not None else "evaluation"
     out_dir = run_dir / "curve"
     write_json(out_dir / "curve.json", curve)
     write_curve_plot(curve, out_dir / "curve.png")

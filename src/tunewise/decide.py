@@ -507,7 +507,7 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     statuses = {n: _status(comparisons.get(n), metric, threshold, quality.lower_is_better) for n in finetunes}
     under_trained = {n: trained[n] for n in finetunes if (trained.get(n) or {}).get("under_trained")}
     alternative, alternative_notes = _choose(alternatives, quality, costs, roi, priced)
-    target = _target_text(evaluation, reference, threshold, quality)
+    target_score, target = _target(reference, threshold, quality)
 
     qualifying = [f for f in finetunes if statuses[f][0] == "meets"
                   and all(quality.better_beyond_noise(f, a) for a in alternatives if costs[a].total <= costs[f].total)]
@@ -606,7 +606,8 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     roi_out["candidates"] = candidates_costs
     decision = {"verdict": verdict, "recommended": recommended, "reasons": reasons,
                 "headline": f"{verdict}: {reasons[0]}", "candidate": best_finetune, "reference": reference,
-                "incumbent": incumbent, "threshold": threshold, "target": target, "priced": priced,
+                "incumbent": incumbent, "threshold": threshold, "target": target, "target_score": target_score,
+                "priced": priced,
                 "alternative": alternative, "finetune": finetune,
                 "finetune_status": {n: {"status": s, **f} for n, (s, f) in statuses.items()},
                 "under_trained": sorted(under_trained), "gate_passed": bool(gate.get("passed")),
@@ -621,9 +622,10 @@ def _rel_text(facts: dict) -> str:
     return f"{facts['relative']:+.1%} (interval {low:+.1%} to {high:+.1%})"
 
 
-def _target_text(evaluation: dict, reference: str | None, threshold: float, quality: _Quality) -> str:
+def _target(reference: str | None, threshold: float, quality: _Quality) -> tuple[float | None, str]:
+    """(target score, its arithmetic): the reference's score moved by the minimum improvement."""
     if reference not in quality.entries:
-        return "no reference"
+        return None, "no reference"
     score = quality.score(reference)
     factor = (1 - threshold) if quality.lower_is_better else (1 + threshold)
     target = score * factor
@@ -631,7 +633,7 @@ def _target_text(evaluation: dict, reference: str | None, threshold: float, qual
     text = f"{quality.metric} {target:.4g} = {reference}'s {score:.4g} x {factor:g}"
     if not quality.lower_is_better and target > ceiling:
         text += f", above the metric's maximum {ceiling:g}: no candidate can reach it from this reference"
-    return text
+    return target, text
 
 
 def _finetune_shortfall(best: str | None, statuses: dict, quality: _Quality, alternatives: list[str],
@@ -728,7 +730,9 @@ def _more_data_reason(run_dir: Path, candidate: str, roi: RoiConfig) -> str | No
     path = run_dir / "curve" / "curve.json"
     if not path.exists():
         return None
-    entry = read_json(path).get("candidates", {}).get(candidate)
+    curve = read_json(path)
+    proxy = (curve.get("notes") or {}).get(f"{candidate}_proxy")  # the ensemble: measured through a member
+    entry = curve.get("candidates", {}).get(candidate) or (curve.get("candidates", {}).get(proxy) if proxy else None)
     target = (entry or {}).get("target")
     if not target:
         return None
