@@ -148,3 +148,145 @@ def test_batched_left_padded_generation_matches_one_by_one(llm):
     single, _ = generate_replies(model, tokenizer, conversations, max_new_tokens=6, batch_size=1)
     assert batched == single and all(batched)
     assert latency.shape == (3,) and (latency > 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Label shortlist and the baseline stage's whole-test-set default (issue 15)
+
+
+@pytest.fixture(scope="module")
+def banking8(banking77):
+    """8 BANKING77 labels: 40 training rows (5 a label), 16 validation rows from other training
+    rows, 16 test rows from the official test split (2 a label)."""
+    def records(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
+        return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(frame))], "input": frame["text"].tolist(),
+                             "context": "[]", "label": frame["category"].tolist()})
+
+    train_csv = pd.read_csv(banking77 / "train.csv")
+    classes = sorted(train_csv["category"].unique())[10:18]
+    pool = train_csv[train_csv["category"].isin(classes)].sample(frac=1.0, random_state=0)
+    train = pool.groupby("category").head(5)
+    validation = pool.drop(train.index).groupby("category").head(2)
+    test_csv = pd.read_csv(banking77 / "test.csv")
+    test = test_csv[test_csv["category"].isin(classes)].groupby("category").head(2)
+    return records(train, "tr"), records(validation, "va"), records(test, "te")
+
+
+def test_shortlist_covering_every_label_equals_full_scoring(banking8):
+    train, validation, test = banking8
+    n_labels = train["label"].nunique()
+    assert n_labels == 8
+    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=4,
+                              shortlist=n_labels).fit(train, validation)
+    assert few_shot.shortlist_k_ == n_labels and few_shot.shortlist_rows(test) is None
+    full = few_shot.predict(test, shortlist=False)
+    shortlisted = few_shot.predict(test)
+    assert shortlisted["prediction"].tolist() == full["prediction"].tolist()
+    np.testing.assert_allclose(np.stack(shortlisted["proba"]), np.stack(full["proba"]), atol=1e-6)
+
+    # the shortlisted scorer itself (one trie per row, padded in the batch), given every label in a
+    # different order per row, returns the full scorer's log-likelihoods and labels
+    prompts = few_shot.tokenizer_(_render(few_shot.tokenizer_, few_shot._conversations(test)),
+                                  add_special_tokens=False)["input_ids"]
+    rng = np.random.default_rng(0)
+    every = np.stack([rng.permutation(n_labels) for _ in prompts])
+    reference = score_continuations(few_shot.model_, prompts, few_shot.continuations_, batch_size=4)
+    via_shortlist = score_continuations(few_shot.model_, prompts, few_shot.continuations_, shortlist=every, batch_size=4)
+    np.testing.assert_allclose(via_shortlist.logprob_sum, reference.logprob_sum, atol=1e-3)
+    np.testing.assert_array_equal(via_shortlist.logprob_sum.argmax(1), reference.logprob_sum.argmax(1))
+
+
+def test_short_shortlists_score_exactly_their_labels(banking8):
+    train, validation, test = banking8
+    zero_shot = make_candidate("zero_shot_llm", max_input_tokens=48, batch_size=4, shortlist=3).fit(train, validation)
+    rows = zero_shot.shortlist_rows(test)
+    assert rows.shape == (len(test), 3) and len({tuple(sorted(r)) for r in rows}) > 1  # shortlists differ by row
+    short = zero_shot.label_log_likelihoods(test)
+    full = zero_shot.label_log_likelihoods(test, shortlist=False)
+    on_list = np.zeros_like(full.logprob_sum, dtype=bool)
+    on_list[np.arange(len(test))[:, None], rows] = True
+    np.testing.assert_allclose(short.logprob_sum[on_list], full.logprob_sum[on_list], atol=1e-3)
+    assert np.isneginf(short.logprob_sum[~on_list]).all()
+    predictions = zero_shot.predict(test)
+    proba = np.stack(predictions["proba"])
+    assert (proba[~on_list] == 0).all() and np.allclose(proba.sum(1), 1.0)
+    restricted = np.where(on_list, full.scores("sum") - zero_shot._label_prior()[None, :], -np.inf)
+    assert predictions["prediction"].tolist() == [zero_shot.labels_[j] for j in restricted.argmax(1)]
+
+
+def test_shortlist_size_is_chosen_on_validation_and_recorded(banking8):
+    train, validation, test = banking8
+    lenient = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, shortlist="auto",
+                             shortlist_recall=0.5).fit(train, validation)
+    info = lenient.info()["shortlist"]
+    assert info["measured_on"] == f"validation ({len(validation)} rows)"
+    assert list(info["recall_by_k"]) == ["5"]  # the grid below 8 labels
+    assert lenient.shortlist_k_ == info["k"] == 5 and info["shortlisted"]
+    assert lenient.shortlist_recall_ == pytest.approx(info["recall_by_k"]["5"]) and lenient.shortlist_recall_ >= 0.5
+    # recall measured by hand: the true label among the 5 labels nearest by embedding
+    rows = lenient.shortlist_rows(validation)
+    truth = validation["label"].map({label: i for i, label in enumerate(lenient.labels_)}).to_numpy()
+    assert lenient.shortlist_recall_ == pytest.approx((rows == truth[:, None]).any(1).mean())
+
+    impossible = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, shortlist=True,
+                                shortlist_recall=1.0).fit(train, validation.assign(input="zzz qqq"))
+    assert impossible.shortlist_k_ == 8 and not impossible.info()["shortlist"]["shortlisted"]
+
+    no_validation = make_candidate("zero_shot_llm", calibrate=False, max_input_tokens=48,
+                                   shortlist_recall=0.5).fit(train)
+    assert no_validation.info()["shortlist"]["measured_on"] == f"leave-one-out on {len(train)} training rows"
+    assert make_candidate("zero_shot_llm", calibrate=False, shortlist=False).fit(train).shortlist_k_ == 8
+
+
+def test_plan_expensive_rows_scores_everything_within_budget():
+    from tunewise.baseline import MIN_BUDGET_SAMPLE, plan_expensive_rows
+
+    assert plan_expensive_rows(0.1, 3000, 1000, 900.0) == (3000, 1000)  # 400 s estimated
+    assert plan_expensive_rows(0.1, 3000, 1000, None) == (3000, 1000)
+    assert plan_expensive_rows(1.0, 3000, 1000, 900.0) == (450, 450)  # the budget split evenly
+    assert plan_expensive_rows(1.0, 3000, 200, 900.0) == (700, 200)  # a small validation set leaves more for test
+    assert plan_expensive_rows(60.0, 3000, 1000, 900.0) == (MIN_BUDGET_SAMPLE, MIN_BUDGET_SAMPLE)
+
+
+def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(banking8, tmp_path, monkeypatch):
+    import tunewise.baseline as baseline
+    from tunewise.artifacts import read_json
+    from tunewise.config import BaselineConfig, ModelsConfig
+
+    train, validation, test = banking8
+    monkeypatch.setattr(baseline, "PROBE_ROWS", 4)  # a probe of 2 batches (8 rows), then the other 8 rows
+    config = BaselineConfig(candidates=["tfidf_lr", "zero_shot_llm"], max_input_tokens=48, batch_size=4)
+    assert config.sample_size == "auto" and config.time_budget_s and config.shortlist == "auto"
+    summary = baseline.run_baseline(train, validation, test, task="classify", config=config, models=ModelsConfig(),
+                                    seed=0, out_dir=tmp_path / "whole")
+    sample = read_json(tmp_path / "whole" / "sample_ids.json")
+    assert sample["test"] == test["id"].tolist() and sample["validation"] == validation["id"].tolist()
+    assert sample["scored_by"] == [] and sample["stratified_by"] == "label"
+    assert sample["scoring"]["zero_shot_llm"]["whole"] and sample["scoring"]["zero_shot_llm"]["probe_rows"] == 8
+    assert sample["scoring"]["zero_shot_llm"]["seconds_per_row"] > 0
+    predictions = pd.read_parquet(tmp_path / "whole" / "predictions" / "zero_shot_llm.parquet")
+    assert predictions["id"].tolist() == test["id"].tolist()  # the probe's rows reused, in test order
+    entry = {c["name"]: c for c in summary["candidates"]}["zero_shot_llm"]
+    assert entry["n_scored"] == {"test": len(test), "validation": len(validation)}
+    assert entry["info"]["shortlist"]["measured_on"] == f"validation ({len(validation)} rows)"
+
+    # a budget too small for everything: a stratified sample (the floor lowered to fit this slice)
+    monkeypatch.setattr(baseline, "MIN_BUDGET_SAMPLE", 8)
+    tight = config.model_copy(update={"time_budget_s": 1e-3})
+    summary = baseline.run_baseline(train, validation, test, task="classify", config=tight, models=ModelsConfig(),
+                                    seed=0, out_dir=tmp_path / "tight")
+    sample = read_json(tmp_path / "tight" / "sample_ids.json")
+    assert len(sample["test"]) == 8 and set(sample["test"]) < set(test["id"])
+    assert test.set_index("id").loc[sample["test"], "label"].nunique() == 8  # stratified: one row a label
+    assert sample["scored_by"] == ["zero_shot_llm"] and not sample["scoring"]["zero_shot_llm"]["whole"]
+    predictions = pd.read_parquet(tmp_path / "tight" / "predictions" / "zero_shot_llm.parquet")
+    assert predictions["id"].tolist() == sample["test"]
+    cheap = {c["name"]: c for c in summary["candidates"]}["tfidf_lr"]
+    assert cheap["n_scored"]["test"] == len(test) and "metrics_on_sample" in cheap
+
+    # an explicit sample_size still draws that sample up front, without a probe
+    fixed = config.model_copy(update={"sample_size": 6})
+    baseline.run_baseline(train, validation, test, task="classify", config=fixed, models=ModelsConfig(),
+                          seed=0, out_dir=tmp_path / "fixed")
+    sample = read_json(tmp_path / "fixed" / "sample_ids.json")
+    assert len(sample["test"]) == 6 and sample["scored_by"] == ["zero_shot_llm"] and sample["scoring"] == {}

@@ -23,6 +23,7 @@ from tunewise.train import (
     dry_run,
     encode_replies,
     length_grouped_batches,
+    plan_run,
     train,
     trainable_state,
 )
@@ -150,6 +151,116 @@ def test_early_stopping_after_patience_and_its_switch():
     off_but_overfitting = EarlyStopping(mode="max", patience=3, overfit_window=2, enabled=False)
     stops = [off_but_overfitting.update(i, m, t).stop for i, (m, t) in enumerate(zip([0.8, 0.7, 0.6], [1.0, 0.8, 0.6]))]
     assert stops == [False, False, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# The default budget: sized from the data, ended by the validation curve
+
+
+def _plan(n_train: int, n_classes: int, **settings):
+    labels = [f"c{i}" for i in range(n_classes)]
+    return plan_run("classify", "lora", [20] * n_train, n_train, 100, labels, TrainConfig(**settings), max_length=32)
+
+
+def test_default_budget_is_sized_from_the_data_not_a_fixed_step_cap():
+    # BANKING77 (9,002 rows, 77 intents): 3 epochs of 563 steps, where the old cap stopped at 100 steps
+    full = _plan(9002, 77)
+    assert full.step_cap == "budget" and full.epochs == 3 and full.total_steps == 3 * math.ceil(9002 / 16)
+    assert full.eval_every == math.ceil(full.steps_per_epoch / 4)  # about 4 validations an epoch
+    # 10 rows an intent: 100 examples a class seen takes 10 epochs
+    few_shot = _plan(770, 77)
+    assert few_shot.step_cap == "budget" and few_shot.epochs == 10
+    # the demo's size (1,179 rows, 14 intents): 3,000 examples seen
+    assert _plan(1179, 14).epochs == 3
+    tiny = _plan(48, 3)  # at most 20 epochs, and at most 40 validations a run
+    assert tiny.epochs == 20 and tiny.total_steps == 60 and tiny.total_steps / tiny.eval_every <= 40
+    # the user's caps: the smaller one wins, and the plan says which limit sets the steps
+    assert _plan(9002, 77, max_steps=100).step_cap == "max_steps"
+    assert _plan(9002, 77, max_steps=100).total_steps == 100
+    assert _plan(9002, 77, epochs=1).step_cap == "epochs" and _plan(9002, 77, epochs=1).total_steps == 563
+    both = _plan(9002, 77, epochs=1, max_steps=10_000)
+    assert both.step_cap == "epochs" and both.total_steps == 563
+    assert _plan(9002, 77, max_steps=10_000).step_cap == "budget"  # a cap above the budget does not lift it
+    assert _plan(9002, 77, max_steps=8).eval_every == 2  # a short capped run still validates about 4 times
+
+
+@pytest.fixture(scope="module")
+def banking_slice(banking77):
+    """Six BANKING77 intents: 24 training and 10 validation rows each (real, overlapping wording)."""
+    frame = pd.read_csv(banking77 / "train.csv").rename(columns={"category": "label", "text": "input"})
+    intents = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "pending_transfer", "top_up_failed",
+               "wrong_amount_of_cash_received"]
+    frame = frame[frame["label"].isin(intents)].groupby("label").head(34).reset_index(drop=True)
+    frame["id"] = [f"b{i}" for i in range(len(frame))]
+    frame["context"] = "[]"
+    is_validation = frame.groupby("label").cumcount() >= 24
+    return frame[~is_validation].reset_index(drop=True), frame[is_validation].reset_index(drop=True)
+
+
+def test_default_budget_trains_until_validation_stops_improving(banking_slice, tiny_llm, tmp_path):
+    """No step or epoch cap, the LoRA classifier's default learning rate and batch: trained on real
+    BANKING77 rows until the validation curve stops improving, and the run says so (not under-trained).
+    (The embedded MiniLM encoder, encoder_ft's defaults, on the same rows: early stopping at step 50
+    of 180, macro-F1 0.98; 2 minutes on the loaded machine, so not run here.)"""
+    train_rows, validation_rows = banking_slice
+    # the overfitting watch is pushed out of the way: only early stopping (or the budget) can end this run
+    result = train("classify", train_rows, validation_rows, model_spec=tiny_llm, out_dir=tmp_path / "run", seed=0,
+                   config=TrainConfig(num_threads=1, precision="fp32", overfit_window=10))
+    plan, summary = result.plan, result.summary
+    assert plan.step_cap == "budget" and plan.epochs == min(20, math.ceil(3000 / len(train_rows)))
+    assert summary["stop_reason"] == "early_stopping", summary["stop_message"]
+    assert summary["steps_done"] < plan.total_steps  # the curve ended it, inside the budget
+    assert summary["under_trained"] is False and summary["under_trained_reason"] is None
+    curve = summary["validation_curve"]
+    assert [step for step, _ in curve] == list(range(plan.eval_every, summary["steps_done"] + 1, plan.eval_every))
+    best = max(value for _, value in curve)
+    assert summary["best"]["macro_f1"] == best > 0.5  # chance is 1/6
+    assert curve[0][1] < best - 0.2  # it learned before it levelled off
+    # patience validations after the best one, none better
+    assert [step for step, value in curve if value == best][0] == summary["best_step"]
+    assert sum(1 for step, _ in curve if step > summary["best_step"]) == 3
+    written = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert written["under_trained"] is False and written["validation_curve"] == curve
+
+
+def test_a_user_cap_that_stops_an_improving_run_marks_it_under_trained(tiny_llm, tmp_path):
+    config = quick(max_steps=6, eval_every=2)
+    result = train("classify", toy_frame(48), toy_frame(24, seed=1, prefix="v"), config=config, model_spec=tiny_llm,
+                   out_dir=tmp_path / "run", seed=0, name="capped")
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["stop_reason"] == "max_steps" and summary["steps_done"] == 6
+    assert summary["under_trained"] is True
+    assert "under-trained" in summary["under_trained_reason"] and "train.max_steps = 6" in summary["under_trained_reason"]
+    assert [step for step, _ in summary["validation_curve"]] == [2, 4, 6]
+    assert summary["validation_curve"] == [[e["step"], e["macro_f1"]] for e in result.curves["validation"]]
+    assert summary["plan"]["step_cap"] == "max_steps" and summary["monitor"] == "macro_f1"
+
+
+def test_the_time_cap_stops_a_run_validates_it_and_marks_it_under_trained(tiny_llm, tmp_path):
+    # a time cap smaller than one step: the run stops after its first step, with a validation there
+    result = train("classify", toy_frame(48), toy_frame(12, seed=1, prefix="v"), config=quick(max_minutes=1e-6),
+                   model_spec=tiny_llm, out_dir=tmp_path / "run", seed=0)
+    summary = result.summary
+    assert summary["stop_reason"] == "max_minutes" and summary["steps_done"] == 1
+    assert summary["validation_curve"] == [[1, result.curves["validation"][0]["macro_f1"]]]
+    assert summary["under_trained"] is True and "train.max_minutes" in summary["under_trained_reason"]
+    assert summary["plan"]["total_steps"] > 1  # the budget it did not get to
+
+
+def test_a_cap_after_a_plateau_is_not_under_trained_and_no_validation_is_unknown(tiny_llm):
+    from tunewise.train import convergence
+
+    plan = _plan(48, 3, max_steps=12)
+    watch = EarlyStopping(mode="max", patience=3, enabled=False)
+    curve = [(2, 0.5), (4, 0.9), (6, 0.9), (8, 0.8), (10, 0.9), (12, 0.9)]  # best at 4, then 4 without a gain
+    for step, value in curve:
+        watch.update(step, value, 1.0)
+    validation = [{"step": s, "macro_f1": v} for s, v in curve]
+    assert convergence(plan, watch, "max_steps", validation, patience=3)["under_trained"] is False
+    assert convergence(plan, watch, "max_steps", validation[:4], patience=3)["under_trained"] is True  # 2 after best
+    assert convergence(plan, watch, "early_stopping", validation, patience=3)["under_trained"] is False
+    unknown = convergence(plan, EarlyStopping(mode="max"), "budget", [], patience=3)
+    assert unknown["under_trained"] is None and "no validation" in unknown["under_trained_reason"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +428,15 @@ def test_dry_run_reports_tokens_steps_memory_and_costs(tiny_llm):
     assert gpus["H100"]["seconds"] < gpus["A10G"]["seconds"]
     expected = 4 * (report["parameters"] - report["trainable_parameters"]) * report["tokens_total"]
     assert report["flops"]["total"] == expected
+    # time to convergence: every planned step plus its validations, here and on the reference GPUs
+    with_validation = dry_run("classify", toy_frame(48), toy_frame(12, seed=1, prefix="v"), config=quick(max_minutes=1e-4),
+                              model_spec=tiny_llm, calibration_steps=2)
+    convergence = with_validation["convergence"]
+    assert convergence["steps"] == with_validation["plan"]["total_steps"] and convergence["step_cap"] == "budget"
+    assert convergence["validations"] >= 4 and convergence["validation_rows"] == 12
+    assert convergence["this_machine_seconds"] > with_validation["this_machine"]["seconds"] > 0
+    assert set(convergence["reference_gpus"]) == set(gpus)
+    assert convergence["steps_within_max_minutes"] < convergence["steps"] and "under-trained" in convergence["warning"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,10 +454,17 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
     for name, frame in (("train", toy_frame(40)), ("validation", toy_frame(12, 1, "v")), ("test", toy_frame(15, 2, "t"))):
         (run_dir / "split").mkdir(parents=True, exist_ok=True)
         frame.to_parquet(run_dir / "split" / f"{name}.parquet")
-    cfg = cfg.model_copy(update={"train": quick(candidates=["lora_llm"], max_steps=8)})
+    # sample_size below the test rows: the LoRA classifier still predicts every row (only generation samples)
+    cfg = cfg.model_copy(update={"train": quick(candidates=["lora_llm"], max_steps=8, sample_size=5)})
     metrics = train_stage.run(StageContext(cfg, run_dir, "train"))
     out = run_dir / "train"
     assert set(metrics["candidates"]) == {"lora_llm"}
+    assert metrics["candidates"]["lora_llm"]["stop_reason"] in ("max_steps", "early_stopping")
+    assert isinstance(metrics["candidates"]["lora_llm"]["under_trained"], bool)
+    entry = json.loads((out / "summary.json").read_text())["candidates"][0]
+    assert entry["n_scored"] == {"test": 15, "validation": 12} and entry["expensive"] is False
+    validation_predictions = pd.read_parquet(out / "predictions" / "lora_llm.validation.parquet")
+    assert sorted(validation_predictions["id"]) == sorted(toy_frame(12, 1, "v")["id"])
     for name in ("lora_llm/adapter/adapter_model.safetensors", "lora_llm/curves.json", "lora_llm/curves.png",
                  "lora_llm/train_summary.json", "predictions/lora_llm.parquet",
                  "predictions/lora_llm.validation.parquet", "summary.json"):

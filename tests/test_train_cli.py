@@ -44,9 +44,10 @@ def write_project(folder: Path, llm: str, **train: object) -> Path:
     return path
 
 
-def tunewise(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def tunewise(*args: str, cwd: Path, timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "tunewise.cli", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=timeout, env={**__import__("os").environ, "TUNEWISE_PROGRESS": "off"})
+                            timeout=timeout, env={**__import__("os").environ, "TUNEWISE_PROGRESS": "off",
+                                                  **(extra_env or {})})
     assert result.returncode == 0, f"tunewise {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -59,7 +60,8 @@ def test_two_processes_follow_the_single_process_curve_with_the_same_global_batc
     # 2 processes x batch 4 against 1 process x batch 4 x 2 accumulated: the same 8 rows per step.
     # Tolerance: 1e-4 on the loss (only the order of float sums differs); LoRA dropout is off because
     # each process draws its own dropout masks.
-    project = write_project(tmp_path / "ddp", tiny_llm, max_steps=8, eval_every=4)
+    # a time cap far away: rank 0's clock is broadcast at every step, and changes nothing else
+    project = write_project(tmp_path / "ddp", tiny_llm, max_steps=8, eval_every=4, max_minutes=600)
     tunewise("train", "--config", str(project), "--run-id", "two", "--nproc", "2", cwd=tmp_path)
     write_project(tmp_path / "ddp", tiny_llm, max_steps=8, eval_every=4, gradient_accumulation=2)
     tunewise("train", "--config", str(project), "--run-id", "one", cwd=tmp_path)
@@ -72,7 +74,7 @@ def test_two_processes_follow_the_single_process_curve_with_the_same_global_batc
     assert [p["step"] for p in two["validation"]] == [4, 8]
     assert np.allclose([p["loss"] for p in two["validation"]], [p["loss"] for p in one["validation"]], atol=1e-4)
     summary = json.loads((tmp_path / "ddp" / "runs" / "two" / "train" / "lora_llm" / "train_summary.json").read_text())
-    assert summary["plan"]["world_size"] == 2
+    assert summary["plan"]["world_size"] == 2 and summary["stop_reason"] == "max_steps"
     predictions = tmp_path / "ddp" / "runs" / "two" / "train" / "predictions" / "lora_llm.parquet"
     assert predictions.exists()
 
@@ -85,6 +87,14 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_llm, tmp_path):
     assert report["plan"]["total_steps"] == 4 and report["tokens_total"] > 0
     assert report["this_machine"]["tokens_per_second"] > 0
     assert {g["gpu"] for g in report["reference_gpus"]} and all(g["usd"] > 0 for g in report["reference_gpus"])
+    assert report["convergence"]["steps"] == 4 and report["convergence"]["step_cap"] == "max_steps"
+    assert not (tmp_path / "dry" / "runs" / "default" / "train").exists()
+    # no cap: the default budget, sized from the data, and the time it takes at most, here and on GPUs
+    write_project(tmp_path / "dry", tiny_llm, max_steps=None, eval_every=None, early_stopping=True)
+    text = tunewise("train", "--config", str(project), "--dry-run", cwd=tmp_path,
+                    extra_env={"COLUMNS": "200"}).stdout
+    assert "default budget: 20 epochs of" in text and "planned steps" in text
+    assert "time to convergence (at most)" in text and "H100" in text
     assert not (tmp_path / "dry" / "runs" / "default" / "train").exists()
 
 

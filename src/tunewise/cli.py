@@ -317,7 +317,7 @@ def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
             table.add_row(gpu["gpu"], f"about {_duration(gpu['seconds'])}, ${gpu['usd']:.4g} "
                                        f"(FLOPs estimate, {gpu['utilisation']:.0%} utilisation)")
         if conv:
-            gpus = ", ".join(f"{g} {_duration(s)}" for g, s in conv["reference_gpus"].items())
+            gpus = ", ".join(f"{g} {_duration(s) if s >= 1 else '< 1 s'}" for g, s in conv["reference_gpus"].items())
             table.add_row("time to convergence (at most)",
                           f"this machine {_duration(conv['this_machine_seconds'])}; {gpus} (every planned step and "
                           f"{conv['validations']} validations; early stopping usually ends sooner)")

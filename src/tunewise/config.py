@@ -118,9 +118,14 @@ class BaselineConfig(Section):
         description="candidates to run; default for classify: majority, tfidf_lr, embed_lr, zero_shot_llm, "
         "few_shot_llm; for generate: nn_reply, zero_shot_llm_gen, few_shot_llm_gen, rag_llm_gen (with a knowledge base)",
     )
-    sample_size: int | None = Field(
-        500, ge=1, description="LLM candidates score a stratified sample of this many test (and validation) rows; null scores all"
-    )
+    sample_size: int | Literal["auto"] | None = Field(
+        "auto", description="rows prompted-LLM candidates score. auto: the whole test and validation sets when "
+        "the time estimated from the first rows scored fits time_budget_s, else a stratified sample sized to fit "
+        "(at least 100 rows of each); a number: a stratified sample of this many test (and validation) rows; "
+        "null: all rows whatever the time")
+    time_budget_s: float | None = Field(
+        900.0, gt=0, description="sample_size auto: seconds of scoring (test + validation) allowed per prompted-LLM "
+        "candidate, fitting excluded; null: no limit")
     few_shot_k: int = Field(5, ge=1, le=50, description="training examples placed in few-shot prompts (nearest by embedding)")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="generate: longest reply, in tokens")
     system_prompt: str | None = Field(None, description="system prompt for the LLM candidates; default: a generic one per task")
@@ -133,6 +138,29 @@ class BaselineConfig(Section):
     )
     batch_size: int = Field(8, ge=1, le=512, description="examples per LLM forward pass")
     max_input_tokens: int = Field(256, ge=8, description="longer messages (and few-shot examples) are cut to this many tokens")
+    shortlist: bool | int | Literal["auto"] = Field(
+        "auto", description="classify: the LLM scores only the labels a cheap ranker (nearest training example by "
+        "sentence embedding) puts first for each message. auto (or true): the smallest size (5, 10, 15, 20, 30, 40, "
+        "50, 75, 100) whose recall on validation reaches shortlist_recall, and every label when none does or there "
+        "are too few labels; a number: that many labels; false: every label (slowest: on 77 labels most of the "
+        "tokens the LLM reads per message are label tokens)")
+    shortlist_recall: float = Field(
+        0.99, gt=0, le=1, description="shortlist auto: share of validation messages whose true label must be on "
+        "their shortlist")
+
+    @field_validator("sample_size")
+    @classmethod
+    def _sample_size(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("sample_size must be at least 1, 'auto', or null for all rows")
+        return value
+
+    @field_validator("shortlist")
+    @classmethod
+    def _shortlist(cls, value: bool | int | str) -> bool | int | str:
+        if not isinstance(value, bool) and isinstance(value, int) and value < 1:
+            raise ValueError("shortlist must keep at least 1 label: a number >= 1, auto, true or false")
+        return value
 
     @field_validator("candidates")
     @classmethod
@@ -150,10 +178,13 @@ class EvaluateConfig(Section):
     """The ``evaluate:`` section: metrics, intervals, slices, robustness and the gate."""
 
     baseline: str | None = Field(
-        None, description="candidate every other one is compared with; default: the zero-shot LLM "
-        "(zero_shot_llm for classify, zero_shot_llm_gen for generate)")
+        None, description="the incumbent, what the team runs today: a candidate name, or predictions:FILE (the "
+        "current system's answers on the test file: id,prediction[,latency_ms,usd], joined on id); default: the "
+        "strongest prompted LLM measured. A baseline within noise of chance is not meaningful: the minimum-improvement "
+        "rule is then measured against the best candidate that needs no fine-tuning")
     candidates: list[str] | None = Field(None, description="evaluate only these candidates; default: all with predictions")
-    threshold: float = Field(0.15, ge=0, description="gate: relative improvement over the baseline the chosen candidate must reach")
+    threshold: float = Field(0.15, ge=0, description="minimum improvement: relative gain over the baseline a fine-tuned "
+                             "candidate must reach (the whole interval above it) for FINE_TUNE")
     n_resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples for every interval")
     confidence_level: float = Field(0.95, gt=0.5, lt=1, description="level of every interval")
     out_of_scope_label: str = Field("out_of_scope", description="classify: label of messages the model should not answer")
@@ -222,10 +253,13 @@ class TrainConfig(Section):
         default_factory=dict, description="settings for one candidate over the ones in this section, e.g. "
         "{lora_llm: {max_steps: 100}, encoder_ft: {learning_rate: 1e-4}}")
     # -- how long
-    epochs: int | None = Field(None, ge=1, le=100, description="passes over the training data; default sized "
-                               "from the data: about 3,000 examples seen (at least 1, at most 10 epochs)")
-    max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps; default 100 (lora classify), "
-                                  "60 (lora generate), 600 (encoder), so a small project trains in minutes on a CPU")
+    epochs: int | None = Field(None, ge=1, le=100, description="cap on passes over the training data; default: a "
+                               "budget sized from the data (at least 3 epochs, 3,000 examples and 100 per class "
+                               "seen; at most 20 epochs), inside which early stopping on validation decides")
+    max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps; default: none (the data-sized "
+                                  "budget and early stopping decide)")
+    max_minutes: float | None = Field(None, gt=0, description="cap on training time of one candidate, in minutes "
+                                      "(validation included, summed over resumed runs); default: none")
     batch_size: int | None = Field(None, ge=1, le=4096, description="examples per forward pass; default 16 "
                                    "(classify) or 8 (generate)")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="forward passes per optimiser step "
@@ -248,7 +282,7 @@ class TrainConfig(Section):
                                       description="module names that get LoRA adapters (attention and MLP projections)")
     # -- validation, early stopping, overfitting
     eval_every: int | None = Field(None, ge=1, description="optimiser steps between validations; default: "
-                                   "about 8 validations per run")
+                                   "about 4 per epoch (at least 4, at most 40 per run)")
     eval_max_rows: int = Field(256, ge=1, description="validation rows used during training (a stratified "
                                                       "head of the validation split)")
     monitor: Literal["auto", "loss", "accuracy", "macro_f1", "chrf"] = Field(
@@ -360,17 +394,22 @@ class RoiConfig(Section):
     new_labels: int = Field(0, ge=0, description="new labelled rows to buy or write")
     usd_per_label: float = Field(0.5, ge=0, le=10000, description="price of one new labelled row")
     engineering_days: float = Field(5.0, ge=0, le=10000, description="engineering days to build, ship and "
-                                    "maintain the fine-tuned model over the horizon")
+                                    "maintain a fine-tuned model over the horizon")
+    engineering_days_cheap: float = Field(2.0, ge=0, le=10000, description="engineering days to build, ship and "
+                                          "maintain a cheap classic model (TF-IDF, embeddings + linear) over the horizon")
+    engineering_days_prompted: float = Field(1.0, ge=0, le=10000, description="engineering days to build, ship and "
+                                             "maintain a prompted LLM over the horizon (the incumbent costs none: it runs already)")
     engineer_usd_per_day: float = Field(800.0, ge=0, le=100000, description="day rate of that engineer")
     # -- running cost
-    serving_instance: str = Field("c7i.large", description="CPU instance that serves a model, priced from "
-                                  "tunewise.decide.CPU_INSTANCES (latencies measured here scale by its vCPUs)")
+    serving_instance: str = Field("auto", description="CPU instance that serves a model, priced from "
+                                  "tunewise.decide.CPU_INSTANCES (latencies measured here scale by its vCPUs); auto: "
+                                  "for each candidate the smallest instance whose memory holds it")
     serving_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the instance's price")
     always_on: bool = Field(True, description="a served model keeps one instance running all month even when "
                             "traffic needs less")
     baseline_usd_per_million_tokens: float | None = Field(
-        None, gt=0, le=10000, description="the baseline is a hosted LLM API at this price (input and output "
-        "tokens); default: the baseline runs on the serving instance like the candidates")
+        None, gt=0, le=10000, description="the incumbent is a hosted LLM API at this price (input and output "
+        "tokens); default: it runs on a serving instance like the candidates (a predictions file's usd column wins)")
     tokens_per_request: float | None = Field(None, gt=0, description="tokens per request for API pricing; "
                                              "default: measured on the test inputs (about 4 characters a token)")
 
@@ -385,7 +424,7 @@ class RoiConfig(Section):
         else:
             from .decide import CPU_INSTANCES
 
-            known, what, hint = list(CPU_INSTANCES), "instance", ""
+            known, what, hint = ["auto", *CPU_INSTANCES], "instance", ""
         if value not in known:
             raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}{hint}")
         return value
@@ -492,6 +531,16 @@ class ProjectConfig(Section):
         if folder is None or not folder.is_dir():
             return []
         return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".md", ".txt"))
+
+    def incumbent_predictions_file(self) -> Path | None:
+        """``evaluate.baseline: predictions:FILE``: the team's current system's answers on the test file."""
+        baseline = self.evaluate.baseline or ""
+        return self.resolve(baseline[len("predictions:"):]) if baseline.startswith("predictions:") else None
+
+    def evaluate_files(self) -> list[Path]:
+        """User files the evaluate stage reads (its cache key holds their digests)."""
+        incumbent = self.incumbent_predictions_file()
+        return self.knowledge_base_files() + ([incumbent] if incumbent is not None and incumbent.exists() else [])
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data, for the stage cache key and MLflow params."""

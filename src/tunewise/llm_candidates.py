@@ -25,6 +25,12 @@ How label scoring stays affordable (77 labels x a 400-token prompt on a CPU):
 2. The token prefix that all prompts share (system prompt and label list) is run once per call
    with ``use_cache=True``; every batch starts from a copy of that KV cache.
 3. Examples are sorted by prompt length, batched with left padding, and restored to input order.
+4. A label shortlist per example (``shortlist``, on by default): a cheap ranker, the highest cosine
+   similarity between the message and each label's training examples (the MiniLM embeddings
+   few-shot retrieval computes anyway), keeps the top k labels, and only their trie is fed. The
+   size k is the smallest of a grid whose recall on validation reaches 0.99 (k=10 of 77 on
+   BANKING77, recall 0.995). The system prompt still lists every label, so the shared prefix and
+   the scores of the labels kept are unchanged; labels left out get probability 0.
 
 The scored answer ends with the end-of-turn token, so a label that is a prefix of another ("card"
 vs "card arrival") is not favoured just because it is shorter. Labels are ranked by the summed
@@ -76,8 +82,10 @@ __all__ = [
     "label_display_name",
     "load_passages",
     "nearest_neighbours",
+    "label_similarity",
     "score_continuations",
     "score_continuations_naive",
+    "top_labels",
 ]
 
 DEFAULT_GENERATE_SYSTEM_PROMPT = (
@@ -90,6 +98,12 @@ CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao e
 # Upper bound on floats held by one batch's logits (B x kept positions x vocabulary): 64M floats
 # is 256 MB in float32. The batch is cut down to fit, so 77 labels do not exhaust memory.
 MAX_LOGIT_FLOATS = 64_000_000
+
+# Shortlist sizes tried in fit, smallest first: the smallest whose recall on held-out rows reaches
+# the target is kept. Held-out rows for that measure are capped: recall to 0.001 needs no more.
+SHORTLIST_GRID = (5, 10, 15, 20, 30, 40, 50, 75, 100)
+SHORTLIST_HELD_OUT_ROWS = 2000
+SHORTLIST_RANKER = "max cosine similarity to the label's training examples (sentence encoder)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +140,44 @@ def nearest_neighbours(queries: np.ndarray, pool: np.ndarray, k: int, chunk: int
         order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
         out[start : start + len(sims)] = np.take_along_axis(top, order, axis=1)
     return out
+
+
+def label_similarity(
+    queries: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray, n_labels: int, *,
+    exclude: np.ndarray | None = None, chunk: int = 1024,
+) -> np.ndarray:
+    """(queries, labels): each query's highest cosine similarity to a pool row of each label.
+
+    The cheap ranker behind the label shortlist. The nearest example of a label is a better guide
+    than the label's centroid when a label covers several phrasings: on BANKING77 (MiniLM, 10% of
+    train held out) the true label is in the top 10 for 99.5% of messages, against 98.7% by centroid
+    and 91.5% by the label name's own embedding. ``exclude`` (one pool row per query, -1 for none)
+    leaves a query's own row out, for a leave-one-out measure on training rows. A label with no
+    pool row left gets -inf.
+    """
+    pool_labels = np.asarray(pool_labels, dtype=np.int64)
+    order = np.argsort(pool_labels, kind="stable")  # pool rows grouped by label, for reduceat
+    grouped = pool[order]
+    present = np.unique(pool_labels)
+    starts = np.searchsorted(pool_labels[order], present)
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))  # pool row -> column in ``grouped``
+    out = np.full((len(queries), n_labels), -np.inf, dtype=np.float32)
+    for begin in range(0, len(queries), chunk):
+        sims = queries[begin : begin + chunk] @ grouped.T
+        if exclude is not None:
+            own = np.asarray(exclude[begin : begin + chunk])
+            hit = np.flatnonzero(own >= 0)
+            sims[hit, where[own[hit]]] = -np.inf
+        if len(present):
+            out[begin : begin + len(sims), present] = np.maximum.reduceat(sims, starts, axis=1)
+    return out
+
+
+def top_labels(similarity: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) label indices with the highest similarity, best first (ties: lower index first)."""
+    k = min(k, similarity.shape[1])
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +261,7 @@ def answer_continuations(model: Any, tokenizer: Any, answers: Sequence[str]) -> 
 class ContinuationScores:
     """Log-likelihoods of every continuation after every prompt."""
 
-    logprob_sum: np.ndarray  # (examples, continuations): sum of token log-probabilities
+    logprob_sum: np.ndarray  # (examples, continuations): sum of token log-probabilities; -inf: not scored
     n_tokens: np.ndarray  # (continuations,): tokens per continuation, end-of-turn included
     latency_ms: np.ndarray  # (examples,): amortised wall time per example
 
@@ -281,6 +333,7 @@ def score_continuations(
     prompts: Sequence[Sequence[int]],
     continuations: Sequence[Sequence[int]],
     *,
+    shortlist: np.ndarray | Sequence[Sequence[int]] | None = None,
     batch_size: int = 8,
     description: str = "scoring labels",
     pad_token_id: int = 0,
@@ -289,30 +342,57 @@ def score_continuations(
 
     See the module docstring for the trie and the shared-prefix KV cache. ``prompts`` are token
     ids that end where the answer starts (after the chat template's generation prompt).
+
+    ``shortlist`` (one row of continuation indices per prompt) scores only those continuations for
+    that prompt: each prompt gets the trie of its own shortlist, padded to the longest in the batch,
+    so the cost per example falls with the shortlist (the trie nodes are most of the tokens fed
+    over 77 labels). Continuations off a prompt's shortlist get ``-inf``.
     """
     import torch
 
     n, n_labels = len(prompts), len(continuations)
-    trie = _build_trie(continuations)
     n_tokens = np.array([len(c) for c in continuations], dtype=np.float64)
+    if shortlist is None:
+        full = _build_trie(continuations)
+        tries, label_ids = [full] * n, [np.arange(n_labels)] * n
+    else:
+        # one trie per distinct shortlist (as a set, in label order: with every label on it, the trie
+        # is the full one); neighbouring messages often share a shortlist
+        built: dict[tuple[int, ...], _Trie] = {}
+        tries, label_ids = [], []
+        for row in shortlist:
+            key = tuple(sorted({int(j) for j in row}))
+            if key not in built:
+                built[key] = _build_trie([continuations[j] for j in key])
+            tries.append(built[key])
+            label_ids.append(np.array(key, dtype=np.int64))
+        if len(tries) != n:
+            raise ValueError(f"shortlist has {len(tries)} rows for {n} prompts")
+    logprob_sum = np.full((n, n_labels), 0.0 if shortlist is None else -np.inf, dtype=np.float64)
+    latency_ms = np.zeros(n, dtype=np.float64)
     if n == 0:
-        return ContinuationScores(np.zeros((0, n_labels)), n_tokens, np.zeros(0))
-    n_fed = len(trie.fed)
+        return ContinuationScores(logprob_sum, n_tokens, latency_ms)
     vocab = model.get_output_embeddings().weight.shape[0]
-    batch_size = max(1, min(batch_size, MAX_LOGIT_FLOATS // ((n_fed + 1) * vocab)))
+    max_fed = max(len(t.fed) for t in tries)
+    batch_size = max(1, min(batch_size, MAX_LOGIT_FLOATS // ((max_fed + 1) * vocab)))
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     blocked = torch.finfo(dtype).min
 
-    fed_tokens = torch.as_tensor(trie.token[trie.fed], device=device)
-    fed_depth = torch.as_tensor(trie.depth[trie.fed], device=device)
-    fed_ancestors = torch.as_tensor(trie.ancestors, device=device)
-    node_source = torch.as_tensor(trie.source, device=device)
-    node_token = torch.as_tensor(trie.token, device=device)
-    membership = torch.as_tensor(trie.membership, dtype=torch.float32, device=device)
+    tensors: dict[int, tuple] = {}  # per trie: (fed tokens, fed depth, ancestors, node source, node token, membership)
 
-    logprob_sum = np.zeros((n, n_labels), dtype=np.float64)
-    latency_ms = np.zeros(n, dtype=np.float64)
+    def trie_tensors(trie: _Trie) -> tuple:
+        if id(trie) not in tensors:
+            tensors[id(trie)] = (
+                torch.as_tensor(trie.token[trie.fed], device=device),
+                torch.as_tensor(trie.depth[trie.fed], device=device),
+                torch.as_tensor(trie.ancestors, device=device),
+                torch.as_tensor(trie.source, device=device),
+                torch.as_tensor(trie.token, device=device),
+                torch.as_tensor(trie.membership, dtype=torch.float32, device=device),
+            )
+        return tensors[id(trie)]
+
     with torch.inference_mode(), progress(description, n) as advance:
         started = time.perf_counter()
         shared = _common_prefix_length(prompts)
@@ -329,18 +409,18 @@ def score_continuations(
             suffixes = [list(prompts[i][shared:]) for i in rows]
             lengths = torch.as_tensor([len(s) for s in suffixes], device=device)
             width = int(lengths.max())
-            b, seq = len(rows), width + n_fed
+            fed = max(len(tries[i].fed) for i in rows)  # shorter tries are padded to this
+            b, seq = len(rows), width + fed
 
             input_ids = torch.full((b, seq), pad_token_id, dtype=torch.long, device=device)
             for r, suffix in enumerate(suffixes):  # left padding: every prompt ends at column width-1
                 input_ids[r, width - len(suffix) : width] = torch.as_tensor(suffix, device=device)
-            input_ids[:, width:] = fed_tokens
 
             column = torch.arange(width, device=device)
             real = column[None, :] >= (width - lengths)[:, None]  # (b, width) not padding
             positions = torch.empty((b, seq), dtype=torch.long, device=device)
             positions[:, :width] = shared + (column[None, :] - (width - lengths)[:, None]).clamp(min=0)
-            positions[:, width:] = shared + lengths[:, None] + fed_depth[None, :]
+            positions[:, width:] = (shared + lengths)[:, None]  # trie padding; real nodes add their depth below
 
             # allowed[b, query, key] over keys = shared prefix + this batch's columns
             allowed = torch.zeros((b, seq, shared + seq), dtype=torch.bool, device=device)
@@ -348,7 +428,12 @@ def score_continuations(
             causal = column[:, None] >= column[None, :]
             allowed[:, :width, shared : shared + width] = causal[None] & real[:, None, :]
             allowed[:, width:, shared : shared + width] = real[:, None, :]
-            allowed[:, width:, shared + width :] = fed_ancestors[None]
+            for r, i in enumerate(rows):
+                fed_tokens, fed_depth, fed_ancestors, *_ = trie_tensors(tries[i])
+                f = len(fed_tokens)
+                input_ids[r, width : width + f] = fed_tokens
+                positions[r, width : width + f] += fed_depth
+                allowed[r, width : width + f, shared + width : shared + width + f] = fed_ancestors
             # a padding query with no real key would give NaN rows; let it see itself (nobody reads it)
             allowed[:, torch.arange(seq), shared + torch.arange(seq)] = True
             mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, blocked)[:, None]
@@ -359,10 +444,13 @@ def score_continuations(
                 cache.batch_repeat_interleave(b)
             logits = model(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=cache is not None, logits_to_keep=n_fed + 1,
+                use_cache=cache is not None, logits_to_keep=fed + 1,
             ).logits.float()  # (b, 1 + fed, vocab): last prompt token, then the fed trie nodes
-            node_logprob = logits[:, node_source, node_token] - torch.logsumexp(logits, dim=-1)[:, node_source]
-            logprob_sum[rows] = (node_logprob @ membership).double().cpu().numpy()
+            normaliser = torch.logsumexp(logits, dim=-1)  # (b, 1 + fed)
+            for r, i in enumerate(rows):
+                *_, node_source, node_token, membership = trie_tensors(tries[i])
+                node_logprob = logits[r, node_source, node_token] - normaliser[r, node_source]
+                logprob_sum[i, label_ids[i]] = (node_logprob @ membership).double().cpu().numpy()
             latency_ms[rows] = (time.perf_counter() - batch_started) * 1000 / b + prefix_ms
             advance(b)
     return ContinuationScores(logprob_sum, n_tokens, latency_ms)
@@ -456,7 +544,20 @@ class _LLMCandidate(Candidate):
 
 
 class _LabelScoringClassifier(_LLMCandidate):
-    """Label scoring shared by zero- and few-shot classification; subclasses build the prompts."""
+    """Label scoring shared by zero- and few-shot classification; subclasses build the prompts.
+
+    The label shortlist: with many labels, most of the tokens fed per example are label-trie nodes
+    (77 BANKING77 labels: about 230 trie tokens after a 150-token few-shot prompt), and nearly all
+    labels are hopeless for a given message. A cheap ranker (:func:`label_similarity` over the
+    sentence encoder's embeddings, which few_shot_llm computes anyway for its shots) keeps the
+    ``shortlist_k_`` most similar labels per message, and only those are scored by the LLM; the
+    others get probability 0. The system prompt still lists every label, so it stays one shared,
+    cached prefix and a message is scored exactly as without the shortlist. ``shortlist_k_`` is
+    the smallest size of :data:`SHORTLIST_GRID` whose recall (true label on the shortlist) on
+    held-out rows reaches ``shortlist_recall``: validation rows when fit gets them, else leave-one-
+    out on training rows. No size reaching it, or a size not below the number of labels, means
+    every label is scored (the full path, unchanged).
+    """
 
     task = "classify"
 
@@ -476,39 +577,125 @@ class _LabelScoringClassifier(_LLMCandidate):
         self.system_prompt_ = (f"{head}{about}\nAnswer with exactly one category from this list, "
                                f"written as it appears:\n{listing}")
 
+    def _fit_shortlist(self, train: pd.DataFrame, validation: pd.DataFrame | None,
+                       train_vectors: np.ndarray | None = None) -> None:
+        """Choose ``shortlist_k_`` (see the class docstring) and keep what the ranker needs."""
+        setting = self.shortlist
+        n_labels = len(self.labels_)
+        if isinstance(setting, str) and setting != "auto":
+            raise CandidateError(f"{self.name}: shortlist must be true, false, 'auto' or a number of labels, "
+                                 f"not {setting!r}")
+        if not isinstance(setting, bool) and isinstance(setting, (int, np.integer)) and setting < 1:
+            raise CandidateError(f"{self.name}: shortlist must keep at least 1 label, not {setting}")
+        self.shortlist_k_ = n_labels
+        self.shortlist_recall_: float | None = None
+        self.shortlist_info_: dict[str, Any] = {
+            "setting": setting, "k": n_labels, "n_labels": n_labels, "shortlisted": False,
+            "target_recall": self.shortlist_recall, "recall": None, "recall_by_k": {}, "measured_on": None,
+        }
+        if setting is False:
+            return
+        fixed = None if setting is True or setting == "auto" else int(setting)
+        grid = [k for k in SHORTLIST_GRID if k < n_labels] if fixed is None else [min(fixed, n_labels)]
+        if not grid or grid == [n_labels]:
+            return  # too few labels to leave any out: every label is scored
+        codes = {label: i for i, label in enumerate(self.labels_)}
+        self.rank_vectors_ = train_vectors if train_vectors is not None else _embed(input_texts(train), self.encoder)
+        self.rank_labels_ = np.array([codes[a] for a in self._training_answers(train)], dtype=np.int64)
+
+        # Held-out rows: validation rows with a training label (others cannot be predicted whether
+        # shortlisted or not), else training rows each ranked without itself (leave-one-out).
+        rng = np.random.default_rng(0)
+        held_out, exclude, truth = None, None, None
+        if validation is not None and len(validation) and "label" in validation.columns:
+            known = validation[validation["label"].astype(str).isin(codes)]
+            if len(known):
+                if len(known) > SHORTLIST_HELD_OUT_ROWS:
+                    known = known.iloc[np.sort(rng.choice(len(known), SHORTLIST_HELD_OUT_ROWS, replace=False))]
+                held_out = _embed(input_texts(known), self.encoder)
+                truth = known["label"].astype(str).map(codes).to_numpy()
+                self.shortlist_info_["measured_on"] = f"validation ({len(known)} rows)"
+        if held_out is None:
+            rows = np.arange(len(train))
+            if len(rows) > SHORTLIST_HELD_OUT_ROWS:
+                rows = np.sort(rng.choice(len(rows), SHORTLIST_HELD_OUT_ROWS, replace=False))
+            held_out, exclude, truth = self.rank_vectors_[rows], rows, self.rank_labels_[rows]
+            self.shortlist_info_["measured_on"] = f"leave-one-out on {len(rows)} training rows"
+        similarity = label_similarity(held_out, self.rank_vectors_, self.rank_labels_, n_labels, exclude=exclude)
+        ranked = top_labels(similarity, max(grid))
+        recall = {k: float((ranked[:, :k] == truth[:, None]).any(axis=1).mean()) for k in grid}
+        self.shortlist_info_["recall_by_k"] = {str(k): round(r, 4) for k, r in recall.items()}
+        if fixed is not None:
+            chosen = grid[0]
+        else:
+            chosen = next((k for k in grid if recall[k] >= self.shortlist_recall), None)
+            if chosen is None:
+                return  # no shortlist is safe enough: every label is scored
+        self.shortlist_k_ = chosen
+        self.shortlist_recall_ = recall[chosen]
+        self.shortlist_info_.update(k=chosen, shortlisted=chosen < n_labels, recall=round(recall[chosen], 4),
+                                    ranker=SHORTLIST_RANKER)
+
+    def info(self) -> dict[str, Any]:
+        """What the baseline stage writes about this candidate beside its metrics."""
+        self._check_fitted()
+        return {"shortlist": dict(self.shortlist_info_)}
+
+    def shortlist_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Label indices scored for each row of ``frame``, or None when every label is scored."""
+        if self.shortlist_k_ >= len(self.labels_):
+            return None
+        similarity = label_similarity(_embed(input_texts(frame), self.encoder), self.rank_vectors_,
+                                      self.rank_labels_, len(self.labels_))
+        return top_labels(similarity, self.shortlist_k_)
+
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
         raise NotImplementedError
 
-    def label_log_likelihoods(self, frame: pd.DataFrame) -> ContinuationScores:
-        """Log-likelihood of every label (``labels_`` order) as the answer to every row of ``frame``."""
+    def label_log_likelihoods(self, frame: pd.DataFrame, shortlist: bool = True) -> ContinuationScores:
+        """Log-likelihood of every label (``labels_`` order) as the answer to every row of ``frame``.
+
+        With ``shortlist`` (and a fitted ``shortlist_k_`` below the number of labels), labels off a
+        row's shortlist are not scored and get ``-inf``.
+        """
         self._check_fitted()
         conversations = self._conversations(frame)
-        prompts = self.tokenizer_(_render(self.tokenizer_, conversations), add_special_tokens=False)["input_ids"] if conversations else []
-        return score_continuations(self.model_, prompts, self.continuations_, batch_size=self.batch_size,
-                                   description=self.name, pad_token_id=self.tokenizer_.pad_token_id or 0)
+        prompts = (self.tokenizer_(_render(self.tokenizer_, conversations), add_special_tokens=False)["input_ids"]
+                   if conversations else [])
+        rows = self.shortlist_rows(frame) if shortlist and len(frame) else None
+        return score_continuations(self.model_, prompts, self.continuations_, shortlist=rows,
+                                   batch_size=self.batch_size, description=self.name,
+                                   pad_token_id=self.tokenizer_.pad_token_id or 0)
 
     def _label_prior(self) -> np.ndarray:
         """Per-label score subtracted before ranking; zero unless the subclass calibrates."""
         return np.zeros(len(self.labels_))
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        scored = self.label_log_likelihoods(frame)
+    def predict(self, frame: pd.DataFrame, shortlist: bool = True) -> pd.DataFrame:
+        """Predictions (the contract of tunewise.candidates); ``shortlist=False`` scores every label."""
+        scored = self.label_log_likelihoods(frame, shortlist=shortlist)
         scores = scored.scores(self.label_score) - self._label_prior()[None, :]
-        proba = _softmax(scores) if len(frame) else np.zeros((0, len(self.labels_)))
+        proba = _softmax(scores) if len(frame) else np.zeros((0, len(self.labels_)))  # off the shortlist: 0
         return classification_predictions(frame, self.labels_, proba, scored.latency_ms)
 
 
 @register_candidate
 class ZeroShotClassifier(_LabelScoringClassifier):
-    """The label list in the system prompt; the most likely label wins (``label_score``: mean or sum)."""
+    """The label list in the system prompt; the most likely label wins (``label_score``: mean or sum).
+
+    With a shortlist (see :class:`_LabelScoringClassifier`) the ranker uses the training examples'
+    embeddings, so the LLM itself still sees no example, but which labels it may pick does.
+    """
 
     name = "zero_shot_llm"
 
-    def __init__(self, llm: str = DEFAULT_LLM, offline: bool = True, trust_remote_code: bool = False,
-                 system_prompt: str | None = None, task_description: str | None = None,
-                 label_score: Literal["mean", "sum"] = "sum", calibrate: bool = True, batch_size: int = 8,
-                 max_input_tokens: int = 256) -> None:
+    def __init__(self, llm: str = DEFAULT_LLM, encoder: str = DEFAULT_ENCODER, offline: bool = True,
+                 trust_remote_code: bool = False, system_prompt: str | None = None,
+                 task_description: str | None = None, label_score: Literal["mean", "sum"] = "sum",
+                 calibrate: bool = True, batch_size: int = 8, max_input_tokens: int = 256,
+                 shortlist: bool | int | str = "auto", shortlist_recall: float = 0.99) -> None:
         self.llm = llm
+        self.encoder = encoder
         self.offline = offline
         self.trust_remote_code = trust_remote_code
         self.system_prompt = system_prompt
@@ -517,6 +704,8 @@ class ZeroShotClassifier(_LabelScoringClassifier):
         self.calibrate = calibrate
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
+        self.shortlist = shortlist
+        self.shortlist_recall = shortlist_recall
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ZeroShotClassifier:
         self._fit_labels(train)
@@ -524,10 +713,13 @@ class ZeroShotClassifier(_LabelScoringClassifier):
         # some labels whatever the message says; its scores for content-free messages measure that
         # preference, and predict subtracts it. On BANKING77 it lifts SmolLM2-135M from chance
         # (always the same label) to about 0.1 accuracy; with few-shot prompts it hurts, so only here.
+        # Scored over every label (no shortlist: the prior is needed for each).
         self.content_free_ = None
+        self.shortlist_k_ = len(self.labels_)
         if self.calibrate:
             free = pd.DataFrame({"id": ["n/a", "empty", "mask"], "input": CONTENT_FREE_INPUTS, "context": "[]"})
-            self.content_free_ = self.label_log_likelihoods(free)
+            self.content_free_ = self.label_log_likelihoods(free, shortlist=False)
+        self._fit_shortlist(train, validation)
         return self
 
     def _label_prior(self) -> np.ndarray:
@@ -553,7 +745,8 @@ class FewShotClassifier(_LabelScoringClassifier):
                  trust_remote_code: bool = False, system_prompt: str | None = None,
                  task_description: str | None = None, few_shot_k: int = 5,
                  label_score: Literal["mean", "sum"] = "sum", batch_size: int = 8,
-                 max_input_tokens: int = 256) -> None:
+                 max_input_tokens: int = 256, shortlist: bool | int | str = "auto",
+                 shortlist_recall: float = 0.99) -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -564,12 +757,15 @@ class FewShotClassifier(_LabelScoringClassifier):
         self.label_score = label_score
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
+        self.shortlist = shortlist
+        self.shortlist_recall = shortlist_recall
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FewShotClassifier:
         self._fit_labels(train)
         self.shot_texts_ = self._inputs(train)
         self.shot_answers_ = [label_display_name(a) for a in self._training_answers(train)]
         self.shot_vectors_ = _embed(input_texts(train), self.encoder)
+        self._fit_shortlist(train, validation, train_vectors=self.shot_vectors_)  # the same embeddings rank labels
         return self
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:

@@ -110,13 +110,26 @@ class TrainError(ValueError):
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     # classify: the score head starts from random weights; 1e-3 reached 86% demo validation accuracy in
     # 100 steps where 3e-4 needed 210 steps for 88% (78% at step 108)
-    ("lora", "classify"): {"learning_rate": 1e-3, "batch_size": 16, "max_steps": 100},
-    ("lora", "generate"): {"learning_rate": 2e-4, "batch_size": 8, "max_steps": 60},
-    ("encoder", "classify"): {"learning_rate": 5e-5, "batch_size": 16, "max_steps": 600},
+    ("lora", "classify"): {"learning_rate": 1e-3, "batch_size": 16},
+    ("lora", "generate"): {"learning_rate": 2e-4, "batch_size": 8},
+    ("encoder", "classify"): {"learning_rate": 5e-5, "batch_size": 16},
 }
-TARGET_EXAMPLES_SEEN = 3000  # default epochs: about this many examples seen, 1 to 10 epochs
-MAX_DEFAULT_EPOCHS = 10
-EVALS_PER_RUN = 8
+# The default budget: a ceiling sized from the data, inside which early stopping on validation
+# decides when to stop (no fixed step cap). A fixed cap stopped BANKING77's LoRA classifier after
+# 100 steps, an eighth of an epoch, at 42.6% (92.5% after 2 epochs); its encoder early-stopped at
+# 2 of 3.5 epochs. So: at least MIN_DEFAULT_EPOCHS passes, at least TARGET_EXAMPLES_SEEN examples,
+# and (classify) at least EXAMPLES_PER_CLASS examples per class on average (10 rows per class:
+# 10 epochs, what BANKING77's 10-shot encoder needed), at most MAX_DEFAULT_EPOCHS passes.
+MIN_DEFAULT_EPOCHS = 3
+TARGET_EXAMPLES_SEEN = 3000
+EXAMPLES_PER_CLASS = 100
+MAX_DEFAULT_EPOCHS = 20
+# Validation: about EVALS_PER_EPOCH times an epoch, so `patience` validations are a fraction of an
+# epoch; at least MIN_EVALS_PER_RUN (a short capped run still has a curve) and at most
+# MAX_EVALS_PER_RUN (a long run on tiny data does not validate every step).
+EVALS_PER_EPOCH = 4
+MIN_EVALS_PER_RUN = 4
+MAX_EVALS_PER_RUN = 40
 ENCODER_HEAD_LR_FACTOR = 20  # the encoder's head starts from random weights: it learns 20x faster
 
 
@@ -325,22 +338,50 @@ class RunPlan:
     dropped_no_reply: int = 0  # generate: rows whose prompt alone fills max_length
     truncated: int = 0  # rows cut at max_length
     world_size: int = 1
+    step_cap: str = "budget"  # what sets total_steps: "budget" (sized from the data), "epochs" or "max_steps" (user caps)
+    budget_epochs: int = 0  # the default budget in epochs (what runs when the user caps nothing)
+    budget_rule: str = ""  # how the default budget was sized
+    max_minutes: float | None = None  # the user's time cap
+
+
+def default_epochs(n_train: int, n_classes: int) -> tuple[int, str]:
+    """The default budget in epochs and the rule that sized it (see MIN_DEFAULT_EPOCHS)."""
+    n_train = max(n_train, 1)
+    wanted = max(TARGET_EXAMPLES_SEEN, EXAMPLES_PER_CLASS * n_classes)
+    epochs = int(min(MAX_DEFAULT_EPOCHS, max(MIN_DEFAULT_EPOCHS, math.ceil(wanted / n_train))))
+    per_class = f" and {EXAMPLES_PER_CLASS} a class ({n_classes} classes)" if n_classes else ""
+    return epochs, (f"{epochs} epochs of {n_train:,} rows: at least {MIN_DEFAULT_EPOCHS} passes, "
+                    f"{TARGET_EXAMPLES_SEEN:,} examples seen{per_class}, at most {MAX_DEFAULT_EPOCHS} passes; "
+                    "early stopping on validation decides within it")
 
 
 def plan_run(task: str, method: str, train_lengths: Sequence[int], n_targets: int, n_validation: int,
              labels: list[str], config: TrainConfig, *, max_length: int, dropped: int = 0, truncated: int = 0,
              world_size: int = 1) -> RunPlan:
-    """Resolve the sized defaults. Epochs: about TARGET_EXAMPLES_SEEN examples seen (1..10)."""
+    """Resolve the sized defaults.
+
+    Steps: the default budget (``default_epochs``) unless the user capped ``epochs`` or
+    ``max_steps`` (the smaller cap wins); early stopping on validation ends most runs before.
+    ``step_cap`` says which limit sets ``total_steps``: "budget", "epochs" or "max_steps".
+    Validation: about EVALS_PER_EPOCH times an epoch (between MIN_ and MAX_EVALS_PER_RUN a run).
+    """
     defaults = DEFAULTS[(method, task)]
     n_train = len(train_lengths)
     batch_size = config.batch_size or defaults["batch_size"]
-    epochs = config.epochs or int(min(MAX_DEFAULT_EPOCHS, max(1, math.ceil(TARGET_EXAMPLES_SEEN / max(n_train, 1)))))
+    budget_epochs, budget_rule = default_epochs(n_train, len(labels) if task == "classify" else 0)
+    epochs = config.epochs or budget_epochs
+    step_cap = "epochs" if config.epochs else "budget"
     batches_per_epoch = max(1, math.ceil(n_train / batch_size) // world_size)  # as length_grouped_batches cuts
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation)
-    max_steps = config.max_steps or defaults["max_steps"]
-    total_steps = max(1, min(max_steps, epochs * steps_per_epoch))
+    total_steps = max(1, epochs * steps_per_epoch)
+    if config.max_steps and config.max_steps < total_steps:
+        total_steps, step_cap = config.max_steps, "max_steps"
     epochs = math.ceil(total_steps / steps_per_epoch)  # a capped run says how many epochs it really starts
-    eval_every = config.eval_every or max(1, math.ceil(total_steps / EVALS_PER_RUN))
+    if config.eval_every:
+        eval_every = config.eval_every
+    else:
+        eval_every = max(math.ceil(steps_per_epoch / EVALS_PER_EPOCH), math.ceil(total_steps / MAX_EVALS_PER_RUN))
+        eval_every = max(1, min(eval_every, math.ceil(total_steps / MIN_EVALS_PER_RUN)))
     monitor = config.monitor if config.monitor != "auto" else ("macro_f1" if task == "classify" else "loss")
     if task == "classify" and monitor in ("chrf",) or task == "generate" and monitor in ("accuracy", "macro_f1"):
         raise TrainError(f"train.monitor: {monitor} is not a {task} metric; use "
@@ -354,7 +395,8 @@ def plan_run(task: str, method: str, train_lengths: Sequence[int], n_targets: in
         learning_rate=config.learning_rate or defaults["learning_rate"], eval_every=eval_every,
         checkpoint_every=config.checkpoint_every or eval_every, monitor=monitor,
         tokens_per_epoch=int(sum(train_lengths)), targets_per_epoch=int(n_targets), dropped_no_reply=dropped,
-        truncated=truncated, world_size=world_size,
+        truncated=truncated, world_size=world_size, step_cap=step_cap, budget_epochs=budget_epochs,
+        budget_rule=budget_rule, max_minutes=config.max_minutes,
     )
 
 
@@ -1218,9 +1260,10 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
         watch = EarlyStopping(mode="min" if plan.monitor == "loss" else "max", patience=config.patience,
                               min_delta=config.min_delta, overfit_window=config.overfit_window,
                               enabled=config.early_stopping)
-        # resume itself is not a training setting: a run started with --no-resume can be resumed later
-        fingerprint = _fingerprint(config.model_dump(mode="json", exclude={"resume"}), task, method, model_spec, seed,
-                                   _data_fingerprint(train_frame, task), plan.labels, world_size)
+        # resume itself is not a training setting: a run started with --no-resume can be resumed later; nor is
+        # the time cap (it changes no step of the plan): a run stopped by it resumes with a larger one
+        fingerprint = _fingerprint(config.model_dump(mode="json", exclude={"resume", "max_minutes"}), task, method,
+                                   model_spec, seed, _data_fingerprint(train_frame, task), plan.labels, world_size)
         # -- 5. resume: after 3 and 4, because it restores their state
         state: dict[str, Any] = {"step": 0, "epoch": 0, "window_in_epoch": 0, "data_seed": seed, "threads": runtime.threads,
                                  "fingerprint": fingerprint, "train": [], "validation": [], "watch": watch.state(),
@@ -1257,12 +1300,19 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
     curves = {"monitor": plan.monitor, "best_step": watch.best_step, "best": watch.best,
               "train": state["train"], "validation": state["validation"]}
     seconds = state["seconds"]
+    converged = convergence(plan, watch, stop_reason, state["validation"], config.patience)
+    if is_main and converged["under_trained"]:
+        console.print(f"[yellow]train {name}: {converged['under_trained_reason']}[/yellow]")
     summary = {
         "name": name, "task": task, "method": method, "base_model": model_spec, "base_path": str(base_path),
-        "plan": asdict(plan), "steps_done": state["step"], "stop_reason": stop_reason, "stop_message": message,
+        "plan": asdict(plan), "steps_done": state["step"], "epochs_done": round(state["step"] / plan.steps_per_epoch, 3),
+        "stop_reason": stop_reason, "stop_message": message,
+        "under_trained": converged["under_trained"], "under_trained_reason": converged["under_trained_reason"],
+        "monitor": plan.monitor, "validation_curve": converged["validation_curve"],
         "best_step": watch.best_step, "best": {plan.monitor: watch.best},
         "best_metrics": next((e for e in state["validation"] if e["step"] == watch.best_step), None),
         "resumed_from_step": resumed_from, "seconds": round(seconds, 3),
+        "elapsed_seconds": round(state.get("elapsed", seconds), 3),
         "wall_seconds_this_process": round(time.perf_counter() - started, 3),
         "tokens_seen": state["tokens_seen"], "tokens_per_second": round(state["tokens_seen"] / seconds, 1) if seconds else None,
         "parameters": built.n_parameters, "trainable_parameters": built.n_trainable, "device": device,
@@ -1297,6 +1347,8 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
     loss_module.train()
     stop_reason, message = "completed", None
     state.setdefault("since_eval", [])  # training losses since the last validation (the overfitting watch)
+    state.setdefault("elapsed", state.get("seconds", 0.0))  # wall seconds of steps + validation, over resumed runs
+    time_limit = plan.max_minutes * 60 if plan.max_minutes else None
     last_good_step = state["step"]
 
     def checkpoint() -> None:
@@ -1318,7 +1370,7 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                        for i in range(0, len(batches), plan.gradient_accumulation)]
             for window_index in range(state["window_in_epoch"], len(windows)):
                 window = windows[window_index]
-                step_started = time.perf_counter()
+                step_started = tick = time.perf_counter()
                 # The loss is the mean over every target (reply token or row) of the whole
                 # accumulation window, so accumulating k batches equals one batch k times bigger.
                 n_targets = sum(examples[i].n_targets for idx in window for i in idx)
@@ -1381,8 +1433,12 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                 if is_main:
                     advance(1, description=f"train {name} loss {train_loss:.3f} "
                             f"{window_tokens / max(seconds, 1e-9):,.0f} tok/s")
+                # -- the time cap (rank 0's clock decides): the run ends after this step, validated
+                time_up = time_limit is not None and state["elapsed"] + time.perf_counter() - tick >= time_limit
+                if time_limit is not None and world_size > 1:
+                    time_up = _broadcast_flag(time_up, device)
                 # -- validation, best weights, early stopping / overfitting watch (rank 0 decides)
-                if state["step"] % plan.eval_every == 0 or state["step"] == plan.total_steps:
+                if state["step"] % plan.eval_every == 0 or state["step"] == plan.total_steps or time_up:
                     if is_main and val_examples:
                         metrics = validate()
                         mean_train = float(np.mean(state["since_eval"])) if state["since_eval"] else train_loss
@@ -1395,7 +1451,12 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                             stop_reason, message = decision.reason or "stopped", decision.message
                             color = "yellow" if decision.reason == "overfitting" else "dim"
                             console.print(f"[{color}]train {name}: {decision.message}[/{color}]")
+                    if time_up and stop_reason == "completed":  # a validation that said stop wins: converged
+                        minutes = (state["elapsed"] + time.perf_counter() - tick) / 60
+                        stop_reason, message = "max_minutes", (f"reached the time cap train.max_minutes = "
+                                                               f"{plan.max_minutes:g} ({minutes:.1f} min)")
                     stop_reason = _broadcast_stop(stop_reason, world_size, device)
+                state["elapsed"] += time.perf_counter() - tick
                 done = state["step"] >= plan.total_steps or stop_reason != "completed"
                 interrupted = stop_after_steps is not None and state["step"] >= stop_after_steps and not done
                 if state["step"] % plan.checkpoint_every == 0 or done or interrupted:
@@ -1413,7 +1474,62 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
     if best_state is None and stop_reason != "interrupted":
         best_state = trainable_state(built.model)  # no validation data: the last weights are the best
     state["_best_state"] = best_state
+    if stop_reason == "completed":  # the planned steps ran out: name the limit that set them
+        stop_reason, message = plan.step_cap, _cap_message(plan)
     return stop_reason, message
+
+
+def _cap_message(plan: RunPlan) -> str:
+    if plan.step_cap == "max_steps":
+        return f"reached the step cap train.max_steps = {plan.total_steps}"
+    if plan.step_cap == "epochs":
+        return f"ran the {plan.epochs} epoch(s) of train.epochs"
+    return f"ran the whole default budget ({plan.budget_rule})"
+
+
+CAPS = ("max_steps", "epochs", "max_minutes", "budget")  # stop reasons of a run that a limit ended, not its curve
+CAP_ADVICE = {"max_steps": "raise train.max_steps or remove it", "epochs": "raise train.epochs or remove it",
+              "max_minutes": "raise train.max_minutes or remove it",
+              "budget": "set train.epochs above the default budget"}
+
+
+def convergence(plan: RunPlan, watch: EarlyStopping, stop_reason: str, validation: list[dict[str, Any]],
+                patience: int) -> dict[str, Any]:
+    """Whether a limit stopped training while validation was still improving (``under_trained``).
+
+    Under-trained: a cap (``max_steps``, ``epochs``, ``max_minutes``, or the default budget) ended
+    the run while the monitored metric was still improving: the last validation was the best, or
+    the best came within the last ``patience`` validations (early stopping had not seen a plateau).
+    None when there was no validation to tell. Returns under_trained, its reason and the
+    validation curve as [step, metric] pairs.
+    """
+    curve = [[int(e["step"]), e[plan.monitor]] for e in validation if plan.monitor in e]
+    info: dict[str, Any] = {"under_trained": False, "under_trained_reason": None, "validation_curve": curve}
+    if stop_reason == "interrupted":
+        info["under_trained"] = None
+        info["under_trained_reason"] = "interrupted before the end of its plan: resume it to finish"
+        return info
+    if stop_reason not in CAPS:
+        return info
+    if not curve or watch.best_step is None:
+        info["under_trained"] = None
+        info["under_trained_reason"] = f"stopped by {stop_reason} with no validation data: convergence unknown"
+        return info
+    since_best = sum(1 for step, _ in curve if step > watch.best_step)
+    if since_best >= patience:
+        return info  # a plateau of `patience` validations before the cap: converged enough
+    where = ("the last validation" if since_best == 0
+             else f"{since_best} validation(s) before the last, within patience {patience}")
+    limit = {"max_steps": f"the step cap train.max_steps = {plan.total_steps}",
+             "epochs": f"the epoch cap train.epochs = {plan.epochs}",
+             "max_minutes": f"the time cap train.max_minutes = {plan.max_minutes or 0:g}",
+             "budget": f"the default budget of {plan.budget_epochs} epochs"}[stop_reason]
+    info["under_trained"] = True
+    info["under_trained_reason"] = (
+        f"under-trained: {limit} stopped training at step {curve[-1][0]} while validation {plan.monitor} was still "
+        f"improving (best {watch.best:.4g} at step {watch.best_step}, {where}); {CAP_ADVICE[stop_reason]} to "
+        "train to convergence")
+    return info
 
 
 class _NonFinite(Exception):
@@ -1428,16 +1544,30 @@ def _last_good(ckpt_dir: Path | None, step: int) -> str:
     return f"the last good checkpoint (step {step}) is kept at {latest}" if latest else "no checkpoint was written yet"
 
 
+STOP_CODES = ("completed", "early_stopping", "overfitting", "max_minutes", "stopped")
+
+
 def _broadcast_stop(stop_reason: str, world_size: int, device: str) -> str:
-    """Rank 0 decides about early stopping; every rank must stop at the same step."""
+    """Rank 0 decides about early stopping and the time cap; every rank must stop at the same step."""
     if world_size == 1:
         return stop_reason
     import torch
     import torch.distributed as dist
 
-    flag = torch.tensor([0 if stop_reason == "completed" else 1], device=device)
+    code = torch.tensor([STOP_CODES.index(stop_reason) if stop_reason in STOP_CODES else len(STOP_CODES) - 1],
+                        device=device)
+    dist.broadcast(code, src=0)
+    return STOP_CODES[int(code)]
+
+
+def _broadcast_flag(value: bool, device: str) -> bool:
+    """Rank 0's value of a flag, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(value)], device=device)
     dist.broadcast(flag, src=0)
-    return stop_reason if stop_reason != "completed" or not int(flag) else "early_stopping"
+    return bool(int(flag))
 
 
 def _validate(plan: RunPlan, config: TrainConfig, built: BuiltModel, loss_module: Any, val_examples: list[Example],
@@ -1545,6 +1675,8 @@ def dry_run(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame
     Time on this machine comes from ``calibration_steps`` real optimiser steps (forward, backward,
     step) on batches of the run, so it reflects this machine's load as it is now. Time and cost on
     reference GPUs come from FLOPs: FLOPS_PER_TOKEN x parameters x tokens / (peak x utilisation).
+    ``convergence``: the planned steps (the default budget or the user's caps) with the validations
+    they bring, here and on the reference GPUs: the time to train to convergence at most.
     """
     import torch
 
@@ -1587,14 +1719,40 @@ def dry_run(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame
     tokens_per_second = timed_tokens / timed_seconds if timed_seconds else None
     base_parameters = built.n_parameters - built.n_trainable if method == "lora" else built.n_parameters
     flops = FLOPS_PER_TOKEN[method] * base_parameters * total_tokens
+    # Validation: a forward pass (2N a token) over the validation rows, `validations` times.
+    validations = math.ceil(plan.total_steps / plan.eval_every) if val_examples else 0
+    validation_tokens = validations * sum(len(e.input_ids) for e in val_examples)
+    validation_flops = 2 * built.n_parameters * validation_tokens
     gpus = []
     for gpu in REFERENCE_GPUS:
         seconds = flops / (gpu["peak_bf16_tflops"] * 1e12 * GPU_UTILISATION)
+        with_validation = (flops + validation_flops) / (gpu["peak_bf16_tflops"] * 1e12 * GPU_UTILISATION)
         gpus.append({**gpu, "utilisation": GPU_UTILISATION, "seconds": _significant(seconds),
-                     "usd": _significant(seconds / 3600 * gpu["usd_per_hour"])})
+                     "usd": _significant(seconds / 3600 * gpu["usd_per_hour"]),
+                     "seconds_to_convergence": _significant(with_validation)})
+    here = None
+    if tokens_per_second:  # forward only: FLOPS_PER_TOKEN[method] / 2 times the training step's speed
+        here = (total_tokens + validation_tokens * 2 / FLOPS_PER_TOKEN[method]) / tokens_per_second
+    convergence_plan = {
+        "steps": plan.total_steps, "epochs": plan.epochs, "step_cap": plan.step_cap, "budget_rule": plan.budget_rule,
+        "eval_every": plan.eval_every, "validations": validations, "validation_rows": len(val_examples),
+        "this_machine_seconds": round(here, 1) if here is not None else None,
+        "reference_gpus": {g["gpu"]: g["seconds_to_convergence"] for g in gpus},
+        "note": "time for every planned step plus the validations (an upper bound: early stopping on validation "
+                "usually ends a run inside the budget); generate's chrF replies at each validation not counted",
+    }
+    if plan.max_minutes and here:
+        steps_in_time = int(plan.total_steps * min(1.0, plan.max_minutes * 60 / here))
+        convergence_plan["max_minutes"] = plan.max_minutes
+        convergence_plan["steps_within_max_minutes"] = steps_in_time
+        if steps_in_time < plan.total_steps:
+            convergence_plan["warning"] = (f"train.max_minutes = {plan.max_minutes:g} stops the run near step "
+                                           f"{steps_in_time} of {plan.total_steps} on this machine: under-trained "
+                                           "unless early stopping comes first")
     return {
         "task": task, "method": method, "base_model": model_spec, "plan": asdict(plan),
         "tokens_total": total_tokens, "parameters": built.n_parameters, "trainable_parameters": built.n_trainable,
+        "convergence": convergence_plan,
         "memory": {
             "estimate_mib": round(_memory_estimate_mib(built, plan, runtime, base_config), 1),
             "measured_peak_rss_mib": round(peak_rss, 1), "rss_before_model_mib": round(rss_before, 1),

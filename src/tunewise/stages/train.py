@@ -78,13 +78,18 @@ def run(ctx: StageContext) -> dict:
         "task": cfg.task, "primary_metric": "accuracy" if cfg.task == "classify" else "chrf",
         "candidates": summaries, "sample_size": section.sample_size, "sample_ids": samples,
     })
-    return {"candidates": {s["name"]: {**s["metrics"], "seconds": s["seconds"]["fit"], "steps": s["steps"]}
+    return {"candidates": {s["name"]: {**s["metrics"], "seconds": s["seconds"]["fit"], "steps": s["steps"],
+                                       "stop_reason": s.get("stop_reason"), "under_trained": s.get("under_trained")}
                            for s in summaries}}
 
 
 def _train_one(ctx: StageContext, settings: dict[str, Any], name: str, frames: dict[str, pd.DataFrame],
                samples: dict[str, list[str]]) -> dict[str, Any]:
-    """Train one candidate, predict validation and test (a paired sample for expensive ones), write them."""
+    """Train one candidate, predict validation and test, write them.
+
+    Classifiers predict every row; expensive candidates (the generator: a generation per row)
+    predict the paired sample. ``under_trained`` (from train_summary.json) says a cap stopped
+    training while validation was still improving."""
     from ..artifacts import write_parquet
     from ..baseline import quick_metrics
     from ..candidates import check_predictions
@@ -113,12 +118,18 @@ def _train_one(ctx: StageContext, settings: dict[str, Any], name: str, frames: d
         "n_scored": {split: len(p) for split, p in predictions.items()},
         "metrics": quick_metrics(cfg.task, predictions["test"], frames["test"]),
         "validation_metrics": quick_metrics(cfg.task, predictions["validation"], frames["validation"]),
-        "seconds": seconds, "steps": train_summary["steps_done"], "stop_reason": train_summary["stop_reason"],
+        "seconds": seconds, "steps": train_summary["steps_done"], "epochs": train_summary.get("epochs_done"),
+        "stop_reason": train_summary["stop_reason"], "stop_message": train_summary.get("stop_message"),
+        "under_trained": train_summary.get("under_trained"),
+        "under_trained_reason": train_summary.get("under_trained_reason"),
+        "monitor": train_summary.get("monitor"), "validation_curve": train_summary.get("validation_curve"),
         "best_step": train_summary["best_step"], "tokens_per_second": train_summary["tokens_per_second"],
         "runtime": train_summary["runtime"],
     }
-    console.print(f"train: {name}: test {entry['metrics']} ({train_summary['steps_done']} steps, "
-                  f"{train_summary['stop_reason']}) in {fit_seconds:.1f}s")
+    console.print(f"train: {name}: test {entry['metrics']} on {entry['n_scored']['test']} rows "
+                  f"({train_summary['steps_done']} steps, {train_summary['stop_reason']}) in {fit_seconds:.1f}s")
+    if entry["under_trained"]:
+        console.print(f"[yellow]train: {name}: {entry['under_trained_reason']}[/yellow]")
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: its outputs are what stays
     return entry
 
