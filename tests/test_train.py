@@ -259,8 +259,10 @@ def test_a_cap_after_a_plateau_is_not_under_trained_and_no_validation_is_unknown
     assert convergence(plan, watch, "max_steps", validation, patience=3)["under_trained"] is False
     assert convergence(plan, watch, "max_steps", validation[:4], patience=3)["under_trained"] is True  # 2 after best
     assert convergence(plan, watch, "early_stopping", validation, patience=3)["under_trained"] is False
-    unknown = convergence(plan, EarlyStopping(mode="max"), "budget", [], patience=3)
+    unknown = convergence(plan, EarlyStopping(mode="max"), "max_minutes", [], patience=3)
     assert unknown["under_trained"] is None and "no validation" in unknown["under_trained_reason"]
+    # the default budget is sized to converge: running it out is not a user's cap
+    assert convergence(plan, watch, "budget", validation[:4], patience=3)["under_trained"] is False
 
 
 # ---------------------------------------------------------------------------------------------

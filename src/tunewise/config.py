@@ -370,7 +370,7 @@ class RoiConfig(Section):
     """The ``roi:`` section: the business assumptions that turn a measured gain into money.
 
     Nothing here is guessed for you where it matters: without ``monthly_volume`` and
-    ``value_per_outcome_usd`` the decision is NO-GO with a reason naming what is missing. The
+    ``value_per_outcome_usd`` the verdict stands on quality and cost alone and says the money side was not priced. The
     cost defaults (GPU and CPU prices, utilisation) come from tables in tunewise.train and
     tunewise.decide that cite their source and date.
     """
@@ -380,7 +380,7 @@ class RoiConfig(Section):
     value_per_outcome_usd: float | None = Field(
         None, gt=0, le=1e6, description="value of one more correct outcome (e.g. a support ticket resolved "
         "without an agent), in USD")
-    horizon_months: int = Field(12, ge=1, le=120, description="payback must fall within this many months for GO")
+    horizon_months: int = Field(12, ge=1, le=120, description="payback must fall within this many months for FINE_TUNE")
     # -- one-time cost
     gpu: str = Field("A10G", description="reference GPU that prices training (A10G, L4, A100-40GB, H100)")
     gpu_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the GPU's hourly price")
@@ -500,7 +500,7 @@ class ProjectConfig(Section):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="baseline candidates")
     train: TrainConfig = Field(default_factory=TrainConfig, description="fine-tuning settings")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation and gate settings")
-    roi: RoiConfig = Field(default_factory=RoiConfig, description="business assumptions for the GO / NO-GO decision")
+    roi: RoiConfig = Field(default_factory=RoiConfig, description="business assumptions for the verdict (FINE_TUNE, USE_ALTERNATIVE, NOT_YET, INCONCLUSIVE)")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="the A/B server (tunewise serve)")
     monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="live monitoring (tunewise monitor)")
     tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")

@@ -1487,7 +1487,10 @@ def _cap_message(plan: RunPlan) -> str:
     return f"ran the whole default budget ({plan.budget_rule})"
 
 
-CAPS = ("max_steps", "epochs", "max_minutes", "budget")  # stop reasons of a run that a limit ended, not its curve
+# stop reasons of a run that a limit the user set ended, not its curve. The default budget is not
+# one: it is sized to converge, and with min_delta 0 a last validation 0.0006 above the one
+# before (noise) would flag a converged run
+CAPS = ("max_steps", "epochs", "max_minutes")
 CAP_ADVICE = {"max_steps": "raise train.max_steps or remove it", "epochs": "raise train.epochs or remove it",
               "max_minutes": "raise train.max_minutes or remove it",
               "budget": "set train.epochs above the default budget"}
@@ -1497,7 +1500,7 @@ def convergence(plan: RunPlan, watch: EarlyStopping, stop_reason: str, validatio
                 patience: int) -> dict[str, Any]:
     """Whether a limit stopped training while validation was still improving (``under_trained``).
 
-    Under-trained: a cap (``max_steps``, ``epochs``, ``max_minutes``, or the default budget) ended
+    Under-trained: a cap the user set (``max_steps``, ``epochs``, ``max_minutes``) ended
     the run while the monitored metric was still improving: the last validation was the best, or
     the best came within the last ``patience`` validations (early stopping had not seen a plateau).
     None when there was no validation to tell. Returns under_trained, its reason and the
