@@ -562,6 +562,48 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray, levels: Sequence
     return out
 
 
+def _oos_block(y_true: np.ndarray, y_pred: np.ndarray, is_oos: np.ndarray, flagged: np.ndarray) -> dict:
+    """In-scope accuracy and out-of-scope recall, precision, F1 when ``flagged`` rows are answered out of scope."""
+    in_scope = ~is_oos
+    n_in, n_oos = int(in_scope.sum()), int(is_oos.sum())
+    in_right = int((in_scope & ~flagged & (y_pred == y_true)).sum())
+    tp, fp = int((flagged & is_oos).sum()), int((flagged & in_scope).sum())
+    fn = n_oos - tp
+    return {"in_scope_accuracy": in_right / n_in if n_in else None,
+            "oos_recall": tp / n_oos if n_oos else None,
+            "oos_precision": tp / (tp + fp) if tp + fp else None,
+            "oos_f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None,
+            "in_scope_correct": in_right, "oos_caught": tp, "oos_false_alarms": fp, "oos_missed": fn,
+            "flagged": tp + fp}
+
+
+def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
+    """Out-of-scope as a first-class case, when the test set has rows labelled out of scope.
+
+    A row is flagged out of scope when the model predicts the out-of-scope class (``class_only``)
+    or, in addition, when its confidence is below the threshold (``with_threshold``). In-scope
+    accuracy counts a flagged in-scope row as wrong. The top-level figures are those with the
+    threshold when one was applied, else class-only; both blocks show what the threshold adds.
+    """
+    if scores.oos_index is None:
+        return None
+    y_true, y_pred = np.asarray(scores.y_true), np.asarray(scores.y_pred)
+    is_oos = y_true == scores.oos_index
+    if not is_oos.any():
+        return None
+    by_class = y_pred == scores.oos_index
+    class_only = _oos_block(y_true, y_pred, is_oos, by_class)
+    with_threshold = None
+    if scores.answered is not None:
+        with_threshold = _oos_block(y_true, y_pred, is_oos, by_class | ~np.asarray(scores.answered, bool))
+    main = with_threshold or class_only
+    return {"label": scores.labels[scores.oos_index], "threshold_applied": with_threshold is not None,
+            "n": int(len(y_true)), "n_in_scope": int((~is_oos).sum()), "n_oos": int(is_oos.sum()),
+            "n_predicted_oos_class": int(by_class.sum()),
+            "n_below_threshold": None if scores.answered is None else int((~np.asarray(scores.answered, bool)).sum()),
+            **main, "with_threshold": with_threshold, "class_only": class_only}
+
+
 def _per_class(scores: ClassifyScores, name: str) -> pd.DataFrame:
     counts = class_counts(np.ones((1, len(scores.ids)), np.float32), scores.y_true, scores.y_pred, len(scores.labels))
     tp, fp, fn = counts.tp[0], counts.fp[0], counts.fn[0]
@@ -924,6 +966,10 @@ def evaluate_candidates(
                            "n_test": int(len(test)), "covers_full_test": len(s.ids) == len(test)}
         if task == "classify" and thresholds[c.name].get("threshold") is not None:
             entries[c.name]["out_of_scope_threshold"] = thresholds[c.name]["threshold"]
+        if task == "classify":
+            oos_metrics = out_of_scope_metrics(s)
+            if oos_metrics is not None:
+                entries[c.name]["out_of_scope"] = oos_metrics
     timings["score"] = time.perf_counter() - started
 
     # ---- the incumbent, the reference of the minimum-improvement rule, comparisons and the gate
