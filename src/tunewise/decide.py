@@ -402,12 +402,13 @@ class _Costs:
 def _candidate_costs(name: str, entry: dict, roi: RoiConfig, trained: dict[str, dict], flagged: int,
                      latency: dict[str, float], api_tokens: float | None, usd_per_request: float | None,
                      members: list[str] | None) -> _Costs:
-    kind = entry["kind"]
+    # the incumbent runs already: no engineering or data work to build it, whatever its kind
+    kind = "incumbent" if entry.get("is_incumbent") else entry["kind"]
     one_time, lines = one_time_cost(trained, flagged, roi, candidate=name, kind=kind, members=members)
     memory = serving_memory_gib(name, members)
     if kind == "incumbent" and usd_per_request is not None:
         running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=usd_per_request)
-    elif kind == "incumbent" or (kind == "baseline" and entry.get("is_incumbent")):
+    elif kind == "incumbent":
         running = monthly_running_cost(latency.get(name, 0.0), roi, api_tokens=api_tokens, memory_gib=memory)
     else:
         running = monthly_running_cost(latency.get(name, 0.0), roi, memory_gib=memory)
