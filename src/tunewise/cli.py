@@ -346,13 +346,16 @@ def export(
                                                      "the run trained several)")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="folder to write (default "
                                                    "runs/<id>/export/<candidate>-<form>)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an --output folder that holds other files")] = False,
 ) -> None:
     """Export a trained candidate: the adapter (safetensors) or, with --merge, a merged model."""
     from .export import ExportError, export as export_model
+    from .runner import check_run_id
 
     cfg = _load(config)
     try:
-        folder = export_model(cfg.resolve(cfg.runs_dir) / run_id, merge=merge, candidate=candidate, out_dir=output)
+        folder = export_model(cfg.resolve(cfg.runs_dir) / check_run_id(run_id), merge=merge, candidate=candidate,
+                              out_dir=output, force=force)
     except (ExportError, *_known_errors()) as exc:
         _fail(exc)
     out.print(f"exported to [bold]{folder}[/bold]")

@@ -39,13 +39,17 @@ def trained_candidates(run_dir: str | Path) -> list[str]:
 
 
 def export(run_dir: str | Path, merge: bool = False, *, candidate: str | None = None,
-           out_dir: str | Path | None = None) -> Path:
+           out_dir: str | Path | None = None, force: bool = False) -> Path:
     """Write the trained ``candidate`` of ``run_dir`` to ``out_dir`` (default ``run_dir/export/<candidate>-<form>``).
 
     ``candidate`` may be left out when the run trained exactly one. The folder is built under a
-    temporary name and renamed into place, so a failed export leaves no half-written folder.
+    temporary name and renamed into place, so a failed export leaves no half-written folder. An
+    existing ``out_dir`` is replaced only when it is empty or an earlier export (it holds
+    ``tunewise_export.json``), or with ``force``: never a user's folder, the current one or a file.
     """
     run_dir = Path(run_dir)
+    if out_dir is not None:
+        _check_destination(Path(out_dir), force)
     available = trained_candidates(run_dir)
     if candidate is None:
         if len(available) != 1:
@@ -77,6 +81,18 @@ def export(run_dir: str | Path, merge: bool = False, *, candidate: str | None = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _check_destination(final: Path, force: bool) -> None:
+    resolved = final.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved == Path(resolved.anchor):
+        raise ExportError(f"--output {final}: the current folder or one above it; name a new folder, "
+                          "e.g. -o exported-model")
+    if final.exists() and not final.is_dir():
+        raise ExportError(f"--output {final}: a file is there; name a folder")
+    if final.is_dir() and any(final.iterdir()) and not (final / "tunewise_export.json").exists() and not force:
+        raise ExportError(f"--output {final}: the folder holds files tunewise did not write; name a new folder, "
+                          "or pass --force to replace it")
 
 
 def _export_adapter(adapter_dir: Path, info: dict, out: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,18 @@ def _marker(run_dir: Path, name: str) -> dict | None:
         return None
 
 
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is one folder name under runs/: never a path (``../..`` or ``/tmp`` would make the
+    runner clear stage-named folders outside the project)."""
+    if not RUN_ID_PATTERN.fullmatch(run_id or "") or ".." in run_id:
+        raise StageError(f"run id {run_id!r}: use a plain folder name (letters, digits, '.', '_', '-'; "
+                         "no '/' or '..'), e.g. --run-id baseline-2")
+    return run_id
+
+
 def run_stages(cfg: ProjectConfig, run_id: str = "default", *, only: list[str] | None = None,
                force: set[str] | None = None, tracker: Any = None,
                options: dict[str, Any] | None = None) -> dict[str, dict]:
@@ -128,7 +141,7 @@ def run_stages(cfg: ProjectConfig, run_id: str = "default", *, only: list[str] |
     if unknown:
         raise StageError(f"--force names unknown stage(s) {sorted(unknown)}; stages: {', '.join(stages)}")
     wanted = list(stages) if not only else _with_dependencies(stages, only)
-    run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    run_dir = cfg.resolve(cfg.runs_dir) / check_run_id(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
 
