@@ -92,7 +92,7 @@ import pandas as pd
 
 from ..config import CheckConfig, ConfigError, ProjectConfig
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
-from ..progress import progress
+from ..progress import progress, track
 
 # --- label_errors defaults (see the module docstring for why) ----------------------------------
 LR_C = 4.0
@@ -165,7 +165,7 @@ def out_of_fold_probs(features: Any, y: np.ndarray, *, seed: int = 0, C: float =
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, len(y)), shuffle=True, random_state=seed)
     with _quiet_small_classes():
         splits = list(folds.split(np.zeros(len(y)), y))
-    for train, test in splits:
+    for train, test in track(splits, "label errors: cross-validated fits", unit="folds"):
         if left_out is not None:
             train = train[~left_out[train]]
         model = LogisticRegression(C=C, tol=LR_TOL, max_iter=LR_MAX_ITER).fit(features[train], y[train])

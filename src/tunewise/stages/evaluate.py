@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..artifacts import write_json, write_parquet
 from ..config import ProjectConfig
-from ..progress import console
+from ..progress import console, track
 from ..runner import StageContext, StageError, stage
 
 
@@ -45,7 +45,7 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
     fitted: dict[str, Any] = {}
     skipped: list[dict] = []
     from ..finetuned import load_candidate as loader
-    for name, entry in names.items():
+    for name, entry in track(names.items(), "evaluate: refit for robustness", total=len(names), unit="candidates"):
         registered = CANDIDATES.get(name)
         if entry["source"] == "train" or registered is None:
             try:
@@ -161,7 +161,7 @@ def run(ctx: StageContext) -> dict:
     if train is not None and len(train):
         rng = np.random.default_rng(cfg.seed + 1)
         train_sample = train.iloc[np.sort(rng.choice(len(train), size=min(section.overfit_train_rows, len(train)), replace=False))]
-    for name, entry in evaluated.items():
+    for name, entry in track(evaluated.items(), "evaluate: over-fitting scores", total=len(evaluated), unit="candidates"):
         c = by_name[name]
         primary = summary["primary_metric"]
         splits: dict[str, tuple] = {"test": (entry["metrics"].get(primary, float("nan")), entry["n_eval"],
