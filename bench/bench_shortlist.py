@@ -33,19 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
+from bench_evaluate import BANKING77, records, verdict  # noqa: E402 - the bench folder's shared readers
+
 TARGET_SECONDS = 300.0  # all 3,080 test rows, shortlisted
 TARGET_ACCURACY_GAP = 0.01  # shortlisted vs full on the same sample
-
-
-def records(path: Path, prefix: str) -> pd.DataFrame:
-    raw = pd.read_csv(path)
-    return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(raw))], "input": raw["text"].astype(str),
-                         "context": "[]", "label": raw["category"].astype(str)})
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def load() -> str:
