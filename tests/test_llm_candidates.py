@@ -9,6 +9,7 @@ import pytest
 from tunewise.candidates import make_candidate
 from tunewise.llm_candidates import (
     _build_trie,
+    PROMPT_VARIANTS,
     _cached_llm,
     _render,
     generate_replies,
@@ -39,7 +40,9 @@ def llm():
 
 
 def test_shared_prompt_scoring_equals_naive_per_label_scoring(banking):
-    zero_shot = make_candidate("zero_shot_llm", calibrate=False, batch_size=2, max_input_tokens=48).fit(banking)
+    # fp32: bf16 rounding (1e-2) would hide a masking error
+    zero_shot = make_candidate("zero_shot_llm", calibrate=False, batch_size=2, max_input_tokens=48,
+                               precision="fp32").fit(banking)
     rows = banking.iloc[[0, 7, 20]]  # different lengths: left padding and the shared-prefix cache both in play
     prompts = zero_shot.tokenizer_(_render(zero_shot.tokenizer_, zero_shot._conversations(rows)),
                                    add_special_tokens=False)["input_ids"]
@@ -176,7 +179,7 @@ def test_shortlist_covering_every_label_equals_full_scoring(banking8):
     train, validation, test = banking8
     n_labels = train["label"].nunique()
     assert n_labels == 8
-    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=4,
+    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=4, precision="fp32",
                               shortlist=n_labels).fit(train, validation)
     assert few_shot.shortlist_k_ == n_labels and few_shot.shortlist_rows(test) is None
     full = few_shot.predict(test, shortlist=False)
@@ -198,7 +201,8 @@ def test_shortlist_covering_every_label_equals_full_scoring(banking8):
 
 def test_short_shortlists_score_exactly_their_labels(banking8):
     train, validation, test = banking8
-    zero_shot = make_candidate("zero_shot_llm", max_input_tokens=48, batch_size=4, shortlist=3).fit(train, validation)
+    zero_shot = make_candidate("zero_shot_llm", max_input_tokens=48, batch_size=4, shortlist=3,
+                               precision="fp32").fit(train, validation)
     rows = zero_shot.shortlist_rows(test)
     assert rows.shape == (len(test), 3) and len({tuple(sorted(r)) for r in rows}) > 1  # shortlists differ by row
     short = zero_shot.label_log_likelihoods(test)
@@ -290,3 +294,39 @@ def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(b
                           seed=0, out_dir=tmp_path / "fixed")
     sample = read_json(tmp_path / "fixed" / "sample_ids.json")
     assert len(sample["test"]) == 6 and sample["scored_by"] == ["zero_shot_llm"] and sample["scoring"] == {}
+
+
+def test_prompt_search_keeps_the_most_accurate_prompt_on_validation(banking8):
+    train, validation, test = banking8
+    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=8).fit(train, validation)
+    search = few_shot.info()["prompt_search"]
+    assert search["searched"] and search["rows"] == len(validation) and search["measured_on"] == "validation"
+    tried = search["tried"]
+    assert [(t["instruction"], t["demos"]) for t in tried] == [tuple(v) for v in PROMPT_VARIANTS]
+    best = max(t["accuracy"] for t in tried)
+    assert search["chosen_accuracy"] == best and search["plain_accuracy"] == tried[0]["accuracy"]
+    assert search["gain_over_plain"] == pytest.approx(best - tried[0]["accuracy"])
+    chosen = search["chosen"]
+    assert (few_shot.instruction_, few_shot.demos_) == (chosen["instruction"], chosen["demos"])
+    # the chosen prompt is the one predict uses: the brief instruction does not list the labels
+    system = few_shot._conversations(test.head(1))[0][0]["content"]
+    assert (label_display_name(train["label"].iloc[0]) in system) == (chosen["instruction"] == "listed")
+    # rescoring the validation rows with the chosen prompt gives the accuracy the search recorded
+    again = few_shot.predict(validation)
+    assert (again["prediction"] == validation["label"]).mean() == pytest.approx(search["chosen_accuracy"], abs=1e-9)
+
+    plain = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search=False).fit(train, validation)
+    assert plain.info()["prompt_search"] == {"searched": False}
+    assert (plain.instruction_, plain.demos_) == PROMPT_VARIANTS[0]
+
+
+def test_per_label_demonstrations_show_distinct_labels(banking8):
+    train, _, test = banking8
+    few_shot = make_candidate("few_shot_llm", few_shot_k=3, max_input_tokens=48, prompt_search=False).fit(train)
+    few_shot.demos_ = "per_label"
+    shots = few_shot._demonstrations(few_shot.shot_vectors_[:5])
+    for row in shots:
+        assert len(set(few_shot.shot_labels_[row])) == 3  # one example each of three labels
+    few_shot.demos_ = "nearest"
+    nearest = few_shot._demonstrations(few_shot.shot_vectors_[:5])
+    assert (nearest[:, 0] == np.arange(5)).all()  # a training row is its own nearest example

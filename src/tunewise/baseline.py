@@ -106,6 +106,9 @@ def candidate_settings(config: BaselineConfig, models: ModelsConfig, *, knowledg
         "max_input_tokens": config.max_input_tokens,
         "shortlist": config.shortlist,
         "shortlist_recall": config.shortlist_recall,
+        "precision": config.precision,
+        "prompt_search": config.prompt_search,
+        "prompt_search_rows": config.prompt_search_rows,
         "knowledge_base": str(knowledge_base) if knowledge_base else None,
     }
 

@@ -102,6 +102,13 @@ MAX_LOGIT_FLOATS = 64_000_000
 # Shortlist sizes tried in fit, smallest first: the smallest whose recall on held-out rows reaches
 # the target is kept. Held-out rows for that measure are capped: recall to 0.001 needs no more.
 SHORTLIST_GRID = (5, 10, 15, 20, 30, 40, 50, 75, 100)
+
+# few_shot_llm's prompt search (see FewShotClassifier._search_prompt): (instruction, demonstrations),
+# the plain prompt first. "listed" names every label in the system prompt, "brief" does not;
+# "nearest" shows the k most similar training examples, "per_label" the nearest one of each of the
+# k nearest labels. Candidates for "per_label" come from the k * PER_LABEL_WIDTH nearest rows.
+PROMPT_VARIANTS = (("listed", "nearest"), ("listed", "per_label"), ("brief", "nearest"), ("brief", "per_label"))
+PER_LABEL_WIDTH = 10
 SHORTLIST_HELD_OUT_ROWS = 2000
 SHORTLIST_RANKER = "max cosine similarity to the label's training examples (sentence encoder)"
 
@@ -111,11 +118,35 @@ SHORTLIST_RANKER = "max cosine similarity to the label's training examples (sent
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_llm(spec: str, offline: bool, trust_remote_code: bool) -> tuple[Any, Any]:
+def _cached_llm(spec: str, offline: bool, trust_remote_code: bool, dtype: str = "float32") -> tuple[Any, Any]:
     # zero_shot_llm and few_shot_llm (and the generate ones) use the same weights; load once.
     from .models import load_llm
 
-    return load_llm(spec, offline=offline, trust_remote_code=trust_remote_code)
+    return load_llm(spec, offline=offline, trust_remote_code=trust_remote_code, dtype=dtype)
+
+
+def inference_dtype(precision: str) -> str:
+    """The weight dtype prompted candidates run in: ``precision`` auto, fp32 or bf16.
+
+    auto is bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX; oneDNN's check) and
+    float32 elsewhere: emulated bf16 is slower than float32. On this project's 2-core AMX machine
+    bf16 weights score few-shot prompts 2x faster than float32 with the same labels on a 96-row
+    BANKING77 check (bench/bench_shortlist.py measures both). bf16 where it is emulated is refused.
+    """
+    if precision == "fp32":
+        return "float32"
+    import torch
+
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    if precision == "bf16" and not native:
+        raise CandidateError("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
+                             "slower than float32; use precision auto or fp32")
+    if precision not in ("auto", "bf16"):
+        raise CandidateError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    return "bfloat16" if native else "float32"
 
 
 def _embed(texts: list[str], encoder: str) -> np.ndarray:
@@ -537,7 +568,8 @@ class _LLMCandidate(Candidate):
     expensive = True
 
     def _load_llm(self) -> None:
-        self.model_, self.tokenizer_ = _cached_llm(self.llm, self.offline, self.trust_remote_code)
+        self.dtype_ = inference_dtype(getattr(self, "precision", "auto"))
+        self.model_, self.tokenizer_ = _cached_llm(self.llm, self.offline, self.trust_remote_code, self.dtype_)
 
     def _inputs(self, frame: pd.DataFrame) -> list[str]:
         return _truncate(self.tokenizer_, input_texts(frame), self.max_input_tokens)
@@ -574,8 +606,13 @@ class _LabelScoringClassifier(_LLMCandidate):
         head = self.system_prompt or DEFAULT_CLASSIFY_SYSTEM_PROMPT
         about = f"\n{self.task_description.strip()}" if self.task_description else ""
         listing = "\n".join(f"- {name}" for name in self.label_names_)
-        self.system_prompt_ = (f"{head}{about}\nAnswer with exactly one category from this list, "
-                               f"written as it appears:\n{listing}")
+        # "listed" names every label (what zero-shot needs); "brief" leaves the list to the examples
+        # and the shortlist, a far shorter prompt for the few-shot search to weigh against it
+        self.instructions_ = {
+            "listed": f"{head}{about}\nAnswer with exactly one category from this list, written as it appears:\n{listing}",
+            "brief": f"{head}{about}\nAnswer with exactly one category, written as in the examples.",
+        }
+        self.system_prompt_ = self.instructions_["listed"]
 
     def _fit_shortlist(self, train: pd.DataFrame, validation: pd.DataFrame | None,
                        train_vectors: np.ndarray | None = None) -> None:
@@ -693,7 +730,8 @@ class ZeroShotClassifier(_LabelScoringClassifier):
                  trust_remote_code: bool = False, system_prompt: str | None = None,
                  task_description: str | None = None, label_score: Literal["mean", "sum"] = "sum",
                  calibrate: bool = True, batch_size: int = 8, max_input_tokens: int = 256,
-                 shortlist: bool | int | str = "auto", shortlist_recall: float = 0.99) -> None:
+                 shortlist: bool | int | str = "auto", shortlist_recall: float = 0.99,
+                 precision: str = "auto") -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -706,6 +744,7 @@ class ZeroShotClassifier(_LabelScoringClassifier):
         self.max_input_tokens = max_input_tokens
         self.shortlist = shortlist
         self.shortlist_recall = shortlist_recall
+        self.precision = precision
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ZeroShotClassifier:
         self._fit_labels(train)
@@ -746,7 +785,8 @@ class FewShotClassifier(_LabelScoringClassifier):
                  task_description: str | None = None, few_shot_k: int = 5,
                  label_score: Literal["mean", "sum"] = "sum", batch_size: int = 8,
                  max_input_tokens: int = 256, shortlist: bool | int | str = "auto",
-                 shortlist_recall: float = 0.99) -> None:
+                 shortlist_recall: float = 0.99, precision: str = "auto", prompt_search: bool = True,
+                 prompt_search_rows: int = 200) -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -759,25 +799,109 @@ class FewShotClassifier(_LabelScoringClassifier):
         self.max_input_tokens = max_input_tokens
         self.shortlist = shortlist
         self.shortlist_recall = shortlist_recall
+        self.precision = precision
+        self.prompt_search = prompt_search
+        self.prompt_search_rows = prompt_search_rows
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FewShotClassifier:
         self._fit_labels(train)
         self.shot_texts_ = self._inputs(train)
         self.shot_answers_ = [label_display_name(a) for a in self._training_answers(train)]
+        self.shot_labels_ = np.array(self._training_answers(train), dtype=object)
         self.shot_vectors_ = _embed(input_texts(train), self.encoder)
         self._fit_shortlist(train, validation, train_vectors=self.shot_vectors_)  # the same embeddings rank labels
+        self.instruction_, self.demos_ = PROMPT_VARIANTS[0]
+        self.prompt_search_info_: dict[str, Any] = {"searched": False}
+        if self.prompt_search:
+            self._search_prompt(train, validation)
         return self
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "prompt": {"instruction": self.instruction_, "demos": self.demos_,
+                                             "few_shot_k": self.few_shot_k, "dtype": self.dtype_},
+                "prompt_search": dict(self.prompt_search_info_)}
+
+    def _search_prompt(self, train: pd.DataFrame, validation: pd.DataFrame | None) -> None:
+        """Choose the instruction and the demonstrations on held-out rows (DSPy-style, by score).
+
+        As DSPy's optimisers do (BootstrapFewShot, MIPRO: try demonstration sets and instructions,
+        keep the best by a validation metric), each of :data:`PROMPT_VARIANTS` scores the same
+        held-out rows and the most accurate is kept; a tie goes to the shorter prompt (faster), then
+        to the plain prompt (the first variant). Held-out rows are up to ``prompt_search_rows``
+        validation rows with a training label; without validation, as many training rows are held
+        out of the demonstration pool for the search.
+        """
+        rng = np.random.default_rng(1)
+        codes = set(self.labels_)
+        pool_saved = (self.shot_texts_, self.shot_answers_, self.shot_labels_, self.shot_vectors_)
+        if validation is not None and len(validation) and "label" in validation.columns:
+            rows = validation[validation["label"].astype(str).isin(codes)]
+            measured_on = "validation"
+        else:
+            rows, measured_on = None, "training rows held out of the demonstration pool"
+        if rows is None or not len(rows):
+            n_hold = min(self.prompt_search_rows, len(train) // 5)
+            if n_hold < 20:
+                self.prompt_search_info_ = {"searched": False, "why": "too few rows to hold out for the search"}
+                return
+            held = np.sort(rng.choice(len(train), n_hold, replace=False))
+            keep = np.setdiff1d(np.arange(len(train)), held)
+            rows = train.iloc[held]
+            self.shot_texts_ = [self.shot_texts_[i] for i in keep]
+            self.shot_answers_ = [self.shot_answers_[i] for i in keep]
+            self.shot_labels_, self.shot_vectors_ = self.shot_labels_[keep], self.shot_vectors_[keep]
+        if len(rows) > self.prompt_search_rows:
+            rows = rows.iloc[np.sort(rng.choice(len(rows), self.prompt_search_rows, replace=False))]
+        truth = rows["label"].astype(str).to_numpy()
+        tried = []
+        try:
+            for instruction, demos in PROMPT_VARIANTS:
+                self.instruction_, self.demos_ = instruction, demos
+                started = time.perf_counter()
+                predicted = self.predict(rows)["prediction"].astype(str).to_numpy()
+                tried.append({"instruction": instruction, "demos": demos,
+                              "accuracy": round(float((predicted == truth).mean()), 4),
+                              "seconds": round(time.perf_counter() - started, 2)})
+        finally:
+            self.shot_texts_, self.shot_answers_, self.shot_labels_, self.shot_vectors_ = pool_saved
+        best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], -tried[i]["seconds"], -i))
+        self.instruction_, self.demos_ = tried[best]["instruction"], tried[best]["demos"]
+        plain = tried[0]["accuracy"]
+        self.prompt_search_info_ = {
+            "searched": True, "rows": len(rows), "measured_on": measured_on, "tried": tried,
+            "chosen": {"instruction": self.instruction_, "demos": self.demos_},
+            "plain_accuracy": plain, "chosen_accuracy": tried[best]["accuracy"],
+            "gain_over_plain": round(tried[best]["accuracy"] - plain, 4),
+        }
+
+    def _demonstrations(self, vectors: np.ndarray) -> np.ndarray:
+        """Demonstration rows per message, most similar first: the ``few_shot_k`` nearest training
+        examples ("nearest"), or the nearest example of each of the ``few_shot_k`` nearest distinct
+        labels ("per_label": contrasting examples, as a shortlist shows them)."""
+        k = self.few_shot_k
+        if self.demos_ == "nearest":
+            return nearest_neighbours(vectors, self.shot_vectors_, k)
+        wide = nearest_neighbours(vectors, self.shot_vectors_, k * PER_LABEL_WIDTH)
+        out = np.empty((len(vectors), min(k, wide.shape[1])), dtype=np.int64)
+        for r, near in enumerate(wide):
+            _, first = np.unique(self.shot_labels_[near], return_index=True)
+            picked = near[np.sort(first)][:k]
+            if len(picked) < out.shape[1]:  # fewer distinct labels nearby: fill with the nearest others
+                picked = np.concatenate([picked, near[~np.isin(near, picked)]])[: out.shape[1]]
+            out[r] = picked
+        return out
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
         texts = self._inputs(frame)
-        neighbours = nearest_neighbours(_embed(input_texts(frame), self.encoder), self.shot_vectors_, self.few_shot_k)
+        neighbours = self._demonstrations(_embed(input_texts(frame), self.encoder))
+        system_prompt = self.instructions_[self.instruction_]
         out = []
         for text, (turns, system), near in zip(texts, _contexts(frame), neighbours):
             shots = []
             for j in near[::-1]:  # the most similar example sits right before the message
                 shots += [{"role": "user", "content": self.shot_texts_[j]},
                           {"role": "assistant", "content": self.shot_answers_[j]}]
-            out.append([{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+            out.append([{"role": "system", "content": "\n\n".join([system_prompt, *system])},
                         *shots, *turns, {"role": "user", "content": text}])
         return out
 
