@@ -117,6 +117,10 @@ def init(
     except _known_errors() as exc:
         _fail(exc)
     out.print(f"wrote [bold]{path}[/bold]: {info['file_format']} file, {info['record_format']} records, task {info['task']}")
+    if info.get("test"):
+        out.print(f"test file: {info['test']['file_format']} file, {info['test']['n_sample_rows']:,} rows looked at")
+    for note in info.get("notes", []):
+        out.print(f"[yellow]note: {note}[/yellow]", highlight=False)
     out.print(f"columns: {info.get('columns_used')}; slice columns: {info.get('slice_candidates')}")
     out.print("next: [bold]tunewise run[/bold]")
 

@@ -10,6 +10,7 @@ A wrong key or type is reported with its path, the file and line, and a suggesti
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import re
 from pathlib import Path
@@ -43,8 +44,17 @@ class DataConfig(Section):
         None, description="frozen held-out test file; when given it is the test set as it is"
     )
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
-        "auto", description="file format; auto infers it from the extension and content"
+        "auto", description="file format of train; auto infers it from the extension and content"
     )
+    test_format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
+        "auto", description="file format of the test file; auto infers it from the test file's own extension and "
+        "content (format when the extension says nothing)"
+    )
+    encoding: str = Field(
+        "utf-8", description="text encoding of the data files (csv, tsv, jsonl, json), e.g. latin-1 or cp1252; "
+        "tunewise init detects a file that is not UTF-8"
+    )
+    test_encoding: str | None = Field(None, description="text encoding of the test file; default: encoding")
     record_format: Literal["auto", "text_label", "instruction", "prompt_completion", "messages"] = Field(
         "auto", description="record shape; auto infers it from the column names"
     )
@@ -54,6 +64,20 @@ class DataConfig(Section):
     knowledge_base: str | None = Field(None, description="folder of .txt/.md files for retrieval (generate)")
     task_description: str | None = Field(None, description="one line saying what the task is about")
     added: str = Field("added_labels.jsonl", description="labelled rows added with `tunewise add-labels` (read when the file exists); their test split stays untouched")
+
+    @field_validator("encoding", "test_encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            name = codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}; e.g. utf-8, latin-1, cp1252") from None
+        # Files are split into lines on the byte b"\n": the encoding must keep ASCII as it is.
+        if name != "utf-8-sig" and "a,\n".encode(name) != b"a,\n":
+            raise ValueError(f"encoding {value!r} is not supported (not ASCII-compatible); save the file as UTF-8")
+        return value
 
 
 class ModelsConfig(Section):
@@ -629,7 +653,10 @@ def format_validation_error(err: ValidationError, source: str, text: str) -> str
     return "\n".join(messages)
 
 
-def load_config(path: str | Path) -> ProjectConfig:
+def load_config(path: str | Path, *, precheck: bool = True) -> ProjectConfig:
+    """Read and validate a config file. With ``precheck`` (the default) the values that name other
+    things (candidates, check actions, the incumbent's predictions file) are checked too, so a
+    wrong name fails here, before any stage runs (tunewise.precheck)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found (create one with `tunewise init DATA_FILE`)")
@@ -649,6 +676,10 @@ def load_config(path: str | Path) -> ProjectConfig:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path), text)) from None
     cfg._path = path.resolve()
+    if precheck:
+        from .precheck import check_config
+
+        check_config(cfg, source=str(path), text=text)
     return cfg
 
 

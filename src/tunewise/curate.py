@@ -40,6 +40,9 @@ class Finding:
     change: dict[str, Any] | None = None
     # the row this one duplicates or conflicts with (an id), for the report and for scoring
     of: str | None = None
+    # a config action for this finding only, overriding the check's (e.g. "flag": a row the check
+    # doubts but must not drop, such as the last row of a class)
+    action: str | None = None
 
 
 class SkipCheck(Exception):
@@ -116,6 +119,9 @@ class CurateContext:
     config: ProjectConfig
     engine: Engine
     _embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    # label per row id as curation received the rows (classify): thin_classes names classes whose
+    # every row was dropped (a relabelled class lives on under its new name)
+    labels_in: pd.Series | None = None
 
     @property
     def task(self) -> str:
@@ -230,6 +236,8 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
         issues.extend(prior_issues)
     frame = frame.reset_index(drop=True).copy()
     rows_in = len(frame)
+    if "label" in frame.columns and cfg.task == "classify":
+        ctx.labels_in = pd.Series(frame["label"].astype(str).to_numpy(), index=frame["id"].astype(str).to_numpy())
     per_check: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
@@ -307,14 +315,15 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
     drop: set[int] = set()
     ids = frame["id"].tolist()
     for f in findings:
-        action = ACTION_NAMES[config_action]
-        if config_action in ("redact", "relabel"):
+        this_action = f.action or config_action
+        action = ACTION_NAMES[this_action]
+        if this_action in ("redact", "relabel"):
             if f.change:
                 for column, value in f.change.items():
                     frame.at[f.index, column] = value
             else:
                 action = "flagged"  # nothing certain to apply (e.g. a tie in a label conflict)
-        elif config_action == "drop":
+        elif this_action == "drop":
             drop.add(f.index)
         detail = f.detail + (f" (of {f.of})" if f.of is not None else "")
         row = frame.loc[f.index]

@@ -106,14 +106,67 @@ def _check_file(path: Path) -> None:
         raise IngestError(f"{path} is empty (0 bytes)")
 
 
-def _first_char(path: Path) -> str:
+def _codec(encoding: str) -> str:
+    """The codec's canonical name (``utf-8``, ``iso8859-1``, ``cp1252``); an unknown one is an error."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise IngestError(f"unknown text encoding {encoding!r} (data.encoding); e.g. utf-8, latin-1, cp1252") from None
+
+
+def _is_utf8(encoding: str) -> bool:
+    return _codec(encoding) in ("utf-8", "utf-8-sig")
+
+
+_TEXT_HEAD = 8192  # bytes looked at to tell a text file from a binary one
+# Control bytes no text data file holds (tab, newlines, form feed and escape are allowed).
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13, 27)) + b"\x7f"
+_MAGIC = ((b"PAR1", "it looks like a Parquet file: name it .parquet or set data.format: parquet"),
+          (b"\x1f\x8b", "it looks like a gzip file: decompress it first"),
+          (b"PK\x03\x04", "it looks like a zip archive (or an Excel .xlsx file): extract it, or save the sheet "
+                          "as CSV"),
+          (b"\xd0\xcf\x11\xe0", "it looks like an old Excel or Word file: save it as CSV"),
+          (b"\xff\xfe", "it looks like UTF-16 text: save it as UTF-8"),
+          (b"\xfe\xff", "it looks like UTF-16 text: save it as UTF-8"))
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a file that is not text (binary data, a compressed or Parquet file under a text
+    name, UTF-16) with one clear message, before a CSV or JSON parser trips over its bytes."""
+    with open(path, "rb") as f:
+        head = f.read(_TEXT_HEAD)
+    why = None
+    for magic, said in _MAGIC:
+        if head.startswith(magic):
+            why = said
+            break
+    if why is None and b"\x00" in head:
+        zeros_odd = head[1::2].count(0) > 0.4 * len(head[1::2])
+        zeros_even = head[0::2].count(0) > 0.4 * len(head[0::2])
+        why = ("it looks like UTF-16 text: save it as UTF-8" if zeros_odd != zeros_even
+               else "it holds NUL bytes, as binary files do")
+    if why is None and head:
+        control = sum(head.count(bytes([b])) for b in _CONTROL_BYTES)
+        if control > 0.05 * len(head):
+            why = f"{control} of its first {len(head):,} bytes are control characters"
+    if why is not None:
+        raise IngestError(f"{path} does not look like a text data file ({why}); expected csv, tsv, jsonl, "
+                          "json or parquet")
+
+
+def _first_char(path: Path, encoding: str = "utf-8") -> str:
     """First non-whitespace character of a text file (after any BOM), '' if none in 64 KiB."""
     with open(path, "rb") as f:
         head = f.read(65536)
-    return head.decode("utf-8-sig", errors="replace").lstrip()[:1]
+    return head.decode("utf-8-sig" if _is_utf8(encoding) else encoding, errors="replace").lstrip()[:1]
 
 
-def resolve_file_format(path: str | Path, file_format: str = "auto") -> str:
+def known_extension(path: str | Path) -> bool:
+    """Whether the file's extension names a format (``.csv``, ``.jsonl``, ...)."""
+    return Path(path).suffix.lower() in _EXTENSIONS
+
+
+def resolve_file_format(path: str | Path, file_format: str = "auto", encoding: str = "utf-8") -> str:
     """The concrete file format: the one given, or inferred from the extension and content."""
     path = Path(path)
     if file_format != "auto":
@@ -123,7 +176,8 @@ def resolve_file_format(path: str | Path, file_format: str = "auto") -> str:
     _check_file(path)
     fmt = _EXTENSIONS.get(path.suffix.lower())
     if fmt == "json" or fmt is None:
-        first = _first_char(path)
+        _check_text(path)
+        first = _first_char(path, encoding)
         if first == "[":
             return "json"
         if first == "{":
@@ -137,13 +191,13 @@ def resolve_file_format(path: str | Path, file_format: str = "auto") -> str:
     return fmt
 
 
-def iter_raw_rows(path: str | Path, file_format: str) -> Iterator[RawRow]:
+def iter_raw_rows(path: str | Path, file_format: str, encoding: str = "utf-8") -> Iterator[RawRow]:
     """Stream the records of a file as :class:`RawRow`, one per record, bad ones included.
 
     Blank lines are not records. Raises :class:`IngestError` for problems of the whole file
     (missing, a directory, empty, unreadable, not Parquet).
     """
-    return _open_rows(Path(path), resolve_file_format(path, file_format))[1]
+    return _open_rows(Path(path), resolve_file_format(path, file_format, encoding), encoding)[1]
 
 
 class _Rows:
@@ -168,25 +222,76 @@ class _Rows:
         self._release()
 
 
-def _open_rows(path: Path, fmt: str) -> tuple[list[str] | None, Iterator[RawRow]]:
+def _open_rows(path: Path, fmt: str, encoding: str = "utf-8") -> tuple[list[str] | None, Iterator[RawRow]]:
     """(header columns when the format has a header or schema, raw row iterator).
 
     The iterator has a ``close()``; call it (``contextlib.closing``) if you stop early.
     """
     _check_file(path)
+    if fmt in ("csv", "tsv", "jsonl", "json"):
+        _check_text(path)
+        encoding = _codec(encoding)
     if fmt in ("csv", "tsv"):
-        return _delimited_rows(path, "\t" if fmt == "tsv" else ",")
+        return _delimited_rows(path, "\t" if fmt == "tsv" else ",", encoding)
     if fmt == "jsonl":
-        return None, _jsonl_rows(path)
+        _refuse_json_object(path, encoding)
+        return None, _jsonl_rows(path, encoding)
     if fmt == "json":
-        return None, _json_array_rows(path)
+        return None, _json_array_rows(path, encoding)
     if fmt == "parquet":
         return _parquet_rows(path)
     raise IngestError(f"unknown file format {fmt!r} for {path}; expected one of {', '.join(FILE_FORMATS)}")
 
 
-def _undecodable(offset: int) -> str:
-    return f"undecodable bytes (not UTF-8) at byte offset {offset}"
+def _undecodable(offset: int, encoding: str = "utf-8") -> str:
+    name = "UTF-8" if _is_utf8(encoding) else encoding
+    return f"undecodable bytes (not {name}) at byte offset {offset}"
+
+
+_JSON_OBJECT_LIMIT = 64 << 20  # bytes of a file parsed whole to tell one JSON object from JSON Lines
+
+
+def _refuse_json_object(path: Path, encoding: str) -> None:
+    """A file that is one JSON object pretty-printed over many lines is not JSON Lines: reading it
+    line by line would reject every line as malformed. Say so instead. (A one-line object is a
+    JSON Lines file of one record.)"""
+    codec = "utf-8-sig" if _is_utf8(encoding) else encoding
+    first = second = None
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                if first is None:
+                    first = raw.decode(codec, errors="replace").strip()
+                else:
+                    second = raw
+                    break
+    if first is None or not first.startswith("{"):
+        return
+    try:
+        value = json.loads(first)
+    except json.JSONDecodeError:
+        value = None
+    if value is not None or second is None:
+        return  # a whole object on the first line: JSON Lines (one line is one record)
+    if path.stat().st_size > _JSON_OBJECT_LIMIT:
+        if first != "{":
+            return
+        whole: dict = {}
+    else:
+        try:
+            whole = json.loads(path.read_bytes().decode(codec))
+        except (ValueError, UnicodeDecodeError):
+            return  # not one JSON value: JSON Lines with bad lines, reported line by line
+        if not isinstance(whole, dict):
+            return
+    under = [k for k, v in whole.items() if _records_list(v)]
+    hint = (f" (the records look like the list under key {under[0]!r}: save that list as the file, or one "
+            "record per line)") if under else ""
+    raise IngestError(f"{path} holds a JSON object; expected a list of records or JSON Lines{hint}")
+
+
+def _records_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value[:100])
 
 
 class _LineDecoder:
@@ -196,8 +301,9 @@ class _LineDecoder:
     line number and byte offset are remembered in ``bad`` for the caller to turn into a bad row.
     """
 
-    def __init__(self, binary: IO[bytes]) -> None:
+    def __init__(self, binary: IO[bytes], encoding: str = "utf-8") -> None:
         self.binary = binary
+        self.encoding = _codec(encoding)
         self.bad: deque[tuple[int, int]] = deque()  # (line number, byte offset), in order
         self.line_no = 0
 
@@ -207,14 +313,14 @@ class _LineDecoder:
             self.line_no += 1
             start = offset
             offset += len(raw)
-            if self.line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+            if self.line_no == 1 and raw.startswith(codecs.BOM_UTF8) and _is_utf8(self.encoding):
                 raw = raw[len(codecs.BOM_UTF8):]
                 start += len(codecs.BOM_UTF8)
             try:
-                yield raw.decode("utf-8")
+                yield raw.decode(self.encoding)
             except UnicodeDecodeError as err:
                 self.bad.append((self.line_no, start + err.start))
-                yield raw.decode("utf-8", errors="replace")
+                yield raw.decode(self.encoding, errors="replace")
 
     def bad_offset_between(self, first: int, last: int) -> int | None:
         """Byte offset of the first undecodable line in [first, last]; forgets lines <= last."""
@@ -226,12 +332,20 @@ class _LineDecoder:
         return found
 
 
-def _delimited_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[RawRow]]:
+def _csv_error(err: csv.Error) -> str:
+    """csv's message, minus its advice to open the file in universal-newline mode (we do)."""
+    text = str(err)
+    if "new-line character seen in unquoted field" in text:
+        return "a carriage return (\\r) inside an unquoted field"
+    return text
+
+
+def _delimited_rows(path: Path, delimiter: str, encoding: str = "utf-8") -> tuple[list[str], Iterator[RawRow]]:
     # The default 128 KiB field limit would abort the whole file on one huge field; such rows
     # are parsed here and rejected later with a clear "over data.max_chars" reason.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     binary = open(path, "rb")
-    lines = _LineDecoder(binary)
+    lines = _LineDecoder(binary, encoding)
     reader = csv.reader(iter(lines), delimiter=delimiter)
 
     header: list[str] | None = None
@@ -244,6 +358,9 @@ def _delimited_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[Raw
                 break
     except csv.Error as err:
         binary.close()
+        if "new-line character seen in unquoted field" in str(err):
+            raise IngestError(f"cannot read the header of {path}: it has a carriage return (\\r) that ends no "
+                              "line (old Mac line ends?); save it with LF or CRLF line ends") from err
         raise IngestError(f"cannot read the header of {path}: {err}") from err
     if header is None:
         binary.close()
@@ -251,7 +368,8 @@ def _delimited_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[Raw
     bad_header = lines.bad_offset_between(1, last_end)
     if bad_header is not None:
         binary.close()
-        raise IngestError(f"the header of {path} has {_undecodable(bad_header)}; save the file as UTF-8")
+        raise IngestError(f"the header of {path} has {_undecodable(bad_header, encoding)}; save the file as UTF-8"
+                          + ("" if not _is_utf8(encoding) else " or set data.encoding (e.g. latin-1)"))
 
     columns = _header_names(header, path)
 
@@ -267,14 +385,14 @@ def _delimited_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[Raw
                 except csv.Error as err:
                     end = reader.line_num
                     lines.bad_offset_between(start, end)
-                    yield RawRow(start, None, f"CSV parse error: {err}")
+                    yield RawRow(start, None, f"CSV parse error: {_csv_error(err)}")
                     continue
                 end = reader.line_num
                 bad_offset = lines.bad_offset_between(start, end)
                 if not fields:  # a blank line is no record
                     continue
                 if bad_offset is not None:
-                    yield RawRow(start, None, _undecodable(bad_offset))
+                    yield RawRow(start, None, _undecodable(bad_offset, encoding))
                 elif len(fields) != len(columns):
                     detail = f"expected {len(columns)} fields, got {len(fields)}"
                     if end - start >= 2:
@@ -314,14 +432,14 @@ def _json_error(err: json.JSONDecodeError, column: int) -> str:
     return f"malformed JSON: {err.msg} (col {column})"
 
 
-def _jsonl_rows(path: Path) -> Iterator[RawRow]:
+def _jsonl_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
     decoder = json.JSONDecoder()
     with open(path, "rb") as binary:
-        lines = _LineDecoder(binary)
+        lines = _LineDecoder(binary, encoding)
         for text in lines:
             line_no = lines.line_no
             if lines.bad and lines.bad[-1][0] == line_no:
-                yield RawRow(line_no, None, _undecodable(lines.bad.pop()[1]))
+                yield RawRow(line_no, None, _undecodable(lines.bad.pop()[1], encoding))
                 continue
             text = text.rstrip("\r\n")  # so an error at the end of the line has a column on it
             if not text.strip():
@@ -370,7 +488,7 @@ def _element_end(buf: str, start: int) -> int | None:
     return None
 
 
-def _json_array_rows(path: Path) -> Iterator[RawRow]:
+def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
     """Elements of a top-level JSON array, one at a time.
 
     Hand-written because the standard library has no incremental JSON parser (and ``ijson`` is
@@ -378,11 +496,14 @@ def _json_array_rows(path: Path) -> Iterator[RawRow]:
     refilled in chunks and trimmed behind us, so memory holds about one chunk, not the file.
     Undecodable bytes are let through as surrogates (``surrogateescape``) and reported per element.
     """
+    utf8 = _is_utf8(encoding)
+    byte_codec = "utf-8" if utf8 else encoding
     with open(path, "rb") as probe:
-        bom = len(codecs.BOM_UTF8) if probe.read(3) == codecs.BOM_UTF8 else 0
+        bom = len(codecs.BOM_UTF8) if probe.read(3) == codecs.BOM_UTF8 and utf8 else 0
     decoder = json.JSONDecoder()
     with open(path, "rb") as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig" if utf8 else encoding, errors="surrogateescape",
+                                newline="")
         buf = ""
         eof = False
         buf_line = 1  # line number at buf[0]
@@ -425,15 +546,19 @@ def _json_array_rows(path: Path) -> Iterator[RawRow]:
             newline = dropped.rfind("\n")
             buf_col = len(dropped) - newline - 1 if newline >= 0 else buf_col + len(dropped)
             buf_line = line_at(pos)
-            buf_bytes += len(dropped.encode("utf-8", "surrogateescape"))
+            buf_bytes += len(dropped.encode(byte_codec, "surrogateescape"))
             buf = buf[pos:]
             counted_pos, counted_line = 0, buf_line
             return 0
 
         def byte_offset(pos: int) -> int:
-            return buf_bytes + len(buf[:pos].encode("utf-8", "surrogateescape"))
+            return buf_bytes + len(buf[:pos].encode(byte_codec, "surrogateescape"))
 
         pos = skip_ws(0)
+        if pos < len(buf) and buf[pos] == "{":
+            raise IngestError(f"{path} holds a JSON object; expected a list of records or JSON Lines "
+                              "(data.format json reads a list [{...}, {...}]; for one object per line set "
+                              "data.format: jsonl)")
         if pos >= len(buf) or buf[pos] != "[":
             raise IngestError(f"{path} is not a JSON array of records (it should start with '[')")
         pos = skip_ws(pos + 1)
@@ -465,7 +590,7 @@ def _json_array_rows(path: Path) -> Iterator[RawRow]:
             surrogate = _SURROGATE.search(buf, start, end)
             line = line_at(start)
             if surrogate:
-                yield RawRow(line, None, _undecodable(byte_offset(surrogate.start())))
+                yield RawRow(line, None, _undecodable(byte_offset(surrogate.start()), encoding))
             elif error:
                 yield RawRow(line, None, error)
             elif isinstance(value, dict):
@@ -821,8 +946,8 @@ def _sample(rows: Iterator[RawRow], limit: int) -> tuple[list[str], list[dict[st
     return list(seen), good, read, first_errors
 
 
-def _sample_file(path: Path, fmt: str, sample_rows: int) -> _Sample:
-    header, rows = _open_rows(path, fmt)
+def _sample_file(path: Path, fmt: str, sample_rows: int, encoding: str = "utf-8") -> _Sample:
+    header, rows = _open_rows(path, fmt, encoding)
     with contextlib.closing(rows):  # type: ignore[type-var]
         found, good, read, first_errors = _sample(rows, sample_rows)
     return _Sample(header if header is not None else found, good, read, first_errors)
@@ -843,18 +968,21 @@ def ingest(
     keep_columns: list[str] | None = None,
     max_chars: int = 20000,
     chunk_rows: int = 50_000,
+    encoding: str = "utf-8",
 ) -> IngestResult:
-    """Read ``path`` into normalised records; bad rows go to the issues table, not the frame."""
+    """Read ``path`` into normalised records; bad rows go to the issues table, not the frame.
+
+    ``encoding`` is the text encoding of csv, tsv, jsonl and json files (``data.encoding``)."""
     answer = answer_column(task)
     source = str(path)
     file_path = Path(path)
-    fmt = resolve_file_format(file_path, file_format)
-    header, rows = _open_rows(file_path, fmt)
+    fmt = resolve_file_format(file_path, file_format, encoding)
+    header, rows = _open_rows(file_path, fmt, encoding)
     try:
         if header is not None:
             found = header
         else:  # JSON has no header: learn the columns from the first rows, then read from the top
-            sample = _sample_file(file_path, fmt, _SAMPLE_ROWS)
+            sample = _sample_file(file_path, fmt, _SAMPLE_ROWS, encoding)
             sample.raise_if_unusable(source, fmt)
             found = sample.columns
         configured = _configured_columns(columns, found, source)
@@ -944,18 +1072,65 @@ def ingest(
                         columns_used=columns_used, rows_read=position)
 
 
-def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000) -> dict[str, Any]:
+_ENCODING_PROBE = 64 << 20  # bytes read to tell UTF-8 from a legacy 8-bit encoding
+
+
+def detect_encoding(path: str | Path, limit: int = _ENCODING_PROBE) -> str:
+    """``utf-8`` when the file (its first ``limit`` bytes) decodes as UTF-8; else ``cp1252`` when it
+    holds bytes 0x80-0x9F that cp1252 reads as text (curly quotes, the euro sign: Windows files),
+    else ``latin-1`` (every byte is a character). Binary files are not told apart here."""
+    path = Path(path)
+
+    def chunks() -> Iterator[bytes]:
+        read = 0
+        with open(path, "rb") as f:
+            while read < limit:
+                chunk = f.read(min(1 << 20, limit - read))
+                if not chunk:
+                    return
+                read += len(chunk)
+                yield chunk
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in chunks():
+            decoder.decode(chunk, final=False)
+        return "utf-8"  # a character cut by the probe's end is no evidence against UTF-8
+    except UnicodeDecodeError:
+        pass
+    c1 = re.compile(rb"[\x80-\x9f]")
+    high_c1 = False
+    for chunk in chunks():
+        if c1.search(chunk):
+            high_c1 = True
+            try:
+                chunk.decode("cp1252")
+            except UnicodeDecodeError:
+                return "latin-1"  # bytes cp1252 leaves undefined: not a Windows file
+    return "cp1252" if high_c1 else "latin-1"
+
+
+def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000,
+          encoding: str | None = None) -> dict[str, Any]:
     """Look at the first rows of a file and guess how to read it (used by ``tunewise init``).
 
-    ``columns_used`` follows ``task`` when given, else the suggested task.
+    ``columns_used`` follows ``task`` when given, else the suggested task. ``encoding`` None: the
+    text encoding is detected (:func:`detect_encoding`) and returned under ``encoding``.
 
     Never raises for a missing role (the user will be asked); raises :class:`IngestError` only
     when the file itself cannot be read.
     """
     file_path = Path(path)
     source = str(path)
-    fmt = resolve_file_format(file_path)
-    found = _sample_file(file_path, fmt, sample_rows)
+    _check_file(file_path)
+    if file_path.suffix.lower() not in (".parquet", ".pq"):
+        _check_text(file_path)  # before guessing an encoding for bytes that are no text
+    if encoding is None:
+        encoding = "utf-8" if file_path.suffix.lower() in (".parquet", ".pq") else detect_encoding(file_path)
+    fmt = resolve_file_format(file_path, "auto", encoding)
+    if fmt == "parquet":
+        encoding = "utf-8"
+    found = _sample_file(file_path, fmt, sample_rows, encoding)
     found.raise_if_unusable(source, fmt)
     columns, sample = found.columns, found.rows
     record_format = _detect_record_format(columns, {})
@@ -999,6 +1174,7 @@ def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000)
 
     return {
         "file_format": fmt,
+        "encoding": encoding,
         "record_format": record_format,
         "columns": columns,
         "columns_used": columns_used,
@@ -1011,5 +1187,5 @@ def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000)
 
 __all__ = [
     "IngestError", "IngestResult", "RawRow", "FILE_FORMATS", "RECORD_FORMATS",
-    "ingest", "iter_raw_rows", "resolve_file_format", "sniff",
+    "detect_encoding", "ingest", "iter_raw_rows", "known_extension", "resolve_file_format", "sniff",
 ]

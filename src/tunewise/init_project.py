@@ -56,6 +56,8 @@ def init_project(data_file: str | Path, *, test_file: str | Path | None = None, 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     info = sniff(data_file)
+    # the test file is looked at on its own: its format and encoding need not be train's
+    test_info = sniff(test_file, task=task or info["suggested_task"]) if test_file else None
     task = task or info["suggested_task"]
     roles = info.get("columns_used", {})
     def rel(p: str | Path) -> str:
@@ -69,19 +71,30 @@ def init_project(data_file: str | Path, *, test_file: str | Path | None = None, 
             "train": rel(data_file),
             "test": rel(test_file) if test_file else None,
             "format": info["file_format"],
+            "test_format": test_info["file_format"] if test_info else "auto",
+            "encoding": info["encoding"],
+            "test_encoding": (test_info["encoding"] if test_info and test_info["encoding"] != info["encoding"]
+                              else None),
             "record_format": info["record_format"],
             "columns": {k: v for k, v in roles.items() if k in ("id", "input", "label", "target", "instruction", "messages")},
             "slice_columns": info.get("slice_candidates", []),
         },
     }
     cfg = ProjectConfig.model_validate(raw)
+    notes = []
+    test_key = "test_encoding" if raw["data"]["test_encoding"] else "encoding"
+    for name, found, key in ((data_file, info, "encoding"), (test_file, test_info, test_key)):
+        if found is not None and found["encoding"] != "utf-8":
+            notes.append(f"{name} is not UTF-8: it is read as {found['encoding']} (data.{key})")
     header = (
         f"tunewise project config, written by `tunewise init` for {data_file}.\n"
-        f"Inferred: {info['file_format']} file, {info['record_format']} records, task {task}.\n"
+        f"Inferred: {info['file_format']} file, {info['record_format']} records, task {task}"
+        + (f"; test file {test_info['file_format']}" if test_info else "") + ".\n"
+        + "".join(f"{note}.\n" for note in notes)
         + ("The test file is the held-out test set as it is; validation is split from train.\n" if test_file
            else "No test file: split.test_fraction of the curated data is held out for test.\n")
         + "Every key is documented on its line; delete a line to take the default."
     )
     write_text(out, render_config(cfg, header))
     load_config(out)  # the file we wrote must load: fail here rather than at the user's first run
-    return out, {**info, "task": task}
+    return out, {**info, "task": task, "test": test_info, "notes": notes}

@@ -108,11 +108,40 @@ def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, t
     if test_frame is None and test_ids is not None:
         summary["frozen_test_ids_missing"] = len(set(map(str, test_ids))) - len(test)  # dropped by curation
     if label is not None:
+        # labels of validation and test rows no training row has: those rows are always scored wrong
+        summary["unseen_labels"], summary["unseen_label_examples"] = unseen_labels(
+            train, {"validation": validation, "test": test}, label)
         summary["class_counts"] = {
             name: part[label].value_counts().sort_index().to_dict()
             for name, part in (("train", train), ("validation", validation), ("test", test))
         }
     return SplitResult(train, validation, test, issues, summary)
+
+
+def unseen_labels(train: pd.DataFrame, parts: dict[str, pd.DataFrame], label: str,
+                  examples: int = 20) -> tuple[dict[str, dict[str, int]], dict[str, list[dict]]]:
+    """Rows of ``parts`` whose label the training split lacks: ({part: {label: rows}} largest
+    first, {part: the first ``examples`` rows as id, label, source, line}).
+
+    A model trained on ``train`` cannot answer such a label, so these rows count as wrong for every
+    candidate (unless the label is the out-of-scope one, which a confidence threshold may answer).
+    That is legitimate for an out-of-scope class, but it must be said."""
+    known = set(train[label].astype(str))
+    counts_out: dict[str, dict[str, int]] = {}
+    rows_out: dict[str, list[dict]] = {}
+    for name, part in parts.items():
+        labels = part[label].astype(str)
+        unseen = ~labels.isin(known)
+        counts = labels[unseen].value_counts()
+        counts = counts.sort_index().sort_values(ascending=False, kind="stable")
+        counts_out[name] = {str(k): int(v) for k, v in counts.items()}
+        rows_out[name] = []
+        for i in np.flatnonzero(unseen.to_numpy())[:examples]:
+            row = part.iloc[i]
+            line = row.get("source_line")
+            rows_out[name].append({"id": str(row["id"]), "label": str(row[label]), "source": row.get("source_file"),
+                                   "line": None if line is None or pd.isna(line) else int(line)})
+    return counts_out, rows_out
 
 
 def find_leakage(train: pd.DataFrame, test: pd.DataFrame, threshold: float, seed: int) -> list[tuple[str, str, float]]:

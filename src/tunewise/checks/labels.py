@@ -66,7 +66,9 @@ out-of-fold probability the model must give its own suggestion, default 0.5)
     finding per class under the minimum, on its first row. Why 20: under the default 10%/20%
     validation/test split a class of 20 keeps about 2 rows for validation and 4 for test, the
     fewest that still give a per-class score; below that its metrics are noise, and a fine-tuned
-    model sees too few examples to learn it reliably.
+    model sees too few examples to learn it reliably. A class whose every row an earlier check
+    dropped (not relabelled) is listed under ``balance.lost`` with the rows it had, and said on
+    the console; the off-topic check never drops a class's last rows.
 
     With ``curate.synthesize: true`` the runner also calls ``synthesize``: paraphrases of real
     rows of each thin class from the project LLM, kept only when a cheap classifier agrees with
@@ -92,7 +94,7 @@ import pandas as pd
 
 from ..config import CheckConfig, ConfigError, ProjectConfig
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
-from ..progress import progress, track
+from ..progress import console, progress, track
 
 # --- label_errors defaults (see the module docstring for why) ----------------------------------
 LR_C = 4.0
@@ -285,6 +287,22 @@ def balance_report(labels: pd.Series, minimum: int) -> dict[str, Any]:
     }
 
 
+def lost_classes(labels_in: pd.Series | None, frame: pd.DataFrame) -> dict[str, int]:
+    """Classes curation received that have no row left, not even relabelled: label -> rows it had."""
+    if labels_in is None or not len(labels_in):
+        return {}
+    gone = sorted(set(labels_in) - set(frame["label"].astype(str)))
+    if not gone:
+        return {}
+    surviving = set(frame["id"].astype(str))
+    out = {}
+    for label in gone:
+        ids = labels_in.index[labels_in.to_numpy() == label]
+        if not any(i in surviving for i in ids):  # a relabelled class lives on under its new name
+            out[label] = len(ids)
+    return out
+
+
 @register
 class ThinClasses(Check):
     name = "thin_classes"
@@ -317,6 +335,13 @@ class ThinClasses(Check):
             raise SkipCheck("no rows left to count")
         labels = frame["label"].astype(str)
         self.balance = balance_report(labels, self.minimum)
+        self.balance["lost"] = lost = lost_classes(ctx.labels_in, frame)
+        if lost:
+            from rich.markup import escape
+
+            console.print("[yellow]curate: " + escape(", ".join(f"class '{label}' lost all its {n} row(s)"
+                                                                for label, n in lost.items()))
+                          + " to earlier checks (see curate/issues.csv)[/yellow]", highlight=False)
         first_row = {label: i for i, label in reversed(list(enumerate(labels)))}
         return [
             Finding(index=first_row[label], issue="thin_class",

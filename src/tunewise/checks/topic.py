@@ -47,6 +47,11 @@ Two kinds of findings, at most one per row:
     only spam is reported. Above ``REFERENCE_ROWS`` (20,000) distinct inputs, neighbours are
     searched in a fixed random sample of that size (seeded by the project seed), which keeps the
     cost linear in rows.
+
+A class never loses its last rows to this check: when the findings cover every row of a label
+(a class of one is always judged against other classes, having none of its own), those rows are
+flagged and kept instead of dropped, with "kept" in the detail, and ``thin_classes`` reports the
+class as thin.
 """
 
 from __future__ import annotations
@@ -214,7 +219,7 @@ class OffTopic(Check):
         candidates = np.flatnonzero((group == np.arange(len(frame))) & ~is_spam
                                     & np.array([bool(t.strip()) for t in inputs], dtype=bool))
         if len(candidates) < MIN_ROWS:
-            return findings
+            return keep_last_of_class(frame, findings, ctx) if self.action == "drop" else findings
         embeddings = np.asarray(ctx.embed([inputs[i] for i in candidates]), dtype=np.float32)
         labels = None
         if ctx.answer == "label" and "label" in frame.columns:
@@ -235,4 +240,26 @@ class OffTopic(Check):
                 detail += (f", nearest class '{result.best_class[p]}' cos {result.nearest_class[p]:.2f} "
                            f"(typical {result.class_median:.2f})")
             findings.append(Finding(index=row, issue="off_topic", detail=detail))
+        if self.action == "drop":
+            findings = keep_last_of_class(frame, findings, ctx)
         return sorted(findings, key=lambda f: f.index)
+
+
+def keep_last_of_class(frame: pd.DataFrame, findings: list[Finding], ctx: CurateContext) -> list[Finding]:
+    """Never drop every row of a class: when the findings hold all rows of a label, those rows are
+    flagged and kept. A class's only examples cannot be judged off-topic against their own class
+    (a class of one has no class to compare with), and dropping them would make the class vanish
+    without a trace in the balance report; kept, thin_classes reports the class as thin."""
+    if ctx.answer != "label" or "label" not in frame.columns or not findings:
+        return findings
+    labels = frame["label"].astype(str)
+    sizes = labels.value_counts()
+    found = pd.Series([labels.iat[f.index] for f in findings]).value_counts()
+    for f in findings:
+        label = labels.iat[f.index]
+        if found[label] >= sizes[label]:
+            n = int(sizes[label])
+            f.action = "flag"
+            f.detail += (f"; kept: {'the only row' if n == 1 else f'all {n} rows'} of class '{label}' "
+                         "(a class cannot lose its last rows to this check)")
+    return findings

@@ -8,7 +8,8 @@ import pandas as pd
 
 from ..artifacts import write_csv, write_json, write_parquet
 from ..config import ProjectConfig
-from ..ingest import ingest
+from ..ingest import IngestError, ingest, known_extension
+from ..progress import console
 from ..issues import IssueTable
 from ..runner import StageContext, stage
 
@@ -23,16 +24,60 @@ def _user_files(cfg: ProjectConfig) -> list[Path]:
     return files
 
 
+def file_settings(cfg: ProjectConfig, path: Path) -> tuple[str, str]:
+    """(file format, text encoding) of one data file: the test file has its own (data.test_format,
+    data.test_encoding), so a CSV train file and a JSONL test file each read as what they are."""
+    data = cfg.data
+    if data.test and Path(path).resolve() == cfg.resolve(data.test).resolve():
+        fmt = data.test_format
+        if fmt == "auto" and data.format != "auto" and not known_extension(path):
+            fmt = data.format  # an extension that says nothing: the format set for the data
+        return fmt, data.test_encoding or data.encoding
+    return data.format, data.encoding
+
+
 def read_split_file(cfg: ProjectConfig, path: Path):
+    file_format, encoding = file_settings(cfg, path)
     return ingest(
         path,
         task=cfg.task,
-        file_format=cfg.data.format,
+        file_format=file_format,
         record_format=cfg.data.record_format,
         columns=cfg.data.columns.model_dump(),
         keep_columns=cfg.data.slice_columns,
         max_chars=cfg.data.max_chars,
+        encoding=encoding,
     )
+
+
+def _undecodable_hint(cfg: ProjectConfig, result, path: Path) -> str | None:
+    """A line for the console when rows were rejected for bytes the encoding cannot read."""
+    if not len(result.issues):
+        return None
+    details = result.issues.frame()["detail"].astype(str)
+    n = int(details.str.startswith("undecodable bytes").sum())
+    if not n:
+        return None
+    encoding = file_settings(cfg, path)[1]
+    return (f"ingest: {n:,} row(s) of {path} were rejected for bytes that are not {encoding}: if the file is "
+            "in another encoding, set data.encoding" + (" (data.test_encoding for the test file)" if cfg.data.test
+                                                         and path == cfg.resolve(cfg.data.test) else "")
+            + ", e.g. latin-1 or cp1252 (`tunewise init` detects it)")
+
+
+def refuse_single_label(cfg: ProjectConfig, records: pd.DataFrame, train, path: Path, issues_csv: Path) -> None:
+    """Classification needs two labels; one label would only fail later, in the baseline stage,
+    with a scikit-learn traceback. Named here with the file and the label column."""
+    if cfg.task != "classify" or "label" not in records.columns:
+        return
+    labels = records["label"].astype(str).unique()
+    if len(labels) >= 2:
+        return
+    column = train.columns_used.get("label", "label")
+    rejected = len(train.issues)
+    more = f", {rejected:,} rejected with their reasons in {issues_csv}" if rejected else ""
+    raise IngestError(f"{path}: column {column!r} holds a single label ({str(labels[0])!r}); classification "
+                      f"needs at least two ({len(records):,} rows kept{more})")
 
 
 def read_added_file(cfg: ProjectConfig, path: Path, taken_ids: set[str]):
@@ -55,8 +100,10 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.config
     issues = IssueTable("ingest")
     metrics: dict = {}
-    train = read_split_file(cfg, cfg.resolve(cfg.data.train))
+    train_path = cfg.resolve(cfg.data.train)
+    train = read_split_file(cfg, train_path)
     issues.extend(train.issues)
+    hints = [_undecodable_hint(cfg, train, train_path)]
     records = train.frame
     added_path = cfg.resolve(cfg.data.added)
     if added_path.exists():
@@ -71,14 +118,19 @@ def run(ctx: StageContext) -> dict:
     metrics.update(rows_read=train.rows_read, rows_kept=len(train.frame), rows_rejected=len(train.issues),
                    file_format=train.file_format, record_format=train.record_format)
     if cfg.data.test:
-        test = read_split_file(cfg, cfg.resolve(cfg.data.test))
+        test_path = cfg.resolve(cfg.data.test)
+        test = read_split_file(cfg, test_path)
         issues.extend(test.issues)
+        hints.append(_undecodable_hint(cfg, test, test_path))
         write_parquet(ctx.path("test_records.parquet"), test.frame)
         metrics.update(test_rows_read=test.rows_read, test_rows_kept=len(test.frame),
-                       test_rows_rejected=len(test.issues))
+                       test_rows_rejected=len(test.issues), test_file_format=test.file_format)
+    for hint in filter(None, hints):
+        console.print(f"[yellow]{hint}[/yellow]", highlight=False)
     frame = issues.frame()
     write_parquet(ctx.path("issues.parquet"), frame)
     write_csv(ctx.path("issues.csv"), frame)
+    refuse_single_label(cfg, records, train, train_path, ctx.path("issues.csv"))
     write_json(ctx.path("summary.json"), {**metrics, "columns_used": train.columns_used,
-                                          "issue_counts": issues.counts()})
+                                          "issue_counts": issues.counts(), "notes": list(filter(None, hints))})
     return metrics

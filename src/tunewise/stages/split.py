@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+from rich.markup import escape
 
 from ..artifacts import read_json, write_csv, write_json, write_parquet
-from ..runner import StageContext, stage
+from ..progress import console
+from ..runner import StageContext, StageError, stage
 from ..split import FROZEN_TEST_FILE
 
 
@@ -36,4 +38,31 @@ def run(ctx: StageContext) -> dict:
     write_parquet(ctx.path("issues.parquet"), issues)
     write_csv(ctx.path("issues.csv"), issues)
     write_json(ctx.path("summary.json"), result.summary)
-    return {**result.summary["sizes"], "leakage_rows": result.summary["leakage_rows"]}
+    if cfg.task == "classify":
+        _refuse_single_label(ctx, result.train, len(cleaned))
+    metrics = {**result.summary["sizes"], "leakage_rows": result.summary["leakage_rows"]}
+    for part, unseen in result.summary.get("unseen_labels", {}).items():
+        if not unseen:
+            continue
+        metrics[f"unseen_label_{part}_rows"] = sum(unseen.values())
+        shown = escape(", ".join(f"'{label}' ({n} row{'s' if n != 1 else ''})" for label, n in list(unseen.items())[:10]))
+        more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
+        console.print(f"[yellow]split: {len(unseen)} {part} label(s) never seen in training: {shown}{more}; those "
+                      f"rows count as wrong for every model, unless it is evaluate.out_of_scope_label (unseen_labels in "
+                      f"{ctx.path('summary.json')})[/yellow]",
+                      highlight=False)
+    return metrics
+
+
+def _refuse_single_label(ctx: StageContext, train: pd.DataFrame, rows_curated: int) -> None:
+    """Classification needs two labels in the training split; one would only fail in the baseline
+    stage, with a scikit-learn traceback. Ingest refuses a one-label file; this catches curation
+    (or the split) leaving one label."""
+    labels = train["label"].astype(str).unique() if len(train) else []
+    if len(labels) >= 2:
+        return
+    held = (f"holds a single label ('{labels[0]}')" if len(labels) else "is empty")
+    raise StageError(f"split: the training split {held} after curation ({rows_curated:,} curated rows, "
+                     f"{len(train):,} in train); classification needs at least two labels: see what curation "
+                     f"dropped in {ctx.run_dir / 'curate' / 'issues.csv'} and the class counts in "
+                     f"{ctx.path('summary.json')}")
