@@ -363,6 +363,32 @@ def _n_eval(run_dir: Path, entry: dict, stage_metrics: dict) -> int | None:
     return None
 
 
+def prompting_notes(run_dir: Path) -> list[str]:
+    """One line per prompted candidate: the prompt its search chose on validation, the gain over the
+    plain prompt, and its label shortlist (from the baseline stage's summary)."""
+    notes = []
+    for entry in (_json(run_dir / "baseline" / "summary.json") or {}).get("candidates") or []:
+        info = entry.get("info") or {}
+        search, shortlist, prompt = info.get("prompt_search") or {}, info.get("shortlist") or {}, info.get("prompt") or {}
+        parts = []
+        if search.get("searched"):
+            chosen = search.get("chosen") or {}
+            tried = ", ".join(f"{t.get('instruction')}/{t.get('demos')} {t.get('accuracy', 0):.3f}"
+                              for t in search.get("tried") or [])
+            parts.append(f"prompt chosen on {search.get('rows')} {search.get('measured_on')} rows: "
+                         f"{chosen.get('instruction')} instruction, {chosen.get('demos')} demonstrations "
+                         f"(accuracy {search.get('chosen_accuracy', 0):.3f}, plain prompt {search.get('plain_accuracy', 0):.3f}, "
+                         f"gain {100 * (search.get('gain_over_plain') or 0):+.1f} points; tried {tried})")
+        if shortlist.get("shortlisted"):
+            parts.append(f"scores the {shortlist.get('k')} most likely of {shortlist.get('n_labels')} labels per message "
+                         f"(recall {shortlist.get('recall')} on {shortlist.get('measured_on')})")
+        if prompt.get("dtype"):
+            parts.append(f"weights in {prompt['dtype']}")
+        if parts:
+            notes.append(f"{entry.get('name')}: " + "; ".join(parts))
+    return notes
+
+
 def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None) -> dict:
     primary = evaluation.get("primary_metric")
     stage_metrics = (_json(run_dir / "evaluate" / "_stage.json") or {}).get("metrics") or {}
@@ -387,6 +413,7 @@ def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None)
                      "vs_baseline": comp.get("relative_improvement"), "vs_baseline_ci": comp.get("relative_ci"),
                      "p_value": comp.get("p_value"), "chosen": c["name"] == chosen, "is_baseline": c["name"] == baseline})
     return {"primary": primary, "candidates": candidates, "rows": rows, "other_metrics": others,
+            "prompting": prompting_notes(run_dir),
             "chart": candidates_chart(candidates, primary, chosen, baseline),
             "gate": evaluation.get("gate") or {}, "cheap_check": evaluation.get("cheap_check"),
             "skipped": evaluation.get("skipped") or [], "sample": evaluation.get("sample"),
