@@ -493,6 +493,21 @@ class ServeConfig(Section):
     keep_alive_s: float = Field(
         75.0, gt=0, description="idle keep-alive connections are closed after this; above the clients' pool "
         "expiry so a client never reuses a connection the server is closing (uvicorn's 5 s default races)")
+    admin_key_env: str = Field("TUNEWISE_ADMIN_KEY", description="environment variable holding the admin key "
+                               "(POST /admin/arms, forcing an arm); without it those answer loopback clients only")
+    max_turns: int = Field(32, ge=1, description="most chat messages in one request (history and the new message; "
+                           "context entries and the text on classify); more are refused with 413")
+    max_context_chars: int = Field(32000, gt=0, description="most characters of all messages of one request "
+                                   "together; more are refused with 413")
+    max_context_tokens: int | None = Field(None, ge=16, description="most prompt tokens (messages, the model's "
+                                           "system prompt and its reply budget); default the model's context length")
+    context_overflow: Literal["refuse", "truncate"] = Field(
+        "refuse", description="a history beyond the context limit: refuse (413) or drop the oldest turns until "
+                              "it fits (the answer says how many were dropped)")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered in this time gets 504 and "
+                                     "its model computation is stopped, so the next request does not wait")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received in this time gets "
+                                  "408 and the connection is closed")
 
 
 class MonitorConfig(Section):

@@ -11,6 +11,11 @@ row, and writes:
 
 ``read_sheet`` joins a filled sheet with its key and returns the win rate of one candidate with a
 Wilson interval (ties reported separately and left out of the rate).
+
+Cells come from user text (inputs, answers, comments): in both CSV files, and in the CSV the page
+downloads, a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
+leading single quote (:func:`csv_safe`), so a spreadsheet shows it as text instead of running it
+as a formula (CSV injection).
 """
 
 from __future__ import annotations
@@ -28,10 +33,33 @@ import pandas as pd
 from .artifacts import read_json, write_csv, write_json, write_text
 from .stats import wilson_interval
 
-__all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "fold_ratings", "read_sheet", "write_sheet"]
+__all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "csv_safe", "csv_safe_frame", "fold_ratings", "read_sheet",
+           "write_sheet"]
 
 SHEET_COLUMNS = ("item", "input", "reference", "answer_A", "answer_B", "preference", "comment")
 _PREFERENCES = {"a": "A", "b": "B", "tie": "tie", "=": "tie", "same": "tie", "equal": "tie"}
+
+
+# what spreadsheets read as the start of a formula (OWASP's CSV injection list)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` as a CSV cell no spreadsheet runs as a formula: text starting with = + - @ tab or CR
+    gets a leading single quote (shown as text; the quote is visible in a text editor). Other
+    values are returned as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with :func:`csv_safe` applied to every text cell."""
+    out = frame.copy()
+    for name in out.columns:
+        if pd.api.types.is_object_dtype(out[name]) or pd.api.types.is_string_dtype(out[name]):
+            out[name] = out[name].map(csv_safe)
+    return out
 
 
 class SheetError(ValueError):
@@ -78,8 +106,8 @@ def write_sheet(out_dir: str | Path, records: pd.DataFrame, answers: dict[str, p
         key.append({"item": i, "id": rid, "A": name_a, "B": name_b})
     out = Path(out_dir)
     sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS))
-    sheet_csv = write_csv(out / "sheet.csv", sheet)
-    key_csv = write_csv(out / "key.csv", pd.DataFrame(key, columns=["item", "id", "A", "B"]))
+    sheet_csv = write_csv(out / "sheet.csv", csv_safe_frame(sheet))
+    key_csv = write_csv(out / "key.csv", csv_safe_frame(pd.DataFrame(key, columns=["item", "id", "A", "B"])))
     sheet_html = write_text(out / "sheet.html", _html(rows, title, show_reference=bool(reference_column)))
     return SheetFiles(sheet_csv, sheet_html, key_csv, len(rows))
 
@@ -122,7 +150,11 @@ order. When done, click <b>Download ratings</b> and send the CSV file back.</p>
 <script>
 const ROWS = {data};
 const COLUMNS = {columns};
-function quote(v) {{ v = String(v); return /[",\\n\\r]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }}
+function quote(v) {{
+  v = String(v);
+  if (/^[=+\\-@\\t\\r]/.test(v)) v = "'" + v;  // a spreadsheet would run it as a formula
+  return /[",\\n\\r]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
+}}
 function csv() {{
   const lines = [COLUMNS.join(",")];
   let rated = 0;
@@ -174,6 +206,8 @@ def read_sheet(filled: str | Path, key: str | Path, candidate: str, level: float
     opponent = None
     for line, row in enumerate(sheet_rows, start=2):  # line 1 is the header
         raw = (row.get("preference") or "").strip()
+        if raw.startswith("'") and raw[1:].startswith(FORMULA_PREFIXES):  # a csv_safe cell ("'=" for a tie)
+            raw = raw[1:]
         if not raw:
             unrated += 1
             continue

@@ -7,16 +7,23 @@ The app (:func:`create_app`) is FastAPI on uvicorn:
   cumulative weights, so a user keeps their arm, and raising a canary's weight only moves users
   towards it), overridable per request (``arm``) for testing; the response names the arm and a
   request id;
-- ``POST /v1/feedback`` (a correct label, thumbs up/down or a 1-5 rating; stored once),
+- ``POST /v1/feedback`` (a correct label, thumbs up/down or a 1-5 rating; a repeat is stored once,
+  a different label replaces the earlier one),
   ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /v1/arms``, ``POST /admin/arms`` (the
-  weights, changed without a restart: ``tunewise promote`` / ``rollback`` call it);
+  weights, changed without a restart: ``tunewise promote`` / ``rollback`` call it; the admin key,
+  or a loopback client without one);
 - dynamic micro-batching: per arm, an asyncio queue; a worker takes what arrived within
   ``max_wait_ms`` (up to ``max_batch``) and runs one ``predict`` in a thread;
 - every request, response, latency and arm goes to the log (:mod:`tunewise.store`) before the
   response leaves, so no answered request is missing from it after a crash;
 - safe defaults: 127.0.0.1, bounded body size, input length and max_tokens, an optional API key
   (read from the environment, never from the config file), no stack traces to clients; when a
-  candidate arm fails, the incumbent answers and the failure is counted.
+  candidate arm fails, the incumbent answers and the failure is counted;
+- hardening (issue 18): bounded chat history (turns, characters, the model's context length), a
+  per-request timeout that also stops the model's computation (504), a body read timeout (408),
+  an admin key for ``/admin/*`` and forced arms (loopback clients only without one), a Host
+  header check against DNS rebinding when no API key is set, and a refusal to listen on a
+  non-loopback address without an API key unless ``--insecure``.
 
 Classification answers below the evaluation's out-of-scope threshold for that candidate
 (evaluate/summary.json) are answered with the out-of-scope label: the bot hands over to a person
@@ -31,17 +38,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,7 +66,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import MonitorConfig, ServeConfig  # re-exported: monitor and tests import them here
+from .config import MonitorConfig  # re-exported: monitor and tests import it here
+from .config import ServeConfig as _SectionServeConfig
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
@@ -66,7 +78,11 @@ __all__ = [
     "ServeError",
     "ServedModel",
     "assign_arm",
+    "check_arms",
+    "check_bind",
     "create_app",
+    "normalise_weights",
+    "quiet_known_warnings",
     "load_models",
     "parse_arms",
     "resolve_arms",
@@ -81,6 +97,103 @@ INCUMBENT, CANDIDATE = "incumbent", "candidate"
 
 class ServeError(RuntimeError):
     """The server cannot start as asked; the message says what to change."""
+
+
+ServeConfig = _SectionServeConfig  # the serve section, hardening settings included (issue 18)
+
+
+def _widen_config(config: Any) -> ServeConfig:
+    if config is None:
+        return ServeConfig()
+    if isinstance(config, ServeConfig):
+        return config
+    return ServeConfig(**config.model_dump())
+
+
+# =============================================================================================
+# Start-up checks: where to listen, which arms, which warnings
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, config: Any = None, insecure: bool = False) -> str | None:
+    """Refuse (ServeError) to listen on a non-loopback ``host`` without an API key, unless
+    ``insecure``; returns a warning to print when serving anyway, else None."""
+    config = _widen_config(config)
+    if _is_loopback(host):
+        return None
+    has_key = bool(os.environ.get(config.api_key_env))
+    if has_key:
+        if not os.environ.get(config.admin_key_env):
+            return (f"listening on {host}; {config.admin_key_env} is not set, so /admin/arms (promote, rollback) "
+                    "and forced arms answer loopback clients only")
+        return None
+    if not insecure:
+        raise ServeError(f"refusing to listen on {host} without an API key: anyone who reaches the port could use "
+                         f"the models and post feedback. Set {config.api_key_env} (and {config.admin_key_env} for "
+                         "promote/rollback from other hosts), listen on 127.0.0.1, or pass --insecure to serve "
+                         "without a key anyway")
+    return (f"listening on {host} WITHOUT an API key (--insecure): anyone who reaches the port can use the models "
+            "and post feedback, and the Host header is not checked")
+
+
+def check_arms(run_dir: str | Path, specs: list[ArmSpec]) -> None:
+    """Every arm's candidate exists: trained in ``train/<name>/adapter`` or a registered candidate
+    (refitted at start). Raises ServeError naming the arm and the candidate; cheap (no model load)."""
+    from .candidates import CANDIDATES
+
+    run_dir = Path(run_dir)
+    for spec in specs:
+        trained = (run_dir / "train" / spec.candidate / "adapter" / "tunewise_train.json").exists()
+        if not trained and spec.candidate not in CANDIDATES:
+            raise ServeError(f"arm {spec.name!r}: candidate {spec.candidate!r} is not trained in {run_dir / 'train'} "
+                             f"and is not a registered candidate (known: {', '.join(sorted(CANDIDATES))})")
+        if not trained and not (run_dir / "split" / "train.parquet").exists():
+            raise ServeError(f"arm {spec.name!r}: candidate {spec.candidate!r} is refitted on the run's split, and "
+                             f"{run_dir / 'split' / 'train.parquet'} is not there")
+
+
+# A known, harmless deprecation notice of transformers (the generation code passes the KV cache
+# under its old name); without this filter the server log gets it once per request.
+_KNOWN_WARNINGS = (
+    (r"`past_key_values` is deprecated (and will be removed in|and removed starting from) version \S+ for "
+     r"`[\w.]+`\. Use `cache` instead\.", FutureWarning),
+)
+
+
+# ... and its once-per-process log line about the same rename
+_KNOWN_LOG_LINES = {"transformers.utils.generic": re.compile(r"`past_key_values`/`cache_params` are deprecated\. "
+                                                             r"Use `cache` instead\.$")}
+
+
+class _DropKnownLogLines(logging.Filter):
+    def __init__(self, pattern: re.Pattern) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def quiet_known_warnings() -> None:
+    """Filter the known harmless warnings (precise message patterns and categories; any other
+    warning still shows). Called when the server starts."""
+    for pattern, category in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    for name, pattern in _KNOWN_LOG_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownLogLines) for f in logger.filters):
+            logger.addFilter(_DropKnownLogLines(pattern))
 
 
 # =============================================================================================
@@ -152,6 +265,32 @@ def resolve_arms(run_dir: str | Path, arms: str | Mapping[str, float] | None) ->
     return specs
 
 
+def normalise_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """Weights scaled to sum to 1. Each must be a finite number >= 0 and at least one above 0;
+    they are divided by the largest first, so huge values (1e308) do not overflow the sum.
+    Raises ValueError saying what is wrong."""
+    if not weights:
+        raise ValueError("no weights given")
+    values: dict[str, float] = {}
+    for name, weight in weights.items():
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"weight of {name!r} is not a number: {weight!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight!r}")
+        values[name] = value
+    largest = max(values.values())
+    if largest <= 0:
+        raise ValueError("all weights are zero: at least one arm needs a positive weight")
+    scaled = {name: value / largest for name, value in values.items()}
+    total = math.fsum(scaled.values())
+    out = {name: value / total for name, value in scaled.items()}
+    if not all(math.isfinite(v) and v >= 0 for v in out.values()) or not math.isclose(math.fsum(out.values()), 1.0):
+        raise ValueError(f"weights {dict(weights)} cannot be normalised")
+    return out
+
+
 def _unit_interval(key: str) -> float:
     # sha256, not hash(): Python salts str hashes per process, and replicas must agree.
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
@@ -214,6 +353,62 @@ class ServedModel:
             limit = getattr(self.candidate._config(), "max_new_tokens", None)
         return int(limit) if limit else None
 
+    @property
+    def context_tokens(self) -> int | None:
+        """The context length in tokens (position limit) of a model that reads the whole chat history
+        into its prompt: a causal LM (prompted or fine-tuned). None for the others: an encoder
+        classifier truncates its input by design, cheap models have no limit."""
+        model = getattr(self.candidate, "model_", None)
+        can_generate = getattr(model, "can_generate", None)
+        try:
+            causal = bool(callable(can_generate) and can_generate())
+        except Exception:  # noqa: BLE001 - a model that cannot say is not limited here
+            causal = False
+        if not causal:
+            return None
+        config = getattr(model, "config", None)
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        tokenizer = getattr(self.candidate, "tokenizer_", None)
+        value = getattr(tokenizer, "model_max_length", None)
+        if isinstance(value, int) and 0 < value < 10**6:  # tokenizers say 1e30 for "none"
+            return value
+        return None
+
+    def prompt_overhead_tokens(self) -> int:
+        """Tokens the model adds to every prompt: its own system prompt, and the reply it may generate."""
+        system = getattr(self.candidate, "system_prompt_", None)
+        overhead = self.count_tokens(system) if isinstance(system, str) and system else 0
+        return overhead + (self.generation_limit or 0)
+
+    def install_deadline_hooks(self) -> int:
+        """Let a running model call be stopped: a forward pre-hook on the torch model and on each of
+        its layers (the members of its ModuleLists) raises :class:`RequestDeadlineExceeded` once the
+        deadline the serving thread set (:func:`_deadline_scope`) has passed. A generation stops at
+        its next token, a long prompt within one layer. Returns the number of hooks (0: not a torch
+        model; such calls run to their end, the client still gets its 504 on time)."""
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return 0
+        roots = [v for v in vars(self.candidate).values() if isinstance(v, torch.nn.Module)]
+        hooks = 0
+        for root in roots:
+            if getattr(root, "_tunewise_deadline_hooks", 0):
+                hooks += root._tunewise_deadline_hooks
+                continue
+            targets = [root]
+            for module in root.modules():
+                if isinstance(module, torch.nn.ModuleList):
+                    targets.extend(module.children())
+            for module in targets:
+                module.register_forward_pre_hook(_deadline_hook)
+            root._tunewise_deadline_hooks = len(targets)  # once per torch model, which candidates may share
+            hooks += len(targets)
+        return hooks
+
     def count_tokens(self, text: str) -> int:
         """Tokens of the model's tokenizer; words for a model without one (nn_reply)."""
         tokenizer = getattr(self.candidate, "tokenizer_", None)
@@ -246,6 +441,29 @@ class ServedModel:
             out.append({"prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
                         "model_prediction": str(row.prediction), "score": score, "out_of_scope": bool(out_of_scope)})
         return out
+
+
+class RequestDeadlineExceeded(RuntimeError):
+    """A model call ran past the deadline of the requests it serves (see ``serve.request_timeout_s``)."""
+
+
+_DEADLINE = threading.local()  # per model thread: the monotonic time its current call must end by
+
+
+def _deadline_hook(module: Any, args: Any) -> None:
+    deadline = getattr(_DEADLINE, "at", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise RequestDeadlineExceeded("the request timed out; the model call was stopped")
+
+
+@contextlib.contextmanager
+def _deadline_scope(deadline: float | None):
+    previous = getattr(_DEADLINE, "at", None)
+    _DEADLINE.at = deadline
+    try:
+        yield
+    finally:
+        _DEADLINE.at = previous
 
 
 def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> dict[str, ServedModel]:
@@ -304,6 +522,7 @@ class _Pending:
     item: tuple[str, str]
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # time.monotonic() by which the request must be answered
 
 
 class MicroBatcher:
@@ -333,20 +552,25 @@ class MicroBatcher:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
 
-    async def submit(self, text: str, context: str) -> tuple[dict[str, Any], int]:
+    async def submit(self, text: str, context: str, deadline: float | None = None) -> tuple[dict[str, Any], int]:
+        """The answer and the size of the batch it came in. ``deadline`` (time.monotonic()): a request
+        still queued then is dropped, and a model call runs only until the last deadline of its batch."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending((text, context), future))
+        await self.queue.put(_Pending((text, context), future, deadline=deadline))
         return await future
 
-    def _predict(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    def _predict(self, items: list[tuple[str, str]], deadline: float | None = None) -> list[dict[str, Any]]:
         """One model call; a large batch gets ``batch_threads`` (set per call in the model's thread):
         on CPU one request's matrices are too small to share across cores, a full batch's are not."""
-        if not self.batch_threads or len(items) < self.batch_threads_min_rows:
-            return self.model.predict(items)
-        from .finetuned import torch_threads
+        with _deadline_scope(deadline):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestDeadlineExceeded("the request timed out before the model started")
+            if not self.batch_threads or len(items) < self.batch_threads_min_rows:
+                return self.model.predict(items)
+            from .finetuned import torch_threads
 
-        with torch_threads(self.batch_threads):
-            return self.model.predict(items)
+            with torch_threads(self.batch_threads):
+                return self.model.predict(items)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -366,16 +590,26 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except TimeoutError:
                     break
+            # requests that timed out while queued (their handler answered 504) are not computed
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                continue
+            deadlines = [p.deadline for p in batch]
+            # the batch runs while any of its requests still waits; None: no deadline
+            deadline = None if any(d is None for d in deadlines) else max(deadlines)
             try:
-                results = await loop.run_in_executor(self.executor, self._predict, [p.item for p in batch])
+                results = await loop.run_in_executor(self.executor, self._predict, [p.item for p in batch], deadline)
             except Exception as exc:  # noqa: BLE001
-                if len(batch) == 1:
-                    batch[0].future.done() or batch[0].future.set_exception(exc)
+                if len(batch) == 1 or isinstance(exc, RequestDeadlineExceeded):
+                    for p in batch:
+                        p.future.done() or p.future.set_exception(exc)
                     continue
                 # one by one, so a single input the model chokes on fails alone, not its batch-mates
                 for p in batch:
+                    if p.future.done():
+                        continue
                     try:
-                        (result,) = await loop.run_in_executor(self.executor, self.model.predict, [p.item])
+                        (result,) = await loop.run_in_executor(self.executor, self._predict, [p.item], p.deadline)
                     except Exception as one:  # noqa: BLE001
                         p.future.done() or p.future.set_exception(one)
                     else:
@@ -413,6 +647,8 @@ class ClassifyResponse(BaseModel):
     out_of_scope: bool = Field(False, description="True when the score fell below the evaluation's threshold")
     model_label: str | None = Field(None, description="the model's own label before the threshold")
     latency_ms: float
+    dropped_turns: int = Field(0, description="oldest context turns dropped to fit the model's context "
+                               "(serve.context_overflow: truncate)")
 
 
 class ChatMessage(BaseModel):
@@ -447,8 +683,12 @@ class FeedbackRequest(_Strict):
 
 class FeedbackResponse(BaseModel):
     request_id: str
-    stored: list[str] = Field(..., description="feedback kinds stored now")
-    duplicates: list[str] = Field(..., description="feedback kinds already stored before (kept once)")
+    stored: list[str] = Field(..., description="feedback kinds stored now (new, or a label that replaced another)")
+    duplicates: list[str] = Field(..., description="feedback kinds already stored before (kept once): the same "
+                                  "label again, or any second thumbs or rating")
+    replaced: list[str] = Field(default_factory=list, description="kinds whose earlier value this feedback "
+                                "replaced: a different label for the same request (the latest label wins; "
+                                "the earlier one stays in the feedback history)")
 
 
 class ArmsUpdate(_Strict):
@@ -458,13 +698,7 @@ class ArmsUpdate(_Strict):
     @field_validator("weights")
     @classmethod
     def _valid(cls, value: dict[str, float]) -> dict[str, float]:
-        if not value:
-            raise ValueError("weights is empty")
-        for name, weight in value.items():
-            if not (math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"weight of {name!r} must be a non-negative number")
-        if sum(value.values()) <= 0:
-            raise ValueError("at least one weight must be positive")
+        normalise_weights(value)  # finite, >= 0, not all zero, normalisable: else 422 with the reason
         return value
 
 
@@ -495,16 +729,30 @@ class _Metrics:
         self.batch_size = Histogram("tunewise_batch_size", "requests per model call", ["arm"], registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.weights = Gauge("tunewise_arm_weight", "current traffic weight", ["arm"], registry=self.registry)
+        self.timeouts = Counter("tunewise_request_timeouts", "requests not answered within serve.request_timeout_s "
+                                "(504; the model call is stopped)", ["arm"], registry=self.registry)
 
 
 class _GuardMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413 (Content-Length first, then the streamed size, so a
-    chunked upload cannot get around it) and counts every 4xx response."""
+    """In front of every route:
 
-    def __init__(self, app: Any, max_bytes: int, metrics: _Metrics) -> None:
+    - the Host header (when ``allowed_hosts`` is given: no API key is set): only those names, any
+      port, else 400; a page on another site whose name was rebound to 127.0.0.1 (DNS rebinding)
+      sends its own name and is refused;
+    - bodies over ``max_bytes`` are refused with 413 (Content-Length first, then the streamed size,
+      so a chunked upload cannot get around it);
+    - a body not fully received within ``body_timeout_s`` (a Content-Length larger than what is
+      sent, a client that stalls) is answered 408 and the connection closed, so no connection hangs;
+    - every 4xx response is counted.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, metrics: _Metrics, body_timeout_s: float = 10.0,
+                 allowed_hosts: frozenset[str] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -517,28 +765,42 @@ class _GuardMiddleware:
                 self.metrics.rejected.labels(_route_label(path), str(message["status"])).inc()
             await send(message)
 
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+        headers = dict(scope.get("headers") or [])
+        if self.allowed_hosts is not None:
+            host = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed_hosts:
+                # before the body is read: closing the connection avoids reading what a rebinding page sent
+                await _refuse(counting_send, 400, f"Host header {host or '(none)'!r} is not accepted: without an "
+                              f"API key the server answers only to {', '.join(sorted(self.allowed_hosts))}")
+                return
+        declared = headers.get(b"content-length")
+        has_body = (declared not in (None, b"0")) or b"transfer-encoding" in headers
+        if scope.get("method") not in ("POST", "PUT", "PATCH") and not has_body:
             await self.app(scope, receive, counting_send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
         if declared is not None:
             try:
                 too_big = int(declared) > self.max_bytes
             except ValueError:
                 too_big = False
             if too_big:
-                await self._refuse(counting_send)
+                await _refuse(counting_send, 413, f"request body larger than {self.max_bytes} bytes")
                 return
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                await _refuse(counting_send, 408, f"request body not received within {self.body_timeout_s:g} s "
+                              f"({size} of {declared.decode('latin-1') if declared else 'unknown'} bytes)")
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                await self._refuse(counting_send)
+                await _refuse(counting_send, 413, f"request body larger than {self.max_bytes} bytes")
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -554,12 +816,26 @@ class _GuardMiddleware:
 
         await self.app(scope, replay, counting_send)
 
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+
+async def _refuse(send: Any, status: int, detail: str) -> None:
+    """An error in the documented shape ({"detail": ...}), and the connection closed after it."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(value: str) -> str:
+    """The name of a Host header without its port: ``[::1]:8000`` -> ``[::1]``, ``LocalHost.:80`` -> ``localhost``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[: end + 1] if end > 0 else value
+    return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") <= 1 else value
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 def _route_label(path: str) -> str:
@@ -570,15 +846,17 @@ def _route_label(path: str) -> str:
 
 class _State:
     def __init__(self, run_dir: Path, config: ServeConfig, specs: list[ArmSpec], models: dict[str, ServedModel],
-                 store: Any, api_key: str | None) -> None:
+                 store: Any, api_key: str | None, admin_key: str | None = None) -> None:
         self.run_dir = run_dir
         self.config = config
         self.specs = {s.name: s for s in specs}
         self.models = models
         self.store = store
         self.api_key = api_key
+        self.admin_key = admin_key
         self.metrics = _Metrics()
         self.weights: dict[str, float] = {s.name: s.weight for s in specs}
+        self.weights_version = 0  # bumped by /admin/arms: a re-read started before it is not applied
         self.incumbent = config.incumbent or (INCUMBENT if INCUMBENT in self.specs else specs[0].name)
         if self.incumbent not in self.specs:
             raise ServeError(f"incumbent {self.incumbent!r} is not one of the arms {sorted(self.specs)}")
@@ -590,20 +868,40 @@ class _State:
     def model_of(self, arm: str) -> ServedModel:
         return self.models[self.specs[arm].candidate]
 
-    def apply_weights(self, stored: Mapping[str, tuple[str, float]]) -> None:
-        weights = {name: stored[name][1] if name in stored else w for name, w in self.weights.items()}
-        if any(w > 0 for w in weights.values()):
-            self.weights = weights
+    def apply_weights(self, stored: Mapping[str, tuple[str, float]]) -> bool:
+        """Serve with the stored weights (what every replica reads); False, keeping the current
+        ones, when the stored ones are unusable (not finite, negative, all zero)."""
+        weights = {name: float(stored[name][1]) if name in stored else w for name, w in self.weights.items()}
+        try:
+            normalise_weights(weights)
+        except ValueError as exc:
+            log.warning("stored arm weights %s are unusable (%s); keeping %s", weights, exc, self.weights)
+            return False
+        self.weights = weights
         for name, w in self.weights.items():
             self.metrics.weights.labels(name).set(w)
+        return True
+
+
+# Chat-template tokens around each message (role markers, end of turn): a margin, not an exact count
+_TURN_OVERHEAD_TOKENS = 5
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI content parts: the text ones
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") in (None, "text"))
+    return "" if content is None else str(content)
 
 
 def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: str | Mapping[str, float] | list[ArmSpec] | None = None,
                store_url: str | None = None, project_config: Any = None, models: dict[str, ServedModel] | None = None,
-               reset_weights: bool = False, allow_failed_gate: bool = False) -> Any:
+               reset_weights: bool = False, allow_failed_gate: bool = False, insecure: bool = False) -> Any:
     """The FastAPI app serving ``run_dir``'s candidates. Models load when the app starts (lifespan),
-    so uvicorn answers /healthz only once they are ready. A run made by ``tunewise retrain`` whose
-    gate failed is refused unless ``allow_failed_gate``."""
+    so uvicorn answers /healthz only once they are ready; every arm's candidate is checked to exist
+    before (ServeError naming the arm). A run made by ``tunewise retrain`` whose gate failed is
+    refused unless ``allow_failed_gate``. ``insecure`` turns off the Host header check (serving on a
+    non-loopback address without an API key, ``--insecure``)."""
     from .retrain import retrain_gate
     from .store import Store, default_store_url
 
@@ -612,10 +910,21 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
     if gate is not None and not gate.get("passed") and not allow_failed_gate:
         raise ServeError(f"{run_dir} was retrained and failed the gate ({'; '.join(gate.get('reasons', []))}); "
                          "serve the previous run, or pass --allow-failed-gate to serve it anyway")
-    config = config or ServeConfig()
+    config = _widen_config(config)
     specs = arms if isinstance(arms, list) else resolve_arms(run_dir, arms if arms is not None else config.arms)
+    if models is None:
+        check_arms(run_dir, specs)
+    else:
+        missing = sorted({s.candidate for s in specs} - set(models))
+        if missing:
+            raise ServeError(f"arms name candidates {missing} that are not among the models given ({sorted(models)})")
     url = store_url or config.store_url or default_store_url(run_dir)
     api_key = os.environ.get(config.api_key_env) or None
+    admin_key = os.environ.get(config.admin_key_env) or None
+    allowed_hosts = None
+    if api_key is None and not insecure:
+        own = {config.host.lower()} if _is_loopback(config.host) and ":" not in config.host else set()  # 127.0.0.2
+        allowed_hosts = _LOOPBACK_HOSTS | own
     holder: dict[str, _State] = {}
     metrics_holder = _Metrics()  # the middleware needs it before the lifespan runs
 
@@ -623,6 +932,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
     async def lifespan(app: FastAPI):
         import torch
 
+        quiet_known_warnings()
         cores = torch.get_num_threads()  # torch's default: the machine's cores (or OMP_NUM_THREADS)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -630,11 +940,20 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         loaded = models
         if loaded is None:
             loaded = await asyncio.to_thread(load_models, run_dir, {s.candidate for s in specs}, project_config)
+        for model in loaded.values():
+            model.install_deadline_hooks()
         store = await asyncio.to_thread(Store, url)
-        state = _State(run_dir, config, specs, loaded, store, api_key)
+        state = _State(run_dir, config, specs, loaded, store, api_key, admin_key)
         state.metrics = metrics_holder
-        await asyncio.to_thread(store.init_arms, {s.name: (s.candidate, s.weight) for s in specs}, reset_weights)
-        state.apply_weights(await asyncio.to_thread(store.arm_weights))
+        configured = {s.name: (s.candidate, s.weight) for s in specs}
+        await asyncio.to_thread(store.init_arms, configured, reset_weights)
+        if not state.apply_weights(await asyncio.to_thread(store.arm_weights)):
+            # an older server stored weights it could not serve with (all zero): the configured ones
+            # go back into the log, so the log and the running server agree
+            repaired = normalise_weights({n: w for n, (_, w) in configured.items()})
+            await asyncio.to_thread(store.set_weights, repaired,
+                                    "stored weights were unusable; reset to the configured ones")
+            state.apply_weights(await asyncio.to_thread(store.arm_weights))
         state.writer = store.writer()
         # one thread per model: a model never runs two batches at once (arms may share a model),
         # different models can
@@ -664,21 +983,50 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
 
     app = FastAPI(title="tunewise serve", version="1", lifespan=lifespan,
                   description="A/B and canary serving of a tunewise run's candidates, with a request log.")
-    app.add_middleware(_GuardMiddleware, max_bytes=config.max_body_bytes, metrics=metrics_holder)
+    app.add_middleware(_GuardMiddleware, max_bytes=config.max_body_bytes, metrics=metrics_holder,
+                       body_timeout_s=config.body_timeout_s, allowed_hosts=allowed_hosts)
 
     def state() -> _State:
         return holder["state"]
 
-    def require_key(request: Request) -> None:
-        key = holder["state"].api_key
-        if key is None:
-            return
+    def _presented_key(request: Request) -> str:
         given = request.headers.get("x-api-key") or ""
         auth = request.headers.get("authorization") or ""
         if auth.lower().startswith("bearer "):
             given = given or auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), key.encode()):
+        return given
+
+    def _matches(given: str, key: str | None) -> bool:
+        return key is not None and hmac.compare_digest(given.encode(), key.encode())
+
+    def require_key(request: Request) -> None:
+        s = holder["state"]
+        if s.api_key is None:
+            return
+        given = _presented_key(request)
+        # the admin key may do what the API key does
+        if not (_matches(given, s.api_key) or _matches(given, s.admin_key)):
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+
+    def _admin_refusal(request: Request) -> HTTPException | None:
+        """None when the client may use admin functions: it shows the admin key, or, when no admin
+        key is set, it is a loopback client (behind a proxy on this host: X-Forwarded-For counts)."""
+        s = holder["state"]
+        if s.admin_key is not None:
+            if _matches(_presented_key(request), s.admin_key):
+                return None
+            return HTTPException(401, f"missing or wrong admin key ({s.config.admin_key_env}; Authorization: Bearer "
+                                      "KEY or X-API-Key)")
+        client = request.client.host if request.client else None
+        if _is_loopback(client):
+            return None
+        return HTTPException(403, f"admin functions answer only to loopback clients while {s.config.admin_key_env} "
+                                  "is not set; set it and send it as the key")
+
+    def require_admin(request: Request) -> None:
+        refusal = _admin_refusal(request)
+        if refusal is not None:
+            raise refusal
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -701,21 +1049,86 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         return JSONResponse({"detail": f"the server could not answer this request (reference {reference})"},
                             status_code=503)
 
-    def _pick_arm(s: _State, forced: str | None, user: str | None, request_id: str) -> str:
+    def _pick_arm(s: _State, forced: str | None, user: str | None, request_id: str, request: Request) -> str:
         if forced is not None:
             if forced not in s.specs:
                 raise HTTPException(422, f"unknown arm {forced!r}; arms: {', '.join(sorted(s.specs))}")
+            refusal = _admin_refusal(request)
+            if refusal is not None:
+                refusal.detail = f"forcing an arm is an admin function: {refusal.detail}"
+                raise refusal
             return forced
         return assign_arm(user if user else request_id, s.weights)
+
+    def _bounded_history(s: _State, arm: str, field_name: str, history: list[dict[str, str]],
+                         text: str) -> tuple[list[dict[str, str]], int]:
+        """The history (earlier messages, {role, content}) within the limits: turns and characters
+        refused with 413; beyond the context limit of the arm's model or of the incumbent (which may
+        answer instead): refused, or with ``context_overflow: truncate`` the oldest non-system
+        turns dropped until it fits. Returns (history, turns dropped)."""
+        cfg = s.config
+        turns = len(history) + 1
+        if turns > cfg.max_turns:
+            raise HTTPException(413, f"{field_name}: {turns} messages; the limit is {cfg.max_turns} per request "
+                                     "(serve.max_turns): send fewer earlier turns")
+        chars = sum(len(m["content"]) for m in history) + len(text)
+        if chars > cfg.max_context_chars:
+            raise HTTPException(413, f"{field_name}: {chars} characters in all messages together; the limit is "
+                                     f"{cfg.max_context_chars} (serve.max_context_chars): send fewer earlier turns")
+        checks = []
+        for model in {id(m): m for m in (s.model_of(arm), s.model_of(s.incumbent))}.values():
+            limits = [n for n in (model.context_tokens, cfg.max_context_tokens) if n]
+            if limits:
+                checks.append((model, min(limits)))
+        if not checks:
+            return history, 0
+        kept = list(history)
+        counts = {id(model): [model.count_tokens(m["content"]) + _TURN_OVERHEAD_TOKENS for m in kept]
+                  for model, _ in checks}
+        fixed = {id(model): model.count_tokens(text) + _TURN_OVERHEAD_TOKENS + model.prompt_overhead_tokens()
+                 for model, _ in checks}
+
+        def over() -> tuple[int, int, str] | None:
+            for model, limit in checks:
+                needed = fixed[id(model)] + sum(counts[id(model)])
+                if needed > limit:
+                    return needed, limit, model.name
+            return None
+
+        dropped = 0
+        while (problem := over()) is not None:
+            droppable = [i for i, m in enumerate(kept) if m["role"] != "system"]
+            if cfg.context_overflow != "truncate" or not droppable:
+                needed, limit, name = problem
+                what = ("even without earlier turns the message does not fit" if cfg.context_overflow == "truncate"
+                        else "drop the oldest turns and send it again")
+                raise HTTPException(413, f"{field_name}: about {needed} tokens with the model's prompt and reply "
+                                         f"budget; {name} takes {limit} (its context length, or serve.max_context_tokens): "
+                                         f"{what}")
+            i = droppable[0]
+            del kept[i]
+            for model, _ in checks:
+                del counts[id(model)][i]
+            dropped += 1
+        return kept, dropped
 
     async def _answer(s: _State, endpoint: str, arm: str, user: str | None, text: str, context: str,
                       request_id: str, max_tokens: int | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         if len(text) > s.config.max_input_chars:
             raise HTTPException(422, f"input is {len(text)} characters; the limit is {s.config.max_input_chars}")
-        served_by, status, error = arm, "ok", None
+        timeout = s.config.request_timeout_s
+        deadline = time.monotonic() + timeout  # queueing, the model and a fallback all count
+
+        async def ask(name: str) -> tuple[dict[str, Any], int]:
+            return await asyncio.wait_for(s.batchers[name].submit(text, context, deadline),
+                                          max(deadline - time.monotonic(), 0.0))
+
+        served_by, status, error, timed_out = arm, "ok", None, False
         try:
-            result, batch = await s.batchers[arm].submit(text, context)
+            result, batch = await ask(arm)
+        except (TimeoutError, RequestDeadlineExceeded):
+            result, timed_out = None, True
         except Exception as exc:  # noqa: BLE001 - the incumbent answers instead, the failure is counted
             s.metrics.arm_failures.labels(arm).inc()
             log.error("arm %s failed: %s: %s", arm, type(exc).__name__, exc)
@@ -723,11 +1136,18 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             result = None
             if arm != s.incumbent:
                 try:
-                    result, batch = await s.batchers[s.incumbent].submit(text, context)
+                    result, batch = await ask(s.incumbent)
                     served_by, status = s.incumbent, "fallback"
+                except (TimeoutError, RequestDeadlineExceeded):
+                    timed_out = True
                 except Exception as exc2:  # noqa: BLE001
                     s.metrics.arm_failures.labels(s.incumbent).inc()
                     error += f"; {s.incumbent}: {type(exc2).__name__}"
+        if timed_out:
+            s.metrics.timeouts.labels(arm).inc()
+            error = ((error + "; ") if error else "") + (f"timeout: not answered within {timeout:g} s "
+                                                         "(serve.request_timeout_s)")
+            log.warning("request %s on arm %s timed out after %.1f s", request_id, arm, time.perf_counter() - started)
         model = s.model_of(served_by)
         reply_tokens, finish = None, "stop"
         if result is not None and model.task == "generate":
@@ -751,27 +1171,33 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             log.error("request %s not logged: %s", request_id, exc)
         s.metrics.requests.labels(endpoint, served_by, row["status"]).inc()
         s.metrics.latency.labels(endpoint, arm).observe(time.perf_counter() - started)
+        if timed_out:
+            raise HTTPException(504, f"no answer within {timeout:g} s (request {request_id}); the model's work on it "
+                                     "was stopped and the request is logged as an error")
         if result is None:
             raise HTTPException(503, f"no model could answer (request {request_id}); the failure is logged")
         return {"result": result, "served_by": served_by, "model": model.name, "latency_ms": latency_ms,
                 "reply_tokens": reply_tokens, "finish_reason": finish}
 
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_key)])
-    async def classify(body: ClassifyRequest) -> ClassifyResponse:
+    async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
         s = state()
         if s.task != "classify":
             raise HTTPException(422, "this server's models generate replies: use /v1/chat/completions")
         request_id = uuid.uuid4().hex
-        arm = _pick_arm(s, body.arm, body.user, request_id)
-        context = json.dumps(body.context or [])
+        arm = _pick_arm(s, body.arm, body.user, request_id, request)
+        history = [{"role": str(m.get("role", "")), "content": _message_text(m)} for m in (body.context or [])]
+        kept, dropped = _bounded_history(s, arm, "context", history, body.text)
+        context = json.dumps(kept if dropped else (body.context or []))
         answer = await _answer(s, "classify", arm, body.user, body.text, context, request_id)
         result = answer["result"]
         return ClassifyResponse(request_id=request_id, arm=arm, served_by=answer["served_by"], model=answer["model"],
                                 label=result["prediction"], score=result["score"], out_of_scope=result["out_of_scope"],
-                                model_label=result["model_prediction"], latency_ms=round(answer["latency_ms"], 3))
+                                model_label=result["model_prediction"], latency_ms=round(answer["latency_ms"], 3),
+                                dropped_turns=dropped)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
-    async def chat(body: ChatRequest) -> dict[str, Any]:
+    async def chat(body: ChatRequest, request: Request) -> dict[str, Any]:
         s = state()
         if body.stream:
             raise HTTPException(422, "stream: streaming is not supported; send stream=false")
@@ -787,15 +1213,20 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         text = body.messages[last].text()
         if not text.strip():
             raise HTTPException(422, "messages: the last user message is empty")
-        context = json.dumps([{"role": m.role, "content": m.text()} for m in body.messages[:last]])
+        if len(body.messages) > s.config.max_turns:  # before anything is counted: 1,000 turns cost nothing
+            raise HTTPException(413, f"messages: {len(body.messages)} messages; the limit is {s.config.max_turns} "
+                                     "per request (serve.max_turns): send fewer earlier turns")
         forced = body.arm or (body.model if body.model in s.specs else None)
         request_id = uuid.uuid4().hex
-        arm = _pick_arm(s, forced, body.user, request_id)
+        arm = _pick_arm(s, forced, body.user, request_id, request)
+        history = [{"role": m.role, "content": m.text()} for m in body.messages[:last]]
+        history, dropped = _bounded_history(s, arm, "messages", history, text)
+        context = json.dumps(history)
         answer = await _answer(s, "chat", arm, body.user, text, context, request_id,
                                max_tokens=min(limits) if limits else None)
         content = answer["result"]["prediction"]
         model = s.model_of(answer["served_by"])
-        prompt_tokens = sum(model.count_tokens(m.text()) for m in body.messages[: last + 1])
+        prompt_tokens = sum(model.count_tokens(m["content"]) for m in history) + model.count_tokens(text)
         completion_tokens = answer["reply_tokens"] if answer["reply_tokens"] is not None else model.count_tokens(content)
         return {
             "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
@@ -807,7 +1238,8 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
             "tunewise": {"request_id": request_id, "arm": arm, "served_by": answer["served_by"],
-                         "score": answer["result"]["score"], "out_of_scope": answer["result"]["out_of_scope"]},
+                         "score": answer["result"]["score"], "out_of_scope": answer["result"]["out_of_scope"],
+                         "dropped_turns": dropped},
         }
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)])
@@ -827,14 +1259,20 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             if body.label not in allowed:
                 raise HTTPException(422, f"label {body.label!r} is not in the label set ({len(allowed)} labels: "
                                          f"{', '.join(sorted(allowed)[:20])}{', ...' if len(allowed) > 20 else ''})")
-        stored, duplicates = [], []
+        stored, duplicates, replaced = [], [], []
         now = time.time()
         for kind, value in given.items():
             row = {"request_id": body.request_id, "kind": kind, "value": str(value), "ts": now}
-            new = await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("feedback", row)), timeout=60)
-            (stored if new else duplicates).append(kind)
-            s.metrics.feedback.labels(kind, str(not new).lower()).inc()
-        return FeedbackResponse(request_id=body.request_id, stored=stored, duplicates=duplicates)
+            outcome = await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("feedback", row)), timeout=60)
+            # the store says "new", "replaced" (a different label: the latest wins) or "duplicate"
+            if outcome == "duplicate":
+                duplicates.append(kind)
+            else:
+                stored.append(kind)
+                if outcome == "replaced":
+                    replaced.append(kind)
+            s.metrics.feedback.labels(kind, str(outcome == "duplicate").lower()).inc()
+        return FeedbackResponse(request_id=body.request_id, stored=stored, duplicates=duplicates, replaced=replaced)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -854,18 +1292,24 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         s = state()
         return {"weights": s.weights, "arms": {n: sp.candidate for n, sp in s.specs.items()}, "incumbent": s.incumbent}
 
-    @app.post("/admin/arms", dependencies=[Depends(require_key)])
+    @app.post("/admin/arms", dependencies=[Depends(require_key), Depends(require_admin)])
     async def set_arms(body: ArmsUpdate) -> dict[str, Any]:
         s = state()
         unknown = sorted(set(body.weights) - set(s.specs))
         if unknown:
             raise HTTPException(422, f"unknown arms {unknown}; arms: {', '.join(sorted(s.specs))}")
-        total = sum(body.weights.values())
-        # arms not named keep weight 0: the update is the whole split, normalised to 1
-        weights = {name: body.weights.get(name, 0.0) / total for name in s.specs}
+        # arms not named get weight 0: the update is the whole split, normalised to 1
+        try:
+            weights = normalise_weights({name: body.weights.get(name, 0.0) for name in s.specs})
+        except ValueError as exc:
+            raise HTTPException(422, f"weights: {exc}") from None
+        s.weights_version += 1  # a re-read of the log that started before this write is not applied
         await asyncio.to_thread(s.store.set_weights, weights, body.reason)
-        s.apply_weights({n: (s.specs[n].candidate, w) for n, w in weights.items()})
-        log.warning("arm weights set to %s (%s)", weights, body.reason or "no reason given")
+        # what the log now holds is what this server serves with: read back, not assumed
+        if not s.apply_weights(await asyncio.to_thread(s.store.arm_weights)):
+            raise HTTPException(503, "the weights were written but could not be read back; the server keeps "
+                                     f"{s.weights}")
+        log.warning("arm weights set to %s (%s)", s.weights, body.reason or "no reason given")
         return {"weights": s.weights, "incumbent": s.incumbent}
 
     return app
@@ -876,7 +1320,10 @@ async def _refresh_weights(state: _State) -> None:
     while True:
         await asyncio.sleep(state.config.arms_refresh_s)
         try:
-            state.apply_weights(await asyncio.to_thread(state.store.arm_weights))
+            version = state.weights_version
+            stored = await asyncio.to_thread(state.store.arm_weights)
+            if version == state.weights_version:  # else /admin/arms wrote (and applied) newer ones meanwhile
+                state.apply_weights(stored)
         except Exception as exc:  # noqa: BLE001 - keep serving with the weights we have
             log.warning("could not re-read arm weights: %s", exc)
 
@@ -950,17 +1397,26 @@ def main(argv: list[str] | None = None) -> None:
                         help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable")
     parser.add_argument("--reset-weights", action="store_true")
     parser.add_argument("--allow-failed-gate", action="store_true", help="serve a retrained run whose gate failed")
+    parser.add_argument("--request-timeout", type=float, default=None,
+                        help="seconds before an unanswered request gets 504 (default serve.request_timeout_s: 30)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen on a non-loopback --host without an API key (refused otherwise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    given = {k: v for k, v in (("torch_threads", args.threads), ("batch_threads", args.batch_threads)) if v is not None}
-    config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, **given)
-    batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
-    specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
+    given = {k: v for k, v in (("torch_threads", args.threads), ("batch_threads", args.batch_threads),
+                               ("request_timeout_s", args.request_timeout)) if v is not None}
     try:
+        config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             **given)
+        warning = check_bind(args.host, config, args.insecure)
+        batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
+        specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
         app = create_app(args.run_dir, config, arms=specs, store_url=args.store, reset_weights=args.reset_weights,
-                         allow_failed_gate=args.allow_failed_gate)
-    except ServeError as exc:
+                         allow_failed_gate=args.allow_failed_gate, insecure=args.insecure)
+    except (ServeError, ValueError) as exc:  # ValueError: a bad --arm-batch or setting
         parser.exit(2, f"error: {exc}\n")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     run_server(app, args.host, args.port, keep_alive_s=config.keep_alive_s)
 
 

@@ -61,25 +61,29 @@ def register(app: typer.Typer) -> None:
                                                     "holds weights set by promote/rollback")] = False,
         allow_failed_gate: Annotated[bool, typer.Option("--allow-failed-gate", help="serve a run made by "
                                                         "`tunewise retrain` although its gate failed")] = False,
+        insecure: Annotated[bool, typer.Option("--insecure", help="listen on a non-loopback --host without an API "
+                                               "key (refused otherwise); also turns off the Host header check")] = False,
     ) -> None:
         """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
-        from .serve import ServeError, create_app, parse_arms, run_server
+        from .serve import ServeConfig, ServeError, check_bind, create_app, parse_arms, run_server
 
         cfg = _load(config)
         section = _serve_section(cfg)
         updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-        section = section.model_copy(update=updates)
+        section = ServeConfig(**section.model_copy(update=updates).model_dump())
         run_dir = cfg.resolve(cfg.runs_dir) / run_id
         if not run_dir.is_dir():
             _fail(FileNotFoundError(f"{run_dir}: no such run; run `tunewise run --run-id {run_id}` first"))
-        if section.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(section.api_key_env):
-            err.print(f"[yellow]warning: listening on {section.host} without an API key "
-                      f"(set {section.api_key_env})[/yellow]")
         try:
+            # everything is checked before "serving" is printed: where to listen, every arm's candidate
+            warning = check_bind(section.host, section, insecure)
             app_ = create_app(run_dir, section, arms=parse_arms(arms) if arms else None, store_url=store,
-                              project_config=cfg, reset_weights=reset_weights, allow_failed_gate=allow_failed_gate)
+                              project_config=cfg, reset_weights=reset_weights, allow_failed_gate=allow_failed_gate,
+                              insecure=insecure)
         except (ServeError, *_known_errors()) as exc:
             _fail(exc)
+        if warning:
+            err.print(f"[yellow]warning: {warning}[/yellow]")
         out.print(f"serving {run_dir} on http://{section.host}:{section.port} (docs: /docs, metrics: /metrics)")
         run_server(app_, section.host, section.port, keep_alive_s=section.keep_alive_s)
 
@@ -192,15 +196,15 @@ def register(app: typer.Typer) -> None:
         out.print("weights now: " + ", ".join(f"{n}={w:.3g}" for n, w in result["weights"].items()))
 
     def _server(config: Path, url: str | None) -> tuple[str, str | None]:
+        """The server's URL and the key to send: the admin key (POST /admin/arms needs it when it is
+        set; the server takes it wherever the API key is asked for), else the API key."""
         from .serve import ServeConfig
 
+        section = ServeConfig(**(_serve_section(_load(config)) if config.exists() else ServeConfig()).model_dump())
         if url is None:
-            section = _serve_section(_load(config)) if config.exists() else ServeConfig()
             url = f"http://{section.host}:{section.port}"
-            env = section.api_key_env
-        else:
-            env = _serve_section(_load(config)).api_key_env if config.exists() else ServeConfig().api_key_env
-        return url.rstrip("/"), os.environ.get(env)
+        key = os.environ.get(section.admin_key_env) or os.environ.get(section.api_key_env)
+        return url.rstrip("/"), key
 
     def _call(method: str, url: str, key: str | None, body: dict | None = None) -> dict:
         import httpx

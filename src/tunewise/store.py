@@ -6,10 +6,16 @@ log and one set of arm weights. Three tables:
 - ``requests``: one row per answered (or failed) request: id, time, endpoint, user, the arm
   assigned, the arm that answered (the incumbent when a candidate arm failed), the candidate,
   input, output, score, latency, status (``ok``, ``fallback``, ``error``);
-- ``feedback``: a correct label, a thumbs up/down or a rating for a request; unique on
-  (request_id, kind), so a feedback posted twice is stored once;
+- ``feedback``: a correct label, a thumbs up/down or a rating for a request; one row per
+  (request_id, kind). A thumbs or rating posted twice is stored once (the first); the same label
+  posted twice is stored once, and a *different* label replaces the earlier one (the latest label
+  wins: monitor and retrain read this table), the earlier one staying in ``feedback_history``;
+- ``feedback_history``: every feedback value stored or replaced, with its time;
 - ``arms``: the traffic weight of each arm; ``promote`` / ``rollback`` change it and every
   replica reads it back, so no restart is needed.
+
+The log holds raw inputs and user ids: a SQLite file is created readable by its owner only
+(0600, and its -wal / -shm files follow its mode), and a folder made for it 0700.
 
 Writes go through one background writer thread (:class:`StoreWriter`). A handler hands it a row
 and awaits a future: concurrent rows are committed in one transaction (throughput), and the
@@ -24,6 +30,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
+import os
 import queue
 import threading
 import time
@@ -86,6 +94,16 @@ feedback_table = Table(
     UniqueConstraint("request_id", "kind", name="uq_feedback_request_kind"),
 )
 
+feedback_history_table = Table(
+    "feedback_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),  # new | replaced
+)
+
 arms_table = Table(
     "arms", metadata,
     Column("name", String(64), primary_key=True),
@@ -108,14 +126,61 @@ class StoreError(RuntimeError):
 
 
 def default_store_url(run_dir: str | Path) -> str:
-    """SQLite file beside the run's other outputs: ``runs/<id>/serve/requests.db``."""
+    """SQLite file beside the run's other outputs: ``runs/<id>/serve/requests.db`` (the folder 0700)."""
     folder = Path(run_dir) / "serve"
-    folder.mkdir(parents=True, exist_ok=True)
+    _private_folder(folder, tighten=True)  # tunewise's own folder: tightened even when it exists
     return f"sqlite:///{(folder / 'requests.db').resolve()}"
 
 
 def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def _private_folder(folder: Path, tighten: bool = False) -> None:
+    """Create ``folder`` (and missing parents) with mode 0700; ``tighten`` also chmods an existing
+    one (only for folders tunewise owns: never a folder the user named, such as /tmp)."""
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+    if tighten and not missing and folder.is_dir():
+        try:
+            os.chmod(folder, 0o700)
+        except PermissionError:
+            log.warning("cannot make %s private (0700): not its owner", folder)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The SQLite file of ``url`` exists with mode 0600 before SQLite opens it (SQLite creates its
+    -wal and -shm files with the database's mode). An existing file is tightened when we own it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # noqa: BLE001 - create_engine reports a bad URL
+        return
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    _private_folder(path.parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)  # 0600 whatever the umask, when new
+        os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot create the request log {path}: {exc}") from None
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            if file.exists() and file.stat().st_mode & 0o077:
+                os.chmod(file, 0o600)
+        except PermissionError:
+            log.warning("cannot make %s private (0600): not its owner", file)
 
 
 def _insert(dialect: str, table: Table) -> Any:
@@ -142,6 +207,7 @@ class Store:
         self.url = url
         kwargs: dict[str, Any] = {"future": True}
         if _is_sqlite(url):
+            _private_sqlite_file(url)
             # check_same_thread off: the writer thread and the request threads share the pool
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
@@ -181,11 +247,12 @@ class Store:
                 conn.execute(_insert(self.dialect, requests_table).on_conflict_do_nothing(), rows)
 
     def insert_feedback(self, rows: Iterable[dict[str, Any]]) -> list[bool]:
-        """Insert feedback rows; True for each row that was new (False: already stored)."""
+        """Insert feedback rows; True for each row that was stored (new, or a label replacing a
+        different one), False for a duplicate."""
         stored = []
         with self.engine.begin() as conn:
             for row in rows:
-                stored.append(_insert_feedback(conn, self.dialect, row))
+                stored.append(_insert_feedback(conn, self.dialect, row) != "duplicate")
         return stored
 
     # ---- reading
@@ -210,6 +277,15 @@ class Store:
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query.order_by(requests_table.c.ts))]
         return pd.DataFrame(rows, columns=[c.name for c in requests_table.columns])
+
+    def feedback_history(self, request_id: str | None = None) -> pd.DataFrame:
+        """Every feedback value stored or replaced (outcome new | replaced), oldest first."""
+        query = select(feedback_history_table).order_by(feedback_history_table.c.id)
+        if request_id is not None:
+            query = query.where(feedback_history_table.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        return pd.DataFrame(rows, columns=[c.name for c in feedback_history_table.columns])
 
     def feedback_frame(self, since: float | None = None) -> pd.DataFrame:
         query = select(feedback_table)
@@ -244,6 +320,12 @@ class Store:
                     {n: w for n, (_, w) in arms.items()}), "reason": "reset at start"})
 
     def set_weights(self, weights: dict[str, float], reason: str | None = None) -> None:
+        """Store arm weights: finite, >= 0, at least one above 0 (ValueError otherwise: a log whose
+        weights no server can serve with would disagree with every running server)."""
+        bad = {n: w for n, w in weights.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
+        if bad or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"arm weights {weights} cannot be stored: each must be a finite number >= 0 and one "
+                             "above 0")
         now = time.time()
         with self.engine.begin() as conn:
             for name, weight in weights.items():
@@ -262,11 +344,27 @@ class Store:
         self.engine.dispose()
 
 
-def _insert_feedback(conn: Any, dialect: str, row: dict[str, Any]) -> bool:
-    """True when the row was new. RETURNING, not rowcount: psycopg reports no rowcount here."""
-    stmt = (_insert(dialect, feedback_table).values(**row)
-            .on_conflict_do_nothing(index_elements=["request_id", "kind"]).returning(feedback_table.c.id))
-    return conn.execute(stmt).first() is not None
+def _insert_feedback(conn: Any, dialect: str, row: dict[str, Any]) -> str:
+    """Store one feedback row: "new", "replaced" (a label different from the stored one: the latest
+    label wins) or "duplicate" (the same label again, or a second thumbs or rating: the first is kept).
+    RETURNING, not rowcount: psycopg reports no rowcount here."""
+    stmt = _insert(dialect, feedback_table).values(**row)
+    if row["kind"] == "label":
+        previous = conn.execute(select(feedback_table.c.value).where(
+            (feedback_table.c.request_id == row["request_id"]) & (feedback_table.c.kind == "label"))).scalar()
+        # the WHERE keeps a replica's older correction from overwriting a newer one
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["request_id", "kind"], set_={"value": stmt.excluded.value, "ts": stmt.excluded.ts},
+            where=(feedback_table.c.value != stmt.excluded.value) & (feedback_table.c.ts <= stmt.excluded.ts))
+    else:
+        previous = None
+        stmt = stmt.on_conflict_do_nothing(index_elements=["request_id", "kind"])
+    if conn.execute(stmt.returning(feedback_table.c.id)).first() is None:
+        return "duplicate"
+    outcome = "new" if previous is None else "replaced"
+    conn.execute(feedback_history_table.insert(), {**{k: row[k] for k in ("request_id", "kind", "value", "ts")},
+                                                   "outcome": outcome})
+    return outcome
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
