@@ -7,27 +7,47 @@ is missing or stale re-runs, so a killed run resumes at the stage it was in.
 
 Each stage is a plain function ``fn(ctx) -> dict`` of metrics, registered with ``@stage``;
 ``tunewise run`` and the per-stage CLI commands both go through :func:`run_stages`.
+
+One process at a time writes a run folder: :func:`run_lock` holds an ``flock`` on
+``runs/<run-id>/.lock`` (which records the holder's pid and start time) for the whole of
+:func:`run_stages`, and a second ``tunewise run`` on the folder is refused with that pid. The
+kernel drops the lock when its holder dies, so a crashed or killed run never blocks the next one.
+Run folders are owner-only (0700): they hold the users' rows.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
+import socket
+import sys
+import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import __version__
-from .artifacts import file_digest, read_json, write_json
+from .artifacts import PRIVATE_DIR_MODE, ArtifactWriteError, file_digest, make_private_dirs, read_json, write_json
 from .config import ProjectConfig
 from .progress import console
 
 
 class StageError(Exception):
     """A stage cannot run (missing inputs, bad data); the message says what to do."""
+
+
+class RunLockedError(StageError):
+    """Another live process is running stages in the same run folder."""
+
+    def __init__(self, message: str, holder: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass
@@ -142,8 +162,22 @@ def run_stages(cfg: ProjectConfig, run_id: str = "default", *, only: list[str] |
         raise StageError(f"--force names unknown stage(s) {sorted(unknown)}; stages: {', '.join(stages)}")
     wanted = list(stages) if not only else _with_dependencies(stages, only)
     run_dir = cfg.resolve(cfg.runs_dir) / check_run_id(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(run_dir))
+            # owner-only: the folder holds the users' rows (a folder made by an older version is tightened)
+            os.chmod(run_dir, PRIVATE_DIR_MODE)
+        except OSError as exc:  # runs_dir is a file, a read-only folder, ...
+            raise StageError(f"cannot use run folder {run_dir}: {exc}") from exc
+        return _run_locked(cfg, run_dir, stages, wanted, force, tracker, options)
+
+
+def _run_locked(cfg: ProjectConfig, run_dir: Path, stages: dict[str, StageSpec], wanted: list[str],
+                force: set[str], tracker: Any, options: dict[str, Any] | None) -> dict[str, dict]:
+    try:
+        write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+    except ArtifactWriteError as exc:
+        raise StageError(str(exc)) from exc
 
     keys: dict[str, str] = {}
     results: dict[str, dict] = {}
@@ -157,24 +191,147 @@ def run_stages(cfg: ProjectConfig, run_id: str = "default", *, only: list[str] |
             results[name] = marker
             continue
         stage_dir = run_dir / name
-        if stage_dir.exists():  # stale or half-done: start the stage clean
-            shutil.rmtree(stage_dir)
-        stage_dir.mkdir(parents=True)
+        try:
+            if stage_dir.exists():  # stale or half-done: start the stage clean
+                shutil.rmtree(stage_dir)
+            make_private_dirs(stage_dir)
+        except OSError as exc:
+            raise StageError(f"stage '{name}' cannot start: cannot clear {stage_dir}: {exc}") from exc
         console.print(f"[bold cyan]{name}[/bold cyan]: running")
         t0 = time.perf_counter()
-        metrics = spec.fn(StageContext(cfg, run_dir, name, dict(options or {}))) or {}
-        elapsed = time.perf_counter() - t0
-        marker = {
-            "stage": name, "key": key, "status": "done", "seconds": round(elapsed, 3),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
-            "params": {s: cfg.section(s) for s in spec.sections},
-        }
-        write_json(stage_dir / "_stage.json", marker)
+        try:
+            metrics = spec.fn(StageContext(cfg, run_dir, name, dict(options or {}))) or {}
+            elapsed = time.perf_counter() - t0
+            marker = {
+                "stage": name, "key": key, "status": "done", "seconds": round(elapsed, 3),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
+                "params": {s: cfg.section(s) for s in spec.sections},
+            }
+            write_json(stage_dir / "_stage.json", marker)
+        except ArtifactWriteError as exc:
+            # no marker: the stage runs again next time, from a clean folder
+            raise StageError(f"stage '{name}' stopped: {exc}") from exc
         console.print(f"[green]{name}[/green]: done in {elapsed:.1f}s")
         if tracker is not None:
             tracker.log_stage(name, marker)
         results[name] = marker
     return results
+
+
+# =============================================================================================
+# One writer per run folder
+
+LOCK_NAME = ".lock"
+# Run folders this process holds (resolved path -> [fd, depth]): run_stages may be called again
+# from inside a stage of the same process, which must not refuse itself.
+_HELD: dict[str, list[int]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        raw = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        holder = json.loads(raw) if raw else {}
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("host") and holder.get("host") != socket.gethostname():
+        parts.append(f"on host {holder['host']}")
+    if holder.get("started"):
+        parts.append(f"started {holder['started']}")
+    if holder.get("command"):
+        parts.append(f"command: {holder['command']}")
+    return ", ".join(parts)
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Hold ``run_dir/.lock`` exclusively for the block; yields what is recorded in it.
+
+    Refused with :class:`RunLockedError` (naming the holder's pid, start time and command) when
+    another process holds it. The lock is ``fcntl.flock`` on the open file, so it goes away with
+    its holder however that process ends; the pid left in the file by a holder that crashed is
+    replaced (and reported as stale). Re-entrant within one process.
+    """
+    import fcntl
+
+    folder = Path(run_dir)
+    make_private_dirs(folder)
+    key = str(folder.resolve())
+    with _HELD_GUARD:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            held = True
+        else:
+            held = False
+    if held:
+        try:
+            yield _read_holder(_HELD[key][0])
+        finally:
+            with _HELD_GUARD:
+                _HELD[key][1] -= 1
+        return
+
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # O_CLOEXEC by default: children do not inherit it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = _read_holder(fd)
+                if not holder:  # it took the lock a moment ago and is writing its pid
+                    time.sleep(0.2)
+                    holder = _read_holder(fd)
+                raise RunLockedError(
+                    f"run folder {folder} is in use by another tunewise process ({_describe(holder)}). Two "
+                    f"processes writing one run folder would mix their artifacts: wait for it to finish, stop it "
+                    f"(kill {holder.get('pid', '<pid>')}), or use another --run-id", holder) from None
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # a file system without flock: fall back to the recorded pid
+            holder = _read_holder(fd)
+            pid = holder.get("pid")
+            if (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
+                    and _pid_alive(pid)):
+                raise RunLockedError(f"run folder {folder} is in use by another tunewise process "
+                                     f"({_describe(holder)}); wait for it to finish or stop it (kill {pid})",
+                                     holder) from None
+        stale = _read_holder(fd)
+        if stale.get("pid") not in (None, os.getpid()):
+            console.print(f"[yellow]{path}: cleared a stale lock left by pid {stale.get('pid')} "
+                          f"(started {stale.get('started', '?')}), which is no longer running[/yellow]")
+        mine = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+        with _HELD_GUARD:
+            _HELD[key] = [fd, 1]
+        try:
+            yield mine
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+            try:
+                os.ftruncate(fd, 0)  # an empty lock file: nobody holds the folder
+            except OSError:
+                pass
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _with_dependencies(stages: dict[str, StageSpec], only: list[str]) -> list[str]:

@@ -17,6 +17,12 @@ need phone-like shape: a leading ``+``/``00``, or separators in phone-like group
 string counts only right after a phone word ("call me on ..."). Order numbers ("#48213377"),
 dates ("2024-03-05") and amounts ("$1,299.00", "12999.00 EUR") are not phones.
 The detail names kinds and fields, never the value: the issues table must not leak what it hides.
+
+Where a miss costs more than a false alarm, the check errs toward redaction: a card-like digit run
+(13-19 digits, grouped by spaces or dashes or not) right after a word such as "card", "account",
+"acct", "a/c" or "iban" is redacted as ``<CARD>`` even when it fails Luhn or starts with no card
+network's digit (a mistyped card or an account number is still personal data). Such a match is a
+low-confidence finding: its detail says "card (low confidence)".
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ PHONE_WORDS_RE = re.compile(
     r"\b(?:phone|tel|telephone|call|mobile|cell|cellphone|whatsapp|sms|text me|reach me|ring me)\b\W{0,3}"
     r"(?:\w+\W+){0,3}$", re.IGNORECASE)
 CURRENCY_RE = re.compile(r"(?:[$€£¥]|\b(?:usd|eur|gbp|dollars?|euros?|pounds?)\b)", re.IGNORECASE)
+# A payment word then at most three words ("card number is", "account no.:", "acct ending"): the
+# digit run that follows is redacted even without a valid checksum.
+CARD_WORDS_RE = re.compile(
+    r"\b(?:cards?|creditcard|debitcard|account|acct|acc|a/c|iban)\b\W{0,3}(?:[^\W\d]\w*\W{1,3}){0,3}$",
+    re.IGNORECASE)
 
 # ISO 13616 IBAN lengths by country (SWIFT IBAN registry); unknown countries need 15-34 chars.
 IBAN_LENGTHS = {
@@ -100,6 +111,7 @@ class PiiMatch:
     kind: str
     start: int
     end: int
+    confidence: str = "high"  # "low": redacted on context alone (a card word before a number failing Luhn)
 
 
 def _iban_spans(text: str) -> list[tuple[int, int, bool]]:
@@ -175,9 +187,9 @@ def find_pii(text: str) -> list[PiiMatch]:
     def free(start: int, end: int) -> bool:
         return all(end <= s or e <= start for s, e in taken)
 
-    def claim(kind: str, start: int, end: int) -> None:
+    def claim(kind: str, start: int, end: int, confidence: str = "high") -> None:
         taken.append((start, end))
-        found.append(PiiMatch(kind, start, end))
+        found.append(PiiMatch(kind, start, end, confidence))
 
     for m in EMAIL_RE.finditer(text):
         claim("email", m.start(), m.end())
@@ -187,8 +199,12 @@ def find_pii(text: str) -> list[PiiMatch]:
         else:
             taken.append((start, end))
     for m in CARD_RE.finditer(text):
-        if free(m.start(), m.end()) and is_card_number(re.sub(r"\D", "", m.group())):
+        if not free(m.start(), m.end()):
+            continue
+        if is_card_number(re.sub(r"\D", "", m.group())):
             claim("card", m.start(), m.end())
+        elif CARD_WORDS_RE.search(text[max(0, m.start() - 40):m.start()]):
+            claim("card", m.start(), m.end(), "low")
     for m in IPV4_RE.finditer(text):
         if (free(m.start(), m.end()) and all(int(octet) <= 255 for octet in m.group().split("."))
                 and not VERSION_BEFORE_RE.search(text[max(0, m.start() - 12):m.start()])):
@@ -208,16 +224,23 @@ def find_pii(text: str) -> list[PiiMatch]:
     return sorted(found, key=lambda p: p.start)
 
 
-def redact(text: str) -> tuple[str, list[str]]:
-    """``text`` with each PII match replaced by its placeholder, and the kinds found (in order)."""
+def redact_matches(text: str) -> tuple[str, list[PiiMatch]]:
+    """``text`` with each PII match replaced by its placeholder, and the matches (in order)."""
     matches = find_pii(text)
     for match in reversed(matches):
         text = text[:match.start] + PLACEHOLDERS[match.kind] + text[match.end:]
+    return text, matches
+
+
+def redact(text: str) -> tuple[str, list[str]]:
+    """``text`` with each PII match replaced by its placeholder, and the kinds found (in order)."""
+    text, matches = redact_matches(text)
     return text, [m.kind for m in matches]
 
 
-def _kinds_phrase(kinds: set[str]) -> str:
-    return ", ".join(k for k in KINDS if k in kinds)
+def _kinds_phrase(kinds: set[str], low: set[str] = frozenset()) -> str:
+    """"email, card" or, when a kind was found only on context, "card (low confidence)"."""
+    return ", ".join(k + (" (low confidence)" if k in low else "") for k in KINDS if k in kinds)
 
 
 @register
@@ -240,19 +263,22 @@ class Pii(Check):
             where: list[str] = []
             for field in fields:
                 value = columns[field][index]
-                kinds: set[str] = set()
+                matches: list[PiiMatch] = []
                 if field == "context":
                     def redact_part(s: str) -> str:
-                        new, found = redact(s)
-                        kinds.update(found)
+                        new, found = redact_matches(s)
+                        matches.extend(found)
                         return new
                     new_value = map_context(value, redact_part)
                 else:
-                    new_value, found = redact(as_text(value))
-                    kinds.update(found)
-                if kinds:
+                    new_value, found = redact_matches(as_text(value))
+                    matches.extend(found)
+                if matches:
+                    kinds = {m.kind for m in matches}
+                    # low confidence only when every match of the kind in this field is
+                    low = kinds - {m.kind for m in matches if m.confidence == "high"}
                     change[field] = new_value
-                    where.append(f"{_kinds_phrase(kinds)} in {field}")
+                    where.append(f"{_kinds_phrase(kinds, low)} in {field}")
             if change:
                 findings.append(Finding(index, "pii", "; ".join(where), change=change))
         return findings
