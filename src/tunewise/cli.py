@@ -41,12 +41,14 @@ def _check_engine(engine: str) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from .artifacts import ArtifactWriteError
     from .candidates import CandidateError
     from .ingest import IngestError
     from .models import ModelNotFoundError
     from .runner import StageError
 
-    return (ConfigError, StageError, IngestError, ModelNotFoundError, CandidateError, FileExistsError)
+    return (ConfigError, StageError, IngestError, ModelNotFoundError, CandidateError, FileExistsError,
+            ArtifactWriteError)
 
 
 def _fail(exc: BaseException) -> None:
