@@ -56,6 +56,16 @@ def tiny_llm(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def openai_stub():
+    """A small OpenAI-compatible chat-completions server on 127.0.0.1 (tests/openai_stub.py): the
+    endpoint the api_* candidates (tunewise.api_llm) call in tests."""
+    from openai_stub import OpenAIStub
+
+    with OpenAIStub() as server:
+        yield server
+
+
 # Curation checks that load the sentence encoder (slow on 2 shared cores); the others still find
 # duplicates, PII, label variants and garbage in the demo data.
 SLOW_CHECKS = ("off_topic", "label_errors", "too_long")

@@ -70,7 +70,7 @@ def generate_data(classify_data):
 
 
 @pytest.fixture(scope="module")
-def tiny_settings(tmp_path_factory):
+def tiny_settings(tmp_path_factory, openai_stub):
     kb = tmp_path_factory.mktemp("kb")
     (kb / "cards.md").write_text("# Cards\n\nA new card arrives within 5 working days.\n\nLost cards can be frozen in the app.\n")
     from tunewise.config import TrainConfig
@@ -79,7 +79,9 @@ def tiny_settings(tmp_path_factory):
     quick_training = TrainConfig(max_steps=3, batch_size=4, num_threads=1, generate_sample=0, max_new_tokens=4,
                                  max_length=48)
     return {"batch_size": 8, "few_shot_k": 2, "max_new_tokens": 4, "max_input_tokens": 48, "rag_top_k": 1,
-            "knowledge_base": str(kb), "max_iter": 300, "train_config": quick_training}
+            "knowledge_base": str(kb), "max_iter": 300, "train_config": quick_training,
+            # api_* candidates: a local OpenAI-compatible server (conftest.openai_stub), no key, no cache
+            "base_url": openai_stub.url, "model": "stub", "api_key_env": None, "no_cache": True}
 
 
 @pytest.mark.parametrize("name", sorted(CANDIDATES))

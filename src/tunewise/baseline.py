@@ -90,6 +90,8 @@ def resolve_candidates(task: str, config: BaselineConfig, has_knowledge_base: bo
 def candidate_settings(config: BaselineConfig, models: ModelsConfig, *, knowledge_base: str | Path | None = None,
                        task_description: str | None = None) -> dict[str, Any]:
     """The pool of settings candidates draw their constructor arguments from."""
+    from .api_llm import api_llm_settings
+
     return {
         "llm": models.llm,
         "encoder": models.encoder,
@@ -110,6 +112,8 @@ def candidate_settings(config: BaselineConfig, models: ModelsConfig, *, knowledg
         "prompt_search": config.prompt_search,
         "prompt_search_rows": config.prompt_search_rows,
         "knowledge_base": str(knowledge_base) if knowledge_base else None,
+        # the api_* candidates' endpoint, prices and limits (baseline.api_llm, tunewise.api_llm.ApiLlmConfig)
+        **api_llm_settings(getattr(config, "api_llm", None)),
     }
 
 

@@ -191,6 +191,8 @@ def check_predictions(predictions: pd.DataFrame, frame: pd.DataFrame, candidate:
         known = set(labels)
         for row in predictions.itertuples(index=False):
             if row.prediction not in known:
+                if getattr(candidate, "may_answer_outside_labels", False) and row.score == 0:
+                    continue  # a failed request or an answer that is no label (tunewise.api_llm): kept, counted wrong
                 raise ValueError(f"{who}: id {row.id} predicted {row.prediction!r}, not one of its {len(labels)} labels")
             proba = np.asarray(row.proba, dtype=np.float64)
             if proba.shape != (len(labels),) or not np.isfinite(proba).all() or abs(proba.sum() - 1.0) > 1e-4:

@@ -134,6 +134,46 @@ class SplitConfig(Section):
     )
 
 
+class ApiLlmConfig(Section):
+    """The ``api_llm:`` settings: an OpenAI-compatible endpoint the api_* candidates call.
+
+    Field names are the candidates' constructor arguments (:func:`api_llm_settings`). The key is
+    never a setting: ``api_key_env`` names the environment variable that holds it.
+    """
+
+    base_url: str = Field(..., description="the OpenAI-compatible endpoint up to /v1, e.g. https://api.openai.com/v1 "
+                          "or http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, tunewise serve)")
+    model: str = Field(..., description="the model name the endpoint expects, e.g. gpt-4o-mini")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="name of the environment variable holding the API key (the key itself is "
+        "never written in a config, log or report); null for a local server without a key")
+    usd_per_million_input_tokens: float = Field(
+        0.0, ge=0, description="the endpoint's price of a million input tokens, USD")
+    usd_per_million_output_tokens: float = Field(
+        0.0, ge=0, description="the endpoint's price of a million output tokens, USD")
+    max_usd: float | None = Field(
+        10.0, ge=0, description="spending cap per candidate and run, USD: a batch whose estimated cost would take "
+        "the spend past it is not sent and the stage stops with the predictions made so far (cached rows are "
+        "free, so a re-run with a higher cap pays only for new rows); null: no cap")
+    max_concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once")
+    timeout_s: float = Field(30.0, gt=0, description="seconds to wait for one answer before retrying")
+    max_retries: int = Field(5, ge=0, le=20, description="retries of a request after 429, 5xx, a timeout or a "
+                             "malformed answer (exponential back-off with jitter; Retry-After is honoured)")
+    backoff_s: float = Field(
+        1.0, gt=0, description="first back-off between attempts, doubled each retry (at most 60 s)")
+    cache_dir: str | None = Field(None, description="folder of cached answers (one JSON file per request); "
+                                  "default: $TUNEWISE_HOME/api_cache")
+    no_cache: bool = Field(False, description="neither read nor write the cache: every row is requested again")
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0: the most likely answer)")
+    top_logprobs: int = Field(5, ge=0, le=20, description="classify: alternatives per token asked for to give a "
+                              "confidence score; 0: do not ask for log-probabilities")
+    structured_output: bool = Field(
+        True, description="classify: ask for a JSON answer whose label is an enum of the labels (response_format), "
+        "falling back to a plain answer when the server refuses")
+    tokenizer: str | None = Field(None, description="tokenizer (a model folder or spec) for the spending estimate; "
+                                  "default: characters / 4")
+
+
 class BaselineConfig(Section):
     """The ``baseline:`` section: which prompted-LLM and cheap candidates to score, and how."""
 
@@ -179,6 +219,9 @@ class BaselineConfig(Section):
         "(nearest examples or nearest example per label) by accuracy on validation rows, as DSPy's optimisers do; "
         "the summary reports what was tried and the gain over the plain prompt")
     prompt_search_rows: int = Field(200, ge=20, le=5000, description="prompt_search: validation rows each prompt is scored on")
+    api_llm: ApiLlmConfig | None = Field(
+        None, description="the api_* candidates (api_zero_shot, api_few_shot, api_zero_shot_gen, api_few_shot_gen): "
+        "an OpenAI-compatible endpoint, its prices and limits; the key stays in the environment (api_key_env)")
 
     @field_validator("sample_size")
     @classmethod

@@ -345,6 +345,19 @@ def _incumbent_usd_per_request(evaluation: dict) -> float | None:
     return info.get("usd_per_request")
 
 
+def _measured_usd_per_request(run_dir: Path) -> dict[str, float]:
+    """Candidates that pay per request (the api_* ones): their measured mean USD a row, from the
+    tokens each answer's ``usage`` reported at the endpoint's prices (baseline/summary.json)."""
+    path = run_dir / "baseline" / "summary.json"
+    summary = read_json(path) if path.exists() else {}
+    out = {}
+    for entry in summary.get("candidates") or []:
+        usd = ((entry.get("info") or {}).get("usage") or {}).get("usd_per_row_mean")
+        if usd is not None:
+            out[str(entry["name"])] = float(usd)
+    return out
+
+
 # =============================================================================================
 # The decision
 
@@ -406,7 +419,9 @@ def _candidate_costs(name: str, entry: dict, roi: RoiConfig, trained: dict[str, 
     kind = "incumbent" if entry.get("is_incumbent") else entry["kind"]
     one_time, lines = one_time_cost(trained, flagged, roi, candidate=name, kind=kind, members=members)
     memory = serving_memory_gib(name, members)
-    if kind == "incumbent" and usd_per_request is not None:
+    if entry.get("usd_per_request_measured") is not None:  # an API candidate: priced by its measured tokens
+        running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=entry["usd_per_request_measured"])
+    elif kind == "incumbent" and usd_per_request is not None:
         running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=usd_per_request)
     elif kind == "incumbent":
         running = monthly_running_cost(latency.get(name, 0.0), roi, api_tokens=api_tokens, memory_gib=memory)
@@ -489,6 +504,9 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     entries = {c["name"]: c for c in evaluation.get("candidates", [])}
     if incumbent in entries:
         entries[incumbent] = {**entries[incumbent], "is_incumbent": True}
+    for name, usd in _measured_usd_per_request(run_dir).items():
+        if name in entries:
+            entries[name] = {**entries[name], "usd_per_request_measured": usd}
     quality = _Quality(metric, _gain_scale(metric), metric in (evaluation.get("lower_is_better") or []), entries,
                        evaluation.get("pairwise") or {})
     latency = _latencies(run_dir, list(entries))

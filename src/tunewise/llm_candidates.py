@@ -220,6 +220,17 @@ def label_display_name(label: str) -> str:
     return str(label).replace("_", " ").strip()
 
 
+def label_display_names(candidate: str, labels: Sequence[str]) -> list[str]:
+    """Display names of ``labels``; two labels that read the same are an error naming ``candidate``."""
+    names = [label_display_name(label) for label in labels]
+    clashes = pd.Series(list(labels)).groupby(names).agg(list)
+    clashes = clashes[clashes.map(len) > 1]
+    if len(clashes):
+        raise CandidateError(f"{candidate}: labels {clashes.iloc[0]} read the same once underscores "
+                             "become spaces; rename one so the LLM can tell them apart")
+    return names
+
+
 def _context_messages(value: Any) -> tuple[list[dict[str, str]], list[str]]:
     """Earlier turns from a record's ``context`` (JSON list of chat messages): (turns, system texts)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
@@ -595,12 +606,7 @@ class _LabelScoringClassifier(_LLMCandidate):
 
     def _fit_labels(self, train: pd.DataFrame) -> None:
         self.labels_ = sorted(set(self._training_answers(train)))
-        self.label_names_ = [label_display_name(label) for label in self.labels_]
-        clashes = pd.Series(self.labels_).groupby(self.label_names_).agg(list)
-        clashes = clashes[clashes.map(len) > 1]
-        if len(clashes):
-            raise CandidateError(f"{self.name}: labels {clashes.iloc[0]} read the same once underscores "
-                                 "become spaces; rename one so the LLM can tell them apart")
+        self.label_names_ = label_display_names(self.name, self.labels_)
         self._load_llm()
         self.continuations_ = answer_continuations(self.model_, self.tokenizer_, self.label_names_)
         head = self.system_prompt or DEFAULT_CLASSIFY_SYSTEM_PROMPT
@@ -1120,3 +1126,8 @@ class RagGenerator(_GeneratingCandidate):
             out.append([{"role": "system", "content": "\n\n".join([prompt, *system])},
                         *turns, {"role": "user", "content": text}])
         return out
+
+
+# The api_* candidates (an OpenAI-compatible endpoint, tunewise.api_llm) register on import; they
+# reuse this module's prompts, so they are imported once everything above is defined.
+from . import api_llm as _api_llm  # noqa: F401,E402
