@@ -11,6 +11,7 @@ from tunewise.llm_candidates import (
     _build_trie,
     PROMPT_VARIANTS,
     _cached_llm,
+    _worse_beyond_noise,
     _render,
     generate_replies,
     label_display_name,
@@ -304,9 +305,14 @@ def test_prompt_search_keeps_the_most_accurate_prompt_on_validation(banking8):
     tried = search["tried"]
     assert [(t["instruction"], t["demos"]) for t in tried] == [tuple(v) for v in PROMPT_VARIANTS]
     best = max(t["accuracy"] for t in tried)
-    assert search["chosen_accuracy"] == best and search["plain_accuracy"] == tried[0]["accuracy"]
-    assert search["gain_over_plain"] == pytest.approx(best - tried[0]["accuracy"])
     chosen = search["chosen"]
+    picked = next(t for t in tried if (t["instruction"], t["demos"]) == (chosen["instruction"], chosen["demos"]))
+    # the most accurate, a tie to the shorter prompt; the best is always within noise of itself
+    assert picked["accuracy"] == best and picked["within_noise_of_best"]
+    assert picked["prompt_tokens"] == min(t["prompt_tokens"] for t in tried if t["accuracy"] == best)
+    assert tried[0]["prompt_tokens"] > next(t for t in tried if t["instruction"] == "brief")["prompt_tokens"]
+    assert search["chosen_accuracy"] == picked["accuracy"] and search["plain_accuracy"] == tried[0]["accuracy"]
+    assert search["gain_over_plain"] == pytest.approx(picked["accuracy"] - tried[0]["accuracy"])
     assert (few_shot.instruction_, few_shot.demos_) == (chosen["instruction"], chosen["demos"])
     # the chosen prompt is the one predict uses: the brief instruction does not list the labels
     system = few_shot._conversations(test.head(1))[0][0]["content"]
@@ -320,6 +326,20 @@ def test_prompt_search_keeps_the_most_accurate_prompt_on_validation(banking8):
     assert (plain.instruction_, plain.demos_) == PROMPT_VARIANTS[0]
 
 
+def test_worse_beyond_noise_is_a_paired_sign_test():
+    best = np.array([True] * 30 + [False] * 10)
+    assert not _worse_beyond_noise(best, best)
+    one_worse = best.copy()
+    one_worse[0] = False  # 1 row lost, 0 won: noise
+    assert not _worse_beyond_noise(one_worse, best)
+    much_worse = best.copy()
+    much_worse[:12] = False  # 12 lost, 0 won: 12 > 1.96 * sqrt(12)
+    assert _worse_beyond_noise(much_worse, best)
+    swapped = much_worse.copy()
+    swapped[30:40] = True  # 12 lost, 10 won: noise again
+    assert not _worse_beyond_noise(swapped, best)
+
+
 def test_per_label_demonstrations_show_distinct_labels(banking8):
     train, _, test = banking8
     few_shot = make_candidate("few_shot_llm", few_shot_k=3, max_input_tokens=48, prompt_search=False).fit(train)
@@ -330,3 +350,16 @@ def test_per_label_demonstrations_show_distinct_labels(banking8):
     few_shot.demos_ = "nearest"
     nearest = few_shot._demonstrations(few_shot.shot_vectors_[:5])
     assert (nearest[:, 0] == np.arange(5)).all()  # a training row is its own nearest example
+
+
+def test_inline_demonstrations_sit_in_the_system_message(banking8):
+    train, _, test = banking8
+    few_shot = make_candidate("few_shot_llm", few_shot_k=3, max_input_tokens=48, prompt_search=False).fit(train)
+    chat = few_shot._conversations(test.head(1))[0]
+    few_shot.demos_ = "inline"
+    inline = few_shot._conversations(test.head(1))[0]
+    assert [m["role"] for m in chat] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert [m["role"] for m in inline] == ["system", "user"] and inline[1] == chat[-1]
+    assert inline[0]["content"].count("Category: ") == 3
+    for shot, answer in zip(chat[1:-1:2], chat[2:-1:2]):  # the same examples, in the same order
+        assert f"Message: {shot['content']}\nCategory: {answer['content']}" in inline[0]["content"]
