@@ -266,4 +266,11 @@ def test_demo_recall_and_precision(tmp_path):
     assert len(true_pii) >= 20
     recall, precision = recall_precision(found, true_pii)
     assert recall >= 0.95 and precision >= 0.90, (recall, precision)
-    assert not found & set(files.decoy_ids)  # PII-looking numbers that are not PII
+    # PII-looking numbers that are not PII: never a confident finding. A card-like number right after
+    # "card" ("Gift card number ...") is redacted anyway, as a low-confidence finding (issue 18: PII
+    # errs toward redaction), and no other decoy (a receipt reference, a tracking number) is touched.
+    pii = issues[issues["issue"] == "pii"]
+    decoys = pii[pii["id"].isin(set(files.decoy_ids))]
+    assert decoys["detail"].str.contains("low confidence").all()
+    texts = frame.set_index("id").loc[decoys["id"], "input"]
+    assert texts.str.contains("card number", case=False).all()

@@ -63,8 +63,8 @@ import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import MonitorConfig  # re-exported: monitor and tests import it here
 from .config import ServeConfig as _SectionServeConfig
@@ -630,7 +630,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ClassifyRequest(_Strict):
+class _UnicodeText(BaseModel):
+    """Refuses (422) a body whose strings hold an unpaired UTF-16 surrogate. Python's json, which
+    parses the bodies, accepts an escape such as "\\ud800" alone, and pydantic lets it through in
+    some fields (a chat message's content, classify's context); the string has no UTF-8 form, so
+    the model and the request log failed on it: 503 and no log row (issue 18, found while fuzzing
+    the schema). A pair ("\\ud83d\\ude00") is one character and passes."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        stack = [data]  # a loop, not recursion: nesting as deep as json accepts cannot overflow it
+        while stack:
+            value = stack.pop()
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a string holds an unpaired surrogate (a \\ud800-\\udfff escape without "
+                                     "its pair), which is not Unicode text") from None
+            elif isinstance(value, dict):
+                stack.extend(value.keys())
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+        return data
+
+
+class ClassifyRequest(_Strict, _UnicodeText):
     text: str = Field(..., min_length=1, description="the message to classify")
     user: str | None = Field(None, max_length=256, description="stable user id: the same user keeps the same arm")
     arm: str | None = Field(None, description="force an arm (testing); default: the user's sticky arm")
@@ -662,7 +689,7 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_UnicodeText):
     # extra allowed: OpenAI clients send temperature, top_p, n, ... that a deterministic model ignores
     model_config = ConfigDict(extra="allow")
     model: str | None = Field(None, description="an arm name forces that arm; anything else is ignored")
@@ -700,6 +727,37 @@ class ArmsUpdate(_Strict):
     def _valid(cls, value: dict[str, float]) -> dict[str, float]:
         normalise_weights(value)  # finite, >= 0, not all zero, normalisable: else 422 with the reason
         return value
+
+
+class ErrorResponse(_Strict):
+    """Every error answer, 4xx and 5xx: one sentence, never a trace (the user guide's error shape)."""
+
+    detail: str = Field(..., description="what is wrong, in a sentence")
+
+
+# The error answers in the OpenAPI schema (issue 18: schemathesis checks the schema against what the
+# server answers). FastAPI would otherwise document only its own 422 shape (a list of objects),
+# which the handler below replaces with {"detail": "<sentence>"}.
+_ERROR_DESCRIPTIONS = {
+    400: "Host header not accepted (no API key set: loopback names only), or a body that cannot be read "
+         "(not UTF-8)",
+    401: "missing or wrong API key (or admin key)",
+    403: "admin function (or a forced arm) from a non-loopback client while no admin key is set",
+    404: "unknown request id",
+    408: "request body not received within serve.body_timeout_s",
+    413: "request body, chat history or context over a limit (serve.max_body_bytes, max_turns, "
+         "max_context_chars, the model's context length)",
+    422: "invalid request: the reason in a sentence",
+    503: "no model could answer, or an unexpected error (with a reference for the server log); retry",
+    504: "not answered within serve.request_timeout_s (the model's work on it is stopped)",
+}
+# in front of every route: the guard middleware (400, 408, 413) and the catch-all handler (503)
+_EVERY_ROUTE = (400, 408, 413, 503)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]}
+            for code in sorted({*codes, *_EVERY_ROUTE})}
 
 
 # =============================================================================================
@@ -1179,7 +1237,8 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         return {"result": result, "served_by": served_by, "model": model.name, "latency_ms": latency_ms,
                 "reply_tokens": reply_tokens, "finish_reason": finish}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_key)])
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_key)],
+              responses=_errors(401, 403, 422, 504))
     async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
         s = state()
         if s.task != "classify":
@@ -1196,7 +1255,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
                                 model_label=result["model_prediction"], latency_ms=round(answer["latency_ms"], 3),
                                 dropped_turns=dropped)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], responses=_errors(401, 403, 422, 504))
     async def chat(body: ChatRequest, request: Request) -> dict[str, Any]:
         s = state()
         if body.stream:
@@ -1242,7 +1301,8 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
                          "dropped_turns": dropped},
         }
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)])
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)],
+              responses=_errors(401, 404, 422))
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         s = state()
         given = {k: v for k, v in (("label", body.label), ("thumbs", body.thumbs), ("rating", body.rating)) if v is not None}
@@ -1274,25 +1334,26 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             s.metrics.feedback.labels(kind, str(outcome == "duplicate").lower()).inc()
         return FeedbackResponse(request_id=body.request_id, stored=stored, duplicates=duplicates, replaced=replaced)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=_errors())
     async def healthz() -> dict[str, Any]:
         s = state()
         return {"status": "ok", "task": s.task, "incumbent": s.incumbent, "weights": s.weights,
                 "arms": {n: sp.candidate for n, sp in s.specs.items()}, "uptime_s": round(time.time() - s.started, 1),
                 "log_queue": s.writer.pending if s.writer else None}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_errors())  # Prometheus text
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(metrics_holder.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/arms", dependencies=[Depends(require_key)])
+    @app.get("/v1/arms", dependencies=[Depends(require_key)], responses=_errors(401))
     async def get_arms() -> dict[str, Any]:
         s = state()
         return {"weights": s.weights, "arms": {n: sp.candidate for n, sp in s.specs.items()}, "incumbent": s.incumbent}
 
-    @app.post("/admin/arms", dependencies=[Depends(require_key), Depends(require_admin)])
+    @app.post("/admin/arms", dependencies=[Depends(require_key), Depends(require_admin)],
+              responses=_errors(401, 403, 422))
     async def set_arms(body: ArmsUpdate) -> dict[str, Any]:
         s = state()
         unknown = sorted(set(body.weights) - set(s.specs))
