@@ -59,6 +59,8 @@ def copy_run(pipeline_run, tmp_path: Path, decision: dict | None) -> tuple[objec
     for name in (cfg.data.train, cfg.data.test):
         project.mkdir(parents=True, exist_ok=True)
         shutil.copy(cfg.resolve(name), project / name)
+    if cfg.data.knowledge_base:  # the config is checked on load: its knowledge-base folder must exist
+        shutil.copytree(cfg.resolve(cfg.data.knowledge_base), project / cfg.data.knowledge_base)
     copy = project / "runs" / "r1"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "decide", "curve", "_checkpoints"))
     if decision is not None:
