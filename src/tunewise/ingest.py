@@ -554,6 +554,15 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
         def byte_offset(pos: int) -> int:
             return buf_bytes + len(buf[:pos].encode(byte_codec, "surrogateescape"))
 
+        def after_close(pos: int) -> Iterator[RawRow]:
+            # ``pos`` is at the array's closing ']'. Text after it (a stray ']' among the elements
+            # closes the array early) was ignored, its rows lost without an issue: report it.
+            close_line = line_at(pos)
+            pos = skip_ws(pos + 1)
+            if pos < len(buf):
+                yield RawRow(line_at(pos), None, f"malformed JSON: text after the array's closing ']' on line "
+                                                 f"{close_line}; the rest of the file could not be read")
+
         pos = skip_ws(0)
         if pos < len(buf) and buf[pos] == "{":
             raise IngestError(f"{path} holds a JSON object; expected a list of records or JSON Lines "
@@ -563,6 +572,7 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
             raise IngestError(f"{path} is not a JSON array of records (it should start with '[')")
         pos = skip_ws(pos + 1)
         if pos < len(buf) and buf[pos] == "]":
+            yield from after_close(pos)
             return
         while True:
             if pos > _READ_CHUNK:
@@ -587,6 +597,8 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
                 if end is None:  # runs to the end of the file: nothing after it can be read
                     yield RawRow(line_at(start), None, error + "; the rest of the file could not be read")
                     return
+                if end == start and buf[start] == "}":
+                    end += 1  # a stray '}' (one too many): report it and move past it, or this loops forever
             surrogate = _SURROGATE.search(buf, start, end)
             line = line_at(start)
             if surrogate:
@@ -602,10 +614,12 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
                 yield RawRow(line_at(pos), None, "malformed JSON: the array is not closed with ']' at the end of the file")
                 return
             if buf[pos] == "]":
+                yield from after_close(pos)
                 return
             if buf[pos] == ",":
                 pos = skip_ws(pos + 1)
                 if pos < len(buf) and buf[pos] == "]":
+                    yield from after_close(pos)
                     return  # a trailing comma: not valid JSON, but nothing is lost by accepting it
             # Anything else (a missing comma, junk between elements) is taken as the start of the
             # next element, which then decodes or is reported on its own line.
@@ -623,10 +637,17 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[RawRow]]:
     def rows() -> Iterator[RawRow]:
         row_number = 0
         with parquet:  # closes the file when the rows run out
-            for batch in parquet.iter_batches(batch_size=10_000):
-                for fields in batch.to_pylist():
-                    row_number += 1
-                    yield RawRow(row_number, fields)
+            try:
+                for batch in parquet.iter_batches(batch_size=10_000):
+                    for fields in batch.to_pylist():
+                        row_number += 1
+                        yield RawRow(row_number, fields)
+            except Exception as err:
+                # A file whose footer reads but whose data pages do not (damaged bytes, a prefix
+                # such as a BOM) failed here with pyarrow's OSError, ArrowInvalid or
+                # UnicodeDecodeError and a traceback: the whole file is unusable, say so.
+                raise IngestError(f"{path} is not a readable Parquet file (damaged after row {row_number:,}): "
+                                  f"{' '.join(str(err).split())}") from err
 
     return columns, _Rows(rows(), parquet.close)
 
