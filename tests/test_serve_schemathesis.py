@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from serve_runs import make_classify_run
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -61,30 +62,11 @@ APP_SCHEMA = _app_schema()
 schema = schemathesis.openapi.from_dict(APP_SCHEMA, config=CONFIG)
 
 
-def _records(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.dropna(subset=["text", "intent"])
-    return pd.DataFrame({"id": frame["id"].astype(str), "input": frame["text"].astype(str), "context": "[]",
-                         "label": frame["intent"].astype(str)})
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """runs/<id> with split/ and evaluate/summary.json: enough for the server to refit and serve."""
-    from tunewise.demo_data import generate_demo
-
     folder = tmp_path_factory.mktemp("schemathesis")
-    files = generate_demo(folder / "data", task="classify", n_rows=300)
-    run = folder / "runs" / "r1"
-    (run / "split").mkdir(parents=True)
-    (run / "evaluate").mkdir()
-    data, test = pd.read_csv(files.data), pd.read_csv(files.test)
-    _records(data).to_parquet(run / "split" / "train.parquet")
-    _records(test.iloc[:60]).to_parquet(run / "split" / "validation.parquet")
-    _records(test.iloc[60:]).to_parquet(run / "split" / "test.parquet")
-    summary = {"gate": {"passed": True, "candidate": "tfidf_lr", "baseline": "majority"},
-               "candidates": [{"name": "majority", "out_of_scope_threshold": None},
-                              {"name": "tfidf_lr", "out_of_scope_threshold": 0.05}]}
-    (run / "evaluate" / "summary.json").write_text(json.dumps(summary))
+    run, files = make_classify_run(folder, n_rows=300)
     return run
 
 
