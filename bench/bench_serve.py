@@ -77,13 +77,14 @@ def start_server(run_dir: Path, arms: str, db: Path, threads: int, log: Path, ex
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300) -> float:
+def wait_healthy(url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 300) -> float:
     import httpx
 
     started = time.time()
     while time.time() - started < timeout:
         if process.poll() is not None:
-            raise SystemExit(f"server exited with code {process.returncode}; see the server log")
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else "see the server log"
+            raise SystemExit(f"server exited with code {process.returncode}:\n{tail}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return time.time() - started

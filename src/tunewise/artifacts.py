@@ -9,6 +9,11 @@ is left as it was.
 Files that hold user rows (Parquet, JSONL, CSV, TSV) are created owner-only (0600) whatever the
 umask, and so are folders this module creates for them (0700): customer messages must not become
 readable by every account on a shared machine. Other files get the mode a plain ``open()`` gives.
+
+CSV files are for spreadsheets, and user text in them must not run as a formula (CSV injection):
+:func:`write_csv` gives a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return a leading single quote (:func:`csv_safe`); :func:`read_csv` (or :func:`csv_unescape` on a
+cell) takes it off again, so text read back is the text written.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -181,10 +187,61 @@ def write_parquet(path: str | os.PathLike[str], frame: pd.DataFrame, *, private:
     return Path(path)
 
 
-def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame, *, private: bool | None = None) -> Path:
+# what spreadsheets read as the start of a formula (OWASP's CSV injection list)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# a formula start behind any number of quotes: "'=x" is escaped too ("''=x"), so that reading back
+# can always take exactly one quote off (text that really starts with "'=" survives the round trip)
+_NEEDS_QUOTE = re.compile(r"'*[=+\-@\t\r]")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` as a CSV cell no spreadsheet runs as a formula: text starting with = + - @ tab or CR
+    (after any leading quotes) gets a leading single quote (shown as text; the quote is visible in a
+    text editor). Other values are returned as they are; :func:`csv_unescape` undoes it."""
+    if isinstance(value, str) and _NEEDS_QUOTE.match(value):
+        return "'" + value
+    return value
+
+
+def csv_unescape(value: Any) -> Any:
+    """The cell :func:`csv_safe` was given: one leading quote off a cell it escaped; others as they are."""
+    if isinstance(value, str) and value.startswith("'") and _NEEDS_QUOTE.match(value, 1):
+        return value[1:]
+    return value
+
+
+def _map_text(frame: pd.DataFrame, fn: Callable[[Any], Any]) -> pd.DataFrame:
+    out = frame.copy()
+    for name in out.columns:
+        if pd.api.types.is_object_dtype(out[name]) or pd.api.types.is_string_dtype(out[name]):
+            out[name] = out[name].map(fn)
+    return out
+
+
+def csv_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with :func:`csv_safe` applied to every text cell."""
+    return _map_text(frame, csv_safe)
+
+
+def csv_unescape_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with :func:`csv_unescape` applied to every text cell."""
+    return _map_text(frame, csv_unescape)
+
+
+def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame, *, private: bool | None = None,
+              escape: bool = True) -> Path:
+    """Write ``frame`` as CSV, text cells escaped with :func:`csv_safe` unless ``escape=False`` (for
+    a file read back verbatim by a reader that does not un-escape, such as tunewise's own ingest)."""
     with atomic_path(path, private=private) as tmp:
-        frame.to_csv(tmp, index=False)
+        (csv_safe_frame(frame) if escape else frame).to_csv(tmp, index=False)
     return Path(path)
+
+
+def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
+    """A CSV :func:`write_csv` wrote, as text cells (no NaN for blanks unless asked), escaping undone."""
+    kwargs.setdefault("dtype", str)
+    kwargs.setdefault("keep_default_na", False)
+    return csv_unescape_frame(pd.read_csv(path, **kwargs))
 
 
 def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -231,10 +231,12 @@ def evaluate(
 
 def _fold_human_ratings(evaluate_dir: Path, filled: Path) -> None:
     from .human_sheet import SheetError, fold_ratings
+    from .runner import existing_run_lock
 
     try:
-        ratings = fold_ratings(evaluate_dir, filled)
-    except (SheetError, OSError) as exc:
+        with existing_run_lock(evaluate_dir.parent):  # it rewrites evaluate/summary.json outside run_stages
+            ratings = fold_ratings(evaluate_dir, filled)
+    except (SheetError, OSError, *_known_errors()) as exc:
         _fail(exc)
     if ratings["win_rate"] is None:
         out.print(f"human ratings: no decided items yet ({ratings['ties']} ties, {ratings['unrated']} unrated)")
@@ -569,9 +571,12 @@ def report(
     # changes every minute), then the page is rebuilt with the live section.
     results = _run_stages(cfg, run_id, ["report"], list(force or []) + ["report"])
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
+    from .runner import existing_run_lock
+
     try:
-        written = build_report(run_dir, base_dir=cfg.base_dir, live=url, live_since=since)
-    except ReportError as exc:
+        with existing_run_lock(run_dir):  # the page is rewritten outside run_stages
+            written = build_report(run_dir, base_dir=cfg.base_dir, live=url, live_since=since)
+    except (ReportError, *_known_errors()) as exc:
         _fail(exc)
     summary = json.loads(written["summary"].read_text(encoding="utf-8"))
     live_summary = summary["live"]

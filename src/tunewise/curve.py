@@ -360,7 +360,18 @@ def resolve_curve_candidates(names: list[str], evaluation: dict[str, Any]) -> tu
 def run_curve(cfg: Any, run_id: str = "default", *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
               candidates: list[str] | None = None, target: float | None = None, engine: str = "local",
               ray_address: str | None = None, n_resamples: int = 500) -> dict[str, Any]:
-    """Learning curves for a run: reads its split (and evaluation), writes ``runs/<id>/curve/``."""
+    """Learning curves for a run: reads its split (and evaluation), writes ``runs/<id>/curve/``.
+
+    Holds the run folder's lock (refused with the holder's pid while another process works in it)."""
+    from .runner import check_run_id, existing_run_lock
+
+    with existing_run_lock(cfg.resolve(cfg.runs_dir) / check_run_id(run_id)):
+        return _run_curve(cfg, run_id, fractions=fractions, candidates=candidates, target=target, engine=engine,
+                          ray_address=ray_address, n_resamples=n_resamples)
+
+
+def _run_curve(cfg: Any, run_id: str, *, fractions: Sequence[float], candidates: list[str] | None,
+               target: float | None, engine: str, ray_address: str | None, n_resamples: int) -> dict[str, Any]:
     from .artifacts import read_json, write_json
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id

@@ -2043,8 +2043,9 @@ def generate_demo(out_dir: str | Path, task: str = "classify", seed: int = 0, n_
         for i, row in enumerate(group):
             row.id = f"{prefix}{i + 1:0{width}d}"
 
-    data_path = write_csv(out_dir / DATA_FILE, _frame(rows))
-    test_path = write_csv(out_dir / TEST_FILE, _frame(test))
+    # the project's input data: ingest reads it verbatim (no CSV-injection quotes, "same seed, same bytes")
+    data_path = write_csv(out_dir / DATA_FILE, _frame(rows), escape=False)
+    test_path = write_csv(out_dir / TEST_FILE, _frame(test), escape=False)
     truth = [_truth_line(r) for r in rows if r.kind is not None]
     truth_path = write_text(out_dir / TRUTH_FILE, "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in truth))
     kb_dir = out_dir / KB_DIR

@@ -17,9 +17,11 @@ The fine-tuned encoder (``encoder_ft``) has no adapter: both forms are the encod
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 from .artifacts import read_json, write_json, write_text
+from .runner import existing_run_lock
 
 __all__ = ["CLASSIFIER_KWARGS", "ExportError", "export", "trained_candidates"]
 
@@ -46,8 +48,16 @@ def export(run_dir: str | Path, merge: bool = False, *, candidate: str | None = 
     temporary name and renamed into place, so a failed export leaves no half-written folder. An
     existing ``out_dir`` is replaced only when it is empty or an earlier export (it holds
     ``tunewise_export.json``), or with ``force``: never a user's folder, the current one or a file.
+    Writing inside the run folder (the default), it holds the folder's lock: refused with the
+    holder's pid while another process works there.
     """
     run_dir = Path(run_dir)
+    inside = out_dir is None or Path(out_dir).resolve().is_relative_to(run_dir.resolve())
+    with existing_run_lock(run_dir) if inside else nullcontext():
+        return _export(run_dir, merge, candidate=candidate, out_dir=out_dir, force=force)
+
+
+def _export(run_dir: Path, merge: bool, *, candidate: str | None, out_dir: str | Path | None, force: bool) -> Path:
     if out_dir is not None:
         _check_destination(Path(out_dir), force)
     available = trained_candidates(run_dir)

@@ -14,8 +14,9 @@ Wilson interval (ties reported separately and left out of the rate).
 
 Cells come from user text (inputs, answers, comments): in both CSV files, and in the CSV the page
 downloads, a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
-leading single quote (:func:`csv_safe`), so a spreadsheet shows it as text instead of running it
-as a formula (CSV injection).
+leading single quote (:func:`tunewise.artifacts.csv_safe`, which ``write_csv`` applies), so a
+spreadsheet shows it as text instead of running it as a formula (CSV injection); ``read_sheet``
+takes the quote off again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .artifacts import read_json, write_csv, write_json, write_text
+# csv_safe and csv_safe_frame moved to artifacts (every CSV write escapes); still importable from here
+from .artifacts import (FORMULA_PREFIXES, csv_safe, csv_safe_frame, csv_unescape, read_json, write_csv, write_json,
+                         write_text)
 from .stats import wilson_interval
 
 __all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "csv_safe", "csv_safe_frame", "fold_ratings", "read_sheet",
@@ -38,28 +41,6 @@ __all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "csv_safe", "csv_safe_fr
 
 SHEET_COLUMNS = ("item", "input", "reference", "answer_A", "answer_B", "preference", "comment")
 _PREFERENCES = {"a": "A", "b": "B", "tie": "tie", "=": "tie", "same": "tie", "equal": "tie"}
-
-
-# what spreadsheets read as the start of a formula (OWASP's CSV injection list)
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(value: Any) -> Any:
-    """``value`` as a CSV cell no spreadsheet runs as a formula: text starting with = + - @ tab or CR
-    gets a leading single quote (shown as text; the quote is visible in a text editor). Other
-    values are returned as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
-def csv_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``frame`` with :func:`csv_safe` applied to every text cell."""
-    out = frame.copy()
-    for name in out.columns:
-        if pd.api.types.is_object_dtype(out[name]) or pd.api.types.is_string_dtype(out[name]):
-            out[name] = out[name].map(csv_safe)
-    return out
 
 
 class SheetError(ValueError):
@@ -106,8 +87,8 @@ def write_sheet(out_dir: str | Path, records: pd.DataFrame, answers: dict[str, p
         key.append({"item": i, "id": rid, "A": name_a, "B": name_b})
     out = Path(out_dir)
     sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS))
-    sheet_csv = write_csv(out / "sheet.csv", csv_safe_frame(sheet))
-    key_csv = write_csv(out / "key.csv", csv_safe_frame(pd.DataFrame(key, columns=["item", "id", "A", "B"])))
+    sheet_csv = write_csv(out / "sheet.csv", sheet)  # write_csv escapes formula-like cells
+    key_csv = write_csv(out / "key.csv", pd.DataFrame(key, columns=["item", "id", "A", "B"]))
     sheet_html = write_text(out / "sheet.html", _html(rows, title, show_reference=bool(reference_column)))
     return SheetFiles(sheet_csv, sheet_html, key_csv, len(rows))
 
@@ -187,7 +168,8 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
             raise SheetError(f"{path}: missing column(s) {missing}; columns: {reader.fieldnames}")
-        return list(reader)
+        # undo csv_safe: the sheet and key tunewise wrote (and the page's download) escape formula-like cells
+        return [{name: csv_unescape(value) for name, value in row.items()} for row in reader]
 
 
 def read_sheet(filled: str | Path, key: str | Path, candidate: str, level: float = 0.95) -> dict[str, Any]:
@@ -206,7 +188,7 @@ def read_sheet(filled: str | Path, key: str | Path, candidate: str, level: float
     opponent = None
     for line, row in enumerate(sheet_rows, start=2):  # line 1 is the header
         raw = (row.get("preference") or "").strip()
-        if raw.startswith("'") and raw[1:].startswith(FORMULA_PREFIXES):  # a csv_safe cell ("'=" for a tie)
+        if raw.startswith("'") and raw[1:].startswith(FORMULA_PREFIXES):  # "'=" typed or stripped of its spaces
             raw = raw[1:]
         if not raw:
             unrated += 1

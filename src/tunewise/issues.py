@@ -35,6 +35,9 @@ ISSUE_KINDS: tuple[str, ...] = (
     "copied_reply",
     "reply_conflict",
     "leakage",
+    # split: a validation or test row whose label no training row has; kept (the score must count it)
+    # but flagged, since every trained model gets it wrong
+    "unseen_label",
 )
 ACTIONS: tuple[str, ...] = ("dropped", "redacted", "relabeled", "flagged", "normalized", "added")
 ISSUE_COLUMNS: tuple[str, ...] = ("id", "issue", "detail", "action", "stage", "source", "line")

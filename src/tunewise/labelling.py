@@ -180,12 +180,16 @@ def _find_column(columns: Sequence[str], configured: str | None, names: Sequence
     return None
 
 
-def _raw_rows(path: Path) -> tuple[list[Any], list[str]]:
+def _raw_rows(path: Path, encoding: str = "utf-8") -> tuple[list[Any], list[str]]:
     """(every raw row of the file, the columns seen), with tunewise.ingest's reader."""
     from .ingest import IngestError, iter_raw_rows
 
+    if not path.exists():
+        raise LabellingError(f"{path}: file not found")
+    if not path.is_file():
+        raise LabellingError(f"{path}: not a file")
     try:
-        rows = list(iter_raw_rows(path, "auto"))
+        rows = list(iter_raw_rows(path, "auto", encoding))
     except IngestError as exc:
         raise LabellingError(str(exc)) from None
     columns: dict[str, None] = {}
@@ -202,12 +206,13 @@ def _text(value: Any) -> str:
 
 
 def read_pool(cfg: Any, path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """An unlabelled file as records (id, input, context, source_line) and what could not be read."""
+    """An unlabelled file as records (id, input, context, source_line) and what could not be read; a
+    label column is named in ``info["ignored_label_column"]`` and not read (the rows are unlabelled)."""
     path = Path(path)
-    rows, columns = _raw_rows(path)
+    rows, columns = _raw_rows(path, cfg.data.encoding)
     text_column = _find_column(columns, cfg.data.columns.input, _INPUT_NAMES)
     if text_column is None:
-        raise LabellingError(f"{path} has no text column (looked for {cfg.data.columns.input or 'text'}, "
+        raise LabellingError(f"{path}: no text column (looked for {cfg.data.columns.input or 'text'}, "
                              f"{', '.join(_INPUT_NAMES[1:])}); columns found: {', '.join(columns) or '(none)'}")
     id_column = _find_column(columns, cfg.data.columns.id, ("id",))
     records, unreadable, empty = [], [], 0
@@ -222,9 +227,11 @@ def read_pool(cfg: Any, path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
         row_id = _text(raw.fields.get(id_column)) if id_column else ""
         records.append({"id": row_id or f"pool-{raw.line}", "input": text, "context": "[]", "source_line": raw.line})
     if not records:
-        raise LabellingError(f"{path}: no pool row with text in column {text_column!r}")
-    return pd.DataFrame(records), {"rows_read": len(rows), "unreadable": unreadable, "empty": empty,
-                                   "text_column": text_column}
+        raise LabellingError(f"{path}: the pool is empty: no row with text in column {text_column!r} ({len(rows)} rows read, "
+                             f"{empty} with empty text, {len(unreadable)} unreadable)")
+    label_column = _find_column([c for c in columns if c != text_column], cfg.data.columns.label, _LABEL_NAMES)
+    return pd.DataFrame(records), {"file": str(path), "rows_read": len(rows), "unreadable": unreadable,
+                                   "empty": empty, "text_column": text_column, "ignored_label_column": label_column}
 
 
 def _run_dir(cfg: Any, run_id: str) -> Path:
@@ -298,7 +305,16 @@ def _best_single_candidate(evaluation: dict, gate_candidate: str) -> str:
 
 def suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str = "default", candidate: str | None = None,
             out: str | Path | None = None) -> dict[str, Any]:
-    """Rank ``pool`` and write the ``k`` rows to label next as a CSV for annotators; returns a summary."""
+    """Rank ``pool`` and write the ``k`` rows to label next as a CSV for annotators; returns a summary.
+    Holds the run folder's lock: it reads the run's model and writes ``runs/<id>/suggest/``."""
+    from .runner import check_run_id, existing_run_lock
+
+    with existing_run_lock(_run_dir(cfg, check_run_id(run_id))):
+        return _suggest(cfg, pool, k, run_id=run_id, candidate=candidate, out=out)
+
+
+def _suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str, candidate: str | None,
+             out: str | Path | None) -> dict[str, Any]:
     from .artifacts import write_csv
     from .models import embed
 
@@ -380,14 +396,24 @@ def _freeze_test(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def add_labels(cfg: Any, file: str | Path, *, run_id: str = "default") -> dict[str, Any]:
-    """Append the labelled rows of ``file`` to ``data.added``; returns what was added, skipped and warned."""
-    from .artifacts import write_text
+    """Append the labelled rows of ``file`` to ``data.added``; returns what was added, skipped and warned.
+    Holds the run folder's lock: the test ids it freezes must come from a split nobody is rewriting."""
+    from .runner import check_run_id, existing_run_lock
+
+    with existing_run_lock(_run_dir(cfg, check_run_id(run_id))):
+        return _add_labels(cfg, file, run_id=run_id)
+
+
+def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
+    from .artifacts import csv_unescape, write_text
     from .neardup import normalise_texts
     from .records import answer_column
 
     file = Path(file)
     answer = answer_column(cfg.task)
     rows, columns = _raw_rows(file)
+    # suggest's sheet is written with formula-like cells quoted (artifacts.csv_safe): take the quote off
+    unescape = csv_unescape if file.suffix.lower() in (".csv", ".tsv") else (lambda value: value)
     text_column = _find_column(columns, cfg.data.columns.input, _INPUT_NAMES)
     answer_column_name = (_find_column(columns, cfg.data.columns.label, _LABEL_NAMES) if answer == "label"
                           else _find_column(columns, cfg.data.columns.target, _TARGET_NAMES))
@@ -424,7 +450,8 @@ def add_labels(cfg: Any, file: str | Path, *, run_id: str = "default") -> dict[s
             counts["unreadable"] += 1
             warnings.append(f"{where}: skipped, {raw.error}")
             continue
-        text, value = _text(raw.fields.get(text_column)), _text(raw.fields.get(answer_column_name)).strip()
+        text = unescape(_text(raw.fields.get(text_column)))
+        value = unescape(_text(raw.fields.get(answer_column_name))).strip()
         if not value:
             counts["blank_label"] += 1
             continue

@@ -160,12 +160,28 @@ def retrain_gate(run_dir: str | Path) -> dict[str, Any] | None:
 def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = None, since: str | None = None,
             thumbs_up: bool = True, min_rows: int = 1, dry_run: bool = False) -> dict[str, Any]:
     """Feedback rows -> add-labels -> the pipeline into ``new_run_id`` -> the same gate. Returns the record
-    written to ``runs/<new>/retrain/retrain.json`` (``dry_run``: the rows only, nothing written)."""
+    written to ``runs/<new>/retrain/retrain.json`` (``dry_run``: the rows only, nothing written).
+
+    Holds the lock of the source run (its split and decision are the reference, and add-labels freezes
+    its test ids) and of the new run: refused with the holder's pid while another process works in
+    either, before anything is written."""
+    from .runner import check_run_id, existing_run_lock
+
+    options = {"run_id": run_id, "store_url": store_url, "new_run_id": new_run_id, "since": since,
+               "thumbs_up": thumbs_up, "min_rows": min_rows, "dry_run": dry_run}
+    if dry_run:  # reads only
+        return _retrain(cfg, **options)
+    with existing_run_lock(cfg.resolve(cfg.runs_dir) / check_run_id(run_id)):
+        return _retrain(cfg, **options)
+
+
+def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, since: str | None,
+             thumbs_up: bool, min_rows: int, dry_run: bool) -> dict[str, Any]:
     from .artifacts import read_json, write_json, write_text
     from .config import EvaluateConfig
     from .labelling import add_labels
     from .monitor import parse_since
-    from .runner import run_stages
+    from .runner import check_run_id, run_lock, run_stages
     from .store import Store, StoreError
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
@@ -200,61 +216,66 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
         raise RetrainError(f"{len(rows)} labelled feedback row(s) in {safe_url} (--min-rows {min_rows}); skipped: "
                            f"{dict(skipped) or 'none'}. Post feedback with a label (POST /v1/feedback) first")
 
-    new_run_id = new_run_id or f"{run_id}-retrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    new_run_id = check_run_id(new_run_id or f"{run_id}-retrain-{time.strftime('%Y%m%d-%H%M%S')}")
     new_dir = cfg.resolve(cfg.runs_dir) / new_run_id
-    if new_dir.exists() and (new_dir / RETRAIN_FILE).exists():
-        raise RetrainError(f"{new_dir} holds a finished retrain already; pick another --new-run-id")
-    answer = "label" if cfg.task == "classify" else "reply"
-    feedback_file = new_dir / "retrain" / "feedback_rows.jsonl"
-    write_text(feedback_file, rows[["request_id", "text", answer, "source"]].to_json(
-        orient="records", lines=True, force_ascii=False))
-    added = add_labels(cfg, feedback_file, run_id=run_id)
-    record.update(new_run=new_run_id, feedback_file=str(feedback_file),
-                  added={k: added[k] for k in ("added", "added_total", "added_file", "skipped_already_labelled",
-                                               "new_labels", "test")})
+    # the new run folder is written from here on (feedback rows, then the pipeline): one process at a time
+    with run_lock(new_dir):
+        if new_dir.exists() and (new_dir / RETRAIN_FILE).exists():
+            raise RetrainError(f"{new_dir} holds a finished retrain already; pick another --new-run-id")
+        answer = "label" if cfg.task == "classify" else "reply"
+        feedback_file = new_dir / "retrain" / "feedback_rows.jsonl"
+        write_text(feedback_file, rows[["request_id", "text", answer, "source"]].to_json(
+            orient="records", lines=True, force_ascii=False))
+        added = add_labels(cfg, feedback_file, run_id=run_id)
+        record.update(new_run=new_run_id, feedback_file=str(feedback_file),
+                      added={k: added[k] for k in ("added", "added_total", "added_file", "skipped_already_labelled",
+                                                   "new_labels", "test")})
 
-    started = time.perf_counter()
-    run_stages(cfg, new_run_id)
-    record["pipeline_seconds"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        run_stages(cfg, new_run_id)
+        record["pipeline_seconds"] = round(time.perf_counter() - started, 1)
 
-    old_config, new_config = read_json(run_dir / "config.json"), read_json(new_dir / "config.json")
-    decision = (read_json(new_dir / "decide" / "decision.json") or {}).get("decision", {})
-    old_decision_file = run_dir / "decide" / "decision.json"
-    old_decision = (read_json(old_decision_file) or {}).get("decision", {}) if old_decision_file.exists() else {}
-    reasons: list[str] = []
-    old_gate, new_gate = _gate_settings(old_config), _gate_settings(new_config)
-    for key, before in old_gate.items():
-        after = new_gate[key]
-        if after == before:
-            continue
-        reasons.append(f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
-                       "pass the gate its predecessor passed")
-    verdict, old_verdict = decision.get("verdict"), old_decision.get("verdict")
-    if verdict not in SERVABLE_VERDICTS:
-        reasons.append(f"{new_run_id}'s decision is {verdict or 'missing'}: " + "; ".join(decision.get("reasons", [])[:3]))
-    elif old_verdict in SERVABLE_VERDICTS and verdict != old_verdict:
-        reasons.append(f"{new_run_id}'s decision is {verdict} where {run_id}'s was {old_verdict}: "
-                       + "; ".join(decision.get("reasons", [])[:2]))
-    old_test = set(pd.read_parquet(run_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
-    new_test = set(pd.read_parquet(new_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
-    same_test = old_test == new_test
-    if not same_test:
-        reasons.append(f"the test rows differ from {run_id}'s ({len(old_test ^ new_test)} ids not shared): "
-                       "the comparison would not be like for like")
-    previous = old_decision.get("recommended") or old_decision.get("candidate")
-    regression = _paired_regression(run_dir, previous, new_dir, decision.get("recommended"))
-    if regression.get("worse_beyond_noise"):
-        reasons.append(f"{regression['new']} is worse than the previous {regression['previous']} beyond noise on "
-                       f"{regression['rows']} shared test rows ({regression['measure']} {regression['new_value']:.4f} vs "
-                       f"{regression['previous_value']:.4f}, {regression['test']} p={regression['p_value']:.3g})")
-    passed = not reasons
-    record["gate"] = {
-        "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
-        "previous_recommended": previous, "same_test_rows": same_test, "test_rows": len(new_test),
-        "gate_settings": new_gate, "against_previous": regression,
-        "reasons": reasons or [f"{new_run_id} is {verdict} under the same gate as {run_id}, on the same {len(new_test)} "
-                               f"test rows, and not worse than {previous or 'the previous candidate'} beyond noise"],
-    }
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(new_dir / RETRAIN_FILE, record)
-    return record
+        old_config, new_config = read_json(run_dir / "config.json"), read_json(new_dir / "config.json")
+        decision = (read_json(new_dir / "decide" / "decision.json") or {}).get("decision", {})
+        old_decision_file = run_dir / "decide" / "decision.json"
+        old_decision = (read_json(old_decision_file) or {}).get("decision", {}) if old_decision_file.exists() else {}
+        reasons: list[str] = []
+        old_gate, new_gate = _gate_settings(old_config), _gate_settings(new_config)
+        for key, before in old_gate.items():
+            after = new_gate[key]
+            if after == before:
+                continue
+            reasons.append(f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
+                           "pass the gate its predecessor passed")
+        verdict, old_verdict = decision.get("verdict"), old_decision.get("verdict")
+        if verdict not in SERVABLE_VERDICTS:
+            reasons.append(f"{new_run_id}'s decision is {verdict or 'missing'}: "
+                           + "; ".join(decision.get("reasons", [])[:3]))
+        elif old_verdict in SERVABLE_VERDICTS and verdict != old_verdict:
+            reasons.append(f"{new_run_id}'s decision is {verdict} where {run_id}'s was {old_verdict}: "
+                           + "; ".join(decision.get("reasons", [])[:2]))
+        old_test = set(pd.read_parquet(run_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
+        new_test = set(pd.read_parquet(new_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
+        same_test = old_test == new_test
+        if not same_test:
+            reasons.append(f"the test rows differ from {run_id}'s ({len(old_test ^ new_test)} ids not shared): "
+                           "the comparison would not be like for like")
+        previous = old_decision.get("recommended") or old_decision.get("candidate")
+        regression = _paired_regression(run_dir, previous, new_dir, decision.get("recommended"))
+        if regression.get("worse_beyond_noise"):
+            reasons.append(f"{regression['new']} is worse than the previous {regression['previous']} beyond noise on "
+                           f"{regression['rows']} shared test rows ({regression['measure']} "
+                           f"{regression['new_value']:.4f} vs {regression['previous_value']:.4f}, {regression['test']} "
+                           f"p={regression['p_value']:.3g})")
+        passed = not reasons
+        record["gate"] = {
+            "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
+            "previous_recommended": previous, "same_test_rows": same_test, "test_rows": len(new_test),
+            "gate_settings": new_gate, "against_previous": regression,
+            "reasons": reasons or [f"{new_run_id} is {verdict} under the same gate as {run_id}, on the same "
+                                   f"{len(new_test)} test rows, and not worse than "
+                                   f"{previous or 'the previous candidate'} beyond noise"],
+        }
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(new_dir / RETRAIN_FILE, record)
+        return record

@@ -12,6 +12,7 @@ One process at a time writes a run folder: :func:`run_lock` holds an ``flock`` o
 ``runs/<run-id>/.lock`` (which records the holder's pid and start time) for the whole of
 :func:`run_stages`, and a second ``tunewise run`` on the folder is refused with that pid. The
 kernel drops the lock when its holder dies, so a crashed or killed run never blocks the next one.
+The other commands that write into a run folder take the same lock (:func:`existing_run_lock`).
 Run folders are owner-only (0700): they hold the users' rows.
 """
 
@@ -332,6 +333,19 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 pass
     finally:
         os.close(fd)  # releases the flock
+
+
+@contextmanager
+def existing_run_lock(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """:func:`run_lock` for commands that work in a run folder outside :func:`run_stages` (add-labels,
+    suggest, curve, export, retrain, evaluate --human-ratings, report --live), taken only when the
+    folder exists: a command pointed at a run that is not there fails with its own message and
+    leaves no empty folder behind. Yields the lock record ({} when there was no folder to lock)."""
+    if not Path(run_dir).is_dir():
+        yield {}
+        return
+    with run_lock(run_dir) as held:
+        yield held
 
 
 def _with_dependencies(stages: dict[str, StageSpec], only: list[str]) -> list[str]:

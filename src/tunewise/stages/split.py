@@ -34,6 +34,8 @@ def run(ctx: StageContext) -> dict:
     )
     for name in ("train", "validation", "test"):
         write_parquet(ctx.path(f"{name}.parquet"), getattr(result, name))
+    if cfg.task == "classify":
+        _flag_unseen_labels(result)
     issues = result.issues.frame()
     write_parquet(ctx.path("issues.parquet"), issues)
     write_csv(ctx.path("issues.csv"), issues)
@@ -49,9 +51,26 @@ def run(ctx: StageContext) -> dict:
         more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
         console.print(f"[yellow]split: {len(unseen)} {part} label(s) never seen in training: {shown}{more}; those "
                       f"rows count as wrong for every model, unless it is evaluate.out_of_scope_label (unseen_labels in "
-                      f"{ctx.path('summary.json')})[/yellow]",
+                      f"{ctx.path('summary.json')}; every row in {ctx.path('issues.csv')} as unseen_label)[/yellow]",
                       highlight=False)
     return metrics
+
+
+def _flag_unseen_labels(result) -> None:
+    """One issue row per validation or test row whose label training lacks: the summary counts them,
+    the issues table names every row (flagged, not dropped: dropping would flatter the score)."""
+    known = set(result.train["label"].astype(str))
+    for part in ("validation", "test"):
+        frame = getattr(result, part)
+        labels = frame["label"].astype(str)
+        for i in labels.index[~labels.isin(known)]:
+            row = frame.loc[i]
+            line = row.get("source_line")
+            result.issues.add(
+                str(row["id"]), "unseen_label",
+                f"{part} row's label '{labels[i]}' never occurs in the training split: every trained model scores "
+                "it wrong (unless it is evaluate.out_of_scope_label, which a confidence threshold may answer)",
+                "flagged", source=row.get("source_file"), line=None if line is None or pd.isna(line) else int(line))
 
 
 def _refuse_single_label(ctx: StageContext, train: pd.DataFrame, rows_curated: int) -> None:
