@@ -340,7 +340,8 @@ def test_few_shot_and_generation_candidates(stub, train, key):
         replies = candidate.predict(test)
         check_predictions(replies, test, candidate)
         assert replies["prediction"].tolist() == ["Thanks for your message about where is my new card", ""]
-        assert stub.requests[0]["body"]["max_tokens"] == 40 and "response_format" not in stub.requests[0]["body"]
+        body = stub.requests[0]["body"]
+        assert body["max_completion_tokens"] == 40 and "max_tokens" not in body and "response_format" not in body
         assert len(stub.requests[0]["body"]["messages"]) == (4 if name == "api_few_shot_gen" else 2)
         assert candidate.info()["failed"]["n"] == 1
 

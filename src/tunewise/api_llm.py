@@ -42,7 +42,14 @@ candidate spends in one process: before each batch the cost of its uncached rows
 (characters / 4 input tokens, or a tokenizer, plus ``max_tokens`` of output at the output price),
 and a batch that would take the spend past the cap is not sent: :class:`SpendingCapReached` is
 raised with the predictions made so far. :meth:`_ApiCandidate.estimate_cost` gives the same
-estimate for a whole frame before anything is sent.
+estimate for a whole frame before anything is sent. ``max_usd_project`` caps the money every run
+of a project spends, summed in a ledger file in the project folder (:class:`SpendLedger`): each
+batch reserves its estimate there before it is sent (so two processes cannot both pass the cap)
+and settles the difference with what it really cost once answered.
+
+The answer's length limit is sent as ``max_completion_tokens`` (OpenAI's current name); a server
+that rejects that parameter (400 or 422 naming it) is asked again with ``max_tokens``, and the
+candidate keeps using that.
 
 Cache: one JSON file per request under ``cache_dir`` (default ``$TUNEWISE_HOME/api_cache``), written
 atomically and owner-only, named by the sha256 of (base_url, model, the full messages, the decoding
@@ -104,6 +111,7 @@ __all__ = [
     "ApiZeroShotClassifier",
     "ApiZeroShotGenerator",
     "ResponseCache",
+    "SpendLedger",
     "SpendingCapReached",
     "api_llm_settings",
     "cache_key",
@@ -138,19 +146,95 @@ def api_llm_settings(section: ApiLlmConfig | dict[str, Any] | None) -> dict[str,
         return {}
     if isinstance(section, dict):
         section = ApiLlmConfig.model_validate(section)
-    return section.model_dump()
+    out = section.model_dump()
+    out["ledger"] = str(section.ledger_path()) if section.ledger else None  # absolute: the stage's cwd may differ
+    return out
 
 
 class SpendingCapReached(CandidateError):
-    """A batch would take the spend past ``max_usd``; ``predictions`` holds the rows scored before it."""
+    """A batch would take the spend past ``max_usd`` (``scope`` "run") or ``max_usd_project`` ("project");
+    ``predictions`` holds the rows scored before it."""
 
     def __init__(self, message: str, predictions: pd.DataFrame, *, spent_usd: float, max_usd: float,
-                 estimate_usd: float) -> None:
+                 estimate_usd: float, scope: str = "run") -> None:
         super().__init__(message)
         self.predictions = predictions
         self.spent_usd = spent_usd
         self.max_usd = max_usd
         self.estimate_usd = estimate_usd
+        self.scope = scope
+
+
+LEDGER_VERSION = 1
+
+
+class SpendLedger:
+    """Money the api_* candidates of one project spent, across runs and processes: a JSON file
+    (``usd``, and per endpoint) rewritten atomically under an ``flock`` on ``<file>.lock``.
+
+    ``usd`` includes the estimates of batches in flight (reserved before they are sent, settled to the
+    real cost after), so a process that dies mid-batch leaves the ledger on the high side, never low.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"version": LEDGER_VERSION, "usd": 0.0, "by_endpoint": {}}
+        except (OSError, ValueError) as exc:  # a damaged ledger must not let spending through unchecked
+            raise CandidateError(f"the spending ledger {self.path} cannot be read ({type(exc).__name__}: {exc}); "
+                                 "fix or delete it (it sums the USD the api_* candidates spent)") from None
+        return data if isinstance(data, dict) else {"version": LEDGER_VERSION, "usd": 0.0, "by_endpoint": {}}
+
+    def total(self) -> float:
+        return float(self.read().get("usd", 0.0))
+
+    def _locked(self) -> Any:
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def hold() -> Any:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+        return hold()
+
+    def _add(self, data: dict[str, Any], usd: float, endpoint: str) -> None:
+        from .artifacts import write_json
+
+        data["usd"] = max(0.0, float(data.get("usd", 0.0)) + usd)
+        by = data.setdefault("by_endpoint", {})
+        by[endpoint] = max(0.0, float(by.get(endpoint, 0.0)) + usd)
+        data["version"] = LEDGER_VERSION
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.path, data)
+
+    def reserve(self, usd: float, cap: float | None, endpoint: str) -> tuple[bool, float]:
+        """(reserved, total before): adds ``usd`` unless that would take the total past ``cap``."""
+        with self._locked():
+            data = self.read()
+            before = float(data.get("usd", 0.0))
+            if cap is not None and before + usd > cap + 1e-12:
+                return False, before
+            if usd > 0:
+                self._add(data, usd, endpoint)
+            return True, before
+
+    def settle(self, delta: float, endpoint: str) -> None:
+        """Correct a reservation by ``delta`` (real cost - estimate; usually negative)."""
+        if delta == 0:
+            return
+        with self._locked():
+            self._add(self.read(), delta, endpoint)
 
 
 def monthly_cost(usd_per_request: float, monthly_volume: float) -> dict[str, Any]:
@@ -425,7 +509,6 @@ class _Session:
         import openai
 
         c = self.candidate
-        params = {"model": c.model, "messages": messages, **c._decoding(features)}
         started = time.perf_counter()
         attempts, reason, kind = 0, "", ""
         refused: str | None = None  # raised after the except block, so no exception keeps the client's as context
@@ -438,12 +521,24 @@ class _Session:
             with self.lock:
                 self.requests += 1
             wait_at_least = 0.0
+            token_param = c.token_param_
+            params = {"model": c.model, "messages": messages, **c._request_decoding(features, token_param)}
             sent = time.perf_counter()
             try:
                 response = self.client.chat.completions.create(**params)
                 latency_ms = (time.perf_counter() - sent) * 1000
                 return self._row(response, messages, features, attempts, latency_ms)
-            except openai.BadRequestError as exc:
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                said = f"{exc.message} {json.dumps(exc.body, default=str) if exc.body is not None else ''}"
+                if token_param == "max_completion_tokens" and "max_completion_tokens" in said:
+                    # an older server: ask again with the older name, and keep it for every later request
+                    with self.lock:
+                        c.token_param_ = "max_tokens"
+                    log.info("%s: the server refused max_completion_tokens; sending max_tokens instead", c.name)
+                    continue
+                if isinstance(exc, openai.UnprocessableEntityError):
+                    return _Row("failed", attempts=attempts, reason=self.mask(f"HTTP 422: {said}"),
+                                kind="HTTP 422", features=features, latency_ms=(time.perf_counter() - started) * 1000)
                 kind = "HTTP 400"
                 if negotiating and (features[0] or features[1]):
                     refused = self.mask(exc.message)
@@ -547,6 +642,11 @@ class _ApiCandidate(Candidate):
         self.rows_: list[dict[str, Any]] = []
         self.spent_usd_ = 0.0
         self.requests_ = 0
+        self.token_param_ = "max_completion_tokens"
+        if self.max_usd_project is not None and not self.ledger:
+            raise CandidateError(f"{self.name}: max_usd_project needs the ledger file that sums a project's spending "
+                                 "(set ledger; from a config it is the project folder's tunewise_api_spend.json)")
+        self.ledger_ = SpendLedger(self.ledger) if self.ledger else None
         ladder = self._ladder()
         self.features_: tuple[bool, bool] | None = ladder[0] if len(ladder) == 1 else None
 
@@ -583,7 +683,13 @@ class _ApiCandidate(Candidate):
         return [(False, False)]
 
     def _decoding(self, features: tuple[bool, bool]) -> dict[str, Any]:
+        # "max_tokens" names the setting here (and in the cache key) whatever parameter carries it
         return {"temperature": self.temperature, "max_tokens": self._max_tokens()}
+
+    def _request_decoding(self, features: tuple[bool, bool], token_param: str) -> dict[str, Any]:
+        decoding = self._decoding(features)
+        decoding[token_param] = decoding.pop("max_tokens")
+        return decoding
 
     def _max_tokens(self) -> int:
         raise NotImplementedError
@@ -677,28 +783,34 @@ class _ApiCandidate(Candidate):
                         "the error's predictions). Raise max_usd or score fewer rows (baseline.sample_size); "
                         "answers already received are cached and cost nothing again.",
                         done, spent_usd=self.spent_usd_, max_usd=float(self.max_usd), estimate_usd=estimate)
-                if session is None:
-                    session = _Session(self).open()
-                    pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix=self.name)
-                while self.features_ is None and misses:  # until one answer says what the server takes
-                    first = misses.pop(0)
-                    rows[first] = self._negotiate(session, cache, conversations[first])
-                    self._spend(rows[first])
-                futures: dict[Future, int] = {pool.submit(self._send, session, cache, conversations[i]): i
-                                              for i in misses}
-                pending = set(futures)
+                reserved = self._reserve_project(frame, rows, start, n, len(misses), estimate)
+                spent_before = self.spent_usd_
                 try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            i = futures[future]
-                            rows[i] = future.result()
-                            self._spend(rows[i])
-                except BaseException:
-                    session.stopped.set()
-                    for future in pending:
-                        future.cancel()
-                    raise
+                    if session is None:
+                        session = _Session(self).open()
+                        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix=self.name)
+                    while self.features_ is None and misses:  # until one answer says what the server takes
+                        first = misses.pop(0)
+                        rows[first] = self._negotiate(session, cache, conversations[first])
+                        self._spend(rows[first])
+                    futures: dict[Future, int] = {pool.submit(self._send, session, cache, conversations[i]): i
+                                                  for i in misses}
+                    pending = set(futures)
+                    try:
+                        while pending:
+                            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            for future in finished:
+                                i = futures[future]
+                                rows[i] = future.result()
+                                self._spend(rows[i])
+                    except BaseException:
+                        session.stopped.set()
+                        for future in pending:
+                            future.cancel()
+                        raise
+                finally:  # the ledger keeps what the batch really cost, even when it stopped half-way
+                    if self.ledger_ is not None and (reserved or self.spent_usd_ > spent_before):
+                        self.ledger_.settle(self.spent_usd_ - spent_before - reserved, self._endpoint())
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -706,6 +818,27 @@ class _ApiCandidate(Candidate):
                 self.requests_ += session.requests
                 session.close()
         return rows  # type: ignore[return-value]
+
+    def _endpoint(self) -> str:
+        return f"{self.model} @ {str(self.base_url).rstrip('/')}"
+
+    def _reserve_project(self, frame: pd.DataFrame, rows: list[_Row | None], start: int, n: int, n_misses: int,
+                         estimate: float) -> float:
+        """Reserve a batch's estimate in the project's ledger (the amount reserved), or raise
+        SpendingCapReached when it would take the project's total past ``max_usd_project``."""
+        if self.ledger_ is None:
+            return 0.0
+        reserved, before = self.ledger_.reserve(estimate, self.max_usd_project, self._endpoint())
+        if not reserved:
+            done = self._record(frame.iloc[:start], rows[:start])
+            raise SpendingCapReached(
+                f"{self.name}: project spending cap reached: the project's runs have spent ${before:.4f} "
+                f"(ledger {self.ledger_.path}), and the next batch of {n_misses} uncached rows is estimated at "
+                f"${estimate:.4f}, which would pass max_usd_project ${self.max_usd_project:g}; stopped before it "
+                f"with {start} of {n} rows predicted (kept in the error's predictions). Raise "
+                "baseline.api_llm.max_usd_project; answers already received are cached and cost nothing again.",
+                done, spent_usd=before, max_usd=float(self.max_usd_project), estimate_usd=estimate, scope="project")
+        return estimate if estimate > 0 else 0.0
 
     def _spend(self, row: _Row) -> None:
         if row.status == "ok" and not row.cached:
@@ -770,7 +903,17 @@ class _ApiCandidate(Candidate):
                       + f"; output: max_tokens {self._max_tokens()} a row",
             "prices": self._prices(), "max_usd": self.max_usd, "spent_usd": self.spent_usd_,
             "fits_max_usd": remaining is None or usd <= remaining,
+            **self._project_spend(usd),
         }
+
+    def _project_spend(self, usd: float | None = None) -> dict[str, Any]:
+        if self.ledger_ is None:
+            return {"max_usd_project": self.max_usd_project, "project_spent_usd": None}
+        spent = self.ledger_.total()
+        out = {"max_usd_project": self.max_usd_project, "project_spent_usd": spent, "ledger": str(self.ledger_.path)}
+        if usd is not None:
+            out["fits_max_usd_project"] = self.max_usd_project is None or spent + usd <= self.max_usd_project + 1e-12
+        return out
 
     def _prices(self) -> dict[str, float]:
         return {"usd_per_million_input_tokens": float(self.usd_per_million_input_tokens),
@@ -822,12 +965,14 @@ class _ApiCandidate(Candidate):
                 "usd_per_row_mean": self.usd_per_row(),
                 "usd_spent": float(self.spent_usd_),
                 "max_usd": self.max_usd,
+                **self._project_spend(),
                 "prices": self._prices(),
                 "priced": bool(self.usd_per_million_input_tokens or self.usd_per_million_output_tokens),
             },
             "latency_ms": ({"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
                             "p95": float(np.percentile(latency, 95))} if len(latency) else {}),
             "cache": {"dir": self.cache_dir_, "enabled": self.cache_dir_ is not None},
+            "token_param": self.token_param_,
         }
         return out
 
@@ -915,7 +1060,8 @@ class ApiZeroShotClassifier(_ApiClassifier):
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY",
                  usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
                  backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
                  top_logprobs: int = 5, structured_output: bool = True, tokenizer: Any = None,
                  system_prompt: str | None = None, task_description: str | None = None, batch_size: int = 8) -> None:
@@ -925,6 +1071,8 @@ class ApiZeroShotClassifier(_ApiClassifier):
         self.usd_per_million_input_tokens = usd_per_million_input_tokens
         self.usd_per_million_output_tokens = usd_per_million_output_tokens
         self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -958,7 +1106,8 @@ class ApiFewShotClassifier(_ApiClassifier):
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY",
                  usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
                  backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
                  top_logprobs: int = 5, structured_output: bool = True, tokenizer: Any = None,
                  system_prompt: str | None = None, task_description: str | None = None, batch_size: int = 8,
@@ -969,6 +1118,8 @@ class ApiFewShotClassifier(_ApiClassifier):
         self.usd_per_million_input_tokens = usd_per_million_input_tokens
         self.usd_per_million_output_tokens = usd_per_million_output_tokens
         self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -1039,7 +1190,8 @@ class ApiZeroShotGenerator(_ApiGenerator):
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY",
                  usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
                  backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
                  tokenizer: Any = None, system_prompt: str | None = None, task_description: str | None = None,
                  batch_size: int = 8, max_new_tokens: int = 128) -> None:
@@ -1049,6 +1201,8 @@ class ApiZeroShotGenerator(_ApiGenerator):
         self.usd_per_million_input_tokens = usd_per_million_input_tokens
         self.usd_per_million_output_tokens = usd_per_million_output_tokens
         self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -1083,7 +1237,8 @@ class ApiFewShotGenerator(_ApiGenerator):
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY",
                  usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
                  backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
                  tokenizer: Any = None, system_prompt: str | None = None, task_description: str | None = None,
                  batch_size: int = 8, max_new_tokens: int = 128, encoder: str = DEFAULT_ENCODER,
@@ -1094,6 +1249,8 @@ class ApiFewShotGenerator(_ApiGenerator):
         self.usd_per_million_input_tokens = usd_per_million_input_tokens
         self.usd_per_million_output_tokens = usd_per_million_output_tokens
         self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries

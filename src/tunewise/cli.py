@@ -504,6 +504,96 @@ def add_labels(
 
 
 @app.command()
+def distill(
+    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+    pool: Annotated[Optional[Path], typer.Option("--pool", help="unlabelled rows (csv, tsv, jsonl, json, parquet) "
+                                                 "with the project's text column; a label column is ignored")] = None,
+    relabel_suspects: Annotated[bool, typer.Option("--relabel-suspects", help="also let the teacher relabel the "
+                                                   "training rows curation flagged as likely label errors")] = False,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="api_zero_shot or api_few_shot (the endpoint "
+                                                   "of baseline.api_llm), or any candidate the run built")] = None,
+    agree: Annotated[bool, typer.Option("--agree", help="label with api_zero_shot and api_few_shot and keep the "
+                                        "rows where both give the same label")] = False,
+    min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="keep rows the teacher scores "
+                                                            "at least this (default: chosen on validation to reach "
+                                                            "the students' target)")] = None,
+    target: Annotated[Optional[float], typer.Option("--target", help="accuracy the teacher's kept rows must reach "
+                                                    "on validation (default: the decision's target)")] = None,
+    students: Annotated[Optional[str], typer.Option("--students", help="comma-separated students (default: "
+                                                    "train.candidates), e.g. encoder_ft,embed_lr")] = None,
+    out_run_id: Annotated[Optional[str], typer.Option("--out-run-id", help="run the students train in "
+                                                      "(default <run-id>-distilled)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="ask the API again for rows it answered before")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="estimate what labelling would cost; "
+                                          "send nothing")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label a pool with a teacher (the hosted LLM), train the small models on it, compare and price both."""
+    from .distill import DistillError, distill as run_distill
+
+    cfg = _load(config)
+    try:
+        result = run_distill(cfg, run_id, pool=pool, relabel_suspects=relabel_suspects, teacher=teacher, agree=agree,
+                             min_confidence=min_confidence, target=target, out_run_id=out_run_id, no_cache=no_cache,
+                             students=[s for s in (students or "").split(",") if s] or None, dry_run=dry_run)
+    except (DistillError, *_known_errors()) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    _print_distill(result)
+
+
+def _print_distill(result: dict) -> None:
+    for note in result["notes"]:
+        err.print(f"note: {note}", highlight=False)
+    pool = result.get("pool")
+    if pool:
+        skipped = pool["skipped"]
+        out.print(f"pool {pool['file']}: {pool['rows_read']:,} rows read, {pool['to_label']:,} to label; skipped "
+                  f"{skipped['already_labelled']:,} already labelled, {skipped['same_as_validation_or_test']:,} "
+                  f"copies and {skipped['near_validation_or_test']:,} near-copies of validation/test rows, "
+                  f"{skipped['pool_copies']:,} repeated, {pool['empty']:,} empty, {pool['unreadable']:,} unreadable",
+                  highlight=False)
+    if result.get("suspects"):
+        s = result["suspects"]
+        out.print(f"suspected label errors: {s['suspects']:,} ({s['in_train']:,} in train, relabelled when the teacher "
+                  f"keeps another label; {s['in_validation_or_test']:,} in validation/test, left as they are)")
+    if result["status"] == "dry_run":
+        for name, estimate in result["estimates"].items():
+            out.print(f"{name}: {estimate.get('rows_to_request', 0):,} rows to request, at most "
+                      f"${estimate['usd']:.4f} ({estimate['method']})", highlight=False)
+        return
+    out.print(result["rule"]["message"], highlight=False)
+    labelled = result["labelled"]
+    dropped = ", ".join(f"{n:,} {why}" for why, n in labelled["dropped"].items()) or "none"
+    out.print(f"teacher rows: {labelled['kept']:,} of {labelled['labelled']:,} kept (dropped: {dropped}) in "
+              f"[bold]{result['artifact']}[/bold]")
+    table = Table(title=f"students (run {result['out_run_id']}) on the gold test set")
+    for column in ("student", "against", "rows", "student accuracy", "other accuracy", "difference (95% CI)", "p"):
+        table.add_column(column, overflow="fold")
+    for c in result["comparisons"]:
+        m = c["metrics"]["accuracy"]
+        low, high = m["difference_ci"]
+        table.add_row(c["student"], c["against"], f"{c['n']:,}", f"{m['candidate']:.4f}", f"{m['baseline']:.4f}",
+                      f"{m['difference']:+.4f} ({low:+.4f} to {high:+.4f})", f"{m['p_value']:.3g}")
+    out.print(table)
+    costs = result["costs"]
+    money = Table(title="costs")
+    money.add_column("item")
+    money.add_column("USD", justify="right")
+    money.add_column("arithmetic", overflow="fold")
+    for line in costs["one_time"]:
+        money.add_row(line["item"], f"{line['usd']:,.4f}", line["arithmetic"])
+    for name, cost in costs["monthly"].items():
+        usd = "-" if cost.get("usd") is None else f"{cost['usd']:,.2f}"
+        money.add_row(f"{name}: a month", usd, cost["arithmetic"])
+    out.print(money)
+    if costs.get("note"):
+        err.print(f"note: {costs['note']}")
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo data, config and runs")] = Path("demo"),
     task: Annotated[str, typer.Option("--task", help="classify or generate")] = "classify",
