@@ -297,7 +297,9 @@ def test_bad_settings_are_refused_by_the_config():
 
 
 def test_classifier_head_learns_and_writes_its_outputs(tiny_llm, tmp_path):
-    result = train("classify", toy_frame(48), toy_frame(24, seed=1, prefix="v"), config=quick(max_steps=20, eval_every=10),
+    # every layer adapted: a random 2-layer model learns little through its top layer alone
+    result = train("classify", toy_frame(48), toy_frame(24, seed=1, prefix="v"),
+                   config=quick(max_steps=20, eval_every=10, lora_layers=2),
                    model_spec=tiny_llm, out_dir=tmp_path / "run", seed=0)
     losses = [p["loss"] for p in result.curves["train"]]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
@@ -480,7 +482,8 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
 
     reloaded = LoraClassifier.from_trained(out / "lora_llm" / "adapter").predict(toy_frame(15, 2, "t"))
     assert reloaded["prediction"].tolist() == test_predictions["prediction"].tolist()
-    assert np.allclose(np.stack(reloaded["proba"]), np.stack(test_predictions["proba"]), atol=1e-3)
+    # the reload runs bf16 where the CPU has it natively, the stage ran fp32: bf16's rounding, no more
+    assert np.allclose(np.stack(reloaded["proba"]), np.stack(test_predictions["proba"]), atol=5e-3)
 
 
 def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining(tiny_llm, tmp_path, monkeypatch):
@@ -582,3 +585,30 @@ def test_real_llm_trains_a_few_steps_and_generates_with_its_adapter(tmp_path):
     check_predictions(predictions, frame.head(2), candidate)
     assert all(len(p) > 0 for p in predictions["prediction"])
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_cached_frozen_layers_train_the_same_model_as_the_whole_forward(tiny_llm):
+    """Adapters on the top layer only: caching the frozen layer's output changes the cost, not the numbers."""
+    frame, validation = toy_frame(40), toy_frame(12, seed=1, prefix="v")
+    runs = [train("classify", frame, validation, config=quick(max_steps=6, eval_every=3, lora_layers=1,
+                                                              cache_frozen_layers=flag, early_stopping=False),
+                  model_spec=tiny_llm, seed=0) for flag in (True, False)]
+    cached, whole = runs
+    assert cached.summary["frozen_layers_cached"] and not whole.summary["frozen_layers_cached"]
+    assert cached.summary["adapted_layers"] == whole.summary["adapted_layers"] == "2-2 of 2"
+    assert [p["loss"] for p in cached.curves["train"]] == pytest.approx([p["loss"] for p in whole.curves["train"]],
+                                                                       abs=1e-5)
+    assert [e["accuracy"] for e in cached.curves["validation"]] == [e["accuracy"] for e in whole.curves["validation"]]
+    a, b = trainable_state(cached.model), trainable_state(whole.model)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    # only the adapted layer carries LoRA weights
+    assert all(".layers.1." in k for k in a if "lora_" in k)
+
+
+def test_classify_adapts_the_top_third_by_default_and_generate_every_layer(tiny_llm):
+    classify = train("classify", toy_frame(24), None, config=quick(max_steps=2), model_spec=tiny_llm)
+    generate = train("generate", toy_frame(24), None, config=quick(max_steps=2), model_spec=tiny_llm)
+    assert classify.summary["adapted_layers"] == "2-2 of 2" and classify.summary["frozen_layers_cached"]
+    assert generate.summary["adapted_layers"] == "1-2 of 2" and not generate.summary["frozen_layers_cached"]
+    with pytest.raises(TrainError, match="lora_layers = 3"):
+        train("classify", toy_frame(24), None, config=quick(max_steps=2, lora_layers=3), model_spec=tiny_llm)

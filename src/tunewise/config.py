@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -155,6 +155,13 @@ class ApiLlmConfig(Section):
         10.0, ge=0, description="spending cap per candidate and run, USD: a batch whose estimated cost would take "
         "the spend past it is not sent and the stage stops with the predictions made so far (cached rows are "
         "free, so a re-run with a higher cap pays only for new rows); null: no cap")
+    max_usd_project: float | None = Field(
+        None, ge=0, description="spending cap of the whole project, USD, summed over every run, candidate and "
+        "`tunewise distill` in the ledger file: a batch that would take the total past it is not sent; null: no cap "
+        "(the ledger still sums what was spent)")
+    ledger: str | None = Field(
+        "tunewise_api_spend.json", description="the project's spending ledger (relative paths: beside the config); "
+        "null: keep no ledger (then max_usd_project cannot be set)")
     max_concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once")
     timeout_s: float = Field(30.0, gt=0, description="seconds to wait for one answer before retrying")
     max_retries: int = Field(5, ge=0, le=20, description="retries of a request after 429, 5xx, a timeout or a "
@@ -172,6 +179,22 @@ class ApiLlmConfig(Section):
         "falling back to a plain answer when the server refuses")
     tokenizer: str | None = Field(None, description="tokenizer (a model folder or spec) for the spending estimate; "
                                   "default: characters / 4")
+
+    # the project folder, set when the config is loaded: the ledger's relative path resolves against it
+    _project_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _cap_needs_ledger(self) -> "ApiLlmConfig":
+        if self.max_usd_project is not None and not self.ledger:
+            raise ValueError("max_usd_project sums spending in the ledger file: set ledger (or leave its default)")
+        return self
+
+    def ledger_path(self) -> Path | None:
+        """The ledger file, absolute (beside the config; the working folder when no config file is known)."""
+        if not self.ledger:
+            return None
+        path = Path(self.ledger).expanduser()
+        return path if path.is_absolute() else (self._project_dir or Path.cwd()) / path
 
 
 class BaselineConfig(Section):
@@ -352,9 +375,19 @@ class TrainConfig(Section):
     # -- LoRA
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_dropout: float | None = Field(None, ge=0, lt=1, description="dropout on the LoRA input; default 0.05 "
+                                       "(generate), 0 (classify: drawing the masks took 16% of a step there; early "
+                                       "stopping on validation regularises)")
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES),
                                       description="module names that get LoRA adapters (attention and MLP projections)")
+    lora_layers: int | None = Field(None, ge=1, description="transformer layers, counted from the top, that get "
+                                    "LoRA adapters; default: all (generate), the top third (classify: the lower "
+                                    "layers stay frozen and their output is computed once, see cache_frozen_layers)")
+    cache_frozen_layers: bool = Field(True, description="classify with adapters on the top layers only: run the "
+                                      "frozen lower layers once per example and reuse their output every epoch "
+                                      "(the same model, a fraction of the compute)")
+    cache_memory_gib: float = Field(2.0, gt=0, description="largest cache of frozen-layer outputs (4 bytes x "
+                                    "tokens x hidden size); above it every step runs the whole model")
     # -- validation, early stopping, overfitting
     eval_every: int | None = Field(None, ge=1, description="optimiser steps between validations; default: "
                                    "about 4 per epoch (at least 4, at most 40 per run)")
@@ -734,6 +767,7 @@ def load_config(path: str | Path, *, precheck: bool = True) -> ProjectConfig:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path), text)) from None
     cfg._path = path.resolve()
+    _bind_project_dir(cfg)
     if precheck:
         from .precheck import check_config
 
@@ -749,4 +783,11 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
         raise ConfigError(format_validation_error(err, "<config>", yaml.safe_dump(raw))) from None
     if base_dir is not None:
         cfg._path = Path(base_dir).resolve() / "tunewise.yaml"
+        _bind_project_dir(cfg)
     return cfg
+
+
+def _bind_project_dir(cfg: ProjectConfig) -> None:
+    """Tell sections holding project-relative files (the api_llm ledger) where the project folder is."""
+    if cfg.baseline.api_llm is not None:
+        cfg.baseline.api_llm._project_dir = cfg.base_dir
