@@ -610,5 +610,7 @@ def test_classify_adapts_the_top_third_by_default_and_generate_every_layer(tiny_
     generate = train("generate", toy_frame(24), None, config=quick(max_steps=2), model_spec=tiny_llm)
     assert classify.summary["adapted_layers"] == "2-2 of 2" and classify.summary["frozen_layers_cached"]
     assert generate.summary["adapted_layers"] == "1-2 of 2" and not generate.summary["frozen_layers_cached"]
+    # short classify rows on a CPU train with eager attention; replies keep SDPA
+    assert classify.summary["attention"] == "eager" and generate.summary["attention"] == "sdpa"
     with pytest.raises(TrainError, match="lora_layers = 3"):
         train("classify", toy_frame(24), None, config=quick(max_steps=2, lora_layers=3), model_spec=tiny_llm)

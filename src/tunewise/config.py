@@ -388,6 +388,9 @@ class TrainConfig(Section):
                                       "(the same model, a fraction of the compute)")
     cache_memory_gib: float = Field(2.0, gt=0, description="largest cache of frozen-layer outputs (4 bytes x "
                                     "tokens x hidden size); above it every step runs the whole model")
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel in training; auto: eager for classify rows up to 128 tokens on a CPU "
+        "(SDPA's fused CPU backward was 20x slower on short rows), else sdpa")
     # -- validation, early stopping, overfitting
     eval_every: int | None = Field(None, ge=1, description="optimiser steps between validations; default: "
                                    "about 4 per epoch (at least 4, at most 40 per run)")

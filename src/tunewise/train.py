@@ -710,7 +710,9 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
 EAGER_ATTENTION_MAX_LENGTH = 128
 
 
-def training_attention(task: str, device: str, max_length: int) -> str:
+def training_attention(task: str, device: str, max_length: int, setting: str = "auto") -> str:
+    if setting != "auto":
+        return setting
     return "eager" if task == "classify" and device == "cpu" and max_length <= EAGER_ATTENTION_MAX_LENGTH else "sdpa"
 
 
@@ -1571,7 +1573,7 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
         # -- 3. model: base weights, adapters; then to the device
         built = build_model(task, method, base_path, tokenizer, plan.labels, config, trust_remote_code=trust_remote_code,
                             checkpoint_every_n_layers=runtime.checkpoint_every_n_layers, precision=runtime.precision,
-                            attention=training_attention(task, runtime.device, plan.max_length))
+                            attention=training_attention(task, runtime.device, plan.max_length, config.attention))
         built.loss_module.to(device)
         loss_module = built.loss_module
         _cache_frozen_layers(built, name, examples + val_examples, config, runtime, batch_size=max(plan.batch_size, 32))
@@ -1642,7 +1644,7 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
         "adapted_layers": (f"{built.adapted_layers[0] + 1}-{built.adapted_layers[1]} of {built.adapted_layers[1]}"
                            if built.adapted_layers else None),
         "frozen_layers_cached": built.prefix is not None,
-        "attention": training_attention(task, device, plan.max_length),
+        "attention": training_attention(task, device, plan.max_length, config.attention),
         "runtime": asdict(runtime),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "system_prompt": config.system_prompt, "config": config.model_dump(mode="json"), "seed": seed,
@@ -2043,7 +2045,7 @@ def dry_run(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame
         torch.manual_seed(seed)
         built = build_model(task, method, base_path, tokenizer, plan.labels, config, trust_remote_code=trust_remote_code,
                             checkpoint_every_n_layers=runtime.checkpoint_every_n_layers, precision=runtime.precision,
-                            attention=training_attention(task, runtime.device, plan.max_length))
+                            attention=training_attention(task, runtime.device, plan.max_length, config.attention))
         built.loss_module.to(device).train()
         optimizer = build_optimizer(built.model, method, plan.learning_rate, config.weight_decay)
         batches = length_grouped_batches([len(e.input_ids) for e in examples], plan.batch_size, seed=seed, epoch=0)
