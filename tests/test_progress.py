@@ -195,3 +195,29 @@ def test_a_bad_interval_never_breaks_a_run(tmp_path, value):
             advance(3)
     """, interval=value)
     assert text.splitlines()[-1].startswith("quick: done 3/3 (100%)")
+
+
+def test_a_fine_tuned_classifier_scoring_a_data_set_logs_progress_and_a_serving_batch_does_not(tmp_path, tiny_llm):
+    text, stdout = _run(tmp_path, """
+        import sys
+        import pandas as pd
+        from tunewise.finetuned import LoraClassifier
+        from tunewise.train import TrainConfig
+
+        def frame(n):
+            words = ["refund please", "where is my order", "reset my password"]
+            return pd.DataFrame({"id": [f"r{i}" for i in range(n)], "input": [f"{words[i % 3]} {i}" for i in range(n)],
+                                 "context": "[]", "label": [f"l{i % 3}" for i in range(n)]})
+
+        config = TrainConfig(max_steps=2, batch_size=8, num_threads=1, precision="fp32")
+        model = LoraClassifier(llm=sys.argv[1], train_config=config).fit(frame(24))
+        print("small batch")
+        model.predict(frame(20))
+        print("data set")
+        model.predict(frame(1200))
+        print("ok")
+    """, tiny_llm)
+    assert stdout.split() == ["small", "batch", "data", "set", "ok"]
+    scoring = [line for line in text.splitlines() if line.startswith("lora_llm: scoring")]
+    assert scoring and scoring[-1].startswith("lora_llm: scoring: done 1,200/1,200 (100%)"), text
+    assert all("/1,200 " in line for line in scoring), text  # the 20-row batch printed nothing

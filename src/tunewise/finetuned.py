@@ -31,6 +31,8 @@ from .candidates import (
 from .models import DEFAULT_ENCODER, DEFAULT_LLM
 
 __all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator",
+PROGRESS_MIN_ROWS = 1000  # predictions over at least this many rows show progress (a data set, not a request)
+
            "load_candidate", "torch_threads"]
 
 # What the train stage trains when train.candidates is not set.
@@ -158,7 +160,9 @@ class _Classifier(FineTunedCandidate):
         if examples:
             with self._torch_threads():
                 proba = classifier_probabilities(self.model_, examples, pad_id=self.pad_id_, device=self.device_,
-                                                 precision=self.precision_)
+                # progress for a data set, not for a serving batch
+                shown = f"{self.name}: scoring" if len(examples) >= PROGRESS_MIN_ROWS else None
+                                                 precision=self.precision_, description=shown)
         else:
             proba = np.zeros((0, len(self.labels_)))
         latency = (time.perf_counter() - started) * 1000 / max(len(frame), 1)

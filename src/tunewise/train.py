@@ -913,17 +913,20 @@ def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
 
 
 def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pad_id: int, batch_size: int = 32,
-                             device: str = "cpu", precision: str = "fp32", prefix: FrozenPrefix | None = None
-                             ) -> np.ndarray:
+                             device: str = "cpu", precision: str = "fp32", prefix: FrozenPrefix | None = None,
+                             description: str | None = None) -> np.ndarray:
     """Softmax probabilities (rows in ``examples`` order) of a classifier that maps ids to logits;
     examples that carry a cached ``prefix`` run through ``prefix.logits`` (the adapted layers only)."""
+            if advance is not None:
+                advance(len(rows))
     import torch
 
     n_out = None
     out: np.ndarray | None = None
     was_training = classifier.training
     classifier.eval()
-    with torch.inference_mode(), _autocast(device, precision):
+    shown = progress(description, len(examples), unit="rows") if description else contextlib.nullcontext(None)
+    with torch.inference_mode(), _autocast(device, precision), shown as advance:
         for rows, batch in _batched(examples, batch_size):
             tensors = collate(batch, pad_id)
             if prefix is not None and "inputs_embeds" in tensors:
