@@ -13,7 +13,7 @@ PIP_TOOLS := pip-tools==7.7.0
 TORCH_WHEELS ?= /opt/wheels
 LOCK_ARGS ?=
 
-.PHONY: demo test venv lock bench clean
+.PHONY: demo test lint venv lock bench clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-models.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tunewise demo --out demo
 
-test: $(STAMP)
+# lint runs first: a style error or an import that breaks the layers (docs/architecture.md) fails in seconds
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff (rules in pyproject.toml, [tool.ruff]) and import-linter (the layers and no cycles,
+# [tool.importlinter]); both come from the lock through the dev extra
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 # Re-resolve requirements.lock from pyproject.toml against PyPI (plus the torch CPU wheel on disk),
 # keeping the versions already pinned unless asked: LOCK_ARGS=--upgrade (everything) or

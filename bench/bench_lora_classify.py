@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +59,17 @@ def frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def speed(train: pd.DataFrame, rounds: int, steps: int) -> dict[str, float]:
     import torch
 
-    from tunewise.train import (TrainConfig, _base_config, build_model, encode_classification, length_grouped_batches,
-                                load_tokenizer, plan_run, resolve_runtime, training_attention)
+    from tunewise.train import (
+        TrainConfig,
+        _base_config,
+        build_model,
+        encode_classification,
+        length_grouped_batches,
+        load_tokenizer,
+        plan_run,
+        resolve_runtime,
+        training_attention,
+    )
 
     tokenizer, base_path = load_tokenizer("lora", MODEL)
     labels = sorted(train["label"].unique())
@@ -114,7 +122,6 @@ def _plain(example):
 
 
 def _step(model, batch) -> None:
-    import torch
 
     from tunewise.train import _autocast, collate
 
@@ -151,7 +158,7 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="also train the default recipe and score the test set")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "lora_classify")
     args = parser.parse_args()
-    print(f"bench_lora_classify {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+    print(f"bench_lora_classify {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.processor() or platform.machine()}; {load()}", flush=True)
     train, validation, test = frames()
     figures = speed(train, args.rounds, args.steps)

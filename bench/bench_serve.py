@@ -50,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 MAX_WAIT_MS = 5.0  # set from --max-wait-ms
 BATCH_THREADS: int | None = None  # set from --batch-threads
 
@@ -246,10 +245,10 @@ def model_ceiling(run_dir: Path, texts: list[str], threads: int, batch_threads: 
         frames = [pd.DataFrame({"id": [str(j) for j in range(size)], "input": [texts[(k + j) % len(texts)]
                                                                                 for j in range(size)]})
                   for k in range(0, rows, size)]
-        model.predict(frames[0])  # warm-up: kernels for the first shapes
+        model.predict(frames[0])  # noqa: F821  warm-up: kernels for the first shapes (model is deleted after the runs)
         started = time.perf_counter()
         for frame in frames:
-            model.predict(frame)
+            model.predict(frame)  # noqa: F821
         return (time.perf_counter() - started) * 1000 / (len(frames) * size)
 
     counts = sorted({threads, batch_threads or threads})

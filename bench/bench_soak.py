@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +78,7 @@ def build_project(folder: Path) -> tuple[Path, list[str], list[str]]:
     """(config file, test texts, labels) of a small classify project with its run r1."""
     import pandas as pd
     import yaml
+
     from serve_runs import make_classify_run
 
     run, files = make_classify_run(folder, n_rows=600)

@@ -14,6 +14,9 @@ BANKING77 = SHARED / "datasets" / "banking77"
 os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# what the tunewise command sets before each command (tunewise.cli_common.prepare_process); importing
+# the package sets nothing
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ class OpenAIStub:
 
     # -- lifecycle
 
-    def __enter__(self) -> "OpenAIStub":
+    def __enter__(self) -> OpenAIStub:
         self.thread.start()
         return self
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from openai_stub import OpenAIStub
 
+from openai_stub import OpenAIStub
 from tunewise.api_llm import (
     ApiLlmConfig,
     SpendingCapReached,

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
-from openai_stub import OpenAIStub
 
+from openai_stub import OpenAIStub
 from tunewise.api_llm import SpendingCapReached, SpendLedger, api_llm_settings
 from tunewise.candidates import CandidateError, candidate_kwargs, make_candidate
 from tunewise.config import ApiLlmConfig, ConfigError, config_from_dict

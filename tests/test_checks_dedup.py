@@ -10,8 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.config import config_from_dict
-from tunewise.curate import CurateContext, Engine, SkipCheck, curate_frame
 from tunewise.checks.conflicts import LabelConflicts
 from tunewise.checks.dedup import (
     ExactDuplicates,
@@ -21,6 +19,8 @@ from tunewise.checks.dedup import (
     one_word_edit,
     semantic_pairs,
 )
+from tunewise.config import config_from_dict
+from tunewise.curate import CurateContext, Engine, SkipCheck, curate_frame
 from tunewise.neardup import normalise_for_dedup, shingle_set
 
 

@@ -9,8 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.records import records_from_texts
-
 from tunewise.checks.labels import (
     LabelErrors,
     ThinClasses,
@@ -21,6 +19,7 @@ from tunewise.checks.labels import (
 )
 from tunewise.config import ConfigError, CurateConfig, config_from_dict
 from tunewise.curate import CurateContext, Engine, curate_frame
+from tunewise.records import records_from_texts
 
 CHECKS = [name for name, f in CurateConfig.model_fields.items() if f.annotation.__name__ == "CheckConfig"]
 # Six BANKING77 intents that a bank's customers would not confuse with one another; the test is

@@ -25,11 +25,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.records import records_from_texts
-
+from tunewise.checks.topic import MIN_ROWS, OffTopic, spam_cues, typicality
 from tunewise.config import config_from_dict
 from tunewise.curate import CurateContext, Engine, curate_frame
-from tunewise.checks.topic import MIN_ROWS, OffTopic, spam_cues, typicality
+from tunewise.records import records_from_texts
 
 SPAM = [
     "WIN A FREE IPHONE 15!!! Click http://free-prize-now.biz/x7k2 now",

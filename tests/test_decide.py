@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tunewise.config import ConfigError, RoiConfig, config_from_dict, load_config
+from tunewise.config import ConfigError, RoiConfig, config_from_dict
 from tunewise.decide import Money, decide, monthly_running_cost, one_time_cost, payback_months
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,9 +13,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from openai_stub import OpenAIStub
 from typer.testing import CliRunner
 
+from openai_stub import OpenAIStub
 from tunewise.distill import DistillError, DistillStopped, choose_min_confidence, distill
 
 INTENTS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "pin_blocked", "age_limit", "atm_support"]

@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from serve_runs import make_classify_run
 
+from serve_runs import make_classify_run
 from tunewise.serve import (
     ServeConfig,
     ServeError,
@@ -347,7 +346,7 @@ def _raw_exchange(url: str, request: bytes, wait: float) -> tuple[bytes, float, 
         while time.monotonic() - started < wait:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 closed = True
@@ -645,10 +644,11 @@ def test_issue18_10_the_past_key_values_future_warning_is_filtered_and_others_ar
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_known_warnings()
-        warnings.warn(PKV, FutureWarning)
-        warnings.warn(PKV.replace("5.40.0", "6.0.0").replace("LlamaForCausalLM.forward", "X.generate"), FutureWarning)
-        warnings.warn("`something_else` is deprecated", FutureWarning)
-        warnings.warn(PKV, UserWarning)  # the filter names the category too
+        warnings.warn(PKV, FutureWarning, stacklevel=1)
+        warnings.warn(PKV.replace("5.40.0", "6.0.0").replace("LlamaForCausalLM.forward", "X.generate"), FutureWarning,
+                      stacklevel=1)
+        warnings.warn("`something_else` is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn(PKV, UserWarning, stacklevel=1)  # the filter names the category too
     assert [(w.category, str(w.message)) for w in caught] == [
         (FutureWarning, "`something_else` is deprecated"), (UserWarning, PKV)]
 

@@ -30,8 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, event, given, note, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, event, given, note, settings, strategies as st
 
 from tunewise.config import DataConfig, ProjectConfig
 from tunewise.ingest import IngestError, iter_raw_rows

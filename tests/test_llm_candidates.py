@@ -8,11 +8,11 @@ import pytest
 
 from tunewise.candidates import make_candidate
 from tunewise.llm_candidates import (
-    _build_trie,
     PROMPT_VARIANTS,
+    _build_trie,
     _cached_llm,
-    _worse_beyond_noise,
     _render,
+    _worse_beyond_noise,
     generate_replies,
     label_display_name,
     load_passages,
@@ -21,7 +21,6 @@ from tunewise.llm_candidates import (
     score_continuations_naive,
 )
 from tunewise.models import DEFAULT_LLM
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,7 +23,7 @@ from tunewise.neardup import (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def word_ngrams(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
     """Independent of the engine: tuples of words, fewer than n words -> the whole text."""
     words = normalise_for_dedup(text).split()

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from test_report import (
     assert_renders_cleanly,
     assert_self_contained,
@@ -28,7 +29,6 @@ from test_report import (
     open_in_browser,
     run_report_stage,
 )
-
 from tunewise.report import ReportError, build_report
 from tunewise.store import Store
 

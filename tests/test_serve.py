@@ -24,10 +24,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
-from serve_runs import make_classify_run
 
+from serve_runs import make_classify_run
 from tunewise.serve import (
     ArmSpec,
     ServeConfig,

@@ -28,13 +28,11 @@ import math
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
-from serve_runs import make_classify_run
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from serve_runs import make_classify_run
 from tunewise.serve import ArmSpec, ServeConfig, ServerThread, create_app, load_models
 from tunewise.store import Store
 

@@ -2,8 +2,5 @@
 
 __version__ = "0.1.0"
 
-import os as _os
-
-# Weights load from local folders in well under a second: transformers' per-file loading bars only
-# interleave with tunewise's own progress display. A user's explicit setting wins.
-_os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Importing tunewise changes no environment variable and no umask: the command line quiets
+# transformers' loading bars before each command (tunewise.cli_common.prepare_process).

@@ -84,7 +84,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .candidates import (
+from .candidate_base import (
     PREDICTION_COLUMNS,
     Candidate,
     CandidateError,
@@ -92,6 +92,7 @@ from .candidates import (
     input_texts,
     register_candidate,
 )
+from .config import ApiLlmConfig
 from .llm_candidates import (
     DEFAULT_CLASSIFY_SYSTEM_PROMPT,
     DEFAULT_GENERATE_SYSTEM_PROMPT,
@@ -101,7 +102,6 @@ from .llm_candidates import (
     label_display_names,
     nearest_neighbours,
 )
-from .config import ApiLlmConfig
 from .models import DEFAULT_ENCODER
 
 __all__ = [

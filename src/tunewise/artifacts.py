@@ -24,20 +24,26 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pandas as pd
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read the umask is to set it
+    """The process's umask, read when a file is written (importing tunewise leaves it alone)."""
+    try:  # Linux reports it without changing it
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # elsewhere the only portable way to read it is to set it (to a strict value)
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()
 
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
@@ -134,7 +140,7 @@ def atomic_path(path: str | os.PathLike[str], *, private: bool | None = None) ->
             if tmp.exists():
                 # a writer that replaced the file instead of writing into it (unlink + create) gets
                 # the umask's mode: set the intended mode explicitly either way
-                os.chmod(tmp, PRIVATE_FILE_MODE if private else 0o666 & ~_UMASK)
+                os.chmod(tmp, PRIVATE_FILE_MODE if private else 0o666 & ~_current_umask())
             os.replace(tmp, final)
         except ArtifactWriteError:
             raise

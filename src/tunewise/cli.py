@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, ProjectConfig, load_config
+from .cli_common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out, prepare_process
+from .config import ConfigError, ProjectConfig
+from .serve_cli import register as _register_serve
 
 app = typer.Typer(
     name="tunewise",
@@ -24,44 +25,16 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    callback=prepare_process,
 )
-out = Console()
-err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="project config file")]
-RunIdOpt = Annotated[str, typer.Option("--run-id", help="run folder name under runs/")]
 ForceOpt = Annotated[Optional[list[str]], typer.Option("--force", help="re-run this stage even if cached (repeatable)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")]
 
 
 def _check_engine(engine: str) -> None:
     if engine not in ("local", "ray"):
         _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from .artifacts import ArtifactWriteError
-    from .candidates import CandidateError
-    from .ingest import IngestError
-    from .models import ModelNotFoundError
-    from .runner import StageError
-
-    return (ConfigError, StageError, IngestError, ModelNotFoundError, CandidateError, FileExistsError,
-            ArtifactWriteError)
-
-
-def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _load(config: Path) -> ProjectConfig:
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        _fail(exc)
-        raise  # unreachable
 
 
 def _run_stages(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None,
@@ -694,10 +667,7 @@ def report(
 
 
 _register_stage_commands()
-
-from .serve_cli import register as _register_serve  # noqa: E402  (serve, monitor, promote, rollback)
-
-_register_serve(app)
+_register_serve(app)  # serve, monitor, retrain, promote, rollback (tunewise.serve_cli)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .pricing import CPU_INSTANCES, REFERENCE_GPUS
+
 
 class ConfigError(Exception):
     """A config problem the user must fix; the message says where and how."""
@@ -386,11 +388,11 @@ class TrainConfig(Section):
     cache_frozen_layers: bool = Field(True, description="classify with adapters on the top layers only: run the "
                                       "frozen lower layers once per example and reuse their output every epoch "
                                       "(the same model, a fraction of the compute)")
-    cache_memory_gib: float = Field(2.0, gt=0, description="largest cache of frozen-layer outputs (4 bytes x "
-                                    "tokens x hidden size); above it every step runs the whole model")
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attention kernel in training; auto: eager for classify rows up to 128 tokens on a CPU "
         "(SDPA's fused CPU backward was 20x slower on short rows), else sdpa")
+    cache_memory_gib: float = Field(2.0, gt=0, description="largest cache of frozen-layer outputs (4 bytes x "
+                                    "tokens x hidden size); above it every step runs the whole model")
     # -- validation, early stopping, overfitting
     eval_every: int | None = Field(None, ge=1, description="optimiser steps between validations; default: "
                                    "about 4 per epoch (at least 4, at most 40 per run)")
@@ -513,7 +515,7 @@ class RoiConfig(Section):
     engineer_usd_per_day: float = Field(800.0, ge=0, le=100000, description="day rate of that engineer")
     # -- running cost
     serving_instance: str = Field("auto", description="CPU instance that serves a model, priced from "
-                                  "tunewise.decide.CPU_INSTANCES (latencies measured here scale by its vCPUs); auto: "
+                                  "tunewise.pricing.CPU_INSTANCES (latencies measured here scale by its vCPUs); auto: "
                                   "for each candidate the smallest instance whose memory holds it")
     serving_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the instance's price")
     always_on: bool = Field(True, description="a served model keeps one instance running all month even when "
@@ -529,12 +531,8 @@ class RoiConfig(Section):
     def _known_price_table_entry(cls, value: str, info: Any) -> str:
         # Both name a row of a price table; an unknown name is a config error, not a silent default.
         if info.field_name == "gpu":
-            from .train import REFERENCE_GPUS
-
             known, what, hint = [g["gpu"] for g in REFERENCE_GPUS], "GPU", " (set gpu_usd_per_hour to price another)"
         else:
-            from .decide import CPU_INSTANCES
-
             known, what, hint = ["auto", *CPU_INSTANCES], "instance", ""
         if value not in known:
             raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}{hint}")

@@ -38,32 +38,25 @@ The first reason is the one that decided. Every cost line carries its arithmetic
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .artifacts import read_json
 from .config import RoiConfig
+from .pricing import CPU_INSTANCES, FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
 __all__ = ["CPU_INSTANCES", "DecisionError", "VERDICTS", "decide", "monthly_running_cost", "one_time_cost",
            "payback_months", "serving_memory_gib", "test_rows_needed"]
 
 VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")
 
-# CPU instances that serve a model, smallest first. Latency measured on this machine (2 cores)
-# scales by vCPUs; memory decides what fits. AWS EC2 on-demand, us-east-1, Linux
-# (aws.amazon.com/ec2/pricing/on-demand, read 2026-11). t3 instances are burstable: fine for the
-# light load of a small model; the c7i ones sustain full CPU.
-CPU_INSTANCES: dict[str, dict[str, Any]] = {
-    "t3.micro": {"vcpus": 2, "memory_gib": 1.0, "usd_per_hour": 0.0104},
-    "t3.small": {"vcpus": 2, "memory_gib": 2.0, "usd_per_hour": 0.0208},
-    "c7i.large": {"vcpus": 2, "memory_gib": 4.0, "usd_per_hour": 0.08925},
-    "c7i.xlarge": {"vcpus": 4, "memory_gib": 8.0, "usd_per_hour": 0.1785},
-    "c7i.2xlarge": {"vcpus": 8, "memory_gib": 16.0, "usd_per_hour": 0.357},
-}
+# CPU_INSTANCES (the instances that serve a model, with prices) and the reference GPUs:
+# tunewise.pricing, imported above.
 # Resident memory a served candidate needs, GiB: the Python process with its libraries plus the
 # weights in fp32 and working memory. Rounded up from the resident set of `tunewise serve` with
 # one arm on this machine (docs/benchmarks.md, "Serving footprint"): scikit-learn models ~0.3,
@@ -86,8 +79,6 @@ class DecisionError(ValueError):
 
 
 def _gpu(roi: RoiConfig) -> dict[str, Any]:
-    from .train import GPU_UTILISATION, REFERENCE_GPUS
-
     table = {g["gpu"]: g for g in REFERENCE_GPUS}
     if roi.gpu not in table:
         raise DecisionError(f"roi.gpu: unknown GPU {roi.gpu!r}; known: {', '.join(table)}")
@@ -127,8 +118,6 @@ def _instance(roi: RoiConfig, memory_gib: float | None = None) -> dict[str, Any]
 
 def training_compute_lines(train_summaries: dict[str, dict], roi: RoiConfig) -> list[dict[str, Any]]:
     """One cost line per fine-tuned candidate: FLOPs of the tokens it processed, on the reference GPU."""
-    from .train import FLOPS_PER_TOKEN
-
     gpu = _gpu(roi)
     lines = []
     for name, summary in sorted(train_summaries.items()):
@@ -145,8 +134,8 @@ def training_compute_lines(train_summaries: dict[str, dict], roi: RoiConfig) -> 
             "arithmetic": f"{factor} x {base / 1e6:.1f}M params x {tokens:,} tokens x {roi.training_runs} run(s) "
                           f"= {flops:.3g} FLOPs / ({gpu['peak_bf16_tflops']:g} TFLOP/s x {gpu['utilisation']:g}) "
                           f"= {hours:.4g} GPU-h x ${gpu['usd_per_hour']:g}/h",
-            "source": f"{gpu['gpu']} peak bf16 and price: tunewise.train.REFERENCE_GPUS; utilisation: "
-                      "tunewise.train.GPU_UTILISATION",
+            "source": f"{gpu['gpu']} peak bf16 and price: tunewise.pricing.REFERENCE_GPUS; utilisation: "
+                      "tunewise.pricing.GPU_UTILISATION",
         })
     return lines
 

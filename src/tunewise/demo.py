@@ -9,7 +9,6 @@ from .config import ProjectConfig
 from .demo_data import DemoFiles, generate_demo
 from .init_project import render_config
 
-
 # The prompted LLM scores every label for every row: measured 0.22-0.36 rows/s for SmolLM2-135M
 # with 14 intents on 2 busy cores (the sample is scored on the test and the validation split
 # both), so 60 test rows cost about 4-6 minutes; the cheap candidates score all 400 test rows.

@@ -1683,7 +1683,7 @@ class _Row:
     template: tuple[str, int]  # (intent, template index): near duplicates come from one template
     has_order: bool = False  # the message names an order number (the reply then reuses it)
     kind: str | None = None  # injected defect, None for clean rows
-    of: "_Row | None" = None
+    of: _Row | None = None
     detail: str | None = None
     extra: dict = field(default_factory=dict)
     is_original: bool = False
@@ -1983,7 +1983,7 @@ def _new_row_text(kind: str, pool: _Pool, draw: _Draw) -> str:
             values = {"spam_domain": draw.pick(SPAM_DOMAINS), "big": f"{draw.between(5, 95) * 100:,}",
                       "spam_path": "".join(draw.pick("abcdefghkmnpqrstuvwxyz0123456789") for _ in range(6))}
             text = _expand(draw.pick(SPAM), draw)
-            text = _SLOT.sub(lambda m: values[m.group(1)], text)
+            text = _SLOT.sub(lambda m: values[m.group(1)], text)  # noqa: B023  (called right here)
         else:  # garbage
             style = draw.between(0, 4)
             if style == 0:

@@ -9,8 +9,8 @@ a reported row counts as correct when it is either side of a truth pair of its k
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

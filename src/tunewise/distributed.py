@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Sequence
 
 __all__ = ["WORKER_ENV", "barrier", "destroy_process_group", "in_worker", "init_process_group", "launch", "rank"]
 

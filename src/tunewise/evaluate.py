@@ -28,9 +28,10 @@ import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -358,7 +359,7 @@ class ClassifyScores:
     def correct(self) -> np.ndarray:
         return self.y_true == self.y_pred
 
-    def take(self, positions: np.ndarray) -> "ClassifyScores":
+    def take(self, positions: np.ndarray) -> ClassifyScores:
         return ClassifyScores(self.ids[positions], self.y_true[positions], self.y_pred[positions],
                               self.confidence[positions], self.labels,
                               None if self.answered is None else self.answered[positions], self.oos_index)
@@ -401,7 +402,7 @@ class GenerateScores:
     chrf_stats: np.ndarray
     bleu_stats: np.ndarray
 
-    def take(self, positions: np.ndarray) -> "GenerateScores":
+    def take(self, positions: np.ndarray) -> GenerateScores:
         return GenerateScores(self.ids[positions], self.frame.iloc[positions].reset_index(drop=True),
                               self.chrf_stats[positions], self.bleu_stats[positions])
 
@@ -732,7 +733,7 @@ def pick_incumbent(task: str, entries: dict[str, dict], configured: str | None) 
     return None, "no baseline: no prompted LLM or other candidate without fine-tuning has predictions; set evaluate.baseline"
 
 
-def meaningful(task: str, entry: dict, scores: "Scores", primary: str) -> dict:
+def meaningful(task: str, entry: dict, scores: Scores, primary: str) -> dict:
     """Whether a candidate is more than chance: its interval's lower end above the majority-class
     rate (the accuracy of always answering the most frequent label on the same rows, never below
     1 / number of labels). A baseline within noise of that is a strawman: beating it by 15% says
@@ -765,7 +766,7 @@ def _reference(task: str, entries: dict[str, dict], incumbent: str | None, check
                   f"minimum-improvement rule is measured against {best}, the best candidate that needs no fine-tuning")
 
 
-def pairwise_primary(scores: dict[str, "Scores"], names: Sequence[str], primary: str, resampler: "_Resampler",
+def pairwise_primary(scores: dict[str, Scores], names: Sequence[str], primary: str, resampler: _Resampler,
                      level: float, seed: int) -> dict[str, dict[str, dict]]:
     """Every ordered pair's paired comparison on the primary metric (on the ids both scored):
     ``out[a][b]`` is a against b. The decision reads it to tell which candidates are within noise

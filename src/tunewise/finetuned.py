@@ -14,25 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from .candidates import (
+from .candidate_base import (
     Candidate,
     CandidateError,
+    candidate_class,
     classification_predictions,
     generation_predictions,
     register_candidate,
 )
 from .models import DEFAULT_ENCODER, DEFAULT_LLM
 
-__all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator",
 PROGRESS_MIN_ROWS = 1000  # predictions over at least this many rows show progress (a data set, not a request)
 
+__all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator",
            "load_candidate", "torch_threads"]
 
 # What the train stage trains when train.candidates is not set.
@@ -96,7 +98,7 @@ class FineTunedCandidate(Candidate):
         except Exception as exc:  # pydantic's ValidationError, reworded with the candidate's name
             raise CandidateError(f"{self.name}: train_config is not valid: {exc}") from None
 
-    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "FineTunedCandidate":
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FineTunedCandidate:
         from .train import TrainError, train as run_training
 
         self._training_answers(train)  # the contract's checks (column present, no missing answers)
@@ -134,7 +136,7 @@ class FineTunedCandidate(Candidate):
         return torch_threads(self.threads_)
 
     @classmethod
-    def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> "FineTunedCandidate":
+    def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> FineTunedCandidate:
         """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving)."""
         from .train import _native_bf16, load_trained
 
@@ -159,9 +161,9 @@ class _Classifier(FineTunedCandidate):
         examples = encode_classification(self.tokenizer_, frame, self.labels_, self.max_length_) if len(frame) else []
         if examples:
             with self._torch_threads():
-                proba = classifier_probabilities(self.model_, examples, pad_id=self.pad_id_, device=self.device_,
                 # progress for a data set, not for a serving batch
                 shown = f"{self.name}: scoring" if len(examples) >= PROGRESS_MIN_ROWS else None
+                proba = classifier_probabilities(self.model_, examples, pad_id=self.pad_id_, device=self.device_,
                                                  precision=self.precision_, description=shown)
         else:
             proba = np.zeros((0, len(self.labels_)))
@@ -241,8 +243,6 @@ class LoraGenerator(FineTunedCandidate):
 
 def load_candidate(train_dir: str | Path, name: str, **kwargs: Any) -> FineTunedCandidate:
     """The fitted candidate ``name`` from a train stage folder (``runs/<id>/train``): evaluation, serving."""
-    from .candidates import candidate_class
-
     cls = candidate_class(name)
     if not issubclass(cls, FineTunedCandidate):
         raise CandidateError(f"{name!r} is a {cls.kind} candidate, not a fine-tuned one")

@@ -15,12 +15,14 @@ adapter-loaded model can be passed as it is.
 from __future__ import annotations
 
 import json
-
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from .chat import generate_replies
 
 __all__ = [
     "PARAGRAPHS",
@@ -134,8 +136,6 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int
 
 def run_probe(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tokens: int = 24) -> ProbeResult:
     """The general-ability probe on one model: question accuracy and paragraph perplexity."""
-    from .llm_candidates import generate_replies
-
     conversations = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q, _ in QUESTIONS]
     replies, _ = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, description="forgetting probe")

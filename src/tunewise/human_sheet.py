@@ -32,8 +32,16 @@ import numpy as np
 import pandas as pd
 
 # csv_safe and csv_safe_frame moved to artifacts (every CSV write escapes); still importable from here
-from .artifacts import (FORMULA_PREFIXES, csv_safe, csv_safe_frame, csv_unescape, read_json, write_csv, write_json,
-                         write_text)
+from .artifacts import (
+    FORMULA_PREFIXES,
+    csv_safe,
+    csv_safe_frame,
+    csv_unescape,
+    read_json,
+    write_csv,
+    write_json,
+    write_text,
+)
 from .stats import wilson_interval
 
 __all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "csv_safe", "csv_safe_frame", "fold_ratings", "read_sheet",
@@ -80,7 +88,7 @@ def write_sheet(out_dir: str | Path, records: pd.DataFrame, answers: dict[str, p
         name_a, name_b = (name_1, name_2) if a_first else (name_2, name_1)
         pick = {name_1: answers_1, name_2: answers_2}
         rows.append({
-            "item": i, "input": str(getattr(record, "input")),
+            "item": i, "input": str(record.input),
             "reference": str(getattr(record, reference_column)) if reference_column else "",
             "answer_A": str(pick[name_a][rid]), "answer_B": str(pick[name_b][rid]), "preference": "", "comment": "",
         })

@@ -30,9 +30,10 @@ import math
 import os
 import re
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
@@ -209,7 +210,7 @@ class _Rows:
         self._rows = rows
         self._release = release
 
-    def __iter__(self) -> "_Rows":
+    def __iter__(self) -> _Rows:
         return self
 
     def __next__(self) -> RawRow:
@@ -352,7 +353,7 @@ def _delimited_rows(path: Path, delimiter: str, encoding: str = "utf-8") -> tupl
     last_end = 0
     try:
         for fields in reader:
-            start, last_end = last_end + 1, reader.line_num
+            last_end = reader.line_num
             if fields:
                 header = fields
                 break

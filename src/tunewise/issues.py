@@ -6,8 +6,8 @@ findings join one table and one summary without special code.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import pandas as pd
 
@@ -68,7 +68,7 @@ class IssueTable:
              "stage": self.stage, "source": source, "line": line}
         )
 
-    def extend(self, other: "IssueTable | Iterable[dict]") -> None:
+    def extend(self, other: IssueTable | Iterable[dict]) -> None:
         self.rows.extend(other.rows if isinstance(other, IssueTable) else other)
 
     def __len__(self) -> int:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 import re
 import time
@@ -57,13 +56,19 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .candidates import (
+from .candidate_base import (
     Candidate,
     CandidateError,
     classification_predictions,
     generation_predictions,
     input_texts,
     register_candidate,
+)
+from .chat import (
+    contexts as _contexts,  # api_llm imports it from here too
+    end_of_turn_ids,
+    generate_replies,
+    render as _render,
 )
 from .models import DEFAULT_ENCODER, DEFAULT_LLM
 from .progress import progress
@@ -233,45 +238,12 @@ def label_display_names(candidate: str, labels: Sequence[str]) -> list[str]:
     return names
 
 
-def _context_messages(value: Any) -> tuple[list[dict[str, str]], list[str]]:
-    """Earlier turns from a record's ``context`` (JSON list of chat messages): (turns, system texts)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
-        return [], []
-    messages = json.loads(value) if isinstance(value, str) else list(value)
-    turns, system = [], []
-    for message in messages:
-        role, content = message.get("role"), str(message.get("content", ""))
-        if role == "system":
-            system.append(content)  # merged into the system prompt; chat templates allow only one
-        elif role in ("user", "assistant"):
-            turns.append({"role": role, "content": content})
-    return turns, system
-
-
-def _contexts(frame: pd.DataFrame) -> list[tuple[list[dict[str, str]], list[str]]]:
-    if "context" not in frame.columns:
-        return [([], [])] * len(frame)
-    return [_context_messages(v) for v in frame["context"].tolist()]
-
-
 def _truncate(tokenizer: Any, texts: list[str], max_tokens: int) -> list[str]:
     """Keep the first ``max_tokens`` tokens of each text, so one long message cannot blow the context."""
     if not texts:
         return []
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [t if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]) for t, ids in zip(texts, encoded)]
-
-
-def _render(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[str]:
-    return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-
-
-def _end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def answer_continuations(model: Any, tokenizer: Any, answers: Sequence[str]) -> list[list[int]]:
@@ -282,7 +254,7 @@ def answer_continuations(model: Any, tokenizer: Any, answers: Sequence[str]) -> 
     """
     probe = [{"role": "user", "content": "x"}]
     prompt = tokenizer(_render(tokenizer, [probe])[0], add_special_tokens=False)["input_ids"]
-    end_ids = _end_of_turn_ids(model, tokenizer)
+    end_ids = end_of_turn_ids(tokenizer, model)
     continuations = []
     for answer in answers:
         text = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": answer}], tokenize=False)
@@ -522,52 +494,6 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     shifted = scores - scores.max(axis=1, keepdims=True)
     weights = np.exp(shifted)
     return weights / weights.sum(axis=1, keepdims=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation
-
-
-def generate_replies(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[list[dict[str, str]]],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 8,
-    description: str = "generating",
-) -> tuple[list[str], np.ndarray]:
-    """Greedy replies to chat conversations, batched with left padding, shortest prompts first.
-
-    Returns the replies in input order and the amortised milliseconds per conversation.
-    """
-    import torch
-    from transformers import GenerationConfig
-
-    texts = _render(tokenizer, conversations)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    order = np.argsort(lengths, kind="stable")
-    # Greedy, explicitly: a model's own generation config may ask for sampling.
-    greedy = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(_end_of_turn_ids(model, tokenizer)) or None,
-    )
-    replies: list[str] = [""] * len(texts)
-    latency_ms = np.zeros(len(texts), dtype=np.float64)
-    device = next(model.parameters()).device
-    with torch.inference_mode(), progress(description, len(texts)) as advance:
-        for start in range(0, len(texts), batch_size):
-            started = time.perf_counter()
-            rows = order[start : start + batch_size]
-            encoded = tokenizer([texts[i] for i in rows], padding=True, padding_side="left",
-                                add_special_tokens=False, return_tensors="pt").to(device)
-            output = model.generate(**encoded, generation_config=greedy)
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                replies[i] = text.strip()
-            latency_ms[rows] = (time.perf_counter() - started) * 1000 / len(rows)
-            advance(len(rows))
-    return replies, latency_ms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1157,7 +1083,3 @@ class RagGenerator(_GeneratingCandidate):
                         *turns, {"role": "user", "content": text}])
         return out
 
-
-# The api_* candidates (an OpenAI-compatible endpoint, tunewise.api_llm) register on import; they
-# reuse this module's prompts, so they are imported once everything above is defined.
-from . import api_llm as _api_llm  # noqa: F401,E402

@@ -19,9 +19,9 @@ knowledge base. These are the details a support reply must never invent.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,17 +56,24 @@ BLEU_STATS = 2 + 2 * BLEU_ORDER  # [hyp_len, ref_len, correct_1..4, total_1..4]
 
 
 def chrf_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """(n, 18) chrF statistics per sentence, as sacrebleu extracts them (its default chrF)."""
-    from sacrebleu.metrics import CHRF
+    """(n, 18) chrF statistics per sentence, as sacrebleu counts them (its default chrF).
+
+    Per character n-gram order 1-6: [hypothesis n-grams, reference n-grams, matches], the n-grams
+    taken by sacrebleu's public ``extract_all_char_ngrams`` (whitespace removed, as chrF does);
+    hypothesis n-grams count only when the reference has n-grams of that order (sacrebleu's rule).
+    """
+    from sacrebleu.metrics.helpers import extract_all_char_ngrams
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    if not hypotheses:
-        return np.zeros((0, CHRF_STATS))
-    # _extract_corpus_statistics is the per-sentence step of sacrebleu's own corpus_score and
-    # paired bootstrap; calling it keeps tokenisation and n-gram counting exactly sacrebleu's.
-    stats = CHRF()._extract_corpus_statistics(list(hypotheses), [list(references)])
-    return np.asarray(stats, dtype=np.float64).reshape(len(hypotheses), CHRF_STATS)
+    stats = np.zeros((len(hypotheses), CHRF_STATS))
+    for row, (hypothesis, reference) in enumerate(zip(hypotheses, references)):
+        hyp_orders = extract_all_char_ngrams(hypothesis, CHRF_ORDER, False)
+        ref_orders = extract_all_char_ngrams(reference, CHRF_ORDER, False)
+        for order, (hyp, ref) in enumerate(zip(hyp_orders, ref_orders)):
+            matches = sum(min(count, ref[ngram]) for ngram, count in hyp.items() if ngram in ref)
+            stats[row, 3 * order : 3 * order + 3] = (sum(hyp.values()) if ref else 0, sum(ref.values()), matches)
+    return stats
 
 
 def chrf_from_statistics(stats: np.ndarray) -> np.ndarray:
@@ -91,15 +98,21 @@ def chrf_from_statistics(stats: np.ndarray) -> np.ndarray:
 
 
 def bleu_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """(n, 10) BLEU statistics per sentence (sacrebleu's default 13a tokeniser)."""
+    """(n, 10) BLEU statistics per sentence (sacrebleu's default 13a tokeniser).
+
+    Each row is the public statistics of sacrebleu's corpus BLEU of that one sentence:
+    [hypothesis length, reference length, matches per order 1-4, n-grams per order 1-4].
+    """
     from sacrebleu.metrics import BLEU
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    if not hypotheses:
-        return np.zeros((0, BLEU_STATS))
-    stats = BLEU()._extract_corpus_statistics(list(hypotheses), [list(references)])
-    return np.asarray(stats, dtype=np.float64).reshape(len(hypotheses), BLEU_STATS)
+    bleu = BLEU()
+    stats = np.zeros((len(hypotheses), BLEU_STATS))
+    for row, (hypothesis, reference) in enumerate(zip(hypotheses, references)):
+        score = bleu.corpus_score([hypothesis], [[reference]])
+        stats[row] = [score.sys_len, score.ref_len, *score.counts, *score.totals]
+    return stats
 
 
 def bleu_from_statistics(stats: np.ndarray) -> np.ndarray:

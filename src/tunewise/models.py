@@ -32,11 +32,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunewise.artifacts import file_digest, read_json, write_json
 from tunewise.progress import console, progress
@@ -408,7 +409,7 @@ def _build_llm_cache(entry: EmbeddedModel, gguf: Path, cache: Path) -> None:
                     "package_version": _package_version(entry.package),
                     "transformers_version": _package_version("transformers"),
                     "dtype": "float32",
-                    "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 },
             )
         tmp.chmod(0o755)  # mkdtemp makes it owner-only
@@ -501,7 +502,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
 # Loading
 
 
-def _torch_dtype(dtype: "torch.dtype | str") -> "torch.dtype | str":
+def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
     import torch
 
     if isinstance(dtype, str) and dtype != "auto":
@@ -517,7 +518,7 @@ def load_llm(
     *,
     offline: bool = True,
     trust_remote_code: bool = False,
-    dtype: "torch.dtype | str" = "float32",
+    dtype: torch.dtype | str = "float32",
     device_map: str | dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer; the model is in eval mode.
@@ -545,7 +546,7 @@ def load_llm(
     return model, tokenizer
 
 
-def load_encoder(spec: str = DEFAULT_ENCODER, *, offline: bool = True, device: str = "cpu") -> "SentenceTransformer":
+def load_encoder(spec: str = DEFAULT_ENCODER, *, offline: bool = True, device: str = "cpu") -> SentenceTransformer:
     """Load a sentence encoder (a fresh instance each call; ``embed`` keeps one per spec)."""
     from sentence_transformers import SentenceTransformer
 
@@ -559,7 +560,7 @@ def load_encoder(spec: str = DEFAULT_ENCODER, *, offline: bool = True, device: s
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(spec: str) -> "SentenceTransformer":
+def _cached_encoder(spec: str) -> SentenceTransformer:
     return load_encoder(spec)
 
 
@@ -572,7 +573,7 @@ _embed_cache: dict[tuple[str, bool], Any] = {}  # (spec, normalize) -> OrderedDi
 
 def embed(
     texts: list[str], spec: str = DEFAULT_ENCODER, batch_size: int = 128, normalize: bool = True
-) -> "np.ndarray":
+) -> np.ndarray:
     """Embed texts as a float32 array of shape (len(texts), dim); dim is 384 for MiniLM.
 
     The encoder is loaded once per process and spec. With ``normalize`` the rows have unit

@@ -33,10 +33,7 @@ a budget breached) sets ``needs_action``; ``tunewise monitor`` then exits with c
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .serve import INCUMBENT, MonitorConfig
+from .config import MonitorConfig
+from .feedback import INCUMBENT, feedback_training_rows, parse_since
 from .stats import wilson_interval
 
 __all__ = [
@@ -64,24 +62,6 @@ PSI_SMOOTHING = 0.5  # pseudo-count per category: an empty category would make P
 
 # =============================================================================================
 # Statistics
-
-
-def parse_since(text: str | None, now: float | None = None) -> float | None:
-    """``30m``, ``24h``, ``7d``, ``2w`` (ago) or an ISO date/time -> unix seconds; None -> None."""
-    if text is None or text == "":
-        return None
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if match:
-        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-        return now - float(match.group(1)) * seconds
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"--since {text!r}: give a duration (30m, 24h, 7d) or an ISO date (2026-01-31)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
 
 
 def newcombe_interval(k1: int, n1: int, k2: int, n2: int, level: float = 0.95) -> tuple[float, float]:
@@ -413,8 +393,6 @@ def monitor(requests: pd.DataFrame, feedback: pd.DataFrame, *, config: MonitorCo
 
 def _retrain_advice(report: dict, requests: pd.DataFrame, feedback: pd.DataFrame, task: str) -> dict[str, Any]:
     """Whether drift or decay calls for a retrain, and how many feedback rows ``tunewise retrain`` could use."""
-    from .retrain import feedback_training_rows
-
     why = [a for a in report["actions"] if a.startswith(("drift:", "decay:"))]
     rows, _ = feedback_training_rows(requests, feedback, task=task)
     return {"advised": bool(why), "why": why, "feedback_rows": int(len(rows))}

@@ -35,10 +35,10 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -540,7 +540,8 @@ def find_near_duplicates(
 
     # 5. LSH candidates (live indices): pairs sharing a key in >= min_matches bands
     def band_pairs(k: int) -> tuple[np.ndarray, int]:
-        band_codes, n_capped = _bucket_pairs(keys[k], keys[(k + 1) % bands], max_bucket)
+        # keys is deleted below only after the pool has run every band
+        band_codes, n_capped = _bucket_pairs(keys[k], keys[(k + 1) % bands], max_bucket)  # noqa: F821
         return _sorted_unique(band_codes), n_capped  # one vote per band, even from a capped bucket
 
     per_band_capped = []

@@ -15,7 +15,7 @@ import hashlib
 import random
 import re
 import string
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 

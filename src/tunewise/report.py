@@ -23,8 +23,6 @@ All user text goes through jinja2's autoescaping; chart text is escaped by matpl
 
 from __future__ import annotations
 
-import numpy as np
-
 import hashlib
 import io
 import json
@@ -36,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__

@@ -25,11 +25,12 @@ The loop the server closes (issue 9):
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .feedback import feedback_training_rows, parse_since
 
 __all__ = ["GATE_FIELDS", "RetrainError", "feedback_training_rows", "retrain", "retrain_gate"]
 
@@ -44,50 +45,6 @@ class RetrainError(ValueError):
 
 # verdicts that name a model to serve; a retrained run must keep its predecessor's
 SERVABLE_VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE")
-
-def feedback_training_rows(requests: pd.DataFrame, feedback: pd.DataFrame, *, task: str,
-                           labels: set[str] | None = None, thumbs_up: bool = True,
-                           out_of_scope_label: str = "out_of_scope") -> tuple[pd.DataFrame, Counter]:
-    """Labelled rows from the log: (request_id, text, label or reply, source); and skip counts by reason.
-
-    A corrected label wins over a thumbs-up on the same request; a thumbs-down without a label
-    says the answer was wrong but not what is right, so it gives no row."""
-    answer = "label" if task == "classify" else "reply"
-    skipped: Counter = Counter()
-    if requests.empty or feedback.empty:
-        return pd.DataFrame(columns=["request_id", "text", answer, "source"]), skipped
-    by_request = requests.set_index("id")
-    wanted = feedback["kind"].isin(["label", "thumbs"] if thumbs_up else ["label"])
-    rows: dict[str, dict[str, Any]] = {}
-    for fb in feedback[wanted].sort_values("kind").itertuples(index=False):  # "label" sorts before "thumbs"
-        if fb.request_id in rows:
-            continue
-        if fb.request_id not in by_request.index:
-            skipped["request not in the window"] += 1
-            continue
-        request = by_request.loc[fb.request_id]
-        if fb.kind == "thumbs" and fb.value != "up":
-            skipped["thumbs down without a label"] += 1
-            continue
-        text = request["input"]
-        if text is None or (isinstance(text, float) and pd.isna(text)) or not str(text).strip():
-            skipped["input not logged (serve.store_inputs off)"] += 1
-            continue
-        if fb.kind == "label":
-            value, source = str(fb.value), "feedback label"
-        else:
-            if request["status"] == "error" or request["output"] is None:
-                skipped["thumbs up on a failed request"] += 1
-                continue
-            if task == "classify" and (request["out_of_scope"] == 1 or request["output"] == out_of_scope_label):
-                skipped["thumbs up on an out-of-scope answer"] += 1
-                continue
-            value, source = str(request["output"]), "thumbs up"
-        if task == "classify" and labels is not None and value not in labels:
-            skipped["label outside the run's label set"] += 1
-            continue
-        rows[fb.request_id] = {"request_id": fb.request_id, "text": str(text), answer: value, "source": source}
-    return pd.DataFrame(list(rows.values()), columns=["request_id", "text", answer, "source"]), skipped
 
 
 def _run_labels(run_dir: Path) -> set[str] | None:
@@ -180,9 +137,8 @@ def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, s
     from .artifacts import read_json, write_json, write_text
     from .config import EvaluateConfig
     from .labelling import add_labels
-    from .monitor import parse_since
     from .runner import check_run_id, run_lock, run_stages
-    from .store import Store, StoreError
+    from .store import Store
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if not (run_dir / "split" / "test.parquet").exists():

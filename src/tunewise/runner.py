@@ -28,10 +28,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import __version__
 from .artifacts import PRIVATE_DIR_MODE, ArtifactWriteError, file_digest, make_private_dirs, read_json, write_json

@@ -66,8 +66,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .config import MonitorConfig  # re-exported: monitor and tests import it here
-from .config import ServeConfig as _SectionServeConfig
+from .config import (
+    MonitorConfig,  # re-exported: tests import it here
+    ServeConfig as _SectionServeConfig,
+)
+from .feedback import CANDIDATE, INCUMBENT
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
@@ -91,8 +94,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tunewise.serve")
-
-INCUMBENT, CANDIDATE = "incumbent", "candidate"
 
 
 class ServeError(RuntimeError):
@@ -1417,7 +1418,7 @@ class ServerThread:
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=75))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self, timeout: float = 120.0) -> "ServerThread":
+    def start(self, timeout: float = 120.0) -> ServerThread:
         self.thread.start()
         deadline = time.time() + timeout
         while not self.server.started:
@@ -1430,7 +1431,7 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(60)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

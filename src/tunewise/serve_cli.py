@@ -15,9 +15,11 @@
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+
+from .cli_common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
 
 __all__ = ["register"]
 
@@ -29,7 +31,7 @@ def _serve_section(cfg: Any) -> Any:
 
 
 def _monitor_section(cfg: Any) -> Any:
-    from .serve import MonitorConfig
+    from .config import MonitorConfig
 
     return getattr(cfg, "monitor", None) or MonitorConfig()
 
@@ -41,21 +43,19 @@ def _store_url(cfg: Any, run_id: str, given: str | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from .cli import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
-
-    UrlOpt = Annotated[Optional[str], typer.Option("--url", help="the server, e.g. http://127.0.0.1:8000 "
+    UrlOpt = Annotated[str | None, typer.Option("--url", help="the server, e.g. http://127.0.0.1:8000 "
                                                    "(default: serve.host and serve.port of the config)")]
     ArmOpt = Annotated[str, typer.Option("--arm", help="the arm to move traffic to or from")]
-    ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="kept in the log's arm history")]
+    ReasonOpt = Annotated[str | None, typer.Option("--reason", help="kept in the log's arm history")]
 
     @app.command()
     def serve(
         config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-        arms: Annotated[Optional[str], typer.Option("--arms", help="ARM[:CANDIDATE]=WEIGHT,...; incumbent and "
+        arms: Annotated[str | None, typer.Option("--arms", help="ARM[:CANDIDATE]=WEIGHT,...; incumbent and "
                                                     "candidate name the gate's baseline and the recommended candidate")] = None,
-        host: Annotated[Optional[str], typer.Option("--host", help="default serve.host (127.0.0.1)")] = None,
-        port: Annotated[Optional[int], typer.Option("--port", help="default serve.port (8000)")] = None,
-        store: Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the request log "
+        host: Annotated[str | None, typer.Option("--host", help="default serve.host (127.0.0.1)")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="default serve.port (8000)")] = None,
+        store: Annotated[str | None, typer.Option("--store", help="SQLAlchemy URL of the request log "
                                                      "(postgresql+psycopg://... for replicas)")] = None,
         reset_weights: Annotated[bool, typer.Option("--reset-weights", help="start from --arms even when the log "
                                                     "holds weights set by promote/rollback")] = False,
@@ -90,9 +90,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def monitor(
         config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-        since: Annotated[Optional[str], typer.Option("--since", help="30m, 24h, 7d or an ISO date")] = None,
-        store: Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the request log")] = None,
-        incumbent: Annotated[Optional[str], typer.Option("--incumbent", help="arm the others are compared with")] = None,
+        since: Annotated[str | None, typer.Option("--since", help="30m, 24h, 7d or an ISO date")] = None,
+        store: Annotated[str | None, typer.Option("--store", help="SQLAlchemy URL of the request log")] = None,
+        incumbent: Annotated[str | None, typer.Option("--incumbent", help="arm the others are compared with")] = None,
         no_embedding: Annotated[bool, typer.Option("--no-embedding", help="skip the embedding drift check")] = False,
         as_json: JsonOpt = False,
     ) -> None:
@@ -117,11 +117,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def retrain(
         config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-        store: Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL of the request log "
+        store: Annotated[str | None, typer.Option("--store", help="SQLAlchemy URL of the request log "
                                                      "(default: the run's serve log)")] = None,
-        new_run_id: Annotated[Optional[str], typer.Option("--new-run-id", help="run to train into "
+        new_run_id: Annotated[str | None, typer.Option("--new-run-id", help="run to train into "
                                                           "(default: RUN-retrain-<time>)")] = None,
-        since: Annotated[Optional[str], typer.Option("--since", help="feedback on requests since: 30m, 24h, 7d or "
+        since: Annotated[str | None, typer.Option("--since", help="feedback on requests since: 30m, 24h, 7d or "
                                                      "an ISO date")] = None,
         thumbs_up: Annotated[bool, typer.Option("--thumbs-up/--no-thumbs-up", help="a thumbs-up confirms the served "
                                                 "answer as a training row")] = True,

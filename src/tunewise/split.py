@@ -9,8 +9,8 @@ and whole groups are assigned, stratified by label with scikit-learn's Stratifie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

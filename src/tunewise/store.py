@@ -235,7 +235,7 @@ class Store:
             return "<unparseable url>"
 
     # ---- writing
-    def writer(self, max_batch: int = 256) -> "StoreWriter":
+    def writer(self, max_batch: int = 256) -> StoreWriter:
         if self._writer is None or not self._writer.alive:
             self._writer = StoreWriter(self, max_batch=max_batch)
         return self._writer

@@ -31,7 +31,7 @@ class Tracker:
         self._mlflow = None
         self._active = None
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         if self.cfg.tracking == "off":
             return self
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -57,17 +57,21 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from .artifacts import atomic_path, read_json, write_json, write_text
+from .chat import context_messages as _context_messages, end_of_turn_ids as _end_of_turn_ids, generate_replies
 from .config import DEFAULT_TARGET_MODULES, TrainConfig
+from .pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 from .progress import console, progress
 from .records import answer_column
+from .sampling import stratified_sample_ids
 
 if TYPE_CHECKING:
     import torch
@@ -185,12 +189,6 @@ class Example:
         return 1
 
 
-def _context_messages(value: Any) -> tuple[list[dict[str, str]], list[str]]:
-    from .llm_candidates import _context_messages as parse  # one parser of the record's context JSON
-
-    return parse(value)
-
-
 def conversation(text: str, context: Any = None, system_prompt: str | None = None) -> list[dict[str, str]]:
     """The chat messages a generate example is made of (without the reply): system, earlier turns, user."""
     turns, system = _context_messages(context)
@@ -220,15 +218,6 @@ def encode_classification(tokenizer: Any, frame: pd.DataFrame, labels: Sequence[
                         split_special_tokens=True)["input_ids"]
     answers = frame["label"].astype(str).tolist() if "label" in frame.columns else [None] * len(frame)
     return [Example(list(ids), label=index.get(a, -1)) for ids, a in zip(encoded, answers)]
-
-
-def _end_of_turn_ids(tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):  # ChatML, Llama 3, Gemma
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return ids
 
 
 def encode_replies(tokenizer: Any, frame: pd.DataFrame, max_length: int | None, system_prompt: str | None
@@ -691,7 +680,7 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
             loss_module = (classes["ClassificationLoss"] if task == "classify" else classes["ReplyTokenLoss"])(model)
             if n_layers:
                 adapted_layers = (n_layers - adapted, n_layers)
-            if precision == "bf16":
+            if precision == "bf16" and task == "classify":  # generation runs outside autocast: fp32 weights there
                 _frozen_linear_weights_to_bf16(model)
             if task == "classify" and config.cache_frozen_layers and not checkpoint_every_n_layers:
                 prefix = FrozenPrefix.of(model, n_layers - adapted)
@@ -917,8 +906,6 @@ def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pa
                              description: str | None = None) -> np.ndarray:
     """Softmax probabilities (rows in ``examples`` order) of a classifier that maps ids to logits;
     examples that carry a cached ``prefix`` run through ``prefix.logits`` (the adapted layers only)."""
-            if advance is not None:
-                advance(len(rows))
     import torch
 
     n_out = None
@@ -929,6 +916,8 @@ def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pa
     with torch.inference_mode(), _autocast(device, precision), shown as advance:
         for rows, batch in _batched(examples, batch_size):
             tensors = collate(batch, pad_id)
+            if advance is not None:
+                advance(len(rows))
             if prefix is not None and "inputs_embeds" in tensors:
                 output = prefix.logits(tensors["inputs_embeds"].to(device), tensors["attention_mask"].to(device))
             else:
@@ -978,8 +967,6 @@ def classification_metrics(labels: np.ndarray, proba: np.ndarray) -> dict[str, f
 def generate_texts(peft_model: Any, tokenizer: Any, frame: pd.DataFrame, *, system_prompt: str | None,
                    max_new_tokens: int, batch_size: int = 8, description: str = "generating") -> tuple[list[str], np.ndarray]:
     """Greedy replies of the fine-tuned model to ``frame``'s messages (the training conversation format)."""
-    from .llm_candidates import generate_replies
-
     conversations = [conversation(t, c, system_prompt) for t, c in
                      zip(frame["input"].fillna("").astype(str), _contexts(frame))]
     was_training = peft_model.training
@@ -1445,8 +1432,6 @@ def _distributed() -> tuple[int, int]:
 def _stratified_head(frame: pd.DataFrame, n: int, task: str, seed: int) -> pd.DataFrame:
     if len(frame) <= n:
         return frame.reset_index(drop=True)
-    from .baseline import stratified_sample_ids
-
     ids = set(stratified_sample_ids(frame, n, seed, "label" if task == "classify" else None))
     return frame[frame["id"].astype(str).isin(ids)].reset_index(drop=True)
 
@@ -1993,29 +1978,8 @@ def load_trained(adapter_dir: str | Path, *, trust_remote_code: bool = False) ->
 # Dry run: what a run would cost, before it runs
 
 
-# Reference GPUs: peak dense bf16 tensor TFLOPs (no sparsity) and an on-demand hourly price.
-# Figures as read on 2026-11-24 from public pages; prices move, so check before relying on them.
-REFERENCE_GPUS: list[dict[str, Any]] = [
-    # A10G (AWS g5): 70 TFLOPs bf16 per Baseten, "NVIDIA A10 vs A10G for ML model inference"
-    # (baseten.co/blog); $1.006/h: AWS EC2 on-demand price of g5.xlarge, us-east-1.
-    {"gpu": "A10G", "peak_bf16_tflops": 70.0, "usd_per_hour": 1.006, "memory_gib": 24},
-    # L4: 121 TFLOPs bf16 dense (242 with sparsity), NVIDIA L4 datasheet; $0.71/h: Google Cloud
-    # g2-standard-4 (one L4) on-demand, us-central1.
-    {"gpu": "L4", "peak_bf16_tflops": 121.0, "usd_per_hour": 0.71, "memory_gib": 24},
-    # A100 40GB: 312 TFLOPs bf16 dense, NVIDIA A100 datasheet; $1.80/h: low end of the 2026
-    # hyperscaler on-demand range ($1.80-2.25/GPU-h) quoted by yobitel.com's A100 knowledge base.
-    {"gpu": "A100-40GB", "peak_bf16_tflops": 312.0, "usd_per_hour": 1.80, "memory_gib": 40},
-    # H100 SXM: 989 TFLOPs bf16 dense (1,979 with sparsity), NVIDIA H100 datasheet; $2.31/h: the
-    # per-GPU container price in FPT Cloud's AI Factory billing documentation example.
-    {"gpu": "H100", "peak_bf16_tflops": 989.0, "usd_per_hour": 2.31, "memory_gib": 80},
-]
-# Model FLOPs utilisation assumed for small-batch fine-tuning of a small model: 35% is typical of
-# well-tuned LLM training (PaLM reports 46% MFU at scale); small models and LoRA sit lower.
-GPU_UTILISATION = 0.35
-# Training FLOPs per token: full fine-tuning 6N (forward 2N, backward 4N: activation gradients 2N
-# plus weight gradients 2N). LoRA skips the weight gradients of the frozen weights: about 4N
-# (forward 2N + activation gradients 2N; the adapters add well under 1%).
-FLOPS_PER_TOKEN = {"lora": 4, "encoder": 6}
+# Reference GPUs, their utilisation and FLOPs per token: tunewise.pricing (REFERENCE_GPUS,
+# GPU_UTILISATION, FLOPS_PER_TOKEN, imported above and still importable from here).
 
 
 def dry_run(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame | None, *, method: Method = "lora",

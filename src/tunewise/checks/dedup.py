@@ -65,7 +65,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

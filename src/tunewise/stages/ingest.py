@@ -9,8 +9,8 @@ import pandas as pd
 from ..artifacts import write_csv, write_json, write_parquet
 from ..config import ProjectConfig
 from ..ingest import IngestError, ingest, known_extension
-from ..progress import console
 from ..issues import IssueTable
+from ..progress import console
 from ..runner import StageContext, stage
 
 

@@ -22,6 +22,7 @@ from ..config import ProjectConfig
 from ..progress import console
 from ..runner import StageContext, StageError, stage
 
+
 def resolve_candidates(task: str, names: list[str] | None) -> list[str]:
     """The fine-tuned candidates to train; a wrong name, kind or task is an error naming the field."""
     from ..candidates import CANDIDATES, CandidateError, candidate_class
