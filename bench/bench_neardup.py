@@ -36,9 +36,9 @@ from tunewise.neardup import (
     datasketch_reference,
     find_near_duplicates,
     lsh_params,
-    normalise_texts,
     shingle_set,
 )
+from tunewise.text import dedup_keys
 
 OPENERS = ["", "", "", "hi", "hello", "hey", "hi there", "good morning", "good evening", "dear support",
            "quick question", "urgent", "please help", "excuse me", "sorry to bother you", "hello team"]
@@ -151,7 +151,7 @@ def _jaccard(a: set[str], b: set[str]) -> float:
 
 def _shingle_sets_of(texts: list[str], rows: np.ndarray, shingle: int) -> dict[int, set[str]]:
     rows = np.unique(rows)
-    normalised = normalise_texts([texts[r] for r in rows.tolist()])
+    normalised = dedup_keys([texts[r] for r in rows.tolist()])
     return {int(r): shingle_set(t, shingle) for r, t in zip(rows.tolist(), normalised)}
 
 

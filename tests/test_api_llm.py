@@ -27,11 +27,11 @@ from tunewise.api_llm import (
     label_probabilities,
     map_to_label,
     monthly_cost,
-    normalise_label,
     retry_after_seconds,
 )
 from tunewise.baseline import quick_metrics
 from tunewise.candidates import CandidateError, candidate_kwargs, check_predictions, make_candidate
+from tunewise.text import answer_label_key
 
 KEY_ENV = "TUNEWISE_TEST_API_KEY"
 KEY = "sk-tw-9f3b1c77e2d54a60b0c1-SECRET"
@@ -100,7 +100,7 @@ def test_answers_map_to_labels_exactly_then_normalised_and_otherwise_not():
     # two labels that normalise alike match neither
     assert map_to_label("A b", ["a_b", "A-B"], ["a b", "A-B"])[0] is None
     assert map_to_label("a b", ["a_b", "A-B"], ["a b", "A-B"])[0] == "a_b"  # an exact match still wins
-    assert normalise_label("Lost_or-stolen  CARD?!") == "lost or stolen card"
+    assert answer_label_key("Lost_or-stolen  CARD?!") == "lost or stolen card"
 
 
 def test_retry_after_in_seconds_http_date_and_milliseconds():

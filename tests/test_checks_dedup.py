@@ -21,7 +21,8 @@ from tunewise.checks.dedup import (
 )
 from tunewise.config import config_from_dict
 from tunewise.curate import CurateContext, Engine, SkipCheck, curate_frame
-from tunewise.neardup import normalise_for_dedup, shingle_set
+from tunewise.neardup import shingle_set
+from tunewise.text import dedup_key
 
 
 def make_frame(rows: list[tuple[str, str]], answer: str = "label") -> pd.DataFrame:
@@ -52,8 +53,8 @@ def reported(findings) -> dict[str, str | None]:
 
 
 def jaccard(a: str, b: str) -> float:
-    sa = shingle_set(normalise_for_dedup(mask_numbers(a)))
-    sb = shingle_set(normalise_for_dedup(mask_numbers(b)))
+    sa = shingle_set(dedup_key(mask_numbers(a)))
+    sb = shingle_set(dedup_key(mask_numbers(b)))
     return len(sa & sb) / len(sa | sb)
 
 

@@ -13,13 +13,13 @@ from tunewise.checks.labels import (
     LabelErrors,
     ThinClasses,
     _clean_generation,
-    _normalise,
     _reject_reason,
     balance_report,
 )
 from tunewise.config import ConfigError, CurateConfig, config_from_dict
 from tunewise.curate import CurateContext, Engine, curate_frame
 from tunewise.records import records_from_texts
+from tunewise.text import surface_key
 
 CHECKS = [name for name, f in CurateConfig.model_fields.items() if f.annotation.__name__ == "CheckConfig"]
 # Six BANKING77 intents that a bank's customers would not confuse with one another; the test is
@@ -178,9 +178,9 @@ def test_synthesize_adds_marked_paraphrases_that_copy_nothing(noisy_banking, one
     assert set(per_class.index) <= {"pin_blocked", "exchange_rate"} and per_class.max() <= 2  # only what is needed
     assert all(i.startswith(f"syn-{label}-") for i, label in zip(added["id"], added["label"]))
     assert added["id"].is_unique and not set(added["id"]) & set(keep["id"])
-    existing = {_normalise(t) for t in keep["input"]}
-    assert not any(_normalise(t) in existing for t in added["input"])
-    assert added["input"].map(_normalise).is_unique
+    existing = {surface_key(t) for t in keep["input"]}
+    assert not any(surface_key(t) in existing for t in added["input"])
+    assert added["input"].map(surface_key).is_unique
     vectors = ctx.embed(added["input"].tolist())
     assert (vectors @ ctx.embed(keep["input"].tolist()).T).max() < 0.95
     among_added = vectors @ vectors.T

@@ -11,15 +11,14 @@ import pytest
 
 from tunewise.checks.text import (
     garbage_reason,
-    label_key,
     label_mapping,
     load_tokenizer,
-    normalise_text,
     random_letters_log_odds,
 )
 from tunewise.config import config_from_dict
 from tunewise.curate import CHECK_ORDER, curate_frame
 from tunewise.demo_data import generate_demo
+from tunewise.text import label_key, tidy_text
 
 
 def make_config(task: str = "classify", **checks: dict):
@@ -50,8 +49,8 @@ def make_frame(inputs: list, answers: list | None = None, task: str = "classify"
 
 def test_normalise_text_nfc_controls_spaces():
     decomposed = "cafe\u0301"  # e + combining acute
-    assert normalise_text(f"  {decomposed}\x00 au\u00a0\u00a0lait\x1b\r\nline\ttab  ") == "caf\u00e9 au lait\nline\ttab"
-    assert normalise_text("already clean") == "already clean"
+    assert tidy_text(f"  {decomposed}\x00 au\u00a0\u00a0lait\x1b\r\nline\ttab  ") == "caf\u00e9 au lait\nline\ttab"
+    assert tidy_text("already clean") == "already clean"
 
 
 def test_standardise_transform_counts_changed_rows_and_cleans_context():

@@ -55,6 +55,33 @@ def test_payback_and_running_cost_arithmetic():
     assert monthly_running_cost(36.0, api, api_tokens=100)["usd"] == pytest.approx(1_000_000 * 100 / 1e6 * 0.5)
 
 
+def test_running_cost_scales_from_the_cores_that_measured_the_latency(tmp_path):
+    from tunewise.decide import MEASURED_CORES, _latency_cores, measuring_cores
+
+    roi = RoiConfig(monthly_volume=1_000_000, value_per_outcome_usd=1.0, always_on=False, serving_instance="c7i.large")
+    # 36 ms measured on 4 cores: the 2-vCPU c7i.large serves half as many requests an hour, 20 busy hours
+    four = monthly_running_cost(36.0, roi, measured_cores=4)
+    assert four["usd"] == pytest.approx(20 * 0.08925) and four["measured_cores"] == 4
+    assert "(2 vCPUs / 4 measuring cores)" in four["arithmetic"]
+    one = monthly_running_cost(36.0, roi, measured_cores=1)
+    assert one["usd"] == pytest.approx(5 * 0.08925)
+    # a run that did not record its cores: the development machine's 2, as before
+    assert MEASURED_CORES == 2 and monthly_running_cost(36.0, roi)["measured_cores"] == 2
+    assert measuring_cores() >= 1
+
+    # what the baseline and train stages record beside each latency, read back per candidate
+    run = tmp_path / "run"
+    (run / "baseline").mkdir(parents=True)
+    (run / "train").mkdir()
+    (run / "baseline" / "summary.json").write_text(json.dumps({"candidates": [
+        {"name": "tfidf_lr", "latency_cores": 8}, {"name": "majority"}, {"name": "embed_lr", "latency_cores": 8}]}))
+    (run / "train" / "summary.json").write_text(json.dumps({"candidates": [{"name": "encoder_ft", "latency_cores": 4}]}))
+    names = ["tfidf_lr", "majority", "encoder_ft", "embed_lr", "ensemble"]
+    assert _latency_cores(run, names, ["tfidf_lr", "encoder_ft"]) == {"tfidf_lr": 8, "encoder_ft": 4, "embed_lr": 8}
+    assert _latency_cores(run, names, ["tfidf_lr", "embed_lr"])["ensemble"] == 8  # its members agree
+    assert _latency_cores(tmp_path / "old_run", names, None) == {}
+
+
 def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):
     """The fixture run's real predictions evaluated again under other evaluate settings, into a copy
     of the run (split, curate, baseline and train stay as they are): what a team changing

@@ -17,8 +17,8 @@ from tunewise.cli import app
 from tunewise.config import config_from_dict, load_config
 from tunewise.ingest import iter_raw_rows
 from tunewise.labelling import LabellingError, add_labels, margin_uncertainty, rank_for_labelling, suggest
-from tunewise.neardup import normalise_texts
 from tunewise.split import FROZEN_TEST_FILE
+from tunewise.text import dedup_keys
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,13 +84,13 @@ def test_suggest_returns_k_distinct_uncertain_rows_unlike_labelled_ones(project)
     result = suggest(cfg, folder / "pool.csv", 8, run_id="r1", candidate="tfidf_lr", out=folder / "to_label.csv")
     table = pd.read_csv(folder / "to_label.csv", keep_default_na=False)
     assert list(table.columns) == ["id", "text", "suggested_label", "confidence", "uncertainty", "cluster", "label"]
-    assert len(table) == 8 and table["id"].is_unique and len(set(normalise_texts(table["text"].tolist()))) == 8
+    assert len(table) == 8 and table["id"].is_unique and len(set(dedup_keys(table["text"].tolist()))) == 8
     assert (table["label"] == "").all()
     assert table["uncertainty"].mean() > result["pool_mean_uncertainty"]
     assert result["skipped_labelled_exact"] >= 5  # the five upper-cased copies of training rows, at least
     assert not table["id"].str.startswith("copy").any()
     labelled = pd.concat([pd.read_parquet(folder / "runs" / "r1" / "ingest" / "records.parquet")])["input"].tolist()
-    assert not set(normalise_texts(table["text"].tolist())) & set(normalise_texts(labelled))
+    assert not set(dedup_keys(table["text"].tolist())) & set(dedup_keys(labelled))
     cosine = embed(table["text"].tolist()) @ embed(labelled).T
     assert cosine.max() < 0.95
 
@@ -118,8 +118,8 @@ def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_p
     split_dir = folder / "runs" / "r1" / "split"
     test_before = pd.read_parquet(split_dir / "test.parquet")
 
-    known = set(normalise_texts(training["text"].astype(str).tolist()))
-    new = fresh[[key not in known for key in normalise_texts(fresh["text"].tolist())]].drop_duplicates("text").head(6)
+    known = set(dedup_keys(training["text"].astype(str).tolist()))
+    new = fresh[[key not in known for key in dedup_keys(fresh["text"].tolist())]].drop_duplicates("text").head(6)
     rows = [{"id": r.id, "text": r.text, "label": r.intent} for r in new.itertuples()]
     rows += [{"id": "b1", "text": fresh["text"].iloc[-1], "label": ""}, {"id": "b2", "text": "anything", "label": " "}]
     rows += [{"id": "k1", "text": training["text"].iloc[0].lower(), "label": training["intent"].iloc[0]},

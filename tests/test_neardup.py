@@ -19,14 +19,14 @@ from tunewise.neardup import (
     exact_duplicate_groups,
     find_near_duplicates,
     lsh_params,
-    normalise_for_dedup,
 )
+from tunewise.text import dedup_key
 
 
 @functools.cache
 def word_ngrams(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
     """Independent of the engine: tuples of words, fewer than n words -> the whole text."""
-    words = normalise_for_dedup(text).split()
+    words = dedup_key(text).split()
     if not words:
         return frozenset()
     if len(words) < n:
@@ -192,11 +192,11 @@ def test_large_buckets_are_capped_but_stay_connected():
     assert result.representative.sum() == 1
 
 
-def test_normalise_for_dedup():
-    assert normalise_for_dedup("  Where's   my ORDER #12,345.67?!\n") == "wheres my order 0"
-    assert normalise_for_dedup("ＦＵＬＬ width – dash") == "full width dash"
-    assert normalise_for_dedup("Café 10:30 on 2024-01-05") == "café 0 on 0"
-    assert normalise_for_dedup("...") == ""
+def test_dedup_key():
+    assert dedup_key("  Where's   my ORDER #12,345.67?!\n") == "wheres my order 0"
+    assert dedup_key("ＦＵＬＬ width – dash") == "full width dash"
+    assert dedup_key("Café 10:30 on 2024-01-05") == "café 0 on 0"
+    assert dedup_key("...") == ""
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.9])

@@ -73,7 +73,6 @@ import random
 import re
 import threading
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -103,6 +102,7 @@ from .llm_candidates import (
     nearest_neighbours,
 )
 from .models import DEFAULT_ENCODER
+from .text import answer_label_key
 
 __all__ = [
     "ApiFewShotClassifier",
@@ -118,7 +118,6 @@ __all__ = [
     "label_probabilities",
     "map_to_label",
     "monthly_cost",
-    "normalise_label",
     "retry_after_seconds",
 ]
 
@@ -248,13 +247,6 @@ def monthly_cost(usd_per_request: float, monthly_volume: float) -> dict[str, Any
 # Answers to labels
 
 
-def normalise_label(text: str) -> str:
-    """Case-folded, underscores/hyphens/punctuation as spaces, runs of spaces as one."""
-    text = unicodedata.normalize("NFKC", str(text)).casefold()
-    text = "".join(" " if ch in "_-" or unicodedata.category(ch)[0] in "PS" else ch for ch in text)
-    return " ".join(text.split())
-
-
 def _reply_value(reply: str) -> str:
     """The answer inside a reply: the ``label`` of a JSON object, a JSON string, else the text."""
     text = (reply or "").strip()
@@ -276,7 +268,7 @@ def _reply_value(reply: str) -> str:
 
 def map_to_label(reply: str, labels: Sequence[str], names: Sequence[str] | None = None) -> tuple[str | None, str]:
     """(label or None, the answer as written): exact match on labels or their display names, then a
-    normalised match (:func:`normalise_label`); a normalised form shared by two labels matches neither."""
+    normalised match (:func:`answer_label_key`); a normalised form shared by two labels matches neither."""
     value = _reply_value(reply)
     names = list(names) if names is not None else [label_display_name(x) for x in labels]
     stripped = value.strip()
@@ -285,11 +277,11 @@ def map_to_label(reply: str, labels: Sequence[str], names: Sequence[str] | None 
             return candidate, value
         if candidate in names:
             return labels[names.index(candidate)], value
-    wanted = normalise_label(stripped)
+    wanted = answer_label_key(stripped)
     if not wanted:
         return None, value
     matches = {label for label, name in zip(labels, names)
-               if normalise_label(label) == wanted or normalise_label(name) == wanted}
+               if answer_label_key(label) == wanted or answer_label_key(name) == wanted}
     return (matches.pop() if len(matches) == 1 else None), value
 
 
@@ -327,10 +319,10 @@ def label_probabilities(answer: int, names: Sequence[str], tokens: Sequence[dict
                 continue
             if prefix and token.startswith(prefix):
                 token = token[len(prefix):]
-            head = normalise_label(token)
+            head = answer_label_key(token)
             if not head:
                 continue
-            matches = [j for j, name in enumerate(names) if j != answer and normalise_label(name).startswith(head)]
+            matches = [j for j, name in enumerate(names) if j != answer and answer_label_key(name).startswith(head)]
             for j in matches:
                 alternative[j] += math.exp(float(alt.get("logprob", -math.inf))) / len(matches)
     rest = max(0.0, 1.0 - p_answer)

@@ -31,6 +31,8 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import TunewiseError
+
 
 def _current_umask() -> int:
     """The process's umask, read when a file is written (importing tunewise leaves it alone)."""
@@ -51,10 +53,12 @@ PRIVATE_DIR_MODE = 0o700
 USER_DATA_SUFFIXES = frozenset({".parquet", ".jsonl", ".csv", ".tsv"})
 
 
-class ArtifactWriteError(OSError):
+class ArtifactWriteError(TunewiseError, OSError):
     """An artifact could not be written; the message names it and says what to check. The
     previous version of the file, if there was one, is unchanged. ``errno`` and ``filename`` (the
     artifact) are set as on any ``OSError``."""
+
+    hint = "check the free disk space and the write permission of the run folder (runs_dir in the config)"
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else super().__str__()

@@ -45,6 +45,7 @@ from .candidates import (
     make_candidate,
 )
 from .config import BaselineConfig, ModelsConfig  # noqa: F401  (BaselineConfig re-exported)
+from .decide import measuring_cores
 from .progress import console
 from .records import answer_column
 from .sampling import stratified_sample_ids
@@ -192,6 +193,7 @@ class CandidateRun:
             "metrics": quick_metrics(task, self.test, test),
             "latency_ms": ({"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
                             "p95": float(np.percentile(latency, 95))} if len(latency) else {}),
+            "latency_cores": measuring_cores(),  # the machine that timed them: decide scales from it
         }
         if self.info:
             out["info"] = self.info

@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from .errors import TunewiseError
 from .records import answer_column
 
 __all__ = [
@@ -67,8 +68,10 @@ TASKS = ("classify", "generate")
 PREDICTION_COLUMNS = ("id", "prediction", "score", "proba", "latency_ms")
 
 
-class CandidateError(ValueError):
+class CandidateError(TunewiseError, ValueError):
     """A candidate cannot be built or fitted as asked; the message says what to change."""
+
+    hint = "check the candidate's name and settings in the config (baseline.candidates, train.candidates)"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,13 +106,13 @@ def run(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
     """Run every pipeline stage in order, reusing stages whose inputs did not change."""
     cfg = _load(config)
     _run(cfg, run_id, None, force, as_json)
-    _print_verdict(cfg, run_id)
+    _print_verdict(cfg, run_id, err if as_json else out)  # with --json, stdout carries the JSON only
 
 
 VERDICT_COLOURS = {"FINE_TUNE": "green", "USE_ALTERNATIVE": "cyan", "NOT_YET": "yellow", "INCONCLUSIVE": "magenta"}
 
 
-def _print_verdict(cfg: ProjectConfig, run_id: str) -> None:
+def _print_verdict(cfg: ProjectConfig, run_id: str, console=out) -> None:
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     page = run_dir / "report" / "index.html"
     for source in (run_dir / "report" / "summary.json", run_dir / "decide" / "decision.json"):
@@ -121,12 +121,12 @@ def _print_verdict(cfg: ProjectConfig, run_id: str) -> None:
             verdict = decision.get("verdict")
             if verdict:
                 colour = VERDICT_COLOURS.get(verdict, "yellow")
-                out.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  (recommended: {decision.get('recommended')})")
+                console.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  (recommended: {decision.get('recommended')})")
                 if decision.get("reasons"):
-                    out.print(f"  because {decision['reasons'][0]}", markup=False, highlight=False)
+                    console.print(f"  because {decision['reasons'][0]}", markup=False, highlight=False)
                 break
     if page.exists():
-        out.print(f"report: [bold]{page}[/bold]")
+        console.print(f"report: [bold]{page}[/bold]")
 
 
 def _stage_command(name: str, help_text: str) -> None:
@@ -184,16 +184,17 @@ def evaluate(
     rerun = [] if human_ratings is not None else ["evaluate"]
     _run(cfg, run_id, ["evaluate"], list(force or []) + rerun, as_json)
     summary = read_json(evaluate_dir / "summary.json")
+    human = err if as_json else out  # with --json, stdout carries the JSON only
     if human_sheet:
         sheet = summary.get("human_sheet", {})
         if sheet.get("sheet_csv"):
-            out.print(f"human sheet: [bold]{evaluate_dir / 'human' / sheet['sheet_html']}[/bold] (form) and "
+            human.print(f"human sheet: [bold]{evaluate_dir / 'human' / sheet['sheet_html']}[/bold] (form) and "
                       f"{evaluate_dir / 'human' / sheet['sheet_csv']} ({sheet['n_items']} items, "
                       f"{' vs '.join(sheet['candidates'])}); fill it, then: tunewise evaluate --human-ratings FILE")
         else:
             err.print("human sheet: not written (no fine-tuned candidate and baseline pair to compare)")
     if human_ratings is not None:
-        _fold_human_ratings(evaluate_dir, human_ratings)
+        _fold_human_ratings(evaluate_dir, human_ratings, human)
     if fail_under:
         from .evaluate import gate_exit_code
 
@@ -202,7 +203,7 @@ def evaluate(
         raise typer.Exit(gate_exit_code(summary))
 
 
-def _fold_human_ratings(evaluate_dir: Path, filled: Path) -> None:
+def _fold_human_ratings(evaluate_dir: Path, filled: Path, console=out) -> None:
     from .human_sheet import SheetError, fold_ratings
     from .runner import existing_run_lock
 
@@ -212,10 +213,10 @@ def _fold_human_ratings(evaluate_dir: Path, filled: Path) -> None:
     except (SheetError, OSError, *_known_errors()) as exc:
         _fail(exc)
     if ratings["win_rate"] is None:
-        out.print(f"human ratings: no decided items yet ({ratings['ties']} ties, {ratings['unrated']} unrated)")
+        console.print(f"human ratings: no decided items yet ({ratings['ties']} ties, {ratings['unrated']} unrated)")
         return
     low, high = ratings["ci95"]
-    out.print(f"human ratings: {ratings['candidate']} preferred over {ratings['opponent']} in "
+    console.print(f"human ratings: {ratings['candidate']} preferred over {ratings['opponent']} in "
               f"{ratings['win_rate']:.0%} of {ratings['wins'] + ratings['losses']} decided items "
               f"(95% CI {low:.0%} to {high:.0%}); {ratings['ties']} ties, {ratings['unrated']} unrated")
 
@@ -577,13 +578,17 @@ def demo(
     from .demo import write_demo_project
 
     t0 = time.perf_counter()
-    cfg_path, files = write_demo_project(out_dir, task=task, seed=seed)
-    out.print(f"demo data: [bold]{files.data}[/bold] ({sum(files.defect_counts.values())} injected defects, "
-              f"truth in {files.truth.name}); config: [bold]{cfg_path}[/bold]")
+    human = err if as_json else out  # with --json, stdout carries the JSON only
+    try:
+        cfg_path, files = write_demo_project(out_dir, task=task, seed=seed)
+    except _known_errors() as exc:
+        _fail(exc)
+    human.print(f"demo data: [bold]{files.data}[/bold] ({sum(files.defect_counts.values())} injected defects, "
+                f"truth in {files.truth.name}); config: [bold]{cfg_path}[/bold]")
     cfg = _load(cfg_path)
     _run(cfg, "demo", None, None, as_json)
-    _print_verdict(cfg, "demo")
-    out.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+    _print_verdict(cfg, "demo", human)
+    human.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
 
 
 @app.command()

@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .config import ConfigError, ProjectConfig, load_config
+from .config import ProjectConfig, load_config
+from .errors import TunewiseError
 
 __all__ = ["ConfigOpt", "JsonOpt", "RunIdOpt", "err", "out", "prepare_process"]
 
@@ -35,26 +36,22 @@ def prepare_process() -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    # imported when a command handles an error, not at start-up: candidates loads scikit-learn, and
-    # `tunewise --help` should not wait for it
-    from .artifacts import ArtifactWriteError
-    from .candidates import CandidateError
-    from .ingest import IngestError
-    from .models import ModelNotFoundError
-    from .runner import StageError
-
-    return (ConfigError, StageError, IngestError, ModelNotFoundError, CandidateError, FileExistsError,
-            ArtifactWriteError)
+    # every tunewise error (ConfigError, StageError, IngestError, ...) derives from TunewiseError
+    return (TunewiseError, FileExistsError)
 
 
 def _fail(exc: BaseException) -> None:
+    """The error's message and, for a TunewiseError with one, its hint (what to do) on stderr; exit 1."""
     err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    hint = getattr(exc, "hint", None) if isinstance(exc, TunewiseError) else None
+    if hint:
+        err.print(f"hint: {hint}", markup=False, highlight=False)
     raise typer.Exit(1)
 
 
 def _load(config: Path) -> ProjectConfig:
     try:
         return load_config(config)
-    except ConfigError as exc:
+    except _known_errors() as exc:  # a ConfigError, or an error of the precheck load_config runs
         _fail(exc)
         raise  # unreachable

@@ -19,11 +19,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .errors import TunewiseError
 from .pricing import CPU_INSTANCES, REFERENCE_GPUS
 
 
-class ConfigError(Exception):
+class ConfigError(TunewiseError):
     """A config problem the user must fix; the message says where and how."""
+
+    hint = "fix the setting named above in the config file; `tunewise init DATA_FILE` writes a commented example"
 
 
 class Section(BaseModel):

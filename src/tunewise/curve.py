@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import TunewiseError
 from .progress import console, progress
+from .stats import percentile_interval, resample_weights
 
 __all__ = ["CurveError", "CurveFit", "fit_power_law", "learning_curve", "nested_subsets", "power_law"]
 
@@ -39,7 +41,7 @@ MIN_PER_CLASS = 2  # a class below this is raised to it: a model cannot learn a 
 MULTIPLES = (1, 2, 5, 10)  # 1x: the fit at the current data, beside the measured value
 
 
-class CurveError(ValueError):
+class CurveError(TunewiseError, ValueError):
     """The curve cannot be computed; the message says what to change."""
 
 
@@ -165,17 +167,18 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
     out: dict[str, Any] = {"fractions": list(subsets), "n_train": len(train), "notes": notes, "seed": seed,
                            "sizes": {str(f): int(len(idx)) for f, idx in subsets.items()}, "target": target,
                            "n_resamples": n_resamples, "engine": engine, "candidates": {}}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(test), size=(n_resamples, len(test)))  # the same resamples for every candidate
+    # stats' bootstrap: how often each test row is drawn, per resample; the same resamples for every candidate
+    weights = resample_weights(len(test), n_resamples, seed).astype(np.float64)
     boot_fits: dict[str, list[CurveFit]] = {}
     ns = np.array([len(subsets[f]) for f in subsets], dtype=float)
     # the bootstrap refits (a scipy fit each, ~4 ms): a few seconds per candidate at 500 resamples
     with progress("learning curve: bootstrap", len(candidates) * n_resamples, unit="fits") as advance:
         for name in candidates:
             correct = np.stack([results[(name, f)]["test"] for f in subsets])
+            boot_accuracy = (weights @ correct.T.astype(np.float64)) / len(test)  # (resamples, fractions)
             boot_fits[name] = []
-            for d in draws:
-                boot_fits[name].append(fit_power_law(ns, 1 - correct[:, d].mean(axis=1)))
+            for accuracy in boot_accuracy:
+                boot_fits[name].append(fit_power_law(ns, 1 - accuracy))
                 advance(1)
     for name in candidates:
         correct = np.stack([results[(name, f)]["test"] for f in subsets])  # (fractions, test rows)
@@ -202,12 +205,9 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
     return out
 
 
-def _interval(values: Sequence[float], level: float = 0.95) -> list[float]:
-    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if not len(values):
-        return [float("nan"), float("nan")]
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+def _interval(values: Sequence[float | None], level: float = 0.95) -> list[float]:
+    """stats' percentile interval of the finite values, as a list (None: no value)."""
+    return list(percentile_interval(np.asarray([v for v in values if v is not None], dtype=float), level))
 
 
 def _needed(fit: CurveFit, boot: list[CurveFit], target: float, n_now: float) -> dict[str, Any]:

@@ -38,6 +38,7 @@ The first reason is the one that decided. Every cost line carries its arithmetic
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ import pandas as pd
 
 from .artifacts import read_json
 from .config import RoiConfig
+from .errors import TunewiseError
 from .pricing import CPU_INSTANCES, FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
 __all__ = ["CPU_INSTANCES", "DecisionError", "VERDICTS", "decide", "monthly_running_cost", "one_time_cost",
@@ -64,13 +66,15 @@ VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")
 SERVING_MEMORY_GIB = {"sklearn": 0.35, "encoder": 0.9, "llm": 1.8}
 USABLE_MEMORY_SHARE = 0.75  # the rest is the operating system's and headroom for request bursts
 HOURS_PER_MONTH = 730  # 365 x 24 / 12, the convention cloud price pages use
-MEASURED_CORES = 2  # the development machine the latencies come from (docs/benchmarks.md)
+# Cores of the machine a latency was measured on, for runs written before the baseline and train
+# stages recorded it (``latency_cores`` beside each candidate's latency): the development machine.
+MEASURED_CORES = 2
 SENSITIVITY_STEP = 0.25
 CHARS_PER_TOKEN = 4.0  # English text, a common rule of thumb for BPE tokenizers
 Z_POWER = 0.8416  # one-sided 80% power, the usual planning default
 
 
-class DecisionError(ValueError):
+class DecisionError(TunewiseError, ValueError):
     """The decision cannot be computed from these inputs; the message says which is missing."""
 
 
@@ -179,10 +183,22 @@ def one_time_cost(train_summaries: dict[str, dict], flagged_rows: int, roi: RoiC
     return float(sum(line["usd"] for line in lines)), lines
 
 
+def measuring_cores() -> int:
+    """Cores this process may run on: recorded as ``latency_cores`` with every latency the baseline
+    and train stages measure, so the decision scales a latency from the machine that measured it."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1  # a container's or taskset's share, not the host's
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def monthly_running_cost(latency_ms: float, roi: RoiConfig, *, api_tokens: float | None = None,
-                         memory_gib: float | None = None, usd_per_request: float | None = None) -> dict[str, Any]:
+                         memory_gib: float | None = None, usd_per_request: float | None = None,
+                         measured_cores: float | None = None) -> dict[str, Any]:
     """Serving cost a month at ``roi.monthly_volume`` requests: an API's price per request or per
-    token, else compute hours on the instance that holds the model."""
+    token, else compute hours on the instance that holds the model. ``measured_cores``: the cores of
+    the machine that measured ``latency_ms`` (default ``MEASURED_CORES``, for runs that did not
+    record it); an instance with more vCPUs serves proportionally more requests an hour."""
     volume = roi.monthly_volume or 0.0
     if usd_per_request is not None:
         return {"usd": volume * usd_per_request, "instance": None,
@@ -192,14 +208,17 @@ def monthly_running_cost(latency_ms: float, roi: RoiConfig, *, api_tokens: float
         return {"usd": usd, "instance": None, "arithmetic": f"{volume:,.0f} requests x {api_tokens:,.0f} tokens x "
                 f"${roi.baseline_usd_per_million_tokens:g}/M tokens"}
     instance = _instance(roi, memory_gib)
-    speedup = instance["vcpus"] / MEASURED_CORES
+    cores = measured_cores or MEASURED_CORES
+    speedup = instance["vcpus"] / cores
     busy_hours = volume * latency_ms / 1000 / speedup / 3600
     hours = max(busy_hours, HOURS_PER_MONTH) if roi.always_on else busy_hours
     usd = hours * instance["usd_per_hour"]
     floor = " (one instance always on)" if roi.always_on and busy_hours < HOURS_PER_MONTH else ""
     fits = f", {memory_gib:.2g} GiB needed of {instance['memory_gib']:g}" if memory_gib is not None else ""
     return {"usd": usd, "busy_hours": busy_hours, "instance": instance["name"],
-            "arithmetic": f"{volume:,.0f} requests x {latency_ms:.3g} ms / {speedup:g} = {busy_hours:.3g} busy h; "
+            "measured_cores": cores,
+            "arithmetic": f"{volume:,.0f} requests x {latency_ms:.3g} ms / {speedup:g} ({instance['vcpus']:g} vCPUs / "
+                          f"{cores:g} measuring cores) = {busy_hours:.3g} busy h; "
                           f"{hours:.4g} h{floor} x ${instance['usd_per_hour']:g}/h ({instance['name']}{fits})"}
 
 
@@ -304,6 +323,24 @@ def _latencies(run_dir: Path, names: list[str]) -> dict[str, float]:
                 values = pd.to_numeric(frame["latency_ms"], errors="coerce").dropna()
                 out[name] = float(np.median(values)) if len(values) else 0.0
                 break
+    return out
+
+
+def _latency_cores(run_dir: Path, names: list[str], members: list[str] | None) -> dict[str, float]:
+    """Cores of the machine that measured each candidate's latency (``latency_cores`` in the train and
+    baseline summaries); the ensemble's, when its members agree. Missing in runs written before it."""
+    out: dict[str, float] = {}
+    for stage in ("train", "baseline"):  # the order _latencies reads the predictions in
+        path = run_dir / stage / "summary.json"
+        if not path.exists():
+            continue
+        for entry in read_json(path).get("candidates", []):
+            cores = entry.get("latency_cores")
+            if entry.get("name") in names and entry["name"] not in out and isinstance(cores, int | float) and cores > 0:
+                out[entry["name"]] = float(cores)
+    member_cores = {out.get(m) for m in members or []}
+    if "ensemble" in names and members and len(member_cores) == 1 and None not in member_cores:
+        out["ensemble"] = member_cores.pop()
     return out
 
 
@@ -413,9 +450,11 @@ def _candidate_costs(name: str, entry: dict, roi: RoiConfig, trained: dict[str, 
     elif kind == "incumbent" and usd_per_request is not None:
         running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=usd_per_request)
     elif kind == "incumbent":
-        running = monthly_running_cost(latency.get(name, 0.0), roi, api_tokens=api_tokens, memory_gib=memory)
+        running = monthly_running_cost(latency.get(name, 0.0), roi, api_tokens=api_tokens, memory_gib=memory,
+                                       measured_cores=entry.get("latency_cores"))
     else:
-        running = monthly_running_cost(latency.get(name, 0.0), roi, memory_gib=memory)
+        running = monthly_running_cost(latency.get(name, 0.0), roi, memory_gib=memory,
+                                       measured_cores=entry.get("latency_cores"))
     return _Costs(one_time, lines, running["usd"], running["arithmetic"], running.get("instance"),
                   None if running.get("instance") is None else memory, roi.horizon_months)
 
@@ -496,6 +535,8 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     for name, usd in _measured_usd_per_request(run_dir).items():
         if name in entries:
             entries[name] = {**entries[name], "usd_per_request_measured": usd}
+    for name, cores in _latency_cores(run_dir, list(entries), (evaluation.get("ensemble") or {}).get("members")).items():
+        entries[name] = {**entries[name], "latency_cores": cores}
     quality = _Quality(metric, _gain_scale(metric), metric in (evaluation.get("lower_is_better") or []), entries,
                        evaluation.get("pairwise") or {})
     latency = _latencies(run_dir, list(entries))

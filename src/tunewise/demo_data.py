@@ -65,6 +65,7 @@ import pandas as pd
 
 from .artifacts import write_csv, write_text
 from .records import TASKS
+from .text import surface_key
 
 STORE = "Northwind Goods"
 DATA_FILE = "support.csv"
@@ -1427,11 +1428,6 @@ class DemoFiles:
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-def normalise_text(text: str) -> str:
-    """Whitespace collapsed and case folded: two texts equal after this are exact duplicates."""
-    return " ".join(str(text).split()).casefold()
-
-
 def word_shingles(text: str, size: int = 3) -> set[tuple[str, ...]]:
     """Word n-gram shingles (lower case, word characters only); short texts give one shingle."""
     words = _WORD.findall(str(text).lower())
@@ -1730,7 +1726,7 @@ class _Pool:
 
     def claim(self, text: str) -> bool:
         """Reserve a normalised text; False if it is already taken."""
-        key = normalise_text(text)
+        key = surface_key(text)
         if key in self.seen:
             return False
         self.seen.add(key)
@@ -2093,7 +2089,7 @@ def _inject_defects(base: list[_Row], counts: dict[str, int], pool: _Pool, draw:
             if edit is None:
                 continue
             text, reply, how = edit
-            if normalise_text(text) == normalise_text(orig.text):
+            if surface_key(text) == surface_key(orig.text):
                 continue
             if jaccard(word_shingles(text), word_shingles(orig.text)) < 0.6 or not pool.claim(text):
                 continue

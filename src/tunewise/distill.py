@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import TunewiseError
 from .progress import console, progress
 
 __all__ = ["API_TEACHERS", "DistillError", "DistillStopped", "choose_min_confidence", "distill", "read_pool"]
@@ -55,7 +56,7 @@ MIN_KEPT_SHARE = 0.05  # a threshold must keep this share of validation rows (an
 COMPARED = ("accuracy", "macro_f1")
 
 
-class DistillError(ValueError):
+class DistillError(TunewiseError, ValueError):
     """Distillation cannot run as asked; the message names the file, option or field."""
 
 
@@ -92,13 +93,13 @@ def _exclude_known(pool: pd.DataFrame, frames: dict[str, pd.DataFrame], cfg: Any
     """Drop pool rows the project already has: the same normalised text as a gold row (train: labelled
     already; validation or test: it would leak into what the students are scored on), near-duplicates
     of validation and test rows (the split stage's leakage measure), and copies inside the pool."""
-    from .neardup import normalise_texts
     from .split import find_leakage
+    from .text import dedup_keys
 
-    keys = normalise_texts(pool["input"].astype(str).tolist())
-    gold_train = set(normalise_texts(frames["train"]["input"].astype(str).tolist()))
+    keys = dedup_keys(pool["input"].astype(str).tolist())
+    gold_train = set(dedup_keys(frames["train"]["input"].astype(str).tolist()))
     held = pd.concat([frames["validation"], frames["test"]], ignore_index=True)
-    held_keys = set(normalise_texts(held["input"].astype(str).tolist()))
+    held_keys = set(dedup_keys(held["input"].astype(str).tolist()))
     keep = np.ones(len(pool), dtype=bool)
     counts = {"already_labelled": 0, "same_as_validation_or_test": 0, "near_validation_or_test": 0, "pool_copies": 0}
     seen: set[str] = set()

@@ -39,6 +39,7 @@ import pandas as pd
 from .artifacts import read_json, write_csv, write_json, write_parquet
 from .candidates import CANDIDATES, PREDICTION_COLUMNS, Candidate
 from .config import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
+from .errors import TunewiseError
 from .metrics_gen import FactChecker, bleu_from_statistics, chrf_from_statistics, score_generation
 from .perturb import PERTURBATIONS, perturb
 from .progress import track
@@ -53,6 +54,7 @@ from .stats import (
     mean_with_ci,
     paired_permutation,
     percentile_interval,
+    precision_recall_f1,
     ratio_resampled,
     resample_weights,
 )
@@ -98,8 +100,10 @@ PERTURBATION_KINDS = tuple(PERTURBATIONS)  # typos, casing, punctuation, fillers
 COVERAGE_LEVELS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 100% .. 50%
 
 
-class EvaluationError(ValueError):
+class EvaluationError(TunewiseError, ValueError):
     """Evaluation cannot run as asked; the message names the file or candidate."""
+
+    hint = "check the evaluate section of the config and that `tunewise train` finished for this run"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,10 +574,11 @@ def _oos_block(y_true: np.ndarray, y_pred: np.ndarray, is_oos: np.ndarray, flagg
     in_right = int((in_scope & ~flagged & (y_pred == y_true)).sum())
     tp, fp = int((flagged & is_oos).sum()), int((flagged & in_scope).sum())
     fn = n_oos - tp
+    precision, recall, f1 = (float(v) for v in precision_recall_f1(tp, fp, fn))
     return {"in_scope_accuracy": in_right / n_in if n_in else None,
-            "oos_recall": tp / n_oos if n_oos else None,
-            "oos_precision": tp / (tp + fp) if tp + fp else None,
-            "oos_f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None,
+            "oos_recall": recall if n_oos else None,
+            "oos_precision": precision if tp + fp else None,
+            "oos_f1": f1 if 2 * tp + fp + fn else None,
             "in_scope_correct": in_right, "oos_caught": tp, "oos_false_alarms": fp, "oos_missed": fn,
             "flagged": tp + fp}
 
@@ -608,10 +613,7 @@ def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
 def _per_class(scores: ClassifyScores, name: str) -> pd.DataFrame:
     counts = class_counts(np.ones((1, len(scores.ids)), np.float32), scores.y_true, scores.y_pred, len(scores.labels))
     tp, fp, fn = counts.tp[0], counts.fp[0], counts.fn[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     present = (tp + fp + fn) > 0
     return pd.DataFrame({
         "candidate": name, "label": np.asarray(scores.labels, dtype=object)[present],

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .artifacts import read_json, write_json, write_text
+from .errors import TunewiseError
 from .runner import existing_run_lock
 
 __all__ = ["CLASSIFIER_KWARGS", "ExportError", "export", "trained_candidates"]
@@ -28,7 +29,7 @@ __all__ = ["CLASSIFIER_KWARGS", "ExportError", "export", "trained_candidates"]
 CLASSIFIER_KWARGS = "classifier.json"  # keyword arguments that size a classifier's head (adapter export)
 
 
-class ExportError(ValueError):
+class ExportError(TunewiseError, ValueError):
     """Nothing to export, or an ambiguous choice; the message says what to pass."""
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .chat import generate_replies
+from .text import containment_key
 
 __all__ = [
     "PARAGRAPHS",
@@ -94,14 +94,10 @@ PARAGRAPHS: tuple[str, ...] = (
 SYSTEM_PROMPT = "Answer the question in a few words."
 
 
-def _normalise(text: str) -> str:
-    return " " + re.sub(r"[^\w\s-]", " ", str(text).lower()).replace("\n", " ") + " "
-
-
 def answer_is_correct(reply: str, accepted: Sequence[str]) -> bool:
     """An accepted answer appears in the reply as whole words (case and punctuation ignored)."""
-    padded = re.sub(r"\s+", " ", _normalise(reply))
-    return any(re.sub(r"\s+", " ", _normalise(answer)) in padded for answer in accepted)
+    padded = containment_key(reply)
+    return any(containment_key(answer) in padded for answer in accepted)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from .artifacts import (
     write_json,
     write_text,
 )
+from .errors import TunewiseError
 from .stats import wilson_interval
 
 __all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "csv_safe", "csv_safe_frame", "fold_ratings", "read_sheet",
@@ -51,7 +52,7 @@ SHEET_COLUMNS = ("item", "input", "reference", "answer_A", "answer_B", "preferen
 _PREFERENCES = {"a": "A", "b": "B", "tie": "tie", "=": "tie", "same": "tie", "equal": "tie"}
 
 
-class SheetError(ValueError):
+class SheetError(TunewiseError, ValueError):
     """A sheet or key cannot be read; the message names the file and line."""
 
 

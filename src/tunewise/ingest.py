@@ -37,6 +37,7 @@ from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
+from tunewise.errors import TunewiseError
 from tunewise.issues import IssueTable
 from tunewise.progress import progress
 from tunewise.records import CORE_COLUMNS, answer_column
@@ -62,8 +63,10 @@ _SAMPLE_ROWS = 1000  # rows read to learn the columns of a JSON file before the 
 _READ_CHUNK = 1 << 20  # characters read at a time from a JSON array
 
 
-class IngestError(Exception):
+class IngestError(TunewiseError):
     """The data file as a whole cannot be used; the message names the file and says why."""
+
+    hint = "check the data file (csv, tsv, jsonl, json or parquet) and the column names in the config's data section"
 
 
 class RawRow(NamedTuple):

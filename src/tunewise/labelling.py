@@ -5,7 +5,7 @@ diversity, cluster-margin style (Citovsky et al. 2021, "Batch Active Learning at
 
 1. every pool row gets its margin uncertainty, 1 - (p1 - p2) of the class probabilities: 1 when
    the two likeliest classes tie, near 0 when the model is sure;
-2. rows already labelled are skipped: the same text after ``normalise_for_dedup`` (case,
+2. rows already labelled are skipped: the same text after ``tunewise.text.dedup_key`` (case,
    punctuation, numbers), or a sentence embedding within cosine 0.95 of a labelled row; copies
    inside the pool keep their first occurrence;
 3. the ~10 x k most uncertain rows left are clustered (KMeans on MiniLM embeddings) into k
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import TunewiseError
 from .progress import console
 
 __all__ = ["LabellingError", "Selection", "add_labels", "margin_uncertainty", "rank_for_labelling", "read_pool",
@@ -47,7 +48,7 @@ _LABEL_NAMES = ("label", "intent", "category", "class")
 _TARGET_NAMES = ("reply", "response", "answer", "output", "completion", "target")
 
 
-class LabellingError(ValueError):
+class LabellingError(TunewiseError, ValueError):
     """suggest or add-labels cannot run as asked; the message says what to change."""
 
 
@@ -100,7 +101,7 @@ def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, label
     """
     from sklearn.cluster import KMeans
 
-    from .neardup import normalise_texts
+    from .text import dedup_keys
 
     if k < 1:
         raise LabellingError(f"k must be at least 1, got {k}")
@@ -108,8 +109,8 @@ def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, label
     if len(uncertainty) != len(pool_texts):
         raise ValueError(f"{len(uncertainty)} uncertainties for {len(pool_texts)} pool rows")
     pool_texts = [str(t) for t in pool_texts]
-    pool_keys = normalise_texts(pool_texts) if pool_texts else []
-    labelled_keys = set(normalise_texts([str(t) for t in labelled_texts])) if len(labelled_texts) else set()
+    pool_keys = dedup_keys(pool_texts) if pool_texts else []
+    labelled_keys = set(dedup_keys([str(t) for t in labelled_texts])) if len(labelled_texts) else set()
     seen: set[str] = set()
     eligible = np.zeros(len(pool_texts), dtype=bool)
     exact = copies = 0
@@ -407,8 +408,8 @@ def add_labels(cfg: Any, file: str | Path, *, run_id: str = "default") -> dict[s
 
 def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
     from .artifacts import csv_unescape, write_text
-    from .neardup import normalise_texts
     from .records import answer_column
+    from .text import dedup_keys
 
     file = Path(file)
     answer = answer_column(cfg.task)
@@ -439,7 +440,7 @@ def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
             match = _ADDED_ID.match(_text(raw.fields.get("id")))
             if match:
                 next_number = max(next_number, int(match.group(1)) + 1)
-    seen = set(normalise_texts(known_texts)) if known_texts else set()
+    seen = set(dedup_keys(known_texts)) if known_texts else set()
 
     counts = Counter()
     warnings: list[str] = []
@@ -465,7 +466,7 @@ def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
             warnings.append(f"{where}: skipped, over data.max_chars={cfg.data.max_chars}")
             continue
         candidates.append((raw.line, text, value))
-    keys = normalise_texts([text for _, text, _ in candidates]) if candidates else []
+    keys = dedup_keys([text for _, text, _ in candidates]) if candidates else []
     new_rows = []
     for (line, text, value), key in zip(candidates, keys):
         if key in seen:  # already in the training data, the added file, or earlier in this file

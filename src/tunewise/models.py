@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunewise.artifacts import file_digest, read_json, write_json
+from tunewise.errors import TunewiseError
 from tunewise.progress import console, progress
 
 if TYPE_CHECKING:
@@ -129,8 +130,10 @@ class ResolvedModel:
     source: str  # human-readable: which package, folder or hub snapshot it came from
 
 
-class ModelNotFoundError(Exception):
+class ModelNotFoundError(TunewiseError):
     """A spec that resolves to nothing usable; the message lists what was tried and the fix."""
+
+    hint = "run `tunewise doctor`: it lists the models found and how to install a missing one"
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,7 +634,6 @@ _CORE_PACKAGES = [
     ("numpy", "numpy>=1.26"),
     ("pandas", "pandas>=2.1"),
     ("pyarrow", "pyarrow>=15"),
-    ("datasketch", "datasketch>=1.6"),
     ("cleanlab", "cleanlab>=2.6"),
     ("sacrebleu", "sacrebleu>=2.4"),
 ]

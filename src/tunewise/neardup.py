@@ -2,7 +2,7 @@
 
 Pipeline (each phase timed in ``NearDupResult.stats``):
 
-1. normalise: NFKC, lowercase, digit runs (with inner ``.,:/-``) -> ``0``, apostrophes dropped,
+1. normalise (``tunewise.text.dedup_keys``): NFKC, lowercase, digit runs (with inner ``.,:/-``) -> ``0``, apostrophes dropped,
    other punctuation and symbols -> space, whitespace collapsed (datatrove's dedup normalisation,
    minus accent stripping). Numbers collapse on purpose: "order #12345678" and "order #98765432"
    are the same request.
@@ -46,21 +46,15 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .text import arrow_texts as _to_arrow, dedup_keys, dedup_keys_arrow
+
 __all__ = [
     "NearDupResult",
     "find_near_duplicates",
     "exact_duplicate_groups",
-    "normalise_for_dedup",
-    "normalise_texts",
     "lsh_params",
     "datasketch_reference",
 ]
-
-# Normalisation as RE2 patterns (pyarrow), applied in this order.
-_NUMBER = r"\p{Nd}+(?:[.,:/\-]\p{Nd}+)*"  # 12,345.67 / 10:30 / 2024-01-05 -> one "0"
-_APOSTROPHE = r"['’`]"  # can't -> cant, not "can t"
-_NON_WORD = r"[^\p{L}\p{N}\p{M}\s]+"  # punctuation and symbols -> space
-_SPACES = r"\s+"
 
 _U64 = np.uint64
 _MASK32 = _U64(0xFFFFFFFF)
@@ -98,58 +92,14 @@ class NearDupResult:
 # normalisation and exact duplicates
 
 
-def _to_arrow(texts: Sequence[str] | pa.Array) -> pa.Array:
-    """Texts as an Arrow large_string array; None and NaN become "" (no content)."""
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    if isinstance(texts, pa.Array):
-        arr = texts.cast(pa.large_string())
-    else:
-        try:
-            arr = pa.array(texts, type=pa.large_string(), from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            for row, value in enumerate(texts):
-                if value is not None and not isinstance(value, str) and value == value:  # NaN != NaN
-                    raise TypeError(
-                        f"near-duplicate input row {row}: expected str, got {type(value).__name__} ({value!r:.60})"
-                    ) from exc
-            raise
-    return pc.fill_null(arr, "")
-
-
-def _normalise_arrow(arr: pa.Array) -> pa.Array:
-    out = pc.utf8_normalize(arr, form="NFKC")
-    out = pc.utf8_lower(out)
-    out = pc.replace_substring_regex(out, pattern=_NUMBER, replacement="0")
-    out = pc.replace_substring_regex(out, pattern=_APOSTROPHE, replacement="")
-    out = pc.replace_substring_regex(out, pattern=_NON_WORD, replacement=" ")
-    out = pc.replace_substring_regex(out, pattern=_SPACES, replacement=" ")
-    return pc.utf8_trim_whitespace(out)
-
-
 def _normalise_parallel(arr: pa.Array, workers: int) -> pa.Array:
-    """:func:`_normalise_arrow` over ``workers`` slices on threads (Arrow kernels release the GIL)."""
+    """:func:`tunewise.text.dedup_keys_arrow` over ``workers`` slices on threads (Arrow kernels release the GIL)."""
     if workers < 2 or len(arr) < 50_000:
-        return _normalise_arrow(arr)
+        return dedup_keys_arrow(arr)
     step = -(-len(arr) // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(_normalise_arrow, [arr.slice(k, step) for k in range(0, len(arr), step)]))
+        parts = list(pool.map(dedup_keys_arrow, [arr.slice(k, step) for k in range(0, len(arr), step)]))
     return pa.concat_arrays(parts)
-
-
-def normalise_texts(texts: Sequence[str]) -> list[str]:
-    """:func:`normalise_for_dedup` for many texts at once (vectorised in Arrow)."""
-    return _normalise_arrow(_to_arrow(texts)).to_pylist()
-
-
-def normalise_for_dedup(text: str) -> str:
-    """The form two texts are compared in: ``"Where's order #1234?!"`` -> ``"wheres order 0"``.
-
-    One definition for every caller: this runs the same Arrow pipeline as the batch engine.
-    Arrow compiles its patterns on every call (about 1 ms), so for many texts call
-    :func:`normalise_texts` once instead of this in a loop.
-    """
-    return normalise_texts([text])[0]
 
 
 def _unique_codes(normalised: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
@@ -173,7 +123,7 @@ def exact_duplicate_groups(texts: Sequence[str]) -> np.ndarray:
 
     Rows that normalise to "" (empty, only punctuation) form one group too.
     """
-    codes, first_row, _ = _unique_codes(_normalise_arrow(_to_arrow(texts)))
+    codes, first_row, _ = _unique_codes(dedup_keys_arrow(_to_arrow(texts)))
     return first_row[codes] if len(codes) else np.zeros(0, dtype=np.int64)
 
 
@@ -667,7 +617,7 @@ def datasketch_reference(
     """
     from datasketch import MinHash, MinHashLSH
 
-    normalised = normalise_texts(texts)
+    normalised = dedup_keys(texts)
     sets = [shingle_set(t, shingle) for t in normalised]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
     sketches: list[MinHash | None] = []

@@ -39,6 +39,7 @@ import pandas as pd
 
 from . import __version__
 from .artifacts import file_digest, write_json, write_text
+from .errors import TunewiseError
 
 # Stages whose _stage.json timing goes into summary.json, in pipeline order.
 PIPELINE_STAGES = ("ingest", "curate", "split", "baseline", "train", "evaluate", "decide")
@@ -52,8 +53,10 @@ EXAMPLES_PER_ISSUE = 3
 TEXT_CHARS = 300  # example texts are cut to this many characters
 
 
-class ReportError(Exception):
+class ReportError(TunewiseError):
     """The report cannot be built (no evaluation to report on); the message says what to run."""
+
+    hint = "run the stages the report reads first: `tunewise run` brings them all up to date"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import TunewiseError
 from .feedback import feedback_training_rows, parse_since
 
 __all__ = ["GATE_FIELDS", "RetrainError", "feedback_training_rows", "retrain", "retrain_gate"]
@@ -39,7 +40,7 @@ GATE_FIELDS = ("baseline", "threshold", "gate_beats_cheap", "confidence_level") 
 NOISE_ALPHA = 0.05  # a regression against the previous candidate counts when McNemar's p is below this
 
 
-class RetrainError(ValueError):
+class RetrainError(TunewiseError, ValueError):
     """retrain cannot run as asked; the message says what to change."""
 
 

@@ -37,15 +37,20 @@ from typing import Any
 from . import __version__
 from .artifacts import PRIVATE_DIR_MODE, ArtifactWriteError, file_digest, make_private_dirs, read_json, write_json
 from .config import ProjectConfig
+from .errors import TunewiseError
 from .progress import console
 
 
-class StageError(Exception):
+class StageError(TunewiseError):
     """A stage cannot run (missing inputs, bad data); the message says what to do."""
+
+    hint = "fix what the message names and run the command again: stages already done are reused"
 
 
 class RunLockedError(StageError):
     """Another live process is running stages in the same run folder."""
+
+    hint = None  # the message says what to do: wait, or stop the other process
 
     def __init__(self, message: str, holder: dict[str, Any]) -> None:
         super().__init__(message)

@@ -70,6 +70,7 @@ from .config import (
     MonitorConfig,  # re-exported: tests import it here
     ServeConfig as _SectionServeConfig,
 )
+from .errors import TunewiseError
 from .feedback import CANDIDATE, INCUMBENT
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
@@ -96,8 +97,10 @@ __all__ = [
 log = logging.getLogger("tunewise.serve")
 
 
-class ServeError(RuntimeError):
+class ServeError(TunewiseError, RuntimeError):
     """The server cannot start as asked; the message says what to change."""
+
+    hint = "check the serve section of the config and the command's options; `tunewise serve --help` lists them"
 
 
 ServeConfig = _SectionServeConfig  # the serve section, hardening settings included (issue 18)

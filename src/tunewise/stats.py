@@ -73,6 +73,13 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
 
 
+def precision_recall_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 from (weighted) counts, elementwise; 0 where undefined (scikit-learn's
+    ``zero_division=0``). tunewise's one definition: per class, per resample, and out of scope."""
+    tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
+    return _safe_div(tp, tp + fp), _safe_div(tp, tp + fn), _safe_div(2 * tp, 2 * tp + fp + fn)
+
+
 def metrics_from_counts(c: ClassCounts) -> dict[str, np.ndarray]:
     """accuracy and macro / micro / weighted precision, recall and F1, shape (B,) each.
 
@@ -81,9 +88,7 @@ def metrics_from_counts(c: ClassCounts) -> dict[str, np.ndarray]:
     never sees).
     """
     tp, fp, fn = c.tp, c.fp, c.fn
-    precision = _safe_div(tp, tp + fp)
-    recall = _safe_div(tp, tp + fn)
-    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     support = tp + fn
     present = (support + fp) > 0
     n_present = np.maximum(present.sum(axis=1), 1)

@@ -57,6 +57,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from .errors import TunewiseError
+
 __all__ = ["FEEDBACK_KINDS", "Store", "StoreError", "StoreWriter", "default_store_url", "open_store"]
 
 log = logging.getLogger("tunewise.store")
@@ -121,8 +123,10 @@ arm_history_table = Table(
 )
 
 
-class StoreError(RuntimeError):
+class StoreError(TunewiseError, RuntimeError):
     """The log cannot be opened or written; the message names the URL (without its password)."""
+
+    hint = "check the request log's URL (serve.store_url or --store) and that its database is reachable"
 
 
 def default_store_url(run_dir: str | Path) -> str:

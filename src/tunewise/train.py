@@ -68,6 +68,7 @@ import pandas as pd
 from .artifacts import atomic_path, read_json, write_json, write_text
 from .chat import context_messages as _context_messages, end_of_turn_ids as _end_of_turn_ids, generate_replies
 from .config import DEFAULT_TARGET_MODULES, TrainConfig
+from .errors import TunewiseError
 from .pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 from .progress import console, progress
 from .records import answer_column
@@ -102,8 +103,10 @@ IGNORE_INDEX = -100  # label of positions that carry no loss (prompt tokens, pad
 Method = Literal["lora", "encoder"]
 
 
-class TrainError(ValueError):
+class TrainError(TunewiseError, ValueError):
     """Training cannot start or cannot go on; the message says what to change."""
+
+    hint = "check the train section of the config; `tunewise train --dry-run` shows the plan without training"
 
 
 # =============================================================================================

@@ -5,7 +5,7 @@ reports ``reply_conflict``):
 
 ``threshold`` (default 0.9)
     Jaccard of word shingles above which two inputs count as the same request, beside inputs
-    equal after ``normalise_for_dedup``. Words holding a digit are masked first, so "where is
+    equal after ``tunewise.text.dedup_key``. Words holding a digit are masked first, so "where is
     order 48213" and "where is order 99120" are the same request whatever the Jaccard of the raw
     words. 0.9 is far above ``near_duplicates``' 0.7 on purpose: two texts that differ by one
     word in 30 (J about 0.8) can already ask different things ("cancel my card" / "cancel my
@@ -41,7 +41,8 @@ import pandas as pd
 
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
 from ..neardup import find_near_duplicates
-from .dedup import example_texts, mask_numbers, surface_form
+from ..text import surface_key
+from .dedup import example_texts, mask_numbers
 
 
 def _counts_text(counts: Counter) -> str:
@@ -63,7 +64,7 @@ class LabelConflicts(Check):
             return []
         threshold = self.threshold if self.threshold is not None else self.default_threshold
         texts = example_texts(frame)
-        surface = [surface_form(t) for t in texts]
+        surface = [surface_key(t) for t in texts]
         # clusters join rows equal after normalisation (numbers masked) and pairs >= threshold
         result = find_near_duplicates([mask_numbers(t) for t in texts], threshold=threshold,
                                       num_perm=self.project.curate.num_perm,

@@ -20,7 +20,7 @@ Config, ``curate.<name>``:
 
 ``near_duplicates`` (actions: ``drop`` default, ``flag``; ``threshold`` default 0.7)
     Jaccard similarity of word shingles (``curate.shingle`` = 3 words) after
-    ``normalise_for_dedup``, found with MinHash LSH (``curate.num_perm`` = 128 permutations,
+    ``tunewise.text.dedup_key``, found with MinHash LSH (``curate.num_perm`` = 128 permutations,
     ``tunewise.neardup``). Words holding a digit are masked first, so copies that differ only in
     an order number, amount or date count as the same text ("where is order 48213" / "where is
     order 99120" are one request).
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Callable
 
 import numpy as np
@@ -73,7 +72,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
-from ..neardup import find_near_duplicates, normalise_texts
+from ..neardup import find_near_duplicates
+from ..text import dedup_keys, surface_key
 
 # Above this many rows the semantic pair search (quadratic) is skipped unless
 # `curate.semantic_max_rows` raises the limit.
@@ -87,7 +87,7 @@ _NUMBER_TOKEN = re.compile(r"[\w-]*\d[\w-]*")
 def mask_numbers(text: str) -> str:
     """Replace every word that holds a digit with ``0``, so copies differing only there match.
 
-    ``normalise_for_dedup`` already turns digit runs into ``0``; this also covers ids that mix
+    ``tunewise.text.dedup_key`` already turns digit runs into ``0``; this also covers ids that mix
     letters and digits, which would otherwise keep a different token per copy.
     """
     return _NUMBER_TOKEN.sub("0", text)
@@ -128,12 +128,7 @@ def example_texts(frame: pd.DataFrame, with_answer: str | None = None) -> list[s
 def answer_keys(frame: pd.DataFrame, answer: str) -> list[str]:
     """Labels compare as they are (variants were merged earlier); replies up to case and spaces."""
     values = _column(frame, answer)
-    return values if answer == "label" else [surface_form(v) for v in values]
-
-
-def surface_form(text: str) -> str:
-    """A text up to Unicode form, case and whitespace: two rows equal here are exact copies."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return values if answer == "label" else [surface_key(v) for v in values]
 
 
 def exact_copy_of(frame: pd.DataFrame, answer: str) -> np.ndarray:
@@ -144,7 +139,7 @@ def exact_copy_of(frame: pd.DataFrame, answer: str) -> np.ndarray:
     copy with another order number or an added "!!" is an edited copy (a near duplicate), not
     the same row typed twice.
     """
-    keys = pd.DataFrame({"text": [surface_form(t) for t in example_texts(frame)],
+    keys = pd.DataFrame({"text": [surface_key(t) for t in example_texts(frame)],
                          "answer": answer_keys(frame, answer), "pos": np.arange(len(frame), dtype=np.int64)})
     return keys.groupby(["text", "answer"], sort=False)["pos"].transform("min").to_numpy(np.int64)
 
@@ -300,7 +295,7 @@ class NearDuplicates(Check):
         pairs = np.asarray(result.pairs, dtype=np.int64).reshape(-1, 2)
         scores = np.asarray(result.jaccard, dtype=np.float64)
         keep = _same_answer_pairs(frame, pairs, ctx.task) & _not_exact_copies(frame, pairs, ctx, self.project)
-        normalised = normalise_texts(masked)
+        normalised = dedup_keys(masked)
         for p in np.flatnonzero(keep & (scores < threshold)).tolist():
             a, b = pairs[p].tolist()
             keep[p] = one_word_edit(normalised[a].split(), normalised[b].split()) is not None

@@ -39,6 +39,7 @@ import pandas as pd
 
 from ..curate import Check, CurateContext, Finding, register
 from ..progress import console
+from ..text import reply_key
 from .pii import PLACEHOLDERS
 from .text import as_text
 
@@ -77,11 +78,6 @@ _HTML_TAGS = frozenset(
     "h1 h2 h3 h4 h5 h6 html body head title".split()
 )
 _PII_PLACEHOLDERS = frozenset(p.strip("<>") for p in PLACEHOLDERS.values())
-
-
-def normalise_reply(text: str) -> str:
-    """Case, spacing and trailing punctuation do not make two replies different."""
-    return " ".join(text.casefold().split()).rstrip(" .!?")
 
 
 def is_empty_reply(text: str) -> bool:
@@ -202,7 +198,7 @@ class Generation(Check):
         groups: dict[str, list[int]] = defaultdict(list)
         for index, reply in enumerate(replies):
             if not is_empty_reply(reply):
-                groups[normalise_reply(reply)].append(index)
+                groups[reply_key(reply)].append(index)
         groups = {k: v for k, v in groups.items() if len(v) >= MIN_COPIES}
         if not groups:
             return []
@@ -232,11 +228,11 @@ class Generation(Check):
         groups: dict[str, list[int]] = defaultdict(list)
         for index, text in enumerate(inputs):
             if text.strip() and not is_empty_reply(replies[index]):
-                groups[normalise_reply(text)].append(index)
+                groups[reply_key(text)].append(index)
         pairs = []  # (first row, other row) with different replies to the same input
         for rows in groups.values():
             first = rows[0]
-            pairs += [(first, i) for i in rows[1:] if normalise_reply(replies[i]) != normalise_reply(replies[first])]
+            pairs += [(first, i) for i in rows[1:] if reply_key(replies[i]) != reply_key(replies[first])]
         if not pairs:
             return []
         texts = sorted({replies[i] for pair in pairs for i in pair})
@@ -248,7 +244,7 @@ class Generation(Check):
             if vectors is not None:
                 similarity = float(vectors[position[a]] @ vectors[position[b]])
             else:
-                similarity = difflib.SequenceMatcher(None, normalise_reply(a), normalise_reply(b)).ratio()
+                similarity = difflib.SequenceMatcher(None, reply_key(a), reply_key(b)).ratio()
             if similarity < REPLY_CONFLICT_SIMILARITY:
                 findings.append(Finding(other, "reply_conflict",
                                         f"different reply to the same input (reply similarity {similarity:.2f})",

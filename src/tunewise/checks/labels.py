@@ -82,7 +82,6 @@ out-of-fold probability the model must give its own suggestion, default 0.5)
 from __future__ import annotations
 
 import re
-import unicodedata
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,6 +94,7 @@ import pandas as pd
 from ..config import CheckConfig, ConfigError, ProjectConfig
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
 from ..progress import console, progress, track
+from ..text import surface_key
 
 # --- label_errors defaults (see the module docstring for why) ----------------------------------
 LR_C = 4.0
@@ -233,7 +233,7 @@ class LabelErrors(Check):
         in_conflict = 0
         if self.project.curate.label_conflicts.enabled:
             # the same text under two labels: label_conflicts has reported it already
-            same_text = frame["input"].astype(str).map(_normalise)
+            same_text = frame["input"].astype(str).map(surface_key)
             conflicted = labels.groupby(same_text).transform("nunique").to_numpy() > 1
             usable &= ~conflicted
             in_conflict = int(conflicted.sum())
@@ -386,7 +386,7 @@ class ThinClasses(Check):
         inputs = frame["input"].astype(str).tolist()
         existing = ctx.embed(inputs)
         judge = LogisticRegression(C=LR_C, max_iter=LR_MAX_ITER).fit(existing, labels.to_numpy())
-        seen_texts = {_normalise(t) for t in inputs}
+        seen_texts = {surface_key(t) for t in inputs}
         kept_vectors = [existing]
         model, tokenizer = _load_generator(self.project)
         rng = np.random.default_rng(self.project.seed)
@@ -420,14 +420,14 @@ class ThinClasses(Check):
                     reason = "class already full"
                 if reason is None and guess != label:
                     reason = "classifier disagrees"
-                if reason is None and _normalise(text) in seen_texts:
+                if reason is None and surface_key(text) in seen_texts:
                     reason = "exact copy"
                 if reason is None and max(float((block @ vector).max()) for block in kept_vectors) >= NEAR_COPY_COSINE:
                     reason = "near copy"
                 if reason is not None:
                     stats["rejected"][reason] = stats["rejected"].get(reason, 0) + 1
                     continue
-                seen_texts.add(_normalise(text))
+                seen_texts.add(surface_key(text))
                 kept_vectors.append(vector[None, :])
                 kept_per_class[label] += 1
                 new_id = _new_id(label, kept_per_class[label], ids)
@@ -449,10 +449,6 @@ class ThinClasses(Check):
 
 
 # --- synthesis helpers --------------------------------------------------------------------
-
-
-def _normalise(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def _new_id(label: str, n: int, taken: set[str]) -> str:
@@ -530,6 +526,6 @@ def _reject_reason(text: str | None, source: str) -> str | None:
     lowered = text.casefold()
     if any(marker in lowered for marker in _ECHO_MARKERS):
         return "echoes the prompt"
-    if _normalise(text) == _normalise(source):
+    if surface_key(text) == surface_key(source):
         return "exact copy"
     return None

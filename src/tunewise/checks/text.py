@@ -40,7 +40,6 @@ import functools
 import json
 import math
 import re
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,6 +49,7 @@ import pandas as pd
 
 from ..curate import Check, CurateContext, Finding, register
 from ..progress import console
+from ..text import label_key, tidy_text
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers (also used by checks.pii and checks.generation)
@@ -104,39 +104,16 @@ def context_texts(context: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # standardise
 
-# Cc = control characters; \n and \t carry layout, everything else (NUL, \x1b, \x7f...) is noise.
-# Zero-width space and BOM are format characters that only ever get in the way of matching.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")
-# Unicode space separators (category Zs: no-break space, thin space...) become a plain space.
-_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
-_SPACE_RUN = re.compile(r" {2,}")
-
-
-def normalise_text(text: str) -> str:
-    """NFC, drop control characters (keep newline and tab), collapse spaces, strip the ends."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.isascii():
-        text = _ODD_SPACES.sub(" ", unicodedata.normalize("NFC", text))
-    return _SPACE_RUN.sub(" ", _CONTROL.sub("", text)).strip()
-
-
-_LABEL_SEPARATORS = re.compile(r"[\s_\-]+")
+# the clean-up (tunewise.text.tidy_text) and the label key (tunewise.text.label_key) live in
+# tunewise.text with tunewise's other text normalisers
 _SNAKE = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def label_key(label: str) -> str:
-    """The spelling-free identity of a label: words split (also at camelCase), casefolded,
-    separators unified to '_': "Order Status", "order-status ", "OrderStatus" -> "order_status"."""
-    words = _CAMEL_BOUNDARY.sub("_", normalise_text(label))
-    return _LABEL_SEPARATORS.sub("_", words.casefold()).strip("_")
 
 
 def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
     """Map every non-canonical label spelling to its group's canonical spelling.
 
     Labels whose keys match (see ``label_key``) are one label. The canonical spelling is the one
-    most rows use (tidied by ``normalise_text``); ties go to a spelling that needs no tidying,
+    most rows use (tidied by ``tidy_text``); ties go to a spelling that needs no tidying,
     then to snake_case, then to all-lower-case, then to the alphabetically first, so the result
     never depends on row order. A label spelt only one way is not in the mapping.
     """
@@ -150,9 +127,9 @@ def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
     for spellings in groups.values():
         if len(spellings) < 2:
             continue
-        best = max(spellings, key=lambda s: (counts[s], s == normalise_text(s), bool(_SNAKE.fullmatch(s)),
+        best = max(spellings, key=lambda s: (counts[s], s == tidy_text(s), bool(_SNAKE.fullmatch(s)),
                                              s == s.lower(), [-ord(c) for c in s]))
-        canonical = normalise_text(best)
+        canonical = tidy_text(best)
         mapping.update({s: canonical for s in spellings if s != canonical})
     return mapping
 
@@ -178,12 +155,12 @@ class Standardise(Check):
                 continue
             keep = variants if column == "label" else {}
             before = frame[column].tolist()
-            after = [normalise_text(v) if isinstance(v, str) and v not in keep else v for v in before]
+            after = [tidy_text(v) if isinstance(v, str) and v not in keep else v for v in before]
             changed |= np.array([isinstance(b, str) and b != a for b, a in zip(before, after)], dtype=bool)
             frame[column] = after
         if "context" in frame:
             before = frame["context"].tolist()
-            after = [map_context(v, normalise_text) for v in before]
+            after = [map_context(v, tidy_text) for v in before]
             changed |= np.array([isinstance(b, str) and b != a for b, a in zip(before, after)], dtype=bool)
             frame["context"] = after
         counts: dict[str, Any] = {"rows_normalised": int(changed.sum())}

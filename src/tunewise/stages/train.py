@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import ProjectConfig
+from ..decide import measuring_cores
 from ..progress import console
 from ..runner import StageContext, StageError, stage
 
@@ -126,6 +127,7 @@ def _train_one(ctx: StageContext, settings: dict[str, Any], name: str, frames: d
         "monitor": train_summary.get("monitor"), "validation_curve": train_summary.get("validation_curve"),
         "best_step": train_summary["best_step"], "tokens_per_second": train_summary["tokens_per_second"],
         "runtime": train_summary["runtime"],
+        "latency_cores": measuring_cores(),  # the machine that timed the predictions: decide scales from it
     }
     console.print(f"train: {name}: test {entry['metrics']} on {entry['n_scored']['test']} rows "
                   f"({train_summary['steps_done']} steps, {train_summary['stop_reason']}) in {fit_seconds:.1f}s")
