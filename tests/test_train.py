@@ -614,3 +614,9 @@ def test_classify_adapts_the_top_third_by_default_and_generate_every_layer(tiny_
     assert classify.summary["attention"] == "eager" and generate.summary["attention"] == "sdpa"
     with pytest.raises(TrainError, match="lora_layers = 3"):
         train("classify", toy_frame(24), None, config=quick(max_steps=2, lora_layers=3), model_spec=tiny_llm)
+
+
+def test_the_torch_modules_module_agrees_with_the_recipe_on_the_ignored_label():
+    from tunewise import train_modules
+
+    assert train_modules.IGNORE_INDEX == IGNORE_INDEX  # two definitions: train.py must not import torch

@@ -406,91 +406,8 @@ def _round_up(value: int, multiple: int = 8) -> int:
 # 3. Models: the forward pass and the loss in one module (what DistributedDataParallel wraps)
 
 
-LOSS_CHUNK_TOKENS = 512  # reply positions whose logits are computed at once (see ReplyTokenLoss)
-
-
-class _LossModules:
-    """The nn.Module classes, defined on first use: importing tunewise.train (the config, the CLI)
-    must not import torch, which takes seconds."""
-
-    classes: dict[str, type] = {}
-
-    @classmethod
-    def get(cls) -> dict[str, type]:
-        if cls.classes:
-            return cls.classes
-        import torch
-        import torch.nn as nn
-        import torch.nn.functional as F
-        from torch.utils.checkpoint import checkpoint
-
-        class ReplyTokenLoss(nn.Module):
-            """Summed cross-entropy over the reply tokens; the LM head runs on those positions only."""
-
-            def __init__(self, causal_lm: Any) -> None:
-                super().__init__()
-                self.causal_lm = causal_lm  # a PeftModel (or a plain causal LM)
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-                model = self.causal_lm.get_base_model() if hasattr(self.causal_lm, "get_base_model") else self.causal_lm
-                hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                targets = labels[:, 1:]  # position t predicts token t + 1
-                keep = targets != IGNORE_INDEX
-                head = model.get_output_embeddings()
-                reply_hidden, reply_targets = hidden[:, :-1][keep], targets[keep]
-
-                def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                    return F.cross_entropy(head(h).float(), t, reduction="sum")
-
-                # The logits (49k floats a reply token, and their gradient) were the largest tensors
-                # of a step: at batch 8 x 256 about 1.2 GB. Chunked and recomputed in backward
-                # (torchtune's CEWithChunkedOutputLoss habit), one chunk's logits live at a time.
-                total = reply_hidden.new_zeros((), dtype=torch.float32)
-                for start in range(0, len(reply_targets), LOSS_CHUNK_TOKENS):
-                    h, t = reply_hidden[start:start + LOSS_CHUNK_TOKENS], reply_targets[start:start + LOSS_CHUNK_TOKENS]
-                    if torch.is_grad_enabled() and len(reply_targets) > LOSS_CHUNK_TOKENS:
-                        total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
-                    else:
-                        total = total + chunk_loss(h, t)
-                return total, keep.sum()
-
-        class ClassificationLoss(nn.Module):
-            """Summed cross-entropy of a classifier's logits (rows labelled -1 carry no loss)."""
-
-            def __init__(self, classifier: Any) -> None:
-                super().__init__()
-                self.classifier = classifier
-                self.prefix: FrozenPrefix | None = None  # set by build_model when the lower layers are frozen
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                        inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-                if inputs_embeds is not None:  # cached frozen layers: only the adapted ones run
-                    logits = self.prefix.logits(inputs_embeds, attention_mask).float()
-                else:
-                    output = self.classifier(input_ids=input_ids, attention_mask=attention_mask)
-                    logits = (output.logits if hasattr(output, "logits") else output).float()
-                keep = labels >= 0
-                return F.cross_entropy(logits[keep], labels[keep], reduction="sum"), keep.sum()
-
-        class EncoderClassifier(nn.Module):
-            """Sentence encoder, mean pooling over real tokens, dropout, linear head."""
-
-            def __init__(self, encoder: Any, n_labels: int, dropout: float = 0.1) -> None:
-                super().__init__()
-                self.encoder = encoder
-                self.dropout = nn.Dropout(dropout)
-                self.head = nn.Linear(encoder.config.hidden_size, n_labels)
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                return self.head(self.dropout(pooled))
-
-        cls.classes = {"ReplyTokenLoss": ReplyTokenLoss, "ClassificationLoss": ClassificationLoss,
-                       "EncoderClassifier": EncoderClassifier}
-        return cls.classes
+# The nn.Module classes (ReplyTokenLoss, ClassificationLoss, EncoderClassifier) live in
+# tunewise.train_modules, imported where a model is built: it imports torch at its top.
 
 
 @dataclass
@@ -636,15 +553,15 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
     import torch
 
     common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    classes = _LossModules.get()
+    from . import train_modules as classes  # torch: imported on use (see the module docstring)
     prefix, adapted_layers = None, None
     with _quiet_transformers():
         if method == "encoder":
             from transformers import AutoModel
 
             encoder = AutoModel.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True, **common)
-            model = classes["EncoderClassifier"](encoder, len(labels))
-            loss_module = classes["ClassificationLoss"](model)
+            model = classes.EncoderClassifier(encoder, len(labels))
+            loss_module = classes.ClassificationLoss(model)
         else:
             from peft import LoraConfig, get_peft_model
 
@@ -680,7 +597,7 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
                     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 base.enable_input_require_grads()
             model = get_peft_model(base, lora_config)
-            loss_module = (classes["ClassificationLoss"] if task == "classify" else classes["ReplyTokenLoss"])(model)
+            loss_module = (classes.ClassificationLoss if task == "classify" else classes.ReplyTokenLoss)(model)
             if n_layers:
                 adapted_layers = (n_layers - adapted, n_layers)
             if precision == "bf16" and task == "classify":  # generation runs outside autocast: fp32 weights there
@@ -1602,11 +1519,11 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
             if is_main:
                 console.print(f"train {name}: resuming from {latest} (step {state['step']} of {plan.total_steps})")
         # -- 6. the loop
-        stop_reason, message = _loop(
+        loop = _loop(
             name, plan, config, built, loss_module, optimizer, scheduler, watch, state, examples, val_examples,
             val_frame, runtime=runtime, ckpt_dir=ckpt_dir if is_main else None, is_main=is_main,
-            rank=rank, world_size=world_size, stop_after_steps=stop_after_steps, best_state_ref=[best_state])
-        best_state = state.pop("_best_state", best_state)
+            rank=rank, world_size=world_size, stop_after_steps=stop_after_steps, best_state=best_state)
+        stop_reason, message, best_state = loop.stop_reason, loop.message, loop.best_state
         # -- 7. the best weights back into the model; outputs
         if best_state is not None and stop_reason != "interrupted":
             load_trainable_state(built.model, best_state)
@@ -1668,18 +1585,24 @@ def _cache_frozen_layers(built: BuiltModel, name: str, examples: list[Example], 
                         precision=runtime.precision, description=f"train {name}: frozen layers 1-{first}, once")
 
 
+@dataclass
+class LoopResult:
+    stop_reason: str  # "early_stopping", "overfitting", "interrupted", or the limit that ended the plan
+    message: str | None  # what to tell the user about the stop
+    best_state: dict[str, Any] | None  # the best trainable weights (None only when interrupted before any)
+
+
 def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss_module: Any, optimizer: Any,
           scheduler: Any, watch: EarlyStopping, state: dict[str, Any], examples: list[Example],
           val_examples: list[Example], val_frame: pd.DataFrame, *, runtime: Runtime, ckpt_dir: Path | None,
           is_main: bool, rank: int, world_size: int, stop_after_steps: int | None,
-          best_state_ref: list[Any]) -> tuple[str, str | None]:
-    """The training loop. Returns (stop reason, message); the best weights land in state["_best_state"]."""
+          best_state: dict[str, Any] | None) -> LoopResult:
+    """The training loop: steps, validation, early stopping, checkpoints, until a stop reason."""
     import torch
 
     device, precision = runtime.device, runtime.precision
     trainable = [p for p in built.model.parameters() if p.requires_grad]
     lengths = [len(e.input_ids) for e in examples]
-    best_state = best_state_ref[0]
     loss_module.train()
     stop_reason, message = "completed", None
     state.setdefault("since_eval", [])  # training losses since the last validation (the overfitting watch)
@@ -1809,10 +1732,9 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
             break
     if best_state is None and stop_reason != "interrupted":
         best_state = trainable_state(built.model)  # no validation data: the last weights are the best
-    state["_best_state"] = best_state
     if stop_reason == "completed":  # the planned steps ran out: name the limit that set them
         stop_reason, message = plan.step_cap, _cap_message(plan)
-    return stop_reason, message
+    return LoopResult(stop_reason, message, best_state)
 
 
 def _cap_message(plan: RunPlan) -> str:
@@ -1954,7 +1876,9 @@ def load_trained(adapter_dir: str | Path, *, trust_remote_code: bool = False) ->
             from transformers import AutoModel
 
             encoder = AutoModel.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **common)
-            model = _LossModules.get()["EncoderClassifier"](encoder, len(info["labels"]))
+            from .train_modules import EncoderClassifier
+
+            model = EncoderClassifier(encoder, len(info["labels"]))
             model.head.load_state_dict(load_file(folder / "head.safetensors"))
         else:
             from peft import PeftModel
