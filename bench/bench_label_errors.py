@@ -144,9 +144,9 @@ def synthesis(args: argparse.Namespace) -> None:
     ctx = CurateContext(cfg, Engine())
     check.find(frame, ctx)
     started = time.perf_counter()
-    added = check.synthesize(frame, ctx)
-    stats = check.report()["synthesis"]
-    print(json.dumps({"data": "demo", "thin": check.report()["balance"]["thin"], **stats,
+    added, _ = check.synthesize(frame, ctx)
+    stats = ctx.notes["thin_classes"]["synthesis"]
+    print(json.dumps({"data": "demo", "thin": ctx.notes["thin_classes"]["balance"]["thin"], **stats,
                       "seconds": round(time.perf_counter() - started, 1)}))
     for row in added.head(8).itertuples():
         print(f"  {row.id}: {row.input!r}")

@@ -19,8 +19,6 @@ from tunewise.records import answer_column, records_from_texts
 _load_checks()
 CLASSES = 6
 PER_CLASS = 25
-# checks that still keep what report() shows on self (issue 16: "find() keeps no state on self")
-STATEFUL = {"standardise", "label_errors", "thin_classes"}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,10 +85,7 @@ def test_findings_use_declared_issue_names(name, frame):
     assert all(0 <= f.index < len(data) for f in findings)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="keeps report() data on self; see issue 16"))
-    if n in STATEFUL else n for n in CHECK_ORDER
-])
+@pytest.mark.parametrize("name", CHECK_ORDER)
 def test_find_keeps_no_state_on_self(name, frame):
     check, data, ctx = _setup(name, frame)
     before = copy.deepcopy({k: v for k, v in vars(check).items() if k not in ("settings", "project")})

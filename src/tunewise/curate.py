@@ -123,6 +123,14 @@ class CurateContext:
     # label per row id as curation received the rows (classify): thin_classes names classes whose
     # every row was dropped (a relabelled class lives on under its new name)
     labels_in: pd.Series | None = None
+    # what each check wants in its summary beyond its counts (a label mapping, a balance table),
+    # by check name: kept here, not on the check, so find() stays free of state (and a check
+    # shipped to a worker process returns nothing on self)
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def note(self, check: str, **data: Any) -> None:
+        """Add ``data`` to ``check``'s entry in the curate summary."""
+        self.notes.setdefault(check, {}).update(data)
 
     @property
     def task(self) -> str:
@@ -177,11 +185,8 @@ class Check:
         return frame, {}
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
+        """The findings on ``frame``; keeps no state on ``self`` (extra summary: ``ctx.note``)."""
         raise NotImplementedError
-
-    def report(self) -> dict[str, Any]:
-        """Optional extra summary (a balance table, a label mapping) merged into the check's counts."""
-        return {}
 
 
 # name -> class; "registered" and "run by default" are separate (the config's `enabled`).
@@ -263,7 +268,7 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
             if check.name == "thin_classes" and cfg.curate.synthesize:
                 frame, counts["added"] = _add_synthetic(check, frame, ctx, issues)
             counts.update(transformed)
-            counts.update(check.report())
+            counts.update(ctx.notes.get(check.name, {}))
             counts["seconds"] = round(time.perf_counter() - t0, 3)
             per_check[check.name] = counts
             advance(1)
@@ -340,11 +345,11 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
 
 def _add_synthetic(check: Check, frame: pd.DataFrame, ctx: CurateContext, issues: IssueTable) -> tuple[pd.DataFrame, int]:
     """Append a check's synthetic rows (paraphrases for thin classes), each with an issue row."""
-    new = check.synthesize(frame, ctx)  # type: ignore[attr-defined]
+    new, added = check.synthesize(frame, ctx)  # type: ignore[attr-defined]
     if new is None or len(new) == 0:
         return frame, 0
     ids = new["id"].tolist()
-    for f in check.added_findings:  # type: ignore[attr-defined]
+    for f in added:
         issues.add(ids[f.index], "synthetic", f.detail + (f" (of {f.of})" if f.of else ""), "added", source="synthetic")
     merged = pd.concat([frame, new], ignore_index=True)
     merged["source_line"] = merged["source_line"].astype("Int64")

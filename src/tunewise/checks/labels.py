@@ -54,14 +54,14 @@ out-of-fold probability the model must give its own suggestion, default 0.5)
       included, on two cores shared with other jobs (load 7); the demo (1.3k rows) well under one.
 
     Classes with fewer than 2 rows cannot be cross-validated: their rows are neither judged nor
-    used to train, and the summary names them (``not_judged``, via ``report()``). Rows whose text
+    used to train, and the summary names them (``not_judged``, via ``ctx.note``). Rows whose text
     (up to case and spacing) also appears under another label are left to ``label_conflicts``
     when that check is enabled (it reports them already, and each copy would teach the held-out
     fold the other label); the summary counts them (``left_to_label_conflicts``). The check skips
     with fewer than 2 judged classes or fewer than 30 judged rows.
 
 ``thin_classes`` (actions: ``flag`` only; ``threshold`` = minimum rows per class, default 20)
-    A balance report (``report()["balance"]``, merged into the check's summary: rows per class,
+    A balance report (``ctx.note(balance=...)``, merged into the check's summary: rows per class,
     largest and smallest, imbalance ratio, classes under the minimum) and one ``thin_class``
     finding per class under the minimum, on its first row. Why 20: under the default 10%/20%
     validation/test split a class of 20 keeps about 2 rows for validation and 4 for test, the
@@ -91,7 +91,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import CheckConfig, ConfigError, ProjectConfig
+from ..config import ConfigError, ProjectConfig
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
 from ..progress import console, progress, track
 from ..text import surface_key
@@ -216,13 +216,6 @@ class LabelErrors(Check):
     actions = ("flag", "relabel", "drop")
     tasks = ("classify",)
 
-    def __init__(self, settings: CheckConfig, project: ProjectConfig) -> None:
-        super().__init__(settings, project)
-        self.coverage: dict[str, Any] = {}  # which rows were judged, for the summary
-
-    def report(self) -> dict[str, Any]:
-        return dict(self.coverage)
-
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         threshold = MIN_SUGGESTED_P if self.threshold is None else float(self.threshold)
         if not 0.0 <= threshold <= 1.0:
@@ -241,7 +234,7 @@ class LabelErrors(Check):
         too_small = counts[counts < MIN_CLASS_ROWS]
         usable &= ~labels.isin(too_small.index).to_numpy()
         judged = np.flatnonzero(usable)
-        self.coverage = {
+        coverage: dict[str, Any] = {  # which rows were judged, for the summary
             "judged_rows": len(judged),
             "judged_classes": int((counts >= MIN_CLASS_ROWS).sum()),
             "not_judged": {str(k): int(v) for k, v in too_small.items()},
@@ -249,12 +242,13 @@ class LabelErrors(Check):
         }
         if len(too_small):
             names = ", ".join(repr(c) for c in too_small.index[:10]) + (" ..." if len(too_small) > 10 else "")
-            self.coverage["note"] = (f"rows of {len(too_small)} class(es) with fewer than {MIN_CLASS_ROWS} "
-                                     f"rows not judged: {names}")
-        if self.coverage["judged_classes"] < 2:
+            coverage["note"] = (f"rows of {len(too_small)} class(es) with fewer than {MIN_CLASS_ROWS} "
+                                f"rows not judged: {names}")
+        ctx.note(self.name, **coverage)
+        if coverage["judged_classes"] < 2:
             raise SkipCheck(f"needs at least 2 classes with {MIN_CLASS_ROWS}+ rows, "
-                            f"found {self.coverage['judged_classes']}"
-                            + (f" ({self.coverage['note']})" if len(too_small) else ""))
+                            f"found {coverage['judged_classes']}"
+                            + (f" ({coverage['note']})" if len(too_small) else ""))
         if len(judged) < MIN_ROWS_TO_JUDGE:
             raise SkipCheck(f"only {len(judged)} rows to judge (classes with {MIN_CLASS_ROWS}+ rows); "
                             f"needs {MIN_ROWS_TO_JUDGE} for out-of-fold predictions")
@@ -310,18 +304,6 @@ class ThinClasses(Check):
     actions = ("flag",)
     tasks = ("classify",)
 
-    def __init__(self, settings: CheckConfig, project: ProjectConfig) -> None:
-        super().__init__(settings, project)
-        self.balance: dict[str, Any] = {}    # balance_report() of the rows find() saw
-        self.synthesis: dict[str, Any] = {}  # what synthesize() generated, kept and rejected
-        self.added_findings: list[Finding] = []
-
-    def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"balance": self.balance}
-        if self.synthesis:
-            out["synthesis"] = self.synthesis
-        return out
-
     @property
     def minimum(self) -> int:
         minimum = THIN_MINIMUM if self.threshold is None else self.threshold
@@ -334,8 +316,9 @@ class ThinClasses(Check):
         if not len(frame):
             raise SkipCheck("no rows left to count")
         labels = frame["label"].astype(str)
-        self.balance = balance_report(labels, self.minimum)
-        self.balance["lost"] = lost = lost_classes(ctx.labels_in, frame)
+        balance = balance_report(labels, self.minimum)
+        balance["lost"] = lost = lost_classes(ctx.labels_in, frame)
+        ctx.note(self.name, balance=balance)
         if lost:
             from rich.markup import escape
 
@@ -346,18 +329,18 @@ class ThinClasses(Check):
         return [
             Finding(index=first_row[label], issue="thin_class",
                     detail=f"class '{label}' has {count} rows < minimum {self.minimum}")
-            for label, count in self.balance["thin"].items()
+            for label, count in balance["thin"].items()
         ]
 
-    def synthesize(self, frame: pd.DataFrame, ctx: CurateContext) -> pd.DataFrame:
+    def synthesize(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, list[Finding]]:
         """New rows for thin classes: LLM paraphrases of their real rows that pass three gates.
 
         Returns rows in the frame's columns (``synthetic=True``, ``id`` ``syn-<class>-<n>``,
-        ``source_file`` "synthetic", meta columns copied from the row paraphrased) and sets
-        ``self.added_findings``: one ``synthetic`` Finding per returned row (``index`` = its
-        position in the returned frame, ``of`` = the id of the row it paraphrases), for the
-        runner to record with action ``added``. ``self.synthesis`` (also in ``report()``) counts
-        what was generated, kept and rejected (by reason), and the acceptance rate.
+        ``source_file`` "synthetic", meta columns copied from the row paraphrased) and one
+        ``synthetic`` Finding per returned row (``index`` = its position in the returned frame,
+        ``of`` = the id of the row it paraphrases), for the runner to record with action
+        ``added``. ``ctx.note(.., synthesis=...)`` counts what was generated, kept and rejected
+        (by reason), and the acceptance rate.
 
         A candidate is kept only when (a) a LogisticRegression on the encoder's embeddings of
         the current rows predicts its intended label, (b) it is neither an exact copy (up to
@@ -369,17 +352,17 @@ class ThinClasses(Check):
         seeded (``seed`` + round) without moving the global torch RNG. Does nothing unless
         ``curate.synthesize`` is on.
         """
-        self.added_findings = []
+        added: list[Finding] = []
         labels = frame["label"].astype(str)
         counts = labels.value_counts()
         needed = {str(k): int(self.minimum - v) for k, v in counts.items() if v < self.minimum}
         stats: dict[str, Any] = {"generated": 0, "kept": 0, "rejected": {}, "per_class": {}}
-        self.synthesis = stats
+        ctx.note(self.name, synthesis=stats)  # filled in below
         if not needed or not self.project.curate.synthesize:
-            return frame.iloc[0:0].copy()
+            return frame.iloc[0:0].copy(), added
         if len(counts) < 2:
             stats["note"] = "needs 2+ classes: the agreement classifier has nothing to tell apart"
-            return frame.iloc[0:0].copy()
+            return frame.iloc[0:0].copy(), added
 
         from sklearn.linear_model import LogisticRegression
 
@@ -436,7 +419,7 @@ class ThinClasses(Check):
                 row = {column: source[column] for column in frame.columns}
                 row.update(id=new_id, input=text, context="[]", label=label, source_file="synthetic",
                            source_line=None, synthetic=True)
-                self.added_findings.append(Finding(
+                added.append(Finding(
                     index=len(new_rows), issue="synthetic",
                     detail=f"paraphrase for thin class '{label}' ({counts[label]} rows < minimum {self.minimum})",
                     of=str(source["id"])))
@@ -445,7 +428,7 @@ class ThinClasses(Check):
         stats["per_class"] = {label: {"had": int(counts[label]), "needed": needed[label], "kept": kept_per_class[label]}
                               for label in needed}
         stats["acceptance_rate"] = round(len(new_rows) / stats["generated"], 3) if stats["generated"] else None
-        return pd.DataFrame(new_rows, columns=list(frame.columns))
+        return pd.DataFrame(new_rows, columns=list(frame.columns)), added
 
 
 # --- synthesis helpers --------------------------------------------------------------------

@@ -140,10 +140,6 @@ class Standardise(Check):
     issues = ("label_variant",)
     actions = ("relabel", "flag")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.mapping_: dict[str, str] = {}
-
     def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         frame = frame.copy()
         changed = np.zeros(len(frame), dtype=bool)
@@ -172,10 +168,10 @@ class Standardise(Check):
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if ctx.answer != "label" or "label" not in frame:
             return []  # generate data has no labels to merge
-        self.mapping_ = label_mapping(frame["label"])
+        mapping = label_mapping(frame["label"])
         findings = []
         for index, label in enumerate(frame["label"].tolist()):
-            canonical = self.mapping_.get(label) if isinstance(label, str) else None
+            canonical = mapping.get(label) if isinstance(label, str) else None
             if canonical is not None:
                 findings.append(Finding(index, "label_variant", f"{label!r} -> {canonical!r}",
                                         change={"label": canonical}))
