@@ -442,6 +442,11 @@ class FrozenPrefix:
         self.decoder = getattr(classifier, classifier.base_model_prefix)
         self.layers = self.decoder.layers
         self.first_adapted = first_adapted
+        import torch
+
+        # the two slices, built once: every step swaps one in (a plain list, not a submodule of ours)
+        self._slices = {"frozen": torch.nn.ModuleList(list(self.layers)[:first_adapted]),
+                        "adapted": torch.nn.ModuleList(list(self.layers)[first_adapted:])}
 
     @classmethod
     def of(cls, peft_model: Any, first_adapted: int) -> "FrozenPrefix | None":
@@ -457,10 +462,8 @@ class FrozenPrefix:
         return cls(classifier, first_adapted)
 
     @contextlib.contextmanager
-    def _only(self, layers: slice) -> Iterator[None]:
-        import torch
-
-        self.decoder.layers = torch.nn.ModuleList(list(self.layers)[layers])
+    def _only(self, part: str) -> Iterator[None]:
+        self.decoder.layers = self._slices[part]
         try:
             yield
         finally:
@@ -481,7 +484,7 @@ class FrozenPrefix:
         self.classifier.eval()  # no dropout: the cached output is the layers' deterministic one
         try:
             # no_grad, not inference_mode: the cached tensors feed training steps later
-            with (torch.no_grad(), _autocast(device, precision), self._only(slice(0, self.first_adapted)),
+            with (torch.no_grad(), _autocast(device, precision), self._only("frozen"),
                   progress(description, len(examples), unit="rows") as advance):
                 for rows, batch in _batched(examples, batch_size):
                     tensors = collate(batch, pad_id)
@@ -499,7 +502,7 @@ class FrozenPrefix:
         """The classifier's logits from the cached prefix (a batch padded by ``collate``)."""
         import torch
 
-        with self._only(slice(self.first_adapted, None)):
+        with self._only("adapted"):
             hidden = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   use_cache=False).last_hidden_state
         last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
