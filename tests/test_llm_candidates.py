@@ -258,7 +258,7 @@ def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(b
     from tunewise.config import BaselineConfig, ModelsConfig
 
     train, validation, test = banking8
-    monkeypatch.setattr(baseline, "PROBE_ROWS", 4)  # a probe of 2 batches (8 rows), then the other 8 rows
+    monkeypatch.setattr(baseline, "PROBE_ROWS", 4)  # a warm-up batch (4 rows), a timed probe of 2 batches (8), the other 4
     config = BaselineConfig(candidates=["tfidf_lr", "zero_shot_llm"], max_input_tokens=48, batch_size=4)
     assert config.sample_size == "auto" and config.time_budget_s and config.shortlist == "auto"
     summary = baseline.run_baseline(train, validation, test, task="classify", config=config, models=ModelsConfig(),
@@ -267,6 +267,7 @@ def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(b
     assert sample["test"] == test["id"].tolist() and sample["validation"] == validation["id"].tolist()
     assert sample["scored_by"] == [] and sample["stratified_by"] == "label"
     assert sample["scoring"]["zero_shot_llm"]["whole"] and sample["scoring"]["zero_shot_llm"]["probe_rows"] == 8
+    assert sample["scoring"]["zero_shot_llm"]["warmup_rows"] == 4
     assert sample["scoring"]["zero_shot_llm"]["seconds_per_row"] > 0
     predictions = pd.read_parquet(tmp_path / "whole" / "predictions" / "zero_shot_llm.parquet")
     assert predictions["id"].tolist() == test["id"].tolist()  # the probe's rows reused, in test order

@@ -33,6 +33,9 @@ def prepare_process() -> None:
     only interleave with tunewise's own progress display. A user's explicit setting wins.
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from .models import quiet_known_warnings
+
+    quiet_known_warnings()
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -25,6 +25,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import inspect
+import logging
 import os
 import platform
 import re
@@ -32,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -733,3 +735,42 @@ def doctor_report() -> list[dict[str, str]]:
                          version or ("installed" if installed else "not installed"),
                          "" if installed else command))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Known harmless library warnings
+
+
+# A known, harmless deprecation notice of transformers (the generation code passes the KV cache
+# under its old name, and so does tunewise's label scorer, to keep transformers 4.x working); without this
+# filter a log gets it once per request or batch.
+_KNOWN_WARNINGS = (
+    (r"`past_key_values` is deprecated (and will be removed in|and removed starting from) version \S+ for "
+     r"`[\w.]+`\. Use `cache` instead\.", FutureWarning),
+)
+
+
+# ... and its once-per-process log line about the same rename
+_KNOWN_LOG_LINES = {"transformers.utils.generic": re.compile(r"`past_key_values`/`cache_params` are deprecated\. "
+                                                             r"Use `cache` instead\.$")}
+
+
+class _DropKnownLogLines(logging.Filter):
+    def __init__(self, pattern: re.Pattern) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def quiet_known_warnings() -> None:
+    """Filter the known harmless warnings (precise message patterns and categories; any other
+    warning still shows). Called before every command (cli_common.prepare_process) and when the
+    server starts."""
+    for pattern, category in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    for name, pattern in _KNOWN_LOG_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownLogLines) for f in logger.filters):
+            logger.addFilter(_DropKnownLogLines(pattern))

@@ -52,7 +52,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -72,6 +71,7 @@ from .config import (
 )
 from .errors import TunewiseError
 from .feedback import CANDIDATE, INCUMBENT
+from .models import quiet_known_warnings  # every command calls it too; the server when it starts
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
@@ -165,39 +165,6 @@ def check_arms(run_dir: str | Path, specs: list[ArmSpec]) -> None:
         if not trained and not (run_dir / "split" / "train.parquet").exists():
             raise ServeError(f"arm {spec.name!r}: candidate {spec.candidate!r} is refitted on the run's split, and "
                              f"{run_dir / 'split' / 'train.parquet'} is not there")
-
-
-# A known, harmless deprecation notice of transformers (the generation code passes the KV cache
-# under its old name); without this filter the server log gets it once per request.
-_KNOWN_WARNINGS = (
-    (r"`past_key_values` is deprecated (and will be removed in|and removed starting from) version \S+ for "
-     r"`[\w.]+`\. Use `cache` instead\.", FutureWarning),
-)
-
-
-# ... and its once-per-process log line about the same rename
-_KNOWN_LOG_LINES = {"transformers.utils.generic": re.compile(r"`past_key_values`/`cache_params` are deprecated\. "
-                                                             r"Use `cache` instead\.$")}
-
-
-class _DropKnownLogLines(logging.Filter):
-    def __init__(self, pattern: re.Pattern) -> None:
-        super().__init__()
-        self.pattern = pattern
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.pattern.match(record.getMessage())
-
-
-def quiet_known_warnings() -> None:
-    """Filter the known harmless warnings (precise message patterns and categories; any other
-    warning still shows). Called when the server starts."""
-    for pattern, category in _KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern, category=category)
-    for name, pattern in _KNOWN_LOG_LINES.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropKnownLogLines) for f in logger.filters):
-            logger.addFilter(_DropKnownLogLines(pattern))
 
 
 # =============================================================================================
