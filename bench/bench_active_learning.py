@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import tunewise.models as models  # noqa: E402
-from tunewise.baseline import build_candidate  # noqa: E402
+from tunewise.candidate_factory import build_candidate  # noqa: E402
 from tunewise.labelling import margin_uncertainty, rank_for_labelling  # noqa: E402
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import tunewise.curve as curve  # noqa: E402
-from tunewise.baseline import build_candidate  # noqa: E402
+from tunewise.candidate_factory import build_candidate  # noqa: E402
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
 CANDIDATES = ["tfidf_lr", "embed_lr"]
@@ -69,7 +69,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     train, validation, test = load(0.1, args.seed)
-    factory = functools.partial(build_candidate, settings={})
+    factory = functools.partial(build_candidate, config={})
     print(f"BANKING77: {len(train):,} training rows (100%), {len(validation):,} validation, {len(test):,} test; "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch threads {args.threads}")
 

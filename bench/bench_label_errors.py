@@ -38,12 +38,14 @@ os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from tunewise.check_settings import CheckSettings
 from tunewise.config import CurateConfig, config_from_dict
 from tunewise.curate import curate_frame
 from tunewise.ingest import ingest
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77" / "train.csv"
-CHECK_NAMES = [name for name, field in CurateConfig.model_fields.items() if field.annotation.__name__ == "CheckConfig"]
+CHECK_NAMES = [name for name, field in CurateConfig.model_fields.items()
+               if isinstance(field.annotation, type) and issubclass(field.annotation, CheckSettings)]
 
 
 def noisy_banking77(path: Path, out: Path, noise: float, seed: int) -> set[str]:

@@ -59,17 +59,11 @@ def frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def speed(train: pd.DataFrame, rounds: int, steps: int) -> dict[str, float]:
     import torch
 
-    from tunewise.train import (
-        TrainConfig,
-        _base_config,
-        build_model,
-        encode_classification,
-        length_grouped_batches,
-        load_tokenizer,
-        plan_run,
-        resolve_runtime,
-        training_attention,
-    )
+    from tunewise.config import TrainConfig
+    from tunewise.training.build import build_model, training_attention
+    from tunewise.training.data import encode_classification, length_grouped_batches, load_tokenizer
+    from tunewise.training.plan import plan_run
+    from tunewise.training.runtime import _base_config, resolve_runtime
 
     tokenizer, base_path = load_tokenizer("lora", MODEL)
     labels = sorted(train["label"].unique())
@@ -123,7 +117,8 @@ def _plain(example):
 
 def _step(model, batch) -> None:
 
-    from tunewise.train import _autocast, collate
+    from tunewise.training.data import collate
+    from tunewise.training.runtime import _autocast
 
     built, optimizer, runtime = model
     built.loss_module.train()
@@ -136,8 +131,9 @@ def _step(model, batch) -> None:
 
 
 def full_run(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, out: Path) -> dict:
+    from tunewise.config import TrainConfig
     from tunewise.finetuned import LoraClassifier
-    from tunewise.train import TrainConfig, train as train_model
+    from tunewise.training import train as train_model
 
     started = time.perf_counter()
     result = train_model("classify", train, validation, config=TrainConfig(), model_spec=MODEL, out_dir=out)

@@ -122,7 +122,7 @@ def reply_nll(model, examples, pad_id: int, batch_size: int = 8) -> float:
     import torch
     import torch.nn.functional as F
 
-    from tunewise.train import IGNORE_INDEX, collate
+    from tunewise.training.data import IGNORE_INDEX, collate
 
     was_training = model.training
     model.eval()
@@ -165,7 +165,7 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> dict
 
 @contextlib.contextmanager
 def _clocked_progress(marks: list[float], real):
-    """Wraps tunewise.train's progress(): the loop calls advance(start step) before its first step and
+    """Wraps tunewise.training.recipe's progress(): the loop calls advance(start step) before its first step and
     advance(1) after each step, so the first and last marks bracket the steps (CPU seconds)."""
 
     @contextlib.contextmanager
@@ -181,7 +181,7 @@ def _clocked_progress(marks: list[float], real):
 
 
 def run_tunewise(train_df, val_df, steps: int) -> dict:
-    import tunewise.train as tunewise_train
+    import tunewise.training.recipe as tunewise_train
     from tunewise.models import DEFAULT_LLM
 
     marks: list[float] = []
@@ -296,7 +296,7 @@ def memory_child(steps: int) -> None:
     import transformers  # noqa: F401
 
     from tunewise.models import DEFAULT_LLM
-    from tunewise.train import train
+    from tunewise.training import train
 
     train_df, _ = demo_frames(BATCH * steps, 1)
     baseline_gib = _vm_hwm_gib()
@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tunewise.models import DEFAULT_LLM
-    from tunewise.train import FLOPS_PER_TOKEN, encode_replies, load_tokenizer
+    from tunewise.pricing import FLOPS_PER_TOKEN
+    from tunewise.training.data import encode_replies, load_tokenizer
 
     train_df, val_df = demo_frames(args.train_rows, args.val_rows)
     tokenizer, _ = load_tokenizer("lora", DEFAULT_LLM)

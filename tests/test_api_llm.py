@@ -382,7 +382,8 @@ def test_requests_in_flight_stay_within_max_concurrency(stub, train, key):
 
 def test_the_baseline_stage_runs_an_api_candidate_and_writes_json_safe_info(stub, train, key):
     from tunewise.artifacts import to_json
-    from tunewise.baseline import build_candidate, run_within_budget
+    from tunewise.baseline import run_within_budget
+    from tunewise.candidate_factory import build_candidate
 
     stub.reset()
     texts = ["card arrival", "cash withdrawal", "exchange rate", "stolen card"] * 5

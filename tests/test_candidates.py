@@ -1,7 +1,8 @@
 """The predict contract: one conformance test over every registered candidate, on real BANKING77 rows.
 
 LLM candidates run the real embedded SmolLM2-135M-Instruct and MiniLM encoder at tiny sizes
-(8 classes, short prompts, a few generated tokens).
+(8 classes, short prompts, a few generated tokens). Every candidate is built by the one factory
+(``tunewise.candidate_factory.build_candidate``), the ensemble with its pool of candidates.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ from sklearn.base import clone
 
 from tunewise.artifacts import read_json
 from tunewise.baseline import BaselineConfig, quick_metrics, run_baseline, stratified_sample_ids
+from tunewise.candidate_factory import build_candidate, run_candidate
 from tunewise.candidates import (
     CANDIDATES,
     KINDS,
     PREDICTION_COLUMNS,
     CandidateError,
     NotFittedError,
+    TfidfLogRegCandidate,
     candidate_kwargs,
     check_predictions,
     make_candidate,
 )
-from tunewise.config import ModelsConfig
+from tunewise.config import ModelsConfig, ProjectConfig
+from tunewise.ensemble import EnsembleCandidate, choose_members
 
 CLASSES = 8
 TRAIN_PER_CLASS = 15
@@ -84,6 +88,19 @@ def tiny_settings(tmp_path_factory, openai_stub):
             "base_url": openai_stub.url, "model": "stub", "api_key_env": None, "no_cache": True}
 
 
+def _params(estimator):
+    """get_params with nested candidates (the ensemble's pool) replaced by their class and params:
+    a clone holds new objects with the same parameters."""
+    def plain(value):
+        if hasattr(value, "get_params"):
+            return type(value).__name__, _params(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in estimator.get_params(deep=False).items()}
+
+
 @pytest.mark.parametrize("name", sorted(CANDIDATES))
 def test_candidate_conformance(name, classify_data, generate_data, tiny_settings):
     cls = CANDIDATES[name]
@@ -93,10 +110,10 @@ def test_candidate_conformance(name, classify_data, generate_data, tiny_settings
         test = test.iloc[::3]  # every third row keeps all classes at a third of the cost
 
     kwargs = candidate_kwargs(name, tiny_settings)
-    candidate = make_candidate(name, **kwargs)
+    candidate = build_candidate(name, tiny_settings)  # the factory, from a pool of settings
     # the constructor only stores its arguments: get_params gives them back, clone rebuilds it
     assert {k: candidate.get_params()[k] for k in kwargs} == kwargs
-    assert clone(candidate).get_params() == candidate.get_params()
+    assert _params(clone(candidate)) == _params(candidate)
     with pytest.raises(NotFittedError, match=name):
         candidate.predict(test)
 
@@ -205,3 +222,117 @@ def test_baseline_config_refuses_wrong_candidates(classify_data):
                          models=ModelsConfig())
     with pytest.raises(ValueError, match="listed twice"):
         BaselineConfig(candidates=["majority", "majority"])
+
+
+# ---------------------------------------------------------------- the factory and the ensemble
+
+
+def _project(tmp_path, **raw) -> ProjectConfig:
+    from tunewise.config import config_from_dict
+
+    (tmp_path / "kb").mkdir(exist_ok=True)
+    return config_from_dict({"data": {"train": "train.csv", "knowledge_base": "kb", "task_description": "bank intents"},
+                             "seed": 7, "models": {"offline": True},
+                             "baseline": {"few_shot_k": 3, "batch_size": 5, "candidates": ["majority", "tfidf_lr"]},
+                             "train": {"max_steps": 9, "candidates": ["encoder_ft"],
+                                       "overrides": {"encoder_ft": {"max_steps": 4}}}, **raw}, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_factory_builds_every_registered_name(name, tmp_path):
+    cfg = _project(tmp_path)
+    cls = CANDIDATES[name]
+    candidate = build_candidate(name, cfg)
+    assert type(candidate) is cls and not hasattr(candidate, "labels_")  # unfitted
+    params = candidate.get_params(deep=False)
+    if cls.combines:  # the ensemble: a pool of the fine-tuned and cheap candidates the config runs
+        assert [c.name for c in params["candidates"]] == ["majority", "tfidf_lr", "encoder_ft"]
+        assert all(_params(c) == _params(build_candidate(c.name, cfg)) for c in params["candidates"])
+    elif cls.kind == "finetuned":  # the models and train sections, train.overrides[name], the seed
+        assert params["train_config"] == cfg.train.for_candidate(name) and params["seed"] == 7
+        assert params["train_config"].max_steps == (4 if name == "encoder_ft" else 9)
+        assert params.get("llm", cfg.models.llm) == cfg.models.llm
+    else:  # the baseline and models sections, the knowledge base and the task description
+        expected = {"few_shot_k": 3, "batch_size": 5, "task_description": "bank intents",
+                    "knowledge_base": str(tmp_path.resolve() / "kb"), "encoder": cfg.models.encoder}
+        assert {k: params[k] for k in expected if k in params} == {k: v for k, v in expected.items() if k in params}
+    # a pool of settings ({}: every constructor default) and overrides
+    assert _params(build_candidate(name, {})) == _params(make_candidate(name)) or cls.combines
+    if "batch_size" in params:
+        assert build_candidate(name, cfg, batch_size=2).get_params()["batch_size"] == 2
+    with pytest.raises(CandidateError, match="did you mean"):
+        build_candidate(name + "x", cfg)
+
+
+def test_ensemble_members_rule_and_refusals(classify_data):
+    # every fine-tuned candidate, plus the best cheap one other than majority (ranked on validation)
+    pool = [("majority", "cheap", 0.9), ("tfidf_lr", "cheap", 0.7), ("embed_lr", "cheap", 0.8),
+            ("lora_llm", "finetuned", None), ("encoder_ft", "finetuned", 0.5), ("zero_shot_llm", "baseline", 0.99)]
+    assert choose_members(pool) == ["lora_llm", "encoder_ft", "embed_lr"]
+    assert choose_members([("tfidf_lr", "cheap", None), ("encoder_ft", "finetuned", None)]) == ["encoder_ft"]
+    assert choose_members([("tfidf_lr", "cheap", 0.7), ("embed_lr", "cheap", 0.8)]) == []  # no fine-tune: none
+
+    train, _ = classify_data
+    with pytest.raises(CandidateError, match="fewer than two members"):
+        EnsembleCandidate(candidates=[make_candidate("majority"), make_candidate("tfidf_lr")]).fit(train, train)
+    with pytest.raises(CandidateError, match="no candidates"):
+        make_candidate("ensemble").fit(train)
+
+
+class _Tuned(TfidfLogRegCandidate):
+    """A real (differently regularised) classic model standing in for a fine-tuned one, as in test_evaluate."""
+
+    name = "tfidf_tuned_stub"
+    kind = "finetuned"
+
+
+def test_fitted_ensemble_predicts_what_the_evaluate_stage_combines(classify_data):
+    from tunewise.evaluate import CandidatePredictions, ensemble_candidate
+
+    train, test = classify_data
+    validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])
+    pool = [make_candidate("majority"), make_candidate("tfidf_lr", C=1.0), make_candidate("tfidf_lr"),
+            _Tuned(C=0.5)]  # pool[1]: a second tfidf_lr, refused below
+    ensemble = EnsembleCandidate(candidates=[pool[0], pool[2], pool[3]]).fit(train, validation)
+    assert [m.name for m in ensemble.members_] == ["tfidf_tuned_stub", "tfidf_lr"]
+    predicted = ensemble.predict(test)
+    check_predictions(predicted, test, ensemble)
+
+    # the evaluate stage's path: the same rules over the members' stored predictions
+    stored = []
+    for member in [pool[0], pool[2], pool[3]]:
+        fitted = clone(member).fit(train, validation)
+        on_validation = fitted.predict(validation).assign(label=validation["label"].to_numpy())
+        stored.append(CandidatePredictions(fitted.name, fitted.kind, fitted.predict(test), on_validation))
+    combined, info = ensemble_candidate(stored, sorted(train["label"].unique()))
+    assert info["members"] == ["tfidf_tuned_stub", "tfidf_lr"] and combined.members == info["members"]
+    assert combined.test["prediction"].tolist() == predicted["prediction"].tolist()
+    assert np.allclose(np.stack(combined.test["proba"]), np.stack(predicted["proba"]))
+    # from members fitted already (serving), and repeated ids combine row by row
+    again = EnsembleCandidate.from_members(ensemble.members_)
+    doubled = pd.concat([test.head(3), test.head(3)], ignore_index=True)
+    assert again.predict(doubled)["prediction"].tolist() == predicted["prediction"].head(3).tolist() * 2
+    with pytest.raises(CandidateError, match="twice"):
+        EnsembleCandidate(candidates=[pool[1], pool[2], pool[3]]).fit(train, validation)
+
+
+def test_run_candidate_builds_the_ensemble_from_the_members_its_evaluation_recorded(classify_data, tmp_path):
+    import json
+
+    from tunewise.artifacts import write_parquet
+
+    train, test = classify_data
+    validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])
+    for split, frame in (("train", train), ("validation", validation)):
+        write_parquet(tmp_path / "split" / f"{split}.parquet", frame)
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "evaluate" / "summary.json").write_text(json.dumps({"candidates": [
+        {"name": "ensemble", "kind": "finetuned", "members": ["tfidf_lr", "embed_lr"]}]}))
+    ensemble = run_candidate("ensemble", None, tmp_path)
+    assert isinstance(ensemble, EnsembleCandidate) and [m.name for m in ensemble.members_] == ["tfidf_lr", "embed_lr"]
+    check_predictions(ensemble.predict(test), test, ensemble)
+    (tmp_path / "evaluate" / "summary.json").write_text(json.dumps({"candidates": []}))
+    with pytest.raises(CandidateError, match="records no members"):
+        run_candidate("ensemble", None, tmp_path)
+    with pytest.raises(CandidateError, match="no trained model"):
+        run_candidate("encoder_ft", None, tmp_path)  # a fine-tuned candidate is loaded, never retrained here

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunewise.check_settings import CheckSettings
 from tunewise.checks.labels import (
     LabelErrors,
     ThinClasses,
@@ -21,7 +22,8 @@ from tunewise.curate import CurateContext, Engine, curate_frame
 from tunewise.records import records_from_texts
 from tunewise.text import surface_key
 
-CHECKS = [name for name, f in CurateConfig.model_fields.items() if f.annotation.__name__ == "CheckConfig"]
+CHECKS = [name for name, f in CurateConfig.model_fields.items()
+          if isinstance(f.annotation, type) and issubclass(f.annotation, CheckSettings)]
 # Six BANKING77 intents that a bank's customers would not confuse with one another; the test is
 # about finding flipped labels, not about BANKING77's near-synonymous intents.
 INTENTS = ["card_arrival", "exchange_rate", "apple_pay_or_google_pay", "pin_blocked", "top_up_failed",
@@ -127,9 +129,8 @@ def test_thin_classes_threshold_is_the_minimum():
     check = ThinClasses(cfg.curate.thin_classes, cfg)
     frame = make_frame([f"m{i}" for i in range(14)], ["a"] * 5 + ["b"] * 9)
     assert len(check.find(frame, CurateContext(cfg, Engine()))) == 2
-    bad = only("thin_classes", thin_classes={"threshold": 0})
-    with pytest.raises(ConfigError, match="thin_classes.threshold"):
-        curate_frame(frame, bad)
+    with pytest.raises(ConfigError, match="thin_classes.threshold must be a whole number >= 1"):
+        only("thin_classes", thin_classes={"threshold": 0})  # the config refuses it before any check runs
 
 
 def test_generation_gates():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.baseline import build_candidate
+from tunewise.candidate_factory import build_candidate
 from tunewise.curve import CurveError, CurveFit, fit_power_law, learning_curve, nested_subsets, power_law
 
 
@@ -52,7 +52,7 @@ def _banking(banking77, n_train: int, n_test: int):
 
 
 # a factory Ray workers can import (a function defined in this test module would not unpickle there)
-_factory = functools.partial(build_candidate, settings={})
+_factory = functools.partial(build_candidate, config={})
 
 
 def test_curve_of_a_cheap_model_on_banking77_rises_and_extrapolates(banking77):

@@ -22,7 +22,7 @@ def demo_run(demo_pipeline_run):
 
 
 def test_a_cost_line_recomputes_by_hand_from_the_table_and_the_measured_tokens(demo_run):
-    from tunewise.train import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
+    from tunewise.pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
     _, run_dir = demo_run
     summary = json.loads((run_dir / "train" / "encoder_ft" / "train_summary.json").read_text())
@@ -77,9 +77,10 @@ def test_running_cost_scales_from_the_cores_that_measured_the_latency(tmp_path):
         {"name": "tfidf_lr", "latency_cores": 8}, {"name": "majority"}, {"name": "embed_lr", "latency_cores": 8}]}))
     (run / "train" / "summary.json").write_text(json.dumps({"candidates": [{"name": "encoder_ft", "latency_cores": 4}]}))
     names = ["tfidf_lr", "majority", "encoder_ft", "embed_lr", "ensemble"]
-    assert _latency_cores(run, names, ["tfidf_lr", "encoder_ft"]) == {"tfidf_lr": 8, "encoder_ft": 4, "embed_lr": 8}
-    assert _latency_cores(run, names, ["tfidf_lr", "embed_lr"])["ensemble"] == 8  # its members agree
-    assert _latency_cores(tmp_path / "old_run", names, None) == {}
+    disagree = {"ensemble": ["tfidf_lr", "encoder_ft"]}
+    assert _latency_cores(run, names, disagree) == {"tfidf_lr": 8, "encoder_ft": 4, "embed_lr": 8}
+    assert _latency_cores(run, names, {"ensemble": ["tfidf_lr", "embed_lr"]})["ensemble"] == 8  # its members agree
+    assert _latency_cores(tmp_path / "old_run", names, {}) == {}
 
 
 def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):

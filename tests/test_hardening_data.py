@@ -157,7 +157,8 @@ def test_a_class_whose_only_rows_are_spam_is_not_dropped(tmp_path, bank):
     findings = check.find(frame, CurateContext(cfg, Engine()))
     issues = IssueTable("curate")
     kept, counts = _apply(frame.copy(), findings, check, issues, {})
-    assert counts == {"found": 2, "dropped": 1, "flagged": 1}  # card_arrival has other rows; promo has none
+    assert counts == {"found": 2, "dropped": 1, "flagged": 1,  # card_arrival has other rows; promo has none
+                      "dropped_spam": 1, "flagged_spam": 1, "dropped_off_topic": 0, "flagged_off_topic": 0}
     assert "promo" in set(kept["label"]) and len(kept) == len(frame) - 1
     assert len(kept) + counts["dropped"] == len(frame)
 

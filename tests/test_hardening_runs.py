@@ -53,7 +53,8 @@ def _one_thread():
 
 
 def test_corrupt_checkpoint_is_skipped_and_never_crashes_a_rerun(tiny_llm, tmp_path, banking77, capsys, _one_thread):
-    from tunewise.train import TrainConfig, train
+    from tunewise.config import TrainConfig
+    from tunewise.training import train
 
     rows = pd.read_csv(banking77 / "train.csv")
     rows = rows.groupby("category").head(8)

@@ -157,7 +157,7 @@ def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, ba
     text, stdout = _run(tmp_path, """
         import functools, sys
         import pandas as pd
-        from tunewise.baseline import build_candidate
+        from tunewise.candidate_factory import build_candidate
         from tunewise.curve import learning_curve
         from tunewise.neardup import find_near_duplicates
 
@@ -168,7 +168,7 @@ def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, ba
                               "label": raw["category"]})
         train, test = frame.iloc[:600].reset_index(drop=True), frame.iloc[600:].reset_index(drop=True)
         learning_curve(train, test.head(100), test, candidates=["tfidf_lr", "majority"],
-                       factory=functools.partial(build_candidate, settings={}), fractions=[0.25, 0.5, 0.75, 1.0],
+                       factory=functools.partial(build_candidate, config={}), fractions=[0.25, 0.5, 0.75, 1.0],
                        n_resamples=50)
         texts = pd.read_csv(sys.argv[1] + "/train.csv")["text"].tolist()[:3000]
         find_near_duplicates(texts + [t + " please" for t in texts[:300]], threshold=0.7, progress=True)
@@ -202,7 +202,7 @@ def test_a_fine_tuned_classifier_scoring_a_data_set_logs_progress_and_a_serving_
         import sys
         import pandas as pd
         from tunewise.finetuned import LoraClassifier
-        from tunewise.train import TrainConfig
+        from tunewise.config import TrainConfig
 
         def frame(n):
             words = ["refund please", "where is my order", "reset my password"]

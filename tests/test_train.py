@@ -1,4 +1,4 @@
-"""The fine-tuning recipe (tunewise.train), its candidates, export and stage.
+"""The fine-tuning recipe (tunewise.training), its candidates, export and stage.
 
 Most tests train a tiny Llama (hidden 64, 2 layers) built here from a LlamaConfig, with the real
 SmolLM2 tokenizer and chat template, saved as a local model folder: the real loading, LoRA,
@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.train import (
-    IGNORE_INDEX,
-    EarlyStopping,
-    TrainConfig,
-    TrainError,
-    dry_run,
-    encode_replies,
-    length_grouped_batches,
-    plan_run,
-    train,
-    trainable_state,
-)
+from tunewise.config import TrainConfig
+from tunewise.training import TrainError, dry_run, train
+from tunewise.training.checkpoint import trainable_state
+from tunewise.training.data import IGNORE_INDEX, encode_replies, length_grouped_batches
+from tunewise.training.early_stopping import EarlyStopping
+from tunewise.training.plan import plan_run
 
 LABEL_WORDS = {
     "refund_status": ["refund", "money back", "reimbursed", "credit back"],
@@ -248,7 +244,7 @@ def test_the_time_cap_stops_a_run_validates_it_and_marks_it_under_trained(tiny_l
 
 
 def test_a_cap_after_a_plateau_is_not_under_trained_and_no_validation_is_unknown(tiny_llm):
-    from tunewise.train import convergence
+    from tunewise.training.early_stopping import convergence
 
     plan = _plan(48, 3, max_steps=12)
     watch = EarlyStopping(mode="max", patience=3, enabled=False)
@@ -360,7 +356,7 @@ def test_changed_settings_do_not_resume_an_old_checkpoint(tiny_llm, tmp_path):
 
 
 def test_non_finite_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tiny_llm, tmp_path, monkeypatch):
-    import tunewise.train as recipe
+    import tunewise.training.recipe as recipe
 
     # RMSNorm keeps a small fp32 model finite even at absurd learning rates, so the fault is
     # injected: from the third training forward pass on, the model's loss is NaN (what a
@@ -501,11 +497,11 @@ def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining
     real = train_stage._train_one
     trained: list[str] = []
 
-    def killed_at_the_second(ctx, settings, name, frames, samples):
+    def killed_at_the_second(ctx, name, frames, samples):
         if name == "encoder_ft":
             raise KeyboardInterrupt  # the process is stopped while the second candidate trains
         trained.append(name)
-        return real(ctx, settings, name, frames, samples)
+        return real(ctx, name, frames, samples)
 
     monkeypatch.setattr(train_stage, "_train_one", killed_at_the_second)
     with pytest.raises(KeyboardInterrupt):
@@ -517,9 +513,9 @@ def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining
     shutil.rmtree(run_dir / "train")
     (run_dir / "train").mkdir()
 
-    def counting(ctx, settings, name, frames, samples):
+    def counting(ctx, name, frames, samples):
         trained.append(name)
-        return real(ctx, settings, name, frames, samples)
+        return real(ctx, name, frames, samples)
 
     monkeypatch.setattr(train_stage, "_train_one", counting)
     metrics = train_stage.run(StageContext(cfg, run_dir, "train"))
@@ -605,6 +601,33 @@ def test_cached_frozen_layers_train_the_same_model_as_the_whole_forward(tiny_llm
     assert all(".layers.1." in k for k in a if "lora_" in k)
 
 
+def test_activation_estimate_counts_only_the_layers_backward_needs():
+    """Below the lowest adapter nothing requires grad, so autograd keeps nothing there: BANKING77's
+    largest batch (16 x 92 tokens) on SmolLM2's sizes fits the default budget without checkpointing."""
+    from types import SimpleNamespace
+
+    from tunewise.training.runtime import activation_gib, layers_keeping_activations, resolve_runtime
+
+    smollm2 = SimpleNamespace(num_hidden_layers=30, hidden_size=576, intermediate_size=1536)
+    plan = SimpleNamespace(method="lora", task="classify", batch_size=16, longest=92, world_size=1)
+    config = TrainConfig(num_threads=1)
+    assert layers_keeping_activations(config, plan, smollm2) == 10
+    assert layers_keeping_activations(config.model_copy(update={"lora_layers": 4}), plan, smollm2) == 4
+    assert layers_keeping_activations(config, SimpleNamespace(**{**vars(plan), "task": "generate"}), smollm2) == 30
+    assert layers_keeping_activations(config, SimpleNamespace(**{**vars(plan), "method": "encoder"}), smollm2) == 30
+    tokens = 16 * 92
+    for precision in ("fp32", "bf16"):
+        assert activation_gib(smollm2, tokens, precision, layers=10) == pytest.approx(
+            activation_gib(smollm2, tokens, precision) / 3)
+    runtime = resolve_runtime(config.model_copy(update={"precision": "fp32"}), plan, smollm2)
+    assert runtime.activation_gib == pytest.approx(activation_gib(smollm2, tokens, "fp32", layers=10), abs=1e-3)
+    assert runtime.activation_gib_per_token == pytest.approx(activation_gib(smollm2, 1, "fp32", layers=10))
+    # fp32 on 10 layers: 1.01 GiB, over the 0.75 budget: every 3rd layer recomputes (all 30: 3.0 GiB)
+    assert runtime.checkpoint_every_n_layers == 3
+    bf16 = activation_gib(smollm2, tokens, "bf16", layers=10)
+    assert bf16 < config.activation_memory_gib < activation_gib(smollm2, tokens, "bf16")
+
+
 def test_classify_adapts_the_top_third_by_default_and_generate_every_layer(tiny_llm):
     classify = train("classify", toy_frame(24), None, config=quick(max_steps=2), model_spec=tiny_llm)
     generate = train("generate", toy_frame(24), None, config=quick(max_steps=2), model_spec=tiny_llm)
@@ -616,7 +639,10 @@ def test_classify_adapts_the_top_third_by_default_and_generate_every_layer(tiny_
         train("classify", toy_frame(24), None, config=quick(max_steps=2, lora_layers=3), model_spec=tiny_llm)
 
 
-def test_the_torch_modules_module_agrees_with_the_recipe_on_the_ignored_label():
-    from tunewise import train_modules
+def test_importing_the_training_package_imports_no_torch_and_its_modules_share_one_ignored_label():
+    # importing torch takes seconds: only tunewise.training.modules imports it at its top, on use
+    code = "import sys, tunewise.training; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from tunewise.training import modules
 
-    assert train_modules.IGNORE_INDEX == IGNORE_INDEX  # two definitions: train.py must not import torch
+    assert modules.IGNORE_INDEX == IGNORE_INDEX  # one definition, in training.data (no torch)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import write_json, write_parquet
+from .candidate_factory import build_candidate, candidate_settings  # candidate_settings re-exported
 from .candidates import (
     CANDIDATES,
     DEFAULT_CANDIDATES,
@@ -40,9 +41,7 @@ from .candidates import (
     Candidate,
     CandidateError,
     candidate_class,
-    candidate_kwargs,
     check_predictions,
-    make_candidate,
 )
 from .config import BaselineConfig, ModelsConfig  # noqa: F401  (BaselineConfig re-exported)
 from .decide import measuring_cores
@@ -83,44 +82,13 @@ def resolve_candidates(task: str, config: BaselineConfig, has_knowledge_base: bo
         except CandidateError as exc:
             raise CandidateError(f"baseline.candidates: {exc}") from None
         if cls.task != task:
-            matching = sorted(n for n, c in CANDIDATES.items() if c.task == task)
+            matching = sorted(n for n, c in CANDIDATES.items() if c.task == task and not c.combines)
             raise CandidateError(f"baseline.candidates: {name!r} is a {cls.task} candidate but the project's task is "
                                  f"{task}; {task} candidates: {', '.join(matching)}")
+        if cls.combines:
+            raise CandidateError(f"baseline.candidates: {name!r} combines other candidates' predictions: the evaluate "
+                                 "stage builds it (evaluate.ensemble), not the baseline stage")
     return list(config.candidates), []
-
-
-def candidate_settings(config: BaselineConfig, models: ModelsConfig, *, knowledge_base: str | Path | None = None,
-                       task_description: str | None = None) -> dict[str, Any]:
-    """The pool of settings candidates draw their constructor arguments from."""
-    from .api_llm import api_llm_settings
-
-    return {
-        "llm": models.llm,
-        "encoder": models.encoder,
-        "offline": models.offline,
-        "trust_remote_code": models.trust_remote_code,
-        "system_prompt": config.system_prompt,
-        "task_description": task_description,
-        "few_shot_k": config.few_shot_k,
-        "max_new_tokens": config.max_new_tokens,
-        "rag_top_k": config.rag_top_k,
-        "label_score": config.label_score,
-        "calibrate": config.calibrate,
-        "batch_size": config.batch_size,
-        "max_input_tokens": config.max_input_tokens,
-        "shortlist": config.shortlist,
-        "shortlist_recall": config.shortlist_recall,
-        "precision": config.precision,
-        "prompt_search": config.prompt_search,
-        "prompt_search_rows": config.prompt_search_rows,
-        "knowledge_base": str(knowledge_base) if knowledge_base else None,
-        # the api_* candidates' endpoint, prices and limits (baseline.api_llm, tunewise.api_llm.ApiLlmConfig)
-        **api_llm_settings(getattr(config, "api_llm", None)),
-    }
-
-
-def build_candidate(name: str, settings: dict[str, Any]) -> Candidate:
-    return make_candidate(name, **candidate_kwargs(name, settings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +288,7 @@ def run_baseline(
     """
     names, skipped = resolve_candidates(task, config, has_knowledge_base=bool(knowledge_base))
     settings = candidate_settings(config, models, knowledge_base=knowledge_base, task_description=task_description)
-    candidates = [build_candidate(name, settings) for name in names]
+    candidates = [build_candidate(name, settings) for name in names]  # the settings of these sections, as a pool
     by = answer_column(task) if task == "classify" else None
     auto = config.sample_size == "auto"
     size = None if auto else config.sample_size

@@ -4,7 +4,8 @@ The implementations register themselves here; tunewise.candidates imports them a
 needs the complete registry imports tunewise.candidates, and an implementation imports this module.
 
 The contract, shared by the cheap classic models (``tunewise.candidates``), the LLM prompting
-baselines in ``tunewise.llm_candidates`` and the fine-tuned models of the train stage:
+baselines in ``tunewise.llm_candidates``, the fine-tuned models of the train stage and the
+``ensemble`` (``tunewise.ensemble``):
 
 - the constructor only stores its keyword arguments (so ``get_params``, ``clone`` and ``repr``
   from scikit-learn's ``BaseEstimator`` work, and a config maps one-to-one onto a candidate);
@@ -14,8 +15,11 @@ baselines in ``tunewise.llm_candidates`` and the fine-tuned models of the train 
   :class:`NotFittedError` when ``fit`` has not run;
 - class attributes: ``name`` (the registry key), ``kind`` (``baseline`` for LLM prompting,
   ``cheap`` for classic models, ``finetuned`` for trained ones), ``task`` (``classify`` or
-  ``generate``) and ``expensive`` (True when scoring costs LLM forward passes, so the baseline
-  stage scores a sample of the test set).
+  ``generate``), ``expensive`` (True when scoring costs LLM forward passes, so the baseline
+  stage scores a sample of the test set) and ``combines`` (True for a candidate made of other
+  candidates, the ``ensemble`` of ``tunewise.ensemble``: no stage trains it on its own; the
+  evaluate stage combines its members' stored predictions, and a run's fitted one is built from
+  its fitted members with ``from_members``; a fitted one holds them in ``members_``).
 
 Predictions is a DataFrame with the columns of :data:`PREDICTION_COLUMNS`:
 
@@ -85,6 +89,7 @@ class Candidate(BaseEstimator):
     kind: ClassVar[str]
     task: ClassVar[str]
     expensive: ClassVar[bool] = False
+    combines: ClassVar[bool] = False
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> Candidate:
         raise NotImplementedError

@@ -3,8 +3,9 @@
 The contract every candidate follows and the registry live in :mod:`tunewise.candidate_base`
 (re-exported here). This module holds the cheap classic models and imports every other
 implementation, so importing it registers them all: the LLM prompting baselines
-(``tunewise.llm_candidates``), the hosted-API ones (``tunewise.api_llm``) and the fine-tuned models
-of the train stage (``tunewise.finetuned``).
+(``tunewise.llm_candidates``), the hosted-API ones (``tunewise.api_llm``), the fine-tuned models
+of the train stage (``tunewise.finetuned``) and the ``ensemble`` of them (``tunewise.ensemble``).
+Building a candidate from a project's config: ``tunewise.candidate_factory.build_candidate``.
 """
 
 from __future__ import annotations
@@ -181,8 +182,10 @@ class EmbedLogRegCandidate(Candidate):
 
 
 # The other implementations register themselves on import: the LLM prompting baselines, the
-# hosted-API candidates (they reuse llm_candidates' prompts) and the fine-tuned ones. Imported after
-# the classic candidates above so the registry keeps its order: classic, prompting, API, fine-tuned.
+# hosted-API candidates (they reuse llm_candidates' prompts), the fine-tuned ones and the ensemble of
+# them. Imported after the classic candidates above so the registry keeps its order: classic,
+# prompting, API, fine-tuned, ensemble.
 from . import llm_candidates as _llm_candidates  # noqa: E402, F401, I001
 from . import api_llm as _api_llm  # noqa: E402, F401
 from . import finetuned as _finetuned  # noqa: E402, F401
+from . import ensemble as _ensemble  # noqa: E402, F401

@@ -19,6 +19,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .check_settings import (
+    CheckSettings,
+    EmptyGarbageSettings,
+    ExactDuplicatesSettings,
+    GenerationSettings,
+    LabelConflictsSettings,
+    LabelErrorsSettings,
+    NearDuplicatesSettings,
+    OffTopicSettings,
+    PiiSettings,
+    SemanticDuplicatesSettings,
+    StandardiseSettings,
+    ThinClassesSettings,
+    TooLongSettings,
+    TooShortSettings,
+)
 from .errors import TunewiseError
 from .pricing import CPU_INSTANCES, REFERENCE_GPUS
 
@@ -92,42 +108,29 @@ class ModelsConfig(Section):
     offline: bool = Field(True, description="never contact a model hub")
 
 
-class CheckConfig(Section):
-    enabled: bool = Field(True, description="run this check")
-    action: Literal["drop", "flag", "redact", "relabel"] | None = Field(None, description="what to do with findings")
-    threshold: float | None = Field(None, description="the check's main threshold (see docs)")
-
-
-def _check(enabled: bool = True, action: str | None = None, threshold: float | None = None) -> Any:
-    return Field(default_factory=lambda: CheckConfig(enabled=enabled, action=action, threshold=threshold))
+def _check(model: type[CheckSettings]) -> Any:
+    """A check's section: its own settings model (tunewise.check_settings), its help on the key."""
+    return Field(default_factory=model, description=model.help_text())
 
 
 class CurateConfig(Section):
-    standardise: CheckConfig = _check(True, "relabel")
-    empty_garbage: CheckConfig = _check(True, "drop")
-    too_short: CheckConfig = _check(True, "drop", 2)
-    too_long: CheckConfig = _check(True, "drop", 512)
-    exact_duplicates: CheckConfig = _check(True, "drop")
-    near_duplicates: CheckConfig = _check(True, "drop", 0.7)
-    semantic_duplicates: CheckConfig = _check(False, "flag", 0.95)
-    label_conflicts: CheckConfig = _check(True, "relabel", 0.9)
-    label_errors: CheckConfig = _check(True, "flag", 0.5)
-    off_topic: CheckConfig = _check(True, "drop", 0.5)
-    pii: CheckConfig = _check(True, "redact")
-    thin_classes: CheckConfig = _check(True, "flag", 20)
-    generation: CheckConfig = _check(True, "flag")
+    standardise: StandardiseSettings = _check(StandardiseSettings)
+    empty_garbage: EmptyGarbageSettings = _check(EmptyGarbageSettings)
+    too_short: TooShortSettings = _check(TooShortSettings)
+    too_long: TooLongSettings = _check(TooLongSettings)
+    exact_duplicates: ExactDuplicatesSettings = _check(ExactDuplicatesSettings)
+    near_duplicates: NearDuplicatesSettings = _check(NearDuplicatesSettings)
+    semantic_duplicates: SemanticDuplicatesSettings = _check(SemanticDuplicatesSettings)
+    label_conflicts: LabelConflictsSettings = _check(LabelConflictsSettings)
+    label_errors: LabelErrorsSettings = _check(LabelErrorsSettings)
+    off_topic: OffTopicSettings = _check(OffTopicSettings)
+    pii: PiiSettings = _check(PiiSettings)
+    thin_classes: ThinClassesSettings = _check(ThinClassesSettings)
+    generation: GenerationSettings = _check(GenerationSettings)
     semantic_max_rows: int = Field(50000, ge=2, description="rows above which semantic_duplicates skips (quadratic search)")
     synthesize: bool = Field(False, description="generate synthetic paraphrases for thin classes")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     shingle: int = Field(3, ge=1, le=10, description="word n-gram size for near-duplicate shingles")
-
-    @model_validator(mode="after")
-    def _thresholds_in_range(self) -> "CurateConfig":
-        for name in ("near_duplicates", "semantic_duplicates"):
-            t = getattr(self, name).threshold
-            if t is not None and not 0.0 < t <= 1.0:
-                raise ValueError(f"{name}.threshold must be in (0, 1], got {t}")
-        return self
 
 
 class SplitConfig(Section):
@@ -487,8 +490,8 @@ class RoiConfig(Section):
 
     Nothing here is guessed for you where it matters: without ``monthly_volume`` and
     ``value_per_outcome_usd`` the verdict stands on quality and cost alone and says the money side was not priced. The
-    cost defaults (GPU and CPU prices, utilisation) come from tables in tunewise.train and
-    tunewise.decide that cite their source and date.
+    cost defaults (GPU and CPU prices, utilisation) come from tables in tunewise.pricing
+    that cite their source and date.
     """
 
     monthly_volume: float | None = Field(None, gt=0, description="requests (messages, tickets) a month the model "

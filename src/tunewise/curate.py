@@ -14,6 +14,7 @@ embedding-based checks see it.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,7 +22,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from .config import CheckConfig, ConfigError, ProjectConfig
+from .check_settings import CheckSettings
+from .config import ConfigError, ProjectConfig
+from .errors import TunewiseError
 from .issues import IssueTable
 from .progress import console, progress
 from .records import answer_column
@@ -48,6 +51,13 @@ class Finding:
 
 class SkipCheck(Exception):
     """Raised by a check that cannot run on this data; the reason lands in the summary."""
+
+
+class CheckContractError(TunewiseError, RuntimeError):
+    """A check broke its contract (e.g. reported an issue name it does not declare): a bug in it."""
+
+    hint = ("declare the issue name in the check's `issues` (and in tunewise.issues.ISSUE_KINDS when it is "
+            "new), or fix the check; tests/test_checks_conformance.py runs the contract over every check")
 
 
 class Engine:
@@ -154,17 +164,28 @@ class CurateContext:
 
 
 class Check:
-    """Base of every curation check: declare names, implement ``find``."""
+    """Base of every curation check: declare the names and the settings model, implement ``find``.
+
+    ``issues`` is a contract: the runner refuses a finding under any other name
+    (:class:`CheckContractError`) and counts each declared name per action in the summary.
+    """
 
     name: ClassVar[str]                  # config key under `curate:`
     issues: ClassVar[tuple[str, ...]]    # issue kinds it may report
-    actions: ClassVar[tuple[str, ...]]   # config actions that make sense for it
+    # its config section (tunewise.check_settings): actions, what the threshold means, its range
+    settings_model: ClassVar[type[CheckSettings]]
+    actions: ClassVar[tuple[str, ...]]   # config actions it can take, first the default: from settings_model
     tasks: ClassVar[tuple[str, ...]] = ("classify", "generate")
     # True when a row's findings depend on that row alone: the engine may then shard the rows.
     row_local: ClassVar[bool] = False
     shard_rows: ClassVar[int] = 20_000
 
-    def __init__(self, settings: CheckConfig, project: ProjectConfig) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "settings_model" in cls.__dict__:
+            cls.actions = cls.settings_model.actions
+
+    def __init__(self, settings: CheckSettings, project: ProjectConfig) -> None:
         self.settings = settings
         self.project = project
 
@@ -174,7 +195,10 @@ class Check:
 
     @property
     def threshold(self) -> float | None:
-        return self.settings.threshold
+        """The configured threshold, or the settings model's default when the config leaves it empty
+        (None only for a check without a threshold)."""
+        value = self.settings.threshold
+        return value if value is not None else self.settings_model.default_threshold()
 
     def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Optional silent clean-up applied to every row before ``find`` (e.g. Unicode NFC).
@@ -213,7 +237,7 @@ def build_checks(cfg: ProjectConfig) -> list[Check]:
     _load_checks()
     out = []
     for name in CHECK_ORDER:
-        settings: CheckConfig = getattr(cfg.curate, name)
+        settings: CheckSettings = getattr(cfg.curate, name)
         cls = CHECKS.get(name)
         if cls is None or not settings.enabled:
             continue
@@ -264,6 +288,10 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
                 console.print(f"[yellow]curate: {check.name} skipped: {why}[/yellow]")
                 advance(1)
                 continue
+            undeclared = sorted({f.issue for f in findings} - set(check.issues))
+            if undeclared:
+                raise CheckContractError(f"curate: check {check.name} reported issue(s) {', '.join(undeclared)} "
+                                         f"it does not declare (declared: {', '.join(check.issues)})")
             frame, counts = _apply(frame, findings, check, issues, examples)
             if check.name == "thin_classes" and cfg.curate.synthesize:
                 frame, counts["added"] = _add_synthetic(check, frame, ctx, issues)
@@ -277,7 +305,9 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
         "rows_in": rows_in,
         "rows_out": len(frame),
         "issue_counts": issues.counts(),
-        "action_counts": _action_counts(issues),
+        "action_counts": _count_rows(issues, lambda r: r["action"]),
+        # "<action>_<issue>" over the whole issues table (ingest's rows too), e.g. dropped_exact_duplicate
+        "issue_action_counts": _count_rows(issues, lambda r: f"{r['action']}_{r['issue']}"),
         "checks": per_check,
         "skipped": skipped,
         "examples": examples,
@@ -318,6 +348,11 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
            examples: dict[str, list[dict[str, Any]]]) -> tuple[pd.DataFrame, dict[str, Any]]:
     config_action = check.action
     counts: dict[str, Any] = {"found": len(findings)}
+    # per declared issue and action ("dropped_near_duplicate": 3), zeros included: every check's
+    # entry has the same keys whatever the data. Any finding can end up flagged (its own action,
+    # or nothing certain to apply), so flagged_ and dropped_ are always there.
+    outcomes = dict.fromkeys(["dropped", "flagged"] + [ACTION_NAMES[a] for a in check.actions])
+    counts.update({f"{action}_{issue}": 0 for issue in check.issues for action in outcomes})
     drop: set[int] = set()
     ids = frame["id"].tolist()
     for f in findings:
@@ -335,6 +370,7 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
         row = frame.loc[f.index]
         issues.add(ids[f.index], f.issue, detail, action, source=row.get("source_file"), line=_int(row.get("source_line")))
         counts[action] = counts.get(action, 0) + 1
+        counts[f"{action}_{f.issue}"] = counts.get(f"{action}_{f.issue}", 0) + 1
         bucket = examples.setdefault(f.issue, [])
         if len(bucket) < 3:
             bucket.append({"id": ids[f.index], "input": str(row["input"])[:200], "detail": detail, "action": action})
@@ -363,8 +399,6 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _action_counts(issues: IssueTable) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in issues.rows:
-        out[r["action"]] = out.get(r["action"], 0) + 1
-    return dict(sorted(out.items()))
+def _count_rows(issues: IssueTable, key: Callable[[dict[str, Any]], str]) -> dict[str, int]:
+    """Issues-table rows counted by ``key(row)``, in name order."""
+    return dict(sorted(Counter(key(r) for r in issues.rows).items()))

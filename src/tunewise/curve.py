@@ -309,18 +309,12 @@ def write_curve_plot(curve: dict[str, Any], path: Path) -> Path:
 
 
 def candidate_factory(cfg: Any) -> Callable[[str], Any]:
-    """Unfitted candidates built from the project's settings (fine-tuned ones with its train section)."""
-    from .baseline import build_candidate, candidate_settings
-    from .candidates import candidate_class
+    """Unfitted candidates built from the project's config (``tunewise.candidate_factory``)."""
+    import functools
 
-    settings = candidate_settings(cfg.baseline, cfg.models, task_description=cfg.data.task_description)
-    settings["seed"] = cfg.seed
+    from .candidate_factory import build_candidate
 
-    def factory(name: str) -> Any:
-        candidate_class(name)  # an unknown name fails here, before any training
-        return build_candidate(name, {**settings, "train_config": cfg.train.for_candidate(name)})
-
-    return factory
+    return functools.partial(build_candidate, config=cfg)
 
 
 def default_candidates(evaluation: dict[str, Any], decision: dict[str, Any] | None = None) -> list[str]:
@@ -333,25 +327,29 @@ def default_candidates(evaluation: dict[str, Any], decision: dict[str, Any] | No
 
 
 def resolve_curve_candidates(names: list[str], evaluation: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """Candidates a curve can train. The ensemble is not trained on its own: it averages its
-    members' probabilities, so its curve is measured through its strongest fine-tuned member
-    (the ensemble scored at or above it on this test set); ``notes`` says so."""
+    """Candidates a curve can train. One that combines others (the ensemble) is not trained on its
+    own: it averages its members' probabilities, so its curve is measured through its strongest
+    fine-tuned member (the ensemble scored at or above it on this test set); ``notes`` says so."""
+    from .candidates import CANDIDATES
+    from .decide import candidate_members
+
     notes: dict[str, str] = {}
     out: list[str] = []
     scores = {c["name"]: (c.get("metrics") or {}).get("accuracy") for c in evaluation.get("candidates", [])}
     kinds = {c["name"]: c.get("kind") for c in evaluation.get("candidates", [])}
+    recorded = candidate_members(evaluation)
     for name in names:
-        if name == "ensemble":
-            members = (evaluation.get("ensemble") or {}).get("members") or [n for n, k in kinds.items()
-                                                                             if k == "finetuned" and n != "ensemble"]
+        if name in CANDIDATES and CANDIDATES[name].combines:
+            members = recorded.get(name) or [n for n, k in kinds.items() if k == "finetuned" and n != name
+                                             and not (n in CANDIDATES and CANDIDATES[n].combines)]
             tuned = [m for m in members if kinds.get(m) == "finetuned"] or members
             if not tuned:
-                raise CurveError("the ensemble has no recorded members to measure a curve through; pass --candidates")
+                raise CurveError(f"the {name} has no recorded members to measure a curve through; pass --candidates")
             proxy = max(tuned, key=lambda m: (scores.get(m) or 0.0, m))
-            notes["ensemble"] = (f"the ensemble averages {', '.join(members)}; its curve is measured through its "
-                                 f"strongest fine-tuned member {proxy} (the ensemble adds "
-                                 f"{(scores.get('ensemble') or 0) - (scores.get(proxy) or 0):+.3f} accuracy on this test set)")
-            notes["ensemble_proxy"] = proxy
+            notes[name] = (f"the {name} averages {', '.join(members)}; its curve is measured through its "
+                           f"strongest fine-tuned member {proxy} (the {name} adds "
+                           f"{(scores.get(name) or 0) - (scores.get(proxy) or 0):+.3f} accuracy on this test set)")
+            notes[f"{name}_proxy"] = proxy
             name = proxy
         if name not in out:
             out.append(name)

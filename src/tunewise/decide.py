@@ -52,8 +52,8 @@ from .config import RoiConfig
 from .errors import TunewiseError
 from .pricing import CPU_INSTANCES, FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
-__all__ = ["CPU_INSTANCES", "DecisionError", "VERDICTS", "decide", "monthly_running_cost", "one_time_cost",
-           "payback_months", "serving_memory_gib", "test_rows_needed"]
+__all__ = ["CPU_INSTANCES", "DecisionError", "VERDICTS", "candidate_members", "decide", "monthly_running_cost",
+           "one_time_cost", "payback_months", "serving_memory_gib", "test_rows_needed"]
 
 VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")
 
@@ -316,7 +316,7 @@ def _latencies(run_dir: Path, names: list[str]) -> dict[str, float]:
     """Median per-request latency (ms) of each candidate's test predictions."""
     out = {}
     for name in names:
-        for stage in ("train", "baseline", "evaluate"):  # evaluate: the ensemble's summed latency
+        for stage in ("train", "baseline", "evaluate"):  # evaluate: a combined candidate's summed latency
             path = run_dir / stage / "predictions" / f"{name}.parquet"
             if path.exists():
                 frame = pd.read_parquet(path, columns=["latency_ms"])
@@ -326,9 +326,21 @@ def _latencies(run_dir: Path, names: list[str]) -> dict[str, float]:
     return out
 
 
-def _latency_cores(run_dir: Path, names: list[str], members: list[str] | None) -> dict[str, float]:
+def candidate_members(evaluation: dict[str, Any]) -> dict[str, list[str]]:
+    """The members of each evaluated candidate that combines others (the ensemble), by name: its
+    entry's ``members``; in runs evaluated before entries carried them, the ``ensemble`` block."""
+    out = {e["name"]: list(e["members"]) for e in evaluation.get("candidates", [])
+           if isinstance(e, dict) and e.get("members")}
+    recorded = (evaluation.get("ensemble") or {}).get("members")
+    if recorded and "ensemble" not in out:  # the evaluate stage's summary of its ensemble, older runs
+        out["ensemble"] = list(recorded)
+    return out
+
+
+def _latency_cores(run_dir: Path, names: list[str], members: dict[str, list[str]]) -> dict[str, float]:
     """Cores of the machine that measured each candidate's latency (``latency_cores`` in the train and
-    baseline summaries); the ensemble's, when its members agree. Missing in runs written before it."""
+    baseline summaries); a combined candidate's (``members`` by name), when its members agree.
+    Missing in runs written before it."""
     out: dict[str, float] = {}
     for stage in ("train", "baseline"):  # the order _latencies reads the predictions in
         path = run_dir / stage / "summary.json"
@@ -338,9 +350,10 @@ def _latency_cores(run_dir: Path, names: list[str], members: list[str] | None) -
             cores = entry.get("latency_cores")
             if entry.get("name") in names and entry["name"] not in out and isinstance(cores, int | float) and cores > 0:
                 out[entry["name"]] = float(cores)
-    member_cores = {out.get(m) for m in members or []}
-    if "ensemble" in names and members and len(member_cores) == 1 and None not in member_cores:
-        out["ensemble"] = member_cores.pop()
+    for name, parts in members.items():
+        member_cores = {out.get(m) for m in parts}
+        if name in names and parts and len(member_cores) == 1 and None not in member_cores:
+            out[name] = member_cores.pop()
     return out
 
 
@@ -535,7 +548,8 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     for name, usd in _measured_usd_per_request(run_dir).items():
         if name in entries:
             entries[name] = {**entries[name], "usd_per_request_measured": usd}
-    for name, cores in _latency_cores(run_dir, list(entries), (evaluation.get("ensemble") or {}).get("members")).items():
+    members = candidate_members(evaluation)
+    for name, cores in _latency_cores(run_dir, list(entries), members).items():
         entries[name] = {**entries[name], "latency_cores": cores}
     quality = _Quality(metric, _gain_scale(metric), metric in (evaluation.get("lower_is_better") or []), entries,
                        evaluation.get("pairwise") or {})
@@ -543,9 +557,8 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     trained = _train_summaries(run_dir)
     flagged = _flagged_rows(run_dir)
     api_tokens = _api_tokens(run_dir, roi)
-    members = (evaluation.get("ensemble") or {}).get("members")
     costs = {name: _candidate_costs(name, entry, roi, trained, flagged, latency, api_tokens,
-                                    _incumbent_usd_per_request(evaluation), members if name == "ensemble" else None)
+                                    _incumbent_usd_per_request(evaluation), members.get(name))
              for name, entry in entries.items()}
     missing = [name for name in ("monthly_volume", "value_per_outcome_usd") if getattr(roi, name) is None]
     priced = not missing
@@ -735,7 +748,7 @@ def _roi_block(run_dir: Path, evaluation: dict, roi: RoiConfig, quality: _Qualit
                 "latency_ms": {candidate: latency.get(candidate), reference: latency.get(reference)}})
     if missing:
         return out
-    members = (evaluation.get("ensemble") or {}).get("members") if candidate == "ensemble" else None
+    members = candidate_members(evaluation).get(candidate)
 
     def money_for(settings: RoiConfig, g: float) -> Money:
         entries = quality.entries
@@ -780,7 +793,7 @@ def _more_data_reason(run_dir: Path, candidate: str, roi: RoiConfig) -> str | No
     if not path.exists():
         return None
     curve = read_json(path)
-    proxy = (curve.get("notes") or {}).get(f"{candidate}_proxy")  # the ensemble: measured through a member
+    proxy = (curve.get("notes") or {}).get(f"{candidate}_proxy")  # a combined candidate: measured through a member
     entry = curve.get("candidates", {}).get(candidate) or (curve.get("candidates", {}).get(proxy) if proxy else None)
     target = (entry or {}).get("target")
     if not target:

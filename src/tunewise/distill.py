@@ -187,9 +187,9 @@ def _stage_current(cfg: Any, run_dir: Path, stage: str, sections: Sequence[str])
 
 def _build_teacher(cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict[str, pd.DataFrame],
                    no_cache: bool) -> Teacher:
-    from .baseline import build_candidate, candidate_settings
+    from .candidate_factory import run_candidate
     from .candidates import CandidateError, candidate_class
-    from .finetuned import FineTunedCandidate, load_candidate
+    from .finetuned import FineTunedCandidate
 
     built = _built(run_dir)
     if name in API_TEACHERS:
@@ -208,16 +208,12 @@ def _build_teacher(cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict
         raise DistillError(f"--teacher {name!r} is a {cls.task} candidate; distill labels rows for classification")
     teacher_train = frames["train"]
     if issubclass(cls, FineTunedCandidate):
-        candidate = load_candidate(run_dir / "train", name)
+        candidate = run_candidate(name, cfg, run_dir)
         how = f"loaded from {run_dir / 'train' / name}"
     else:
-        settings = candidate_settings(cfg.baseline, cfg.models, task_description=cfg.data.task_description)
-        settings["seed"] = cfg.seed
-        if no_cache:
-            settings["no_cache"] = True
-        candidate = build_candidate(name, settings)
         try:
-            candidate.fit(teacher_train, frames["validation"])
+            candidate = run_candidate(name, cfg, run_dir, teacher_train, frames["validation"],
+                                      **({"no_cache": True} if no_cache else {}))
         except CandidateError as exc:
             raise DistillError(f"--teacher {name}: {exc}") from None
         how = (f"{cfg.baseline.api_llm.model} at {cfg.baseline.api_llm.base_url}" if name in API_TEACHERS
@@ -351,13 +347,14 @@ def _resolve_students(cfg: Any, names: Sequence[str] | None) -> list[str]:
 
     if not names:
         return resolve_candidates(cfg.task, cfg.train.candidates)
-    allowed = sorted(n for n, c in CANDIDATES.items() if c.task == "classify" and c.kind in ("finetuned", "cheap"))
+    allowed = sorted(n for n, c in CANDIDATES.items()
+                     if c.task == "classify" and c.kind in ("finetuned", "cheap") and not c.combines)
     for name in names:
         try:
             cls = candidate_class(name)
         except CandidateError as exc:
             raise DistillError(f"--students: {exc}") from None
-        if cls.task != "classify" or cls.kind not in ("finetuned", "cheap"):
+        if cls.task != "classify" or cls.kind not in ("finetuned", "cheap") or cls.combines:
             raise DistillError(f"--students: {name!r} is a {cls.kind} {cls.task} candidate; students are fine-tuned "
                                f"or cheap classifiers: {', '.join(allowed)}")
     return list(dict.fromkeys(names))

@@ -2,7 +2,7 @@
 
 The command re-launches itself under ``torch.distributed.run`` (torchrun) with N workers. Each
 worker joins the process group (gloo on CPU, NCCL on GPUs), and the recipe in
-:mod:`tunewise.train` shards the batches by rank and wraps the loss in DistributedDataParallel.
+:mod:`tunewise.training.recipe` shards the batches by rank and wraps the loss in DistributedDataParallel.
 Rank 0 runs the train stage as usual (it logs, validates, checkpoints and writes the outputs); the
 other ranks only take part in training (:func:`tunewise.stages.train.fit_worker`).
 

@@ -39,6 +39,15 @@ import pandas as pd
 from .artifacts import read_json, write_csv, write_json, write_parquet
 from .candidates import CANDIDATES, PREDICTION_COLUMNS, Candidate
 from .config import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
+from .ensemble import (
+    MIN_MEMBERS,
+    TOO_FEW_MEMBERS,
+    EnsembleCandidate,
+    choose_members,
+    combine_predictions,
+    proba_matrix,
+    validation_accuracy,
+)
 from .errors import TunewiseError
 from .metrics_gen import FactChecker, bleu_from_statistics, chrf_from_statistics, score_generation
 from .perturb import PERTURBATIONS, perturb
@@ -121,6 +130,7 @@ class CandidatePredictions:
     train: pd.DataFrame | None = None
     source: str = "baseline"  # the stage that wrote them
     expensive: bool = False
+    members: list[str] | None = None  # a candidate that combines others (the ensemble): their names
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
@@ -191,64 +201,32 @@ def load_run_predictions(run_dir: str | Path, stages: Sequence[str] = ("baseline
     return list(found.values()), skipped
 
 
-def _proba_matrix(frame: pd.DataFrame, labels: list[str]) -> np.ndarray | None:
-    """The class probabilities in ``labels`` order, or None when they are missing or in another order."""
-    if "proba" not in frame.columns or not len(frame) or frame["proba"].isna().any():
-        return None
-    proba = np.stack([np.asarray(p, dtype=np.float64) for p in frame["proba"]])
-    if proba.shape[1] != len(labels):
-        return None
-    # candidates order their columns by sorted label: check it through the argmax, do not assume it
-    if not (np.asarray(labels, dtype=object)[proba.argmax(1)] == frame["prediction"].to_numpy()).all():
-        return None
-    return proba
-
-
 def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Sequence[str], *,
-                       name: str = "ensemble") -> tuple[CandidatePredictions | None, dict[str, Any]]:
-    """The mean class probabilities of the fine-tuned candidates and the best cheap one.
+                       name: str = EnsembleCandidate.name) -> tuple[CandidatePredictions | None, dict[str, Any]]:
+    """The ``ensemble`` candidate from its members' stored predictions: no model runs again.
 
-    Members: every fine-tuned candidate with probabilities, plus the cheap candidate with the best
-    validation accuracy (classic models often err differently from fine-tuned ones, which is what
-    an average needs). Rows: the test (and validation) ids every member scored. Latency: the sum
-    of the members' (serving it runs them all). Returns (candidate or None, what was done).
+    Its members rule and combination rule are the candidate's (``tunewise.ensemble``): every
+    fine-tuned candidate with probabilities, plus the cheap one with the best validation accuracy;
+    the mean of their class probabilities on the test (and validation) ids every member scored;
+    the sum of their latencies. Validation predictions carry the true ``label`` for the ranking.
+    Returns (candidate or None, what was done).
     """
     labels = sorted(labels)
-    usable = {c.name: c for c in candidates if _proba_matrix(c.test, labels) is not None}
-    tuned = [c for c in usable.values() if c.kind == "finetuned"]
-    cheap = [c for c in usable.values() if c.kind == "cheap" and c.validation is not None and c.name != "majority"]
-
-    def validation_accuracy(c: CandidatePredictions) -> float:
-        truth = c.validation.get("label")
-        return float((c.validation["prediction"] == truth).mean()) if truth is not None else 0.0
-
-    members = list(tuned)
-    if cheap and tuned:
-        members.append(max(cheap, key=lambda c: (validation_accuracy(c), c.name)))
+    usable = {c.name: c for c in candidates if proba_matrix(c.test, labels) is not None}
+    pool = [(c.name, c.kind, validation_accuracy(c.validation) if c.validation is not None else None)
+            for c in usable.values()]
+    members = [usable[n] for n in choose_members(pool)]
     info: dict[str, Any] = {"members": [m.name for m in members]}
-    if len(members) < 2:
-        info["reason"] = "fewer than two members (fine-tuned candidates with probabilities, plus a cheap one)"
+    if len(members) < MIN_MEMBERS:
+        info["reason"] = TOO_FEW_MEMBERS
         return None, info
-
-    def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
-        ids = set.intersection(*(set(f["id"]) for f in frames))
-        parts = [f[f["id"].isin(ids)].set_index("id") for f in frames]
-        order = [i for i in frames[0]["id"] if i in ids]
-        probas = [_proba_matrix(p.loc[order].reset_index(), labels) for p in parts]
-        mean = np.mean(probas, axis=0)
-        best = mean.argmax(1)
-        latency = np.sum([p.loc[order, "latency_ms"].to_numpy(dtype=float) for p in parts], axis=0)
-        return pd.DataFrame({"id": order, "prediction": np.asarray(labels, dtype=object)[best],
-                             "score": mean[np.arange(len(order)), best], "proba": [r.tolist() for r in mean],
-                             "latency_ms": latency})
-
-    test = combine([m.test for m in members])
+    test = combine_predictions([m.test for m in members], labels)
     validation = None
-    if all(m.validation is not None and _proba_matrix(m.validation, labels) is not None for m in members):
-        validation = combine([m.validation for m in members])
+    if all(m.validation is not None and proba_matrix(m.validation, labels) is not None for m in members):
+        validation = combine_predictions([m.validation for m in members], labels)
     info["n_test"] = len(test)
-    return CandidatePredictions(name, "finetuned", test, validation, None, "evaluate",
-                                any(m.expensive for m in members)), info
+    return CandidatePredictions(name, EnsembleCandidate.kind, test, validation, None, "evaluate",
+                                any(m.expensive for m in members), members=info["members"]), info
 
 
 def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[CandidatePredictions, dict[str, Any]]:
@@ -967,6 +945,8 @@ def evaluate_candidates(
         entries[c.name] = {"name": c.name, "kind": c.kind, "source": c.source, "expensive": c.expensive,
                            "metrics": point, "ci95": ci, "n_eval": int(len(s.ids)),
                            "n_test": int(len(test)), "covers_full_test": len(s.ids) == len(test)}
+        if c.members:
+            entries[c.name]["members"] = list(c.members)
         if task == "classify" and thresholds[c.name].get("threshold") is not None:
             entries[c.name]["out_of_scope_threshold"] = thresholds[c.name]["threshold"]
         if task == "classify":

@@ -11,7 +11,7 @@
   it with ``AutoModelForSequenceClassification`` / ``AutoModelForCausalLM``.
 
 The fine-tuned encoder (``encoder_ft``) has no adapter: both forms are the encoder folder plus
-``head.safetensors`` (mean pooling + linear head; ``tunewise.train.load_trained`` loads it).
+``head.safetensors`` (mean pooling + linear head; ``tunewise.training.load_trained`` loads it).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _export_adapter(adapter_dir: Path, info: dict, out: Path) -> None:
 
 
 def _export_merged(adapter_dir: Path, out: Path) -> None:
-    from .train import load_trained
+    from .training import load_trained
 
     model, tokenizer, info = load_trained(adapter_dir)
     merged = model.merge_and_unload()  # W + B·A·(alpha/r) in every adapted layer; the head copied over
@@ -141,7 +141,7 @@ def _pad_id(adapter_dir: Path) -> int:
 def _readme(candidate: str, info: dict, form: str) -> str:
     auto = "AutoModelForSequenceClassification" if info["task"] == "classify" else "AutoModelForCausalLM"
     if form == "encoder":
-        how = ("from tunewise.train import load_trained\n"
+        how = ("from tunewise.training import load_trained\n"
                "model, tokenizer, info = load_trained(folder)  # encoder + mean pooling + head.safetensors")
     elif form == "adapter" and info["task"] == "classify":
         how = (f"import json\nfrom transformers import {auto}, AutoTokenizer\n"

@@ -4,7 +4,7 @@
 - ``lora_llm_gen`` (generate): the base LLM fine-tuned with LoRA on the replies (chat template).
 - ``encoder_ft`` (classify): the small sentence encoder fine-tuned in full, mean pooling, linear head.
 
-``fit`` runs the recipe in :mod:`tunewise.train` (the training settings are one ``TrainConfig``);
+``fit`` runs the recipe in :mod:`tunewise.training` (the training settings are one ``TrainConfig``);
 ``predict`` runs the trained model. torch and transformers load only when a candidate is fitted.
 The classifiers (``lora_llm``, ``encoder_ft``) predict every test and validation row; only the
 generator (``lora_llm_gen``, ``expensive``: a generation per row) predicts the paired sample.
@@ -87,7 +87,7 @@ class FineTunedCandidate(Candidate):
         self.checkpoint_dir = checkpoint_dir
 
     def _config(self) -> Any:
-        from .train import TrainConfig
+        from .config import TrainConfig
 
         if self.train_config is None:
             return TrainConfig()
@@ -99,7 +99,7 @@ class FineTunedCandidate(Candidate):
             raise CandidateError(f"{self.name}: train_config is not valid: {exc}") from None
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FineTunedCandidate:
-        from .train import TrainError, train as run_training
+        from .training import TrainError, train as run_training
 
         self._training_answers(train)  # the contract's checks (column present, no missing answers)
         try:
@@ -138,7 +138,8 @@ class FineTunedCandidate(Candidate):
     @classmethod
     def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> FineTunedCandidate:
         """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving)."""
-        from .train import _native_bf16, load_trained
+        from .training import load_trained
+        from .training.runtime import _native_bf16
 
         model, tokenizer, info = load_trained(adapter_dir, trust_remote_code=kwargs.get("trust_remote_code", False))
         precision = "bf16" if _native_bf16("cpu") else "fp32"
@@ -155,7 +156,7 @@ class _Classifier(FineTunedCandidate):
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        from .train import classifier_probabilities, encode_classification
+        from .training import classifier_probabilities, encode_classification
 
         started = time.perf_counter()
         examples = encode_classification(self.tokenizer_, frame, self.labels_, self.max_length_) if len(frame) else []
@@ -230,7 +231,7 @@ class LoraGenerator(FineTunedCandidate):
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        from .train import generate_texts
+        from .training import generate_texts
 
         if not len(frame):
             return generation_predictions(frame, [], 0.0)

@@ -261,9 +261,9 @@ def _labelled_texts(cfg: Any, run_dir: Path) -> list[str]:
 def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
     """(fitted candidate, its name, how it was obtained)."""
     from .artifacts import read_json
+    from .candidate_factory import run_candidate
     from .candidates import CANDIDATES, candidate_class
-    from .curve import candidate_factory
-    from .finetuned import FineTunedCandidate, load_candidate
+    from .finetuned import FineTunedCandidate
 
     if name is None:
         summary = run_dir / "evaluate" / "summary.json"
@@ -272,20 +272,22 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
         if not name:
             raise LabellingError(f"no evaluation in {run_dir} names a candidate: pass --candidate (e.g. embed_lr) "
                                  "or run `tunewise evaluate` first")
-        if name not in CANDIDATES:  # "ensemble" is built by evaluate, not a model to refit: take its best member
+        if name not in CANDIDATES or CANDIDATES[name].combines:  # the ensemble: the best single model instead
             name = _best_single_candidate(evaluation, name)
     cls = candidate_class(name)
     if cls.task != "classify":
         raise LabellingError(f"{name!r} is a {cls.task} candidate; suggest needs a classifier's probabilities")
     if issubclass(cls, FineTunedCandidate):
-        return load_candidate(run_dir / "train", name), name, f"loaded from {run_dir / 'train' / name}"
+        return run_candidate(name, cfg, run_dir), name, f"loaded from {run_dir / 'train' / name}"
     frames = {}
     for split in ("train", "validation"):
         path = run_dir / "split" / f"{split}.parquet"
         if not path.exists():
             raise LabellingError(f"{path} not found: run `tunewise split` first (the model is refit on its train split)")
         frames[split] = pd.read_parquet(path)
-    model = candidate_factory(cfg)(name).fit(frames["train"], frames["validation"])
+    model = run_candidate(name, cfg, run_dir, frames["train"], frames["validation"])
+    if cls.combines:  # asked for by name: made of the run's members
+        return model, name, f"made of {', '.join(m.name for m in model.members_)} from {run_dir}"
     return model, name, f"refit on {len(frames['train']):,} training rows"
 
 
@@ -298,6 +300,7 @@ def _best_single_candidate(evaluation: dict, gate_candidate: str) -> str:
     sign = 1 if metric in (evaluation.get("lower_is_better") or []) else -1
     scored = [(sign * c["metrics"][metric], c["name"]) for c in evaluation.get("candidates", [])
               if c.get("name") in CANDIDATES and CANDIDATES[c["name"]].task == "classify"
+              and not CANDIDATES[c["name"]].combines
               and isinstance((c.get("metrics") or {}).get(metric), (int, float))]
     if not scored:
         raise LabellingError(f"the gate's candidate {gate_candidate!r} is not a model suggest can use and the "

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 # evaluate.baseline: predictions:FILE (tunewise.evaluate.PREDICTIONS_PREFIX)
 PREDICTIONS_PREFIX = "predictions:"
-# the candidate the evaluate stage builds itself (classify, evaluate.ensemble)
-ENSEMBLE = "ensemble"
 
 
 def _unknown(name: str, known: list[str]) -> str:
@@ -34,14 +32,9 @@ def _unknown(name: str, known: list[str]) -> str:
 
 def run_candidates(cfg: ProjectConfig) -> tuple[list[str], list[str]]:
     """(baseline stage's candidates, train stage's candidates) this config runs, defaults included."""
-    from .candidates import DEFAULT_CANDIDATES
-    from .finetuned import DEFAULT_FINETUNED
+    from .candidate_factory import run_candidates as of_config
 
-    baseline = list(cfg.baseline.candidates or DEFAULT_CANDIDATES[cfg.task])
-    if cfg.baseline.candidates is None and not cfg.data.knowledge_base and "rag_llm_gen" in baseline:
-        baseline.remove("rag_llm_gen")  # the baseline stage skips it without a knowledge base
-    train = list(DEFAULT_FINETUNED[cfg.task] if cfg.train.candidates is None else cfg.train.candidates)
-    return baseline, train
+    return of_config(cfg)
 
 
 def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
@@ -59,18 +52,20 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
         if settings.action is not None and settings.action not in cls.actions:
             problems.append((("curate", name, "action"), f"'{settings.action}' is not valid for this check; "
                                                          f"choose from {', '.join(cls.actions)}"))
-    thin = cfg.curate.thin_classes.threshold
-    if thin is not None and (thin < 1 or thin != int(thin)):
-        problems.append((("curate", "thin_classes", "threshold"),
-                         f"the least rows per class, a whole number >= 1; got {thin}"))
+    # (a threshold's range is its settings model's: tunewise.check_settings, checked by pydantic)
 
-    # baseline.candidates: registered, of the project's task
-    of_task = sorted(n for n, c in CANDIDATES.items() if c.task == task)
+    # baseline.candidates: registered, of the project's task; not one that combines others (the
+    # ensemble): the evaluate stage builds it from its members, when evaluate.ensemble is on
+    of_task = sorted(n for n, c in CANDIDATES.items() if c.task == task and not c.combines)
+    combined = sorted(n for n, c in CANDIDATES.items() if c.task == task and c.combines) if cfg.evaluate.ensemble else []
     for i, name in enumerate(cfg.baseline.candidates or []):
         where = ("baseline", "candidates", str(i))
         cls = CANDIDATES.get(name)
         if cls is None:
             problems.append((where, _unknown(name, of_task)))
+        elif cls.combines:
+            problems.append((where, f"{name!r} combines other candidates' predictions: the evaluate stage builds it "
+                                    "(evaluate.ensemble); remove it here"))
         elif cls.task != task:
             problems.append((where, f"{name!r} is a {cls.task} candidate but the project's task is {task}; "
                                     f"{task} candidates: {', '.join(of_task)}"))
@@ -79,12 +74,15 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
                                     ".md/.txt files, or remove rag_llm_gen"))
 
     # train.candidates and train.overrides: registered fine-tuned candidates of the task
-    fine_tuned = sorted(n for n, c in CANDIDATES.items() if c.kind == "finetuned" and c.task == task)
+    fine_tuned = sorted(n for n, c in CANDIDATES.items() if c.kind == "finetuned" and c.task == task and not c.combines)
     for i, name in enumerate(cfg.train.candidates or []):
         where = ("train", "candidates", str(i))
         cls = CANDIDATES.get(name)
         if cls is None:
             problems.append((where, _unknown(name, fine_tuned)))
+        elif cls.combines:
+            problems.append((where, f"{name!r} combines other candidates' predictions: the evaluate stage builds it "
+                                    f"(evaluate.ensemble); fine-tuned {task} candidates: {', '.join(fine_tuned)}"))
         elif cls.kind != "finetuned" or cls.task != task:
             problems.append((where, f"{name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
                                     f"candidates: {', '.join(fine_tuned)}"))
@@ -115,13 +113,12 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
             problems.append((where, f"predictions file {path} is empty (0 bytes)"))
     elif baseline is not None:
         baseline_names, train_names = run_candidates(cfg)
-        ensemble = [ENSEMBLE] if task == "classify" and cfg.evaluate.ensemble else []
-        ran = list(dict.fromkeys(baseline_names + train_names + ensemble))
+        ran = list(dict.fromkeys(baseline_names + train_names + combined))
         cls = CANDIDATES.get(baseline)
-        if cls is None and baseline not in ensemble:
-            problems.append((where, _unknown(baseline, sorted(of_task + ensemble))
+        if cls is None or (cls.combines and baseline not in combined):
+            problems.append((where, _unknown(baseline, sorted(of_task + combined))
                              + "; or predictions:FILE for your current system's answers"))
-        elif cls is not None and cls.task != task:
+        elif cls.task != task:
             problems.append((where, f"{baseline!r} is a {cls.task} candidate but the project's task is {task}"))
         elif baseline not in ran:
             problems.append((where, f"{baseline!r} is not among the candidates this config runs "

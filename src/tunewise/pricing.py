@@ -1,7 +1,7 @@
 """Price and throughput tables (data only): reference GPUs for training, CPU instances for serving.
 
 Read by the config (to validate ``roi.gpu`` and ``roi.serving_instance``), by the training dry
-run (tunewise.train) and by the decision's cost lines (tunewise.decide). Figures carry their
+run (tunewise.training.estimate) and by the decision's cost lines (tunewise.decide). Figures carry their
 source and the day they were read; prices move, so check before relying on them.
 """
 

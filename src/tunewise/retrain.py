@@ -20,11 +20,16 @@ The loop the server closes (issue 9):
    permutation test on per-row chrF). The result is
    ``runs/<new>/retrain/retrain.json``; ``tunewise serve`` refuses a retrained run whose gate
    failed, so a worse model cannot be put in front of users by accident.
+
+A retrain that stopped part-way (killed, or an error) is resumed by running it again with the same
+``--new-run-id``: finished stages are reused, training resumes from its checkpoint, rows already
+added are not added twice, and until it finishes the new run counts as failing its gate.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,8 @@ from .feedback import feedback_training_rows, parse_since
 __all__ = ["GATE_FIELDS", "RetrainError", "feedback_training_rows", "retrain", "retrain_gate"]
 
 RETRAIN_FILE = Path("retrain") / "retrain.json"
+FEEDBACK_FILE = Path("retrain") / "feedback_rows.jsonl"  # written first: a retrain into this run has started
+ADDED_FILE = Path("retrain") / "added.json"  # what add-labels did, kept for a rerun after an interruption
 GATE_FIELDS = ("baseline", "threshold", "gate_beats_cheap", "confidence_level")  # of the evaluate section
 NOISE_ALPHA = 0.05  # a regression against the previous candidate counts when McNemar's p is below this
 
@@ -108,11 +115,36 @@ def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_n
 
 
 def retrain_gate(run_dir: str | Path) -> dict[str, Any] | None:
-    """The gate of a retrained run (None for a run that did not come from ``retrain``)."""
+    """The gate of a retrained run (None for a run that did not come from ``retrain``).
+
+    A run whose retrain started but did not finish (killed, or stopped by an error, before the gate
+    was checked) has a failed gate: its stages may be done and its models trained, but nothing has
+    compared them with the previous run yet, so ``tunewise serve`` must not take it (without this, a
+    retrain killed after its decide stage would leave a run that serve accepts without any gate)."""
     from .artifacts import read_json
 
-    path = Path(run_dir) / RETRAIN_FILE
-    return read_json(path).get("gate") if path.exists() else None
+    run_dir = Path(run_dir)
+    path = run_dir / RETRAIN_FILE
+    if path.exists():
+        return read_json(path).get("gate")
+    if (run_dir / FEEDBACK_FILE).exists():
+        return {"passed": False, "reasons": [
+            f"the retrain into {run_dir.name} did not finish (it stopped before its gate was checked); run the same "
+            f"`tunewise retrain --new-run-id {run_dir.name}` again: it resumes where it stopped"]}
+    return None
+
+
+def _resumed_added(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """add-labels' record of a retrain run again after an interruption. The interrupted attempt put
+    its rows into data.added, so this attempt's add-labels skips them as already labelled; they are
+    rows this retrain added, as in a retrain nobody interrupted (found by the kill -9 test: the
+    rerun's retrain.json said 0 rows added). Exact when the earlier rows are all still in the
+    feedback window (the log only grows; a relative --since can drop old ones)."""
+    again = min(earlier["added"], now["skipped_already_labelled"])
+    new_labels = Counter(earlier.get("new_labels") or {})
+    new_labels.update(now.get("new_labels") or {})
+    return {**now, "added": earlier["added"] + now["added"], "skipped_already_labelled": now["skipped_already_labelled"] - again,
+            "new_labels": dict(new_labels), "test": earlier["test"], "ids": earlier["ids"] + now["ids"]}
 
 
 def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = None, since: str | None = None,
@@ -180,13 +212,19 @@ def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, s
         if new_dir.exists() and (new_dir / RETRAIN_FILE).exists():
             raise RetrainError(f"{new_dir} holds a finished retrain already; pick another --new-run-id")
         answer = "label" if cfg.task == "classify" else "reply"
-        feedback_file = new_dir / "retrain" / "feedback_rows.jsonl"
+        feedback_file, added_file = new_dir / FEEDBACK_FILE, new_dir / ADDED_FILE
+        earlier = read_json(added_file) if added_file.exists() else None  # an interrupted retrain into this run
         write_text(feedback_file, rows[["request_id", "text", answer, "source"]].to_json(
             orient="records", lines=True, force_ascii=False))
         added = add_labels(cfg, feedback_file, run_id=run_id)
+        added = {k: added[k] for k in ("added", "added_total", "added_file", "skipped_already_labelled", "new_labels",
+                                       "test", "ids")}
+        if earlier is not None:
+            added = _resumed_added(earlier, added)
+        # right after add-labels (a kill between the two writes, a few ms, still counts the rows as skipped)
+        write_json(added_file, added)
         record.update(new_run=new_run_id, feedback_file=str(feedback_file),
-                      added={k: added[k] for k in ("added", "added_total", "added_file", "skipped_already_labelled",
-                                                   "new_labels", "test")})
+                      added={k: v for k, v in added.items() if k != "ids"})
 
         started = time.perf_counter()
         run_stages(cfg, new_run_id)

@@ -438,43 +438,28 @@ def _deadline_scope(deadline: float | None):
 
 
 def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> dict[str, ServedModel]:
-    """Fitted candidates by name: fine-tuned ones from train/<name>/adapter (no refit), cheap and
-    prompted ones refitted on the run's split (seconds for the cheap ones)."""
-    from .baseline import BaselineConfig, build_candidate, candidate_settings
+    """Fitted candidates by name (``tunewise.candidate_factory.run_candidate``): fine-tuned ones from
+    train/<name>/adapter (no refit), cheap and prompted ones refitted on the run's split (seconds for
+    the cheap ones), the ensemble from its members."""
+    from .candidate_factory import run_candidate
     from .candidates import CANDIDATES, CandidateError
-    from .config import EvaluateConfig, ModelsConfig
-    from .finetuned import load_candidate
+    from .config import EvaluateConfig
 
     run_dir = Path(run_dir)
     cfg = _project_config(run_dir, cfg)
     summary_path = run_dir / "evaluate" / "summary.json"
     evaluated = {c["name"]: c for c in json.loads(summary_path.read_text()).get("candidates", [])} if summary_path.exists() else {}
     oos_label = (cfg.evaluate if cfg is not None else EvaluateConfig()).out_of_scope_label
-    train = validation = None
     models: dict[str, ServedModel] = {}
     for name in sorted(candidates):
         started = time.perf_counter()
-        if (run_dir / "train" / name / "adapter" / "tunewise_train.json").exists():
-            candidate = load_candidate(run_dir / "train", name)
-        else:
-            if name not in CANDIDATES:
-                raise ServeError(f"candidate {name!r}: not trained in {run_dir / 'train'} and not a registered "
-                                 f"candidate (known: {', '.join(sorted(CANDIDATES))})")
-            if train is None:
-                split = run_dir / "split"
-                if not (split / "train.parquet").exists():
-                    raise ServeError(f"{split / 'train.parquet'} not found: {name!r} is refitted on the run's split")
-                train = pd.read_parquet(split / "train.parquet")
-                validation = pd.read_parquet(split / "validation.parquet") if (split / "validation.parquet").exists() else None
-            baseline = getattr(cfg, "baseline", None) or BaselineConfig()
-            models_cfg = getattr(cfg, "models", None) or ModelsConfig()
-            kb = cfg.resolve(cfg.data.knowledge_base) if cfg is not None and cfg.data.knowledge_base else None
-            settings = candidate_settings(baseline, models_cfg, knowledge_base=kb,
-                                          task_description=cfg.data.task_description if cfg is not None else None)
-            try:
-                candidate = build_candidate(name, settings).fit(train, validation)
-            except CandidateError as exc:
-                raise ServeError(f"candidate {name!r}: {exc}") from None
+        if name not in CANDIDATES:
+            raise ServeError(f"candidate {name!r}: not trained in {run_dir / 'train'} and not a registered "
+                             f"candidate (known: {', '.join(sorted(CANDIDATES))})")
+        try:
+            candidate = run_candidate(name, cfg, run_dir)
+        except CandidateError as exc:
+            raise ServeError(f"candidate {name!r}: {exc}") from None
         threshold = evaluated.get(name, {}).get("out_of_scope_threshold")
         models[name] = ServedModel(name, candidate, threshold, oos_label)
         log.info("loaded %s in %.1fs", name, time.perf_counter() - started)
@@ -947,6 +932,12 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         missing = sorted({s.candidate for s in specs} - set(models))
         if missing:
             raise ServeError(f"arms name candidates {missing} that are not among the models given ({sorted(models)})")
+    # No run lock (runner.run_lock), by design: serve writes only its request log (by default
+    # runs/<id>/serve/requests.db), which none of the commands that take the lock writes (run_stages
+    # clears stage folders only; export, curve, retrain, add-labels and report --live write elsewhere),
+    # and the database serialises the log's own writers (promote, rollback, other replicas). A lock held
+    # for the server's lifetime would refuse retrain (it holds the served run's lock), export, curve
+    # and report --live on the run being served. tests/test_hardening_kill.py exports while serving.
     url = store_url or config.store_url or default_store_url(run_dir)
     api_key = os.environ.get(config.api_key_env) or None
     admin_key = os.environ.get(config.admin_key_env) or None

@@ -39,6 +39,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from ..check_settings import LabelConflictsSettings
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
 from ..neardup import find_near_duplicates
 from ..text import surface_key
@@ -53,16 +54,15 @@ def _counts_text(counts: Counter) -> str:
 class LabelConflicts(Check):
     name = "label_conflicts"
     issues = ("label_conflict",)
-    actions = ("relabel", "flag", "drop")
+    settings_model = LabelConflictsSettings
     tasks = ("classify",)
-    default_threshold = 0.9
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if "label" not in frame.columns:
             raise SkipCheck("no label column")
         if len(frame) < 2:
             return []
-        threshold = self.threshold if self.threshold is not None else self.default_threshold
+        threshold = self.threshold
         texts = example_texts(frame)
         surface = [surface_key(t) for t in texts]
         # clusters join rows equal after normalisation (numbers masked) and pairs >= threshold

@@ -71,6 +71,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..check_settings import ExactDuplicatesSettings, NearDuplicatesSettings, SemanticDuplicatesSettings
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
 from ..neardup import find_near_duplicates
 from ..text import dedup_keys, surface_key
@@ -260,7 +261,7 @@ def one_word_edit(a: list[str], b: list[str]) -> str | None:
 class ExactDuplicates(Check):
     name = "exact_duplicates"
     issues = ("exact_duplicate",)
-    actions = ("drop", "flag")
+    settings_model = ExactDuplicatesSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if len(frame) < 2:
@@ -279,13 +280,12 @@ class ExactDuplicates(Check):
 class NearDuplicates(Check):
     name = "near_duplicates"
     issues = ("near_duplicate",)
-    actions = ("drop", "flag")
-    default_threshold = 0.7
+    settings_model = NearDuplicatesSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if len(frame) < 2:
             return []
-        threshold = self.threshold if self.threshold is not None else self.default_threshold
+        threshold = self.threshold
         # generate: the reply is part of the example (see the module docstring)
         texts = example_texts(frame, with_answer=None if ctx.task == "classify" else ctx.answer)
         masked = [mask_numbers(t) for t in texts]
@@ -340,8 +340,7 @@ def semantic_pairs(embeddings: np.ndarray, threshold: float,
 class SemanticDuplicates(Check):
     name = "semantic_duplicates"
     issues = ("semantic_duplicate",)
-    actions = ("flag", "drop")
-    default_threshold = 0.95
+    settings_model = SemanticDuplicatesSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if len(frame) < 2:
@@ -352,7 +351,7 @@ class SemanticDuplicates(Check):
                 f"{len(frame)} rows > {limit}: the semantic pair search is quadratic in rows; "
                 f"enable it anyway with curate.semantic_max_rows: {len(frame)}"
             )
-        threshold = self.threshold if self.threshold is not None else self.default_threshold
+        threshold = self.threshold
         texts = example_texts(frame, with_answer=None if ctx.task == "classify" else ctx.answer)
         embeddings = np.asarray(ctx.embed(texts), dtype=np.float32)
         pairs, scores = semantic_pairs(embeddings, threshold)

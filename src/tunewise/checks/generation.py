@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..check_settings import GenerationSettings
 from ..curate import Check, CurateContext, Finding, register
 from ..progress import console
 from ..text import reply_key
@@ -48,7 +49,6 @@ MIN_COPIES = 3                  # two rows sharing a reply is common and harmles
 # same-topic messages is normal: the limit is threshold - 0.45/sqrt(copies), so 3 copies must be
 # clearly unrelated (< 0.24 at the default) while 25 copies need only fall below 0.41.
 SMALL_GROUP_MARGIN = 0.45
-DEFAULT_COPY_SIMILARITY = 0.5
 # Replies to different requests score 0.3-0.6 with MiniLM (95 % of different-intent reply pairs in
 # the demo fall below 0.61); rewordings of one answer score above ~0.7.
 REPLY_CONFLICT_SIMILARITY = 0.6
@@ -164,7 +164,7 @@ def _mean_pairwise_cosine(vectors: np.ndarray) -> float:
 class Generation(Check):
     name = "generation"
     issues = ("empty_reply", "truncated_reply", "template_slot", "copied_reply", "reply_conflict")
-    actions = ("flag", "drop")
+    settings_model = GenerationSettings
     tasks = ("generate",)
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
@@ -194,7 +194,7 @@ class Generation(Check):
 
     def _copied(self, inputs: list[str], replies: list[str], ids: list[str], labels: list[Any] | None,
                 ctx: CurateContext) -> list[Finding]:
-        limit = self.threshold if self.threshold is not None else DEFAULT_COPY_SIMILARITY
+        limit = self.threshold
         groups: dict[str, list[int]] = defaultdict(list)
         for index, reply in enumerate(replies):
             if not is_empty_reply(reply):

@@ -91,7 +91,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import ConfigError, ProjectConfig
+from ..check_settings import LabelErrorsSettings, SemanticDuplicatesSettings, ThinClassesSettings
+from ..config import ProjectConfig
 from ..curate import Check, CurateContext, Finding, SkipCheck, register
 from ..progress import console, progress, track
 from ..text import surface_key
@@ -101,19 +102,18 @@ LR_C = 4.0
 LR_TOL = 1e-3
 LR_MAX_ITER = 1000
 CV_FOLDS = 5
-MIN_SUGGESTED_P = 0.5
+MIN_SUGGESTED_P = LabelErrorsSettings.default_threshold()
 MIN_ROWS_TO_JUDGE = 30
 MIN_CLASS_ROWS = 2  # a class needs one row to hold out and one to train on
 CHAR_NGRAM_FEATURES = 50_000  # the most frequent char n-grams; bounds memory and fit time
 
 # --- thin_classes / synthesize defaults ------------------------------------------------------
-THIN_MINIMUM = 20
 MAX_GENERATED = 200       # candidates generated in one run, all classes together
 OVERSAMPLE = 3            # candidates per needed row and round: 1 in 4 to 1 in 7 is kept (demo, SmolLM2-135M)
 MAX_ROUNDS = 3            # generation rounds for classes still short
 GEN_BATCH = 16
 MAX_NEW_TOKENS = 40
-NEAR_COPY_COSINE = 0.95   # semantic_duplicates' default: above it, a reworded copy
+NEAR_COPY_COSINE = SemanticDuplicatesSettings.default_threshold()  # above it, a reworded copy
 PROMPT = "Rewrite this customer message in different words, keep its meaning:\n\n{text}"
 # words of the instruction that a weak model tends to repeat instead of paraphrasing
 _ECHO_MARKERS = ("rewrite this", "customer message", "keep its meaning", "in different words",
@@ -213,14 +213,11 @@ def _quiet_small_classes() -> Iterator[None]:
 class LabelErrors(Check):
     name = "label_errors"
     issues = ("suspected_label_error",)
-    actions = ("flag", "relabel", "drop")
+    settings_model = LabelErrorsSettings
     tasks = ("classify",)
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
-        threshold = MIN_SUGGESTED_P if self.threshold is None else float(self.threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"curate.label_errors.threshold is a probability in [0, 1] (the least "
-                              f"confidence in a suggested label), got {threshold}")
+        threshold = float(self.threshold)  # in [0, 1]: the settings model checked it
         labels = frame["label"].astype(str)
         usable = np.ones(len(frame), dtype=bool)
         in_conflict = 0
@@ -301,16 +298,12 @@ def lost_classes(labels_in: pd.Series | None, frame: pd.DataFrame) -> dict[str, 
 class ThinClasses(Check):
     name = "thin_classes"
     issues = ("thin_class",)
-    actions = ("flag",)
+    settings_model = ThinClassesSettings
     tasks = ("classify",)
 
     @property
     def minimum(self) -> int:
-        minimum = THIN_MINIMUM if self.threshold is None else self.threshold
-        if minimum < 1 or minimum != int(minimum):
-            raise ConfigError(f"curate.thin_classes.threshold is the least rows per class, a whole "
-                              f"number >= 1; got {minimum}")
-        return int(minimum)
+        return int(self.threshold)  # a whole number >= 1: the settings model checked it
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         if not len(frame):

@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..check_settings import PiiSettings
 from ..curate import Check, CurateContext, Finding, register
 from ..records import meta_columns
 from .text import as_text, map_context
@@ -248,7 +249,7 @@ class Pii(Check):
     name = "pii"
     row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("pii",)
-    actions = ("redact", "drop", "flag")
+    settings_model = PiiSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         fields = ["input", "context"] + (["target"] if ctx.answer == "target" else [])

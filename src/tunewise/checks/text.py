@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..check_settings import EmptyGarbageSettings, StandardiseSettings, TooLongSettings, TooShortSettings
 from ..curate import Check, CurateContext, Finding, register
 from ..progress import console
 from ..text import label_key, tidy_text
@@ -138,7 +139,7 @@ def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
 class Standardise(Check):
     name = "standardise"
     issues = ("label_variant",)
-    actions = ("relabel", "flag")
+    settings_model = StandardiseSettings
 
     def transform(self, frame: pd.DataFrame, ctx: CurateContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         frame = frame.copy()
@@ -297,7 +298,7 @@ class EmptyGarbage(Check):
     name = "empty_garbage"
     row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("empty", "garbage", "empty_reply")
-    actions = ("drop", "flag")
+    settings_model = EmptyGarbageSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         answers = frame[ctx.answer].tolist() if ctx.answer in frame else [None] * len(frame)
@@ -320,18 +321,15 @@ class EmptyGarbage(Check):
 # ---------------------------------------------------------------------------------------------
 # too_short
 
-DEFAULT_MIN_LETTERS = 2
-
-
 @register
 class TooShort(Check):
     name = "too_short"
     row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("too_short",)
-    actions = ("drop", "flag")
+    settings_model = TooShortSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
-        minimum = int(self.threshold if self.threshold is not None else DEFAULT_MIN_LETTERS)
+        minimum = int(self.threshold)
         findings = []
         for index, value in enumerate(frame["input"].tolist()):
             letters = sum(len(run) for run in _LETTERS.findall(as_text(value)))
@@ -343,7 +341,6 @@ class TooShort(Check):
 # ---------------------------------------------------------------------------------------------
 # too_long
 
-DEFAULT_MAX_TOKENS = 512
 WORDS_TO_TOKENS = 1.3  # rough sub-word tokens per whitespace word for English text
 _TOKENIZE_BATCH = 512
 
@@ -384,10 +381,10 @@ class TooLong(Check):
     name = "too_long"
     row_local = True  # findings depend on the row alone: the engine may shard rows
     issues = ("too_long",)
-    actions = ("drop", "flag")
+    settings_model = TooLongSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
-        limit = int(self.threshold if self.threshold is not None else DEFAULT_MAX_TOKENS)
+        limit = int(self.threshold)
         models = self.project.models
         tokenizer, why = load_tokenizer(models.llm, models.offline, models.trust_remote_code)
         if tokenizer is None:

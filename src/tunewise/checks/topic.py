@@ -62,10 +62,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..check_settings import OffTopicSettings
 from ..curate import Check, CurateContext, Finding, register
 from ..neardup import exact_duplicate_groups
 
-DEFAULT_THRESHOLD = 0.5
 KNN_SHARE = 0.02
 KNN_MIN = 10
 MIN_ROWS = 30
@@ -202,7 +202,7 @@ def typicality(embeddings: np.ndarray, labels: np.ndarray | None, seed: int = 0)
 class OffTopic(Check):
     name = "off_topic"
     issues = ("off_topic", "spam")
-    actions = ("drop", "flag")
+    settings_model = OffTopicSettings
 
     def find(self, frame: pd.DataFrame, ctx: CurateContext) -> list[Finding]:
         inputs = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in frame["input"]]
@@ -225,7 +225,7 @@ class OffTopic(Check):
         if ctx.answer == "label" and "label" in frame.columns:
             labels = np.asarray([str(frame["label"].iat[i]) for i in candidates], dtype=object)
         result = typicality(embeddings, labels, seed=self.project.seed)
-        threshold = self.threshold if self.threshold is not None else DEFAULT_THRESHOLD
+        threshold = self.threshold
 
         score_of_group = dict(zip(candidates.tolist(), result.score.tolist()))
         position = {g: p for p, g in enumerate(candidates.tolist())}

@@ -34,22 +34,23 @@ def _read_split(ctx: StageContext, name: str, required: bool) -> pd.DataFrame | 
 def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataFrame, validation: pd.DataFrame | None,
                        include_expensive: bool) -> tuple[dict, list[dict]]:
     """Fitted candidates to re-predict with: cheap ones refitted on train.parquet (seconds),
-    prompted LLMs only when asked, fine-tuned ones through the train stage's loader."""
-    from ..baseline import BaselineConfig, build_candidate, candidate_settings
+    prompted LLMs only when asked, fine-tuned ones loaded from the train stage; a candidate that
+    combines others (the ensemble) is left out: its members are measured."""
+    from ..candidate_factory import run_candidate
     from ..candidates import CANDIDATES
 
     cfg = ctx.config
-    section = getattr(cfg, "baseline", None) or BaselineConfig()
-    settings = candidate_settings(section, cfg.models, knowledge_base=cfg.knowledge_base_dir(),
-                                  task_description=cfg.data.task_description)
     fitted: dict[str, Any] = {}
     skipped: list[dict] = []
-    from ..finetuned import load_candidate as loader
     for name, entry in track(names.items(), "evaluate: refit for robustness", total=len(names), unit="candidates"):
         registered = CANDIDATES.get(name)
+        if registered is not None and registered.combines:
+            skipped.append({"name": name, "reason": f"it combines {', '.join(entry.get('members') or [])}: "
+                            "robustness and over-fitting are measured on its members"})
+            continue
         if entry["source"] == "train" or registered is None:
             try:
-                fitted[name] = loader(ctx.run_dir / "train", name)
+                fitted[name] = run_candidate(name, cfg, ctx.run_dir)  # fine-tuned: loaded, never retrained
             except Exception as exc:  # noqa: BLE001 - reported, and the other candidates go on
                 skipped.append({"name": name, "reason": f"loading from the train stage failed: {type(exc).__name__}: {exc}"})
             continue
@@ -58,7 +59,7 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
                             "(set evaluate.robustness_expensive: true to include it)"})
             continue
         started = time.perf_counter()
-        fitted[name] = build_candidate(name, settings).fit(train, validation)
+        fitted[name] = run_candidate(name, cfg, ctx.run_dir, train, validation)
         console.print(f"evaluate: refitted {name} in {time.perf_counter() - started:.1f}s for robustness and over-fitting")
     return fitted, skipped
 
@@ -68,6 +69,7 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
 def run(ctx: StageContext) -> dict:
     """Compare every candidate with the baseline on the test set: intervals, slices, robustness, gate."""
     from .. import evaluate as ev
+    from ..ensemble import EnsembleCandidate
     from ..metrics_gen import knowledge_texts
 
     cfg = ctx.config
@@ -84,7 +86,8 @@ def run(ctx: StageContext) -> dict:
                          f"{ctx.run_dir / 'train' / 'predictions'}; run `tunewise baseline` first"
                          + (f" ({'; '.join(s['reason'] for s in skipped)})" if skipped else ""))
     ensemble_info = None
-    if task == "classify" and section.ensemble and not any(c.name == "ensemble" for c in candidates):
+    # the ensemble candidate, from its members' stored predictions (its rules: tunewise.ensemble)
+    if task == EnsembleCandidate.task and section.ensemble and not any(c.name == EnsembleCandidate.name for c in candidates):
         labels = sorted(set(train["label"].astype(str)) if train is not None else set(test["label"].astype(str)))
         with_truth = [ev.CandidatePredictions(c.name, c.kind, c.test, _with_labels(c.validation, validation), c.train,
                                               c.source, c.expensive) for c in candidates]
@@ -92,10 +95,10 @@ def run(ctx: StageContext) -> dict:
         ensemble_info = info
         if ensemble is not None:
             candidates.append(ensemble)
-            write_parquet(ctx.path("predictions/ensemble.parquet"), ensemble.test)
+            write_parquet(ctx.path(f"predictions/{ensemble.name}.parquet"), ensemble.test)
             if ensemble.validation is not None:
-                write_parquet(ctx.path("predictions/ensemble.validation.parquet"), ensemble.validation)
-            console.print(f"evaluate: ensemble of {', '.join(info['members'])} on {info['n_test']} test rows")
+                write_parquet(ctx.path(f"predictions/{ensemble.name}.validation.parquet"), ensemble.validation)
+            console.print(f"evaluate: {ensemble.name} of {', '.join(info['members'])} on {info['n_test']} test rows")
     incumbent_file = cfg.incumbent_predictions_file()
     incumbent_info = None
     if incumbent_file is not None:

@@ -31,22 +31,19 @@ def resolve_candidates(task: str, names: list[str] | None) -> list[str]:
 
     if names is None:
         return list(DEFAULT_FINETUNED[task])
-    fine_tuned = sorted(n for n, c in CANDIDATES.items() if c.kind == "finetuned" and c.task == task)
+    fine_tuned = sorted(n for n, c in CANDIDATES.items() if c.kind == "finetuned" and c.task == task and not c.combines)
     for name in names:
         try:
             cls = candidate_class(name)
         except CandidateError as exc:
             raise StageError(f"train.candidates: {exc}") from None
+        if cls.combines:
+            raise StageError(f"train.candidates: {name!r} combines other candidates' predictions: the evaluate stage "
+                             f"builds it (evaluate.ensemble); fine-tuned {task} candidates: {', '.join(fine_tuned)}")
         if cls.kind != "finetuned" or cls.task != task:
             raise StageError(f"train.candidates: {name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
                              f"candidates: {', '.join(fine_tuned)}")
     return list(names)
-
-
-def _settings(cfg: ProjectConfig) -> dict[str, Any]:
-    models = cfg.models
-    return {"llm": models.llm, "encoder": models.encoder, "offline": models.offline,
-            "trust_remote_code": models.trust_remote_code, "train_config": cfg.train, "seed": cfg.seed}
 
 
 def _read_split(ctx: StageContext) -> dict[str, pd.DataFrame]:
@@ -62,7 +59,6 @@ def run(ctx: StageContext) -> dict:
     section = cfg.train
     names = resolve_candidates(cfg.task, section.candidates)
     frames = _read_split(ctx)
-    settings = _settings(cfg)
     samples = _samples(cfg, frames)
     summaries = []
     for name in names:
@@ -72,7 +68,7 @@ def run(ctx: StageContext) -> dict:
             entry = read_json(finished / "summary.json")
             console.print(f"train: {name}: finished before this run was interrupted; restored, not retrained")
         else:
-            entry = _train_one(ctx, settings, name, frames, samples)
+            entry = _train_one(ctx, name, frames, samples)
             _save_finished(finished, key, ctx, name, entry)
         summaries.append(entry)
     shutil.rmtree(ctx.run_dir / "_checkpoints" / "train", ignore_errors=True)  # the stage is done
@@ -85,7 +81,7 @@ def run(ctx: StageContext) -> dict:
                            for s in summaries}}
 
 
-def _train_one(ctx: StageContext, settings: dict[str, Any], name: str, frames: dict[str, pd.DataFrame],
+def _train_one(ctx: StageContext, name: str, frames: dict[str, pd.DataFrame],
                samples: dict[str, list[str]]) -> dict[str, Any]:
     """Train one candidate, predict validation and test, write them.
 
@@ -98,7 +94,7 @@ def _train_one(ctx: StageContext, settings: dict[str, Any], name: str, frames: d
 
     cfg = ctx.config
     checkpoints = ctx.run_dir / "_checkpoints" / "train" / name
-    candidate = _candidate(settings, name, str(ctx.path(name)), checkpoints)
+    candidate = _candidate(cfg, name, str(ctx.path(name)), checkpoints)
     console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
     started = time.perf_counter()
     candidate.fit(frames["train"], frames["validation"])
@@ -188,12 +184,11 @@ def _restore_finished(finished: Path, key: str, ctx: StageContext, name: str) ->
     return True
 
 
-def _candidate(ctx_settings: dict[str, Any], name: str, output_dir: str | None, checkpoints: Path) -> Any:
-    from ..candidates import candidate_kwargs, make_candidate
+def _candidate(cfg: ProjectConfig, name: str, output_dir: str | None, checkpoints: Path) -> Any:
+    from ..candidate_factory import build_candidate
 
-    train_config = ctx_settings["train_config"].for_candidate(name)  # with train.overrides[name]
-    return make_candidate(name, **candidate_kwargs(name, {**ctx_settings, "train_config": train_config,
-                                                          "output_dir": output_dir, "checkpoint_dir": str(checkpoints)}))
+    # the models and train sections (with train.overrides[name]) and the seed
+    return build_candidate(name, cfg, output_dir=output_dir, checkpoint_dir=str(checkpoints))
 
 
 def fit_worker(cfg: ProjectConfig, run_id: str = "default") -> None:
@@ -206,13 +201,12 @@ def fit_worker(cfg: ProjectConfig, run_id: str = "default") -> None:
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     frames = {name: pd.read_parquet(run_dir / "split" / f"{name}.parquet") for name in ("train", "validation", "test")}
     samples = _samples(cfg, frames)
-    settings = _settings(cfg)
     for name in resolve_candidates(cfg.task, cfg.train.candidates):
         # rank 0 restores a candidate that finished before an interruption instead of training it
         marker = run_dir / "_checkpoints" / "train" / "_finished" / name / "key.txt"
         if marker.exists() and marker.read_text() == _finished_key(cfg, name, run_dir, samples):
             continue
-        candidate = _candidate(settings, name, None, run_dir / "_checkpoints" / "train" / name)
+        candidate = _candidate(cfg, name, None, run_dir / "_checkpoints" / "train" / name)
         candidate.fit(frames["train"], frames["validation"])
         del candidate
 
@@ -224,7 +218,7 @@ def dry_run(cfg: ProjectConfig, run_id: str = "default", calibration_steps: int 
     train stage's cache is untouched. For ``tunewise train --dry-run``.
     """
     from ..candidates import candidate_class
-    from ..train import TrainError, dry_run as plan_cost
+    from ..training import TrainError, dry_run as plan_cost
 
     section = cfg.train
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
