@@ -83,7 +83,8 @@ ERRORS = [
     ("candidate_base", "CandidateError", ValueError), ("evaluate", "EvaluationError", ValueError),
     ("retrain", "RetrainError", ValueError), ("models", "ModelNotFoundError", Exception),
     ("store", "StoreError", RuntimeError), ("distill", "DistillError", ValueError),
-    ("curve", "CurveError", ValueError), ("serve", "ServeError", RuntimeError), ("train", "TrainError", ValueError),
+    ("curve", "CurveError", ValueError), ("serve", "ServeError", RuntimeError), ("training", "TrainError", ValueError),
+    ("curate", "CheckContractError", RuntimeError),
 ]
 
 
