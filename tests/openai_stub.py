@@ -85,11 +85,27 @@ class OpenAIStub:
         self.server.shutdown()
         self.server.server_close()
 
+    def settle(self, timeout_s: float = 30.0) -> None:
+        """Wait until no request is being answered.
+
+        A slow answer is recorded when the stub finally sends it, which under load can be after the
+        client gave up and the test moved on; counting before it lands would be a race.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.in_flight == 0:
+                    return
+            time.sleep(0.02)
+        raise TimeoutError(f"the stub still answers {self.in_flight} request(s) after {timeout_s:g} s")
+
     def count(self) -> int:
+        self.settle()
         with self.lock:
             return len(self.requests)
 
     def reset(self) -> None:
+        self.settle()
         with self.lock:
             self.requests.clear()
             self.attempts.clear()

@@ -40,7 +40,7 @@ LABELS = ["card_arrival", "cash_withdrawal", "exchange_rate", "lost_or_stolen_ca
 
 @pytest.fixture(scope="module")
 def stub():
-    with OpenAIStub(retry_after=1.0, slow_s=1.5) as server:
+    with OpenAIStub(retry_after=1.0, slow_s=5.0) as server:
         yield server
 
 
@@ -78,6 +78,7 @@ def _candidate(name: str, stub: OpenAIStub, train: pd.DataFrame, **settings):
 
 def _by_text(stub: OpenAIStub) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
+    stub.settle()
     for request in stub.requests:
         out.setdefault(request["text"], []).append(request)
     return out
@@ -155,7 +156,7 @@ def test_retries_honour_retry_after_and_a_failing_row_is_recorded_never_dropped(
     truth = ["card_arrival", "cash_withdrawal", "exchange_rate", "lost_or_stolen_card", "card_arrival",
              "exchange_rate", "cash_withdrawal", "lost_or_stolen_card"]
     test = _frame(texts, truth)
-    candidate = _candidate("api_zero_shot", stub, train, max_retries=2, timeout_s=0.5, max_concurrency=4)
+    candidate = _candidate("api_zero_shot", stub, train, max_retries=2, timeout_s=2.0, max_concurrency=4)
     predictions = candidate.predict(test)
 
     assert predictions["id"].tolist() == test["id"].tolist()  # every row, in order
