@@ -4,14 +4,14 @@ BANKING77 (official splits: 10,003 training rows as the pool, 3,080 test rows, 7
 seed starts from 10 labelled rows per intent (770); then 5 rounds of 200 rows each (1,770 at the
 end), two arms from the same start:
 
-- ``suggest``: ``tunewise.labelling.rank_for_labelling`` on the current model's margin
+- ``suggest``: ``tunewise.workflows.labelling.rank_for_labelling`` on the current model's margin
   uncertainty (cluster-margin: the 2,000 most uncertain rows, KMeans into 200 clusters, the most
   uncertain row of each, near-duplicates of labelled rows skipped);
 - ``random``: 200 unlabelled rows drawn uniformly.
 
 The labels of the picked rows are revealed from the data. The model is ``embed_lr`` (MiniLM
-embeddings + logistic regression, tunewise.candidates), refit each round. Every text is embedded
-once up front and ``tunewise.models.embed`` is pointed at that table, so the 30 refits do not
+embeddings + logistic regression, tunewise.candidates.registry), refit each round. Every text is embedded
+once up front and ``tunewise.models.loading.embed`` is pointed at that table, so the 30 refits do not
 re-embed the same texts (the numbers are the encoder's, only computed once).
 
 Printed: test accuracy after each round per arm and seed; then per arm the final accuracy (mean over
@@ -38,9 +38,9 @@ os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-import tunewise.models as models  # noqa: E402
-from tunewise.candidate_factory import build_candidate  # noqa: E402
-from tunewise.labelling import margin_uncertainty, rank_for_labelling  # noqa: E402
+import tunewise.models.loading as models  # noqa: E402
+from tunewise.candidates.factory import build_candidate  # noqa: E402
+from tunewise.workflows.labelling import margin_uncertainty, rank_for_labelling  # noqa: E402
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
 

@@ -37,7 +37,7 @@ MIN_RATIO = 10.0
 
 
 def main() -> int:
-    from tunewise.candidates import candidate_kwargs, make_candidate
+    from tunewise.candidates.registry import candidate_kwargs, make_candidate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=96)

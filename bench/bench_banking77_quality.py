@@ -88,9 +88,9 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
 
-    import tunewise.candidates  # noqa: F401  registers every candidate
-    from tunewise.candidates import candidate_class, make_candidate
-    from tunewise.config import TrainConfig
+    import tunewise.candidates.registry  # noqa: F401  registers every candidate
+    from tunewise.candidates.registry import candidate_class, make_candidate
+    from tunewise.config.sections import TrainConfig
 
     train_all = records(BANKING77 / "train.csv", "train-")
     test = records(BANKING77 / "test.csv", "test-")

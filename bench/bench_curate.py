@@ -21,11 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-from tunewise.config import config_from_dict, load_config  # noqa: E402
-from tunewise.curate import curate_frame, make_engine  # noqa: E402
-from tunewise.demo import write_demo_project  # noqa: E402
-from tunewise.detection import read_truth, score_detection  # noqa: E402
-from tunewise.ingest import ingest  # noqa: E402
+from tunewise.config.sections import config_from_dict  # noqa: E402
+from tunewise.data.curate import curate_frame, make_engine  # noqa: E402
+from tunewise.data.detection import read_truth, score_detection  # noqa: E402
+from tunewise.data.ingest import ingest  # noqa: E402
+from tunewise.demo.run import write_demo_project  # noqa: E402
+from tunewise.pipeline.precheck import load_config  # noqa: E402
 
 # kind -> (min recall, min precision), from the issue
 DEMO_TARGETS = {

@@ -3,10 +3,10 @@
 Data: BANKING77's official training split, 10% of it held out (stratified, seeded) as the
 validation split a tunewise run would have, so "100%" is the remaining 9,003 training rows; the
 official 3,080-row test split scores every subset. Candidates: the cheap ones, ``tfidf_lr`` and
-``embed_lr``. Both parts call ``tunewise.curve.learning_curve`` as ``tunewise curve`` does.
+``embed_lr``. Both parts call ``tunewise.decision.curve.learning_curve`` as ``tunewise curve`` does.
 
 1. Time: the curve on the default fractions (0.1, 0.25, 0.5, 1.0) for both candidates, as a run
-   does it (tunewise.models.embed embeds a text once per process; validation and test are
+   does it (tunewise.models.loading.embed embeds a text once per process; validation and test are
    scored at every fraction). Target: under 5 minutes on 2 cores. Its 1.0
    point is the measured accuracy with 100% of the training data.
 2. Calibration: the curve fitted on subsets up to 25% (0.025, 0.05, 0.1, 0.25) predicts the
@@ -37,8 +37,8 @@ os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-import tunewise.curve as curve  # noqa: E402
-from tunewise.candidate_factory import build_candidate  # noqa: E402
+import tunewise.decision.curve as curve  # noqa: E402
+from tunewise.candidates.factory import build_candidate  # noqa: E402
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
 CANDIDATES = ["tfidf_lr", "embed_lr"]
@@ -89,7 +89,7 @@ def main() -> None:
     print(f"   {'PASS' if time_ok else 'FAIL'}: {seconds / 60:.1f} min (target < 5 min on 2 cores)")
 
     # 2. calibration: fit up to 25%, predict 100%
-    # tunewise.models.embed keeps the texts it embedded (validation and test) in this process
+    # tunewise.models.loading.embed keeps the texts it embedded (validation and test) in this process
     started = time.perf_counter()
     small = curve.learning_curve(train, validation, test, candidates=CANDIDATES, factory=factory,
                                  fractions=SMALL_FRACTIONS, seed=args.seed, n_resamples=args.resamples)

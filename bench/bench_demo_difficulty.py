@@ -29,8 +29,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tunewise.candidate_factory import build_candidate  # noqa: E402
-from tunewise.demo_data import INTENTS, generate_demo  # noqa: E402
+from tunewise.candidates.factory import build_candidate  # noqa: E402
+from tunewise.demo.data import INTENTS, generate_demo  # noqa: E402
 
 TARGET = (0.80, 0.90)
 

@@ -7,7 +7,7 @@ same model trained on the gold rows alone, beyond noise?
     .venv/bin/python bench/bench_distill.py --students embed_lr   # minutes instead of tens of minutes
 
 The teacher, honestly: not a hosted LLM (no internet here) but `tunewise serve` (`python -m
-tunewise.serve`, its OpenAI-compatible /v1/chat/completions) serving embed_lr trained on one half of
+tunewise.serving.app`, its OpenAI-compatible /v1/chat/completions) serving embed_lr trained on one half of
 the BANKING77 training file (stratified, ~5,000 rows); the client is the `api_zero_shot` candidate over
 real HTTP on 127.0.0.1, exactly as it would call a hosted model. The other half is the student's side:
 10 gold rows per intent (770; the split keeps ~10% of them for validation) and the rest as the
@@ -42,7 +42,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
-TUNEWISE = [sys.executable, "-m", "tunewise.cli"]
+TUNEWISE = [sys.executable, "-m", "tunewise.cli.main"]
 
 
 def free_port() -> int:
@@ -144,7 +144,7 @@ def main() -> None:
 
     port = free_port()
     env = {**os.environ, "TUNEWISE_PROGRESS": "off"}
-    server = subprocess.Popen([sys.executable, "-m", "tunewise.serve", str(data["teacher_run"]), "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "tunewise.serving.app", str(data["teacher_run"]), "--port", str(port),
                                "--arms", "candidate=1", "--store", f"sqlite:///{args.work / 'teacher.db'}"],
                               stdout=(args.work / "server.log").open("ab"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

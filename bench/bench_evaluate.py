@@ -12,7 +12,7 @@ Targets (from the issue):
     .venv/bin/python bench/bench_evaluate.py --rows 300   # quick look (the LLM time is extrapolated)
     .venv/bin/python bench/bench_evaluate.py --predictions /tmp/zs.parquet  # reuse saved predictions
 
-The LLM scoring itself lives in tunewise.llm_candidates (batched, length-sorted, one forward pass
+The LLM scoring itself lives in tunewise.candidates.prompting (batched, length-sorted, one forward pass
 per batch for all labels through a label trie); this script times it and the evaluation around
 it. The evaluation runs at full size (3,080 rows) with three candidates, as the stage does:
 zero_shot_llm on the rows it scored, a word TF-IDF + logistic regression fitted here (real
@@ -57,13 +57,13 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tunewise.candidates import make_candidate
-    from tunewise.evaluate import CandidatePredictions, EvaluateConfig, evaluate_candidates
-    from tunewise.stats import (
+    from tunewise.candidates.registry import make_candidate
+    from tunewise.core.stats import (
         calibration_error_resampled,
         classification_metrics_with_ci,
         resample_weights,
     )
+    from tunewise.evaluation.evaluate import CandidatePredictions, EvaluateConfig, evaluate_candidates
 
     train = records(BANKING77 / "train.csv", "tr")
     test = records(BANKING77 / "test.csv", "te")
@@ -101,7 +101,7 @@ def main() -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from tunewise.candidates import classification_predictions
+    from tunewise.candidates.registry import classification_predictions
 
     # a quick word TF-IDF + LR, fitted here only to have real predictions on all 3,080 rows
     started = time.perf_counter()

@@ -3,7 +3,7 @@
 1. BANKING77 train (10,003 rows, 77 intents) with a share of labels (default 5%) flipped to a
    random *other* intent, seeded; only ``label_errors`` enabled. Targets: recall >= 0.75 and
    precision >= 0.75 against the flipped rows.
-2. The demo data (``tunewise.demo_data.generate_demo``), scored against its ``wrong_label`` truth.
+2. The demo data (``tunewise.demo.data.generate_demo``), scored against its ``wrong_label`` truth.
    Targets: recall >= 0.80 and precision >= 0.90. Two runs:
    - ``only``: only ``label_errors`` enabled, on the raw file. Its label variants ("Order Status")
      and label conflicts are still in the data and get flagged too; the line also gives the
@@ -38,10 +38,10 @@ os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tunewise.check_settings import CheckSettings
-from tunewise.config import CurateConfig, config_from_dict
-from tunewise.curate import curate_frame
-from tunewise.ingest import ingest
+from tunewise.config.checks import CheckSettings
+from tunewise.config.sections import CurateConfig, config_from_dict
+from tunewise.data.curate import curate_frame
+from tunewise.data.ingest import ingest
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77" / "train.csv"
 CHECK_NAMES = [name for name, field in CurateConfig.model_fields.items()
@@ -110,7 +110,7 @@ def main() -> None:
             result = score(set(found["id"]), truth)
             print(json.dumps({"data": "banking77", "noise": args.noise, **result, "seconds": round(seconds, 1)}))
         if not args.skip_demo:
-            from tunewise.demo_data import generate_demo
+            from tunewise.demo.data import generate_demo
 
             files = generate_demo(tmp_path / "demo", task="classify", seed=args.seed, n_rows=args.demo_rows)
             defects = pd.DataFrame([json.loads(line) for line in files.truth.read_text().splitlines()])
@@ -131,9 +131,9 @@ def main() -> None:
 
 
 def synthesis(args: argparse.Namespace) -> None:
-    from tunewise.checks.labels import ThinClasses
-    from tunewise.curate import CurateContext, Engine
-    from tunewise.demo_data import generate_demo
+    from tunewise.data.checks.labels import ThinClasses
+    from tunewise.data.curate import CurateContext, Engine
+    from tunewise.demo.data import generate_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         files = generate_demo(Path(tmp) / "demo", task="classify", seed=args.seed, n_rows=args.demo_rows)

@@ -59,7 +59,7 @@ def frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def speed(train: pd.DataFrame, rounds: int, steps: int) -> dict[str, float]:
     import torch
 
-    from tunewise.config import TrainConfig
+    from tunewise.config.sections import TrainConfig
     from tunewise.training.build import build_model, training_attention
     from tunewise.training.data import encode_classification, length_grouped_batches, load_tokenizer
     from tunewise.training.plan import plan_run
@@ -131,8 +131,8 @@ def _step(model, batch) -> None:
 
 
 def full_run(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, out: Path) -> dict:
-    from tunewise.config import TrainConfig
-    from tunewise.finetuned import LoraClassifier
+    from tunewise.candidates.finetuned import LoraClassifier
+    from tunewise.config.sections import TrainConfig
     from tunewise.training import train as train_model
 
     started = time.perf_counter()

@@ -30,7 +30,7 @@ def _child() -> None:
     import torch  # noqa: F401  (timed as import_s)
     import transformers  # noqa: F401
 
-    from tunewise.models import load_llm, resolve_llm
+    from tunewise.models.loading import load_llm, resolve_llm
 
     imported = time.perf_counter()
     model, tokenizer = load_llm(SPEC)

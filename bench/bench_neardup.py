@@ -32,13 +32,13 @@ import time
 
 import numpy as np
 
-from tunewise.neardup import (
+from tunewise.core.text import dedup_keys
+from tunewise.data.neardup import (
     datasketch_reference,
     find_near_duplicates,
     lsh_params,
     shingle_set,
 )
-from tunewise.text import dedup_keys
 
 OPENERS = ["", "", "", "hi", "hello", "hey", "hi there", "good morning", "good evening", "dear support",
            "quick question", "urgent", "please help", "excuse me", "sorry to bother you", "hello team"]

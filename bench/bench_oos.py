@@ -78,8 +78,8 @@ def build(train_all: pd.DataFrame, test_all: pd.DataFrame, args) -> dict[str, pd
 
 
 def make(name: str, args):
-    from tunewise.candidates import candidate_class, make_candidate
-    from tunewise.config import TrainConfig
+    from tunewise.candidates.registry import candidate_class, make_candidate
+    from tunewise.config.sections import TrainConfig
 
     kwargs: dict = {}
     if candidate_class(name).kind == "finetuned":
@@ -112,9 +112,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    import tunewise.candidates  # noqa: F401  registers every candidate
-    from tunewise.config import EvaluateConfig
-    from tunewise.evaluate import CandidatePredictions, evaluate_candidates
+    import tunewise.candidates.registry  # noqa: F401  registers every candidate
+    from tunewise.config.sections import EvaluateConfig
+    from tunewise.evaluation.evaluate import CandidatePredictions, evaluate_candidates
 
     data = build(records(BANKING77 / "train.csv", "train-"), records(BANKING77 / "test.csv", "test-"), args)
     train, validation, test = data["train"], data["validation"], data["test"]

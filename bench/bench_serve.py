@@ -11,7 +11,7 @@ Targets (issue 9):
     .venv/bin/python bench/bench_serve.py --run demo/runs/default          # full: 60 s + 2 x 30 s
     .venv/bin/python bench/bench_serve.py --run demo/runs/default --quick  # 10 s + 2 x 10 s
 
-Server processes (`python -m tunewise.serve`, SQLite log in a temporary folder, so the run
+Server processes (`python -m tunewise.serving.app`, SQLite log in a temporary folder, so the run
 folder is not written to), driven from this process by asyncio httpx clients that send
 back-to-back requests (inputs: the run's test split, cycled) until a phase's time is up, then wait
 for the answers in flight. The encoder phase serves encoder_ft alone. The LLM phase serves one
@@ -70,7 +70,7 @@ def start_server(run_dir: Path, arms: str, db: Path, threads: int, log: Path, ex
     port = free_port()
     env = {**os.environ, "TUNEWISE_PROGRESS": "off", "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunewise.serve", str(run_dir), "--port", str(port), "--arms", arms,
+        [sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(port), "--arms", arms,
          "--store", f"sqlite:///{db}", "--max-batch", "32", "--threads", str(threads), *extra],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     return process, f"http://127.0.0.1:{port}"
@@ -236,7 +236,7 @@ def model_ceiling(run_dir: Path, texts: list[str], threads: int, batch_threads: 
     as the server runs them)."""
     import torch
 
-    from tunewise.finetuned import load_candidate
+    from tunewise.candidates.finetuned import load_candidate
 
     model = load_candidate(run_dir / "train", "lora_llm")
 

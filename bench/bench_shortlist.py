@@ -117,8 +117,8 @@ def main() -> int:
     import torch
     from sklearn.model_selection import train_test_split
 
-    from tunewise.baseline import stratified_sample_ids
-    from tunewise.candidates import make_candidate
+    from tunewise.candidates.registry import make_candidate
+    from tunewise.evaluation.baseline import stratified_sample_ids
 
     torch.set_num_threads(args.threads)
     print(f"bench_shortlist: {datetime.datetime.now().isoformat(timespec='seconds')}, "

@@ -91,7 +91,7 @@ def build_project(folder: Path) -> tuple[Path, list[str], list[str]]:
 def start_server(config: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "TUNEWISE_PROGRESS": "off"}
     env.pop("TUNEWISE_API_KEY", None)  # the default: no key, loopback only
-    return subprocess.Popen([sys.executable, "-m", "tunewise.cli", "serve", "--config", str(config), "--run-id", "r1",
+    return subprocess.Popen([sys.executable, "-m", "tunewise.cli.main", "serve", "--config", str(config), "--run-id", "r1",
                              "--port", str(port)], cwd=config.parent, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, env=env)
 

@@ -92,7 +92,7 @@ def _load() -> str:
 
 def demo_frames(n_train: int, n_val: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fixed train and validation record frames from the demo reply data (empty replies dropped)."""
-    from tunewise.demo_data import generate_demo
+    from tunewise.demo.data import generate_demo
 
     with tempfile.TemporaryDirectory(prefix="tunewise-bench-demo-") as folder:
         files = generate_demo(folder, task="generate", seed=SEED)
@@ -107,7 +107,7 @@ def demo_frames(n_train: int, n_val: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def train_config(steps: int, **overrides):
-    from tunewise.config import TrainConfig
+    from tunewise.config.sections import TrainConfig
 
     settings = {"batch_size": BATCH, "max_length": MAX_LENGTH, "lora_r": LORA["r"], "lora_alpha": LORA["alpha"],
                 "lora_dropout": LORA["dropout"], "learning_rate": LEARNING_RATE, "lr_schedule": "cosine",
@@ -182,7 +182,7 @@ def _clocked_progress(marks: list[float], real):
 
 def run_tunewise(train_df, val_df, steps: int) -> dict:
     import tunewise.training.recipe as tunewise_train
-    from tunewise.models import DEFAULT_LLM
+    from tunewise.models.loading import DEFAULT_LLM
 
     marks: list[float] = []
     real = tunewise_train.progress
@@ -222,8 +222,8 @@ def run_trl(train_df, steps: int, *, threads: int, precision: str, gradient_chec
     )
     from trl import SFTConfig, SFTTrainer
 
-    from tunewise.config import DEFAULT_TARGET_MODULES
-    from tunewise.models import DEFAULT_LLM, resolve_llm
+    from tunewise.config.sections import DEFAULT_TARGET_MODULES
+    from tunewise.models.loading import DEFAULT_LLM, resolve_llm
 
     class LoopClock(TrainerCallback):
         """Wall time of the training loop only (model load and tokenisation happen before it)."""
@@ -295,7 +295,7 @@ def memory_child(steps: int) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from tunewise.models import DEFAULT_LLM
+    from tunewise.models.loading import DEFAULT_LLM
     from tunewise.training import train
 
     train_df, _ = demo_frames(BATCH * steps, 1)
@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tunewise.models import DEFAULT_LLM
-    from tunewise.pricing import FLOPS_PER_TOKEN
+    from tunewise.core.pricing import FLOPS_PER_TOKEN
+    from tunewise.models.loading import DEFAULT_LLM
     from tunewise.training.data import encode_replies, load_tokenizer
 
     train_df, val_df = demo_frames(args.train_rows, args.val_rows)

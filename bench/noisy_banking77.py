@@ -3,7 +3,7 @@
 From ../shared/datasets/banking77/train.csv (CC BY 4.0, Casanueva et al. 2020), seeded:
 5% exact and near duplicates (half each), 5% flipped labels (to a random other intent), 3%
 off-topic rows, PII in 2% of rows. Returns a record frame and the truth rows in the
-``demo_truth.jsonl`` shape ({"id", "defect", "of"}), so tunewise.detection scores it.
+``demo_truth.jsonl`` shape ({"id", "defect", "of"}), so tunewise.data.detection scores it.
 """
 
 from __future__ import annotations

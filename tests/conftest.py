@@ -14,7 +14,7 @@ BANKING77 = SHARED / "datasets" / "banking77"
 os.environ.setdefault("TUNEWISE_PROGRESS", "off")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# what the tunewise command sets before each command (tunewise.cli_common.prepare_process); importing
+# what the tunewise command sets before each command (tunewise.cli.common.prepare_process); importing
 # the package sets nothing
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -45,7 +45,7 @@ def tiny_llm(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunewise.models import DEFAULT_LLM, resolve_llm
+    from tunewise.models.loading import DEFAULT_LLM, resolve_llm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm(DEFAULT_LLM).path)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -62,7 +62,7 @@ def tiny_llm(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def openai_stub():
     """A small OpenAI-compatible chat-completions server on 127.0.0.1 (tests/openai_stub.py): the
-    endpoint the api_* candidates (tunewise.api_llm) call in tests."""
+    endpoint the api_* candidates (tunewise.candidates.api) call in tests."""
     from openai_stub import OpenAIStub
 
     with OpenAIStub() as server:
@@ -81,10 +81,10 @@ def demo_pipeline_run(tmp_path_factory):
     Tests that write into it write decide/ or curve/; tests that need it pristine copy it."""
     import torch
 
-    from tunewise.config import config_from_dict
-    from tunewise.demo import demo_config
-    from tunewise.demo_data import generate_demo
-    from tunewise.runner import run_stages
+    from tunewise.config.sections import config_from_dict
+    from tunewise.demo.data import generate_demo
+    from tunewise.demo.run import demo_config
+    from tunewise.pipeline.runner import run_stages
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

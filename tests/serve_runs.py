@@ -17,7 +17,7 @@ def _records(frame: pd.DataFrame) -> pd.DataFrame:
 
 def make_classify_run(folder: Path, n_rows: int):
     """(runs/r1 under ``folder``, the demo files it was built from)."""
-    from tunewise.demo_data import generate_demo
+    from tunewise.demo.data import generate_demo
 
     files = generate_demo(folder / "data", task="classify", n_rows=n_rows)
     run = folder / "runs" / "r1"

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from openai_stub import OpenAIStub
-from tunewise.api_llm import (
+from tunewise.candidates.api import (
     ApiLlmConfig,
     SpendingCapReached,
     api_llm_settings,
@@ -29,9 +29,9 @@ from tunewise.api_llm import (
     monthly_cost,
     retry_after_seconds,
 )
-from tunewise.baseline import quick_metrics
-from tunewise.candidates import CandidateError, candidate_kwargs, check_predictions, make_candidate
-from tunewise.text import answer_label_key
+from tunewise.candidates.registry import CandidateError, candidate_kwargs, check_predictions, make_candidate
+from tunewise.core.text import answer_label_key
+from tunewise.evaluation.baseline import quick_metrics
 
 KEY_ENV = "TUNEWISE_TEST_API_KEY"
 KEY = "sk-tw-9f3b1c77e2d54a60b0c1-SECRET"
@@ -348,8 +348,8 @@ def test_few_shot_and_generation_candidates(stub, train, key):
 
 
 def test_an_api_candidate_can_be_the_incumbent(stub, train, key):
-    from tunewise.config import EvaluateConfig
-    from tunewise.evaluate import CandidatePredictions, evaluate_candidates
+    from tunewise.config.sections import EvaluateConfig
+    from tunewise.evaluation.evaluate import CandidatePredictions, evaluate_candidates
 
     stub.reset()
     texts = ["card arrival", "cash withdrawal", "exchange rate", "stolen card", "#garbage", "#500always rate"] * 5
@@ -382,9 +382,9 @@ def test_requests_in_flight_stay_within_max_concurrency(stub, train, key):
 
 
 def test_the_baseline_stage_runs_an_api_candidate_and_writes_json_safe_info(stub, train, key):
-    from tunewise.artifacts import to_json
-    from tunewise.baseline import run_within_budget
-    from tunewise.candidate_factory import build_candidate
+    from tunewise.candidates.factory import build_candidate
+    from tunewise.core.artifacts import to_json
+    from tunewise.evaluation.baseline import run_within_budget
 
     stub.reset()
     texts = ["card arrival", "cash withdrawal", "exchange rate", "stolen card"] * 5
@@ -411,8 +411,8 @@ def test_the_baseline_stage_runs_an_api_candidate_and_writes_json_safe_info(stub
 
 
 def test_tunewise_serve_is_an_openai_compatible_endpoint(tmp_path, key, monkeypatch):
-    from tunewise.demo_data import generate_demo
-    from tunewise.serve import ServeConfig, ServerThread, create_app, load_models
+    from tunewise.demo.data import generate_demo
+    from tunewise.serving.app import ServeConfig, ServerThread, create_app, load_models
 
     files = generate_demo(tmp_path / "data", task="classify", n_rows=300)
     data, held = pd.read_csv(files.data).dropna(subset=["text", "intent"]), pd.read_csv(files.test)

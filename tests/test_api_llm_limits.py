@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from openai_stub import OpenAIStub
-from tunewise.api_llm import SpendingCapReached, SpendLedger, api_llm_settings
-from tunewise.candidates import CandidateError, candidate_kwargs, make_candidate
-from tunewise.config import ApiLlmConfig, ConfigError, config_from_dict
+from tunewise.candidates.api import SpendingCapReached, SpendLedger, api_llm_settings
+from tunewise.candidates.registry import CandidateError, candidate_kwargs, make_candidate
+from tunewise.config.sections import ApiLlmConfig, ConfigError, config_from_dict
 
 LABELS = {"card_arrival": ["my new card has not arrived", "when will the card arrive"],
           "exchange_rate": ["what exchange rate do you use", "the rate for euros"]}

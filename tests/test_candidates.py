@@ -2,7 +2,7 @@
 
 LLM candidates run the real embedded SmolLM2-135M-Instruct and MiniLM encoder at tiny sizes
 (8 classes, short prompts, a few generated tokens). Every candidate is built by the one factory
-(``tunewise.candidate_factory.build_candidate``), the ensemble with its pool of candidates.
+(``tunewise.candidates.factory.build_candidate``), the ensemble with its pool of candidates.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from tunewise.artifacts import read_json
-from tunewise.baseline import BaselineConfig, quick_metrics, run_baseline, stratified_sample_ids
-from tunewise.candidate_factory import build_candidate, run_candidate
-from tunewise.candidates import (
+from tunewise.candidates.ensemble import EnsembleCandidate, choose_members
+from tunewise.candidates.factory import build_candidate, run_candidate
+from tunewise.candidates.registry import (
     CANDIDATES,
     KINDS,
     PREDICTION_COLUMNS,
@@ -28,8 +27,9 @@ from tunewise.candidates import (
     check_predictions,
     make_candidate,
 )
-from tunewise.config import ModelsConfig, ProjectConfig
-from tunewise.ensemble import EnsembleCandidate, choose_members
+from tunewise.config.sections import ModelsConfig, ProjectConfig
+from tunewise.core.artifacts import read_json
+from tunewise.evaluation.baseline import BaselineConfig, quick_metrics, run_baseline, stratified_sample_ids
 
 CLASSES = 8
 TRAIN_PER_CLASS = 15
@@ -77,7 +77,7 @@ def generate_data(classify_data):
 def tiny_settings(tmp_path_factory, openai_stub):
     kb = tmp_path_factory.mktemp("kb")
     (kb / "cards.md").write_text("# Cards\n\nA new card arrives within 5 working days.\n\nLost cards can be frozen in the app.\n")
-    from tunewise.config import TrainConfig
+    from tunewise.config.sections import TrainConfig
 
     # fine-tuned candidates: a few real optimiser steps (the recipe itself is tested in test_train.py)
     quick_training = TrainConfig(max_steps=3, batch_size=4, num_threads=1, generate_sample=0, max_new_tokens=4,
@@ -228,7 +228,7 @@ def test_baseline_config_refuses_wrong_candidates(classify_data):
 
 
 def _project(tmp_path, **raw) -> ProjectConfig:
-    from tunewise.config import config_from_dict
+    from tunewise.config.sections import config_from_dict
 
     (tmp_path / "kb").mkdir(exist_ok=True)
     return config_from_dict({"data": {"train": "train.csv", "knowledge_base": "kb", "task_description": "bank intents"},
@@ -287,7 +287,7 @@ class _Tuned(TfidfLogRegCandidate):
 
 
 def test_fitted_ensemble_predicts_what_the_evaluate_stage_combines(classify_data):
-    from tunewise.evaluate import CandidatePredictions, ensemble_candidate
+    from tunewise.evaluation.evaluate import CandidatePredictions, ensemble_candidate
 
     train, test = classify_data
     validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])
@@ -319,7 +319,7 @@ def test_fitted_ensemble_predicts_what_the_evaluate_stage_combines(classify_data
 def test_run_candidate_builds_the_ensemble_from_the_members_its_evaluation_recorded(classify_data, tmp_path):
     import json
 
-    from tunewise.artifacts import write_parquet
+    from tunewise.core.artifacts import write_parquet
 
     train, test = classify_data
     validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tunewise.checks.conflicts import LabelConflicts
-from tunewise.config import ConfigError, config_from_dict
-from tunewise.curate import CurateContext, Engine, build_checks, curate_frame
+from tunewise.config.sections import ConfigError, config_from_dict
+from tunewise.data.checks.conflicts import LabelConflicts
+from tunewise.data.curate import CurateContext, Engine, build_checks, curate_frame
 
 REFUND = "Where is my refund for order {}? It has been two weeks since you got the parcel back."
 

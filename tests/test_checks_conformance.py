@@ -18,9 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from tunewise.check_settings import NO_THRESHOLD, CheckSettings
-from tunewise.config import ConfigError, CurateConfig, config_from_dict, load_config
-from tunewise.curate import (
+from tunewise.config.checks import NO_THRESHOLD, CheckSettings
+from tunewise.config.sections import ConfigError, CurateConfig, config_from_dict
+from tunewise.core.records import answer_column, records_from_texts
+from tunewise.data.curate import (
     ACTION_NAMES,
     CHECK_ORDER,
     CHECKS,
@@ -32,9 +33,9 @@ from tunewise.curate import (
     _load_checks,
     curate_frame,
 )
-from tunewise.init_project import render_config
-from tunewise.issues import ISSUE_KINDS
-from tunewise.records import answer_column, records_from_texts
+from tunewise.data.issues import ISSUE_KINDS
+from tunewise.pipeline.precheck import load_config
+from tunewise.workflows.init_project import render_config
 
 _load_checks()
 CLASSES = 6

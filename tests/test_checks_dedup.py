@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.checks.conflicts import LabelConflicts
-from tunewise.checks.dedup import (
+from tunewise.config.sections import config_from_dict
+from tunewise.core.text import dedup_key
+from tunewise.data.checks.conflicts import LabelConflicts
+from tunewise.data.checks.dedup import (
     ExactDuplicates,
     NearDuplicates,
     SemanticDuplicates,
@@ -19,10 +21,8 @@ from tunewise.checks.dedup import (
     one_word_edit,
     semantic_pairs,
 )
-from tunewise.config import config_from_dict
-from tunewise.curate import CurateContext, Engine, SkipCheck, curate_frame
-from tunewise.neardup import shingle_set
-from tunewise.text import dedup_key
+from tunewise.data.curate import CurateContext, Engine, SkipCheck, curate_frame
+from tunewise.data.neardup import shingle_set
 
 
 def make_frame(rows: list[tuple[str, str]], answer: str = "label") -> pd.DataFrame:
@@ -259,7 +259,7 @@ def test_relabelled_copy_becomes_an_exact_duplicate_in_the_pipeline():
 
 
 def demo_records(out_dir: Path, seed: int = 0) -> tuple[pd.DataFrame, list[dict]]:
-    from tunewise.demo_data import generate_demo
+    from tunewise.demo.data import generate_demo
 
     files = generate_demo(out_dir, task="classify", seed=seed)
     raw = pd.read_csv(files.data, dtype=str, keep_default_na=False)

@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from tunewise.checks.generation import is_empty_reply, template_slots, truncation_reason
-from tunewise.config import config_from_dict
-from tunewise.curate import CHECK_ORDER, curate_frame
-from tunewise.demo_data import generate_demo
+from tunewise.config.sections import config_from_dict
+from tunewise.data.checks.generation import is_empty_reply, template_slots, truncation_reason
+from tunewise.data.curate import CHECK_ORDER, curate_frame
+from tunewise.demo.data import generate_demo
 
 
 def make_config(task: str = "generate", empty_garbage: bool = False, **settings):

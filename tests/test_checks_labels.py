@@ -9,18 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.check_settings import CheckSettings
-from tunewise.checks.labels import (
+from tunewise.config.checks import CheckSettings
+from tunewise.config.sections import ConfigError, CurateConfig, config_from_dict
+from tunewise.core.records import records_from_texts
+from tunewise.core.text import surface_key
+from tunewise.data.checks.labels import (
     LabelErrors,
     ThinClasses,
     _clean_generation,
     _reject_reason,
     balance_report,
 )
-from tunewise.config import ConfigError, CurateConfig, config_from_dict
-from tunewise.curate import CurateContext, Engine, curate_frame
-from tunewise.records import records_from_texts
-from tunewise.text import surface_key
+from tunewise.data.curate import CurateContext, Engine, curate_frame
 
 CHECKS = [name for name, f in CurateConfig.model_fields.items()
           if isinstance(f.annotation, type) and issubclass(f.annotation, CheckSettings)]

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from tunewise.checks.pii import find_pii, iban_valid, is_card_number, luhn_valid, redact
-from tunewise.config import config_from_dict
-from tunewise.curate import CHECK_ORDER, curate_frame
+from tunewise.config.sections import config_from_dict
+from tunewise.data.checks.pii import find_pii, iban_valid, is_card_number, luhn_valid, redact
+from tunewise.data.curate import CHECK_ORDER, curate_frame
 
 
 def make_config(task: str, **settings):

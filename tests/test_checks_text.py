@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.checks.text import (
+from tunewise.config.sections import config_from_dict
+from tunewise.core.text import label_key, tidy_text
+from tunewise.data.checks.text import (
     garbage_reason,
     label_mapping,
     load_tokenizer,
     random_letters_log_odds,
 )
-from tunewise.config import config_from_dict
-from tunewise.curate import CHECK_ORDER, curate_frame
-from tunewise.demo_data import generate_demo
-from tunewise.text import label_key, tidy_text
+from tunewise.data.curate import CHECK_ORDER, curate_frame
+from tunewise.demo.data import generate_demo
 
 
 def make_config(task: str = "classify", **checks: dict):

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.checks.topic import MIN_ROWS, OffTopic, spam_cues, typicality
-from tunewise.config import config_from_dict
-from tunewise.curate import CurateContext, Engine, curate_frame
-from tunewise.records import records_from_texts
+from tunewise.config.sections import config_from_dict
+from tunewise.core.records import records_from_texts
+from tunewise.data.checks.topic import MIN_ROWS, OffTopic, spam_cues, typicality
+from tunewise.data.curate import CurateContext, Engine, curate_frame
 
 SPAM = [
     "WIN A FREE IPHONE 15!!! Click http://free-prize-now.biz/x7k2 now",
@@ -170,7 +170,7 @@ def test_small_data_reports_spam_only():
 
 @pytest.mark.slow
 def test_demo_off_topic_and_spam(tmp_path):
-    from tunewise.demo_data import generate_demo
+    from tunewise.demo.data import generate_demo
 
     files = generate_demo(tmp_path, task="classify", seed=0)
     raw = pd.read_csv(files.data, dtype=str, keep_default_na=False)

@@ -16,20 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunewise.errors import TunewiseError
+from tunewise.core.errors import TunewiseError
 
 SLOW_CHECKS = ("off_topic", "label_errors", "too_long")
 
 
 def _tunewise(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunewise.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tunewise.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900, env={**os.environ, "TUNEWISE_PROGRESS": "off", "COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
 def small_project(tmp_path_factory) -> Path:
-    from tunewise.demo import demo_config
-    from tunewise.demo_data import generate_demo
+    from tunewise.demo.data import generate_demo
+    from tunewise.demo.run import demo_config
 
     folder = tmp_path_factory.mktemp("json_out")
     files = generate_demo(folder, task="classify", n_rows=200, n_test=40)
@@ -55,7 +55,7 @@ def test_run_json_puts_only_json_on_stdout(small_project):
     assert "verdict:" in done.stderr and "report:" in done.stderr
 
     # the baseline recorded the cores that timed its predictions, and the decision scaled from them
-    from tunewise.decide import measuring_cores
+    from tunewise.core.machine import measuring_cores
 
     run_dir = Path(parsed["run_dir"])
     baseline = json.loads((run_dir / "baseline" / "summary.json").read_text())
@@ -107,8 +107,8 @@ def test_every_error_class_in_the_source_is_listed():
 def test_hint_per_instance_and_pickled():
     import pickle
 
-    from tunewise.config import ConfigError
-    from tunewise.runner import StageError
+    from tunewise.config.sections import ConfigError
+    from tunewise.pipeline.runner import StageError
 
     assert ConfigError("x").hint == ConfigError.hint
     error = StageError("no split", hint="run tunewise split")
@@ -118,7 +118,7 @@ def test_hint_per_instance_and_pickled():
 
 
 def test_cli_prints_the_message_and_the_hint_and_exits_1(tmp_path):
-    from tunewise.config import ConfigError
+    from tunewise.config.sections import ConfigError
 
     done = _tunewise("run", "--config", str(tmp_path / "missing.yaml"), "--json", cwd=tmp_path)
     assert done.returncode == 1 and done.stdout == ""

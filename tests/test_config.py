@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunewise.config import ConfigError, ProjectConfig, config_from_dict, load_config
+from tunewise.config.sections import ConfigError, ProjectConfig, config_from_dict
+from tunewise.pipeline.precheck import load_config
 
 
 def write(tmp_path, text: str):

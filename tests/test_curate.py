@@ -6,11 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tunewise.config import ConfigError, config_from_dict, load_config
-from tunewise.curate import build_checks, curate_frame, make_engine
-from tunewise.demo import write_demo_project
-from tunewise.detection import read_truth, score_detection
-from tunewise.ingest import ingest
+from tunewise.config.sections import ConfigError, config_from_dict
+from tunewise.data.curate import build_checks, curate_frame, make_engine
+from tunewise.data.detection import read_truth, score_detection
+from tunewise.data.ingest import ingest
+from tunewise.demo.run import write_demo_project
+from tunewise.pipeline.precheck import load_config
 
 TARGETS = {
     "exact_duplicate": (0.95, 0.90), "pii": (0.95, 0.90), "garbage": (0.95, 0.90), "empty": (0.95, 0.90),
@@ -95,7 +96,7 @@ def test_curate_command_runs_the_stage_and_rejects_an_unknown_engine(demo, tmp_p
 
     from typer.testing import CliRunner
 
-    from tunewise.cli import app
+    from tunewise.cli.main import app
 
     cfg, _, _ = demo
     config_file = cfg.base_dir / "tunewise.yaml"

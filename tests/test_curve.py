@@ -1,4 +1,4 @@
-"""Learning curves (tunewise.curve): the power-law fit, nested stratified subsets, and real curves of
+"""Learning curves (tunewise.decision.curve): the power-law fit, nested stratified subsets, and real curves of
 cheap candidates on a slice of BANKING77, locally and as Ray tasks."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.candidate_factory import build_candidate
-from tunewise.curve import CurveError, CurveFit, fit_power_law, learning_curve, nested_subsets, power_law
+from tunewise.candidates.factory import build_candidate
+from tunewise.decision.curve import CurveError, CurveFit, fit_power_law, learning_curve, nested_subsets, power_law
 
 
 def test_power_law_fit_recovers_known_parameters():

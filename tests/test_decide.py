@@ -1,4 +1,4 @@
-"""The decision (tunewise.decide): cost lines by hand, payback arithmetic, and the verdict following the
+"""The decision (tunewise.decision.decide): cost lines by hand, payback arithmetic, and the verdict following the
 measurements and assumptions of a real pipeline run on the demo data (curate, split, cheap baselines, a
 briefly fine-tuned encoder, evaluate), never the data being a demo."""
 
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tunewise.config import ConfigError, RoiConfig, config_from_dict
-from tunewise.decide import Money, decide, monthly_running_cost, one_time_cost, payback_months
+from tunewise.config.sections import ConfigError, RoiConfig, config_from_dict
+from tunewise.decision.decide import Money, decide, monthly_running_cost, one_time_cost, payback_months
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,7 +22,7 @@ def demo_run(demo_pipeline_run):
 
 
 def test_a_cost_line_recomputes_by_hand_from_the_table_and_the_measured_tokens(demo_run):
-    from tunewise.pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
+    from tunewise.core.pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
     _, run_dir = demo_run
     summary = json.loads((run_dir / "train" / "encoder_ft" / "train_summary.json").read_text())
@@ -56,7 +56,8 @@ def test_payback_and_running_cost_arithmetic():
 
 
 def test_running_cost_scales_from_the_cores_that_measured_the_latency(tmp_path):
-    from tunewise.decide import MEASURED_CORES, _latency_cores, measuring_cores
+    from tunewise.core.machine import measuring_cores
+    from tunewise.decision.decide import MEASURED_CORES, _latency_cores
 
     roi = RoiConfig(monthly_volume=1_000_000, value_per_outcome_usd=1.0, always_on=False, serving_instance="c7i.large")
     # 36 ms measured on 4 cores: the 2-vCPU c7i.large serves half as many requests an hour, 20 busy hours
@@ -91,8 +92,8 @@ def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):
 
     import pandas as pd
 
-    from tunewise import evaluate as ev
-    from tunewise.config import EvaluateConfig
+    from tunewise.config.sections import EvaluateConfig
+    from tunewise.evaluation import evaluate as ev
 
     for stage in ("split", "curate", "baseline", "train"):
         if (run_dir / stage).exists():
@@ -165,7 +166,7 @@ def test_not_yet_when_nothing_meets_the_bar(demo_run, tmp_path):
 
 
 def test_inconclusive_when_the_interval_straddles_the_threshold_says_how_many_rows_settle_it(demo_run, tmp_path):
-    from tunewise.decide import test_rows_needed
+    from tunewise.decision.decide import test_rows_needed
 
     _, run_dir = demo_run
     _, first = _reevaluate(run_dir, tmp_path / "a", candidates=["majority", "encoder_ft"], baseline="majority")
@@ -224,7 +225,7 @@ def test_each_candidate_carries_its_own_costs(demo_run):
 
 
 def test_decide_stage_writes_the_decision_and_follows_the_config(demo_run):
-    from tunewise.runner import run_stages
+    from tunewise.pipeline.runner import run_stages
 
     cfg, run_dir = demo_run
     priced = cfg.model_copy(update={"roi": RoiConfig(**GENEROUS)})
@@ -246,8 +247,8 @@ def test_negative_or_absurd_assumptions_are_config_errors(bad, field):
 
 
 def test_the_learning_curve_tells_the_decision_how_much_data_the_target_needs(demo_run):
-    from tunewise.curve import run_curve
-    from tunewise.decide import _more_data_reason
+    from tunewise.decision.curve import run_curve
+    from tunewise.decision.decide import _more_data_reason
 
     cfg, run_dir = demo_run
     curve = run_curve(cfg, "r1", candidates=["tfidf_lr"], fractions=[0.2, 0.4, 0.7, 1.0], target=0.999, n_resamples=50)
@@ -263,8 +264,8 @@ def test_the_learning_curve_tells_the_decision_how_much_data_the_target_needs(de
 
 
 def test_the_curve_follows_the_decision_target_and_measures_the_ensemble_through_a_member(demo_run):
-    from tunewise.curve import resolve_curve_candidates, run_curve
-    from tunewise.runner import run_stages
+    from tunewise.decision.curve import resolve_curve_candidates, run_curve
+    from tunewise.pipeline.runner import run_stages
 
     cfg, run_dir = demo_run
     run_stages(cfg.model_copy(update={"roi": RoiConfig(**GENEROUS)}), "r1", only=["decide"])

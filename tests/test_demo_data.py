@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.demo_data import DEFECT_SHARES, INTENTS, PLACEHOLDERS, DemoFiles, generate_demo
+from tunewise.demo.data import DEFECT_SHARES, INTENTS, PLACEHOLDERS, DemoFiles, generate_demo
 
 SEED = 0
 
@@ -268,7 +268,7 @@ def test_tfidf_baseline_is_good_but_not_perfect(demo):
     and typos: 0.99-1.00)."""
     from threadpoolctl import threadpool_limits
 
-    from tunewise.candidates import make_candidate
+    from tunewise.candidates.registry import make_candidate
 
     _, data, test, truth = demo
     clean = clean_rows(data, truth)

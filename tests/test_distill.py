@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from openai_stub import OpenAIStub
-from tunewise.distill import DistillError, DistillStopped, choose_min_confidence, distill
+from tunewise.workflows.distill import DistillError, DistillStopped, choose_min_confidence, distill
 
 INTENTS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "pin_blocked", "age_limit", "atm_support"]
 GOLD_PER_INTENT, TEST_PER_INTENT, POOL_PER_INTENT = 20, 12, 25
@@ -48,8 +48,8 @@ def project(tmp_path_factory, banking77, stub):
     ingest, curate, split and baseline (majority, tfidf_lr)."""
     import torch
 
-    from tunewise.config import config_from_dict
-    from tunewise.runner import run_stages
+    from tunewise.config.sections import config_from_dict
+    from tunewise.pipeline.runner import run_stages
 
     folder = tmp_path_factory.mktemp("distill")
     train = pd.read_csv(banking77 / "train.csv")
@@ -302,7 +302,7 @@ def test_bad_input_gets_errors_naming_the_file_or_field(project, tmp_path):
 
 
 def test_the_command_trains_the_fine_tuned_student_with_the_train_stage(project, one_torch_thread):
-    from tunewise.cli import app
+    from tunewise.cli.main import app
 
     cfg, folder = project
     config = folder / "tunewise.yaml"

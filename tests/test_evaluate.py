@@ -13,9 +13,10 @@ import pytest
 import sacrebleu
 from sklearn.metrics import accuracy_score, f1_score
 
-from tunewise.artifacts import write_json, write_parquet
-from tunewise.config import ProjectConfig, config_from_dict
-from tunewise.evaluate import (
+from tunewise.config.sections import ProjectConfig, config_from_dict
+from tunewise.core.artifacts import write_json, write_parquet
+from tunewise.core.stats import wilson_interval
+from tunewise.evaluation.evaluate import (
     CandidatePredictions,
     EvaluateConfig,
     choose_threshold,
@@ -25,9 +26,8 @@ from tunewise.evaluate import (
     load_run_predictions,
     score_classification,
 )
-from tunewise.human_sheet import SheetError, read_sheet, write_sheet
-from tunewise.runner import StageContext
-from tunewise.stats import wilson_interval
+from tunewise.evaluation.human_sheet import SheetError, read_sheet, write_sheet
+from tunewise.pipeline.runner import StageContext
 
 LABELS = ("billing", "delivery", "login", "refund")
 
@@ -300,7 +300,7 @@ def test_human_sheet_round_trip_gives_win_rate_with_wilson_interval(tmp_path):
 
 
 def test_probe_answer_checking_and_comparison():
-    from tunewise.forgetting import ProbeResult, answer_is_correct, compare_probes
+    from tunewise.evaluation.forgetting import ProbeResult, answer_is_correct, compare_probes
 
     assert answer_is_correct("The capital of France is Paris.", ["Paris"])
     assert not answer_is_correct("Parisian food is great", ["Paris"])
@@ -320,8 +320,8 @@ def test_probe_runs_on_a_base_model_and_a_saved_adapter(tmp_path, one_torch_thre
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunewise.forgetting import compare_probes, find_finetuned_models, load_finetuned, run_probe
-    from tunewise.models import DEFAULT_LLM, load_llm, resolve_llm
+    from tunewise.evaluation.forgetting import compare_probes, find_finetuned_models, load_finetuned, run_probe
+    from tunewise.models.loading import DEFAULT_LLM, load_llm, resolve_llm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm(DEFAULT_LLM).path)
     torch.manual_seed(0)
@@ -366,7 +366,7 @@ def _records(path, task: str) -> pd.DataFrame:
 
 
 def _demo_split(tmp_path, task: str, n_rows: int, n_test: int):
-    from tunewise.demo_data import generate_demo
+    from tunewise.demo.data import generate_demo
 
     files = generate_demo(tmp_path / "data", task=task, n_rows=n_rows, n_test=n_test)
     test, pool = _records(files.test, task), _records(files.data, task)
@@ -380,17 +380,17 @@ def _config(raw: dict, base_dir, evaluate: dict) -> ProjectConfig:
     if "evaluate" in ProjectConfig.model_fields:
         return config_from_dict({**raw, "evaluate": evaluate}, base_dir)
     cfg = config_from_dict(raw, base_dir)
-    cfg.__dict__["evaluate"] = EvaluateConfig(**evaluate)  # until tunewise.config has the section
+    cfg.__dict__["evaluate"] = EvaluateConfig(**evaluate)  # until tunewise.config.sections has the section
     return cfg
 
 
 @pytest.fixture(scope="module")
 def classify_run(tmp_path_factory):
     """A run folder as the split, baseline and train stages leave it, then the evaluate stage."""
-    from tunewise.baseline import BaselineConfig, run_baseline
-    from tunewise.candidates import TfidfLogRegCandidate
-    from tunewise.config import ModelsConfig
-    from tunewise.stages.evaluate import run
+    from tunewise.candidates.registry import TfidfLogRegCandidate
+    from tunewise.config.sections import ModelsConfig
+    from tunewise.evaluation.baseline import BaselineConfig, run_baseline
+    from tunewise.pipeline.stages.evaluate import run
 
     tmp_path = tmp_path_factory.mktemp("classify")
     files, train, validation, test = _demo_split(tmp_path, "classify", n_rows=300, n_test=120)
@@ -486,7 +486,7 @@ def test_end_to_end_robustness_overfitting_and_side_checks(classify_run):
 
 
 def test_filled_human_sheet_folds_back_into_the_evaluation(classify_run, tmp_path):
-    from tunewise.human_sheet import fold_ratings
+    from tunewise.evaluation.human_sheet import fold_ratings
 
     run_dir, _, _ = classify_run
     out = run_dir / "evaluate"
@@ -509,8 +509,8 @@ def test_filled_human_sheet_folds_back_into_the_evaluation(classify_run, tmp_pat
 
 
 def test_end_to_end_generate_on_nearest_reply_predictions(tmp_path, one_torch_thread):
-    from tunewise.candidates import make_candidate
-    from tunewise.metrics_gen import knowledge_texts
+    from tunewise.candidates.registry import make_candidate
+    from tunewise.evaluation.metrics_gen import knowledge_texts
 
     files, train, validation, test = _demo_split(tmp_path, "generate", n_rows=200, n_test=40)
     full = make_candidate("nn_reply").fit(train)
@@ -543,7 +543,7 @@ def test_end_to_end_generate_on_nearest_reply_predictions(tmp_path, one_torch_th
 def test_evaluate_stage_without_a_train_stage_evaluates_what_exists(classify_run, tmp_path):
     import shutil
 
-    from tunewise.stages.evaluate import run
+    from tunewise.pipeline.stages.evaluate import run
 
     run_dir, test, _ = classify_run
     copy = tmp_path / "runs" / "r2"
@@ -566,9 +566,9 @@ def test_out_of_scope_as_a_class_on_banking77_held_out_intents(banking77):
     each in training labelled out_of_scope; the real tfidf_lr, a threshold chosen on validation."""
     from sklearn.metrics import precision_score, recall_score
 
-    from tunewise.candidates import make_candidate
-    from tunewise.evaluate import out_of_scope_metrics
-    from tunewise.records import records_from_texts
+    from tunewise.candidates.registry import make_candidate
+    from tunewise.core.records import records_from_texts
+    from tunewise.evaluation.evaluate import out_of_scope_metrics
 
     oos = "out_of_scope"
     train_raw = pd.read_csv(banking77 / "train.csv")

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunewise.cli import app
-from tunewise.config import ConfigError, load_config
-from tunewise.ingest import IngestError, detect_encoding, ingest, sniff
-from tunewise.runner import StageError, run_stages
+from tunewise.cli.main import app
+from tunewise.config.sections import ConfigError
+from tunewise.data.ingest import IngestError, detect_encoding, ingest, sniff
+from tunewise.pipeline.precheck import load_config
+from tunewise.pipeline.runner import StageError, run_stages
 
 WIDE = {"COLUMNS": "1000"}  # rich wraps messages at 80 columns otherwise
 # Checks that load the sentence encoder or the LLM tokenizer: off unless a test needs them.
@@ -141,11 +142,11 @@ def test_a_class_with_a_single_example_is_kept_and_flagged_as_thin(tmp_path, ban
 
 
 def test_a_class_whose_only_rows_are_spam_is_not_dropped(tmp_path, bank):
-    from tunewise.checks.topic import OffTopic
-    from tunewise.config import config_from_dict
-    from tunewise.curate import CurateContext, Engine, _apply
-    from tunewise.issues import IssueTable
-    from tunewise.records import records_from_texts
+    from tunewise.config.sections import config_from_dict
+    from tunewise.core.records import records_from_texts
+    from tunewise.data.checks.topic import OffTopic
+    from tunewise.data.curate import CurateContext, Engine, _apply
+    from tunewise.data.issues import IssueTable
 
     base = rows_of(bank["train"], ["card_arrival", "exchange_rate"], 5)
     spam = "Best online casino bonus, 200 free spins for new players"

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from test_hardening_data import bank, project, read_summary, rows_of  # noqa: F401  (bank: a fixture)
 from test_hardening_runs import HOLDER
-from tunewise.artifacts import csv_safe, csv_unescape, read_csv, write_csv
-from tunewise.cli import app
-from tunewise.config import load_config
-from tunewise.issues import ISSUE_KINDS
-from tunewise.runner import run_stages
+from tunewise.cli.main import app
+from tunewise.core.artifacts import csv_safe, csv_unescape, read_csv, write_csv
+from tunewise.data.issues import ISSUE_KINDS
+from tunewise.pipeline.precheck import load_config
+from tunewise.pipeline.runner import run_stages
 
 WIDE = {"COLUMNS": "1000"}
 # text a spreadsheet would run, text that only looks escaped, and text that must stay as it is
@@ -66,7 +66,7 @@ def test_unseen_test_labels_are_flagged_rows_in_the_split_issues_table(tmp_path,
 
 def test_csv_formula_escaping_everywhere_and_reading_back_gives_the_original_text(tmp_path, bank):  # noqa: F811
     # the helpers: moved to artifacts, still importable from human_sheet; lossless round trip
-    from tunewise import human_sheet
+    from tunewise.evaluation import human_sheet
 
     assert human_sheet.csv_safe is csv_safe and human_sheet.csv_safe_frame is not None
     for text in TRICKY:

@@ -68,7 +68,7 @@ def kill_project(tiny_llm, banking77, tmp_path_factory) -> Path:
 
 
 def _command(folder: Path, run_id: str) -> list[str]:
-    return [sys.executable, "-m", "tunewise.cli", "run", "--config", str(folder / "tunewise.yaml"), "--run-id", run_id]
+    return [sys.executable, "-m", "tunewise.cli.main", "run", "--config", str(folder / "tunewise.yaml"), "--run-id", run_id]
 
 
 ENV = {**os.environ, "TUNEWISE_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
@@ -206,7 +206,7 @@ def test_kill_9_during_evaluation_then_rerun_equals_an_uninterrupted_run(kill_pr
 # ---------------------------------------------------------------------------------------------
 # Curation and the baselines: too short to hit from outside, so the command pauses inside the stage
 
-# Runs ``python -m tunewise.cli ...`` with one hook: ``write:SUFFIX`` pauses just after an artifact
+# Runs ``python -m tunewise.cli.main ...`` with one hook: ``write:SUFFIX`` pauses just after an artifact
 # whose path ends with SUFFIX is renamed into place (every artifact goes through artifacts.atomic_path,
 # which renames with os.replace); ``call:MODULE:FUNCTION`` pauses just after FUNCTION first returns.
 # The paused process touches TUNEWISE_TEST_PAUSED and sleeps until the test kills it.
@@ -241,7 +241,7 @@ else:
         return result
 
     setattr(module, name, hooked_call)
-runpy.run_module("tunewise.cli", run_name="__main__", alter_sys=True)
+runpy.run_module("tunewise.cli.main", run_name="__main__", alter_sys=True)
 """
 
 
@@ -286,7 +286,7 @@ def test_kill_9_during_the_baselines_then_rerun_equals_an_uninterrupted_run(kill
 
 
 def _tunewise(folder: Path, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "tunewise.cli", *args], cwd=folder, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "tunewise.cli.main", *args], cwd=folder, capture_output=True, text=True,
                           timeout=600, env=ENV)
     assert done.returncode in ok, f"tunewise {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -303,7 +303,7 @@ def test_kill_9_during_the_learning_curve_then_rerun_equals_an_uninterrupted_cur
     args = ["curve", "--config", str(kill_project / "tunewise.yaml"), "--candidates", "tfidf_lr,majority"]
     _tunewise(kill_project, *args, "--run-id", "curve-straight")
     _kill_paused(kill_project, "curve-killed", [*args, "--run-id", "curve-killed"],
-                 "call:tunewise.curve:_fit_and_score", "the curve's first point was fitted")
+                 "call:tunewise.decision.curve:_fit_and_score", "the curve's first point was fitted")
     assert not (runs / "curve-killed" / "curve").exists()
 
     _tunewise(kill_project, *args, "--run-id", "curve-killed")
@@ -321,7 +321,7 @@ def retrain_project(kill_project, straight, banking77, tmp_path_factory) -> dict
     """A copy of the project with the uninterrupted run (retrain appends to the project's
     data.added, which the other tests' runs must not read) and a request log holding labelled
     feedback on 32 BANKING77 training questions the project does not have."""
-    from tunewise.store import Store
+    from tunewise.monitoring.store import Store
 
     folder = tmp_path_factory.mktemp("kill-retrain")
     for name in ("tunewise.yaml", "train.csv", "test.csv"):
@@ -353,7 +353,7 @@ def test_kill_9_during_retrain_then_rerun_equals_an_uninterrupted_retrain(retrai
     """Killed while the new run trains (after the feedback rows went into data.added), run again:
     the same new run and retrain.json as a retrain nobody interrupted, the rows added once; and
     until the rerun finishes, serve refuses the half-made run."""
-    from tunewise.serve import ServeError, create_app
+    from tunewise.serving.app import ServeError, create_app
 
     folder = retrain_project["folder"]
     runs, added = folder / "runs", folder / "added_labels.jsonl"
@@ -365,7 +365,7 @@ def test_kill_9_during_retrain_then_rerun_equals_an_uninterrupted_retrain(retrai
 
     checkpoints = runs / "retrain-killed" / "_checkpoints" / "train" / "lora_llm"
     _kill_when(folder, "retrain-killed", _checkpoint_at(checkpoints, 6), "the new run's training wrote its step-6 checkpoint",
-               command=[sys.executable, "-m", "tunewise.cli", *_retrain_args(retrain_project, "retrain-killed")])
+               command=[sys.executable, "-m", "tunewise.cli.main", *_retrain_args(retrain_project, "retrain-killed")])
     killed = runs / "retrain-killed"
     assert not (killed / "retrain" / "retrain.json").exists() and added.read_text() == added_once
     with pytest.raises(ServeError, match="did not finish"):
@@ -389,7 +389,7 @@ def _free_port() -> int:
 
 
 def _serve(folder: Path, run_id: str, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tunewise.cli", "serve", "--config", str(folder / "tunewise.yaml"),
+    return subprocess.Popen([sys.executable, "-m", "tunewise.cli.main", "serve", "--config", str(folder / "tunewise.yaml"),
                              "--run-id", run_id, "--port", str(port), "--arms",
                              "incumbent:tfidf_lr=0.5,candidate:lora_llm=0.5"],
                             cwd=folder, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ENV)
@@ -421,8 +421,8 @@ def test_kill_9_of_the_server_under_load_keeps_every_acknowledged_request_and_fe
 
     import httpx
 
-    from tunewise.export import export
-    from tunewise.store import Store
+    from tunewise.monitoring.store import Store
+    from tunewise.workflows.export import export
 
     run_dir = kill_project / "runs" / "served"
     shutil.copytree(straight, run_dir, ignore=shutil.ignore_patterns(".lock"))

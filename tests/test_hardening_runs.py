@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.artifacts import ArtifactWriteError, write_csv, write_json, write_parquet, write_text
-from tunewise.config import load_config
-from tunewise.runner import RunLockedError, StageError, run_lock, run_stages
+from tunewise.core.artifacts import ArtifactWriteError, write_csv, write_json, write_parquet, write_text
+from tunewise.core.runs import RunLockedError, run_lock
+from tunewise.pipeline.precheck import load_config
+from tunewise.pipeline.runner import StageError, run_stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def _one_thread():
 
 
 def test_corrupt_checkpoint_is_skipped_and_never_crashes_a_rerun(tiny_llm, tmp_path, banking77, capsys, _one_thread):
-    from tunewise.config import TrainConfig
+    from tunewise.config.sections import TrainConfig
     from tunewise.training import train
 
     rows = pd.read_csv(banking77 / "train.csv")
@@ -108,7 +109,7 @@ def test_corrupt_checkpoint_is_skipped_and_never_crashes_a_rerun(tiny_llm, tmp_p
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from tunewise.runner import run_lock
+    from tunewise.core.runs import run_lock
     with run_lock(sys.argv[1]):
         print("held", flush=True)
         time.sleep(600)
@@ -118,7 +119,7 @@ HOLDER = textwrap.dedent("""
 def test_second_run_on_the_same_run_folder_is_refused_with_the_holders_pid(tmp_path, banking77):
     from typer.testing import CliRunner
 
-    from tunewise.cli import app
+    from tunewise.cli.main import app
 
     config = _banking_project(tmp_path, banking77)
     cfg = load_config(config)
@@ -155,7 +156,7 @@ def test_second_run_on_the_same_run_folder_is_refused_with_the_holders_pid(tmp_p
 
 FILE_TOO_BIG = textwrap.dedent("""
     import resource, signal, sys
-    from tunewise.artifacts import ArtifactWriteError, write_text
+    from tunewise.core.artifacts import ArtifactWriteError, write_text
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     try:
@@ -232,9 +233,9 @@ def test_user_data_files_are_0600_and_run_folders_0700_whatever_the_umask(tmp_pa
 
 
 def test_card_like_number_after_a_card_word_is_redacted_with_low_confidence(banking77):
-    from tunewise.checks.pii import find_pii, redact
-    from tunewise.config import config_from_dict
-    from tunewise.curate import CHECK_ORDER, curate_frame
+    from tunewise.config.sections import config_from_dict
+    from tunewise.data.checks.pii import find_pii, redact
+    from tunewise.data.curate import CHECK_ORDER, curate_frame
 
     real = pd.read_csv(banking77 / "train.csv", nrows=3)["text"].tolist()
     inputs = [

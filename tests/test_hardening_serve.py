@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 
 from serve_runs import make_classify_run
-from tunewise.serve import (
+from tunewise.monitoring.store import Store
+from tunewise.serving.app import (
     ServeConfig,
     ServeError,
     ServerThread,
@@ -35,7 +36,6 @@ from tunewise.serve import (
     normalise_weights,
     quiet_known_warnings,
 )
-from tunewise.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,10 +67,10 @@ def models(run_dir):
 @pytest.fixture(scope="module")
 def gen_run(tmp_path_factory) -> Path:
     """A generate run: zero_shot_llm_gen (SmolLM2, replies of at most 16 tokens) and nn_reply."""
-    from tunewise.artifacts import write_json, write_parquet
-    from tunewise.config import config_from_dict
-    from tunewise.demo_data import generate_demo
-    from tunewise.ingest import ingest
+    from tunewise.config.sections import config_from_dict
+    from tunewise.core.artifacts import write_json, write_parquet
+    from tunewise.data.ingest import ingest
+    from tunewise.demo.data import generate_demo
 
     folder = tmp_path_factory.mktemp("hardening_generate")
     files = generate_demo(folder / "data", task="generate", n_rows=200, n_test=40)
@@ -107,7 +107,7 @@ def _free_port() -> int:
 def _cli():
     import typer
 
-    from tunewise.serve_cli import register
+    from tunewise.cli.serve import register
 
     cli = typer.Typer()
     register(cli)
@@ -298,7 +298,7 @@ def test_issue18_2_a_non_loopback_bind_without_an_api_key_refuses_to_start_unles
                                          "--host", "0.0.0.0", "--port", str(_free_port())])
     assert result.exit_code == 1 and "refusing to listen on 0.0.0.0" in result.output
     assert "serving" not in result.output
-    done = subprocess.run([sys.executable, "-m", "tunewise.serve", str(project / "runs" / "r1"), "--host", "0.0.0.0",
+    done = subprocess.run([sys.executable, "-m", "tunewise.serving.app", str(project / "runs" / "r1"), "--host", "0.0.0.0",
                            "--port", str(_free_port())], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "TUNEWISE_API_KEY"})
     assert done.returncode == 2 and "refusing to listen on 0.0.0.0" in done.stderr and "Traceback" not in done.stderr
@@ -414,7 +414,7 @@ def test_issue18_5_arm_weights_are_validated_and_stored_and_running_weights_agre
     # a log left with all-zero weights (the old bug) is repaired at start, not silently ignored
     store = Store(url)
     with store.engine.begin() as conn:
-        from tunewise.store import arms_table
+        from tunewise.monitoring.store import arms_table
 
         conn.execute(arms_table.update().values(weight=0.0))
     store.close()
@@ -439,7 +439,7 @@ def test_issue18_6_an_arm_naming_a_missing_candidate_is_an_error_before_serving(
     assert "serving" not in result.output and "Traceback" not in result.output
     with pytest.raises(ServeError, match="arm 'foo': candidate 'nonexistent'"):
         create_app(run_dir, ServeConfig(), arms="incumbent=1,foo:nonexistent=1", store_url="sqlite://")
-    done = subprocess.run([sys.executable, "-m", "tunewise.serve", str(run_dir), "--port", str(_free_port()),
+    done = subprocess.run([sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(_free_port()),
                            "--arms", "foo:nonexistent=1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "arm 'foo': candidate 'nonexistent'" in done.stderr and "Traceback" not in done.stderr
@@ -451,7 +451,7 @@ def test_issue18_6_an_arm_naming_a_missing_candidate_is_an_error_before_serving(
 
 def test_issue18_7_a_second_different_label_replaces_the_first_and_both_stay_in_the_history(run_dir, models,
                                                                                             tmp_path):
-    from tunewise.retrain import feedback_training_rows
+    from tunewise.serving.retrain import feedback_training_rows
 
     url = _sqlite(tmp_path)
     app = create_app(run_dir, ServeConfig(), arms=ARMS, store_url=url, models=models)
@@ -592,7 +592,7 @@ def test_issue18_8_the_request_log_is_created_0600_in_a_0700_folder(run_dir, mod
 def test_issue18_9_csv_cells_starting_a_formula_are_escaped_with_a_quote(tmp_path):
     import csv
 
-    from tunewise.human_sheet import csv_safe, read_sheet, write_sheet
+    from tunewise.evaluation.human_sheet import csv_safe, read_sheet, write_sheet
 
     assert [csv_safe(v) for v in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "fine", "a=b", 3, None)] == [
         "'=1+1", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx", "fine", "a=b", 3, None]
@@ -670,7 +670,7 @@ def test_issue18_10_a_served_llm_classifier_logs_no_past_key_values_warning(run_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNEWISE_PROGRESS": "off", "PYTHONWARNINGS": "always"}
     env.pop("TUNEWISE_API_KEY", None)
     with log_path.open("wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tunewise.serve", str(run_dir), "--port", str(port),
+        server = subprocess.Popen([sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(port),
                                    "--store", _sqlite(tmp_path), "--arms", "incumbent:zero_shot_llm=1",
                                    "--threads", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

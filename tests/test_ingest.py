@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise import ingest as ingest_module
-from tunewise.ingest import IngestError, RawRow, ingest, iter_raw_rows, sniff
+from tunewise.data import ingest as ingest_module
+from tunewise.data.ingest import IngestError, RawRow, ingest, iter_raw_rows, sniff
 
 BANKING77 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "banking77" / "train.csv"
 
@@ -443,7 +443,7 @@ def test_not_a_parquet_file_raises(tmp_path):
 
 _RSS_PROBE = """
 import re, sys
-from tunewise.ingest import ingest
+from tunewise.data.ingest import ingest
 
 def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024

@@ -6,7 +6,7 @@ lists and objects where text is expected, duplicate ids, random column orders an
 are written as real files (csv, tsv, jsonl, json, parquet), clean and corrupted (a UTF-8 BOM, a
 truncated last record, a line of random bytes, a wrong-typed field), and read through the
 function the ingest stage uses (``stages.ingest.read_split_file``, which calls
-``tunewise.ingest.ingest`` with the data settings).
+``tunewise.data.ingest.ingest`` with the data settings).
 
 The promise under test (docs/user-guide.md, Data): never a traceback; a whole-file problem is an
 ``IngestError`` naming the file; otherwise rows read = rows kept + rows reported in the issues
@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, assume, event, given, note, settings, strategies as st
 
-from tunewise.config import DataConfig, ProjectConfig
-from tunewise.ingest import IngestError, iter_raw_rows
-from tunewise.records import answer_column
-from tunewise.stages.ingest import read_split_file
+from tunewise.config.sections import DataConfig, ProjectConfig
+from tunewise.core.records import answer_column
+from tunewise.data.ingest import IngestError, iter_raw_rows
+from tunewise.pipeline.stages.ingest import read_split_file
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 TEXT_FORMATS = ("csv", "tsv", "jsonl", "json")

@@ -1,4 +1,4 @@
-"""Which rows to label next and adding them (tunewise.labelling): suggest on the demo data returns k
+"""Which rows to label next and adding them (tunewise.workflows.labelling): suggest on the demo data returns k
 distinct rows, more uncertain than the pool and none a near-copy of a labelled row; add-labels skips and
 counts blank, known and repeated rows, and never touches the test split."""
 
@@ -13,12 +13,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunewise.cli import app
-from tunewise.config import config_from_dict, load_config
-from tunewise.ingest import iter_raw_rows
-from tunewise.labelling import LabellingError, add_labels, margin_uncertainty, rank_for_labelling, suggest
-from tunewise.split import FROZEN_TEST_FILE
-from tunewise.text import dedup_keys
+from tunewise.cli.main import app
+from tunewise.config.sections import config_from_dict
+from tunewise.core.text import dedup_keys
+from tunewise.data.ingest import iter_raw_rows
+from tunewise.data.split import FROZEN_TEST_FILE
+from tunewise.pipeline.precheck import load_config
+from tunewise.workflows.labelling import LabellingError, add_labels, margin_uncertainty, rank_for_labelling, suggest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,9 +30,9 @@ SLOW_CHECKS = ("off_topic", "label_errors", "too_long")
 def project(tmp_path_factory):
     """A 300-row demo project whose test comes from the split (no data.test), run up to split as r1,
     and an unlabelled pool: another seed's demo rows plus copies of training rows."""
-    from tunewise.demo import demo_config
-    from tunewise.demo_data import generate_demo
-    from tunewise.runner import run_stages
+    from tunewise.demo.data import generate_demo
+    from tunewise.demo.run import demo_config
+    from tunewise.pipeline.runner import run_stages
 
     folder = tmp_path_factory.mktemp("labelling")
     files = generate_demo(folder, task="classify", n_rows=300, n_test=60)
@@ -78,7 +79,7 @@ def test_margin_uncertainty_and_one_row_per_cluster():
 
 
 def test_suggest_returns_k_distinct_uncertain_rows_unlike_labelled_ones(project):
-    from tunewise.models import embed
+    from tunewise.models.loading import embed
 
     cfg, folder, _, _ = project
     result = suggest(cfg, folder / "pool.csv", 8, run_id="r1", candidate="tfidf_lr", out=folder / "to_label.csv")
@@ -108,7 +109,7 @@ def test_suggest_command_with_embed_lr_and_generate_is_refused(project, tmp_path
 
 
 def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_path):
-    from tunewise.runner import run_stages
+    from tunewise.pipeline.runner import run_stages
 
     _, source, fresh, training = project
     folder = tmp_path / "project"
@@ -163,7 +164,7 @@ def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_p
 
 
 def test_suggest_uses_the_best_real_classifier_when_the_gate_names_the_ensemble():
-    from tunewise.labelling import _best_single_candidate
+    from tunewise.workflows.labelling import _best_single_candidate
 
     evaluation = {"primary_metric": "accuracy", "lower_is_better": ["ece"], "candidates": [
         {"name": "zero_shot_llm", "metrics": {"accuracy": 0.07}},

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.candidates import make_candidate
-from tunewise.llm_candidates import (
+from tunewise.candidates.prompting import (
     PROMPT_ACCURACY_TOLERANCE,
     PROMPT_MIN_SAVING,
     PROMPT_VARIANTS,
@@ -23,7 +22,8 @@ from tunewise.llm_candidates import (
     score_continuations,
     score_continuations_naive,
 )
-from tunewise.models import DEFAULT_LLM
+from tunewise.candidates.registry import make_candidate
+from tunewise.models.loading import DEFAULT_LLM
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -246,7 +246,7 @@ def test_shortlist_size_is_chosen_on_validation_and_recorded(banking8):
 
 
 def test_plan_expensive_rows_scores_everything_within_budget():
-    from tunewise.baseline import MIN_BUDGET_SAMPLE, plan_expensive_rows
+    from tunewise.evaluation.baseline import MIN_BUDGET_SAMPLE, plan_expensive_rows
 
     assert plan_expensive_rows(0.1, 3000, 1000, 900.0) == (3000, 1000)  # 400 s estimated
     assert plan_expensive_rows(0.1, 3000, 1000, None) == (3000, 1000)
@@ -256,9 +256,9 @@ def test_plan_expensive_rows_scores_everything_within_budget():
 
 
 def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(banking8, tmp_path, monkeypatch):
-    import tunewise.baseline as baseline
-    from tunewise.artifacts import read_json
-    from tunewise.config import BaselineConfig, ModelsConfig
+    import tunewise.evaluation.baseline as baseline
+    from tunewise.config.sections import BaselineConfig, ModelsConfig
+    from tunewise.core.artifacts import read_json
 
     train, validation, test = banking8
     monkeypatch.setattr(baseline, "PROBE_ROWS", 4)  # a warm-up batch (4 rows), a timed probe of 2 batches (8), the other 4

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from tunewise.metrics_gen import (
+from tunewise.core.stats import resample_weights
+from tunewise.evaluation.metrics_gen import (
     FactChecker,
     bleu_from_statistics,
     bleu_statistics,
@@ -20,7 +21,6 @@ from tunewise.metrics_gen import (
     rouge_l,
     score_generation,
 )
-from tunewise.stats import resample_weights
 
 REFERENCES = [
     "Your order has shipped and should arrive within 3-5 business days.",

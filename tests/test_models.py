@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunewise import models
-from tunewise.artifacts import file_digest, read_json
-from tunewise.models import (
+from tunewise.core.artifacts import file_digest, read_json
+from tunewise.models import loading as models
+from tunewise.models.loading import (
     DEFAULT_LLM,
     EMBEDDED,
     ModelNotFoundError,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.monitor import (
+from tunewise.monitoring.monitor import (
     ACTION_EXIT_CODE,
     embedding_drift,
     monitor,
@@ -26,8 +26,8 @@ from tunewise.monitor import (
     sample_size_two_proportions,
     two_proportion_test,
 )
-from tunewise.serve import MonitorConfig
-from tunewise.store import Store
+from tunewise.monitoring.store import Store
+from tunewise.serving.app import MonitorConfig
 
 LABELS = ["order_status", "refund_status", "return_item", "payment_failed"]
 
@@ -247,7 +247,7 @@ def test_monitor_command_exits_3_when_action_is_needed(tmp_path, train):
     import typer
     from typer.testing import CliRunner
 
-    from tunewise.serve_cli import register
+    from tunewise.cli.serve import register
 
     (tmp_path / "tunewise.yaml").write_text("task: classify\ndata:\n  train: data.csv\ntracking: off\n")
     run = tmp_path / "runs" / "r1"
@@ -257,7 +257,7 @@ def test_monitor_command_exits_3_when_action_is_needed(tmp_path, train):
     register(cli)
     args = ["monitor", "--config", str(tmp_path / "tunewise.yaml"), "--run-id", "r1", "--no-embedding"]
 
-    from tunewise.store import default_store_url
+    from tunewise.monitoring.store import default_store_url
 
     store = Store(default_store_url(run))
     _log(store, "incumbent", 200, 0.78, seed=1)

@@ -14,13 +14,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import binom
 
-from tunewise.neardup import (
+from tunewise.core.text import dedup_key
+from tunewise.data.neardup import (
     datasketch_reference,
     exact_duplicate_groups,
     find_near_duplicates,
     lsh_params,
 )
-from tunewise.text import dedup_key
 
 
 @functools.cache

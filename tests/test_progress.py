@@ -1,4 +1,4 @@
-"""Progress in a log file (tunewise.progress): when stderr is a file, not a terminal, long work
+"""Progress in a log file (tunewise.core.progress): when stderr is a file, not a terminal, long work
 prints a plain line every TUNEWISE_PROGRESS_INTERVAL seconds with done/total, rate and ETA, and a
 final line; TUNEWISE_PROGRESS=off prints nothing. Every case runs a real loop (or real tunewise
 work) in a child process whose stderr is a file, with its own environment: the test session
@@ -50,7 +50,7 @@ def _int(s: str) -> int:
 
 LOOP = """
     import time
-    from tunewise.progress import progress
+    from tunewise.core.progress import progress
     with progress("scoring", 40, unit="rows") as advance:
         for i in range(40):
             time.sleep(0.03)
@@ -84,7 +84,7 @@ def test_a_log_file_gets_periodic_lines_with_rate_and_eta_and_a_final_line(tmp_p
 def test_a_line_appears_every_interval_even_while_one_step_is_slow(tmp_path):
     text, _ = _run(tmp_path, """
         import time
-        from tunewise.progress import progress
+        from tunewise.core.progress import progress
         with progress("train demo", 2, unit="steps") as advance:
             time.sleep(0.8)  # one slow step: no advance() call for 8 intervals
             advance(1)
@@ -112,7 +112,7 @@ def test_off_prints_nothing_and_on_is_not_a_log(tmp_path):
 def test_threads_count_exactly_and_a_failure_says_stopped(tmp_path):
     text, _ = _run(tmp_path, """
         import threading
-        from tunewise.progress import progress
+        from tunewise.core.progress import progress
         with progress("parallel", 4 * 50_000, unit="rows") as advance:
             def work():
                 for _ in range(50_000):
@@ -138,7 +138,7 @@ def test_threads_count_exactly_and_a_failure_says_stopped(tmp_path):
 def test_nested_progress_works_as_a_rich_bar_and_as_lines(tmp_path):
     code = """
         import time
-        from tunewise.progress import progress
+        from tunewise.core.progress import progress
         with progress("outer", 2, unit="checks") as outer:
             for k in range(2):
                 with progress(f"inner {k}", 5, unit="texts") as inner:
@@ -157,9 +157,9 @@ def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, ba
     text, stdout = _run(tmp_path, """
         import functools, sys
         import pandas as pd
-        from tunewise.candidate_factory import build_candidate
-        from tunewise.curve import learning_curve
-        from tunewise.neardup import find_near_duplicates
+        from tunewise.candidates.factory import build_candidate
+        from tunewise.decision.curve import learning_curve
+        from tunewise.data.neardup import find_near_duplicates
 
         raw = pd.read_csv(sys.argv[1] + "/train.csv")
         raw = raw[raw["category"].isin(raw["category"].value_counts().index[:6])]  # 6 intents: quick fits
@@ -190,7 +190,7 @@ def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, ba
 @pytest.mark.parametrize("value", ["abc", "-1", "0"])
 def test_a_bad_interval_never_breaks_a_run(tmp_path, value):
     text, _ = _run(tmp_path, """
-        from tunewise.progress import progress
+        from tunewise.core.progress import progress
         with progress("quick", 3) as advance:
             advance(3)
     """, interval=value)
@@ -201,8 +201,8 @@ def test_a_fine_tuned_classifier_scoring_a_data_set_logs_progress_and_a_serving_
     text, stdout = _run(tmp_path, """
         import sys
         import pandas as pd
-        from tunewise.finetuned import LoraClassifier
-        from tunewise.config import TrainConfig
+        from tunewise.candidates.finetuned import LoraClassifier
+        from tunewise.config.sections import TrainConfig
 
         def frame(n):
             words = ["refund please", "where is my order", "reset my password"]

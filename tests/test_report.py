@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tunewise.runner import StageContext, StageError, load_stages
+from tunewise.pipeline.runner import StageContext, StageError, load_stages
 
 EVIL = "<script>alert('x')</script>"
 
@@ -271,11 +271,11 @@ def test_generate_run_lists_the_worst_generations(tmp_path, one_torch_thread):
     """A generate run folder holding only evaluate's output (no curate, train, decide): the page still builds."""
     import pandas as pd
 
-    from tunewise.artifacts import write_json
-    from tunewise.candidates import make_candidate
-    from tunewise.demo_data import generate_demo
-    from tunewise.evaluate import CandidatePredictions, EvaluateConfig, evaluate_candidates
-    from tunewise.report import build_report
+    from tunewise.candidates.registry import make_candidate
+    from tunewise.core.artifacts import write_json
+    from tunewise.demo.data import generate_demo
+    from tunewise.evaluation.evaluate import CandidatePredictions, EvaluateConfig, evaluate_candidates
+    from tunewise.reporting.report import build_report
 
     files = generate_demo(tmp_path / "data", task="generate", n_rows=200, n_test=30)
     raw, test_raw = pd.read_csv(files.data, dtype=str).fillna(""), pd.read_csv(files.test, dtype=str).fillna("")
@@ -309,7 +309,7 @@ def test_generate_run_lists_the_worst_generations(tmp_path, one_torch_thread):
 
 
 def test_report_without_an_evaluation_names_the_stage_to_run(tmp_path):
-    from tunewise.config import config_from_dict
+    from tunewise.config.sections import config_from_dict
 
     cfg = config_from_dict({"data": {"train": "data.csv"}, "tracking": "off"}, tmp_path)
     (tmp_path / "runs" / "r").mkdir(parents=True)
@@ -320,8 +320,8 @@ def test_report_without_an_evaluation_names_the_stage_to_run(tmp_path):
 def test_the_page_shows_the_learning_curve_when_there_is_one(pipeline_run, tmp_path):
     import pandas as pd
 
-    from tunewise.artifacts import write_json
-    from tunewise.curve import candidate_factory, learning_curve
+    from tunewise.core.artifacts import write_json
+    from tunewise.decision.curve import candidate_factory, learning_curve
 
     cfg, run_dir = copy_run(pipeline_run, tmp_path, decision_fixture("FINE_TUNE"))
     shutil.rmtree(run_dir / "curve", ignore_errors=True)

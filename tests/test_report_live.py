@@ -29,8 +29,8 @@ from test_report import (
     open_in_browser,
     run_report_stage,
 )
-from tunewise.report import ReportError, build_report
-from tunewise.store import Store
+from tunewise.monitoring.store import Store
+from tunewise.reporting.report import ReportError, build_report
 
 ARMS = {"incumbent": "tfidf_lr", "candidate": "encoder_ft"}
 N_REQUESTS = {"incumbent": 100, "candidate": 120}
@@ -203,9 +203,9 @@ def test_report_command_with_live(pipeline_run, tmp_path):
     runner, then the page rebuilt with the live section."""
     from typer.testing import CliRunner
 
-    from tunewise.cli import app
-    from tunewise.config import load_config
-    from tunewise.runner import _stage_key, load_stages
+    from tunewise.cli.main import app
+    from tunewise.pipeline.precheck import load_config
+    from tunewise.pipeline.runner import _stage_key, load_stages
 
     cfg, run_dir = copy_run(pipeline_run, tmp_path, decision=None)
     project = run_dir.parents[1]

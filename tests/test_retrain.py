@@ -15,10 +15,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunewise.cli import app
-from tunewise.config import load_config
-from tunewise.retrain import RetrainError, feedback_training_rows, retrain, retrain_gate
-from tunewise.serve import ServeConfig, ServeError, ServerThread, create_app
+from tunewise.cli.main import app
+from tunewise.pipeline.precheck import load_config
+from tunewise.serving.app import ServeConfig, ServeError, ServerThread, create_app
+from tunewise.serving.retrain import RetrainError, feedback_training_rows, retrain, retrain_gate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,9 +29,9 @@ SLOW_CHECKS = ("off_topic", "label_errors", "too_long")
 def project(tmp_path_factory):
     """The project, its run r1 (whole pipeline), and a log filled by a real server: classify requests
     on another seed's demo texts, with label, thumbs-up and thumbs-down feedback."""
-    from tunewise.demo import demo_config
-    from tunewise.demo_data import generate_demo
-    from tunewise.runner import run_stages
+    from tunewise.demo.data import generate_demo
+    from tunewise.demo.run import demo_config
+    from tunewise.pipeline.runner import run_stages
 
     folder = tmp_path_factory.mktemp("retrain")
     files = generate_demo(folder, task="classify", n_rows=300, n_test=60)
@@ -182,7 +182,7 @@ def test_a_retrained_run_that_fails_the_gate_is_not_served(project, tmp_path):
 
 def test_retrain_without_usable_feedback_is_a_clear_error(project, tmp_path):
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    from tunewise.store import Store
+    from tunewise.monitoring.store import Store
 
     Store(empty).close()
     with pytest.raises(RetrainError, match=r"0 labelled feedback row\(s\)"):
@@ -198,8 +198,8 @@ def test_retrain_without_usable_feedback_is_a_clear_error(project, tmp_path):
 
 
 def test_the_regression_check_pairs_rows_for_labels_and_for_replies(tmp_path):
-    from tunewise.artifacts import write_parquet
-    from tunewise.retrain import _paired_regression
+    from tunewise.core.artifacts import write_parquet
+    from tunewise.serving.retrain import _paired_regression
 
     old, new = tmp_path / "old", tmp_path / "new"
     ids = [f"t{i}" for i in range(200)]

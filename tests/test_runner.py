@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from tunewise.artifacts import atomic_path, write_json
-from tunewise.config import load_config
-from tunewise.runner import StageError, run_stages
+from tunewise.core.artifacts import atomic_path, write_json
+from tunewise.pipeline.precheck import load_config
+from tunewise.pipeline.runner import StageError, run_stages
 
 
 def _project(tmp_path, rows: int = 30, extra: str = "") -> str:
@@ -89,7 +89,7 @@ def test_mlflow_tracking_logs_stage_metrics(tmp_path):
     text = open(cfg_path).read().replace("tracking: off\n", "tracking:\n  uri: mlruns\n")
     open(cfg_path, "w").write(text)
     cfg = load_config(cfg_path)
-    from tunewise.tracking import Tracker
+    from tunewise.pipeline.tracking import Tracker
 
     with Tracker(cfg, "r") as tracker:
         run_stages(cfg, "r", only=["ingest"], tracker=tracker)

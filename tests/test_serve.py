@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 from serve_runs import make_classify_run
-from tunewise.serve import (
+from tunewise.monitoring.store import Store
+from tunewise.serving.app import (
     ArmSpec,
     ServeConfig,
     ServedModel,
@@ -39,7 +40,6 @@ from tunewise.serve import (
     parse_arms,
     resolve_arms,
 )
-from tunewise.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -211,7 +211,7 @@ class _Slow:
     def predict(self, frame):
         import torch
 
-        from tunewise.candidates import classification_predictions
+        from tunewise.candidates.registry import classification_predictions
 
         self.calls += 1
         self.threads_seen.append((len(frame), torch.get_num_threads()))
@@ -289,7 +289,7 @@ def test_promote_and_rollback_change_a_running_servers_weights(run_dir, models, 
     import typer
     from typer.testing import CliRunner
 
-    from tunewise.serve_cli import register
+    from tunewise.cli.serve import register
 
     cli = typer.Typer()
     register(cli)
@@ -330,7 +330,7 @@ def test_promote_and_rollback_change_a_running_servers_weights(run_dir, models, 
 
 def _start_server(run_dir: Path, port: int, store_url: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNEWISE_PROGRESS": "off"}
-    return subprocess.Popen([sys.executable, "-m", "tunewise.serve", str(run_dir), "--port", str(port),
+    return subprocess.Popen([sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(port),
                              "--store", store_url, "--arms", ARMS, "--threads", "1"],
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
 

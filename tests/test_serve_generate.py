@@ -19,7 +19,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from tunewise.serve import (
+from tunewise.monitoring.store import Store
+from tunewise.serving.app import (
     ServeConfig,
     ServerThread,
     assign_arm,
@@ -27,7 +28,6 @@ from tunewise.serve import (
     load_models,
     resolve_arms,
 )
-from tunewise.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,10 +42,10 @@ SYSTEM = {"role": "system", "content": "You answer customers of Northwind Goods.
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """runs/<id> with config.json, split/ (ingested demo data) and evaluate/summary.json."""
-    from tunewise.artifacts import write_json, write_parquet
-    from tunewise.config import config_from_dict
-    from tunewise.demo_data import generate_demo
-    from tunewise.ingest import ingest
+    from tunewise.config.sections import config_from_dict
+    from tunewise.core.artifacts import write_json, write_parquet
+    from tunewise.data.ingest import ingest
+    from tunewise.demo.data import generate_demo
 
     folder = tmp_path_factory.mktemp("serve_generate")
     files = generate_demo(folder / "data", task="generate", n_rows=300, n_test=60)
@@ -275,8 +275,8 @@ def test_feedback_is_stored_once_and_every_answer_is_a_log_row(traffic):
 
 
 def test_monitor_reports_thumbs_up_rate_per_arm_and_reply_length_drift(traffic, run_dir):
-    from tunewise.monitor import monitor_run
-    from tunewise.serve import MonitorConfig
+    from tunewise.monitoring.monitor import monitor_run
+    from tunewise.serving.app import MonitorConfig
 
     report = monitor_run(traffic.store_url, run_dir, MonitorConfig(min_feedback=PER_ARM), encoder=None, task="generate")
     assert report["online_metric"] == "thumbs_up_rate"
@@ -300,7 +300,7 @@ def test_monitor_reports_thumbs_up_rate_per_arm_and_reply_length_drift(traffic, 
 
 def test_replies_cut_at_16_tokens_drift_in_length_more_than_training_replies(traffic, run_dir):
     """Per arm: nn_reply returns training replies, the LLM's are cut short, so only it shifts."""
-    from tunewise.monitor import monitor
+    from tunewise.monitoring.monitor import monitor
 
     store = Store(traffic.store_url)
     try:
@@ -314,7 +314,7 @@ def test_replies_cut_at_16_tokens_drift_in_length_more_than_training_replies(tra
 
 
 def test_retrain_takes_the_served_reply_from_thumbs_up(traffic):
-    from tunewise.retrain import feedback_training_rows
+    from tunewise.serving.retrain import feedback_training_rows
 
     store = Store(traffic.store_url)
     try:

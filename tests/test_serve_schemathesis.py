@@ -33,8 +33,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from serve_runs import make_classify_run
-from tunewise.serve import ArmSpec, ServeConfig, ServerThread, create_app, load_models
-from tunewise.store import Store
+from tunewise.monitoring.store import Store
+from tunewise.serving.app import ArmSpec, ServeConfig, ServerThread, create_app, load_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tunewise.neardup import find_near_duplicates
-from tunewise.split import find_leakage, split_frame
+from tunewise.data.neardup import find_near_duplicates
+from tunewise.data.split import find_leakage, split_frame
 
 
 def _records(frame: pd.DataFrame) -> pd.DataFrame:

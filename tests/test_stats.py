@@ -1,4 +1,4 @@
-"""tunewise.stats against the reference implementations, and the interval's coverage by simulation."""
+"""tunewise.core.stats against the reference implementations, and the interval's coverage by simulation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from tunewise.stats import (
+from tunewise.core.stats import (
     calibration_error_resampled,
     classification_metrics_with_ci,
     compare_paired,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.config import TrainConfig
+from tunewise.config.sections import TrainConfig
 from tunewise.training import TrainError, dry_run, train
 from tunewise.training.checkpoint import trainable_state
 from tunewise.training.data import IGNORE_INDEX, encode_replies, length_grouped_batches
@@ -392,7 +392,7 @@ def test_merged_export_gives_the_adapter_models_logits(tiny_llm, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunewise.export import CLASSIFIER_KWARGS, export
+    from tunewise.workflows.export import CLASSIFIER_KWARGS, export
 
     run_dir = tmp_path / "run"
     train("classify", toy_frame(32), None, config=quick(max_steps=6), model_spec=tiny_llm,
@@ -444,9 +444,9 @@ def test_dry_run_reports_tokens_steps_memory_and_costs(tiny_llm):
 
 
 def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
-    from tunewise.config import config_from_dict
-    from tunewise.runner import StageContext
-    from tunewise.stages import train as train_stage
+    from tunewise.config.sections import config_from_dict
+    from tunewise.pipeline.runner import StageContext
+    from tunewise.pipeline.stages import train as train_stage
 
     cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}},
                            base_dir=tmp_path)
@@ -474,7 +474,7 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
     assert list(test_predictions.columns) == ["id", "prediction", "score", "proba", "latency_ms"]
     assert not (run_dir / "_checkpoints" / "train" / "lora_llm").exists()  # removed once finished
     # the saved adapter gives back the same predictions (evaluation and serving load it this way)
-    from tunewise.finetuned import LoraClassifier
+    from tunewise.candidates.finetuned import LoraClassifier
 
     reloaded = LoraClassifier.from_trained(out / "lora_llm" / "adapter").predict(toy_frame(15, 2, "t"))
     assert reloaded["prediction"].tolist() == test_predictions["prediction"].tolist()
@@ -483,9 +483,9 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
 
 
 def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining(tiny_llm, tmp_path, monkeypatch):
-    from tunewise.config import config_from_dict
-    from tunewise.runner import StageContext
-    from tunewise.stages import train as train_stage
+    from tunewise.config.sections import config_from_dict
+    from tunewise.pipeline.runner import StageContext
+    from tunewise.pipeline.stages import train as train_stage
 
     cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}},
                            base_dir=tmp_path)
@@ -527,8 +527,8 @@ def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining
 
 
 def test_train_stage_refuses_a_candidate_of_another_task():
-    from tunewise.runner import StageError
-    from tunewise.stages.train import resolve_candidates
+    from tunewise.pipeline.runner import StageError
+    from tunewise.pipeline.stages.train import resolve_candidates
 
     with pytest.raises(StageError, match="'lora_llm_gen' is a finetuned generate candidate"):
         resolve_candidates("classify", ["lora_llm_gen"])
@@ -542,7 +542,7 @@ def test_train_stage_refuses_a_candidate_of_another_task():
 
 
 def test_perturbations_are_deterministic_and_change_the_text():
-    from tunewise.perturb import PERTURBATIONS, augment_frame, perturb
+    from tunewise.core.perturb import PERTURBATIONS, augment_frame, perturb
 
     text = "Hello, where is my order 12345? It was due on Monday."
     for kind in PERTURBATIONS:
@@ -562,9 +562,9 @@ def test_perturbations_are_deterministic_and_change_the_text():
 
 @pytest.mark.slow
 def test_real_llm_trains_a_few_steps_and_generates_with_its_adapter(tmp_path):
-    import tunewise.finetuned  # noqa: F401  registers the fine-tuned candidates
-    from tunewise.candidates import check_predictions, make_candidate
-    from tunewise.demo_data import generate_demo
+    import tunewise.candidates.finetuned  # noqa: F401  registers the fine-tuned candidates
+    from tunewise.candidates.registry import check_predictions, make_candidate
+    from tunewise.demo.data import generate_demo
 
     files = generate_demo(tmp_path / "demo", task="generate", n_rows=200, n_test=20)
     raw = pd.read_csv(files.data).dropna(subset=["text", "reply"])

@@ -45,7 +45,7 @@ def write_project(folder: Path, llm: str, **train: object) -> Path:
 
 
 def tunewise(*args: str, cwd: Path, timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "tunewise.cli", *args], cwd=cwd, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tunewise.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, env={**__import__("os").environ, "TUNEWISE_PROGRESS": "off",
                                                   **(extra_env or {})})
     assert result.returncode == 0, f"tunewise {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -115,7 +115,7 @@ def test_export_never_destroys_a_users_files(tiny_llm, tmp_path):
     tunewise("train", "--config", str(project), cwd=tmp_path)
 
     def export(*extra: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "tunewise.cli", "export", "default", "--config", str(project),
+        done = subprocess.run([sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project),
                                *extra], cwd=tmp_path, capture_output=True, text=True, timeout=600)
         done.stderr = " ".join(done.stderr.split())  # Rich wraps long messages
         return done
@@ -138,7 +138,7 @@ def test_export_never_destroys_a_users_files(tiny_llm, tmp_path):
     assert export("-o", str(victim), "--force").returncode == 0 and not (victim / "notes.txt").exists()
     for bad in ("../..", "/tmp", "a/b"):
         outside = subprocess.run(
-            [sys.executable, "-m", "tunewise.cli", "run", "--config", str(project), "--run-id", bad],
+            [sys.executable, "-m", "tunewise.cli.main", "run", "--config", str(project), "--run-id", bad],
             cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert outside.returncode == 1 and "plain folder name" in " ".join(outside.stderr.split()), (bad, outside.stderr)
 
@@ -146,7 +146,7 @@ def test_export_never_destroys_a_users_files(tiny_llm, tmp_path):
 def test_export_without_a_trained_candidate_says_what_to_run(tmp_path):
     project = tmp_path / "tunewise.yaml"
     project.write_text(yaml.safe_dump({"task": "classify", "data": {"train": "x.csv"}, "tracking": "off"}))
-    result = subprocess.run([sys.executable, "-m", "tunewise.cli", "export", "default", "--config", str(project)],
+    result = subprocess.run([sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
     assert "tunewise train" in result.stderr
@@ -157,7 +157,7 @@ def test_export_without_a_trained_candidate_says_what_to_run(tmp_path):
 def test_bad_train_settings_name_the_field(tmp_path, bad, field):
     project = tmp_path / "tunewise.yaml"
     project.write_text(yaml.safe_dump({"task": "classify", "data": {"train": "x.csv"}, "train": bad}))
-    result = subprocess.run([sys.executable, "-m", "tunewise.cli", "train", "--config", str(project), "--dry-run"],
+    result = subprocess.run([sys.executable, "-m", "tunewise.cli.main", "train", "--config", str(project), "--dry-run"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
     assert "train" in result.stderr and field in result.stderr

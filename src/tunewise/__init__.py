@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Importing tunewise changes no environment variable and no umask: the command line quiets
-# transformers' loading bars before each command (tunewise.cli_common.prepare_process).
+# transformers' loading bars before each command (tunewise.cli.common.prepare_process).

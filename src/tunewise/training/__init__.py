@@ -16,11 +16,11 @@
 Importing this package imports no torch: the modules that need it import it on use.
 """
 
-from .data import encode_classification
-from .estimate import dry_run
-from .inference import classifier_probabilities, generate_texts, load_trained
-from .recipe import TrainResult, train
-from .settings import TrainError
+from tunewise.training.data import encode_classification
+from tunewise.training.estimate import dry_run
+from tunewise.training.inference import classifier_probabilities, generate_texts, load_trained
+from tunewise.training.recipe import TrainResult, train
+from tunewise.training.settings import TrainError
 
 __all__ = [
     "TrainError",

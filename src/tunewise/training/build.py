@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import TrainConfig
-from .runtime import Runtime, _quiet_transformers
-from .settings import DEFAULTS, ENCODER_HEAD_LR_FACTOR, TrainError, adapted_layer_count
+from tunewise.config.sections import TrainConfig
+from tunewise.training.runtime import Runtime, _quiet_transformers
+from tunewise.training.settings import DEFAULTS, ENCODER_HEAD_LR_FACTOR, TrainError, adapted_layer_count
 
 if TYPE_CHECKING:
     import torch
 
-    from .modules import FrozenPrefix
+    from tunewise.training.modules import FrozenPrefix
 
 
 # =============================================================================================
@@ -65,7 +65,7 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
     import torch
 
     common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    from . import modules as classes  # torch: imported on use (see its module docstring)
+    from tunewise.training import modules as classes  # torch: imported on use (see its module docstring)
     prefix, adapted_layers = None, None
     with _quiet_transformers():
         if method == "encoder":

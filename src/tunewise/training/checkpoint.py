@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..artifacts import file_digest, make_private_dirs, read_json, write_json, write_text
-from ..progress import console
-from ..records import answer_column
-from .settings import TrainError
+from tunewise.core.artifacts import file_digest, make_private_dirs, read_json, write_json, write_text
+from tunewise.core.progress import console
+from tunewise.core.records import answer_column
+from tunewise.training.settings import TrainError
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .plan import RunPlan
+from tunewise.training.plan import RunPlan
 
 
 @dataclass

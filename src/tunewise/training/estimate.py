@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import TrainConfig
-from ..pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
-from .build import BuiltModel, build_model, build_optimizer, set_checkpointing, training_attention
-from .data import collate, length_grouped_batches, prepare
-from .plan import RunPlan
-from .runtime import (
+from tunewise.config.sections import TrainConfig
+from tunewise.core.pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
+from tunewise.training.build import BuiltModel, build_model, build_optimizer, set_checkpointing, training_attention
+from tunewise.training.data import collate, length_grouped_batches, prepare
+from tunewise.training.plan import RunPlan
+from tunewise.training.runtime import (
     Runtime,
     _autocast,
     _base_config,
@@ -26,13 +26,13 @@ from .runtime import (
     layers_keeping_activations,
     resolve_runtime,
 )
-from .settings import Method
+from tunewise.training.settings import Method
 
 # =============================================================================================
 # Dry run: what a run would cost, before it runs
 
 
-# Reference GPUs, their utilisation and FLOPs per token: tunewise.pricing (REFERENCE_GPUS,
+# Reference GPUs, their utilisation and FLOPs per token: tunewise.core.pricing (REFERENCE_GPUS,
 # GPU_UTILISATION, FLOPS_PER_TOKEN, imported above).
 
 

@@ -1,5 +1,5 @@
 """Predictions of a trained model, public: the validation inside the loop, the fine-tuned
-candidates (tunewise.finetuned) and so serving use them. Class probabilities of a classifier in
+candidates (tunewise.candidates.finetuned) and so serving use them. Class probabilities of a classifier in
 length-sorted batches, greedy replies of a generator in the training conversation format, and a
 trained model loaded back from the ``adapter/`` folder ``train`` wrote.
 """
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..artifacts import read_json
-from ..chat import generate_replies
-from ..progress import progress
-from .data import Example, _batched, _contexts, collate, conversation
-from .runtime import _autocast, _quiet_transformers
-from .settings import TrainError
+from tunewise.core.artifacts import read_json
+from tunewise.core.progress import progress
+from tunewise.llm.chat import generate_replies
+from tunewise.training.data import Example, _batched, _contexts, collate, conversation
+from tunewise.training.runtime import _autocast, _quiet_transformers
+from tunewise.training.settings import TrainError
 
 if TYPE_CHECKING:
-    from .modules import FrozenPrefix
+    from tunewise.training.modules import FrozenPrefix
 
 
 def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pad_id: int, batch_size: int = 32,
@@ -94,7 +94,7 @@ def load_trained(adapter_dir: str | Path, *, trust_remote_code: bool = False) ->
             from transformers import AutoModel
 
             encoder = AutoModel.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **common)
-            from .modules import EncoderClassifier  # torch at its top: imported on use
+            from tunewise.training.modules import EncoderClassifier  # torch at its top: imported on use
 
             model = EncoderClassifier(encoder, len(info["labels"]))
             model.head.load_state_dict(load_file(folder / "head.safetensors"))

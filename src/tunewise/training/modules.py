@@ -18,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..progress import progress
-from .data import IGNORE_INDEX, Example, _batched, collate
-from .runtime import _autocast
+from tunewise.core.progress import progress
+from tunewise.training.data import IGNORE_INDEX, Example, _batched, collate
+from tunewise.training.runtime import _autocast
 
 LOSS_CHUNK_TOKENS = 512  # reply positions whose logits are computed at once (see ReplyTokenLoss)
 

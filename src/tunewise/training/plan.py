@@ -8,8 +8,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import TrainConfig
-from .settings import (
+from tunewise.config.sections import TrainConfig
+from tunewise.training.settings import (
     DEFAULTS,
     EVALS_PER_EPOCH,
     EXAMPLES_PER_CLASS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_path
+from tunewise.core.artifacts import atomic_path
 
 
 def _plot_curves(curves: dict[str, Any], path: Path, title: str) -> None:

@@ -18,7 +18,7 @@ tunewise.training.runtime, checkpoints in tunewise.training.checkpoint.
 Distributed data parallel: the loss is computed by one ``nn.Module`` (the model's forward plus the
 loss), so it can be wrapped in ``DistributedDataParallel``; batches are sharded by rank (the
 length-grouped batches play the role of a ``DistributedSampler``); only rank 0 logs, evaluates,
-writes checkpoints and shows progress. ``tunewise train --nproc N`` launches the processes (tunewise.distributed).
+writes checkpoints and shows progress. ``tunewise train --nproc N`` launches the processes (tunewise.training.distributed).
 """
 
 from __future__ import annotations
@@ -34,11 +34,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..artifacts import write_json
-from ..config import TrainConfig
-from ..progress import console, progress
-from .build import BuiltModel, build_model, build_optimizer, build_scheduler, set_checkpointing, training_attention
-from .checkpoint import (
+from tunewise.config.sections import TrainConfig
+from tunewise.core.artifacts import write_json
+from tunewise.core.progress import console, progress
+from tunewise.training.build import (
+    BuiltModel,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    set_checkpointing,
+    training_attention,
+)
+from tunewise.training.checkpoint import (
     _data_fingerprint,
     _fingerprint,
     _latest_checkpoint,
@@ -48,13 +55,21 @@ from .checkpoint import (
     save_adapter,
     trainable_state,
 )
-from .data import Example, _batched, collate, length_grouped_batches, prepare
-from .early_stopping import EarlyStopping, convergence
-from .inference import classifier_probabilities, generate_texts
-from .plan import RunPlan
-from .plots import _plot_curves
-from .runtime import Runtime, _autocast, _base_config, _bound_heap_growth, _distributed, _is_oom, resolve_runtime
-from .settings import Method, TrainError
+from tunewise.training.data import Example, _batched, collate, length_grouped_batches, prepare
+from tunewise.training.early_stopping import EarlyStopping, convergence
+from tunewise.training.inference import classifier_probabilities, generate_texts
+from tunewise.training.plan import RunPlan
+from tunewise.training.plots import _plot_curves
+from tunewise.training.runtime import (
+    Runtime,
+    _autocast,
+    _base_config,
+    _bound_heap_growth,
+    _distributed,
+    _is_oom,
+    resolve_runtime,
+)
+from tunewise.training.settings import Method, TrainError
 
 
 def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame | None, *, method: Method = "lora",

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
-from .plan import RunPlan
-from .settings import TrainError, adapted_layer_count
+from tunewise.config.sections import TrainConfig
+from tunewise.training.plan import RunPlan
+from tunewise.training.settings import TrainError, adapted_layer_count
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""What a training run is set up with, beside ``TrainConfig`` (tunewise.config): the per-method
+"""What a training run is set up with, beside ``TrainConfig`` (tunewise.config.sections): the per-method
 defaults, the rules that size the default budget and the validation rhythm, and ``TrainError``,
 raised for settings or data that cannot train. The bottom of the package: every other module of
 tunewise.training may read it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from ..errors import TunewiseError
+from tunewise.core.errors import TunewiseError
 
 Method = Literal["lora", "encoder"]
 

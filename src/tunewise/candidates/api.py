@@ -1,0 +1,1271 @@
+"""Prompted LLMs behind an OpenAI-compatible API: the model a team uses today, as a candidate.
+
+The same prompts as the embedded prompted LLMs (``tunewise.candidates.prompting``), sent to any
+OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, Azure's compatible route, vLLM,
+llama.cpp's server, Ollama, ``tunewise serve``) with the maintained ``openai`` client:
+
+- ``api_zero_shot`` (classify): the label list in the system prompt, one label asked for;
+- ``api_few_shot`` (classify): the same, with the ``few_shot_k`` most similar training examples
+  (by sentence embedding) as earlier user/assistant turns, the most similar right before the message;
+- ``api_zero_shot_gen`` / ``api_few_shot_gen`` (generate): system prompt + message, and the
+  ``few_shot_k`` most similar training (message, reply) pairs as earlier turns.
+
+All four are ``kind = "baseline"`` and ``expensive = True``, like the embedded prompted LLMs, so
+the baseline stage times them on a probe and scores a sample when the whole sets would not fit its
+time budget, and ``evaluate.baseline`` can name one as the incumbent.
+
+Requests (:class:`_Session`): a pool of ``max_concurrency`` threads sharing one sync ``OpenAI``
+client (its own retries off). 429, 408, 409 and 5xx answers, timeouts, dropped connections and
+malformed bodies are retried up to ``max_retries`` times with exponential back-off and jitter; a
+``Retry-After`` (seconds or an HTTP date, or OpenAI's ``retry-after-ms``) is honoured as a lower
+bound, and a 429's pause holds back every worker, not only the one that got it. A row whose request
+still fails is kept, never dropped: its prediction is empty and it counts as wrong; ``info()``
+reports how many rows failed, their share and why. 401, 403 and 404 stop the run at once with a
+:class:`~tunewise.candidates.registry.CandidateError` (a wrong key, model or ``base_url`` fails every row).
+
+Classification: the answer is mapped to a label by exact match, then by a normalised match (case,
+underscores/hyphens/spaces, punctuation). Where the server supports it, the reply is constrained by
+``response_format`` (a JSON schema whose ``label`` is an enum of the labels): the first request
+asks for it, and a 400 falls back to a plain reply (likewise for ``logprobs``). A reply that maps
+to no label is an *invalid answer*: the prediction is the raw reply, with score 0, counted wrong;
+``info()`` reports the share. With token log-probabilities, ``score`` is the probability of the
+answered label's tokens and ``proba`` spreads the rest over the other labels (the first answer
+token's top alternatives to the labels they begin, the remainder evenly); without them a valid
+answer has score 1.0.
+
+Costs: tokens in and out come from each response's ``usage`` (estimated from characters when a
+server sends none, and counted); the cost of each row is ``usage x`` the configured prices. The
+predictions contract allows no extra column, so per-row tokens, cost, attempts and latency are in
+:meth:`_ApiCandidate.usage_frame`, and totals, the mean cost per row and failures in ``info()``;
+:func:`monthly_cost` turns a cost per request into a monthly figure. ``max_usd`` caps the money a
+candidate spends in one process: before each batch the cost of its uncached rows is estimated
+(characters / 4 input tokens, or a tokenizer, plus ``max_tokens`` of output at the output price),
+and a batch that would take the spend past the cap is not sent: :class:`SpendingCapReached` is
+raised with the predictions made so far. :meth:`_ApiCandidate.estimate_cost` gives the same
+estimate for a whole frame before anything is sent. ``max_usd_project`` caps the money every run
+of a project spends, summed in a ledger file in the project folder (:class:`SpendLedger`): each
+batch reserves its estimate there before it is sent (so two processes cannot both pass the cap)
+and settles the difference with what it really cost once answered.
+
+The answer's length limit is sent as ``max_completion_tokens`` (OpenAI's current name); a server
+that rejects that parameter (400 or 422 naming it) is asked again with ``max_tokens``, and the
+candidate keeps using that.
+
+Cache: one JSON file per request under ``cache_dir`` (default ``$TUNEWISE_HOME/api_cache``), written
+atomically and owner-only, named by the sha256 of (base_url, model, the full messages, the decoding
+settings), so a re-run makes no request and costs nothing; ``no_cache`` neither reads nor writes it.
+Only successful answers are cached: a re-run retries the rows that failed.
+
+The key: only the name of the environment variable holding it (``api_key_env``) is a setting. The
+value is read when requests start, lives in the request session only, and is masked in every
+recorded reason, log line and exception message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunewise.candidates.base import (
+    PREDICTION_COLUMNS,
+    Candidate,
+    CandidateError,
+    generation_predictions,
+    input_texts,
+    register_candidate,
+)
+from tunewise.candidates.prompting import (
+    DEFAULT_CLASSIFY_SYSTEM_PROMPT,
+    DEFAULT_GENERATE_SYSTEM_PROMPT,
+    _contexts,
+    _embed,
+    label_display_name,
+    label_display_names,
+    nearest_neighbours,
+)
+from tunewise.config.sections import ApiLlmConfig
+from tunewise.core.text import answer_label_key
+from tunewise.models.loading import DEFAULT_ENCODER
+
+__all__ = [
+    "ApiFewShotClassifier",
+    "ApiFewShotGenerator",
+    "ApiLlmConfig",
+    "ApiZeroShotClassifier",
+    "ApiZeroShotGenerator",
+    "ResponseCache",
+    "SpendLedger",
+    "SpendingCapReached",
+    "api_llm_settings",
+    "cache_key",
+    "label_probabilities",
+    "map_to_label",
+    "monthly_cost",
+    "retry_after_seconds",
+]
+
+log = logging.getLogger("tunewise.candidates.api")
+
+CHARS_PER_TOKEN = 4  # input tokens are estimated as characters / 4 unless a tokenizer is given
+MESSAGE_OVERHEAD_TOKENS = 4  # chat formatting per message (role, separators), in the estimate
+RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
+ABORT_STATUSES = {401: "the key was refused (401)", 403: "access was refused (403)",
+                  404: "not found (404): does base_url end with /v1, and is the model name right?"}
+ABORT_KINDS = frozenset(f"HTTP {status}" for status in ABORT_STATUSES)
+MAX_BACKOFF_S = 60.0  # longest exponential back-off between two attempts
+MAX_RETRY_AFTER_S = 300.0  # a server's Retry-After is honoured up to this
+CACHE_VERSION = 1
+REASON_CHARS = 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+def api_llm_settings(section: ApiLlmConfig | dict[str, Any] | None) -> dict[str, Any]:
+    """The constructor arguments of the api_* candidates from an ``api_llm`` section (or {})."""
+    if section is None:
+        return {}
+    if isinstance(section, dict):
+        section = ApiLlmConfig.model_validate(section)
+    out = section.model_dump()
+    out["ledger"] = str(section.ledger_path()) if section.ledger else None  # absolute: the stage's cwd may differ
+    return out
+
+
+class SpendingCapReached(CandidateError):
+    """A batch would take the spend past ``max_usd`` (``scope`` "run") or ``max_usd_project`` ("project");
+    ``predictions`` holds the rows scored before it."""
+
+    def __init__(self, message: str, predictions: pd.DataFrame, *, spent_usd: float, max_usd: float,
+                 estimate_usd: float, scope: str = "run") -> None:
+        super().__init__(message)
+        self.predictions = predictions
+        self.spent_usd = spent_usd
+        self.max_usd = max_usd
+        self.estimate_usd = estimate_usd
+        self.scope = scope
+
+
+LEDGER_VERSION = 1
+
+
+class SpendLedger:
+    """Money the api_* candidates of one project spent, across runs and processes: a JSON file
+    (``usd``, and per endpoint) rewritten atomically under an ``flock`` on ``<file>.lock``.
+
+    ``usd`` includes the estimates of batches in flight (reserved before they are sent, settled to the
+    real cost after), so a process that dies mid-batch leaves the ledger on the high side, never low.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"version": LEDGER_VERSION, "usd": 0.0, "by_endpoint": {}}
+        except (OSError, ValueError) as exc:  # a damaged ledger must not let spending through unchecked
+            raise CandidateError(f"the spending ledger {self.path} cannot be read ({type(exc).__name__}: {exc}); "
+                                 "fix or delete it (it sums the USD the api_* candidates spent)") from None
+        return data if isinstance(data, dict) else {"version": LEDGER_VERSION, "usd": 0.0, "by_endpoint": {}}
+
+    def total(self) -> float:
+        return float(self.read().get("usd", 0.0))
+
+    def _locked(self) -> Any:
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def hold() -> Any:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+        return hold()
+
+    def _add(self, data: dict[str, Any], usd: float, endpoint: str) -> None:
+        from tunewise.core.artifacts import write_json
+
+        data["usd"] = max(0.0, float(data.get("usd", 0.0)) + usd)
+        by = data.setdefault("by_endpoint", {})
+        by[endpoint] = max(0.0, float(by.get(endpoint, 0.0)) + usd)
+        data["version"] = LEDGER_VERSION
+        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.path, data)
+
+    def reserve(self, usd: float, cap: float | None, endpoint: str) -> tuple[bool, float]:
+        """(reserved, total before): adds ``usd`` unless that would take the total past ``cap``."""
+        with self._locked():
+            data = self.read()
+            before = float(data.get("usd", 0.0))
+            if cap is not None and before + usd > cap + 1e-12:
+                return False, before
+            if usd > 0:
+                self._add(data, usd, endpoint)
+            return True, before
+
+    def settle(self, delta: float, endpoint: str) -> None:
+        """Correct a reservation by ``delta`` (real cost - estimate; usually negative)."""
+        if delta == 0:
+            return
+        with self._locked():
+            self._add(self.read(), delta, endpoint)
+
+
+def monthly_cost(usd_per_request: float, monthly_volume: float) -> dict[str, Any]:
+    """Cost a month at ``monthly_volume`` requests, with its arithmetic (as ``tunewise.decision.decide`` writes it)."""
+    usd = float(usd_per_request) * float(monthly_volume)
+    return {"usd": usd, "usd_per_request": float(usd_per_request), "monthly_volume": float(monthly_volume),
+            "arithmetic": f"{monthly_volume:,.0f} requests x ${usd_per_request:.4g} a request (measured) = ${usd:,.2f}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers to labels
+
+
+def _reply_value(reply: str) -> str:
+    """The answer inside a reply: the ``label`` of a JSON object, a JSON string, else the text."""
+    text = (reply or "").strip()
+    if text[:1] in ("{", '"'):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(parsed, dict):
+            if "label" in parsed:
+                return str(parsed["label"])
+            if len(parsed) == 1:
+                return str(next(iter(parsed.values())))
+            return text
+        if isinstance(parsed, str):
+            return parsed
+    return text
+
+
+def map_to_label(reply: str, labels: Sequence[str], names: Sequence[str] | None = None) -> tuple[str | None, str]:
+    """(label or None, the answer as written): exact match on labels or their display names, then a
+    normalised match (:func:`answer_label_key`); a normalised form shared by two labels matches neither."""
+    value = _reply_value(reply)
+    names = list(names) if names is not None else [label_display_name(x) for x in labels]
+    stripped = value.strip()
+    for candidate in (value, stripped):
+        if candidate in labels:
+            return candidate, value
+        if candidate in names:
+            return labels[names.index(candidate)], value
+    wanted = answer_label_key(stripped)
+    if not wanted:
+        return None, value
+    matches = {label for label, name in zip(labels, names)
+               if answer_label_key(label) == wanted or answer_label_key(name) == wanted}
+    return (matches.pop() if len(matches) == 1 else None), value
+
+
+def label_probabilities(answer: int, names: Sequence[str], tokens: Sequence[dict] | None,
+                        value: str | None) -> np.ndarray:
+    """Probabilities over ``names`` for the answered label ``answer`` from the reply's token logprobs.
+
+    The answered label gets the probability of its tokens (those overlapping ``value`` in the reply;
+    all tokens when it cannot be located). The rest goes to the other labels: each top alternative
+    of the label's first token to the labels whose name begins with it, what remains evenly. Without
+    logprobs the answered label gets 1.
+    """
+    n = len(names)
+    proba = np.zeros(n, dtype=np.float64)
+    if not tokens:
+        proba[answer] = 1.0
+        return proba
+    pieces = [str(t.get("token", "")) for t in tokens]
+    logprobs = [float(t.get("logprob", 0.0)) for t in tokens]
+    starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])
+    text = "".join(pieces)
+    at = text.find(value) if value else -1
+    if at >= 0:
+        span = [i for i, (s, p) in enumerate(zip(starts, pieces)) if s < at + len(value) and s + len(p) > at]
+    else:
+        span = [i for i, p in enumerate(pieces) if p.strip()] or list(range(len(pieces)))
+    p_answer = float(min(1.0, math.exp(sum(logprobs[i] for i in span)))) if span else 1.0
+    alternative = np.zeros(n, dtype=np.float64)
+    if span:
+        first = span[0]
+        prefix = pieces[first][: max(0, at - int(starts[first]))] if at >= 0 else ""
+        for alt in tokens[first].get("top_logprobs") or []:
+            token = str(alt.get("token", ""))
+            if token == pieces[first]:
+                continue
+            if prefix and token.startswith(prefix):
+                token = token[len(prefix):]
+            head = answer_label_key(token)
+            if not head:
+                continue
+            matches = [j for j, name in enumerate(names) if j != answer and answer_label_key(name).startswith(head)]
+            for j in matches:
+                alternative[j] += math.exp(float(alt.get("logprob", -math.inf))) / len(matches)
+    rest = max(0.0, 1.0 - p_answer)
+    if alternative.sum() > rest > 0:
+        alternative *= rest / alternative.sum()
+    elif rest == 0:
+        alternative[:] = 0.0
+    leftover = rest - alternative.sum()
+    proba += alternative
+    if n > 1:
+        others = np.arange(n) != answer
+        proba[others] += leftover / (n - 1)
+        proba[answer] = p_answer
+    else:
+        proba[answer] = 1.0
+    return proba / proba.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry-After, the cache
+
+
+def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
+    """Seconds a server asked to wait: ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
+    if headers is None:
+        return None
+    get = headers.get
+    millis = get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = get("retry-after")
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def cache_key(base_url: str, model: str, messages: Sequence[dict], decoding: dict[str, Any]) -> str:
+    """sha256 of the endpoint, model, full messages and decoding settings (canonical JSON)."""
+    payload = {"base_url": str(base_url).rstrip("/"), "model": model, "messages": list(messages),
+               "decoding": decoding, "version": CACHE_VERSION}
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """One JSON file per key (``<dir>/<key[:2]>/<key>.json``), written atomically and owner-only."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # a damaged entry is a miss, not a crash
+            log.warning("api cache: ignoring unreadable %s (%s)", path, type(exc).__name__)
+            return None
+        return entry if isinstance(entry, dict) and entry.get("version") == CACHE_VERSION else None
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        from tunewise.core.artifacts import write_json
+
+        write_json(self.path(key), {**entry, "version": CACHE_VERSION}, private=True)
+
+
+def _default_cache_dir() -> Path:
+    from tunewise.models.loading import tunewise_home
+
+    return tunewise_home() / "api_cache"
+
+
+# ---------------------------------------------------------------------------------------------
+# One row's outcome
+
+
+@dataclass
+class _Row:
+    status: str  # ok, failed
+    content: str = ""
+    logprobs: list[dict] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_estimated: bool = False
+    latency_ms: float = 0.0
+    attempts: int = 0
+    cached: bool = False
+    reason: str | None = None  # failed: what went wrong last (masked)
+    kind: str | None = None  # failed: the reason's category (HTTP 500, timeout, ...)
+    features: tuple[bool, bool] = (False, False)  # (structured output, logprobs) the answer was asked with
+
+    def cache_entry(self) -> dict[str, Any]:
+        return {"content": self.content, "logprobs": self.logprobs, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "usage_estimated": self.usage_estimated,
+                "latency_ms": self.latency_ms, "features": list(self.features)}
+
+    @classmethod
+    def from_cache(cls, entry: dict[str, Any]) -> "_Row":
+        return cls("ok", content=str(entry.get("content", "")), logprobs=entry.get("logprobs"),
+                   prompt_tokens=int(entry.get("prompt_tokens", 0)),
+                   completion_tokens=int(entry.get("completion_tokens", 0)),
+                   usage_estimated=bool(entry.get("usage_estimated", False)),
+                   latency_ms=float(entry.get("latency_ms", 0.0)), cached=True,
+                   features=tuple(entry.get("features", (False, False))))  # type: ignore[arg-type]
+
+
+class _FeatureRefused(Exception):
+    """The server answered 400 to a request with response_format or logprobs."""
+
+
+@dataclass
+class _Session:
+    """The client and the shared state of one predict call; holds the key, never the candidate."""
+
+    candidate: "_ApiCandidate"
+    key: str | None = None
+    client: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pause_until: float = 0.0
+    stopped: threading.Event = field(default_factory=threading.Event)  # set when the run stops: workers leave
+    requests: int = 0  # HTTP requests sent, every attempt counted
+
+    def open(self) -> "_Session":
+        try:
+            from openai import OpenAI
+        except ImportError:  # pragma: no cover - a core dependency
+            raise CandidateError("the api_* candidates need the openai package: pip install 'openai>=1.30'") from None
+        c = self.candidate
+        self.key = os.environ.get(c.api_key_env) if c.api_key_env else None
+        if c.api_key_env and not self.key:
+            raise CandidateError(f"{c.name}: the environment variable {c.api_key_env} is empty or not set; put the "
+                                 "endpoint's API key there (api_key_env names it; the key is never a setting)")
+        self.client = OpenAI(api_key=self.key or "no-key", base_url=c.base_url, max_retries=0, timeout=c.timeout_s)
+        return self
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def mask(self, text: str) -> str:
+        text = str(text)
+        if self.key:
+            text = text.replace(self.key, "***")
+        text = re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+        return text[:REASON_CHARS]
+
+    def _hold(self) -> None:
+        while True:  # a 429's Retry-After holds back every worker
+            with self.lock:
+                remaining = self.pause_until - time.monotonic()
+            if remaining <= 0 or self.stopped.is_set():
+                return
+            self.stopped.wait(min(remaining, 0.5))
+
+    def request(self, messages: list[dict], features: tuple[bool, bool], *, negotiating: bool = False) -> _Row:
+        """One row: the request with retries. Raises _FeatureRefused (negotiating and a 400) or
+        CandidateError (401, 403, 404)."""
+        import openai
+
+        c = self.candidate
+        started = time.perf_counter()
+        attempts, reason, kind = 0, "", ""
+        refused: str | None = None  # raised after the except block, so no exception keeps the client's as context
+        while True:
+            self._hold()
+            if self.stopped.is_set():
+                return _Row("failed", attempts=attempts, reason="run stopped", kind="stopped", features=features,
+                            latency_ms=(time.perf_counter() - started) * 1000)
+            attempts += 1
+            with self.lock:
+                self.requests += 1
+            wait_at_least = 0.0
+            token_param = c.token_param_
+            params = {"model": c.model, "messages": messages, **c._request_decoding(features, token_param)}
+            sent = time.perf_counter()
+            try:
+                response = self.client.chat.completions.create(**params)
+                latency_ms = (time.perf_counter() - sent) * 1000
+                return self._row(response, messages, features, attempts, latency_ms)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                said = f"{exc.message} {json.dumps(exc.body, default=str) if exc.body is not None else ''}"
+                if token_param == "max_completion_tokens" and "max_completion_tokens" in said:
+                    # an older server: ask again with the older name, and keep it for every later request
+                    with self.lock:
+                        c.token_param_ = "max_tokens"
+                    log.info("%s: the server refused max_completion_tokens; sending max_tokens instead", c.name)
+                    continue
+                if isinstance(exc, openai.UnprocessableEntityError):
+                    return _Row("failed", attempts=attempts, reason=self.mask(f"HTTP 422: {said}"),
+                                kind="HTTP 422", features=features, latency_ms=(time.perf_counter() - started) * 1000)
+                kind = "HTTP 400"
+                if negotiating and (features[0] or features[1]):
+                    refused = self.mask(exc.message)
+                else:
+                    return _Row("failed", attempts=attempts, reason=self.mask(f"HTTP 400: {exc.message}"),
+                                kind="HTTP 400", features=features, latency_ms=(time.perf_counter() - started) * 1000)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                kind, reason = f"HTTP {status}", self.mask(f"HTTP {status}: {exc.message}")
+                if status in ABORT_STATUSES:
+                    self.stopped.set()
+                    where = f"; the key is read from ${c.api_key_env}" if status in (401, 403) and c.api_key_env else ""
+                    refused = (f"{c.name}: {c.base_url} model {c.model!r}: {ABORT_STATUSES[status]}{where} "
+                               f"({self.mask(exc.message)})")
+                elif status not in RETRY_STATUSES and status < 500:
+                    return _Row("failed", attempts=attempts, reason=reason, kind=kind, features=features,
+                                latency_ms=(time.perf_counter() - started) * 1000)
+                after = retry_after_seconds(exc.response.headers if exc.response is not None else None)
+                if after is not None and refused is None:
+                    wait_at_least = min(after, MAX_RETRY_AFTER_S)
+                    if status == 429:
+                        with self.lock:
+                            self.pause_until = max(self.pause_until, time.monotonic() + wait_at_least)
+            except openai.APITimeoutError:
+                kind, reason = "timeout", f"no answer within timeout_s={c.timeout_s:g} s"
+            except openai.APIConnectionError as exc:
+                kind, reason = "connection", self.mask(f"connection failed: {exc.message}")
+            except (ValueError, TypeError, AttributeError, IndexError, KeyError,
+                    openai.APIResponseValidationError) as exc:
+                kind, reason = "malformed answer", self.mask(f"malformed answer: {type(exc).__name__}: {exc}")
+            if refused is not None:
+                if kind in ABORT_KINDS:
+                    raise CandidateError(refused)
+                raise _FeatureRefused(refused)
+            if attempts > c.max_retries:
+                return _Row("failed", attempts=attempts, reason=reason, kind=kind, features=features,
+                            latency_ms=(time.perf_counter() - started) * 1000)
+            delay = min(MAX_BACKOFF_S, c.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+            delay = max(delay, wait_at_least)
+            log.info("%s: %s; retry %d of %d in %.2f s", c.name, reason, attempts, c.max_retries, delay)
+            self.stopped.wait(delay)
+
+    def _row(self, response: Any, messages: list[dict], features: tuple[bool, bool], attempts: int,
+             latency_ms: float) -> _Row:
+        choice = response.choices[0]  # no choices: IndexError, a malformed answer
+        content = choice.message.content
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise TypeError(f"message content is {type(content).__name__}, not text")
+        tokens = None
+        logprobs = getattr(choice, "logprobs", None)
+        if features[1] and logprobs is not None and getattr(logprobs, "content", None):
+            tokens = [{"token": t.token, "logprob": float(t.logprob),
+                       "top_logprobs": [{"token": a.token, "logprob": float(a.logprob)}
+                                        for a in (t.top_logprobs or [])]}
+                      for t in logprobs.content]
+        usage = getattr(response, "usage", None)
+        estimated = usage is None or usage.prompt_tokens is None or usage.completion_tokens is None
+        if estimated:
+            prompt_tokens = self.candidate._estimate_input_tokens(messages)
+            completion_tokens = math.ceil(len(content) / CHARS_PER_TOKEN)
+        else:
+            prompt_tokens, completion_tokens = int(usage.prompt_tokens), int(usage.completion_tokens)
+        return _Row("ok", content=content, logprobs=tokens, prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens, usage_estimated=estimated, latency_ms=latency_ms,
+                    attempts=attempts, features=features)
+
+
+# ---------------------------------------------------------------------------------------------
+# The candidates
+
+
+class _ApiCandidate(Candidate):
+    """Requests, cache, spending cap and usage shared by the four api_* candidates."""
+
+    kind = "baseline"
+    expensive = True
+
+    # -- fit helpers
+
+    def _fit_endpoint(self) -> None:
+        if not self.base_url or not self.model:
+            raise CandidateError(f"{self.name}: set base_url and model (the api_llm settings) to the OpenAI-compatible "
+                                 "endpoint and model to call")
+        for name, minimum in (("max_concurrency", 1), ("batch_size", 1), ("max_retries", 0)):
+            if int(getattr(self, name)) < minimum:
+                raise CandidateError(f"{self.name}: {name} must be at least {minimum}")
+        if self.timeout_s <= 0:
+            raise CandidateError(f"{self.name}: timeout_s must be positive")
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise CandidateError(f"{self.name}: the environment variable {self.api_key_env} is empty or not set; put "
+                                 "the endpoint's API key there (api_key_env names it; the key is never a setting)")
+        try:
+            import openai  # noqa: F401
+        except ImportError:  # pragma: no cover - a core dependency
+            raise CandidateError(f"{self.name}: needs the openai package: pip install 'openai>=1.30'") from None
+        self.cache_dir_ = None if self.no_cache else str(Path(self.cache_dir).expanduser() if self.cache_dir
+                                                          else _default_cache_dir())
+        self.tokenizer_ = self._load_tokenizer()
+        self.rows_: list[dict[str, Any]] = []
+        self.spent_usd_ = 0.0
+        self.requests_ = 0
+        self.token_param_ = "max_completion_tokens"
+        if self.max_usd_project is not None and not self.ledger:
+            raise CandidateError(f"{self.name}: max_usd_project needs the ledger file that sums a project's spending "
+                                 "(set ledger; from a config it is the project folder's tunewise_api_spend.json)")
+        self.ledger_ = SpendLedger(self.ledger) if self.ledger else None
+        ladder = self._ladder()
+        self.features_: tuple[bool, bool] | None = ladder[0] if len(ladder) == 1 else None
+
+    def _count_tokens(self, text: str) -> int:
+        """Tokens of ``text``: characters / 4, or the tokenizer's count (a function returning a number,
+        or a transformers tokenizer)."""
+        if self.tokenizer_ is None:
+            return math.ceil(len(text) / CHARS_PER_TOKEN)
+        if hasattr(self.tokenizer_, "encode"):  # a transformers tokenizer
+            counted = self.tokenizer_(text, add_special_tokens=False)
+        else:
+            counted = self.tokenizer_(text)
+        return len(counted["input_ids"]) if not isinstance(counted, (int, np.integer)) else int(counted)
+
+    def _load_tokenizer(self) -> Any:
+        if self.tokenizer is None or callable(self.tokenizer):
+            return self.tokenizer
+        try:
+            from transformers import AutoTokenizer
+
+            from tunewise.models.loading import resolve_llm
+
+            spec = str(self.tokenizer)
+            path = resolve_llm(spec).path if not Path(spec).expanduser().is_dir() else Path(spec).expanduser()
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure to load gets one clear message
+            raise CandidateError(f"{self.name}: cannot load tokenizer {self.tokenizer!r} for the cost estimate "
+                                 f"({type(exc).__name__}: {exc}); leave tokenizer unset for characters / 4") from None
+
+    # -- requests
+
+    def _ladder(self) -> list[tuple[bool, bool]]:
+        """Feature sets (structured output, logprobs) to try, most capable first."""
+        return [(False, False)]
+
+    def _decoding(self, features: tuple[bool, bool]) -> dict[str, Any]:
+        # "max_tokens" names the setting here (and in the cache key) whatever parameter carries it
+        return {"temperature": self.temperature, "max_tokens": self._max_tokens()}
+
+    def _request_decoding(self, features: tuple[bool, bool], token_param: str) -> dict[str, Any]:
+        decoding = self._decoding(features)
+        decoding[token_param] = decoding.pop("max_tokens")
+        return decoding
+
+    def _max_tokens(self) -> int:
+        raise NotImplementedError
+
+    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
+        raise NotImplementedError
+
+    def _key(self, messages: list[dict], features: tuple[bool, bool]) -> str:
+        return cache_key(self.base_url, self.model, messages, self._decoding(features))
+
+    def _cached(self, cache: ResponseCache | None, messages: list[dict]) -> _Row | None:
+        if cache is None:
+            return None
+        ladder = self._ladder()
+        order = ([self.features_] if self.features_ is not None else []) + [f for f in ladder if f != self.features_]
+        for features in order:
+            entry = cache.get(self._key(messages, features))
+            if entry is not None:
+                row = _Row.from_cache(entry)
+                row.features = features
+                if self.features_ is None:
+                    self.features_ = features
+                return row
+        return None
+
+    def _estimate_input_tokens(self, messages: list[dict]) -> int:
+        return sum(self._count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD_TOKENS for m in messages) + 3
+
+    def _schema_tokens(self) -> int:
+        return 0
+
+    def _usd(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.usd_per_million_input_tokens
+                + completion_tokens * self.usd_per_million_output_tokens) / 1e6
+
+    def _estimate_usd(self, conversations: Sequence[list[dict]]) -> tuple[float, int, int]:
+        """(usd, input tokens, output tokens at most) for sending ``conversations``."""
+        tokens_in = sum(self._estimate_input_tokens(m) + self._schema_tokens() for m in conversations)
+        tokens_out = self._max_tokens() * len(conversations)
+        return self._usd(tokens_in, tokens_out), tokens_in, tokens_out
+
+    def _negotiate(self, session: _Session, cache: ResponseCache | None, messages: list[dict]) -> _Row:
+        """The first request: the most capable feature set the server accepts (a 400 steps down)."""
+        row = None
+        for features in self._ladder():
+            try:
+                row = session.request(messages, features, negotiating=True)
+            except _FeatureRefused as exc:
+                log.info("%s: the server refused %s (%s); trying without", self.name, _feature_names(features), exc)
+                continue
+            if row.status == "ok":
+                self.features_ = features
+            break
+        assert row is not None  # the ladder ends with a plain request, which is never refused as a feature
+        if row.status == "ok" and cache is not None:
+            cache.put(self._key(messages, row.features), row.cache_entry())
+        return row
+
+    def _send(self, session: _Session, cache: ResponseCache | None, messages: list[dict]) -> _Row:
+        features = self.features_ if self.features_ is not None else (False, False)
+        row = session.request(messages, features)
+        if row.status == "ok" and cache is not None:
+            cache.put(self._key(messages, features), row.cache_entry())
+        return row
+
+    def _complete(self, frame: pd.DataFrame) -> list[_Row]:
+        """One row outcome per row of ``frame``, in order (cache, spending cap, concurrent requests)."""
+        conversations = self._conversations(frame)
+        n = len(conversations)
+        rows: list[_Row | None] = [None] * n
+        cache = None if self.cache_dir_ is None else ResponseCache(self.cache_dir_)
+        session: _Session | None = None
+        pool: ThreadPoolExecutor | None = None
+        try:
+            for start in range(0, n, self.batch_size):
+                stop = min(n, start + self.batch_size)
+                misses = []
+                for i in range(start, stop):
+                    rows[i] = self._cached(cache, conversations[i])
+                    if rows[i] is None:
+                        misses.append(i)
+                if not misses:
+                    continue
+                estimate, _, _ = self._estimate_usd([conversations[i] for i in misses])
+                if self.max_usd is not None and self.spent_usd_ + estimate > self.max_usd + 1e-12:
+                    done = self._record(frame.iloc[:start], rows[:start])
+                    raise SpendingCapReached(
+                        f"{self.name}: spending cap reached: ${self.spent_usd_:.4f} spent, and the next batch of "
+                        f"{len(misses)} uncached rows is estimated at ${estimate:.4f}, which would pass max_usd "
+                        f"${self.max_usd:g}; stopped before it with {start} of {n} rows predicted (kept in "
+                        "the error's predictions). Raise max_usd or score fewer rows (baseline.sample_size); "
+                        "answers already received are cached and cost nothing again.",
+                        done, spent_usd=self.spent_usd_, max_usd=float(self.max_usd), estimate_usd=estimate)
+                reserved = self._reserve_project(frame, rows, start, n, len(misses), estimate)
+                spent_before = self.spent_usd_
+                try:
+                    if session is None:
+                        session = _Session(self).open()
+                        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix=self.name)
+                    while self.features_ is None and misses:  # until one answer says what the server takes
+                        first = misses.pop(0)
+                        rows[first] = self._negotiate(session, cache, conversations[first])
+                        self._spend(rows[first])
+                    futures: dict[Future, int] = {pool.submit(self._send, session, cache, conversations[i]): i
+                                                  for i in misses}
+                    pending = set(futures)
+                    try:
+                        while pending:
+                            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            for future in finished:
+                                i = futures[future]
+                                rows[i] = future.result()
+                                self._spend(rows[i])
+                    except BaseException:
+                        session.stopped.set()
+                        for future in pending:
+                            future.cancel()
+                        raise
+                finally:  # the ledger keeps what the batch really cost, even when it stopped half-way
+                    if self.ledger_ is not None and (reserved or self.spent_usd_ > spent_before):
+                        self.ledger_.settle(self.spent_usd_ - spent_before - reserved, self._endpoint())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if session is not None:
+                self.requests_ += session.requests
+                session.close()
+        return rows  # type: ignore[return-value]
+
+    def _endpoint(self) -> str:
+        return f"{self.model} @ {str(self.base_url).rstrip('/')}"
+
+    def _reserve_project(self, frame: pd.DataFrame, rows: list[_Row | None], start: int, n: int, n_misses: int,
+                         estimate: float) -> float:
+        """Reserve a batch's estimate in the project's ledger (the amount reserved), or raise
+        SpendingCapReached when it would take the project's total past ``max_usd_project``."""
+        if self.ledger_ is None:
+            return 0.0
+        reserved, before = self.ledger_.reserve(estimate, self.max_usd_project, self._endpoint())
+        if not reserved:
+            done = self._record(frame.iloc[:start], rows[:start])
+            raise SpendingCapReached(
+                f"{self.name}: project spending cap reached: the project's runs have spent ${before:.4f} "
+                f"(ledger {self.ledger_.path}), and the next batch of {n_misses} uncached rows is estimated at "
+                f"${estimate:.4f}, which would pass max_usd_project ${self.max_usd_project:g}; stopped before it "
+                f"with {start} of {n} rows predicted (kept in the error's predictions). Raise "
+                "baseline.api_llm.max_usd_project; answers already received are cached and cost nothing again.",
+                done, spent_usd=before, max_usd=float(self.max_usd_project), estimate_usd=estimate, scope="project")
+        return estimate if estimate > 0 else 0.0
+
+    def _spend(self, row: _Row) -> None:
+        if row.status == "ok" and not row.cached:
+            self.spent_usd_ += self._usd(row.prompt_tokens, row.completion_tokens)
+
+    # -- predictions and what is recorded
+
+    def _answer(self, row: _Row) -> dict[str, Any]:
+        """prediction, score, proba, status (ok, invalid, failed) of one row."""
+        raise NotImplementedError
+
+    def _record(self, frame: pd.DataFrame, rows: Sequence[_Row]) -> pd.DataFrame:
+        """Predictions for ``frame`` from ``rows``, and each row's usage appended to ``rows_``."""
+        if "id" not in frame.columns:
+            raise CandidateError(f"record frame has no 'id' column; columns: {', '.join(map(str, frame.columns))}")
+        ids = frame["id"].astype(str).tolist()
+        answers = [self._answer(row) for row in rows]
+        for id_, row, answer in zip(ids, rows, answers):
+            self.rows_.append({
+                "id": id_, "status": answer["status"], "cached": row.cached, "attempts": row.attempts,
+                "prompt_tokens": row.prompt_tokens if row.status == "ok" else 0,
+                "completion_tokens": row.completion_tokens if row.status == "ok" else 0,
+                "usd": self._usd(row.prompt_tokens, row.completion_tokens) if row.status == "ok" else 0.0,
+                "usage_estimated": row.usage_estimated, "latency_ms": row.latency_ms,
+                "reason": row.reason, "kind": row.kind,
+                "reply": row.content[:200] if answer["status"] == "invalid" else None,
+            })
+        latency = np.array([row.latency_ms for row in rows], dtype=np.float64)
+        if self.task == "generate":
+            return generation_predictions(frame, [a["prediction"] for a in answers], latency)
+        return pd.DataFrame({
+            "id": ids,
+            "prediction": [a["prediction"] for a in answers],
+            "score": np.array([a["score"] for a in answers], dtype=np.float64),
+            "proba": [a["proba"] for a in answers],
+            "latency_ms": latency,
+        }, columns=list(PREDICTION_COLUMNS))
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Predictions (the contract of tunewise.candidates.registry); a failed row's prediction is empty and
+        an invalid answer's is the raw reply, both with score 0 (see the module docstring)."""
+        self._check_fitted()
+        rows = self._complete(frame)
+        return self._record(frame, rows)
+
+    def estimate_cost(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """A dry run: what scoring ``frame`` would cost, nothing sent (cached rows cost nothing)."""
+        self._check_fitted()
+        conversations = self._conversations(frame)
+        cache = None if self.cache_dir_ is None else ResponseCache(self.cache_dir_)
+        features = self.features_
+        misses = [m for m in conversations if self._cached(cache, m) is None]
+        self.features_ = features  # a dry run decides nothing
+        usd, tokens_in, tokens_out = self._estimate_usd(misses)
+        remaining = None if self.max_usd is None else max(0.0, self.max_usd - self.spent_usd_)
+        return {
+            "rows": len(conversations), "cached_rows": len(conversations) - len(misses), "rows_to_request": len(misses),
+            "input_tokens": int(tokens_in), "output_tokens_at_most": int(tokens_out), "usd": usd,
+            "usd_per_row": usd / len(misses) if misses else 0.0,
+            "method": (f"input: characters / {CHARS_PER_TOKEN} + {MESSAGE_OVERHEAD_TOKENS} a message"
+                       if self.tokenizer is None else f"input: tokenizer {self.tokenizer!r}")
+                      + f"; output: max_tokens {self._max_tokens()} a row",
+            "prices": self._prices(), "max_usd": self.max_usd, "spent_usd": self.spent_usd_,
+            "fits_max_usd": remaining is None or usd <= remaining,
+            **self._project_spend(usd),
+        }
+
+    def _project_spend(self, usd: float | None = None) -> dict[str, Any]:
+        if self.ledger_ is None:
+            return {"max_usd_project": self.max_usd_project, "project_spent_usd": None}
+        spent = self.ledger_.total()
+        out = {"max_usd_project": self.max_usd_project, "project_spent_usd": spent, "ledger": str(self.ledger_.path)}
+        if usd is not None:
+            out["fits_max_usd_project"] = self.max_usd_project is None or spent + usd <= self.max_usd_project + 1e-12
+        return out
+
+    def _prices(self) -> dict[str, float]:
+        return {"usd_per_million_input_tokens": float(self.usd_per_million_input_tokens),
+                "usd_per_million_output_tokens": float(self.usd_per_million_output_tokens)}
+
+    def usage_frame(self) -> pd.DataFrame:
+        """Every row predicted so far: id, status (ok, invalid, failed), cached, attempts, tokens, usd,
+        latency_ms, reason (failed), reply (invalid)."""
+        self._check_fitted()
+        columns = ["id", "status", "cached", "attempts", "prompt_tokens", "completion_tokens", "usd",
+                   "usage_estimated", "latency_ms", "reason", "kind", "reply"]
+        return pd.DataFrame(self.rows_, columns=columns)
+
+    def usd_per_row(self) -> float | None:
+        """Mean cost of a row that got an answer (cached ones included: what a request costs)."""
+        answered = [r["usd"] for r in self.rows_ if r["status"] != "failed"]
+        return float(np.mean(answered)) if answered else None
+
+    def monthly_cost(self, monthly_volume: float) -> dict[str, Any]:
+        """The measured mean cost per row at ``monthly_volume`` requests a month."""
+        per_row = self.usd_per_row()
+        if per_row is None:
+            raise CandidateError(f"{self.name}: no row has been answered yet; predict some rows first")
+        return monthly_cost(per_row, monthly_volume)
+
+    def info(self) -> dict[str, Any]:
+        """What the baseline stage writes about this candidate beside its metrics (JSON-safe)."""
+        self._check_fitted()
+        rows = self.rows_
+        n = len(rows)
+        failed = [r for r in rows if r["status"] == "failed"]
+        answered = [r for r in rows if r["status"] != "failed"]
+        requested = [r for r in rows if not r["cached"]]
+        latency = np.array([r["latency_ms"] for r in answered], dtype=np.float64)
+        out: dict[str, Any] = {
+            "endpoint": {"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env},
+            "rows": n,
+            "requests": int(self.requests_),
+            "retries": int(sum(max(0, r["attempts"] - 1) for r in requested)),
+            "cached_rows": n - len(requested),
+            "failed": {"n": len(failed), "share": len(failed) / n if n else 0.0,
+                       "reasons": dict(Counter(r["kind"] for r in failed)),
+                       "examples": [{"id": r["id"], "reason": r["reason"]} for r in failed[:5]]},
+            "usage": {
+                "prompt_tokens": int(sum(r["prompt_tokens"] for r in rows)),
+                "completion_tokens": int(sum(r["completion_tokens"] for r in rows)),
+                "estimated_usage_rows": int(sum(bool(r["usage_estimated"]) for r in answered)),
+                "usd_total": float(sum(r["usd"] for r in rows)),
+                "usd_per_row_mean": self.usd_per_row(),
+                "usd_spent": float(self.spent_usd_),
+                "max_usd": self.max_usd,
+                **self._project_spend(),
+                "prices": self._prices(),
+                "priced": bool(self.usd_per_million_input_tokens or self.usd_per_million_output_tokens),
+            },
+            "latency_ms": ({"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
+                            "p95": float(np.percentile(latency, 95))} if len(latency) else {}),
+            "cache": {"dir": self.cache_dir_, "enabled": self.cache_dir_ is not None},
+            "token_param": self.token_param_,
+        }
+        return out
+
+
+def _feature_names(features: tuple[bool, bool]) -> str:
+    names = [n for n, on in zip(("response_format", "logprobs"), features) if on]
+    return " and ".join(names) or "a plain request"
+
+
+class _ApiClassifier(_ApiCandidate):
+    task = "classify"
+    # A failed row ("") or an invalid answer (the reply) is a prediction outside labels_, with score 0 and
+    # uniform proba: kept and counted wrong (evaluation adds such predictions to its label list);
+    # tunewise.candidates.registry.check_predictions lets such rows through for candidates with this flag.
+    may_answer_outside_labels = True
+
+    def _fit_labels(self, train: pd.DataFrame) -> None:
+        self.labels_ = sorted(set(self._training_answers(train)))
+        self.label_names_ = label_display_names(self.name, self.labels_)
+        head = self.system_prompt or DEFAULT_CLASSIFY_SYSTEM_PROMPT
+        about = f"\n{self.task_description.strip()}" if self.task_description else ""
+        listing = "\n".join(f"- {name}" for name in self.label_names_)
+        self.system_prompt_ = (f"{head}{about}\nAnswer with exactly one category from this list, written as it "
+                               f"appears, and nothing else:\n{listing}")
+        self.max_tokens_ = 16 + max(math.ceil(len(name) / 2) for name in self.label_names_)
+
+    def _ladder(self) -> list[tuple[bool, bool]]:
+        structured = [True, False] if self.structured_output else [False]
+        logprobs = [True, False] if self.top_logprobs > 0 else [False]
+        return [(s, lp) for s in structured for lp in logprobs]
+
+    def _schema(self) -> dict[str, Any]:
+        return {"type": "json_schema", "json_schema": {
+            "name": "category", "strict": True,
+            "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": list(self.label_names_)}},
+                       "required": ["label"], "additionalProperties": False}}}
+
+    def _schema_tokens(self) -> int:
+        return math.ceil(len(json.dumps(self._schema())) / CHARS_PER_TOKEN) if self.structured_output else 0
+
+    def _decoding(self, features: tuple[bool, bool]) -> dict[str, Any]:
+        out = super()._decoding(features)
+        if features[0]:
+            out["response_format"] = self._schema()
+        if features[1]:
+            out["logprobs"] = True
+            out["top_logprobs"] = int(self.top_logprobs)
+        return out
+
+    def _max_tokens(self) -> int:
+        return self.max_tokens_
+
+    def _answer(self, row: _Row) -> dict[str, Any]:
+        n = len(self.labels_)
+        uniform = [1.0 / n] * n
+        if row.status != "ok":
+            return {"prediction": "", "score": 0.0, "proba": uniform, "status": "failed"}
+        label, value = map_to_label(row.content, self.labels_, self.label_names_)
+        if label is None:  # the answer as written (a JSON reply's label value), counted wrong
+            return {"prediction": value.strip(), "score": 0.0, "proba": uniform, "status": "invalid"}
+        index = self.labels_.index(label)
+        proba = label_probabilities(index, self.label_names_, row.logprobs, value)
+        return {"prediction": label, "score": float(proba[index]), "proba": proba.tolist(), "status": "ok"}
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        invalid = [r for r in self.rows_ if r["status"] == "invalid"]
+        n = len(self.rows_)
+        out["invalid"] = {"n": len(invalid), "share": len(invalid) / n if n else 0.0,
+                          "examples": [{"id": r["id"], "reply": r["reply"]} for r in invalid[:5]]}
+        structured, logprobs = self.features_ if self.features_ is not None else (None, None)
+        out["features"] = {"structured_output": structured, "logprobs": logprobs}
+        return out
+
+    def _user_turns(self, frame: pd.DataFrame) -> list[tuple[list[dict], list[str], str]]:
+        return [(turns, system, text) for text, (turns, system) in zip(input_texts(frame), _contexts(frame))]
+
+
+@register_candidate
+class ApiZeroShotClassifier(_ApiClassifier):
+    """The label list in the system prompt; the endpoint's model answers one label."""
+
+    name = "api_zero_shot"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key_env: str | None = "OPENAI_API_KEY",
+                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
+                 top_logprobs: int = 5, structured_output: bool = True, tokenizer: Any = None,
+                 system_prompt: str | None = None, task_description: str | None = None, batch_size: int = 8) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.usd_per_million_input_tokens = usd_per_million_input_tokens
+        self.usd_per_million_output_tokens = usd_per_million_output_tokens
+        self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.cache_dir = cache_dir
+        self.no_cache = no_cache
+        self.temperature = temperature
+        self.top_logprobs = top_logprobs
+        self.structured_output = structured_output
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.task_description = task_description
+        self.batch_size = batch_size
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ApiZeroShotClassifier:
+        self._fit_labels(train)
+        self._fit_endpoint()
+        return self
+
+    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
+        return [[{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                 *turns, {"role": "user", "content": text}] for turns, system, text in self._user_turns(frame)]
+
+
+@register_candidate
+class ApiFewShotClassifier(_ApiClassifier):
+    """Zero-shot plus the ``few_shot_k`` most similar training examples as earlier turns."""
+
+    name = "api_few_shot"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key_env: str | None = "OPENAI_API_KEY",
+                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
+                 top_logprobs: int = 5, structured_output: bool = True, tokenizer: Any = None,
+                 system_prompt: str | None = None, task_description: str | None = None, batch_size: int = 8,
+                 encoder: str = DEFAULT_ENCODER, few_shot_k: int = 5) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.usd_per_million_input_tokens = usd_per_million_input_tokens
+        self.usd_per_million_output_tokens = usd_per_million_output_tokens
+        self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.cache_dir = cache_dir
+        self.no_cache = no_cache
+        self.temperature = temperature
+        self.top_logprobs = top_logprobs
+        self.structured_output = structured_output
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.task_description = task_description
+        self.batch_size = batch_size
+        self.encoder = encoder
+        self.few_shot_k = few_shot_k
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ApiFewShotClassifier:
+        self._fit_labels(train)
+        self._fit_endpoint()
+        self.shot_texts_ = input_texts(train)
+        self.shot_answers_ = [label_display_name(a) for a in self._training_answers(train)]
+        self.shot_vectors_ = _embed(self.shot_texts_, self.encoder)
+        return self
+
+    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
+        return _few_shot_conversations(self, frame, self.shot_answers_)
+
+
+def _few_shot_conversations(candidate: Any, frame: pd.DataFrame, answers: Sequence[str]) -> list[list[dict[str, str]]]:
+    """System prompt, the ``few_shot_k`` nearest training pairs (the nearest last), earlier turns, the message."""
+    texts = input_texts(frame)
+    if not texts:
+        return []
+    neighbours = nearest_neighbours(_embed(texts, candidate.encoder), candidate.shot_vectors_, candidate.few_shot_k)
+    out = []
+    for text, (turns, system), near in zip(texts, _contexts(frame), neighbours):
+        shots = []
+        for j in near[::-1]:  # the most similar example sits right before the message
+            shots += [{"role": "user", "content": candidate.shot_texts_[j]},
+                      {"role": "assistant", "content": answers[j]}]
+        out.append([{"role": "system", "content": "\n\n".join([candidate.system_prompt_, *system])},
+                    *shots, *turns, {"role": "user", "content": text}])
+    return out
+
+
+class _ApiGenerator(_ApiCandidate):
+    task = "generate"
+
+    def _fit_prompt(self) -> None:
+        head = self.system_prompt or DEFAULT_GENERATE_SYSTEM_PROMPT
+        self.system_prompt_ = f"{head}\n{self.task_description.strip()}" if self.task_description else head
+
+    def _max_tokens(self) -> int:
+        return int(self.max_new_tokens)
+
+    def _answer(self, row: _Row) -> dict[str, Any]:
+        if row.status != "ok":
+            return {"prediction": "", "status": "failed"}
+        return {"prediction": row.content.strip(), "status": "ok"}
+
+
+@register_candidate
+class ApiZeroShotGenerator(_ApiGenerator):
+    """System prompt + the message (and its earlier turns)."""
+
+    name = "api_zero_shot_gen"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key_env: str | None = "OPENAI_API_KEY",
+                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
+                 tokenizer: Any = None, system_prompt: str | None = None, task_description: str | None = None,
+                 batch_size: int = 8, max_new_tokens: int = 128) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.usd_per_million_input_tokens = usd_per_million_input_tokens
+        self.usd_per_million_output_tokens = usd_per_million_output_tokens
+        self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.cache_dir = cache_dir
+        self.no_cache = no_cache
+        self.temperature = temperature
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.task_description = task_description
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ApiZeroShotGenerator:
+        self._training_answers(train)  # the contract's checks on the training frame
+        self._fit_prompt()
+        self._fit_endpoint()
+        return self
+
+    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
+        return [[{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                 *turns, {"role": "user", "content": text}]
+                for text, (turns, system) in zip(input_texts(frame), _contexts(frame))]
+
+
+@register_candidate
+class ApiFewShotGenerator(_ApiGenerator):
+    """The ``few_shot_k`` most similar training (message, reply) pairs as earlier turns."""
+
+    name = "api_few_shot_gen"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key_env: str | None = "OPENAI_API_KEY",
+                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
+                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
+                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
+                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
+                 tokenizer: Any = None, system_prompt: str | None = None, task_description: str | None = None,
+                 batch_size: int = 8, max_new_tokens: int = 128, encoder: str = DEFAULT_ENCODER,
+                 few_shot_k: int = 5) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.usd_per_million_input_tokens = usd_per_million_input_tokens
+        self.usd_per_million_output_tokens = usd_per_million_output_tokens
+        self.max_usd = max_usd
+        self.max_usd_project = max_usd_project
+        self.ledger = ledger
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.cache_dir = cache_dir
+        self.no_cache = no_cache
+        self.temperature = temperature
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.task_description = task_description
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.encoder = encoder
+        self.few_shot_k = few_shot_k
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ApiFewShotGenerator:
+        replies = self._training_answers(train)
+        self._fit_prompt()
+        self._fit_endpoint()
+        self.shot_texts_ = input_texts(train)
+        self.shot_replies_ = replies
+        self.shot_vectors_ = _embed(self.shot_texts_, self.encoder)
+        return self
+
+    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
+        return _few_shot_conversations(self, frame, self.shot_replies_)

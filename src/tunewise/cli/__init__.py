@@ -1,0 +1,1 @@
+"""The command line: shared options and error handling, one module per command group."""

@@ -1,0 +1,1 @@
+"""Records, atomic artifacts, progress, sampling, text normalisers, statistics, price tables, perturbations."""

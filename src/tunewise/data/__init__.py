@@ -1,0 +1,1 @@
+"""Ingest, curation (checks and their runner), near-duplicates, the leakage-free split, the issues table."""

@@ -1,0 +1,1 @@
+"""The verdict, its cost and payback, and the learning curve."""

@@ -1,0 +1,1 @@
+"""The demo data generator and the demo command."""

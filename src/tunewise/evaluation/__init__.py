@@ -1,0 +1,1 @@
+"""Scoring candidates on held-out data: baselines, metrics, statistics, slices, robustness, forgetting."""

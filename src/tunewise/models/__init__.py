@@ -1,0 +1,1 @@
+"""Resolving, caching and loading the embedded models (GGUF, safetensors, sentence encoders)."""

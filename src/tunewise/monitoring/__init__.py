@@ -1,0 +1,1 @@
+"""The serving request log, its feedback, and drift and decay monitoring."""

@@ -1,0 +1,1 @@
+"""The stage runner, the config precheck, tracking, and one module per pipeline stage."""

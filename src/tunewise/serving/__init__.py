@@ -1,0 +1,1 @@
+"""The A/B and canary server, and retraining from its feedback."""

@@ -1,0 +1,1 @@
+"""Jobs over a finished run: labelling, distillation, export, project set-up."""
