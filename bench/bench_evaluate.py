@@ -63,7 +63,8 @@ def main() -> int:
         classification_metrics_with_ci,
         resample_weights,
     )
-    from tunewise.evaluation.evaluate import CandidatePredictions, EvaluateConfig, evaluate_candidates
+    from tunewise.evaluation.evaluate import EvaluateConfig, evaluate_candidates
+    from tunewise.evaluation.predictions import CandidatePredictions
 
     train = records(BANKING77 / "train.csv", "tr")
     test = records(BANKING77 / "test.csv", "te")

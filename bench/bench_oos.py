@@ -114,7 +114,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import tunewise.candidates.registry  # noqa: F401  registers every candidate
     from tunewise.config.sections import EvaluateConfig
-    from tunewise.evaluation.evaluate import CandidatePredictions, evaluate_candidates
+    from tunewise.evaluation.evaluate import evaluate_candidates
+    from tunewise.evaluation.predictions import CandidatePredictions
 
     data = build(records(BANKING77 / "train.csv", "train-"), records(BANKING77 / "test.csv", "test-"), args)
     train, validation, test = data["train"], data["validation"], data["test"]

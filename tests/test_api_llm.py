@@ -349,7 +349,8 @@ def test_few_shot_and_generation_candidates(stub, train, key):
 
 def test_an_api_candidate_can_be_the_incumbent(stub, train, key):
     from tunewise.config.sections import EvaluateConfig
-    from tunewise.evaluation.evaluate import CandidatePredictions, evaluate_candidates
+    from tunewise.evaluation.evaluate import evaluate_candidates
+    from tunewise.evaluation.predictions import CandidatePredictions
 
     stub.reset()
     texts = ["card arrival", "cash withdrawal", "exchange rate", "stolen card", "#garbage", "#500always rate"] * 5

@@ -287,7 +287,7 @@ class _Tuned(TfidfLogRegCandidate):
 
 
 def test_fitted_ensemble_predicts_what_the_evaluate_stage_combines(classify_data):
-    from tunewise.evaluation.evaluate import CandidatePredictions, ensemble_candidate
+    from tunewise.evaluation.predictions import CandidatePredictions, ensemble_candidate
 
     train, test = classify_data
     validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])

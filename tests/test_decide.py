@@ -93,21 +93,22 @@ def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):
     import pandas as pd
 
     from tunewise.config.sections import EvaluateConfig
-    from tunewise.evaluation import evaluate as ev
+    from tunewise.evaluation.evaluate import evaluate_candidates
+    from tunewise.evaluation.predictions import load_incumbent_predictions, load_run_predictions
 
     for stage in ("split", "curate", "baseline", "train"):
         if (run_dir / stage).exists():
             shutil.copytree(run_dir / stage, out_dir / stage, dirs_exist_ok=True)
     test = pd.read_parquet(run_dir / "split" / "test.parquet")
     validation = pd.read_parquet(run_dir / "split" / "validation.parquet")
-    candidates, skipped = ev.load_run_predictions(run_dir)
+    candidates, skipped = load_run_predictions(run_dir)
     info = None
     if incumbent_file is not None:
-        incumbent, info = ev.load_incumbent_predictions(incumbent_file, test)
+        incumbent, info = load_incumbent_predictions(incumbent_file, test)
         candidates.append(incumbent)
         evaluate_settings["baseline"] = f"predictions:{incumbent_file}"
     config = EvaluateConfig(n_resamples=300, human_sheet_size=0, ensemble=False, **evaluate_settings)
-    evaluation = ev.evaluate_candidates(test, candidates, task="classify", config=config, validation=validation,
+    evaluation = evaluate_candidates(test, candidates, task="classify", config=config, validation=validation,
                                         seed=0, skipped=skipped)
     if info is not None:
         evaluation.summary["incumbent"]["predictions_file"] = info

@@ -16,17 +16,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from tunewise.config.sections import ProjectConfig, config_from_dict
 from tunewise.core.artifacts import write_json, write_parquet
 from tunewise.core.stats import wilson_interval
-from tunewise.evaluation.evaluate import (
-    CandidatePredictions,
-    EvaluateConfig,
-    choose_threshold,
-    coverage_curve,
-    evaluate_candidates,
-    gate_exit_code,
-    load_run_predictions,
-    score_classification,
-)
+from tunewise.evaluation.evaluate import EvaluateConfig, evaluate_candidates
+from tunewise.evaluation.gate import gate_exit_code
 from tunewise.evaluation.human_sheet import SheetError, read_sheet, write_sheet
+from tunewise.evaluation.predictions import CandidatePredictions, load_run_predictions
+from tunewise.evaluation.scores import score_classification
+from tunewise.evaluation.thresholds import choose_threshold, coverage_curve
 from tunewise.pipeline.runner import StageContext
 
 LABELS = ("billing", "delivery", "login", "refund")
@@ -568,7 +563,7 @@ def test_out_of_scope_as_a_class_on_banking77_held_out_intents(banking77):
 
     from tunewise.candidates.registry import make_candidate
     from tunewise.core.records import records_from_texts
-    from tunewise.evaluation.evaluate import out_of_scope_metrics
+    from tunewise.evaluation.thresholds import out_of_scope_metrics
 
     oos = "out_of_scope"
     train_raw = pd.read_csv(banking77 / "train.csv")

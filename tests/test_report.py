@@ -274,7 +274,8 @@ def test_generate_run_lists_the_worst_generations(tmp_path, one_torch_thread):
     from tunewise.candidates.registry import make_candidate
     from tunewise.core.artifacts import write_json
     from tunewise.demo.data import generate_demo
-    from tunewise.evaluation.evaluate import CandidatePredictions, EvaluateConfig, evaluate_candidates
+    from tunewise.evaluation.evaluate import EvaluateConfig, evaluate_candidates
+    from tunewise.evaluation.predictions import CandidatePredictions
     from tunewise.reporting.report import build_report
 
     files = generate_demo(tmp_path / "data", task="generate", n_rows=200, n_test=30)

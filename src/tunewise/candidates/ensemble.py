@@ -3,7 +3,7 @@
 Its members rule and its combination rule live here, once, and serve both ways it is built:
 
 - the evaluate stage builds it from the predictions the baseline and train stages stored
-  (``tunewise.evaluation.evaluate.ensemble_candidate``): no model runs again;
+  (``tunewise.evaluation.predictions.ensemble_candidate``): no model runs again;
 - as a candidate (``fit`` / ``predict``, the contract of ``tunewise.candidates.base``) it fits a
   pool of unfitted candidates, keeps the members the rule picks and averages their predictions;
   ``from_members`` wraps members that are fitted already (serving loads them from a run).

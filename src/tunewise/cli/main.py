@@ -196,7 +196,7 @@ def evaluate(
     if human_ratings is not None:
         _fold_human_ratings(evaluate_dir, human_ratings, human)
     if fail_under:
-        from tunewise.evaluation.evaluate import gate_exit_code
+        from tunewise.evaluation.gate import gate_exit_code
 
         gate = summary.get("gate", {})
         err.print(f"gate: {'passed' if gate.get('passed') else 'FAILED'}; " + "; ".join(gate.get("reasons", [])))

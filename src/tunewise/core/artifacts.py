@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -172,6 +173,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (Path, set, frozenset)):
         return str(obj) if isinstance(obj, Path) else sorted(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON values: non-finite floats become None (JSON has no NaN), dict keys
+    strings, tuples and arrays lists, numpy scalars plain Python. The one definition: evaluation
+    and the report write their summaries through it."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist") and getattr(obj, "ndim", 0) > 0:  # numpy arrays
+        return [json_safe(v) for v in obj.tolist()]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy scalars
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
 
 
 def to_json(obj: Any) -> str:

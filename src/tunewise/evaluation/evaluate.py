@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,556 +35,65 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunewise.candidates.ensemble import (
-    MIN_MEMBERS,
-    TOO_FEW_MEMBERS,
-    EnsembleCandidate,
-    choose_members,
-    combine_predictions,
-    proba_matrix,
-    validation_accuracy,
-)
-from tunewise.candidates.registry import CANDIDATES, PREDICTION_COLUMNS, Candidate
 from tunewise.config.sections import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
-from tunewise.core.artifacts import read_json, write_csv, write_json, write_parquet
-from tunewise.core.errors import TunewiseError
-from tunewise.core.perturb import PERTURBATIONS, perturb
-from tunewise.core.progress import track
+from tunewise.core.artifacts import json_safe, write_csv, write_json, write_parquet
 from tunewise.core.records import answer_column
 from tunewise.core.stats import (
-    calibration_error_resampled,
     class_counts,
-    classification_metrics_with_ci,
-    compare_paired,
-    expected_calibration_error,
-    mcnemar,
-    mean_with_ci,
-    paired_permutation,
-    percentile_interval,
     precision_recall_f1,
-    ratio_resampled,
-    resample_weights,
 )
-from tunewise.evaluation.metrics_gen import FactChecker, bleu_from_statistics, chrf_from_statistics, score_generation
+from tunewise.evaluation.base import (
+    COMPARED_METRICS,
+    DEFAULT_BASELINE,
+    INCUMBENT_NAME,
+    LOWER_IS_BETTER,
+    PREDICTIONS_PREFIX,
+    PRIMARY_METRIC,
+    EvaluationError,
+)
+from tunewise.evaluation.gate import (
+    best_by_primary,
+    comparison_reference,
+    gate_decision,
+    meaningful,
+    pairwise_primary,
+    pick_incumbent,
+)
+from tunewise.evaluation.metrics_gen import FactChecker
+from tunewise.evaluation.predictions import CandidatePredictions, _check_ids
+from tunewise.evaluation.scores import (
+    ClassifyScores,
+    Resampler,
+    Scores,
+    _truth_for,
+    compare_scores,
+    score_classification,
+    score_generation_predictions,
+)
+from tunewise.evaluation.slices import slice_report
+from tunewise.evaluation.thresholds import choose_threshold, coverage_curve, out_of_scope_metrics
 
 __all__ = [
-    "DEFAULT_BASELINE",
-    "PERTURBATION_KINDS",
-    "PRIMARY_METRIC",
-    "CandidatePredictions",
-    "ClassifyScores",
     "EvaluateConfig",
     "Evaluation",
-    "EvaluationError",
-    "GenerateScores",
-    "choose_threshold",
-    "compare_scores",
-    "coverage_curve",
     "evaluate_candidates",
-    "gate_exit_code",
-    "ensemble_candidate",
-    "load_incumbent_predictions",
-    "load_run_predictions",
-    "meaningful",
-    "pairwise_primary",
-    "pick_incumbent",
-    "overfitting_report",
-    "perturb_texts",
-    "primary_score",
-    "robustness_report",
-    "score_classification",
-    "score_generation_predictions",
 ]
-
-PRIMARY_METRIC = {"classify": "accuracy", "generate": "chrf"}
-# Secondary metrics compared against the baseline besides the primary one.
-COMPARED_METRICS = {"classify": ("accuracy", "macro_f1"), "generate": ("chrf", "bleu", "rouge_l", "embedding_similarity")}
-DEFAULT_BASELINE = {"classify": "zero_shot_llm", "generate": "zero_shot_llm_gen"}
-# evaluate.baseline: predictions:FILE names the team's current system's answers on the test file
-PREDICTIONS_PREFIX = "predictions:"
-INCUMBENT_NAME = "incumbent"
-LOWER_IS_BETTER = frozenset({"ece", "unsupported_fact_rate"})
-PERTURBATION_KINDS = tuple(PERTURBATIONS)  # typos, casing, punctuation, fillers
-COVERAGE_LEVELS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 100% .. 50%
-
-
-class EvaluationError(TunewiseError, ValueError):
-    """Evaluation cannot run as asked; the message names the file or candidate."""
-
-    hint = "check the evaluate section of the config and that `tunewise train` finished for this run"
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading predictions
 
 
-@dataclass
-class CandidatePredictions:
-    """One candidate's predictions (the ``tunewise.candidates.registry`` columns) on test, validation, train."""
-
-    name: str
-    kind: str
-    test: pd.DataFrame
-    validation: pd.DataFrame | None = None
-    train: pd.DataFrame | None = None
-    source: str = "baseline"  # the stage that wrote them
-    expensive: bool = False
-    members: list[str] | None = None  # a candidate that combines others (the ensemble): their names
-
-
-def read_predictions(path: Path) -> pd.DataFrame:
-    """A predictions parquet with the contract's columns; ids as strings."""
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise EvaluationError(f"{path}: cannot read predictions ({type(exc).__name__}: {exc})") from None
-    missing = [c for c in ("id", "prediction") if c not in frame.columns]
-    if missing:
-        raise EvaluationError(f"{path}: predictions lack column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
-    frame = frame.copy()
-    frame["id"] = frame["id"].astype(str)
-    frame["prediction"] = frame["prediction"].fillna("").astype(str)
-    if "score" not in frame.columns:
-        frame["score"] = np.nan
-    if frame["id"].duplicated().any():
-        raise EvaluationError(f"{path}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]!r} appears more than once")
-    return frame
-
-
-def _stage_kinds(stage_dir: Path) -> dict[str, dict]:
-    try:
-        summary = read_json(stage_dir / "summary.json")
-    except (FileNotFoundError, ValueError):
-        return {}
-    return {c["name"]: c for c in summary.get("candidates", []) if isinstance(c, dict) and "name" in c}
-
-
-def load_run_predictions(run_dir: str | Path, stages: Sequence[str] = ("baseline", "train")) -> tuple[list[CandidatePredictions], list[dict]]:
-    """Every candidate's predictions under ``runs/<id>/<stage>/predictions/``; (found, skipped).
-
-    ``<name>.parquet`` holds test predictions, ``<name>.validation.parquet`` and
-    ``<name>.train.parquet`` the other splits when the stage wrote them. A stage that has not run
-    (no train stage yet) is simply absent; a candidate its summary lists without a predictions
-    file is reported in ``skipped``.
-    """
-    run_dir = Path(run_dir)
-    found: dict[str, CandidatePredictions] = {}
-    skipped: list[dict] = []
-    for stage in stages:
-        folder = run_dir / stage / "predictions"
-        listed = _stage_kinds(run_dir / stage)
-        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-        tests = [p for p in files if not p.name.endswith((".validation.parquet", ".train.parquet"))]
-        for path in tests:
-            name = path.name[: -len(".parquet")]
-            if name in found:
-                skipped.append({"name": name, "reason": f"{path}: a candidate of this name came from stage "
-                                f"{found[name].source!r} already; rename one"})
-                continue
-            meta = listed.get(name, {})
-            registered = CANDIDATES.get(name)
-            kind = meta.get("kind") or (registered.kind if registered else ("finetuned" if stage == "train" else "baseline"))
-            expensive = bool(meta.get("expensive", registered.expensive if registered else stage == "train"))
-            try:
-                test = read_predictions(path)
-                extra = {split: read_predictions(p) if (p := folder / f"{name}.{split}.parquet").exists() else None
-                         for split in ("validation", "train")}
-            except EvaluationError as exc:
-                skipped.append({"name": name, "reason": str(exc)})
-                continue
-            found[name] = CandidatePredictions(name, kind, test, extra["validation"], extra["train"], stage, expensive)
-        for name in listed:
-            if name not in found and not any(s["name"] == name for s in skipped):
-                skipped.append({"name": name, "reason": f"stage {stage!r} lists candidate {name!r} but "
-                                f"{folder / (name + '.parquet')} does not exist; re-run `tunewise {stage}`"})
-    return list(found.values()), skipped
-
-
-def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Sequence[str], *,
-                       name: str = EnsembleCandidate.name) -> tuple[CandidatePredictions | None, dict[str, Any]]:
-    """The ``ensemble`` candidate from its members' stored predictions: no model runs again.
-
-    Its members rule and combination rule are the candidate's (``tunewise.candidates.ensemble``): every
-    fine-tuned candidate with probabilities, plus the cheap one with the best validation accuracy;
-    the mean of their class probabilities on the test (and validation) ids every member scored;
-    the sum of their latencies. Validation predictions carry the true ``label`` for the ranking.
-    Returns (candidate or None, what was done).
-    """
-    labels = sorted(labels)
-    usable = {c.name: c for c in candidates if proba_matrix(c.test, labels) is not None}
-    pool = [(c.name, c.kind, validation_accuracy(c.validation) if c.validation is not None else None)
-            for c in usable.values()]
-    members = [usable[n] for n in choose_members(pool)]
-    info: dict[str, Any] = {"members": [m.name for m in members]}
-    if len(members) < MIN_MEMBERS:
-        info["reason"] = TOO_FEW_MEMBERS
-        return None, info
-    test = combine_predictions([m.test for m in members], labels)
-    validation = None
-    if all(m.validation is not None and proba_matrix(m.validation, labels) is not None for m in members):
-        validation = combine_predictions([m.validation for m in members], labels)
-    info["n_test"] = len(test)
-    return CandidatePredictions(name, EnsembleCandidate.kind, test, validation, None, "evaluate",
-                                any(m.expensive for m in members), members=info["members"]), info
-
-
-def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[CandidatePredictions, dict[str, Any]]:
-    """The team's current system's answers on the test file (``evaluate.baseline: predictions:FILE``).
-
-    Columns ``id``, ``prediction``, optional ``latency_ms`` and ``usd`` (cost of one request);
-    CSV, TSV, JSONL or Parquet. Joined on id: ids the file lacks are compared on the rows it has
-    (and counted), ids the test set lacks are dropped (and counted). Nothing is guessed."""
-    path = Path(path)
-    if not path.exists():
-        raise EvaluationError(f"evaluate.baseline: predictions file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
-        elif suffix == ".json":
-            frame = pd.read_json(path, dtype=False)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise EvaluationError(f"{path}: cannot read the incumbent's predictions ({type(exc).__name__}: {exc})") from None
-    missing = [c for c in ("id", "prediction") if c not in frame.columns]
-    if missing:
-        raise EvaluationError(f"{path}: the incumbent's predictions lack column(s) {missing}; expected id, prediction "
-                              "and optionally latency_ms, usd")
-    frame = frame.assign(id=frame["id"].astype(str), prediction=frame["prediction"].fillna("").astype(str))
-    repeated = frame["id"][frame["id"].duplicated()]
-    if len(repeated):
-        line = int(repeated.index[0]) + 2  # a header line, then 1-based rows
-        raise EvaluationError(f"{path}, line {line}: field id {repeated.iloc[0]!r} appears more than once")
-    for column in ("latency_ms", "usd"):
-        if column in frame.columns:
-            values = pd.to_numeric(frame[column], errors="coerce")
-            bad = values.isna() | (values < 0)
-            if bad.any():
-                at = int(np.flatnonzero(bad.to_numpy())[0])
-                raise EvaluationError(f"{path}, line {at + 2}: field {column} must be a number >= 0, got "
-                                      f"{frame[column].iloc[at]!r}")
-            frame[column] = values.astype(float)
-    test_ids = test["id"].astype(str)
-    extra = frame.loc[~frame["id"].isin(set(test_ids)), "id"]
-    absent = test_ids[~test_ids.isin(set(frame["id"]))]
-    kept = frame[frame["id"].isin(set(test_ids))].reset_index(drop=True)
-    predictions = pd.DataFrame({"id": kept["id"], "prediction": kept["prediction"], "score": np.nan,
-                                "latency_ms": kept["latency_ms"] if "latency_ms" in kept else np.nan})
-    if "usd" in kept:
-        predictions["usd"] = kept["usd"]
-    info = {"file": str(path), "rows": int(len(frame)), "matched": int(len(kept)),
-            "missing_ids": int(len(absent)), "missing_examples": absent.head(5).tolist(),
-            "extra_ids": int(len(extra)), "extra_examples": extra.head(5).tolist(),
-            "has_latency": "latency_ms" in frame.columns, "has_usd": "usd" in frame.columns,
-            "usd_per_request": float(kept["usd"].mean()) if "usd" in kept and len(kept) else None}
-    if not len(kept):
-        raise EvaluationError(f"{path}: none of its {len(frame)} ids is a test id (first: "
-                              f"{frame['id'].iloc[0] if len(frame) else 'none'!r}); the file must answer the test file's rows")
-    return CandidatePredictions(INCUMBENT_NAME, "incumbent", predictions, None, None, "evaluate", False), info
-
-
-def _check_ids(candidate: CandidatePredictions, test_ids: set[str]) -> str | None:
-    """Why the candidate cannot be compared on this test set, or None."""
-    if len(candidate.test) == 0:
-        return f"candidate {candidate.name!r} ({candidate.source}): the predictions file is empty"
-    unknown = candidate.test.loc[~candidate.test["id"].isin(test_ids), "id"]
-    if len(unknown):
-        return (f"candidate {candidate.name!r} ({candidate.source}): {len(unknown)} of {len(candidate.test)} prediction "
-                f"ids are not in the test set (first: {unknown.iloc[0]!r}); its predictions were made on another "
-                f"split, so it is left out rather than compared on a different set; re-run `tunewise {candidate.source}`")
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Per-example scores of one candidate, and metrics of any subset under any resamples
-
-
-class _Resampler:
-    """Bootstrap count matrices by sample size, seeded; the few most recent ones kept."""
-
-    def __init__(self, n_resamples: int, seed: int, keep: int = 8) -> None:
-        self.n_resamples, self.seed, self.keep = n_resamples, seed, keep
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    def __call__(self, n: int) -> np.ndarray:
-        if n in self._cache:
-            self._cache.move_to_end(n)
-            return self._cache[n]
-        weights = resample_weights(n, self.n_resamples, self.seed)
-        self._cache[n] = weights
-        while len(self._cache) > self.keep:
-            self._cache.popitem(last=False)
-        return weights
-
-
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    return percentile_interval(np.asarray(values, dtype=np.float64), level)
-
-
-@dataclass
-class ClassifyScores:
-    """A classifier's predictions on ``ids`` as label indices into ``labels``."""
-
-    ids: np.ndarray
-    y_true: np.ndarray
-    y_pred: np.ndarray
-    confidence: np.ndarray
-    labels: list[str]
-    answered: np.ndarray | None = None  # confidence >= the out-of-scope threshold
-    oos_index: int | None = None
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.y_true == self.y_pred
-
-    def take(self, positions: np.ndarray) -> ClassifyScores:
-        return ClassifyScores(self.ids[positions], self.y_true[positions], self.y_pred[positions],
-                              self.confidence[positions], self.labels,
-                              None if self.answered is None else self.answered[positions], self.oos_index)
-
-    def paired_values(self, metric: str) -> tuple[np.ndarray, str] | None:
-        return (self.correct, "mcnemar") if metric == "accuracy" else None
-
-    def metrics(self, weights: np.ndarray | None, level: float) -> tuple[dict, dict, dict]:
-        point, ci, resampled = classification_metrics_with_ci(self.y_true, self.y_pred, len(self.labels), weights, level)
-        finite = np.isfinite(self.confidence)
-        if finite.all():
-            point["ece"] = expected_calibration_error(self.confidence, self.correct)
-            if weights is not None:
-                resampled["ece"] = calibration_error_resampled(self.confidence, self.correct, weights)
-                ci["ece"] = _interval(resampled["ece"], level)
-        if self.answered is not None:
-            ones = np.ones(len(self.ids), dtype=bool)
-            ratios = {"coverage": (self.answered, ones), "selective_accuracy": (self.answered & self.correct, self.answered)}
-            if self.oos_index is not None and (self.y_true == self.oos_index).any():
-                is_oos = self.y_true == self.oos_index
-                says_oos = ~self.answered | (self.y_pred == self.oos_index)
-                final_correct = np.where(self.answered, self.correct, is_oos)
-                ratios["in_scope_accuracy"] = (final_correct & ~is_oos, ~is_oos)
-                ratios["oos_recall"] = (says_oos & is_oos, is_oos)
-                ratios["oos_precision"] = (says_oos & is_oos, says_oos)
-            for name, (num, den) in ratios.items():
-                point[name] = float(num.sum() / den.sum()) if den.sum() else float("nan")
-                if weights is not None:
-                    resampled[name] = ratio_resampled(num, den, weights)
-                    ci[name] = _interval(resampled[name], level)
-        return point, ci, resampled
-
-
-@dataclass
-class GenerateScores:
-    """A generator's per-example scores on ``ids`` and its additive corpus statistics."""
-
-    ids: np.ndarray
-    frame: pd.DataFrame
-    chrf_stats: np.ndarray
-    bleu_stats: np.ndarray
-
-    def take(self, positions: np.ndarray) -> GenerateScores:
-        return GenerateScores(self.ids[positions], self.frame.iloc[positions].reset_index(drop=True),
-                              self.chrf_stats[positions], self.bleu_stats[positions])
-
-    def paired_values(self, metric: str) -> tuple[np.ndarray, str] | None:
-        # corpus chrF is compared through its sentence-level scores (the same statistics per row)
-        column = {"chrf": "chrf", "rouge_l": "rouge_l", "embedding_similarity": "embedding_similarity"}.get(metric)
-        if column is None or column not in self.frame.columns:
-            return None
-        return self.frame[column].to_numpy(np.float64), "paired_permutation"
-
-    def metrics(self, weights: np.ndarray | None, level: float) -> tuple[dict, dict, dict]:
-        point: dict[str, float] = {}
-        ci: dict[str, tuple[float, float]] = {}
-        resampled: dict[str, np.ndarray] = {}
-        for name, stats, fn in (("chrf", self.chrf_stats, chrf_from_statistics), ("bleu", self.bleu_stats, bleu_from_statistics)):
-            point[name] = float(fn(stats.sum(axis=0))) if len(stats) else float("nan")
-            if weights is not None:
-                resampled[name] = fn(weights.astype(np.float64) @ stats)
-                ci[name] = _interval(resampled[name], level)
-        means = {"rouge_l": "rouge_l", "embedding_similarity": "embedding_similarity", "format_compliance": "format_ok"}
-        values = {name: self.frame[col].to_numpy(np.float64) for name, col in means.items() if col in self.frame.columns}
-        if "n_unsupported" in self.frame.columns:
-            values["unsupported_fact_rate"] = (self.frame["n_unsupported"].to_numpy() > 0).astype(np.float64)
-        for name, v in values.items():
-            p, interval, res = mean_with_ci(v, weights, level)
-            point[name] = p
-            if weights is not None:
-                ci[name], resampled[name] = interval, res
-        words, ref_words = self.frame["reply_words"].to_numpy(), self.frame["reference_words"].to_numpy()
-        point["length_ratio"] = float(words.sum() / ref_words.sum()) if ref_words.sum() else float("nan")
-        if weights is not None:
-            resampled["length_ratio"] = ratio_resampled(words, ref_words, weights)
-            ci["length_ratio"] = _interval(resampled["length_ratio"], level)
-        return point, ci, resampled
-
-
-Scores = ClassifyScores | GenerateScores
-
-
-def _truth_for(ids: Sequence[str], truth: pd.DataFrame, column: str) -> pd.Series:
-    return truth.set_index(truth["id"].astype(str))[column].reindex(list(ids))
-
-
-def score_classification(predictions: pd.DataFrame, truth: pd.DataFrame, labels: list[str],
-                         threshold: float | None = None, out_of_scope_label: str | None = None) -> ClassifyScores:
-    """Index predictions and true labels (``truth``: id, label) into the label list ``labels``."""
-    index = {label: i for i, label in enumerate(labels)}
-    ids = predictions["id"].astype(str).to_numpy()
-    expected = _truth_for(ids, truth, "label").astype(str).to_numpy()
-    unknown = sorted({x for x in (*expected, *predictions["prediction"]) if x not in index})
-    if unknown:
-        raise EvaluationError(f"labels {unknown[:5]} are missing from the label list")
-    confidence = pd.to_numeric(predictions["score"], errors="coerce").to_numpy(np.float64)
-    answered = confidence >= threshold if threshold is not None else None
-    oos = index.get(out_of_scope_label) if out_of_scope_label is not None else None
-    return ClassifyScores(ids, np.array([index[x] for x in expected]), np.array([index[x] for x in predictions["prediction"]]),
-                          confidence, labels, answered, oos)
-
-
-def score_generation_predictions(predictions: pd.DataFrame, truth: pd.DataFrame, *, checker: FactChecker | None = None,
-                                 format_pattern: str | None = None, encoder: str | None = None) -> GenerateScores:
-    """Score replies against ``truth`` (id, target, input)."""
-    ids = predictions["id"].astype(str).to_numpy()
-    references = _truth_for(ids, truth, "target").fillna("").astype(str).tolist()
-    inputs = _truth_for(ids, truth, "input").fillna("").astype(str).tolist() if "input" in truth.columns else None
-    scored = score_generation(predictions["prediction"].astype(str).tolist(), references, inputs,
-                              checker=checker if inputs is not None else None, format_pattern=format_pattern, encoder=encoder)
-    return GenerateScores(ids, scored.per_example, scored.chrf_stats, scored.bleu_stats)
 
 
 # ---------------------------------------------------------------------------------------------
 # Paired comparison on shared ids
 
 
-def _common_positions(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
-    pos_b = {x: i for i, x in enumerate(b.ids)}
-    pa = np.array([i for i, x in enumerate(a.ids) if x in pos_b], dtype=np.int64)
-    pb = np.array([pos_b[a.ids[i]] for i in pa], dtype=np.int64)
-    return pa, pb
-
-
-def compare_scores(candidate: Scores, baseline: Scores, metrics: Sequence[str], resampler: _Resampler, level: float,
-                   seed: int = 0) -> dict | None:
-    """Candidate against baseline on the ids both scored: per metric, the difference and the
-    relative improvement with intervals from the same resamples, and a paired test; None when
-    they share no id."""
-    pa, pb = _common_positions(candidate, baseline)
-    if len(pa) == 0:
-        return None
-    a, b = candidate.take(pa), baseline.take(pb)
-    weights = resampler(len(pa))
-    point_a, _, res_a = a.metrics(weights, level)
-    point_b, _, res_b = b.metrics(weights, level)
-    out: dict[str, Any] = {"n": int(len(pa)), "metrics": {}}
-    for metric in metrics:
-        if metric not in point_a or metric not in point_b:
-            continue
-        paired = a.paired_values(metric)
-        if paired is not None:
-            values_a, test = paired
-            values_b = b.paired_values(metric)[0]
-            if test == "mcnemar":
-                p_value, test = mcnemar(values_a, values_b)
-            else:
-                p_value = paired_permutation(values_a, values_b, seed=seed)
-        else:
-            p_value, test = float("nan"), "bootstrap_only"
-        out["metrics"][metric] = compare_paired(metric, point_a[metric], point_b[metric], res_a[metric], res_b[metric],
-                                                p_value, test, len(pa), level).as_dict()
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Classification extras: threshold, coverage, per class, confusions
-
-
-def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
-                     min_coverage: float = 0.1) -> dict:
-    """The lowest confidence at which the answers at or above it reach ``target_precision``.
-
-    Lowest, so the most answers are kept. When no cut reaches the target, the cut with the best
-    precision among those answering at least ``min_coverage`` of the rows is used and
-    ``reached`` is False.
-    """
-    confidence = np.asarray(confidence, np.float64)
-    correct = np.asarray(correct, bool)
-    n = len(confidence)
-    if n == 0 or not np.isfinite(confidence).all():
-        return {"threshold": None, "reached": False, "reason": "no validation predictions with a confidence"}
-    order = np.argsort(-confidence, kind="stable")
-    sorted_conf, sorted_correct = confidence[order], correct[order]
-    precision = np.cumsum(sorted_correct) / np.arange(1, n + 1)
-    # a cut is only possible between different confidences: ties are answered together
-    cut = np.r_[sorted_conf[:-1] > sorted_conf[1:], True]
-    feasible = np.flatnonzero(cut & (precision >= target_precision))
-    reached = len(feasible) > 0
-    if reached:
-        j = int(feasible[-1])
-    else:
-        allowed = np.flatnonzero(cut & (np.arange(1, n + 1) >= max(1, math.ceil(min_coverage * n))))
-        j = int(allowed[np.argmax(precision[allowed])])
-    return {"threshold": float(sorted_conf[j]), "reached": bool(reached), "target_precision": target_precision,
-            "validation_precision": float(precision[j]), "validation_coverage": (j + 1) / n, "n_validation": n}
-
-
-def coverage_curve(confidence: np.ndarray, correct: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS) -> list[dict]:
-    """Accuracy of the most confident share of answers, for each coverage level (the rest deferred)."""
-    n = len(confidence)
-    if n == 0 or not np.isfinite(confidence).all():
-        return []
-    order = np.argsort(-np.asarray(confidence, np.float64), kind="stable")
-    hits = np.cumsum(np.asarray(correct, np.float64)[order])
-    out = []
-    for level in levels:
-        k = max(1, math.ceil(level * n))
-        out.append({"coverage": float(level), "n_answered": int(k), "accuracy": float(hits[k - 1] / k),
-                    "min_confidence": float(confidence[order[k - 1]])})
-    return out
-
-
-def _oos_block(y_true: np.ndarray, y_pred: np.ndarray, is_oos: np.ndarray, flagged: np.ndarray) -> dict:
-    """In-scope accuracy and out-of-scope recall, precision, F1 when ``flagged`` rows are answered out of scope."""
-    in_scope = ~is_oos
-    n_in, n_oos = int(in_scope.sum()), int(is_oos.sum())
-    in_right = int((in_scope & ~flagged & (y_pred == y_true)).sum())
-    tp, fp = int((flagged & is_oos).sum()), int((flagged & in_scope).sum())
-    fn = n_oos - tp
-    precision, recall, f1 = (float(v) for v in precision_recall_f1(tp, fp, fn))
-    return {"in_scope_accuracy": in_right / n_in if n_in else None,
-            "oos_recall": recall if n_oos else None,
-            "oos_precision": precision if tp + fp else None,
-            "oos_f1": f1 if 2 * tp + fp + fn else None,
-            "in_scope_correct": in_right, "oos_caught": tp, "oos_false_alarms": fp, "oos_missed": fn,
-            "flagged": tp + fp}
-
-
-def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
-    """Out-of-scope as a first-class case, when the test set has rows labelled out of scope.
-
-    A row is flagged out of scope when the model predicts the out-of-scope class (``class_only``)
-    or, in addition, when its confidence is below the threshold (``with_threshold``). In-scope
-    accuracy counts a flagged in-scope row as wrong. The top-level figures are those with the
-    threshold when one was applied, else class-only; both blocks show what the threshold adds.
-    """
-    if scores.oos_index is None:
-        return None
-    y_true, y_pred = np.asarray(scores.y_true), np.asarray(scores.y_pred)
-    is_oos = y_true == scores.oos_index
-    if not is_oos.any():
-        return None
-    by_class = y_pred == scores.oos_index
-    class_only = _oos_block(y_true, y_pred, is_oos, by_class)
-    with_threshold = None
-    if scores.answered is not None:
-        with_threshold = _oos_block(y_true, y_pred, is_oos, by_class | ~np.asarray(scores.answered, bool))
-    main = with_threshold or class_only
-    return {"label": scores.labels[scores.oos_index], "threshold_applied": with_threshold is not None,
-            "n": int(len(y_true)), "n_in_scope": int((~is_oos).sum()), "n_oos": int(is_oos.sum()),
-            "n_predicted_oos_class": int(by_class.sum()),
-            "n_below_threshold": None if scores.answered is None else int((~np.asarray(scores.answered, bool)).sum()),
-            **main, "with_threshold": with_threshold, "class_only": class_only}
 
 
 def _per_class(scores: ClassifyScores, name: str) -> pd.DataFrame:
@@ -620,34 +128,8 @@ def _confusions(scores: ClassifyScores, top: int) -> dict:
 # Perturbations for the robustness check: tunewise.core.perturb, shared with training augmentation
 
 
-def perturb_texts(texts: Sequence[str], kind: str, seed: int = 0) -> list[str]:
-    """Every text under one perturbation (``tunewise.core.perturb``: seeded by text, kind and seed)."""
-    return [perturb(str(t), kind, seed) for t in texts]
-
-
 # ---------------------------------------------------------------------------------------------
 # The evaluation of all candidates
-
-
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats become None (JSON has no NaN); tuples and numpy values become plain."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_json_safe(v) for v in obj.tolist()]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.1%}"
 
 
 @dataclass
@@ -667,7 +149,7 @@ class Evaluation:
 
     def write(self, out_dir: str | Path) -> list[Path]:
         out = Path(out_dir)
-        paths = [write_json(out / "summary.json", _json_safe(self.summary))]
+        paths = [write_json(out / "summary.json", json_safe(self.summary))]
         for name, frame in self.per_example.items():
             paths.append(write_parquet(out / "per_example" / f"{name}.parquet", frame))
         if self.per_class is not None:
@@ -676,7 +158,7 @@ class Evaluation:
                                   ("coverage.json", self.coverage), ("slices.json", self.slices),
                                   ("worst_examples.json", self.worst)):
             if payload or artifact == "slices.json":
-                paths.append(write_json(out / artifact, _json_safe(payload)))
+                paths.append(write_json(out / artifact, json_safe(payload)))
         paths += write_plots(self, out / "plots")
         return paths
 
@@ -688,148 +170,6 @@ def _label_list(task_labels: Sequence[str], candidates: Sequence[CandidatePredic
         if c.validation is not None:
             labels |= set(c.validation["prediction"])
     return sorted(labels)
-
-
-def pick_incumbent(task: str, entries: dict[str, dict], configured: str | None) -> tuple[str | None, str | None]:
-    """(incumbent name, note): the configured candidate (or ``predictions:FILE``, loaded as
-    ``incumbent``), else the strongest prompted LLM measured: the "pre-trained model before
-    fine-tuning" of the minimum-improvement rule, never an arbitrary one of them."""
-    primary = PRIMARY_METRIC[task]
-    if configured is not None:
-        name = INCUMBENT_NAME if configured.startswith(PREDICTIONS_PREFIX) else configured
-        if name in entries:
-            return name, None
-        return None, (f"evaluate.baseline is {configured!r} but it has no usable predictions; "
-                      f"available: {', '.join(sorted(entries)) or 'none'}")
-    prompted = [n for n, e in entries.items() if e["kind"] == "baseline"]
-    best = _best(entries, prompted, primary)
-    if best is not None:
-        return best, (f"the incumbent is {best}, the strongest prompted LLM measured "
-                      f"(of {', '.join(sorted(prompted))}); name the system you run today with evaluate.baseline")
-    alternatives = [n for n, e in entries.items() if e["kind"] != "finetuned"]
-    best = _best(entries, alternatives, primary)
-    if best is not None:
-        return best, f"no prompted LLM was measured; the incumbent is {best}, the best candidate that needs no fine-tuning"
-    return None, "no baseline: no prompted LLM or other candidate without fine-tuning has predictions; set evaluate.baseline"
-
-
-def meaningful(task: str, entry: dict, scores: Scores, primary: str) -> dict:
-    """Whether a candidate is more than chance: its interval's lower end above the majority-class
-    rate (the accuracy of always answering the most frequent label on the same rows, never below
-    1 / number of labels). A baseline within noise of that is a strawman: beating it by 15% says
-    nothing about fine-tuning."""
-    if task != "classify" or primary != "accuracy":
-        return {"meaningful": True, "floor": None, "reason": "not checked for this metric"}
-    counts = np.bincount(scores.y_true, minlength=len(scores.labels))
-    floor = max(float(counts.max() / max(len(scores.y_true), 1)), 1.0 / max(len(set(scores.y_true.tolist())), 1))
-    low = (entry.get("ci95", {}).get(primary) or [float("nan")])[0]
-    ok = bool(low is not None and math.isfinite(low) and low > floor)
-    reason = (f"{entry['name']} scores {entry['metrics'].get(primary, float('nan')):.4g} {primary} (interval from "
-              f"{low:.4g}); always answering the most frequent label scores {floor:.4g} on the same rows")
-    return {"meaningful": ok, "floor": floor, "lower": low,
-            "reason": reason + ("" if ok else ": within noise of chance, not a meaningful baseline")}
-
-
-def _reference(task: str, entries: dict[str, dict], incumbent: str | None, checks: dict[str, dict],
-               primary: str) -> tuple[str | None, str | None]:
-    """The candidate the minimum-improvement rule is measured against: the incumbent when it is
-    meaningful, else the best meaningful candidate that needs no fine-tuning."""
-    if incumbent is None or checks.get(incumbent, {}).get("meaningful", True):
-        return incumbent, None
-    alternatives = [n for n, e in entries.items() if e["kind"] != "finetuned" and n != incumbent
-                    and checks.get(n, {}).get("meaningful", True)]
-    best = _best(entries, alternatives, primary)
-    if best is None:
-        return incumbent, (f"the baseline {incumbent} is not meaningful ({checks[incumbent]['reason']}) and no "
-                           "other candidate without fine-tuning is either; comparisons use it all the same")
-    return best, (f"the baseline {incumbent} is not meaningful ({checks[incumbent]['reason']}): the "
-                  f"minimum-improvement rule is measured against {best}, the best candidate that needs no fine-tuning")
-
-
-def pairwise_primary(scores: dict[str, Scores], names: Sequence[str], primary: str, resampler: _Resampler,
-                     level: float, seed: int) -> dict[str, dict[str, dict]]:
-    """Every ordered pair's paired comparison on the primary metric (on the ids both scored):
-    ``out[a][b]`` is a against b. The decision reads it to tell which candidates are within noise
-    of each other and which beat the cheaper ones."""
-    out: dict[str, dict[str, dict]] = {n: {} for n in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            result = compare_scores(scores[a], scores[b], (primary,), resampler, level, seed)
-            if result is None or primary not in result["metrics"]:
-                continue
-            m = result["metrics"][primary]
-            lo, hi = m["difference_ci"]
-            out[a][b] = {"difference": m["difference"], "difference_ci": [lo, hi], "p_value": m["p_value"],
-                         "test": m["test"], "n": m["n"]}
-            out[b][a] = {"difference": -m["difference"], "difference_ci": [-hi, -lo], "p_value": m["p_value"],
-                         "test": m["test"], "n": m["n"]}
-    return out
-
-
-def _best(entries: dict[str, dict], names: Sequence[str], primary: str) -> str | None:
-    scored = [(entries[n]["metrics"].get(primary), n) for n in names]
-    scored = [(v, n) for v, n in scored if v is not None and math.isfinite(v)]
-    return max(scored, key=lambda item: item[0])[1] if scored else None
-
-
-def gate_decision(task: str, *, candidate: str | None, baseline: str | None, vs_baseline: dict | None,
-                  cheap: str | None, vs_cheap: dict | None, threshold: float, require_beats_cheap: bool = True,
-                  notes: Sequence[str] = ()) -> dict:
-    """Pass when the relative improvement on the primary metric reaches ``threshold`` with the
-    interval's lower end above zero, and the candidate does not lose to the best cheap one beyond
-    noise (the difference's interval entirely below zero)."""
-    primary = PRIMARY_METRIC[task]
-    reasons: list[str] = list(notes)
-    passed = True
-    if candidate is None or baseline is None:
-        return {"passed": False, "candidate": candidate, "baseline": baseline,
-                "reasons": reasons + ["no candidate to compare with a baseline"]}
-    comparison = (vs_baseline or {}).get("metrics", {}).get(primary)
-    if comparison is None:
-        return {"passed": False, "candidate": candidate, "baseline": baseline,
-                "reasons": reasons + [f"{candidate} and {baseline} share no scored test ids: nothing to compare"]}
-    rel, (lo, hi) = comparison["relative_improvement"], comparison["relative_ci"]
-    n = comparison["n"]
-    if rel is None or not math.isfinite(rel):
-        passed = False
-        reasons.append(f"relative improvement of {candidate} over {baseline} is undefined ({baseline} scores 0 {primary})")
-    else:
-        where = f"{primary} {comparison['candidate']:.4g} vs {comparison['baseline']:.4g}, n={n}"
-        if rel >= threshold:
-            reasons.append(f"{candidate} improves {primary} over {baseline} by {_pct(rel)} ({where}), "
-                           f"reaching the {threshold:.0%} threshold")
-        else:
-            passed = False
-            reasons.append(f"{candidate} improves {primary} over {baseline} by {_pct(rel)} ({where}), "
-                           f"below the {threshold:.0%} threshold")
-        if lo is not None and math.isfinite(lo) and lo > 0:
-            reasons.append(f"the {primary} gain is beyond noise: its interval is {_pct(lo)} to {_pct(hi)}")
-        else:
-            passed = False
-            reasons.append(f"the {primary} gain may be noise: its interval ({_pct(lo)} to {_pct(hi)}) reaches zero or below")
-    if require_beats_cheap:
-        cmp_cheap = (vs_cheap or {}).get("metrics", {}).get(primary)
-        if cheap is None:
-            reasons.append("no cheap candidate to check against")
-        elif cmp_cheap is None:
-            passed = False
-            reasons.append(f"{candidate} and the cheap candidate {cheap} share no scored test ids")
-        else:
-            d_lo, d_hi = cmp_cheap["difference_ci"]
-            if d_hi is not None and math.isfinite(d_hi) and d_hi < 0:
-                passed = False
-                reasons.append(f"{candidate} loses to the cheap candidate {cheap} beyond noise: {primary} difference "
-                               f"{cmp_cheap['difference']:+.4g} (interval {d_lo:+.4g} to {d_hi:+.4g}, n={cmp_cheap['n']})")
-            else:
-                reasons.append(f"{candidate} does not lose to the cheap candidate {cheap} beyond noise "
-                               f"({primary} difference {cmp_cheap['difference']:+.4g}, interval {d_lo:+.4g} to {d_hi:+.4g})")
-    return {"passed": passed, "candidate": candidate, "baseline": baseline, "cheap": cheap, "reasons": reasons}
-
-
-def gate_exit_code(summary: dict) -> int:
-    """0 when the evaluation gate passed, 1 when it failed or the summary holds no gate."""
-    gate = summary.get("gate") if isinstance(summary, dict) else None
-    return 0 if isinstance(gate, dict) and gate.get("passed") is True else 1
 
 
 def evaluate_candidates(
@@ -876,7 +216,7 @@ def evaluate_candidates(
         for name in config.candidates:
             if not any(c.name == name for c in candidates):
                 skipped.append({"name": name, "reason": f"evaluate.candidates lists {name!r} but no stage wrote its predictions"})
-    resampler = _Resampler(config.n_resamples, seed)
+    resampler = Resampler(config.n_resamples, seed)
     primary = PRIMARY_METRIC[task]
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -964,7 +304,7 @@ def evaluate_candidates(
         entries[name]["meaningful"] = check["meaningful"]
         entries[name]["needs_finetuning"] = entries[name]["kind"] == "finetuned"
         entries[name]["on_sample"] = entries[name]["n_eval"] < len(test)
-    baseline, reference_note = _reference(task, entries, incumbent, checks, primary)
+    baseline, reference_note = comparison_reference(task, entries, incumbent, checks, primary)
     if reference_note:
         notes.append(reference_note)
     comparisons: dict[str, dict] = {}
@@ -979,10 +319,10 @@ def evaluate_candidates(
     pairwise = pairwise_primary(scores, list(entries), primary, resampler, level, seed)
     others = [n for n in entries if n != baseline]
     finetuned = [n for n in others if entries[n]["kind"] == "finetuned"]
-    gate_candidate = _best(entries, finetuned or others, primary)
+    gate_candidate = best_by_primary(entries, finetuned or others, primary)
     # the alternative the fine-tune must not lose to: the best candidate that needs no fine-tuning
     # (cheap models and prompted LLMs alike), other than the reference itself
-    cheap = _best(entries, [n for n in entries if entries[n]["kind"] != "finetuned" and n not in (gate_candidate, baseline)
+    cheap = best_by_primary(entries, [n for n in entries if entries[n]["kind"] != "finetuned" and n not in (gate_candidate, baseline)
                             and checks[n]["meaningful"]], primary)
     vs_cheap = None
     if gate_candidate is not None and cheap is not None and config.gate_beats_cheap:
@@ -1037,178 +377,8 @@ def evaluate_candidates(
 # Slices
 
 
-def _slice_metrics(task: str, s: Scores, resampler: _Resampler, level: float, min_rows: int) -> dict:
-    n = len(s.ids)
-    if n < min_rows:
-        return {"n": n, "computable": False, "reason": f"only {n} rows (evaluate.min_slice_rows is {min_rows})"}
-    point, ci, _ = s.metrics(resampler(n), level)
-    names = ("accuracy", "macro_f1") if task == "classify" else ("chrf", "rouge_l")
-    out: dict[str, Any] = {"n": n, "computable": True, "metrics": {}, "ci95": {}, "not_computable": {}}
-    for name in names:
-        if name not in point:
-            continue
-        if task == "classify" and name == "macro_f1" and len(np.unique(s.y_true)) < 2:
-            out["not_computable"][name] = "one class in this slice: macro F1 does not compare classes"
-            continue
-        out["metrics"][name], out["ci95"][name] = point[name], ci.get(name)
-    return out
-
-
-def slice_report(task: str, scores: dict[str, Scores], test: pd.DataFrame, slice_columns: Sequence[str],
-                 baseline: str | None, config: EvaluateConfig, resampler: _Resampler) -> dict:
-    """Metrics per value of each slice column, the largest gap, and slices worse than the baseline."""
-    primary = PRIMARY_METRIC[task]
-    level = config.confidence_level
-    report: dict[str, Any] = {"columns": {}, "worse_than_baseline": []}
-    by_id = test.set_index(test["id"].astype(str))
-    for column in slice_columns:
-        if column not in test.columns:
-            report["columns"][column] = {"error": f"slice column {column!r} is not in the test set"}
-            continue
-        values = by_id[column].astype(object).where(by_id[column].notna(), "(missing)").astype(str)
-        col_report: dict[str, Any] = {}
-        for name, s in scores.items():
-            row_values = values.reindex(s.ids).to_numpy()
-            per_value: dict[str, Any] = {}
-            for value in sorted(set(row_values)):
-                part = s.take(np.flatnonzero(row_values == value))
-                entry = _slice_metrics(task, part, resampler, level, config.min_slice_rows)
-                if baseline is not None and name != baseline and entry["computable"]:
-                    base_values = values.reindex(scores[baseline].ids).to_numpy()
-                    base_part = scores[baseline].take(np.flatnonzero(base_values == value))
-                    cmp = compare_scores(part, base_part, (primary,), resampler, level)
-                    if cmp is None or cmp["n"] < config.min_slice_rows:
-                        entry["vs_baseline"] = {"computable": False, "reason": f"only {0 if cmp is None else cmp['n']} rows "
-                                                f"shared with {baseline} in this slice"}
-                    else:
-                        c = cmp["metrics"][primary]
-                        worse = c["difference_ci"][1] is not None and c["difference_ci"][1] < 0
-                        entry["vs_baseline"] = {"computable": True, "difference": c["difference"],
-                                                "difference_ci": c["difference_ci"], "p_value": c["p_value"],
-                                                "n": c["n"], "worse_beyond_noise": bool(worse)}
-                        if worse:
-                            report["worse_than_baseline"].append({
-                                "column": column, "value": value, "candidate": name, "baseline": baseline,
-                                "metric": primary, "difference": c["difference"], "difference_ci": c["difference_ci"], "n": c["n"]})
-                per_value[value] = entry
-            computable = {v: e["metrics"][primary] for v, e in per_value.items()
-                          if e["computable"] and primary in e["metrics"] and math.isfinite(e["metrics"][primary])}
-            gap = None
-            if len(computable) >= 2:
-                high, low = max(computable, key=computable.get), min(computable, key=computable.get)
-                gap = {"metric": primary, "high": high, "high_value": computable[high], "low": low,
-                       "low_value": computable[low], "gap": computable[high] - computable[low]}
-            col_report[name] = {"slices": per_value, "largest_gap": gap}
-        report["columns"][column] = col_report
-    return report
-
-
 # ---------------------------------------------------------------------------------------------
 # Robustness and over-fitting (need fitted candidates or extra predictions)
-
-
-def _score_any(task: str, predictions: pd.DataFrame, truth: pd.DataFrame, labels: list[str] | None) -> Scores:
-    if task == "classify":
-        return score_classification(predictions, truth, labels or [])
-    return score_generation_predictions(predictions, truth)
-
-
-def primary_score(task: str, predictions: pd.DataFrame, truth: pd.DataFrame, n_resamples: int = 2000,
-                  level: float = 0.95, seed: int = 0) -> tuple[float, int, tuple[float, float]]:
-    """(accuracy or corpus chrF, rows, interval) of ``predictions`` on the ids ``truth`` holds."""
-    truth = truth.assign(id=truth["id"].astype(str))
-    known = predictions[predictions["id"].astype(str).isin(set(truth["id"]))]
-    if len(known) == 0:
-        return float("nan"), 0, (float("nan"), float("nan"))
-    weights = resample_weights(len(known), n_resamples, seed)
-    if task == "classify":
-        expected = _truth_for(known["id"].astype(str), truth, "label").astype(str).to_numpy()
-        correct = (known["prediction"].astype(str).to_numpy() == expected).astype(np.float64)
-        value, interval, _ = mean_with_ci(correct, weights, level)
-        return value, len(known), interval
-    s = score_generation_predictions(known, truth)
-    resampled = chrf_from_statistics(weights.astype(np.float64) @ s.chrf_stats)
-    return float(chrf_from_statistics(s.chrf_stats.sum(axis=0))), len(known), _interval(resampled, level)
-
-
-def robustness_report(task: str, fitted: dict[str, Candidate], sample: pd.DataFrame, *, kinds: Sequence[str],
-                      n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
-                      skipped: Sequence[dict] = ()) -> dict:
-    """Each fitted candidate on ``sample`` (records) as it is and under each perturbation of the
-    input: the drop of the primary metric, with a paired interval from the same resamples."""
-    primary = PRIMARY_METRIC[task]
-    resampler = _Resampler(n_resamples, seed)
-    sample = sample.reset_index(drop=True).assign(id=lambda f: f["id"].astype(str))
-    perturbed = {kind: sample.assign(input=perturb_texts(sample["input"].fillna("").astype(str).tolist(), kind, seed))
-                 for kind in kinds}
-    report: dict[str, Any] = {
-        "n": int(len(sample)), "metric": primary, "perturbations": list(kinds),
-        "examples": {kind: [{"original": o, "perturbed": p} for o, p in
-                            zip(sample["input"].head(3).astype(str), perturbed[kind]["input"].head(3))] for kind in kinds},
-        "candidates": {}, "skipped": list(skipped),
-    }
-    for name, candidate in track(fitted.items(), "robustness", unit="candidates"):
-        started = time.perf_counter()
-        clean_predictions = candidate.predict(sample)
-        predictions = {kind: candidate.predict(frame) for kind, frame in perturbed.items()}
-        labels = None
-        if task == "classify":
-            labels = sorted(set(sample["label"].astype(str)) | set(clean_predictions["prediction"])
-                            | {p for f in predictions.values() for p in f["prediction"]})
-        clean = _score_any(task, clean_predictions, sample, labels)
-        clean_point = clean.metrics(None, level)[0][primary]
-        entry: dict[str, Any] = {"clean": clean_point, "perturbations": {}}
-        for kind, preds in predictions.items():
-            cmp = compare_scores(_score_any(task, preds, sample, labels), clean, (primary,), resampler, level, seed)
-            c = cmp["metrics"][primary]
-            lo, hi = c["difference_ci"]
-            entry["perturbations"][kind] = {
-                "score": c["candidate"], "drop": 0.0 - c["difference"] + 0.0, "drop_ci": [0.0 - hi, 0.0 - lo],
-                "relative_drop": (0.0 - c["difference"]) / clean_point if clean_point else float("nan"),
-                "p_value": c["p_value"], "significant": bool(lo > 0 or hi < 0),
-            }
-        entry["seconds"] = round(time.perf_counter() - started, 3)
-        report["candidates"][name] = entry
-    return report
-
-
-def overfitting_report(task: str, rows: dict[str, dict[str, tuple[float, int, tuple[float, float]]]], gap: float) -> dict:
-    """Train, validation and test scores side by side; ``rows``: candidate -> split -> (score, n, interval).
-
-    Rule (both parts must hold, so a small validation set does not raise false alarms):
-
-    - ``overfit``: train exceeds validation by more than ``gap`` times the validation score, and
-      the train score lies above the validation score's interval (a model that memorised its
-      training data);
-    - ``validation_test_gap``: validation and test differ by more than ``gap`` times the
-      validation score, and the test score lies outside the validation score's interval (the
-      validation set does not stand for the test set, or choices tuned on it do not carry over).
-    """
-    out: dict[str, Any] = {"metric": PRIMARY_METRIC[task], "gap": gap, "rule": (
-        f"overfit: train - validation > {gap:g} x validation and train above the validation interval; "
-        f"validation_test_gap: |validation - test| > {gap:g} x validation and test outside the validation interval"),
-        "candidates": {}}
-
-    def ok(x: float | None) -> bool:
-        return x is not None and math.isfinite(x)
-
-    for name, splits in rows.items():
-        score = {split: value for split, (value, _, _) in splits.items()}
-        entry: dict[str, Any] = {"scores": score, "n": {split: n for split, (_, n, _) in splits.items()},
-                                 "ci95": {split: list(ci) for split, (_, _, ci) in splits.items()}, "flags": []}
-        train, val, test_score = score.get("train"), score.get("validation"), score.get("test")
-        val_lo, val_hi = splits["validation"][2] if "validation" in splits else (float("nan"), float("nan"))
-        if ok(train) and ok(val):
-            entry["train_minus_validation"] = train - val
-            if train - val > gap * max(val, 1e-12) and (not ok(val_hi) or train > val_hi):
-                entry["flags"].append("overfit")
-        if ok(val) and ok(test_score):
-            entry["validation_minus_test"] = val - test_score
-            outside = not (ok(val_lo) and ok(val_hi)) or not val_lo <= test_score <= val_hi
-            if abs(val - test_score) > gap * max(val, 1e-12) and outside:
-                entry["flags"].append("validation_test_gap")
-        out["candidates"][name] = entry
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

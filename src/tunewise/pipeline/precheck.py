@@ -19,9 +19,7 @@ from tunewise.candidates.factory import run_candidates as of_config
 from tunewise.candidates.registry import CANDIDATES
 from tunewise.config.sections import ConfigError, ProjectConfig, _key_lines, read_config
 from tunewise.data.curate import CHECKS, _load_checks
-
-# evaluate.baseline: predictions:FILE (tunewise.evaluation.evaluate.PREDICTIONS_PREFIX)
-PREDICTIONS_PREFIX = "predictions:"
+from tunewise.evaluation.base import PREDICTIONS_PREFIX  # evaluate.baseline: predictions:FILE
 
 
 def _unknown(name: str, known: list[str]) -> str:

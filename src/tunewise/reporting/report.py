@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise import __version__
-from tunewise.core.artifacts import file_digest, write_json, write_text
+from tunewise.core.artifacts import file_digest, json_safe, write_json, write_text
 from tunewise.core.errors import TunewiseError
 
 # Stages whose _stage.json timing goes into summary.json, in pipeline order.
@@ -77,19 +77,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN and infinity become null: summary.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy scalars
-        return _json_safe(obj.item())
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -900,7 +887,7 @@ def live_section(live: str, run_dir: Path, config: dict, evaluation: dict, task:
     full = {**report, "store": section["store"], "arm_history": history,
             "embedding_drift_note": "not computed for the report page (too slow for a page build); "
                                     "`tunewise monitor` computes it"}
-    return section, _json_safe(full)
+    return section, json_safe(full)
 
 
 def live_summary(section: dict, report: dict) -> dict:
@@ -913,7 +900,7 @@ def live_summary(section: dict, report: dict) -> dict:
                           "feedback_n": r["feedback_n"], "online_metric": r["online_metric"], "online_ci": r["online_ci"],
                           "offline_metric": r["offline"], "verdict": verdict.get("verdict"),
                           "reason": verdict.get("reason")}
-    return _json_safe({"store": section["store"], "window": report.get("window"), "metric": section["metric"],
+    return json_safe({"store": section["store"], "window": report.get("window"), "metric": section["metric"],
                        "incumbent": section["incumbent"], "arms": arms, "actions": section["actions"],
                        "needs_action": section["needs_action"]})
 
@@ -925,7 +912,7 @@ def live_summary(section: dict, report: dict) -> dict:
 def build_summary(evaluation: dict, candidates: list[dict], comparison: dict | None, decision: dict,
                   stage_timings: dict[str, float]) -> dict:
     roi = decision.get("roi") or {}
-    return _json_safe({
+    return json_safe({
         "task": evaluation.get("task"),
         "primary_metric": evaluation.get("primary_metric"),
         "candidates": [{"name": c.get("name"), "kind": c.get("kind"), "metrics": c.get("metrics") or {},

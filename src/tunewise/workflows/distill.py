@@ -484,10 +484,9 @@ def distill(cfg: Any, run_id: str = "default", *, pool: str | Path | None = None
 
 
 def _write_summary(path: Path, summary: dict[str, Any]) -> None:
-    from tunewise.core.artifacts import write_json
-    from tunewise.evaluation.evaluate import _json_safe
+    from tunewise.core.artifacts import json_safe, write_json
 
-    write_json(path, _json_safe(summary))  # JSON has no NaN: an empty interval is null
+    write_json(path, json_safe(summary))  # JSON has no NaN: an empty interval is null
 
 
 def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frames: dict[str, pd.DataFrame],
@@ -599,9 +598,9 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
         summary["status"] = "done"
         _write_summary(out_dir / "distill" / "summary.json", summary)
     _write_summary(run_dir / "distill" / "summary.json", summary)
-    from tunewise.evaluation.evaluate import _json_safe
+    from tunewise.core.artifacts import json_safe
 
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
 def _dry_run(teachers: list[Teacher], frames: dict[str, pd.DataFrame], to_label: pd.DataFrame,
@@ -771,10 +770,11 @@ def _compare(cfg: Any, run_dir: Path, test: pd.DataFrame, labels: list[str], tea
              students: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     """Each student (trained on gold + teacher rows) against each teacher and against itself trained on
     gold alone, on the gold test set: the evaluation's paired comparison."""
-    from tunewise.evaluation.evaluate import _Resampler, compare_scores, primary_score, score_classification
+    from tunewise.evaluation.robustness import primary_score
+    from tunewise.evaluation.scores import Resampler, compare_scores, score_classification
 
     level, seed = cfg.evaluate.confidence_level, cfg.seed
-    resampler = _Resampler(cfg.evaluate.n_resamples, seed)
+    resampler = Resampler(cfg.evaluate.n_resamples, seed)
     truth_ids = set(test["id"].astype(str))
     pool_of_labels = set(labels) | set(test["label"].astype(str))
     opponents: dict[str, tuple[str, pd.DataFrame]] = {}

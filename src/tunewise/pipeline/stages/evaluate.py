@@ -69,8 +69,17 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
 def run(ctx: StageContext) -> dict:
     """Compare every candidate with the baseline on the test set: intervals, slices, robustness, gate."""
     from tunewise.candidates.ensemble import EnsembleCandidate
-    from tunewise.evaluation import evaluate as ev
+    from tunewise.core.artifacts import json_safe
+    from tunewise.evaluation.base import EvaluationError
+    from tunewise.evaluation.evaluate import evaluate_candidates
     from tunewise.evaluation.metrics_gen import knowledge_texts
+    from tunewise.evaluation.predictions import (
+        CandidatePredictions,
+        ensemble_candidate,
+        load_incumbent_predictions,
+        load_run_predictions,
+    )
+    from tunewise.evaluation.robustness import overfitting_report, primary_score, robustness_report
 
     cfg = ctx.config
     section = cfg.evaluate
@@ -78,7 +87,7 @@ def run(ctx: StageContext) -> dict:
     test = _read_split(ctx, "test", required=True)
     validation = _read_split(ctx, "validation", required=False)
     train = _read_split(ctx, "train", required=False)
-    candidates, skipped = ev.load_run_predictions(ctx.run_dir)
+    candidates, skipped = load_run_predictions(ctx.run_dir)
     if not (ctx.run_dir / "train").is_dir():
         console.print("[dim]evaluate: no train stage in this run; evaluating the baseline stage's candidates[/dim]")
     if not candidates:
@@ -89,9 +98,9 @@ def run(ctx: StageContext) -> dict:
     # the ensemble candidate, from its members' stored predictions (its rules: tunewise.candidates.ensemble)
     if task == EnsembleCandidate.task and section.ensemble and not any(c.name == EnsembleCandidate.name for c in candidates):
         labels = sorted(set(train["label"].astype(str)) if train is not None else set(test["label"].astype(str)))
-        with_truth = [ev.CandidatePredictions(c.name, c.kind, c.test, _with_labels(c.validation, validation), c.train,
+        with_truth = [CandidatePredictions(c.name, c.kind, c.test, _with_labels(c.validation, validation), c.train,
                                               c.source, c.expensive) for c in candidates]
-        ensemble, info = ev.ensemble_candidate(with_truth, labels)
+        ensemble, info = ensemble_candidate(with_truth, labels)
         ensemble_info = info
         if ensemble is not None:
             candidates.append(ensemble)
@@ -103,8 +112,8 @@ def run(ctx: StageContext) -> dict:
     incumbent_info = None
     if incumbent_file is not None:
         try:
-            incumbent, incumbent_info = ev.load_incumbent_predictions(incumbent_file, test)
-        except ev.EvaluationError as exc:
+            incumbent, incumbent_info = load_incumbent_predictions(incumbent_file, test)
+        except EvaluationError as exc:
             raise StageError(str(exc)) from None
         candidates.append(incumbent)
         write_parquet(ctx.path(f"predictions/{incumbent.name}.parquet"), incumbent.test)  # decide reads its latency
@@ -117,7 +126,7 @@ def run(ctx: StageContext) -> dict:
     kb = cfg.knowledge_base_dir()
     knowledge = knowledge_texts(kb) if task == "generate" and kb is not None else []
     encoder = cfg.models.encoder if task == "generate" and section.embedding_similarity else None
-    evaluation = ev.evaluate_candidates(
+    evaluation = evaluate_candidates(
         test, candidates, task=task, config=section, validation=validation, slice_columns=cfg.data.slice_columns,
         knowledge=knowledge, encoder=encoder, seed=cfg.seed, skipped=skipped,
     )
@@ -152,11 +161,11 @@ def run(ctx: StageContext) -> dict:
         started = time.perf_counter()
         rng = np.random.default_rng(cfg.seed)
         rows = np.sort(rng.choice(len(test), size=min(section.robustness_rows, len(test)), replace=False))
-        robustness.update(ev.robustness_report(task, fitted, test.iloc[rows], kinds=section.perturbations,
+        robustness.update(robustness_report(task, fitted, test.iloc[rows], kinds=section.perturbations,
                                                n_resamples=section.n_resamples, level=section.confidence_level,
                                                seed=cfg.seed, skipped=fit_skipped))
         summary["timings_s"]["robustness"] = round(time.perf_counter() - started, 3)
-    write_json(ctx.path("robustness.json"), ev._json_safe(robustness))
+    write_json(ctx.path("robustness.json"), json_safe(robustness))
 
     started = time.perf_counter()
     overfit_rows: dict[str, dict] = {}
@@ -171,22 +180,22 @@ def run(ctx: StageContext) -> dict:
                                              tuple(entry["ci95"].get(primary, (float("nan"), float("nan")))))}
         scored = {"n_resamples": section.n_resamples, "level": section.confidence_level, "seed": cfg.seed}
         if c.validation is not None and validation is not None:
-            splits["validation"] = ev.primary_score(task, c.validation, validation, **scored)
+            splits["validation"] = primary_score(task, c.validation, validation, **scored)
         if c.train is not None and train is not None:
-            splits["train"] = ev.primary_score(task, c.train, train, **scored)
+            splits["train"] = primary_score(task, c.train, train, **scored)
         elif name in fitted and train_sample is not None:
-            splits["train"] = ev.primary_score(task, fitted[name].predict(train_sample), train_sample, **scored)
+            splits["train"] = primary_score(task, fitted[name].predict(train_sample), train_sample, **scored)
         if "train" in splits:
             overfit_rows[name] = splits
-    overfitting = ev.overfitting_report(task, overfit_rows, section.overfit_gap)
+    overfitting = overfitting_report(task, overfit_rows, section.overfit_gap)
     overfitting["not_computed"] = {n: "no train-set predictions and not cheap to refit" for n in evaluated if n not in overfit_rows}
-    write_json(ctx.path("overfitting.json"), ev._json_safe(overfitting))
+    write_json(ctx.path("overfitting.json"), json_safe(overfitting))
     summary["timings_s"]["overfitting"] = round(time.perf_counter() - started, 3)
 
     # ---- forgetting: the general-ability probe on the base and fine-tuned LLMs
     started = time.perf_counter()
     forgetting = _forgetting(ctx, section.forgetting)
-    write_json(ctx.path("forgetting.json"), ev._json_safe(forgetting))
+    write_json(ctx.path("forgetting.json"), json_safe(forgetting))
     summary["timings_s"]["forgetting"] = round(time.perf_counter() - started, 3)
 
     # ---- the blind side-by-side sheet for people
@@ -212,7 +221,7 @@ def run(ctx: StageContext) -> dict:
     evaluation.write(ctx.dir)
 
     primary = summary["primary_metric"]
-    return ev._json_safe({
+    return json_safe({
         "gate_passed": gate["passed"],
         "n_candidates": len(evaluated),
         "candidates": {n: {primary: e["metrics"].get(primary), "n_eval": e["n_eval"]} for n, e in evaluated.items()},

@@ -1,0 +1,101 @@
+"""Confidence thresholds chosen on validation: coverage against accuracy, and out-of-scope detection."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tunewise.core.stats import (
+    precision_recall_f1,
+)
+from tunewise.evaluation.base import COVERAGE_LEVELS
+from tunewise.evaluation.scores import ClassifyScores
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
+                     min_coverage: float = 0.1) -> dict:
+    """The lowest confidence at which the answers at or above it reach ``target_precision``.
+
+    Lowest, so the most answers are kept. When no cut reaches the target, the cut with the best
+    precision among those answering at least ``min_coverage`` of the rows is used and
+    ``reached`` is False.
+    """
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, bool)
+    n = len(confidence)
+    if n == 0 or not np.isfinite(confidence).all():
+        return {"threshold": None, "reached": False, "reason": "no validation predictions with a confidence"}
+    order = np.argsort(-confidence, kind="stable")
+    sorted_conf, sorted_correct = confidence[order], correct[order]
+    precision = np.cumsum(sorted_correct) / np.arange(1, n + 1)
+    # a cut is only possible between different confidences: ties are answered together
+    cut = np.r_[sorted_conf[:-1] > sorted_conf[1:], True]
+    feasible = np.flatnonzero(cut & (precision >= target_precision))
+    reached = len(feasible) > 0
+    if reached:
+        j = int(feasible[-1])
+    else:
+        allowed = np.flatnonzero(cut & (np.arange(1, n + 1) >= max(1, math.ceil(min_coverage * n))))
+        j = int(allowed[np.argmax(precision[allowed])])
+    return {"threshold": float(sorted_conf[j]), "reached": bool(reached), "target_precision": target_precision,
+            "validation_precision": float(precision[j]), "validation_coverage": (j + 1) / n, "n_validation": n}
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS) -> list[dict]:
+    """Accuracy of the most confident share of answers, for each coverage level (the rest deferred)."""
+    n = len(confidence)
+    if n == 0 or not np.isfinite(confidence).all():
+        return []
+    order = np.argsort(-np.asarray(confidence, np.float64), kind="stable")
+    hits = np.cumsum(np.asarray(correct, np.float64)[order])
+    out = []
+    for level in levels:
+        k = max(1, math.ceil(level * n))
+        out.append({"coverage": float(level), "n_answered": int(k), "accuracy": float(hits[k - 1] / k),
+                    "min_confidence": float(confidence[order[k - 1]])})
+    return out
+
+
+def _oos_block(y_true: np.ndarray, y_pred: np.ndarray, is_oos: np.ndarray, flagged: np.ndarray) -> dict:
+    """In-scope accuracy and out-of-scope recall, precision, F1 when ``flagged`` rows are answered out of scope."""
+    in_scope = ~is_oos
+    n_in, n_oos = int(in_scope.sum()), int(is_oos.sum())
+    in_right = int((in_scope & ~flagged & (y_pred == y_true)).sum())
+    tp, fp = int((flagged & is_oos).sum()), int((flagged & in_scope).sum())
+    fn = n_oos - tp
+    precision, recall, f1 = (float(v) for v in precision_recall_f1(tp, fp, fn))
+    return {"in_scope_accuracy": in_right / n_in if n_in else None,
+            "oos_recall": recall if n_oos else None,
+            "oos_precision": precision if tp + fp else None,
+            "oos_f1": f1 if 2 * tp + fp + fn else None,
+            "in_scope_correct": in_right, "oos_caught": tp, "oos_false_alarms": fp, "oos_missed": fn,
+            "flagged": tp + fp}
+
+
+def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
+    """Out-of-scope as a first-class case, when the test set has rows labelled out of scope.
+
+    A row is flagged out of scope when the model predicts the out-of-scope class (``class_only``)
+    or, in addition, when its confidence is below the threshold (``with_threshold``). In-scope
+    accuracy counts a flagged in-scope row as wrong. The top-level figures are those with the
+    threshold when one was applied, else class-only; both blocks show what the threshold adds.
+    """
+    if scores.oos_index is None:
+        return None
+    y_true, y_pred = np.asarray(scores.y_true), np.asarray(scores.y_pred)
+    is_oos = y_true == scores.oos_index
+    if not is_oos.any():
+        return None
+    by_class = y_pred == scores.oos_index
+    class_only = _oos_block(y_true, y_pred, is_oos, by_class)
+    with_threshold = None
+    if scores.answered is not None:
+        with_threshold = _oos_block(y_true, y_pred, is_oos, by_class | ~np.asarray(scores.answered, bool))
+    main = with_threshold or class_only
+    return {"label": scores.labels[scores.oos_index], "threshold_applied": with_threshold is not None,
+            "n": int(len(y_true)), "n_in_scope": int((~is_oos).sum()), "n_oos": int(is_oos.sum()),
+            "n_predicted_oos_class": int(by_class.sum()),
+            "n_below_threshold": None if scores.answered is None else int((~np.asarray(scores.answered, bool)).sum()),
+            **main, "with_threshold": with_threshold, "class_only": class_only}
