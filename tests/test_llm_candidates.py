@@ -329,6 +329,28 @@ def test_prompt_search_keeps_the_most_accurate_prompt_on_validation(banking8):
     assert (plain.instruction_, plain.demos_) == PROMPT_VARIANTS[0]
 
 
+def test_prompt_search_scores_the_prompts_within_noise_again_on_more_rows(banking8):
+    """Round one: every prompt on 8 validation rows; round two: those within noise of the best on
+    all 16, and the choice is made on the 16 (two rounds, as MIPRO's minibatches then full scores)."""
+    train, validation, _ = banking8
+    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search_rows=8,
+                              prompt_search_final_rows=16).fit(train, validation)
+    search = few_shot.info()["prompt_search"]
+    tried = search["tried"]
+    assert search["rows"] == 8 and {t["rows"] for t in tried} <= {8, 16}
+    finalists = [t for t in tried if t["rows"] == 16]
+    if len(finalists) == 0:  # a single prompt within noise after round one: nothing to score again
+        assert sum(t["within_noise_of_best"] for t in tried) == 1 and search["final_rows"] == 8
+        return
+    assert len(finalists) >= 2 and search["final_rows"] == 16
+    assert all(t["within_noise_of_best"] for t in finalists)
+    chosen = search["chosen"]
+    picked = next(t for t in tried if (t["instruction"], t["demos"]) == (chosen["instruction"], chosen["demos"]))
+    assert picked in finalists and picked is finalists[choose_prompt(finalists)]
+    again = few_shot.predict(validation)  # the 16 rows are the whole validation set
+    assert (again["prediction"] == validation["label"]).mean() == pytest.approx(picked["accuracy"], abs=1e-9)
+
+
 def test_choose_prompt_keeps_the_most_accurate_unless_a_much_shorter_one_is_within_a_point():
     def entry(accuracy: float, tokens: float) -> dict:
         return {"accuracy": accuracy, "prompt_tokens": tokens}

@@ -66,6 +66,7 @@ def candidate_settings(config: BaselineConfig | None, models: ModelsConfig | Non
         "precision": config.precision,
         "prompt_search": config.prompt_search,
         "prompt_search_rows": config.prompt_search_rows,
+        "prompt_search_final_rows": config.prompt_search_final_rows,
         "knowledge_base": str(knowledge_base) if knowledge_base else None,
         # the api_* candidates' endpoint, prices and limits (baseline.api_llm, tunewise.candidates.api.ApiLlmConfig)
         **api_llm_settings(getattr(config, "api_llm", None)),

@@ -723,7 +723,7 @@ class FewShotClassifier(_LabelScoringClassifier):
                  label_score: Literal["mean", "sum"] = "sum", batch_size: int = 8,
                  max_input_tokens: int = 256, shortlist: bool | int | str = "auto",
                  shortlist_recall: float = 0.99, precision: str = "auto", prompt_search: bool = True,
-                 prompt_search_rows: int = 200) -> None:
+                 prompt_search_rows: int = 200, prompt_search_final_rows: int = 600) -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -739,6 +739,7 @@ class FewShotClassifier(_LabelScoringClassifier):
         self.precision = precision
         self.prompt_search = prompt_search
         self.prompt_search_rows = prompt_search_rows
+        self.prompt_search_final_rows = prompt_search_final_rows
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FewShotClassifier:
         self._fit_labels(train)
@@ -763,14 +764,16 @@ class FewShotClassifier(_LabelScoringClassifier):
 
         As DSPy's optimisers do (BootstrapFewShot, MIPRO: try demonstration sets and instructions,
         keep the best by a validation metric), each of :data:`PROMPT_VARIANTS` scores the same
-        held-out rows and the most accurate is kept: the prompted candidate gets its best shot. A
-        tie goes to the shorter prompt (mean tokens, the scoring cost), then to the plain prompt.
+        ``prompt_search_rows`` held-out rows; those within noise of the best are scored again on up
+        to ``prompt_search_final_rows`` rows in all, and :func:`choose_prompt` picks on those: the
+        prompted candidate gets its best shot. A tie goes to the shorter prompt (mean tokens, the
+        scoring cost), then to the plain prompt.
         Each prompt tried also records whether it is within noise of the best (a paired 95% sign
         test on the rows one gets right and the other wrong), for the reader: on 200 rows a 1-point
         lead is 2 messages. Preferring the cheapest prompt within noise was tried and dropped: on a
         154-label set it kept a prompt 7 points less accurate for 1% fewer tokens. Held-out rows are
-        up to ``prompt_search_rows`` validation rows with a training label; without validation, as
-        many training rows are held out of the demonstration pool.
+        validation rows with a training label; without validation, as many training rows are held
+        out of the demonstration pool.
         """
         rng = np.random.default_rng(1)
         codes = set(self.labels_)
@@ -781,7 +784,7 @@ class FewShotClassifier(_LabelScoringClassifier):
         else:
             rows, measured_on = None, "training rows held out of the demonstration pool"
         if rows is None or not len(rows):
-            n_hold = min(self.prompt_search_rows, len(train) // 5)
+            n_hold = min(max(self.prompt_search_final_rows, self.prompt_search_rows), len(train) // 5)
             if n_hold < 20:
                 self.prompt_search_info_ = {"searched": False, "why": "too few rows to hold out for the search"}
                 return
@@ -791,40 +794,63 @@ class FewShotClassifier(_LabelScoringClassifier):
             self.shot_texts_ = [self.shot_texts_[i] for i in keep]
             self.shot_answers_ = [self.shot_answers_[i] for i in keep]
             self.shot_labels_, self.shot_vectors_ = self.shot_labels_[keep], self.shot_vectors_[keep]
-        if len(rows) > self.prompt_search_rows:
-            rows = rows.iloc[np.sort(rng.choice(len(rows), self.prompt_search_rows, replace=False))]
-        truth = rows["label"].astype(str).to_numpy()
+        # two rounds (successive halving, as MIPRO scores minibatches then the best on more rows):
+        # every prompt on `prompt_search_rows` rows, then the prompts within noise of the best on up
+        # to `prompt_search_final_rows`. On BANKING77, 200 rows tied brief/inline with brief/nearest
+        # (0.885 each) and the shorter inline prompt was kept; on the 3,080 test rows it scored 0.887
+        # against 0.910.
+        order = rng.permutation(len(rows))
+        first = rows.iloc[np.sort(order[: self.prompt_search_rows])]
+        more = rows.iloc[np.sort(order[self.prompt_search_rows : max(self.prompt_search_final_rows, self.prompt_search_rows)])]
         tried, correct = [], []
         try:
             for instruction, demos in PROMPT_VARIANTS:
-                self.instruction_, self.demos_ = instruction, demos
-                started = time.perf_counter()
-                predicted = self.predict(rows)["prediction"].astype(str).to_numpy()
-                seconds = time.perf_counter() - started
-                tokens = self.tokenizer_(_render(self.tokenizer_, self._conversations(rows)),
-                                         add_special_tokens=False)["input_ids"]
-                correct.append(predicted == truth)
-                tried.append({"instruction": instruction, "demos": demos,
-                              "accuracy": round(float(correct[-1].mean()), 4),
-                              "prompt_tokens": round(float(np.mean([len(t) for t in tokens])), 1),
-                              "seconds": round(seconds, 2)})
+                entry, right = self._try_prompt(instruction, demos, first)
+                tried.append(entry)
+                correct.append(right)
+            best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], -tried[i]["prompt_tokens"], -i))
+            contenders = [i for i in range(len(tried)) if not _worse_beyond_noise(correct[i], correct[best])]
+            if len(contenders) > 1 and len(more):
+                for i in contenders:
+                    entry, right = self._try_prompt(tried[i]["instruction"], tried[i]["demos"], more)
+                    correct[i] = np.concatenate([correct[i], right])
+                    tried[i].update(rows=len(correct[i]), accuracy=round(float(correct[i].mean()), 4),
+                                    seconds=round(tried[i]["seconds"] + entry["seconds"], 2))
         finally:
             self.shot_texts_, self.shot_answers_, self.shot_labels_, self.shot_vectors_ = pool_saved
-        best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], -tried[i]["prompt_tokens"], -i))
-        chosen = choose_prompt(tried)
+        finalists = [i for i in range(len(tried)) if len(correct[i]) == max(len(c) for c in correct)]
+        best = max(finalists, key=lambda i: (tried[i]["accuracy"], -tried[i]["prompt_tokens"], -i))
+        chosen = finalists[choose_prompt([tried[i] for i in finalists])]
         for i, entry in enumerate(tried):
-            entry["within_noise_of_best"] = not _worse_beyond_noise(correct[i], correct[best])
+            n = len(correct[i])  # a prompt dropped after the first round is compared on those rows
+            entry["within_noise_of_best"] = not _worse_beyond_noise(correct[i], correct[best][:n])
         self.instruction_, self.demos_ = tried[chosen]["instruction"], tried[chosen]["demos"]
         plain = tried[0]["accuracy"]
         self.prompt_search_info_ = {
-            "searched": True, "rows": len(rows), "measured_on": measured_on, "tried": tried,
-            "rule": (f"the most accurate, unless one at most {PROMPT_ACCURACY_TOLERANCE:.0%} below it is at least "
+            "searched": True, "rows": len(first), "final_rows": len(correct[chosen]), "measured_on": measured_on,
+            "tried": tried,
+            "rule": (f"every prompt on {len(first)} rows, those within noise of the best on {len(correct[chosen])}; "
+                     f"then the most accurate, unless one at most {PROMPT_ACCURACY_TOLERANCE:.0%} below it is at least "
                      f"{PROMPT_MIN_SAVING:.0%} shorter (then the most accurate such); a tie goes to the shorter "
                      "prompt, then to the plain one"),
             "chosen": {"instruction": self.instruction_, "demos": self.demos_},
             "plain_accuracy": plain, "chosen_accuracy": tried[chosen]["accuracy"],
             "gain_over_plain": round(tried[chosen]["accuracy"] - plain, 4),
         }
+
+    def _try_prompt(self, instruction: str, demos: str, rows: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
+        """Score one prompt variant on ``rows``: its entry in the search's record, and which rows it got right."""
+        self.instruction_, self.demos_ = instruction, demos
+        started = time.perf_counter()
+        predicted = self.predict(rows)["prediction"].astype(str).to_numpy()
+        seconds = time.perf_counter() - started
+        tokens = self.tokenizer_(_render(self.tokenizer_, self._conversations(rows)),
+                                 add_special_tokens=False)["input_ids"]
+        right = predicted == rows["label"].astype(str).to_numpy()
+        return ({"instruction": instruction, "demos": demos, "rows": len(rows),
+                 "accuracy": round(float(right.mean()), 4),
+                 "prompt_tokens": round(float(np.mean([len(t) for t in tokens])), 1),
+                 "seconds": round(seconds, 2)}, right)
 
     def _demonstrations(self, vectors: np.ndarray) -> np.ndarray:
         """Demonstration rows per message, most similar first: the ``few_shot_k`` nearest training

@@ -250,6 +250,9 @@ class BaselineConfig(Section):
         "(nearest examples or nearest example per label) by accuracy on validation rows, as DSPy's optimisers do; "
         "the summary reports what was tried and the gain over the plain prompt")
     prompt_search_rows: int = Field(200, ge=20, le=5000, description="prompt_search: validation rows each prompt is scored on")
+    prompt_search_final_rows: int = Field(
+        600, ge=20, le=20000, description="prompt_search: the prompts within noise of the best after the first "
+        "prompt_search_rows are scored again on up to this many rows in all, and the choice is made on those")
     api_llm: ApiLlmConfig | None = Field(
         None, description="the api_* candidates (api_zero_shot, api_few_shot, api_zero_shot_gen, api_few_shot_gen): "
         "an OpenAI-compatible endpoint, its prices and limits; the key stays in the environment (api_key_env)")
