@@ -75,16 +75,16 @@ def test_run_json_puts_only_json_on_stdout(small_project):
 
 # the error classes of every module: (module, class, the other base it keeps for callers' except clauses)
 ERRORS = [
-    ("labelling", "LabellingError", ValueError), ("report", "ReportError", Exception),
-    ("config", "ConfigError", Exception), ("decide", "DecisionError", ValueError),
-    ("artifacts", "ArtifactWriteError", OSError), ("export", "ExportError", ValueError),
-    ("ingest", "IngestError", Exception), ("human_sheet", "SheetError", ValueError),
-    ("runner", "StageError", Exception), ("runner", "RunLockedError", Exception),
-    ("candidate_base", "CandidateError", ValueError), ("evaluate", "EvaluationError", ValueError),
-    ("retrain", "RetrainError", ValueError), ("models", "ModelNotFoundError", Exception),
-    ("store", "StoreError", RuntimeError), ("distill", "DistillError", ValueError),
-    ("curve", "CurveError", ValueError), ("serve", "ServeError", RuntimeError), ("training", "TrainError", ValueError),
-    ("curate", "CheckContractError", RuntimeError),
+    ("workflows.labelling", "LabellingError", ValueError), ("reporting.report", "ReportError", Exception),
+    ("config.sections", "ConfigError", Exception), ("decision.decide", "DecisionError", ValueError),
+    ("core.artifacts", "ArtifactWriteError", OSError), ("workflows.export", "ExportError", ValueError),
+    ("data.ingest", "IngestError", Exception), ("evaluation.human_sheet", "SheetError", ValueError),
+    ("core.runs", "StageError", Exception), ("core.runs", "RunLockedError", Exception),
+    ("candidates.base", "CandidateError", ValueError), ("evaluation.base", "EvaluationError", ValueError),
+    ("serving.retrain", "RetrainError", ValueError), ("models.loading", "ModelNotFoundError", Exception),
+    ("monitoring.store", "StoreError", RuntimeError), ("workflows.distill", "DistillError", ValueError),
+    ("decision.curve", "CurveError", ValueError), ("serving.app", "ServeError", RuntimeError),
+    ("training", "TrainError", ValueError), ("data.curate", "CheckContractError", RuntimeError),
 ]
 
 
