@@ -101,8 +101,9 @@ from tunewise.candidates.prompting import (
     nearest_neighbours,
 )
 from tunewise.config.sections import ApiLlmConfig
+from tunewise.core.artifacts import write_json
 from tunewise.core.text import answer_label_key
-from tunewise.models.loading import DEFAULT_ENCODER
+from tunewise.models.loading import DEFAULT_ENCODER, resolve_llm, tunewise_home
 
 __all__ = [
     "ApiFewShotClassifier",
@@ -208,7 +209,6 @@ class SpendLedger:
         return hold()
 
     def _add(self, data: dict[str, Any], usd: float, endpoint: str) -> None:
-        from tunewise.core.artifacts import write_json
 
         data["usd"] = max(0.0, float(data.get("usd", 0.0)) + usd)
         by = data.setdefault("by_endpoint", {})
@@ -402,13 +402,11 @@ class ResponseCache:
         return entry if isinstance(entry, dict) and entry.get("version") == CACHE_VERSION else None
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
-        from tunewise.core.artifacts import write_json
 
         write_json(self.path(key), {**entry, "version": CACHE_VERSION}, private=True)
 
 
 def _default_cache_dir() -> Path:
-    from tunewise.models.loading import tunewise_home
 
     return tunewise_home() / "api_cache"
 
@@ -659,7 +657,6 @@ class _ApiCandidate(Candidate):
         try:
             from transformers import AutoTokenizer
 
-            from tunewise.models.loading import resolve_llm
 
             spec = str(self.tokenizer)
             path = resolve_llm(spec).path if not Path(spec).expanduser().is_dir() else Path(spec).expanduser()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tunewise.candidates.api import api_llm_settings
 from tunewise.candidates.ensemble import EnsembleCandidate, candidate_members
 from tunewise.candidates.finetuned import DEFAULT_FINETUNED, FineTunedCandidate, load_candidate
 from tunewise.candidates.registry import (
@@ -43,7 +44,6 @@ __all__ = ["build_candidate", "candidate_settings", "run_candidate", "run_candid
 def candidate_settings(config: BaselineConfig | None, models: ModelsConfig | None, *,
                        knowledge_base: str | Path | None = None, task_description: str | None = None) -> dict[str, Any]:
     """The pool of settings the baseline stage's candidates draw their constructor arguments from."""
-    from tunewise.candidates.api import api_llm_settings
 
     config = config or BaselineConfig()
     models = models or ModelsConfig()

@@ -30,7 +30,17 @@ from tunewise.candidates.base import (
     generation_predictions,
     register_candidate,
 )
+from tunewise.config.sections import TrainConfig
 from tunewise.models.loading import DEFAULT_ENCODER, DEFAULT_LLM
+from tunewise.training import (
+    TrainError,
+    classifier_probabilities,
+    encode_classification,
+    generate_texts,
+    load_trained,
+    train as run_training,
+)
+from tunewise.training.runtime import _native_bf16
 
 PROGRESS_MIN_ROWS = 1000  # predictions over at least this many rows show progress (a data set, not a request)
 
@@ -87,7 +97,6 @@ class FineTunedCandidate(Candidate):
         self.checkpoint_dir = checkpoint_dir
 
     def _config(self) -> Any:
-        from tunewise.config.sections import TrainConfig
 
         if self.train_config is None:
             return TrainConfig()
@@ -99,7 +108,6 @@ class FineTunedCandidate(Candidate):
             raise CandidateError(f"{self.name}: train_config is not valid: {exc}") from None
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FineTunedCandidate:
-        from tunewise.training import TrainError, train as run_training
 
         self._training_answers(train)  # the contract's checks (column present, no missing answers)
         try:
@@ -138,8 +146,6 @@ class FineTunedCandidate(Candidate):
     @classmethod
     def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> FineTunedCandidate:
         """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving)."""
-        from tunewise.training import load_trained
-        from tunewise.training.runtime import _native_bf16
 
         model, tokenizer, info = load_trained(adapter_dir, trust_remote_code=kwargs.get("trust_remote_code", False))
         precision = "bf16" if _native_bf16("cpu") else "fp32"
@@ -156,7 +162,6 @@ class _Classifier(FineTunedCandidate):
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        from tunewise.training import classifier_probabilities, encode_classification
 
         started = time.perf_counter()
         examples = encode_classification(self.tokenizer_, frame, self.labels_, self.max_length_) if len(frame) else []
@@ -231,7 +236,6 @@ class LoraGenerator(FineTunedCandidate):
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        from tunewise.training import generate_texts
 
         if not len(frame):
             return generation_predictions(frame, [], 0.0)

@@ -66,7 +66,7 @@ from tunewise.candidates.base import (
 )
 from tunewise.core.progress import progress
 from tunewise.llm.chat import contexts as _contexts, end_of_turn_ids, generate_replies, render as _render
-from tunewise.models.loading import DEFAULT_ENCODER, DEFAULT_LLM
+from tunewise.models.loading import DEFAULT_ENCODER, DEFAULT_LLM, embed, load_llm
 
 __all__ = [
     "ContinuationScores",
@@ -130,7 +130,6 @@ SHORTLIST_RANKER = "max cosine similarity to the label's training examples (sent
 @functools.lru_cache(maxsize=2)
 def _cached_llm(spec: str, offline: bool, trust_remote_code: bool, dtype: str = "float32") -> tuple[Any, Any]:
     # zero_shot_llm and few_shot_llm (and the generate ones) use the same weights; load once.
-    from tunewise.models.loading import load_llm
 
     return load_llm(spec, offline=offline, trust_remote_code=trust_remote_code, dtype=dtype)
 
@@ -160,7 +159,6 @@ def inference_dtype(precision: str) -> str:
 
 
 def _embed(texts: list[str], encoder: str) -> np.ndarray:
-    from tunewise.models.loading import embed
 
     return embed(texts, encoder) if texts else np.zeros((0, 1), dtype=np.float32)
 

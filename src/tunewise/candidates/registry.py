@@ -34,6 +34,7 @@ from tunewise.candidates.base import (
     make_candidate,
     register_candidate,
 )
+from tunewise.models.loading import embed
 
 __all__ = [
     "CANDIDATES",
@@ -158,7 +159,6 @@ class EmbedLogRegCandidate(Candidate):
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> EmbedLogRegCandidate:
         from sklearn.linear_model import LogisticRegression
 
-        from tunewise.models.loading import embed
 
         labels = self._training_answers(train)
         vectors = embed(input_texts(train), self.encoder)
@@ -168,7 +168,6 @@ class EmbedLogRegCandidate(Candidate):
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        from tunewise.models.loading import embed
 
         texts = input_texts(frame)
 

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from tunewise.config.sections import ProjectConfig
 from tunewise.core.errors import TunewiseError
+from tunewise.models.loading import quiet_known_warnings
 from tunewise.pipeline.precheck import load_config
 
 __all__ = ["ConfigOpt", "JsonOpt", "RunIdOpt", "err", "out", "prepare_process"]
@@ -34,7 +35,6 @@ def prepare_process() -> None:
     only interleave with tunewise's own progress display. A user's explicit setting wins.
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from tunewise.models.loading import quiet_known_warnings
 
     quiet_known_warnings()
 

@@ -18,6 +18,22 @@ from rich.table import Table
 from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out, prepare_process
 from tunewise.cli.serve import register as _register_serve
 from tunewise.config.sections import ConfigError, ProjectConfig
+from tunewise.core.artifacts import read_json
+from tunewise.core.runs import check_run_id, existing_run_lock
+from tunewise.decision.curve import CurveError, run_curve
+from tunewise.demo.run import write_demo_project
+from tunewise.evaluation.gate import gate_exit_code
+from tunewise.evaluation.human_sheet import SheetError, fold_ratings
+from tunewise.models.loading import doctor_report
+from tunewise.pipeline.runner import load_stages, run_stages
+from tunewise.pipeline.stages.train import dry_run as plan_training, fit_worker
+from tunewise.pipeline.tracking import Tracker
+from tunewise.reporting.report import ReportError, build_report, live_store_url
+from tunewise.training import distributed
+from tunewise.workflows.distill import DistillError, distill as run_distill
+from tunewise.workflows.export import ExportError, export as export_model
+from tunewise.workflows.init_project import init_project
+from tunewise.workflows.labelling import LabellingError, add_labels as add_rows, suggest as suggest_rows
 
 app = typer.Typer(
     name="tunewise",
@@ -39,8 +55,6 @@ def _check_engine(engine: str) -> None:
 
 def _run_stages(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None,
                 options: dict | None = None) -> dict:
-    from tunewise.pipeline.runner import run_stages
-    from tunewise.pipeline.tracking import Tracker
 
     try:
         with Tracker(cfg, run_id) as tracker:
@@ -83,7 +97,6 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing config")] = False,
 ) -> None:
     """Inspect a data file and write a commented tunewise.yaml with sensible defaults."""
-    from tunewise.workflows.init_project import init_project
 
     if task not in (None, "classify", "generate"):
         _fail(ConfigError(f"--task must be classify or generate, got {task!r}"))
@@ -140,7 +153,6 @@ def _stage_command(name: str, help_text: str) -> None:
 
 
 def _register_stage_commands() -> None:
-    from tunewise.pipeline.runner import load_stages
 
     # Commands written out above (curate, train, evaluate: extra options) keep their own definition.
     defined = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands if c.callback}
@@ -174,7 +186,6 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Score every candidate on held-out data with intervals, paired tests, slices and the gate."""
-    from tunewise.core.artifacts import read_json
 
     cfg = _load(config)
     if human_sheet and cfg.evaluate.human_sheet_size == 0:
@@ -196,7 +207,6 @@ def evaluate(
     if human_ratings is not None:
         _fold_human_ratings(evaluate_dir, human_ratings, human)
     if fail_under:
-        from tunewise.evaluation.gate import gate_exit_code
 
         gate = summary.get("gate", {})
         err.print(f"gate: {'passed' if gate.get('passed') else 'FAILED'}; " + "; ".join(gate.get("reasons", [])))
@@ -204,8 +214,6 @@ def evaluate(
 
 
 def _fold_human_ratings(evaluate_dir: Path, filled: Path, console=out) -> None:
-    from tunewise.core.runs import existing_run_lock
-    from tunewise.evaluation.human_sheet import SheetError, fold_ratings
 
     try:
         with existing_run_lock(evaluate_dir.parent):  # it rewrites evaluate/summary.json outside run_stages
@@ -233,7 +241,6 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune the configured candidates (LoRA on the LLM, the small encoder) with validation and early stopping."""
-    from tunewise.training import distributed
 
     cfg = _load(config)
     if not resume:
@@ -247,8 +254,6 @@ def train(
         _run(cfg, run_id, ["train"], list(force or []) + ["train"], as_json)
         return
     # A torchrun worker: rank 0 brings the earlier stages up to date before the others read the split.
-    from tunewise.pipeline.runner import run_stages
-    from tunewise.pipeline.stages.train import fit_worker
 
     distributed.init_process_group()
     try:
@@ -267,7 +272,6 @@ def train(
 
 
 def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
-    from tunewise.pipeline.stages.train import dry_run as plan_training
 
     try:
         reports = plan_training(cfg, run_id)
@@ -331,8 +335,6 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="replace an --output folder that holds other files")] = False,
 ) -> None:
     """Export a trained candidate: the adapter (safetensors) or, with --merge, a merged model."""
-    from tunewise.core.runs import check_run_id
-    from tunewise.workflows.export import ExportError, export as export_model
 
     cfg = _load(config)
     try:
@@ -357,7 +359,6 @@ def curve(
     as_json: JsonOpt = False,
 ) -> None:
     """Learning curves: accuracy against data size, what 2x/5x/10x data would give, and the data the target needs."""
-    from tunewise.decision.curve import CurveError, run_curve
 
     _check_engine(engine)
     cfg = _load(config)
@@ -401,7 +402,6 @@ def suggest(
     as_json: JsonOpt = False,
 ) -> None:
     """Rows to label next: the model's most uncertain, spread over distinct confusions, none already labelled."""
-    from tunewise.workflows.labelling import LabellingError, suggest as suggest_rows
 
     cfg = _load(config)
     try:
@@ -441,7 +441,6 @@ def add_labels(
     as_json: JsonOpt = False,
 ) -> None:
     """Add newly labelled rows to the project's data (the test split stays as it is); then: tunewise run."""
-    from tunewise.workflows.labelling import LabellingError, add_labels as add_rows
 
     cfg = _load(config)
     try:
@@ -503,7 +502,6 @@ def distill(
     as_json: JsonOpt = False,
 ) -> None:
     """Label a pool with a teacher (the hosted LLM), train the small models on it, compare and price both."""
-    from tunewise.workflows.distill import DistillError, distill as run_distill
 
     cfg = _load(config)
     try:
@@ -575,7 +573,6 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate the demo support data set (with known defects) and run every stage on it."""
-    from tunewise.demo.run import write_demo_project
 
     t0 = time.perf_counter()
     human = err if as_json else out  # with --json, stdout carries the JSON only
@@ -594,7 +591,6 @@ def demo(
 @app.command()
 def doctor(as_json: JsonOpt = False) -> None:
     """Show what is installed, where the models are, torch threads and devices, and what is missing."""
-    from tunewise.models.loading import doctor_report
 
     rows = doctor_report()
     if as_json:
@@ -621,7 +617,6 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the run's report page and summary.json; with --live, add what the server's log says."""
-    from tunewise.reporting.report import ReportError, build_report, live_store_url
 
     cfg = _load(config)
     url = None
@@ -639,7 +634,6 @@ def report(
     # changes every minute), then the page is rebuilt with the live section.
     results = _run_stages(cfg, run_id, ["report"], list(force or []) + ["report"])
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
-    from tunewise.core.runs import existing_run_lock
 
     try:
         with existing_run_lock(run_dir):  # the page is rewritten outside run_stages

@@ -20,24 +20,26 @@ from typing import Annotated, Any
 import typer
 
 from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
+from tunewise.config.sections import MonitorConfig
+from tunewise.monitoring.monitor import ACTION_EXIT_CODE, monitor_run
+from tunewise.serving.retrain import RetrainError, retrain as run_retrain
 
 __all__ = ["register"]
 
 
 def _serve_section(cfg: Any) -> Any:
-    from tunewise.serving.app import ServeConfig
+    from tunewise.serving.app import ServeConfig  # on use: loads fastapi
 
     return getattr(cfg, "serve", None) or ServeConfig()
 
 
 def _monitor_section(cfg: Any) -> Any:
-    from tunewise.config.sections import MonitorConfig
 
     return getattr(cfg, "monitor", None) or MonitorConfig()
 
 
 def _store_url(cfg: Any, run_id: str, given: str | None) -> str:
-    from tunewise.monitoring.store import default_store_url
+    from tunewise.monitoring.store import default_store_url  # on use: loads sqlalchemy
 
     return given or _serve_section(cfg).store_url or default_store_url(cfg.resolve(cfg.runs_dir) / run_id)
 
@@ -65,7 +67,14 @@ def register(app: typer.Typer) -> None:
                                                "key (refused otherwise); also turns off the Host header check")] = False,
     ) -> None:
         """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
-        from tunewise.serving.app import ServeConfig, ServeError, check_bind, create_app, parse_arms, run_server
+        from tunewise.serving.app import (  # on use: loads fastapi
+            ServeConfig,
+            ServeError,
+            check_bind,
+            create_app,
+            parse_arms,
+            run_server,
+        )
 
         cfg = _load(config)
         section = _serve_section(cfg)
@@ -97,8 +106,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Online metrics, promote / keep testing / roll back, drift and budgets; exit 3 when action is needed."""
-        from tunewise.monitoring.monitor import ACTION_EXIT_CODE, monitor_run
-        from tunewise.monitoring.store import StoreError
+        from tunewise.monitoring.store import StoreError  # on use: loads sqlalchemy
 
         cfg = _load(config)
         run_dir = cfg.resolve(cfg.runs_dir) / run_id
@@ -132,9 +140,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Feedback-labelled rows -> add-labels -> the pipeline into a new run -> the same gate; exit 3 when
         the new run fails the gate (`tunewise serve` then refuses it)."""
-        from tunewise.monitoring.monitor import ACTION_EXIT_CODE
-        from tunewise.monitoring.store import StoreError
-        from tunewise.serving.retrain import RetrainError, retrain as run_retrain
+        from tunewise.monitoring.store import StoreError  # on use: loads sqlalchemy
 
         cfg = _load(config)
         try:
@@ -198,7 +204,7 @@ def register(app: typer.Typer) -> None:
     def _server(config: Path, url: str | None) -> tuple[str, str | None]:
         """The server's URL and the key to send: the admin key (POST /admin/arms needs it when it is
         set; the server takes it wherever the API key is asked for), else the API key."""
-        from tunewise.serving.app import ServeConfig
+        from tunewise.serving.app import ServeConfig  # on use: loads fastapi
 
         section = ServeConfig(**(_serve_section(_load(config)) if config.exists() else ServeConfig()).model_dump())
         if url is None:

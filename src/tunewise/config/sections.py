@@ -456,7 +456,7 @@ class TrainConfig(Section):
     @field_validator("augment_kinds")
     @classmethod
     def _known_kinds(cls, value: list[str] | None) -> list[str] | None:
-        from tunewise.core.perturb import PERTURBATIONS
+        from tunewise.core.perturb import PERTURBATIONS  # on use: loads pyarrow
 
         unknown = [v for v in value or [] if v not in PERTURBATIONS]
         if unknown:

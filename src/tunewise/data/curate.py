@@ -28,6 +28,7 @@ from tunewise.core.errors import TunewiseError
 from tunewise.core.progress import console, progress
 from tunewise.core.records import answer_column
 from tunewise.data.issues import IssueTable
+from tunewise.models.loading import embed
 
 # config action -> issues-table action
 ACTION_NAMES = {"drop": "dropped", "flag": "flagged", "redact": "redacted", "relabel": "relabeled"}
@@ -152,7 +153,6 @@ class CurateContext:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised embeddings from the project's encoder, cached by text across checks."""
-        from tunewise.models.loading import embed
 
         missing = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
         if missing:

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from tunewise.core.progress import progress as rich_progress
 from tunewise.core.text import arrow_texts as _to_arrow, dedup_keys, dedup_keys_arrow
 
 __all__ = [
@@ -420,7 +421,6 @@ def _exact_jaccard(left: np.ndarray, right: np.ndarray, sets: csr_matrix) -> np.
 def _progress(description: str, total: int, enabled: bool, unit: str = "texts"):
     if not enabled:
         return nullcontext(lambda n=1, **_: None)
-    from tunewise.core.progress import progress as rich_progress
 
     return rich_progress(description, total, unit=unit)
 

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunewise.core.artifacts import atomic_path, read_json, write_json
 from tunewise.core.errors import TunewiseError
 from tunewise.core.progress import console, progress
+from tunewise.core.runs import check_run_id, existing_run_lock
 from tunewise.core.stats import percentile_interval, resample_weights
 
 __all__ = ["CurveError", "CurveFit", "fit_power_law", "learning_curve", "nested_subsets", "power_law"]
@@ -279,7 +281,6 @@ def write_curve_plot(curve: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tunewise.core.artifacts import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, entry in curve["candidates"].items():
@@ -312,7 +313,7 @@ def candidate_factory(cfg: Any) -> Callable[[str], Any]:
     """Unfitted candidates built from the project's config (``tunewise.candidates.factory``)."""
     import functools
 
-    from tunewise.candidates.factory import build_candidate
+    from tunewise.candidates.factory import build_candidate  # on use: loads sklearn
 
     return functools.partial(build_candidate, config=cfg)
 
@@ -330,8 +331,8 @@ def resolve_curve_candidates(names: list[str], evaluation: dict[str, Any]) -> tu
     """Candidates a curve can train. One that combines others (the ensemble) is not trained on its
     own: it averages its members' probabilities, so its curve is measured through its strongest
     fine-tuned member (the ensemble scored at or above it on this test set); ``notes`` says so."""
-    from tunewise.candidates.ensemble import candidate_members
-    from tunewise.candidates.registry import CANDIDATES
+    from tunewise.candidates.ensemble import candidate_members  # on use: loads sklearn
+    from tunewise.candidates.registry import CANDIDATES  # on use: loads sklearn
 
     notes: dict[str, str] = {}
     out: list[str] = []
@@ -362,7 +363,6 @@ def run_curve(cfg: Any, run_id: str = "default", *, fractions: Sequence[float] =
     """Learning curves for a run: reads its split (and evaluation), writes ``runs/<id>/curve/``.
 
     Holds the run folder's lock (refused with the holder's pid while another process works in it)."""
-    from tunewise.core.runs import check_run_id, existing_run_lock
 
     with existing_run_lock(cfg.resolve(cfg.runs_dir) / check_run_id(run_id)):
         return _run_curve(cfg, run_id, fractions=fractions, candidates=candidates, target=target, engine=engine,
@@ -371,7 +371,6 @@ def run_curve(cfg: Any, run_id: str = "default", *, fractions: Sequence[float] =
 
 def _run_curve(cfg: Any, run_id: str, *, fractions: Sequence[float], candidates: list[str] | None,
                target: float | None, engine: str, ray_address: str | None, n_resamples: int) -> dict[str, Any]:
-    from tunewise.core.artifacts import read_json, write_json
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if cfg.task != "classify":

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise.config.sections import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
-from tunewise.core.artifacts import json_safe, write_csv, write_json, write_parquet
+from tunewise.core.artifacts import atomic_path, json_safe, write_csv, write_json, write_parquet
 from tunewise.core.records import answer_column
 from tunewise.core.stats import (
     class_counts,
@@ -392,7 +392,6 @@ def write_plots(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    from tunewise.core.artifacts import atomic_path
 
     out = Path(out_dir)
     paths: list[Path] = []

@@ -23,6 +23,7 @@ from typing import Any
 
 from tunewise.core.text import containment_key
 from tunewise.llm.chat import generate_replies
+from tunewise.models.loading import load_llm
 
 __all__ = [
     "PARAGRAPHS",
@@ -204,7 +205,6 @@ def find_finetuned_models(train_dir: str | Path) -> list[tuple[str, Path, str]]:
 def load_finetuned(folder: Path, kind: str, base_spec: str, *, offline: bool = True,
                    trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load a saved fine-tuned LLM: the base model with the adapter applied, or the full model."""
-    from tunewise.models.loading import load_llm
 
     if kind == "model":
         return load_llm(str(folder), offline=offline, trust_remote_code=trust_remote_code)

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunewise.models.loading import embed
+
 __all__ = [
     "BLEU_STATS",
     "CHRF_STATS",
@@ -352,7 +354,6 @@ def score_generation(replies: Sequence[str], references: Sequence[str], inputs: 
         "length_ratio": np.where(reference_words > 0, reply_words / np.maximum(reference_words, 1), np.nan),
     })
     if encoder is not None:
-        from tunewise.models.loading import embed
 
         if replies:
             frame["embedding_similarity"] = np.einsum("ij,ij->i", embed(replies, encoder), embed(references, encoder))

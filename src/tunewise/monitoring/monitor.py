@@ -43,6 +43,7 @@ from scipy import stats as sps
 
 from tunewise.config.sections import MonitorConfig
 from tunewise.core.stats import wilson_interval
+from tunewise.models.loading import embed
 from tunewise.monitoring.feedback import INCUMBENT, feedback_training_rows, parse_since
 
 __all__ = [
@@ -316,7 +317,6 @@ def _drift(requests: pd.DataFrame, feedback: pd.DataFrame, train: pd.DataFrame |
         out["embedding"] = {"status": "not computed", "reason": f"{len(texts)} logged inputs in the window; 10 needed "
                                                                 "(is serve.store_inputs off?)"}
     else:
-        from tunewise.models.loading import embed
 
         rng = np.random.default_rng(config.seed)
         reference_texts = train["input"].fillna("").astype(str).to_numpy()
@@ -401,7 +401,7 @@ def _retrain_advice(report: dict, requests: pd.DataFrame, feedback: pd.DataFrame
 def monitor_run(store_url: str, run_dir: str | Path, config: MonitorConfig | None = None, since: str | None = None,
                 incumbent: str | None = None, encoder: str | None = "embedded:minilm-l6", task: str | None = None) -> dict[str, Any]:
     """The report for a run's log: reads the store, the run's training split and the arm weights."""
-    from tunewise.monitoring.store import Store
+    from tunewise.monitoring.store import Store  # on use: loads sqlalchemy
 
     config = config or MonitorConfig()
     run_dir = Path(run_dir)

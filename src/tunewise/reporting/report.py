@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise import __version__
+from tunewise.config.sections import MonitorConfig
 from tunewise.core.artifacts import file_digest, json_safe, write_json, write_text
 from tunewise.core.errors import TunewiseError
 
@@ -291,7 +292,7 @@ def more_data_section(run_dir: Path) -> dict:
     curve = _json(run_dir / "curve" / "curve.json")
     if not curve or not curve.get("candidates"):
         return {"available": False}
-    from tunewise.decision.curve import CurveFit
+    from tunewise.decision.curve import CurveFit  # on use: loads scipy
 
     plt = _pyplot()
     ax = plt.subplots(figsize=(6.0, 3.4))[1]
@@ -715,7 +716,6 @@ def _monitor_config(config: dict) -> tuple[Any, str | None]:
     """The run's ``monitor:`` settings; the defaults (and a note) when config.json's section does not validate."""
     from pydantic import ValidationError
 
-    from tunewise.config.sections import MonitorConfig
 
     try:
         return MonitorConfig.model_validate(config.get("monitor") or {}), None
@@ -732,8 +732,8 @@ def _read_live(url: str, run_dir: Path, config: Any, since: str | None, task: st
     """The monitor report (no embedding drift), the arm-weight history and (ts, arm, candidate) per request."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from tunewise.monitoring.monitor import monitor_run, parse_since
-    from tunewise.monitoring.store import Store, StoreError
+    from tunewise.monitoring.monitor import monitor_run, parse_since  # on use: loads scipy
+    from tunewise.monitoring.store import Store, StoreError  # on use: loads sqlalchemy
 
     try:
         parse_since(since if since is not None else config.since)

@@ -65,10 +65,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunewise.config.sections import MonitorConfig, ServeConfig as _SectionServeConfig
+from tunewise.config.sections import EvaluateConfig, MonitorConfig, ServeConfig as _SectionServeConfig, config_from_dict
 from tunewise.core.errors import TunewiseError
 from tunewise.models.loading import quiet_known_warnings  # every command calls it too; the server when it starts
 from tunewise.monitoring.feedback import CANDIDATE, INCUMBENT
+from tunewise.serving.retrain import retrain_gate
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
@@ -151,7 +152,7 @@ def check_bind(host: str, config: Any = None, insecure: bool = False) -> str | N
 def check_arms(run_dir: str | Path, specs: list[ArmSpec]) -> None:
     """Every arm's candidate exists: trained in ``train/<name>/adapter`` or a registered candidate
     (refitted at start). Raises ServeError naming the arm and the candidate; cheap (no model load)."""
-    from tunewise.candidates.registry import CANDIDATES
+    from tunewise.candidates.registry import CANDIDATES  # on use: loads scipy, sklearn
 
     run_dir = Path(run_dir)
     for spec in specs:
@@ -288,7 +289,6 @@ def assign_arm(key: str, weights: Mapping[str, float]) -> str:
 def _project_config(run_dir: Path, cfg: Any = None) -> Any:
     if cfg is not None:
         return cfg
-    from tunewise.config.sections import config_from_dict
 
     saved = run_dir / "config.json"
     if saved.exists():
@@ -438,9 +438,8 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
     """Fitted candidates by name (``tunewise.candidates.factory.run_candidate``): fine-tuned ones from
     train/<name>/adapter (no refit), cheap and prompted ones refitted on the run's split (seconds for
     the cheap ones), the ensemble from its members."""
-    from tunewise.candidates.factory import run_candidate
-    from tunewise.candidates.registry import CANDIDATES, CandidateError
-    from tunewise.config.sections import EvaluateConfig
+    from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.registry import CANDIDATES, CandidateError  # on use: loads scipy, sklearn
 
     run_dir = Path(run_dir)
     cfg = _project_config(run_dir, cfg)
@@ -520,7 +519,7 @@ class MicroBatcher:
                 raise RequestDeadlineExceeded("the request timed out before the model started")
             if not self.batch_threads or len(items) < self.batch_threads_min_rows:
                 return self.model.predict(items)
-            from tunewise.candidates.finetuned import torch_threads
+            from tunewise.candidates.finetuned import torch_threads  # on use: loads scipy, sklearn
 
             with torch_threads(self.batch_threads):
                 return self.model.predict(items)
@@ -913,8 +912,7 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
     before (ServeError naming the arm). A run made by ``tunewise retrain`` whose gate failed is
     refused unless ``allow_failed_gate``. ``insecure`` turns off the Host header check (serving on a
     non-loopback address without an API key, ``--insecure``)."""
-    from tunewise.monitoring.store import Store, default_store_url
-    from tunewise.serving.retrain import retrain_gate
+    from tunewise.monitoring.store import Store, default_store_url  # on use: loads sqlalchemy
 
     run_dir = Path(run_dir)
     gate = retrain_gate(run_dir)

@@ -35,8 +35,13 @@ from typing import Any
 
 import pandas as pd
 
+from tunewise.config.sections import EvaluateConfig
+from tunewise.core.artifacts import read_json, write_json, write_text
 from tunewise.core.errors import TunewiseError
+from tunewise.core.runs import check_run_id, existing_run_lock, run_lock
 from tunewise.monitoring.feedback import feedback_training_rows, parse_since
+from tunewise.pipeline.runner import run_stages
+from tunewise.workflows.labelling import add_labels
 
 __all__ = ["GATE_FIELDS", "RetrainError", "feedback_training_rows", "retrain", "retrain_gate"]
 
@@ -65,7 +70,7 @@ def _run_labels(run_dir: Path) -> set[str] | None:
 
 def _drop_test_copies(rows: pd.DataFrame, run_dir: Path, cfg: Any) -> tuple[pd.DataFrame, int]:
     """Rows that are near-copies of the source run's test rows (the split's own leakage check)."""
-    from tunewise.data.split import find_leakage
+    from tunewise.data.split import find_leakage  # on use: loads scipy, sklearn
 
     test_path = run_dir / "split" / "test.parquet"
     if rows.empty or not test_path.exists():
@@ -86,7 +91,7 @@ def _gate_settings(config: dict) -> dict[str, Any]:
 def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_name: str | None) -> dict[str, Any]:
     """The new recommended candidate against the old one on the test rows both answered: McNemar on
     right/wrong (classify), a sign-flip permutation test on per-row chrF (generate)."""
-    from tunewise.core.stats import mcnemar, paired_permutation
+    from tunewise.core.stats import mcnemar, paired_permutation  # on use: loads scipy
 
     if not old_name or not new_name:
         return {"status": "not computed", "reason": "no recommended candidate in one of the runs"}
@@ -121,7 +126,6 @@ def retrain_gate(run_dir: str | Path) -> dict[str, Any] | None:
     was checked) has a failed gate: its stages may be done and its models trained, but nothing has
     compared them with the previous run yet, so ``tunewise serve`` must not take it (without this, a
     retrain killed after its decide stage would leave a run that serve accepts without any gate)."""
-    from tunewise.core.artifacts import read_json
 
     run_dir = Path(run_dir)
     path = run_dir / RETRAIN_FILE
@@ -155,7 +159,6 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
     Holds the lock of the source run (its split and decision are the reference, and add-labels freezes
     its test ids) and of the new run: refused with the holder's pid while another process works in
     either, before anything is written."""
-    from tunewise.core.runs import check_run_id, existing_run_lock
 
     options = {"run_id": run_id, "store_url": store_url, "new_run_id": new_run_id, "since": since,
                "thumbs_up": thumbs_up, "min_rows": min_rows, "dry_run": dry_run}
@@ -167,12 +170,7 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
 
 def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, since: str | None,
              thumbs_up: bool, min_rows: int, dry_run: bool) -> dict[str, Any]:
-    from tunewise.config.sections import EvaluateConfig
-    from tunewise.core.artifacts import read_json, write_json, write_text
-    from tunewise.core.runs import check_run_id, run_lock
-    from tunewise.monitoring.store import Store
-    from tunewise.pipeline.runner import run_stages
-    from tunewise.workflows.labelling import add_labels
+    from tunewise.monitoring.store import Store  # on use: loads sqlalchemy
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if not (run_dir / "split" / "test.parquet").exists():

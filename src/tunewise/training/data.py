@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 
 from tunewise.config.sections import TrainConfig
+from tunewise.core.perturb import augment_frame
 from tunewise.core.records import answer_column
 from tunewise.core.sampling import stratified_sample_ids
 from tunewise.llm.chat import context_messages as _context_messages, end_of_turn_ids as _end_of_turn_ids
+from tunewise.models.loading import resolve_encoder, resolve_llm
 from tunewise.training.plan import RunPlan, plan_run
 from tunewise.training.runtime import _distributed
 from tunewise.training.settings import DEFAULTS, TrainError
@@ -45,7 +47,6 @@ def prepare(task: str, method: str, train_frame: pd.DataFrame, validation_frame:
     batch_size = config.batch_size or DEFAULTS[(method, task)]["batch_size"]
     check_training_data(task, train_frame, validation_frame, batch_size=batch_size, source=source)
     if config.augment:
-        from tunewise.core.perturb import augment_frame
 
         copies = augment_frame(train_frame, config.augment, kinds=config.augment_kinds, seed=seed)
         train_frame = pd.concat([train_frame, copies], ignore_index=True)
@@ -125,7 +126,6 @@ def load_tokenizer(method: str, model_spec: str, *, offline: bool = True, trust_
     """The tokenizer only (no weights): enough to check lengths and plan the run."""
     from transformers import AutoTokenizer
 
-    from tunewise.models.loading import resolve_encoder, resolve_llm
 
     resolved = (resolve_llm if method == "lora" else resolve_encoder)(model_spec, offline=offline)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, local_files_only=True, trust_remote_code=trust_remote_code)

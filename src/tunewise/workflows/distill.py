@@ -45,8 +45,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunewise.core.artifacts import json_safe, make_private_dirs, read_json, write_json, write_parquet
 from tunewise.core.errors import TunewiseError
 from tunewise.core.progress import console, progress
+from tunewise.core.runs import check_run_id, run_lock
+from tunewise.core.text import dedup_keys
+from tunewise.pipeline.runner import StageContext
+from tunewise.pipeline.stages.train import resolve_candidates, run as train_stage
+from tunewise.workflows.labelling import LabellingError, read_pool as read_unlabelled
 
 __all__ = ["API_TEACHERS", "DistillError", "DistillStopped", "choose_min_confidence", "distill", "read_pool"]
 
@@ -76,7 +82,6 @@ def read_pool(cfg: Any, path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     """An unlabelled file as records (id, input, context, pool_id, source_file, source_line) and what
     was skipped, read by the same reader as ``add-labels`` (tunewise.workflows.labelling.read_pool); a label
     column is reported in ``info["ignored_label_column"]`` and not read."""
-    from tunewise.workflows.labelling import LabellingError, read_pool as read_unlabelled
 
     try:
         frame, info = read_unlabelled(cfg, path)
@@ -93,8 +98,7 @@ def _exclude_known(pool: pd.DataFrame, frames: dict[str, pd.DataFrame], cfg: Any
     """Drop pool rows the project already has: the same normalised text as a gold row (train: labelled
     already; validation or test: it would leak into what the students are scored on), near-duplicates
     of validation and test rows (the split stage's leakage measure), and copies inside the pool."""
-    from tunewise.core.text import dedup_keys
-    from tunewise.data.split import find_leakage
+    from tunewise.data.split import find_leakage  # on use: loads scipy, sklearn
 
     keys = dedup_keys(pool["input"].astype(str).tolist())
     gold_train = set(dedup_keys(frames["train"]["input"].astype(str).tolist()))
@@ -176,7 +180,6 @@ def _built(run_dir: Path) -> dict[str, str]:
 
 def _stage_current(cfg: Any, run_dir: Path, stage: str, sections: Sequence[str]) -> bool:
     """Whether the run's ``stage`` ran with the config's current ``sections`` (its predictions still hold)."""
-    from tunewise.core.artifacts import read_json
 
     marker = run_dir / stage / "_stage.json"
     if not marker.exists():
@@ -187,9 +190,9 @@ def _stage_current(cfg: Any, run_dir: Path, stage: str, sections: Sequence[str])
 
 def _build_teacher(cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict[str, pd.DataFrame],
                    no_cache: bool) -> Teacher:
-    from tunewise.candidates.factory import run_candidate
-    from tunewise.candidates.finetuned import FineTunedCandidate
-    from tunewise.candidates.registry import CandidateError, candidate_class
+    from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.finetuned import FineTunedCandidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.registry import CandidateError, candidate_class  # on use: loads scipy, sklearn
 
     built = _built(run_dir)
     if name in API_TEACHERS:
@@ -240,8 +243,8 @@ def _chunk_rows(candidate: Any) -> int:
 def _label(teacher: Teacher, frame: pd.DataFrame, what: str) -> tuple[pd.DataFrame, Exception | None]:
     """The teacher's predictions for ``frame`` in chunks, with progress lines; a spending cap stops it
     and the rows predicted before the batch that would have crossed it are returned with the error."""
-    from tunewise.candidates.api import SpendingCapReached
-    from tunewise.candidates.registry import check_predictions
+    from tunewise.candidates.api import SpendingCapReached  # on use: loads scipy, sklearn
+    from tunewise.candidates.registry import check_predictions  # on use: loads scipy, sklearn
 
     parts: list[pd.DataFrame] = []
     stopped: Exception | None = None
@@ -309,7 +312,6 @@ def _student_target(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], st
                     ) -> tuple[float | None, str]:
     """The accuracy the students aim for: the decision's target, else the best gold-trained student's
     validation accuracy (noisier labels than that would pull it down)."""
-    from tunewise.core.artifacts import read_json
 
     decision_path = run_dir / "decide" / "decision.json"
     decision = (read_json(decision_path) or {}).get("decision", {}) if decision_path.exists() else {}
@@ -342,8 +344,7 @@ def _student_target(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], st
 
 
 def _resolve_students(cfg: Any, names: Sequence[str] | None) -> list[str]:
-    from tunewise.candidates.registry import CANDIDATES, CandidateError, candidate_class
-    from tunewise.pipeline.stages.train import resolve_candidates
+    from tunewise.candidates.registry import CANDIDATES, CandidateError, candidate_class  # on use: loads scipy, sklearn
 
     if not names:
         return resolve_candidates(cfg.task, cfg.train.candidates)
@@ -365,11 +366,8 @@ def _train_students(cfg: Any, out_dir: Path, students: list[str], frames: dict[s
     """Train the students on the distilled run's split; their test predictions by name."""
     import shutil
 
-    from tunewise.candidates.registry import CANDIDATES, check_predictions
-    from tunewise.core.artifacts import make_private_dirs, write_parquet
-    from tunewise.decision.curve import candidate_factory
-    from tunewise.pipeline.runner import StageContext
-    from tunewise.pipeline.stages.train import run as train_stage
+    from tunewise.candidates.registry import CANDIDATES, check_predictions  # on use: loads scipy, sklearn
+    from tunewise.decision.curve import candidate_factory  # on use: loads scipy
 
     predictions: dict[str, pd.DataFrame] = {}
     tuned = [s for s in students if CANDIDATES[s].kind == "finetuned"]
@@ -403,7 +401,11 @@ def _gold_only(run_dir: Path, name: str) -> pd.DataFrame | None:
 
 
 def _running_cost(name: str, predictions: pd.DataFrame, roi: Any, usd_per_request: float | None) -> dict[str, Any]:
-    from tunewise.decision.decide import DecisionError, monthly_running_cost, serving_memory_gib
+    from tunewise.decision.decide import (  # on use: loads scipy, sklearn
+        DecisionError,
+        monthly_running_cost,
+        serving_memory_gib,
+    )
 
     latency = pd.to_numeric(predictions["latency_ms"], errors="coerce").dropna()
     median = float(np.median(latency)) if len(latency) else 0.0
@@ -452,7 +454,6 @@ def distill(cfg: Any, run_id: str = "default", *, pool: str | Path | None = None
     """Label ``pool`` (and/or the suspected label errors) with the teacher, keep the rows it is sure
     of, train the students on gold + teacher rows in a new run, and compare them (see the module
     docstring). Returns the summary also written to ``runs/<run_id>/distill/summary.json``."""
-    from tunewise.core.runs import check_run_id, run_lock
 
     if cfg.task != "classify":
         raise DistillError("distill labels rows by a teacher's answers and confidence: it works for classify "
@@ -484,7 +485,6 @@ def distill(cfg: Any, run_id: str = "default", *, pool: str | Path | None = None
 
 
 def _write_summary(path: Path, summary: dict[str, Any]) -> None:
-    from tunewise.core.artifacts import json_safe, write_json
 
     write_json(path, json_safe(summary))  # JSON has no NaN: an empty interval is null
 
@@ -493,8 +493,6 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
                     pool_frame: pd.DataFrame | None, pool_info: dict | None, relabel_suspects: bool,
                     teacher_names: list[str], agree: bool, min_confidence: float | None, target: float | None,
                     students: list[str], no_cache: bool, dry_run: bool) -> dict[str, Any]:
-    from tunewise.core.artifacts import write_parquet
-    from tunewise.core.runs import run_lock
 
     notes: list[str] = []
     summary: dict[str, Any] = {"run_id": run_id, "out_run_id": out_run_id, "teachers": teacher_names,
@@ -598,7 +596,6 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
         summary["status"] = "done"
         _write_summary(out_dir / "distill" / "summary.json", summary)
     _write_summary(run_dir / "distill" / "summary.json", summary)
-    from tunewise.core.artifacts import json_safe
 
     return json_safe(summary)
 
@@ -770,8 +767,8 @@ def _compare(cfg: Any, run_dir: Path, test: pd.DataFrame, labels: list[str], tea
              students: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     """Each student (trained on gold + teacher rows) against each teacher and against itself trained on
     gold alone, on the gold test set: the evaluation's paired comparison."""
-    from tunewise.evaluation.robustness import primary_score
-    from tunewise.evaluation.scores import Resampler, compare_scores, score_classification
+    from tunewise.evaluation.robustness import primary_score  # on use: loads scipy, sklearn
+    from tunewise.evaluation.scores import Resampler, compare_scores, score_classification  # on use: loads scipy
 
     level, seed = cfg.evaluate.confidence_level, cfg.seed
     resampler = Resampler(cfg.evaluate.n_resamples, seed)
@@ -813,7 +810,7 @@ def _compare(cfg: Any, run_dir: Path, test: pd.DataFrame, labels: list[str], tea
 
 def _costs(cfg: Any, run_dir: Path, teachers: list[Teacher], students: dict[str, pd.DataFrame], rows: pd.DataFrame,
            seconds: dict[str, float]) -> dict[str, Any]:
-    from tunewise.decision.decide import _measured_usd_per_request
+    from tunewise.decision.decide import _measured_usd_per_request  # on use: loads scipy, sklearn
 
     roi = cfg.roi
     one_time = []

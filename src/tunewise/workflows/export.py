@@ -23,6 +23,7 @@ from pathlib import Path
 from tunewise.core.artifacts import read_json, write_json, write_text
 from tunewise.core.errors import TunewiseError
 from tunewise.core.runs import existing_run_lock
+from tunewise.training import load_trained
 
 __all__ = ["CLASSIFIER_KWARGS", "ExportError", "export", "trained_candidates"]
 
@@ -122,7 +123,6 @@ def _export_adapter(adapter_dir: Path, info: dict, out: Path) -> None:
 
 
 def _export_merged(adapter_dir: Path, out: Path) -> None:
-    from tunewise.training import load_trained
 
     model, tokenizer, info = load_trained(adapter_dir)
     merged = model.merge_and_unload()  # W + B·A·(alpha/r) in every adapted layer; the head copied over

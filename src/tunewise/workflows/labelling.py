@@ -34,8 +34,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunewise.core.artifacts import csv_unescape, read_json, write_csv, write_json, write_text
 from tunewise.core.errors import TunewiseError
 from tunewise.core.progress import console
+from tunewise.core.records import answer_column
+from tunewise.core.runs import check_run_id, existing_run_lock
+from tunewise.core.text import dedup_keys
+from tunewise.data.ingest import IngestError, iter_raw_rows
+from tunewise.models.loading import embed
+from tunewise.pipeline.stages.ingest import read_split_file
 
 __all__ = ["LabellingError", "Selection", "add_labels", "margin_uncertainty", "rank_for_labelling", "read_pool",
            "suggest"]
@@ -101,7 +108,6 @@ def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, label
     """
     from sklearn.cluster import KMeans
 
-    from tunewise.core.text import dedup_keys
 
     if k < 1:
         raise LabellingError(f"k must be at least 1, got {k}")
@@ -184,7 +190,6 @@ def _find_column(columns: Sequence[str], configured: str | None, names: Sequence
 
 def _raw_rows(path: Path, encoding: str = "utf-8") -> tuple[list[Any], list[str]]:
     """(every raw row of the file, the columns seen), with tunewise.data.ingest's reader."""
-    from tunewise.data.ingest import IngestError, iter_raw_rows
 
     if not path.exists():
         raise LabellingError(f"{path}: file not found")
@@ -260,10 +265,9 @@ def _labelled_texts(cfg: Any, run_dir: Path) -> list[str]:
 
 def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
     """(fitted candidate, its name, how it was obtained)."""
-    from tunewise.candidates.factory import run_candidate
-    from tunewise.candidates.finetuned import FineTunedCandidate
-    from tunewise.candidates.registry import CANDIDATES, candidate_class
-    from tunewise.core.artifacts import read_json
+    from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.finetuned import FineTunedCandidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.registry import CANDIDATES, candidate_class  # on use: loads scipy, sklearn
 
     if name is None:
         summary = run_dir / "evaluate" / "summary.json"
@@ -294,7 +298,7 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
 def _best_single_candidate(evaluation: dict, gate_candidate: str) -> str:
     """The real classify candidate with the best primary metric in the evaluation (``gate_candidate``
     is a combination, such as the ensemble, that cannot be refit on its own)."""
-    from tunewise.candidates.registry import CANDIDATES
+    from tunewise.candidates.registry import CANDIDATES  # on use: loads scipy, sklearn
 
     metric = evaluation.get("primary_metric") or "accuracy"
     sign = 1 if metric in (evaluation.get("lower_is_better") or []) else -1
@@ -312,7 +316,6 @@ def suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str = "default", cand
             out: str | Path | None = None) -> dict[str, Any]:
     """Rank ``pool`` and write the ``k`` rows to label next as a CSV for annotators; returns a summary.
     Holds the run folder's lock: it reads the run's model and writes ``runs/<id>/suggest/``."""
-    from tunewise.core.runs import check_run_id, existing_run_lock
 
     with existing_run_lock(_run_dir(cfg, check_run_id(run_id))):
         return _suggest(cfg, pool, k, run_id=run_id, candidate=candidate, out=out)
@@ -320,8 +323,6 @@ def suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str = "default", cand
 
 def _suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str, candidate: str | None,
              out: str | Path | None) -> dict[str, Any]:
-    from tunewise.core.artifacts import write_csv
-    from tunewise.models.loading import embed
 
     if cfg.task != "classify":
         raise LabellingError("suggest ranks rows by the model's class probabilities: it works for classify projects; "
@@ -371,7 +372,6 @@ _ADDED_ID = re.compile(r"^added-(\d+)$")
 
 def _existing_records(cfg: Any) -> pd.DataFrame:
     """The project's labelled rows as ingested from its own files (training, test)."""
-    from tunewise.pipeline.stages.ingest import read_split_file
 
     frames = [read_split_file(cfg, cfg.resolve(cfg.data.train)).frame]
     if cfg.data.test:
@@ -381,8 +381,7 @@ def _existing_records(cfg: Any) -> pd.DataFrame:
 
 def _freeze_test(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Write the frozen test ids the first time; the split stage reads them from then on."""
-    from tunewise.core.artifacts import read_json, write_json
-    from tunewise.data.split import FROZEN_TEST_FILE
+    from tunewise.data.split import FROZEN_TEST_FILE  # on use: loads scipy, sklearn
 
     if cfg.data.test:
         return {"frozen": False, "reason": f"data.test ({cfg.data.test}) is the test set already"}
@@ -403,16 +402,12 @@ def _freeze_test(cfg: Any, run_dir: Path) -> dict[str, Any]:
 def add_labels(cfg: Any, file: str | Path, *, run_id: str = "default") -> dict[str, Any]:
     """Append the labelled rows of ``file`` to ``data.added``; returns what was added, skipped and warned.
     Holds the run folder's lock: the test ids it freezes must come from a split nobody is rewriting."""
-    from tunewise.core.runs import check_run_id, existing_run_lock
 
     with existing_run_lock(_run_dir(cfg, check_run_id(run_id))):
         return _add_labels(cfg, file, run_id=run_id)
 
 
 def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
-    from tunewise.core.artifacts import csv_unescape, write_text
-    from tunewise.core.records import answer_column
-    from tunewise.core.text import dedup_keys
 
     file = Path(file)
     answer = answer_column(cfg.task)

@@ -96,6 +96,7 @@ from tunewise.config.sections import ProjectConfig
 from tunewise.core.progress import console, progress, track
 from tunewise.core.text import surface_key
 from tunewise.data.curate import Check, CurateContext, Finding, SkipCheck, register
+from tunewise.models.loading import load_llm
 
 # --- label_errors defaults (see the module docstring for why) ----------------------------------
 LR_C = 4.0
@@ -437,7 +438,6 @@ def _new_id(label: str, n: int, taken: set[str]) -> str:
 
 
 def _load_generator(project: ProjectConfig) -> tuple[Any, Any]:
-    from tunewise.models.loading import load_llm
 
     return load_llm(project.models.llm, offline=project.models.offline,
                     trust_remote_code=project.models.trust_remote_code)

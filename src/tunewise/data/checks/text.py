@@ -51,6 +51,7 @@ from tunewise.config.checks import EmptyGarbageSettings, StandardiseSettings, To
 from tunewise.core.progress import console
 from tunewise.core.text import label_key, tidy_text
 from tunewise.data.curate import Check, CurateContext, Finding, register
+from tunewise.models.loading import resolve_llm
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers (also used by checks.pii and checks.generation)
@@ -355,7 +356,6 @@ def load_tokenizer(spec: str, offline: bool = True, trust_remote_code: bool = Fa
     try:
         from transformers import AutoTokenizer
 
-        from tunewise.models.loading import resolve_llm
 
         path = resolve_llm(spec, offline=offline).path
         return AutoTokenizer.from_pretrained(str(path), local_files_only=offline,

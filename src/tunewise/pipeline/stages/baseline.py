@@ -12,7 +12,7 @@ from tunewise.pipeline.runner import StageContext, stage
        user_files=ProjectConfig.knowledge_base_files)
 def run(ctx: StageContext) -> dict:
     """Fit and score the baseline candidates (LLM prompting, classic models) on the split."""
-    from tunewise.evaluation.baseline import run_baseline
+    from tunewise.evaluation.baseline import run_baseline  # on use: loads scipy, sklearn
 
     cfg = ctx.config
     section = cfg.baseline

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tunewise.core.artifacts import write_csv, write_json, write_parquet
+from tunewise.data.curate import curate_frame, make_engine
 from tunewise.data.issues import IssueTable
 from tunewise.pipeline.runner import StageContext, stage
 
@@ -12,7 +13,6 @@ from tunewise.pipeline.runner import StageContext, stage
 @stage("curate", sections=("curate", "models"), reads=("ingest",))
 def run(ctx: StageContext) -> dict:
     """Find and fix duplicates, conflicts, label errors, off-topic rows, PII and thin classes."""
-    from tunewise.data.curate import curate_frame, make_engine
 
     records = pd.read_parquet(ctx.input("ingest", "records.parquet"))
     prior = IssueTable("ingest")

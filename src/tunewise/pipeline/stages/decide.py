@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from tunewise.core.artifacts import write_json
+from tunewise.core.progress import console
 from tunewise.pipeline.runner import StageContext, StageError, stage
 
 
 @stage("decide", sections=("roi",), reads=("evaluate",))
 def run(ctx: StageContext) -> dict:
     """Turn the evaluation into a verdict: fine-tune, use an alternative, not yet, or inconclusive."""
-    from tunewise.core.artifacts import write_json
-    from tunewise.core.progress import console
-    from tunewise.decision.decide import DecisionError, decide
+    from tunewise.decision.decide import DecisionError, decide  # on use: loads scipy, sklearn
 
     try:
         result = decide(ctx.run_dir, ctx.config.roi)

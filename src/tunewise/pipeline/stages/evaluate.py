@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 
 from tunewise.config.sections import ProjectConfig
-from tunewise.core.artifacts import write_json, write_parquet
+from tunewise.core.artifacts import json_safe, read_json, write_json, write_parquet
 from tunewise.core.progress import console, track
+from tunewise.evaluation.base import EvaluationError
+from tunewise.evaluation.forgetting import compare_probes, find_finetuned_models, load_finetuned, run_probe
+from tunewise.evaluation.metrics_gen import knowledge_texts
+from tunewise.models.loading import load_llm
 from tunewise.pipeline.runner import StageContext, StageError, stage
 
 
@@ -36,8 +40,8 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
     """Fitted candidates to re-predict with: cheap ones refitted on train.parquet (seconds),
     prompted LLMs only when asked, fine-tuned ones loaded from the train stage; a candidate that
     combines others (the ensemble) is left out: its members are measured."""
-    from tunewise.candidates.factory import run_candidate
-    from tunewise.candidates.registry import CANDIDATES
+    from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.registry import CANDIDATES  # on use: loads scipy, sklearn
 
     cfg = ctx.config
     fitted: dict[str, Any] = {}
@@ -68,18 +72,19 @@ def _fitted_candidates(ctx: StageContext, names: dict[str, Any], train: pd.DataF
        reads=("split", "baseline", "train"), user_files=ProjectConfig.evaluate_files)
 def run(ctx: StageContext) -> dict:
     """Compare every candidate with the baseline on the test set: intervals, slices, robustness, gate."""
-    from tunewise.candidates.ensemble import EnsembleCandidate
-    from tunewise.core.artifacts import json_safe
-    from tunewise.evaluation.base import EvaluationError
-    from tunewise.evaluation.evaluate import evaluate_candidates
-    from tunewise.evaluation.metrics_gen import knowledge_texts
+    from tunewise.candidates.ensemble import EnsembleCandidate  # on use: loads scipy, sklearn
+    from tunewise.evaluation.evaluate import evaluate_candidates  # on use: loads scipy, sklearn
     from tunewise.evaluation.predictions import (
         CandidatePredictions,
         ensemble_candidate,
         load_incumbent_predictions,
         load_run_predictions,
+    )  # on use: loads scipy, sklearn
+    from tunewise.evaluation.robustness import (  # on use: loads scipy, sklearn
+        overfitting_report,
+        primary_score,
+        robustness_report,
     )
-    from tunewise.evaluation.robustness import overfitting_report, primary_score, robustness_report
 
     cfg = ctx.config
     section = cfg.evaluate
@@ -137,7 +142,6 @@ def run(ctx: StageContext) -> dict:
         summary["ensemble"] = ensemble_info
     sample_file = ctx.run_dir / "baseline" / "sample_ids.json"
     if sample_file.exists():  # which candidates scored only a sample: their comparisons run on it
-        from tunewise.core.artifacts import read_json
 
         sample = read_json(sample_file)
         summary["sample"] = {"size": len(sample.get("test", [])), "scored_by": sample.get("scored_by", []),
@@ -202,7 +206,7 @@ def run(ctx: StageContext) -> dict:
     human = {"enabled": section.human_sheet_size > 0}
     gate = summary["gate"]
     if section.human_sheet_size > 0 and gate.get("candidate") and gate.get("baseline"):
-        from tunewise.evaluation.human_sheet import write_sheet
+        from tunewise.evaluation.human_sheet import write_sheet  # on use: loads scipy
 
         pair = (gate["candidate"], gate["baseline"])
         files = write_sheet(ctx.path("human"), test, {n: by_name[n].test.set_index("id")["prediction"] for n in pair},
@@ -232,13 +236,11 @@ def run(ctx: StageContext) -> dict:
 def _forgetting(ctx: StageContext, enabled: bool) -> dict[str, Any]:
     if not enabled:
         return {"status": "off", "reason": "evaluate.forgetting is false"}
-    from tunewise.evaluation.forgetting import compare_probes, find_finetuned_models, load_finetuned, run_probe
 
     models = find_finetuned_models(ctx.run_dir / "train")
     if not models:
         return {"status": "skipped", "reason": f"no fine-tuned generative LLM saved under {ctx.run_dir / 'train'} "
                 "(classifiers are not probed: they never generate)"}
-    from tunewise.models.loading import load_llm
 
     cfg = ctx.config
     out: dict[str, Any] = {"status": "done", "base_model": cfg.models.llm, "models": {}}

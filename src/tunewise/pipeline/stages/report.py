@@ -6,7 +6,9 @@ and the project folder the data paths are relative to (for the data files' sha25
 
 from __future__ import annotations
 
+from tunewise.core.artifacts import read_json
 from tunewise.pipeline.runner import StageContext, StageError, stage
+from tunewise.reporting.report import ReportError, build_report
 
 
 # "roi" is in the key although decide turns it into money: without a decide stage the page says
@@ -14,13 +16,11 @@ from tunewise.pipeline.runner import StageContext, StageError, stage
 @stage("report", sections=("roi",), reads=("evaluate", "decide"))
 def run(ctx: StageContext) -> dict:
     """Write the run's report: verdict, data quality, candidates, curves, errors, slices, cost, reproducibility."""
-    from tunewise.reporting.report import ReportError, build_report
 
     try:
         written = build_report(ctx.run_dir, base_dir=ctx.config.base_dir)
     except ReportError as exc:
         raise StageError(str(exc)) from None
-    from tunewise.core.artifacts import read_json
 
     summary = read_json(written["summary"])
     decision = summary.get("decision") or {}

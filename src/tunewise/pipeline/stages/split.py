@@ -7,7 +7,7 @@ from rich.markup import escape
 
 from tunewise.core.artifacts import read_json, write_csv, write_json, write_parquet
 from tunewise.core.progress import console
-from tunewise.data.split import FROZEN_TEST_FILE
+from tunewise.data.split import FROZEN_TEST_FILE, split_frame
 from tunewise.pipeline.runner import StageContext, StageError, stage
 
 
@@ -20,7 +20,6 @@ def _frozen_test(cfg) -> list:
 @stage("split", sections=("split", "data"), reads=("ingest", "curate"), user_files=_frozen_test)
 def run(ctx: StageContext) -> dict:
     """Stratified train/validation/test split with near-duplicate groups kept on one side."""
-    from tunewise.data.split import split_frame
 
     cfg = ctx.config
     cleaned = pd.read_parquet(ctx.input("curate", "cleaned.parquet"))

@@ -19,15 +19,18 @@ from typing import Any
 import pandas as pd
 
 from tunewise.config.sections import ProjectConfig
+from tunewise.core.artifacts import file_digest, read_json, write_json, write_parquet, write_text
 from tunewise.core.machine import measuring_cores
 from tunewise.core.progress import console
+from tunewise.core.records import answer_column
 from tunewise.pipeline.runner import StageContext, StageError, stage
+from tunewise.training import TrainError, dry_run as plan_cost
 
 
 def resolve_candidates(task: str, names: list[str] | None) -> list[str]:
     """The fine-tuned candidates to train; a wrong name, kind or task is an error naming the field."""
-    from tunewise.candidates.finetuned import DEFAULT_FINETUNED
-    from tunewise.candidates.registry import CANDIDATES, CandidateError, candidate_class
+    from tunewise.candidates.finetuned import DEFAULT_FINETUNED  # on use: loads scipy, sklearn
+    from tunewise.candidates.registry import CANDIDATES, CandidateError, candidate_class  # on use: loads scipy, sklearn
 
     if names is None:
         return list(DEFAULT_FINETUNED[task])
@@ -53,7 +56,6 @@ def _read_split(ctx: StageContext) -> dict[str, pd.DataFrame]:
 @stage("train", sections=("train", "models"), reads=("split",))
 def run(ctx: StageContext) -> dict:
     """Fine-tune the configured candidates (LoRA on the LLM, the encoder) and predict validation and test."""
-    from tunewise.core.artifacts import read_json, write_json
 
     cfg = ctx.config
     section = cfg.train
@@ -88,9 +90,8 @@ def _train_one(ctx: StageContext, name: str, frames: dict[str, pd.DataFrame],
     Classifiers predict every row; expensive candidates (the generator: a generation per row)
     predict the paired sample. ``under_trained`` (from train_summary.json) says a cap stopped
     training while validation was still improving."""
-    from tunewise.candidates.registry import check_predictions
-    from tunewise.core.artifacts import write_parquet
-    from tunewise.evaluation.baseline import quick_metrics
+    from tunewise.candidates.registry import check_predictions  # on use: loads scipy, sklearn
+    from tunewise.evaluation.baseline import quick_metrics  # on use: loads scipy, sklearn
 
     cfg = ctx.config
     checkpoints = ctx.run_dir / "_checkpoints" / "train" / name
@@ -140,8 +141,7 @@ def _train_one(ctx: StageContext, name: str, frames: dict[str, pd.DataFrame],
 def _samples(cfg: ProjectConfig, frames: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
     """The same paired sample as the baseline stage (same function, seeds and stratification) when
     train.sample_size equals baseline.sample_size, so evaluation compares the same rows."""
-    from tunewise.core.records import answer_column
-    from tunewise.evaluation.baseline import stratified_sample_ids
+    from tunewise.evaluation.baseline import stratified_sample_ids  # on use: loads scipy, sklearn
 
     by = answer_column(cfg.task) if cfg.task == "classify" else None
     return {"test": stratified_sample_ids(frames["test"], cfg.train.sample_size, cfg.seed, by),
@@ -152,7 +152,6 @@ def _finished_key(cfg: ProjectConfig, name: str, run_dir: Path, samples: dict[st
     import hashlib
     import json
 
-    from tunewise.core.artifacts import file_digest
 
     parts = {"train": cfg.train.for_candidate(name).model_dump(mode="json", exclude={"resume"}),
              "models": cfg.models.model_dump(mode="json"), "seed": cfg.seed, "task": cfg.task, "samples": samples,
@@ -161,7 +160,6 @@ def _finished_key(cfg: ProjectConfig, name: str, run_dir: Path, samples: dict[st
 
 
 def _save_finished(finished: Path, key: str, ctx: StageContext, name: str, entry: dict[str, Any]) -> None:
-    from tunewise.core.artifacts import write_json, write_text
 
     shutil.rmtree(finished, ignore_errors=True)
     shutil.copytree(ctx.path(name), finished / "out")
@@ -185,7 +183,7 @@ def _restore_finished(finished: Path, key: str, ctx: StageContext, name: str) ->
 
 
 def _candidate(cfg: ProjectConfig, name: str, output_dir: str | None, checkpoints: Path) -> Any:
-    from tunewise.candidates.factory import build_candidate
+    from tunewise.candidates.factory import build_candidate  # on use: loads scipy, sklearn
 
     # the models and train sections (with train.overrides[name]) and the seed
     return build_candidate(name, cfg, output_dir=output_dir, checkpoint_dir=str(checkpoints))
@@ -217,8 +215,7 @@ def dry_run(cfg: ProjectConfig, run_id: str = "default", calibration_steps: int 
     Reads the split stage's output of ``run_id`` (run `tunewise split` first); writes nothing, so the
     train stage's cache is untouched. For ``tunewise train --dry-run``.
     """
-    from tunewise.candidates.registry import candidate_class
-    from tunewise.training import TrainError, dry_run as plan_cost
+    from tunewise.candidates.registry import candidate_class  # on use: loads scipy, sklearn
 
     section = cfg.train
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
