@@ -58,11 +58,12 @@ def accuracy(predictions: pd.DataFrame, truth: pd.Series) -> float:
 def describe_fit(candidate, seconds: float) -> str:
     info = candidate.info()
     short, search = info["shortlist"], info["prompt_search"]
-    tried = ", ".join(f"{t['instruction']}/{t['demos']} {t['accuracy']:.3f} ({t['seconds']:.0f} s)"
-                      for t in search.get("tried", []))
+    tried = ", ".join(f"{t['instruction']}/{t['demos']} {t['accuracy']:.3f} on {t.get('rows', '?')} rows "
+                      f"({t['seconds']:.0f} s)" for t in search.get("tried", []))
     return (f"fit: {seconds:.1f} s; weights {info['prompt']['dtype']}; shortlist k={short['k']} of "
             f"{short['n_labels']} labels, recall {short['recall']} on {short['measured_on']}; prompt search on "
-            f"{search.get('rows')} {search.get('measured_on')} rows: {tried}; chosen "
+            f"{search.get('rows')} {search.get('measured_on')} rows, the contenders on {search.get('final_rows')}: "
+            f"{tried}; chosen "
             f"{search.get('chosen')}, gain over the plain prompt {search.get('gain_over_plain')}")
 
 

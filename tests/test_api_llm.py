@@ -413,7 +413,9 @@ def test_the_baseline_stage_runs_an_api_candidate_and_writes_json_safe_info(stub
 
 def test_tunewise_serve_is_an_openai_compatible_endpoint(tmp_path, key, monkeypatch):
     from tunewise.demo.data import generate_demo
-    from tunewise.serving.app import ServeConfig, ServerThread, create_app, load_models
+    from tunewise.serving.app import ServerThread, create_app
+    from tunewise.serving.base import ServeConfig
+    from tunewise.serving.served_model import load_models
 
     files = generate_demo(tmp_path / "data", task="classify", n_rows=300)
     data, held = pd.read_csv(files.data).dropna(subset=["text", "intent"]), pd.read_csv(files.test)

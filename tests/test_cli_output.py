@@ -83,7 +83,7 @@ ERRORS = [
     ("candidates.base", "CandidateError", ValueError), ("evaluation.base", "EvaluationError", ValueError),
     ("serving.retrain", "RetrainError", ValueError), ("models.loading", "ModelNotFoundError", Exception),
     ("monitoring.store", "StoreError", RuntimeError), ("workflows.distill", "DistillError", ValueError),
-    ("decision.curve", "CurveError", ValueError), ("serving.app", "ServeError", RuntimeError),
+    ("decision.curve", "CurveError", ValueError), ("serving.base", "ServeError", RuntimeError),
     ("training", "TrainError", ValueError), ("data.curate", "CheckContractError", RuntimeError),
 ]
 

@@ -353,7 +353,8 @@ def test_kill_9_during_retrain_then_rerun_equals_an_uninterrupted_retrain(retrai
     """Killed while the new run trains (after the feedback rows went into data.added), run again:
     the same new run and retrain.json as a retrain nobody interrupted, the rows added once; and
     until the rerun finishes, serve refuses the half-made run."""
-    from tunewise.serving.app import ServeError, create_app
+    from tunewise.serving.app import create_app
+    from tunewise.serving.base import ServeError
 
     folder = retrain_project["folder"]
     runs, added = folder / "runs", folder / "added_labels.jsonl"

@@ -25,17 +25,12 @@ import pandas as pd
 import pytest
 
 from serve_runs import make_classify_run
+from tunewise.models.loading import quiet_known_warnings
 from tunewise.monitoring.store import Store
-from tunewise.serving.app import (
-    ServeConfig,
-    ServeError,
-    ServerThread,
-    check_bind,
-    create_app,
-    load_models,
-    normalise_weights,
-    quiet_known_warnings,
-)
+from tunewise.serving.app import ServerThread, create_app
+from tunewise.serving.arms import check_bind, normalise_weights
+from tunewise.serving.base import ServeConfig, ServeError
+from tunewise.serving.served_model import load_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunewise.config.sections import MonitorConfig
 from tunewise.monitoring.monitor import (
     ACTION_EXIT_CODE,
     embedding_drift,
@@ -27,7 +28,6 @@ from tunewise.monitoring.monitor import (
     two_proportion_test,
 )
 from tunewise.monitoring.store import Store
-from tunewise.serving.app import MonitorConfig
 
 LABELS = ["order_status", "refund_status", "return_item", "payment_failed"]
 

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from tunewise.cli.main import app
 from tunewise.pipeline.precheck import load_config
-from tunewise.serving.app import ServeConfig, ServeError, ServerThread, create_app
+from tunewise.serving.app import ServerThread, create_app
+from tunewise.serving.base import ServeConfig, ServeError
 from tunewise.serving.retrain import RetrainError, feedback_training_rows, retrain, retrain_gate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

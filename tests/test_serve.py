@@ -28,18 +28,10 @@ import pytest
 
 from serve_runs import make_classify_run
 from tunewise.monitoring.store import Store
-from tunewise.serving.app import (
-    ArmSpec,
-    ServeConfig,
-    ServedModel,
-    ServeError,
-    ServerThread,
-    assign_arm,
-    create_app,
-    load_models,
-    parse_arms,
-    resolve_arms,
-)
+from tunewise.serving.app import ServerThread, create_app
+from tunewise.serving.arms import ArmSpec, assign_arm, parse_arms, resolve_arms
+from tunewise.serving.base import ServeConfig, ServeError
+from tunewise.serving.served_model import ServedModel, load_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

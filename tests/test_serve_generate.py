@@ -20,14 +20,10 @@ import pandas as pd
 import pytest
 
 from tunewise.monitoring.store import Store
-from tunewise.serving.app import (
-    ServeConfig,
-    ServerThread,
-    assign_arm,
-    create_app,
-    load_models,
-    resolve_arms,
-)
+from tunewise.serving.app import ServerThread, create_app
+from tunewise.serving.arms import assign_arm, resolve_arms
+from tunewise.serving.base import ServeConfig
+from tunewise.serving.served_model import load_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -275,8 +271,8 @@ def test_feedback_is_stored_once_and_every_answer_is_a_log_row(traffic):
 
 
 def test_monitor_reports_thumbs_up_rate_per_arm_and_reply_length_drift(traffic, run_dir):
+    from tunewise.config.sections import MonitorConfig
     from tunewise.monitoring.monitor import monitor_run
-    from tunewise.serving.app import MonitorConfig
 
     report = monitor_run(traffic.store_url, run_dir, MonitorConfig(min_feedback=PER_ARM), encoder=None, task="generate")
     assert report["online_metric"] == "thumbs_up_rate"

@@ -34,7 +34,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from serve_runs import make_classify_run
 from tunewise.monitoring.store import Store
-from tunewise.serving.app import ArmSpec, ServeConfig, ServerThread, create_app, load_models
+from tunewise.serving.app import ServerThread, create_app
+from tunewise.serving.arms import ArmSpec
+from tunewise.serving.base import ServeConfig
+from tunewise.serving.served_model import load_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,13 +22,14 @@ import typer
 from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
 from tunewise.config.sections import MonitorConfig
 from tunewise.monitoring.monitor import ACTION_EXIT_CODE, monitor_run
+from tunewise.serving.arms import check_bind, parse_arms
+from tunewise.serving.base import ServeConfig, ServeError
 from tunewise.serving.retrain import RetrainError, retrain as run_retrain
 
 __all__ = ["register"]
 
 
 def _serve_section(cfg: Any) -> Any:
-    from tunewise.serving.app import ServeConfig  # on use: loads fastapi
 
     return getattr(cfg, "serve", None) or ServeConfig()
 
@@ -67,14 +68,7 @@ def register(app: typer.Typer) -> None:
                                                "key (refused otherwise); also turns off the Host header check")] = False,
     ) -> None:
         """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
-        from tunewise.serving.app import (  # on use: loads fastapi
-            ServeConfig,
-            ServeError,
-            check_bind,
-            create_app,
-            parse_arms,
-            run_server,
-        )
+        from tunewise.serving.app import create_app, run_server  # on use: loads fastapi
 
         cfg = _load(config)
         section = _serve_section(cfg)
@@ -204,7 +198,6 @@ def register(app: typer.Typer) -> None:
     def _server(config: Path, url: str | None) -> tuple[str, str | None]:
         """The server's URL and the key to send: the admin key (POST /admin/arms needs it when it is
         set; the server takes it wherever the API key is asked for), else the API key."""
-        from tunewise.serving.app import ServeConfig  # on use: loads fastapi
 
         section = ServeConfig(**(_serve_section(_load(config)) if config.exists() else ServeConfig()).model_dump())
         if url is None:
