@@ -42,6 +42,7 @@ test: lint
 # [tool.importlinter]); both come from the lock through the dev extra
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 
 # Re-resolve requirements.lock from pyproject.toml against PyPI (plus the torch CPU wheel on disk),

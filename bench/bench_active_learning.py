@@ -46,16 +46,25 @@ BANKING77 = REPO.parent / "shared" / "datasets" / "banking77"
 
 
 def records(texts: list[str], labels: list[str], prefix: str) -> pd.DataFrame:
-    return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(texts))], "input": texts, "context": "[]",
-                         "label": labels})
+    return pd.DataFrame(
+        {"id": [f"{prefix}{i}" for i in range(len(texts))], "input": texts, "context": "[]", "label": labels}
+    )
 
 
 def accuracy(model, test: pd.DataFrame) -> float:
     return float((model.predict(test)["prediction"].to_numpy() == test["label"].to_numpy()).mean())
 
 
-def run_arm(arm: str, start: np.ndarray, train: pd.DataFrame, test: pd.DataFrame, vectors: np.ndarray,
-            rounds: int, batch: int, seed: int) -> list[float]:
+def run_arm(
+    arm: str,
+    start: np.ndarray,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    vectors: np.ndarray,
+    rounds: int,
+    batch: int,
+    seed: int,
+) -> list[float]:
     """Test accuracy at the start and after each round of ``batch`` rows picked by ``arm``."""
     rng = np.random.default_rng(seed + 1000)
     labelled = np.zeros(len(train), dtype=bool)
@@ -73,9 +82,14 @@ def run_arm(arm: str, start: np.ndarray, train: pd.DataFrame, test: pd.DataFrame
         else:
             proba = np.vstack(model.predict(train.iloc[pool])["proba"].to_numpy())
             selection = rank_for_labelling(
-                [texts[i] for i in pool], margin_uncertainty(proba), [texts[i] for i in np.flatnonzero(labelled)],
-                batch, embed_fn=lambda batch_texts: models.embed(batch_texts), labelled_vectors=vectors[labelled],
-                seed=seed)
+                [texts[i] for i in pool],
+                margin_uncertainty(proba),
+                [texts[i] for i in np.flatnonzero(labelled)],
+                batch,
+                embed_fn=lambda batch_texts: models.embed(batch_texts),
+                labelled_vectors=vectors[labelled],
+                seed=seed,
+            )
             picked = pool[selection.indices]
         labelled[picked] = True  # labels revealed from the data
     return scores
@@ -97,7 +111,9 @@ def main() -> None:
     raw_train, raw_test = pd.read_csv(BANKING77 / "train.csv"), pd.read_csv(BANKING77 / "test.csv")
     train = records(raw_train["text"].tolist(), raw_train["category"].tolist(), "tr")
     test = records(raw_test["text"].tolist(), raw_test["category"].tolist(), "te")
-    print(f"load: {os.getloadavg()[0]:.1f} (1-minute load average, {os.cpu_count()} CPUs); torch threads {args.threads}")
+    print(
+        f"load: {os.getloadavg()[0]:.1f} (1-minute load average, {os.cpu_count()} CPUs); torch threads {args.threads}"
+    )
 
     # embed every text once; embed_lr and the ranking then look their vectors up
     real_embed = models.embed
@@ -119,27 +135,42 @@ def main() -> None:
     finals: dict[str, list[float]] = {"suggest": [], "random": []}
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        start = np.concatenate([rng.choice(np.flatnonzero(train["label"].to_numpy() == c), size=args.per_intent,
-                                           replace=False) for c in sorted(train["label"].unique())])
+        start = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(train["label"].to_numpy() == c), size=args.per_intent, replace=False)
+                for c in sorted(train["label"].unique())
+            ]
+        )
         for arm in ("suggest", "random"):
             t0 = time.perf_counter()
             scores = run_arm(arm, start, train, test, vectors, args.rounds, args.batch, seed)
             finals[arm].append(scores[-1])
             sizes = [len(start) + args.batch * r for r in range(args.rounds + 1)]
-            print(f"seed {seed} {arm:>7}: " + ", ".join(f"{n}: {a:.4f}" for n, a in zip(sizes, scores))
-                  + f"  ({time.perf_counter() - t0:.0f}s)")
+            print(
+                f"seed {seed} {arm:>7}: "
+                + ", ".join(f"{n}: {a:.4f}" for n, a in zip(sizes, scores))
+                + f"  ({time.perf_counter() - t0:.0f}s)"
+            )
 
     gaps = np.array(finals["suggest"]) - np.array(finals["random"])
     print()
     for arm, values in finals.items():
-        print(f"final test accuracy {arm:>7}: mean {np.mean(values):.4f} (per seed: "
-              + ", ".join(f"{v:.4f}" for v in values) + ")")
-    print(f"gap suggest - random: mean {gaps.mean() * 100:+.2f} points, std {gaps.std(ddof=1) * 100 if len(gaps) > 1 else 0:.2f}, "
-          f"min {gaps.min() * 100:+.2f}, max {gaps.max() * 100:+.2f} (per seed: "
-          + ", ".join(f"{g * 100:+.2f}" for g in gaps) + ")")
+        print(
+            f"final test accuracy {arm:>7}: mean {np.mean(values):.4f} (per seed: "
+            + ", ".join(f"{v:.4f}" for v in values)
+            + ")"
+        )
+    print(
+        f"gap suggest - random: mean {gaps.mean() * 100:+.2f} points, std {gaps.std(ddof=1) * 100 if len(gaps) > 1 else 0:.2f}, "
+        f"min {gaps.min() * 100:+.2f}, max {gaps.max() * 100:+.2f} (per seed: "
+        + ", ".join(f"{g * 100:+.2f}" for g in gaps)
+        + ")"
+    )
     verdict = "PASS" if gaps.mean() > 0 else "FAIL"
-    print(f"{verdict}: suggested rows {'beat' if gaps.mean() > 0 else 'do not beat'} random rows on mean final test "
-          f"accuracy over {len(seeds)} seeds (target: higher)")
+    print(
+        f"{verdict}: suggested rows {'beat' if gaps.mean() > 0 else 'do not beat'} random rows on mean final test "
+        f"accuracy over {len(seeds)} seeds (target: higher)"
+    )
     print(f"wall time {time.perf_counter() - started:.0f}s; load at the end {os.getloadavg()[0]:.1f}")
 
 

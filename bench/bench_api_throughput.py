@@ -48,33 +48,61 @@ def main() -> int:
     test = pd.read_csv(DATA / "test.csv").sample(args.rows, random_state=0)
     labels = sorted(train["category"].unique())
     pool = train.groupby("category").head(3)
-    train_frame = pd.DataFrame({"id": [f"tr{i}" for i in range(len(pool))], "input": pool["text"].to_numpy(),
-                                "context": "[]", "label": pool["category"].to_numpy()})
+    train_frame = pd.DataFrame(
+        {
+            "id": [f"tr{i}" for i in range(len(pool))],
+            "input": pool["text"].to_numpy(),
+            "context": "[]",
+            "label": pool["category"].to_numpy(),
+        }
+    )
     # "#delayalways": the stub answers after --delay seconds (see tests/openai_stub.py)
-    frame = pd.DataFrame({"id": [f"t{i}" for i in range(len(test))], "context": "[]",
-                          "input": [f"#delayalways {t}" for t in test["text"]]})
-    print(f"bench_api_throughput {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-          f"{len(frame)} rows, {len(labels)} labels, {args.delay:g} s a request, {os.cpu_count()} cores", flush=True)
+    frame = pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(len(test))],
+            "context": "[]",
+            "input": [f"#delayalways {t}" for t in test["text"]],
+        }
+    )
+    print(
+        f"bench_api_throughput {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{len(frame)} rows, {len(labels)} labels, {args.delay:g} s a request, {os.cpu_count()} cores",
+        flush=True,
+    )
     rates, in_flight = {}, {}
     with OpenAIStub(delay_s=args.delay) as stub:
         for concurrency in (1, CONCURRENCY):
             stub.reset()
-            settings = {"base_url": stub.url, "model": "stub-model", "api_key_env": KEY_ENV, "no_cache": True,
-                        "max_concurrency": concurrency, "batch_size": len(frame), "timeout_s": 30}
+            settings = {
+                "base_url": stub.url,
+                "model": "stub-model",
+                "api_key_env": KEY_ENV,
+                "no_cache": True,
+                "max_concurrency": concurrency,
+                "batch_size": len(frame),
+                "timeout_s": 30,
+            }
             candidate = make_candidate("api_zero_shot", **candidate_kwargs("api_zero_shot", settings)).fit(train_frame)
             started = time.perf_counter()
             predictions = candidate.predict(frame)
             seconds = time.perf_counter() - started
             rates[concurrency] = len(predictions) / seconds
             in_flight[concurrency] = stub.max_in_flight
-            print(f"max_concurrency {concurrency:>2}: {rates[concurrency]:.1f} rows/s ({seconds:.1f} s), "
-                  f"{stub.count()} requests, at most {stub.max_in_flight} in flight", flush=True)
+            print(
+                f"max_concurrency {concurrency:>2}: {rates[concurrency]:.1f} rows/s ({seconds:.1f} s), "
+                f"{stub.count()} requests, at most {stub.max_in_flight} in flight",
+                flush=True,
+            )
     ratio = rates[CONCURRENCY] / rates[1]
     flight_ok = in_flight[CONCURRENCY] == CONCURRENCY and in_flight[1] == 1
-    print(f"in flight at max_concurrency {CONCURRENCY}: {in_flight[CONCURRENCY]} (target {CONCURRENCY}): "
-          f"{'PASS' if flight_ok else 'FAIL'}")
-    print(f"rows/s ratio, concurrency {CONCURRENCY} vs 1: x{ratio:.1f} (target >= {MIN_RATIO:g}): "
-          f"{'PASS' if ratio >= MIN_RATIO else 'FAIL'}")
+    print(
+        f"in flight at max_concurrency {CONCURRENCY}: {in_flight[CONCURRENCY]} (target {CONCURRENCY}): "
+        f"{'PASS' if flight_ok else 'FAIL'}"
+    )
+    print(
+        f"rows/s ratio, concurrency {CONCURRENCY} vs 1: x{ratio:.1f} (target >= {MIN_RATIO:g}): "
+        f"{'PASS' if ratio >= MIN_RATIO else 'FAIL'}"
+    )
     return 0
 
 

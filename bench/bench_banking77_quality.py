@@ -42,13 +42,23 @@ TARGETS = {"full": {"best": 0.935, "aim": 0.94, "lora_llm": 0.90}, "10shot": {"b
 
 def records(path: Path, prefix: str) -> pd.DataFrame:
     raw = pd.read_csv(path)
-    return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(raw))], "input": raw["text"].astype(str),
-                         "context": "[]", "label": raw["category"].astype(str)})
+    return pd.DataFrame(
+        {
+            "id": [f"{prefix}{i}" for i in range(len(raw))],
+            "input": raw["text"].astype(str),
+            "context": "[]",
+            "label": raw["category"].astype(str),
+        }
+    )
 
 
 def few_shot(frame: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame:
-    return (frame.groupby("label", group_keys=False).sample(n=per_label, random_state=seed)
-            .sort_values("id").reset_index(drop=True))
+    return (
+        frame.groupby("label", group_keys=False)
+        .sample(n=per_label, random_state=seed)
+        .sort_values("id")
+        .reset_index(drop=True)
+    )
 
 
 def split_validation(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,8 +91,11 @@ def main() -> int:
     parser.add_argument("--setting", choices=sorted(TARGETS), default="full")
     parser.add_argument("--candidates", default="tfidf_lr,embed_lr,encoder_ft,lora_llm")
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps (quick looks)")
-    parser.add_argument("--epochs", default=None, help="train.epochs for the fine-tuned candidates: a number, or "
-                        "per candidate, e.g. encoder_ft=4,lora_llm=2")
+    parser.add_argument(
+        "--epochs",
+        default=None,
+        help="train.epochs for the fine-tuned candidates: a number, or per candidate, e.g. encoder_ft=4,lora_llm=2",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/tunewise-bench-banking77"))
     parser.add_argument("--fresh", action="store_true")
@@ -101,8 +114,11 @@ def main() -> int:
     labels = sorted(train_all["label"].unique())
     cache = args.cache / f"{args.setting}-seed{args.seed}"
     cache.mkdir(parents=True, exist_ok=True)
-    print(f"BANKING77 {args.setting}: train {len(train)}, validation {0 if validation is None else len(validation)}, "
-          f"test {len(test)}, {len(labels)} intents; cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"BANKING77 {args.setting}: train {len(train)}, validation {0 if validation is None else len(validation)}, "
+        f"test {len(test)}, {len(labels)} intents; cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     results: dict[str, dict] = {}
     probabilities: dict[str, np.ndarray] = {}
@@ -112,7 +128,11 @@ def main() -> int:
             kwargs["train_config"] = TrainConfig(**train_config(epochs_for(args.epochs, name), args.max_steps))
             kwargs["seed"] = args.seed
         # the cache file names the training settings, so other settings never reuse a result
-        tag = "" if not kwargs else "-" + hashlib.sha256(kwargs["train_config"].model_dump_json().encode()).hexdigest()[:8]
+        tag = (
+            ""
+            if not kwargs
+            else "-" + hashlib.sha256(kwargs["train_config"].model_dump_json().encode()).hexdigest()[:8]
+        )
         path = cache / f"{name}{tag}.parquet"
         meta_path = cache / f"{name}{tag}.json"
         if path.exists() and meta_path.exists() and not args.fresh:
@@ -127,13 +147,24 @@ def main() -> int:
             started = time.perf_counter()
             predictions = candidate.predict(test)
             predict_seconds = time.perf_counter() - started
-            meta = {"fit_seconds": round(fit_seconds, 1), "predict_seconds": round(predict_seconds, 1),
-                    "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+            meta = {
+                "fit_seconds": round(fit_seconds, 1),
+                "predict_seconds": round(predict_seconds, 1),
+                "load_before": round(load, 2),
+                "load_after": round(os.getloadavg()[0], 2),
+            }
             summary = getattr(candidate, "train_summary_", None)
             if summary:
-                meta.update({"steps": summary["steps_done"], "stop_reason": summary["stop_reason"],
-                             "best_step": summary["best_step"], "tokens_per_second": summary["tokens_per_second"],
-                             "threads": summary["runtime"]["threads"], "precision": summary["runtime"]["precision"]})
+                meta.update(
+                    {
+                        "steps": summary["steps_done"],
+                        "stop_reason": summary["stop_reason"],
+                        "best_step": summary["best_step"],
+                        "tokens_per_second": summary["tokens_per_second"],
+                        "threads": summary["runtime"]["threads"],
+                        "precision": summary["runtime"]["precision"],
+                    }
+                )
             predictions.to_parquet(path)
             meta_path.write_text(json.dumps(meta))
             del candidate
@@ -150,23 +181,32 @@ def main() -> int:
     if len(ensemble_members) >= 2:
         mean = np.mean([probabilities[n] for n in ensemble_members], axis=0)
         accuracy = float((np.asarray(labels)[mean.argmax(1)] == test["label"].to_numpy()).mean())
-        results["ensemble"] = {"accuracy": accuracy, "members": ensemble_members,
-                               "fit_seconds": sum(results[n]["fit_seconds"] for n in ensemble_members)}
+        results["ensemble"] = {
+            "accuracy": accuracy,
+            "members": ensemble_members,
+            "fit_seconds": sum(results[n]["fit_seconds"] for n in ensemble_members),
+        }
         print(f"ensemble of {', '.join(ensemble_members)}: accuracy {accuracy:.4f}", flush=True)
 
     targets = TARGETS[args.setting]
     best_name = max(results, key=lambda n: results[n]["accuracy"])
     best = results[best_name]["accuracy"]
     print("\nfigure | value | target")
-    print(f"best candidate ({best_name}) accuracy | {best:.4f} | >= {targets['best']} "
-          f"{'PASS' if best >= targets['best'] else 'FAIL'} (aim {targets['aim']}: "
-          f"{'met' if best >= targets['aim'] else 'not met'})")
+    print(
+        f"best candidate ({best_name}) accuracy | {best:.4f} | >= {targets['best']} "
+        f"{'PASS' if best >= targets['best'] else 'FAIL'} (aim {targets['aim']}: "
+        f"{'met' if best >= targets['aim'] else 'not met'})"
+    )
     if "lora_llm" in targets and "lora_llm" in results:
         lora = results["lora_llm"]["accuracy"]
-        print(f"lora_llm accuracy | {lora:.4f} | >= {targets['lora_llm']} {'PASS' if lora >= targets['lora_llm'] else 'FAIL'}")
+        print(
+            f"lora_llm accuracy | {lora:.4f} | >= {targets['lora_llm']} {'PASS' if lora >= targets['lora_llm'] else 'FAIL'}"
+        )
     for name, r in results.items():
-        print(f"{name} | accuracy {r['accuracy']:.4f} | fit {r.get('fit_seconds', 0):.0f} s, "
-              f"predict {r.get('predict_seconds', 0):.0f} s")
+        print(
+            f"{name} | accuracy {r['accuracy']:.4f} | fit {r.get('fit_seconds', 0):.0f} s, "
+            f"predict {r.get('predict_seconds', 0):.0f} s"
+        )
     (cache / "results.json").write_text(json.dumps(results, indent=2))
     return 0
 

@@ -30,9 +30,16 @@ from tunewise.pipeline.precheck import load_config  # noqa: E402
 
 # kind -> (min recall, min precision), from the issue
 DEMO_TARGETS = {
-    "exact_duplicate": (0.95, 0.90), "pii": (0.95, 0.90), "garbage": (0.95, 0.90), "empty": (0.95, 0.90),
-    "near_duplicate": (0.90, 0.90), "label_conflict": (0.90, 0.90), "off_topic": (0.90, 0.90), "spam": (0.90, 0.90),
-    "wrong_label": (0.80, 0.90), "label_variant": (0.95, 0.90),
+    "exact_duplicate": (0.95, 0.90),
+    "pii": (0.95, 0.90),
+    "garbage": (0.95, 0.90),
+    "empty": (0.95, 0.90),
+    "near_duplicate": (0.90, 0.90),
+    "label_conflict": (0.90, 0.90),
+    "off_topic": (0.90, 0.90),
+    "spam": (0.90, 0.90),
+    "wrong_label": (0.80, 0.90),
+    "label_variant": (0.95, 0.90),
 }
 BANKING_TARGETS = {"wrong_label": (0.75, 0.75)}
 
@@ -48,8 +55,10 @@ def _report(title: str, scores: dict, targets: dict, seconds: float) -> bool:
             passed = rec is not None and rec >= target[0] and (prec if prec is not None else 0) >= target[1]
             ok &= passed
             verdict = f"target recall>={target[0]} precision>={target[1]} {'PASS' if passed else 'FAIL'}"
-        print(f"{kind:16s} truth={s['truth']:4d} found={s['found']:4d} reported={s['reported']:4d} "
-              f"recall={_f(rec)} precision={_f(prec)} {verdict}")
+        print(
+            f"{kind:16s} truth={s['truth']:4d} found={s['found']:4d} reported={s['reported']:4d} "
+            f"recall={_f(rec)} precision={_f(prec)} {verdict}"
+        )
     return ok
 
 
@@ -61,8 +70,9 @@ def bench_demo(engine: str) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, files = write_demo_project(Path(tmp) / "demo", task="classify", seed=0)
         cfg = load_config(cfg_path)
-        res = ingest(files.data, task="classify", columns=cfg.data.columns.model_dump(),
-                     keep_columns=cfg.data.slice_columns)
+        res = ingest(
+            files.data, task="classify", columns=cfg.data.columns.model_dump(), keep_columns=cfg.data.slice_columns
+        )
         t0 = time.perf_counter()
         eng = make_engine(engine)
         try:
@@ -72,7 +82,9 @@ def bench_demo(engine: str) -> bool:
         seconds = time.perf_counter() - t0
         truth = read_truth(files.truth)
         kinds = [k for k in DEMO_TARGETS if any(t["defect"] == k for t in truth)]
-        return _report("demo data, classify, seed 0", score_detection(result.issues.frame(), truth, kinds), DEMO_TARGETS, seconds)
+        return _report(
+            "demo data, classify, seed 0", score_detection(result.issues.frame(), truth, kinds), DEMO_TARGETS, seconds
+        )
 
 
 def bench_banking(engine: str) -> bool:
@@ -88,8 +100,12 @@ def bench_banking(engine: str) -> bool:
         eng.shutdown()
     seconds = time.perf_counter() - t0
     kinds = ["exact_duplicate", "near_duplicate", "wrong_label", "off_topic", "pii"]
-    return _report(f"noisy BANKING77 ({len(frame)} rows)", score_detection(result.issues.frame(), truth, kinds),
-                   BANKING_TARGETS, seconds)
+    return _report(
+        f"noisy BANKING77 ({len(frame)} rows)",
+        score_detection(result.issues.frame(), truth, kinds),
+        BANKING_TARGETS,
+        seconds,
+    )
 
 
 def main() -> int:

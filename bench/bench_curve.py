@@ -49,8 +49,14 @@ TOLERANCE = 0.015
 def load(validation_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     def records(path: Path, prefix: str) -> pd.DataFrame:
         raw = pd.read_csv(path)
-        return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(raw))], "input": raw["text"], "context": "[]",
-                             "label": raw["category"]})
+        return pd.DataFrame(
+            {
+                "id": [f"{prefix}{i}" for i in range(len(raw))],
+                "input": raw["text"],
+                "context": "[]",
+                "label": raw["category"],
+            }
+        )
 
     full, test = records(BANKING77 / "train.csv", "tr"), records(BANKING77 / "test.csv", "te")
     held = full.groupby("label", group_keys=False).sample(frac=validation_share, random_state=seed)
@@ -70,31 +76,56 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train, validation, test = load(0.1, args.seed)
     factory = functools.partial(build_candidate, config={})
-    print(f"BANKING77: {len(train):,} training rows (100%), {len(validation):,} validation, {len(test):,} test; "
-          f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch threads {args.threads}")
+    print(
+        f"BANKING77: {len(train):,} training rows (100%), {len(validation):,} validation, {len(test):,} test; "
+        f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch threads {args.threads}"
+    )
 
     # 1. the default curve, timed, nothing cached
     started = time.perf_counter()
-    default = curve.learning_curve(train, validation, test, candidates=CANDIDATES, factory=factory,
-                                   fractions=curve.DEFAULT_FRACTIONS, seed=args.seed, n_resamples=args.resamples)
+    default = curve.learning_curve(
+        train,
+        validation,
+        test,
+        candidates=CANDIDATES,
+        factory=factory,
+        fractions=curve.DEFAULT_FRACTIONS,
+        seed=args.seed,
+        n_resamples=args.resamples,
+    )
     seconds = time.perf_counter() - started
-    print(f"\n1. curve on fractions {', '.join(f'{f:g}' for f in curve.DEFAULT_FRACTIONS)} for "
-          f"{', '.join(CANDIDATES)}: {seconds:.0f}s wall (load now {os.getloadavg()[0]:.1f})")
+    print(
+        f"\n1. curve on fractions {', '.join(f'{f:g}' for f in curve.DEFAULT_FRACTIONS)} for "
+        f"{', '.join(CANDIDATES)}: {seconds:.0f}s wall (load now {os.getloadavg()[0]:.1f})"
+    )
     measured = {}
     for name, entry in default["candidates"].items():
         measured[name] = entry["test_accuracy"][-1]
-        print(f"   {name:>8}: " + ", ".join(f"{n:,}: {a:.4f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
-              + f"; fits {sum(entry['fit_seconds']):.0f}s")
+        print(
+            f"   {name:>8}: "
+            + ", ".join(f"{n:,}: {a:.4f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
+            + f"; fits {sum(entry['fit_seconds']):.0f}s"
+        )
     time_ok = seconds < 300
     print(f"   {'PASS' if time_ok else 'FAIL'}: {seconds / 60:.1f} min (target < 5 min on 2 cores)")
 
     # 2. calibration: fit up to 25%, predict 100%
     # tunewise.models.loading.embed keeps the texts it embedded (validation and test) in this process
     started = time.perf_counter()
-    small = curve.learning_curve(train, validation, test, candidates=CANDIDATES, factory=factory,
-                                 fractions=SMALL_FRACTIONS, seed=args.seed, n_resamples=args.resamples)
-    print(f"\n2. curve on fractions {', '.join(f'{f:g}' for f in SMALL_FRACTIONS)} (up to {small['sizes']['0.25']:,} "
-          f"rows) predicting {len(train):,} rows ({time.perf_counter() - started:.0f}s)")
+    small = curve.learning_curve(
+        train,
+        validation,
+        test,
+        candidates=CANDIDATES,
+        factory=factory,
+        fractions=SMALL_FRACTIONS,
+        seed=args.seed,
+        n_resamples=args.resamples,
+    )
+    print(
+        f"\n2. curve on fractions {', '.join(f'{f:g}' for f in SMALL_FRACTIONS)} (up to {small['sizes']['0.25']:,} "
+        f"rows) predicting {len(train):,} rows ({time.perf_counter() - started:.0f}s)"
+    )
     all_ok = time_ok
     for name, entry in small["candidates"].items():
         predicted = entry["expected"]["1x"]
@@ -103,12 +134,15 @@ def main() -> None:
         close, inside = abs(error) <= TOLERANCE, low <= measured[name] <= high
         all_ok &= close and inside
         fit = entry["fit"]
-        print(f"   {name:>8}: " + ", ".join(f"{n:,}: {a:.4f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
-              + f"\n             fit error = {fit['a']:.3f} n^-{fit['b']:.3f} + {fit['c']:.3f}; predicted at "
-              f"{predicted['n']:,}: {predicted['accuracy']:.4f} (95% interval {low:.4f}-{high:.4f}); measured "
-              f"{measured[name]:.4f}; error {error * 100:+.2f} points"
-              f"\n             {'PASS' if close else 'FAIL'}: within {TOLERANCE * 100:.1f} points; "
-              f"{'PASS' if inside else 'FAIL'}: measured inside the interval")
+        print(
+            f"   {name:>8}: "
+            + ", ".join(f"{n:,}: {a:.4f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
+            + f"\n             fit error = {fit['a']:.3f} n^-{fit['b']:.3f} + {fit['c']:.3f}; predicted at "
+            f"{predicted['n']:,}: {predicted['accuracy']:.4f} (95% interval {low:.4f}-{high:.4f}); measured "
+            f"{measured[name]:.4f}; error {error * 100:+.2f} points"
+            f"\n             {'PASS' if close else 'FAIL'}: within {TOLERANCE * 100:.1f} points; "
+            f"{'PASS' if inside else 'FAIL'}: measured inside the interval"
+        )
     print(f"\n{'PASS' if all_ok else 'FAIL'} overall; load at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -61,12 +61,13 @@ def main() -> int:
         clean = data[~data["id"].isin(truth)]
         raw = data[data["intent"].isin(INTENTS) & (data["text"].str.strip() != "")]
         variants = {"clean": clean} if args.no_raw else {"clean": clean, "raw": raw}
-        print(f"seed {seed}: generated in {gen_s:.2f}s; train clean {len(clean)}, raw {len(raw)}, test {len(test)}; "
-              f"mean words/message {test['text'].str.split().str.len().mean():.1f}")
+        print(
+            f"seed {seed}: generated in {gen_s:.2f}s; train clean {len(clean)}, raw {len(raw)}, test {len(test)}; "
+            f"mean words/message {test['text'].str.split().str.len().mean():.1f}"
+        )
         for variant, train in variants.items():
             for name in args.candidates:
-                settings = {"encoder": "embedded:minilm-l6", "llm": "embedded:smollm2-135m-instruct",
-                            "offline": True}
+                settings = {"encoder": "embedded:minilm-l6", "llm": "embedded:smollm2-135m-instruct", "offline": True}
                 candidate = build_candidate(name, settings)
                 start = time.perf_counter()
                 with threadpool_limits(1 if name == "tfidf_lr" else None):
@@ -81,15 +82,19 @@ def main() -> int:
                     pairs = Counter(zip(test["intent"][~right], pred["prediction"][~right]))
                     recall = pd.Series(right, index=test.index).groupby(test["intent"]).mean().sort_values()
                     print("    lowest recall: " + ", ".join(f"{k} {v:.2f}" for k, v in recall.head(5).items()))
-                    print("    top confusions (true -> predicted): " + "; ".join(
-                        f"{a} -> {b} x{n}" for (a, b), n in pairs.most_common(args.confusions)))
+                    print(
+                        "    top confusions (true -> predicted): "
+                        + "; ".join(f"{a} -> {b} x{n}" for (a, b), n in pairs.most_common(args.confusions))
+                    )
     frame = pd.DataFrame(results)
     summary = frame.groupby(["train", "candidate"])["accuracy"].agg(["mean", "min", "max"])
     print("\n" + summary.to_string(float_format=lambda v: f"{v:.4f}"))
     tfidf = frame[(frame["train"] == "clean") & (frame["candidate"] == "tfidf_lr")]["accuracy"]
     if len(tfidf):
         ok = TARGET[0] <= tfidf.mean() <= TARGET[1]
-        print(f"\ntfidf_lr (clean) mean {tfidf.mean():.4f}, target {TARGET[0]:.2f}-{TARGET[1]:.2f}: {'PASS' if ok else 'FAIL'}")
+        print(
+            f"\ntfidf_lr (clean) mean {tfidf.mean():.4f}, target {TARGET[0]:.2f}-{TARGET[1]:.2f}: {'PASS' if ok else 'FAIL'}"
+        )
         others = frame[(frame["train"] == "clean") & (frame["candidate"] != "tfidf_lr")]
         for name, acc in others.groupby("candidate")["accuracy"].mean().items():
             print(f"{name} (clean) mean {acc:.4f}: {'beats' if acc > tfidf.mean() else 'does not beat'} tfidf_lr")

@@ -52,8 +52,14 @@ def free_port() -> int:
 
 
 def records(frame: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"id": frame["id"].astype(str), "input": frame["text"].astype(str), "context": "[]",
-                         "label": frame["category"].astype(str)})
+    return pd.DataFrame(
+        {
+            "id": frame["id"].astype(str),
+            "input": frame["text"].astype(str),
+            "context": "[]",
+            "label": frame["category"].astype(str),
+        }
+    )
 
 
 def prepare(work: Path, gold_per_intent: int, seed: int) -> dict:
@@ -73,17 +79,27 @@ def prepare(work: Path, gold_per_intent: int, seed: int) -> dict:
     records(fit).to_parquet(run / "split" / "train.parquet")
     records(held).to_parquet(run / "split" / "validation.parquet")
     records(held).to_parquet(run / "split" / "test.parquet")
-    (run / "evaluate" / "summary.json").write_text(json.dumps({
-        "gate": {"passed": True, "candidate": "embed_lr", "baseline": "majority"},
-        "candidates": [{"name": "embed_lr", "out_of_scope_threshold": None}]}))
+    (run / "evaluate" / "summary.json").write_text(
+        json.dumps(
+            {
+                "gate": {"passed": True, "candidate": "embed_lr", "baseline": "majority"},
+                "candidates": [{"name": "embed_lr", "out_of_scope_threshold": None}],
+            }
+        )
+    )
 
     project = work / "student"
     project.mkdir(exist_ok=True)
     gold[["text", "category"]].to_csv(project / "gold.csv", index=False)
     pool[["text"]].to_csv(project / "pool.csv", index=False)
     shutil.copy(BANKING77 / "test.csv", project / "test.csv")
-    return {"teacher_run": run, "project": project, "teacher_rows": len(fit), "gold_rows": len(gold),
-            "pool_rows": len(pool)}
+    return {
+        "teacher_run": run,
+        "project": project,
+        "teacher_rows": len(fit),
+        "gold_rows": len(gold),
+        "pool_rows": len(pool),
+    }
 
 
 def write_config(project: Path, url: str, students: list[str], encoder_epochs: int | None) -> Path:
@@ -93,11 +109,20 @@ def write_config(project: Path, url: str, students: list[str], encoder_epochs: i
     config = {
         "task": "classify",
         "data": {"train": "gold.csv", "test": "test.csv", "columns": {"input": "text", "label": "category"}},
-        "baseline": {"candidates": ["majority", "tfidf_lr", "embed_lr", "api_zero_shot"],
-                     "api_llm": {"base_url": url, "model": "candidate", "api_key_env": None,
-                                 "usd_per_million_input_tokens": 0.15, "usd_per_million_output_tokens": 0.60,
-                                 "max_usd": 5.0, "max_concurrency": 8, "timeout_s": 60,
-                                 "cache_dir": str(project / "api_cache")}},
+        "baseline": {
+            "candidates": ["majority", "tfidf_lr", "embed_lr", "api_zero_shot"],
+            "api_llm": {
+                "base_url": url,
+                "model": "candidate",
+                "api_key_env": None,
+                "usd_per_million_input_tokens": 0.15,
+                "usd_per_million_output_tokens": 0.60,
+                "max_usd": 5.0,
+                "max_concurrency": 8,
+                "timeout_s": 60,
+                "cache_dir": str(project / "api_cache"),
+            },
+        },
         "train": {"candidates": tuned or ["encoder_ft"], **({"epochs": encoder_epochs} if encoder_epochs else {})},
         "evaluate": {"baseline": "api_zero_shot"},
         "roi": {"monthly_volume": 20000},
@@ -139,14 +164,31 @@ def main() -> None:
     started = time.perf_counter()
     print(f"bench_distill: {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     data = prepare(args.work, args.gold_per_intent, args.seed)
-    print(f"  teacher: embed_lr on {data['teacher_rows']:,} rows; student: {data['gold_rows']} gold rows, "
-          f"pool {data['pool_rows']:,} unlabelled rows", flush=True)
+    print(
+        f"  teacher: embed_lr on {data['teacher_rows']:,} rows; student: {data['gold_rows']} gold rows, "
+        f"pool {data['pool_rows']:,} unlabelled rows",
+        flush=True,
+    )
 
     port = free_port()
     env = {**os.environ, "TUNEWISE_PROGRESS": "off"}
-    server = subprocess.Popen([sys.executable, "-m", "tunewise.serving.app", str(data["teacher_run"]), "--port", str(port),
-                               "--arms", "candidate=1", "--store", f"sqlite:///{args.work / 'teacher.db'}"],
-                              stdout=(args.work / "server.log").open("ab"), stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunewise.serving.app",
+            str(data["teacher_run"]),
+            "--port",
+            str(port),
+            "--arms",
+            "candidate=1",
+            "--store",
+            f"sqlite:///{args.work / 'teacher.db'}",
+        ],
+        stdout=(args.work / "server.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -166,9 +208,27 @@ def main() -> None:
         # the gold-only students: embed_lr in the baseline stage, encoder_ft in the train stage
         stage = "run" if "encoder_ft" in students else "baseline"
         run(TUNEWISE + [stage, "-c", str(config), "--run-id", "gold"], log, project)
-        result = json.loads(run(TUNEWISE + ["distill", "-c", str(config), "--run-id", "gold", "--pool", "pool.csv",
-                                            "--teacher", "api_zero_shot", "--students", ",".join(students),
-                                            "--json"], log, project))
+        result = json.loads(
+            run(
+                TUNEWISE
+                + [
+                    "distill",
+                    "-c",
+                    str(config),
+                    "--run-id",
+                    "gold",
+                    "--pool",
+                    "pool.csv",
+                    "--teacher",
+                    "api_zero_shot",
+                    "--students",
+                    ",".join(students),
+                    "--json",
+                ],
+                log,
+                project,
+            )
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -178,15 +238,19 @@ def main() -> None:
 def report(result: dict, data: dict, students: list[str], seconds: float, work: Path) -> None:
     print(f"\nrule: {result['rule']['message']}")
     labelled = result["labelled"]
-    print(f"teacher rows: {labelled['kept']:,} of {labelled['labelled']:,} kept; dropped {labelled['dropped']}; "
-          f"train rows: {result['train_rows']}")
+    print(
+        f"teacher rows: {labelled['kept']:,} of {labelled['labelled']:,} kept; dropped {labelled['dropped']}; "
+        f"train rows: {result['train_rows']}"
+    )
     verdicts = {}
     for c in result["comparisons"]:
         m = c["metrics"]["accuracy"]
         low, high = m["difference_ci"]
-        line = (f"{c['student']} (gold + teacher) vs {c['against']}: {m['candidate']:.4f} vs {m['baseline']:.4f}, "
-                f"difference {m['difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f}), p={m['p_value']:.2g}, "
-                f"n={c['n']:,}")
+        line = (
+            f"{c['student']} (gold + teacher) vs {c['against']}: {m['candidate']:.4f} vs {m['baseline']:.4f}, "
+            f"difference {m['difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f}), p={m['p_value']:.2g}, "
+            f"n={c['n']:,}"
+        )
         if c["against"].endswith("trained on gold alone"):
             verdicts[c["student"]] = low > 0
             line += f"  {'PASS' if low > 0 else 'FAIL'} (gain beyond noise)"
@@ -199,8 +263,11 @@ def report(result: dict, data: dict, students: list[str], seconds: float, work: 
     if missing:
         print(f"no gold-only comparison for {missing}")
     print(f"\nwall time {seconds / 60:.1f} min; overall: {'PASS' if verdicts and all(verdicts.values()) else 'FAIL'}")
-    (work / "result.json").write_text(json.dumps({"result": result, "data": {k: str(v) for k, v in data.items()},
-                                                  "seconds": seconds}, indent=2, default=str))
+    (work / "result.json").write_text(
+        json.dumps(
+            {"result": result, "data": {k: str(v) for k, v in data.items()}, "seconds": seconds}, indent=2, default=str
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,14 @@ BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banki
 
 def records(path: Path, prefix: str) -> pd.DataFrame:
     raw = pd.read_csv(path)
-    return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(raw))], "input": raw["text"].astype(str),
-                         "context": "[]", "label": raw["category"].astype(str)})
+    return pd.DataFrame(
+        {
+            "id": [f"{prefix}{i}" for i in range(len(raw))],
+            "input": raw["text"].astype(str),
+            "context": "[]",
+            "label": raw["category"].astype(str),
+        }
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -49,8 +55,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=None, help="score only this many test rows (seeded sample)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--predictions", type=Path, default=None,
-                        help="parquet of zero_shot_llm test predictions: read it if it exists, else write it")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="parquet of zero_shot_llm test predictions: read it if it exists, else write it",
+    )
     parser.add_argument("--resamples", type=int, default=2000)
     args = parser.parse_args()
 
@@ -72,11 +82,15 @@ def main() -> int:
     # a validation slice of train for the out-of-scope threshold (the majority candidate's only)
     validation = train.sample(n=500, random_state=1)
     train = train.drop(validation.index).reset_index(drop=True)
-    print(f"BANKING77: {len(train)} train, {len(validation)} validation, {n_full} test rows, "
-          f"{test['label'].nunique()} labels; torch threads {args.threads}")
+    print(
+        f"BANKING77: {len(train)} train, {len(validation)} validation, {n_full} test rows, "
+        f"{test['label'].nunique()} labels; torch threads {args.threads}"
+    )
 
     # ---- 1. the LLM candidate's predict() on the test set (or a seeded sample of it)
-    scored = test if args.rows is None or args.rows >= len(test) else test.sample(n=args.rows, random_state=0).sort_index()
+    scored = (
+        test if args.rows is None or args.rows >= len(test) else test.sample(n=args.rows, random_state=0).sort_index()
+    )
     if args.predictions is not None and args.predictions.exists():
         zero_shot = pd.read_parquet(args.predictions)
         zero_shot = zero_shot[zero_shot["id"].isin(set(scored["id"]))].reset_index(drop=True)
@@ -93,8 +107,10 @@ def main() -> int:
         if args.predictions is not None:
             args.predictions.parent.mkdir(parents=True, exist_ok=True)
             zero_shot.to_parquet(args.predictions, index=False)
-        print(f"zero_shot_llm: fit (model load, label tokens) {fit_s:.1f} s; predict {predict_s:.1f} s for "
-              f"{len(scored)} rows = {1000 * predict_s / len(scored):.0f} ms/row")
+        print(
+            f"zero_shot_llm: fit (model load, label tokens) {fit_s:.1f} s; predict {predict_s:.1f} s for "
+            f"{len(scored)} rows = {1000 * predict_s / len(scored):.0f} ms/row"
+        )
 
     # ---- 2. the evaluation at full size: the LLM's rows, a cheap model and majority on all rows,
     # comparisons on shared ids, thresholds on validation, per class, confusions, slices of none
@@ -106,7 +122,9 @@ def main() -> int:
 
     # a quick word TF-IDF + LR, fitted here only to have real predictions on all 3,080 rows
     started = time.perf_counter()
-    word_lr = make_pipeline(TfidfVectorizer(sublinear_tf=True), LogisticRegression(max_iter=300)).fit(train["input"], train["label"])
+    word_lr = make_pipeline(TfidfVectorizer(sublinear_tf=True), LogisticRegression(max_iter=300)).fit(
+        train["input"], train["label"]
+    )
     classes = [str(c) for c in word_lr.classes_]
     cheap_test = classification_predictions(test, classes, word_lr.predict_proba(test["input"]), 0.0)
     cheap_val = classification_predictions(validation, classes, word_lr.predict_proba(validation["input"]), 0.0)
@@ -118,21 +136,33 @@ def main() -> int:
         CandidatePredictions("majority", "cheap", majority.predict(test), majority.predict(validation)),
     ]
     started = time.perf_counter()
-    evaluation = evaluate_candidates(test, candidates, task="classify", validation=validation,
-                                     config=EvaluateConfig(n_resamples=args.resamples), seed=0)
+    evaluation = evaluate_candidates(
+        test,
+        candidates,
+        task="classify",
+        validation=validation,
+        config=EvaluateConfig(n_resamples=args.resamples),
+        seed=0,
+    )
     evaluate_s = time.perf_counter() - started
     entries = {e["name"]: e for e in evaluation.summary["candidates"]}
-    print(f"evaluation of 3 candidates ({len(test)} rows; zero_shot_llm on {len(zero_shot)}) with {args.resamples} "
-          f"resamples: {evaluate_s:.2f} s (parts: {evaluation.summary['timings_s']})")
+    print(
+        f"evaluation of 3 candidates ({len(test)} rows; zero_shot_llm on {len(zero_shot)}) with {args.resamples} "
+        f"resamples: {evaluate_s:.2f} s (parts: {evaluation.summary['timings_s']})"
+    )
     for name, entry in entries.items():
-        print(f"  {name}: accuracy {entry['metrics']['accuracy']:.3f} [{entry['ci95']['accuracy'][0]:.3f}, "
-              f"{entry['ci95']['accuracy'][1]:.3f}] n={entry['n_eval']}, macro F1 {entry['metrics']['macro_f1']:.3f}, "
-              f"ECE {entry['metrics']['ece']:.3f}")
+        print(
+            f"  {name}: accuracy {entry['metrics']['accuracy']:.3f} [{entry['ci95']['accuracy'][0]:.3f}, "
+            f"{entry['ci95']['accuracy'][1]:.3f}] n={entry['n_eval']}, macro F1 {entry['metrics']['macro_f1']:.3f}, "
+            f"ECE {entry['metrics']['ece']:.3f}"
+        )
     comparison = evaluation.summary["comparison"]
     if comparison:
-        print(f"  gate candidate {comparison['candidate']} vs {comparison['baseline']}: relative improvement "
-              f"{comparison['relative_improvement']:+.1%} [{comparison['ci95'][0]:+.1%}, {comparison['ci95'][1]:+.1%}], "
-              f"p={comparison['p_value']:.2g}, n={comparison['n']}")
+        print(
+            f"  gate candidate {comparison['candidate']} vs {comparison['baseline']}: relative improvement "
+            f"{comparison['relative_improvement']:+.1%} [{comparison['ci95'][0]:+.1%}, {comparison['ci95'][1]:+.1%}], "
+            f"p={comparison['p_value']:.2g}, n={comparison['n']}"
+        )
 
     # ---- 3. the bootstrap alone: every classification metric and ECE on all rows
     labels = sorted(set(test["label"]) | set(cheap_test["prediction"]))
@@ -144,8 +174,10 @@ def main() -> int:
     _, ci, resampled = classification_metrics_with_ci(y_true, y_pred, len(labels), weights)
     calibration_error_resampled(cheap_test["score"].to_numpy(), y_true == y_pred, weights)
     bootstrap_s = time.perf_counter() - started
-    print(f"bootstrap: {args.resamples} resamples x {len(resampled) + 1} metrics on {len(y_true)} rows, "
-          f"{len(labels)} classes, in {bootstrap_s:.2f} s")
+    print(
+        f"bootstrap: {args.resamples} resamples x {len(resampled) + 1} metrics on {len(y_true)} rows, "
+        f"{len(labels)} classes, in {bootstrap_s:.2f} s"
+    )
 
     # ---- verdicts
     print()
@@ -156,7 +188,9 @@ def main() -> int:
         print(f"{verdict(total < 120)}: predict + evaluation on {n_full} rows: {total:.1f} s (target < 120 s){note}")
     else:
         print(f"n/a: predict time not measured (predictions read from file); evaluation {evaluate_s:.1f} s")
-    print(f"{verdict(bootstrap_s < 10)}: bootstrap of all metrics, {args.resamples} resamples: {bootstrap_s:.2f} s (target < 10 s)")
+    print(
+        f"{verdict(bootstrap_s < 10)}: bootstrap of all metrics, {args.resamples} resamples: {bootstrap_s:.2f} s (target < 10 s)"
+    )
     return 0
 
 

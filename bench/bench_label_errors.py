@@ -44,8 +44,11 @@ from tunewise.data.curate import curate_frame
 from tunewise.data.ingest import ingest
 
 BANKING77 = REPO.parent / "shared" / "datasets" / "banking77" / "train.csv"
-CHECK_NAMES = [name for name, field in CurateConfig.model_fields.items()
-               if isinstance(field.annotation, type) and issubclass(field.annotation, CheckSettings)]
+CHECK_NAMES = [
+    name
+    for name, field in CurateConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, CheckSettings)
+]
 
 
 def noisy_banking77(path: Path, out: Path, noise: float, seed: int) -> set[str]:
@@ -77,9 +80,12 @@ def run(path: Path, only_label_errors: bool, seed: int) -> tuple[pd.DataFrame, p
 
 def score(flagged: set[str], truth: set[str]) -> dict[str, float]:
     hits = len(flagged & truth)
-    return {"recall": round(hits / len(truth), 3) if truth else float("nan"),
-            "precision": round(hits / len(flagged), 3) if flagged else float("nan"),
-            "flagged": len(flagged), "true": len(truth)}
+    return {
+        "recall": round(hits / len(truth), 3) if truth else float("nan"),
+        "precision": round(hits / len(flagged), 3) if flagged else float("nan"),
+        "flagged": len(flagged),
+        "true": len(truth),
+    }
 
 
 def main() -> None:
@@ -126,8 +132,17 @@ def main() -> None:
                 if mode == "only":
                     result["precision_label_defects"] = round(len(flagged & label_defects) / max(len(flagged), 1), 3)
                 others = defects.set_index("id")["defect"].reindex(sorted(flagged - wrong)).fillna("clean")
-                print(json.dumps({"data": "demo", "mode": mode, **result, "seconds": round(seconds, 1),
-                                  "false_positives_by_truth": others.value_counts().to_dict()}))
+                print(
+                    json.dumps(
+                        {
+                            "data": "demo",
+                            "mode": mode,
+                            **result,
+                            "seconds": round(seconds, 1),
+                            "false_positives_by_truth": others.value_counts().to_dict(),
+                        }
+                    )
+                )
 
 
 def synthesis(args: argparse.Namespace) -> None:
@@ -137,19 +152,32 @@ def synthesis(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         files = generate_demo(Path(tmp) / "demo", task="classify", seed=args.seed, n_rows=args.demo_rows)
-        cfg = config_from_dict({"data": {"train": str(files.data)}, "seed": args.seed,
-                                "curate": {"synthesize": True, "thin_classes": {"enabled": False}}})
+        cfg = config_from_dict(
+            {
+                "data": {"train": str(files.data)},
+                "seed": args.seed,
+                "curate": {"synthesize": True, "thin_classes": {"enabled": False}},
+            }
+        )
         frame = curate_frame(ingest(files.data, task="classify").frame, cfg).frame
     rows_of_class = np.flatnonzero(frame["label"] == args.thin_class)
-    frame = frame.drop(index=rows_of_class[args.thin_rows:]).reset_index(drop=True)
+    frame = frame.drop(index=rows_of_class[args.thin_rows :]).reset_index(drop=True)
     check = ThinClasses(cfg.curate.thin_classes, cfg)
     ctx = CurateContext(cfg, Engine())
     check.find(frame, ctx)
     started = time.perf_counter()
     added, _ = check.synthesize(frame, ctx)
     stats = ctx.notes["thin_classes"]["synthesis"]
-    print(json.dumps({"data": "demo", "thin": ctx.notes["thin_classes"]["balance"]["thin"], **stats,
-                      "seconds": round(time.perf_counter() - started, 1)}))
+    print(
+        json.dumps(
+            {
+                "data": "demo",
+                "thin": ctx.notes["thin_classes"]["balance"]["thin"],
+                **stats,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
     for row in added.head(8).itertuples():
         print(f"  {row.id}: {row.input!r}")
 

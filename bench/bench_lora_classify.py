@@ -46,9 +46,16 @@ def load() -> str:
 
 def frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train / validation (a seeded 90/10 split of the official training file) and the official test."""
+
     def records(data: pd.DataFrame, prefix: str) -> pd.DataFrame:
-        return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(data))], "input": data["text"].to_numpy(),
-                             "label": data["category"].to_numpy(), "context": "[]"})
+        return pd.DataFrame(
+            {
+                "id": [f"{prefix}{i}" for i in range(len(data))],
+                "input": data["text"].to_numpy(),
+                "label": data["category"].to_numpy(),
+                "context": "[]",
+            }
+        )
 
     train = pd.read_csv(DATA / "train.csv").sample(frac=1.0, random_state=seed)
     cut = int(round(len(train) * 0.9))
@@ -72,13 +79,22 @@ def speed(train: pd.DataFrame, rounds: int, steps: int) -> dict[str, float]:
     models = {}
     for name, settings in (("default", {}), ("previous", PREVIOUS)):
         config = TrainConfig(**settings)
-        plan = plan_run("classify", "lora", [len(e.input_ids) for e in examples], len(examples), 0, labels, config,
-                        max_length=64)
+        plan = plan_run(
+            "classify", "lora", [len(e.input_ids) for e in examples], len(examples), 0, labels, config, max_length=64
+        )
         runtime = resolve_runtime(config, plan, _base_config(base_path, "lora", False))
         torch.set_num_threads(runtime.threads)
         torch.manual_seed(0)
-        built = build_model("classify", "lora", base_path, tokenizer, labels, config, precision=runtime.precision,
-                            attention=training_attention("classify", runtime.device, 64, config.attention))
+        built = build_model(
+            "classify",
+            "lora",
+            base_path,
+            tokenizer,
+            labels,
+            config,
+            precision=runtime.precision,
+            attention=training_attention("classify", runtime.device, 64, config.attention),
+        )
         optimizer = torch.optim.AdamW([p for p in built.model.parameters() if p.requires_grad], lr=1e-3)
         models[name] = (built, optimizer, runtime)
     print(f"threads {models['default'][2].threads}, precision {models['default'][2].precision}; {load()}", flush=True)
@@ -87,8 +103,14 @@ def speed(train: pd.DataFrame, rounds: int, steps: int) -> dict[str, float]:
     cached = [examples[i] for i in used]
     started = time.perf_counter()
     built, _, runtime = models["default"]
-    built.prefix.encode(cached, pad_id=built.pad_id, batch_size=32, device="cpu", precision=runtime.precision,
-                        description="frozen layers")
+    built.prefix.encode(
+        cached,
+        pad_id=built.pad_id,
+        batch_size=32,
+        device="cpu",
+        precision=runtime.precision,
+        description="frozen layers",
+    )
     cache_rows_per_s = len(cached) / (time.perf_counter() - started)
     by_index = dict(zip(used, cached, strict=True))
     seconds = {"default": 0.0, "previous": 0.0}
@@ -96,17 +118,23 @@ def speed(train: pd.DataFrame, rounds: int, steps: int) -> dict[str, float]:
     for name in models:  # one warm-up step each (kernels, allocations): not timed
         _step(models[name], [by_index[i] if name == "default" else _plain(examples[i]) for i in batches[0]])
     for r in range(rounds):
-        for name in (("default", "previous") if r % 2 == 0 else ("previous", "default")):
-            for b in batches[1 + r * steps: 1 + (r + 1) * steps]:
+        for name in ("default", "previous") if r % 2 == 0 else ("previous", "default"):
+            for b in batches[1 + r * steps : 1 + (r + 1) * steps]:
                 batch = [by_index[i] if name == "default" else _plain(examples[i]) for i in b]
                 t0 = time.perf_counter()
                 _step(models[name], batch)
                 seconds[name] += time.perf_counter() - t0
                 rows[name] += len(batch)
-        print(f"  round {r + 1}/{rounds}: default {rows['default'] / seconds['default']:.1f} rows/s, previous "
-              f"{rows['previous'] / seconds['previous']:.1f} rows/s; {load()}", flush=True)
-    return {"default_rows_per_s": rows["default"] / seconds["default"],
-            "previous_rows_per_s": rows["previous"] / seconds["previous"], "cache_rows_per_s": cache_rows_per_s}
+        print(
+            f"  round {r + 1}/{rounds}: default {rows['default'] / seconds['default']:.1f} rows/s, previous "
+            f"{rows['previous'] / seconds['previous']:.1f} rows/s; {load()}",
+            flush=True,
+        )
+    return {
+        "default_rows_per_s": rows["default"] / seconds["default"],
+        "previous_rows_per_s": rows["previous"] / seconds["previous"],
+        "cache_rows_per_s": cache_rows_per_s,
+    }
 
 
 def _plain(example):
@@ -141,10 +169,16 @@ def full_run(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, 
     started = time.perf_counter()
     predictions = LoraClassifier.from_trained(out / "adapter").predict(test)
     accuracy = float((predictions["prediction"].to_numpy() == test["label"].to_numpy()).mean())
-    return {"train_seconds": train_seconds, "predict_seconds": time.perf_counter() - started, "accuracy": accuracy,
-            "stop_reason": result.summary["stop_reason"], "epochs_done": result.summary["epochs_done"],
-            "best": result.summary["best"], "adapted_layers": result.summary["adapted_layers"],
-            "attention": result.summary["attention"]}
+    return {
+        "train_seconds": train_seconds,
+        "predict_seconds": time.perf_counter() - started,
+        "accuracy": accuracy,
+        "stop_reason": result.summary["stop_reason"],
+        "epochs_done": result.summary["epochs_done"],
+        "best": result.summary["best"],
+        "adapted_layers": result.summary["adapted_layers"],
+        "attention": result.summary["attention"],
+    }
 
 
 def main() -> int:
@@ -154,25 +188,35 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="also train the default recipe and score the test set")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "lora_classify")
     args = parser.parse_args()
-    print(f"bench_lora_classify {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-          f"{platform.processor() or platform.machine()}; {load()}", flush=True)
+    print(
+        f"bench_lora_classify {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.processor() or platform.machine()}; {load()}",
+        flush=True,
+    )
     train, validation, test = frames()
     figures = speed(train, args.rounds, args.steps)
     ratio = figures["default_rows_per_s"] / figures["previous_rows_per_s"]
-    print(f"training step, rows/s: default {figures['default_rows_per_s']:.1f} vs previous recipe "
-          f"{figures['previous_rows_per_s']:.1f}: x{ratio:.2f}; frozen-layer pass (once) "
-          f"{figures['cache_rows_per_s']:.1f} rows/s", flush=True)
+    print(
+        f"training step, rows/s: default {figures['default_rows_per_s']:.1f} vs previous recipe "
+        f"{figures['previous_rows_per_s']:.1f}: x{ratio:.2f}; frozen-layer pass (once) "
+        f"{figures['cache_rows_per_s']:.1f} rows/s",
+        flush=True,
+    )
     epochs_rows = 3 * len(train)
-    print(f"the default budget (3 epochs, {epochs_rows:,} rows) at these rates: default "
-          f"{(epochs_rows / figures['default_rows_per_s'] + (len(train) + len(validation)) / figures['cache_rows_per_s']) / 60:.1f} "
-          f"min vs previous {epochs_rows / figures['previous_rows_per_s'] / 60:.1f} min (validations not counted)")
+    print(
+        f"the default budget (3 epochs, {epochs_rows:,} rows) at these rates: default "
+        f"{(epochs_rows / figures['default_rows_per_s'] + (len(train) + len(validation)) / figures['cache_rows_per_s']) / 60:.1f} "
+        f"min vs previous {epochs_rows / figures['previous_rows_per_s'] / 60:.1f} min (validations not counted)"
+    )
     if args.full:
         result = full_run(train, validation, test, args.out)
         verdict = "PASS" if result["accuracy"] >= TARGET_ACCURACY else "FAIL"
-        print(f"default recipe, full run: {result['train_seconds'] / 60:.1f} min training "
-              f"({result['stop_reason']}, {result['epochs_done']} epochs, layers {result['adapted_layers']}, "
-              f"{result['attention']} attention), test accuracy {result['accuracy']:.4f} on {len(test)} rows "
-              f"(target >= {TARGET_ACCURACY:.2f}: {verdict}); scoring {result['predict_seconds']:.0f} s; {load()}")
+        print(
+            f"default recipe, full run: {result['train_seconds'] / 60:.1f} min training "
+            f"({result['stop_reason']}, {result['epochs_done']} epochs, layers {result['adapted_layers']}, "
+            f"{result['attention']} attention), test accuracy {result['accuracy']:.4f} on {len(test)} rows "
+            f"(target >= {TARGET_ACCURACY:.2f}: {verdict}); scoring {result['predict_seconds']:.0f} s; {load()}"
+        )
         (args.out / "result.json").write_text(json.dumps({**figures, **result}, indent=2))
     print(f"machine at the end: {load()}")
     return 0

@@ -36,17 +36,26 @@ def _child() -> None:
     model, tokenizer = load_llm(SPEC)
     loaded = time.perf_counter()
     cache = resolve_llm(SPEC).path
-    print(json.dumps({
-        "import_s": imported - started,
-        "load_s": loaded - imported,
-        "cache_mb": sum(f.stat().st_size for f in cache.iterdir()) / 1e6,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }))
+    print(
+        json.dumps(
+            {
+                "import_s": imported - started,
+                "load_s": loaded - imported,
+                "cache_mb": sum(f.stat().st_size for f in cache.iterdir()) / 1e6,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    )
 
 
 def _run_child(home: Path) -> dict:
-    env = {**os.environ, "TUNEWISE_HOME": str(home), "TUNEWISE_PROGRESS": "off",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "TUNEWISE_HOME": str(home),
+        "TUNEWISE_PROGRESS": "off",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     done = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"child load failed (exit {done.returncode}):\n{done.stderr[-4000:]}")

@@ -40,60 +40,347 @@ from tunewise.data.neardup import (
     shingle_set,
 )
 
-OPENERS = ["", "", "", "hi", "hello", "hey", "hi there", "good morning", "good evening", "dear support",
-           "quick question", "urgent", "please help", "excuse me", "sorry to bother you", "hello team"]
-ASKS = ["i need to", "i want to", "how do i", "how can i", "can i", "can you help me", "please help me",
-        "why can't i", "is it possible to", "i would like to", "i tried to", "i was unable to",
-        "what happens if i", "where do i go to", "who can help me", "i keep failing to",
-        "what is the fee to", "is there a limit to", "do i have to pay to", "when can i"]
-VERBS = ["transfer", "cancel", "activate", "block", "top up", "verify", "change", "order", "return",
-         "track", "refund", "withdraw", "deposit", "exchange", "close", "open", "link", "unlink",
-         "update", "reset", "freeze", "unfreeze", "report", "dispute", "confirm", "replace", "renew",
-         "upgrade", "downgrade", "pay", "send", "receive", "check", "find", "use", "add", "remove",
-         "set up", "switch", "recover", "download", "upload", "schedule", "postpone", "split",
-         "convert", "claim", "redeem", "register", "connect"]
-DETS = ["my", "the", "a", "our", "this", "that", "your", "his", "her", "their", "an old", "the new",
-        "my second", "a shared", "the joint"]
-ADJS = ["virtual", "physical", "blue", "premium", "basic", "business", "personal", "joint", "savings",
-        "current", "expired", "stolen", "lost", "damaged", "frozen", "pending", "declined", "foreign",
-        "local", "monthly", "weekly", "annual", "recurring", "instant", "delayed", "duplicate",
-        "unknown", "suspicious", "incorrect", "missing", "extra", "large", "small", "recent", "old",
-        "new", "contactless", "metal", "plastic", "digital", "standard", "express", "international",
-        "domestic", "temporary", "permanent", "primary", "backup", "default", "linked"]
-NOUNS = ["card", "account", "payment", "transfer", "balance", "pin", "password", "app", "statement",
-         "refund", "charge", "fee", "limit", "deposit", "withdrawal", "cheque", "loan", "mortgage",
-         "subscription", "invoice", "receipt", "order", "parcel", "delivery", "package", "address",
-         "phone number", "email", "profile", "device", "wallet", "voucher", "coupon", "reward",
-         "point", "booking", "reservation", "ticket", "flight", "hotel room", "rental car",
-         "insurance", "policy", "claim", "contract", "plan", "bill", "meter", "reading", "tariff",
-         "router", "modem", "sim card", "laptop", "tablet", "camera", "printer", "headset", "charger",
-         "screen", "battery", "warranty", "repair", "appointment", "prescription", "pharmacy",
-         "doctor", "dentist", "exchange rate", "currency", "direct debit", "standing order",
-         "beneficiary", "payee", "identity", "document", "passport", "licence", "certificate",
-         "verification code", "security question", "login", "username", "membership", "gift card",
-         "credit line", "overdraft", "interest rate", "transaction", "merchant", "terminal", "atm"]
-PREPS = ["from", "to", "with", "for", "on", "in", "at", "through", "via", "after", "before",
-         "without", "about", "into", "using"]
-TIMES = ["", "", "yesterday", "today", "last week", "this morning", "last night", "on monday",
-         "on tuesday", "on friday", "over the weekend", "two days ago", "a week ago", "last month",
-         "since january", "right now", "this afternoon", "earlier today", "every month", "again"]
-FOLLOWUPS = ["it was supposed to arrive {time}", "but nothing happened", "the reference is {num}",
-             "my order number is #{num}", "the app shows error {num}", "and it still says pending",
-             "i was charged {num} dollars twice", "please call me back", "this is the third time",
-             "nobody answered my email", "the amount was {num} euros", "can you explain why",
-             "i did not authorise this", "what should i do now", "thanks in advance",
-             "my customer id is {num}", "it worked fine {time}", "the website keeps timing out",
-             "i am travelling {time}", "is there a faster way"]
-EXTRA_WORDS = ADJS + NOUNS[:40] + ["please", "really", "still", "just", "now", "asap", "again",
-                                   "kindly", "urgently", "actually", "also", "maybe"]
+OPENERS = [
+    "",
+    "",
+    "",
+    "hi",
+    "hello",
+    "hey",
+    "hi there",
+    "good morning",
+    "good evening",
+    "dear support",
+    "quick question",
+    "urgent",
+    "please help",
+    "excuse me",
+    "sorry to bother you",
+    "hello team",
+]
+ASKS = [
+    "i need to",
+    "i want to",
+    "how do i",
+    "how can i",
+    "can i",
+    "can you help me",
+    "please help me",
+    "why can't i",
+    "is it possible to",
+    "i would like to",
+    "i tried to",
+    "i was unable to",
+    "what happens if i",
+    "where do i go to",
+    "who can help me",
+    "i keep failing to",
+    "what is the fee to",
+    "is there a limit to",
+    "do i have to pay to",
+    "when can i",
+]
+VERBS = [
+    "transfer",
+    "cancel",
+    "activate",
+    "block",
+    "top up",
+    "verify",
+    "change",
+    "order",
+    "return",
+    "track",
+    "refund",
+    "withdraw",
+    "deposit",
+    "exchange",
+    "close",
+    "open",
+    "link",
+    "unlink",
+    "update",
+    "reset",
+    "freeze",
+    "unfreeze",
+    "report",
+    "dispute",
+    "confirm",
+    "replace",
+    "renew",
+    "upgrade",
+    "downgrade",
+    "pay",
+    "send",
+    "receive",
+    "check",
+    "find",
+    "use",
+    "add",
+    "remove",
+    "set up",
+    "switch",
+    "recover",
+    "download",
+    "upload",
+    "schedule",
+    "postpone",
+    "split",
+    "convert",
+    "claim",
+    "redeem",
+    "register",
+    "connect",
+]
+DETS = [
+    "my",
+    "the",
+    "a",
+    "our",
+    "this",
+    "that",
+    "your",
+    "his",
+    "her",
+    "their",
+    "an old",
+    "the new",
+    "my second",
+    "a shared",
+    "the joint",
+]
+ADJS = [
+    "virtual",
+    "physical",
+    "blue",
+    "premium",
+    "basic",
+    "business",
+    "personal",
+    "joint",
+    "savings",
+    "current",
+    "expired",
+    "stolen",
+    "lost",
+    "damaged",
+    "frozen",
+    "pending",
+    "declined",
+    "foreign",
+    "local",
+    "monthly",
+    "weekly",
+    "annual",
+    "recurring",
+    "instant",
+    "delayed",
+    "duplicate",
+    "unknown",
+    "suspicious",
+    "incorrect",
+    "missing",
+    "extra",
+    "large",
+    "small",
+    "recent",
+    "old",
+    "new",
+    "contactless",
+    "metal",
+    "plastic",
+    "digital",
+    "standard",
+    "express",
+    "international",
+    "domestic",
+    "temporary",
+    "permanent",
+    "primary",
+    "backup",
+    "default",
+    "linked",
+]
+NOUNS = [
+    "card",
+    "account",
+    "payment",
+    "transfer",
+    "balance",
+    "pin",
+    "password",
+    "app",
+    "statement",
+    "refund",
+    "charge",
+    "fee",
+    "limit",
+    "deposit",
+    "withdrawal",
+    "cheque",
+    "loan",
+    "mortgage",
+    "subscription",
+    "invoice",
+    "receipt",
+    "order",
+    "parcel",
+    "delivery",
+    "package",
+    "address",
+    "phone number",
+    "email",
+    "profile",
+    "device",
+    "wallet",
+    "voucher",
+    "coupon",
+    "reward",
+    "point",
+    "booking",
+    "reservation",
+    "ticket",
+    "flight",
+    "hotel room",
+    "rental car",
+    "insurance",
+    "policy",
+    "claim",
+    "contract",
+    "plan",
+    "bill",
+    "meter",
+    "reading",
+    "tariff",
+    "router",
+    "modem",
+    "sim card",
+    "laptop",
+    "tablet",
+    "camera",
+    "printer",
+    "headset",
+    "charger",
+    "screen",
+    "battery",
+    "warranty",
+    "repair",
+    "appointment",
+    "prescription",
+    "pharmacy",
+    "doctor",
+    "dentist",
+    "exchange rate",
+    "currency",
+    "direct debit",
+    "standing order",
+    "beneficiary",
+    "payee",
+    "identity",
+    "document",
+    "passport",
+    "licence",
+    "certificate",
+    "verification code",
+    "security question",
+    "login",
+    "username",
+    "membership",
+    "gift card",
+    "credit line",
+    "overdraft",
+    "interest rate",
+    "transaction",
+    "merchant",
+    "terminal",
+    "atm",
+]
+PREPS = [
+    "from",
+    "to",
+    "with",
+    "for",
+    "on",
+    "in",
+    "at",
+    "through",
+    "via",
+    "after",
+    "before",
+    "without",
+    "about",
+    "into",
+    "using",
+]
+TIMES = [
+    "",
+    "",
+    "yesterday",
+    "today",
+    "last week",
+    "this morning",
+    "last night",
+    "on monday",
+    "on tuesday",
+    "on friday",
+    "over the weekend",
+    "two days ago",
+    "a week ago",
+    "last month",
+    "since january",
+    "right now",
+    "this afternoon",
+    "earlier today",
+    "every month",
+    "again",
+]
+FOLLOWUPS = [
+    "it was supposed to arrive {time}",
+    "but nothing happened",
+    "the reference is {num}",
+    "my order number is #{num}",
+    "the app shows error {num}",
+    "and it still says pending",
+    "i was charged {num} dollars twice",
+    "please call me back",
+    "this is the third time",
+    "nobody answered my email",
+    "the amount was {num} euros",
+    "can you explain why",
+    "i did not authorise this",
+    "what should i do now",
+    "thanks in advance",
+    "my customer id is {num}",
+    "it worked fine {time}",
+    "the website keeps timing out",
+    "i am travelling {time}",
+    "is there a faster way",
+]
+EXTRA_WORDS = (
+    ADJS
+    + NOUNS[:40]
+    + ["please", "really", "still", "just", "now", "asap", "again", "kindly", "urgently", "actually", "also", "maybe"]
+)
 
 
 def _sentence(rng: random.Random) -> str:
     num = str(rng.randint(10, 99_999_999))
-    head = " ".join(w for w in (
-        rng.choice(OPENERS), rng.choice(ASKS), rng.choice(VERBS), rng.choice(DETS), rng.choice(ADJS),
-        rng.choice(NOUNS), rng.choice(PREPS), rng.choice(DETS), rng.choice(NOUNS), rng.choice(TIMES),
-    ) if w)
+    head = " ".join(
+        w
+        for w in (
+            rng.choice(OPENERS),
+            rng.choice(ASKS),
+            rng.choice(VERBS),
+            rng.choice(DETS),
+            rng.choice(ADJS),
+            rng.choice(NOUNS),
+            rng.choice(PREPS),
+            rng.choice(DETS),
+            rng.choice(NOUNS),
+            rng.choice(TIMES),
+        )
+        if w
+    )
     text = head[0].upper() + head[1:] + "?"
     while len(text) < 90:  # about 100 characters: add follow-up clauses
         follow = rng.choice(FOLLOWUPS).format(time=rng.choice(TIMES[2:]), num=num)
@@ -180,24 +467,29 @@ def main(argv: list[str] | None = None) -> int:
     del sets
 
     t0 = time.perf_counter()
-    result = find_near_duplicates(texts, threshold=args.threshold, num_perm=args.num_perm,
-                                  shingle=args.shingle, seed=1)
+    result = find_near_duplicates(texts, threshold=args.threshold, num_perm=args.num_perm, shingle=args.shingle, seed=1)
     wall_s = time.perf_counter() - t0
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     load_during = os.getloadavg()
 
     recall = float(np.mean(result.cluster[known[:, 0]] == result.cluster[known[:, 1]])) if len(known) else 1.0
-    near_band = (known_jac < args.threshold + 0.1)
-    recall_near = (float(np.mean(result.cluster[known[near_band, 0]] == result.cluster[known[near_band, 1]]))
-                   if near_band.any() else 1.0)
+    near_band = known_jac < args.threshold + 0.1
+    recall_near = (
+        float(np.mean(result.cluster[known[near_band, 0]] == result.cluster[known[near_band, 1]]))
+        if near_band.any()
+        else 1.0
+    )
 
     # precision: recompute every reported pair's Jaccard with Python sets of shingle strings
     t0 = time.perf_counter()
     sets = _shingle_sets_of(texts, result.pairs.ravel(), args.shingle)
     real = [_jaccard(sets[i], sets[j]) >= args.threshold for i, j in result.pairs.tolist()]
     precision = float(np.mean(real)) if real else 1.0
-    jac_agree = bool(np.allclose([_jaccard(sets[i], sets[j]) for i, j in result.pairs.tolist()],
-                                 result.jaccard, atol=1e-6)) if real else True
+    jac_agree = (
+        bool(np.allclose([_jaccard(sets[i], sets[j]) for i, j in result.pairs.tolist()], result.jaccard, atol=1e-6))
+        if real
+        else True
+    )
     del sets
     check_s = time.perf_counter() - t0
 
@@ -212,26 +504,35 @@ def main(argv: list[str] | None = None) -> int:
     engine_tps = args.n / wall_s
     speedup = engine_tps / ref_tps
     sample_known = known[known[:, 1] < ref_n]
-    ref_recall = (float(np.mean([tuple(p) in ref_pairs for p in sample_known.tolist()]))
-                  if len(sample_known) else 1.0)
+    ref_recall = float(np.mean([tuple(p) in ref_pairs for p in sample_known.tolist()])) if len(sample_known) else 1.0
     load_after = os.getloadavg()
 
     stats = result.stats
-    print(f"generated {args.n} texts in {gen_s:.1f}s, mean {np.mean([len(t) for t in texts[:10000]]):.0f} chars; "
-          f"injected copies {len(injected)}, known pairs (Jaccard >= {args.threshold}) {len(known)}, "
-          f"of which {int(near_band.sum())} below {args.threshold + 0.1:.1f}")
+    print(
+        f"generated {args.n} texts in {gen_s:.1f}s, mean {np.mean([len(t) for t in texts[:10000]]):.0f} chars; "
+        f"injected copies {len(injected)}, known pairs (Jaccard >= {args.threshold}) {len(known)}, "
+        f"of which {int(near_band.sum())} below {args.threshold + 0.1:.1f}"
+    )
     print("engine phases (s):", json.dumps(stats["timings_s"]))
-    print(f"engine counts: distinct={stats['distinct_texts']} shingles={stats['shingles']} "
-          f"bands={stats['bands']}x{stats['rows']} candidates={stats['candidates']} "
-          f"verified={stats['verified']} pairs={stats['pairs']} capped_buckets={stats['capped_buckets']} "
-          f"duplicate_rows={stats['duplicate_rows']}")
+    print(
+        f"engine counts: distinct={stats['distinct_texts']} shingles={stats['shingles']} "
+        f"bands={stats['bands']}x{stats['rows']} candidates={stats['candidates']} "
+        f"verified={stats['verified']} pairs={stats['pairs']} capped_buckets={stats['capped_buckets']} "
+        f"duplicate_rows={stats['duplicate_rows']}"
+    )
     print(f"precision check of {len(real)} pairs in {check_s:.1f}s; engine Jaccard == Python Jaccard: {jac_agree}")
-    print(f"datasketch loop on {ref_n} texts: {ref_s:.1f}s, {len(ref_pairs)} pairs, recall of known pairs {ref_recall:.3f}")
-    print(f"load average (1 min): before {load_before[0]:.2f}, after engine {load_during[0]:.2f}, "
-          f"at end {load_after[0]:.2f} on {os.cpu_count()} cores")
-    print(f"texts={args.n} wall_s={wall_s:.1f} texts_per_s={engine_tps:.0f} peak_rss_gib={peak_rss_gib:.2f} "
-          f"recall={recall:.4f} recall_near_threshold={recall_near:.4f} precision={precision:.4f} "
-          f"datasketch_loop_texts_per_s={ref_tps:.0f} speedup={speedup:.1f}x")
+    print(
+        f"datasketch loop on {ref_n} texts: {ref_s:.1f}s, {len(ref_pairs)} pairs, recall of known pairs {ref_recall:.3f}"
+    )
+    print(
+        f"load average (1 min): before {load_before[0]:.2f}, after engine {load_during[0]:.2f}, "
+        f"at end {load_after[0]:.2f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"texts={args.n} wall_s={wall_s:.1f} texts_per_s={engine_tps:.0f} peak_rss_gib={peak_rss_gib:.2f} "
+        f"recall={recall:.4f} recall_near_threshold={recall_near:.4f} precision={precision:.4f} "
+        f"datasketch_loop_texts_per_s={ref_tps:.0f} speedup={speedup:.1f}x"
+    )
     checks = {
         "wall < 180 s": wall_s < 180,
         "peak memory < 8 GiB": peak_rss_gib < 8,
@@ -242,10 +543,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'} {name}")
     if args.json:
-        print(json.dumps({"texts": args.n, "wall_s": wall_s, "texts_per_s": engine_tps,
-                          "peak_rss_gib": peak_rss_gib, "recall": recall, "precision": precision,
-                          "datasketch_loop_texts_per_s": ref_tps, "speedup": speedup,
-                          "load_avg": [load_before[0], load_during[0], load_after[0]], "stats": stats}))
+        print(
+            json.dumps(
+                {
+                    "texts": args.n,
+                    "wall_s": wall_s,
+                    "texts_per_s": engine_tps,
+                    "peak_rss_gib": peak_rss_gib,
+                    "recall": recall,
+                    "precision": precision,
+                    "datasketch_loop_texts_per_s": ref_tps,
+                    "speedup": speedup,
+                    "load_avg": [load_before[0], load_during[0], load_after[0]],
+                    "stats": stats,
+                }
+            )
+        )
     return 0 if all(checks.values()) else 1
 
 

@@ -41,8 +41,14 @@ MAX_ACCURACY_DROP = 0.01
 
 def records(path: Path, prefix: str) -> pd.DataFrame:
     raw = pd.read_csv(path)
-    return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(raw))], "input": raw["text"].astype(str),
-                         "context": "[]", "label": raw["category"].astype(str)})
+    return pd.DataFrame(
+        {
+            "id": [f"{prefix}{i}" for i in range(len(raw))],
+            "input": raw["text"].astype(str),
+            "context": "[]",
+            "label": raw["category"].astype(str),
+        }
+    )
 
 
 def build(train_all: pd.DataFrame, test_all: pd.DataFrame, args) -> dict[str, pd.DataFrame | list[str]]:
@@ -53,16 +59,27 @@ def build(train_all: pd.DataFrame, test_all: pd.DataFrame, args) -> dict[str, pd
     intents = sorted(train_all["label"].unique())
     if args.quick:  # a small subset of intents and rows, to check the script end to end
         intents = sorted(rng.choice(intents, size=args.quick_intents, replace=False).tolist())
-        train_all = train_all[train_all["label"].isin(intents)].groupby("label", group_keys=False).sample(
-            n=args.quick_rows, random_state=args.seed)
-        test_all = test_all[test_all["label"].isin(intents)].groupby("label", group_keys=False).sample(
-            n=args.quick_rows, random_state=args.seed)
+        train_all = (
+            train_all[train_all["label"].isin(intents)]
+            .groupby("label", group_keys=False)
+            .sample(n=args.quick_rows, random_state=args.seed)
+        )
+        test_all = (
+            test_all[test_all["label"].isin(intents)]
+            .groupby("label", group_keys=False)
+            .sample(n=args.quick_rows, random_state=args.seed)
+        )
     held = sorted(rng.choice(intents, size=len(intents) // 4, replace=False).tolist())
     in_scope = train_all[~train_all["label"].isin(held)]
-    train_in, val_in = train_test_split(in_scope, test_size=args.validation_fraction, stratify=in_scope["label"],
-                                        random_state=args.seed)
-    held_rows = (train_all[train_all["label"].isin(held)].sample(frac=1.0, random_state=args.seed)
-                 .groupby("label", group_keys=False).head(args.oos_per_intent + args.oos_val_per_intent))
+    train_in, val_in = train_test_split(
+        in_scope, test_size=args.validation_fraction, stratify=in_scope["label"], random_state=args.seed
+    )
+    held_rows = (
+        train_all[train_all["label"].isin(held)]
+        .sample(frac=1.0, random_state=args.seed)
+        .groupby("label", group_keys=False)
+        .head(args.oos_per_intent + args.oos_val_per_intent)
+    )
     oos_train = held_rows.groupby("label", group_keys=False).head(args.oos_per_intent)
     oos_val = held_rows.drop(oos_train.index)
     test = test_all.assign(label=np.where(test_all["label"].isin(held), OOS, test_all["label"]))
@@ -92,12 +109,23 @@ def make(name: str, args):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", default="tfidf_lr,embed_lr",
-                        help="comma-separated; encoder_ft and lora_llm work too but take hours on 2 cores")
-    parser.add_argument("--oos-per-intent", type=int, default=10, help="training rows per held-out intent, labelled out_of_scope")
-    parser.add_argument("--oos-val-per-intent", type=int, default=5, help="validation rows per held-out intent (0: none)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1, help="of the in-scope training rows (stratified)")
-    parser.add_argument("--target-precision", type=float, default=0.9, help="evaluate.target_precision for the threshold")
+    parser.add_argument(
+        "--candidates",
+        default="tfidf_lr,embed_lr",
+        help="comma-separated; encoder_ft and lora_llm work too but take hours on 2 cores",
+    )
+    parser.add_argument(
+        "--oos-per-intent", type=int, default=10, help="training rows per held-out intent, labelled out_of_scope"
+    )
+    parser.add_argument(
+        "--oos-val-per-intent", type=int, default=5, help="validation rows per held-out intent (0: none)"
+    )
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.1, help="of the in-scope training rows (stratified)"
+    )
+    parser.add_argument(
+        "--target-precision", type=float, default=0.9, help="evaluate.target_precision for the threshold"
+    )
     parser.add_argument("--n-resamples", type=int, default=500, help="bootstrap resamples for the intervals")
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps for fine-tuned candidates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -120,11 +148,14 @@ def main() -> int:
     data = build(records(BANKING77 / "train.csv", "train-"), records(BANKING77 / "test.csv", "test-"), args)
     train, validation, test = data["train"], data["validation"], data["test"]
     n_oos = int((test["label"] == OOS).sum())
-    print(f"BANKING77{' (quick)' if args.quick else ''}: {len(data['held'])} of "
-          f"{len(data['held']) + data['train_ref']['label'].nunique()} intents held out (seed {args.seed}); "
-          f"train {len(train)} ({int((train['label'] == OOS).sum())} out_of_scope), validation {len(validation)} "
-          f"({int((validation['label'] == OOS).sum())} out_of_scope), test {len(test)} ({n_oos} out_of_scope); "
-          f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"BANKING77{' (quick)' if args.quick else ''}: {len(data['held'])} of "
+        f"{len(data['held']) + data['train_ref']['label'].nunique()} intents held out (seed {args.seed}); "
+        f"train {len(train)} ({int((train['label'] == OOS).sum())} out_of_scope), validation {len(validation)} "
+        f"({int((validation['label'] == OOS).sum())} out_of_scope), test {len(test)} ({n_oos} out_of_scope); "
+        f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     config = EvaluateConfig(target_precision=args.target_precision, n_resamples=args.n_resamples)
 
     results: dict[str, dict] = {}
@@ -134,8 +165,14 @@ def main() -> int:
         predicted = CandidatePredictions(name, "candidate", model.predict(test), validation=model.predict(validation))
         del model
         seconds = time.perf_counter() - started
-        evaluation = evaluate_candidates(test, [predicted], task="classify", validation=validation, seed=args.seed,
-                                         config=config.model_copy(update={"baseline": name}))
+        evaluation = evaluate_candidates(
+            test,
+            [predicted],
+            task="classify",
+            validation=validation,
+            seed=args.seed,
+            config=config.model_copy(update={"baseline": name}),
+        )
         entry = evaluation.summary["candidates"][0]
         oos = entry["out_of_scope"]
 
@@ -148,37 +185,61 @@ def main() -> int:
 
         recall_ok = oos["oos_recall"] >= TARGET_RECALL
         accuracy_ok = oos["in_scope_accuracy"] >= ref_accuracy - MAX_ACCURACY_DROP
-        results[name] = {"threshold": entry.get("out_of_scope_threshold"), "threshold_info": evaluation.thresholds[name],
-                         "out_of_scope": oos, "ci95": {k: entry["ci95"].get(k) for k in
-                                                       ("in_scope_accuracy", "oos_recall", "oos_precision")},
-                         "reference_accuracy": ref_accuracy, "fit_predict_seconds": round(seconds, 1),
-                         "reference_seconds": round(ref_seconds, 1), "recall_pass": recall_ok, "accuracy_pass": accuracy_ok}
+        results[name] = {
+            "threshold": entry.get("out_of_scope_threshold"),
+            "threshold_info": evaluation.thresholds[name],
+            "out_of_scope": oos,
+            "ci95": {k: entry["ci95"].get(k) for k in ("in_scope_accuracy", "oos_recall", "oos_precision")},
+            "reference_accuracy": ref_accuracy,
+            "fit_predict_seconds": round(seconds, 1),
+            "reference_seconds": round(ref_seconds, 1),
+            "recall_pass": recall_ok,
+            "accuracy_pass": accuracy_ok,
+        }
         c = oos["class_only"]
-        print(f"{name}: threshold {results[name]['threshold']}; with threshold: in-scope acc "
-              f"{oos['in_scope_accuracy']:.4f}, OOS recall {oos['oos_recall']:.4f}, precision "
-              f"{oos['oos_precision'] if oos['oos_precision'] is None else round(oos['oos_precision'], 4)}; "
-              f"class only: in-scope acc {c['in_scope_accuracy']:.4f}, OOS recall {c['oos_recall']:.4f}; "
-              f"reference (no OOS handling) in-scope acc {ref_accuracy:.4f}; {seconds:.0f} s + {ref_seconds:.0f} s",
-              flush=True)
+        print(
+            f"{name}: threshold {results[name]['threshold']}; with threshold: in-scope acc "
+            f"{oos['in_scope_accuracy']:.4f}, OOS recall {oos['oos_recall']:.4f}, precision "
+            f"{oos['oos_precision'] if oos['oos_precision'] is None else round(oos['oos_precision'], 4)}; "
+            f"class only: in-scope acc {c['in_scope_accuracy']:.4f}, OOS recall {c['oos_recall']:.4f}; "
+            f"reference (no OOS handling) in-scope acc {ref_accuracy:.4f}; {seconds:.0f} s + {ref_seconds:.0f} s",
+            flush=True,
+        )
 
     def fmt(x) -> str:
         return "n/a" if x is None else f"{x:.4f}"
 
-    print(f"\ncandidate | in-scope acc (threshold) | OOS recall | OOS precision | OOS F1 | reference in-scope acc "
-          f"| target: recall >= {TARGET_RECALL}, acc >= reference - {MAX_ACCURACY_DROP}")
+    print(
+        f"\ncandidate | in-scope acc (threshold) | OOS recall | OOS precision | OOS F1 | reference in-scope acc "
+        f"| target: recall >= {TARGET_RECALL}, acc >= reference - {MAX_ACCURACY_DROP}"
+    )
     for name, r in results.items():
         o = r["out_of_scope"]
-        verdict = ("PASS" if r["recall_pass"] and r["accuracy_pass"] else
-                   "FAIL (" + ", ".join(x for x, ok in (("recall", r["recall_pass"]), ("accuracy", r["accuracy_pass"])) if not ok) + ")")
-        print(f"{name} | {fmt(o['in_scope_accuracy'])} | {fmt(o['oos_recall'])} | {fmt(o['oos_precision'])} | "
-              f"{fmt(o['oos_f1'])} | {fmt(r['reference_accuracy'])} | {verdict}")
+        verdict = (
+            "PASS"
+            if r["recall_pass"] and r["accuracy_pass"]
+            else "FAIL ("
+            + ", ".join(x for x, ok in (("recall", r["recall_pass"]), ("accuracy", r["accuracy_pass"])) if not ok)
+            + ")"
+        )
+        print(
+            f"{name} | {fmt(o['in_scope_accuracy'])} | {fmt(o['oos_recall'])} | {fmt(o['oos_precision'])} | "
+            f"{fmt(o['oos_f1'])} | {fmt(r['reference_accuracy'])} | {verdict}"
+        )
         c = o["class_only"]
-        print(f"{name} (class only, no threshold) | {fmt(c['in_scope_accuracy'])} | {fmt(c['oos_recall'])} | "
-              f"{fmt(c['oos_precision'])} | {fmt(c['oos_f1'])} | |")
+        print(
+            f"{name} (class only, no threshold) | {fmt(c['in_scope_accuracy'])} | {fmt(c['oos_recall'])} | "
+            f"{fmt(c['oos_precision'])} | {fmt(c['oos_f1'])} | |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"results{'-quick' if args.quick else ''}-seed{args.seed}.json"
-    path.write_text(json.dumps({"held_out": data["held"], "args": {k: str(v) for k, v in vars(args).items()},
-                                "results": results}, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {"held_out": data["held"], "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"\nwritten {path}")
     return 0
 

@@ -64,15 +64,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run_dir: Path, arms: str, db: Path, threads: int, log: Path, extra: list[str] = ()
-                 ) -> tuple[subprocess.Popen, str]:
-    extra = [*extra, "--max-wait-ms", str(MAX_WAIT_MS)] + (["--batch-threads", str(BATCH_THREADS)] if BATCH_THREADS else [])
+def start_server(
+    run_dir: Path, arms: str, db: Path, threads: int, log: Path, extra: list[str] = ()
+) -> tuple[subprocess.Popen, str]:
+    extra = [*extra, "--max-wait-ms", str(MAX_WAIT_MS)] + (
+        ["--batch-threads", str(BATCH_THREADS)] if BATCH_THREADS else []
+    )
     port = free_port()
     env = {**os.environ, "TUNEWISE_PROGRESS": "off", "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(port), "--arms", arms,
-         "--store", f"sqlite:///{db}", "--max-batch", "32", "--threads", str(threads), *extra],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "tunewise.serving.app",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--arms",
+            arms,
+            "--store",
+            f"sqlite:///{db}",
+            "--max-batch",
+            "32",
+            "--threads",
+            str(threads),
+            *extra,
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -134,10 +155,15 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, arm: st
         await asyncio.gather(*(worker(k) for k in range(clients)))
     wall = (last_answer[0] or time.perf_counter()) - started
     lat = np.asarray(latencies)
-    return {"requests": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors))[:5], "wall_s": wall,
-            "throughput": len(lat) / wall if wall > 0 else 0.0,
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+    return {
+        "requests": len(lat),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "wall_s": wall,
+        "throughput": len(lat) / wall if wall > 0 else 0.0,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+    }
 
 
 def log_figures(db: Path) -> dict:
@@ -164,15 +190,26 @@ def encoder_phase(run_dir: Path, texts: list[str], clients: int, seconds: float,
         stop_server(process)
     figures = log_figures(db)
     result.update(figures, log_rows=figures["log_rows"] - 8, ready_s=ready)
-    print(f"encoder_ft: {clients} clients, {seconds:.0f}s: {result['requests']} answered, {result['errors']} errors, "
-          f"{result['throughput']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-          f"log rows {result['log_rows']}, mean batch {result['mean_batch']:.1f} (server ready in {ready:.1f}s; "
-          f"log integrity {figures['integrity']})", flush=True)
+    print(
+        f"encoder_ft: {clients} clients, {seconds:.0f}s: {result['requests']} answered, {result['errors']} errors, "
+        f"{result['throughput']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"log rows {result['log_rows']}, mean batch {result['mean_batch']:.1f} (server ready in {ready:.1f}s; "
+        f"log integrity {figures['integrity']})",
+        flush=True,
+    )
     return result
 
 
-def _alternate(url: str, arms: list[str], texts: list[str], clients: int, seconds: float, rounds: int,
-               totals: dict[str, dict], label: dict[str, str]) -> int:
+def _alternate(
+    url: str,
+    arms: list[str],
+    texts: list[str],
+    clients: int,
+    seconds: float,
+    rounds: int,
+    totals: dict[str, dict],
+    label: dict[str, str],
+) -> int:
     """Warm-up slice per arm, then ``rounds`` slices per arm in turn; returns the answers received."""
     slice_s = seconds / rounds
     answered = 0
@@ -187,13 +224,17 @@ def _alternate(url: str, arms: list[str], texts: list[str], clients: int, second
             t["errors"] += result["errors"]
             t["wall_s"] += result["wall_s"]
             t["error_kinds"] += result["error_kinds"]
-            print(f"  round {r + 1} {label[arm]:<14} {result['requests']:>5} answered in {result['wall_s']:5.1f}s: "
-                  f"{result['throughput']:6.2f} req/s", flush=True)
+            print(
+                f"  round {r + 1} {label[arm]:<14} {result['requests']:>5} answered in {result['wall_s']:5.1f}s: "
+                f"{result['throughput']:6.2f} req/s",
+                flush=True,
+            )
     return answered
 
 
-def llm_phase(run_dir: Path, texts: list[str], clients: int, seconds: float, rounds: int, threads: int,
-              folder: Path) -> dict[str, dict]:
+def llm_phase(
+    run_dir: Path, texts: list[str], clients: int, seconds: float, rounds: int, threads: int, folder: Path
+) -> dict[str, dict]:
     """One server, one lora_llm model, two arms: ``batched`` (max batch 32) and ``single`` (max batch 1).
     The same clients alternate between them in ``rounds`` slices each, after a warm-up slice each,
     so a change in the machine's background load hits both alike. With --batch-threads, a second
@@ -202,14 +243,22 @@ def llm_phase(run_dir: Path, texts: list[str], clients: int, seconds: float, rou
     totals: dict[str, dict] = {}
     answered = log_rows = 0
     integrity, ready = [], []
-    servers = [(threads, "batched:lora_llm=1,single:lora_llm=0", ["batched", "single"],
-                {"batched": "batched", "single": "single"})]
+    servers = [
+        (
+            threads,
+            "batched:lora_llm=1,single:lora_llm=0",
+            ["batched", "single"],
+            {"batched": "batched", "single": "single"},
+        )
+    ]
     if BATCH_THREADS and BATCH_THREADS != threads:
         servers.append((BATCH_THREADS, "single:lora_llm=1", ["single"], {"single": f"single@{BATCH_THREADS}threads"}))
     batch: dict[str, float] = {}
     for k, (server_threads, arms, order, label) in enumerate(servers):
         db = folder / f"llm{k}.db"
-        process, url = start_server(run_dir, arms, db, server_threads, folder / f"llm{k}.log", ["--arm-batch", "single=1"])
+        process, url = start_server(
+            run_dir, arms, db, server_threads, folder / f"llm{k}.log", ["--arm-batch", "single=1"]
+        )
         try:
             ready.append(wait_healthy(url, process))
             answered += _alternate(url, order, texts, clients, seconds, rounds, totals, label)
@@ -221,12 +270,22 @@ def llm_phase(run_dir: Path, texts: list[str], clients: int, seconds: float, rou
         import sqlite3
 
         with sqlite3.connect(db) as conn:
-            batch.update({label[a]: b for a, b in conn.execute("SELECT arm, AVG(batch_size) FROM requests GROUP BY arm")
-                          if a in label})
+            batch.update(
+                {
+                    label[a]: b
+                    for a, b in conn.execute("SELECT arm, AVG(batch_size) FROM requests GROUP BY arm")
+                    if a in label
+                }
+            )
     for name, t in totals.items():
         t["throughput"] = t["requests"] / t["wall_s"] if t["wall_s"] else 0.0
         t["mean_batch"] = batch.get(name, 0.0)
-    totals["log"] = {"log_rows": log_rows, "answered": answered, "integrity": "/".join(integrity), "ready_s": max(ready)}
+    totals["log"] = {
+        "log_rows": log_rows,
+        "answered": answered,
+        "integrity": "/".join(integrity),
+        "ready_s": max(ready),
+    }
     return totals
 
 
@@ -242,9 +301,12 @@ def model_ceiling(run_dir: Path, texts: list[str], threads: int, batch_threads: 
 
     def per_row(size: int, rows: int, n_threads: int) -> float:
         torch.set_num_threads(n_threads)
-        frames = [pd.DataFrame({"id": [str(j) for j in range(size)], "input": [texts[(k + j) % len(texts)]
-                                                                                for j in range(size)]})
-                  for k in range(0, rows, size)]
+        frames = [
+            pd.DataFrame(
+                {"id": [str(j) for j in range(size)], "input": [texts[(k + j) % len(texts)] for j in range(size)]}
+            )
+            for k in range(0, rows, size)
+        ]
         model.predict(frames[0])  # noqa: F821  warm-up: kernels for the first shapes (model is deleted after the runs)
         started = time.perf_counter()
         for frame in frames:
@@ -262,8 +324,12 @@ def model_ceiling(run_dir: Path, texts: list[str], threads: int, batch_threads: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("demo/runs/default"),
-                        help="a trained classify run with train/encoder_ft and train/lora_llm (tunewise demo)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=Path("demo/runs/default"),
+        help="a trained classify run with train/encoder_ft and train/lora_llm (tunewise demo)",
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="encoder phase length")
     parser.add_argument("--llm-seconds", type=float, default=30.0, help="LLM: seconds per arm (split in --rounds)")
     parser.add_argument("--clients", type=int, default=64)
@@ -276,9 +342,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     parser.add_argument("--quick", action="store_true", help="10 s encoder phase, 10 s per LLM arm")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="micro-batching: how long a batch waits to fill")
-    parser.add_argument("--batch-threads", type=int, default=os.cpu_count(),
-                        help="server: torch threads for micro-batches of 8 or more (serve.batch_threads; default, "
-                        "as the server's: the machine's cores)")
+    parser.add_argument(
+        "--batch-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="server: torch threads for micro-batches of 8 or more (serve.batch_threads; default, "
+        "as the server's: the machine's cores)",
+    )
     args = parser.parse_args()
     global MAX_WAIT_MS, BATCH_THREADS
     MAX_WAIT_MS, BATCH_THREADS = args.max_wait_ms, args.batch_threads
@@ -290,15 +360,20 @@ def main() -> int:
             print(f"{run_dir}: no trained {name} (train/{name}/adapter); run `tunewise demo` and `tunewise run` first")
             return 2
     split = run_dir / "split"
-    texts = pd.read_parquet(split / ("test.parquet" if (split / "test.parquet").exists() else "validation.parquet"))["input"]
+    texts = pd.read_parquet(split / ("test.parquet" if (split / "test.parquet").exists() else "validation.parquet"))[
+        "input"
+    ]
     texts = texts.astype(str).tolist()
     print(f"run {run_dir}; {len(texts)} distinct inputs; {os.cpu_count()} cores; server torch threads {args.threads}")
 
     ceiling = model_ceiling(run_dir, texts, args.threads, args.batch_threads)
     ones = ", ".join(f"{ms:.1f} ms/row at {n} thread(s)" for n, ms in ceiling["one_ms"].items())
-    print(f"lora_llm alone (no server): one at a time {ones}; in batches of {ceiling['batch']} "
-          f"{ceiling['batched_ms']:.1f} ms/row at {args.batch_threads or args.threads} thread(s): ratio "
-          f"{ceiling['ratio']:.2f}x against the better one-at-a-time (no HTTP, no event loop beside it)", flush=True)
+    print(
+        f"lora_llm alone (no server): one at a time {ones}; in batches of {ceiling['batch']} "
+        f"{ceiling['batched_ms']:.1f} ms/row at {args.batch_threads or args.threads} thread(s): ratio "
+        f"{ceiling['ratio']:.2f}x against the better one-at-a-time (no HTTP, no event loop beside it)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         folder = Path(tmp)
         enc = encoder_phase(run_dir, texts, args.clients, args.seconds, args.threads, folder)
@@ -311,18 +386,26 @@ def main() -> int:
     single_errors = sum(t["errors"] for t in singles.values())
     print()
     ok_errors = enc["errors"] == 0 and batched["errors"] == 0 and single_errors == 0
-    print(f"encoder load: {enc['requests']} answered in {enc['wall_s']:.1f}s, errors {enc['errors']}: "
-          f"{verdict(ok_errors)} (target: zero errors; LLM phase errors {batched['errors'] + single_errors})")
+    print(
+        f"encoder load: {enc['requests']} answered in {enc['wall_s']:.1f}s, errors {enc['errors']}: "
+        f"{verdict(ok_errors)} (target: zero errors; LLM phase errors {batched['errors'] + single_errors})"
+    )
     same = enc["log_rows"] == enc["requests"] and llm["log"]["log_rows"] == llm["log"]["answered"]
-    print(f"log completeness: encoder {enc['log_rows']} rows for {enc['requests']} answers; LLM "
-          f"{llm['log']['log_rows']} rows for {llm['log']['answered']} answers (warm-up included); integrity "
-          f"{enc['integrity']}/{llm['log']['integrity']}: {verdict(same)} (target: equal)")
-    print(f"encoder latency: p50 {enc['p50_ms']:.1f} ms, p99 {enc['p99_ms']:.1f} ms at {enc['throughput']:.1f} req/s "
-          f"with {args.clients} clients")
-    print(f"LLM throughput ({args.llm_clients} clients): micro-batched {batched['throughput']:.2f} req/s "
-          f"(mean batch {batched['mean_batch']:.1f}) vs one at a time {single['throughput']:.2f} req/s "
-          f"({single_name}; " + ", ".join(f"{n} {t['throughput']:.2f}" for n, t in singles.items()) + "): "
-          f"ratio {ratio:.2f}x: {verdict(ratio >= 3)} (target >= 3x; the model alone, no server: {ceiling['ratio']:.2f}x)")
+    print(
+        f"log completeness: encoder {enc['log_rows']} rows for {enc['requests']} answers; LLM "
+        f"{llm['log']['log_rows']} rows for {llm['log']['answered']} answers (warm-up included); integrity "
+        f"{enc['integrity']}/{llm['log']['integrity']}: {verdict(same)} (target: equal)"
+    )
+    print(
+        f"encoder latency: p50 {enc['p50_ms']:.1f} ms, p99 {enc['p99_ms']:.1f} ms at {enc['throughput']:.1f} req/s "
+        f"with {args.clients} clients"
+    )
+    print(
+        f"LLM throughput ({args.llm_clients} clients): micro-batched {batched['throughput']:.2f} req/s "
+        f"(mean batch {batched['mean_batch']:.1f}) vs one at a time {single['throughput']:.2f} req/s "
+        f"({single_name}; " + ", ".join(f"{n} {t['throughput']:.2f}" for n, t in singles.items()) + "): "
+        f"ratio {ratio:.2f}x: {verdict(ratio >= 3)} (target >= 3x; the model alone, no server: {ceiling['ratio']:.2f}x)"
+    )
     return 0 if ok_errors and same and ratio >= 3 else 1
 
 

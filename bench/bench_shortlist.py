@@ -58,13 +58,17 @@ def accuracy(predictions: pd.DataFrame, truth: pd.Series) -> float:
 def describe_fit(candidate, seconds: float) -> str:
     info = candidate.info()
     short, search = info["shortlist"], info["prompt_search"]
-    tried = ", ".join(f"{t['instruction']}/{t['demos']} {t['accuracy']:.3f} on {t.get('rows', '?')} rows "
-                      f"({t['seconds']:.0f} s)" for t in search.get("tried", []))
-    return (f"fit: {seconds:.1f} s; weights {info['prompt']['dtype']}; shortlist k={short['k']} of "
-            f"{short['n_labels']} labels, recall {short['recall']} on {short['measured_on']}; prompt search on "
-            f"{search.get('rows')} {search.get('measured_on')} rows, the contenders on {search.get('final_rows')}: "
-            f"{tried}; chosen "
-            f"{search.get('chosen')}, gain over the plain prompt {search.get('gain_over_plain')}")
+    tried = ", ".join(
+        f"{t['instruction']}/{t['demos']} {t['accuracy']:.3f} on {t.get('rows', '?')} rows ({t['seconds']:.0f} s)"
+        for t in search.get("tried", [])
+    )
+    return (
+        f"fit: {seconds:.1f} s; weights {info['prompt']['dtype']}; shortlist k={short['k']} of "
+        f"{short['n_labels']} labels, recall {short['recall']} on {short['measured_on']}; prompt search on "
+        f"{search.get('rows')} {search.get('measured_on')} rows, the contenders on {search.get('final_rows')}: "
+        f"{tried}; chosen "
+        f"{search.get('chosen')}, gain over the plain prompt {search.get('gain_over_plain')}"
+    )
 
 
 def many_labels(args, make_candidate, stratified_sample_ids, train_test_split) -> None:
@@ -85,8 +89,11 @@ def many_labels(args, make_candidate, stratified_sample_ids, train_test_split) -
     train, validation = train_test_split(rest, test_size=0.1, stratify=rest["label"], random_state=args.seed)
     test = pd.concat([test, extra], ignore_index=True)
     train, validation = train.reset_index(drop=True), validation.reset_index(drop=True)
-    print(f"\n[many labels] {train['label'].nunique()} labels; {len(train)} pool, {len(validation)} validation, "
-          f"{len(test)} test rows; {load()}", flush=True)
+    print(
+        f"\n[many labels] {train['label'].nunique()} labels; {len(train)} pool, {len(validation)} validation, "
+        f"{len(test)} test rows; {load()}",
+        flush=True,
+    )
     started = time.perf_counter()
     few_shot = make_candidate("few_shot_llm", batch_size=args.batch_size).fit(train, validation)
     print(describe_fit(few_shot, time.perf_counter() - started), flush=True)
@@ -95,11 +102,14 @@ def many_labels(args, make_candidate, stratified_sample_ids, train_test_split) -
     predicted = few_shot.predict(test)
     seconds = time.perf_counter() - started
     intents = predicted["prediction"].astype(str).str.replace(r"_[ab]$", "", regex=True)
-    print(f"[many labels] {len(test)} test rows over {train['label'].nunique()} labels: {seconds:.1f} s "
-          f"({len(test) / seconds:.2f} rows/s), target < {TARGET_MANY_SECONDS:.0f} s: "
-          f"ratio {seconds / TARGET_MANY_SECONDS:.2f} of target: {verdict(seconds < TARGET_MANY_SECONDS)}; "
-          f"accuracy {accuracy(predicted, test['label']):.4f} on the sub-labels, "
-          f"{float((intents.to_numpy() == test['intent'].to_numpy()).mean()):.4f} on the intents; {load()}", flush=True)
+    print(
+        f"[many labels] {len(test)} test rows over {train['label'].nunique()} labels: {seconds:.1f} s "
+        f"({len(test) / seconds:.2f} rows/s), target < {TARGET_MANY_SECONDS:.0f} s: "
+        f"ratio {seconds / TARGET_MANY_SECONDS:.2f} of target: {verdict(seconds < TARGET_MANY_SECONDS)}; "
+        f"accuracy {accuracy(predicted, test['label']):.4f} on the sub-labels, "
+        f"{float((intents.to_numpy() == test['intent'].to_numpy()).mean()):.4f} on the intents; {load()}",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -109,8 +119,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--batch-size", type=int, default=8, help="the baseline section's default")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--many-labels", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time the 154-label, 5,500-row test")
+    parser.add_argument(
+        "--many-labels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the 154-label, 5,500-row test",
+    )
     parser.add_argument("--only-many-labels", action="store_true", help="time the 154-label test only")
     args = parser.parse_args()
     faulthandler.enable()  # a crash inside a native kernel still leaves a stack in the log
@@ -122,8 +136,11 @@ def main() -> int:
     from tunewise.evaluation.baseline import stratified_sample_ids
 
     torch.set_num_threads(args.threads)
-    print(f"bench_shortlist: {datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; {load()}", flush=True)
+    print(
+        f"bench_shortlist: {datetime.datetime.now().isoformat(timespec='seconds')}, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; {load()}",
+        flush=True,
+    )
 
     if args.only_many_labels:
         many_labels(args, make_candidate, stratified_sample_ids, train_test_split)
@@ -133,18 +150,24 @@ def main() -> int:
     train, validation = train_test_split(pool, test_size=0.1, stratify=pool["label"], random_state=args.seed)
     train, validation = train.reset_index(drop=True), validation.reset_index(drop=True)
     if args.test_rows is not None and args.test_rows < len(test):
-        test = test[test["id"].isin(stratified_sample_ids(test, args.test_rows, args.seed, "label"))].reset_index(drop=True)
+        test = test[test["id"].isin(stratified_sample_ids(test, args.test_rows, args.seed, "label"))].reset_index(
+            drop=True
+        )
     sample_ids = stratified_sample_ids(test, args.full_rows, args.seed, "label")
     sample = test[test["id"].isin(sample_ids)].reset_index(drop=True)
-    print(f"data: {len(train)} train (few-shot pool), {len(validation)} validation, {len(test)} test rows, "
-          f"{pool['label'].nunique()} labels; reference on {len(sample)} stratified test rows", flush=True)
+    print(
+        f"data: {len(train)} train (few-shot pool), {len(validation)} validation, {len(test)} test rows, "
+        f"{pool['label'].nunique()} labels; reference on {len(sample)} stratified test rows",
+        flush=True,
+    )
 
     started = time.perf_counter()
     default = make_candidate("few_shot_llm", batch_size=args.batch_size).fit(train, validation)
     print(describe_fit(default, time.perf_counter() - started), flush=True)
     # the reference: float32, the plain prompt (every label listed), every label scored
-    reference = make_candidate("few_shot_llm", batch_size=args.batch_size, precision="fp32", prompt_search=False,
-                               shortlist=False).fit(train, validation)
+    reference = make_candidate(
+        "few_shot_llm", batch_size=args.batch_size, precision="fp32", prompt_search=False, shortlist=False
+    ).fit(train, validation)
 
     # warm-up (weights paged in, a few query embeddings): not counted
     default.predict(test.iloc[:4])
@@ -156,8 +179,10 @@ def main() -> int:
     default_seconds = time.perf_counter() - started
     default_rate = len(test) / default_seconds
 
-    print(f"[2/2] reference scoring of {len(sample)} rows, interleaved with the default on the same rows; {load()}",
-          flush=True)
+    print(
+        f"[2/2] reference scoring of {len(sample)} rows, interleaved with the default on the same rows; {load()}",
+        flush=True,
+    )
     reference_parts, reference_seconds, paired_seconds = [], 0.0, 0.0
     for begin in range(0, len(sample), 25):
         chunk = sample.iloc[begin : begin + 25]
@@ -180,17 +205,25 @@ def main() -> int:
 
     print()
     print(f"machine at the end: {load()}")
-    print(f"default, {len(test)} test rows: {default_seconds:.1f} s ({default_rate:.2f} rows/s); for 3,080 rows "
-          f"{per_3080:.1f} s, target < {TARGET_SECONDS:.0f} s: ratio {per_3080 / TARGET_SECONDS:.2f} of target: "
-          f"{verdict(per_3080 < TARGET_SECONDS)}")
-    print(f"reference (fp32, every label listed and scored), {len(sample)} rows: {reference_seconds:.1f} s "
-          f"({reference_rate:.2f} rows/s); extrapolated to 3,080 rows {OFFICIAL_TEST_ROWS / reference_rate:.1f} s")
-    print(f"speed-up over the reference, paired (same {len(sample)} rows, interleaved): "
-          f"{reference_seconds / paired_seconds:.2f}x ({paired_seconds:.1f} s default vs {reference_seconds:.1f} s)")
-    print(f"accuracy on the same {len(sample)} rows: default {acc_default:.4f}, reference {acc_reference:.4f}, "
-          f"gap {100 * (acc_default - acc_reference):+.2f} points, target within {100 * TARGET_ACCURACY_GAP:.0f} "
-          f"(or better): {verdict(acc_default >= acc_reference - TARGET_ACCURACY_GAP - 1e-12)}; same label on "
-          f"{agree:.1%} of rows; the default's prompt with every label scored {acc_every_label:.4f}")
+    print(
+        f"default, {len(test)} test rows: {default_seconds:.1f} s ({default_rate:.2f} rows/s); for 3,080 rows "
+        f"{per_3080:.1f} s, target < {TARGET_SECONDS:.0f} s: ratio {per_3080 / TARGET_SECONDS:.2f} of target: "
+        f"{verdict(per_3080 < TARGET_SECONDS)}"
+    )
+    print(
+        f"reference (fp32, every label listed and scored), {len(sample)} rows: {reference_seconds:.1f} s "
+        f"({reference_rate:.2f} rows/s); extrapolated to 3,080 rows {OFFICIAL_TEST_ROWS / reference_rate:.1f} s"
+    )
+    print(
+        f"speed-up over the reference, paired (same {len(sample)} rows, interleaved): "
+        f"{reference_seconds / paired_seconds:.2f}x ({paired_seconds:.1f} s default vs {reference_seconds:.1f} s)"
+    )
+    print(
+        f"accuracy on the same {len(sample)} rows: default {acc_default:.4f}, reference {acc_reference:.4f}, "
+        f"gap {100 * (acc_default - acc_reference):+.2f} points, target within {100 * TARGET_ACCURACY_GAP:.0f} "
+        f"(or better): {verdict(acc_default >= acc_reference - TARGET_ACCURACY_GAP - 1e-12)}; same label on "
+        f"{agree:.1%} of rows; the default's prompt with every label scored {acc_every_label:.4f}"
+    )
     print(f"accuracy of the default on all {len(test)} test rows: {accuracy(scored, test['label']):.4f}")
     if args.many_labels:
         del reference

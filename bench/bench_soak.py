@@ -91,17 +91,49 @@ def build_project(folder: Path) -> tuple[Path, list[str], list[str]]:
 def start_server(config: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "TUNEWISE_PROGRESS": "off"}
     env.pop("TUNEWISE_API_KEY", None)  # the default: no key, loopback only
-    return subprocess.Popen([sys.executable, "-m", "tunewise.cli.main", "serve", "--config", str(config), "--run-id", "r1",
-                             "--port", str(port)], cwd=config.parent, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunewise.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--run-id",
+            "r1",
+            "--port",
+            str(port),
+        ],
+        cwd=config.parent,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 # one cycle of the mix: (kind, expected status)
-MIX = [("classify", 200), ("classify", 200), ("empty_text", 422), ("classify_context", 200), ("healthz", 200),
-       ("missing_field", 422), ("classify", 200), ("feedback", 200), ("malformed_json", 422), ("classify", 200),
-       ("unknown_arm", 422), ("classify", 200), ("unknown_request_id", 404), ("metrics", 200),
-       ("too_many_turns", 413), ("classify_context", 200), ("body_too_large", 413), ("classify", 200),
-       ("feedback", 200), ("foreign_host", 400)]
+MIX = [
+    ("classify", 200),
+    ("classify", 200),
+    ("empty_text", 422),
+    ("classify_context", 200),
+    ("healthz", 200),
+    ("missing_field", 422),
+    ("classify", 200),
+    ("feedback", 200),
+    ("malformed_json", 422),
+    ("classify", 200),
+    ("unknown_arm", 422),
+    ("classify", 200),
+    ("unknown_request_id", 404),
+    ("metrics", 200),
+    ("too_many_turns", 413),
+    ("classify_context", 200),
+    ("body_too_large", 413),
+    ("classify", 200),
+    ("feedback", 200),
+    ("foreign_host", 400),
+]
 
 
 class Soak:
@@ -129,15 +161,25 @@ class Soak:
         if kind == "feedback":
             if not self.answered_ids:  # nothing answered yet: one more classify instead
                 return "classify", 200, "POST", "/v1/classify", {"json": json_body}
-            return kind, expected, "POST", "/v1/feedback", {"json": {"request_id": self.answered_ids.pop(0),
-                                                                        "thumbs": "up"}}
+            return (
+                kind,
+                expected,
+                "POST",
+                "/v1/feedback",
+                {"json": {"request_id": self.answered_ids.pop(0), "thumbs": "up"}},
+            )
         if kind == "empty_text":
             return kind, expected, "POST", "/v1/classify", {"json": {"text": "", "user": user}}
         if kind == "missing_field":
             return kind, expected, "POST", "/v1/classify", {"json": {"user": user}}
         if kind == "malformed_json":
-            return kind, expected, "POST", "/v1/classify", {"content": b'{"text": "my card', "headers": {
-                "content-type": "application/json"}}
+            return (
+                kind,
+                expected,
+                "POST",
+                "/v1/classify",
+                {"content": b'{"text": "my card', "headers": {"content-type": "application/json"}},
+            )
         if kind == "unknown_arm":
             return kind, expected, "POST", "/v1/classify", {"json": {**json_body, "arm": "nonexistent"}}
         if kind == "unknown_request_id":
@@ -178,8 +220,9 @@ class Soak:
                         status = r.status_code
                     except httpx.HTTPError:
                         status = None
-                    self.records.append((sent - self.started, (time.perf_counter() - sent) * 1000, kind, status,
-                                         expected))
+                    self.records.append(
+                        (sent - self.started, (time.perf_counter() - sent) * 1000, kind, status, expected)
+                    )
                     if status == 200 and kind.startswith("classify") and len(self.answered_ids) < 1000:
                         self.answered_ids.append(r.json()["request_id"])
 
@@ -195,8 +238,12 @@ def percentiles(ms: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="soak length after the warm-up (default 20)")
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of the same load before the reference "
-                                                                   "memory is taken (default 30)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=30.0,
+        help="seconds of the same load before the reference memory is taken (default 30)",
+    )
     parser.add_argument("--rate", type=float, default=20.0, help="requests a second, all clients together")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (connections)")
     args = parser.parse_args()
@@ -210,8 +257,11 @@ def main() -> None:
         process = start_server(config, port, log)
         try:
             ready = wait_healthy(url, process, log)
-            print(f"server up in {ready:.1f}s (pid {process.pid}); warm-up {args.warmup:.0f}s, then "
-                  f"{args.minutes:g} min at {args.rate:g} req/s from {args.clients} clients", flush=True)
+            print(
+                f"server up in {ready:.1f}s (pid {process.pid}); warm-up {args.warmup:.0f}s, then "
+                f"{args.minutes:g} min at {args.rate:g} req/s from {args.clients} clients",
+                flush=True,
+            )
             warm = Soak(url, texts, args.warmup, args.rate, args.clients)
             asyncio.run(warm.run())
             rss_start = rss_mib(process.pid)
@@ -239,37 +289,62 @@ def main() -> None:
 
     records = warm.records + soak.records
     statuses = Counter("no answer" if status is None else str(status) for _, _, _, status, _ in records)
-    unexpected = Counter(f"{kind}: {'no answer' if status is None else status} (expected {expected})"
-                         for _, _, kind, status, expected in records if status != expected)
+    unexpected = Counter(
+        f"{kind}: {'no answer' if status is None else status} (expected {expected})"
+        for _, _, kind, status, expected in records
+        if status != expected
+    )
     server_errors = sum(1 for _, _, _, status, _ in records if status is None or status >= 500)
     length = args.minutes * 60
     first = [ms for at, ms, _, status, _ in soak.records if at < 60 and status is not None]
     last = [ms for at, ms, _, status, _ in soak.records if at >= length - 60 and status is not None]
-    first_ok = [ms for at, ms, kind, status, _ in soak.records
-                if at < 60 and status == 200 and kind.startswith("classify")]
-    last_ok = [ms for at, ms, kind, status, _ in soak.records
-               if at >= length - 60 and status == 200 and kind.startswith("classify")]
+    first_ok = [
+        ms for at, ms, kind, status, _ in soak.records if at < 60 and status == 200 and kind.startswith("classify")
+    ]
+    last_ok = [
+        ms
+        for at, ms, kind, status, _ in soak.records
+        if at >= length - 60 and status == 200 and kind.startswith("classify")
+    ]
     growth = rss_end / rss_start if rss_start else float("nan")
     kinds = Counter(kind for _, _, kind, _, _ in records)
 
-    print(f"requests: {len(records)} sent ({warm.sent} in the warm-up), {sum(1 for r in records if r[3] is not None)} "
-          f"answered; by kind: {dict(sorted(kinds.items()))}")
+    print(
+        f"requests: {len(records)} sent ({warm.sent} in the warm-up), {sum(1 for r in records if r[3] is not None)} "
+        f"answered; by kind: {dict(sorted(kinds.items()))}"
+    )
     print(f"status counts: {dict(sorted(statuses.items()))}")
-    print(f"unexpected answers: {sum(unexpected.values())}" + (f" {dict(unexpected)}" if unexpected else "")
-          + f"; 5xx or no answer: {server_errors}")
+    print(
+        f"unexpected answers: {sum(unexpected.values())}"
+        + (f" {dict(unexpected)}" if unexpected else "")
+        + f"; 5xx or no answer: {server_errors}"
+    )
     print(f"latency, first minute: all {percentiles(first)}; classify 200 {percentiles(first_ok)}")
     print(f"latency, last minute:  all {percentiles(last)}; classify 200 {percentiles(last_ok)}")
     trail = ", ".join(f"{at / 60:.1f} min {mib:.0f}" for at, mib in samples)
-    print(f"server RSS: {rss_start:.1f} MiB after warm-up (reference), {rss_end:.1f} MiB at the end: x{growth:.3f} "
-          f"(target <= x{TARGET_RSS_GROWTH}); every 30 s: {trail or 'none'}")
+    print(
+        f"server RSS: {rss_start:.1f} MiB after warm-up (reference), {rss_end:.1f} MiB at the end: x{growth:.3f} "
+        f"(target <= x{TARGET_RSS_GROWTH}); every 30 s: {trail or 'none'}"
+    )
     tracebacks = server_log.count("Traceback")
     print(f"server: {'still running' if alive else 'EXITED'} at the end; tracebacks in its log: {tracebacks}")
     ok = not unexpected and server_errors == 0 and alive and tracebacks == 0 and growth <= TARGET_RSS_GROWTH
     print(f"soak ({args.minutes:g} min): {'PASS' if ok else 'FAIL'}")
-    print(json.dumps({"minutes": args.minutes, "rate": args.rate, "requests": len(records),
-                      "unexpected": sum(unexpected.values()), "server_errors": server_errors,
-                      "rss_start_mib": round(rss_start, 1), "rss_end_mib": round(rss_end, 1),
-                      "rss_growth": round(growth, 4), "pass": ok}))
+    print(
+        json.dumps(
+            {
+                "minutes": args.minutes,
+                "rate": args.rate,
+                "requests": len(records),
+                "unexpected": sum(unexpected.values()),
+                "server_errors": server_errors,
+                "rss_start_mib": round(rss_start, 1),
+                "rss_end_mib": round(rss_end, 1),
+                "rss_growth": round(growth, 4),
+                "pass": ok,
+            }
+        )
+    )
     raise SystemExit(0 if ok else 1)
 
 

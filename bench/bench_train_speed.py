@@ -99,21 +99,41 @@ def demo_frames(n_train: int, n_val: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         data = pd.read_csv(files.data)
     data = data[data["reply"].fillna("").astype(str).str.strip() != ""]
     data = data.sample(frac=1.0, random_state=SEED).reset_index(drop=True)  # fixed order, intents mixed
-    records = pd.DataFrame({"id": data["id"].astype(str), "input": data["text"].fillna("").astype(str),
-                            "context": "[]", "target": data["reply"].astype(str)})
+    records = pd.DataFrame(
+        {
+            "id": data["id"].astype(str),
+            "input": data["text"].fillna("").astype(str),
+            "context": "[]",
+            "target": data["reply"].astype(str),
+        }
+    )
     if len(records) < n_train + n_val:
         sys.exit(f"the demo data has {len(records)} rows with replies; asked for {n_train} + {n_val}")
-    return records.iloc[:n_train].reset_index(drop=True), records.iloc[n_train:n_train + n_val].reset_index(drop=True)
+    return records.iloc[:n_train].reset_index(drop=True), records.iloc[n_train : n_train + n_val].reset_index(drop=True)
 
 
 def train_config(steps: int, **overrides):
     from tunewise.config.sections import TrainConfig
 
-    settings = {"batch_size": BATCH, "max_length": MAX_LENGTH, "lora_r": LORA["r"], "lora_alpha": LORA["alpha"],
-                "lora_dropout": LORA["dropout"], "learning_rate": LEARNING_RATE, "lr_schedule": "cosine",
-                "warmup_ratio": WARMUP_RATIO, "weight_decay": 0.0, "max_grad_norm": 1.0, "max_steps": steps,
-                "epochs": 1, "early_stopping": False, "eval_every": steps, "generate_sample": 0,
-                "precision": "auto", "resume": False}
+    settings = {
+        "batch_size": BATCH,
+        "max_length": MAX_LENGTH,
+        "lora_r": LORA["r"],
+        "lora_alpha": LORA["alpha"],
+        "lora_dropout": LORA["dropout"],
+        "learning_rate": LEARNING_RATE,
+        "lr_schedule": "cosine",
+        "warmup_ratio": WARMUP_RATIO,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "max_steps": steps,
+        "epochs": 1,
+        "early_stopping": False,
+        "eval_every": steps,
+        "generate_sample": 0,
+        "precision": "auto",
+        "resume": False,
+    }
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -130,7 +150,7 @@ def reply_nll(model, examples, pad_id: int, batch_size: int = 8) -> float:
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+            batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             targets = batch["labels"][:, 1:]
             keep = targets != IGNORE_INDEX
@@ -171,6 +191,7 @@ def _clocked_progress(marks: list[float], real):
     @contextlib.contextmanager
     def progress(*args, **kwargs):
         with real(*args, **kwargs) as advance:
+
             def clocked(n: int = 1, **fields) -> None:
                 marks.append(time.process_time())
                 advance(n, **fields)
@@ -189,19 +210,33 @@ def run_tunewise(train_df, val_df, steps: int) -> dict:
     with _clocked_progress(marks, real) as clocked:
         tunewise_train.progress = clocked
         try:
-            result = tunewise_train.train("generate", train_df, val_df, method="lora", config=train_config(steps),
-                                          model_spec=DEFAULT_LLM, seed=SEED, out_dir=None)
+            result = tunewise_train.train(
+                "generate",
+                train_df,
+                val_df,
+                method="lora",
+                config=train_config(steps),
+                model_spec=DEFAULT_LLM,
+                seed=SEED,
+                out_dir=None,
+            )
         finally:
             tunewise_train.progress = real
     summary = result.summary
     runtime = summary["runtime"]
     return {
-        "model": result.model, "tokenizer": result.tokenizer, "pad_id": result.pad_id,
-        "tokens": summary["tokens_seen"], "seconds": summary["seconds"], "tokens_per_second": summary["tokens_per_second"],
+        "model": result.model,
+        "tokenizer": result.tokenizer,
+        "pad_id": result.pad_id,
+        "tokens": summary["tokens_seen"],
+        "seconds": summary["seconds"],
+        "tokens_per_second": summary["tokens_per_second"],
         "cpu_seconds": marks[-1] - marks[0],
-        "steps": summary["steps_done"], "epochs": summary["steps_done"] / summary["plan"]["steps_per_epoch"],
+        "steps": summary["steps_done"],
+        "epochs": summary["steps_done"] / summary["plan"]["steps_per_epoch"],
         "threads": runtime["threads"],
-        "precision": runtime["precision"], "checkpoint_every_n_layers": runtime["checkpoint_every_n_layers"],
+        "precision": runtime["precision"],
+        "checkpoint_every_n_layers": runtime["checkpoint_every_n_layers"],
         "base_parameters": summary["parameters"] - summary["trainable_parameters"],
         "trainable_parameters": summary["trainable_parameters"],
         "own_validation_loss": (summary["best_metrics"] or {}).get("loss"),
@@ -242,40 +277,77 @@ def run_trl(train_df, steps: int, *, threads: int, precision: str, gradient_chec
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # same weights as tunewise loads them: fp32 (the folder's dtype may be bf16), SDPA attention
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
-                                                 local_files_only=True, use_safetensors=True)
-    dataset = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": text}] for text in train_df["input"]],
-        "completion": [[{"role": "assistant", "content": reply}] for reply in train_df["target"]],
-    })
-    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                             target_modules=list(DEFAULT_TARGET_MODULES), task_type="CAUSAL_LM")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True, use_safetensors=True
+    )
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": text}] for text in train_df["input"]],
+            "completion": [[{"role": "assistant", "content": reply}] for reply in train_df["target"]],
+        }
+    )
+    peft_config = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=list(DEFAULT_TARGET_MODULES),
+        task_type="CAUSAL_LM",
+    )
     output_dir = tempfile.mkdtemp(prefix="tunewise-bench-trl-")
     config = SFTConfig(
-        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-        learning_rate=LEARNING_RATE, lr_scheduler_type="cosine", warmup_steps=WARMUP_RATIO, weight_decay=0.0,
-        max_grad_norm=1.0, max_length=MAX_LENGTH, bf16=precision == "bf16", gradient_checkpointing=gradient_checkpointing,
-        eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=SEED,
-        data_seed=SEED, logging_steps=max(1, steps // 4), disable_tqdm=True,
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="cosine",
+        warmup_steps=WARMUP_RATIO,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_length=MAX_LENGTH,
+        bf16=precision == "bf16",
+        gradient_checkpointing=gradient_checkpointing,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=SEED,
+        data_seed=SEED,
+        logging_steps=max(1, steps // 4),
+        disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
     )
     clock = LoopClock()
     torch.manual_seed(SEED)  # LoRA initialisation happens inside SFTTrainer, before Trainer seeds
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[clock])
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[clock],
+    )
     trainer.remove_callback(PrinterCallback)  # its log lines would mix with this script's figures
     output = trainer.train()
     tokens = int(trainer.state.num_input_tokens_seen)
     history = [h for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return {
-        "model": trainer.model, "tokens": tokens, "seconds": clock.seconds, "tokens_per_second": tokens / clock.seconds,
+        "model": trainer.model,
+        "tokens": tokens,
+        "seconds": clock.seconds,
+        "tokens_per_second": tokens / clock.seconds,
         "cpu_seconds": clock.cpu_seconds,
-        "train_runtime": output.metrics.get("train_runtime"), "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch, "threads": clock.threads, "trainable_parameters": trainable,
+        "train_runtime": output.metrics.get("train_runtime"),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "threads": clock.threads,
+        "trainable_parameters": trainable,
         "last_train_loss": history[-1]["loss"] if history else None,
-        "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
-                          else trainer.optimizer).__name__,
+        "optimizer": type(
+            trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+        ).__name__,
     }
 
 
@@ -303,23 +375,36 @@ def memory_child(steps: int) -> None:
     # long replies (not long prompts): a prompt that fills max_length leaves no reply token to learn
     train_df = train_df.assign(target=(train_df["target"] + " ") * 8)
     config = train_config(steps, eval_every=None)
-    result = train("generate", train_df, None, method="lora", config=config, model_spec=DEFAULT_LLM, seed=SEED,
-                   out_dir=None)
-    print(json.dumps({
-        "peak_rss_gib": _vm_hwm_gib(),
-        "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
-        "before_train_gib": baseline_gib,
-        "longest": result.plan.longest, "tokens": result.summary["tokens_seen"], "steps": result.summary["steps_done"],
-        "precision": result.summary["runtime"]["precision"], "threads": result.summary["runtime"]["threads"],
-        "checkpoint_every_n_layers": result.summary["runtime"]["checkpoint_every_n_layers"],
-        "tokens_per_second": result.summary["tokens_per_second"],
-    }))
+    result = train(
+        "generate", train_df, None, method="lora", config=config, model_spec=DEFAULT_LLM, seed=SEED, out_dir=None
+    )
+    print(
+        json.dumps(
+            {
+                "peak_rss_gib": _vm_hwm_gib(),
+                "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
+                "before_train_gib": baseline_gib,
+                "longest": result.plan.longest,
+                "tokens": result.summary["tokens_seen"],
+                "steps": result.summary["steps_done"],
+                "precision": result.summary["runtime"]["precision"],
+                "threads": result.summary["runtime"]["threads"],
+                "checkpoint_every_n_layers": result.summary["runtime"]["checkpoint_every_n_layers"],
+                "tokens_per_second": result.summary["tokens_per_second"],
+            }
+        )
+    )
 
 
 def run_memory_child(steps: int) -> dict:
     env = {**os.environ, "TUNEWISE_PROGRESS": "off", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, __file__, "--memory-child", "--memory-steps", str(steps)], check=False,
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--memory-child", "--memory-steps", str(steps)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         sys.exit(f"memory child failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -331,11 +416,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=int, default=400)
     parser.add_argument("--val-rows", type=int, default=64)
     parser.add_argument("--memory-steps", type=int, default=3, help="steps of the peak-memory run")
-    parser.add_argument("--trl-runs", choices=["default", "both"], default="both",
-                        help="default: TRL as SFTConfig ships it (gradient checkpointing on); "
-                             "both: also a TRL run with gradient checkpointing off")
-    parser.add_argument("--memory-repeats", type=int, default=3,
-                        help="fresh processes for the peak-memory run (its peak varies from run to run); the highest counts")
+    parser.add_argument(
+        "--trl-runs",
+        choices=["default", "both"],
+        default="both",
+        help="default: TRL as SFTConfig ships it (gradient checkpointing on); "
+        "both: also a TRL run with gradient checkpointing off",
+    )
+    parser.add_argument(
+        "--memory-repeats",
+        type=int,
+        default=3,
+        help="fresh processes for the peak-memory run (its peak varies from run to run); the highest counts",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="no peak-memory subprocess")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 16 validation rows, one TRL run")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
@@ -369,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     train_df, val_df = demo_frames(args.train_rows, args.val_rows)
     tokenizer, _ = load_tokenizer("lora", DEFAULT_LLM)
     val_examples = [e for e in encode_replies(tokenizer, val_df, MAX_LENGTH, None) if e is not None]
-    print(f"data: {len(train_df)} training rows, {len(val_df)} validation rows ({len(val_examples)} usable), "
-          f"{args.steps} steps of batch {BATCH}, max_length {MAX_LENGTH}; torch {torch.__version__}")
+    print(
+        f"data: {len(train_df)} training rows, {len(val_df)} validation rows ({len(val_examples)} usable), "
+        f"{args.steps} steps of batch {BATCH}, max_length {MAX_LENGTH}; torch {torch.__version__}"
+    )
 
     # -- tunewise
     print(f"tunewise: starting, load average {_load()}", flush=True)
@@ -410,31 +505,45 @@ def main(argv: list[str] | None = None) -> int:
         return flops_factor * base * run["tokens"] / run["seconds"] / 1e9
 
     print()
-    print(f"{'run':<22}{'steps':>6}{'epochs':>7}{'tokens':>8}{'seconds':>9}{'tok/s':>8}{'CPU s':>8}{'tok/CPU s':>10}"
-          f"{'GFLOP/s':>9}{'of peak':>9}{'val loss':>10}{'last train loss':>17}")
+    print(
+        f"{'run':<22}{'steps':>6}{'epochs':>7}{'tokens':>8}{'seconds':>9}{'tok/s':>8}{'CPU s':>8}{'tok/CPU s':>10}"
+        f"{'GFLOP/s':>9}{'of peak':>9}{'val loss':>10}{'last train loss':>17}"
+    )
     for label, run in (("tunewise", tw), *trl_runs.items()):
-        print(f"{label:<22}{run['steps']:>6}{run['epochs']:>7.2f}{run['tokens']:>8}{run['seconds']:>9.1f}"
-              f"{run['tokens_per_second']:>8.1f}{run['cpu_seconds']:>8.1f}{run['tokens'] / run['cpu_seconds']:>10.1f}"
-              f"{gflops(run):>9.1f}{gflops(run) / peak_used:>9.1%}{run['val_loss']:>10.4f}{run['last_train_loss']:>17.4f}")
-    print(f"tunewise: precision {precision}, threads {threads}, gradient checkpointing every "
-          f"{tw['checkpoint_every_n_layers'] or '-'} layer(s) on batches over the activation budget, "
-          f"trainable parameters {tw['trainable_parameters']:,}, base parameters {base:,}, "
-          f"own validation loss (bf16 autocast when bf16) {tw['own_validation_loss']}")
+        print(
+            f"{label:<22}{run['steps']:>6}{run['epochs']:>7.2f}{run['tokens']:>8}{run['seconds']:>9.1f}"
+            f"{run['tokens_per_second']:>8.1f}{run['cpu_seconds']:>8.1f}{run['tokens'] / run['cpu_seconds']:>10.1f}"
+            f"{gflops(run):>9.1f}{gflops(run) / peak_used:>9.1%}{run['val_loss']:>10.4f}{run['last_train_loss']:>17.4f}"
+        )
+    print(
+        f"tunewise: precision {precision}, threads {threads}, gradient checkpointing every "
+        f"{tw['checkpoint_every_n_layers'] or '-'} layer(s) on batches over the activation budget, "
+        f"trainable parameters {tw['trainable_parameters']:,}, base parameters {base:,}, "
+        f"own validation loss (bf16 autocast when bf16) {tw['own_validation_loss']}"
+    )
     for label, run in trl_runs.items():
-        print(f"{label}: threads {run['threads']}, optimizer {run['optimizer']}, gradient checkpointing "
-              f"{run['gradient_checkpointing']}, trainable parameters {run['trainable_parameters']:,}, "
-              f"Trainer train_runtime {run['train_runtime']:.1f}s (includes loop set-up)")
-    print(f"matmul peak 2048x2048 at {threads} thread(s): bf16 {peak['bf16']:.1f} GFLOP/s, fp32 {peak['fp32']:.1f} "
-          f"GFLOP/s (after tunewise: bf16 {peak_after_tw['bf16']:.1f}, fp32 {peak_after_tw['fp32']:.1f}; at end: "
-          f"bf16 {peak_end['bf16']:.1f}, fp32 {peak_end['fp32']:.1f}); ratios above use {precision}")
+        print(
+            f"{label}: threads {run['threads']}, optimizer {run['optimizer']}, gradient checkpointing "
+            f"{run['gradient_checkpointing']}, trainable parameters {run['trainable_parameters']:,}, "
+            f"Trainer train_runtime {run['train_runtime']:.1f}s (includes loop set-up)"
+        )
+    print(
+        f"matmul peak 2048x2048 at {threads} thread(s): bf16 {peak['bf16']:.1f} GFLOP/s, fp32 {peak['fp32']:.1f} "
+        f"GFLOP/s (after tunewise: bf16 {peak_after_tw['bf16']:.1f}, fp32 {peak_after_tw['fp32']:.1f}; at end: "
+        f"bf16 {peak_end['bf16']:.1f}, fp32 {peak_end['fp32']:.1f}); ratios above use {precision}"
+    )
     if memory:
-        print(f"memory run (first, fresh processes): {memory['steps']} steps, longest {memory['longest']} tokens, "
-              f"{memory['tokens']} tokens, precision {memory['precision']}, threads {memory['threads']}, checkpointing "
-              f"every {memory['checkpoint_every_n_layers'] or '-'} layer(s), {memory['tokens_per_second']} tok/s; "
-              f"peak RSS (VmHWM) {memory['all_peaks_gib']} GiB, ru_maxrss {memory['all_ru_maxrss_gib']} GiB, "
-              f"{memory['before_train_gib']:.2f} GiB before train() (libraries and data); the highest peak counts")
-    print(f"load average (1 min): start {load_start[0]:.2f}, end {load_end[0]:.2f} on {os.cpu_count()} cores; "
-          "order: memory runs, tunewise, then " + ", then ".join(trl_runs))
+        print(
+            f"memory run (first, fresh processes): {memory['steps']} steps, longest {memory['longest']} tokens, "
+            f"{memory['tokens']} tokens, precision {memory['precision']}, threads {memory['threads']}, checkpointing "
+            f"every {memory['checkpoint_every_n_layers'] or '-'} layer(s), {memory['tokens_per_second']} tok/s; "
+            f"peak RSS (VmHWM) {memory['all_peaks_gib']} GiB, ru_maxrss {memory['all_ru_maxrss_gib']} GiB, "
+            f"{memory['before_train_gib']:.2f} GiB before train() (libraries and data); the highest peak counts"
+        )
+    print(
+        f"load average (1 min): start {load_start[0]:.2f}, end {load_end[0]:.2f} on {os.cpu_count()} cores; "
+        "order: memory runs, tunewise, then " + ", then ".join(trl_runs)
+    )
 
     reference = trl_runs["trl_default"]
     speedup = tw["tokens_per_second"] / reference["tokens_per_second"]
@@ -447,25 +556,52 @@ def main(argv: list[str] | None = None) -> int:
         ratio = tw["tokens_per_second"] / run["tokens_per_second"]
         cpu_ratio = (tw["tokens"] / tw["cpu_seconds"]) / (run["tokens"] / run["cpu_seconds"])
         worse = (tw["val_loss"] - run["val_loss"]) / run["val_loss"]
-        rows += [(f"speedup vs TRL ({name})", f"{ratio:.2f}x", speed_target, ratio >= TARGET_SPEEDUP),
-                 ("  same, per CPU second", f"{cpu_ratio:.2f}x", "cross-check", None),
-                 (f"val loss vs TRL ({name})", f"{worse:+.2%}", loss_target, worse <= TARGET_LOSS_WORSE)]
-    rows.append(("tunewise GFLOP/s of peak", f"{gflops(tw):.1f} / {peak_used:.1f} = {gflops(tw) / peak_used:.1%}",
-                 "reported", None))
+        rows += [
+            (f"speedup vs TRL ({name})", f"{ratio:.2f}x", speed_target, ratio >= TARGET_SPEEDUP),
+            ("  same, per CPU second", f"{cpu_ratio:.2f}x", "cross-check", None),
+            (f"val loss vs TRL ({name})", f"{worse:+.2%}", loss_target, worse <= TARGET_LOSS_WORSE),
+        ]
+    rows.append(
+        (
+            "tunewise GFLOP/s of peak",
+            f"{gflops(tw):.1f} / {peak_used:.1f} = {gflops(tw) / peak_used:.1%}",
+            "reported",
+            None,
+        )
+    )
     if memory:
-        rows.append(("peak memory 256 x 8", f"{memory['peak_rss_gib']:.2f} GiB", f"< {TARGET_PEAK_GIB} GiB",
-                     memory["peak_rss_gib"] < TARGET_PEAK_GIB))
+        rows.append(
+            (
+                "peak memory 256 x 8",
+                f"{memory['peak_rss_gib']:.2f} GiB",
+                f"< {TARGET_PEAK_GIB} GiB",
+                memory["peak_rss_gib"] < TARGET_PEAK_GIB,
+            )
+        )
     print()
     print(f"{'figure':<28}{'value':<26}{'target':<24}result")
     for name, value, target, ok in rows:
         print(f"{name:<28}{value:<26}{target:<24}{'-' if ok is None else 'PASS' if ok else 'FAIL'}")
-    print(f"machine: {os.cpu_count()} cores, load average start {load_start[0]:.2f} / end {load_end[0]:.2f}, "
-          f"torch threads {threads}, precision {precision}, aim {AIM_SPEEDUP}x "
-          f"{'reached' if speedup >= AIM_SPEEDUP else 'not reached'} (vs TRL defaults)")
+    print(
+        f"machine: {os.cpu_count()} cores, load average start {load_start[0]:.2f} / end {load_end[0]:.2f}, "
+        f"torch threads {threads}, precision {precision}, aim {AIM_SPEEDUP}x "
+        f"{'reached' if speedup >= AIM_SPEEDUP else 'not reached'} (vs TRL defaults)"
+    )
     if args.json:
-        print(json.dumps({"tunewise": tw, "trl": trl_runs, "matmul_peak_gflops": peak, "memory": memory,
-                          "speedup": speedup, "val_loss_relative": loss_worse,
-                          "load_avg": [load_start[0], load_end[0]]}, default=str))
+        print(
+            json.dumps(
+                {
+                    "tunewise": tw,
+                    "trl": trl_runs,
+                    "matmul_peak_gflops": peak,
+                    "memory": memory,
+                    "speedup": speedup,
+                    "val_loss_relative": loss_worse,
+                    "load_avg": [load_start[0], load_end[0]],
+                },
+                default=str,
+            )
+        )
     checks = [ok for *_, ok in rows if ok is not None]
     return 0 if all(checks) else 1
 

@@ -16,16 +16,36 @@ import pandas as pd
 BANKING77 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "banking77"
 
 _OFF_TOPIC_SUBJECTS = [
-    "the weather in Lisbon", "tonight's football match", "a good lasagne recipe", "the plot of that new film",
-    "how tall Mount Everest is", "my cat's strange behaviour", "the best hiking trails nearby", "learning the guitar",
-    "the history of the Roman empire", "how to grow tomatoes", "the rules of chess", "a birthday gift for my niece",
-    "why the sky is blue", "the best pizza in Naples", "how volcanoes form", "training for a marathon",
-    "my favourite video game", "painting a bedroom wall", "the speed of light", "a poem about autumn",
+    "the weather in Lisbon",
+    "tonight's football match",
+    "a good lasagne recipe",
+    "the plot of that new film",
+    "how tall Mount Everest is",
+    "my cat's strange behaviour",
+    "the best hiking trails nearby",
+    "learning the guitar",
+    "the history of the Roman empire",
+    "how to grow tomatoes",
+    "the rules of chess",
+    "a birthday gift for my niece",
+    "why the sky is blue",
+    "the best pizza in Naples",
+    "how volcanoes form",
+    "training for a marathon",
+    "my favourite video game",
+    "painting a bedroom wall",
+    "the speed of light",
+    "a poem about autumn",
 ]
 _OFF_TOPIC_FRAMES = [
-    "Can you tell me about {s}?", "I was wondering about {s}.", "What do you think of {s}?",
-    "Quick question about {s}", "Any thoughts on {s}? Just curious.", "Let's talk about {s}!",
-    "I need some advice on {s}.", "Do you know anything about {s}?",
+    "Can you tell me about {s}?",
+    "I was wondering about {s}.",
+    "What do you think of {s}?",
+    "Quick question about {s}",
+    "Any thoughts on {s}? Just curious.",
+    "Let's talk about {s}!",
+    "I need some advice on {s}.",
+    "Do you know anything about {s}?",
 ]
 _OFF_TOPIC_ENDINGS = ["", " Thanks!", " Cheers.", " Just wondering.", " I'm bored at work."]
 _NEAR_EDITS = ("please ", "hi, ", "hello, ", "hey ")
@@ -34,7 +54,9 @@ _NEAR_EDITS = ("please ", "hi, ", "hello, ", "hey ")
 def _pii_snippet(rng: np.random.Generator) -> str:
     kind = rng.integers(0, 4)
     if kind == 0:
-        return f" my email is {['ana', 'li.wei', 'j.smith', 'omar'][rng.integers(0, 4)]}{rng.integers(10, 99)}@example.com"
+        return (
+            f" my email is {['ana', 'li.wei', 'j.smith', 'omar'][rng.integers(0, 4)]}{rng.integers(10, 99)}@example.com"
+        )
     if kind == 1:
         return f" call me on +44 7{rng.integers(100, 999)} {rng.integers(100000, 999999)}"
     if kind == 2:
@@ -52,8 +74,8 @@ def make_noisy_banking77(seed: int = 0, path: Path | None = None) -> tuple[pd.Da
     order = rng.permutation(n)
     n_dup, n_flip, n_off, n_pii = int(0.05 * n), int(0.05 * n), int(0.03 * n), int(0.02 * n)
     flip_idx = order[:n_flip]
-    pii_idx = order[n_flip:n_flip + n_pii]
-    dup_src = order[n_flip + n_pii:n_flip + n_pii + n_dup]
+    pii_idx = order[n_flip : n_flip + n_pii]
+    dup_src = order[n_flip + n_pii : n_flip + n_pii + n_dup]
     for i in flip_idx:
         new = labels[rng.integers(0, len(labels))]
         while new == rows[i]["label"]:
@@ -69,7 +91,10 @@ def make_noisy_banking77(seed: int = 0, path: Path | None = None) -> tuple[pd.Da
         if k % 2 == 0:
             text, defect = src["input"], "exact_duplicate"
         else:
-            text, defect = _NEAR_EDITS[rng.integers(0, len(_NEAR_EDITS))] + src["input"][0].lower() + src["input"][1:], "near_duplicate"
+            text, defect = (
+                _NEAR_EDITS[rng.integers(0, len(_NEAR_EDITS))] + src["input"][0].lower() + src["input"][1:],
+                "near_duplicate",
+            )
         new_id = f"d{k:05d}"
         extra.append({"id": new_id, "input": text, "label": src["label"]})
         truth.append({"id": new_id, "defect": defect, "of": src["id"]})
@@ -78,7 +103,9 @@ def make_noisy_banking77(seed: int = 0, path: Path | None = None) -> tuple[pd.Da
     for k, c in enumerate(picks):
         frame, subject, ending = combos[c]
         new_id = f"o{k:05d}"
-        extra.append({"id": new_id, "input": frame.format(s=subject) + ending, "label": labels[rng.integers(0, len(labels))]})
+        extra.append(
+            {"id": new_id, "input": frame.format(s=subject) + ending, "label": labels[rng.integers(0, len(labels))]}
+        )
         truth.append({"id": new_id, "defect": "off_topic", "of": None})
     # copies and off-topic rows go to random places, as they would in a real export
     all_rows = rows + extra

@@ -48,10 +48,19 @@ def tiny_llm(tmp_path_factory) -> str:
     from tunewise.models.loading import DEFAULT_LLM, resolve_llm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm(DEFAULT_LLM).path)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -94,13 +103,27 @@ def demo_pipeline_run(tmp_path_factory):
         raw = demo_config(files, "classify", 0).model_dump(mode="json")
         raw["curate"].update({name: {"enabled": False} for name in SLOW_CHECKS})
         raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
-        raw["train"].update(candidates=["encoder_ft"], max_steps=150, eval_every=8, batch_size=8, eval_max_rows=64,
-                            num_threads=1, precision="fp32")
+        raw["train"].update(
+            candidates=["encoder_ft"],
+            max_steps=150,
+            eval_every=8,
+            batch_size=8,
+            eval_max_rows=64,
+            num_threads=1,
+            precision="fp32",
+        )
         # on the demo data the word TF-IDF model beats a 12-step fine-tune; the gate's "must not lose
         # to the cheap model" rule is tested in test_evaluate, so here it is off and the gate can pass;
         # the ensemble (also tested there) is off so encoder_ft is the gate's candidate
-        raw["evaluate"].update(baseline="majority", robustness_rows=40, overfit_train_rows=100, n_resamples=300,
-                               human_sheet_size=0, gate_beats_cheap=False, ensemble=False)
+        raw["evaluate"].update(
+            baseline="majority",
+            robustness_rows=40,
+            overfit_train_rows=100,
+            n_resamples=300,
+            human_sheet_size=0,
+            gate_beats_cheap=False,
+            ensemble=False,
+        )
         raw["tracking"] = "off"
         cfg = config_from_dict(raw, project)
         run_stages(cfg, "r1", only=["evaluate"])

@@ -48,8 +48,15 @@ def _tokens(text: str) -> list[str]:
 
 
 class OpenAIStub:
-    def __init__(self, *, structured: bool = True, logprobs: bool = True, retry_after: float = 1.0,
-                 slow_s: float = 2.0, delay_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        *,
+        structured: bool = True,
+        logprobs: bool = True,
+        retry_after: float = 1.0,
+        slow_s: float = 2.0,
+        delay_s: float = 0.2,
+    ) -> None:
         self.structured = structured
         self.logprobs = logprobs
         self.retry_after = retry_after
@@ -136,29 +143,49 @@ class OpenAIStub:
         with self.lock:
             self.attempts[last] += 1
             attempt = self.attempts[last]
-        record = {"path": handler.path, "body": body, "time": time.monotonic(),
-                  "headers": {k.lower(): v for k, v in handler.headers.items()},
-                  "attempt": attempt, "text": last}
+        record = {
+            "path": handler.path,
+            "body": body,
+            "time": time.monotonic(),
+            "headers": {k.lower(): v for k, v in handler.headers.items()},
+            "attempt": attempt,
+            "text": last,
+        }
 
         if handler.path.rstrip("/") != "/v1/chat/completions":
             return self._send(handler, 404, {"error": {"message": f"no route {handler.path}"}}, record)
         if "#echoauth" in last:
-            return self._send(handler, 500, {"error": {"message": "upstream failed for request with "
-                                                       f"Authorization: {handler.headers.get('Authorization')}"}}, record)
+            return self._send(
+                handler,
+                500,
+                {
+                    "error": {
+                        "message": "upstream failed for request with "
+                        f"Authorization: {handler.headers.get('Authorization')}"
+                    }
+                },
+                record,
+            )
         for kind, times, always in DIRECTIVE.findall(last):
             if not (always or attempt <= int(times)):
                 continue
             if kind == "429":
-                return self._send(handler, 429, {"error": {"message": "rate limited"}}, record,
-                                  {"Retry-After": f"{self.retry_after:g}"})
+                return self._send(
+                    handler,
+                    429,
+                    {"error": {"message": "rate limited"}},
+                    record,
+                    {"Retry-After": f"{self.retry_after:g}"},
+                )
             if kind == "429date":
                 when = email.utils.formatdate(time.time() + self.retry_after, usegmt=True)
                 return self._send(handler, 429, {"error": {"message": "rate limited"}}, record, {"Retry-After": when})
             if kind in ("500", "503", "400"):
                 return self._send(handler, int(kind), {"error": {"message": f"scheduled {kind}"}}, record)
             if kind == "401":  # as a careless server might: the refused key repeated in the error
-                return self._send(handler, 401, {"error": {"message": "invalid key "
-                                                           f"{handler.headers.get('Authorization')}"}}, record)
+                return self._send(
+                    handler, 401, {"error": {"message": f"invalid key {handler.headers.get('Authorization')}"}}, record
+                )
             if kind == "slow":
                 time.sleep(self.slow_s)
             if kind == "delay":
@@ -166,8 +193,17 @@ class OpenAIStub:
             if kind == "badjson":
                 return self._send_raw(handler, 200, b'{"id": "chatcmpl-bad", "choices": [{"index": 0, "mess', record)
         if body.get("response_format") is not None and not self.structured:
-            return self._send(handler, 400, {"error": {"message": "response_format is not supported by this server",
-                                                       "type": "invalid_request_error"}}, record)
+            return self._send(
+                handler,
+                400,
+                {
+                    "error": {
+                        "message": "response_format is not supported by this server",
+                        "type": "invalid_request_error",
+                    }
+                },
+                record,
+            )
 
         labels, structured = self._labels(body, messages)
         if labels is None:
@@ -179,17 +215,24 @@ class OpenAIStub:
             content = json.dumps({"label": chosen}) if structured else chosen
         prompt_chars = sum(len(m.get("content") or "") for m in messages)
         answer: dict[str, Any] = {
-            "id": f"chatcmpl-{attempt}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{attempt}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": body.get("model", "stub"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         }
         if "#nousage" not in last:
             prompt_tokens = prompt_chars // 4 + 3 * len(messages)
             completion_tokens = max(1, len(content) // 4)
-            answer["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                               "total_tokens": prompt_tokens + completion_tokens}
+            answer["usage"] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
         if body.get("logprobs") and self.logprobs:
-            answer["choices"][0]["logprobs"] = {"content": self._logprobs(content, ranked, body.get("top_logprobs") or 0)}
+            answer["choices"][0]["logprobs"] = {
+                "content": self._logprobs(content, ranked, body.get("top_logprobs") or 0)
+            }
         self._send(handler, 200, answer, record)
 
     @staticmethod
@@ -218,16 +261,28 @@ class OpenAIStub:
                 if len(ranked) > 1:
                     alternatives.append({"token": _tokens(ranked[1])[0], "logprob": math.log(0.2), "bytes": None})
                 alternatives.append({"token": "maybe", "logprob": math.log(0.05), "bytes": None})
-            out.append({"token": piece, "logprob": logprob, "bytes": None, "top_logprobs": alternatives[:max(top, 1)]})
+            out.append({"token": piece, "logprob": logprob, "bytes": None, "top_logprobs": alternatives[: max(top, 1)]})
             at += len(piece)
         return out
 
-    def _send(self, handler: BaseHTTPRequestHandler, status: int, payload: dict, record: dict | None,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        payload: dict,
+        record: dict | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._send_raw(handler, status, json.dumps(payload).encode(), record, headers)
 
-    def _send_raw(self, handler: BaseHTTPRequestHandler, status: int, data: bytes, record: dict | None,
-                  headers: dict[str, str] | None = None) -> None:
+    def _send_raw(
+        self,
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        record: dict | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if record is not None:
             record["status"] = status
             with self.lock:

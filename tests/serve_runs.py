@@ -11,8 +11,14 @@ import pandas as pd
 
 def _records(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.dropna(subset=["text", "intent"])
-    return pd.DataFrame({"id": frame["id"].astype(str), "input": frame["text"].astype(str), "context": "[]",
-                         "label": frame["intent"].astype(str)})
+    return pd.DataFrame(
+        {
+            "id": frame["id"].astype(str),
+            "input": frame["text"].astype(str),
+            "context": "[]",
+            "label": frame["intent"].astype(str),
+        }
+    )
 
 
 def make_classify_run(folder: Path, n_rows: int):
@@ -27,8 +33,12 @@ def make_classify_run(folder: Path, n_rows: int):
     _records(data).to_parquet(run / "split" / "train.parquet")
     _records(test.iloc[:60]).to_parquet(run / "split" / "validation.parquet")
     _records(test.iloc[60:]).to_parquet(run / "split" / "test.parquet")
-    summary = {"gate": {"passed": True, "candidate": "tfidf_lr", "baseline": "majority"},
-               "candidates": [{"name": "majority", "out_of_scope_threshold": None},
-                              {"name": "tfidf_lr", "out_of_scope_threshold": 0.05}]}
+    summary = {
+        "gate": {"passed": True, "candidate": "tfidf_lr", "baseline": "majority"},
+        "candidates": [
+            {"name": "majority", "out_of_scope_threshold": None},
+            {"name": "tfidf_lr", "out_of_scope_threshold": 0.05},
+        ],
+    }
     (run / "evaluate" / "summary.json").write_text(json.dumps(summary))
     return run, files

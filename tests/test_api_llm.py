@@ -59,8 +59,14 @@ def train() -> pd.DataFrame:
         "lost_or_stolen_card": ["my card was stolen", "I lost my card", "stolen wallet and card"],
     }
     rows = [(label, text) for label, items in texts.items() for text in items]
-    return pd.DataFrame({"id": [f"tr{i}" for i in range(len(rows))], "input": [t for _, t in rows],
-                         "context": "[]", "label": [label for label, _ in rows]})
+    return pd.DataFrame(
+        {
+            "id": [f"tr{i}" for i in range(len(rows))],
+            "input": [t for _, t in rows],
+            "context": "[]",
+            "label": [label for label, _ in rows],
+        }
+    )
 
 
 def _frame(texts: list[str], labels: list[str] | None = None, prefix: str = "t") -> pd.DataFrame:
@@ -71,8 +77,14 @@ def _frame(texts: list[str], labels: list[str] | None = None, prefix: str = "t")
 
 
 def _candidate(name: str, stub: OpenAIStub, train: pd.DataFrame, **settings):
-    settings = {"base_url": stub.url, "model": "stub-model", "api_key_env": KEY_ENV, "backoff_s": 0.05,
-                "no_cache": True, **settings}
+    settings = {
+        "base_url": stub.url,
+        "model": "stub-model",
+        "api_key_env": KEY_ENV,
+        "backoff_s": 0.05,
+        "no_cache": True,
+        **settings,
+    }
     return make_candidate(name, **candidate_kwargs(name, settings)).fit(train)
 
 
@@ -116,12 +128,20 @@ def test_retry_after_in_seconds_http_date_and_milliseconds():
 
 def test_label_probabilities_from_logprobs_and_without():
     names = ["card arrival", "cash withdrawal", "exchange rate"]
-    tokens = [{"token": '{"label": "', "logprob": 0.0, "top_logprobs": []},
-              {"token": "card", "logprob": math.log(0.6),
-               "top_logprobs": [{"token": "card", "logprob": math.log(0.6)}, {"token": "cash", "logprob": math.log(0.3)},
-                                {"token": "maybe", "logprob": math.log(0.05)}]},
-              {"token": " arrival", "logprob": math.log(0.9), "top_logprobs": []},
-              {"token": '"}', "logprob": 0.0, "top_logprobs": []}]
+    tokens = [
+        {"token": '{"label": "', "logprob": 0.0, "top_logprobs": []},
+        {
+            "token": "card",
+            "logprob": math.log(0.6),
+            "top_logprobs": [
+                {"token": "card", "logprob": math.log(0.6)},
+                {"token": "cash", "logprob": math.log(0.3)},
+                {"token": "maybe", "logprob": math.log(0.05)},
+            ],
+        },
+        {"token": " arrival", "logprob": math.log(0.9), "top_logprobs": []},
+        {"token": '"}', "logprob": 0.0, "top_logprobs": []},
+    ]
     proba = label_probabilities(0, names, tokens, "card arrival")
     assert proba.sum() == pytest.approx(1.0)
     assert proba[0] == pytest.approx(0.54)  # 0.6 x 0.9: the answered label's tokens only
@@ -151,10 +171,26 @@ def test_settings_section_and_cache_key_and_monthly_cost():
 
 def test_retries_honour_retry_after_and_a_failing_row_is_recorded_never_dropped(stub, train, key):
     stub.reset()
-    texts = ["my card arrival is late", "cash withdrawal #429x2", "exchange rate #500x1", "stolen card #slowx1",
-             "card arrival #badjsonx1", "exchange rate #500always", "cash withdrawal #429datex1", "#503x1 stolen card"]
-    truth = ["card_arrival", "cash_withdrawal", "exchange_rate", "lost_or_stolen_card", "card_arrival",
-             "exchange_rate", "cash_withdrawal", "lost_or_stolen_card"]
+    texts = [
+        "my card arrival is late",
+        "cash withdrawal #429x2",
+        "exchange rate #500x1",
+        "stolen card #slowx1",
+        "card arrival #badjsonx1",
+        "exchange rate #500always",
+        "cash withdrawal #429datex1",
+        "#503x1 stolen card",
+    ]
+    truth = [
+        "card_arrival",
+        "cash_withdrawal",
+        "exchange_rate",
+        "lost_or_stolen_card",
+        "card_arrival",
+        "exchange_rate",
+        "cash_withdrawal",
+        "lost_or_stolen_card",
+    ]
     test = _frame(texts, truth)
     candidate = _candidate("api_zero_shot", stub, train, max_retries=2, timeout_s=2.0, max_concurrency=4)
     predictions = candidate.predict(test)
@@ -168,8 +204,16 @@ def test_retries_honour_retry_after_and_a_failing_row_is_recorded_never_dropped(
 
     seen = _by_text(stub)
     attempts = {text: len(seen[text]) for text in texts}
-    assert attempts == {texts[0]: 1, texts[1]: 3, texts[2]: 2, texts[3]: 2, texts[4]: 2, texts[5]: 3,
-                        texts[6]: 2, texts[7]: 2}
+    assert attempts == {
+        texts[0]: 1,
+        texts[1]: 3,
+        texts[2]: 2,
+        texts[3]: 2,
+        texts[4]: 2,
+        texts[5]: 3,
+        texts[6]: 2,
+        texts[7]: 2,
+    }
     limited = seen[texts[1]]
     assert [r["status"] for r in limited] == [429, 429, 200]
     for before, after in zip(limited, limited[1:]):  # Retry-After: 1 is a lower bound on the wait
@@ -231,8 +275,16 @@ def test_the_spending_cap_stops_before_the_batch_that_would_cross_it(stub, train
     cap = actual[:4].sum() + sum(estimate[4:6]) - 1e-9  # batches of 2: the third would cross it
     assert actual[:2].sum() + sum(estimate[2:4]) <= cap  # ... and the second does not
 
-    capped = _candidate("api_zero_shot", stub, train, max_usd=cap, batch_size=2, no_cache=False,
-                        cache_dir=str(tmp_path / "cache"), **prices)
+    capped = _candidate(
+        "api_zero_shot",
+        stub,
+        train,
+        max_usd=cap,
+        batch_size=2,
+        no_cache=False,
+        cache_dir=str(tmp_path / "cache"),
+        **prices,
+    )
     dry = capped.estimate_cost(test)
     assert dry["rows_to_request"] == 7 and not dry["fits_max_usd"] and dry["usd"] == pytest.approx(sum(estimate))
     stub.reset()
@@ -248,8 +300,16 @@ def test_the_spending_cap_stops_before_the_batch_that_would_cross_it(stub, train
 
     # answers already received are cached: a re-run with the same cap pays only for the rest
     stub.reset()
-    again = _candidate("api_zero_shot", stub, train, max_usd=cap, batch_size=2, no_cache=False,
-                       cache_dir=str(tmp_path / "cache"), **prices)
+    again = _candidate(
+        "api_zero_shot",
+        stub,
+        train,
+        max_usd=cap,
+        batch_size=2,
+        no_cache=False,
+        cache_dir=str(tmp_path / "cache"),
+        **prices,
+    )
     assert len(again.predict(test)) == 7 and stub.count() == 3
     assert again.info()["usage"]["usd_spent"] <= cap
 
@@ -281,9 +341,19 @@ def test_invalid_answers_are_counted_and_the_key_never_shows(stub, train, key, c
     assert "TUNEWISE_NO_SUCH_KEY" in str(unset.value)
 
     captured = capsys.readouterr()
-    seen = [caplog.text, captured.out, captured.err, json.dumps(info), candidate.usage_frame().to_csv(),
-            repr(candidate), json.dumps(candidate.get_params(), default=str), str(refused.value),
-            repr(refused.value), str(refused.value.__cause__), str(refused.value.__context__)]
+    seen = [
+        caplog.text,
+        captured.out,
+        captured.err,
+        json.dumps(info),
+        candidate.usage_frame().to_csv(),
+        repr(candidate),
+        json.dumps(candidate.get_params(), default=str),
+        str(refused.value),
+        repr(refused.value),
+        str(refused.value.__cause__),
+        str(refused.value.__context__),
+    ]
     assert "retry" in caplog.text  # the log did record the failures
     for text in seen:
         assert KEY not in text
@@ -295,7 +365,9 @@ def test_structured_output_and_logprobs_fall_back_on_400_and_plain_answers_map(t
     with OpenAIStub(structured=False, logprobs=False) as plain:
         candidate = _candidate("api_zero_shot", plain, train)
         predictions = candidate.predict(_frame(texts))
-        statuses = [(r["status"], "response_format" in r["body"], bool(r["body"].get("logprobs"))) for r in plain.requests]
+        statuses = [
+            (r["status"], "response_format" in r["body"], bool(r["body"].get("logprobs"))) for r in plain.requests
+        ]
     # (json schema + logprobs) refused, (json schema) refused, then logprobs alone accepted, and kept
     assert statuses[:3] == [(400, True, True), (400, True, False), (200, False, True)]
     assert statuses[3:] == [(200, False, True)] * 2
@@ -354,16 +426,28 @@ def test_an_api_candidate_can_be_the_incumbent(stub, train, key):
 
     stub.reset()
     texts = ["card arrival", "cash withdrawal", "exchange rate", "stolen card", "#garbage", "#500always rate"] * 5
-    labels = ["card_arrival", "cash_withdrawal", "exchange_rate", "lost_or_stolen_card", "card_arrival",
-              "exchange_rate"] * 5
+    labels = [
+        "card_arrival",
+        "cash_withdrawal",
+        "exchange_rate",
+        "lost_or_stolen_card",
+        "card_arrival",
+        "exchange_rate",
+    ] * 5
     test = _frame(texts, labels)
     api = _candidate("api_zero_shot", stub, train, max_retries=0)
     predictions = api.predict(test)
     majority = make_candidate("majority").fit(train).predict(test)
-    result = evaluate_candidates(test, [CandidatePredictions("api_zero_shot", api.kind, predictions, expensive=True),
-                                        CandidatePredictions("majority", "cheap", majority)],
-                                 task="classify", config=EvaluateConfig(baseline="api_zero_shot", n_resamples=200,
-                                                                        human_sheet_size=0), seed=0)
+    result = evaluate_candidates(
+        test,
+        [
+            CandidatePredictions("api_zero_shot", api.kind, predictions, expensive=True),
+            CandidatePredictions("majority", "cheap", majority),
+        ],
+        task="classify",
+        config=EvaluateConfig(baseline="api_zero_shot", n_resamples=200, human_sheet_size=0),
+        seed=0,
+    )
     summary = result.summary
     assert summary["incumbent"]["name"] == "api_zero_shot"
     entry = next(e for e in summary["candidates"] if e["name"] == "api_zero_shot")
@@ -391,9 +475,17 @@ def test_the_baseline_stage_runs_an_api_candidate_and_writes_json_safe_info(stub
     texts = ["card arrival", "cash withdrawal", "exchange rate", "stolen card"] * 5
     labels = ["card_arrival", "cash_withdrawal", "exchange_rate", "lost_or_stolen_card"] * 5
     test, validation = _frame(texts, labels, "te"), _frame(texts[:8], labels[:8], "va")
-    settings = {"base_url": stub.url, "model": "stub-model", "api_key_env": KEY_ENV, "no_cache": True,
-                "few_shot_k": 2, "batch_size": 4, "usd_per_million_input_tokens": 0.15,
-                "usd_per_million_output_tokens": 0.6, "tokenizer": len}  # a callable tokenizer: one token a character
+    settings = {
+        "base_url": stub.url,
+        "model": "stub-model",
+        "api_key_env": KEY_ENV,
+        "no_cache": True,
+        "few_shot_k": 2,
+        "batch_size": 4,
+        "usd_per_million_input_tokens": 0.15,
+        "usd_per_million_output_tokens": 0.6,
+        "tokenizer": len,
+    }  # a callable tokenizer: one token a character
     candidate = build_candidate("api_few_shot", settings)
     run = run_within_budget(candidate, train, validation, test, budget_s=900, seed=0, by="label")
     assert run.scoring["whole"] and len(run.test) == 20 and len(run.validation) == 8
@@ -424,8 +516,14 @@ def test_tunewise_serve_is_an_openai_compatible_endpoint(tmp_path, key, monkeypa
         # the raw demo data has label variants (" cancel_order", "discount code"): curation's work, not this test's
         frame = frame.dropna(subset=["text", "intent"])
         frame = frame[frame["intent"].astype(str).str.fullmatch(r"[a-z_]+")]
-        return pd.DataFrame({"id": frame["id"].astype(str), "input": frame["text"].astype(str), "context": "[]",
-                             "label": frame["intent"].astype(str)})
+        return pd.DataFrame(
+            {
+                "id": frame["id"].astype(str),
+                "input": frame["text"].astype(str),
+                "context": "[]",
+                "label": frame["intent"].astype(str),
+            }
+        )
 
     run = tmp_path / "runs" / "r1"
     (run / "split").mkdir(parents=True)
@@ -434,20 +532,43 @@ def test_tunewise_serve_is_an_openai_compatible_endpoint(tmp_path, key, monkeypa
     train.to_parquet(run / "split" / "train.parquet")
     test.to_parquet(run / "split" / "validation.parquet")
     test.to_parquet(run / "split" / "test.parquet")
-    (run / "evaluate" / "summary.json").write_text(json.dumps({
-        "gate": {"passed": True, "candidate": "tfidf_lr", "baseline": "majority"},
-        "candidates": [{"name": "majority", "out_of_scope_threshold": None},
-                       {"name": "tfidf_lr", "out_of_scope_threshold": None}]}))
+    (run / "evaluate" / "summary.json").write_text(
+        json.dumps(
+            {
+                "gate": {"passed": True, "candidate": "tfidf_lr", "baseline": "majority"},
+                "candidates": [
+                    {"name": "majority", "out_of_scope_threshold": None},
+                    {"name": "tfidf_lr", "out_of_scope_threshold": None},
+                ],
+            }
+        )
+    )
     models = load_models(run, {"majority", "tfidf_lr"})
-    app = create_app(run, ServeConfig(api_key_env=KEY_ENV), arms="incumbent=0.5,candidate=0.5",
-                     store_url=f"sqlite:///{tmp_path / 'log.db'}", models=models)
+    app = create_app(
+        run,
+        ServeConfig(api_key_env=KEY_ENV),
+        arms="incumbent=0.5,candidate=0.5",
+        store_url=f"sqlite:///{tmp_path / 'log.db'}",
+        models=models,
+    )
     with ServerThread(app) as server:
-        api = make_candidate("api_zero_shot", base_url=f"{server.url}/v1", model="candidate", api_key_env=KEY_ENV,
-                             no_cache=True, backoff_s=0.05).fit(train)
+        api = make_candidate(
+            "api_zero_shot",
+            base_url=f"{server.url}/v1",
+            model="candidate",
+            api_key_env=KEY_ENV,
+            no_cache=True,
+            backoff_s=0.05,
+        ).fit(train)
         predictions = api.predict(test)
         monkeypatch.setenv("TUNEWISE_TEST_OTHER_KEY", "not-the-key")
-        wrong_key = make_candidate("api_zero_shot", base_url=f"{server.url}/v1", model="candidate",
-                                   api_key_env="TUNEWISE_TEST_OTHER_KEY", no_cache=True).fit(train)
+        wrong_key = make_candidate(
+            "api_zero_shot",
+            base_url=f"{server.url}/v1",
+            model="candidate",
+            api_key_env="TUNEWISE_TEST_OTHER_KEY",
+            no_cache=True,
+        ).fit(train)
         with pytest.raises(CandidateError, match="401"):
             wrong_key.predict(test.iloc[:1])
     check_predictions(predictions, test, api)

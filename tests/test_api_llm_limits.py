@@ -15,8 +15,10 @@ from tunewise.candidates.api import SpendingCapReached, SpendLedger, api_llm_set
 from tunewise.candidates.registry import CandidateError, candidate_kwargs, make_candidate
 from tunewise.config.sections import ApiLlmConfig, ConfigError, config_from_dict
 
-LABELS = {"card_arrival": ["my new card has not arrived", "when will the card arrive"],
-          "exchange_rate": ["what exchange rate do you use", "the rate for euros"]}
+LABELS = {
+    "card_arrival": ["my new card has not arrived", "when will the card arrive"],
+    "exchange_rate": ["what exchange rate do you use", "the rate for euros"],
+}
 
 
 class OldServer(OpenAIStub):
@@ -32,11 +34,22 @@ class OldServer(OpenAIStub):
         body = json.loads(raw)
         if "max_completion_tokens" in body:
             if self.status == 400:
-                error = {"error": {"message": "Unrecognized request argument supplied: max_completion_tokens",
-                                   "type": "invalid_request_error"}}
+                error = {
+                    "error": {
+                        "message": "Unrecognized request argument supplied: max_completion_tokens",
+                        "type": "invalid_request_error",
+                    }
+                }
             else:
-                error = {"detail": [{"type": "extra_forbidden", "loc": ["body", "max_completion_tokens"],
-                                     "msg": "Extra inputs are not permitted"}]}
+                error = {
+                    "detail": [
+                        {
+                            "type": "extra_forbidden",
+                            "loc": ["body", "max_completion_tokens"],
+                            "msg": "Extra inputs are not permitted",
+                        }
+                    ]
+                }
             record = {"path": handler.path, "body": body, "headers": {}, "attempt": 0, "text": "", "time": 0.0}
             return self._send(handler, self.status, error, record)
         handler.rfile = io.BytesIO(raw)  # the stub reads the body again
@@ -46,8 +59,14 @@ class OldServer(OpenAIStub):
 @pytest.fixture
 def train() -> pd.DataFrame:
     rows = [(label, text) for label, texts in LABELS.items() for text in texts]
-    return pd.DataFrame({"id": [f"tr{i}" for i in range(len(rows))], "input": [t for _, t in rows],
-                         "context": "[]", "label": [label for label, _ in rows]})
+    return pd.DataFrame(
+        {
+            "id": [f"tr{i}" for i in range(len(rows))],
+            "input": [t for _, t in rows],
+            "context": "[]",
+            "label": [label for label, _ in rows],
+        }
+    )
 
 
 def _frame(texts: list[str]) -> pd.DataFrame:
@@ -55,8 +74,15 @@ def _frame(texts: list[str]) -> pd.DataFrame:
 
 
 def _candidate(url: str, train: pd.DataFrame, **settings):
-    settings = {"base_url": url, "model": "m", "api_key_env": None, "no_cache": True, "backoff_s": 0.05,
-                "max_concurrency": 1, **settings}
+    settings = {
+        "base_url": url,
+        "model": "m",
+        "api_key_env": None,
+        "no_cache": True,
+        "backoff_s": 0.05,
+        "max_concurrency": 1,
+        **settings,
+    }
     return make_candidate("api_zero_shot", **candidate_kwargs("api_zero_shot", settings)).fit(train)
 
 
@@ -85,8 +111,12 @@ def test_max_completion_tokens_is_sent_where_the_server_takes_it(train):
 
 def test_the_project_cap_holds_across_runs_through_the_ledger(train, tmp_path):
     ledger = tmp_path / "tunewise_api_spend.json"
-    prices = {"usd_per_million_input_tokens": 1000.0, "usd_per_million_output_tokens": 4000.0, "batch_size": 2,
-              "ledger": str(ledger)}
+    prices = {
+        "usd_per_million_input_tokens": 1000.0,
+        "usd_per_million_output_tokens": 4000.0,
+        "batch_size": 2,
+        "ledger": str(ledger),
+    }
     texts = [f"card arrival question {i}" for i in range(4)]
     with OpenAIStub() as server:
         first = _candidate(server.url, train, **prices)  # a first run: no project cap, the ledger sums it
@@ -117,8 +147,10 @@ def test_the_project_cap_holds_across_runs_through_the_ledger(train, tmp_path):
 def test_the_ledger_lives_beside_the_config_and_the_cap_needs_it(tmp_path, train):
     with pytest.raises(Exception, match="max_usd_project sums spending in the ledger"):
         ApiLlmConfig(base_url="http://x/v1", model="m", max_usd_project=5, ledger=None)
-    raw = {"data": {"train": "data.csv"}, "baseline": {"api_llm": {"base_url": "http://127.0.0.1:9/v1", "model": "m",
-                                                                    "max_usd_project": 5}}}
+    raw = {
+        "data": {"train": "data.csv"},
+        "baseline": {"api_llm": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "max_usd_project": 5}},
+    }
     cfg = config_from_dict(raw, tmp_path / "project")
     settings = api_llm_settings(cfg.baseline.api_llm)
     assert settings["ledger"] == str((tmp_path / "project" / "tunewise_api_spend.json").resolve())
@@ -126,8 +158,9 @@ def test_the_ledger_lives_beside_the_config_and_the_cap_needs_it(tmp_path, train
     with pytest.raises(ConfigError, match="ledger"):
         config_from_dict({**raw, "baseline": {"api_llm": {**raw["baseline"]["api_llm"], "ledger": None}}}, tmp_path)
     with pytest.raises(CandidateError, match="max_usd_project needs the ledger"):
-        make_candidate("api_zero_shot", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=None,
-                       max_usd_project=1.0).fit(train)
+        make_candidate(
+            "api_zero_shot", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=None, max_usd_project=1.0
+        ).fit(train)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CandidateError, match="bad.json cannot be read"):
         SpendLedger(tmp_path / "bad.json").total()

@@ -37,15 +37,17 @@ TEST_PER_CLASS = 5
 
 
 def _records(frame: pd.DataFrame, prefix: str, answer: str) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"{prefix}{i}" for i in range(len(frame))],
-        "input": frame["text"].tolist(),
-        "context": "[]",
-        answer: frame[answer].tolist(),
-        "source_file": "banking77.csv",
-        "source_line": np.arange(2, len(frame) + 2),
-        "synthetic": False,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"{prefix}{i}" for i in range(len(frame))],
+            "input": frame["text"].tolist(),
+            "context": "[]",
+            answer: frame[answer].tolist(),
+            "source_file": "banking77.csv",
+            "source_line": np.arange(2, len(frame) + 2),
+            "synthetic": False,
+        }
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,7 +69,9 @@ def generate_data(classify_data):
 
     def replies(frame: pd.DataFrame) -> pd.DataFrame:
         out = frame.drop(columns="label").copy()
-        out["target"] = [f"Thanks for writing about {label.replace('_', ' ')}; we are on it." for label in frame["label"]]
+        out["target"] = [
+            f"Thanks for writing about {label.replace('_', ' ')}; we are on it." for label in frame["label"]
+        ]
         return out
 
     return replies(train.groupby("label").head(3)), replies(test.groupby("label").head(1).head(4))
@@ -76,21 +80,36 @@ def generate_data(classify_data):
 @pytest.fixture(scope="module")
 def tiny_settings(tmp_path_factory, openai_stub):
     kb = tmp_path_factory.mktemp("kb")
-    (kb / "cards.md").write_text("# Cards\n\nA new card arrives within 5 working days.\n\nLost cards can be frozen in the app.\n")
+    (kb / "cards.md").write_text(
+        "# Cards\n\nA new card arrives within 5 working days.\n\nLost cards can be frozen in the app.\n"
+    )
     from tunewise.config.sections import TrainConfig
 
     # fine-tuned candidates: a few real optimiser steps (the recipe itself is tested in test_train.py)
-    quick_training = TrainConfig(max_steps=3, batch_size=4, num_threads=1, generate_sample=0, max_new_tokens=4,
-                                 max_length=48)
-    return {"batch_size": 8, "few_shot_k": 2, "max_new_tokens": 4, "max_input_tokens": 48, "rag_top_k": 1,
-            "knowledge_base": str(kb), "max_iter": 300, "train_config": quick_training,
-            # api_* candidates: a local OpenAI-compatible server (conftest.openai_stub), no key, no cache
-            "base_url": openai_stub.url, "model": "stub", "api_key_env": None, "no_cache": True}
+    quick_training = TrainConfig(
+        max_steps=3, batch_size=4, num_threads=1, generate_sample=0, max_new_tokens=4, max_length=48
+    )
+    return {
+        "batch_size": 8,
+        "few_shot_k": 2,
+        "max_new_tokens": 4,
+        "max_input_tokens": 48,
+        "rag_top_k": 1,
+        "knowledge_base": str(kb),
+        "max_iter": 300,
+        "train_config": quick_training,
+        # api_* candidates: a local OpenAI-compatible server (conftest.openai_stub), no key, no cache
+        "base_url": openai_stub.url,
+        "model": "stub",
+        "api_key_env": None,
+        "no_cache": True,
+    }
 
 
 def _params(estimator):
     """get_params with nested candidates (the ensemble's pool) replaced by their class and params:
     a clone holds new objects with the same parameters."""
+
     def plain(value):
         if hasattr(value, "get_params"):
             return type(value).__name__, _params(value)
@@ -158,8 +177,10 @@ def test_check_predictions_rejects_broken_output(classify_data):
 
 def test_tfidf_beats_majority(classify_data):
     train, test = classify_data
-    accuracy = {name: quick_metrics("classify", make_candidate(name).fit(train).predict(test), test)["accuracy"]
-                for name in ("majority", "tfidf_lr")}
+    accuracy = {
+        name: quick_metrics("classify", make_candidate(name).fit(train).predict(test), test)["accuracy"]
+        for name in ("majority", "tfidf_lr")
+    }
     assert accuracy["majority"] <= 1 / CLASSES + 1e-9  # every class has the same share of the test slice
     assert accuracy["tfidf_lr"] >= accuracy["majority"] + 0.4, accuracy
 
@@ -194,8 +215,9 @@ def test_run_baseline_writes_paired_predictions(classify_data, tmp_path):
     train, test = classify_data
     validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])
     config = BaselineConfig(candidates=["majority", "tfidf_lr", "zero_shot_llm"], sample_size=8, max_input_tokens=48)
-    summary = run_baseline(train, validation, test, task="classify", config=config, models=ModelsConfig(),
-                           seed=0, out_dir=tmp_path)
+    summary = run_baseline(
+        train, validation, test, task="classify", config=config, models=ModelsConfig(), seed=0, out_dir=tmp_path
+    )
 
     sample = read_json(tmp_path / "sample_ids.json")
     assert len(sample["test"]) == 8 and set(sample["test"]) <= set(test["id"])
@@ -208,7 +230,9 @@ def test_run_baseline_writes_paired_predictions(classify_data, tmp_path):
         assert predictions["id"].tolist() == expected_ids
         assert set(on_validation["id"]) <= set(validation["id"]) and len(on_validation) > 0
         truth = test.set_index("id").loc[predictions["id"], "label"].to_numpy()
-        assert by_name[name]["metrics"]["accuracy"] == pytest.approx((predictions["prediction"].to_numpy() == truth).mean())
+        assert by_name[name]["metrics"]["accuracy"] == pytest.approx(
+            (predictions["prediction"].to_numpy() == truth).mean()
+        )
         assert by_name[name]["n_scored"]["test"] == len(expected_ids)
     assert json.loads((tmp_path / "summary.json").read_text())["candidates"][0]["name"] == "majority"
     assert "metrics_on_sample" in by_name["tfidf_lr"] and "metrics_on_sample" not in by_name["zero_shot_llm"]
@@ -218,8 +242,9 @@ def test_baseline_config_refuses_wrong_candidates(classify_data):
     train, test = classify_data
     for candidates, message in ((["tfidf_rl"], "did you mean 'tfidf_lr'"), (["nn_reply"], "generate candidate")):
         with pytest.raises(CandidateError, match=message):
-            run_baseline(train, test, test, task="classify", config=BaselineConfig(candidates=candidates),
-                         models=ModelsConfig())
+            run_baseline(
+                train, test, test, task="classify", config=BaselineConfig(candidates=candidates), models=ModelsConfig()
+            )
     with pytest.raises(ValueError, match="listed twice"):
         BaselineConfig(candidates=["majority", "majority"])
 
@@ -231,11 +256,17 @@ def _project(tmp_path, **raw) -> ProjectConfig:
     from tunewise.config.sections import config_from_dict
 
     (tmp_path / "kb").mkdir(exist_ok=True)
-    return config_from_dict({"data": {"train": "train.csv", "knowledge_base": "kb", "task_description": "bank intents"},
-                             "seed": 7, "models": {"offline": True},
-                             "baseline": {"few_shot_k": 3, "batch_size": 5, "candidates": ["majority", "tfidf_lr"]},
-                             "train": {"max_steps": 9, "candidates": ["encoder_ft"],
-                                       "overrides": {"encoder_ft": {"max_steps": 4}}}, **raw}, base_dir=tmp_path)
+    return config_from_dict(
+        {
+            "data": {"train": "train.csv", "knowledge_base": "kb", "task_description": "bank intents"},
+            "seed": 7,
+            "models": {"offline": True},
+            "baseline": {"few_shot_k": 3, "batch_size": 5, "candidates": ["majority", "tfidf_lr"]},
+            "train": {"max_steps": 9, "candidates": ["encoder_ft"], "overrides": {"encoder_ft": {"max_steps": 4}}},
+            **raw,
+        },
+        base_dir=tmp_path,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CANDIDATES))
@@ -253,8 +284,13 @@ def test_factory_builds_every_registered_name(name, tmp_path):
         assert params["train_config"].max_steps == (4 if name == "encoder_ft" else 9)
         assert params.get("llm", cfg.models.llm) == cfg.models.llm
     else:  # the baseline and models sections, the knowledge base and the task description
-        expected = {"few_shot_k": 3, "batch_size": 5, "task_description": "bank intents",
-                    "knowledge_base": str(tmp_path.resolve() / "kb"), "encoder": cfg.models.encoder}
+        expected = {
+            "few_shot_k": 3,
+            "batch_size": 5,
+            "task_description": "bank intents",
+            "knowledge_base": str(tmp_path.resolve() / "kb"),
+            "encoder": cfg.models.encoder,
+        }
         assert {k: params[k] for k in expected if k in params} == {k: v for k, v in expected.items() if k in params}
     # a pool of settings ({}: every constructor default) and overrides
     assert _params(build_candidate(name, {})) == _params(make_candidate(name)) or cls.combines
@@ -266,8 +302,14 @@ def test_factory_builds_every_registered_name(name, tmp_path):
 
 def test_ensemble_members_rule_and_refusals(classify_data):
     # every fine-tuned candidate, plus the best cheap one other than majority (ranked on validation)
-    pool = [("majority", "cheap", 0.9), ("tfidf_lr", "cheap", 0.7), ("embed_lr", "cheap", 0.8),
-            ("lora_llm", "finetuned", None), ("encoder_ft", "finetuned", 0.5), ("zero_shot_llm", "baseline", 0.99)]
+    pool = [
+        ("majority", "cheap", 0.9),
+        ("tfidf_lr", "cheap", 0.7),
+        ("embed_lr", "cheap", 0.8),
+        ("lora_llm", "finetuned", None),
+        ("encoder_ft", "finetuned", 0.5),
+        ("zero_shot_llm", "baseline", 0.99),
+    ]
     assert choose_members(pool) == ["lora_llm", "encoder_ft", "embed_lr"]
     assert choose_members([("tfidf_lr", "cheap", None), ("encoder_ft", "finetuned", None)]) == ["encoder_ft"]
     assert choose_members([("tfidf_lr", "cheap", 0.7), ("embed_lr", "cheap", 0.8)]) == []  # no fine-tune: none
@@ -291,8 +333,12 @@ def test_fitted_ensemble_predicts_what_the_evaluate_stage_combines(classify_data
 
     train, test = classify_data
     validation = test.iloc[1::2].assign(id=lambda f: "va" + f["id"])
-    pool = [make_candidate("majority"), make_candidate("tfidf_lr", C=1.0), make_candidate("tfidf_lr"),
-            _Tuned(C=0.5)]  # pool[1]: a second tfidf_lr, refused below
+    pool = [
+        make_candidate("majority"),
+        make_candidate("tfidf_lr", C=1.0),
+        make_candidate("tfidf_lr"),
+        _Tuned(C=0.5),
+    ]  # pool[1]: a second tfidf_lr, refused below
     ensemble = EnsembleCandidate(candidates=[pool[0], pool[2], pool[3]]).fit(train, validation)
     assert [m.name for m in ensemble.members_] == ["tfidf_tuned_stub", "tfidf_lr"]
     predicted = ensemble.predict(test)
@@ -326,8 +372,9 @@ def test_run_candidate_builds_the_ensemble_from_the_members_its_evaluation_recor
     for split, frame in (("train", train), ("validation", validation)):
         write_parquet(tmp_path / "split" / f"{split}.parquet", frame)
     (tmp_path / "evaluate").mkdir()
-    (tmp_path / "evaluate" / "summary.json").write_text(json.dumps({"candidates": [
-        {"name": "ensemble", "kind": "finetuned", "members": ["tfidf_lr", "embed_lr"]}]}))
+    (tmp_path / "evaluate" / "summary.json").write_text(
+        json.dumps({"candidates": [{"name": "ensemble", "kind": "finetuned", "members": ["tfidf_lr", "embed_lr"]}]})
+    )
     ensemble = run_candidate("ensemble", None, tmp_path)
     assert isinstance(ensemble, EnsembleCandidate) and [m.name for m in ensemble.members_] == ["tfidf_lr", "embed_lr"]
     check_predictions(ensemble.predict(test), test, ensemble)

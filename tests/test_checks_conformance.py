@@ -72,7 +72,9 @@ def frame(banking77) -> pd.DataFrame:
 
 def _generate_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.drop(columns=["label"]).copy()
-    out[answer_column("generate")] = [f"Thanks for asking about {label.replace('_', ' ')}. Here is how it works." for label in frame["label"]]
+    out[answer_column("generate")] = [
+        f"Thanks for asking about {label.replace('_', ' ')}. Here is how it works." for label in frame["label"]
+    ]
     out.loc[3, answer_column("generate")] = ""
     out.loc[11, answer_column("generate")] = "Please contact us at"
     out.loc[1, answer_column("generate")] = "Our branches open at nine on weekdays and at ten on Saturdays."  # conflict
@@ -144,8 +146,12 @@ def _model(name: str) -> type[CheckSettings]:
 
 def _outside(model: type[CheckSettings]) -> float:
     """A value just outside the threshold's range."""
-    bounds = {k: getattr(m, k) for m in model.model_fields["threshold"].metadata for k in ("gt", "ge", "lt", "le", "multiple_of")
-              if getattr(m, k, None) is not None}
+    bounds = {
+        k: getattr(m, k)
+        for m in model.model_fields["threshold"].metadata
+        for k in ("gt", "ge", "lt", "le", "multiple_of")
+        if getattr(m, k, None) is not None
+    }
     if "gt" in bounds:
         return bounds["gt"]
     if "ge" in bounds:
@@ -156,10 +162,19 @@ def _outside(model: type[CheckSettings]) -> float:
 # What the curate section held before the settings models (the generic enabled/action/threshold
 # per check). It feeds the stage cache key: the same defaults, types included, keep old runs cached.
 OLD_DEFAULTS = {
-    "standardise": ("relabel", None), "empty_garbage": ("drop", None), "too_short": ("drop", 2.0),
-    "too_long": ("drop", 512.0), "exact_duplicates": ("drop", None), "near_duplicates": ("drop", 0.7),
-    "semantic_duplicates": ("flag", 0.95), "label_conflicts": ("relabel", 0.9), "label_errors": ("flag", 0.5),
-    "off_topic": ("drop", 0.5), "pii": ("redact", None), "thin_classes": ("flag", 20.0), "generation": ("flag", None),
+    "standardise": ("relabel", None),
+    "empty_garbage": ("drop", None),
+    "too_short": ("drop", 2.0),
+    "too_long": ("drop", 512.0),
+    "exact_duplicates": ("drop", None),
+    "near_duplicates": ("drop", 0.7),
+    "semantic_duplicates": ("flag", 0.95),
+    "label_conflicts": ("relabel", 0.9),
+    "label_errors": ("flag", 0.5),
+    "off_topic": ("drop", 0.5),
+    "pii": ("redact", None),
+    "thin_classes": ("flag", 20.0),
+    "generation": ("flag", None),
 }
 
 
@@ -191,8 +206,10 @@ def test_defaults_and_their_types_are_unchanged():
 
 
 def test_an_existing_config_with_generic_check_sections_still_loads(tmp_path):
-    curate = {name: {"enabled": True, "action": action, "threshold": threshold}
-              for name, (action, threshold) in OLD_DEFAULTS.items()}
+    curate = {
+        name: {"enabled": True, "action": action, "threshold": threshold}
+        for name, (action, threshold) in OLD_DEFAULTS.items()
+    }
     curate["near_duplicates"]["threshold"] = 0.8
     path = tmp_path / "tunewise.yaml"
     path.write_text(yaml.safe_dump({"data": {"train": "x.csv"}, "tracking": "off", "curate": curate}))
@@ -220,9 +237,9 @@ def test_init_comments_say_what_each_threshold_means():
     for name in CHECK_ORDER:
         model = _model(name)
         at = lines.index(f"  {name}:  # {model.help_text()}")
-        threshold_line = next(line for line in lines[at + 1:at + 4] if line.startswith("    threshold:"))
+        threshold_line = next(line for line in lines[at + 1 : at + 4] if line.startswith("    threshold:"))
         assert threshold_line.endswith(f"  # {model.model_fields['threshold'].description}")
-        action_line = next(line for line in lines[at + 1:at + 4] if line.startswith("    action:"))
+        action_line = next(line for line in lines[at + 1 : at + 4] if line.startswith("    action:"))
         assert all(action in action_line.split("#", 1)[1] for action in model.actions)
 
 
@@ -284,7 +301,9 @@ def test_runner_counts_each_declared_issue_per_action(frame):
     by_table = table.groupby(["action", "issue"]).size()
     assert result.summary["issue_action_counts"] == {f"{a}_{i}": int(n) for (a, i), n in by_table.items()}
     # the fields outside readers use are still there
-    assert {"rows_in", "rows_out", "issue_counts", "action_counts", "checks", "skipped", "examples"} <= set(result.summary)
+    assert {"rows_in", "rows_out", "issue_counts", "action_counts", "checks", "skipped", "examples"} <= set(
+        result.summary
+    )
 
 
 def test_runner_refuses_an_issue_name_a_check_does_not_declare(frame, monkeypatch):

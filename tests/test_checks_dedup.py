@@ -26,15 +26,17 @@ from tunewise.data.neardup import shingle_set
 
 
 def make_frame(rows: list[tuple[str, str]], answer: str = "label") -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(len(rows))],
-        "input": [text for text, _ in rows],
-        "context": ["[]"] * len(rows),
-        answer: [value for _, value in rows],
-        "source_file": ["train.csv"] * len(rows),
-        "source_line": list(range(2, len(rows) + 2)),
-        "synthetic": [False] * len(rows),
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(len(rows))],
+            "input": [text for text, _ in rows],
+            "context": ["[]"] * len(rows),
+            answer: [value for _, value in rows],
+            "source_file": ["train.csv"] * len(rows),
+            "source_line": list(range(2, len(rows) + 2)),
+            "synthetic": [False] * len(rows),
+        }
+    )
 
 
 def make_config(task: str = "classify", **curate):
@@ -63,14 +65,16 @@ def jaccard(a: str, b: str) -> float:
 
 
 def test_exact_duplicates_ignore_case_and_whitespace_and_keep_the_first():
-    frame = make_frame([
-        ("Where is my order?", "order_status"),
-        ("where  is my ORDER?", "order_status"),
-        ("I want a refund", "refund"),
-        ("Where is my order?\n", "order_status"),
-        ("Where is my order?!", "order_status"),   # punctuation differs: an edited copy, not exact
-        ("where is my order?", "refund"),           # same text, other label: label_conflicts' job
-    ])
+    frame = make_frame(
+        [
+            ("Where is my order?", "order_status"),
+            ("where  is my ORDER?", "order_status"),
+            ("I want a refund", "refund"),
+            ("Where is my order?\n", "order_status"),
+            ("Where is my order?!", "order_status"),  # punctuation differs: an edited copy, not exact
+            ("where is my order?", "refund"),  # same text, other label: label_conflicts' job
+        ]
+    )
     findings = run(ExactDuplicates, frame)
     assert reported(findings) == {"r1": "r0", "r3": "r0"}
     assert all(f.issue == "exact_duplicate" for f in findings)
@@ -78,11 +82,14 @@ def test_exact_duplicates_ignore_case_and_whitespace_and_keep_the_first():
 
 
 def test_exact_duplicates_for_generate_compare_the_reply():
-    frame = make_frame([
-        ("Where is my order?", "It ships tomorrow."),
-        ("where is my order?", "It  ships tomorrow."),   # same reply up to spacing
-        ("Where is my order?", "It was delivered yesterday."),
-    ], answer="target")
+    frame = make_frame(
+        [
+            ("Where is my order?", "It ships tomorrow."),
+            ("where is my order?", "It  ships tomorrow."),  # same reply up to spacing
+            ("Where is my order?", "It was delivered yesterday."),
+        ],
+        answer="target",
+    )
     findings = run(ExactDuplicates, frame, task="generate")
     assert reported(findings) == {"r1": "r0"}
     assert "reply" in findings[0].detail
@@ -90,9 +97,11 @@ def test_exact_duplicates_for_generate_compare_the_reply():
 
 def test_exact_duplicates_need_the_same_chat_context():
     frame = make_frame([("yes please", "confirm"), ("yes please", "confirm"), ("yes please", "confirm")])
-    frame["context"] = ['[{"role": "user", "content": "Can you cancel order 1?"}]',
-                        '[{"role": "user", "content": "Can you cancel order 1?"}]',
-                        '[{"role": "user", "content": "Do you want the receipt by email?"}]']
+    frame["context"] = [
+        '[{"role": "user", "content": "Can you cancel order 1?"}]',
+        '[{"role": "user", "content": "Can you cancel order 1?"}]',
+        '[{"role": "user", "content": "Do you want the receipt by email?"}]',
+    ]
     assert reported(run(ExactDuplicates, frame)) == {"r1": "r0"}
 
 
@@ -104,12 +113,14 @@ ORDER_B = "My order 99120 has not arrived yet, can you check where it is?"
 
 
 def test_copies_differing_only_in_an_order_number_are_near_duplicates():
-    frame = make_frame([
-        (ORDER_A, "order_status"),
-        ("How do I change my password?", "account"),
-        (ORDER_B, "order_status"),
-        ("My order ORD-7F3K2 has not arrived yet, can you check where it is?", "order_status"),
-    ])
+    frame = make_frame(
+        [
+            (ORDER_A, "order_status"),
+            ("How do I change my password?", "account"),
+            (ORDER_B, "order_status"),
+            ("My order ORD-7F3K2 has not arrived yet, can you check where it is?", "order_status"),
+        ]
+    )
     findings = run(NearDuplicates, frame)
     assert reported(findings) == {"r2": "r0", "r3": "r0"}
     assert all("differs only in punctuation or numbers" in f.detail for f in findings)
@@ -175,15 +186,21 @@ def test_near_duplicate_threshold_comes_from_the_config():
     assert reported(found) == {"r1": "r0"}
 
 
-@pytest.mark.parametrize(("a", "b", "expected"), [
-    ("where is my order it is late", "where is my order it is really late", "one word apart: 'really'"),
-    ("the parcel came damaged and broken today", "the parcel came damged and broken today",
-     "one word apart: 'damaged' / 'damged'"),
-    ("i can pay with my card today", "i cant pay with my card today", None),        # negation
-    ("i want to cancel my order today", "i want to track my order today", None),     # another word
-    ("short text", "short text here", None),                                         # too short
-    ("a b c d e f g", "a b x y e f g", None),                                        # two words
-])
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("where is my order it is late", "where is my order it is really late", "one word apart: 'really'"),
+        (
+            "the parcel came damaged and broken today",
+            "the parcel came damged and broken today",
+            "one word apart: 'damaged' / 'damged'",
+        ),
+        ("i can pay with my card today", "i cant pay with my card today", None),  # negation
+        ("i want to cancel my order today", "i want to track my order today", None),  # another word
+        ("short text", "short text here", None),  # too short
+        ("a b c d e f g", "a b x y e f g", None),  # two words
+    ],
+)
 def test_one_word_edit(a, b, expected):
     assert one_word_edit(a.split(), b.split()) == expected
 
@@ -208,15 +225,17 @@ def test_semantic_pairs_blocked_product_matches_the_full_matrix():
 
 
 def test_semantic_duplicates_find_rewordings_with_the_same_label():
-    frame = make_frame([
-        ("How do I reset my password?", "account"),
-        ("I want to cancel my order", "cancel"),
-        ("How can I reset my password?", "account"),          # cosine 0.99 with r0
-        ("I want to cancel my subscription", "cancel"),        # cosine ~0.7: a different request
-        ("Can I change the delivery address for my order?", "address"),
-        ("Is it possible to change the delivery address of my order?", "address"),  # ~0.98
-        ("how can i reset my password", "login"),              # another label: not reported
-    ])
+    frame = make_frame(
+        [
+            ("How do I reset my password?", "account"),
+            ("I want to cancel my order", "cancel"),
+            ("How can I reset my password?", "account"),  # cosine 0.99 with r0
+            ("I want to cancel my subscription", "cancel"),  # cosine ~0.7: a different request
+            ("Can I change the delivery address for my order?", "address"),
+            ("Is it possible to change the delivery address of my order?", "address"),  # ~0.98
+            ("how can i reset my password", "login"),  # another label: not reported
+        ]
+    )
     findings = run(SemanticDuplicates, frame, semantic_duplicates={"enabled": True})
     assert reported(findings) == {"r2": "r0", "r5": "r4"}
     assert all(re.fullmatch(r"cosine 0\.9\d\d with r[04]", f.detail) for f in findings)
@@ -233,15 +252,29 @@ def test_semantic_duplicates_skip_above_the_row_limit():
 
 
 def test_relabelled_copy_becomes_an_exact_duplicate_in_the_pipeline():
-    frame = make_frame([
-        ("Where is my refund for the blue jacket?", "refund_status"),
-        ("where is my refund for the blue jacket?", "refund_status"),
-        ("Where is my refund for the blue jacket?", "return_item"),
-        ("Where is my refund for the blue jacket", "refund_status"),
-        ("Can I pay with PayPal?", "payment"),
-    ])
-    only = {name: {"enabled": False} for name in ("standardise", "empty_garbage", "too_short", "too_long",
-                                                  "pii", "off_topic", "label_errors", "thin_classes", "generation")}
+    frame = make_frame(
+        [
+            ("Where is my refund for the blue jacket?", "refund_status"),
+            ("where is my refund for the blue jacket?", "refund_status"),
+            ("Where is my refund for the blue jacket?", "return_item"),
+            ("Where is my refund for the blue jacket", "refund_status"),
+            ("Can I pay with PayPal?", "payment"),
+        ]
+    )
+    only = {
+        name: {"enabled": False}
+        for name in (
+            "standardise",
+            "empty_garbage",
+            "too_short",
+            "too_long",
+            "pii",
+            "off_topic",
+            "label_errors",
+            "thin_classes",
+            "generation",
+        )
+    }
     result = curate_frame(frame, make_config(**only))
     issues = result.issues.frame()
     conflict = issues[issues.issue == "label_conflict"].iloc[0]
@@ -263,17 +296,26 @@ def demo_records(out_dir: Path, seed: int = 0) -> tuple[pd.DataFrame, list[dict]
 
     files = generate_demo(out_dir, task="classify", seed=seed)
     raw = pd.read_csv(files.data, dtype=str, keep_default_na=False)
-    frame = pd.DataFrame({
-        "id": raw["id"], "input": raw["text"], "context": "[]", "label": raw["intent"],
-        "source_file": files.data.name, "source_line": range(2, len(raw) + 2), "synthetic": False,
-        "channel": raw["channel"], "customer_tier": raw["customer_tier"],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": raw["id"],
+            "input": raw["text"],
+            "context": "[]",
+            "label": raw["intent"],
+            "source_file": files.data.name,
+            "source_line": range(2, len(raw) + 2),
+            "synthetic": False,
+            "channel": raw["channel"],
+            "customer_tier": raw["customer_tier"],
+        }
+    )
     truth = [json.loads(line) for line in files.truth.read_text().splitlines()]
     return frame, truth
 
 
-def pair_scores(issues: pd.DataFrame, truth: list[dict], kind: str,
-                also_right: frozenset[str] = frozenset()) -> tuple[float, float]:
+def pair_scores(
+    issues: pd.DataFrame, truth: list[dict], kind: str, also_right: frozenset[str] = frozenset()
+) -> tuple[float, float]:
     """(recall, precision), pair-aware: a truth (id, of) pair is found when the two rows end up in
     one reported group (rows joined by reported id -> of links); a reported row is right when
     it belongs to a truth pair of that kind whose other row is in its group, or is in
@@ -298,8 +340,9 @@ def pair_scores(issues: pd.DataFrame, truth: list[dict], kind: str,
         partners.setdefault(a, set()).add(b)
         partners.setdefault(b, set()).add(a)
     found = sum(1 for a, b in pairs if a in parent and b in parent and root(a) == root(b))
-    right = sum(1 for r in links
-                if r in also_right or any(p in parent and root(p) == root(r) for p in partners.get(r, ())))
+    right = sum(
+        1 for r in links if r in also_right or any(p in parent and root(p) == root(r) for p in partners.get(r, ()))
+    )
     return found / len(pairs), right / max(len(links), 1)
 
 
@@ -315,9 +358,21 @@ def as_after_row_checks(frame: pd.DataFrame, truth: list[dict]) -> pd.DataFrame:
     return frame
 
 
-ONLY_DEDUP = {name: {"enabled": False} for name in (
-    "standardise", "empty_garbage", "too_short", "too_long", "pii", "off_topic", "label_errors",
-    "thin_classes", "generation", "semantic_duplicates")}
+ONLY_DEDUP = {
+    name: {"enabled": False}
+    for name in (
+        "standardise",
+        "empty_garbage",
+        "too_short",
+        "too_long",
+        "pii",
+        "off_topic",
+        "label_errors",
+        "thin_classes",
+        "generation",
+        "semantic_duplicates",
+    )
+}
 
 
 @pytest.fixture(scope="module")

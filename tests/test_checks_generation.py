@@ -23,11 +23,17 @@ def make_config(task: str = "generate", empty_garbage: bool = False, **settings)
 
 def make_frame(pairs: list[tuple[str, str]], task: str = "generate") -> pd.DataFrame:
     n = len(pairs)
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(n)], "input": [p[0] for p in pairs], "context": ["[]"] * n,
-        "target" if task == "generate" else "label": [p[1] for p in pairs],
-        "source_file": "x.csv", "source_line": list(range(2, n + 2)), "synthetic": False,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "input": [p[0] for p in pairs],
+            "context": ["[]"] * n,
+            "target" if task == "generate" else "label": [p[1] for p in pairs],
+            "source_file": "x.csv",
+            "source_line": list(range(2, n + 2)),
+            "synthetic": False,
+        }
+    )
 
 
 def found(result, issue: str) -> list[str]:
@@ -48,30 +54,48 @@ def test_short_real_replies_are_not_empty(reply):
 def test_truncation():
     vocabulary = sorted({"business", "days", "refund", "processed", "within", "will", "be", "your"})
     known = set(vocabulary)
-    assert truncation_reason("Your refund will be processed within 5 busin", vocabulary, known) == "last word 'busin' looks cut off"
+    assert (
+        truncation_reason("Your refund will be processed within 5 busin", vocabulary, known)
+        == "last word 'busin' looks cut off"
+    )
     assert truncation_reason("Please check your inbox and", vocabulary, known) == "ends with dangling 'and'"
     assert truncation_reason("Let me look into this for you...", vocabulary, known) == "ends with an ellipsis"
     assert truncation_reason("Here are the steps:", vocabulary, known) == "ends with ':'"
-    for fine in ("Your refund will be processed within 5 business days.", "Thanks, Sam", "Done 👍",
-                 "Your refund will be processed within 5 business days", "Track it at https://example.com/track"):
+    for fine in (
+        "Your refund will be processed within 5 business days.",
+        "Thanks, Sam",
+        "Done 👍",
+        "Your refund will be processed within 5 business days",
+        "Track it at https://example.com/track",
+    ):
         assert truncation_reason(fine, vocabulary, known) is None, fine
 
 
 def test_template_slots():
     reply = "Hi {{name}}, order {order_id} for [CUSTOMER NAME] ships to <first_name> (%(city)s, ${zip}); [Agent Name]"
-    assert template_slots(reply) == ["{{name}}", "{order_id}", "[CUSTOMER NAME]", "<first_name>", "%(city)s", "${zip}", "[Agent Name]"]
+    assert template_slots(reply) == [
+        "{{name}}",
+        "{order_id}",
+        "[CUSTOMER NAME]",
+        "<first_name>",
+        "%(city)s",
+        "${zip}",
+        "[Agent Name]",
+    ]
     not_slots = 'We wrote to <EMAIL> and <PHONE> about <IBAN>.<br>See [1] and [the guide](https://x.y). {"a": 1}'
     assert template_slots(not_slots) == []
 
 
 def test_row_level_findings_through_curate_frame():
-    frame = make_frame([
-        ("where is my order?", "N/A"),
-        ("can I return this?", ""),
-        ("refund please", "Hi {customer_name}, your refund is on its way."),
-        ("how long is shipping", "Standard shipping takes 3-5 business days and"),
-        ("thanks", "You're welcome!"),
-    ])
+    frame = make_frame(
+        [
+            ("where is my order?", "N/A"),
+            ("can I return this?", ""),
+            ("refund please", "Hi {customer_name}, your refund is on its way."),
+            ("how long is shipping", "Standard shipping takes 3-5 business days and"),
+            ("thanks", "You're welcome!"),
+        ]
+    )
     result = curate_frame(frame, make_config())
     assert found(result, "empty_reply") == ["r0", "r1"]
     assert found(result, "template_slot") == ["r2"]
@@ -92,15 +116,17 @@ TRACK = "You can track your parcel under Account > Orders."
 
 
 def test_copied_reply_for_unrelated_inputs_but_not_for_paraphrases():
-    frame = make_frame([
-        ("My blender arrived broken, I want a replacement.", CANNED),
-        ("How do I reset my password?", CANNED),
-        ("Do you ship to Canada and how much does it cost?", CANNED),
-        ("Can I use two discount codes on one order?", CANNED),
-        ("Where is my order?", TRACK),
-        ("where's my order??", TRACK),
-        ("Where is my package right now?", TRACK),
-    ])
+    frame = make_frame(
+        [
+            ("My blender arrived broken, I want a replacement.", CANNED),
+            ("How do I reset my password?", CANNED),
+            ("Do you ship to Canada and how much does it cost?", CANNED),
+            ("Can I use two discount codes on one order?", CANNED),
+            ("Where is my order?", TRACK),
+            ("where's my order??", TRACK),
+            ("Where is my package right now?", TRACK),
+        ]
+    )
     result = curate_frame(frame, make_config())
     issues = result.issues.frame()
     copied = issues[issues["issue"] == "copied_reply"]
@@ -110,12 +136,14 @@ def test_copied_reply_for_unrelated_inputs_but_not_for_paraphrases():
 
 
 def test_reply_conflict_for_different_answers_to_one_input():
-    frame = make_frame([
-        ("Can I return a used item?", "Yes, items can be returned within 30 days if unused."),
-        ("How long does shipping take?", "Shipping takes 3-5 business days."),
-        ("can I return a used item", "Your password reset link has been sent to your email."),
-        ("How long does shipping take?", "Standard shipping takes 3 to 5 business days."),
-    ])
+    frame = make_frame(
+        [
+            ("Can I return a used item?", "Yes, items can be returned within 30 days if unused."),
+            ("How long does shipping take?", "Shipping takes 3-5 business days."),
+            ("can I return a used item", "Your password reset link has been sent to your email."),
+            ("How long does shipping take?", "Standard shipping takes 3 to 5 business days."),
+        ]
+    )
     result = curate_frame(frame, make_config(action="drop"))
     issues = result.issues.frame()
     assert issues["id"].tolist() == ["r2"] and issues["issue"].tolist() == ["reply_conflict"]
@@ -132,10 +160,17 @@ def test_generation_is_skipped_for_classify():
 def test_demo_reply_defects(tmp_path):
     files = generate_demo(tmp_path, task="generate", seed=0)
     raw = pd.read_csv(files.data, dtype=str, keep_default_na=False)
-    frame = pd.DataFrame({
-        "id": raw["id"], "input": raw["text"], "context": "[]", "target": raw["reply"],
-        "source_file": files.data.name, "source_line": range(2, len(raw) + 2), "synthetic": False,
-    })
+    frame = pd.DataFrame(
+        {
+            "id": raw["id"],
+            "input": raw["text"],
+            "context": "[]",
+            "target": raw["reply"],
+            "source_file": files.data.name,
+            "source_line": range(2, len(raw) + 2),
+            "synthetic": False,
+        }
+    )
     truth = [json.loads(line) for line in files.truth.read_text().splitlines()]
     # empty_garbage drops junk inputs first (as in a default run) and reports blank replies.
     result = curate_frame(frame, make_config(empty_garbage=True))

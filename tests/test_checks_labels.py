@@ -22,12 +22,21 @@ from tunewise.data.checks.labels import (
 )
 from tunewise.data.curate import CurateContext, Engine, curate_frame
 
-CHECKS = [name for name, f in CurateConfig.model_fields.items()
-          if isinstance(f.annotation, type) and issubclass(f.annotation, CheckSettings)]
+CHECKS = [
+    name
+    for name, f in CurateConfig.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, CheckSettings)
+]
 # Six BANKING77 intents that a bank's customers would not confuse with one another; the test is
 # about finding flipped labels, not about BANKING77's near-synonymous intents.
-INTENTS = ["card_arrival", "exchange_rate", "apple_pay_or_google_pay", "pin_blocked", "top_up_failed",
-           "cash_withdrawal_charge"]
+INTENTS = [
+    "card_arrival",
+    "exchange_rate",
+    "apple_pay_or_google_pay",
+    "pin_blocked",
+    "top_up_failed",
+    "cash_withdrawal_charge",
+]
 
 
 make_frame = records_from_texts
@@ -113,8 +122,10 @@ def test_thin_classes_report_and_one_finding_per_thin_class():
     issues = result.issues.frame()
     assert list(issues["issue"]) == ["thin_class", "thin_class"]
     assert list(issues["id"]) == [f"r{labels.index('gift_card')}", f"r{labels.index('warranty_claim')}"]
-    assert list(issues["detail"]) == ["class 'gift_card' has 3 rows < minimum 20",
-                                      "class 'warranty_claim' has 7 rows < minimum 20"]
+    assert list(issues["detail"]) == [
+        "class 'gift_card' has 3 rows < minimum 20",
+        "class 'warranty_claim' has 7 rows < minimum 20",
+    ]
     balance = result.summary["checks"]["thin_classes"]["balance"]
     assert balance["counts"] == {"refund_status": 25, "order_status": 20, "warranty_claim": 7, "gift_card": 3}
     assert balance["thin"] == {"gift_card": 3, "warranty_claim": 7}
@@ -135,10 +146,14 @@ def test_thin_classes_threshold_is_the_minimum():
 
 def test_generation_gates():
     source = "My blender stopped working after ten months."
-    assert _clean_generation('"The blender broke down after ten months of use."', True) == \
-        "The blender broke down after ten months of use."
-    assert _clean_generation("Here is the rewritten message:\n\nMy blender died after 10 months.", True) == \
-        "My blender died after 10 months."
+    assert (
+        _clean_generation('"The blender broke down after ten months of use."', True)
+        == "The blender broke down after ten months of use."
+    )
+    assert (
+        _clean_generation("Here is the rewritten message:\n\nMy blender died after 10 months.", True)
+        == "My blender died after 10 months."
+    )
     assert _clean_generation("My blender stopped working after ten months and", False) is None
     assert _reject_reason(None, source) == "cut off"
     assert _reject_reason("Okay.", source) == "empty or too short"

@@ -20,11 +20,17 @@ def make_config(task: str, **settings):
 
 def make_frame(inputs: list[str], answers: list[str], task: str, contexts: list[str] | None = None) -> pd.DataFrame:
     n = len(inputs)
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(n)], "input": inputs, "context": contexts or ["[]"] * n,
-        "label" if task == "classify" else "target": answers,
-        "source_file": "x.csv", "source_line": list(range(2, n + 2)), "synthetic": False,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "input": inputs,
+            "context": contexts or ["[]"] * n,
+            "label" if task == "classify" else "target": answers,
+            "source_file": "x.csv",
+            "source_line": list(range(2, n + 2)),
+            "synthetic": False,
+        }
+    )
 
 
 FOUND = [
@@ -45,20 +51,20 @@ FOUND = [
     ("call me on 5551234567", "phone"),
 ]
 NOT_FOUND = [
-    "4111 1111 1111 1112",            # 16 digits failing Luhn
+    "4111 1111 1111 1112",  # 16 digits failing Luhn
     "reference 1234 5678 9012 3456",  # fails Luhn
-    "order #48213377 is late",        # order number
-    "order 5551234567 is late",       # bare digits with no phone word
-    "delivered 2024-03-05",           # date
-    "on 05.03.2024 at 10:30",         # date, time
-    "it cost $1,299.00",              # amount
-    "refund of 12999.00 EUR",         # amount
-    "population 1 299 000",           # thousands groups
+    "order #48213377 is late",  # order number
+    "order 5551234567 is late",  # bare digits with no phone word
+    "delivered 2024-03-05",  # date
+    "on 05.03.2024 at 10:30",  # date, time
+    "it cost $1,299.00",  # amount
+    "refund of 12999.00 EUR",  # amount
+    "population 1 299 000",  # thousands groups
     "IBAN DE89 3704 0044 0532 0130 01",  # mod-97 fails
-    "ip 192.168.1.300",               # octet > 255
-    "app version 1.2.3.4",            # a version, not an address
-    "meet at 12:30:45",               # time, not IPv6
-    "tracking 1Z999AA10123456784",    # parcel tracking id
+    "ip 192.168.1.300",  # octet > 255
+    "app version 1.2.3.4",  # a version, not an address
+    "meet at 12:30:45",  # time, not IPv6
+    "tracking 1Z999AA10123456784",  # parcel tracking id
     "tracking number 9400111899223334445566",  # 22 digits
     "write to support at example dot com",
 ]

@@ -29,18 +29,22 @@ def make_config(task: str = "classify", **checks: dict):
     return config_from_dict({"task": task, "data": {"train": "x.csv"}, "curate": curate})
 
 
-def make_frame(inputs: list, answers: list | None = None, task: str = "classify", contexts: list | None = None) -> pd.DataFrame:
+def make_frame(
+    inputs: list, answers: list | None = None, task: str = "classify", contexts: list | None = None
+) -> pd.DataFrame:
     answer = "label" if task == "classify" else "target"
     n = len(inputs)
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(n)],
-        "input": inputs,
-        "context": contexts or ["[]"] * n,
-        answer: answers or ["some_label" if task == "classify" else "A reply."] * n,
-        "source_file": "x.csv",
-        "source_line": list(range(2, n + 2)),
-        "synthetic": False,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "input": inputs,
+            "context": contexts or ["[]"] * n,
+            answer: answers or ["some_label" if task == "classify" else "A reply."] * n,
+            "source_file": "x.csv",
+            "source_line": list(range(2, n + 2)),
+            "synthetic": False,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,8 +59,9 @@ def test_normalise_text_nfc_controls_spaces():
 
 def test_standardise_transform_counts_changed_rows_and_cleans_context():
     context = json.dumps([{"role": "user", "content": "hi\x00  there "}, {"role": "assistant", "content": "ok"}])
-    frame = make_frame(["fine", "two  spaces", " padded ", "x\u200by"], task="classify",
-                       contexts=["[]", "[]", "[]", context])
+    frame = make_frame(
+        ["fine", "two  spaces", " padded ", "x\u200by"], task="classify", contexts=["[]", "[]", "[]", context]
+    )
     result = curate_frame(frame, make_config(standardise={}))
     assert result.frame["input"].tolist() == ["fine", "two spaces", "padded", "xy"]
     assert json.loads(result.frame["context"][3])[0]["content"] == "hi there"
@@ -73,13 +78,17 @@ def test_label_key_unifies_case_separators_and_camel_case():
 def test_label_mapping_picks_majority_spelling():
     labels = ["Order Status"] * 3 + ["order_status"] + ["ORDER_STATUS", "order-status "] + ["refund"] * 2 + ["Refund"]
     assert label_mapping(labels) == {
-        "order_status": "Order Status", "ORDER_STATUS": "Order Status", "order-status ": "Order Status",
+        "order_status": "Order Status",
+        "ORDER_STATUS": "Order Status",
+        "order-status ": "Order Status",
         "Refund": "refund",
     }
 
 
 def test_label_mapping_tie_prefers_snake_case_and_ignores_single_spellings():
-    assert label_mapping(["Order Status", "order_status", "card_arrival", "card_arrival"]) == {"Order Status": "order_status"}
+    assert label_mapping(["Order Status", "order_status", "card_arrival", "card_arrival"]) == {
+        "Order Status": "order_status"
+    }
     assert label_mapping(["a_b", "c_d"]) == {}
 
 
@@ -94,7 +103,9 @@ def test_standardise_relabels_variants_through_curate_frame():
     assert set(issues["id"]) == {"r4", "r5", "r6", "r7"}
     assert "'Order Status' -> 'order_status'" in issues["detail"].tolist()
     assert result.summary["checks"]["standardise"]["label_mapping"] == {
-        "Order Status": "order_status", "order-status ": "order_status", "ORDER_STATUS": "order_status",
+        "Order Status": "order_status",
+        "order-status ": "order_status",
+        "ORDER_STATUS": "order_status",
         "OrderStatus": "order_status",
     }
 
@@ -109,11 +120,34 @@ def test_standardise_flag_leaves_labels():
 # --------------------------------------------------------------------------------------------
 # empty_garbage
 
-GARBAGE = ["!!!!", "12345 ???", "asdfghjkl", "qwerty uiop zxcv", "jjjjjjjj", "lol lol lol lol", "ok ok ok",
-           "?!?! ... ?!?! !!", "xkqzvwpt", "ytyzkfs", "#@%&*12"]
-LEGIT = ["Refund?", "where's my order", "hi, my card was declined", "iPhone 15 Pro in stock?", "#A1234567 status",
-         "hi :)", "ok", "my card ending XXXX was charged twice", "Привет, где мой заказ?", "withdraw",
-         "property and liberty", "https://example.com/help broken link", "I need help ASAP!!!"]
+GARBAGE = [
+    "!!!!",
+    "12345 ???",
+    "asdfghjkl",
+    "qwerty uiop zxcv",
+    "jjjjjjjj",
+    "lol lol lol lol",
+    "ok ok ok",
+    "?!?! ... ?!?! !!",
+    "xkqzvwpt",
+    "ytyzkfs",
+    "#@%&*12",
+]
+LEGIT = [
+    "Refund?",
+    "where's my order",
+    "hi, my card was declined",
+    "iPhone 15 Pro in stock?",
+    "#A1234567 status",
+    "hi :)",
+    "ok",
+    "my card ending XXXX was charged twice",
+    "Привет, где мой заказ?",
+    "withdraw",
+    "property and liberty",
+    "https://example.com/help broken link",
+    "I need help ASAP!!!",
+]
 
 
 @pytest.mark.parametrize("text", GARBAGE)
@@ -138,8 +172,7 @@ def test_no_banking77_query_is_garbage(banking77: Path):
 
 
 def test_empty_garbage_through_curate_frame_drops_with_reasons():
-    frame = make_frame(["", "   \n", "asdfghjkl", "Refund?", "where is my parcel", None],
-                       ["a", "a", "a", "a", "", "a"])
+    frame = make_frame(["", "   \n", "asdfghjkl", "Refund?", "where is my parcel", None], ["a", "a", "a", "a", "", "a"])
     result = curate_frame(frame, make_config(empty_garbage={}))
     issues = result.issues.frame().set_index("id")
     assert issues.loc["r0", "issue"] == "empty" and issues.loc["r1", "issue"] == "empty"
@@ -227,11 +260,19 @@ def demo_records(directory: Path, task: str):
     files = generate_demo(directory, task=task, seed=0)
     raw = pd.read_csv(files.data, dtype=str, keep_default_na=False)
     answer, column = ("label", "intent") if task == "classify" else ("target", "reply")
-    frame = pd.DataFrame({
-        "id": raw["id"], "input": raw["text"], "context": "[]", answer: raw[column],
-        "source_file": files.data.name, "source_line": range(2, len(raw) + 2), "synthetic": False,
-        "channel": raw["channel"], "customer_tier": raw["customer_tier"],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": raw["id"],
+            "input": raw["text"],
+            "context": "[]",
+            answer: raw[column],
+            "source_file": files.data.name,
+            "source_line": range(2, len(raw) + 2),
+            "synthetic": False,
+            "channel": raw["channel"],
+            "customer_tier": raw["customer_tier"],
+        }
+    )
     truth = [json.loads(line) for line in files.truth.read_text().splitlines()]
     return frame, truth, files
 
@@ -246,8 +287,10 @@ def test_demo_recall_and_precision(tmp_path):
     frame, truth, _ = demo_records(tmp_path / "classify", "classify")
     result = curate_frame(frame, make_config(standardise={"action": "flag"}, empty_garbage={"action": "flag"}))
     issues = result.issues.frame()
-    by_kind = {kind: set(issues.loc[issues["issue"].isin(kinds), "id"]) for kind, kinds in
-               {"junk": ("empty", "garbage"), "label_variant": ("label_variant",)}.items()}
+    by_kind = {
+        kind: set(issues.loc[issues["issue"].isin(kinds), "id"])
+        for kind, kinds in {"junk": ("empty", "garbage"), "label_variant": ("label_variant",)}.items()
+    }
     true_junk = {t["id"] for t in truth if t["defect"] in ("empty", "garbage")}
     true_variants = {t["id"] for t in truth if t["defect"] == "label_variant"}
     assert len(true_junk) >= 10 and len(true_variants) >= 20

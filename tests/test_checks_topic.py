@@ -179,9 +179,23 @@ def test_demo_off_topic_and_spam(tmp_path):
     junk = {t["id"] for t in truth if t["defect"] in ("empty", "garbage")}
     raw = raw[~raw["id"].isin(junk)].reset_index(drop=True)
     frame = make_frame(raw["text"].tolist(), raw["intent"].tolist()).assign(id=raw["id"])
-    curate = {name: {"enabled": False} for name in (
-        "standardise", "empty_garbage", "too_short", "too_long", "pii", "label_conflicts", "exact_duplicates",
-        "near_duplicates", "semantic_duplicates", "label_errors", "thin_classes", "generation")}
+    curate = {
+        name: {"enabled": False}
+        for name in (
+            "standardise",
+            "empty_garbage",
+            "too_short",
+            "too_long",
+            "pii",
+            "label_conflicts",
+            "exact_duplicates",
+            "near_duplicates",
+            "semantic_duplicates",
+            "label_errors",
+            "thin_classes",
+            "generation",
+        )
+    }
     cfg = config_from_dict({"task": "classify", "data": {"train": "train.csv"}, "curate": curate})
     issues = curate_frame(frame, cfg).issues.frame()
     for kind in ("off_topic", "spam"):

@@ -22,8 +22,14 @@ SLOW_CHECKS = ("off_topic", "label_errors", "too_long")
 
 
 def _tunewise(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunewise.cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "TUNEWISE_PROGRESS": "off", "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "tunewise.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TUNEWISE_PROGRESS": "off", "COLUMNS": "200"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +43,16 @@ def small_project(tmp_path_factory) -> Path:
     raw["curate"].update({name: {"enabled": False} for name in SLOW_CHECKS})
     raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
     raw["train"]["candidates"] = []
-    raw["evaluate"].update(baseline="majority", robustness_rows=20, overfit_train_rows=50, n_resamples=200,
-                           human_sheet_size=0, gate_beats_cheap=False, ensemble=False, forgetting=False)
+    raw["evaluate"].update(
+        baseline="majority",
+        robustness_rows=20,
+        overfit_train_rows=50,
+        n_resamples=200,
+        human_sheet_size=0,
+        gate_beats_cheap=False,
+        ensemble=False,
+        forgetting=False,
+    )
     raw["tracking"] = "off"
     config_file = folder / "tunewise.yaml"
     config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -75,16 +89,26 @@ def test_run_json_puts_only_json_on_stdout(small_project):
 
 # the error classes of every module: (module, class, the other base it keeps for callers' except clauses)
 ERRORS = [
-    ("workflows.labelling", "LabellingError", ValueError), ("reporting.report", "ReportError", Exception),
-    ("config.sections", "ConfigError", Exception), ("decision.decide", "DecisionError", ValueError),
-    ("core.artifacts", "ArtifactWriteError", OSError), ("workflows.export", "ExportError", ValueError),
-    ("data.ingest", "IngestError", Exception), ("evaluation.human_sheet", "SheetError", ValueError),
-    ("core.runs", "StageError", Exception), ("core.runs", "RunLockedError", Exception),
-    ("candidates.base", "CandidateError", ValueError), ("evaluation.base", "EvaluationError", ValueError),
-    ("serving.retrain", "RetrainError", ValueError), ("models.loading", "ModelNotFoundError", Exception),
-    ("monitoring.store", "StoreError", RuntimeError), ("workflows.distill", "DistillError", ValueError),
-    ("decision.curve", "CurveError", ValueError), ("serving.base", "ServeError", RuntimeError),
-    ("training", "TrainError", ValueError), ("data.curate", "CheckContractError", RuntimeError),
+    ("workflows.labelling", "LabellingError", ValueError),
+    ("reporting.report", "ReportError", Exception),
+    ("config.sections", "ConfigError", Exception),
+    ("decision.decide", "DecisionError", ValueError),
+    ("core.artifacts", "ArtifactWriteError", OSError),
+    ("workflows.export", "ExportError", ValueError),
+    ("data.ingest", "IngestError", Exception),
+    ("evaluation.human_sheet", "SheetError", ValueError),
+    ("core.runs", "StageError", Exception),
+    ("core.runs", "RunLockedError", Exception),
+    ("candidates.base", "CandidateError", ValueError),
+    ("evaluation.base", "EvaluationError", ValueError),
+    ("serving.retrain", "RetrainError", ValueError),
+    ("models.loading", "ModelNotFoundError", Exception),
+    ("monitoring.store", "StoreError", RuntimeError),
+    ("workflows.distill", "DistillError", ValueError),
+    ("decision.curve", "CurveError", ValueError),
+    ("serving.base", "ServeError", RuntimeError),
+    ("training", "TrainError", ValueError),
+    ("data.curate", "CheckContractError", RuntimeError),
 ]
 
 
@@ -99,8 +123,11 @@ def test_every_error_class_in_the_source_is_listed():
     import re
 
     source = Path(importlib.import_module("tunewise").__file__).parent
-    found = {m.group(1) for path in source.rglob("*.py")
-             for m in re.finditer(r"^class (\w+Error)\(", path.read_text(encoding="utf-8"), re.MULTILINE)}
+    found = {
+        m.group(1)
+        for path in source.rglob("*.py")
+        for m in re.finditer(r"^class (\w+Error)\(", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
     assert found - {"TunewiseError"} == {name for _, name, _ in ERRORS}
 
 

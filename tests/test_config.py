@@ -62,4 +62,9 @@ def test_valid_config_defaults_and_relative_paths(tmp_path):
     assert cfg.task == "classify" and cfg.models.llm == "embedded:smollm2-135m-instruct"
     assert cfg.resolve(cfg.data.train) == tmp_path / "data" / "a.csv"
     assert cfg.tracking == "off"
-    assert cfg.section("split") == {"validation_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "leakage_threshold": 0.5}
+    assert cfg.section("split") == {
+        "validation_fraction": 0.1,
+        "test_fraction": 0.2,
+        "seed": 0,
+        "leakage_threshold": 0.5,
+    }

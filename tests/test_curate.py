@@ -14,9 +14,16 @@ from tunewise.demo.run import write_demo_project
 from tunewise.pipeline.precheck import load_config
 
 TARGETS = {
-    "exact_duplicate": (0.95, 0.90), "pii": (0.95, 0.90), "garbage": (0.95, 0.90), "empty": (0.95, 0.90),
-    "near_duplicate": (0.90, 0.90), "label_conflict": (0.90, 0.90), "off_topic": (0.90, 0.90),
-    "spam": (0.90, 0.90), "wrong_label": (0.60, 0.70), "label_variant": (0.95, 0.90),
+    "exact_duplicate": (0.95, 0.90),
+    "pii": (0.95, 0.90),
+    "garbage": (0.95, 0.90),
+    "empty": (0.95, 0.90),
+    "near_duplicate": (0.90, 0.90),
+    "label_conflict": (0.90, 0.90),
+    "off_topic": (0.90, 0.90),
+    "spam": (0.90, 0.90),
+    "wrong_label": (0.60, 0.70),
+    "label_variant": (0.95, 0.90),
 }
 # The demo's intents overlap as real ones do (paraphrases, shared vocabulary, two-topic and vague
 # messages): a wrong label on a message that resembles a neighbouring intent is harder to tell
@@ -29,7 +36,9 @@ TARGETS["off_topic"] = (0.90, 0.75)
 def demo(tmp_path_factory):
     cfg_path, files = write_demo_project(tmp_path_factory.mktemp("demo"), task="classify", seed=0)
     cfg = load_config(cfg_path)
-    res = ingest(files.data, task="classify", columns=cfg.data.columns.model_dump(), keep_columns=cfg.data.slice_columns)
+    res = ingest(
+        files.data, task="classify", columns=cfg.data.columns.model_dump(), keep_columns=cfg.data.slice_columns
+    )
     return cfg, files, res
 
 
@@ -42,8 +51,11 @@ def curated(demo):
 def test_demo_detection_meets_targets(demo, curated):
     _, files, _ = demo
     scores = score_detection(curated.issues.frame(), read_truth(files.truth), TARGETS)
-    failing = {k: s for k, s in scores.items()
-               if s["recall"] is None or s["recall"] < TARGETS[k][0] or (s["precision"] or 0) < TARGETS[k][1]}
+    failing = {
+        k: s
+        for k, s in scores.items()
+        if s["recall"] is None or s["recall"] < TARGETS[k][0] or (s["precision"] or 0) < TARGETS[k][1]
+    }
     assert not failing, failing
 
 

@@ -43,8 +43,14 @@ def test_subsets_are_nested_stratified_and_raise_thin_classes():
 def _banking(banking77, n_train: int, n_test: int):
     def records(path, prefix):
         raw = pd.read_csv(path)
-        return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(raw))], "input": raw["text"],
-                             "context": "[]", "label": raw["category"]})
+        return pd.DataFrame(
+            {
+                "id": [f"{prefix}{i}" for i in range(len(raw))],
+                "input": raw["text"],
+                "context": "[]",
+                "label": raw["category"],
+            }
+        )
 
     train = records(banking77 / "train.csv", "tr").sample(n=n_train, random_state=0).reset_index(drop=True)
     test = records(banking77 / "test.csv", "te").sample(n=n_test, random_state=0).reset_index(drop=True)
@@ -57,8 +63,16 @@ _factory = functools.partial(build_candidate, config={})
 
 def test_curve_of_a_cheap_model_on_banking77_rises_and_extrapolates(banking77):
     train, test = _banking(banking77, 2500, 600)
-    curve = learning_curve(train, test.head(100), test, candidates=["tfidf_lr", "majority"], factory=_factory,
-                           fractions=[0.1, 0.25, 0.5, 1.0], target=0.99, n_resamples=100)
+    curve = learning_curve(
+        train,
+        test.head(100),
+        test,
+        candidates=["tfidf_lr", "majority"],
+        factory=_factory,
+        fractions=[0.1, 0.25, 0.5, 1.0],
+        target=0.99,
+        n_resamples=100,
+    )
     tfidf = curve["candidates"]["tfidf_lr"]
     accuracy = tfidf["test_accuracy"]
     assert accuracy[-1] > accuracy[0] + 0.15  # 250 rows vs 2,500 rows of 77 intents

@@ -29,13 +29,21 @@ def test_a_cost_line_recomputes_by_hand_from_the_table_and_the_measured_tokens(d
     roi = RoiConfig(gpu="L4", **GENEROUS)
     total, lines = one_time_cost({"encoder_ft": summary}, flagged_rows=10, roi=roi)
     l4 = next(g for g in REFERENCE_GPUS if g["gpu"] == "L4")
-    by_hand = (FLOPS_PER_TOKEN["encoder"] * summary["parameters"] * summary["tokens_seen"]
-               / (l4["peak_bf16_tflops"] * 1e12 * GPU_UTILISATION) / 3600 * l4["usd_per_hour"])
+    by_hand = (
+        FLOPS_PER_TOKEN["encoder"]
+        * summary["parameters"]
+        * summary["tokens_seen"]
+        / (l4["peak_bf16_tflops"] * 1e12 * GPU_UTILISATION)
+        / 3600
+        * l4["usd_per_hour"]
+    )
     assert summary["tokens_seen"] > 0
     assert lines[0]["usd"] == pytest.approx(by_hand)
     assert lines[1]["usd"] == pytest.approx(10 * 1.0 / 60 * 40.0)  # 10 flagged rows x 1 min x $40/h
     assert lines[3]["usd"] == pytest.approx(5 * 800.0)  # engineering days x day rate
-    _, cheap_lines = one_time_cost({"encoder_ft": summary}, flagged_rows=10, roi=roi, candidate="tfidf_lr", kind="cheap")
+    _, cheap_lines = one_time_cost(
+        {"encoder_ft": summary}, flagged_rows=10, roi=roi, candidate="tfidf_lr", kind="cheap"
+    )
     assert [line["item"] for line in cheap_lines] == ["data review", "new labels", "engineering"]
     assert cheap_lines[2]["usd"] == pytest.approx(2 * 800.0)  # a cheap model's engineering days
     assert total == pytest.approx(sum(line["usd"] for line in lines))
@@ -74,9 +82,20 @@ def test_running_cost_scales_from_the_cores_that_measured_the_latency(tmp_path):
     run = tmp_path / "run"
     (run / "baseline").mkdir(parents=True)
     (run / "train").mkdir()
-    (run / "baseline" / "summary.json").write_text(json.dumps({"candidates": [
-        {"name": "tfidf_lr", "latency_cores": 8}, {"name": "majority"}, {"name": "embed_lr", "latency_cores": 8}]}))
-    (run / "train" / "summary.json").write_text(json.dumps({"candidates": [{"name": "encoder_ft", "latency_cores": 4}]}))
+    (run / "baseline" / "summary.json").write_text(
+        json.dumps(
+            {
+                "candidates": [
+                    {"name": "tfidf_lr", "latency_cores": 8},
+                    {"name": "majority"},
+                    {"name": "embed_lr", "latency_cores": 8},
+                ]
+            }
+        )
+    )
+    (run / "train" / "summary.json").write_text(
+        json.dumps({"candidates": [{"name": "encoder_ft", "latency_cores": 4}]})
+    )
     names = ["tfidf_lr", "majority", "encoder_ft", "embed_lr", "ensemble"]
     disagree = {"ensemble": ["tfidf_lr", "encoder_ft"]}
     assert _latency_cores(run, names, disagree) == {"tfidf_lr": 8, "encoder_ft": 4, "embed_lr": 8}
@@ -108,8 +127,9 @@ def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):
         candidates.append(incumbent)
         evaluate_settings["baseline"] = f"predictions:{incumbent_file}"
     config = EvaluateConfig(n_resamples=300, human_sheet_size=0, ensemble=False, **evaluate_settings)
-    evaluation = evaluate_candidates(test, candidates, task="classify", config=config, validation=validation,
-                                        seed=0, skipped=skipped)
+    evaluation = evaluate_candidates(
+        test, candidates, task="classify", config=config, validation=validation, seed=0, skipped=skipped
+    )
     if info is not None:
         evaluation.summary["incumbent"]["predictions_file"] = info
     evaluation.write(out_dir / "evaluate")
@@ -157,8 +177,9 @@ def test_fine_tune_when_it_meets_the_target_and_the_money_pays_back(demo_run, tm
 
 def test_not_yet_when_nothing_meets_the_bar(demo_run, tmp_path):
     _, run_dir = demo_run
-    out, _ = _reevaluate(run_dir, tmp_path / "r", candidates=["majority", "encoder_ft"], baseline="majority",
-                         threshold=50.0)
+    out, _ = _reevaluate(
+        run_dir, tmp_path / "r", candidates=["majority", "encoder_ft"], baseline="majority", threshold=50.0
+    )
     decision = decide(out, RoiConfig(**GENEROUS))["decision"]
     assert decision["verdict"] == "NOT_YET", decision["reasons"]
     assert decision["recommended"] is None
@@ -174,8 +195,9 @@ def test_inconclusive_when_the_interval_straddles_the_threshold_says_how_many_ro
     cmp = first["comparisons"]["encoder_ft"]["metrics"]["accuracy"]
     rel, (low, high) = cmp["relative_improvement"], cmp["relative_ci"]
     threshold = rel - 0.4 * (rel - low)  # inside the interval, below the observed effect
-    out, _ = _reevaluate(run_dir, tmp_path / "b", candidates=["majority", "encoder_ft"], baseline="majority",
-                         threshold=threshold)
+    out, _ = _reevaluate(
+        run_dir, tmp_path / "b", candidates=["majority", "encoder_ft"], baseline="majority", threshold=threshold
+    )
     decision = decide(out, RoiConfig(**GENEROUS))["decision"]
     assert decision["verdict"] == "INCONCLUSIVE", decision["reasons"]
     needed = decision["test_rows_needed"]
@@ -183,7 +205,8 @@ def test_inconclusive_when_the_interval_straddles_the_threshold_says_how_many_ro
     assert f"{needed:,} in all" in decision["reasons"][0]
     # the power arithmetic: half the distance to the threshold takes four times the rows
     assert test_rows_needed(100, 0.3, (0.1, 0.5), 0.2) == pytest.approx(
-        4 * test_rows_needed(100, 0.4, (0.2, 0.6), 0.2), rel=0.02)
+        4 * test_rows_needed(100, 0.4, (0.2, 0.6), 0.2), rel=0.02
+    )
 
 
 def test_incumbent_predictions_file_with_missing_ids_and_a_tie_in_cost(demo_run, tmp_path):
@@ -193,8 +216,12 @@ def test_incumbent_predictions_file_with_missing_ids_and_a_tie_in_cost(demo_run,
     # the team's current system happens to be the same TF-IDF model: its answers, minus 10 rows, plus 3 stray ids
     tfidf = pd.read_parquet(run_dir / "baseline" / "predictions" / "tfidf_lr.parquet")
     answers = tfidf[["id", "prediction", "latency_ms"]].iloc[10:]
-    answers = pd.concat([answers, pd.DataFrame({"id": ["x1", "x2", "x3"], "prediction": ["a", "b", "c"],
-                                                "latency_ms": [1.0, 1.0, 1.0]})])
+    answers = pd.concat(
+        [
+            answers,
+            pd.DataFrame({"id": ["x1", "x2", "x3"], "prediction": ["a", "b", "c"], "latency_ms": [1.0, 1.0, 1.0]}),
+        ]
+    )
     path = tmp_path / "current_system.csv"
     answers.to_csv(path, index=False)
     out, evaluation = _reevaluate(run_dir, tmp_path / "r", incumbent_file=path, candidates=["tfidf_lr", "encoder_ft"])
@@ -238,10 +265,15 @@ def test_decide_stage_writes_the_decision_and_follows_the_config(demo_run):
     assert saved["decision"]["headline"].startswith("USE_ALTERNATIVE: use tfidf_lr")
 
 
-@pytest.mark.parametrize("bad, field", [({"value_per_outcome_usd": -3}, "value_per_outcome_usd"),
-                                        ({"monthly_volume": 0}, "monthly_volume"),
-                                        ({"gpu": "GTX480"}, "gpu"),
-                                        ({"horizon_months": 100000}, "horizon_months")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"value_per_outcome_usd": -3}, "value_per_outcome_usd"),
+        ({"monthly_volume": 0}, "monthly_volume"),
+        ({"gpu": "GTX480"}, "gpu"),
+        ({"horizon_months": 100000}, "horizon_months"),
+    ],
+)
 def test_negative_or_absurd_assumptions_are_config_errors(bad, field):
     with pytest.raises(ConfigError, match=field):
         config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "roi": bad})

@@ -28,7 +28,7 @@ def norm(text: str) -> str:
 
 def shingles(text: str, size: int = 3) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
-    return {tuple(words[i:i + size]) for i in range(max(1, len(words) - size + 1))}
+    return {tuple(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}
 
 
 def luhn(number: str) -> bool:

@@ -60,8 +60,7 @@ def project(tmp_path_factory, banking77, stub):
     pool = rest.groupby("category", group_keys=False).head(POOL_PER_INTENT)
     held = test[test["category"].isin(INTENTS)].groupby("category", group_keys=False).head(TEST_PER_INTENT)
     # two pool rows that copy test rows (one exactly, one with different case and punctuation): never teacher rows
-    copies = pd.DataFrame({"text": [held["text"].iloc[0], held["text"].iloc[1].upper() + "!!"],
-                           "category": ["x", "y"]})
+    copies = pd.DataFrame({"text": [held["text"].iloc[0], held["text"].iloc[1].upper() + "!!"], "category": ["x", "y"]})
     pool = pd.concat([pool, copies], ignore_index=True)
     gold.to_csv(folder / "gold.csv", index=False)
     held.to_csv(folder / "test.csv", index=False)
@@ -71,12 +70,30 @@ def project(tmp_path_factory, banking77, stub):
         "data": {"train": "gold.csv", "test": "test.csv", "columns": {"input": "text", "label": "category"}},
         "curate": {name: {"enabled": False} for name in SLOW_CHECKS},
         "split": {"validation_fraction": 0.25},
-        "baseline": {"candidates": ["majority", "tfidf_lr"], "few_shot_k": 2, "batch_size": 4,
-                     "api_llm": {"base_url": stub.url, "model": "teacher-model", "api_key_env": None,
-                                 "usd_per_million_input_tokens": 2.0, "usd_per_million_output_tokens": 8.0,
-                                 "max_concurrency": 4, "backoff_s": 0.05, "cache_dir": str(folder / "api_cache")}},
-        "train": {"candidates": ["encoder_ft"], "max_steps": 12, "eval_every": 6, "batch_size": 8,
-                  "eval_max_rows": 32, "num_threads": 1, "precision": "fp32"},
+        "baseline": {
+            "candidates": ["majority", "tfidf_lr"],
+            "few_shot_k": 2,
+            "batch_size": 4,
+            "api_llm": {
+                "base_url": stub.url,
+                "model": "teacher-model",
+                "api_key_env": None,
+                "usd_per_million_input_tokens": 2.0,
+                "usd_per_million_output_tokens": 8.0,
+                "max_concurrency": 4,
+                "backoff_s": 0.05,
+                "cache_dir": str(folder / "api_cache"),
+            },
+        },
+        "train": {
+            "candidates": ["encoder_ft"],
+            "max_steps": 12,
+            "eval_every": 6,
+            "batch_size": 8,
+            "eval_max_rows": 32,
+            "num_threads": 1,
+            "precision": "fp32",
+        },
         "evaluate": {"n_resamples": 300},
         "roi": {"monthly_volume": 20000},
         "tracking": "off",
@@ -98,8 +115,9 @@ def _split(cfg, run_id: str, name: str) -> pd.DataFrame:
 def test_teacher_rows_are_marked_never_in_test_and_a_rerun_costs_no_request(project, stub):
     cfg, folder = project
     stub.reset()
-    result = distill(cfg, "r1", pool=folder / "pool.csv", teacher="api_zero_shot", students=["tfidf_lr"],
-                     out_run_id="api-1")
+    result = distill(
+        cfg, "r1", pool=folder / "pool.csv", teacher="api_zero_shot", students=["tfidf_lr"], out_run_id="api-1"
+    )
     requests = stub.count()
     test, validation = _split(cfg, "r1", "test"), _split(cfg, "r1", "validation")
     pool_info = result["pool"]
@@ -121,7 +139,7 @@ def test_teacher_rows_are_marked_never_in_test_and_a_rerun_costs_no_request(proj
     teacher_rows = train[train["source"] == "teacher"]
     assert sorted(teacher_rows["id"]) == sorted(kept["id"])
     assert (teacher_rows["teacher"] == "api_zero_shot").all() and teacher_rows["teacher_confidence"].notna().all()
-    assert (train.loc[train["source"] == "gold", "id"].tolist() == _split(cfg, "r1", "train")["id"].tolist())
+    assert train.loc[train["source"] == "gold", "id"].tolist() == _split(cfg, "r1", "train")["id"].tolist()
     pd.testing.assert_frame_equal(_split(cfg, "api-1", "test"), test)  # the gold test split, untouched
     normalised = {re.sub(r"\W+", " ", t).strip().lower() for t in test["input"]}
     assert not {re.sub(r"\W+", " ", t).strip().lower() for t in train["input"]} & normalised
@@ -145,8 +163,9 @@ def test_teacher_rows_are_marked_never_in_test_and_a_rerun_costs_no_request(proj
     assert ledger["usd"] == pytest.approx(sum(line.get("spent_now_usd", 0) for line in costs["one_time"]), rel=1e-6)
 
     stub.reset()
-    again = distill(cfg, "r1", pool=folder / "pool.csv", teacher="api_zero_shot", students=["tfidf_lr"],
-                    out_run_id="api-1")
+    again = distill(
+        cfg, "r1", pool=folder / "pool.csv", teacher="api_zero_shot", students=["tfidf_lr"], out_run_id="api-1"
+    )
     assert stub.count() == 0  # every answer came from the cache
     assert again["labelled"] == result["labelled"]
     assert all(line.get("spent_now_usd", 0) == 0 for line in again["costs"]["one_time"])
@@ -171,8 +190,15 @@ def test_the_agreement_filter_keeps_rows_both_prompts_label_alike(project, stub)
 
 def test_the_confidence_filter_given_and_chosen_on_validation(project):
     cfg, folder = project
-    given = distill(cfg, "r1", pool=folder / "pool.csv", teacher="tfidf_lr", min_confidence=0.3,
-                    students=["tfidf_lr"], out_run_id="conf-1")
+    given = distill(
+        cfg,
+        "r1",
+        pool=folder / "pool.csv",
+        teacher="tfidf_lr",
+        min_confidence=0.3,
+        students=["tfidf_lr"],
+        out_run_id="conf-1",
+    )
     rows = pd.read_parquet(given["artifact"])
     assert (rows["kept"] == (rows["teacher_confidence"] >= 0.3)).all()
     assert rows["kept"].any() and not rows["kept"].all()
@@ -181,12 +207,14 @@ def test_the_confidence_filter_given_and_chosen_on_validation(project):
     assert "a local model" in given["costs"]["one_time"][0]["arithmetic"] and given["costs"]["one_time"][0]["usd"] == 0
 
     # the default: the lowest threshold at which the teacher's kept validation rows reach the target
-    chosen = distill(cfg, "r1", pool=folder / "pool.csv", teacher="tfidf_lr", target=0.9, students=["tfidf_lr"],
-                     out_run_id="conf-2")
+    chosen = distill(
+        cfg, "r1", pool=folder / "pool.csv", teacher="tfidf_lr", target=0.9, students=["tfidf_lr"], out_run_id="conf-2"
+    )
     rule = chosen["rule"]
     validation = _split(cfg, "r1", "validation")
-    predictions = pd.read_parquet(cfg.resolve(cfg.runs_dir) / "r1" / "baseline" / "predictions" /
-                                  "tfidf_lr.validation.parquet")  # reused: the baseline stage made them
+    predictions = pd.read_parquet(
+        cfg.resolve(cfg.runs_dir) / "r1" / "baseline" / "predictions" / "tfidf_lr.validation.parquet"
+    )  # reused: the baseline stage made them
     truth = validation.set_index("id").loc[predictions["id"], "label"].to_numpy()
     correct = predictions["prediction"].to_numpy() == truth
     expected = choose_min_confidence(predictions["score"].to_numpy(), correct, 0.9)
@@ -206,19 +234,35 @@ def test_relabel_suspects_changes_train_rows_only(project, stub):
     train = pd.read_parquet(runs / "rs" / "split" / "train.parquet")
     # three exchange-rate rows mislabelled, as curation's label-error check would flag them (the stub teacher
     # answers exchange_rate for them: no other label shares a word with them)
-    flipped = train.index[train["input"].str.contains(r"(?i)\bexchange\b.*\brate\b")
-                          & ~train["input"].str.contains("card|pin|age|atm|lost|stolen|arriv", case=False)][:3]
+    flipped = train.index[
+        train["input"].str.contains(r"(?i)\bexchange\b.*\brate\b")
+        & ~train["input"].str.contains("card|pin|age|atm|lost|stolen|arriv", case=False)
+    ][:3]
     assert len(flipped) == 3
     train.loc[flipped, "label"] = "age_limit"
     train.to_parquet(runs / "rs" / "split" / "train.parquet")
     validation_id = _split(cfg, "rs", "validation")["id"].iloc[0]  # left as it is: never a training row
     issues = pd.read_parquet(runs / "rs" / "curate" / "issues.parquet")
-    suspects = pd.DataFrame({"id": [*train.loc[flipped, "id"], validation_id], "issue": "suspected_label_error",
-                             "detail": "given label unlikely", "action": "flagged", "stage": "curate"})
+    suspects = pd.DataFrame(
+        {
+            "id": [*train.loc[flipped, "id"], validation_id],
+            "issue": "suspected_label_error",
+            "detail": "given label unlikely",
+            "action": "flagged",
+            "stage": "curate",
+        }
+    )
     pd.concat([issues, suspects], ignore_index=True).to_parquet(runs / "rs" / "curate" / "issues.parquet")
 
-    result = distill(cfg, "rs", relabel_suspects=True, teacher="api_zero_shot", min_confidence=0.0,
-                     students=["tfidf_lr"], out_run_id="rs-distilled")
+    result = distill(
+        cfg,
+        "rs",
+        relabel_suspects=True,
+        teacher="api_zero_shot",
+        min_confidence=0.0,
+        students=["tfidf_lr"],
+        out_run_id="rs-distilled",
+    )
     assert result["suspects"] == {"suspects": 4, "in_train": 3, "in_validation_or_test": 1, "dropped_by_curation": 0}
     distilled = _split(cfg, "rs-distilled", "train").set_index("id")
     changed = distilled.loc[train.loc[flipped, "id"]]
@@ -244,8 +288,14 @@ def test_choose_min_confidence_takes_the_lowest_threshold_reaching_the_target():
 def test_the_spending_cap_stops_labelling_before_the_batch_that_would_cross_it(project, stub, tmp_path):
     cfg, folder = project
     stub.reset()
-    settings = {"usd_per_million_input_tokens": 100.0, "usd_per_million_output_tokens": 400.0, "no_cache": True,
-                "max_usd": None, "max_concurrency": 1, "ledger": str(tmp_path / "ledger.json")}
+    settings = {
+        "usd_per_million_input_tokens": 100.0,
+        "usd_per_million_output_tokens": 400.0,
+        "no_cache": True,
+        "max_usd": None,
+        "max_concurrency": 1,
+        "ledger": str(tmp_path / "ledger.json"),
+    }
 
     def with_api(**changes):
         api = cfg.baseline.api_llm.model_copy(update={**settings, **changes})
@@ -258,8 +308,15 @@ def test_the_spending_cap_stops_labelling_before_the_batch_that_would_cross_it(p
     cap = parts["validation"]["usd"] + 0.1 * parts["pool"]["usd"]
     capped = with_api(max_usd=cap)
     with pytest.raises(DistillStopped, match=r"spending cap reached.*rows labelled so far are kept") as caught:
-        distill(capped, "r1", pool=folder / "pool.csv", teacher="api_zero_shot", min_confidence=0.0,
-                students=["tfidf_lr"], out_run_id="capped")
+        distill(
+            capped,
+            "r1",
+            pool=folder / "pool.csv",
+            teacher="api_zero_shot",
+            min_confidence=0.0,
+            students=["tfidf_lr"],
+            out_run_id="capped",
+        )
     summary = caught.value.summary
     stop = summary["cap"]
     assert stop["scope"] == "run" and stop["max_usd"] == pytest.approx(cap)
@@ -310,8 +367,19 @@ def test_the_command_trains_the_fine_tuned_student_with_the_train_stage(project,
     import yaml
 
     config.write_text(yaml.safe_dump(raw))
-    command = ["distill", "-c", str(config), "--run-id", "r1", "--pool", str(folder / "pool.csv"),
-               "--teacher", "api_zero_shot", "--min-confidence", "0"]
+    command = [
+        "distill",
+        "-c",
+        str(config),
+        "--run-id",
+        "r1",
+        "--pool",
+        str(folder / "pool.csv"),
+        "--teacher",
+        "api_zero_shot",
+        "--min-confidence",
+        "0",
+    ]
     result = CliRunner().invoke(app, command, env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "students (run r1-distilled) on the gold test set" in result.output
@@ -321,6 +389,7 @@ def test_the_command_trains_the_fine_tuned_student_with_the_train_stage(project,
     assert [c["name"] for c in summary["candidates"]] == ["encoder_ft"]
     train = pd.read_parquet(run / "split" / "train.parquet")
     assert (run / "train" / "encoder_ft" / "adapter" / "tunewise_train.json").exists()
-    assert (train["source"] == "teacher").sum() == len(pd.read_parquet(folder / "runs" / "r1" / "distill" /
-                                                                       "teacher_rows.parquet"))  # min-confidence 0
+    assert (train["source"] == "teacher").sum() == len(
+        pd.read_parquet(folder / "runs" / "r1" / "distill" / "teacher_rows.parquet")
+    )  # min-confidence 0
     assert len(pd.read_parquet(run / "train" / "predictions" / "encoder_ft.parquet")) == len(_split(cfg, "r1", "test"))

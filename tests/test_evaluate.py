@@ -45,12 +45,19 @@ def one_torch_thread():
 
 def _truth(n: int, seed: int = 0, **columns) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"id": [f"t{i:04d}" for i in range(n)], "input": [f"message {i}" for i in range(n)],
-                         "label": rng.choice(LABELS, size=n), **columns})
+    return pd.DataFrame(
+        {
+            "id": [f"t{i:04d}" for i in range(n)],
+            "input": [f"message {i}" for i in range(n)],
+            "label": rng.choice(LABELS, size=n),
+            **columns,
+        }
+    )
 
 
-def _constructed(name: str, kind: str, truth: pd.DataFrame, accuracy: float, seed: int,
-                 rows: np.ndarray | None = None) -> CandidatePredictions:
+def _constructed(
+    name: str, kind: str, truth: pd.DataFrame, accuracy: float, seed: int, rows: np.ndarray | None = None
+) -> CandidatePredictions:
     """Predictions right on exactly round(accuracy * n) rows drawn at random, wrong (next label) elsewhere."""
     frame = truth if rows is None else truth.iloc[rows]
     n = len(frame)
@@ -58,25 +65,35 @@ def _constructed(name: str, kind: str, truth: pd.DataFrame, accuracy: float, see
     right = np.zeros(n, dtype=bool)
     right[rng.choice(n, size=int(round(accuracy * n)), replace=False)] = True
     wrong = [LABELS[(LABELS.index(x) + 1) % len(LABELS)] for x in frame["label"]]
-    predictions = pd.DataFrame({
-        "id": frame["id"].to_numpy(), "prediction": np.where(right, frame["label"], wrong),
-        "score": np.where(right, rng.uniform(0.6, 1.0, n), rng.uniform(0.3, 0.8, n)),
-        "proba": None, "latency_ms": 1.0,
-    })
+    predictions = pd.DataFrame(
+        {
+            "id": frame["id"].to_numpy(),
+            "prediction": np.where(right, frame["label"], wrong),
+            "score": np.where(right, rng.uniform(0.6, 1.0, n), rng.uniform(0.3, 0.8, n)),
+            "proba": None,
+            "latency_ms": 1.0,
+        }
+    )
     return CandidatePredictions(name, kind, predictions)
 
 
 def _evaluate(truth, candidates, slice_columns=(), **config):
     config.setdefault("baseline", "zero_shot_llm")
-    return evaluate_candidates(truth, candidates, task="classify", config=EvaluateConfig(**config), seed=0,
-                               slice_columns=slice_columns)
+    return evaluate_candidates(
+        truth, candidates, task="classify", config=EvaluateConfig(**config), seed=0, slice_columns=slice_columns
+    )
 
 
 def test_gate_passes_for_a_clear_gain_that_beats_the_cheap_candidate():
     truth = _truth(400)
-    result = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
-                               _constructed("tfidf_lr", "cheap", truth, 0.70, 2),
-                               _constructed("lora", "finetuned", truth, 0.85, 3)])
+    result = _evaluate(
+        truth,
+        [
+            _constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
+            _constructed("tfidf_lr", "cheap", truth, 0.70, 2),
+            _constructed("lora", "finetuned", truth, 0.85, 3),
+        ],
+    )
     summary = result.summary
     assert summary["gate"]["passed"] is True, summary["gate"]["reasons"]
     assert gate_exit_code(summary) == 0
@@ -93,8 +110,10 @@ def test_gate_passes_for_a_clear_gain_that_beats_the_cheap_candidate():
 
 def test_gate_fails_below_the_threshold():
     truth = _truth(400)
-    summary = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
-                                _constructed("lora", "finetuned", truth, 0.65, 3)]).summary
+    summary = _evaluate(
+        truth,
+        [_constructed("zero_shot_llm", "baseline", truth, 0.60, 1), _constructed("lora", "finetuned", truth, 0.65, 3)],
+    ).summary
     assert summary["gate"]["passed"] is False
     assert any("below the 15% threshold" in r for r in summary["gate"]["reasons"])
     assert gate_exit_code(summary) == 1
@@ -102,8 +121,10 @@ def test_gate_fails_below_the_threshold():
 
 def test_gate_fails_when_the_gain_may_be_noise():
     truth = _truth(40)
-    summary = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.45, 1),
-                                _constructed("lora", "finetuned", truth, 0.60, 3)]).summary
+    summary = _evaluate(
+        truth,
+        [_constructed("zero_shot_llm", "baseline", truth, 0.45, 1), _constructed("lora", "finetuned", truth, 0.60, 3)],
+    ).summary
     assert summary["comparison"]["relative_improvement"] >= 0.15
     assert summary["comparison"]["ci95"][0] <= 0
     assert summary["gate"]["passed"] is False
@@ -112,24 +133,40 @@ def test_gate_fails_when_the_gain_may_be_noise():
 
 def test_gate_fails_when_a_cheap_candidate_wins_beyond_noise():
     truth = _truth(400)
-    summary = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
-                                _constructed("tfidf_lr", "cheap", truth, 0.95, 2),
-                                _constructed("lora", "finetuned", truth, 0.78, 3)]).summary
+    summary = _evaluate(
+        truth,
+        [
+            _constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
+            _constructed("tfidf_lr", "cheap", truth, 0.95, 2),
+            _constructed("lora", "finetuned", truth, 0.78, 3),
+        ],
+    ).summary
     assert summary["comparison"]["relative_improvement"] > 0.15
     assert summary["gate"]["passed"] is False
     assert any("loses to the cheap candidate tfidf_lr" in r for r in summary["gate"]["reasons"])
     # turned off, the same numbers pass
-    relaxed = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
-                                _constructed("tfidf_lr", "cheap", truth, 0.95, 2),
-                                _constructed("lora", "finetuned", truth, 0.78, 3)], gate_beats_cheap=False).summary
+    relaxed = _evaluate(
+        truth,
+        [
+            _constructed("zero_shot_llm", "baseline", truth, 0.60, 1),
+            _constructed("tfidf_lr", "cheap", truth, 0.95, 2),
+            _constructed("lora", "finetuned", truth, 0.78, 3),
+        ],
+        gate_beats_cheap=False,
+    ).summary
     assert relaxed["gate"]["passed"] is True
 
 
 def test_gate_without_a_finetuned_candidate_takes_the_best_other_and_fails_without_baseline():
     truth = _truth(300)
-    summary = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.5, 1),
-                                _constructed("tfidf_lr", "cheap", truth, 0.8, 2),
-                                _constructed("majority", "cheap", truth, 0.3, 4)]).summary
+    summary = _evaluate(
+        truth,
+        [
+            _constructed("zero_shot_llm", "baseline", truth, 0.5, 1),
+            _constructed("tfidf_lr", "cheap", truth, 0.8, 2),
+            _constructed("majority", "cheap", truth, 0.3, 4),
+        ],
+    ).summary
     assert summary["gate"]["candidate"] == "tfidf_lr" and summary["gate"]["cheap"] != "tfidf_lr"
     alone = _evaluate(truth, [_constructed("tfidf_lr", "cheap", truth, 0.8, 2)], baseline=None).summary
     # no prompted LLM: the incumbent is the best candidate that needs no fine-tuning, and nothing is left to compare
@@ -142,23 +179,36 @@ def test_gate_without_a_finetuned_candidate_takes_the_best_other_and_fails_witho
 def test_comparison_with_a_sampled_candidate_uses_only_shared_ids():
     truth = _truth(400)
     sampled = np.sort(np.random.default_rng(5).choice(400, size=120, replace=False))
-    summary = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.6, 1, rows=sampled),
-                                _constructed("tfidf_lr", "cheap", truth, 0.8, 2)]).summary
+    summary = _evaluate(
+        truth,
+        [
+            _constructed("zero_shot_llm", "baseline", truth, 0.6, 1, rows=sampled),
+            _constructed("tfidf_lr", "cheap", truth, 0.8, 2),
+        ],
+    ).summary
     entries = {e["name"]: e for e in summary["candidates"]}
     assert entries["zero_shot_llm"]["n_eval"] == 120 and entries["tfidf_lr"]["n_eval"] == 400
     assert summary["comparison"]["n"] == 120
     # the compared tfidf_lr score is its score on the 120 shared rows, not on all 400
     cheap = _constructed("tfidf_lr", "cheap", truth, 0.8, 2).test
     on_sample = cheap[cheap["id"].isin(truth["id"].iloc[sampled])]
-    expected = (on_sample["prediction"].to_numpy() == truth.set_index("id").loc[on_sample["id"], "label"].to_numpy()).mean()
+    expected = (
+        on_sample["prediction"].to_numpy() == truth.set_index("id").loc[on_sample["id"], "label"].to_numpy()
+    ).mean()
     assert summary["comparison"]["candidate_score"] == pytest.approx(expected)
 
 
 def test_candidate_with_ids_outside_the_test_set_is_skipped_by_name():
     truth = _truth(200)
     stale = _constructed("few_shot_llm", "baseline", _truth(200, seed=9).assign(id=lambda f: "old-" + f["id"]), 0.9, 7)
-    summary = _evaluate(truth, [_constructed("zero_shot_llm", "baseline", truth, 0.6, 1),
-                                _constructed("tfidf_lr", "cheap", truth, 0.8, 2), stale]).summary
+    summary = _evaluate(
+        truth,
+        [
+            _constructed("zero_shot_llm", "baseline", truth, 0.6, 1),
+            _constructed("tfidf_lr", "cheap", truth, 0.8, 2),
+            stale,
+        ],
+    ).summary
     skipped = {s["name"]: s["reason"] for s in summary["skipped"]}
     assert "few_shot_llm" in skipped and "not in the test set" in skipped["few_shot_llm"]
     assert "few_shot_llm" not in summary["comparisons"]
@@ -171,8 +221,15 @@ def test_load_run_predictions_reports_missing_and_broken_files(tmp_path):
     write_parquet(tmp_path / "baseline" / "predictions" / "tfidf_lr.parquet", good)
     write_parquet(tmp_path / "baseline" / "predictions" / "tfidf_lr.validation.parquet", good.head(10))
     write_parquet(tmp_path / "baseline" / "predictions" / "broken.parquet", good.drop(columns=["prediction"]))
-    write_json(tmp_path / "baseline" / "summary.json", {"candidates": [
-        {"name": "tfidf_lr", "kind": "cheap"}, {"name": "zero_shot_llm", "kind": "baseline", "expensive": True}]})
+    write_json(
+        tmp_path / "baseline" / "summary.json",
+        {
+            "candidates": [
+                {"name": "tfidf_lr", "kind": "cheap"},
+                {"name": "zero_shot_llm", "kind": "baseline", "expensive": True},
+            ]
+        },
+    )
     found, skipped = load_run_predictions(tmp_path)  # no train stage: simply absent
     assert [c.name for c in found] == ["tfidf_lr"] and found[0].kind == "cheap" and len(found[0].validation) == 10
     reasons = {s["name"]: s["reason"] for s in skipped}
@@ -195,9 +252,16 @@ def test_choose_threshold_takes_the_lowest_cut_reaching_the_target():
 
 def test_out_of_scope_metrics_by_hand():
     labels = sorted([*LABELS, "out_of_scope"])
-    truth = pd.DataFrame({"id": list("abcde"), "label": ["billing", "billing", "out_of_scope", "out_of_scope", "login"]})
-    predictions = pd.DataFrame({"id": list("abcde"), "prediction": ["billing", "login", "billing", "billing", "login"],
-                                "score": [0.9, 0.3, 0.2, 0.95, 0.8]})
+    truth = pd.DataFrame(
+        {"id": list("abcde"), "label": ["billing", "billing", "out_of_scope", "out_of_scope", "login"]}
+    )
+    predictions = pd.DataFrame(
+        {
+            "id": list("abcde"),
+            "prediction": ["billing", "login", "billing", "billing", "login"],
+            "score": [0.9, 0.3, 0.2, 0.95, 0.8],
+        }
+    )
     scores = score_classification(predictions, truth, labels, threshold=0.5, out_of_scope_label="out_of_scope")
     point, _, _ = scores.metrics(None, 0.95)
     # answered: a, d, e; deferred b, c become out_of_scope -> final: billing, oos, oos, billing, login
@@ -212,8 +276,9 @@ def test_threshold_is_chosen_on_validation_and_saved_per_candidate():
     truth, validation = _truth(300, seed=1), _truth(200, seed=2).assign(id=lambda f: "v" + f["id"])
     candidate = _constructed("tfidf_lr", "cheap", truth, 0.8, 2)
     candidate.validation = _constructed("tfidf_lr", "cheap", validation, 0.75, 3).test
-    result = evaluate_candidates(truth, [candidate], task="classify", validation=validation,
-                                 config=EvaluateConfig(target_precision=0.9))
+    result = evaluate_candidates(
+        truth, [candidate], task="classify", validation=validation, config=EvaluateConfig(target_precision=0.9)
+    )
     val_correct = candidate.validation["prediction"].to_numpy() == validation["label"].to_numpy()
     expected = choose_threshold(candidate.validation["score"].to_numpy(), val_correct, 0.9)
     assert result.thresholds["tfidf_lr"]["threshold"] == expected["threshold"]
@@ -241,9 +306,12 @@ def test_slices_report_gaps_uncomputable_slices_and_slices_worse_than_baseline()
     truth_labels = truth["label"].to_numpy()
     good_on_email.loc[is_email, "prediction"] = truth_labels[is_email]  # perfect on email
     wrong = np.array([LABELS[(LABELS.index(x) + 1) % 4] for x in truth_labels])
-    good_on_email.loc[is_chat, "prediction"] = np.where(np.arange(n)[is_chat] % 5 == 0, truth_labels[is_chat], wrong[is_chat])
-    result = _evaluate(truth, [baseline, CandidatePredictions("lora", "finetuned", good_on_email)], ["channel"],
-                       min_slice_rows=30)
+    good_on_email.loc[is_chat, "prediction"] = np.where(
+        np.arange(n)[is_chat] % 5 == 0, truth_labels[is_chat], wrong[is_chat]
+    )
+    result = _evaluate(
+        truth, [baseline, CandidatePredictions("lora", "finetuned", good_on_email)], ["channel"], min_slice_rows=30
+    )
     report = result.slices["columns"]["channel"]["lora"]
     assert report["slices"]["fax"]["computable"] is False and "only 20 rows" in report["slices"]["fax"]["reason"]
     assert report["largest_gap"]["high"] == "email" and report["largest_gap"]["low"] == "chat"
@@ -251,7 +319,9 @@ def test_slices_report_gaps_uncomputable_slices_and_slices_worse_than_baseline()
     worse = result.summary["slices_worse_than_baseline"]
     assert [(w["column"], w["value"], w["candidate"]) for w in worse] == [("channel", "chat", "lora")]
     # a slice with a single true class: accuracy yes, macro F1 reported as not computable
-    one_class = _evaluate(truth, [baseline], ["channel"], min_slice_rows=10).slices["columns"]["channel"]["zero_shot_llm"]["slices"]["fax"]
+    one_class = _evaluate(truth, [baseline], ["channel"], min_slice_rows=10).slices["columns"]["channel"][
+        "zero_shot_llm"
+    ]["slices"]["fax"]
     assert "accuracy" in one_class["metrics"] and "one class" in one_class["not_computable"]["macro_f1"]
 
 
@@ -261,8 +331,10 @@ def test_slices_report_gaps_uncomputable_slices_and_slices_worse_than_baseline()
 
 def test_human_sheet_round_trip_gives_win_rate_with_wilson_interval(tmp_path):
     truth = _truth(60)
-    answers = {"lora": pd.Series([f"reply L{i}" for i in range(60)], index=truth["id"]),
-               "zero_shot_llm": pd.Series([f"reply Z{i}" for i in range(60)], index=truth["id"])}
+    answers = {
+        "lora": pd.Series([f"reply L{i}" for i in range(60)], index=truth["id"]),
+        "zero_shot_llm": pd.Series([f"reply Z{i}" for i in range(60)], index=truth["id"]),
+    }
     files = write_sheet(tmp_path, truth, answers, n=20, seed=3)
     assert files.n_items == 20
     sheet = pd.read_csv(files.sheet_csv, keep_default_na=False)
@@ -304,7 +376,9 @@ def test_probe_answer_checking_and_comparison():
     tuned = ProbeResult(0.6, 30.0, [{"question": "q", "reply": "Lyon", "correct": False}])
     report = compare_probes(base, tuned)
     assert report["forgot"] is True and len(report["flags"]) == 2
-    assert report["accuracy_change"] == pytest.approx(-0.2) and report["perplexity_change_relative"] == pytest.approx(0.5)
+    assert report["accuracy_change"] == pytest.approx(-0.2) and report["perplexity_change_relative"] == pytest.approx(
+        0.5
+    )
     assert compare_probes(base, base)["forgot"] is False
 
 
@@ -320,9 +394,17 @@ def test_probe_runs_on_a_base_model_and_a_saved_adapter(tmp_path, one_torch_thre
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm(DEFAULT_LLM).path)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     model, tok = load_llm(str(tmp_path / "base"))
@@ -352,11 +434,19 @@ def test_probe_runs_on_a_base_model_and_a_saved_adapter(tmp_path, one_torch_thre
 def _records(path, task: str) -> pd.DataFrame:
     raw = pd.read_csv(path, dtype=str).fillna("")
     answer = "label" if task == "classify" else "target"
-    frame = pd.DataFrame({
-        "id": raw["id"], "input": raw["text"], "context": "[]", answer: raw["intent" if task == "classify" else "reply"],
-        "source_file": path.name, "source_line": np.arange(len(raw)) + 2, "synthetic": False,
-        "channel": raw["channel"], "customer_tier": raw["customer_tier"],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": raw["id"],
+            "input": raw["text"],
+            "context": "[]",
+            answer: raw["intent" if task == "classify" else "reply"],
+            "source_file": path.name,
+            "source_line": np.arange(len(raw)) + 2,
+            "synthetic": False,
+            "channel": raw["channel"],
+            "customer_tier": raw["customer_tier"],
+        }
+    )
     return frame[(frame["input"].str.strip() != "") & (frame[answer].str.strip() != "")].reset_index(drop=True)
 
 
@@ -392,8 +482,15 @@ def classify_run(tmp_path_factory):
     run_dir = tmp_path / "runs" / "r1"
     for name, frame in (("train", train), ("validation", validation), ("test", test)):
         write_parquet(run_dir / "split" / f"{name}.parquet", frame)
-    run_baseline(train, validation, test, task="classify", config=BaselineConfig(candidates=["majority", "tfidf_lr"]),
-                 models=ModelsConfig(), out_dir=run_dir / "baseline")
+    run_baseline(
+        train,
+        validation,
+        test,
+        task="classify",
+        config=BaselineConfig(candidates=["majority", "tfidf_lr"]),
+        models=ModelsConfig(),
+        out_dir=run_dir / "baseline",
+    )
     # the train stage's place: a real (differently regularised) model standing in for a fine-tuned one
     tuned = TfidfLogRegCandidate(C=0.5).fit(train, validation)
     write_parquet(run_dir / "train" / "predictions" / "tfidf_tuned.parquet", tuned.predict(test))
@@ -401,9 +498,15 @@ def classify_run(tmp_path_factory):
     write_json(run_dir / "train" / "summary.json", {"candidates": [{"name": "tfidf_tuned", "kind": "finetuned"}]})
     # a stale file: predictions made on another split
     write_parquet(run_dir / "baseline" / "predictions" / "stale.parquet", tuned.predict(validation))
-    cfg = _config({"task": "classify", "data": {"train": "data/support.csv", "slice_columns": ["channel", "customer_tier"]},
-                   "tracking": "off"}, tmp_path,
-                  {"baseline": "majority", "robustness_rows": 60, "human_sheet_size": 20, "n_resamples": 1000})
+    cfg = _config(
+        {
+            "task": "classify",
+            "data": {"train": "data/support.csv", "slice_columns": ["channel", "customer_tier"]},
+            "tracking": "off",
+        },
+        tmp_path,
+        {"baseline": "majority", "robustness_rows": 60, "human_sheet_size": 20, "n_resamples": 1000},
+    )
     metrics = run(StageContext(cfg, run_dir, "evaluate"))
     return run_dir, test, metrics
 
@@ -417,8 +520,10 @@ def test_end_to_end_classify_writes_the_designed_artifacts(classify_run):
     assert set(names) == {"majority", "tfidf_lr", "tfidf_tuned", "ensemble"}
     # the ensemble: the mean class probabilities of the fine-tuned candidate and the best cheap one
     ensemble = pd.read_parquet(run_dir / "evaluate" / "predictions" / "ensemble.parquet").set_index("id")
-    members = [pd.read_parquet(run_dir / folder / "predictions" / f"{n}.parquet").set_index("id").loc[ensemble.index]
-               for n, folder in (("tfidf_tuned", "train"), ("tfidf_lr", "baseline"))]
+    members = [
+        pd.read_parquet(run_dir / folder / "predictions" / f"{n}.parquet").set_index("id").loc[ensemble.index]
+        for n, folder in (("tfidf_tuned", "train"), ("tfidf_lr", "baseline"))
+    ]
     mean = (np.stack(members[0]["proba"]) + np.stack(members[1]["proba"])) / 2
     assert np.allclose(np.stack(ensemble["proba"]), mean)
     assert names["ensemble"]["kind"] == "finetuned"
@@ -428,13 +533,17 @@ def test_end_to_end_classify_writes_the_designed_artifacts(classify_run):
         predictions = pd.read_parquet(run_dir / folder / "predictions" / f"{name}.parquet")
         truth = test.set_index("id").loc[predictions["id"], "label"]
         assert names[name]["metrics"]["accuracy"] == pytest.approx(accuracy_score(truth, predictions["prediction"]))
-        assert names[name]["metrics"]["macro_f1"] == pytest.approx(f1_score(truth, predictions["prediction"], average="macro"))
+        assert names[name]["metrics"]["macro_f1"] == pytest.approx(
+            f1_score(truth, predictions["prediction"], average="macro")
+        )
         assert names[name]["n_eval"] == len(test)
         low, high = names[name]["ci95"]["accuracy"]
         assert low <= names[name]["metrics"]["accuracy"] <= high
     comparison = summary["comparison"]
     assert set(comparison) >= {"candidate", "baseline", "relative_improvement", "ci95", "p_value", "threshold"}
-    assert comparison["candidate"] == "ensemble"  # the average beat its members here and comparison["baseline"] == "majority"
+    assert (
+        comparison["candidate"] == "ensemble"
+    )  # the average beat its members here and comparison["baseline"] == "majority"
     assert summary["gate"]["passed"] is (metrics["gate_passed"]) and isinstance(summary["gate"]["reasons"], list)
     # the configured majority baseline is within noise of chance: tfidf_lr is the reference instead
     assert summary["incumbent"]["name"] == "majority" and not summary["incumbent"]["meaningful"]
@@ -443,10 +552,14 @@ def test_end_to_end_classify_writes_the_designed_artifacts(classify_run):
     assert "not in the test set" in skipped["stale"]
 
     per_example = pd.read_parquet(out / "per_example" / "tfidf_tuned.parquet")
-    assert {"id", "label", "prediction", "confidence", "correct", "channel", "customer_tier"} <= set(per_example.columns)
+    assert {"id", "label", "prediction", "confidence", "correct", "channel", "customer_tier"} <= set(
+        per_example.columns
+    )
     assert len(per_example) == len(test)
     per_class = pd.read_csv(out / "per_class.csv")
-    assert set(per_class["candidate"]) == set(names) and {"precision", "recall", "f1", "support"} <= set(per_class.columns)
+    assert set(per_class["candidate"]) == set(names) and {"precision", "recall", "f1", "support"} <= set(
+        per_class.columns
+    )
     confusions = json.loads((out / "confusions.json").read_text())
     assert confusions["majority"]["top"][0]["count"] > 0
     thresholds = json.loads((out / "thresholds.json").read_text())
@@ -510,11 +623,19 @@ def test_end_to_end_generate_on_nearest_reply_predictions(tmp_path, one_torch_th
     files, train, validation, test = _demo_split(tmp_path, "generate", n_rows=200, n_test=40)
     full = make_candidate("nn_reply").fit(train)
     small = make_candidate("nn_reply").fit(train.head(30))  # a weaker real generator as the baseline
-    candidates = [CandidatePredictions("nn_reply", "cheap", full.predict(test)),
-                  CandidatePredictions("nn_reply_small", "baseline", small.predict(test))]
-    result = evaluate_candidates(test, candidates, task="generate", config=EvaluateConfig(
-        baseline="nn_reply_small", format_pattern=r"[.!?]$", n_resamples=1000),
-        knowledge=knowledge_texts(files.knowledge_base), encoder="embedded:minilm-l6", slice_columns=["channel"])
+    candidates = [
+        CandidatePredictions("nn_reply", "cheap", full.predict(test)),
+        CandidatePredictions("nn_reply_small", "baseline", small.predict(test)),
+    ]
+    result = evaluate_candidates(
+        test,
+        candidates,
+        task="generate",
+        config=EvaluateConfig(baseline="nn_reply_small", format_pattern=r"[.!?]$", n_resamples=1000),
+        knowledge=knowledge_texts(files.knowledge_base),
+        encoder="embedded:minilm-l6",
+        slice_columns=["channel"],
+    )
     summary = result.summary
     entry = {e["name"]: e for e in summary["candidates"]}["nn_reply"]
     replies = candidates[0].test["prediction"].tolist()
@@ -528,7 +649,9 @@ def test_end_to_end_generate_on_nearest_reply_predictions(tmp_path, one_torch_th
     assert comparison["test"] == "paired_permutation" and comparison["n"] == len(test)
     assert summary["comparison"]["metric"] == "chrf"
     per_example = result.per_example["nn_reply"]
-    assert {"chrf", "rouge_l", "embedding_similarity", "n_unsupported", "unsupported_facts", "channel"} <= set(per_example.columns)
+    assert {"chrf", "rouge_l", "embedding_similarity", "n_unsupported", "unsupported_facts", "channel"} <= set(
+        per_example.columns
+    )
     assert len(result.worst["nn_reply"]["lowest_chrf"]) == 10
     written = result.write(tmp_path / "evaluate")
     assert (tmp_path / "evaluate" / "summary.json") in written
@@ -545,9 +668,17 @@ def test_evaluate_stage_without_a_train_stage_evaluates_what_exists(classify_run
     for stage in ("split", "baseline"):  # no train stage in this run
         shutil.copytree(run_dir / stage, copy / stage)
     (copy / "evaluate").mkdir()
-    cfg = _config({"task": "classify", "data": {"train": "data/support.csv"}, "tracking": "off"}, tmp_path,
-                  {"baseline": "majority", "candidates": ["tfidf_lr"], "robustness": False, "human_sheet_size": 0,
-                   "n_resamples": 500})
+    cfg = _config(
+        {"task": "classify", "data": {"train": "data/support.csv"}, "tracking": "off"},
+        tmp_path,
+        {
+            "baseline": "majority",
+            "candidates": ["tfidf_lr"],
+            "robustness": False,
+            "human_sheet_size": 0,
+            "n_resamples": 500,
+        },
+    )
     metrics = run(StageContext(cfg, copy, "evaluate"))
     summary = json.loads((copy / "evaluate" / "summary.json").read_text())
     assert {e["name"] for e in summary["candidates"]} == {"majority", "tfidf_lr"}  # the baseline stays in
@@ -590,8 +721,14 @@ def test_out_of_scope_as_a_class_on_banking77_held_out_intents(banking77):
     assert (test["label"] == oos).sum() == 120 and len(train) == 9 * 25 + 15
     model = make_candidate("tfidf_lr").fit(train, validation)
     candidate = CandidatePredictions("tfidf_lr", "cheap", model.predict(test), validation=model.predict(validation))
-    result = evaluate_candidates(test, [candidate], task="classify", validation=validation, seed=0,
-                                 config=EvaluateConfig(baseline="tfidf_lr", n_resamples=200, target_precision=0.97))
+    result = evaluate_candidates(
+        test,
+        [candidate],
+        task="classify",
+        validation=validation,
+        seed=0,
+        config=EvaluateConfig(baseline="tfidf_lr", n_resamples=200, target_precision=0.97),
+    )
     entry = result.summary["candidates"][0]
     got = entry["out_of_scope"]
     assert got["threshold_applied"] and entry["out_of_scope_threshold"] == result.thresholds["tfidf_lr"]["threshold"]
@@ -614,7 +751,8 @@ def test_out_of_scope_as_a_class_on_banking77_held_out_intents(banking77):
         assert got[block]["oos_false_alarms"] == (flagged & ~is_oos).sum()
     # the top-level figures are the thresholded ones, and agree with the bootstrapped point metrics
     assert {k: got[k] for k in ("in_scope_accuracy", "oos_recall", "oos_precision")} == pytest.approx(
-        {k: entry["metrics"][k] for k in ("in_scope_accuracy", "oos_recall", "oos_precision")})
+        {k: entry["metrics"][k] for k in ("in_scope_accuracy", "oos_recall", "oos_precision")}
+    )
     assert got["oos_recall"] == got["with_threshold"]["oos_recall"]
     # the threshold (target precision 0.97 on validation) catches held-out-intent rows the 15
     # out_of_scope training rows did not teach (measured: recall 0.675 class-only, 0.80 with it)

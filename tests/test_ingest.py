@@ -106,11 +106,14 @@ def test_iter_raw_rows_streams_fields_and_errors(tmp_path):
 
 
 def test_instruction_records_join_instruction_and_input(tmp_path):
-    path = write_jsonl(tmp_path / "i.jsonl", [
-        {"instruction": "Summarise", "input": "A long text.", "output": "Short."},
-        {"instruction": "Say hello", "input": "", "output": "Hello!"},
-        {"instruction": "Say bye", "output": "Bye!"},  # input is optional
-    ])
+    path = write_jsonl(
+        tmp_path / "i.jsonl",
+        [
+            {"instruction": "Summarise", "input": "A long text.", "output": "Short."},
+            {"instruction": "Say hello", "input": "", "output": "Hello!"},
+            {"instruction": "Say bye", "output": "Bye!"},  # input is optional
+        ],
+    )
     result = ingest(path, task="generate")
     assert result.record_format == "instruction"
     assert result.columns_used == {"instruction": "instruction", "input": "input", "target": "output"}
@@ -169,8 +172,10 @@ def test_messages_with_content_parts_and_tool_turns(tmp_path):
     result = ingest(write_jsonl(tmp_path / "chat.jsonl", [{"messages": chat}]), task="generate")
     row = result.frame.iloc[0]
     assert (row["input"], row["target"]) == ("Is it done?", "Yes, blocked.")
-    assert json.loads(row["context"]) == [{"role": "user", "content": "Block my card\nplease"},
-                                          {"role": "assistant", "content": ""}]
+    assert json.loads(row["context"]) == [
+        {"role": "user", "content": "Block my card\nplease"},
+        {"role": "assistant", "content": ""},
+    ]
 
 
 def test_messages_from_parquet_and_classify_with_label(tmp_path):
@@ -185,23 +190,39 @@ def test_messages_from_parquet_and_classify_with_label(tmp_path):
 
 
 def test_configured_columns_override_names_and_id_column_is_used(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"ticket": "T1", "body": "refund please", "queue": "refunds", "region": "EU", "debug": {"x": [1]}},
-        {"ticket": "T2", "body": "card stuck", "queue": "cards", "region": "US", "debug": {"x": [2]}},
-    ])
-    result = ingest(path, task="classify", columns={"id": "ticket", "input": "Body", "label": "queue", "target": None},
-                    keep_columns=["region"])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"ticket": "T1", "body": "refund please", "queue": "refunds", "region": "EU", "debug": {"x": [1]}},
+            {"ticket": "T2", "body": "card stuck", "queue": "cards", "region": "US", "debug": {"x": [2]}},
+        ],
+    )
+    result = ingest(
+        path,
+        task="classify",
+        columns={"id": "ticket", "input": "Body", "label": "queue", "target": None},
+        keep_columns=["region"],
+    )
     assert result.columns_used == {"id": "ticket", "input": "body", "label": "queue"}
     assert list(result.frame["id"]) == ["T1", "T2"]
     assert list(result.frame.columns) == [
-        "id", "input", "context", "label", "source_file", "source_line", "synthetic", "region"]
+        "id",
+        "input",
+        "context",
+        "label",
+        "source_file",
+        "source_line",
+        "synthetic",
+        "region",
+    ]
     assert list(result.frame["region"]) == ["EU", "US"]  # nested 'debug' is never kept
 
 
 def test_extra_columns_are_kept_as_meta_and_clashing_names_renamed(tmp_path):
     path = tmp_path / "d.csv"
-    pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"], "input": ["raw a", "raw b"], "channel": ["web", "app"]}) \
-        .to_csv(path, index=False)
+    pd.DataFrame(
+        {"text": ["a", "b"], "label": ["x", "y"], "input": ["raw a", "raw b"], "channel": ["web", "app"]}
+    ).to_csv(path, index=False)
     frame = ingest(path, task="classify").frame
     assert list(frame["meta_input"]) == ["raw a", "raw b"]
     assert list(frame["channel"]) == ["web", "app"]
@@ -213,20 +234,20 @@ def test_extra_columns_are_kept_as_meta_and_clashing_names_renamed(tmp_path):
 def test_every_kind_of_bad_row_is_reported_with_its_line_and_the_good_rows_are_kept(tmp_path):
     long_text = "x" * 25_000
     lines = [
-        '{"id": "a", "text": "fine", "label": "ok"}',                 # 1 kept
-        '{"id": "b", "text": "broken" "label": "ok"}',                # 2 malformed JSON
-        '{"id": "c", "text": "no label"}',                            # 3 missing field
-        '{"id": "d", "text": "empty label", "label": "  "}',          # 4 empty field
-        '{"id": "e", "text": "listy", "label": ["a", "b"]}',          # 5 wrong type
-        '{"id": "f", "text": "flag", "label": true}',                 # 6 wrong type
-        '{"id": "g", "text": 42, "label": 7}',                        # 7 kept: numbers become text
-        f'{{"id": "h", "text": "{long_text}", "label": "ok"}}',       # 8 over-long
-        '{"id": "a", "text": "again", "label": "ok"}',                # 9 duplicate id
-        '{"id": "i", "text": "   ", "label": "ok"}',                  # 10 kept: empty input is curation's
-        '[1, 2]',                                                     # 11 not an object
-        '{"id": "j", "text": "null label", "label": null}',           # 12 null
-        '',                                                           # 13 blank: no record
-        '{"id": "k", "text": "last", "label": "ok"}',                 # 14 kept
+        '{"id": "a", "text": "fine", "label": "ok"}',  # 1 kept
+        '{"id": "b", "text": "broken" "label": "ok"}',  # 2 malformed JSON
+        '{"id": "c", "text": "no label"}',  # 3 missing field
+        '{"id": "d", "text": "empty label", "label": "  "}',  # 4 empty field
+        '{"id": "e", "text": "listy", "label": ["a", "b"]}',  # 5 wrong type
+        '{"id": "f", "text": "flag", "label": true}',  # 6 wrong type
+        '{"id": "g", "text": 42, "label": 7}',  # 7 kept: numbers become text
+        f'{{"id": "h", "text": "{long_text}", "label": "ok"}}',  # 8 over-long
+        '{"id": "a", "text": "again", "label": "ok"}',  # 9 duplicate id
+        '{"id": "i", "text": "   ", "label": "ok"}',  # 10 kept: empty input is curation's
+        "[1, 2]",  # 11 not an object
+        '{"id": "j", "text": "null label", "label": null}',  # 12 null
+        "",  # 13 blank: no record
+        '{"id": "k", "text": "last", "label": "ok"}',  # 14 kept
     ]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -263,13 +284,16 @@ def test_empty_input_is_malformed_for_generate_but_kept_for_classify(tmp_path):
 
 
 def test_bad_messages_are_reported(tmp_path):
-    path = write_jsonl(tmp_path / "chat.jsonl", [
-        {"messages": CHAT},
-        {"messages": CHAT[:4]},                                   # ends with the user
-        {"messages": [{"role": "assistant", "content": "hi"}]},   # no user turn
-        {"messages": "not a list"},
-        {"messages": [{"content": "no role"}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {"messages": CHAT},
+            {"messages": CHAT[:4]},  # ends with the user
+            {"messages": [{"role": "assistant", "content": "hi"}]},  # no user turn
+            {"messages": "not a list"},
+            {"messages": [{"content": "no role"}]},
+        ],
+    )
     result = ingest(path, task="generate")
     assert list(result.frame["source_line"]) == [1]
     assert issues_by_line(result) == {
@@ -283,15 +307,15 @@ def test_bad_messages_are_reported(tmp_path):
 def test_csv_with_bom_crlf_multiline_fields_and_wrong_field_counts(tmp_path):
     content = (
         "\ufeffid,text,label\r\n"
-        "1,plain,a\r\n"                                   # line 2
-        '2,"multi\r\nline\r\ntext",b\r\n'                  # lines 3-5
-        "3,too,many,fields,here\r\n"                       # line 6
-        '4,"quoted, with comma",c\r\n'                     # line 7
-        "\r\n"                                             # line 8 blank
-        "5,too few\r\n"                                    # line 9
-        '6,"another\nmulti",d\r\n'                         # lines 10-11
-        "7,last,e\r\n"                                     # line 12
-        "1,dup,a\r\n"                                      # line 13
+        "1,plain,a\r\n"  # line 2
+        '2,"multi\r\nline\r\ntext",b\r\n'  # lines 3-5
+        "3,too,many,fields,here\r\n"  # line 6
+        '4,"quoted, with comma",c\r\n'  # line 7
+        "\r\n"  # line 8 blank
+        "5,too few\r\n"  # line 9
+        '6,"another\nmulti",d\r\n'  # lines 10-11
+        "7,last,e\r\n"  # line 12
+        "1,dup,a\r\n"  # line 13
     )
     path = tmp_path / "d.csv"
     path.write_bytes(content.encode("utf-8"))
@@ -315,25 +339,28 @@ def test_unbalanced_quote_is_reported_once_with_its_span(tmp_path):
     result = ingest(path, task="classify")
     assert list(result.frame["input"]) == ["ok"]
     assert issues_by_line(result) == {
-        3: "expected 2 fields, got 1 (the record runs over lines 3-5: an unbalanced quote?)"}
+        3: "expected 2 fields, got 1 (the record runs over lines 3-5: an unbalanced quote?)"
+    }
 
 
 def test_undecodable_bytes_in_csv_and_jsonl_drop_only_that_row(tmp_path):
     csv_path = tmp_path / "d.csv"
-    csv_path.write_bytes(b"text,label\nfine,a\ncaf\xe9 latin-1,b\n\"multi\nline \xff\",c\nafter,d\n")
+    csv_path.write_bytes(b'text,label\nfine,a\ncaf\xe9 latin-1,b\n"multi\nline \xff",c\nafter,d\n')
     result = ingest(csv_path, task="classify")
     assert list(result.frame["input"]) == ["fine", "after"]
     assert list(result.frame["source_line"]) == [2, 6]
     assert list(result.frame["id"]) == ["0", "3"]  # positions count the bad rows too
     offset_e9 = len(b"text,label\nfine,a\ncaf")
-    offset_ff = len(b"text,label\nfine,a\ncaf\xe9 latin-1,b\n\"multi\nline ")
+    offset_ff = len(b'text,label\nfine,a\ncaf\xe9 latin-1,b\n"multi\nline ')
     assert issues_by_line(result) == {
         3: f"undecodable bytes (not UTF-8) at byte offset {offset_e9}",
         4: f"undecodable bytes (not UTF-8) at byte offset {offset_ff}",
     }
 
     jsonl_path = tmp_path / "d.jsonl"
-    jsonl_path.write_bytes(b'{"text": "ok", "label": "a"}\n{"text": "caf\xe9", "label": "b"}\n{"text": "ok2", "label": "c"}\n')
+    jsonl_path.write_bytes(
+        b'{"text": "ok", "label": "a"}\n{"text": "caf\xe9", "label": "b"}\n{"text": "ok2", "label": "c"}\n'
+    )
     result = ingest(jsonl_path, task="classify")
     assert list(result.frame["input"]) == ["ok", "ok2"]
     assert issues_by_line(result) == {2: f"undecodable bytes (not UTF-8) at byte offset {29 + 13}"}
@@ -342,13 +369,13 @@ def test_undecodable_bytes_in_csv_and_jsonl_drop_only_that_row(tmp_path):
 def test_json_array_bad_elements_and_lines(tmp_path):
     path = tmp_path / "d.json"
     path.write_bytes(
-        b'[\n'
-        b'  {"text": "one", "label": "a"},\n'           # line 2
-        b'  {"text": "two" "label": "b"},\n'            # line 3 malformed
-        b'  {"text": "th\xffree", "label": "c"},\n'     # line 4 undecodable
-        b'  "just a string",\n'                         # line 5 not an object
+        b"[\n"
+        b'  {"text": "one", "label": "a"},\n'  # line 2
+        b'  {"text": "two" "label": "b"},\n'  # line 3 malformed
+        b'  {"text": "th\xffree", "label": "c"},\n'  # line 4 undecodable
+        b'  "just a string",\n'  # line 5 not an object
         b'  {\n    "text": "four",\n    "label": "d"\n  }\n'  # lines 6-9
-        b']\n'
+        b"]\n"
     )
     result = ingest(path, task="classify")
     assert list(result.frame["input"]) == ["one", "four"]
@@ -364,7 +391,7 @@ def test_json_array_bad_elements_and_lines(tmp_path):
 
 
 def test_json_array_parser_across_tiny_chunks_matches_json_load(tmp_path, monkeypatch):
-    rows = [{"text": f"row {i} \u00e9 \"q\" [x]", "label": str(i % 3), "n": i * 1.5} for i in range(60)]
+    rows = [{"text": f'row {i} \u00e9 "q" [x]', "label": str(i % 3), "n": i * 1.5} for i in range(60)]
     path = tmp_path / "d.json"
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     expected_lines = [i + 1 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()) if line == " {"]
@@ -379,22 +406,29 @@ def test_json_array_not_closed_keeps_the_rows_before(tmp_path):
     path.write_text('[{"text": "a", "label": "x"},\n{"text": "b", "label": "y"},\n{"text": "c", "lab', encoding="utf-8")
     result = ingest(path, task="classify")
     assert list(result.frame["input"]) == ["a", "b"]
-    (line, detail), = issues_by_line(result).items()
+    ((line, detail),) = issues_by_line(result).items()
     assert line == 3 and "the rest of the file could not be read" in detail
 
 
 # ------------------------------------------------------------------------- file-level errors
 
 
-@pytest.mark.parametrize("name, content, needle", [
-    ("x.csv", b"", "is empty (0 bytes)"),
-    ("x.csv", b"text,label\n", "has no data rows (only a header)"),
-    ("x.csv", b"text,label\n\n\n", "has no data rows (only a header)"),
-    ("x.jsonl", b"\n\n", "has no data rows"),
-    ("x.json", b"[ ]", "has no data rows"),
-    ("x.jsonl", b'{"text": 1\n[1]\n', "all 2 rows were rejected; first reasons: line 1: malformed JSON: "
-                                       "Expecting ',' delimiter (col 11); line 2: line holds a list"),
-])
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("x.csv", b"", "is empty (0 bytes)"),
+        ("x.csv", b"text,label\n", "has no data rows (only a header)"),
+        ("x.csv", b"text,label\n\n\n", "has no data rows (only a header)"),
+        ("x.jsonl", b"\n\n", "has no data rows"),
+        ("x.json", b"[ ]", "has no data rows"),
+        (
+            "x.jsonl",
+            b'{"text": 1\n[1]\n',
+            "all 2 rows were rejected; first reasons: line 1: malformed JSON: "
+            "Expecting ',' delimiter (col 11); line 2: line holds a list",
+        ),
+    ],
+)
 def test_empty_header_only_and_unparsable_files_raise(tmp_path, name, content, needle):
     path = tmp_path / name
     path.write_bytes(content)
@@ -464,8 +498,7 @@ def test_large_jsonl_streams_in_bounded_memory(tmp_path):
     traces = [json.dumps({"tokens": list(range(k, k + 30))}) for k in range(50)]
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(
-            f'{{"text": "message number {i}", "label": "l{i % 7}", "trace": {traces[i % 50]}}}\n'
-            for i in range(n_rows)
+            f'{{"text": "message number {i}", "label": "l{i % 7}", "trace": {traces[i % 50]}}}\n' for i in range(n_rows)
         )
 
     # What holding every raw row as a dict would take, measured on 10% of the rows.
@@ -478,8 +511,7 @@ def test_large_jsonl_streams_in_bounded_memory(tmp_path):
 
     # Peak resident memory of a fresh process that ingests the file (tracemalloc would slow the
     # ingest itself ~8x and miss pandas' Arrow string buffers).
-    probe = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path)],
-                           capture_output=True, text=True, timeout=300)
+    probe = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path)], capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr
     peak, rows, issues, last_id, last_line, sample, has_trace = probe.stdout.split()
     assert (int(rows), int(issues), last_id, int(last_line)) == (n_rows, 0, str(n_rows - 1), n_rows)
@@ -518,8 +550,15 @@ def test_sniff_banking77_suggests_classify():
 
 
 def test_sniff_generate_data_and_slice_candidates(tmp_path):
-    rows = [{"instruction": f"Answer question {i}", "output": f"answer {i}", "region": ["EU", "US"][i % 2],
-             "agent": f"agent{i}"} for i in range(40)]
+    rows = [
+        {
+            "instruction": f"Answer question {i}",
+            "output": f"answer {i}",
+            "region": ["EU", "US"][i % 2],
+            "agent": f"agent{i}",
+        }
+        for i in range(40)
+    ]
     found = sniff(write_jsonl(tmp_path / "d.jsonl", rows))
     assert found["record_format"] == "instruction"
     assert found["suggested_task"] == "generate"

@@ -46,8 +46,12 @@ PROPERTY = settings(
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 # --------------------------------------------------------------------------------------------
@@ -57,8 +61,29 @@ PROPERTY = settings(
 MISSING = object()  # the field is absent from the record (JSON); an empty cell (CSV); null (Parquet)
 
 # Characters that trip parsers: delimiters, quotes, escapes, line breaks of every kind, a BOM.
-SPECIAL_CHARS = [",", '"', "'", "\t", "\n", "\r", "\r\n", "\\", "\ufeff", "\u2028", "\x85", "\x0c", " ",
-                 "[", "]", "{", "}", ":", "\u00e9", "\U0001f600", "\u4e2d"]
+SPECIAL_CHARS = [
+    ",",
+    '"',
+    "'",
+    "\t",
+    "\n",
+    "\r",
+    "\r\n",
+    "\\",
+    "\ufeff",
+    "\u2028",
+    "\x85",
+    "\x0c",
+    " ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    "\u00e9",
+    "\U0001f600",
+    "\u4e2d",
+]
 CHARS = st.one_of(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), st.sampled_from(SPECIAL_CHARS))
 TEXT = st.lists(CHARS, max_size=12).map("".join)
 SHORT = st.lists(CHARS, max_size=5).map("".join)
@@ -69,7 +94,7 @@ VALUE_KINDS: dict[str, st.SearchStrategy] = {
     "text": TEXT,
     "empty": st.sampled_from(["", " ", "\t", "\n", " \r\n ", "\u2028", "\ufeff"]),
     "long": LONG,
-    "int": st.integers(-10**6, 10**6),
+    "int": st.integers(-(10**6), 10**6),
     "float": st.floats(allow_nan=False, allow_infinity=False),
     "bool": st.booleans(),
     "none": st.none(),
@@ -82,8 +107,10 @@ MIXED_KINDS = ["text"] * 30 + [k for k in VALUE_KINDS if k != "text"]
 ID_POOL = ["a", "b", "A", "a ", "1", "\u00e9"]  # few values: duplicates are common ("1" and 1 clash)
 
 INPUT_NAMES = ["text", "Text", "query", "utterance", "QUESTION"]
-ANSWER_NAMES = {"classify": ["label", "Label", "intent", "category"],
-                "generate": ["reply", "Response", "answer", "output"]}
+ANSWER_NAMES = {
+    "classify": ["label", "Label", "intent", "category"],
+    "generate": ["reply", "Response", "answer", "output"],
+}
 NAME_CHARS = st.sampled_from(list("ab_ Z\u00e9\u4e2d,;\"'\t\n\r|") + ["\U0001f600"])
 
 
@@ -204,8 +231,9 @@ def write_text_layout(data: Dataset, fmt: str, draw) -> Layout:
         seen = [{c: _cell(r.get(c, MISSING)) for c in data.columns} for r in data.records]
         prefix = row(data.columns)
         chunks = [row([s[c] for c in data.columns]) for s in seen]
-        return Layout(fmt, prefix.encode(), [c.encode() for c in chunks], b"", _starts(prefix, chunks), seen,
-                      list(data.columns))
+        return Layout(
+            fmt, prefix.encode(), [c.encode() for c in chunks], b"", _starts(prefix, chunks), seen, list(data.columns)
+        )
     ensure_ascii = draw(st.booleans())
     seen = [json.loads(json.dumps(r)) for r in data.records]
     found = list(dict.fromkeys(k for r in data.records for k in r))
@@ -215,8 +243,10 @@ def write_text_layout(data: Dataset, fmt: str, draw) -> Layout:
         return Layout(fmt, b"", [c.encode() for c in chunks], b"", _starts("", chunks), seen, found)
     indent = draw(st.sampled_from([None, 1]))
     prefix = "[\n"
-    chunks = [json.dumps(r, ensure_ascii=ensure_ascii, indent=indent) + (",\n" if i < len(data.records) - 1 else "\n")
-              for i, r in enumerate(data.records)]
+    chunks = [
+        json.dumps(r, ensure_ascii=ensure_ascii, indent=indent) + (",\n" if i < len(data.records) - 1 else "\n")
+        for i, r in enumerate(data.records)
+    ]
     return Layout(fmt, prefix.encode(), [c.encode() for c in chunks], b"]\n", _starts(prefix, chunks), seen, found)
 
 
@@ -356,12 +386,26 @@ def expected_outcome(data: Dataset, layout: Layout) -> dict | None:
             continue
         if id_col is not None:
             if record_id in seen_ids:
-                reported.append((line, record_id, f"duplicate id {record_id!r} in column {id_col!r} "
-                                                  f"(first on line {seen_ids[record_id]})"))
+                reported.append(
+                    (
+                        line,
+                        record_id,
+                        f"duplicate id {record_id!r} in column {id_col!r} (first on line {seen_ids[record_id]})",
+                    )
+                )
                 continue
             seen_ids[record_id] = line
-        meta = {c: (None if fields.get(c) is None else fields[c] if isinstance(fields[c], (str, list, dict))
-                    else str(fields[c])) for c in data.extras if c in fields}
+        meta = {
+            c: (
+                None
+                if fields.get(c) is None
+                else fields[c]
+                if isinstance(fields[c], (str, list, dict))
+                else str(fields[c])
+            )
+            for c in data.extras
+            if c in fields
+        }
         kept.append({"id": record_id, "input": user_text, answer: answer_text, "source_line": line, "meta": meta})
     if not kept:
         return None
@@ -387,8 +431,28 @@ def fates(outcome) -> dict[int, tuple] | None:
 
 BOM = b"\xef\xbb\xbf"
 # Random bytes, and byte strings that mean something to one of the parsers.
-_TOKENS = [b"]", b"}", b"[", b"{", b'"', b",", b",,", b"\xff\xfe", b"\xe9t\xe9", b'"open', b"]junk", b"x}",
-           b"1, 2", b"null", b"\t\t", b"{}", b'{"a": 1}', b"\x00", b"\x1b[31m", b"\r"]
+_TOKENS = [
+    b"]",
+    b"}",
+    b"[",
+    b"{",
+    b'"',
+    b",",
+    b",,",
+    b"\xff\xfe",
+    b"\xe9t\xe9",
+    b'"open',
+    b"]junk",
+    b"x}",
+    b"1, 2",
+    b"null",
+    b"\t\t",
+    b"{}",
+    b'{"a": 1}',
+    b"\x00",
+    b"\x1b[31m",
+    b"\r",
+]
 JUNK = st.one_of(
     st.binary(min_size=1, max_size=40),
     st.sampled_from(_TOKENS),
@@ -429,7 +493,7 @@ def corrupt(data: Dataset, fmt: str, path: Path, layout: Layout, corruption: str
         elif corruption == "random_bytes_line":  # bytes overwritten inside the data pages
             junk = draw(st.binary(min_size=1, max_size=20))
             at = draw(st.integers(4, max(4, len(raw) - 9)))
-            path.write_bytes(raw[:at] + junk + raw[at + len(junk):])
+            path.write_bytes(raw[:at] + junk + raw[at + len(junk) :])
         elif corruption == "wrong_typed_field":  # the answer column as lists
             table = parquet_table(data)
             lists = pa.array([[_cell(r.get(data.answer_name))] for r in data.records], type=pa.list_(pa.string()))
@@ -455,12 +519,12 @@ def _wrong_typed(data: Dataset, layout: Layout, index: int, draw) -> bytes:
     if layout.fmt in ("csv", "tsv"):
         body = chunk.rstrip(b"\r\n")
         sep = b"," if layout.fmt == "csv" else b"\t"
-        chunks[index] = body + sep + b"surplus" + chunk[len(body):]
+        chunks[index] = body + sep + b"surplus" + chunk[len(body) :]
     else:
         record = dict(data.records[index])
         record[data.answer_name] = draw(st.sampled_from([["a", "b"], {"a": "b"}, True, False]))
         text = json.dumps(record).encode()
-        chunks[index] = text + chunk[len(chunk.rstrip(b"\r\n,")):] if layout.fmt == "json" else text + b"\n"
+        chunks[index] = text + chunk[len(chunk.rstrip(b"\r\n,")) :] if layout.fmt == "json" else text + b"\n"
     return layout.prefix + b"".join(chunks) + layout.suffix
 
 
@@ -492,8 +556,11 @@ def test_every_row_is_kept_as_written_or_reported_at_its_line_with_its_reason(tm
     outcome = read(path, dataset.task)
     assert_promise_kept(path, outcome, len(dataset.records))
     expected = expected_outcome(dataset, layout)
-    event("IngestError" if expected is None else
-          f"{'some' if expected['kept'] else 'no'} kept, {'some' if expected['reported'] else 'no'} reported")
+    event(
+        "IngestError"
+        if expected is None
+        else f"{'some' if expected['kept'] else 'no'} kept, {'some' if expected['reported'] else 'no'} reported"
+    )
     if expected is None:
         assert isinstance(outcome, IngestError), "expected an IngestError: no usable row"
         return
@@ -508,8 +575,10 @@ def test_every_row_is_kept_as_written_or_reported_at_its_line_with_its_reason(tm
     # Extra columns ride along as text; one that holds a list or object in a kept row is left out.
     nested = {c for k in kept for c, v in k["meta"].items() if isinstance(v, (list, dict))}
     present = {c for k in kept for c in k["meta"]}
-    assert set(frame.columns) - {"id", "input", "context", answer, "source_file", "source_line", "synthetic"} \
+    assert (
+        set(frame.columns) - {"id", "input", "context", answer, "source_file", "source_line", "synthetic"}
         == present - nested
+    )
     for column in present - nested:
         assert list(frame[column]) == [k["meta"].get(column) for k in kept], column
     got = [(i["line"], i["id"], i["detail"]) for i in outcome.issues.rows]
@@ -575,30 +644,43 @@ def test_a_corruption_loses_only_the_rows_it_touches(tmp_path, fmt, corruption, 
         assert got[line][0] == "reported", got[line]
         if clean[line][0] == "kept":  # nothing else was wrong with the row: the reason is the shape
             field = dataset.answer_name
-            assert re.fullmatch(rf"field {re.escape(repr(field))} is (a list|an object|a boolean), expected text"
-                                r"|expected \d+ fields, got \d+( \(the record runs over lines \d+-\d+: .*\))?",
-                                got[line][2]), got[line]
+            assert re.fullmatch(
+                rf"field {re.escape(repr(field))} is (a list|an object|a boolean), expected text"
+                r"|expected \d+ fields, got \d+( \(the record runs over lines \d+-\d+: .*\))?",
+                got[line][2],
+            ), got[line]
         return
     # a line of random bytes before record ``index``
-    junk_line = layout.starts[index] if index < len(layout.starts) else \
-        1 + (layout.prefix + b"".join(layout.chunks)).count(b"\n")
+    junk_line = (
+        layout.starts[index]
+        if index < len(layout.starts)
+        else 1 + (layout.prefix + b"".join(layout.chunks)).count(b"\n")
+    )
     _same_before(clean, got, junk_line)
     shift = {k + 1 if k >= junk_line else k: v for k, v in clean.items()}
     if fmt == "jsonl":  # one line, one record: the others are untouched
         positional = "id" not in outcome.columns_used  # row positions count the junk row too
 
         def plain(fate_map):
-            return {k: tuple(_FIRST_ON_LINE.sub("first on line N", x) if isinstance(x, str) else x
-                             for i, x in enumerate(v) if not (positional and i == 1))
-                    for k, v in fate_map.items() if k != junk_line}
+            return {
+                k: tuple(
+                    _FIRST_ON_LINE.sub("first on line N", x) if isinstance(x, str) else x
+                    for i, x in enumerate(v)
+                    if not (positional and i == 1)
+                )
+                for k, v in fate_map.items()
+                if k != junk_line
+            }
+
         assert plain(got) == plain(shift)
     for line in shift:
         if line < junk_line or line in got:
             continue  # as before, or read and kept or reported at its own line
         # Swallowed into a neighbour (an open quote or string in the junk): the row that took it in
         # starts at the junk line or later and at or before this one, and is kept or reported.
-        assert any(junk_line <= r <= line for r in got), \
+        assert any(junk_line <= r <= line for r in got), (
             f"row written at line {line} vanished without an issue (junk on line {junk_line})"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,7 +706,8 @@ def test_text_after_a_json_arrays_closing_bracket_is_reported_not_ignored(tmp_pa
     result = read(path, "classify")
     assert result.rows_read == 2 and list(result.frame["input"]) == ["a"]
     assert [(i["line"], i["detail"]) for i in result.issues.rows] == [
-        (4, "malformed JSON: text after the array's closing ']' on line 3; the rest of the file could not be read")]
+        (4, "malformed JSON: text after the array's closing ']' on line 3; the rest of the file could not be read")
+    ]
 
 
 @pytest.mark.parametrize("damage", ["bom", "bytes"])

@@ -49,31 +49,37 @@ def project(tmp_path_factory):
     fresh = pd.read_csv(other.data)[["id", "text", "intent"]].rename(columns={"id": "pool_id"})
     fresh["id"] = [f"p{i}" for i in range(len(fresh))]
     training = pd.read_csv(files.data)
-    copies = pd.DataFrame({"id": [f"copy{i}" for i in range(5)],
-                           "text": [t.upper() + "!" for t in training["text"].head(5)]})  # same text up to case
+    copies = pd.DataFrame(
+        {"id": [f"copy{i}" for i in range(5)], "text": [t.upper() + "!" for t in training["text"].head(5)]}
+    )  # same text up to case
     pool = pd.concat([fresh[["id", "text"]], copies], ignore_index=True)
     pool.to_csv(folder / "pool.csv", index=False)
     return cfg, folder, fresh, training
 
 
 def test_margin_uncertainty_and_one_row_per_cluster():
-    assert margin_uncertainty(np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.6, 0.3, 0.1]])) == pytest.approx([1.0, 0.0, 0.7])
+    assert margin_uncertainty(np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.6, 0.3, 0.1]])) == pytest.approx(
+        [1.0, 0.0, 0.7]
+    )
     # two tight groups of rows: the most uncertain rows all sit in group A, but a batch of 2 takes one per group
     words = ["one", "two", "three", "four", "five", "six"]  # not digits: normalisation masks numbers
     texts = [f"{group} {word}" for group in "ab" for word in words]
-    vectors = {t: np.array([1.0, 0.01 * i] if t[0] == "a" else [0.01 * i, 1.0]) for t in texts
-               for i in [words.index(t[2:])]}
+    vectors = {
+        t: np.array([1.0, 0.01 * i] if t[0] == "a" else [0.01 * i, 1.0]) for t in texts for i in [words.index(t[2:])]
+    }
 
     def embed_fn(batch):
         return np.array([vectors[t] / np.linalg.norm(vectors[t]) for t in batch], dtype=np.float32)
 
     uncertainty = np.array([0.9, 0.95, 0.8, 0.85, 0.7, 0.75, 0.6, 0.5, 0.65, 0.4, 0.3, 0.2])
-    selection = rank_for_labelling(texts, uncertainty, ["zz"], 2, embed_fn=embed_fn,
-                                   labelled_vectors=np.array([[-1.0, 0.0]], dtype=np.float32))
+    selection = rank_for_labelling(
+        texts, uncertainty, ["zz"], 2, embed_fn=embed_fn, labelled_vectors=np.array([[-1.0, 0.0]], dtype=np.float32)
+    )
     assert [texts[i] for i in selection.indices] == ["a two", "b three"]
     # a pool row already labelled is skipped and counted, by text and by embedding
-    again = rank_for_labelling(texts, uncertainty, ["A two!"], 2, embed_fn=embed_fn,
-                               labelled_vectors=embed_fn(["b three"]))
+    again = rank_for_labelling(
+        texts, uncertainty, ["A two!"], 2, embed_fn=embed_fn, labelled_vectors=embed_fn(["b three"])
+    )
     assert again.skipped_labelled_exact == 1 and again.skipped_labelled_near == 6  # every b row is within 0.95
     assert [texts[i] for i in again.indices] == ["a one", "a four"]
 
@@ -99,8 +105,24 @@ def test_suggest_returns_k_distinct_uncertain_rows_unlike_labelled_ones(project)
 def test_suggest_command_with_embed_lr_and_generate_is_refused(project, tmp_path):
     cfg, folder, _, _ = project
     out_csv = tmp_path / "batch.csv"
-    run = CliRunner().invoke(app, ["suggest", "--pool", str(folder / "pool.csv"), "--k", "5", "--candidate",
-                                   "embed_lr", "--run-id", "r1", "-c", str(folder / "tunewise.yaml"), "-o", str(out_csv)])
+    run = CliRunner().invoke(
+        app,
+        [
+            "suggest",
+            "--pool",
+            str(folder / "pool.csv"),
+            "--k",
+            "5",
+            "--candidate",
+            "embed_lr",
+            "--run-id",
+            "r1",
+            "-c",
+            str(folder / "tunewise.yaml"),
+            "-o",
+            str(out_csv),
+        ],
+    )
     assert run.exit_code == 0, run.output
     assert "already labelled" in run.output and len(pd.read_csv(out_csv)) == 5
     generate = config_from_dict({"task": "generate", "data": {"train": "x.csv"}}, tmp_path)
@@ -123,9 +145,11 @@ def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_p
     new = fresh[[key not in known for key in dedup_keys(fresh["text"].tolist())]].drop_duplicates("text").head(6)
     rows = [{"id": r.id, "text": r.text, "label": r.intent} for r in new.itertuples()]
     rows += [{"id": "b1", "text": fresh["text"].iloc[-1], "label": ""}, {"id": "b2", "text": "anything", "label": " "}]
-    rows += [{"id": "k1", "text": training["text"].iloc[0].lower(), "label": training["intent"].iloc[0]},
-             {"id": "k2", "text": rows[0]["text"] + "?", "label": rows[0]["label"]},  # repeated in the file itself
-             {"id": "n1", "text": "Can I buy a gift card for my sister's birthday?", "label": "gift_cards"}]
+    rows += [
+        {"id": "k1", "text": training["text"].iloc[0].lower(), "label": training["intent"].iloc[0]},
+        {"id": "k2", "text": rows[0]["text"] + "?", "label": rows[0]["label"]},  # repeated in the file itself
+        {"id": "n1", "text": "Can I buy a gift card for my sister's birthday?", "label": "gift_cards"},
+    ]
     filled = tmp_path / "filled.csv"
     pd.DataFrame(rows).to_csv(filled, index=False)
 
@@ -140,7 +164,9 @@ def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_p
     # the same file again: everything is known now, nothing is added, the frozen ids stay
     again = add_labels(cfg, filled, run_id="r1")
     assert again["added"] == 0 and again["skipped_already_labelled"] == 9 and not again["test"]["new"]
-    command = CliRunner().invoke(app, ["add-labels", str(filled), "--run-id", "r1", "-c", str(folder / "tunewise.yaml")])
+    command = CliRunner().invoke(
+        app, ["add-labels", str(filled), "--run-id", "r1", "-c", str(folder / "tunewise.yaml")]
+    )
     assert command.exit_code == 0, command.output
     assert "next: tunewise run" in command.output and "frozen ids" in command.output
 
@@ -166,14 +192,22 @@ def test_add_labels_counts_skips_and_never_touches_the_test_split(project, tmp_p
 def test_suggest_uses_the_best_real_classifier_when_the_gate_names_the_ensemble():
     from tunewise.workflows.labelling import _best_single_candidate
 
-    evaluation = {"primary_metric": "accuracy", "lower_is_better": ["ece"], "candidates": [
-        {"name": "zero_shot_llm", "metrics": {"accuracy": 0.07}},
-        {"name": "tfidf_lr", "metrics": {"accuracy": 0.98}},
-        {"name": "encoder_ft", "metrics": {"accuracy": 0.96}},
-        {"name": "ensemble", "metrics": {"accuracy": 1.0}}]}
+    evaluation = {
+        "primary_metric": "accuracy",
+        "lower_is_better": ["ece"],
+        "candidates": [
+            {"name": "zero_shot_llm", "metrics": {"accuracy": 0.07}},
+            {"name": "tfidf_lr", "metrics": {"accuracy": 0.98}},
+            {"name": "encoder_ft", "metrics": {"accuracy": 0.96}},
+            {"name": "ensemble", "metrics": {"accuracy": 1.0}},
+        ],
+    }
     assert _best_single_candidate(evaluation, "ensemble") == "tfidf_lr"
-    lower = {"primary_metric": "ece", "lower_is_better": ["ece"], "candidates": [
-        {"name": "tfidf_lr", "metrics": {"ece": 0.2}}, {"name": "embed_lr", "metrics": {"ece": 0.05}}]}
+    lower = {
+        "primary_metric": "ece",
+        "lower_is_better": ["ece"],
+        "candidates": [{"name": "tfidf_lr", "metrics": {"ece": 0.2}}, {"name": "embed_lr", "metrics": {"ece": 0.05}}],
+    }
     assert _best_single_candidate(lower, "ensemble") == "embed_lr"
     with pytest.raises(LabellingError, match="pass --candidate"):
         _best_single_candidate({"candidates": [{"name": "ensemble", "metrics": {"accuracy": 1.0}}]}, "ensemble")

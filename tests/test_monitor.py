@@ -54,7 +54,7 @@ def test_sample_size_gives_the_promised_power_in_simulation():
     n = sample_size_two_proportions(0.60, 0.70, level=0.95, power=0.8)
     # Fleiss et al. (2003) eq. 4.14 by hand: 354.8 -> 355 per group
     z_a, z_b = 1.959964, 0.841621
-    by_hand = (z_a * math.sqrt(2 * 0.65 * 0.35) + z_b * math.sqrt(0.6 * 0.4 + 0.7 * 0.3)) ** 2 / 0.1 ** 2
+    by_hand = (z_a * math.sqrt(2 * 0.65 * 0.35) + z_b * math.sqrt(0.6 * 0.4 + 0.7 * 0.3)) ** 2 / 0.1**2
     assert n == math.ceil(by_hand)
     rng = np.random.default_rng(0)
     a, b = rng.binomial(n, 0.60, 4000), rng.binomial(n, 0.70, 4000)
@@ -96,8 +96,19 @@ def test_parse_since():
 # Constructed logs
 
 
-def _log(store: Store, arm: str, n: int, accuracy: float, *, labelled: float = 1.0, latency_ms: float = 20.0,
-         failed: int = 0, predicted: str | None = None, seed: int = 0, inputs: list[str] | None = None) -> None:
+def _log(
+    store: Store,
+    arm: str,
+    n: int,
+    accuracy: float,
+    *,
+    labelled: float = 1.0,
+    latency_ms: float = 20.0,
+    failed: int = 0,
+    predicted: str | None = None,
+    seed: int = 0,
+    inputs: list[str] | None = None,
+) -> None:
     """n answered requests on ``arm`` (its candidate's name is the arm's), each with a label
     feedback (share ``labelled``); round(accuracy * labelled rows) of them are right, spread at
     random over time (the decay check compares the earlier half with the recent one)."""
@@ -112,11 +123,25 @@ def _log(store: Store, arm: str, n: int, accuracy: float, *, labelled: float = 1
         rid = f"{arm}-{seed}-{i}"
         output = predicted or LABELS[int(rng.integers(len(LABELS)))]
         status = "fallback" if i < failed else "ok"
-        rows.append({"id": rid, "ts": now - (n - i), "endpoint": "classify", "user": f"u{i}", "arm": arm,
-                     "served_by": "incumbent" if status == "fallback" else arm, "candidate": arm,
-                     "input": inputs[i % len(inputs)] if inputs else f"where is my order {i}", "output": output,
-                     "score": 0.9, "out_of_scope": 0, "latency_ms": latency_ms, "batch_size": 1, "status": status,
-                     "error": "boom" if status == "fallback" else None})
+        rows.append(
+            {
+                "id": rid,
+                "ts": now - (n - i),
+                "endpoint": "classify",
+                "user": f"u{i}",
+                "arm": arm,
+                "served_by": "incumbent" if status == "fallback" else arm,
+                "candidate": arm,
+                "input": inputs[i % len(inputs)] if inputs else f"where is my order {i}",
+                "output": output,
+                "score": 0.9,
+                "out_of_scope": 0,
+                "latency_ms": latency_ms,
+                "batch_size": 1,
+                "status": status,
+                "error": "boom" if status == "fallback" else None,
+            }
+        )
         if i < n_labelled:
             truth = output if i in right else str(other.choice([x for x in LABELS if x != output]))
             feedback.append({"request_id": rid, "kind": "label", "value": truth, "ts": now})
@@ -138,11 +163,18 @@ def store(tmp_path):
 @pytest.fixture(scope="module")
 def train() -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"id": [f"r{i}" for i in range(400)], "input": [f"where is my order {i}" for i in range(400)],
-                         "label": rng.choice(LABELS, 400)})
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(400)],
+            "input": [f"where is my order {i}" for i in range(400)],
+            "label": rng.choice(LABELS, 400),
+        }
+    )
 
 
-@pytest.mark.parametrize("candidate_accuracy,expected", [(0.92, "promote"), (0.60, "roll back"), (0.78, "keep testing")])
+@pytest.mark.parametrize(
+    "candidate_accuracy,expected", [(0.92, "promote"), (0.60, "roll back"), (0.78, "keep testing")]
+)
 def test_verdict_on_constructed_logs(store, train, candidate_accuracy, expected):
     _log(store, "incumbent", 300, 0.78, seed=1)
     _log(store, "candidate", 300, candidate_accuracy, seed=2)
@@ -172,13 +204,35 @@ def test_too_little_feedback_keeps_testing_and_says_how_much_traffic_is_needed(s
 
 def test_thumbs_are_the_metric_when_no_label_was_given(store, train):
     now = time.time()
-    store.insert_requests([{"id": f"{arm}{i}", "ts": now, "endpoint": "chat", "arm": arm, "served_by": arm, "status": "ok",
-                            "output": "hi", "latency_ms": 5.0, "input": "hello"}
-                           for arm in ("incumbent", "candidate") for i in range(100)])
-    store.insert_feedback([{"request_id": f"incumbent{i}", "kind": "thumbs", "value": "up" if i < 50 else "down", "ts": now}
-                           for i in range(100)])
-    store.insert_feedback([{"request_id": f"candidate{i}", "kind": "thumbs", "value": "up" if i < 80 else "down", "ts": now}
-                           for i in range(100)])
+    store.insert_requests(
+        [
+            {
+                "id": f"{arm}{i}",
+                "ts": now,
+                "endpoint": "chat",
+                "arm": arm,
+                "served_by": arm,
+                "status": "ok",
+                "output": "hi",
+                "latency_ms": 5.0,
+                "input": "hello",
+            }
+            for arm in ("incumbent", "candidate")
+            for i in range(100)
+        ]
+    )
+    store.insert_feedback(
+        [
+            {"request_id": f"incumbent{i}", "kind": "thumbs", "value": "up" if i < 50 else "down", "ts": now}
+            for i in range(100)
+        ]
+    )
+    store.insert_feedback(
+        [
+            {"request_id": f"candidate{i}", "kind": "thumbs", "value": "up" if i < 80 else "down", "ts": now}
+            for i in range(100)
+        ]
+    )
     report = monitor(*_frames(store), train=train)
     assert report["online_metric"] == "thumbs_up_rate"
     assert report["verdicts"]["candidate"]["verdict"] == "promote"
@@ -209,9 +263,17 @@ def test_decay_of_an_arm_over_time_advises_a_retrain(store, train):
     later["ts"] = later["ts"] + 1000
     store.insert_requests(later.to_dict("records"))
     ids = later["id"].tolist()
-    store.insert_feedback([{"request_id": rid, "kind": "label",
-                            "value": row_output if k < 130 else next(x for x in LABELS if x != row_output),
-                            "ts": time.time()} for k, (rid, row_output) in enumerate(zip(ids, later["output"]))])
+    store.insert_feedback(
+        [
+            {
+                "request_id": rid,
+                "kind": "label",
+                "value": row_output if k < 130 else next(x for x in LABELS if x != row_output),
+                "ts": time.time(),
+            }
+            for k, (rid, row_output) in enumerate(zip(ids, later["output"]))
+        ]
+    )
     report = monitor(*_frames(store), train=train, weights={"incumbent": 0.5, "candidate": 0.5})
     decay = report["decay"]["candidate"]
     assert decay["earlier_n"] == decay["recent_n"] == 200
@@ -229,14 +291,19 @@ def test_decay_of_an_arm_over_time_advises_a_retrain(store, train):
 
 def test_embedding_drift_with_the_embedded_encoder(store, train):
     """Recent inputs about cooking against training inputs about orders: the real MiniLM sees it."""
-    recipes = ["how long should I roast a chicken", "best flour for sourdough bread", "can I freeze fresh basil",
-               "what wine goes with mushroom risotto", "how to make crispy roast potatoes"]
+    recipes = [
+        "how long should I roast a chicken",
+        "best flour for sourdough bread",
+        "can I freeze fresh basil",
+        "what wine goes with mushroom risotto",
+        "how to make crispy roast potatoes",
+    ]
     _log(store, "incumbent", 60, 0.8, seed=1, inputs=recipes)
     config = MonitorConfig(drift_reference_rows=200, drift_window=60, drift_permutations=200)
     drifted = monitor(*_frames(store), train=train, config=config, encoder="embedded:minilm-l6")["drift"]["embedding"]
     assert drifted["drifted"] and drifted["p_value"] < 0.01
 
-    other = Store(f"sqlite:///{Path(store.url[len('sqlite:///'):]).parent / 'same.db'}")
+    other = Store(f"sqlite:///{Path(store.url[len('sqlite:///') :]).parent / 'same.db'}")
     _log(other, "incumbent", 60, 0.8, seed=1, inputs=list(train["input"].sample(60, random_state=0)))
     same = monitor(*_frames(other), train=train, config=config, encoder="embedded:minilm-l6")["drift"]["embedding"]
     other.close()

@@ -182,7 +182,9 @@ def test_empty_and_one_word_texts():
 
 
 def test_large_buckets_are_capped_but_stay_connected():
-    words = ["".join(letters) for letters in itertools.product("abcdefgh", repeat=3)][:150]  # no digits: they normalise to 0
+    words = ["".join(letters) for letters in itertools.product("abcdefgh", repeat=3)][
+        :150
+    ]  # no digits: they normalise to 0
     texts = [f"i want to reset the pin on my card please {w}" for w in words]
     assert len(set(texts)) == 150
     assert jaccard(texts[0], texts[1]) >= 0.7
@@ -219,6 +221,8 @@ def test_other_shingle_sizes_match_a_brute_force_oracle(banking_with_copies, shi
     result = find_near_duplicates(texts, threshold=0.6, shingle=shingle)
     for (i, j), reported in zip(result.pairs.tolist(), result.jaccard.tolist()):
         assert reported == pytest.approx(jaccard(texts[i], texts[j], shingle), abs=1e-6) and reported >= 0.6
-    truth = [(i, j) for i, j in itertools.combinations(range(len(texts)), 2) if jaccard(texts[i], texts[j], shingle) >= 0.6]
+    truth = [
+        (i, j) for i, j in itertools.combinations(range(len(texts)), 2) if jaccard(texts[i], texts[j], shingle) >= 0.6
+    ]
     assert truth, "the sample should hold some similar pairs"
     assert np.mean([same_cluster(result, i, j) for i, j in truth]) >= 0.95

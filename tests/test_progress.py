@@ -19,8 +19,9 @@ CLOCK = r"\d+:\d\d:\d\d"
 NUMBER = r"[\d,]+(?:\.\d+)?(?:e[-+]\d+)?"
 
 
-def _run(tmp_path: Path, code: str, *args: str, mode: str | None = "auto", interval: str | None = "0.1",
-         timeout: float = 240) -> tuple[str, str]:
+def _run(
+    tmp_path: Path, code: str, *args: str, mode: str | None = "auto", interval: str | None = "0.1", timeout: float = 240
+) -> tuple[str, str]:
     """Run ``code`` in a child Python with stderr redirected to a file; (stderr text, stdout text)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEWISE_PROGRESS")}
     if mode is not None:
@@ -31,16 +32,25 @@ def _run(tmp_path: Path, code: str, *args: str, mode: str | None = "auto", inter
     env.setdefault("OMP_NUM_THREADS", "1")  # a shared 2-core machine: BLAS threads only contend
     err_path = tmp_path / "stderr.log"
     with open(err_path, "w") as err:
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
-                              stderr=err, stdin=subprocess.DEVNULL, env=env, timeout=timeout, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=timeout,
+            text=True,
+        )
     text = err_path.read_text()
     assert done.returncode == 0, text
     return text, done.stdout
 
 
 def _periodic(text: str, label: str, unit: str) -> list[re.Match]:
-    pattern = re.compile(rf"^{re.escape(label)}: (\d[\d,]*)/(\d[\d,]*) \((\d+)%\) ({NUMBER}|-) {unit}/s, "
-                         rf"elapsed ({CLOCK}), ETA ({CLOCK}|\?)(?: \| (.*))?$")
+    pattern = re.compile(
+        rf"^{re.escape(label)}: (\d[\d,]*)/(\d[\d,]*) \((\d+)%\) ({NUMBER}|-) {unit}/s, "
+        rf"elapsed ({CLOCK}), ETA ({CLOCK}|\?)(?: \| (.*))?$"
+    )
     return [m for m in map(pattern.match, text.splitlines()) if m]
 
 
@@ -82,7 +92,9 @@ def test_a_log_file_gets_periodic_lines_with_rate_and_eta_and_a_final_line(tmp_p
 
 
 def test_a_line_appears_every_interval_even_while_one_step_is_slow(tmp_path):
-    text, _ = _run(tmp_path, """
+    text, _ = _run(
+        tmp_path,
+        """
         import time
         from tunewise.core.progress import progress
         with progress("train demo", 2, unit="steps") as advance:
@@ -90,7 +102,8 @@ def test_a_line_appears_every_interval_even_while_one_step_is_slow(tmp_path):
             advance(1)
             time.sleep(0.05)
             advance(1)
-    """)
+    """,
+    )
     waiting = [m for m in _periodic(text, "train demo", "steps") if m.group(1) == "0"]
     assert len(waiting) >= 4, text
     assert all(m.group(4) == "-" and m.group(6) == "?" for m in waiting)  # no rate yet: no made-up ETA
@@ -110,7 +123,9 @@ def test_off_prints_nothing_and_on_is_not_a_log(tmp_path):
 
 
 def test_threads_count_exactly_and_a_failure_says_stopped(tmp_path):
-    text, _ = _run(tmp_path, """
+    text, _ = _run(
+        tmp_path,
+        """
         import threading
         from tunewise.core.progress import progress
         with progress("parallel", 4 * 50_000, unit="rows") as advance:
@@ -128,11 +143,13 @@ def test_threads_count_exactly_and_a_failure_says_stopped(tmp_path):
                 raise RuntimeError("boom")
         except RuntimeError:
             pass
-    """)
+    """,
+    )
     lines = text.splitlines()
     assert any(line.startswith("parallel: done 200,000/200,000 (100%) in ") for line in lines), text
-    assert re.fullmatch(rf"failing: stopped at 3/10 \(30%\) after {CLOCK}, mean {NUMBER} rows/s \(RuntimeError\)",
-                        lines[-1]), lines[-1]
+    assert re.fullmatch(
+        rf"failing: stopped at 3/10 \(30%\) after {CLOCK}, mean {NUMBER} rows/s \(RuntimeError\)", lines[-1]
+    ), lines[-1]
 
 
 def test_nested_progress_works_as_a_rich_bar_and_as_lines(tmp_path):
@@ -154,7 +171,9 @@ def test_nested_progress_works_as_a_rich_bar_and_as_lines(tmp_path):
 
 
 def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, banking77):
-    text, stdout = _run(tmp_path, """
+    text, stdout = _run(
+        tmp_path,
+        """
         import functools, sys
         import pandas as pd
         from tunewise.candidates.factory import build_candidate
@@ -173,15 +192,19 @@ def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, ba
         texts = pd.read_csv(sys.argv[1] + "/train.csv")["text"].tolist()[:3000]
         find_near_duplicates(texts + [t + " please" for t in texts[:300]], threshold=0.7, progress=True)
         print("ok")
-    """, str(banking77), interval="0.05")
+    """,
+        str(banking77),
+        interval="0.05",
+    )
     assert stdout.strip() == "ok"
     lines = text.splitlines()
     fits = _periodic(text, "learning curve", "fits")
     assert fits, text
     assert all(_int(m.group(2)) == 8 for m in fits)
     assert any((m.group(7) or "").startswith("curve tfidf_lr at ") for m in fits)  # names the fit running now
-    assert any(re.fullmatch(rf"learning curve: done 8/8 \(100%\) in {CLOCK}, mean {NUMBER} fits/s", line)
-               for line in lines), text
+    assert any(
+        re.fullmatch(rf"learning curve: done 8/8 \(100%\) in {CLOCK}, mean {NUMBER} fits/s", line) for line in lines
+    ), text
     assert any(line.startswith("learning curve: bootstrap: done 100/100 (100%)") for line in lines), text
     for phase, unit in (("minhash", "texts"), ("lsh", "bands"), ("verify", "pairs")):
         assert any(line.startswith(f"near-dup: {phase}: done ") and f" {unit}/s" in line for line in lines), text
@@ -189,16 +212,22 @@ def test_real_learning_curve_and_near_duplicates_log_their_progress(tmp_path, ba
 
 @pytest.mark.parametrize("value", ["abc", "-1", "0"])
 def test_a_bad_interval_never_breaks_a_run(tmp_path, value):
-    text, _ = _run(tmp_path, """
+    text, _ = _run(
+        tmp_path,
+        """
         from tunewise.core.progress import progress
         with progress("quick", 3) as advance:
             advance(3)
-    """, interval=value)
+    """,
+        interval=value,
+    )
     assert text.splitlines()[-1].startswith("quick: done 3/3 (100%)")
 
 
 def test_a_fine_tuned_classifier_scoring_a_data_set_logs_progress_and_a_serving_batch_does_not(tmp_path, tiny_llm):
-    text, stdout = _run(tmp_path, """
+    text, stdout = _run(
+        tmp_path,
+        """
         import sys
         import pandas as pd
         from tunewise.candidates.finetuned import LoraClassifier
@@ -216,7 +245,9 @@ def test_a_fine_tuned_classifier_scoring_a_data_set_logs_progress_and_a_serving_
         print("data set")
         model.predict(frame(1200))
         print("ok")
-    """, tiny_llm)
+    """,
+        tiny_llm,
+    )
     assert stdout.split() == ["small", "batch", "data", "set", "ok"]
     scoring = [line for line in text.splitlines() if line.startswith("lora_llm: scoring")]
     assert scoring and scoring[-1].startswith("lora_llm: scoring: done 1,200/1,200 (100%)"), text

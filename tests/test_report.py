@@ -31,23 +31,61 @@ def decision_fixture(verdict: str = "FINE_TUNE", candidate: str = "encoder_ft") 
         "roi": {
             "one_time_cost_usd": cost,
             "one_time_cost_lines": [
-                {"item": "training compute", "usd": 1.2, "source": "reference GPU price table",
-                 "arithmetic": "4 x 134.5M params x 2.1M tokens / (70 TFLOP/s x 0.4) = 0.03 GPU-h x $1.006"},
-                {"item": "engineering", "usd": 122.2, "arithmetic": "0.15 days x $800", "source": "roi.engineer_usd_per_day"}],
+                {
+                    "item": "training compute",
+                    "usd": 1.2,
+                    "source": "reference GPU price table",
+                    "arithmetic": "4 x 134.5M params x 2.1M tokens / (70 TFLOP/s x 0.4) = 0.03 GPU-h x $1.006",
+                },
+                {
+                    "item": "engineering",
+                    "usd": 122.2,
+                    "arithmetic": "0.15 days x $800",
+                    "source": "roi.engineer_usd_per_day",
+                },
+            ],
             "monthly_running_cost_usd": {"candidate": 10.0, "baseline": 50.0},
-            "monthly_benefit_usd": 900.0, "monthly_benefit_ci95": [300.0, 1500.0], "monthly_net_usd": net,
-            "payback_months": 0.13, "payback_months_ci95": [0.08, 0.4], "roi_12m": 90.4, "break_even_gain": 0.01,
+            "monthly_benefit_usd": 900.0,
+            "monthly_benefit_ci95": [300.0, 1500.0],
+            "monthly_net_usd": net,
+            "payback_months": 0.13,
+            "payback_months_ci95": [0.08, 0.4],
+            "roi_12m": 90.4,
+            "break_even_gain": 0.01,
             "horizon_months": 12,
-            "cumulative": [{"month": m, "net_usd": -cost + net * m, "low": -cost + 300 * m, "high": -cost + 1500 * m}
-                           for m in range(13)],
+            "cumulative": [
+                {"month": m, "net_usd": -cost + net * m, "low": -cost + 300 * m, "high": -cost + 1500 * m}
+                for m in range(13)
+            ],
             "sensitivity": [
-                {"assumption": "value_per_outcome_usd", "base": 5.0, "low": 3.75, "high": 6.25,
-                 "payback_low": 0.2, "payback_high": 0.1, "swing_months": 0.1},
-                {"assumption": "monthly_volume", "base": 10000, "low": 5000, "high": 20000,
-                 "payback_low": 0.3, "payback_high": 0.07, "swing_months": 0.23}],
-            "assumptions": {"monthly_volume": 10000, "value_per_outcome_usd": 5.0}, "missing": []},
-        "decision": {"verdict": verdict, "recommended": candidate, "candidate": candidate,
-                     "reasons": [f"{candidate} pays back its $123 one-time cost in 0.13 months (interval 0.08 to 0.4)"]},
+                {
+                    "assumption": "value_per_outcome_usd",
+                    "base": 5.0,
+                    "low": 3.75,
+                    "high": 6.25,
+                    "payback_low": 0.2,
+                    "payback_high": 0.1,
+                    "swing_months": 0.1,
+                },
+                {
+                    "assumption": "monthly_volume",
+                    "base": 10000,
+                    "low": 5000,
+                    "high": 20000,
+                    "payback_low": 0.3,
+                    "payback_high": 0.07,
+                    "swing_months": 0.23,
+                },
+            ],
+            "assumptions": {"monthly_volume": 10000, "value_per_outcome_usd": 5.0},
+            "missing": [],
+        },
+        "decision": {
+            "verdict": verdict,
+            "recommended": candidate,
+            "candidate": candidate,
+            "reasons": [f"{candidate} pays back its $123 one-time cost in 0.13 months (interval 0.08 to 0.4)"],
+        },
     }
 
 
@@ -99,10 +137,16 @@ def open_in_browser(page: Path, shots: Path) -> dict:
                     const r = e.getBoundingClientRect(); return [r.width, r.height]; })""")
                 shot = shots / f"report-{name}.png"
                 tab.screenshot(path=str(shot), full_page=True)
-                seen[name] = {"errors": errors, "outside": [u for u in requests if not u.startswith(("file:", "data:"))],
-                              "charts": charts, "scroll_width": tab.evaluate("document.documentElement.scrollWidth"),
-                              "width": width, "verdict": tab.inner_text("#verdict"), "shot": shot,
-                              "text": tab.inner_text("body")}
+                seen[name] = {
+                    "errors": errors,
+                    "outside": [u for u in requests if not u.startswith(("file:", "data:"))],
+                    "charts": charts,
+                    "scroll_width": tab.evaluate("document.documentElement.scrollWidth"),
+                    "width": width,
+                    "verdict": tab.inner_text("#verdict"),
+                    "shot": shot,
+                    "text": tab.inner_text("body"),
+                }
                 tab.close()
         finally:
             browser.close()
@@ -151,8 +195,18 @@ def test_report_with_a_decision_in_a_real_browser(pipeline_run, tmp_path):
     assert EVIL not in html and "&lt;script&gt;alert(" in html
     # every section is there, with figures from the artifacts
     evaluation = json.loads((run_dir / "evaluate" / "summary.json").read_text())
-    for section in ("verdict", "quality", "candidates", "curves", "errors", "slices", "robustness", "forgetting",
-                    "cost", "reproducibility"):
+    for section in (
+        "verdict",
+        "quality",
+        "candidates",
+        "curves",
+        "errors",
+        "slices",
+        "robustness",
+        "forgetting",
+        "cost",
+        "reproducibility",
+    ):
         assert f'id="{section}"' in html, section
     for candidate in evaluation["candidates"]:
         assert candidate["name"] in html
@@ -190,8 +244,12 @@ def test_summary_json_has_the_designed_shape(pipeline_run, tmp_path):
     assert set(comparison) >= {"candidate", "baseline", "relative_improvement", "ci95", "p_value", "threshold"}
     # the configured majority baseline is within noise of chance: the reference is tfidf_lr
     assert comparison["candidate"] == "encoder_ft" and comparison["baseline"] == "tfidf_lr"
-    assert summary["roi"] == {**summary["roi"], "one_time_cost_usd": 123.4, "monthly_benefit_usd": 900.0,
-                              "payback_months": 0.13}
+    assert summary["roi"] == {
+        **summary["roi"],
+        "one_time_cost_usd": 123.4,
+        "monthly_benefit_usd": 900.0,
+        "payback_months": 0.13,
+    }
     assert summary["decision"]["verdict"] == "FINE_TUNE" and summary["decision"]["recommended"] == "encoder_ft"
     assert summary["decision"]["reasons"]
     for stage in ("ingest", "curate", "split", "baseline", "train", "evaluate"):
@@ -225,10 +283,20 @@ def test_page_without_a_decide_stage_shows_the_quality_comparison(pipeline_run, 
 
 def test_no_go_with_missing_numbers_says_what_is_needed(pipeline_run, tmp_path):
     decision = decision_fixture("NOT_YET", candidate="encoder_ft")
-    decision["roi"].update(monthly_benefit_usd=None, monthly_benefit_ci95=None, monthly_net_usd=None,
-                           payback_months=None, payback_months_ci95=None, roi_12m=None, cumulative=[],
-                           sensitivity=[], missing=["value_per_outcome_usd"])
-    decision["decision"].update(recommended="tfidf_lr", reasons=["no value per outcome given (roi.value_per_outcome_usd)"])
+    decision["roi"].update(
+        monthly_benefit_usd=None,
+        monthly_benefit_ci95=None,
+        monthly_net_usd=None,
+        payback_months=None,
+        payback_months_ci95=None,
+        roi_12m=None,
+        cumulative=[],
+        sensitivity=[],
+        missing=["value_per_outcome_usd"],
+    )
+    decision["decision"].update(
+        recommended="tfidf_lr", reasons=["no value per outcome given (roi.value_per_outcome_usd)"]
+    )
     cfg, run_dir = copy_run(pipeline_run, tmp_path, decision)
     run_report_stage(cfg, run_dir)
     html = (run_dir / "report" / "index.html").read_text()
@@ -260,8 +328,12 @@ def test_report_after_the_real_decide_stage(pipeline_run, tmp_path):
     for key in ("one_time_cost_usd", "monthly_benefit_usd", "payback_months"):
         assert summary["roi"][key] == decided["roi"][key], key
     html = (run_dir / "report" / "index.html").read_text()
-    word = {"FINE_TUNE": "Fine-tune", "USE_ALTERNATIVE": "Use an alternative", "NOT_YET": "Not yet",
-            "INCONCLUSIVE": "Inconclusive"}[decided["decision"]["verdict"]]
+    word = {
+        "FINE_TUNE": "Fine-tune",
+        "USE_ALTERNATIVE": "Use an alternative",
+        "NOT_YET": "Not yet",
+        "INCONCLUSIVE": "Inconclusive",
+    }[decided["decision"]["verdict"]]
     assert f'data-verdict="{decided["decision"]["verdict"]}">{word} <span' in html
     assert html.count(decided["decision"]["reasons"][0].split(":")[0]) >= 1
     assert "No decision yet" not in html
@@ -282,15 +354,26 @@ def test_generate_run_lists_the_worst_generations(tmp_path, one_torch_thread):
     raw, test_raw = pd.read_csv(files.data, dtype=str).fillna(""), pd.read_csv(files.test, dtype=str).fillna("")
 
     def records(frame):
-        out = pd.DataFrame({"id": frame["id"], "input": frame["text"], "target": frame["reply"], "channel": frame["channel"]})
+        out = pd.DataFrame(
+            {"id": frame["id"], "input": frame["text"], "target": frame["reply"], "channel": frame["channel"]}
+        )
         return out[(out["input"].str.strip() != "") & (out["target"].str.strip() != "")].reset_index(drop=True)
 
     train, test = records(raw), records(test_raw)
-    candidates = [CandidatePredictions("nn_reply", "cheap", make_candidate("nn_reply").fit(train).predict(test)),
-                  CandidatePredictions("nn_reply_small", "baseline", make_candidate("nn_reply").fit(train.head(30)).predict(test))]
-    result = evaluate_candidates(test, candidates, task="generate", seed=0, slice_columns=["channel"],
-                                 config=EvaluateConfig(baseline="nn_reply_small", n_resamples=200, min_slice_rows=5,
-                                                       embedding_similarity=False))
+    candidates = [
+        CandidatePredictions("nn_reply", "cheap", make_candidate("nn_reply").fit(train).predict(test)),
+        CandidatePredictions(
+            "nn_reply_small", "baseline", make_candidate("nn_reply").fit(train.head(30)).predict(test)
+        ),
+    ]
+    result = evaluate_candidates(
+        test,
+        candidates,
+        task="generate",
+        seed=0,
+        slice_columns=["channel"],
+        config=EvaluateConfig(baseline="nn_reply_small", n_resamples=200, min_slice_rows=5, embedding_similarity=False),
+    )
     run_dir = tmp_path / "runs" / "g1"
     result.write(run_dir / "evaluate")
     write_json(run_dir / "config.json", {"task": "generate", "seed": 0, "data": {"train": "data/support.csv"}})
@@ -329,12 +412,19 @@ def test_the_page_shows_the_learning_curve_when_there_is_one(pipeline_run, tmp_p
     run_report_stage(cfg, run_dir)
     assert "No learning curve yet" in (run_dir / "report" / "index.html").read_text()
     frames = {n: pd.read_parquet(run_dir / "split" / f"{n}.parquet") for n in ("train", "validation", "test")}
-    curve = learning_curve(frames["train"], frames["validation"], frames["test"], candidates=["tfidf_lr"],
-                           factory=candidate_factory(cfg), fractions=[0.25, 0.5, 0.75, 1.0], target=0.99,
-                           n_resamples=50)
+    curve = learning_curve(
+        frames["train"],
+        frames["validation"],
+        frames["test"],
+        candidates=["tfidf_lr"],
+        factory=candidate_factory(cfg),
+        fractions=[0.25, 0.5, 0.75, 1.0],
+        target=0.99,
+        n_resamples=50,
+    )
     write_json(run_dir / "curve" / "curve.json", curve)
     run_report_stage(cfg, run_dir)
     page = (run_dir / "report" / "index.html").read_text()
-    section = page[page.index('id="more-data"'):page.index('id="cost"')]
+    section = page[page.index('id="more-data"') : page.index('id="cost"')]
     assert "<svg" in section and "levels off at" in section and "tfidf_lr" in section
     assert curve["candidates"]["tfidf_lr"]["target"]["message"].split(":")[0] in section

@@ -61,15 +61,29 @@ def fill_log(db: Path, run_dir: Path) -> dict:
                 status = "ok"
                 if i < N_FAILED[arm]:
                     status = "error" if i == 0 else "fallback"
-                rows.append({"id": rid, "ts": now - SPAN_S + i * (SPAN_S / n), "endpoint": "classify", "user": f"u{i}",
-                             "arm": arm, "served_by": "incumbent" if status == "fallback" else arm,
-                             "candidate": ARMS[arm], "input": f"where is my order {i}", "output": output,
-                             "score": 0.9, "out_of_scope": 0, "latency_ms": 30.0 + i % 7, "batch_size": 1,
-                             "status": status, "error": None if status == "ok" else "model failed"})
+                rows.append(
+                    {
+                        "id": rid,
+                        "ts": now - SPAN_S + i * (SPAN_S / n),
+                        "endpoint": "classify",
+                        "user": f"u{i}",
+                        "arm": arm,
+                        "served_by": "incumbent" if status == "fallback" else arm,
+                        "candidate": ARMS[arm],
+                        "input": f"where is my order {i}",
+                        "output": output,
+                        "score": 0.9,
+                        "out_of_scope": 0,
+                        "latency_ms": 30.0 + i % 7,
+                        "batch_size": 1,
+                        "status": status,
+                        "error": None if status == "ok" else "model failed",
+                    }
+                )
             ok = [r for r in rows if r["arm"] == arm and r["status"] == "ok"]
             # right answers spread over the three hours: no decay between the earlier and recent halves
             right = set(np.random.default_rng(len(arm)).permutation(N_LABELLED[arm])[: N_RIGHT[arm]].tolist())
-            for j, row in enumerate(ok[:N_LABELLED[arm]]):
+            for j, row in enumerate(ok[: N_LABELLED[arm]]):
                 # a wrong answer's truth is the next label: the feedback labels stay spread like the outputs
                 wrong = labels[(labels.index(row["output"]) + 1) % len(labels)]
                 truth = row["output"] if j in right else wrong
@@ -91,9 +105,13 @@ def expected_per_arm(log: dict) -> dict:
         answered = [r for r in log["requests"] if r["served_by"] == arm and r["status"] != "error"]
         labelled = [r for r in answered if r["id"] in truth]
         right = sum(r["output"] == truth[r["id"]] for r in labelled)
-        out[arm] = {"requests": len(assigned), "answered": len(answered),
-                    "errors": sum(r["status"] in ("fallback", "error") for r in assigned),
-                    "feedback_n": len(labelled), "right": right}
+        out[arm] = {
+            "requests": len(assigned),
+            "answered": len(answered),
+            "errors": sum(r["status"] in ("fallback", "error") for r in assigned),
+            "feedback_n": len(labelled),
+            "right": right,
+        }
     return out
 
 
@@ -111,8 +129,9 @@ def test_live_section_numbers_page_and_browser(pipeline_run, tmp_path):
     written = build_report(run_dir, live=str(db))
     summary = json.loads(written["summary"].read_text())
     # the keys outside checks read are as they were without --live
-    assert {k: v for k, v in summary.items() if k not in ("live", "timings_s")} == \
-        {k: v for k, v in plain.items() if k != "timings_s"}
+    assert {k: v for k, v in summary.items() if k not in ("live", "timings_s")} == {
+        k: v for k, v in plain.items() if k != "timings_s"
+    }
 
     live = summary["live"]
     assert live["store"] == f"sqlite:///{db.resolve()}" and live["metric"] == "accuracy"
@@ -122,8 +141,12 @@ def test_live_section_numbers_page_and_browser(pipeline_run, tmp_path):
     for arm, want in expected_per_arm(log).items():
         got = live["arms"][arm]
         assert got["candidate"] == ARMS[arm]
-        assert (got["requests"], got["answered"], got["errors"], got["feedback_n"]) == \
-            (want["requests"], want["answered"], want["errors"], want["feedback_n"]), arm
+        assert (got["requests"], got["answered"], got["errors"], got["feedback_n"]) == (
+            want["requests"],
+            want["answered"],
+            want["errors"],
+            want["feedback_n"],
+        ), arm
         assert got["error_rate"] == pytest.approx(want["errors"] / want["requests"])
         assert got["online_metric"] == pytest.approx(want["right"] / want["feedback_n"])
         low, high = proportion_confint(want["right"], want["feedback_n"], alpha=0.05, method="wilson")
@@ -148,7 +171,7 @@ def test_live_section_numbers_page_and_browser(pipeline_run, tmp_path):
     assert_self_contained(html)
     # right after the verdict block, before the data quality section
     assert html.index('id="verdict"') < html.index('id="live"') < html.index('id="quality"')
-    section = html[html.index('id="live"'):html.index('id="quality"')]
+    section = html[html.index('id="live"') : html.index('id="quality"')]
     for chart in ("live-metric-chart", "live-traffic-chart"):
         svg = re.search(rf'id="{chart}"><svg.*?</svg>', section, re.DOTALL)
         assert svg and svg.group(0).count("<path") > 10, chart
@@ -160,7 +183,7 @@ def test_live_section_numbers_page_and_browser(pipeline_run, tmp_path):
     assert_renders_cleanly(seen, n_charts=4 + 2)  # the page's four and the two live charts
     text = seen["phone"]["text"]
     assert "Live traffic" in text and "220" in text and "promote" in text
-    table = text[text.index("Per arm"):text.index("Verdicts against")]
+    table = text[text.index("Per arm") : text.index("Verdicts against")]
     assert "encoder_ft" in table and "tfidf_lr" in table
     assert "0.918" in table  # 101/110, three significant digits
 
@@ -242,7 +265,12 @@ def test_report_command_with_live(pipeline_run, tmp_path):
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     assert summary["live"]["arms"]["candidate"]["verdict"] == "promote"
     assert summary["live"]["window"]["since"] == pytest.approx(time.time() - 86400, abs=120)
-    assert summary["decision"]["verdict"] in ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")  # decide ran through the runner
+    assert summary["decision"]["verdict"] in (
+        "FINE_TUNE",
+        "USE_ALTERNATIVE",
+        "NOT_YET",
+        "INCONCLUSIVE",
+    )  # decide ran through the runner
 
     as_json = CliRunner().invoke(app, env=wide, args=[*base, "--live", str(db), "--json"])
     assert as_json.exit_code == 0, as_json.output

@@ -41,8 +41,16 @@ def project(tmp_path_factory):
     raw["curate"].update({name: {"enabled": False} for name in SLOW_CHECKS})
     raw["baseline"]["candidates"] = ["majority", "tfidf_lr"]
     raw["train"]["candidates"] = []
-    raw["evaluate"].update(baseline="majority", robustness_rows=40, overfit_train_rows=100, n_resamples=300,
-                           human_sheet_size=0, gate_beats_cheap=False, ensemble=False, forgetting=False)
+    raw["evaluate"].update(
+        baseline="majority",
+        robustness_rows=40,
+        overfit_train_rows=100,
+        n_resamples=300,
+        human_sheet_size=0,
+        gate_beats_cheap=False,
+        ensemble=False,
+        forgetting=False,
+    )
     raw["tracking"] = "off"
     config_file = folder / "tunewise.yaml"
     config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -57,10 +65,16 @@ def project(tmp_path_factory):
     test_text = str(pd.read_parquet(run_dir / "split" / "test.parquet")["input"].iloc[0])
 
     store_url = f"sqlite:///{folder / 'log.db'}"
-    served = create_app(run_dir, ServeConfig(), arms="incumbent:majority=0.5,candidate:tfidf_lr=0.5",
-                        store_url=store_url, project_config=cfg)
+    served = create_app(
+        run_dir,
+        ServeConfig(),
+        arms="incumbent:majority=0.5,candidate:tfidf_lr=0.5",
+        store_url=store_url,
+        project_config=cfg,
+    )
     posted = {"label": [], "thumbs_up": [], "thumbs_down": [], "test_copy": None}
     with ServerThread(served) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+
         def classify(text: str, user: str) -> dict:
             r = client.post("/v1/classify", json={"text": text, "user": user})
             r.raise_for_status()
@@ -82,39 +96,57 @@ def project(tmp_path_factory):
             client.post("/v1/feedback", json=body).raise_for_status()
         # a test question asked live and labelled: it must not reach training
         answer = classify(test_text, "tester")
-        client.post("/v1/feedback", json={"request_id": answer["request_id"], "label": "order_status"}).raise_for_status()
+        client.post(
+            "/v1/feedback", json={"request_id": answer["request_id"], "label": "order_status"}
+        ).raise_for_status()
         posted["test_copy"] = answer["request_id"]
-    return {"cfg": cfg, "folder": folder, "config_file": config_file, "run_dir": run_dir, "store_url": store_url,
-            "posted": posted}
+    return {
+        "cfg": cfg,
+        "folder": folder,
+        "config_file": config_file,
+        "run_dir": run_dir,
+        "store_url": store_url,
+        "posted": posted,
+    }
 
 
 def test_feedback_rows_take_labels_and_confirmed_answers_and_say_why_others_are_skipped():
-    requests = pd.DataFrame([
-        {"id": "a", "input": "where is my parcel", "output": "refund", "out_of_scope": 0, "status": "ok"},
-        {"id": "b", "input": "cancel it please", "output": "cancel_order", "out_of_scope": 0, "status": "ok"},
-        {"id": "c", "input": "asdf", "output": "out_of_scope", "out_of_scope": 1, "status": "ok"},
-        {"id": "d", "input": None, "output": "refund", "out_of_scope": 0, "status": "ok"},
-        {"id": "e", "input": "bad answer", "output": "refund", "out_of_scope": 0, "status": "ok"},
-        {"id": "f", "input": "new thing", "output": "refund", "out_of_scope": 0, "status": "ok"},
-    ])
-    feedback = pd.DataFrame([
-        {"request_id": "a", "kind": "thumbs", "value": "down"},
-        {"request_id": "a", "kind": "label", "value": "order_status"},  # the label wins over the thumb
-        {"request_id": "b", "kind": "thumbs", "value": "up"},
-        {"request_id": "b", "kind": "rating", "value": "5"},
-        {"request_id": "c", "kind": "thumbs", "value": "up"},
-        {"request_id": "d", "kind": "label", "value": "refund"},
-        {"request_id": "e", "kind": "thumbs", "value": "down"},
-        {"request_id": "f", "kind": "label", "value": "brand_new_label"},
-        {"request_id": "zzz", "kind": "label", "value": "refund"},
-    ])
+    requests = pd.DataFrame(
+        [
+            {"id": "a", "input": "where is my parcel", "output": "refund", "out_of_scope": 0, "status": "ok"},
+            {"id": "b", "input": "cancel it please", "output": "cancel_order", "out_of_scope": 0, "status": "ok"},
+            {"id": "c", "input": "asdf", "output": "out_of_scope", "out_of_scope": 1, "status": "ok"},
+            {"id": "d", "input": None, "output": "refund", "out_of_scope": 0, "status": "ok"},
+            {"id": "e", "input": "bad answer", "output": "refund", "out_of_scope": 0, "status": "ok"},
+            {"id": "f", "input": "new thing", "output": "refund", "out_of_scope": 0, "status": "ok"},
+        ]
+    )
+    feedback = pd.DataFrame(
+        [
+            {"request_id": "a", "kind": "thumbs", "value": "down"},
+            {"request_id": "a", "kind": "label", "value": "order_status"},  # the label wins over the thumb
+            {"request_id": "b", "kind": "thumbs", "value": "up"},
+            {"request_id": "b", "kind": "rating", "value": "5"},
+            {"request_id": "c", "kind": "thumbs", "value": "up"},
+            {"request_id": "d", "kind": "label", "value": "refund"},
+            {"request_id": "e", "kind": "thumbs", "value": "down"},
+            {"request_id": "f", "kind": "label", "value": "brand_new_label"},
+            {"request_id": "zzz", "kind": "label", "value": "refund"},
+        ]
+    )
     labels = {"order_status", "cancel_order", "refund"}
     rows, skipped = feedback_training_rows(requests, feedback, task="classify", labels=labels)
     assert rows[["request_id", "label", "source"]].values.tolist() == [
-        ["a", "order_status", "feedback label"], ["b", "cancel_order", "thumbs up"]]
-    assert skipped == {"thumbs up on an out-of-scope answer": 1, "input not logged (serve.store_inputs off)": 1,
-                       "thumbs down without a label": 1, "label outside the run's label set": 1,
-                       "request not in the window": 1}
+        ["a", "order_status", "feedback label"],
+        ["b", "cancel_order", "thumbs up"],
+    ]
+    assert skipped == {
+        "thumbs up on an out-of-scope answer": 1,
+        "input not logged (serve.store_inputs off)": 1,
+        "thumbs down without a label": 1,
+        "label outside the run's label set": 1,
+        "request not in the window": 1,
+    }
     rows, _ = feedback_training_rows(requests, feedback, task="classify", labels=labels, thumbs_up=False)
     assert rows["request_id"].tolist() == ["a"]
     # generation: a thumbs-up makes the served reply a training reply
@@ -124,14 +156,38 @@ def test_feedback_rows_take_labels_and_confirmed_answers_and_say_why_others_are_
 
 def test_retrain_adds_the_feedback_reruns_on_the_same_test_rows_and_passes_the_gate(project):
     posted, cfg = project["posted"], project["cfg"]
-    dry = CliRunner().invoke(app, ["retrain", "--config", str(project["config_file"]), "--run-id", "r1",
-                                   "--store", project["store_url"], "--dry-run", "--json"])
+    dry = CliRunner().invoke(
+        app,
+        [
+            "retrain",
+            "--config",
+            str(project["config_file"]),
+            "--run-id",
+            "r1",
+            "--store",
+            project["store_url"],
+            "--dry-run",
+            "--json",
+        ],
+    )
     assert dry.exit_code == 0, dry.output
     counted = json.loads(dry.output)
     assert not (project["folder"] / "added_labels.jsonl").exists()  # a dry run changes nothing
 
-    result = CliRunner().invoke(app, ["retrain", "--config", str(project["config_file"]), "--run-id", "r1",
-                                      "--store", project["store_url"], "--new-run-id", "r2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "retrain",
+            "--config",
+            str(project["config_file"]),
+            "--run-id",
+            "r1",
+            "--store",
+            project["store_url"],
+            "--new-run-id",
+            "r2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "gate: PASSED" in result.output
     record = json.loads((project["folder"] / "runs" / "r2" / "retrain" / "retrain.json").read_text())
@@ -167,8 +223,10 @@ def test_a_retrained_run_that_fails_the_gate_is_not_served(project, tmp_path):
     raw["roi"]["value_per_outcome_usd"] = 0.0001  # another gate: the retrained model must pass its predecessor's
     changed = project["folder"] / "changed.yaml"
     changed.write_text(yaml.safe_dump(raw, sort_keys=False))
-    result = CliRunner().invoke(app, ["retrain", "--config", str(changed), "--run-id", "r1",
-                                      "--store", project["store_url"], "--new-run-id", "r3"])
+    result = CliRunner().invoke(
+        app,
+        ["retrain", "--config", str(changed), "--run-id", "r1", "--store", project["store_url"], "--new-run-id", "r3"],
+    )
     assert result.exit_code == 3, result.output
     assert "gate: FAILED" in result.output
     gate = retrain_gate(project["folder"] / "runs" / "r3")
@@ -193,8 +251,20 @@ def test_retrain_without_usable_feedback_is_a_clear_error(project, tmp_path):
         retrain(project["cfg"], run_id="nope", store_url=empty)
     with pytest.raises(RetrainError, match="--since"):
         retrain(project["cfg"], run_id="r1", store_url=empty, since="yesterday-ish")
-    result = CliRunner().invoke(app, ["retrain", "--config", str(project["config_file"]), "--run-id", "r1",
-                                      "--store", project["store_url"], "--min-rows", "100000"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "retrain",
+            "--config",
+            str(project["config_file"]),
+            "--run-id",
+            "r1",
+            "--store",
+            project["store_url"],
+            "--min-rows",
+            "100000",
+        ],
+    )
     assert result.exit_code != 0 and "--min-rows 100000" in " ".join(result.output.split())
 
 
@@ -205,9 +275,14 @@ def test_the_regression_check_pairs_rows_for_labels_and_for_replies(tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     ids = [f"t{i}" for i in range(200)]
     # classify: the new model gets 40 rows wrong that the old got right, and fixes 5
-    write_parquet(old / "evaluate" / "per_example" / "a.parquet", pd.DataFrame({"id": ids, "correct": [True] * 180 + [False] * 20}))
-    write_parquet(new / "evaluate" / "per_example" / "b.parquet",
-                  pd.DataFrame({"id": ids, "correct": [False] * 40 + [True] * 140 + [True] * 5 + [False] * 15}))
+    write_parquet(
+        old / "evaluate" / "per_example" / "a.parquet",
+        pd.DataFrame({"id": ids, "correct": [True] * 180 + [False] * 20}),
+    )
+    write_parquet(
+        new / "evaluate" / "per_example" / "b.parquet",
+        pd.DataFrame({"id": ids, "correct": [False] * 40 + [True] * 140 + [True] * 5 + [False] * 15}),
+    )
     worse = _paired_regression(old, "a", new, "b")
     assert worse["measure"] == "accuracy" and worse["rows"] == 200 and worse["worse_beyond_noise"]
     assert worse["previous_value"] == pytest.approx(0.9) and worse["new_value"] == pytest.approx(0.725)

@@ -82,7 +82,10 @@ def test_sticky_assignment_splits_10000_users_within_tolerance_of_the_weights():
 
 def test_arms_come_from_the_gate_and_the_decision(run_dir, tmp_path):
     specs = resolve_arms(run_dir, None)
-    assert [(s.name, s.candidate, s.weight) for s in specs] == [("incumbent", "majority", 0.9), ("candidate", "tfidf_lr", 0.1)]
+    assert [(s.name, s.candidate, s.weight) for s in specs] == [
+        ("incumbent", "majority", 0.9),
+        ("candidate", "tfidf_lr", 0.1),
+    ]
     assert parse_arms("incumbent=0.8, candidate:embed_lr=0.2") == {"incumbent": 0.8, "candidate:embed_lr": 0.2}
     assert [s.candidate for s in resolve_arms(run_dir, "tfidf_lr=1,candidate:embed_lr=0")] == ["tfidf_lr", "embed_lr"]
     with pytest.raises(ServeError, match="not ARM=WEIGHT"):
@@ -111,13 +114,22 @@ def test_classify_chat_feedback_metrics_and_every_bad_input_is_a_counted_4xx(run
         answer = r.json()
         assert answer["arm"] in ("incumbent", "candidate") and len(answer["request_id"]) == 32
         assert answer["arm"] == assign_arm("ann", {"incumbent": 0.5, "candidate": 0.5})
-        forced = client.post("/v1/classify", json={"text": "I want my money back for the broken kettle",
-                                                   "arm": "candidate"}).json()
+        forced = client.post(
+            "/v1/classify", json={"text": "I want my money back for the broken kettle", "arm": "candidate"}
+        ).json()
         assert forced["arm"] == forced["served_by"] == "candidate" and forced["model"] == "tfidf_lr"
-        chat = client.post("/v1/chat/completions", json={
-            "model": "candidate", "temperature": 0, "user": "bob",
-            "messages": [{"role": "system", "content": "You route support messages."},
-                         {"role": "user", "content": "my card payment keeps failing"}]}).json()
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "candidate",
+                "temperature": 0,
+                "user": "bob",
+                "messages": [
+                    {"role": "system", "content": "You route support messages."},
+                    {"role": "user", "content": "my card payment keeps failing"},
+                ],
+            },
+        ).json()
         assert chat["object"] == "chat.completion" and chat["tunewise"]["arm"] == "candidate"
         assert chat["choices"][0]["message"]["content"] in models["tfidf_lr"].feedback_labels()
 
@@ -131,26 +143,39 @@ def test_classify_chat_feedback_metrics_and_every_bad_input_is_a_counted_4xx(run
             "unknown request id": client.post("/v1/feedback", json={"request_id": "f" * 32, "label": "order_status"}),
             "label outside the set": client.post("/v1/feedback", json={"request_id": rid, "label": "astrology"}),
             "no feedback given": client.post("/v1/feedback", json={"request_id": rid}),
-            "malformed JSON": client.post("/v1/classify", content=b'{"text": "hi",',
-                                          headers={"content-type": "application/json"}),
+            "malformed JSON": client.post(
+                "/v1/classify", content=b'{"text": "hi",', headers={"content-type": "application/json"}
+            ),
             "missing field": client.post("/v1/classify", json={"user": "x"}),
             "unknown field": client.post("/v1/classify", json={"text": "hi", "colour": "red"}),
             "unknown arm": client.post("/v1/classify", json={"text": "hi", "arm": "nope"}),
             "oversized (Content-Length)": client.post("/v1/classify", json={"text": "x" * 5000}),
             # a chunked upload has no Content-Length: the streamed size is checked
-            "oversized (streamed)": client.post("/v1/classify", content=iter([b'{"text": "', b"y" * 5000, b'"}']),
-                                                headers={"content-type": "application/json"}),
-            "max_tokens above the limit": client.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}),
-            "no user message": client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "x"}]}),
+            "oversized (streamed)": client.post(
+                "/v1/classify",
+                content=iter([b'{"text": "', b"y" * 5000, b'"}']),
+                headers={"content-type": "application/json"},
+            ),
+            "max_tokens above the limit": client.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
+            ),
+            "no user message": client.post(
+                "/v1/chat/completions", json={"messages": [{"role": "system", "content": "x"}]}
+            ),
         }
         for what, response in bad.items():
             statuses.append(response.status_code)
             assert 400 <= response.status_code < 500, (what, response.status_code, response.text)
             detail = response.json()["detail"]
             assert isinstance(detail, str) and "Traceback" not in detail, (what, detail)
-        assert bad["unknown request id"].status_code == 404 and "unknown request id" in bad["unknown request id"].json()["detail"]
-        assert bad["label outside the set"].status_code == 422 and "astrology" in bad["label outside the set"].json()["detail"]
+        assert (
+            bad["unknown request id"].status_code == 404
+            and "unknown request id" in bad["unknown request id"].json()["detail"]
+        )
+        assert (
+            bad["label outside the set"].status_code == 422
+            and "astrology" in bad["label outside the set"].json()["detail"]
+        )
         assert bad["malformed JSON"].status_code == 422 and "malformed JSON" in bad["malformed JSON"].json()["detail"]
         assert bad["oversized (Content-Length)"].status_code == 413
         assert bad["oversized (streamed)"].status_code == 413
@@ -171,8 +196,9 @@ def test_classify_chat_feedback_metrics_and_every_bad_input_is_a_counted_4xx(run
 
 def test_api_key_guards_the_api_but_not_health(run_dir, models, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEWISE_TEST_KEY", "s3cret")
-    app = create_app(run_dir, ServeConfig(api_key_env="TUNEWISE_TEST_KEY"), arms=ARMS, store_url=_sqlite(tmp_path),
-                     models=models)
+    app = create_app(
+        run_dir, ServeConfig(api_key_env="TUNEWISE_TEST_KEY"), arms=ARMS, store_url=_sqlite(tmp_path), models=models
+    )
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.get("/healthz").status_code == 200
         assert client.post("/v1/classify", json={"text": "hello"}).status_code == 401
@@ -184,6 +210,7 @@ def test_api_key_guards_the_api_but_not_health(run_dir, models, tmp_path, monkey
 
 class _Broken:
     """A candidate whose model fails on every call."""
+
     task = "classify"
     labels_ = ["a", "b"]
 
@@ -193,6 +220,7 @@ class _Broken:
 
 class _Slow:
     """A candidate that takes 50 ms per call whatever the batch size (like a model on a busy machine)."""
+
     task = "classify"
     labels_ = ["a", "b"]
 
@@ -219,7 +247,9 @@ def test_a_failing_candidate_is_answered_by_the_incumbent_and_counted(run_dir, m
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         r = client.post("/v1/classify", json={"text": "where is my parcel", "arm": "candidate"})
         assert r.status_code == 200
-        assert r.json()["arm"] == "candidate" and r.json()["served_by"] == "incumbent" and r.json()["model"] == "majority"
+        assert (
+            r.json()["arm"] == "candidate" and r.json()["served_by"] == "incumbent" and r.json()["model"] == "majority"
+        )
         metrics = client.get("/metrics").text
     assert 'tunewise_arm_failures_total{arm="candidate"} 1.0' in metrics
     row = Store(url).requests_frame().iloc[0]
@@ -229,9 +259,15 @@ def test_a_failing_candidate_is_answered_by_the_incumbent_and_counted(run_dir, m
 def test_concurrent_requests_are_micro_batched(run_dir, tmp_path):
     slow = _Slow()
     served = {"slow": ServedModel("slow", slow, None, "out_of_scope")}
-    app = create_app(run_dir, ServeConfig(max_batch=16, max_wait_ms=20), arms=[ArmSpec("incumbent", "slow", 1.0)],
-                     store_url=_sqlite(tmp_path), models=served)
+    app = create_app(
+        run_dir,
+        ServeConfig(max_batch=16, max_wait_ms=20),
+        arms=[ArmSpec("incumbent", "slow", 1.0)],
+        store_url=_sqlite(tmp_path),
+        models=served,
+    )
     with ServerThread(app) as server:
+
         def one(i: int) -> int:
             with httpx.Client(base_url=server.url, timeout=30) as c:
                 return c.post("/v1/classify", json={"text": f"message {i}"}).status_code
@@ -252,10 +288,12 @@ def test_large_micro_batches_get_batch_threads_and_single_requests_do_not(run_di
     slow = _Slow()
     served = {"slow": ServedModel("slow", slow, None, "out_of_scope")}
     config = ServeConfig(max_batch=16, max_wait_ms=50, torch_threads=1, batch_threads=2, batch_threads_min_rows=4)
-    app = create_app(run_dir, config, arms=[ArmSpec("incumbent", "slow", 1.0)], store_url=_sqlite(tmp_path),
-                     models=served)
+    app = create_app(
+        run_dir, config, arms=[ArmSpec("incumbent", "slow", 1.0)], store_url=_sqlite(tmp_path), models=served
+    )
     try:
         with ServerThread(app) as server:
+
             def one(i: int) -> None:
                 with httpx.Client(base_url=server.url, timeout=30) as c:
                     c.post("/v1/classify", json={"text": f"message {i}"}).raise_for_status()
@@ -288,10 +326,16 @@ def test_promote_and_rollback_change_a_running_servers_weights(run_dir, models, 
     runner = CliRunner()
     no_config = str(tmp_path / "absent.yaml")
     url = _sqlite(tmp_path)
-    app = create_app(run_dir, ServeConfig(arms_refresh_s=0.2, max_wait_ms=0), arms="incumbent=0.9,candidate=0.1",
-                     store_url=url, models=models)
+    app = create_app(
+        run_dir,
+        ServeConfig(arms_refresh_s=0.2, max_wait_ms=0),
+        arms="incumbent=0.9,candidate=0.1",
+        store_url=url,
+        models=models,
+    )
     users = [f"u{i}" for i in range(200)]
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+
         def shares() -> float:
             arms = [client.post("/v1/classify", json={"text": "hello", "user": u}).json()["arm"] for u in users]
             return arms.count("candidate") / len(arms)
@@ -303,7 +347,9 @@ def test_promote_and_rollback_change_a_running_servers_weights(run_dir, models, 
         assert 0.35 < shares() < 0.65
         result = runner.invoke(cli, ["promote", "--config", no_config, "--url", server.url])
         assert result.exit_code == 0 and shares() == 1.0
-        result = runner.invoke(cli, ["rollback", "--config", no_config, "--url", server.url, "--reason", "worse online"])
+        result = runner.invoke(
+            cli, ["rollback", "--config", no_config, "--url", server.url, "--reason", "worse online"]
+        )
         assert result.exit_code == 0, result.output
         assert shares() == 0.0
         bad = runner.invoke(cli, ["rollback", "--config", no_config, "--url", server.url, "--arm", "nope"])
@@ -322,9 +368,25 @@ def test_promote_and_rollback_change_a_running_servers_weights(run_dir, models, 
 
 def _start_server(run_dir: Path, port: int, store_url: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNEWISE_PROGRESS": "off"}
-    return subprocess.Popen([sys.executable, "-m", "tunewise.serving.app", str(run_dir), "--port", str(port),
-                             "--store", store_url, "--arms", ARMS, "--threads", "1"],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunewise.serving.app",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--store",
+            store_url,
+            "--arms",
+            ARMS,
+            "--threads",
+            "1",
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -434,11 +496,40 @@ def postgres(tmp_path_factory):
         for p in (folder, sockets):
             shutil.chown(p, "postgres")
     port = _free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "tunewise", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "pg.log"), "-w", "-t", "60",
-                    "-o", f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "tunewise",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "pg.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://tunewise@127.0.0.1:{port}/postgres"
     finally:
@@ -462,7 +553,9 @@ def test_two_replicas_on_one_postgres_share_the_log_and_the_arm_weights(run_dir,
         # feedback through the other replica finds the request in the shared log
         fb = client.post(f"{b.url}/v1/feedback", json={"request_id": ids[0], "thumbs": "up"})
         assert fb.status_code == 200 and fb.json()["stored"] == ["thumbs"]
-        assert client.post(f"{a.url}/v1/feedback", json={"request_id": ids[0], "thumbs": "up"}).json()["duplicates"] == ["thumbs"]
+        assert client.post(f"{a.url}/v1/feedback", json={"request_id": ids[0], "thumbs": "up"}).json()[
+            "duplicates"
+        ] == ["thumbs"]
         # promote through one replica; the other follows without a restart
         client.post(f"{a.url}/admin/arms", json={"weights": {"candidate": 1.0}}).raise_for_status()
         deadline = time.time() + 10

@@ -52,12 +52,22 @@ def run_dir(tmp_path_factory) -> Path:
     write_parquet(run / "split" / "validation.parquet", test.iloc[:20])
     write_parquet(run / "split" / "test.parquet", test.iloc[20:])
     # what the runner saves: the server reads the baseline settings (reply length) from it
-    cfg = config_from_dict({"task": "generate", "data": {"train": str(files.data), "test": str(files.test)},
-                            "baseline": {"max_new_tokens": MAX_TOKENS}, "tracking": "off"})
+    cfg = config_from_dict(
+        {
+            "task": "generate",
+            "data": {"train": str(files.data), "test": str(files.test)},
+            "baseline": {"max_new_tokens": MAX_TOKENS},
+            "tracking": "off",
+        }
+    )
     write_json(run / "config.json", cfg.model_dump(mode="json"))
-    write_json(run / "evaluate" / "summary.json", {
-        "gate": {"passed": True, "candidate": NN, "baseline": LLM},
-        "candidates": [{"name": LLM, "out_of_scope_threshold": None}, {"name": NN, "out_of_scope_threshold": None}]})
+    write_json(
+        run / "evaluate" / "summary.json",
+        {
+            "gate": {"passed": True, "candidate": NN, "baseline": LLM},
+            "candidates": [{"name": LLM, "out_of_scope_threshold": None}, {"name": NN, "out_of_scope_threshold": None}],
+        },
+    )
     return run
 
 
@@ -69,6 +79,7 @@ def models(run_dir):
 @dataclass
 class Traffic:
     """What the module fixture sent and got back."""
+
     store_url: str
     messages: dict[str, str] = field(default_factory=dict)  # request id -> last user message
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # request id -> chat body
@@ -106,9 +117,16 @@ def traffic(run_dir, models, tmp_path_factory) -> Traffic:
 
         def chat(user: str, text: str, history: list[dict[str, str]] = ()) -> str:
             # the fields an OpenAI client sends; "model" names no arm here, so the sticky arm decides
-            r = client.post("/v1/chat/completions", json={
-                "model": "northwind-support", "temperature": 0, "user": user, "max_tokens": SERVER_MAX,
-                "messages": [SYSTEM, *history, {"role": "user", "content": text}]})
+            r = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "northwind-support",
+                    "temperature": 0,
+                    "user": user,
+                    "max_tokens": SERVER_MAX,
+                    "messages": [SYSTEM, *history, {"role": "user", "content": text}],
+                },
+            )
             assert r.status_code == 200, r.text
             body = r.json()
             rid = body["tunewise"]["request_id"]
@@ -124,8 +142,9 @@ def traffic(run_dir, models, tmp_path_factory) -> Traffic:
                 # thumbs up on most nn_reply answers, down on most LLM answers
                 good = (k > 0) if arm == "candidate" else (k == 0)
                 out.thumbs[rid] = "up" if good else "down"
-                r = client.post("/v1/feedback", json={"request_id": rid, "thumbs": out.thumbs[rid],
-                                                      "rating": 5 if good else 2})
+                r = client.post(
+                    "/v1/feedback", json={"request_id": rid, "thumbs": out.thumbs[rid], "rating": 5 if good else 2}
+                )
                 assert r.status_code == 200 and sorted(r.json()["stored"]) == ["rating", "thumbs"], r.text
                 out.ratings[rid] = 5.0 if good else 2.0
             # a second, multi-turn message from the first user of the arm: same arm (sticky)
@@ -135,7 +154,8 @@ def traffic(run_dir, models, tmp_path_factory) -> Traffic:
             n += 2
             out.repeat_of_user[user] = out.answers[rid]["tunewise"]["arm"]
             out.responses[f"label+thumbs on {arm}"] = client.post(
-                "/v1/feedback", json={"request_id": rid, "label": "order_status", "thumbs": "up"})
+                "/v1/feedback", json={"request_id": rid, "label": "order_status", "thumbs": "up"}
+            )
             out.responses[f"label on {arm}"] = client.post("/v1/feedback", json={"request_id": rid, "label": "x"})
 
         some = next(iter(out.thumbs))
@@ -144,15 +164,24 @@ def traffic(run_dir, models, tmp_path_factory) -> Traffic:
         out.responses["thumbs again"] = client.post("/v1/feedback", json={"request_id": some, "thumbs": flipped})
         out.responses["rating again"] = client.post("/v1/feedback", json={"request_id": some, "rating": 3})
         out.responses["classify"] = client.post("/v1/classify", json={"text": "where is my parcel?", "user": "x"})
-        out.responses["max_tokens above the bound"] = client.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "max_tokens": SERVER_MAX + 1})
-        out.responses["max_completion_tokens above the bound"] = client.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": SERVER_MAX + 1})
+        out.responses["max_tokens above the bound"] = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": SERVER_MAX + 1}
+        )
+        out.responses["max_completion_tokens above the bound"] = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": SERVER_MAX + 1},
+        )
         # a short reply asked for, from each arm: both names of the limit, the smaller one wins
         for arm in ("candidate", "incumbent"):
-            out.responses[f"3 tokens from {arm}"] = client.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": texts[0]}], "arm": arm, "max_tokens": 5,
-                "max_completion_tokens": 3})
+            out.responses[f"3 tokens from {arm}"] = client.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": [{"role": "user", "content": texts[0]}],
+                    "arm": arm,
+                    "max_tokens": 5,
+                    "max_completion_tokens": 3,
+                },
+            )
         out.metrics = client.get("/metrics").text
     return out
 
@@ -192,7 +221,9 @@ def test_chat_completions_answers_in_openai_shape_with_a_sticky_arm(traffic, run
         content = choice["message"]["content"]
         assert isinstance(content, str) and content.strip()
         usage = body["usage"]
-        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] and usage["prompt_tokens"] > 0
+        assert (
+            usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] and usage["prompt_tokens"] > 0
+        )
         meta = body["tunewise"]
         assert meta["arm"] == meta["served_by"] and meta["out_of_scope"] is False and meta["score"] is None
         if meta["arm"] == "candidate":
@@ -227,7 +258,10 @@ def test_bad_requests_on_a_generate_server_are_clear_4xx(traffic):
     r = traffic.responses
     for name in ("max_tokens", "max_completion_tokens"):
         assert r[f"{name} above the bound"].status_code == 422
-        assert f"{name} {SERVER_MAX + 1} is above the server's limit {SERVER_MAX}" in r[f"{name} above the bound"].json()["detail"]
+        assert (
+            f"{name} {SERVER_MAX + 1} is above the server's limit {SERVER_MAX}"
+            in r[f"{name} above the bound"].json()["detail"]
+        )
     assert r["classify"].status_code == 422 and "/v1/chat/completions" in r["classify"].json()["detail"]
     for arm in ("incumbent", "candidate"):
         for what in (f"label+thumbs on {arm}", f"label on {arm}"):
@@ -250,7 +284,9 @@ def test_feedback_is_stored_once_and_every_answer_is_a_log_row(traffic):
     finally:
         store.close()
     # answered requests only: the refused ones (classify, max_tokens) left no row
-    short = {traffic.responses[f"3 tokens from {arm}"].json()["tunewise"]["request_id"] for arm in ("candidate", "incumbent")}
+    short = {
+        traffic.responses[f"3 tokens from {arm}"].json()["tunewise"]["request_id"] for arm in ("candidate", "incumbent")
+    }
     assert set(logged.index) == set(traffic.answers) | short
     for rid, body in traffic.answers.items():
         row = logged.loc[rid]
@@ -304,8 +340,12 @@ def test_replies_cut_at_16_tokens_drift_in_length_more_than_training_replies(tra
     finally:
         store.close()
     train = pd.read_parquet(run_dir / "split" / "train.parquet")
-    psi = {arm: monitor(requests[requests["arm"] == arm], feedback, train=train, task="generate")["drift"]
-           ["reply_length"]["psi"] for arm in ("incumbent", "candidate")}
+    psi = {
+        arm: monitor(requests[requests["arm"] == arm], feedback, train=train, task="generate")["drift"]["reply_length"][
+            "psi"
+        ]
+        for arm in ("incumbent", "candidate")
+    }
     assert psi["incumbent"] > psi["candidate"], psi
 
 

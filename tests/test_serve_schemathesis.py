@@ -45,17 +45,24 @@ ARMS = "incumbent=0.5,candidate=0.5"
 ARM_NAMES = ("incumbent", "candidate")
 MAX_EXAMPLES = 25
 
-CONFIG = schemathesis.Config.from_dict({
-    "seed": 18,
-    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "seed": 18,
+        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+    }
+)
 
 
 def _app_schema() -> dict:
     """The OpenAPI schema of the real app, as it serves it at /openapi.json (FastAPI's app.openapi()):
     create_app with no model loaded and no lifespan run (the schema does not depend on the run)."""
-    app = create_app(Path("/nonexistent-run"), ServeConfig(), arms=[ArmSpec("incumbent", "m", 1.0)],
-                     models={"m": None}, store_url="sqlite://")
+    app = create_app(
+        Path("/nonexistent-run"),
+        ServeConfig(),
+        arms=[ArmSpec("incumbent", "m", 1.0)],
+        models={"m": None},
+        store_url="sqlite://",
+    )
     return app.openapi()
 
 
@@ -113,8 +120,9 @@ def test_every_operation_answers_without_5xx_and_as_documented(case, server):
     # this server refuses some with 422 by design, for rules a JSON schema cannot state (an arm
     # that is not one of this server's arms, a chat with no user message, feedback with none of
     # label/thumbs/rating, no weights); the steered test below sends requests that follow them.
-    response = case.call_and_validate(base_url=server.url, timeout=30,
-                                      excluded_checks=[schemathesis.checks.positive_data_acceptance])
+    response = case.call_and_validate(
+        base_url=server.url, timeout=30, excluded_checks=[schemathesis.checks.positive_data_acceptance]
+    )
     assert response.status_code < 500, response.text
 
 
@@ -146,8 +154,12 @@ def _steer(label: str, body: dict, server: Served, data: st.DataObject) -> None:
             body["thumbs"] = "up"
     elif label == "POST /admin/arms":
         weight = st.floats(min_value=0, max_value=1e308, allow_nan=False, allow_infinity=False)
-        weights = {name: data.draw(weight, label=name) for name in data.draw(
-            st.lists(st.sampled_from(ARM_NAMES), min_size=1, max_size=2, unique=True), label="arms")}
+        weights = {
+            name: data.draw(weight, label=name)
+            for name in data.draw(
+                st.lists(st.sampled_from(ARM_NAMES), min_size=1, max_size=2, unique=True), label="arms"
+            )
+        }
         if not any(w > 0 for w in weights.values()):
             weights[next(iter(weights))] = 1.0
         body["weights"] = weights
@@ -160,8 +172,13 @@ OPERATIONS = [(method, path) for path, item in APP_SCHEMA["paths"].items() for m
 def test_valid_requests_that_follow_the_servers_rules_are_answered_200(method, path, server):
     operation = schema[path][method.upper()]
 
-    @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(case=operation.as_strategy(), data=st.data())
     def run(case, data):
         if isinstance(case.body, dict):
@@ -184,22 +201,33 @@ def test_valid_requests_that_follow_the_servers_rules_are_answered_200(method, p
 LONE = "\ud800"  # valid JSON as the escape "\ud800"; schemathesis leaves lone surrogates out of its strings
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    # was 503 ("no model could answer") and no log row: the model and the log cannot encode it
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"my card {LONE}"}]}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]}),
-    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": LONE}, {"role": "user", "content": "hi"}]}),
-    ("/v1/classify", {"text": "hi", "context": [{"role": "user", "content": LONE}]}),
-], ids=["chat", "chat-content-part", "chat-history", "classify-context"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # was 503 ("no model could answer") and no log row: the model and the log cannot encode it
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"my card {LONE}"}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]}),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "assistant", "content": LONE}, {"role": "user", "content": "hi"}]},
+        ),
+        ("/v1/classify", {"text": "hi", "context": [{"role": "user", "content": LONE}]}),
+    ],
+    ids=["chat", "chat-content-part", "chat-history", "classify-context"],
+)
 def test_a_string_with_an_unpaired_surrogate_is_refused_with_422_and_a_pair_is_answered(path, body, server):
     before = len(Store(server.log).requests_frame())
     case = schema[path]["POST"].Case(body=body, media_type="application/json")
-    response = case.call_and_validate(base_url=server.url, timeout=30,
-                                      excluded_checks=[schemathesis.checks.positive_data_acceptance])
+    response = case.call_and_validate(
+        base_url=server.url, timeout=30, excluded_checks=[schemathesis.checks.positive_data_acceptance]
+    )
     assert response.status_code == 422, response.text
     assert "unpaired surrogate" in response.json()["detail"]
     assert len(Store(server.log).requests_frame()) == before  # refused before any model or log write
     paired = json.loads(json.dumps(body).replace("\\ud800", "\\ud83d\\ude00"))  # a pair: one emoji
-    answer = schema[path]["POST"].Case(body=paired, media_type="application/json").call_and_validate(
-        base_url=server.url, timeout=30)
+    answer = (
+        schema[path]["POST"]
+        .Case(body=paired, media_type="application/json")
+        .call_and_validate(base_url=server.url, timeout=30)
+    )
     assert answer.status_code == 200, answer.text

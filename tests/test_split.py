@@ -10,8 +10,13 @@ from tunewise.data.split import find_leakage, split_frame
 
 
 def _records(frame: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"id": [f"r{i}" for i in range(len(frame))], "input": frame["text"].tolist(),
-                        "label": frame["category"].tolist()})
+    out = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(len(frame))],
+            "input": frame["text"].tolist(),
+            "label": frame["category"].tolist(),
+        }
+    )
     out["context"], out["source_file"], out["source_line"], out["synthetic"] = "[]", "t.csv", range(len(out)), False
     return out
 
@@ -68,9 +73,16 @@ def test_frozen_test_file_is_kept_and_leakage_reported(banking77):
 
 def test_find_leakage_through_exact_copies():
     train = pd.DataFrame({"id": ["a", "b"], "input": ["where is my card it has not arrived yet", "how do I top up"]})
-    test = pd.DataFrame({"id": ["x", "y", "z"], "input": ["Where is my card, it has not arrived yet?",
-                                                           "where is my card it has not arrived yet",
-                                                           "what is the exchange rate for euros today"]})
+    test = pd.DataFrame(
+        {
+            "id": ["x", "y", "z"],
+            "input": [
+                "Where is my card, it has not arrived yet?",
+                "where is my card it has not arrived yet",
+                "what is the exchange rate for euros today",
+            ],
+        }
+    )
     leaks = {t: (tr, j) for t, tr, j in find_leakage(train, test, 0.5, 0)}
     assert leaks.keys() == {"x", "y"} and leaks["x"][0] == "a" and leaks["y"][1] == 1.0
 

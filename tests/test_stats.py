@@ -69,8 +69,9 @@ def test_resampled_metrics_equal_sklearn_on_the_resampled_rows(labelled):
     assert ci["accuracy"][0] <= ci["accuracy"][1]
 
 
-@pytest.mark.parametrize("table", [[[30, 9], [2, 59]], [[10, 40], [25, 25]], [[5, 0], [0, 5]], [[0, 3], [17, 80]],
-                                   [[100, 41], [60, 299]]])
+@pytest.mark.parametrize(
+    "table", [[[30, 9], [2, 59]], [[10, 40], [25, 25]], [[5, 0], [0, 5]], [[0, 3], [17, 80]], [[100, 41], [60, 299]]]
+)
 def test_mcnemar_matches_statsmodels(table):
     (a, b), (c, d) = table
     # rows: candidate A correct / wrong; columns: candidate B correct / wrong
@@ -120,7 +121,8 @@ def test_mean_with_ci_and_ece_resampled_agree_with_point_values():
     correct = rng.random(400) < confidence
     identity = np.ones((1, 400), dtype=np.float32)
     assert calibration_error_resampled(confidence, correct, identity)[0] == pytest.approx(
-        expected_calibration_error(confidence, correct), abs=1e-12)
+        expected_calibration_error(confidence, correct), abs=1e-12
+    )
     point, (low, high), resampled = mean_with_ci(correct.astype(float), resample_weights(400, 1000, 1))
     assert point == pytest.approx(correct.mean())
     assert low < point < high and resampled.shape == (1000,)

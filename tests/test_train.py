@@ -45,8 +45,18 @@ def toy_frame(n: int, seed: int = 0, prefix: str = "r") -> pd.DataFrame:
         label = labels[i % len(labels)]
         phrase = LABEL_WORDS[label][rng.integers(len(LABEL_WORDS[label]))]
         text = f"hi, {phrase} for order {rng.integers(1000, 9999)} please"
-        rows.append({"id": f"{prefix}{i}", "input": text, "context": "[]", "label": label, "target": REPLIES[label],
-                     "source_file": "toy.csv", "source_line": i + 2, "synthetic": False})
+        rows.append(
+            {
+                "id": f"{prefix}{i}",
+                "input": text,
+                "context": "[]",
+                "label": label,
+                "target": REPLIES[label],
+                "source_file": "toy.csv",
+                "source_line": i + 2,
+                "synthetic": False,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -63,8 +73,14 @@ def one_torch_thread():
 
 def quick(**overrides) -> TrainConfig:
     # fp32: for a 64-wide model bf16 autocast only adds casts (the real-model test runs the default)
-    settings = {"batch_size": 8, "learning_rate": 5e-3, "num_threads": 1, "generate_sample": 0, "max_new_tokens": 8,
-                "precision": "fp32"}
+    settings = {
+        "batch_size": 8,
+        "learning_rate": 5e-3,
+        "num_threads": 1,
+        "generate_sample": 0,
+        "max_new_tokens": 8,
+        "precision": "fp32",
+    }
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -184,8 +200,14 @@ def test_default_budget_is_sized_from_the_data_not_a_fixed_step_cap():
 def banking_slice(banking77):
     """Six BANKING77 intents: 24 training and 10 validation rows each (real, overlapping wording)."""
     frame = pd.read_csv(banking77 / "train.csv").rename(columns={"category": "label", "text": "input"})
-    intents = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "pending_transfer", "top_up_failed",
-               "wrong_amount_of_cash_received"]
+    intents = [
+        "card_arrival",
+        "lost_or_stolen_card",
+        "exchange_rate",
+        "pending_transfer",
+        "top_up_failed",
+        "wrong_amount_of_cash_received",
+    ]
     frame = frame[frame["label"].isin(intents)].groupby("label").head(34).reset_index(drop=True)
     frame["id"] = [f"b{i}" for i in range(len(frame))]
     frame["context"] = "[]"
@@ -200,8 +222,15 @@ def test_default_budget_trains_until_validation_stops_improving(banking_slice, t
     of 180, macro-F1 0.98; 2 minutes on the loaded machine, so not run here.)"""
     train_rows, validation_rows = banking_slice
     # the overfitting watch is pushed out of the way: only early stopping (or the budget) can end this run
-    result = train("classify", train_rows, validation_rows, model_spec=tiny_llm, out_dir=tmp_path / "run", seed=0,
-                   config=TrainConfig(num_threads=1, precision="fp32", overfit_window=10))
+    result = train(
+        "classify",
+        train_rows,
+        validation_rows,
+        model_spec=tiny_llm,
+        out_dir=tmp_path / "run",
+        seed=0,
+        config=TrainConfig(num_threads=1, precision="fp32", overfit_window=10),
+    )
     plan, summary = result.plan, result.summary
     assert plan.step_cap == "budget" and plan.epochs == min(20, math.ceil(3000 / len(train_rows)))
     assert summary["stop_reason"] == "early_stopping", summary["stop_message"]
@@ -221,12 +250,22 @@ def test_default_budget_trains_until_validation_stops_improving(banking_slice, t
 
 def test_a_user_cap_that_stops_an_improving_run_marks_it_under_trained(tiny_llm, tmp_path):
     config = quick(max_steps=6, eval_every=2)
-    result = train("classify", toy_frame(48), toy_frame(24, seed=1, prefix="v"), config=config, model_spec=tiny_llm,
-                   out_dir=tmp_path / "run", seed=0, name="capped")
+    result = train(
+        "classify",
+        toy_frame(48),
+        toy_frame(24, seed=1, prefix="v"),
+        config=config,
+        model_spec=tiny_llm,
+        out_dir=tmp_path / "run",
+        seed=0,
+        name="capped",
+    )
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["stop_reason"] == "max_steps" and summary["steps_done"] == 6
     assert summary["under_trained"] is True
-    assert "under-trained" in summary["under_trained_reason"] and "train.max_steps = 6" in summary["under_trained_reason"]
+    assert (
+        "under-trained" in summary["under_trained_reason"] and "train.max_steps = 6" in summary["under_trained_reason"]
+    )
     assert [step for step, _ in summary["validation_curve"]] == [2, 4, 6]
     assert summary["validation_curve"] == [[e["step"], e["macro_f1"]] for e in result.curves["validation"]]
     assert summary["plan"]["step_cap"] == "max_steps" and summary["monitor"] == "macro_f1"
@@ -234,8 +273,15 @@ def test_a_user_cap_that_stops_an_improving_run_marks_it_under_trained(tiny_llm,
 
 def test_the_time_cap_stops_a_run_validates_it_and_marks_it_under_trained(tiny_llm, tmp_path):
     # a time cap smaller than one step: the run stops after its first step, with a validation there
-    result = train("classify", toy_frame(48), toy_frame(12, seed=1, prefix="v"), config=quick(max_minutes=1e-6),
-                   model_spec=tiny_llm, out_dir=tmp_path / "run", seed=0)
+    result = train(
+        "classify",
+        toy_frame(48),
+        toy_frame(12, seed=1, prefix="v"),
+        config=quick(max_minutes=1e-6),
+        model_spec=tiny_llm,
+        out_dir=tmp_path / "run",
+        seed=0,
+    )
     summary = result.summary
     assert summary["stop_reason"] == "max_minutes" and summary["steps_done"] == 1
     assert summary["validation_curve"] == [[1, result.curves["validation"][0]["macro_f1"]]]
@@ -275,8 +321,14 @@ def test_one_class_is_refused_before_the_model_loads(tmp_path):
 
 def test_fewer_rows_than_a_batch_is_refused_before_the_model_loads(tmp_path):
     with pytest.raises(TrainError, match=r"5 training rows is fewer than one batch \(train.batch_size = 8\)"):
-        train("generate", toy_frame(5), None, config=quick(), model_spec=str(tmp_path / "no-such-model"),
-              source="runs/x/split/train.parquet")
+        train(
+            "generate",
+            toy_frame(5),
+            None,
+            config=quick(),
+            model_spec=str(tmp_path / "no-such-model"),
+            source="runs/x/split/train.parquet",
+        )
 
 
 def test_bad_settings_are_refused_by_the_config():
@@ -294,23 +346,39 @@ def test_bad_settings_are_refused_by_the_config():
 
 def test_classifier_head_learns_and_writes_its_outputs(tiny_llm, tmp_path):
     # every layer adapted: a random 2-layer model learns little through its top layer alone
-    result = train("classify", toy_frame(48), toy_frame(24, seed=1, prefix="v"),
-                   config=quick(max_steps=20, eval_every=10, lora_layers=2),
-                   model_spec=tiny_llm, out_dir=tmp_path / "run", seed=0)
+    result = train(
+        "classify",
+        toy_frame(48),
+        toy_frame(24, seed=1, prefix="v"),
+        config=quick(max_steps=20, eval_every=10, lora_layers=2),
+        model_spec=tiny_llm,
+        out_dir=tmp_path / "run",
+        seed=0,
+    )
     losses = [p["loss"] for p in result.curves["train"]]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     assert result.curves["validation"][-1]["accuracy"] > 0.6  # chance is 1/3
-    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "curves.json", "curves.png",
-                 "train_summary.json"):
+    for name in (
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "curves.json",
+        "curves.png",
+        "train_summary.json",
+    ):
         assert (tmp_path / "run" / name).exists(), name
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["best_step"] == result.curves["best_step"] and summary["plan"]["labels"] == sorted(LABEL_WORDS)
 
 
 def test_reply_training_lowers_the_reply_loss(tiny_llm):
-    result = train("generate", toy_frame(48), toy_frame(16, seed=1, prefix="v"),
-                   config=quick(max_steps=16, eval_every=4, learning_rate=1e-2, early_stopping=False),
-                   model_spec=tiny_llm, seed=0)
+    result = train(
+        "generate",
+        toy_frame(48),
+        toy_frame(16, seed=1, prefix="v"),
+        config=quick(max_steps=16, eval_every=4, learning_rate=1e-2, early_stopping=False),
+        model_spec=tiny_llm,
+        seed=0,
+    )
     # a random 64-wide model behind frozen, tied 49k-token embeddings learns slowly: a clear, not a big, fall
     validation_loss = [e["loss"] for e in result.curves["validation"]]
     assert validation_loss[-1] < validation_loss[0] - 0.15
@@ -322,13 +390,15 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_llm, tmp_path):
     frame, validation = toy_frame(40), toy_frame(12, seed=1, prefix="v")
     settings = quick(max_steps=6, eval_every=2, checkpoint_every=3, early_stopping=False)
     straight = train("generate", frame, validation, config=settings, model_spec=tiny_llm, out_dir=tmp_path / "a")
-    first = train("generate", frame, validation, config=settings, model_spec=tiny_llm, out_dir=tmp_path / "b",
-                  stop_after_steps=3)  # "killed" after step 3, its checkpoint written
+    first = train(
+        "generate", frame, validation, config=settings, model_spec=tiny_llm, out_dir=tmp_path / "b", stop_after_steps=3
+    )  # "killed" after step 3, its checkpoint written
     assert first.summary["stop_reason"] == "interrupted" and first.summary["steps_done"] == 3
     resumed = train("generate", frame, validation, config=settings, model_spec=tiny_llm, out_dir=tmp_path / "b")
     assert resumed.summary["resumed_from_step"] == 3
-    assert [p["loss"] for p in resumed.curves["train"]] == pytest.approx([p["loss"] for p in straight.curves["train"]],
-                                                                        abs=1e-6)
+    assert [p["loss"] for p in resumed.curves["train"]] == pytest.approx(
+        [p["loss"] for p in straight.curves["train"]], abs=1e-6
+    )
     assert resumed.curves["validation"] == straight.curves["validation"]
     a, b = trainable_state(straight.model), trainable_state(resumed.model)
     assert a.keys() == b.keys()
@@ -337,21 +407,25 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_llm, tmp_path):
 
 def test_gradient_checkpointing_changes_memory_not_results(tiny_llm):
     frame = toy_frame(24)
-    runs = [train("generate", frame, None, config=quick(max_steps=3, gradient_checkpointing=flag), model_spec=tiny_llm)
-            for flag in (False, True)]
+    runs = [
+        train("generate", frame, None, config=quick(max_steps=3, gradient_checkpointing=flag), model_spec=tiny_llm)
+        for flag in (False, True)
+    ]
     assert runs[0].summary["runtime"]["checkpoint_every_n_layers"] is None
     assert runs[1].summary["runtime"]["checkpoint_every_n_layers"] == 1
     assert any(getattr(m, "gradient_checkpointing", False) is True for m in runs[1].model.modules())
     assert not any(getattr(m, "gradient_checkpointing", False) is True for m in runs[0].model.modules())
-    assert [p["loss"] for p in runs[1].curves["train"]] == pytest.approx([p["loss"] for p in runs[0].curves["train"]],
-                                                                       abs=1e-6)
+    assert [p["loss"] for p in runs[1].curves["train"]] == pytest.approx(
+        [p["loss"] for p in runs[0].curves["train"]], abs=1e-6
+    )
 
 
 def test_changed_settings_do_not_resume_an_old_checkpoint(tiny_llm, tmp_path):
     frame = toy_frame(24)
     train("classify", frame, None, config=quick(max_steps=4), model_spec=tiny_llm, out_dir=tmp_path, stop_after_steps=2)
-    again = train("classify", frame, None, config=quick(max_steps=4, learning_rate=1e-3), model_spec=tiny_llm,
-                  out_dir=tmp_path)
+    again = train(
+        "classify", frame, None, config=quick(max_steps=4, learning_rate=1e-3), model_spec=tiny_llm, out_dir=tmp_path
+    )
     assert again.summary["resumed_from_step"] is None and again.summary["steps_done"] == 4
 
 
@@ -378,10 +452,19 @@ def test_non_finite_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(ti
         return built
 
     monkeypatch.setattr(recipe, "build_model", build_model_that_diverges)
-    with pytest.raises(TrainError, match=r"loss became nan at step 3.*last good checkpoint \(step 2\).*"
-                                         r"Lower train.learning_rate \(e.g. to 1.[23]e-03\)"):
-        train("classify", toy_frame(64), None, config=quick(max_steps=10, checkpoint_every=1), model_spec=tiny_llm,
-              out_dir=tmp_path)
+    with pytest.raises(
+        TrainError,
+        match=r"loss became nan at step 3.*last good checkpoint \(step 2\).*"
+        r"Lower train.learning_rate \(e.g. to 1.[23]e-03\)",
+    ):
+        train(
+            "classify",
+            toy_frame(64),
+            None,
+            config=quick(max_steps=10, checkpoint_every=1),
+            model_spec=tiny_llm,
+            out_dir=tmp_path,
+        )
     latest = (tmp_path / "checkpoints" / "latest").read_text().strip()
     assert latest == "step-000002"
     state = json.loads((tmp_path / "checkpoints" / latest / "state.json").read_text())
@@ -395,10 +478,22 @@ def test_merged_export_gives_the_adapter_models_logits(tiny_llm, tmp_path):
     from tunewise.workflows.export import CLASSIFIER_KWARGS, export
 
     run_dir = tmp_path / "run"
-    train("classify", toy_frame(32), None, config=quick(max_steps=6), model_spec=tiny_llm,
-          out_dir=run_dir / "train" / "lora_llm")
-    train("generate", toy_frame(32), None, config=quick(max_steps=4), model_spec=tiny_llm,
-          out_dir=run_dir / "train" / "lora_llm_gen")
+    train(
+        "classify",
+        toy_frame(32),
+        None,
+        config=quick(max_steps=6),
+        model_spec=tiny_llm,
+        out_dir=run_dir / "train" / "lora_llm",
+    )
+    train(
+        "generate",
+        toy_frame(32),
+        None,
+        config=quick(max_steps=4),
+        model_spec=tiny_llm,
+        out_dir=run_dir / "train" / "lora_llm_gen",
+    )
     texts = ["hi, where is my order 1234 please", "I was locked out of my account"]
     for candidate, auto in (("lora_llm", AutoModelForSequenceClassification), ("lora_llm_gen", AutoModelForCausalLM)):
         adapter_dir = export(run_dir, merge=False, candidate=candidate)
@@ -429,8 +524,14 @@ def test_dry_run_reports_tokens_steps_memory_and_costs(tiny_llm):
     expected = 4 * (report["parameters"] - report["trainable_parameters"]) * report["tokens_total"]
     assert report["flops"]["total"] == expected
     # time to convergence: every planned step plus its validations, here and on the reference GPUs
-    with_validation = dry_run("classify", toy_frame(48), toy_frame(12, seed=1, prefix="v"), config=quick(max_minutes=1e-4),
-                              model_spec=tiny_llm, calibration_steps=2)
+    with_validation = dry_run(
+        "classify",
+        toy_frame(48),
+        toy_frame(12, seed=1, prefix="v"),
+        config=quick(max_minutes=1e-4),
+        model_spec=tiny_llm,
+        calibration_steps=2,
+    )
     convergence = with_validation["convergence"]
     assert convergence["steps"] == with_validation["plan"]["total_steps"] and convergence["step_cap"] == "budget"
     assert convergence["validations"] >= 4 and convergence["validation_rows"] == 12
@@ -448,10 +549,15 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
     from tunewise.pipeline.runner import StageContext
     from tunewise.pipeline.stages import train as train_stage
 
-    cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}},
-                           base_dir=tmp_path)
+    cfg = config_from_dict(
+        {"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}}, base_dir=tmp_path
+    )
     run_dir = tmp_path / "runs" / "r1"
-    for name, frame in (("train", toy_frame(40)), ("validation", toy_frame(12, 1, "v")), ("test", toy_frame(15, 2, "t"))):
+    for name, frame in (
+        ("train", toy_frame(40)),
+        ("validation", toy_frame(12, 1, "v")),
+        ("test", toy_frame(15, 2, "t")),
+    ):
         (run_dir / "split").mkdir(parents=True, exist_ok=True)
         frame.to_parquet(run_dir / "split" / f"{name}.parquet")
     # sample_size below the test rows: the LoRA classifier still predicts every row (only generation samples)
@@ -465,9 +571,15 @@ def test_train_stage_writes_adapters_curves_and_predictions(tiny_llm, tmp_path):
     assert entry["n_scored"] == {"test": 15, "validation": 12} and entry["expensive"] is False
     validation_predictions = pd.read_parquet(out / "predictions" / "lora_llm.validation.parquet")
     assert sorted(validation_predictions["id"]) == sorted(toy_frame(12, 1, "v")["id"])
-    for name in ("lora_llm/adapter/adapter_model.safetensors", "lora_llm/curves.json", "lora_llm/curves.png",
-                 "lora_llm/train_summary.json", "predictions/lora_llm.parquet",
-                 "predictions/lora_llm.validation.parquet", "summary.json"):
+    for name in (
+        "lora_llm/adapter/adapter_model.safetensors",
+        "lora_llm/curves.json",
+        "lora_llm/curves.png",
+        "lora_llm/train_summary.json",
+        "predictions/lora_llm.parquet",
+        "predictions/lora_llm.validation.parquet",
+        "summary.json",
+    ):
         assert (out / name).exists(), name
     test_predictions = pd.read_parquet(out / "predictions" / "lora_llm.parquet")
     assert test_predictions["id"].tolist() == toy_frame(15, 2, "t")["id"].tolist()
@@ -487,11 +599,16 @@ def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining
     from tunewise.pipeline.runner import StageContext
     from tunewise.pipeline.stages import train as train_stage
 
-    cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}},
-                           base_dir=tmp_path)
+    cfg = config_from_dict(
+        {"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}}, base_dir=tmp_path
+    )
     cfg = cfg.model_copy(update={"train": quick(candidates=["lora_llm", "encoder_ft"], max_steps=2)})
     run_dir = tmp_path / "runs" / "r1"
-    for name, frame in (("train", toy_frame(40)), ("validation", toy_frame(12, 1, "v")), ("test", toy_frame(15, 2, "t"))):
+    for name, frame in (
+        ("train", toy_frame(40)),
+        ("validation", toy_frame(12, 1, "v")),
+        ("test", toy_frame(15, 2, "t")),
+    ):
         (run_dir / "split").mkdir(parents=True, exist_ok=True)
         frame.to_parquet(run_dir / "split" / f"{name}.parquet")
     real = train_stage._train_one
@@ -552,7 +669,9 @@ def test_perturbations_are_deterministic_and_change_the_text():
     frame = toy_frame(9)
     copies = augment_frame(frame, 2, seed=1)
     assert copies["id"].str.contains("~aug").all() and copies["synthetic"].all()
-    assert (copies["label"].to_numpy() == frame.set_index("id").loc[copies["id"].str.split("~").str[0], "label"].to_numpy()).all()
+    assert (
+        copies["label"].to_numpy() == frame.set_index("id").loc[copies["id"].str.split("~").str[0], "label"].to_numpy()
+    ).all()
     assert copies.equals(augment_frame(frame, 2, seed=1))
 
 
@@ -570,9 +689,12 @@ def test_real_llm_trains_a_few_steps_and_generates_with_its_adapter(tmp_path):
     raw = pd.read_csv(files.data).dropna(subset=["text", "reply"])
     raw = raw[raw["reply"].str.strip() != ""].head(40)
     frame = pd.DataFrame({"id": raw["id"].astype(str), "input": raw["text"], "context": "[]", "target": raw["reply"]})
-    candidate = make_candidate("lora_llm_gen", train_config=quick(max_steps=4, batch_size=2, max_length=64,
-                                                                   learning_rate=2e-4, max_new_tokens=12),
-                               output_dir=str(tmp_path / "out"), batch_size=2)
+    candidate = make_candidate(
+        "lora_llm_gen",
+        train_config=quick(max_steps=4, batch_size=2, max_length=64, learning_rate=2e-4, max_new_tokens=12),
+        output_dir=str(tmp_path / "out"),
+        batch_size=2,
+    )
     candidate.fit(frame)
     losses = [p["loss"] for p in candidate.curves_["train"]]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
@@ -586,14 +708,23 @@ def test_real_llm_trains_a_few_steps_and_generates_with_its_adapter(tmp_path):
 def test_cached_frozen_layers_train_the_same_model_as_the_whole_forward(tiny_llm):
     """Adapters on the top layer only: caching the frozen layer's output changes the cost, not the numbers."""
     frame, validation = toy_frame(40), toy_frame(12, seed=1, prefix="v")
-    runs = [train("classify", frame, validation, config=quick(max_steps=6, eval_every=3, lora_layers=1,
-                                                              cache_frozen_layers=flag, early_stopping=False),
-                  model_spec=tiny_llm, seed=0) for flag in (True, False)]
+    runs = [
+        train(
+            "classify",
+            frame,
+            validation,
+            config=quick(max_steps=6, eval_every=3, lora_layers=1, cache_frozen_layers=flag, early_stopping=False),
+            model_spec=tiny_llm,
+            seed=0,
+        )
+        for flag in (True, False)
+    ]
     cached, whole = runs
     assert cached.summary["frozen_layers_cached"] and not whole.summary["frozen_layers_cached"]
     assert cached.summary["adapted_layers"] == whole.summary["adapted_layers"] == "2-2 of 2"
-    assert [p["loss"] for p in cached.curves["train"]] == pytest.approx([p["loss"] for p in whole.curves["train"]],
-                                                                       abs=1e-5)
+    assert [p["loss"] for p in cached.curves["train"]] == pytest.approx(
+        [p["loss"] for p in whole.curves["train"]], abs=1e-5
+    )
     assert [e["accuracy"] for e in cached.curves["validation"]] == [e["accuracy"] for e in whole.curves["validation"]]
     a, b = trainable_state(cached.model), trainable_state(whole.model)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
@@ -618,7 +749,8 @@ def test_activation_estimate_counts_only_the_layers_backward_needs():
     tokens = 16 * 92
     for precision in ("fp32", "bf16"):
         assert activation_gib(smollm2, tokens, precision, layers=10) == pytest.approx(
-            activation_gib(smollm2, tokens, precision) / 3)
+            activation_gib(smollm2, tokens, precision) / 3
+        )
     runtime = resolve_runtime(config.model_copy(update={"precision": "fp32"}), plan, smollm2)
     assert runtime.activation_gib == pytest.approx(activation_gib(smollm2, tokens, "fp32", layers=10), abs=1e-3)
     assert runtime.activation_gib_per_token == pytest.approx(activation_gib(smollm2, 1, "fp32", layers=10))

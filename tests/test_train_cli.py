@@ -26,18 +26,30 @@ def write_project(folder: Path, llm: str, **train: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     frame = toy_frame(64)
     frame[["id", "input", "label"]].rename(columns={"input": "text"}).to_csv(folder / "train.csv", index=False)
-    toy_frame(12, 3, "t")[["id", "input", "label"]].rename(columns={"input": "text"}).to_csv(folder / "test.csv",
-                                                                                           index=False)
-    settings = {"candidates": ["lora_llm"], "batch_size": 4, "learning_rate": 5e-3, "num_threads": 1,
-                "precision": "fp32", "lora_dropout": 0.0, "max_steps": 4, "eval_every": 2, "early_stopping": False,
-                **train}
+    toy_frame(12, 3, "t")[["id", "input", "label"]].rename(columns={"input": "text"}).to_csv(
+        folder / "test.csv", index=False
+    )
+    settings = {
+        "candidates": ["lora_llm"],
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "num_threads": 1,
+        "precision": "fp32",
+        "lora_dropout": 0.0,
+        "max_steps": 4,
+        "eval_every": 2,
+        "early_stopping": False,
+        **train,
+    }
     config = {
-        "task": "classify", "seed": 0,
+        "task": "classify",
+        "seed": 0,
         "data": {"train": "train.csv", "test": "test.csv", "record_format": "text_label"},
         "models": {"llm": llm},
         "curate": {name: {"enabled": False} for name in CHECKS_OFF},
         "split": {"validation_fraction": 0.25},
-        "train": settings, "tracking": "off",
+        "train": settings,
+        "tracking": "off",
     }
     path = folder / "tunewise.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -45,9 +57,14 @@ def write_project(folder: Path, llm: str, **train: object) -> Path:
 
 
 def tunewise(*args: str, cwd: Path, timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "tunewise.cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=timeout, env={**__import__("os").environ, "TUNEWISE_PROGRESS": "off",
-                                                  **(extra_env or {})})
+    result = subprocess.run(
+        [sys.executable, "-m", "tunewise.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**__import__("os").environ, "TUNEWISE_PROGRESS": "off", **(extra_env or {})},
+    )
     assert result.returncode == 0, f"tunewise {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -91,8 +108,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tiny_llm, tmp_path):
     assert not (tmp_path / "dry" / "runs" / "default" / "train").exists()
     # no cap: the default budget, sized from the data, and the time it takes at most, here and on GPUs
     write_project(tmp_path / "dry", tiny_llm, max_steps=None, eval_every=None, early_stopping=True)
-    text = tunewise("train", "--config", str(project), "--dry-run", cwd=tmp_path,
-                    extra_env={"COLUMNS": "200"}).stdout
+    text = tunewise("train", "--config", str(project), "--dry-run", cwd=tmp_path, extra_env={"COLUMNS": "200"}).stdout
     assert "default budget: 20 epochs of" in text and "planned steps" in text
     assert "time to convergence (at most)" in text and "H100" in text
     assert not (tmp_path / "dry" / "runs" / "default" / "train").exists()
@@ -115,8 +131,13 @@ def test_export_never_destroys_a_users_files(tiny_llm, tmp_path):
     tunewise("train", "--config", str(project), cwd=tmp_path)
 
     def export(*extra: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project),
-                               *extra], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project), *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         done.stderr = " ".join(done.stderr.split())  # Rich wraps long messages
         return done
 
@@ -139,25 +160,46 @@ def test_export_never_destroys_a_users_files(tiny_llm, tmp_path):
     for bad in ("../..", "/tmp", "a/b"):
         outside = subprocess.run(
             [sys.executable, "-m", "tunewise.cli.main", "run", "--config", str(project), "--run-id", bad],
-            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert outside.returncode == 1 and "plain folder name" in " ".join(outside.stderr.split()), (bad, outside.stderr)
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert outside.returncode == 1 and "plain folder name" in " ".join(outside.stderr.split()), (
+            bad,
+            outside.stderr,
+        )
 
 
 def test_export_without_a_trained_candidate_says_what_to_run(tmp_path):
     project = tmp_path / "tunewise.yaml"
     project.write_text(yaml.safe_dump({"task": "classify", "data": {"train": "x.csv"}, "tracking": "off"}))
-    result = subprocess.run([sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "tunewise train" in result.stderr
 
 
-@pytest.mark.parametrize("bad, field", [({"lora_r": 0}, "lora_r"), ({"learnig_rate": 1e-3}, "learnig_rate"),
-                                        ({"overrides": {"lora_llm": {"max_stepz": 1}}}, "max_stepz")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"lora_r": 0}, "lora_r"),
+        ({"learnig_rate": 1e-3}, "learnig_rate"),
+        ({"overrides": {"lora_llm": {"max_stepz": 1}}}, "max_stepz"),
+    ],
+)
 def test_bad_train_settings_name_the_field(tmp_path, bad, field):
     project = tmp_path / "tunewise.yaml"
     project.write_text(yaml.safe_dump({"task": "classify", "data": {"train": "x.csv"}, "train": bad}))
-    result = subprocess.run([sys.executable, "-m", "tunewise.cli.main", "train", "--config", str(project), "--dry-run"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tunewise.cli.main", "train", "--config", str(project), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "train" in result.stderr and field in result.stderr

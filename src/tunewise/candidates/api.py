@@ -127,8 +127,11 @@ log = logging.getLogger("tunewise.candidates.api")
 CHARS_PER_TOKEN = 4  # input tokens are estimated as characters / 4 unless a tokenizer is given
 MESSAGE_OVERHEAD_TOKENS = 4  # chat formatting per message (role, separators), in the estimate
 RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
-ABORT_STATUSES = {401: "the key was refused (401)", 403: "access was refused (403)",
-                  404: "not found (404): does base_url end with /v1, and is the model name right?"}
+ABORT_STATUSES = {
+    401: "the key was refused (401)",
+    403: "access was refused (403)",
+    404: "not found (404): does base_url end with /v1, and is the model name right?",
+}
 ABORT_KINDS = frozenset(f"HTTP {status}" for status in ABORT_STATUSES)
 MAX_BACKOFF_S = 60.0  # longest exponential back-off between two attempts
 MAX_RETRY_AFTER_S = 300.0  # a server's Retry-After is honoured up to this
@@ -155,8 +158,16 @@ class SpendingCapReached(CandidateError):
     """A batch would take the spend past ``max_usd`` (``scope`` "run") or ``max_usd_project`` ("project");
     ``predictions`` holds the rows scored before it."""
 
-    def __init__(self, message: str, predictions: pd.DataFrame, *, spent_usd: float, max_usd: float,
-                 estimate_usd: float, scope: str = "run") -> None:
+    def __init__(
+        self,
+        message: str,
+        predictions: pd.DataFrame,
+        *,
+        spent_usd: float,
+        max_usd: float,
+        estimate_usd: float,
+        scope: str = "run",
+    ) -> None:
         super().__init__(message)
         self.predictions = predictions
         self.spent_usd = spent_usd
@@ -185,8 +196,10 @@ class SpendLedger:
         except FileNotFoundError:
             return {"version": LEDGER_VERSION, "usd": 0.0, "by_endpoint": {}}
         except (OSError, ValueError) as exc:  # a damaged ledger must not let spending through unchecked
-            raise CandidateError(f"the spending ledger {self.path} cannot be read ({type(exc).__name__}: {exc}); "
-                                 "fix or delete it (it sums the USD the api_* candidates spent)") from None
+            raise CandidateError(
+                f"the spending ledger {self.path} cannot be read ({type(exc).__name__}: {exc}); "
+                "fix or delete it (it sums the USD the api_* candidates spent)"
+            ) from None
         return data if isinstance(data, dict) else {"version": LEDGER_VERSION, "usd": 0.0, "by_endpoint": {}}
 
     def total(self) -> float:
@@ -239,8 +252,12 @@ class SpendLedger:
 def monthly_cost(usd_per_request: float, monthly_volume: float) -> dict[str, Any]:
     """Cost a month at ``monthly_volume`` requests, with its arithmetic (as ``tunewise.decision.decide`` writes it)."""
     usd = float(usd_per_request) * float(monthly_volume)
-    return {"usd": usd, "usd_per_request": float(usd_per_request), "monthly_volume": float(monthly_volume),
-            "arithmetic": f"{monthly_volume:,.0f} requests x ${usd_per_request:.4g} a request (measured) = ${usd:,.2f}"}
+    return {
+        "usd": usd,
+        "usd_per_request": float(usd_per_request),
+        "monthly_volume": float(monthly_volume),
+        "arithmetic": f"{monthly_volume:,.0f} requests x ${usd_per_request:.4g} a request (measured) = ${usd:,.2f}",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,13 +297,17 @@ def map_to_label(reply: str, labels: Sequence[str], names: Sequence[str] | None 
     wanted = answer_label_key(stripped)
     if not wanted:
         return None, value
-    matches = {label for label, name in zip(labels, names)
-               if answer_label_key(label) == wanted or answer_label_key(name) == wanted}
+    matches = {
+        label
+        for label, name in zip(labels, names)
+        if answer_label_key(label) == wanted or answer_label_key(name) == wanted
+    }
     return (matches.pop() if len(matches) == 1 else None), value
 
 
-def label_probabilities(answer: int, names: Sequence[str], tokens: Sequence[dict] | None,
-                        value: str | None) -> np.ndarray:
+def label_probabilities(
+    answer: int, names: Sequence[str], tokens: Sequence[dict] | None, value: str | None
+) -> np.ndarray:
     """Probabilities over ``names`` for the answered label ``answer`` from the reply's token logprobs.
 
     The answered label gets the probability of its tokens (those overlapping ``value`` in the reply;
@@ -318,7 +339,7 @@ def label_probabilities(answer: int, names: Sequence[str], tokens: Sequence[dict
             if token == pieces[first]:
                 continue
             if prefix and token.startswith(prefix):
-                token = token[len(prefix):]
+                token = token[len(prefix) :]
             head = answer_label_key(token)
             if not head:
                 continue
@@ -375,8 +396,13 @@ def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
 
 def cache_key(base_url: str, model: str, messages: Sequence[dict], decoding: dict[str, Any]) -> str:
     """sha256 of the endpoint, model, full messages and decoding settings (canonical JSON)."""
-    payload = {"base_url": str(base_url).rstrip("/"), "model": model, "messages": list(messages),
-               "decoding": decoding, "version": CACHE_VERSION}
+    payload = {
+        "base_url": str(base_url).rstrip("/"),
+        "model": model,
+        "messages": list(messages),
+        "decoding": decoding,
+        "version": CACHE_VERSION,
+    }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -431,18 +457,29 @@ class _Row:
     features: tuple[bool, bool] = (False, False)  # (structured output, logprobs) the answer was asked with
 
     def cache_entry(self) -> dict[str, Any]:
-        return {"content": self.content, "logprobs": self.logprobs, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "usage_estimated": self.usage_estimated,
-                "latency_ms": self.latency_ms, "features": list(self.features)}
+        return {
+            "content": self.content,
+            "logprobs": self.logprobs,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_estimated": self.usage_estimated,
+            "latency_ms": self.latency_ms,
+            "features": list(self.features),
+        }
 
     @classmethod
-    def from_cache(cls, entry: dict[str, Any]) -> "_Row":
-        return cls("ok", content=str(entry.get("content", "")), logprobs=entry.get("logprobs"),
-                   prompt_tokens=int(entry.get("prompt_tokens", 0)),
-                   completion_tokens=int(entry.get("completion_tokens", 0)),
-                   usage_estimated=bool(entry.get("usage_estimated", False)),
-                   latency_ms=float(entry.get("latency_ms", 0.0)), cached=True,
-                   features=tuple(entry.get("features", (False, False))))  # type: ignore[arg-type]
+    def from_cache(cls, entry: dict[str, Any]) -> _Row:
+        return cls(
+            "ok",
+            content=str(entry.get("content", "")),
+            logprobs=entry.get("logprobs"),
+            prompt_tokens=int(entry.get("prompt_tokens", 0)),
+            completion_tokens=int(entry.get("completion_tokens", 0)),
+            usage_estimated=bool(entry.get("usage_estimated", False)),
+            latency_ms=float(entry.get("latency_ms", 0.0)),
+            cached=True,
+            features=tuple(entry.get("features", (False, False))),
+        )  # type: ignore[arg-type]
 
 
 class _FeatureRefused(Exception):
@@ -453,7 +490,7 @@ class _FeatureRefused(Exception):
 class _Session:
     """The client and the shared state of one predict call; holds the key, never the candidate."""
 
-    candidate: "_ApiCandidate"
+    candidate: _ApiCandidate
     key: str | None = None
     client: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -461,7 +498,7 @@ class _Session:
     stopped: threading.Event = field(default_factory=threading.Event)  # set when the run stops: workers leave
     requests: int = 0  # HTTP requests sent, every attempt counted
 
-    def open(self) -> "_Session":
+    def open(self) -> _Session:
         try:
             from openai import OpenAI
         except ImportError:  # pragma: no cover - a core dependency
@@ -469,8 +506,10 @@ class _Session:
         c = self.candidate
         self.key = os.environ.get(c.api_key_env) if c.api_key_env else None
         if c.api_key_env and not self.key:
-            raise CandidateError(f"{c.name}: the environment variable {c.api_key_env} is empty or not set; put the "
-                                 "endpoint's API key there (api_key_env names it; the key is never a setting)")
+            raise CandidateError(
+                f"{c.name}: the environment variable {c.api_key_env} is empty or not set; put the "
+                "endpoint's API key there (api_key_env names it; the key is never a setting)"
+            )
         self.client = OpenAI(api_key=self.key or "no-key", base_url=c.base_url, max_retries=0, timeout=c.timeout_s)
         return self
 
@@ -505,8 +544,14 @@ class _Session:
         while True:
             self._hold()
             if self.stopped.is_set():
-                return _Row("failed", attempts=attempts, reason="run stopped", kind="stopped", features=features,
-                            latency_ms=(time.perf_counter() - started) * 1000)
+                return _Row(
+                    "failed",
+                    attempts=attempts,
+                    reason="run stopped",
+                    kind="stopped",
+                    features=features,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                )
             attempts += 1
             with self.lock:
                 self.requests += 1
@@ -527,25 +572,45 @@ class _Session:
                     log.info("%s: the server refused max_completion_tokens; sending max_tokens instead", c.name)
                     continue
                 if isinstance(exc, openai.UnprocessableEntityError):
-                    return _Row("failed", attempts=attempts, reason=self.mask(f"HTTP 422: {said}"),
-                                kind="HTTP 422", features=features, latency_ms=(time.perf_counter() - started) * 1000)
+                    return _Row(
+                        "failed",
+                        attempts=attempts,
+                        reason=self.mask(f"HTTP 422: {said}"),
+                        kind="HTTP 422",
+                        features=features,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                    )
                 kind = "HTTP 400"
                 if negotiating and (features[0] or features[1]):
                     refused = self.mask(exc.message)
                 else:
-                    return _Row("failed", attempts=attempts, reason=self.mask(f"HTTP 400: {exc.message}"),
-                                kind="HTTP 400", features=features, latency_ms=(time.perf_counter() - started) * 1000)
+                    return _Row(
+                        "failed",
+                        attempts=attempts,
+                        reason=self.mask(f"HTTP 400: {exc.message}"),
+                        kind="HTTP 400",
+                        features=features,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                    )
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 kind, reason = f"HTTP {status}", self.mask(f"HTTP {status}: {exc.message}")
                 if status in ABORT_STATUSES:
                     self.stopped.set()
                     where = f"; the key is read from ${c.api_key_env}" if status in (401, 403) and c.api_key_env else ""
-                    refused = (f"{c.name}: {c.base_url} model {c.model!r}: {ABORT_STATUSES[status]}{where} "
-                               f"({self.mask(exc.message)})")
+                    refused = (
+                        f"{c.name}: {c.base_url} model {c.model!r}: {ABORT_STATUSES[status]}{where} "
+                        f"({self.mask(exc.message)})"
+                    )
                 elif status not in RETRY_STATUSES and status < 500:
-                    return _Row("failed", attempts=attempts, reason=reason, kind=kind, features=features,
-                                latency_ms=(time.perf_counter() - started) * 1000)
+                    return _Row(
+                        "failed",
+                        attempts=attempts,
+                        reason=reason,
+                        kind=kind,
+                        features=features,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                    )
                 after = retry_after_seconds(exc.response.headers if exc.response is not None else None)
                 if after is not None and refused is None:
                     wait_at_least = min(after, MAX_RETRY_AFTER_S)
@@ -556,23 +621,36 @@ class _Session:
                 kind, reason = "timeout", f"no answer within timeout_s={c.timeout_s:g} s"
             except openai.APIConnectionError as exc:
                 kind, reason = "connection", self.mask(f"connection failed: {exc.message}")
-            except (ValueError, TypeError, AttributeError, IndexError, KeyError,
-                    openai.APIResponseValidationError) as exc:
+            except (
+                ValueError,
+                TypeError,
+                AttributeError,
+                IndexError,
+                KeyError,
+                openai.APIResponseValidationError,
+            ) as exc:
                 kind, reason = "malformed answer", self.mask(f"malformed answer: {type(exc).__name__}: {exc}")
             if refused is not None:
                 if kind in ABORT_KINDS:
                     raise CandidateError(refused)
                 raise _FeatureRefused(refused)
             if attempts > c.max_retries:
-                return _Row("failed", attempts=attempts, reason=reason, kind=kind, features=features,
-                            latency_ms=(time.perf_counter() - started) * 1000)
+                return _Row(
+                    "failed",
+                    attempts=attempts,
+                    reason=reason,
+                    kind=kind,
+                    features=features,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                )
             delay = min(MAX_BACKOFF_S, c.backoff_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
             delay = max(delay, wait_at_least)
             log.info("%s: %s; retry %d of %d in %.2f s", c.name, reason, attempts, c.max_retries, delay)
             self.stopped.wait(delay)
 
-    def _row(self, response: Any, messages: list[dict], features: tuple[bool, bool], attempts: int,
-             latency_ms: float) -> _Row:
+    def _row(
+        self, response: Any, messages: list[dict], features: tuple[bool, bool], attempts: int, latency_ms: float
+    ) -> _Row:
         choice = response.choices[0]  # no choices: IndexError, a malformed answer
         content = choice.message.content
         if content is None:
@@ -582,10 +660,14 @@ class _Session:
         tokens = None
         logprobs = getattr(choice, "logprobs", None)
         if features[1] and logprobs is not None and getattr(logprobs, "content", None):
-            tokens = [{"token": t.token, "logprob": float(t.logprob),
-                       "top_logprobs": [{"token": a.token, "logprob": float(a.logprob)}
-                                        for a in (t.top_logprobs or [])]}
-                      for t in logprobs.content]
+            tokens = [
+                {
+                    "token": t.token,
+                    "logprob": float(t.logprob),
+                    "top_logprobs": [{"token": a.token, "logprob": float(a.logprob)} for a in (t.top_logprobs or [])],
+                }
+                for t in logprobs.content
+            ]
         usage = getattr(response, "usage", None)
         estimated = usage is None or usage.prompt_tokens is None or usage.completion_tokens is None
         if estimated:
@@ -593,9 +675,17 @@ class _Session:
             completion_tokens = math.ceil(len(content) / CHARS_PER_TOKEN)
         else:
             prompt_tokens, completion_tokens = int(usage.prompt_tokens), int(usage.completion_tokens)
-        return _Row("ok", content=content, logprobs=tokens, prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, usage_estimated=estimated, latency_ms=latency_ms,
-                    attempts=attempts, features=features)
+        return _Row(
+            "ok",
+            content=content,
+            logprobs=tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            usage_estimated=estimated,
+            latency_ms=latency_ms,
+            attempts=attempts,
+            features=features,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,30 +702,39 @@ class _ApiCandidate(Candidate):
 
     def _fit_endpoint(self) -> None:
         if not self.base_url or not self.model:
-            raise CandidateError(f"{self.name}: set base_url and model (the api_llm settings) to the OpenAI-compatible "
-                                 "endpoint and model to call")
+            raise CandidateError(
+                f"{self.name}: set base_url and model (the api_llm settings) to the OpenAI-compatible "
+                "endpoint and model to call"
+            )
         for name, minimum in (("max_concurrency", 1), ("batch_size", 1), ("max_retries", 0)):
             if int(getattr(self, name)) < minimum:
                 raise CandidateError(f"{self.name}: {name} must be at least {minimum}")
         if self.timeout_s <= 0:
             raise CandidateError(f"{self.name}: timeout_s must be positive")
         if self.api_key_env and not os.environ.get(self.api_key_env):
-            raise CandidateError(f"{self.name}: the environment variable {self.api_key_env} is empty or not set; put "
-                                 "the endpoint's API key there (api_key_env names it; the key is never a setting)")
+            raise CandidateError(
+                f"{self.name}: the environment variable {self.api_key_env} is empty or not set; put "
+                "the endpoint's API key there (api_key_env names it; the key is never a setting)"
+            )
         try:
             import openai  # noqa: F401
         except ImportError:  # pragma: no cover - a core dependency
             raise CandidateError(f"{self.name}: needs the openai package: pip install 'openai>=1.30'") from None
-        self.cache_dir_ = None if self.no_cache else str(Path(self.cache_dir).expanduser() if self.cache_dir
-                                                          else _default_cache_dir())
+        self.cache_dir_ = (
+            None
+            if self.no_cache
+            else str(Path(self.cache_dir).expanduser() if self.cache_dir else _default_cache_dir())
+        )
         self.tokenizer_ = self._load_tokenizer()
         self.rows_: list[dict[str, Any]] = []
         self.spent_usd_ = 0.0
         self.requests_ = 0
         self.token_param_ = "max_completion_tokens"
         if self.max_usd_project is not None and not self.ledger:
-            raise CandidateError(f"{self.name}: max_usd_project needs the ledger file that sums a project's spending "
-                                 "(set ledger; from a config it is the project folder's tunewise_api_spend.json)")
+            raise CandidateError(
+                f"{self.name}: max_usd_project needs the ledger file that sums a project's spending "
+                "(set ledger; from a config it is the project folder's tunewise_api_spend.json)"
+            )
         self.ledger_ = SpendLedger(self.ledger) if self.ledger else None
         ladder = self._ladder()
         self.features_: tuple[bool, bool] | None = ladder[0] if len(ladder) == 1 else None
@@ -657,13 +756,14 @@ class _ApiCandidate(Candidate):
         try:
             from transformers import AutoTokenizer
 
-
             spec = str(self.tokenizer)
             path = resolve_llm(spec).path if not Path(spec).expanduser().is_dir() else Path(spec).expanduser()
             return AutoTokenizer.from_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure to load gets one clear message
-            raise CandidateError(f"{self.name}: cannot load tokenizer {self.tokenizer!r} for the cost estimate "
-                                 f"({type(exc).__name__}: {exc}); leave tokenizer unset for characters / 4") from None
+            raise CandidateError(
+                f"{self.name}: cannot load tokenizer {self.tokenizer!r} for the cost estimate "
+                f"({type(exc).__name__}: {exc}); leave tokenizer unset for characters / 4"
+            ) from None
 
     # -- requests
 
@@ -711,8 +811,9 @@ class _ApiCandidate(Candidate):
         return 0
 
     def _usd(self, prompt_tokens: float, completion_tokens: float) -> float:
-        return (prompt_tokens * self.usd_per_million_input_tokens
-                + completion_tokens * self.usd_per_million_output_tokens) / 1e6
+        return (
+            prompt_tokens * self.usd_per_million_input_tokens + completion_tokens * self.usd_per_million_output_tokens
+        ) / 1e6
 
     def _estimate_usd(self, conversations: Sequence[list[dict]]) -> tuple[float, int, int]:
         """(usd, input tokens, output tokens at most) for sending ``conversations``."""
@@ -771,7 +872,11 @@ class _ApiCandidate(Candidate):
                         f"${self.max_usd:g}; stopped before it with {start} of {n} rows predicted (kept in "
                         "the error's predictions). Raise max_usd or score fewer rows (baseline.sample_size); "
                         "answers already received are cached and cost nothing again.",
-                        done, spent_usd=self.spent_usd_, max_usd=float(self.max_usd), estimate_usd=estimate)
+                        done,
+                        spent_usd=self.spent_usd_,
+                        max_usd=float(self.max_usd),
+                        estimate_usd=estimate,
+                    )
                 reserved = self._reserve_project(frame, rows, start, n, len(misses), estimate)
                 spent_before = self.spent_usd_
                 try:
@@ -782,8 +887,9 @@ class _ApiCandidate(Candidate):
                         first = misses.pop(0)
                         rows[first] = self._negotiate(session, cache, conversations[first])
                         self._spend(rows[first])
-                    futures: dict[Future, int] = {pool.submit(self._send, session, cache, conversations[i]): i
-                                                  for i in misses}
+                    futures: dict[Future, int] = {
+                        pool.submit(self._send, session, cache, conversations[i]): i for i in misses
+                    }
                     pending = set(futures)
                     try:
                         while pending:
@@ -811,8 +917,9 @@ class _ApiCandidate(Candidate):
     def _endpoint(self) -> str:
         return f"{self.model} @ {str(self.base_url).rstrip('/')}"
 
-    def _reserve_project(self, frame: pd.DataFrame, rows: list[_Row | None], start: int, n: int, n_misses: int,
-                         estimate: float) -> float:
+    def _reserve_project(
+        self, frame: pd.DataFrame, rows: list[_Row | None], start: int, n: int, n_misses: int, estimate: float
+    ) -> float:
         """Reserve a batch's estimate in the project's ledger (the amount reserved), or raise
         SpendingCapReached when it would take the project's total past ``max_usd_project``."""
         if self.ledger_ is None:
@@ -826,7 +933,12 @@ class _ApiCandidate(Candidate):
                 f"${estimate:.4f}, which would pass max_usd_project ${self.max_usd_project:g}; stopped before it "
                 f"with {start} of {n} rows predicted (kept in the error's predictions). Raise "
                 "baseline.api_llm.max_usd_project; answers already received are cached and cost nothing again.",
-                done, spent_usd=before, max_usd=float(self.max_usd_project), estimate_usd=estimate, scope="project")
+                done,
+                spent_usd=before,
+                max_usd=float(self.max_usd_project),
+                estimate_usd=estimate,
+                scope="project",
+            )
         return estimate if estimate > 0 else 0.0
 
     def _spend(self, row: _Row) -> None:
@@ -846,25 +958,35 @@ class _ApiCandidate(Candidate):
         ids = frame["id"].astype(str).tolist()
         answers = [self._answer(row) for row in rows]
         for id_, row, answer in zip(ids, rows, answers):
-            self.rows_.append({
-                "id": id_, "status": answer["status"], "cached": row.cached, "attempts": row.attempts,
-                "prompt_tokens": row.prompt_tokens if row.status == "ok" else 0,
-                "completion_tokens": row.completion_tokens if row.status == "ok" else 0,
-                "usd": self._usd(row.prompt_tokens, row.completion_tokens) if row.status == "ok" else 0.0,
-                "usage_estimated": row.usage_estimated, "latency_ms": row.latency_ms,
-                "reason": row.reason, "kind": row.kind,
-                "reply": row.content[:200] if answer["status"] == "invalid" else None,
-            })
+            self.rows_.append(
+                {
+                    "id": id_,
+                    "status": answer["status"],
+                    "cached": row.cached,
+                    "attempts": row.attempts,
+                    "prompt_tokens": row.prompt_tokens if row.status == "ok" else 0,
+                    "completion_tokens": row.completion_tokens if row.status == "ok" else 0,
+                    "usd": self._usd(row.prompt_tokens, row.completion_tokens) if row.status == "ok" else 0.0,
+                    "usage_estimated": row.usage_estimated,
+                    "latency_ms": row.latency_ms,
+                    "reason": row.reason,
+                    "kind": row.kind,
+                    "reply": row.content[:200] if answer["status"] == "invalid" else None,
+                }
+            )
         latency = np.array([row.latency_ms for row in rows], dtype=np.float64)
         if self.task == "generate":
             return generation_predictions(frame, [a["prediction"] for a in answers], latency)
-        return pd.DataFrame({
-            "id": ids,
-            "prediction": [a["prediction"] for a in answers],
-            "score": np.array([a["score"] for a in answers], dtype=np.float64),
-            "proba": [a["proba"] for a in answers],
-            "latency_ms": latency,
-        }, columns=list(PREDICTION_COLUMNS))
+        return pd.DataFrame(
+            {
+                "id": ids,
+                "prediction": [a["prediction"] for a in answers],
+                "score": np.array([a["score"] for a in answers], dtype=np.float64),
+                "proba": [a["proba"] for a in answers],
+                "latency_ms": latency,
+            },
+            columns=list(PREDICTION_COLUMNS),
+        )
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predictions (the contract of tunewise.candidates.registry); a failed row's prediction is empty and
@@ -884,13 +1006,22 @@ class _ApiCandidate(Candidate):
         usd, tokens_in, tokens_out = self._estimate_usd(misses)
         remaining = None if self.max_usd is None else max(0.0, self.max_usd - self.spent_usd_)
         return {
-            "rows": len(conversations), "cached_rows": len(conversations) - len(misses), "rows_to_request": len(misses),
-            "input_tokens": int(tokens_in), "output_tokens_at_most": int(tokens_out), "usd": usd,
+            "rows": len(conversations),
+            "cached_rows": len(conversations) - len(misses),
+            "rows_to_request": len(misses),
+            "input_tokens": int(tokens_in),
+            "output_tokens_at_most": int(tokens_out),
+            "usd": usd,
             "usd_per_row": usd / len(misses) if misses else 0.0,
-            "method": (f"input: characters / {CHARS_PER_TOKEN} + {MESSAGE_OVERHEAD_TOKENS} a message"
-                       if self.tokenizer is None else f"input: tokenizer {self.tokenizer!r}")
-                      + f"; output: max_tokens {self._max_tokens()} a row",
-            "prices": self._prices(), "max_usd": self.max_usd, "spent_usd": self.spent_usd_,
+            "method": (
+                f"input: characters / {CHARS_PER_TOKEN} + {MESSAGE_OVERHEAD_TOKENS} a message"
+                if self.tokenizer is None
+                else f"input: tokenizer {self.tokenizer!r}"
+            )
+            + f"; output: max_tokens {self._max_tokens()} a row",
+            "prices": self._prices(),
+            "max_usd": self.max_usd,
+            "spent_usd": self.spent_usd_,
             "fits_max_usd": remaining is None or usd <= remaining,
             **self._project_spend(usd),
         }
@@ -905,15 +1036,29 @@ class _ApiCandidate(Candidate):
         return out
 
     def _prices(self) -> dict[str, float]:
-        return {"usd_per_million_input_tokens": float(self.usd_per_million_input_tokens),
-                "usd_per_million_output_tokens": float(self.usd_per_million_output_tokens)}
+        return {
+            "usd_per_million_input_tokens": float(self.usd_per_million_input_tokens),
+            "usd_per_million_output_tokens": float(self.usd_per_million_output_tokens),
+        }
 
     def usage_frame(self) -> pd.DataFrame:
         """Every row predicted so far: id, status (ok, invalid, failed), cached, attempts, tokens, usd,
         latency_ms, reason (failed), reply (invalid)."""
         self._check_fitted()
-        columns = ["id", "status", "cached", "attempts", "prompt_tokens", "completion_tokens", "usd",
-                   "usage_estimated", "latency_ms", "reason", "kind", "reply"]
+        columns = [
+            "id",
+            "status",
+            "cached",
+            "attempts",
+            "prompt_tokens",
+            "completion_tokens",
+            "usd",
+            "usage_estimated",
+            "latency_ms",
+            "reason",
+            "kind",
+            "reply",
+        ]
         return pd.DataFrame(self.rows_, columns=columns)
 
     def usd_per_row(self) -> float | None:
@@ -943,9 +1088,12 @@ class _ApiCandidate(Candidate):
             "requests": int(self.requests_),
             "retries": int(sum(max(0, r["attempts"] - 1) for r in requested)),
             "cached_rows": n - len(requested),
-            "failed": {"n": len(failed), "share": len(failed) / n if n else 0.0,
-                       "reasons": dict(Counter(r["kind"] for r in failed)),
-                       "examples": [{"id": r["id"], "reason": r["reason"]} for r in failed[:5]]},
+            "failed": {
+                "n": len(failed),
+                "share": len(failed) / n if n else 0.0,
+                "reasons": dict(Counter(r["kind"] for r in failed)),
+                "examples": [{"id": r["id"], "reason": r["reason"]} for r in failed[:5]],
+            },
             "usage": {
                 "prompt_tokens": int(sum(r["prompt_tokens"] for r in rows)),
                 "completion_tokens": int(sum(r["completion_tokens"] for r in rows)),
@@ -958,8 +1106,15 @@ class _ApiCandidate(Candidate):
                 "prices": self._prices(),
                 "priced": bool(self.usd_per_million_input_tokens or self.usd_per_million_output_tokens),
             },
-            "latency_ms": ({"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
-                            "p95": float(np.percentile(latency, 95))} if len(latency) else {}),
+            "latency_ms": (
+                {
+                    "mean": float(latency.mean()),
+                    "p50": float(np.percentile(latency, 50)),
+                    "p95": float(np.percentile(latency, 95)),
+                }
+                if len(latency)
+                else {}
+            ),
             "cache": {"dir": self.cache_dir_, "enabled": self.cache_dir_ is not None},
             "token_param": self.token_param_,
         }
@@ -984,8 +1139,10 @@ class _ApiClassifier(_ApiCandidate):
         head = self.system_prompt or DEFAULT_CLASSIFY_SYSTEM_PROMPT
         about = f"\n{self.task_description.strip()}" if self.task_description else ""
         listing = "\n".join(f"- {name}" for name in self.label_names_)
-        self.system_prompt_ = (f"{head}{about}\nAnswer with exactly one category from this list, written as it "
-                               f"appears, and nothing else:\n{listing}")
+        self.system_prompt_ = (
+            f"{head}{about}\nAnswer with exactly one category from this list, written as it "
+            f"appears, and nothing else:\n{listing}"
+        )
         self.max_tokens_ = 16 + max(math.ceil(len(name) / 2) for name in self.label_names_)
 
     def _ladder(self) -> list[tuple[bool, bool]]:
@@ -994,10 +1151,19 @@ class _ApiClassifier(_ApiCandidate):
         return [(s, lp) for s in structured for lp in logprobs]
 
     def _schema(self) -> dict[str, Any]:
-        return {"type": "json_schema", "json_schema": {
-            "name": "category", "strict": True,
-            "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": list(self.label_names_)}},
-                       "required": ["label"], "additionalProperties": False}}}
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "category",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {"label": {"type": "string", "enum": list(self.label_names_)}},
+                    "required": ["label"],
+                    "additionalProperties": False,
+                },
+            },
+        }
 
     def _schema_tokens(self) -> int:
         return math.ceil(len(json.dumps(self._schema())) / CHARS_PER_TOKEN) if self.structured_output else 0
@@ -1030,8 +1196,11 @@ class _ApiClassifier(_ApiCandidate):
         out = super().info()
         invalid = [r for r in self.rows_ if r["status"] == "invalid"]
         n = len(self.rows_)
-        out["invalid"] = {"n": len(invalid), "share": len(invalid) / n if n else 0.0,
-                          "examples": [{"id": r["id"], "reply": r["reply"]} for r in invalid[:5]]}
+        out["invalid"] = {
+            "n": len(invalid),
+            "share": len(invalid) / n if n else 0.0,
+            "examples": [{"id": r["id"], "reply": r["reply"]} for r in invalid[:5]],
+        }
         structured, logprobs = self.features_ if self.features_ is not None else (None, None)
         out["features"] = {"structured_output": structured, "logprobs": logprobs}
         return out
@@ -1046,14 +1215,30 @@ class ApiZeroShotClassifier(_ApiClassifier):
 
     name = "api_zero_shot"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY",
-                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
-                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
-                 top_logprobs: int = 5, structured_output: bool = True, tokenizer: Any = None,
-                 system_prompt: str | None = None, task_description: str | None = None, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        usd_per_million_input_tokens: float = 0.0,
+        usd_per_million_output_tokens: float = 0.0,
+        max_usd: float | None = 10.0,
+        max_usd_project: float | None = None,
+        ledger: str | None = None,
+        max_concurrency: int = 4,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        cache_dir: str | None = None,
+        no_cache: bool = False,
+        temperature: float = 0.0,
+        top_logprobs: int = 5,
+        structured_output: bool = True,
+        tokenizer: Any = None,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        batch_size: int = 8,
+    ) -> None:
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env
@@ -1082,8 +1267,14 @@ class ApiZeroShotClassifier(_ApiClassifier):
         return self
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        return [[{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                 *turns, {"role": "user", "content": text}] for turns, system, text in self._user_turns(frame)]
+        return [
+            [
+                {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                *turns,
+                {"role": "user", "content": text},
+            ]
+            for turns, system, text in self._user_turns(frame)
+        ]
 
 
 @register_candidate
@@ -1092,15 +1283,32 @@ class ApiFewShotClassifier(_ApiClassifier):
 
     name = "api_few_shot"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY",
-                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
-                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
-                 top_logprobs: int = 5, structured_output: bool = True, tokenizer: Any = None,
-                 system_prompt: str | None = None, task_description: str | None = None, batch_size: int = 8,
-                 encoder: str = DEFAULT_ENCODER, few_shot_k: int = 5) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        usd_per_million_input_tokens: float = 0.0,
+        usd_per_million_output_tokens: float = 0.0,
+        max_usd: float | None = 10.0,
+        max_usd_project: float | None = None,
+        ledger: str | None = None,
+        max_concurrency: int = 4,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        cache_dir: str | None = None,
+        no_cache: bool = False,
+        temperature: float = 0.0,
+        top_logprobs: int = 5,
+        structured_output: bool = True,
+        tokenizer: Any = None,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        batch_size: int = 8,
+        encoder: str = DEFAULT_ENCODER,
+        few_shot_k: int = 5,
+    ) -> None:
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env
@@ -1147,10 +1355,18 @@ def _few_shot_conversations(candidate: Any, frame: pd.DataFrame, answers: Sequen
     for text, (turns, system), near in zip(texts, _contexts(frame), neighbours):
         shots = []
         for j in near[::-1]:  # the most similar example sits right before the message
-            shots += [{"role": "user", "content": candidate.shot_texts_[j]},
-                      {"role": "assistant", "content": answers[j]}]
-        out.append([{"role": "system", "content": "\n\n".join([candidate.system_prompt_, *system])},
-                    *shots, *turns, {"role": "user", "content": text}])
+            shots += [
+                {"role": "user", "content": candidate.shot_texts_[j]},
+                {"role": "assistant", "content": answers[j]},
+            ]
+        out.append(
+            [
+                {"role": "system", "content": "\n\n".join([candidate.system_prompt_, *system])},
+                *shots,
+                *turns,
+                {"role": "user", "content": text},
+            ]
+        )
     return out
 
 
@@ -1176,14 +1392,29 @@ class ApiZeroShotGenerator(_ApiGenerator):
 
     name = "api_zero_shot_gen"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY",
-                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
-                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
-                 tokenizer: Any = None, system_prompt: str | None = None, task_description: str | None = None,
-                 batch_size: int = 8, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        usd_per_million_input_tokens: float = 0.0,
+        usd_per_million_output_tokens: float = 0.0,
+        max_usd: float | None = 10.0,
+        max_usd_project: float | None = None,
+        ledger: str | None = None,
+        max_concurrency: int = 4,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        cache_dir: str | None = None,
+        no_cache: bool = False,
+        temperature: float = 0.0,
+        tokenizer: Any = None,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int = 128,
+    ) -> None:
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env
@@ -1212,9 +1443,14 @@ class ApiZeroShotGenerator(_ApiGenerator):
         return self
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        return [[{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                 *turns, {"role": "user", "content": text}]
-                for text, (turns, system) in zip(input_texts(frame), _contexts(frame))]
+        return [
+            [
+                {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                *turns,
+                {"role": "user", "content": text},
+            ]
+            for text, (turns, system) in zip(input_texts(frame), _contexts(frame))
+        ]
 
 
 @register_candidate
@@ -1223,15 +1459,31 @@ class ApiFewShotGenerator(_ApiGenerator):
 
     name = "api_few_shot_gen"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY",
-                 usd_per_million_input_tokens: float = 0.0, usd_per_million_output_tokens: float = 0.0,
-                 max_usd: float | None = 10.0, max_usd_project: float | None = None, ledger: str | None = None,
-                 max_concurrency: int = 4, timeout_s: float = 30.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, cache_dir: str | None = None, no_cache: bool = False, temperature: float = 0.0,
-                 tokenizer: Any = None, system_prompt: str | None = None, task_description: str | None = None,
-                 batch_size: int = 8, max_new_tokens: int = 128, encoder: str = DEFAULT_ENCODER,
-                 few_shot_k: int = 5) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        usd_per_million_input_tokens: float = 0.0,
+        usd_per_million_output_tokens: float = 0.0,
+        max_usd: float | None = 10.0,
+        max_usd_project: float | None = None,
+        ledger: str | None = None,
+        max_concurrency: int = 4,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        cache_dir: str | None = None,
+        no_cache: bool = False,
+        temperature: float = 0.0,
+        tokenizer: Any = None,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int = 128,
+        encoder: str = DEFAULT_ENCODER,
+        few_shot_k: int = 5,
+    ) -> None:
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env

@@ -141,26 +141,30 @@ def classification_predictions(
         raise ValueError(f"proba has shape {proba.shape}, expected {(len(frame), len(labels))}")
     best = proba.argmax(axis=1) if len(frame) else np.zeros(0, dtype=int)
     labels_array = np.asarray(list(labels), dtype=object)
-    return pd.DataFrame({
-        "id": _ids(frame),
-        "prediction": labels_array[best].tolist() if len(frame) else [],
-        "score": proba[np.arange(len(frame)), best] if len(frame) else np.zeros(0),
-        "proba": [row.tolist() for row in proba],
-        "latency_ms": np.broadcast_to(np.asarray(latency_ms, dtype=np.float64), (len(frame),)).copy(),
-    })
+    return pd.DataFrame(
+        {
+            "id": _ids(frame),
+            "prediction": labels_array[best].tolist() if len(frame) else [],
+            "score": proba[np.arange(len(frame)), best] if len(frame) else np.zeros(0),
+            "proba": [row.tolist() for row in proba],
+            "latency_ms": np.broadcast_to(np.asarray(latency_ms, dtype=np.float64), (len(frame),)).copy(),
+        }
+    )
 
 
 def generation_predictions(frame: pd.DataFrame, replies: Sequence[str], latency_ms: np.ndarray | float) -> pd.DataFrame:
     """Predictions for generated replies: no score, no proba."""
     if len(replies) != len(frame):
         raise ValueError(f"{len(replies)} replies for {len(frame)} rows")
-    return pd.DataFrame({
-        "id": _ids(frame),
-        "prediction": [str(r) for r in replies],
-        "score": np.full(len(frame), np.nan),
-        "proba": [None] * len(frame),
-        "latency_ms": np.broadcast_to(np.asarray(latency_ms, dtype=np.float64), (len(frame),)).copy(),
-    })
+    return pd.DataFrame(
+        {
+            "id": _ids(frame),
+            "prediction": [str(r) for r in replies],
+            "score": np.full(len(frame), np.nan),
+            "proba": [None] * len(frame),
+            "latency_ms": np.broadcast_to(np.asarray(latency_ms, dtype=np.float64), (len(frame),)).copy(),
+        }
+    )
 
 
 def check_predictions(predictions: pd.DataFrame, frame: pd.DataFrame, candidate: Candidate) -> None:
@@ -177,9 +181,13 @@ def check_predictions(predictions: pd.DataFrame, frame: pd.DataFrame, candidate:
     expected_ids = _ids(frame)
     got_ids = predictions["id"].astype(str).tolist()
     if got_ids != expected_ids:
-        where = next((i for i, (a, b) in enumerate(zip(got_ids, expected_ids)) if a != b), min(len(got_ids), len(expected_ids)))
-        raise ValueError(f"{who}: prediction ids differ from the input ids at row {where} "
-                         f"({len(got_ids)} predictions for {len(expected_ids)} rows)")
+        where = next(
+            (i for i, (a, b) in enumerate(zip(got_ids, expected_ids)) if a != b), min(len(got_ids), len(expected_ids))
+        )
+        raise ValueError(
+            f"{who}: prediction ids differ from the input ids at row {where} "
+            f"({len(got_ids)} predictions for {len(expected_ids)} rows)"
+        )
     bad_text = [i for i, p in zip(got_ids, predictions["prediction"]) if not isinstance(p, str)]
     if bad_text:
         raise ValueError(f"{who}: prediction of id {bad_text[0]} is not a string")
@@ -193,7 +201,9 @@ def check_predictions(predictions: pd.DataFrame, frame: pd.DataFrame, candidate:
             if row.prediction not in known:
                 if getattr(candidate, "may_answer_outside_labels", False) and row.score == 0:
                     continue  # a failed request or an answer that is no label (tunewise.candidates.api): kept, counted wrong
-                raise ValueError(f"{who}: id {row.id} predicted {row.prediction!r}, not one of its {len(labels)} labels")
+                raise ValueError(
+                    f"{who}: id {row.id} predicted {row.prediction!r}, not one of its {len(labels)} labels"
+                )
             proba = np.asarray(row.proba, dtype=np.float64)
             if proba.shape != (len(labels),) or not np.isfinite(proba).all() or abs(proba.sum() - 1.0) > 1e-4:
                 raise ValueError(f"{who}: id {row.id}: proba must be {len(labels)} probabilities summing to 1")

@@ -76,8 +76,11 @@ def choose_members(pool: Sequence[tuple[str, str, float | None]]) -> list[str]:
     without validation predictions (accuracy None) is not ranked.
     """
     tuned = [name for name, kind, _ in pool if kind == "finetuned"]
-    cheap = [(accuracy, name) for name, kind, accuracy in pool
-             if kind == "cheap" and accuracy is not None and name != "majority"]
+    cheap = [
+        (accuracy, name)
+        for name, kind, accuracy in pool
+        if kind == "cheap" and accuracy is not None and name != "majority"
+    ]
     members = list(tuned)
     if cheap and tuned:
         members.append(max(cheap)[1])
@@ -94,14 +97,22 @@ def combine_predictions(frames: Sequence[pd.DataFrame], labels: Sequence[str]) -
     order = [i for i in frames[0]["id"] if i in ids]
     probas = [proba_matrix(p.loc[order].reset_index(), labels) for p in parts]
     if any(p is None for p in probas):
-        raise CandidateError(f"ensemble: a member's predictions have no class probabilities in sorted-label order "
-                             f"on the {len(order)} ids all members scored")
+        raise CandidateError(
+            f"ensemble: a member's predictions have no class probabilities in sorted-label order "
+            f"on the {len(order)} ids all members scored"
+        )
     mean = np.mean(probas, axis=0)
     best = mean.argmax(1)
     latency = np.sum([p.loc[order, "latency_ms"].to_numpy(dtype=float) for p in parts], axis=0)
-    return pd.DataFrame({"id": order, "prediction": np.asarray(labels, dtype=object)[best],
-                         "score": mean[np.arange(len(order)), best], "proba": [r.tolist() for r in mean],
-                         "latency_ms": latency})
+    return pd.DataFrame(
+        {
+            "id": order,
+            "prediction": np.asarray(labels, dtype=object)[best],
+            "score": mean[np.arange(len(order)), best],
+            "proba": [r.tolist() for r in mean],
+            "latency_ms": latency,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +145,10 @@ class EnsembleCandidate(Candidate):
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> EnsembleCandidate:
         labels = sorted(set(self._training_answers(train)))
         if not self.candidates:
-            raise CandidateError("ensemble: no candidates to choose members from; build it with "
-                                 "tunewise.candidates.factory.build_candidate('ensemble', config)")
+            raise CandidateError(
+                "ensemble: no candidates to choose members from; build it with "
+                "tunewise.candidates.factory.build_candidate('ensemble', config)"
+            )
         names = [c.name for c in self.candidates]
         if len(set(names)) < len(names):
             raise CandidateError(f"ensemble: the pool names a candidate twice: {names}")
@@ -143,8 +156,10 @@ class EnsembleCandidate(Candidate):
         pool: list[tuple[str, str, float | None]] = []
         for candidate in self.candidates:
             if candidate.task != self.task or candidate.combines:
-                raise CandidateError(f"ensemble: {candidate.name!r} cannot be a member (a {candidate.task} "
-                                     f"candidate{' that combines others' if candidate.combines else ''})")
+                raise CandidateError(
+                    f"ensemble: {candidate.name!r} cannot be a member (a {candidate.task} "
+                    f"candidate{' that combines others' if candidate.combines else ''})"
+                )
             model = clone(candidate).fit(train, validation)
             if list(model.labels_) != labels:  # probabilities in another order: not averaged (as in evaluate)
                 continue
@@ -172,8 +187,9 @@ class EnsembleCandidate(Candidate):
         for member in members:
             member._check_fitted()
             if member.task != cls.task or list(member.labels_) != labels:
-                raise CandidateError(f"ensemble: member {member.name!r} does not predict the same labels, in "
-                                     "sorted order, as the others")
+                raise CandidateError(
+                    f"ensemble: member {member.name!r} does not predict the same labels, in sorted order, as the others"
+                )
         ensemble = cls(candidates=list(members))
         ensemble.members_ = list(members)
         ensemble.labels_ = labels
@@ -186,15 +202,19 @@ class EnsembleCandidate(Candidate):
         # members score positional ids, so a frame with repeated ids still combines row by row
         positional = frame.assign(id=[str(i) for i in range(len(frame))])
         combined = combine_predictions([m.predict(positional) for m in self.members_], self.labels_)
-        return classification_predictions(frame, self.labels_, np.stack(combined["proba"].to_numpy()),
-                                          combined["latency_ms"].to_numpy())
+        return classification_predictions(
+            frame, self.labels_, np.stack(combined["proba"].to_numpy()), combined["latency_ms"].to_numpy()
+        )
 
 
 def candidate_members(evaluation: dict[str, Any]) -> dict[str, list[str]]:
     """The members of each evaluated candidate that combines others (the ensemble), by name: its
     entry's ``members``; in runs evaluated before entries carried them, the ``ensemble`` block."""
-    out = {e["name"]: list(e["members"]) for e in evaluation.get("candidates", [])
-           if isinstance(e, dict) and e.get("members")}
+    out = {
+        e["name"]: list(e["members"])
+        for e in evaluation.get("candidates", [])
+        if isinstance(e, dict) and e.get("members")
+    }
     recorded = (evaluation.get("ensemble") or {}).get("members")
     if recorded and "ensemble" not in out:  # the evaluate stage's summary of its ensemble, older runs
         out["ensemble"] = list(recorded)

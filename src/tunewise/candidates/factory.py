@@ -41,8 +41,14 @@ if TYPE_CHECKING:
 
 __all__ = ["build_candidate", "candidate_settings", "run_candidate", "run_candidates"]
 
-def candidate_settings(config: BaselineConfig | None, models: ModelsConfig | None, *,
-                       knowledge_base: str | Path | None = None, task_description: str | None = None) -> dict[str, Any]:
+
+def candidate_settings(
+    config: BaselineConfig | None,
+    models: ModelsConfig | None,
+    *,
+    knowledge_base: str | Path | None = None,
+    task_description: str | None = None,
+) -> dict[str, Any]:
     """The pool of settings the baseline stage's candidates draw their constructor arguments from."""
 
     config = config or BaselineConfig()
@@ -76,9 +82,14 @@ def candidate_settings(config: BaselineConfig | None, models: ModelsConfig | Non
 def _fine_tuned_settings(name: str, config: Any) -> dict[str, Any]:
     models = getattr(config, "models", None) or ModelsConfig()
     train = getattr(config, "train", None) or TrainConfig()
-    return {"llm": models.llm, "encoder": models.encoder, "offline": models.offline,
-            "trust_remote_code": models.trust_remote_code, "train_config": train.for_candidate(name),
-            "seed": getattr(config, "seed", 0)}
+    return {
+        "llm": models.llm,
+        "encoder": models.encoder,
+        "offline": models.offline,
+        "trust_remote_code": models.trust_remote_code,
+        "train_config": train.for_candidate(name),
+        "seed": getattr(config, "seed", 0),
+    }
 
 
 def _settings(cls: type[Candidate], config: Any) -> dict[str, Any]:
@@ -89,8 +100,12 @@ def _settings(cls: type[Candidate], config: Any) -> dict[str, Any]:
         return _fine_tuned_settings(cls.name, config)
     if config is None:
         return candidate_settings(None, None)
-    return candidate_settings(config.baseline, config.models, knowledge_base=config.knowledge_base_dir(),
-                              task_description=config.data.task_description)
+    return candidate_settings(
+        config.baseline,
+        config.models,
+        knowledge_base=config.knowledge_base_dir(),
+        task_description=config.data.task_description,
+    )
 
 
 def run_candidates(cfg: ProjectConfig) -> tuple[list[str], list[str]]:
@@ -137,15 +152,22 @@ def build_candidate(name: str, config: ProjectConfig | Mapping[str, Any] | None 
 def _split(run_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     split = run_dir / "split"
     if not (split / "train.parquet").exists():
-        raise CandidateError(f"{split / 'train.parquet'} not found: run `tunewise split` first ({name!r} is "
-                             "refitted on the run's train split)")
+        raise CandidateError(
+            f"{split / 'train.parquet'} not found: run `tunewise split` first ({name!r} is "
+            "refitted on the run's train split)"
+        )
     validation = split / "validation.parquet"
     return pd.read_parquet(split / "train.parquet"), pd.read_parquet(validation) if validation.exists() else None
 
 
-def run_candidate(name: str, config: ProjectConfig | Mapping[str, Any] | None, run_dir: str | Path,
-                  train: pd.DataFrame | None = None, validation: pd.DataFrame | None = None,
-                  **overrides: Any) -> Candidate:
+def run_candidate(
+    name: str,
+    config: ProjectConfig | Mapping[str, Any] | None,
+    run_dir: str | Path,
+    train: pd.DataFrame | None = None,
+    validation: pd.DataFrame | None = None,
+    **overrides: Any,
+) -> Candidate:
     """The run's fitted candidate ``name``.
 
     - fine-tuned: loaded from ``<run_dir>/train/<name>/adapter`` (never retrained here);

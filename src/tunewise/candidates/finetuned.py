@@ -44,8 +44,15 @@ from tunewise.training.runtime import _native_bf16
 
 PROGRESS_MIN_ROWS = 1000  # predictions over at least this many rows show progress (a data set, not a request)
 
-__all__ = ["DEFAULT_FINETUNED", "EncoderFineTuned", "FineTunedCandidate", "LoraClassifier", "LoraGenerator",
-           "load_candidate", "torch_threads"]
+__all__ = [
+    "DEFAULT_FINETUNED",
+    "EncoderFineTuned",
+    "FineTunedCandidate",
+    "LoraClassifier",
+    "LoraGenerator",
+    "load_candidate",
+    "torch_threads",
+]
 
 # What the train stage trains when train.candidates is not set.
 DEFAULT_FINETUNED: dict[str, tuple[str, ...]] = {
@@ -85,8 +92,15 @@ class FineTunedCandidate(Candidate):
     def _model_spec(self) -> str:
         raise NotImplementedError
 
-    def _set_settings(self, offline: bool, trust_remote_code: bool, train_config: Any, seed: int,
-                      output_dir: str | None, checkpoint_dir: str | None) -> None:
+    def _set_settings(
+        self,
+        offline: bool,
+        trust_remote_code: bool,
+        train_config: Any,
+        seed: int,
+        output_dir: str | None,
+        checkpoint_dir: str | None,
+    ) -> None:
         # Each subclass keeps an explicit __init__ signature (get_params reads it, as in scikit-learn);
         # the settings they share are stored here once.
         self.offline = offline
@@ -112,20 +126,48 @@ class FineTunedCandidate(Candidate):
         self._training_answers(train)  # the contract's checks (column present, no missing answers)
         try:
             result = run_training(
-                self.task, train, validation, method=self.method, config=self._config(), model_spec=self._model_spec(),
-                offline=self.offline, trust_remote_code=self.trust_remote_code, out_dir=self.output_dir,
-                checkpoint_dir=self.checkpoint_dir, seed=self.seed, name=self.name,
+                self.task,
+                train,
+                validation,
+                method=self.method,
+                config=self._config(),
+                model_spec=self._model_spec(),
+                offline=self.offline,
+                trust_remote_code=self.trust_remote_code,
+                out_dir=self.output_dir,
+                checkpoint_dir=self.checkpoint_dir,
+                seed=self.seed,
+                name=self.name,
             )
         except TrainError as exc:
             raise CandidateError(str(exc)) from None
-        self._set_trained(result.model, result.tokenizer, result.labels, result.pad_id, result.device,
-                          result.precision, result.max_length, result.system_prompt, result.summary["runtime"]["threads"])
+        self._set_trained(
+            result.model,
+            result.tokenizer,
+            result.labels,
+            result.pad_id,
+            result.device,
+            result.precision,
+            result.max_length,
+            result.system_prompt,
+            result.summary["runtime"]["threads"],
+        )
         self.train_summary_ = result.summary
         self.curves_ = result.curves
         return self
 
-    def _set_trained(self, model: Any, tokenizer: Any, labels: list[str], pad_id: int, device: str, precision: str,
-                     max_length: int, system_prompt: str | None, threads: int | None = None) -> None:
+    def _set_trained(
+        self,
+        model: Any,
+        tokenizer: Any,
+        labels: list[str],
+        pad_id: int,
+        device: str,
+        precision: str,
+        max_length: int,
+        system_prompt: str | None,
+        threads: int | None = None,
+    ) -> None:
         if hasattr(model, "merge_adapter"):  # LoRA folded into the weights: predictions skip the extra matmuls
             model.merge_adapter()
         self.model_ = model
@@ -150,10 +192,20 @@ class FineTunedCandidate(Candidate):
         model, tokenizer, info = load_trained(adapter_dir, trust_remote_code=kwargs.get("trust_remote_code", False))
         precision = "bf16" if _native_bf16("cpu") else "fp32"
         if info["task"] != cls.task or info["method"] != cls.method:
-            raise CandidateError(f"{adapter_dir}: trained as {info['method']} for {info['task']}, not a {cls.name} model")
+            raise CandidateError(
+                f"{adapter_dir}: trained as {info['method']} for {info['task']}, not a {cls.name} model"
+            )
         candidate = cls(**kwargs)
-        candidate._set_trained(model, tokenizer, info.get("labels", []), int(tokenizer.pad_token_id), "cpu", precision,
-                               int(info["max_length"]), info.get("system_prompt"))
+        candidate._set_trained(
+            model,
+            tokenizer,
+            info.get("labels", []),
+            int(tokenizer.pad_token_id),
+            "cpu",
+            precision,
+            int(info["max_length"]),
+            info.get("system_prompt"),
+        )
         return candidate
 
 
@@ -169,8 +221,14 @@ class _Classifier(FineTunedCandidate):
             with self._torch_threads():
                 # progress for a data set, not for a serving batch
                 shown = f"{self.name}: scoring" if len(examples) >= PROGRESS_MIN_ROWS else None
-                proba = classifier_probabilities(self.model_, examples, pad_id=self.pad_id_, device=self.device_,
-                                                 precision=self.precision_, description=shown)
+                proba = classifier_probabilities(
+                    self.model_,
+                    examples,
+                    pad_id=self.pad_id_,
+                    device=self.device_,
+                    precision=self.precision_,
+                    description=shown,
+                )
         else:
             proba = np.zeros((0, len(self.labels_)))
         latency = (time.perf_counter() - started) * 1000 / max(len(frame), 1)
@@ -188,9 +246,16 @@ class LoraClassifier(_Classifier):
     # evaluate stage loads it from the train stage (load_candidate), it never refits it.
     expensive = False
 
-    def __init__(self, llm: str = DEFAULT_LLM, offline: bool = True, trust_remote_code: bool = False,
-                 train_config: Any = None, seed: int = 0, output_dir: str | None = None,
-                 checkpoint_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        llm: str = DEFAULT_LLM,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        train_config: Any = None,
+        seed: int = 0,
+        output_dir: str | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
         self.llm = llm
         self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
 
@@ -205,9 +270,16 @@ class EncoderFineTuned(_Classifier):
     name = "encoder_ft"
     method = "encoder"
 
-    def __init__(self, encoder: str = DEFAULT_ENCODER, offline: bool = True, trust_remote_code: bool = False,
-                 train_config: Any = None, seed: int = 0, output_dir: str | None = None,
-                 checkpoint_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        encoder: str = DEFAULT_ENCODER,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        train_config: Any = None,
+        seed: int = 0,
+        output_dir: str | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
         self.encoder = encoder
         self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
 
@@ -224,9 +296,17 @@ class LoraGenerator(FineTunedCandidate):
     method = "lora"
     expensive = True  # generation: many LLM forward passes per example
 
-    def __init__(self, llm: str = DEFAULT_LLM, offline: bool = True, trust_remote_code: bool = False,
-                 train_config: Any = None, seed: int = 0, output_dir: str | None = None,
-                 checkpoint_dir: str | None = None, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        llm: str = DEFAULT_LLM,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        train_config: Any = None,
+        seed: int = 0,
+        output_dir: str | None = None,
+        checkpoint_dir: str | None = None,
+        batch_size: int = 8,
+    ) -> None:
         self.llm = llm
         self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
         self.batch_size = batch_size
@@ -240,9 +320,15 @@ class LoraGenerator(FineTunedCandidate):
         if not len(frame):
             return generation_predictions(frame, [], 0.0)
         with self._torch_threads():
-            replies, latency = generate_texts(self.model_, self.tokenizer_, frame, system_prompt=self.system_prompt_,
-                                              max_new_tokens=self._config().max_new_tokens, batch_size=self.batch_size,
-                                              description=self.name)
+            replies, latency = generate_texts(
+                self.model_,
+                self.tokenizer_,
+                frame,
+                system_prompt=self.system_prompt_,
+                max_new_tokens=self._config().max_new_tokens,
+                batch_size=self.batch_size,
+                description=self.name,
+            )
         return generation_predictions(frame, replies, latency)
 
 

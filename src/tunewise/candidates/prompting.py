@@ -151,8 +151,10 @@ def inference_dtype(precision: str) -> str:
     except (AttributeError, RuntimeError):
         native = False
     if precision == "bf16" and not native:
-        raise CandidateError("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
-                             "slower than float32; use precision auto or fp32")
+        raise CandidateError(
+            "precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
+            "slower than float32; use precision auto or fp32"
+        )
     if precision not in ("auto", "bf16"):
         raise CandidateError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     return "bfloat16" if native else "float32"
@@ -182,8 +184,13 @@ def nearest_neighbours(queries: np.ndarray, pool: np.ndarray, k: int, chunk: int
 
 
 def label_similarity(
-    queries: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray, n_labels: int, *,
-    exclude: np.ndarray | None = None, chunk: int = 1024,
+    queries: np.ndarray,
+    pool: np.ndarray,
+    pool_labels: np.ndarray,
+    n_labels: int,
+    *,
+    exclude: np.ndarray | None = None,
+    chunk: int = 1024,
 ) -> np.ndarray:
     """(queries, labels): each query's highest cosine similarity to a pool row of each label.
 
@@ -234,8 +241,10 @@ def label_display_names(candidate: str, labels: Sequence[str]) -> list[str]:
     clashes = pd.Series(list(labels)).groupby(names).agg(list)
     clashes = clashes[clashes.map(len) > 1]
     if len(clashes):
-        raise CandidateError(f"{candidate}: labels {clashes.iloc[0]} read the same once underscores "
-                             "become spaces; rename one so the LLM can tell them apart")
+        raise CandidateError(
+            f"{candidate}: labels {clashes.iloc[0]} read the same once underscores "
+            "become spaces; rename one so the LLM can tell them apart"
+        )
     return names
 
 
@@ -331,8 +340,9 @@ def _build_trie(continuations: Sequence[Sequence[int]]) -> _Trie:
     membership = np.zeros((len(token), len(paths)), dtype=np.float64)
     for j, path in enumerate(paths):
         membership[path, j] = 1.0
-    return _Trie(np.array(token, dtype=np.int64), parent_arr, np.array(depth, dtype=np.int64),
-                 fed, source, ancestors, membership)
+    return _Trie(
+        np.array(token, dtype=np.int64), parent_arr, np.array(depth, dtype=np.int64), fed, source, ancestors, membership
+    )
 
 
 def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -460,8 +470,12 @@ def score_continuations(
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(b)
             logits = model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=cache is not None, logits_to_keep=fed + 1,
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+                logits_to_keep=fed + 1,
             ).logits.float()  # (b, 1 + fed, vocab): last prompt token, then the fed trie nodes
             normaliser = torch.logsumexp(logits, dim=-1)  # (b, 1 + fed)
             for r, i in enumerate(rows):
@@ -549,21 +563,29 @@ class _LabelScoringClassifier(_LLMCandidate):
         }
         self.system_prompt_ = self.instructions_["listed"]
 
-    def _fit_shortlist(self, train: pd.DataFrame, validation: pd.DataFrame | None,
-                       train_vectors: np.ndarray | None = None) -> None:
+    def _fit_shortlist(
+        self, train: pd.DataFrame, validation: pd.DataFrame | None, train_vectors: np.ndarray | None = None
+    ) -> None:
         """Choose ``shortlist_k_`` (see the class docstring) and keep what the ranker needs."""
         setting = self.shortlist
         n_labels = len(self.labels_)
         if isinstance(setting, str) and setting != "auto":
-            raise CandidateError(f"{self.name}: shortlist must be true, false, 'auto' or a number of labels, "
-                                 f"not {setting!r}")
+            raise CandidateError(
+                f"{self.name}: shortlist must be true, false, 'auto' or a number of labels, not {setting!r}"
+            )
         if not isinstance(setting, bool) and isinstance(setting, (int, np.integer)) and setting < 1:
             raise CandidateError(f"{self.name}: shortlist must keep at least 1 label, not {setting}")
         self.shortlist_k_ = n_labels
         self.shortlist_recall_: float | None = None
         self.shortlist_info_: dict[str, Any] = {
-            "setting": setting, "k": n_labels, "n_labels": n_labels, "shortlisted": False,
-            "target_recall": self.shortlist_recall, "recall": None, "recall_by_k": {}, "measured_on": None,
+            "setting": setting,
+            "k": n_labels,
+            "n_labels": n_labels,
+            "shortlisted": False,
+            "target_recall": self.shortlist_recall,
+            "recall": None,
+            "recall_by_k": {},
+            "measured_on": None,
         }
         if setting is False:
             return
@@ -605,8 +627,9 @@ class _LabelScoringClassifier(_LLMCandidate):
                 return  # no shortlist is safe enough: every label is scored
         self.shortlist_k_ = chosen
         self.shortlist_recall_ = recall[chosen]
-        self.shortlist_info_.update(k=chosen, shortlisted=chosen < n_labels, recall=round(recall[chosen], 4),
-                                    ranker=SHORTLIST_RANKER)
+        self.shortlist_info_.update(
+            k=chosen, shortlisted=chosen < n_labels, recall=round(recall[chosen], 4), ranker=SHORTLIST_RANKER
+        )
 
     def info(self) -> dict[str, Any]:
         """What the baseline stage writes about this candidate beside its metrics."""
@@ -617,8 +640,9 @@ class _LabelScoringClassifier(_LLMCandidate):
         """Label indices scored for each row of ``frame``, or None when every label is scored."""
         if self.shortlist_k_ >= len(self.labels_):
             return None
-        similarity = label_similarity(_embed(input_texts(frame), self.encoder), self.rank_vectors_,
-                                      self.rank_labels_, len(self.labels_))
+        similarity = label_similarity(
+            _embed(input_texts(frame), self.encoder), self.rank_vectors_, self.rank_labels_, len(self.labels_)
+        )
         return top_labels(similarity, self.shortlist_k_)
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
@@ -632,12 +656,21 @@ class _LabelScoringClassifier(_LLMCandidate):
         """
         self._check_fitted()
         conversations = self._conversations(frame)
-        prompts = (self.tokenizer_(_render(self.tokenizer_, conversations), add_special_tokens=False)["input_ids"]
-                   if conversations else [])
+        prompts = (
+            self.tokenizer_(_render(self.tokenizer_, conversations), add_special_tokens=False)["input_ids"]
+            if conversations
+            else []
+        )
         rows = self.shortlist_rows(frame) if shortlist and len(frame) else None
-        return score_continuations(self.model_, prompts, self.continuations_, shortlist=rows,
-                                   batch_size=self.batch_size, description=self.name,
-                                   pad_token_id=self.tokenizer_.pad_token_id or 0)
+        return score_continuations(
+            self.model_,
+            prompts,
+            self.continuations_,
+            shortlist=rows,
+            batch_size=self.batch_size,
+            description=self.name,
+            pad_token_id=self.tokenizer_.pad_token_id or 0,
+        )
 
     def _label_prior(self) -> np.ndarray:
         """Per-label score subtracted before ranking; zero unless the subclass calibrates."""
@@ -661,12 +694,22 @@ class ZeroShotClassifier(_LabelScoringClassifier):
 
     name = "zero_shot_llm"
 
-    def __init__(self, llm: str = DEFAULT_LLM, encoder: str = DEFAULT_ENCODER, offline: bool = True,
-                 trust_remote_code: bool = False, system_prompt: str | None = None,
-                 task_description: str | None = None, label_score: Literal["mean", "sum"] = "sum",
-                 calibrate: bool = True, batch_size: int = 8, max_input_tokens: int = 256,
-                 shortlist: bool | int | str = "auto", shortlist_recall: float = 0.99,
-                 precision: str = "auto") -> None:
+    def __init__(
+        self,
+        llm: str = DEFAULT_LLM,
+        encoder: str = DEFAULT_ENCODER,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        label_score: Literal["mean", "sum"] = "sum",
+        calibrate: bool = True,
+        batch_size: int = 8,
+        max_input_tokens: int = 256,
+        shortlist: bool | int | str = "auto",
+        shortlist_recall: float = 0.99,
+        precision: str = "auto",
+    ) -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -704,8 +747,13 @@ class ZeroShotClassifier(_LabelScoringClassifier):
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
         out = []
         for text, (turns, system) in zip(self._inputs(frame), _contexts(frame)):
-            out.append([{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                        *turns, {"role": "user", "content": text}])
+            out.append(
+                [
+                    {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                    *turns,
+                    {"role": "user", "content": text},
+                ]
+            )
         return out
 
 
@@ -715,13 +763,25 @@ class FewShotClassifier(_LabelScoringClassifier):
 
     name = "few_shot_llm"
 
-    def __init__(self, llm: str = DEFAULT_LLM, encoder: str = DEFAULT_ENCODER, offline: bool = True,
-                 trust_remote_code: bool = False, system_prompt: str | None = None,
-                 task_description: str | None = None, few_shot_k: int = 5,
-                 label_score: Literal["mean", "sum"] = "sum", batch_size: int = 8,
-                 max_input_tokens: int = 256, shortlist: bool | int | str = "auto",
-                 shortlist_recall: float = 0.99, precision: str = "auto", prompt_search: bool = True,
-                 prompt_search_rows: int = 200, prompt_search_final_rows: int = 600) -> None:
+    def __init__(
+        self,
+        llm: str = DEFAULT_LLM,
+        encoder: str = DEFAULT_ENCODER,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        few_shot_k: int = 5,
+        label_score: Literal["mean", "sum"] = "sum",
+        batch_size: int = 8,
+        max_input_tokens: int = 256,
+        shortlist: bool | int | str = "auto",
+        shortlist_recall: float = 0.99,
+        precision: str = "auto",
+        prompt_search: bool = True,
+        prompt_search_rows: int = 200,
+        prompt_search_final_rows: int = 600,
+    ) -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -753,9 +813,16 @@ class FewShotClassifier(_LabelScoringClassifier):
         return self
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "prompt": {"instruction": self.instruction_, "demos": self.demos_,
-                                             "few_shot_k": self.few_shot_k, "dtype": self.dtype_},
-                "prompt_search": dict(self.prompt_search_info_)}
+        return {
+            **super().info(),
+            "prompt": {
+                "instruction": self.instruction_,
+                "demos": self.demos_,
+                "few_shot_k": self.few_shot_k,
+                "dtype": self.dtype_,
+            },
+            "prompt_search": dict(self.prompt_search_info_),
+        }
 
     def _search_prompt(self, train: pd.DataFrame, validation: pd.DataFrame | None) -> None:
         """Choose the instruction and the demonstrations on held-out rows (DSPy-style, by score).
@@ -799,7 +866,9 @@ class FewShotClassifier(_LabelScoringClassifier):
         # against 0.910.
         order = rng.permutation(len(rows))
         first = rows.iloc[np.sort(order[: self.prompt_search_rows])]
-        more = rows.iloc[np.sort(order[self.prompt_search_rows : max(self.prompt_search_final_rows, self.prompt_search_rows)])]
+        more = rows.iloc[
+            np.sort(order[self.prompt_search_rows : max(self.prompt_search_final_rows, self.prompt_search_rows)])
+        ]
         tried, correct = [], []
         try:
             for instruction, demos in PROMPT_VARIANTS:
@@ -812,8 +881,11 @@ class FewShotClassifier(_LabelScoringClassifier):
                 for i in contenders:
                     entry, right = self._try_prompt(tried[i]["instruction"], tried[i]["demos"], more)
                     correct[i] = np.concatenate([correct[i], right])
-                    tried[i].update(rows=len(correct[i]), accuracy=round(float(correct[i].mean()), 4),
-                                    seconds=round(tried[i]["seconds"] + entry["seconds"], 2))
+                    tried[i].update(
+                        rows=len(correct[i]),
+                        accuracy=round(float(correct[i].mean()), 4),
+                        seconds=round(tried[i]["seconds"] + entry["seconds"], 2),
+                    )
         finally:
             self.shot_texts_, self.shot_answers_, self.shot_labels_, self.shot_vectors_ = pool_saved
         finalists = [i for i in range(len(tried)) if len(correct[i]) == max(len(c) for c in correct)]
@@ -825,14 +897,20 @@ class FewShotClassifier(_LabelScoringClassifier):
         self.instruction_, self.demos_ = tried[chosen]["instruction"], tried[chosen]["demos"]
         plain = tried[0]["accuracy"]
         self.prompt_search_info_ = {
-            "searched": True, "rows": len(first), "final_rows": len(correct[chosen]), "measured_on": measured_on,
+            "searched": True,
+            "rows": len(first),
+            "final_rows": len(correct[chosen]),
+            "measured_on": measured_on,
             "tried": tried,
-            "rule": (f"every prompt on {len(first)} rows, those within noise of the best on {len(correct[chosen])}; "
-                     f"then the most accurate, unless one at most {PROMPT_ACCURACY_TOLERANCE:.0%} below it is at least "
-                     f"{PROMPT_MIN_SAVING:.0%} shorter (then the most accurate such); a tie goes to the shorter "
-                     "prompt, then to the plain one"),
+            "rule": (
+                f"every prompt on {len(first)} rows, those within noise of the best on {len(correct[chosen])}; "
+                f"then the most accurate, unless one at most {PROMPT_ACCURACY_TOLERANCE:.0%} below it is at least "
+                f"{PROMPT_MIN_SAVING:.0%} shorter (then the most accurate such); a tie goes to the shorter "
+                "prompt, then to the plain one"
+            ),
             "chosen": {"instruction": self.instruction_, "demos": self.demos_},
-            "plain_accuracy": plain, "chosen_accuracy": tried[chosen]["accuracy"],
+            "plain_accuracy": plain,
+            "chosen_accuracy": tried[chosen]["accuracy"],
             "gain_over_plain": round(tried[chosen]["accuracy"] - plain, 4),
         }
 
@@ -842,13 +920,21 @@ class FewShotClassifier(_LabelScoringClassifier):
         started = time.perf_counter()
         predicted = self.predict(rows)["prediction"].astype(str).to_numpy()
         seconds = time.perf_counter() - started
-        tokens = self.tokenizer_(_render(self.tokenizer_, self._conversations(rows)),
-                                 add_special_tokens=False)["input_ids"]
+        tokens = self.tokenizer_(_render(self.tokenizer_, self._conversations(rows)), add_special_tokens=False)[
+            "input_ids"
+        ]
         right = predicted == rows["label"].astype(str).to_numpy()
-        return ({"instruction": instruction, "demos": demos, "rows": len(rows),
-                 "accuracy": round(float(right.mean()), 4),
-                 "prompt_tokens": round(float(np.mean([len(t) for t in tokens])), 1),
-                 "seconds": round(seconds, 2)}, right)
+        return (
+            {
+                "instruction": instruction,
+                "demos": demos,
+                "rows": len(rows),
+                "accuracy": round(float(right.mean()), 4),
+                "prompt_tokens": round(float(np.mean([len(t) for t in tokens])), 1),
+                "seconds": round(seconds, 2),
+            },
+            right,
+        )
 
     def _demonstrations(self, vectors: np.ndarray) -> np.ndarray:
         """Demonstration rows per message, most similar first: the ``few_shot_k`` nearest training
@@ -879,11 +965,19 @@ class FewShotClassifier(_LabelScoringClassifier):
                 if inline:
                     examples.append(f"Message: {self.shot_texts_[j]}\nCategory: {self.shot_answers_[j]}")
                 else:
-                    shots += [{"role": "user", "content": self.shot_texts_[j]},
-                              {"role": "assistant", "content": self.shot_answers_[j]}]
+                    shots += [
+                        {"role": "user", "content": self.shot_texts_[j]},
+                        {"role": "assistant", "content": self.shot_answers_[j]},
+                    ]
             head = [system_prompt, "Examples:\n\n" + "\n\n".join(examples)] if inline else [system_prompt]
-            out.append([{"role": "system", "content": "\n\n".join([*head, *system])},
-                        *shots, *turns, {"role": "user", "content": text}])
+            out.append(
+                [
+                    {"role": "system", "content": "\n\n".join([*head, *system])},
+                    *shots,
+                    *turns,
+                    {"role": "user", "content": text},
+                ]
+            )
         return out
 
 
@@ -894,6 +988,7 @@ def choose_prompt(tried: Sequence[dict[str, Any]]) -> int:
     least :data:`PROMPT_MIN_SAVING` shorter: then the most accurate of those. A tie goes to the
     shorter prompt, then to the earlier one (the plain prompt is first).
     """
+
     def rank(i: int) -> tuple[float, float, int]:
         return tried[i]["accuracy"], -tried[i]["prompt_tokens"], -i
 
@@ -926,9 +1021,14 @@ class _GeneratingCandidate(_LLMCandidate):
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        replies, latency = generate_replies(self.model_, self.tokenizer_, self._conversations(frame),
-                                            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                            description=self.name)
+        replies, latency = generate_replies(
+            self.model_,
+            self.tokenizer_,
+            self._conversations(frame),
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            description=self.name,
+        )
         return generation_predictions(frame, replies, latency)
 
 
@@ -938,9 +1038,17 @@ class ZeroShotGenerator(_GeneratingCandidate):
 
     name = "zero_shot_llm_gen"
 
-    def __init__(self, llm: str = DEFAULT_LLM, offline: bool = True, trust_remote_code: bool = False,
-                 system_prompt: str | None = None, task_description: str | None = None,
-                 max_new_tokens: int = 128, batch_size: int = 8, max_input_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        llm: str = DEFAULT_LLM,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+        max_input_tokens: int = 256,
+    ) -> None:
         self.llm = llm
         self.offline = offline
         self.trust_remote_code = trust_remote_code
@@ -956,9 +1064,14 @@ class ZeroShotGenerator(_GeneratingCandidate):
         return self
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        return [[{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                 *turns, {"role": "user", "content": text}]
-                for text, (turns, system) in zip(self._inputs(frame), _contexts(frame))]
+        return [
+            [
+                {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                *turns,
+                {"role": "user", "content": text},
+            ]
+            for text, (turns, system) in zip(self._inputs(frame), _contexts(frame))
+        ]
 
 
 @register_candidate
@@ -967,10 +1080,19 @@ class FewShotGenerator(_GeneratingCandidate):
 
     name = "few_shot_llm_gen"
 
-    def __init__(self, llm: str = DEFAULT_LLM, encoder: str = DEFAULT_ENCODER, offline: bool = True,
-                 trust_remote_code: bool = False, system_prompt: str | None = None,
-                 task_description: str | None = None, few_shot_k: int = 5, max_new_tokens: int = 128,
-                 batch_size: int = 8, max_input_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        llm: str = DEFAULT_LLM,
+        encoder: str = DEFAULT_ENCODER,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        few_shot_k: int = 5,
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+        max_input_tokens: int = 256,
+    ) -> None:
         self.llm = llm
         self.encoder = encoder
         self.offline = offline
@@ -996,10 +1118,18 @@ class FewShotGenerator(_GeneratingCandidate):
         for text, (turns, system), near in zip(self._inputs(frame), _contexts(frame), neighbours):
             shots = []
             for j in near[::-1]:
-                shots += [{"role": "user", "content": self.shot_texts_[j]},
-                          {"role": "assistant", "content": self.shot_replies_[j]}]
-            out.append([{"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                        *shots, *turns, {"role": "user", "content": text}])
+                shots += [
+                    {"role": "user", "content": self.shot_texts_[j]},
+                    {"role": "assistant", "content": self.shot_replies_[j]},
+                ]
+            out.append(
+                [
+                    {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
+                    *shots,
+                    *turns,
+                    {"role": "user", "content": text},
+                ]
+            )
         return out
 
 
@@ -1085,10 +1215,20 @@ class RagGenerator(_GeneratingCandidate):
 
     name = "rag_llm_gen"
 
-    def __init__(self, knowledge_base: str | None = None, llm: str = DEFAULT_LLM, encoder: str = DEFAULT_ENCODER,
-                 offline: bool = True, trust_remote_code: bool = False, system_prompt: str | None = None,
-                 task_description: str | None = None, rag_top_k: int = 3, max_new_tokens: int = 128,
-                 batch_size: int = 8, max_input_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        knowledge_base: str | None = None,
+        llm: str = DEFAULT_LLM,
+        encoder: str = DEFAULT_ENCODER,
+        offline: bool = True,
+        trust_remote_code: bool = False,
+        system_prompt: str | None = None,
+        task_description: str | None = None,
+        rag_top_k: int = 3,
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+        max_input_tokens: int = 256,
+    ) -> None:
         self.knowledge_base = knowledge_base
         self.llm = llm
         self.encoder = encoder
@@ -1103,8 +1243,10 @@ class RagGenerator(_GeneratingCandidate):
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> RagGenerator:
         if not self.knowledge_base:
-            raise CandidateError("rag_llm_gen needs a knowledge base: set data.knowledge_base in tunewise.yaml "
-                                 "to a folder of .md/.txt files, or drop rag_llm_gen from baseline.candidates")
+            raise CandidateError(
+                "rag_llm_gen needs a knowledge base: set data.knowledge_base in tunewise.yaml "
+                "to a folder of .md/.txt files, or drop rag_llm_gen from baseline.candidates"
+            )
         self._load_llm()
         self.system_prompt_ = self._system_prompt()
         self.passages_ = load_passages(self.knowledge_base)
@@ -1123,9 +1265,15 @@ class RagGenerator(_GeneratingCandidate):
         out = []
         for text, (turns, system), near in zip(self._inputs(frame), _contexts(frame), nearest):
             passages = "\n\n".join(f"[{i + 1}] {self.passage_texts_[j]}" for i, j in enumerate(near))
-            prompt = (f"{self.system_prompt_}\n\nUse these passages from the knowledge base when they "
-                      f"answer the message:\n\n{passages}")
-            out.append([{"role": "system", "content": "\n\n".join([prompt, *system])},
-                        *turns, {"role": "user", "content": text}])
+            prompt = (
+                f"{self.system_prompt_}\n\nUse these passages from the knowledge base when they "
+                f"answer the message:\n\n{passages}"
+            )
+            out.append(
+                [
+                    {"role": "system", "content": "\n\n".join([prompt, *system])},
+                    *turns,
+                    {"role": "user", "content": text},
+                ]
+            )
         return out
-

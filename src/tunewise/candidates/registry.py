@@ -127,10 +127,15 @@ class TfidfLogRegCandidate(Candidate):
         # char_min_df drops character n-grams seen once; it is lowered for tiny training sets,
         # where it would leave no features at all.
         char_min_df = self.char_min_df if len(train) >= 50 else 1
-        features = FeatureUnion([
-            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=char_min_df)),
-        ])
+        features = FeatureUnion(
+            [
+                ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
+                (
+                    "char",
+                    TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=char_min_df),
+                ),
+            ]
+        )
         self.pipeline_ = make_pipeline(features, LogisticRegression(C=self.C, max_iter=self.max_iter))
         self.pipeline_.fit(input_texts(train), labels)
         self.labels_ = [str(c) for c in self.pipeline_.classes_]
@@ -139,7 +144,9 @@ class TfidfLogRegCandidate(Candidate):
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
         texts = input_texts(frame)
-        proba, seconds = _timed(lambda: self.pipeline_.predict_proba(texts) if texts else np.zeros((0, len(self.labels_))))
+        proba, seconds = _timed(
+            lambda: self.pipeline_.predict_proba(texts) if texts else np.zeros((0, len(self.labels_)))
+        )
         return classification_predictions(frame, self.labels_, proba, seconds * 1000 / max(len(frame), 1))
 
 
@@ -158,7 +165,6 @@ class EmbedLogRegCandidate(Candidate):
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> EmbedLogRegCandidate:
         from sklearn.linear_model import LogisticRegression
-
 
         labels = self._training_answers(train)
         vectors = embed(input_texts(train), self.encoder)

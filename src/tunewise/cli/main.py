@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -44,8 +44,10 @@ app = typer.Typer(
     callback=prepare_process,
 )
 
-ForceOpt = Annotated[Optional[list[str]], typer.Option("--force", help="re-run this stage even if cached (repeatable)")]
-RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")]
+ForceOpt = Annotated[list[str] | None, typer.Option("--force", help="re-run this stage even if cached (repeatable)")]
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", help="Ray cluster address (default: start a local Ray)")
+]
 
 
 def _check_engine(engine: str) -> None:
@@ -53,8 +55,9 @@ def _check_engine(engine: str) -> None:
         _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
 
 
-def _run_stages(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None,
-                options: dict | None = None) -> dict:
+def _run_stages(
+    cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None, options: dict | None = None
+) -> dict:
 
     try:
         with Tracker(cfg, run_id) as tracker:
@@ -64,8 +67,14 @@ def _run_stages(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: 
         raise  # unreachable
 
 
-def _run(cfg: ProjectConfig, run_id: str, only: list[str] | None, force: list[str] | None, as_json: bool,
-         options: dict | None = None) -> dict:
+def _run(
+    cfg: ProjectConfig,
+    run_id: str,
+    only: list[str] | None,
+    force: list[str] | None,
+    as_json: bool,
+    options: dict | None = None,
+) -> dict:
     results = _run_stages(cfg, run_id, only, force, options)
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if as_json:
@@ -91,8 +100,8 @@ def _print_stage_table(results: dict) -> None:
 @app.command()
 def init(
     data_file: Annotated[Path, typer.Argument(help="training data (csv, tsv, jsonl, json, parquet)")],
-    test: Annotated[Optional[Path], typer.Option("--test", help="frozen held-out test file, used as it is")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="classify or generate (inferred when omitted)")] = None,
+    test: Annotated[Path | None, typer.Option("--test", help="frozen held-out test file, used as it is")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="classify or generate (inferred when omitted)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="config file to write")] = Path("tunewise.yaml"),
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing config")] = False,
 ) -> None:
@@ -104,7 +113,9 @@ def init(
         path, info = init_project(data_file, test_file=test, task=task, out=output, overwrite=force)
     except _known_errors() as exc:
         _fail(exc)
-    out.print(f"wrote [bold]{path}[/bold]: {info['file_format']} file, {info['record_format']} records, task {info['task']}")
+    out.print(
+        f"wrote [bold]{path}[/bold]: {info['file_format']} file, {info['record_format']} records, task {info['task']}"
+    )
     if info.get("test"):
         out.print(f"test file: {info['test']['file_format']} file, {info['test']['n_sample_rows']:,} rows looked at")
     for note in info.get("notes", []):
@@ -114,8 +125,12 @@ def init(
 
 
 @app.command()
-def run(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
-        as_json: JsonOpt = False) -> None:
+def run(
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    force: ForceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Run every pipeline stage in order, reusing stages whose inputs did not change."""
     cfg = _load(config)
     _run(cfg, run_id, None, force, as_json)
@@ -134,7 +149,9 @@ def _print_verdict(cfg: ProjectConfig, run_id: str, console=out) -> None:
             verdict = decision.get("verdict")
             if verdict:
                 colour = VERDICT_COLOURS.get(verdict, "yellow")
-                console.print(f"verdict: [bold {colour}]{verdict}[/bold {colour}]  (recommended: {decision.get('recommended')})")
+                console.print(
+                    f"verdict: [bold {colour}]{verdict}[/bold {colour}]  (recommended: {decision.get('recommended')})"
+                )
                 if decision.get("reasons"):
                     console.print(f"  because {decision['reasons'][0]}", markup=False, highlight=False)
                 break
@@ -143,8 +160,12 @@ def _print_verdict(cfg: ProjectConfig, run_id: str, console=out) -> None:
 
 
 def _stage_command(name: str, help_text: str) -> None:
-    def command(config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
-                as_json: JsonOpt = False) -> None:
+    def command(
+        config: ConfigOpt = Path("tunewise.yaml"),
+        run_id: RunIdOpt = "default",
+        force: ForceOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
         cfg = _load(config)
         _run(cfg, run_id, [name], list(force or []) + [name], as_json)
 
@@ -163,7 +184,9 @@ def _register_stage_commands() -> None:
 
 @app.command()
 def curate(
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    force: ForceOpt = None,
     engine: Annotated[str, typer.Option("--engine", help="local, or ray to hand shards to a Ray cluster")] = "local",
     ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
@@ -171,18 +194,36 @@ def curate(
     """Find and fix duplicates, conflicts, label errors, off-topic rows, PII and thin classes."""
     _check_engine(engine)
     cfg = _load(config)
-    _run(cfg, run_id, ["curate"], list(force or []) + ["curate"], as_json,
-         options={"engine": engine, "ray_address": ray_address})
+    _run(
+        cfg,
+        run_id,
+        ["curate"],
+        list(force or []) + ["curate"],
+        as_json,
+        options={"engine": engine, "ray_address": ray_address},
+    )
 
 
 @app.command()
 def evaluate(
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
-    fail_under: Annotated[bool, typer.Option("--fail-under", help="exit 1 when the gate fails (for CI regression gates)")] = False,
-    human_sheet: Annotated[bool, typer.Option("--human-sheet", help="write the blind side-by-side sheet for people "
-                                              "(CSV and HTML form) even when evaluate.human_sheet_size is 0")] = False,
-    human_ratings: Annotated[Optional[Path], typer.Option("--human-ratings", help="a filled sheet (CSV): fold it "
-                                                          "back in as a win rate with its interval")] = None,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    force: ForceOpt = None,
+    fail_under: Annotated[
+        bool, typer.Option("--fail-under", help="exit 1 when the gate fails (for CI regression gates)")
+    ] = False,
+    human_sheet: Annotated[
+        bool,
+        typer.Option(
+            "--human-sheet",
+            help="write the blind side-by-side sheet for people "
+            "(CSV and HTML form) even when evaluate.human_sheet_size is 0",
+        ),
+    ] = False,
+    human_ratings: Annotated[
+        Path | None,
+        typer.Option("--human-ratings", help="a filled sheet (CSV): fold it back in as a win rate with its interval"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score every candidate on held-out data with intervals, paired tests, slices and the gate."""
@@ -199,15 +240,16 @@ def evaluate(
     if human_sheet:
         sheet = summary.get("human_sheet", {})
         if sheet.get("sheet_csv"):
-            human.print(f"human sheet: [bold]{evaluate_dir / 'human' / sheet['sheet_html']}[/bold] (form) and "
-                      f"{evaluate_dir / 'human' / sheet['sheet_csv']} ({sheet['n_items']} items, "
-                      f"{' vs '.join(sheet['candidates'])}); fill it, then: tunewise evaluate --human-ratings FILE")
+            human.print(
+                f"human sheet: [bold]{evaluate_dir / 'human' / sheet['sheet_html']}[/bold] (form) and "
+                f"{evaluate_dir / 'human' / sheet['sheet_csv']} ({sheet['n_items']} items, "
+                f"{' vs '.join(sheet['candidates'])}); fill it, then: tunewise evaluate --human-ratings FILE"
+            )
         else:
             err.print("human sheet: not written (no fine-tuned candidate and baseline pair to compare)")
     if human_ratings is not None:
         _fold_human_ratings(evaluate_dir, human_ratings, human)
     if fail_under:
-
         gate = summary.get("gate", {})
         err.print(f"gate: {'passed' if gate.get('passed') else 'FAILED'}; " + "; ".join(gate.get("reasons", [])))
         raise typer.Exit(gate_exit_code(summary))
@@ -224,20 +266,41 @@ def _fold_human_ratings(evaluate_dir: Path, filled: Path, console=out) -> None:
         console.print(f"human ratings: no decided items yet ({ratings['ties']} ties, {ratings['unrated']} unrated)")
         return
     low, high = ratings["ci95"]
-    console.print(f"human ratings: {ratings['candidate']} preferred over {ratings['opponent']} in "
-              f"{ratings['win_rate']:.0%} of {ratings['wins'] + ratings['losses']} decided items "
-              f"(95% CI {low:.0%} to {high:.0%}); {ratings['ties']} ties, {ratings['unrated']} unrated")
+    console.print(
+        f"human ratings: {ratings['candidate']} preferred over {ratings['opponent']} in "
+        f"{ratings['win_rate']:.0%} of {ratings['wins'] + ratings['losses']} decided items "
+        f"(95% CI {low:.0%} to {high:.0%}); {ratings['ties']} ties, {ratings['unrated']} unrated"
+    )
 
 
 @app.command()
 def train(
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print tokens, steps, memory and time (here and on "
-                                          "reference GPUs) from a short calibration; train nothing")] = False,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue an interrupted run from its last "
-                                         "checkpoint (same data order); --no-resume starts over")] = True,
-    nproc: Annotated[int, typer.Option("--nproc", min=1, help="training processes (torchrun / DDP: gloo on CPU, "
-                                       "NCCL on GPUs); the batch size is per process")] = 1,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    force: ForceOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print tokens, steps, memory and time (here and on "
+            "reference GPUs) from a short calibration; train nothing",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="continue an interrupted run from its last checkpoint (same data order); --no-resume starts over",
+        ),
+    ] = True,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="training processes (torchrun / DDP: gloo on CPU, NCCL on GPUs); the batch size is per process",
+        ),
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune the configured candidates (LoRA on the LLM, the small encoder) with validation and early stopping."""
@@ -287,26 +350,43 @@ def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
         table.add_column("value", overflow="fold")
         table.add_row("rows / epochs / steps", f"{plan['n_train']} / {plan['epochs']} / {plan['total_steps']}")
         conv = r.get("convergence") or {}
-        cap = {"budget": f"default budget: {plan.get('budget_rule', '')}", "epochs": "capped by train.epochs",
-               "max_steps": "capped by train.max_steps"}.get(plan.get("step_cap", ""), "")
-        table.add_row("planned steps", f"{plan['total_steps']:,} ({cap}); validation every {plan['eval_every']} "
-                                       f"steps on {conv.get('validation_rows', 0)} rows")
+        cap = {
+            "budget": f"default budget: {plan.get('budget_rule', '')}",
+            "epochs": "capped by train.epochs",
+            "max_steps": "capped by train.max_steps",
+        }.get(plan.get("step_cap", ""), "")
+        table.add_row(
+            "planned steps",
+            f"{plan['total_steps']:,} ({cap}); validation every {plan['eval_every']} "
+            f"steps on {conv.get('validation_rows', 0)} rows",
+        )
         table.add_row("batch x accumulation", f"{plan['batch_size']} x {plan['gradient_accumulation']}")
         table.add_row("max length / tokens", f"{plan['max_length']} / {r['tokens_total']:,}")
         table.add_row("parameters (trainable)", f"{r['parameters']:,} ({r['trainable_parameters']:,})")
-        table.add_row("memory", f"estimate {r['memory']['estimate_mib']:.0f} MiB; "
-                                f"measured peak {r['memory']['measured_peak_rss_mib']:.0f} MiB")
+        table.add_row(
+            "memory",
+            f"estimate {r['memory']['estimate_mib']:.0f} MiB; "
+            f"measured peak {r['memory']['measured_peak_rss_mib']:.0f} MiB",
+        )
         seconds = here["seconds"]
-        table.add_row("this machine", f"{here['tokens_per_second'] or 0:,.0f} tok/s on {here['threads']} thread(s), "
-                                      f"{here['precision']}: about {_duration(seconds)}")
+        table.add_row(
+            "this machine",
+            f"{here['tokens_per_second'] or 0:,.0f} tok/s on {here['threads']} thread(s), "
+            f"{here['precision']}: about {_duration(seconds)}",
+        )
         for gpu in r["reference_gpus"]:
-            table.add_row(gpu["gpu"], f"about {_duration(gpu['seconds'])}, ${gpu['usd']:.4g} "
-                                       f"(FLOPs estimate, {gpu['utilisation']:.0%} utilisation)")
+            table.add_row(
+                gpu["gpu"],
+                f"about {_duration(gpu['seconds'])}, ${gpu['usd']:.4g} "
+                f"(FLOPs estimate, {gpu['utilisation']:.0%} utilisation)",
+            )
         if conv:
             gpus = ", ".join(f"{g} {_duration(s) if s >= 1 else '< 1 s'}" for g, s in conv["reference_gpus"].items())
-            table.add_row("time to convergence (at most)",
-                          f"this machine {_duration(conv['this_machine_seconds'])}; {gpus} (every planned step and "
-                          f"{conv['validations']} validations; early stopping usually ends sooner)")
+            table.add_row(
+                "time to convergence (at most)",
+                f"this machine {_duration(conv['this_machine_seconds'])}; {gpus} (every planned step and "
+                f"{conv['validations']} validations; early stopping usually ends sooner)",
+            )
             if conv.get("warning"):
                 table.add_row("time cap", f"[yellow]{conv['warning']}[/yellow]")
         out.print(table)
@@ -326,20 +406,30 @@ def _duration(seconds: float | None) -> str:
 def export(
     run_id: Annotated[str, typer.Argument(help="run folder name under runs/")],
     config: ConfigOpt = Path("tunewise.yaml"),
-    merge: Annotated[bool, typer.Option("--merge", help="fold the LoRA adapter into the base weights: a plain "
-                                        "transformers model folder")] = False,
-    candidate: Annotated[Optional[str], typer.Option("--candidate", help="which trained candidate (needed when "
-                                                     "the run trained several)")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="folder to write (default "
-                                                   "runs/<id>/export/<candidate>-<form>)")] = None,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="fold the LoRA adapter into the base weights: a plain transformers model folder"),
+    ] = False,
+    candidate: Annotated[
+        str | None, typer.Option("--candidate", help="which trained candidate (needed when the run trained several)")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="folder to write (default runs/<id>/export/<candidate>-<form>)"),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an --output folder that holds other files")] = False,
 ) -> None:
     """Export a trained candidate: the adapter (safetensors) or, with --merge, a merged model."""
 
     cfg = _load(config)
     try:
-        folder = export_model(cfg.resolve(cfg.runs_dir) / check_run_id(run_id), merge=merge, candidate=candidate,
-                              out_dir=output, force=force)
+        folder = export_model(
+            cfg.resolve(cfg.runs_dir) / check_run_id(run_id),
+            merge=merge,
+            candidate=candidate,
+            out_dir=output,
+            force=force,
+        )
     except (ExportError, *_known_errors()) as exc:
         _fail(exc)
     out.print(f"exported to [bold]{folder}[/bold]")
@@ -347,13 +437,27 @@ def export(
 
 @app.command()
 def curve(
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-    fractions: Annotated[str, typer.Option("--fractions", help="nested training subsets, comma-separated")] = "0.1,0.25,0.5,1.0",
-    candidates: Annotated[Optional[str], typer.Option("--candidates", help="comma-separated (default: the "
-                                                      "decision's best fine-tune and the alternative it was weighed "
-                                                      "against; ensemble: measured through its strongest member)")] = None,
-    target: Annotated[Optional[float], typer.Option("--target", help="accuracy to reach (default: the "
-                                                    "decision's target, the reference's score x (1 + threshold))")] = None,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    fractions: Annotated[
+        str, typer.Option("--fractions", help="nested training subsets, comma-separated")
+    ] = "0.1,0.25,0.5,1.0",
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            "--candidates",
+            help="comma-separated (default: the "
+            "decision's best fine-tune and the alternative it was weighed "
+            "against; ensemble: measured through its strongest member)",
+        ),
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(
+            "--target",
+            help="accuracy to reach (default: the decision's target, the reference's score x (1 + threshold))",
+        ),
+    ] = None,
     engine: Annotated[str, typer.Option("--engine", help="local, or ray: each subset training a Ray task")] = "local",
     ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
@@ -367,8 +471,15 @@ def curve(
     except ValueError:
         _fail(ConfigError(f"--fractions: {fractions!r} is not a comma-separated list of numbers"))
     try:
-        result = run_curve(cfg, run_id, fractions=parsed, target=target, engine=engine, ray_address=ray_address,
-                           candidates=[c for c in (candidates or "").split(",") if c] or None)
+        result = run_curve(
+            cfg,
+            run_id,
+            fractions=parsed,
+            target=target,
+            engine=engine,
+            ray_address=ray_address,
+            candidates=[c for c in (candidates or "").split(",") if c] or None,
+        )
     except (CurveError, *_known_errors()) as exc:
         _fail(exc)
     if as_json:
@@ -381,24 +492,40 @@ def curve(
         table.add_column(column)
     for name, entry in result["candidates"].items():
         measured = ", ".join(f"{n:,}: {a:.3f}" for n, a in zip(entry["n"], entry["test_accuracy"]))
-        expected = [f"{e['accuracy']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"
-                    for k, e in entry["expected"].items() if k != "1x"]
-        table.add_row(name, measured, f"{entry['fit']['plateau_accuracy']:.3f}", *expected,
-                      entry.get("target", {}).get("message", "-"))
+        expected = [
+            f"{e['accuracy']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"
+            for k, e in entry["expected"].items()
+            if k != "1x"
+        ]
+        table.add_row(
+            name,
+            measured,
+            f"{entry['fit']['plateau_accuracy']:.3f}",
+            *expected,
+            entry.get("target", {}).get("message", "-"),
+        )
     out.print(table)
     out.print(f"curve: [bold]{cfg.resolve(cfg.runs_dir) / run_id / 'curve'}[/bold]")
 
 
 @app.command()
 def suggest(
-    pool: Annotated[Path, typer.Option("--pool", help="unlabelled rows (csv, tsv, jsonl, json, parquet) with the "
-                                       "project's text column")],
+    pool: Annotated[
+        Path,
+        typer.Option("--pool", help="unlabelled rows (csv, tsv, jsonl, json, parquet) with the project's text column"),
+    ],
     k: Annotated[int, typer.Option("--k", min=1, help="rows to suggest")],
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-    candidate: Annotated[Optional[str], typer.Option("--candidate", help="model that ranks the rows (default: the "
-                                                     "evaluation gate's candidate), e.g. embed_lr")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default "
-                                                   "runs/<id>/suggest/to_label.csv)")] = None,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    candidate: Annotated[
+        str | None,
+        typer.Option(
+            "--candidate", help="model that ranks the rows (default: the evaluation gate's candidate), e.g. embed_lr"
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="CSV to write (default runs/<id>/suggest/to_label.csv)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rows to label next: the model's most uncertain, spread over distinct confusions, none already labelled."""
@@ -419,25 +546,40 @@ def suggest(
     for column in ("id", "text", "model's guess", "confidence", "uncertainty", "cluster"):
         table.add_column(column, overflow="fold")
     for row in result["rows"][:20]:
-        table.add_row(str(row["id"]), str(row["text"])[:80], str(row["suggested_label"]), f"{row['confidence']:.2f}",
-                      f"{row['uncertainty']:.2f}", str(row["cluster"]))
+        table.add_row(
+            str(row["id"]),
+            str(row["text"])[:80],
+            str(row["suggested_label"]),
+            f"{row['confidence']:.2f}",
+            f"{row['uncertainty']:.2f}",
+            str(row["cluster"]),
+        )
     out.print(table)
     if result["suggested"] > 20:
         out.print(f"... and {result['suggested'] - 20} more in the CSV")
-    out.print(f"pool: {result['pool_rows']:,} rows; skipped {result['skipped_labelled_exact']:,} already labelled "
-              f"(same text), {result['skipped_labelled_near']:,} near-duplicates of labelled rows (cosine >= 0.95), "
-              f"{result['skipped_pool_copies']:,} repeated in the pool, {result['pool_empty']:,} empty, "
-              f"{len(result['pool_unreadable']):,} unreadable")
-    out.print(f"mean uncertainty: suggested {result['suggested_mean_uncertainty'] or 0:.3f}, "
-              f"pool {result['pool_mean_uncertainty']:.3f}")
+    out.print(
+        f"pool: {result['pool_rows']:,} rows; skipped {result['skipped_labelled_exact']:,} already labelled "
+        f"(same text), {result['skipped_labelled_near']:,} near-duplicates of labelled rows (cosine >= 0.95), "
+        f"{result['skipped_pool_copies']:,} repeated in the pool, {result['pool_empty']:,} empty, "
+        f"{len(result['pool_unreadable']):,} unreadable"
+    )
+    out.print(
+        f"mean uncertainty: suggested {result['suggested_mean_uncertainty'] or 0:.3f}, "
+        f"pool {result['pool_mean_uncertainty']:.3f}"
+    )
     out.print(f"wrote [bold]{result['out']}[/bold]: fill the label column, then: tunewise add-labels {result['out']}")
 
 
 @app.command(name="add-labels")
 def add_labels(
-    file: Annotated[Path, typer.Argument(help="labelled rows: the filled suggest CSV, or any csv/jsonl with text "
-                                         "and label (reply for generate)")],
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="labelled rows: the filled suggest CSV, or any csv/jsonl with text and label (reply for generate)"
+        ),
+    ],
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
     """Add newly labelled rows to the project's data (the test split stays as it is); then: tunewise run."""
@@ -457,10 +599,15 @@ def add_labels(
     table = Table(title=f"add-labels: {result['file']}")
     table.add_column("rows")
     table.add_column("count", justify="right")
-    for name, key in (("read", "rows_read"), ("added", "added"), ("skipped: blank label", "skipped_blank_label"),
-                      ("skipped: already in the data", "skipped_already_labelled"),
-                      ("skipped: empty text", "skipped_empty_text"), ("skipped: unreadable", "skipped_unreadable"),
-                      ("skipped: too long", "skipped_too_long")):
+    for name, key in (
+        ("read", "rows_read"),
+        ("added", "added"),
+        ("skipped: blank label", "skipped_blank_label"),
+        ("skipped: already in the data", "skipped_already_labelled"),
+        ("skipped: empty text", "skipped_empty_text"),
+        ("skipped: unreadable", "skipped_unreadable"),
+        ("skipped: too long", "skipped_too_long"),
+    ):
         table.add_row(name, f"{result[key]:,}")
     out.print(table)
     if result["new_labels"]:
@@ -468,7 +615,9 @@ def add_labels(
     out.print(f"{result['added_file']}: {result['added_total']:,} added rows in all")
     test = result["test"]
     if test.get("new"):
-        out.print(f"froze the {test['ids']:,} test ids of run {run_id} in {test['path']}: the test split stays as it is")
+        out.print(
+            f"froze the {test['ids']:,} test ids of run {run_id} in {test['path']}: the test split stays as it is"
+        )
     elif test.get("frozen"):
         out.print(f"test split: the {test['ids']:,} frozen ids in {test['path']}")
     else:
@@ -478,36 +627,85 @@ def add_labels(
 
 @app.command()
 def distill(
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-    pool: Annotated[Optional[Path], typer.Option("--pool", help="unlabelled rows (csv, tsv, jsonl, json, parquet) "
-                                                 "with the project's text column; a label column is ignored")] = None,
-    relabel_suspects: Annotated[bool, typer.Option("--relabel-suspects", help="also let the teacher relabel the "
-                                                   "training rows curation flagged as likely label errors")] = False,
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="api_zero_shot or api_few_shot (the endpoint "
-                                                   "of baseline.api_llm), or any candidate the run built")] = None,
-    agree: Annotated[bool, typer.Option("--agree", help="label with api_zero_shot and api_few_shot and keep the "
-                                        "rows where both give the same label")] = False,
-    min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="keep rows the teacher scores "
-                                                            "at least this (default: chosen on validation to reach "
-                                                            "the students' target)")] = None,
-    target: Annotated[Optional[float], typer.Option("--target", help="accuracy the teacher's kept rows must reach "
-                                                    "on validation (default: the decision's target)")] = None,
-    students: Annotated[Optional[str], typer.Option("--students", help="comma-separated students (default: "
-                                                    "train.candidates), e.g. encoder_ft,embed_lr")] = None,
-    out_run_id: Annotated[Optional[str], typer.Option("--out-run-id", help="run the students train in "
-                                                      "(default <run-id>-distilled)")] = None,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    pool: Annotated[
+        Path | None,
+        typer.Option(
+            "--pool",
+            help="unlabelled rows (csv, tsv, jsonl, json, parquet) "
+            "with the project's text column; a label column is ignored",
+        ),
+    ] = None,
+    relabel_suspects: Annotated[
+        bool,
+        typer.Option(
+            "--relabel-suspects",
+            help="also let the teacher relabel the training rows curation flagged as likely label errors",
+        ),
+    ] = False,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher",
+            help="api_zero_shot or api_few_shot (the endpoint of baseline.api_llm), or any candidate the run built",
+        ),
+    ] = None,
+    agree: Annotated[
+        bool,
+        typer.Option(
+            "--agree", help="label with api_zero_shot and api_few_shot and keep the rows where both give the same label"
+        ),
+    ] = False,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence",
+            help="keep rows the teacher scores "
+            "at least this (default: chosen on validation to reach "
+            "the students' target)",
+        ),
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(
+            "--target",
+            help="accuracy the teacher's kept rows must reach on validation (default: the decision's target)",
+        ),
+    ] = None,
+    students: Annotated[
+        str | None,
+        typer.Option(
+            "--students", help="comma-separated students (default: train.candidates), e.g. encoder_ft,embed_lr"
+        ),
+    ] = None,
+    out_run_id: Annotated[
+        str | None, typer.Option("--out-run-id", help="run the students train in (default <run-id>-distilled)")
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="ask the API again for rows it answered before")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="estimate what labelling would cost; "
-                                          "send nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="estimate what labelling would cost; send nothing")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Label a pool with a teacher (the hosted LLM), train the small models on it, compare and price both."""
 
     cfg = _load(config)
     try:
-        result = run_distill(cfg, run_id, pool=pool, relabel_suspects=relabel_suspects, teacher=teacher, agree=agree,
-                             min_confidence=min_confidence, target=target, out_run_id=out_run_id, no_cache=no_cache,
-                             students=[s for s in (students or "").split(",") if s] or None, dry_run=dry_run)
+        result = run_distill(
+            cfg,
+            run_id,
+            pool=pool,
+            relabel_suspects=relabel_suspects,
+            teacher=teacher,
+            agree=agree,
+            min_confidence=min_confidence,
+            target=target,
+            out_run_id=out_run_id,
+            no_cache=no_cache,
+            students=[s for s in (students or "").split(",") if s] or None,
+            dry_run=dry_run,
+        )
     except (DistillError, *_known_errors()) as exc:
         _fail(exc)
     if as_json:
@@ -522,33 +720,49 @@ def _print_distill(result: dict) -> None:
     pool = result.get("pool")
     if pool:
         skipped = pool["skipped"]
-        out.print(f"pool {pool['file']}: {pool['rows_read']:,} rows read, {pool['to_label']:,} to label; skipped "
-                  f"{skipped['already_labelled']:,} already labelled, {skipped['same_as_validation_or_test']:,} "
-                  f"copies and {skipped['near_validation_or_test']:,} near-copies of validation/test rows, "
-                  f"{skipped['pool_copies']:,} repeated, {pool['empty']:,} empty, {pool['unreadable']:,} unreadable",
-                  highlight=False)
+        out.print(
+            f"pool {pool['file']}: {pool['rows_read']:,} rows read, {pool['to_label']:,} to label; skipped "
+            f"{skipped['already_labelled']:,} already labelled, {skipped['same_as_validation_or_test']:,} "
+            f"copies and {skipped['near_validation_or_test']:,} near-copies of validation/test rows, "
+            f"{skipped['pool_copies']:,} repeated, {pool['empty']:,} empty, {pool['unreadable']:,} unreadable",
+            highlight=False,
+        )
     if result.get("suspects"):
         s = result["suspects"]
-        out.print(f"suspected label errors: {s['suspects']:,} ({s['in_train']:,} in train, relabelled when the teacher "
-                  f"keeps another label; {s['in_validation_or_test']:,} in validation/test, left as they are)")
+        out.print(
+            f"suspected label errors: {s['suspects']:,} ({s['in_train']:,} in train, relabelled when the teacher "
+            f"keeps another label; {s['in_validation_or_test']:,} in validation/test, left as they are)"
+        )
     if result["status"] == "dry_run":
         for name, estimate in result["estimates"].items():
-            out.print(f"{name}: {estimate.get('rows_to_request', 0):,} rows to request, at most "
-                      f"${estimate['usd']:.4f} ({estimate['method']})", highlight=False)
+            out.print(
+                f"{name}: {estimate.get('rows_to_request', 0):,} rows to request, at most "
+                f"${estimate['usd']:.4f} ({estimate['method']})",
+                highlight=False,
+            )
         return
     out.print(result["rule"]["message"], highlight=False)
     labelled = result["labelled"]
     dropped = ", ".join(f"{n:,} {why}" for why, n in labelled["dropped"].items()) or "none"
-    out.print(f"teacher rows: {labelled['kept']:,} of {labelled['labelled']:,} kept (dropped: {dropped}) in "
-              f"[bold]{result['artifact']}[/bold]")
+    out.print(
+        f"teacher rows: {labelled['kept']:,} of {labelled['labelled']:,} kept (dropped: {dropped}) in "
+        f"[bold]{result['artifact']}[/bold]"
+    )
     table = Table(title=f"students (run {result['out_run_id']}) on the gold test set")
     for column in ("student", "against", "rows", "student accuracy", "other accuracy", "difference (95% CI)", "p"):
         table.add_column(column, overflow="fold")
     for c in result["comparisons"]:
         m = c["metrics"]["accuracy"]
         low, high = m["difference_ci"]
-        table.add_row(c["student"], c["against"], f"{c['n']:,}", f"{m['candidate']:.4f}", f"{m['baseline']:.4f}",
-                      f"{m['difference']:+.4f} ({low:+.4f} to {high:+.4f})", f"{m['p_value']:.3g}")
+        table.add_row(
+            c["student"],
+            c["against"],
+            f"{c['n']:,}",
+            f"{m['candidate']:.4f}",
+            f"{m['baseline']:.4f}",
+            f"{m['difference']:+.4f} ({low:+.4f} to {high:+.4f})",
+            f"{m['p_value']:.3g}",
+        )
     out.print(table)
     costs = result["costs"]
     money = Table(title="costs")
@@ -580,8 +794,10 @@ def demo(
         cfg_path, files = write_demo_project(out_dir, task=task, seed=seed)
     except _known_errors() as exc:
         _fail(exc)
-    human.print(f"demo data: [bold]{files.data}[/bold] ({sum(files.defect_counts.values())} injected defects, "
-                f"truth in {files.truth.name}); config: [bold]{cfg_path}[/bold]")
+    human.print(
+        f"demo data: [bold]{files.data}[/bold] ({sum(files.defect_counts.values())} injected defects, "
+        f"truth in {files.truth.name}); config: [bold]{cfg_path}[/bold]"
+    )
     cfg = _load(cfg_path)
     _run(cfg, "demo", None, None, as_json)
     _print_verdict(cfg, "demo", human)
@@ -601,7 +817,12 @@ def doctor(as_json: JsonOpt = False) -> None:
         table.add_column(col, overflow="fold")
     style = {"ok": "green", "warn": "yellow", "missing": "red"}
     for r in rows:
-        table.add_row(r["item"], f"[{style.get(r['status'], 'white')}]{r['status']}[/]", str(r.get("detail", "")), r.get("fix") or "")
+        table.add_row(
+            r["item"],
+            f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
+            str(r.get("detail", "")),
+            r.get("fix") or "",
+        )
     out.print(table)
     if any(r["status"] == "missing" for r in rows):
         raise typer.Exit(1)
@@ -609,11 +830,24 @@ def doctor(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def report(
-    config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default", force: ForceOpt = None,
-    live: Annotated[Optional[str], typer.Option("--live", help="a server's request log (runs/<id>/serve/requests.db "
-                                                "or a SQLAlchemy URL): adds the Live traffic section")] = None,
-    since: Annotated[Optional[str], typer.Option("--since", help="window of the live section: 30m, 24h, 7d or an "
-                                                 "ISO date (default monitor.since, else the whole log)")] = None,
+    config: ConfigOpt = Path("tunewise.yaml"),
+    run_id: RunIdOpt = "default",
+    force: ForceOpt = None,
+    live: Annotated[
+        str | None,
+        typer.Option(
+            "--live",
+            help="a server's request log (runs/<id>/serve/requests.db "
+            "or a SQLAlchemy URL): adds the Live traffic section",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="window of the live section: 30m, 24h, 7d or an ISO date (default monitor.since, else the whole log)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the run's report page and summary.json; with --live, add what the server's log says."""
@@ -643,19 +877,36 @@ def report(
     summary = json.loads(written["summary"].read_text(encoding="utf-8"))
     live_summary = summary["live"]
     if as_json:
-        print(json.dumps({"run_dir": str(run_dir), "stages": results, "page": str(written["html"]),
-                          "live_json": str(written["live"]), "live": live_summary}, default=str))
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(run_dir),
+                    "stages": results,
+                    "page": str(written["html"]),
+                    "live_json": str(written["live"]),
+                    "live": live_summary,
+                },
+                default=str,
+            )
+        )
         return
     _print_stage_table(results)
     window = live_summary["window"]
-    out.print(f"live: {window['requests']} request(s) in the window from {live_summary['store']}", markup=False,
-              highlight=False)
+    out.print(
+        f"live: {window['requests']} request(s) in the window from {live_summary['store']}",
+        markup=False,
+        highlight=False,
+    )
     for name, arm in live_summary["arms"].items():
         metric = arm["online_metric"]
         shown = "n/a" if metric is None else f"{metric:.3f}"
-        out.print(f"  {name} ({arm['candidate']}): {arm['requests']} requests, {arm['errors']} errors, "
-                  f"{live_summary['metric'] or 'online metric'} {shown} (n={arm['feedback_n']})"
-                  + (f", {arm['verdict']}" if arm["verdict"] else ""), markup=False, highlight=False)
+        out.print(
+            f"  {name} ({arm['candidate']}): {arm['requests']} requests, {arm['errors']} errors, "
+            f"{live_summary['metric'] or 'online metric'} {shown} (n={arm['feedback_n']})"
+            + (f", {arm['verdict']}" if arm["verdict"] else ""),
+            markup=False,
+            highlight=False,
+        )
     if live_summary["actions"]:
         out.print(f"[bold yellow]live actions ({len(live_summary['actions'])}):[/bold yellow]")
         for action in live_summary["actions"]:

@@ -46,26 +46,51 @@ def _store_url(cfg: Any, run_id: str, given: str | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    UrlOpt = Annotated[str | None, typer.Option("--url", help="the server, e.g. http://127.0.0.1:8000 "
-                                                   "(default: serve.host and serve.port of the config)")]
+    UrlOpt = Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="the server, e.g. http://127.0.0.1:8000 (default: serve.host and serve.port of the config)"
+        ),
+    ]
     ArmOpt = Annotated[str, typer.Option("--arm", help="the arm to move traffic to or from")]
     ReasonOpt = Annotated[str | None, typer.Option("--reason", help="kept in the log's arm history")]
 
     @app.command()
     def serve(
-        config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-        arms: Annotated[str | None, typer.Option("--arms", help="ARM[:CANDIDATE]=WEIGHT,...; incumbent and "
-                                                    "candidate name the gate's baseline and the recommended candidate")] = None,
+        config: ConfigOpt = Path("tunewise.yaml"),
+        run_id: RunIdOpt = "default",
+        arms: Annotated[
+            str | None,
+            typer.Option(
+                "--arms",
+                help="ARM[:CANDIDATE]=WEIGHT,...; incumbent and "
+                "candidate name the gate's baseline and the recommended candidate",
+            ),
+        ] = None,
         host: Annotated[str | None, typer.Option("--host", help="default serve.host (127.0.0.1)")] = None,
         port: Annotated[int | None, typer.Option("--port", help="default serve.port (8000)")] = None,
-        store: Annotated[str | None, typer.Option("--store", help="SQLAlchemy URL of the request log "
-                                                     "(postgresql+psycopg://... for replicas)")] = None,
-        reset_weights: Annotated[bool, typer.Option("--reset-weights", help="start from --arms even when the log "
-                                                    "holds weights set by promote/rollback")] = False,
-        allow_failed_gate: Annotated[bool, typer.Option("--allow-failed-gate", help="serve a run made by "
-                                                        "`tunewise retrain` although its gate failed")] = False,
-        insecure: Annotated[bool, typer.Option("--insecure", help="listen on a non-loopback --host without an API "
-                                               "key (refused otherwise); also turns off the Host header check")] = False,
+        store: Annotated[
+            str | None,
+            typer.Option("--store", help="SQLAlchemy URL of the request log (postgresql+psycopg://... for replicas)"),
+        ] = None,
+        reset_weights: Annotated[
+            bool,
+            typer.Option(
+                "--reset-weights", help="start from --arms even when the log holds weights set by promote/rollback"
+            ),
+        ] = False,
+        allow_failed_gate: Annotated[
+            bool,
+            typer.Option("--allow-failed-gate", help="serve a run made by `tunewise retrain` although its gate failed"),
+        ] = False,
+        insecure: Annotated[
+            bool,
+            typer.Option(
+                "--insecure",
+                help="listen on a non-loopback --host without an API "
+                "key (refused otherwise); also turns off the Host header check",
+            ),
+        ] = False,
     ) -> None:
         """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
         from tunewise.serving.app import create_app, run_server  # on use: loads fastapi
@@ -80,9 +105,16 @@ def register(app: typer.Typer) -> None:
         try:
             # everything is checked before "serving" is printed: where to listen, every arm's candidate
             warning = check_bind(section.host, section, insecure)
-            app_ = create_app(run_dir, section, arms=parse_arms(arms) if arms else None, store_url=store,
-                              project_config=cfg, reset_weights=reset_weights, allow_failed_gate=allow_failed_gate,
-                              insecure=insecure)
+            app_ = create_app(
+                run_dir,
+                section,
+                arms=parse_arms(arms) if arms else None,
+                store_url=store,
+                project_config=cfg,
+                reset_weights=reset_weights,
+                allow_failed_gate=allow_failed_gate,
+                insecure=insecure,
+            )
         except (ServeError, *_known_errors()) as exc:
             _fail(exc)
         if warning:
@@ -92,7 +124,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def monitor(
-        config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
+        config: ConfigOpt = Path("tunewise.yaml"),
+        run_id: RunIdOpt = "default",
         since: Annotated[str | None, typer.Option("--since", help="30m, 24h, 7d or an ISO date")] = None,
         store: Annotated[str | None, typer.Option("--store", help="SQLAlchemy URL of the request log")] = None,
         incumbent: Annotated[str | None, typer.Option("--incumbent", help="arm the others are compared with")] = None,
@@ -105,8 +138,15 @@ def register(app: typer.Typer) -> None:
         cfg = _load(config)
         run_dir = cfg.resolve(cfg.runs_dir) / run_id
         try:
-            report = monitor_run(_store_url(cfg, run_id, store), run_dir, _monitor_section(cfg), since=since,
-                                 incumbent=incumbent, encoder=None if no_embedding else cfg.models.encoder, task=cfg.task)
+            report = monitor_run(
+                _store_url(cfg, run_id, store),
+                run_dir,
+                _monitor_section(cfg),
+                since=since,
+                incumbent=incumbent,
+                encoder=None if no_embedding else cfg.models.encoder,
+                task=cfg.task,
+            )
         except (StoreError, ValueError) as exc:
             _fail(exc)
         if as_json:
@@ -118,18 +158,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def retrain(
-        config: ConfigOpt = Path("tunewise.yaml"), run_id: RunIdOpt = "default",
-        store: Annotated[str | None, typer.Option("--store", help="SQLAlchemy URL of the request log "
-                                                     "(default: the run's serve log)")] = None,
-        new_run_id: Annotated[str | None, typer.Option("--new-run-id", help="run to train into "
-                                                          "(default: RUN-retrain-<time>)")] = None,
-        since: Annotated[str | None, typer.Option("--since", help="feedback on requests since: 30m, 24h, 7d or "
-                                                     "an ISO date")] = None,
-        thumbs_up: Annotated[bool, typer.Option("--thumbs-up/--no-thumbs-up", help="a thumbs-up confirms the served "
-                                                "answer as a training row")] = True,
-        min_rows: Annotated[int, typer.Option("--min-rows", min=1, help="fewest feedback rows worth a "
-                                              "retrain")] = 1,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="count the usable feedback rows; change nothing")] = False,
+        config: ConfigOpt = Path("tunewise.yaml"),
+        run_id: RunIdOpt = "default",
+        store: Annotated[
+            str | None, typer.Option("--store", help="SQLAlchemy URL of the request log (default: the run's serve log)")
+        ] = None,
+        new_run_id: Annotated[
+            str | None, typer.Option("--new-run-id", help="run to train into (default: RUN-retrain-<time>)")
+        ] = None,
+        since: Annotated[
+            str | None, typer.Option("--since", help="feedback on requests since: 30m, 24h, 7d or an ISO date")
+        ] = None,
+        thumbs_up: Annotated[
+            bool,
+            typer.Option("--thumbs-up/--no-thumbs-up", help="a thumbs-up confirms the served answer as a training row"),
+        ] = True,
+        min_rows: Annotated[int, typer.Option("--min-rows", min=1, help="fewest feedback rows worth a retrain")] = 1,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="count the usable feedback rows; change nothing")
+        ] = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Feedback-labelled rows -> add-labels -> the pipeline into a new run -> the same gate; exit 3 when
@@ -138,23 +185,37 @@ def register(app: typer.Typer) -> None:
 
         cfg = _load(config)
         try:
-            record = run_retrain(cfg, run_id=run_id, store_url=_store_url(cfg, run_id, store), new_run_id=new_run_id,
-                                 since=since, thumbs_up=thumbs_up, min_rows=min_rows, dry_run=dry_run)
+            record = run_retrain(
+                cfg,
+                run_id=run_id,
+                store_url=_store_url(cfg, run_id, store),
+                new_run_id=new_run_id,
+                since=since,
+                thumbs_up=thumbs_up,
+                min_rows=min_rows,
+                dry_run=dry_run,
+            )
         except (RetrainError, StoreError, *_known_errors()) as exc:
             _fail(exc)
         if as_json:
             print(json.dumps(record, default=str))
         else:
             skipped = ", ".join(f"{n} {why}" for why, n in record["skipped"].items()) or "none"
-            out.print(f"feedback: {record['rows']} usable row(s) from {record['requests_in_window']} logged requests "
-                      f"({record['rows_by_source'] or 'none'}); skipped: {skipped}")
+            out.print(
+                f"feedback: {record['rows']} usable row(s) from {record['requests_in_window']} logged requests "
+                f"({record['rows_by_source'] or 'none'}); skipped: {skipped}"
+            )
             if not dry_run:
                 gate = record["gate"]
-                out.print(f"added {record['added']['added']} row(s) to {record['added']['added_file']}; "
-                          f"new run {record['new_run']} in {record['pipeline_seconds']:.0f}s")
+                out.print(
+                    f"added {record['added']['added']} row(s) to {record['added']['added_file']}; "
+                    f"new run {record['new_run']} in {record['pipeline_seconds']:.0f}s"
+                )
                 colour = "green" if gate["passed"] else "red"
-                out.print(f"[{colour}]gate: {'PASSED' if gate['passed'] else 'FAILED'}[/{colour}] "
-                          f"(verdict {gate['verdict']}, recommended {gate['recommended']})")
+                out.print(
+                    f"[{colour}]gate: {'PASSED' if gate['passed'] else 'FAILED'}[/{colour}] "
+                    f"(verdict {gate['verdict']}, recommended {gate['recommended']})"
+                )
                 for reason in gate["reasons"]:
                     out.print(f"  - {reason}")
                 if gate["passed"]:
@@ -164,9 +225,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def promote(
-        config: ConfigOpt = Path("tunewise.yaml"), url: UrlOpt = None, arm: ArmOpt = "candidate",
-        weight: Annotated[float, typer.Option("--weight", min=0.0, max=1.0, help="the arm's new share of traffic; "
-                                              "1.0 sends it everything, less steps a canary up")] = 1.0,
+        config: ConfigOpt = Path("tunewise.yaml"),
+        url: UrlOpt = None,
+        arm: ArmOpt = "candidate",
+        weight: Annotated[
+            float,
+            typer.Option(
+                "--weight",
+                min=0.0,
+                max=1.0,
+                help="the arm's new share of traffic; 1.0 sends it everything, less steps a canary up",
+            ),
+        ] = 1.0,
         reason: ReasonOpt = None,
     ) -> None:
         """Give an arm a larger share of live traffic on a running server (no restart)."""
@@ -175,12 +245,18 @@ def register(app: typer.Typer) -> None:
         if arm not in current:
             _fail(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
         weights = _with_share(current, arm, weight)
-        result = _call("POST", f"{base}/admin/arms", key, {"weights": weights, "reason": reason or f"promote {arm} to {weight}"})
+        result = _call(
+            "POST", f"{base}/admin/arms", key, {"weights": weights, "reason": reason or f"promote {arm} to {weight}"}
+        )
         out.print("weights now: " + ", ".join(f"{n}={w:.3g}" for n, w in result["weights"].items()))
 
     @app.command()
-    def rollback(config: ConfigOpt = Path("tunewise.yaml"), url: UrlOpt = None, arm: ArmOpt = "candidate",
-                 reason: ReasonOpt = None) -> None:
+    def rollback(
+        config: ConfigOpt = Path("tunewise.yaml"),
+        url: UrlOpt = None,
+        arm: ArmOpt = "candidate",
+        reason: ReasonOpt = None,
+    ) -> None:
         """Take an arm out of live traffic on a running server; the incumbent answers instead."""
         base, key = _server(config, url)
         arms = _call("GET", f"{base}/v1/arms", key)
@@ -236,16 +312,26 @@ def _print_report(report: dict, out: Any) -> None:
     from rich.table import Table
 
     window = report["window"]
-    out.print(f"window: {window['requests']} requests; online metric: {report['online_metric'] or 'none (no feedback)'}")
+    out.print(
+        f"window: {window['requests']} requests; online metric: {report['online_metric'] or 'none (no feedback)'}"
+    )
     table = Table(title="arms")
     for col in ("arm", "assigned", "answered", "error rate", "p50 ms", "p99 ms", "feedback", "online", "interval"):
         table.add_column(col, justify="left" if col == "arm" else "right")
     fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)  # noqa: E731
     for arm, e in report["arms"].items():
         ci = e.get("online_ci")
-        table.add_row(arm, str(e["requests_assigned"]), str(e["requests_answered"]), fmt(e["error_rate"], "{:.2%}"),
-                      fmt(e["latency_p50_ms"], "{:.1f}"), fmt(e["latency_p99_ms"], "{:.1f}"), str(e["feedback_n"]),
-                      fmt(e["online_metric"], "{:.3f}"), f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-")
+        table.add_row(
+            arm,
+            str(e["requests_assigned"]),
+            str(e["requests_answered"]),
+            fmt(e["error_rate"], "{:.2%}"),
+            fmt(e["latency_p50_ms"], "{:.1f}"),
+            fmt(e["latency_p99_ms"], "{:.1f}"),
+            str(e["feedback_n"]),
+            fmt(e["online_metric"], "{:.3f}"),
+            f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-",
+        )
     out.print(table)
     for arm, v in report["verdicts"].items():
         extra = f"; about {v['requests_needed']} more requests" if v.get("requests_needed") else ""
@@ -260,12 +346,16 @@ def _print_report(report: dict, out: Any) -> None:
             out.print(f"drift {key}: not computed ({entry['reason']})")
     for arm, entry in report.get("decay", {}).items():
         if "drop" in entry:
-            out.print(f"decay {arm}: {entry['earlier']:.3f} (n={entry['earlier_n']}) -> {entry['recent']:.3f} "
-                      f"(n={entry['recent_n']}), p={entry['p_value']:.3g}")
+            out.print(
+                f"decay {arm}: {entry['earlier']:.3f} (n={entry['earlier_n']}) -> {entry['recent']:.3f} "
+                f"(n={entry['recent_n']}), p={entry['p_value']:.3g}"
+            )
     retrain = report.get("retrain", {})
     if retrain.get("advised"):
-        out.print(f"[bold]retrain advised[/bold]: {retrain['feedback_rows']} labelled or confirmed feedback row(s) "
-                  f"usable; run `{retrain.get('command', 'tunewise retrain')}`")
+        out.print(
+            f"[bold]retrain advised[/bold]: {retrain['feedback_rows']} labelled or confirmed feedback row(s) "
+            f"usable; run `{retrain.get('command', 'tunewise retrain')}`"
+        )
     if report["actions"]:
         out.print("[bold red]action needed:[/bold red]")
         for action in report["actions"]:

@@ -28,8 +28,14 @@ Action = Literal["drop", "flag", "redact", "relabel"]
 _BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"})
 
 
-def range_text(*, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-               le: float | None = None, whole: bool = False) -> str:
+def range_text(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    whole: bool = False,
+) -> str:
     """How a range reads in help text and errors: 'in (0, 1]', 'a whole number >= 1'."""
     if whole:
         low = f" >= {ge:g}" if ge is not None else (f" > {gt:g}" if gt is not None else "")
@@ -46,18 +52,33 @@ def range_text(*, gt: float | None = None, ge: float | None = None, lt: float | 
     return "any number"
 
 
-def threshold_field(default: float | None, meaning: str, *, gt: float | None = None, ge: float | None = None,
-              lt: float | None = None, le: float | None = None, whole: bool = False,
-              when_empty: float | None = None) -> Any:
+def threshold_field(
+    default: float | None,
+    meaning: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    whole: bool = False,
+    when_empty: float | None = None,
+) -> Any:
     """A check's ``threshold`` field: its meaning, range and default; the help text says all three.
 
     ``when_empty``: the value an empty threshold stands for, when the stored default is None.
     """
     allowed = range_text(gt=gt, ge=ge, lt=lt, le=le, whole=whole)
     empty = f"; null means {when_empty:g}" if when_empty is not None else ""
-    return Field(default, gt=gt, ge=ge, lt=lt, le=le, multiple_of=1 if whole else None,
-                 description=f"{meaning}; {allowed}{empty}",
-                 json_schema_extra={"meaning": meaning, "when_empty": when_empty})
+    return Field(
+        default,
+        gt=gt,
+        ge=ge,
+        lt=lt,
+        le=le,
+        multiple_of=1 if whole else None,
+        description=f"{meaning}; {allowed}{empty}",
+        json_schema_extra={"meaning": meaning, "when_empty": when_empty},
+    )
 
 
 def _action(actions: tuple[str, ...]) -> Any:
@@ -94,7 +115,8 @@ class CheckSettings(BaseModel):
             if not any(e["type"] in _BOUND_ERRORS for e in err.errors()):
                 raise
             raise PydanticCustomError(
-                "threshold_range", "{check}.threshold must be {allowed}: {meaning}",
+                "threshold_range",
+                "{check}.threshold must be {allowed}: {meaning}",
                 {"check": cls.check, "allowed": cls.threshold_range(), "meaning": cls.threshold_meaning()},
             ) from None
 
@@ -159,7 +181,8 @@ class TooShortSettings(CheckSettings):
     actions = ("drop", "flag")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        2.0, "least letters an input must hold (letters, not words: 'Refund?' stays, 'k' or '?' go)", ge=1, whole=True)
+        2.0, "least letters an input must hold (letters, not words: 'Refund?' stays, 'k' or '?' go)", ge=1, whole=True
+    )
 
 
 class TooLongSettings(CheckSettings):
@@ -169,8 +192,12 @@ class TooLongSettings(CheckSettings):
     actions = ("drop", "flag")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        512.0, "most tokens of the base LLM's tokenizer a row may hold (input, chat context and, for generate, "
-        "the reply); raise it for a model with a longer context", ge=1, whole=True)
+        512.0,
+        "most tokens of the base LLM's tokenizer a row may hold (input, chat context and, for generate, "
+        "the reply); raise it for a model with a longer context",
+        ge=1,
+        whole=True,
+    )
 
 
 class ExactDuplicatesSettings(CheckSettings):
@@ -190,8 +217,11 @@ class NearDuplicatesSettings(CheckSettings):
     actions = ("drop", "flag")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        0.7, "Jaccard similarity of word 3-grams (numbers masked) at or above which two rows are near copies",
-        gt=0, le=1)
+        0.7,
+        "Jaccard similarity of word 3-grams (numbers masked) at or above which two rows are near copies",
+        gt=0,
+        le=1,
+    )
 
 
 class SemanticDuplicatesSettings(CheckSettings):
@@ -203,8 +233,8 @@ class SemanticDuplicatesSettings(CheckSettings):
     enabled: bool = Field(False, description="run this check (off by default: paraphrases are useful variety)")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        0.95, "cosine similarity of the encoder's embeddings at or above which two rows are reworded copies",
-        gt=0, le=1)
+        0.95, "cosine similarity of the encoder's embeddings at or above which two rows are reworded copies", gt=0, le=1
+    )
 
 
 class LabelConflictsSettings(CheckSettings):
@@ -215,8 +245,11 @@ class LabelConflictsSettings(CheckSettings):
     actions = ("relabel", "flag", "drop")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        0.9, "Jaccard similarity of word 3-grams (numbers masked) at or above which two inputs are the same "
-        "request", gt=0, le=1)
+        0.9,
+        "Jaccard similarity of word 3-grams (numbers masked) at or above which two inputs are the same request",
+        gt=0,
+        le=1,
+    )
 
 
 class LabelErrorsSettings(CheckSettings):
@@ -227,8 +260,11 @@ class LabelErrorsSettings(CheckSettings):
     actions = ("flag", "relabel", "drop")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        0.5, "least out-of-fold probability the model must give its own suggested label for a row to be "
-        "reported", ge=0, le=1)
+        0.5,
+        "least out-of-fold probability the model must give its own suggested label for a row to be reported",
+        ge=0,
+        le=1,
+    )
 
 
 class OffTopicSettings(CheckSettings):
@@ -239,8 +275,12 @@ class OffTopicSettings(CheckSettings):
     actions = ("drop", "flag")
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        0.5, "typicality (a row's similarity to the rest of the data as a share of a typical row's) below "
-        "which a row is off-topic", gt=0, le=1)
+        0.5,
+        "typicality (a row's similarity to the rest of the data as a share of a typical row's) below "
+        "which a row is off-topic",
+        gt=0,
+        le=1,
+    )
 
 
 class PiiSettings(CheckSettings):
@@ -260,8 +300,11 @@ class ThinClassesSettings(CheckSettings):
     actions = ("flag",)
     action: Action | None = _action(actions)
     threshold: float | None = threshold_field(
-        20.0, "least rows a class needs (under the default split about 2 land in validation and 4 in test)",
-        ge=1, whole=True)
+        20.0,
+        "least rows a class needs (under the default split about 2 land in validation and 4 in test)",
+        ge=1,
+        whole=True,
+    )
 
 
 class GenerationSettings(CheckSettings):
@@ -273,6 +316,10 @@ class GenerationSettings(CheckSettings):
     action: Action | None = _action(actions)
     # stored default None (as it always was), so existing configs and cache keys stay as they are
     threshold: float | None = threshold_field(
-        None, "mean cosine similarity of the inputs sharing one reply below which the reply counts as copied "
-        "(less a margin for small groups)", gt=0, le=1, when_empty=0.5)
-
+        None,
+        "mean cosine similarity of the inputs sharing one reply below which the reply counts as copied "
+        "(less a margin for small groups)",
+        gt=0,
+        le=1,
+        when_empty=0.5,
+    )

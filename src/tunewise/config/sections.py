@@ -61,19 +61,19 @@ class ColumnsConfig(Section):
 
 class DataConfig(Section):
     train: str = Field(..., description="training data file (csv, tsv, jsonl, json, parquet)")
-    test: str | None = Field(
-        None, description="frozen held-out test file; when given it is the test set as it is"
-    )
+    test: str | None = Field(None, description="frozen held-out test file; when given it is the test set as it is")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
         "auto", description="file format of train; auto infers it from the extension and content"
     )
     test_format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field(
-        "auto", description="file format of the test file; auto infers it from the test file's own extension and "
-        "content (format when the extension says nothing)"
+        "auto",
+        description="file format of the test file; auto infers it from the test file's own extension and "
+        "content (format when the extension says nothing)",
     )
     encoding: str = Field(
-        "utf-8", description="text encoding of the data files (csv, tsv, jsonl, json), e.g. latin-1 or cp1252; "
-        "tunewise init detects a file that is not UTF-8"
+        "utf-8",
+        description="text encoding of the data files (csv, tsv, jsonl, json), e.g. latin-1 or cp1252; "
+        "tunewise init detects a file that is not UTF-8",
     )
     test_encoding: str | None = Field(None, description="text encoding of the test file; default: encoding")
     record_format: Literal["auto", "text_label", "instruction", "prompt_completion", "messages"] = Field(
@@ -84,7 +84,10 @@ class DataConfig(Section):
     max_chars: int = Field(20000, gt=0, description="rows longer than this many characters are rejected")
     knowledge_base: str | None = Field(None, description="folder of .txt/.md files for retrieval (generate)")
     task_description: str | None = Field(None, description="one line saying what the task is about")
-    added: str = Field("added_labels.jsonl", description="labelled rows added with `tunewise add-labels` (read when the file exists); their test split stays untouched")
+    added: str = Field(
+        "added_labels.jsonl",
+        description="labelled rows added with `tunewise add-labels` (read when the file exists); their test split stays untouched",
+    )
 
     @field_validator("encoding", "test_encoding")
     @classmethod
@@ -102,7 +105,9 @@ class DataConfig(Section):
 
 
 class ModelsConfig(Section):
-    llm: str = Field("embedded:smollm2-135m-instruct", description="base LLM spec: embedded:NAME, a folder, or a hub id")
+    llm: str = Field(
+        "embedded:smollm2-135m-instruct", description="base LLM spec: embedded:NAME, a folder, or a hub id"
+    )
     encoder: str = Field("embedded:minilm-l6", description="sentence encoder spec")
     trust_remote_code: bool = Field(False, description="allow model code from the hub; off unless you trust it")
     offline: bool = Field(True, description="never contact a model hub")
@@ -127,7 +132,9 @@ class CurateConfig(Section):
     pii: PiiSettings = _check(PiiSettings)
     thin_classes: ThinClassesSettings = _check(ThinClassesSettings)
     generation: GenerationSettings = _check(GenerationSettings)
-    semantic_max_rows: int = Field(50000, ge=2, description="rows above which semantic_duplicates skips (quadratic search)")
+    semantic_max_rows: int = Field(
+        50000, ge=2, description="rows above which semantic_duplicates skips (quadratic search)"
+    )
     synthesize: bool = Field(False, description="generate synthetic paraphrases for thin classes")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     shingle: int = Field(3, ge=1, le=10, description="word n-gram size for near-duplicate shingles")
@@ -149,50 +156,80 @@ class ApiLlmConfig(Section):
     never a setting: ``api_key_env`` names the environment variable that holds it.
     """
 
-    base_url: str = Field(..., description="the OpenAI-compatible endpoint up to /v1, e.g. https://api.openai.com/v1 "
-                          "or http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, tunewise serve)")
+    base_url: str = Field(
+        ...,
+        description="the OpenAI-compatible endpoint up to /v1, e.g. https://api.openai.com/v1 "
+        "or http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, tunewise serve)",
+    )
     model: str = Field(..., description="the model name the endpoint expects, e.g. gpt-4o-mini")
     api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="name of the environment variable holding the API key (the key itself is "
-        "never written in a config, log or report); null for a local server without a key")
+        "OPENAI_API_KEY",
+        description="name of the environment variable holding the API key (the key itself is "
+        "never written in a config, log or report); null for a local server without a key",
+    )
     usd_per_million_input_tokens: float = Field(
-        0.0, ge=0, description="the endpoint's price of a million input tokens, USD")
+        0.0, ge=0, description="the endpoint's price of a million input tokens, USD"
+    )
     usd_per_million_output_tokens: float = Field(
-        0.0, ge=0, description="the endpoint's price of a million output tokens, USD")
+        0.0, ge=0, description="the endpoint's price of a million output tokens, USD"
+    )
     max_usd: float | None = Field(
-        10.0, ge=0, description="spending cap per candidate and run, USD: a batch whose estimated cost would take "
+        10.0,
+        ge=0,
+        description="spending cap per candidate and run, USD: a batch whose estimated cost would take "
         "the spend past it is not sent and the stage stops with the predictions made so far (cached rows are "
-        "free, so a re-run with a higher cap pays only for new rows); null: no cap")
+        "free, so a re-run with a higher cap pays only for new rows); null: no cap",
+    )
     max_usd_project: float | None = Field(
-        None, ge=0, description="spending cap of the whole project, USD, summed over every run, candidate and "
+        None,
+        ge=0,
+        description="spending cap of the whole project, USD, summed over every run, candidate and "
         "`tunewise distill` in the ledger file: a batch that would take the total past it is not sent; null: no cap "
-        "(the ledger still sums what was spent)")
+        "(the ledger still sums what was spent)",
+    )
     ledger: str | None = Field(
-        "tunewise_api_spend.json", description="the project's spending ledger (relative paths: beside the config); "
-        "null: keep no ledger (then max_usd_project cannot be set)")
+        "tunewise_api_spend.json",
+        description="the project's spending ledger (relative paths: beside the config); "
+        "null: keep no ledger (then max_usd_project cannot be set)",
+    )
     max_concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once")
     timeout_s: float = Field(30.0, gt=0, description="seconds to wait for one answer before retrying")
-    max_retries: int = Field(5, ge=0, le=20, description="retries of a request after 429, 5xx, a timeout or a "
-                             "malformed answer (exponential back-off with jitter; Retry-After is honoured)")
+    max_retries: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="retries of a request after 429, 5xx, a timeout or a "
+        "malformed answer (exponential back-off with jitter; Retry-After is honoured)",
+    )
     backoff_s: float = Field(
-        1.0, gt=0, description="first back-off between attempts, doubled each retry (at most 60 s)")
-    cache_dir: str | None = Field(None, description="folder of cached answers (one JSON file per request); "
-                                  "default: $TUNEWISE_HOME/api_cache")
+        1.0, gt=0, description="first back-off between attempts, doubled each retry (at most 60 s)"
+    )
+    cache_dir: str | None = Field(
+        None, description="folder of cached answers (one JSON file per request); default: $TUNEWISE_HOME/api_cache"
+    )
     no_cache: bool = Field(False, description="neither read nor write the cache: every row is requested again")
     temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0: the most likely answer)")
-    top_logprobs: int = Field(5, ge=0, le=20, description="classify: alternatives per token asked for to give a "
-                              "confidence score; 0: do not ask for log-probabilities")
+    top_logprobs: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="classify: alternatives per token asked for to give a "
+        "confidence score; 0: do not ask for log-probabilities",
+    )
     structured_output: bool = Field(
-        True, description="classify: ask for a JSON answer whose label is an enum of the labels (response_format), "
-        "falling back to a plain answer when the server refuses")
-    tokenizer: str | None = Field(None, description="tokenizer (a model folder or spec) for the spending estimate; "
-                                  "default: characters / 4")
+        True,
+        description="classify: ask for a JSON answer whose label is an enum of the labels (response_format), "
+        "falling back to a plain answer when the server refuses",
+    )
+    tokenizer: str | None = Field(
+        None, description="tokenizer (a model folder or spec) for the spending estimate; default: characters / 4"
+    )
 
     # the project folder, set when the config is loaded: the ledger's relative path resolves against it
     _project_dir: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _cap_needs_ledger(self) -> "ApiLlmConfig":
+    def _cap_needs_ledger(self) -> ApiLlmConfig:
         if self.max_usd_project is not None and not self.ledger:
             raise ValueError("max_usd_project sums spending in the ledger file: set ledger (or leave its default)")
         return self
@@ -214,48 +251,77 @@ class BaselineConfig(Section):
         "few_shot_llm; for generate: nn_reply, zero_shot_llm_gen, few_shot_llm_gen, rag_llm_gen (with a knowledge base)",
     )
     sample_size: int | Literal["auto"] | None = Field(
-        "auto", description="rows prompted-LLM candidates score. auto: the whole test and validation sets when "
+        "auto",
+        description="rows prompted-LLM candidates score. auto: the whole test and validation sets when "
         "the time estimated from the first rows scored fits time_budget_s, else a stratified sample sized to fit "
         "(at least 100 rows of each); a number: a stratified sample of this many test (and validation) rows; "
-        "null: all rows whatever the time")
+        "null: all rows whatever the time",
+    )
     time_budget_s: float | None = Field(
-        900.0, gt=0, description="sample_size auto: seconds of scoring (test + validation) allowed per prompted-LLM "
-        "candidate, fitting excluded; null: no limit")
-    few_shot_k: int = Field(5, ge=1, le=50, description="training examples placed in few-shot prompts (nearest by embedding)")
+        900.0,
+        gt=0,
+        description="sample_size auto: seconds of scoring (test + validation) allowed per prompted-LLM "
+        "candidate, fitting excluded; null: no limit",
+    )
+    few_shot_k: int = Field(
+        5, ge=1, le=50, description="training examples placed in few-shot prompts (nearest by embedding)"
+    )
     max_new_tokens: int = Field(128, ge=1, le=4096, description="generate: longest reply, in tokens")
-    system_prompt: str | None = Field(None, description="system prompt for the LLM candidates; default: a generic one per task")
+    system_prompt: str | None = Field(
+        None, description="system prompt for the LLM candidates; default: a generic one per task"
+    )
     rag_top_k: int = Field(3, ge=1, le=20, description="knowledge-base paragraphs placed in the RAG prompt")
     label_score: Literal["mean", "sum"] = Field(
         "sum", description="classify: rank labels by summed (whole answer) or mean (per token) log-likelihood"
     )
     calibrate: bool = Field(
-        True, description="zero_shot_llm: subtract each label's score for content-free messages (contextual calibration)"
+        True,
+        description="zero_shot_llm: subtract each label's score for content-free messages (contextual calibration)",
     )
     batch_size: int = Field(8, ge=1, le=512, description="examples per LLM forward pass")
-    max_input_tokens: int = Field(256, ge=8, description="longer messages (and few-shot examples) are cut to this many tokens")
+    max_input_tokens: int = Field(
+        256, ge=8, description="longer messages (and few-shot examples) are cut to this many tokens"
+    )
     shortlist: bool | int | Literal["auto"] = Field(
-        "auto", description="classify: the LLM scores only the labels a cheap ranker (nearest training example by "
+        "auto",
+        description="classify: the LLM scores only the labels a cheap ranker (nearest training example by "
         "sentence embedding) puts first for each message. auto (or true): the smallest size (5, 10, 15, 20, 30, 40, "
         "50, 75, 100) whose recall on validation reaches shortlist_recall, and every label when none does or there "
         "are too few labels; a number: that many labels; false: every label (slowest: on 77 labels most of the "
-        "tokens the LLM reads per message are label tokens)")
+        "tokens the LLM reads per message are label tokens)",
+    )
     shortlist_recall: float = Field(
-        0.99, gt=0, le=1, description="shortlist auto: share of validation messages whose true label must be on "
-        "their shortlist")
+        0.99,
+        gt=0,
+        le=1,
+        description="shortlist auto: share of validation messages whose true label must be on their shortlist",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="weights of the prompted LLMs. auto: bf16 where the CPU multiplies bf16 natively "
-        "(AVX512-BF16 or AMX; about 2x faster than fp32 there), else fp32; bf16 where it would be emulated is refused")
+        "auto",
+        description="weights of the prompted LLMs. auto: bf16 where the CPU multiplies bf16 natively "
+        "(AVX512-BF16 or AMX; about 2x faster than fp32 there), else fp32; bf16 where it would be emulated is refused",
+    )
     prompt_search: bool = Field(
-        True, description="few_shot_llm: choose the instruction (labels listed or not) and the demonstrations "
+        True,
+        description="few_shot_llm: choose the instruction (labels listed or not) and the demonstrations "
         "(nearest examples or nearest example per label) by accuracy on validation rows, as DSPy's optimisers do; "
-        "the summary reports what was tried and the gain over the plain prompt")
-    prompt_search_rows: int = Field(200, ge=20, le=5000, description="prompt_search: validation rows each prompt is scored on")
+        "the summary reports what was tried and the gain over the plain prompt",
+    )
+    prompt_search_rows: int = Field(
+        200, ge=20, le=5000, description="prompt_search: validation rows each prompt is scored on"
+    )
     prompt_search_final_rows: int = Field(
-        600, ge=20, le=20000, description="prompt_search: the prompts within noise of the best after the first "
-        "prompt_search_rows are scored again on up to this many rows in all, and the choice is made on those")
+        600,
+        ge=20,
+        le=20000,
+        description="prompt_search: the prompts within noise of the best after the first "
+        "prompt_search_rows are scored again on up to this many rows in all, and the choice is made on those",
+    )
     api_llm: ApiLlmConfig | None = Field(
-        None, description="the api_* candidates (api_zero_shot, api_few_shot, api_zero_shot_gen, api_few_shot_gen): "
-        "an OpenAI-compatible endpoint, its prices and limits; the key stays in the environment (api_key_env)")
+        None,
+        description="the api_* candidates (api_zero_shot, api_few_shot, api_zero_shot_gen, api_few_shot_gen): "
+        "an OpenAI-compatible endpoint, its prices and limits; the key stays in the environment (api_key_env)",
+    )
 
     @field_validator("sample_size")
     @classmethod
@@ -287,41 +353,69 @@ class EvaluateConfig(Section):
     """The ``evaluate:`` section: metrics, intervals, slices, robustness and the gate."""
 
     baseline: str | None = Field(
-        None, description="the incumbent, what the team runs today: a candidate name, or predictions:FILE (the "
+        None,
+        description="the incumbent, what the team runs today: a candidate name, or predictions:FILE (the "
         "current system's answers on the test file: id,prediction[,latency_ms,usd], joined on id); default: the "
         "strongest prompted LLM measured. A baseline within noise of chance is not meaningful: the minimum-improvement "
-        "rule is then measured against the best candidate that needs no fine-tuning")
-    candidates: list[str] | None = Field(None, description="evaluate only these candidates; default: all with predictions")
-    threshold: float = Field(0.15, ge=0, description="minimum improvement: relative gain over the baseline a fine-tuned "
-                             "candidate must reach (the whole interval above it) for FINE_TUNE")
+        "rule is then measured against the best candidate that needs no fine-tuning",
+    )
+    candidates: list[str] | None = Field(
+        None, description="evaluate only these candidates; default: all with predictions"
+    )
+    threshold: float = Field(
+        0.15,
+        ge=0,
+        description="minimum improvement: relative gain over the baseline a fine-tuned "
+        "candidate must reach (the whole interval above it) for FINE_TUNE",
+    )
     n_resamples: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples for every interval")
     confidence_level: float = Field(0.95, gt=0.5, lt=1, description="level of every interval")
-    out_of_scope_label: str = Field("out_of_scope", description="classify: label of messages the model should not answer")
+    out_of_scope_label: str = Field(
+        "out_of_scope", description="classify: label of messages the model should not answer"
+    )
     target_precision: float = Field(
-        0.9, gt=0, le=1, description="classify: the out-of-scope threshold is the lowest confidence at which "
-        "validation answers reach this precision; answers below it become the out-of-scope label")
+        0.9,
+        gt=0,
+        le=1,
+        description="classify: the out-of-scope threshold is the lowest confidence at which "
+        "validation answers reach this precision; answers below it become the out-of-scope label",
+    )
     format_pattern: str | None = Field(
-        None, description="generate: regular expression every reply should contain (re.search; anchor with ^...$ for all of it)")
-    embedding_similarity: bool = Field(True, description="generate: cosine similarity of reply and reference embeddings")
+        None,
+        description="generate: regular expression every reply should contain (re.search; anchor with ^...$ for all of it)",
+    )
+    embedding_similarity: bool = Field(
+        True, description="generate: cosine similarity of reply and reference embeddings"
+    )
     min_slice_rows: int = Field(20, ge=1, description="slices with fewer rows are reported as not computable")
     robustness: bool = Field(True, description="re-predict a sample of the test set under perturbations")
     perturbations: list[str] = Field(
         default_factory=lambda: ["typos", "casing", "punctuation", "fillers"],
-        description="perturbations for the robustness check (tunewise.core.perturb): typos, casing, punctuation, fillers")
+        description="perturbations for the robustness check (tunewise.core.perturb): typos, casing, punctuation, fillers",
+    )
     robustness_rows: int = Field(300, ge=10, description="test rows re-predicted per perturbation")
     robustness_expensive: bool = Field(
-        False, description="also re-predict LLM prompting candidates under perturbations (slow on a CPU)")
+        False, description="also re-predict LLM prompting candidates under perturbations (slow on a CPU)"
+    )
     overfit_gap: float = Field(
-        0.10, gt=0, description="flag a candidate whose train score exceeds its validation score by more than "
-        "this share of the validation score (and validation vs test likewise)")
+        0.10,
+        gt=0,
+        description="flag a candidate whose train score exceeds its validation score by more than "
+        "this share of the validation score (and validation vs test likewise)",
+    )
     overfit_train_rows: int = Field(2000, ge=10, description="training rows re-predicted for the train score")
     forgetting: bool = Field(True, description="run the general-ability probe on the base and fine-tuned LLM")
-    human_sheet_size: int = Field(50, ge=0, description="rows in the blind side-by-side sheet for people; 0 turns it off")
+    human_sheet_size: int = Field(
+        50, ge=0, description="rows in the blind side-by-side sheet for people; 0 turns it off"
+    )
     gate_beats_cheap: bool = Field(
-        True, description="gate: the chosen candidate must not lose to the best cheap candidate beyond noise")
+        True, description="gate: the chosen candidate must not lose to the best cheap candidate beyond noise"
+    )
     ensemble: bool = Field(
-        True, description="classify: also evaluate 'ensemble', the mean class probabilities of the fine-tuned "
-        "candidates and the best cheap one (by validation accuracy), when there are at least two")
+        True,
+        description="classify: also evaluate 'ensemble', the mean class probabilities of the fine-tuned "
+        "candidates and the best cheap one (by validation accuracy), when there are at least two",
+    )
     worst_examples: int = Field(10, ge=0, description="worst examples listed per candidate")
     top_confusions: int = Field(10, ge=1, description="classify: largest confusions named per candidate")
 
@@ -356,29 +450,56 @@ class TrainConfig(Section):
     """The ``train:`` section of tunewise.yaml. ``None`` means: sized from the data (see plan_run)."""
 
     candidates: list[str] | None = Field(
-        None, description="fine-tuned candidates to train; default for classify: lora_llm, encoder_ft; "
-        "for generate: lora_llm_gen")
+        None,
+        description="fine-tuned candidates to train; default for classify: lora_llm, encoder_ft; "
+        "for generate: lora_llm_gen",
+    )
     overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="settings for one candidate over the ones in this section, e.g. "
-        "{lora_llm: {max_steps: 100}, encoder_ft: {learning_rate: 1e-4}}")
+        default_factory=dict,
+        description="settings for one candidate over the ones in this section, e.g. "
+        "{lora_llm: {max_steps: 100}, encoder_ft: {learning_rate: 1e-4}}",
+    )
     # -- how long
-    epochs: int | None = Field(None, ge=1, le=100, description="cap on passes over the training data; default: a "
-                               "budget sized from the data (at least 3 epochs, 3,000 examples and 100 per class "
-                               "seen; at most 20 epochs), inside which early stopping on validation decides")
-    max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps; default: none (the data-sized "
-                                  "budget and early stopping decide)")
-    max_minutes: float | None = Field(None, gt=0, description="cap on training time of one candidate, in minutes "
-                                      "(validation included, summed over resumed runs); default: none")
-    batch_size: int | None = Field(None, ge=1, le=4096, description="examples per forward pass; default 16 "
-                                   "(classify) or 8 (generate)")
-    gradient_accumulation: int = Field(1, ge=1, le=1024, description="forward passes per optimiser step "
-                                       "(effective batch = batch_size x this)")
-    max_length: int | None = Field(None, ge=8, description="longest example in tokens (longer ones are cut); "
-                                   "default: the longest in the training data, rounded up to 8, capped")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="cap on passes over the training data; default: a "
+        "budget sized from the data (at least 3 epochs, 3,000 examples and 100 per class "
+        "seen; at most 20 epochs), inside which early stopping on validation decides",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="cap on optimiser steps; default: none (the data-sized budget and early stopping decide)",
+    )
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="cap on training time of one candidate, in minutes "
+        "(validation included, summed over resumed runs); default: none",
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="examples per forward pass; default 16 (classify) or 8 (generate)"
+    )
+    gradient_accumulation: int = Field(
+        1, ge=1, le=1024, description="forward passes per optimiser step (effective batch = batch_size x this)"
+    )
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="longest example in tokens (longer ones are cut); "
+        "default: the longest in the training data, rounded up to 8, capped",
+    )
     max_length_cap: int = Field(512, ge=8, description="upper bound for the data-sized max_length")
     # -- optimiser and schedule
-    learning_rate: float | None = Field(None, gt=0, lt=1, description="peak learning rate; default 1e-3 "
-                                        "(lora classify), 2e-4 (lora generate), 5e-5 (encoder; its new head 20x)")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="peak learning rate; default 1e-3 "
+        "(lora classify), 2e-4 (lora generate), 5e-5 (encoder; its new head 20x)",
+    )
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warm-up")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of the steps spent warming up linearly")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay (not on biases and norms)")
@@ -386,65 +507,123 @@ class TrainConfig(Section):
     # -- LoRA
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float | None = Field(None, ge=0, lt=1, description="dropout on the LoRA input; default 0.05 "
-                                       "(generate), 0 (classify: drawing the masks took 16% of a step there; early "
-                                       "stopping on validation regularises)")
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES),
-                                      description="module names that get LoRA adapters (attention and MLP projections)")
-    lora_layers: int | None = Field(None, ge=1, description="transformer layers, counted from the top, that get "
-                                    "LoRA adapters; default: all (generate), the top third (classify: the lower "
-                                    "layers stay frozen and their output is computed once, see cache_frozen_layers)")
-    cache_frozen_layers: bool = Field(True, description="classify with adapters on the top layers only: run the "
-                                      "frozen lower layers once per example and reuse their output every epoch "
-                                      "(the same model, a fraction of the compute)")
+    lora_dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="dropout on the LoRA input; default 0.05 "
+        "(generate), 0 (classify: drawing the masks took 16% of a step there; early "
+        "stopping on validation regularises)",
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        description="module names that get LoRA adapters (attention and MLP projections)",
+    )
+    lora_layers: int | None = Field(
+        None,
+        ge=1,
+        description="transformer layers, counted from the top, that get "
+        "LoRA adapters; default: all (generate), the top third (classify: the lower "
+        "layers stay frozen and their output is computed once, see cache_frozen_layers)",
+    )
+    cache_frozen_layers: bool = Field(
+        True,
+        description="classify with adapters on the top layers only: run the "
+        "frozen lower layers once per example and reuse their output every epoch "
+        "(the same model, a fraction of the compute)",
+    )
     attention: Literal["auto", "eager", "sdpa"] = Field(
-        "auto", description="attention kernel in training; auto: eager for classify rows up to 128 tokens on a CPU "
-        "(SDPA's fused CPU backward was 20x slower on short rows), else sdpa")
-    cache_memory_gib: float = Field(2.0, gt=0, description="largest cache of frozen-layer outputs (4 bytes x "
-                                    "tokens x hidden size); above it every step runs the whole model")
+        "auto",
+        description="attention kernel in training; auto: eager for classify rows up to 128 tokens on a CPU "
+        "(SDPA's fused CPU backward was 20x slower on short rows), else sdpa",
+    )
+    cache_memory_gib: float = Field(
+        2.0,
+        gt=0,
+        description="largest cache of frozen-layer outputs (4 bytes x "
+        "tokens x hidden size); above it every step runs the whole model",
+    )
     # -- validation, early stopping, overfitting
-    eval_every: int | None = Field(None, ge=1, description="optimiser steps between validations; default: "
-                                   "about 4 per epoch (at least 4, at most 40 per run)")
-    eval_max_rows: int = Field(256, ge=1, description="validation rows used during training (a stratified "
-                                                      "head of the validation split)")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="optimiser steps between validations; default: about 4 per epoch (at least 4, at most 40 per run)",
+    )
+    eval_max_rows: int = Field(
+        256, ge=1, description="validation rows used during training (a stratified head of the validation split)"
+    )
     monitor: Literal["auto", "loss", "accuracy", "macro_f1", "chrf"] = Field(
-        "auto", description="validation metric that picks the best checkpoint; auto: macro_f1 (classify), loss (generate)")
+        "auto",
+        description="validation metric that picks the best checkpoint; auto: macro_f1 (classify), loss (generate)",
+    )
     early_stopping: bool = Field(True, description="stop when the monitored metric stops improving")
     patience: int = Field(3, ge=1, description="validations without improvement before early stopping")
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
-    overfit_window: int = Field(2, ge=1, description="stop (with a warning) when validation worsened this many "
-                                "times in a row while training loss fell each time")
-    generate_sample: int = Field(8, ge=0, description="generate: validation rows whose replies are generated at "
-                                 "each validation for chrF (0: loss only)")
+    overfit_window: int = Field(
+        2,
+        ge=1,
+        description="stop (with a warning) when validation worsened this many "
+        "times in a row while training loss fell each time",
+    )
+    generate_sample: int = Field(
+        8,
+        ge=0,
+        description="generate: validation rows whose replies are generated at each validation for chrF (0: loss only)",
+    )
     max_new_tokens: int = Field(128, ge=1, le=4096, description="generate: longest generated reply, in tokens")
-    system_prompt: str | None = Field(None, description="generate: system message of every conversation; "
-                                      "default: none (the chat template's own default applies)")
+    system_prompt: str | None = Field(
+        None,
+        description="generate: system message of every conversation; "
+        "default: none (the chat template's own default applies)",
+    )
     # -- data
-    augment: int = Field(0, ge=0, le=10, description="perturbed copies of each training row (typos, casing, "
-                         "punctuation, filler words; tunewise.core.perturb); 0: off")
+    augment: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="perturbed copies of each training row (typos, casing, "
+        "punctuation, filler words; tunewise.core.perturb); 0: off",
+    )
     augment_kinds: list[str] | None = Field(None, description="perturbations to draw from; default: all")
     # -- checkpoints
-    checkpoint_every: int | None = Field(None, ge=1, description="optimiser steps between checkpoints; "
-                                         "default: at every validation")
-    resume: bool = Field(True, description="continue from the last checkpoint of an interrupted run with the "
-                         "same settings and data")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="optimiser steps between checkpoints; default: at every validation"
+    )
+    resume: bool = Field(
+        True, description="continue from the last checkpoint of an interrupted run with the same settings and data"
+    )
     # -- compute
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16: matmuls under bf16 autocast (weights and optimiser stay fp32); auto: bf16 where "
+        "auto",
+        description="bf16: matmuls under bf16 autocast (weights and optimiser stay fp32); auto: bf16 where "
         "the hardware has native bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32. "
-        "Measured 2.5x faster than fp32 on an AVX512-BF16 CPU; emulated bf16 would be slower, so it is refused")
+        "Measured 2.5x faster than fp32 on an AVX512-BF16 CPU; emulated bf16 would be slower, so it is refused",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
     gradient_checkpointing: bool | None = Field(
-        None, description="recompute activations in backward (far less memory; all layers: 30-50% more compute); "
-        "default (null): just enough layers to keep the largest batch's activations under activation_memory_gib")
-    activation_memory_gib: float = Field(0.75, gt=0, description="activation memory (estimated) that the automatic "
-                                         "gradient checkpointing keeps a batch under")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: os.cpu_count(), or 1 when "
-                                    "a short probe runs faster on 1 (a machine busy with other processes: one thread "
-                                    "measured up to 6x faster than two there)")
-    sample_size: int | None = Field(500, ge=1, description="generate candidates predict a stratified sample of "
-                                    "this many test and validation rows (same ids as the baseline stage when "
-                                    "baseline.sample_size is the same); null: all")
+        None,
+        description="recompute activations in backward (far less memory; all layers: 30-50% more compute); "
+        "default (null): just enough layers to keep the largest batch's activations under activation_memory_gib",
+    )
+    activation_memory_gib: float = Field(
+        0.75,
+        gt=0,
+        description="activation memory (estimated) that the automatic gradient checkpointing keeps a batch under",
+    )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads; default: os.cpu_count(), or 1 when "
+        "a short probe runs faster on 1 (a machine busy with other processes: one thread "
+        "measured up to 6x faster than two there)",
+    )
+    sample_size: int | None = Field(
+        500,
+        ge=1,
+        description="generate candidates predict a stratified sample of "
+        "this many test and validation rows (same ids as the baseline stage when "
+        "baseline.sample_size is the same); null: all",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -464,10 +643,11 @@ class TrainConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         if self.max_length is not None and self.max_length > self.max_length_cap:
-            raise ValueError(f"max_length {self.max_length} is above max_length_cap {self.max_length_cap}; "
-                             "raise max_length_cap too")
+            raise ValueError(
+                f"max_length {self.max_length} is above max_length_cap {self.max_length_cap}; raise max_length_cap too"
+            )
         if self.monitor == "chrf" and self.generate_sample == 0:
             raise ValueError("monitor: chrf needs generate_sample > 0 (replies to score)")
         for name, settings in self.overrides.items():
@@ -476,7 +656,7 @@ class TrainConfig(Section):
             self.for_candidate(name)  # an unknown key or bad value fails here, at load time
         return self
 
-    def for_candidate(self, name: str) -> "TrainConfig":
+    def for_candidate(self, name: str) -> TrainConfig:
         """This section with ``overrides[name]`` applied: the settings ``name`` trains with."""
         settings = self.overrides.get(name)
         if not settings:
@@ -497,43 +677,76 @@ class RoiConfig(Section):
     that cite their source and date.
     """
 
-    monthly_volume: float | None = Field(None, gt=0, description="requests (messages, tickets) a month the model "
-                                         "would handle")
+    monthly_volume: float | None = Field(
+        None, gt=0, description="requests (messages, tickets) a month the model would handle"
+    )
     value_per_outcome_usd: float | None = Field(
-        None, gt=0, le=1e6, description="value of one more correct outcome (e.g. a support ticket resolved "
-        "without an agent), in USD")
+        None,
+        gt=0,
+        le=1e6,
+        description="value of one more correct outcome (e.g. a support ticket resolved without an agent), in USD",
+    )
     horizon_months: int = Field(12, ge=1, le=120, description="payback must fall within this many months for FINE_TUNE")
     # -- one-time cost
     gpu: str = Field("A10G", description="reference GPU that prices training (A10G, L4, A100-40GB, H100)")
     gpu_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the GPU's hourly price")
-    gpu_utilisation: float | None = Field(None, gt=0, le=1, description="override the share of peak FLOP/s "
-                                          "training reaches (default 0.35)")
-    training_runs: int = Field(1, ge=1, le=1000, description="trainings to pay for within the horizon "
-                               "(first run plus planned retrains)")
-    review_minutes_per_row: float = Field(1.0, ge=0, le=600, description="minutes a person spends on a row "
-                                          "curation flagged for review")
+    gpu_utilisation: float | None = Field(
+        None, gt=0, le=1, description="override the share of peak FLOP/s training reaches (default 0.35)"
+    )
+    training_runs: int = Field(
+        1, ge=1, le=1000, description="trainings to pay for within the horizon (first run plus planned retrains)"
+    )
+    review_minutes_per_row: float = Field(
+        1.0, ge=0, le=600, description="minutes a person spends on a row curation flagged for review"
+    )
     reviewer_usd_per_hour: float = Field(40.0, ge=0, le=10000, description="hourly rate of that person")
     new_labels: int = Field(0, ge=0, description="new labelled rows to buy or write")
     usd_per_label: float = Field(0.5, ge=0, le=10000, description="price of one new labelled row")
-    engineering_days: float = Field(5.0, ge=0, le=10000, description="engineering days to build, ship and "
-                                    "maintain a fine-tuned model over the horizon")
-    engineering_days_cheap: float = Field(2.0, ge=0, le=10000, description="engineering days to build, ship and "
-                                          "maintain a cheap classic model (TF-IDF, embeddings + linear) over the horizon")
-    engineering_days_prompted: float = Field(1.0, ge=0, le=10000, description="engineering days to build, ship and "
-                                             "maintain a prompted LLM over the horizon (the incumbent costs none: it runs already)")
+    engineering_days: float = Field(
+        5.0,
+        ge=0,
+        le=10000,
+        description="engineering days to build, ship and maintain a fine-tuned model over the horizon",
+    )
+    engineering_days_cheap: float = Field(
+        2.0,
+        ge=0,
+        le=10000,
+        description="engineering days to build, ship and "
+        "maintain a cheap classic model (TF-IDF, embeddings + linear) over the horizon",
+    )
+    engineering_days_prompted: float = Field(
+        1.0,
+        ge=0,
+        le=10000,
+        description="engineering days to build, ship and "
+        "maintain a prompted LLM over the horizon (the incumbent costs none: it runs already)",
+    )
     engineer_usd_per_day: float = Field(800.0, ge=0, le=100000, description="day rate of that engineer")
     # -- running cost
-    serving_instance: str = Field("auto", description="CPU instance that serves a model, priced from "
-                                  "tunewise.core.pricing.CPU_INSTANCES (latencies measured here scale by its vCPUs); auto: "
-                                  "for each candidate the smallest instance whose memory holds it")
+    serving_instance: str = Field(
+        "auto",
+        description="CPU instance that serves a model, priced from "
+        "tunewise.core.pricing.CPU_INSTANCES (latencies measured here scale by its vCPUs); auto: "
+        "for each candidate the smallest instance whose memory holds it",
+    )
     serving_usd_per_hour: float | None = Field(None, gt=0, le=1000, description="override the instance's price")
-    always_on: bool = Field(True, description="a served model keeps one instance running all month even when "
-                            "traffic needs less")
+    always_on: bool = Field(
+        True, description="a served model keeps one instance running all month even when traffic needs less"
+    )
     baseline_usd_per_million_tokens: float | None = Field(
-        None, gt=0, le=10000, description="the incumbent is a hosted LLM API at this price (input and output "
-        "tokens); default: it runs on a serving instance like the candidates (a predictions file's usd column wins)")
-    tokens_per_request: float | None = Field(None, gt=0, description="tokens per request for API pricing; "
-                                             "default: measured on the test inputs (about 4 characters a token)")
+        None,
+        gt=0,
+        le=10000,
+        description="the incumbent is a hosted LLM API at this price (input and output "
+        "tokens); default: it runs on a serving instance like the candidates (a predictions file's usd column wins)",
+    )
+    tokens_per_request: float | None = Field(
+        None,
+        gt=0,
+        description="tokens per request for API pricing; "
+        "default: measured on the test inputs (about 4 characters a token)",
+    )
 
     @field_validator("gpu", "serving_instance")
     @classmethod
@@ -552,58 +765,96 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="address to listen on; 127.0.0.1 keeps the server local")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     arms: dict[str, float] | None = Field(
-        None, description="arm weights, ARM[:CANDIDATE]=WEIGHT; default incumbent (the gate's baseline) 0.9 and "
-                          "candidate (the decision's recommendation, else the gate's candidate) 0.1")
-    incumbent: str | None = Field(None, description="arm that answers when another arm fails; default the arm "
-                                                    "named incumbent, else the first")
-    store_url: str | None = Field(None, description="request log: a SQLAlchemy URL (postgresql+psycopg://... for "
-                                                    "several replicas); default SQLite runs/<id>/serve/requests.db")
-    api_key_env: str = Field("TUNEWISE_API_KEY", description="environment variable holding the API key; "
-                                                              "no key set means no key required")
+        None,
+        description="arm weights, ARM[:CANDIDATE]=WEIGHT; default incumbent (the gate's baseline) 0.9 and "
+        "candidate (the decision's recommendation, else the gate's candidate) 0.1",
+    )
+    incumbent: str | None = Field(
+        None, description="arm that answers when another arm fails; default the arm named incumbent, else the first"
+    )
+    store_url: str | None = Field(
+        None,
+        description="request log: a SQLAlchemy URL (postgresql+psycopg://... for "
+        "several replicas); default SQLite runs/<id>/serve/requests.db",
+    )
+    api_key_env: str = Field(
+        "TUNEWISE_API_KEY", description="environment variable holding the API key; no key set means no key required"
+    )
     max_body_bytes: int = Field(65536, gt=0, description="larger request bodies are refused with 413")
     max_input_chars: int = Field(8000, gt=0, description="longer inputs are refused with 422")
     max_tokens: int = Field(256, gt=0, description="upper bound of max_tokens a chat request may ask for")
     max_batch: int = Field(32, ge=1, description="micro-batching: most requests one predict call takes")
     max_wait_ms: float = Field(5.0, ge=0, description="micro-batching: how long a batch waits to fill")
-    arms_refresh_s: float = Field(1.0, gt=0, description="how often weights are re-read from the log "
-                                                         "(replicas on one database share them)")
+    arms_refresh_s: float = Field(
+        1.0, gt=0, description="how often weights are re-read from the log (replicas on one database share them)"
+    )
     store_inputs: bool = Field(True, description="keep input texts in the log (monitor's drift check needs them)")
     # Measured on 2 cores (bench/bench_serve.py): one request at a time serves 13.7 req/s with 1 thread
     # and 11.1 with 2 (the event loop needs a core); a batch of 32 runs 1.6x faster with 2 threads.
-    torch_threads: int | None = Field(1, ge=1, description="torch threads for single requests and small "
-                                      "batches; None: torch's default (the machine's cores)")
+    torch_threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch threads for single requests and small batches; None: torch's default (the machine's cores)",
+    )
     batch_threads: int | None = Field(
-        None, ge=1, description="torch threads for a micro-batch of at least batch_threads_min_rows requests; "
-        "default: the machine's cores (one request is too small to split across cores, a full batch is not)")
+        None,
+        ge=1,
+        description="torch threads for a micro-batch of at least batch_threads_min_rows requests; "
+        "default: the machine's cores (one request is too small to split across cores, a full batch is not)",
+    )
     batch_threads_min_rows: int = Field(8, ge=2, description="micro-batches this large use batch_threads")
     keep_alive_s: float = Field(
-        75.0, gt=0, description="idle keep-alive connections are closed after this; above the clients' pool "
-        "expiry so a client never reuses a connection the server is closing (uvicorn's 5 s default races)")
-    admin_key_env: str = Field("TUNEWISE_ADMIN_KEY", description="environment variable holding the admin key "
-                               "(POST /admin/arms, forcing an arm); without it those answer loopback clients only")
-    max_turns: int = Field(32, ge=1, description="most chat messages in one request (history and the new message; "
-                           "context entries and the text on classify); more are refused with 413")
-    max_context_chars: int = Field(32000, gt=0, description="most characters of all messages of one request "
-                                   "together; more are refused with 413")
-    max_context_tokens: int | None = Field(None, ge=16, description="most prompt tokens (messages, the model's "
-                                           "system prompt and its reply budget); default the model's context length")
+        75.0,
+        gt=0,
+        description="idle keep-alive connections are closed after this; above the clients' pool "
+        "expiry so a client never reuses a connection the server is closing (uvicorn's 5 s default races)",
+    )
+    admin_key_env: str = Field(
+        "TUNEWISE_ADMIN_KEY",
+        description="environment variable holding the admin key "
+        "(POST /admin/arms, forcing an arm); without it those answer loopback clients only",
+    )
+    max_turns: int = Field(
+        32,
+        ge=1,
+        description="most chat messages in one request (history and the new message; "
+        "context entries and the text on classify); more are refused with 413",
+    )
+    max_context_chars: int = Field(
+        32000, gt=0, description="most characters of all messages of one request together; more are refused with 413"
+    )
+    max_context_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="most prompt tokens (messages, the model's "
+        "system prompt and its reply budget); default the model's context length",
+    )
     context_overflow: Literal["refuse", "truncate"] = Field(
-        "refuse", description="a history beyond the context limit: refuse (413) or drop the oldest turns until "
-                              "it fits (the answer says how many were dropped)")
-    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered in this time gets 504 and "
-                                     "its model computation is stopped, so the next request does not wait")
-    body_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received in this time gets "
-                                  "408 and the connection is closed")
+        "refuse",
+        description="a history beyond the context limit: refuse (413) or drop the oldest turns until "
+        "it fits (the answer says how many were dropped)",
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a request not answered in this time gets 504 and "
+        "its model computation is stopped, so the next request does not wait",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="a request body not fully received in this time gets 408 and the connection is closed"
+    )
 
 
 class MonitorConfig(Section):
-    since: str | None = Field(None, description="default window: a duration (24h, 7d, 30m) or an ISO date; "
-                                                "default everything")
+    since: str | None = Field(
+        None, description="default window: a duration (24h, 7d, 30m) or an ISO date; default everything"
+    )
     confidence_level: float = Field(0.95, gt=0.5, lt=1, description="level of intervals and of the verdict")
     power: float = Field(0.8, gt=0.5, lt=1, description="power for the traffic needed to decide")
     min_feedback: int = Field(30, ge=1, description="labelled feedback an arm needs before a verdict")
-    min_detectable_effect: float = Field(0.05, gt=0, lt=1, description="smallest accuracy difference worth "
-                                                                       "detecting (sizes the traffic needed)")
+    min_detectable_effect: float = Field(
+        0.05, gt=0, lt=1, description="smallest accuracy difference worth detecting (sizes the traffic needed)"
+    )
     psi_warn: float = Field(0.1, ge=0, description="population stability index: moderate shift from here")
     psi_alert: float = Field(0.25, ge=0, description="population stability index: shift needing action from here")
     drift_window: int = Field(500, ge=10, description="the most recent requests the drift checks look at")
@@ -612,8 +863,9 @@ class MonitorConfig(Section):
     drift_alpha: float = Field(0.01, gt=0, lt=1, description="embedding drift is flagged below this p-value")
     latency_p50_budget_ms: float = Field(200.0, gt=0, description="median latency budget per arm")
     latency_p99_budget_ms: float = Field(1000.0, gt=0, description="99th percentile latency budget per arm")
-    error_rate_budget: float = Field(0.01, ge=0, le=1, description="share of failed requests (fallback or error) "
-                                                                   "allowed per arm")
+    error_rate_budget: float = Field(
+        0.01, ge=0, le=1, description="share of failed requests (fallback or error) allowed per arm"
+    )
     seed: int = Field(0, description="seed of the drift resampling")
 
 
@@ -623,7 +875,9 @@ class TrackingConfig(Section):
 
 
 class ProjectConfig(Section):
-    task: Literal["classify", "generate"] = Field("classify", description="classify (text to label) or generate (input to reply)")
+    task: Literal["classify", "generate"] = Field(
+        "classify", description="classify (text to label) or generate (input to reply)"
+    )
     seed: int = Field(0, description="global seed")
     runs_dir: str = Field("runs", description="where runs/<run-id>/<stage>/ go")
     data: DataConfig
@@ -633,10 +887,15 @@ class ProjectConfig(Section):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="baseline candidates")
     train: TrainConfig = Field(default_factory=TrainConfig, description="fine-tuning settings")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="evaluation and gate settings")
-    roi: RoiConfig = Field(default_factory=RoiConfig, description="business assumptions for the verdict (FINE_TUNE, USE_ALTERNATIVE, NOT_YET, INCONCLUSIVE)")
+    roi: RoiConfig = Field(
+        default_factory=RoiConfig,
+        description="business assumptions for the verdict (FINE_TUNE, USE_ALTERNATIVE, NOT_YET, INCONCLUSIVE)",
+    )
     serve: ServeConfig = Field(default_factory=ServeConfig, description="the A/B server (tunewise serve)")
     monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="live monitoring (tunewise monitor)")
-    tracking: TrackingConfig | Literal["off"] = Field(default_factory=TrackingConfig, description="MLflow settings, or off")
+    tracking: TrackingConfig | Literal["off"] = Field(
+        default_factory=TrackingConfig, description="MLflow settings, or off"
+    )
 
     @field_validator("tracking", mode="before")
     @classmethod
@@ -668,7 +927,7 @@ class ProjectConfig(Section):
     def incumbent_predictions_file(self) -> Path | None:
         """``evaluate.baseline: predictions:FILE``: the team's current system's answers on the test file."""
         baseline = self.evaluate.baseline or ""
-        return self.resolve(baseline[len("predictions:"):]) if baseline.startswith("predictions:") else None
+        return self.resolve(baseline[len("predictions:") :]) if baseline.startswith("predictions:") else None
 
     def evaluate_files(self) -> list[Path]:
         """User files the evaluate stage reads (its cache key holds their digests)."""

@@ -48,6 +48,7 @@ def _current_umask() -> int:
     os.umask(mask)
     return mask
 
+
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
 # Formats the pipeline writes user rows in (records, splits, predictions, issues tables, sheets).
@@ -81,12 +82,23 @@ def _write_error(final: Path, exc: OSError) -> ArtifactWriteError:
     code = exc.errno
     if code is None:  # pyarrow and others raise OSError("... No space left on device ...") without errno
         text = str(exc).lower()
-        code = next((c for c, words in ((errno.ENOSPC, "no space left"), (errno.EROFS, "read-only file system"),
-                                        (errno.EACCES, "permission denied")) if words in text), None)
+        code = next(
+            (
+                c
+                for c, words in (
+                    (errno.ENOSPC, "no space left"),
+                    (errno.EROFS, "read-only file system"),
+                    (errno.EACCES, "permission denied"),
+                )
+                if words in text
+            ),
+            None,
+        )
     cause = str(exc) or type(exc).__name__
     reason = f"{_ADVICE[code]} ({cause})" if code in _ADVICE else cause
-    error = ArtifactWriteError(f"could not write {final}: {reason}. The previous version of the file, if any, "
-                               "is unchanged")
+    error = ArtifactWriteError(
+        f"could not write {final}: {reason}. The previous version of the file, if any, is unchanged"
+    )
     error.errno, error.filename = code, str(final)
     return error
 
@@ -256,8 +268,9 @@ def csv_unescape_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return _map_text(frame, csv_unescape)
 
 
-def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame, *, private: bool | None = None,
-              escape: bool = True) -> Path:
+def write_csv(
+    path: str | os.PathLike[str], frame: pd.DataFrame, *, private: bool | None = None, escape: bool = True
+) -> Path:
     """Write ``frame`` as CSV, text cells escaped with :func:`csv_safe` unless ``escape=False`` (for
     a file read back verbatim by a reader that does not un-escape, such as tunewise's own ingest)."""
     with atomic_path(path, private=private) as tmp:

@@ -23,10 +23,32 @@ __all__ = ["PERTURBATIONS", "augment_frame", "perturb", "perturb_many"]
 
 # Neighbours on a QWERTY keyboard: a typo usually hits an adjacent key.
 _KEYBOARD_NEIGHBOURS = {
-    "q": "wa", "w": "qes", "e": "wrd", "r": "etf", "t": "ryg", "y": "tuh", "u": "yij", "i": "uok",
-    "o": "ipl", "p": "ol", "a": "qsz", "s": "adwx", "d": "sfec", "f": "dgrv", "g": "fhtb",
-    "h": "gjyn", "j": "hkum", "k": "jli", "l": "kop", "z": "asx", "x": "zsdc", "c": "xdfv",
-    "v": "cfgb", "b": "vghn", "n": "bhjm", "m": "njk",
+    "q": "wa",
+    "w": "qes",
+    "e": "wrd",
+    "r": "etf",
+    "t": "ryg",
+    "y": "tuh",
+    "u": "yij",
+    "i": "uok",
+    "o": "ipl",
+    "p": "ol",
+    "a": "qsz",
+    "s": "adwx",
+    "d": "sfec",
+    "f": "dgrv",
+    "g": "fhtb",
+    "h": "gjyn",
+    "j": "hkum",
+    "k": "jli",
+    "l": "kop",
+    "z": "asx",
+    "x": "zsdc",
+    "c": "xdfv",
+    "v": "cfgb",
+    "b": "vghn",
+    "n": "bhjm",
+    "m": "njk",
 }
 _FILLERS = ("um", "uh", "like", "basically", "actually", "so", "well", "you know", "hi", "hey", "pls", "thanks")
 _WORD = re.compile(r"[A-Za-z]{3,}")

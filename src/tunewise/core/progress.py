@@ -323,8 +323,12 @@ def _rich_task(description: str, total: int | None, unit: str) -> Iterator[Advan
                 elapsed = time.monotonic() - started
                 word, prep = ("done", "in") if failed is None else ("stopped at", "after")
                 count = f"{done:,}/{int(total):,}" if total is not None else f"{done:,} {unit}"
-                bar.console.print(Text(f"{description}: {word} {count} {prep} {_clock(elapsed)}, "
-                                       f"mean {_rate(done / elapsed if elapsed > 0 else 0.0)} {unit}/s"))
+                bar.console.print(
+                    Text(
+                        f"{description}: {word} {count} {prep} {_clock(elapsed)}, "
+                        f"mean {_rate(done / elapsed if elapsed > 0 else 0.0)} {unit}/s"
+                    )
+                )
             else:
                 bar.stop()
                 _rich_bar = None

@@ -42,12 +42,14 @@ def empty_frame(task: str, extra: list[str] | None = None) -> pd.DataFrame:
 
 def records_from_texts(texts: list[str], labels: list[str], source_file: str = "train.csv") -> pd.DataFrame:
     """A classify record frame from parallel lists (ids r0, r1, ...; lines from 2, after a header)."""
-    return pd.DataFrame({
-        "id": [f"r{i}" for i in range(len(texts))],
-        "input": texts,
-        "context": ["[]"] * len(texts),
-        "label": labels,
-        "source_file": [source_file] * len(texts),
-        "source_line": list(range(2, len(texts) + 2)),
-        "synthetic": [False] * len(texts),
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(len(texts))],
+            "input": texts,
+            "context": ["[]"] * len(texts),
+            "label": labels,
+            "source_file": [source_file] * len(texts),
+            "source_line": list(range(2, len(texts) + 2)),
+            "synthetic": [False] * len(texts),
+        }
+    )

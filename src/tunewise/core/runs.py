@@ -51,8 +51,10 @@ def check_run_id(run_id: str) -> str:
     """A run id is one folder name under runs/: never a path (``../..`` or ``/tmp`` would make the
     runner clear stage-named folders outside the project)."""
     if not RUN_ID_PATTERN.fullmatch(run_id or "") or ".." in run_id:
-        raise StageError(f"run id {run_id!r}: use a plain folder name (letters, digits, '.', '_', '-'; "
-                         "no '/' or '..'), e.g. --run-id baseline-2")
+        raise StageError(
+            f"run id {run_id!r}: use a plain folder name (letters, digits, '.', '_', '-'; "
+            "no '/' or '..'), e.g. --run-id baseline-2"
+        )
     return run_id
 
 
@@ -138,23 +140,37 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise RunLockedError(
                     f"run folder {folder} is in use by another tunewise process ({_describe(holder)}). Two "
                     f"processes writing one run folder would mix their artifacts: wait for it to finish, stop it "
-                    f"(kill {holder.get('pid', '<pid>')}), or use another --run-id", holder) from None
+                    f"(kill {holder.get('pid', '<pid>')}), or use another --run-id",
+                    holder,
+                ) from None
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
             # a file system without flock: fall back to the recorded pid
             holder = _read_holder(fd)
             pid = holder.get("pid")
-            if (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
-                    and _pid_alive(pid)):
-                raise RunLockedError(f"run folder {folder} is in use by another tunewise process "
-                                     f"({_describe(holder)}); wait for it to finish or stop it (kill {pid})",
-                                     holder) from None
+            if (
+                isinstance(pid, int)
+                and pid != os.getpid()
+                and holder.get("host") == socket.gethostname()
+                and _pid_alive(pid)
+            ):
+                raise RunLockedError(
+                    f"run folder {folder} is in use by another tunewise process "
+                    f"({_describe(holder)}); wait for it to finish or stop it (kill {pid})",
+                    holder,
+                ) from None
         stale = _read_holder(fd)
         if stale.get("pid") not in (None, os.getpid()):
-            console.print(f"[yellow]{path}: cleared a stale lock left by pid {stale.get('pid')} "
-                          f"(started {stale.get('started', '?')}), which is no longer running[/yellow]")
-        mine = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:500]}
+            console.print(
+                f"[yellow]{path}: cleared a stale lock left by pid {stale.get('pid')} "
+                f"(started {stale.get('started', '?')}), which is no longer running[/yellow]"
+            )
+        mine = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv)[:500],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         with _HELD_GUARD:

@@ -112,8 +112,9 @@ def metrics_from_counts(c: ClassCounts) -> dict[str, np.ndarray]:
     }
 
 
-def classification_metrics_with_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
-                                   weights: np.ndarray | None = None, level: float = 0.95) -> tuple[dict, dict, dict]:
+def classification_metrics_with_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, weights: np.ndarray | None = None, level: float = 0.95
+) -> tuple[dict, dict, dict]:
     """Point metrics, their intervals and the resampled values (for paired comparisons)."""
     ones = np.ones((1, len(y_true)), dtype=np.float64)  # float64: point metrics exact to the last digit
     point = {k: float(v[0]) for k, v in metrics_from_counts(class_counts(ones, y_true, y_pred, n_classes)).items()}
@@ -124,7 +125,9 @@ def classification_metrics_with_ci(y_true: np.ndarray, y_pred: np.ndarray, n_cla
     return point, ci, resampled
 
 
-def mean_with_ci(values: np.ndarray, weights: np.ndarray | None, level: float = 0.95) -> tuple[float, tuple[float, float], np.ndarray]:
+def mean_with_ci(
+    values: np.ndarray, weights: np.ndarray | None, level: float = 0.95
+) -> tuple[float, tuple[float, float], np.ndarray]:
     """Mean of per-example values (e.g. sentence chrF) with a bootstrap interval."""
     values = np.asarray(values, dtype=np.float64)
     point = float(values.mean()) if values.size else float("nan")
@@ -184,7 +187,9 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact: bool | None = N
     return float(sps.chi2.sf(stat, 1)), "mcnemar_chi2"
 
 
-def paired_permutation(values_a: np.ndarray, values_b: np.ndarray, n_permutations: int = 10_000, seed: int = 0) -> float:
+def paired_permutation(
+    values_a: np.ndarray, values_b: np.ndarray, n_permutations: int = 10_000, seed: int = 0
+) -> float:
     """Two-sided sign-flip permutation test of the mean paired difference."""
     d = np.asarray(values_a, np.float64) - np.asarray(values_b, np.float64)
     if d.size == 0 or np.allclose(d, 0):
@@ -201,16 +206,31 @@ def paired_permutation(values_a: np.ndarray, values_b: np.ndarray, n_permutation
     return (hits + 1) / (n_permutations + 1)
 
 
-def compare_paired(metric: str, candidate_point: float, baseline_point: float, candidate_resampled: np.ndarray,
-                   baseline_resampled: np.ndarray, p_value: float, test: str, n: int, level: float = 0.95) -> Comparison:
+def compare_paired(
+    metric: str,
+    candidate_point: float,
+    baseline_point: float,
+    candidate_resampled: np.ndarray,
+    baseline_resampled: np.ndarray,
+    p_value: float,
+    test: str,
+    n: int,
+    level: float = 0.95,
+) -> Comparison:
     """Difference and relative improvement with intervals from the same (paired) resamples."""
     diff = candidate_resampled - baseline_resampled
     rel = relative_improvement(candidate_resampled, baseline_resampled)
     return Comparison(
-        metric=metric, candidate=candidate_point, baseline=baseline_point,
-        difference=candidate_point - baseline_point, difference_ci=percentile_interval(diff, level),
+        metric=metric,
+        candidate=candidate_point,
+        baseline=baseline_point,
+        difference=candidate_point - baseline_point,
+        difference_ci=percentile_interval(diff, level),
         relative_improvement=relative_improvement(candidate_point, baseline_point),
-        relative_ci=percentile_interval(np.asarray(rel), level), p_value=p_value, test=test, n=n,
+        relative_ci=percentile_interval(np.asarray(rel), level),
+        p_value=p_value,
+        test=test,
+        n=n,
     )
 
 
@@ -229,8 +249,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     return float(gap.sum() / confidence.size)
 
 
-def calibration_error_resampled(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray,
-                                n_bins: int = 15) -> np.ndarray:
+def calibration_error_resampled(
+    confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray, n_bins: int = 15
+) -> np.ndarray:
     """ECE of every resample at once, (B,): the same bins, with per-bin sums as weighted counts."""
     confidence = np.asarray(confidence, np.float64)
     correct = np.asarray(correct, np.float64)

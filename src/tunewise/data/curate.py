@@ -57,8 +57,10 @@ class SkipCheck(Exception):
 class CheckContractError(TunewiseError, RuntimeError):
     """A check broke its contract (e.g. reported an issue name it does not declare): a bug in it."""
 
-    hint = ("declare the issue name in the check's `issues` (and in tunewise.data.issues.ISSUE_KINDS when it is "
-            "new), or fix the check; tests/test_checks_conformance.py runs the contract over every check")
+    hint = (
+        "declare the issue name in the check's `issues` (and in tunewise.data.issues.ISSUE_KINDS when it is "
+        "new), or fix the check; tests/test_checks_conformance.py runs the contract over every check"
+    )
 
 
 class Engine:
@@ -67,11 +69,11 @@ class Engine:
     name = "local"
 
     def map_batches(self, fn: Callable[[list[Any]], Any], items: Sequence[Any], batch_size: int) -> list[Any]:
-        return [fn(list(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
+        return [fn(list(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
 
     def map_frame(self, fn: Callable[[pd.DataFrame], Any], frame: pd.DataFrame, shard_rows: int) -> list[Any]:
         """Apply ``fn`` to consecutive row shards of ``frame``; results in shard order."""
-        return [fn(frame.iloc[i:i + shard_rows]) for i in range(0, max(len(frame), 1), shard_rows)]
+        return [fn(frame.iloc[i : i + shard_rows]) for i in range(0, max(len(frame), 1), shard_rows)]
 
     def shutdown(self) -> None:
         pass
@@ -94,8 +96,13 @@ class RayEngine(Engine):
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=False, ignore_reinit_error=True)
+            ray.init(
+                address=address,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+            )
             self._started = True
 
     def _run(self, fn: Callable[[Any], Any], parts: list[Any]) -> list[Any]:
@@ -103,10 +110,10 @@ class RayEngine(Engine):
         return self._ray.get([remote.remote(part) for part in parts])
 
     def map_batches(self, fn, items, batch_size):
-        return self._run(fn, [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)])
+        return self._run(fn, [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
 
     def map_frame(self, fn, frame, shard_rows):
-        return self._run(fn, [frame.iloc[i:i + shard_rows] for i in range(0, max(len(frame), 1), shard_rows)])
+        return self._run(fn, [frame.iloc[i : i + shard_rows] for i in range(0, max(len(frame), 1), shard_rows)])
 
     def shutdown(self) -> None:
         if self._started:
@@ -170,11 +177,11 @@ class Check:
     (:class:`CheckContractError`) and counts each declared name per action in the summary.
     """
 
-    name: ClassVar[str]                  # config key under `curate:`
-    issues: ClassVar[tuple[str, ...]]    # issue kinds it may report
+    name: ClassVar[str]  # config key under `curate:`
+    issues: ClassVar[tuple[str, ...]]  # issue kinds it may report
     # its config section (tunewise.config.checks): actions, what the threshold means, its range
     settings_model: ClassVar[type[CheckSettings]]
-    actions: ClassVar[tuple[str, ...]]   # config actions it can take, first the default: from settings_model
+    actions: ClassVar[tuple[str, ...]]  # config actions it can take, first the default: from settings_model
     tasks: ClassVar[tuple[str, ...]] = ("classify", "generate")
     # True when a row's findings depend on that row alone: the engine may then shard the rows.
     row_local: ClassVar[bool] = False
@@ -216,8 +223,19 @@ class Check:
 # name -> class; "registered" and "run by default" are separate (the config's `enabled`).
 CHECKS: dict[str, type[Check]] = {}
 CHECK_ORDER = (
-    "standardise", "empty_garbage", "too_short", "too_long", "pii", "off_topic", "label_conflicts",
-    "exact_duplicates", "near_duplicates", "semantic_duplicates", "label_errors", "thin_classes", "generation",
+    "standardise",
+    "empty_garbage",
+    "too_short",
+    "too_long",
+    "pii",
+    "off_topic",
+    "label_conflicts",
+    "exact_duplicates",
+    "near_duplicates",
+    "semantic_duplicates",
+    "label_errors",
+    "thin_classes",
+    "generation",
 )
 
 
@@ -256,8 +274,9 @@ class CurateResult:
     summary: dict[str, Any]
 
 
-def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | None = None,
-                 prior_issues: IssueTable | None = None) -> CurateResult:
+def curate_frame(
+    frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | None = None, prior_issues: IssueTable | None = None
+) -> CurateResult:
     """Run every enabled check over ``frame``; returns the cleaned rows, issues and a summary."""
     engine = engine or Engine()
     ctx = CurateContext(cfg, engine)
@@ -290,8 +309,10 @@ def curate_frame(frame: pd.DataFrame, cfg: ProjectConfig, *, engine: Engine | No
                 continue
             undeclared = sorted({f.issue for f in findings} - set(check.issues))
             if undeclared:
-                raise CheckContractError(f"curate: check {check.name} reported issue(s) {', '.join(undeclared)} "
-                                         f"it does not declare (declared: {', '.join(check.issues)})")
+                raise CheckContractError(
+                    f"curate: check {check.name} reported issue(s) {', '.join(undeclared)} "
+                    f"it does not declare (declared: {', '.join(check.issues)})"
+                )
             frame, counts = _apply(frame, findings, check, issues, examples)
             if check.name == "thin_classes" and cfg.curate.synthesize:
                 frame, counts["added"] = _add_synthetic(check, frame, ctx, issues)
@@ -344,8 +365,13 @@ def _run_check(check: Check, frame: pd.DataFrame, ctx: CurateContext) -> tuple[p
     return merged, counts, [f for _, _, found in parts for f in found]
 
 
-def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: IssueTable,
-           examples: dict[str, list[dict[str, Any]]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _apply(
+    frame: pd.DataFrame,
+    findings: list[Finding],
+    check: Check,
+    issues: IssueTable,
+    examples: dict[str, list[dict[str, Any]]],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     config_action = check.action
     counts: dict[str, Any] = {"found": len(findings)}
     # per declared issue and action ("dropped_near_duplicate": 3), zeros included: every check's
@@ -368,7 +394,9 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
             drop.add(f.index)
         detail = f.detail + (f" (of {f.of})" if f.of is not None else "")
         row = frame.loc[f.index]
-        issues.add(ids[f.index], f.issue, detail, action, source=row.get("source_file"), line=_int(row.get("source_line")))
+        issues.add(
+            ids[f.index], f.issue, detail, action, source=row.get("source_file"), line=_int(row.get("source_line"))
+        )
         counts[action] = counts.get(action, 0) + 1
         counts[f"{action}_{f.issue}"] = counts.get(f"{action}_{f.issue}", 0) + 1
         bucket = examples.setdefault(f.issue, [])
@@ -379,7 +407,9 @@ def _apply(frame: pd.DataFrame, findings: list[Finding], check: Check, issues: I
     return frame, counts
 
 
-def _add_synthetic(check: Check, frame: pd.DataFrame, ctx: CurateContext, issues: IssueTable) -> tuple[pd.DataFrame, int]:
+def _add_synthetic(
+    check: Check, frame: pd.DataFrame, ctx: CurateContext, issues: IssueTable
+) -> tuple[pd.DataFrame, int]:
     """Append a check's synthetic rows (paraphrases for thin classes), each with an issue row."""
     new, added = check.synthesize(frame, ctx)  # type: ignore[attr-defined]
     if new is None or len(new) == 0:

@@ -47,8 +47,14 @@ RECORD_FORMATS = ("text_label", "instruction", "prompt_completion", "messages")
 COLUMN_ROLES = ("id", "input", "label", "target", "instruction", "messages")
 
 _EXTENSIONS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-    ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 
 # Common column names per role, in order of preference; matched case-insensitively.
@@ -125,13 +131,14 @@ def _is_utf8(encoding: str) -> bool:
 _TEXT_HEAD = 8192  # bytes looked at to tell a text file from a binary one
 # Control bytes no text data file holds (tab, newlines, form feed and escape are allowed).
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13, 27)) + b"\x7f"
-_MAGIC = ((b"PAR1", "it looks like a Parquet file: name it .parquet or set data.format: parquet"),
-          (b"\x1f\x8b", "it looks like a gzip file: decompress it first"),
-          (b"PK\x03\x04", "it looks like a zip archive (or an Excel .xlsx file): extract it, or save the sheet "
-                          "as CSV"),
-          (b"\xd0\xcf\x11\xe0", "it looks like an old Excel or Word file: save it as CSV"),
-          (b"\xff\xfe", "it looks like UTF-16 text: save it as UTF-8"),
-          (b"\xfe\xff", "it looks like UTF-16 text: save it as UTF-8"))
+_MAGIC = (
+    (b"PAR1", "it looks like a Parquet file: name it .parquet or set data.format: parquet"),
+    (b"\x1f\x8b", "it looks like a gzip file: decompress it first"),
+    (b"PK\x03\x04", "it looks like a zip archive (or an Excel .xlsx file): extract it, or save the sheet as CSV"),
+    (b"\xd0\xcf\x11\xe0", "it looks like an old Excel or Word file: save it as CSV"),
+    (b"\xff\xfe", "it looks like UTF-16 text: save it as UTF-8"),
+    (b"\xfe\xff", "it looks like UTF-16 text: save it as UTF-8"),
+)
 
 
 def _check_text(path: Path) -> None:
@@ -147,15 +154,19 @@ def _check_text(path: Path) -> None:
     if why is None and b"\x00" in head:
         zeros_odd = head[1::2].count(0) > 0.4 * len(head[1::2])
         zeros_even = head[0::2].count(0) > 0.4 * len(head[0::2])
-        why = ("it looks like UTF-16 text: save it as UTF-8" if zeros_odd != zeros_even
-               else "it holds NUL bytes, as binary files do")
+        why = (
+            "it looks like UTF-16 text: save it as UTF-8"
+            if zeros_odd != zeros_even
+            else "it holds NUL bytes, as binary files do"
+        )
     if why is None and head:
         control = sum(head.count(bytes([b])) for b in _CONTROL_BYTES)
         if control > 0.05 * len(head):
             why = f"{control} of its first {len(head):,} bytes are control characters"
     if why is not None:
-        raise IngestError(f"{path} does not look like a text data file ({why}); expected csv, tsv, jsonl, "
-                          "json or parquet")
+        raise IngestError(
+            f"{path} does not look like a text data file ({why}); expected csv, tsv, jsonl, json or parquet"
+        )
 
 
 def _first_char(path: Path, encoding: str = "utf-8") -> str:
@@ -175,7 +186,9 @@ def resolve_file_format(path: str | Path, file_format: str = "auto", encoding: s
     path = Path(path)
     if file_format != "auto":
         if file_format not in FILE_FORMATS:
-            raise IngestError(f"unknown file format {file_format!r} for {path}; expected one of {', '.join(FILE_FORMATS)}")
+            raise IngestError(
+                f"unknown file format {file_format!r} for {path}; expected one of {', '.join(FILE_FORMATS)}"
+            )
         return file_format
     _check_file(path)
     fmt = _EXTENSIONS.get(path.suffix.lower())
@@ -289,8 +302,14 @@ def _refuse_json_object(path: Path, encoding: str) -> None:
         if not isinstance(whole, dict):
             return
     under = [k for k, v in whole.items() if _records_list(v)]
-    hint = (f" (the records look like the list under key {under[0]!r}: save that list as the file, or one "
-            "record per line)") if under else ""
+    hint = (
+        (
+            f" (the records look like the list under key {under[0]!r}: save that list as the file, or one "
+            "record per line)"
+        )
+        if under
+        else ""
+    )
     raise IngestError(f"{path} holds a JSON object; expected a list of records or JSON Lines{hint}")
 
 
@@ -318,7 +337,7 @@ class _LineDecoder:
             start = offset
             offset += len(raw)
             if self.line_no == 1 and raw.startswith(codecs.BOM_UTF8) and _is_utf8(self.encoding):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
                 start += len(codecs.BOM_UTF8)
             try:
                 yield raw.decode(self.encoding)
@@ -363,8 +382,10 @@ def _delimited_rows(path: Path, delimiter: str, encoding: str = "utf-8") -> tupl
     except csv.Error as err:
         binary.close()
         if "new-line character seen in unquoted field" in str(err):
-            raise IngestError(f"cannot read the header of {path}: it has a carriage return (\\r) that ends no "
-                              "line (old Mac line ends?); save it with LF or CRLF line ends") from err
+            raise IngestError(
+                f"cannot read the header of {path}: it has a carriage return (\\r) that ends no "
+                "line (old Mac line ends?); save it with LF or CRLF line ends"
+            ) from err
         raise IngestError(f"cannot read the header of {path}: {err}") from err
     if header is None:
         binary.close()
@@ -372,8 +393,10 @@ def _delimited_rows(path: Path, delimiter: str, encoding: str = "utf-8") -> tupl
     bad_header = lines.bad_offset_between(1, last_end)
     if bad_header is not None:
         binary.close()
-        raise IngestError(f"the header of {path} has {_undecodable(bad_header, encoding)}; save the file as UTF-8"
-                          + ("" if not _is_utf8(encoding) else " or set data.encoding (e.g. latin-1)"))
+        raise IngestError(
+            f"the header of {path} has {_undecodable(bad_header, encoding)}; save the file as UTF-8"
+            + ("" if not _is_utf8(encoding) else " or set data.encoding (e.g. latin-1)")
+        )
 
     columns = _header_names(header, path)
 
@@ -506,8 +529,9 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
         bom = len(codecs.BOM_UTF8) if probe.read(3) == codecs.BOM_UTF8 and utf8 else 0
     decoder = json.JSONDecoder()
     with open(path, "rb") as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8-sig" if utf8 else encoding, errors="surrogateescape",
-                                newline="")
+        text = io.TextIOWrapper(
+            binary, encoding="utf-8-sig" if utf8 else encoding, errors="surrogateescape", newline=""
+        )
         buf = ""
         eof = False
         buf_line = 1  # line number at buf[0]
@@ -564,14 +588,20 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
             close_line = line_at(pos)
             pos = skip_ws(pos + 1)
             if pos < len(buf):
-                yield RawRow(line_at(pos), None, f"malformed JSON: text after the array's closing ']' on line "
-                                                 f"{close_line}; the rest of the file could not be read")
+                yield RawRow(
+                    line_at(pos),
+                    None,
+                    f"malformed JSON: text after the array's closing ']' on line "
+                    f"{close_line}; the rest of the file could not be read",
+                )
 
         pos = skip_ws(0)
         if pos < len(buf) and buf[pos] == "{":
-            raise IngestError(f"{path} holds a JSON object; expected a list of records or JSON Lines "
-                              "(data.format json reads a list [{...}, {...}]; for one object per line set "
-                              "data.format: jsonl)")
+            raise IngestError(
+                f"{path} holds a JSON object; expected a list of records or JSON Lines "
+                "(data.format json reads a list [{...}, {...}]; for one object per line set "
+                "data.format: jsonl)"
+            )
         if pos >= len(buf) or buf[pos] != "[":
             raise IngestError(f"{path} is not a JSON array of records (it should start with '[')")
         pos = skip_ws(pos + 1)
@@ -582,7 +612,9 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
             if pos > _READ_CHUNK:
                 pos = trim(pos)
             if pos >= len(buf):
-                yield RawRow(line_at(len(buf)), None, "malformed JSON: the array is not closed with ']' at the end of the file")
+                yield RawRow(
+                    line_at(len(buf)), None, "malformed JSON: the array is not closed with ']' at the end of the file"
+                )
                 return
             start = pos
             try:
@@ -615,7 +647,9 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
                 yield RawRow(line, None, f"array element is {_json_kind(value)}, expected a JSON object")
             pos = skip_ws(end)
             if pos >= len(buf):
-                yield RawRow(line_at(pos), None, "malformed JSON: the array is not closed with ']' at the end of the file")
+                yield RawRow(
+                    line_at(pos), None, "malformed JSON: the array is not closed with ']' at the end of the file"
+                )
                 return
             if buf[pos] == "]":
                 yield from after_close(pos)
@@ -650,8 +684,10 @@ def _parquet_rows(path: Path) -> tuple[list[str], Iterator[RawRow]]:
                 # A file whose footer reads but whose data pages do not (damaged bytes, a prefix
                 # such as a BOM) failed here with pyarrow's OSError, ArrowInvalid or
                 # UnicodeDecodeError and a traceback: the whole file is unusable, say so.
-                raise IngestError(f"{path} is not a readable Parquet file (damaged after row {row_number:,}): "
-                                  f"{' '.join(str(err).split())}") from err
+                raise IngestError(
+                    f"{path} is not a readable Parquet file (damaged after row {row_number:,}): "
+                    f"{' '.join(str(err).split())}"
+                ) from err
 
     return columns, _Rows(rows(), parquet.close)
 
@@ -870,9 +906,7 @@ def _detect_record_format(columns: list[str], configured: dict[str, str]) -> str
     return "text_label"
 
 
-def _candidate_roles(
-    columns: list[str], record_format: str, configured: dict[str, str]
-) -> dict[str, str | None]:
+def _candidate_roles(columns: list[str], record_format: str, configured: dict[str, str]) -> dict[str, str | None]:
     """Role -> column for every role the record format can use (None where nothing matched)."""
     names: dict[str, tuple[str, ...]] = {"label": LABEL_NAMES, "id": ("id",)}
     if record_format == "text_label":
@@ -901,20 +935,29 @@ def _plan(
     if record_format == "auto":
         record_format = _detect_record_format(columns, configured)
     elif record_format not in RECORD_FORMATS:
-        raise IngestError(f"unknown record format {record_format!r}; expected auto or one of {', '.join(RECORD_FORMATS)}")
+        raise IngestError(
+            f"unknown record format {record_format!r}; expected auto or one of {', '.join(RECORD_FORMATS)}"
+        )
     candidates = _candidate_roles(columns, record_format, configured)
     answer = answer_column(task)
     needed = {
-        "text_label": ["input"], "instruction": ["instruction"],
-        "prompt_completion": ["input"], "messages": ["messages"],
+        "text_label": ["input"],
+        "instruction": ["instruction"],
+        "prompt_completion": ["input"],
+        "messages": ["messages"],
     }[record_format]
     if not (record_format == "messages" and task == "generate"):
         needed.append(answer)
     roles: dict[str, str] = {}
     for role in needed:
         if candidates.get(role) is None:
-            what = {"input": "the input text", "label": "the label", "target": "the target reply",
-                    "instruction": "the instruction", "messages": "the chat messages"}[role]
+            what = {
+                "input": "the input text",
+                "label": "the label",
+                "target": "the target reply",
+                "instruction": "the instruction",
+                "messages": "the chat messages",
+            }[role]
             raise IngestError(
                 f"{source} has no column for {what} ({record_format} records, task {task}); "
                 f"columns found: {', '.join(columns) or '(none)'}; "
@@ -950,8 +993,10 @@ class _Sample:
         if self.read == 0:
             raise IngestError(f"{source} has no data rows" + (" (only a header)" if fmt in ("csv", "tsv") else ""))
         if not self.rows:
-            raise IngestError(f"no usable rows in {source}: all {self.read:,} rows were rejected; "
-                              f"first reasons: {'; '.join(self.first_errors)}")
+            raise IngestError(
+                f"no usable rows in {source}: all {self.read:,} rows were rejected; "
+                f"first reasons: {'; '.join(self.first_errors)}"
+            )
 
 
 def _sample(rows: Iterator[RawRow], limit: int) -> tuple[list[str], list[dict[str, Any]], int, list[str]]:
@@ -1011,8 +1056,14 @@ def ingest(
             sample.raise_if_unusable(source, fmt)
             found = sample.columns
         configured = _configured_columns(columns, found, source)
-        plan = _plan(found, task=task, record_format=record_format, configured=configured,
-                     keep_columns=list(keep_columns or []), source=source)
+        plan = _plan(
+            found,
+            task=task,
+            record_format=record_format,
+            configured=configured,
+            keep_columns=list(keep_columns or []),
+            source=source,
+        )
     except BaseException:
         rows.close()  # type: ignore[attr-defined]  # the file is open before the first row is read
         raise
@@ -1053,8 +1104,11 @@ def ingest(
             if has_id_column:  # positional ids are unique by construction
                 first_line = seen_ids.get(record["id"])
                 if first_line is not None:
-                    reject(record["id"], raw.line,
-                           f"duplicate id {record['id']!r} in column {plan.roles['id']!r} (first on line {first_line})")
+                    reject(
+                        record["id"],
+                        raw.line,
+                        f"duplicate id {record['id']!r} in column {plan.roles['id']!r} (first on line {first_line})",
+                    )
                     continue
                 seen_ids[record["id"]] = raw.line
             record["source_file"] = source
@@ -1091,10 +1145,19 @@ def ingest(
     frame["source_line"] = frame["source_line"].astype("int64")
     frame["synthetic"] = frame["synthetic"].astype(bool)
 
-    columns_used = {role: plan.roles[role] for role in ("id", "instruction", "messages", "input", "label", "target")
-                    if role in plan.roles}
-    return IngestResult(frame=frame, issues=issues, record_format=plan.record_format, file_format=fmt,
-                        columns_used=columns_used, rows_read=position)
+    columns_used = {
+        role: plan.roles[role]
+        for role in ("id", "instruction", "messages", "input", "label", "target")
+        if role in plan.roles
+    }
+    return IngestResult(
+        frame=frame,
+        issues=issues,
+        record_format=plan.record_format,
+        file_format=fmt,
+        columns_used=columns_used,
+        rows_read=position,
+    )
 
 
 _ENCODING_PROBE = 64 << 20  # bytes read to tell UTF-8 from a legacy 8-bit encoding
@@ -1135,8 +1198,9 @@ def detect_encoding(path: str | Path, limit: int = _ENCODING_PROBE) -> str:
     return "cp1252" if high_c1 else "latin-1"
 
 
-def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000,
-          encoding: str | None = None) -> dict[str, Any]:
+def sniff(
+    path: str | Path, *, task: str | None = None, sample_rows: int = 5000, encoding: str | None = None
+) -> dict[str, Any]:
     """Look at the first rows of a file and guess how to read it (used by ``tunewise init``).
 
     ``columns_used`` follows ``task`` when given, else the suggested task. ``encoding`` None: the
@@ -1211,6 +1275,15 @@ def sniff(path: str | Path, *, task: str | None = None, sample_rows: int = 5000,
 
 
 __all__ = [
-    "IngestError", "IngestResult", "RawRow", "FILE_FORMATS", "RECORD_FORMATS",
-    "detect_encoding", "ingest", "iter_raw_rows", "known_extension", "resolve_file_format", "sniff",
+    "IngestError",
+    "IngestResult",
+    "RawRow",
+    "FILE_FORMATS",
+    "RECORD_FORMATS",
+    "detect_encoding",
+    "ingest",
+    "iter_raw_rows",
+    "known_extension",
+    "resolve_file_format",
+    "sniff",
 ]

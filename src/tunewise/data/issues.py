@@ -64,8 +64,15 @@ class IssueTable:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
         self.rows.append(
-            {"id": id, "issue": issue, "detail": detail, "action": action,
-             "stage": self.stage, "source": source, "line": line}
+            {
+                "id": id,
+                "issue": issue,
+                "detail": detail,
+                "action": action,
+                "stage": self.stage,
+                "source": source,
+                "line": line,
+            }
         )
 
     def extend(self, other: IssueTable | Iterable[dict]) -> None:

@@ -450,7 +450,9 @@ def find_near_duplicates(
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if num_perm < 1 or shingle < 1 or max_bucket < 2:
-        raise ValueError(f"num_perm and shingle must be >= 1 and max_bucket >= 2; got {num_perm}, {shingle}, {max_bucket}")
+        raise ValueError(
+            f"num_perm and shingle must be >= 1 and max_bucket >= 2; got {num_perm}, {shingle}, {max_bucket}"
+        )
     if (bands is None) != (rows is None):
         raise ValueError("give both bands and rows, or neither")
     if bands is None or rows is None:
@@ -495,7 +497,10 @@ def find_near_duplicates(
         return _sorted_unique(band_codes), n_capped  # one vote per band, even from a capped bucket
 
     per_band_capped = []
-    with _progress("near-dup: lsh", bands, progress, "bands") as advance, ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        _progress("near-dup: lsh", bands, progress, "bands") as advance,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
         for band_result in pool.map(band_pairs, range(bands)):  # sorts release the GIL
             per_band_capped.append(band_result)
             advance(1)
@@ -527,7 +532,10 @@ def find_near_duplicates(
         ok = jac >= threshold
         return chunk[ok], jac[ok]
 
-    with _progress("near-dup: verify", len(candidates), progress, "pairs") as advance, ThreadPoolExecutor(workers) as pool:
+    with (
+        _progress("near-dup: verify", len(candidates), progress, "pairs") as advance,
+        ThreadPoolExecutor(workers) as pool,
+    ):
         for lo, (codes_ok, jac_ok) in zip(
             range(0, len(candidates), verify_batch), pool.map(verify, range(0, len(candidates), verify_batch))
         ):

@@ -67,9 +67,17 @@ def _holdout(frame: pd.DataFrame, fraction: float, groups: np.ndarray, label: st
     return mask
 
 
-def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, test_fraction: float,
-                seed: int, test_frame: pd.DataFrame | None = None, leakage_threshold: float = 0.5,
-                test_ids: Sequence[str] | None = None) -> SplitResult:
+def split_frame(
+    frame: pd.DataFrame,
+    *,
+    task: str,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    test_frame: pd.DataFrame | None = None,
+    leakage_threshold: float = 0.5,
+    test_ids: Sequence[str] | None = None,
+) -> SplitResult:
     """Split curated records. With ``test_frame`` (a frozen test file) only validation is split; with
     ``test_ids`` (frozen by add-labels) exactly those rows are the test and the rest is split."""
     label = "label" if task == "classify" else None
@@ -96,7 +104,9 @@ def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, t
 
     leaks = find_leakage(train, test, leakage_threshold, seed)
     for test_id, train_id, jac in leaks:
-        issues.add(test_id, "leakage", f"test row has a near-duplicate in train: {train_id} (Jaccard {jac:.2f})", "flagged")
+        issues.add(
+            test_id, "leakage", f"test row has a near-duplicate in train: {train_id} (Jaccard {jac:.2f})", "flagged"
+        )
 
     summary = {
         "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
@@ -110,7 +120,8 @@ def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, t
     if label is not None:
         # labels of validation and test rows no training row has: those rows are always scored wrong
         summary["unseen_labels"], summary["unseen_label_examples"] = unseen_labels(
-            train, {"validation": validation, "test": test}, label)
+            train, {"validation": validation, "test": test}, label
+        )
         summary["class_counts"] = {
             name: part[label].value_counts().sort_index().to_dict()
             for name, part in (("train", train), ("validation", validation), ("test", test))
@@ -118,8 +129,9 @@ def split_frame(frame: pd.DataFrame, *, task: str, validation_fraction: float, t
     return SplitResult(train, validation, test, issues, summary)
 
 
-def unseen_labels(train: pd.DataFrame, parts: dict[str, pd.DataFrame], label: str,
-                  examples: int = 20) -> tuple[dict[str, dict[str, int]], dict[str, list[dict]]]:
+def unseen_labels(
+    train: pd.DataFrame, parts: dict[str, pd.DataFrame], label: str, examples: int = 20
+) -> tuple[dict[str, dict[str, int]], dict[str, list[dict]]]:
     """Rows of ``parts`` whose label the training split lacks: ({part: {label: rows}} largest
     first, {part: the first ``examples`` rows as id, label, source, line}).
 
@@ -139,8 +151,14 @@ def unseen_labels(train: pd.DataFrame, parts: dict[str, pd.DataFrame], label: st
         for i in np.flatnonzero(unseen.to_numpy())[:examples]:
             row = part.iloc[i]
             line = row.get("source_line")
-            rows_out[name].append({"id": str(row["id"]), "label": str(row[label]), "source": row.get("source_file"),
-                                   "line": None if line is None or pd.isna(line) else int(line)})
+            rows_out[name].append(
+                {
+                    "id": str(row["id"]),
+                    "label": str(row[label]),
+                    "source": row.get("source_file"),
+                    "line": None if line is None or pd.isna(line) else int(line),
+                }
+            )
     return counts_out, rows_out
 
 

@@ -51,8 +51,9 @@ class CurveError(TunewiseError, ValueError):
 # Subsets
 
 
-def nested_subsets(labels: Sequence[str], fractions: Sequence[float], seed: int,
-                   min_per_class: int = MIN_PER_CLASS) -> tuple[dict[float, np.ndarray], list[str]]:
+def nested_subsets(
+    labels: Sequence[str], fractions: Sequence[float], seed: int, min_per_class: int = MIN_PER_CLASS
+) -> tuple[dict[float, np.ndarray], list[str]]:
     """Row indices per fraction, stratified by label and nested (a smaller subset is inside a larger).
 
     Each class's rows are shuffled once (seeded); the subset at fraction f takes the first
@@ -116,8 +117,9 @@ def fit_power_law(ns: Sequence[float], errors: Sequence[float]) -> CurveFit:
     b0 = 0.5
     a0 = max(1e-6, float((errors[0] - c0) * ns[0] ** b0))
     try:
-        params, _ = curve_fit(power_law, ns, errors, p0=(a0, b0, c0), bounds=([0, 1e-3, 0], [np.inf, 2.0, 1.0]),
-                              maxfev=20000)
+        params, _ = curve_fit(
+            power_law, ns, errors, p0=(a0, b0, c0), bounds=([0, 1e-3, 0], [np.inf, 2.0, 1.0]), maxfev=20000
+        )
     except RuntimeError:  # no convergence: the flattest curve through the points
         params = (0.0, 1.0, float(errors.mean()))
     return CurveFit(*map(float, params))
@@ -127,22 +129,33 @@ def fit_power_law(ns: Sequence[float], errors: Sequence[float]) -> CurveFit:
 # The curve
 
 
-def _fit_and_score(name: str, factory: Callable[[str], Any], train: pd.DataFrame, frames: dict[str, pd.DataFrame]
-                   ) -> dict[str, Any]:
+def _fit_and_score(
+    name: str, factory: Callable[[str], Any], train: pd.DataFrame, frames: dict[str, pd.DataFrame]
+) -> dict[str, Any]:
     started = time.perf_counter()
     candidate = factory(name).fit(train, None)
     fit_seconds = time.perf_counter() - started
     out = {"fit_seconds": fit_seconds}
     for split, frame in frames.items():
         predictions = candidate.predict(frame)
-        out[split] = (predictions["prediction"].astype(str).to_numpy() == frame["label"].astype(str).to_numpy())
+        out[split] = predictions["prediction"].astype(str).to_numpy() == frame["label"].astype(str).to_numpy()
     return out
 
 
-def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, *, candidates: list[str],
-                   factory: Callable[[str], Any], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
-                   target: float | None = None, n_resamples: int = 500, engine: str = "local",
-                   ray_address: str | None = None) -> dict[str, Any]:
+def learning_curve(
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    *,
+    candidates: list[str],
+    factory: Callable[[str], Any],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    target: float | None = None,
+    n_resamples: int = 500,
+    engine: str = "local",
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Train ``candidates`` on nested subsets; fit and extrapolate each one's test accuracy curve.
 
     ``factory(name)`` returns an unfitted candidate. With ``engine="ray"`` every (candidate,
@@ -166,9 +179,17 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
                 advance(1)
     labels = test["label"].astype(str).to_numpy()
     classes = sorted(set(labels.tolist()))
-    out: dict[str, Any] = {"fractions": list(subsets), "n_train": len(train), "notes": notes, "seed": seed,
-                           "sizes": {str(f): int(len(idx)) for f, idx in subsets.items()}, "target": target,
-                           "n_resamples": n_resamples, "engine": engine, "candidates": {}}
+    out: dict[str, Any] = {
+        "fractions": list(subsets),
+        "n_train": len(train),
+        "notes": notes,
+        "seed": seed,
+        "sizes": {str(f): int(len(idx)) for f, idx in subsets.items()},
+        "target": target,
+        "n_resamples": n_resamples,
+        "engine": engine,
+        "candidates": {},
+    }
     # stats' bootstrap: how often each test row is drawn, per resample; the same resamples for every candidate
     weights = resample_weights(len(test), n_resamples, seed).astype(np.float64)
     boot_fits: dict[str, list[CurveFit]] = {}
@@ -188,7 +209,8 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
         fit = fit_power_law(ns, 1 - accuracy)
         boot = boot_fits[name]
         entry: dict[str, Any] = {
-            "n": ns.astype(int).tolist(), "test_accuracy": accuracy.tolist(),
+            "n": ns.astype(int).tolist(),
+            "test_accuracy": accuracy.tolist(),
             "validation_accuracy": [float(results[(name, f)]["validation"].mean()) for f in subsets],
             "fit_seconds": [round(results[(name, f)]["fit_seconds"], 3) for f in subsets],
             "fit": {"a": fit.a, "b": fit.b, "c": fit.c, "plateau_accuracy": 1 - fit.c},
@@ -198,8 +220,11 @@ def learning_curve(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataF
         n_now = float(len(train))
         for multiple in MULTIPLES:
             predicted = [1 - b.error(n_now * multiple) for b in boot]
-            entry["expected"][f"{multiple}x"] = {"n": int(n_now * multiple), "accuracy": 1 - fit.error(n_now * multiple),
-                                                 "ci95": _interval(predicted)}
+            entry["expected"][f"{multiple}x"] = {
+                "n": int(n_now * multiple),
+                "accuracy": 1 - fit.error(n_now * multiple),
+                "ci95": _interval(predicted),
+            }
         if target is not None:
             entry["target"] = _needed(fit, boot, target, n_now)
         entry["per_class"] = _per_class(correct, labels, classes, ns)
@@ -216,16 +241,28 @@ def _needed(fit: CurveFit, boot: list[CurveFit], target: float, n_now: float) ->
     n = fit.n_for_error(1 - target)
     reachable_share = float(np.mean([b.n_for_error(1 - target) is not None for b in boot]))
     if n is None:
-        return {"accuracy": target, "reachable": False, "reachable_share": reachable_share,
-                "message": f"not reachable: the curve levels off at {1 - fit.c:.3f} accuracy"}
+        return {
+            "accuracy": target,
+            "reachable": False,
+            "reachable_share": reachable_share,
+            "message": f"not reachable: the curve levels off at {1 - fit.c:.3f} accuracy",
+        }
     boot_n = [b.n_for_error(1 - target) for b in boot]
     finite = [x for x in boot_n if x is not None]
-    return {"accuracy": target, "reachable": True, "n_needed": int(math.ceil(n)),
-            "more_rows": max(0, int(math.ceil(n - n_now))), "reachable_share": reachable_share,
-            "n_needed_ci95": _interval(finite) if finite else None,
-            "message": (f"about {int(math.ceil(n)):,} training rows ({max(0, int(math.ceil(n - n_now))):,} more) "
-                        f"to reach {target:.3f} accuracy" if n > n_now else
-                        f"the curve puts {target:.3f} accuracy within the current {int(n_now):,} rows")}
+    return {
+        "accuracy": target,
+        "reachable": True,
+        "n_needed": int(math.ceil(n)),
+        "more_rows": max(0, int(math.ceil(n - n_now))),
+        "reachable_share": reachable_share,
+        "n_needed_ci95": _interval(finite) if finite else None,
+        "message": (
+            f"about {int(math.ceil(n)):,} training rows ({max(0, int(math.ceil(n - n_now))):,} more) "
+            f"to reach {target:.3f} accuracy"
+            if n > n_now
+            else f"the curve puts {target:.3f} accuracy within the current {int(n_now):,} rows"
+        ),
+    }
 
 
 def _per_class(correct: np.ndarray, labels: np.ndarray, classes: list[str], ns: np.ndarray) -> list[dict[str, Any]]:
@@ -236,15 +273,27 @@ def _per_class(correct: np.ndarray, labels: np.ndarray, classes: list[str], ns: 
         mask = labels == c
         recall = correct[:, mask].mean(axis=1)
         gain = float((recall[-1] - recall[-2]) / doublings) if len(recall) > 1 else 0.0
-        rows.append({"label": c, "n_test": int(mask.sum()), "recall": recall.round(4).tolist(),
-                     "gain_per_doubling": round(gain, 4)})
+        rows.append(
+            {
+                "label": c,
+                "n_test": int(mask.sum()),
+                "recall": recall.round(4).tolist(),
+                "gain_per_doubling": round(gain, 4),
+            }
+        )
     # where more data helps most: still growing, and far from perfect
     rows.sort(key=lambda r: -(max(r["gain_per_doubling"], 0) + 1e-3) * (1 - r["recall"][-1]))
     return rows
 
 
-def _run_ray(jobs: list[tuple[str, float]], subsets: dict[float, np.ndarray], factory: Callable[[str], Any],
-             train: pd.DataFrame, frames: dict[str, pd.DataFrame], address: str | None) -> dict:
+def _run_ray(
+    jobs: list[tuple[str, float]],
+    subsets: dict[float, np.ndarray],
+    factory: Callable[[str], Any],
+    train: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    address: str | None,
+) -> dict:
     import ray
 
     started_here = not ray.is_initialized()
@@ -269,8 +318,9 @@ def _run_ray(jobs: list[tuple[str, float]], subsets: dict[float, np.ndarray], fa
             ray.shutdown()
 
 
-def _fit_subset(name: str, factory: Callable[[str], Any], train: pd.DataFrame, indices: np.ndarray,
-                frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+def _fit_subset(
+    name: str, factory: Callable[[str], Any], train: pd.DataFrame, indices: np.ndarray, frames: dict[str, pd.DataFrame]
+) -> dict[str, Any]:
     # a Ray task: Ray resolves the shared frames (object references) before it runs
     return _fit_and_score(name, factory, train.iloc[indices].reset_index(drop=True), frames)
 
@@ -281,15 +331,20 @@ def write_curve_plot(curve: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, entry in curve["candidates"].items():
         ns = np.asarray(entry["n"], dtype=float)
         line = ax.plot(ns, entry["test_accuracy"], "o", label=f"{name} (measured)")[0]
         grid = np.geomspace(ns.min(), ns.max() * 10, 60)
         fit = CurveFit(entry["fit"]["a"], entry["fit"]["b"], entry["fit"]["c"])
-        ax.plot(grid, [1 - fit.error(n) for n in grid], "-", color=line.get_color(), alpha=0.7,
-                label=f"{name} fit, levels off at {1 - fit.c:.3f}")
+        ax.plot(
+            grid,
+            [1 - fit.error(n) for n in grid],
+            "-",
+            color=line.get_color(),
+            alpha=0.7,
+            label=f"{name} fit, levels off at {1 - fit.c:.3f}",
+        )
     if curve.get("target") is not None:
         ax.axhline(curve["target"], color="grey", linestyle="--", label=f"target {curve['target']:.3f}")
     ax.axvline(curve["n_train"], color="black", linewidth=0.8, alpha=0.5)
@@ -322,8 +377,10 @@ def default_candidates(evaluation: dict[str, Any], decision: dict[str, Any] | No
     """The decision's best fine-tune and the alternative it was weighed against (else the gate's)."""
     decision = decision or {}
     gate = evaluation.get("gate", {})
-    names = [decision.get("candidate") or gate.get("candidate"),
-             decision.get("alternative") or decision.get("recommended") or gate.get("cheap")]
+    names = [
+        decision.get("candidate") or gate.get("candidate"),
+        decision.get("alternative") or decision.get("recommended") or gate.get("cheap"),
+    ]
     return list(dict.fromkeys(n for n in names if n))
 
 
@@ -341,15 +398,20 @@ def resolve_curve_candidates(names: list[str], evaluation: dict[str, Any]) -> tu
     recorded = candidate_members(evaluation)
     for name in names:
         if name in CANDIDATES and CANDIDATES[name].combines:
-            members = recorded.get(name) or [n for n, k in kinds.items() if k == "finetuned" and n != name
-                                             and not (n in CANDIDATES and CANDIDATES[n].combines)]
+            members = recorded.get(name) or [
+                n
+                for n, k in kinds.items()
+                if k == "finetuned" and n != name and not (n in CANDIDATES and CANDIDATES[n].combines)
+            ]
             tuned = [m for m in members if kinds.get(m) == "finetuned"] or members
             if not tuned:
                 raise CurveError(f"the {name} has no recorded members to measure a curve through; pass --candidates")
             proxy = max(tuned, key=lambda m: (scores.get(m) or 0.0, m))
-            notes[name] = (f"the {name} averages {', '.join(members)}; its curve is measured through its "
-                           f"strongest fine-tuned member {proxy} (the {name} adds "
-                           f"{(scores.get(name) or 0) - (scores.get(proxy) or 0):+.3f} accuracy on this test set)")
+            notes[name] = (
+                f"the {name} averages {', '.join(members)}; its curve is measured through its "
+                f"strongest fine-tuned member {proxy} (the {name} adds "
+                f"{(scores.get(name) or 0) - (scores.get(proxy) or 0):+.3f} accuracy on this test set)"
+            )
             notes[f"{name}_proxy"] = proxy
             name = proxy
         if name not in out:
@@ -357,30 +419,59 @@ def resolve_curve_candidates(names: list[str], evaluation: dict[str, Any]) -> tu
     return out, notes
 
 
-def run_curve(cfg: Any, run_id: str = "default", *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-              candidates: list[str] | None = None, target: float | None = None, engine: str = "local",
-              ray_address: str | None = None, n_resamples: int = 500) -> dict[str, Any]:
+def run_curve(
+    cfg: Any,
+    run_id: str = "default",
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    candidates: list[str] | None = None,
+    target: float | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    n_resamples: int = 500,
+) -> dict[str, Any]:
     """Learning curves for a run: reads its split (and evaluation), writes ``runs/<id>/curve/``.
 
     Holds the run folder's lock (refused with the holder's pid while another process works in it)."""
 
     with existing_run_lock(cfg.resolve(cfg.runs_dir) / check_run_id(run_id)):
-        return _run_curve(cfg, run_id, fractions=fractions, candidates=candidates, target=target, engine=engine,
-                          ray_address=ray_address, n_resamples=n_resamples)
+        return _run_curve(
+            cfg,
+            run_id,
+            fractions=fractions,
+            candidates=candidates,
+            target=target,
+            engine=engine,
+            ray_address=ray_address,
+            n_resamples=n_resamples,
+        )
 
 
-def _run_curve(cfg: Any, run_id: str, *, fractions: Sequence[float], candidates: list[str] | None,
-               target: float | None, engine: str, ray_address: str | None, n_resamples: int) -> dict[str, Any]:
+def _run_curve(
+    cfg: Any,
+    run_id: str,
+    *,
+    fractions: Sequence[float],
+    candidates: list[str] | None,
+    target: float | None,
+    engine: str,
+    ray_address: str | None,
+    n_resamples: int,
+) -> dict[str, Any]:
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if cfg.task != "classify":
-        raise CurveError("tunewise curve measures accuracy curves for classify projects; generation curves would "
-                         "generate with the LLM for every subset (hours on a CPU)")
+        raise CurveError(
+            "tunewise curve measures accuracy curves for classify projects; generation curves would "
+            "generate with the LLM for every subset (hours on a CPU)"
+        )
     paths = {name: run_dir / "split" / f"{name}.parquet" for name in ("train", "validation", "test")}
     for path in paths.values():
         if not path.exists():
-            raise CurveError(f"{path} not found: run `tunewise split` (and `tunewise evaluate` for the default "
-                             "candidates and target) first")
+            raise CurveError(
+                f"{path} not found: run `tunewise split` (and `tunewise evaluate` for the default "
+                "candidates and target) first"
+            )
     frames = {name: pd.read_parquet(path) for name, path in paths.items()}
     summary_path = run_dir / "evaluate" / "summary.json"
     evaluation = read_json(summary_path) if summary_path.exists() else {}
@@ -389,8 +480,10 @@ def _run_curve(cfg: Any, run_id: str, *, fractions: Sequence[float], candidates:
     if not candidates:
         candidates = default_candidates(evaluation, decision)
         if not candidates:
-            raise CurveError(f"no evaluation in {run_dir} to pick candidates from: pass --candidates "
-                             "(e.g. tfidf_lr,encoder_ft) or run `tunewise evaluate` first")
+            raise CurveError(
+                f"no evaluation in {run_dir} to pick candidates from: pass --candidates "
+                "(e.g. tfidf_lr,encoder_ft) or run `tunewise evaluate` first"
+            )
     candidates, notes = resolve_curve_candidates(list(candidates), evaluation)
     for key, note in notes.items():
         if not key.endswith("_proxy"):
@@ -403,14 +496,28 @@ def _run_curve(cfg: Any, run_id: str, *, fractions: Sequence[float], candidates:
             if comparison.get("baseline_score") is not None:
                 target = comparison["baseline_score"] * (1 + comparison.get("threshold", cfg.evaluate.threshold))
         if target is not None and target > 1.0:
-            console.print(f"curve: the decision's target {target:.3f} is above accuracy 1: no amount of data reaches "
-                          "it; the curve reports accuracy 1.0 as the target instead")
+            console.print(
+                f"curve: the decision's target {target:.3f} is above accuracy 1: no amount of data reaches "
+                "it; the curve reports accuracy 1.0 as the target instead"
+            )
             target = 1.0
-    console.print(f"curve: {', '.join(candidates)} on fractions {', '.join(f'{f:g}' for f in fractions)} of "
-                  f"{len(frames['train'])} training rows" + (f"; target accuracy {target:.3f}" if target else ""))
-    curve = learning_curve(frames["train"], frames["validation"], frames["test"], candidates=candidates,
-                           factory=candidate_factory(cfg), fractions=fractions, seed=cfg.seed, target=target,
-                           n_resamples=n_resamples, engine=engine, ray_address=ray_address)
+    console.print(
+        f"curve: {', '.join(candidates)} on fractions {', '.join(f'{f:g}' for f in fractions)} of "
+        f"{len(frames['train'])} training rows" + (f"; target accuracy {target:.3f}" if target else "")
+    )
+    curve = learning_curve(
+        frames["train"],
+        frames["validation"],
+        frames["test"],
+        candidates=candidates,
+        factory=candidate_factory(cfg),
+        fractions=fractions,
+        seed=cfg.seed,
+        target=target,
+        n_resamples=n_resamples,
+        engine=engine,
+        ray_address=ray_address,
+    )
     curve["notes"] = notes
     curve["target_source"] = "decision" if decision.get("target_score") is not None else "evaluation"
     out_dir = run_dir / "curve"

@@ -52,8 +52,17 @@ from tunewise.core.artifacts import read_json
 from tunewise.core.errors import TunewiseError
 from tunewise.core.pricing import CPU_INSTANCES, FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
-__all__ = ["CPU_INSTANCES", "DecisionError", "VERDICTS", "decide", "monthly_running_cost",
-           "one_time_cost", "payback_months", "serving_memory_gib", "test_rows_needed"]
+__all__ = [
+    "CPU_INSTANCES",
+    "DecisionError",
+    "VERDICTS",
+    "decide",
+    "monthly_running_cost",
+    "one_time_cost",
+    "payback_months",
+    "serving_memory_gib",
+    "test_rows_needed",
+]
 
 VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")
 
@@ -113,8 +122,9 @@ def _instance(roi: RoiConfig, memory_gib: float | None = None) -> dict[str, Any]
     elif roi.serving_instance in CPU_INSTANCES:
         name = roi.serving_instance
     else:
-        raise DecisionError(f"roi.serving_instance: unknown instance {roi.serving_instance!r}; known: auto, "
-                            f"{', '.join(CPU_INSTANCES)}")
+        raise DecisionError(
+            f"roi.serving_instance: unknown instance {roi.serving_instance!r}; known: auto, {', '.join(CPU_INSTANCES)}"
+        )
     instance = {"name": name, **CPU_INSTANCES[name]}
     instance["usd_per_hour"] = roi.serving_usd_per_hour or instance["usd_per_hour"]
     return instance
@@ -133,14 +143,18 @@ def training_compute_lines(train_summaries: dict[str, dict], roi: RoiConfig) -> 
         flops = factor * base * tokens * roi.training_runs
         hours = flops / (gpu["peak_bf16_tflops"] * 1e12 * gpu["utilisation"]) / 3600
         usd = hours * gpu["usd_per_hour"]
-        lines.append({
-            "item": f"training compute: {name}", "candidate": name, "usd": usd,
-            "arithmetic": f"{factor} x {base / 1e6:.1f}M params x {tokens:,} tokens x {roi.training_runs} run(s) "
-                          f"= {flops:.3g} FLOPs / ({gpu['peak_bf16_tflops']:g} TFLOP/s x {gpu['utilisation']:g}) "
-                          f"= {hours:.4g} GPU-h x ${gpu['usd_per_hour']:g}/h",
-            "source": f"{gpu['gpu']} peak bf16 and price: tunewise.core.pricing.REFERENCE_GPUS; utilisation: "
-                      "tunewise.core.pricing.GPU_UTILISATION",
-        })
+        lines.append(
+            {
+                "item": f"training compute: {name}",
+                "candidate": name,
+                "usd": usd,
+                "arithmetic": f"{factor} x {base / 1e6:.1f}M params x {tokens:,} tokens x {roi.training_runs} run(s) "
+                f"= {flops:.3g} FLOPs / ({gpu['peak_bf16_tflops']:g} TFLOP/s x {gpu['utilisation']:g}) "
+                f"= {hours:.4g} GPU-h x ${gpu['usd_per_hour']:g}/h",
+                "source": f"{gpu['gpu']} peak bf16 and price: tunewise.core.pricing.REFERENCE_GPUS; utilisation: "
+                "tunewise.core.pricing.GPU_UTILISATION",
+            }
+        )
     return lines
 
 
@@ -154,9 +168,14 @@ def _engineering_days(roi: RoiConfig, kind: str) -> tuple[float, str]:
     return roi.engineering_days_prompted, "roi.engineering_days_prompted"
 
 
-def one_time_cost(train_summaries: dict[str, dict], flagged_rows: int, roi: RoiConfig,
-                  candidate: str | None = None, kind: str = "finetuned",
-                  members: list[str] | None = None) -> tuple[float, list[dict[str, Any]]]:
+def one_time_cost(
+    train_summaries: dict[str, dict],
+    flagged_rows: int,
+    roi: RoiConfig,
+    candidate: str | None = None,
+    kind: str = "finetuned",
+    members: list[str] | None = None,
+) -> tuple[float, list[dict[str, Any]]]:
     """Total one-time cost of building ``candidate`` and its lines: its own training compute (an
     ensemble: its fine-tuned members'), data review and new labels when it learns from the data,
     and engineering days for its kind. ``candidate`` None: every trained candidate's compute."""
@@ -169,35 +188,60 @@ def one_time_cost(train_summaries: dict[str, dict], flagged_rows: int, roi: RoiC
     if learns:
         review_hours = flagged_rows * roi.review_minutes_per_row / 60
         lines += [
-            {"item": "data review", "usd": review_hours * roi.reviewer_usd_per_hour,
-             "arithmetic": f"{flagged_rows:,} rows flagged by curation x {roi.review_minutes_per_row:g} min "
-                           f"= {review_hours:.3g} h x ${roi.reviewer_usd_per_hour:g}/h",
-             "source": "roi.review_minutes_per_row, roi.reviewer_usd_per_hour; rows: curate/issues (action flagged)"},
-            {"item": "new labels", "usd": roi.new_labels * roi.usd_per_label,
-             "arithmetic": f"{roi.new_labels:,} labels x ${roi.usd_per_label:g}", "source": "roi.new_labels, roi.usd_per_label"},
+            {
+                "item": "data review",
+                "usd": review_hours * roi.reviewer_usd_per_hour,
+                "arithmetic": f"{flagged_rows:,} rows flagged by curation x {roi.review_minutes_per_row:g} min "
+                f"= {review_hours:.3g} h x ${roi.reviewer_usd_per_hour:g}/h",
+                "source": "roi.review_minutes_per_row, roi.reviewer_usd_per_hour; rows: curate/issues (action flagged)",
+            },
+            {
+                "item": "new labels",
+                "usd": roi.new_labels * roi.usd_per_label,
+                "arithmetic": f"{roi.new_labels:,} labels x ${roi.usd_per_label:g}",
+                "source": "roi.new_labels, roi.usd_per_label",
+            },
         ]
     days, source = _engineering_days(roi, kind)
-    lines.append({"item": "engineering", "usd": days * roi.engineer_usd_per_day,
-                  "arithmetic": f"{days:g} days x ${roi.engineer_usd_per_day:g}/day ({kind})",
-                  "source": f"{source}, roi.engineer_usd_per_day"})
+    lines.append(
+        {
+            "item": "engineering",
+            "usd": days * roi.engineer_usd_per_day,
+            "arithmetic": f"{days:g} days x ${roi.engineer_usd_per_day:g}/day ({kind})",
+            "source": f"{source}, roi.engineer_usd_per_day",
+        }
+    )
     return float(sum(line["usd"] for line in lines)), lines
 
 
-def monthly_running_cost(latency_ms: float, roi: RoiConfig, *, api_tokens: float | None = None,
-                         memory_gib: float | None = None, usd_per_request: float | None = None,
-                         measured_cores: float | None = None) -> dict[str, Any]:
+def monthly_running_cost(
+    latency_ms: float,
+    roi: RoiConfig,
+    *,
+    api_tokens: float | None = None,
+    memory_gib: float | None = None,
+    usd_per_request: float | None = None,
+    measured_cores: float | None = None,
+) -> dict[str, Any]:
     """Serving cost a month at ``roi.monthly_volume`` requests: an API's price per request or per
     token, else compute hours on the instance that holds the model. ``measured_cores``: the cores of
     the machine that measured ``latency_ms`` (default ``MEASURED_CORES``, for runs that did not
     record it); an instance with more vCPUs serves proportionally more requests an hour."""
     volume = roi.monthly_volume or 0.0
     if usd_per_request is not None:
-        return {"usd": volume * usd_per_request, "instance": None,
-                "arithmetic": f"{volume:,.0f} requests x ${usd_per_request:.4g} a request (measured)"}
+        return {
+            "usd": volume * usd_per_request,
+            "instance": None,
+            "arithmetic": f"{volume:,.0f} requests x ${usd_per_request:.4g} a request (measured)",
+        }
     if api_tokens is not None and roi.baseline_usd_per_million_tokens is not None:
         usd = volume * api_tokens / 1e6 * roi.baseline_usd_per_million_tokens
-        return {"usd": usd, "instance": None, "arithmetic": f"{volume:,.0f} requests x {api_tokens:,.0f} tokens x "
-                f"${roi.baseline_usd_per_million_tokens:g}/M tokens"}
+        return {
+            "usd": usd,
+            "instance": None,
+            "arithmetic": f"{volume:,.0f} requests x {api_tokens:,.0f} tokens x "
+            f"${roi.baseline_usd_per_million_tokens:g}/M tokens",
+        }
     instance = _instance(roi, memory_gib)
     cores = measured_cores or MEASURED_CORES
     speedup = instance["vcpus"] / cores
@@ -206,11 +250,15 @@ def monthly_running_cost(latency_ms: float, roi: RoiConfig, *, api_tokens: float
     usd = hours * instance["usd_per_hour"]
     floor = " (one instance always on)" if roi.always_on and busy_hours < HOURS_PER_MONTH else ""
     fits = f", {memory_gib:.2g} GiB needed of {instance['memory_gib']:g}" if memory_gib is not None else ""
-    return {"usd": usd, "busy_hours": busy_hours, "instance": instance["name"],
-            "measured_cores": cores,
-            "arithmetic": f"{volume:,.0f} requests x {latency_ms:.3g} ms / {speedup:g} ({instance['vcpus']:g} vCPUs / "
-                          f"{cores:g} measuring cores) = {busy_hours:.3g} busy h; "
-                          f"{hours:.4g} h{floor} x ${instance['usd_per_hour']:g}/h ({instance['name']}{fits})"}
+    return {
+        "usd": usd,
+        "busy_hours": busy_hours,
+        "instance": instance["name"],
+        "measured_cores": cores,
+        "arithmetic": f"{volume:,.0f} requests x {latency_ms:.3g} ms / {speedup:g} ({instance['vcpus']:g} vCPUs / "
+        f"{cores:g} measuring cores) = {busy_hours:.3g} busy h; "
+        f"{hours:.4g} h{floor} x ${instance['usd_per_hour']:g}/h ({instance['name']}{fits})",
+    }
 
 
 # =============================================================================================
@@ -253,8 +301,16 @@ def _payback_text(months: float | None) -> str:
 def sensitivity(money: Money, roi: RoiConfig, recompute: Callable[[RoiConfig, float], Money]) -> list[dict[str, Any]]:
     """Each assumption (and the measured gain) moved by -25% and +25%: payback at each end."""
     rows = []
-    fields = ["monthly_volume", "value_per_outcome_usd", "engineering_days", "engineer_usd_per_day",
-              "review_minutes_per_row", "reviewer_usd_per_hour", "gpu_usd_per_hour", "serving_usd_per_hour"]
+    fields = [
+        "monthly_volume",
+        "value_per_outcome_usd",
+        "engineering_days",
+        "engineer_usd_per_day",
+        "review_minutes_per_row",
+        "reviewer_usd_per_hour",
+        "gpu_usd_per_hour",
+        "serving_usd_per_hour",
+    ]
     for name in ["measured_gain", *fields]:
         if name == "measured_gain":
             base = money.gain
@@ -275,15 +331,24 @@ def sensitivity(money: Money, roi: RoiConfig, recompute: Callable[[RoiConfig, fl
             ends[side] = payback_months(moved.one_time, moved.net())
         finite = [v for v in ends.values() if v is not None]
         swing = math.inf if len(finite) < 2 else abs(ends["high"] - ends["low"])
-        rows.append({"assumption": name, "base": base, "low": base * (1 - SENSITIVITY_STEP),
-                     "high": base * (1 + SENSITIVITY_STEP), "payback_low": ends["low"], "payback_high": ends["high"],
-                     "swing_months": None if math.isinf(swing) else swing})
+        rows.append(
+            {
+                "assumption": name,
+                "base": base,
+                "low": base * (1 - SENSITIVITY_STEP),
+                "high": base * (1 + SENSITIVITY_STEP),
+                "payback_low": ends["low"],
+                "payback_high": ends["high"],
+                "swing_months": None if math.isinf(swing) else swing,
+            }
+        )
     rows.sort(key=lambda r: -(r["swing_months"] if r["swing_months"] is not None else math.inf))
     return rows
 
 
-def test_rows_needed(n: int, relative: float, relative_ci: tuple[float, float], threshold: float,
-                     z: float = 1.959964) -> int | None:
+def test_rows_needed(
+    n: int, relative: float, relative_ci: tuple[float, float], threshold: float, z: float = 1.959964
+) -> int | None:
     """Test rows at which the relative improvement's interval would clear ``threshold`` with 80%
     power, if the observed effect is the true one: the interval's half-width shrinks with
     sqrt(n), so n' = n x ((z + z_power) x se / |effect - threshold|)^2. None when the effect sits
@@ -412,8 +477,10 @@ class _Quality:
         if pair is None:
             return f"{a} and {b} share no scored rows"
         low, high = pair["difference_ci"]
-        return (f"{a} {self.score(a):.4g} vs {b} {self.score(b):.4g} {self.metric}, difference {pair['difference']:+.4g} "
-                f"(interval {low:+.4g} to {high:+.4g}, n={pair['n']:,})")
+        return (
+            f"{a} {self.score(a):.4g} vs {b} {self.score(b):.4g} {self.metric}, difference {pair['difference']:+.4g} "
+            f"(interval {low:+.4g} to {high:+.4g}, n={pair['n']:,})"
+        )
 
 
 @dataclass
@@ -431,9 +498,17 @@ class _Costs:
         return self.one_time + self.running * self.horizon
 
 
-def _candidate_costs(name: str, entry: dict, roi: RoiConfig, trained: dict[str, dict], flagged: int,
-                     latency: dict[str, float], api_tokens: float | None, usd_per_request: float | None,
-                     members: list[str] | None) -> _Costs:
+def _candidate_costs(
+    name: str,
+    entry: dict,
+    roi: RoiConfig,
+    trained: dict[str, dict],
+    flagged: int,
+    latency: dict[str, float],
+    api_tokens: float | None,
+    usd_per_request: float | None,
+    members: list[str] | None,
+) -> _Costs:
     # the incumbent runs already: no engineering or data work to build it, whatever its kind
     kind = "incumbent" if entry.get("is_incumbent") else entry["kind"]
     one_time, lines = one_time_cost(trained, flagged, roi, candidate=name, kind=kind, members=members)
@@ -443,17 +518,31 @@ def _candidate_costs(name: str, entry: dict, roi: RoiConfig, trained: dict[str, 
     elif kind == "incumbent" and usd_per_request is not None:
         running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=usd_per_request)
     elif kind == "incumbent":
-        running = monthly_running_cost(latency.get(name, 0.0), roi, api_tokens=api_tokens, memory_gib=memory,
-                                       measured_cores=entry.get("latency_cores"))
+        running = monthly_running_cost(
+            latency.get(name, 0.0),
+            roi,
+            api_tokens=api_tokens,
+            memory_gib=memory,
+            measured_cores=entry.get("latency_cores"),
+        )
     else:
-        running = monthly_running_cost(latency.get(name, 0.0), roi, memory_gib=memory,
-                                       measured_cores=entry.get("latency_cores"))
-    return _Costs(one_time, lines, running["usd"], running["arithmetic"], running.get("instance"),
-                  None if running.get("instance") is None else memory, roi.horizon_months)
+        running = monthly_running_cost(
+            latency.get(name, 0.0), roi, memory_gib=memory, measured_cores=entry.get("latency_cores")
+        )
+    return _Costs(
+        one_time,
+        lines,
+        running["usd"],
+        running["arithmetic"],
+        running.get("instance"),
+        None if running.get("instance") is None else memory,
+        roi.horizon_months,
+    )
 
 
-def _choose(names: list[str], quality: _Quality, costs: dict[str, _Costs], roi: RoiConfig,
-            priced: bool) -> tuple[str | None, list[str]]:
+def _choose(
+    names: list[str], quality: _Quality, costs: dict[str, _Costs], roi: RoiConfig, priced: bool
+) -> tuple[str | None, list[str]]:
     """The cheapest of the candidates within noise of the best (ties: the better one, said so);
     with volume and value, a better one beyond noise instead when its extra gain pays back."""
     names = [n for n in names if math.isfinite(quality.oriented(n))]
@@ -466,27 +555,35 @@ def _choose(names: list[str], quality: _Quality, costs: dict[str, _Costs], roi: 
     notes: list[str] = []
     if len(contenders) > 1:
         others = ", ".join(n for n in ranked[1:])
-        notes.append(f"{chosen} is the cheapest of the candidates within noise of the best ({best}): "
-                     f"${costs[chosen].total:,.0f} over {roi.horizon_months} months against {others}")
+        notes.append(
+            f"{chosen} is the cheapest of the candidates within noise of the best ({best}): "
+            f"${costs[chosen].total:,.0f} over {roi.horizon_months} months against {others}"
+        )
         tied = [n for n in ranked[1:] if round(costs[n].total, 2) == round(costs[chosen].total, 2)]
         if tied:
-            notes.append(f"{chosen} and {', '.join(tied)} cost the same; the tie is broken by quality "
-                         f"({chosen} {quality.score(chosen):.4g} {quality.metric})")
+            notes.append(
+                f"{chosen} and {', '.join(tied)} cost the same; the tie is broken by quality "
+                f"({chosen} {quality.score(chosen):.4g} {quality.metric})"
+            )
     if priced:
         best_upgrade, best_value = None, 0.0
         for n in names:
             if n == chosen or not quality.better_beyond_noise(n, chosen):
                 continue
             gain = quality.oriented(n) - quality.oriented(chosen)
-            extra_net = (roi.monthly_volume or 0) * (roi.value_per_outcome_usd or 0) * gain - (costs[n].running - costs[chosen].running)
+            extra_net = (roi.monthly_volume or 0) * (roi.value_per_outcome_usd or 0) * gain - (
+                costs[n].running - costs[chosen].running
+            )
             extra_one = costs[n].one_time - costs[chosen].one_time
             months = payback_months(extra_one, extra_net)
             value = extra_net * roi.horizon_months - extra_one
             if months is not None and months <= roi.horizon_months and value > best_value:
                 best_upgrade, best_value = n, value
         if best_upgrade is not None:
-            notes.append(f"{best_upgrade} is better than {chosen} beyond noise and its extra gain pays back its extra "
-                         f"cost: ${best_value:,.0f} more over {roi.horizon_months} months")
+            notes.append(
+                f"{best_upgrade} is better than {chosen} beyond noise and its extra gain pays back its extra "
+                f"cost: ${best_value:,.0f} more over {roi.horizon_months} months"
+            )
             chosen = best_upgrade
     return chosen, notes
 
@@ -531,15 +628,31 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     members = candidate_members(evaluation)
     for name, cores in _latency_cores(run_dir, list(entries), members).items():
         entries[name] = {**entries[name], "latency_cores": cores}
-    quality = _Quality(metric, _gain_scale(metric), metric in (evaluation.get("lower_is_better") or []), entries,
-                       evaluation.get("pairwise") or {})
+    quality = _Quality(
+        metric,
+        _gain_scale(metric),
+        metric in (evaluation.get("lower_is_better") or []),
+        entries,
+        evaluation.get("pairwise") or {},
+    )
     latency = _latencies(run_dir, list(entries))
     trained = _train_summaries(run_dir)
     flagged = _flagged_rows(run_dir)
     api_tokens = _api_tokens(run_dir, roi)
-    costs = {name: _candidate_costs(name, entry, roi, trained, flagged, latency, api_tokens,
-                                    _incumbent_usd_per_request(evaluation), members.get(name))
-             for name, entry in entries.items()}
+    costs = {
+        name: _candidate_costs(
+            name,
+            entry,
+            roi,
+            trained,
+            flagged,
+            latency,
+            api_tokens,
+            _incumbent_usd_per_request(evaluation),
+            members.get(name),
+        )
+        for name, entry in entries.items()
+    }
     missing = [name for name in ("monthly_volume", "value_per_outcome_usd") if getattr(roi, name) is None]
     priced = not missing
     comparisons = evaluation.get("comparisons", {})
@@ -551,8 +664,12 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     alternative, alternative_notes = _choose(alternatives, quality, costs, roi, priced)
     target_score, target = _target(reference, threshold, quality)
 
-    qualifying = [f for f in finetunes if statuses[f][0] == "meets"
-                  and all(quality.better_beyond_noise(f, a) for a in alternatives if costs[a].total <= costs[f].total)]
+    qualifying = [
+        f
+        for f in finetunes
+        if statuses[f][0] == "meets"
+        and all(quality.better_beyond_noise(f, a) for a in alternatives if costs[a].total <= costs[f].total)
+    ]
     finetune, finetune_notes = _choose(qualifying, quality, costs, roi, priced)
     best_finetune = max(finetunes, key=lambda n: (quality.oriented(n), n)) if finetunes else None
 
@@ -560,55 +677,79 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if finetune is not None:
         status, facts = statuses[finetune]
-        meets = (f"{finetune} meets the target: {_rel_text(facts)} over {reference}, the whole interval above "
-                 f"the {threshold:.0%} minimum ({target})")
+        meets = (
+            f"{finetune} meets the target: {_rel_text(facts)} over {reference}, the whole interval above "
+            f"the {threshold:.0%} minimum ({target})"
+        )
         comparator = alternative or (reference if reference != finetune else None)
         money = _upgrade_money(finetune, comparator, quality, costs, roi) if comparator else None
         extra["vs_alternative"] = money
-        beats = (f"it beats every alternative that costs no more beyond noise ({quality.pair_text(finetune, alternative)})"
-                 if alternative else "no candidate without fine-tuning is meaningful")
+        beats = (
+            f"it beats every alternative that costs no more beyond noise ({quality.pair_text(finetune, alternative)})"
+            if alternative
+            else "no candidate without fine-tuning is meaningful"
+        )
         if money is None or not priced:
             verdict, recommended = "FINE_TUNE", finetune
-            reasons.append(f"{meets}, and {beats}"
-                           + ("" if priced else f"; the money side was not priced (set {', '.join('roi.' + m for m in missing)})"))
+            reasons.append(
+                f"{meets}, and {beats}"
+                + ("" if priced else f"; the money side was not priced (set {', '.join('roi.' + m for m in missing)})")
+            )
         elif money["payback_months"] is not None and money["payback_months"] <= roi.horizon_months:
             verdict, recommended = "FINE_TUNE", finetune
-            reasons.append(f"{meets}, {beats}, and its extra gain over {comparator} pays back its extra cost in "
-                           f"{money['payback_months']:.1f} months, within the {roi.horizon_months}-month horizon")
+            reasons.append(
+                f"{meets}, {beats}, and its extra gain over {comparator} pays back its extra cost in "
+                f"{money['payback_months']:.1f} months, within the {roi.horizon_months}-month horizon"
+            )
         else:
             verdict = "USE_ALTERNATIVE" if alternative else "NOT_YET"
             recommended = alternative
-            reasons.append(f"{finetune} meets the target but its extra gain over {comparator} does not pay back its "
-                           f"extra cost within {roi.horizon_months} months (payback {_payback_text(money['payback_months'])})"
-                           + (f": use {alternative}" if alternative else ""))
+            reasons.append(
+                f"{finetune} meets the target but its extra gain over {comparator} does not pay back its "
+                f"extra cost within {roi.horizon_months} months (payback {_payback_text(money['payback_months'])})"
+                + (f": use {alternative}" if alternative else "")
+            )
         if alternative:
             reasons.append(quality.pair_text(finetune, alternative))
         reasons.extend(finetune_notes)
     else:
-        unsure = [f for f in finetunes if statuses[f][0] == "unsure"
-                  and (alternative is None or quality.oriented(f) >= quality.oriented(alternative))]
+        unsure = [
+            f
+            for f in finetunes
+            if statuses[f][0] == "unsure"
+            and (alternative is None or quality.oriented(f) >= quality.oriented(alternative))
+        ]
         lower_bound = [f for f in finetunes if f in under_trained]
         if unsure:
             pick = max(unsure, key=lambda n: (quality.oriented(n), n))
             _, facts = statuses[pick]
             needed = test_rows_needed(facts["n"], facts["relative"], facts["relative_ci"], threshold)
             verdict, recommended = "INCONCLUSIVE", alternative or incumbent
-            more = (f"about {max(needed - facts['n'], 1):,} more test rows ({needed:,} in all) would settle it at the "
-                    f"observed effect (80% power)" if needed is not None else
-                    "the observed effect sits on the threshold: no test size tells it apart")
-            reasons.append(f"the test set cannot tell whether {pick} meets the target: {_rel_text(facts)} over "
-                           f"{reference} on {facts['n']:,} rows straddles the {threshold:.0%} minimum ({target}); {more}")
+            more = (
+                f"about {max(needed - facts['n'], 1):,} more test rows ({needed:,} in all) would settle it at the "
+                f"observed effect (80% power)"
+                if needed is not None
+                else "the observed effect sits on the threshold: no test size tells it apart"
+            )
+            reasons.append(
+                f"the test set cannot tell whether {pick} meets the target: {_rel_text(facts)} over "
+                f"{reference} on {facts['n']:,} rows straddles the {threshold:.0%} minimum ({target}); {more}"
+            )
             extra["test_rows_needed"] = needed
         elif lower_bound:
             pick = lower_bound[0]
             verdict, recommended = "INCONCLUSIVE", alternative or incumbent
-            reasons.append(f"{pick} was stopped by a budget while validation still improved "
-                           f"({under_trained[pick].get('under_trained_reason', 'under-trained')}): its score is a lower "
-                           "bound, so it cannot be ruled out; train it to convergence (remove the cap) and decide again")
+            reasons.append(
+                f"{pick} was stopped by a budget while validation still improved "
+                f"({under_trained[pick].get('under_trained_reason', 'under-trained')}): its score is a lower "
+                "bound, so it cannot be ruled out; train it to convergence (remove the cap) and decide again"
+            )
         else:
             more = _more_data_reason(run_dir, best_finetune, roi) if best_finetune else None
             reachable = bool(more) and not more.startswith("more data of the same kind will not")
-            why = _finetune_shortfall(best_finetune, statuses, quality, alternatives, costs, reference, threshold, target)
+            why = _finetune_shortfall(
+                best_finetune, statuses, quality, alternatives, costs, reference, threshold, target
+            )
             if alternative is None:
                 verdict, recommended = "NOT_YET", None
                 reasons.append(f"nothing meets the bar: no candidate without fine-tuning is meaningful and {why}")
@@ -622,40 +763,83 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
                 reasons.append(more)
                 extra["more_data"] = more
             elif best_finetune:
-                reasons.append("run `tunewise curve` to see whether more labelled data would take a fine-tune to "
-                               "the target")
+                reasons.append(
+                    "run `tunewise curve` to see whether more labelled data would take a fine-tune to the target"
+                )
         reasons.extend(alternative_notes if recommended == alternative else [])
     for name in under_trained:
         if name not in reasons[0]:
-            reasons.append(f"{name} was stopped by a budget while validation still improved: its score is a lower bound")
+            reasons.append(
+                f"{name} was stopped by a budget while validation still improved: its score is a lower bound"
+            )
     if evaluation.get("reference_note"):
         reasons.append(evaluation["reference_note"])
     sampled = [n for n, e in entries.items() if e.get("on_sample")]
     if sampled:
-        reasons.append("scored on a sample of the test set (their comparisons rest on it): "
-                       + ", ".join(f"{n} ({entries[n]['n_eval']:,} of {entries[n].get('n_test', '?'):,} rows)"
-                                   for n in sampled))
+        reasons.append(
+            "scored on a sample of the test set (their comparisons rest on it): "
+            + ", ".join(f"{n} ({entries[n]['n_eval']:,} of {entries[n].get('n_test', '?'):,} rows)" for n in sampled)
+        )
     if not priced:
-        reasons.append("the money side was not priced: set " + " and ".join(f"roi.{m}" for m in missing)
-                       + "; candidates within noise of each other were decided by their cost at the default rates")
+        reasons.append(
+            "the money side was not priced: set "
+            + " and ".join(f"roi.{m}" for m in missing)
+            + "; candidates within noise of each other were decided by their cost at the default rates"
+        )
 
-    roi_out = _roi_block(run_dir, evaluation, roi, quality, costs, trained, flagged, latency, api_tokens,
-                         best_finetune, reference, missing, reasons, extra)
-    candidates_costs = {n: {"one_time_usd": c.one_time, "monthly_running_usd": c.running,
-                            "horizon_cost_usd": c.total, "instance": c.instance, "memory_gib": c.memory_gib,
-                            "running_arithmetic": c.running_arithmetic, "one_time_lines": c.one_time_lines}
-                        for n, c in costs.items()}
+    roi_out = _roi_block(
+        run_dir,
+        evaluation,
+        roi,
+        quality,
+        costs,
+        trained,
+        flagged,
+        latency,
+        api_tokens,
+        best_finetune,
+        reference,
+        missing,
+        reasons,
+        extra,
+    )
+    candidates_costs = {
+        n: {
+            "one_time_usd": c.one_time,
+            "monthly_running_usd": c.running,
+            "horizon_cost_usd": c.total,
+            "instance": c.instance,
+            "memory_gib": c.memory_gib,
+            "running_arithmetic": c.running_arithmetic,
+            "one_time_lines": c.one_time_lines,
+        }
+        for n, c in costs.items()
+    }
     roi_out["candidates"] = candidates_costs
-    decision = {"verdict": verdict, "recommended": recommended, "reasons": reasons,
-                "headline": f"{verdict}: {reasons[0]}", "candidate": best_finetune, "reference": reference,
-                "incumbent": incumbent, "threshold": threshold, "target": target, "target_score": target_score,
-                "priced": priced,
-                "alternative": alternative, "finetune": finetune,
-                "finetune_status": {n: {"status": s, **f} for n, (s, f) in statuses.items()},
-                "under_trained": sorted(under_trained), "gate_passed": bool(gate.get("passed")),
-                "recommendation": {"name": recommended, "kind": entries.get(recommended, {}).get("kind"),
-                                   "horizon_cost_usd": costs[recommended].total if recommended in costs else None},
-                **extra}
+    decision = {
+        "verdict": verdict,
+        "recommended": recommended,
+        "reasons": reasons,
+        "headline": f"{verdict}: {reasons[0]}",
+        "candidate": best_finetune,
+        "reference": reference,
+        "incumbent": incumbent,
+        "threshold": threshold,
+        "target": target,
+        "target_score": target_score,
+        "priced": priced,
+        "alternative": alternative,
+        "finetune": finetune,
+        "finetune_status": {n: {"status": s, **f} for n, (s, f) in statuses.items()},
+        "under_trained": sorted(under_trained),
+        "gate_passed": bool(gate.get("passed")),
+        "recommendation": {
+            "name": recommended,
+            "kind": entries.get(recommended, {}).get("kind"),
+            "horizon_cost_usd": costs[recommended].total if recommended in costs else None,
+        },
+        **extra,
+    }
     return {"roi": roi_out, "decision": decision}
 
 
@@ -678,43 +862,90 @@ def _target(reference: str | None, threshold: float, quality: _Quality) -> tuple
     return target, text
 
 
-def _finetune_shortfall(best: str | None, statuses: dict, quality: _Quality, alternatives: list[str],
-                        costs: dict[str, _Costs], reference: str | None, threshold: float, target: str) -> str:
+def _finetune_shortfall(
+    best: str | None,
+    statuses: dict,
+    quality: _Quality,
+    alternatives: list[str],
+    costs: dict[str, _Costs],
+    reference: str | None,
+    threshold: float,
+    target: str,
+) -> str:
     if best is None:
         return "no fine-tuned candidate was trained"
     status, facts = statuses[best]
     if status == "misses":
-        return (f"no fine-tune reaches the {threshold:.0%} minimum improvement over {reference} "
-                f"(best {best}: {_rel_text(facts)}; target {target})")
+        return (
+            f"no fine-tune reaches the {threshold:.0%} minimum improvement over {reference} "
+            f"(best {best}: {_rel_text(facts)}; target {target})"
+        )
     if status == "meets":
-        cheaper = [a for a in alternatives if costs[a].total <= costs[best].total and not quality.better_beyond_noise(best, a)]
-        return (f"{best} meets the target but is not better beyond noise than "
-                + "; ".join(quality.pair_text(best, a) for a in cheaper[:2]) + ", which cost less")
+        cheaper = [
+            a for a in alternatives if costs[a].total <= costs[best].total and not quality.better_beyond_noise(best, a)
+        ]
+        return (
+            f"{best} meets the target but is not better beyond noise than "
+            + "; ".join(quality.pair_text(best, a) for a in cheaper[:2])
+            + ", which cost less"
+        )
     return f"{best} could not be compared with {reference}"
 
 
-def _upgrade_money(finetune: str, alternative: str, quality: _Quality, costs: dict[str, _Costs],
-                   roi: RoiConfig) -> dict[str, Any]:
+def _upgrade_money(
+    finetune: str, alternative: str, quality: _Quality, costs: dict[str, _Costs], roi: RoiConfig
+) -> dict[str, Any]:
     gain = quality.oriented(finetune) - quality.oriented(alternative)
-    money = Money(costs[finetune].one_time - costs[alternative].one_time, gain, roi.monthly_volume or 0.0,
-                  roi.value_per_outcome_usd or 0.0, costs[finetune].running - costs[alternative].running)
+    money = Money(
+        costs[finetune].one_time - costs[alternative].one_time,
+        gain,
+        roi.monthly_volume or 0.0,
+        roi.value_per_outcome_usd or 0.0,
+        costs[finetune].running - costs[alternative].running,
+    )
     months = payback_months(money.one_time, money.net()) if roi.monthly_volume and roi.value_per_outcome_usd else None
-    return {"candidate": finetune, "alternative": alternative, "gain": gain, "extra_one_time_usd": money.one_time,
-            "extra_running_usd": money.extra_running, "monthly_benefit_usd": money.benefit(),
-            "monthly_net_usd": money.net(), "payback_months": months}
+    return {
+        "candidate": finetune,
+        "alternative": alternative,
+        "gain": gain,
+        "extra_one_time_usd": money.one_time,
+        "extra_running_usd": money.extra_running,
+        "monthly_benefit_usd": money.benefit(),
+        "monthly_net_usd": money.net(),
+        "payback_months": months,
+    }
 
 
-def _roi_block(run_dir: Path, evaluation: dict, roi: RoiConfig, quality: _Quality, costs: dict[str, _Costs],
-               trained: dict[str, dict], flagged: int, latency: dict[str, float], api_tokens: float | None,
-               candidate: str | None, reference: str | None, missing: list[str], reasons: list[str],
-               extra: dict[str, Any]) -> dict[str, Any]:
+def _roi_block(
+    run_dir: Path,
+    evaluation: dict,
+    roi: RoiConfig,
+    quality: _Quality,
+    costs: dict[str, _Costs],
+    trained: dict[str, dict],
+    flagged: int,
+    latency: dict[str, float],
+    api_tokens: float | None,
+    candidate: str | None,
+    reference: str | None,
+    missing: list[str],
+    reasons: list[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """The payback arithmetic of the best fine-tune against the reference: cost lines, benefit,
     net, payback with intervals, break-even gain, cumulative net and sensitivity."""
-    out: dict[str, Any] = {"horizon_months": roi.horizon_months, "assumptions": roi.model_dump(mode="json"),
-                           "missing": missing, "one_time_cost_usd": None, "monthly_benefit_usd": None,
-                           "payback_months": None, "candidate": candidate, "baseline": reference,
-                           "metric": quality.metric,
-                           "training_compute_this_run_usd": sum(line["usd"] for line in training_compute_lines(trained, roi))}
+    out: dict[str, Any] = {
+        "horizon_months": roi.horizon_months,
+        "assumptions": roi.model_dump(mode="json"),
+        "missing": missing,
+        "one_time_cost_usd": None,
+        "monthly_benefit_usd": None,
+        "payback_months": None,
+        "candidate": candidate,
+        "baseline": reference,
+        "metric": quality.metric,
+        "training_compute_this_run_usd": sum(line["usd"] for line in training_compute_lines(trained, roi)),
+    }
     comparison = evaluation.get("comparisons", {}).get(candidate or "", {}).get("metrics", {}).get(quality.metric)
     if candidate is None or reference is None or not comparison:
         return out
@@ -722,22 +953,52 @@ def _roi_block(run_dir: Path, evaluation: dict, roi: RoiConfig, quality: _Qualit
     gain = sign * comparison["difference"] / quality.scale
     gain_ci = sorted(sign * x / quality.scale for x in comparison["difference_ci"])
     c, b = costs[candidate], costs[reference]
-    out.update({"gain": gain, "gain_ci95": gain_ci, "one_time_cost_usd": c.one_time, "one_time_cost_lines": c.one_time_lines,
-                "monthly_running_cost_usd": {"candidate": c.running, "baseline": b.running},
-                "monthly_running_cost_arithmetic": {"candidate": c.running_arithmetic, "baseline": b.running_arithmetic},
-                "latency_ms": {candidate: latency.get(candidate), reference: latency.get(reference)}})
+    out.update(
+        {
+            "gain": gain,
+            "gain_ci95": gain_ci,
+            "one_time_cost_usd": c.one_time,
+            "one_time_cost_lines": c.one_time_lines,
+            "monthly_running_cost_usd": {"candidate": c.running, "baseline": b.running},
+            "monthly_running_cost_arithmetic": {"candidate": c.running_arithmetic, "baseline": b.running_arithmetic},
+            "latency_ms": {candidate: latency.get(candidate), reference: latency.get(reference)},
+        }
+    )
     if missing:
         return out
     members = candidate_members(evaluation).get(candidate)
 
     def money_for(settings: RoiConfig, g: float) -> Money:
         entries = quality.entries
-        cc = _candidate_costs(candidate, entries[candidate], settings, trained, flagged, latency, api_tokens,
-                              _incumbent_usd_per_request(evaluation), members)
-        bb = _candidate_costs(reference, entries[reference], settings, trained, flagged, latency, api_tokens,
-                              _incumbent_usd_per_request(evaluation), None)
-        return Money(cc.one_time, g, settings.monthly_volume or 0.0, settings.value_per_outcome_usd or 0.0,
-                     cc.running - bb.running)
+        cc = _candidate_costs(
+            candidate,
+            entries[candidate],
+            settings,
+            trained,
+            flagged,
+            latency,
+            api_tokens,
+            _incumbent_usd_per_request(evaluation),
+            members,
+        )
+        bb = _candidate_costs(
+            reference,
+            entries[reference],
+            settings,
+            trained,
+            flagged,
+            latency,
+            api_tokens,
+            _incumbent_usd_per_request(evaluation),
+            None,
+        )
+        return Money(
+            cc.one_time,
+            g,
+            settings.monthly_volume or 0.0,
+            settings.value_per_outcome_usd or 0.0,
+            cc.running - bb.running,
+        )
 
     money = money_for(roi, gain)
     net = money.net()
@@ -746,24 +1007,40 @@ def _roi_block(run_dir: Path, evaluation: dict, roi: RoiConfig, quality: _Qualit
     months_ci = [payback_months(money.one_time, net_ci[1]), payback_months(money.one_time, net_ci[0])]
     horizon = roi.horizon_months
     break_even_gain = (money.one_time / horizon + money.extra_running) / (money.volume * money.value)
-    out.update({
-        "monthly_benefit_usd": money.benefit(), "monthly_benefit_ci95": sorted([money.benefit(g) for g in gain_ci]),
-        "monthly_net_usd": net, "monthly_net_ci95": net_ci, "payback_months": months, "payback_months_ci95": months_ci,
-        "roi_12m": (net * 12 - money.one_time) / money.one_time if money.one_time else None,
-        "break_even_gain": break_even_gain,
-        "break_even_relative_improvement": (break_even_gain * quality.scale / comparison["baseline"]
-                                            if comparison.get("baseline") else None),
-        "benefit_arithmetic": f"{money.volume:,.0f} requests x gain {gain:.4g} x ${money.value:g} = "
-                              f"${money.benefit():,.2f} a month",
-        "cumulative": [{"month": m, "net_usd": -money.one_time + net * m, "low": -money.one_time + net_ci[0] * m,
-                        "high": -money.one_time + net_ci[1] * m} for m in range(horizon + 1)],
-        "sensitivity": sensitivity(money, roi, money_for),
-    })
-    reasons.append(f"{candidate} against {reference}: one-time cost ${money.one_time:,.0f} (its training compute, data "
-                   f"review, labels, engineering); monthly benefit ${money.benefit():,.0f} ({money.volume:,.0f} requests "
-                   f"x gain {gain:.3f} in {quality.metric} x ${money.value:g} an outcome), extra running cost "
-                   f"${money.extra_running:,.0f} a month; payback {_payback_text(months)}"
-                   + (f" (interval {_interval_months(months_ci)})" if months is not None else ""))
+    out.update(
+        {
+            "monthly_benefit_usd": money.benefit(),
+            "monthly_benefit_ci95": sorted([money.benefit(g) for g in gain_ci]),
+            "monthly_net_usd": net,
+            "monthly_net_ci95": net_ci,
+            "payback_months": months,
+            "payback_months_ci95": months_ci,
+            "roi_12m": (net * 12 - money.one_time) / money.one_time if money.one_time else None,
+            "break_even_gain": break_even_gain,
+            "break_even_relative_improvement": (
+                break_even_gain * quality.scale / comparison["baseline"] if comparison.get("baseline") else None
+            ),
+            "benefit_arithmetic": f"{money.volume:,.0f} requests x gain {gain:.4g} x ${money.value:g} = "
+            f"${money.benefit():,.2f} a month",
+            "cumulative": [
+                {
+                    "month": m,
+                    "net_usd": -money.one_time + net * m,
+                    "low": -money.one_time + net_ci[0] * m,
+                    "high": -money.one_time + net_ci[1] * m,
+                }
+                for m in range(horizon + 1)
+            ],
+            "sensitivity": sensitivity(money, roi, money_for),
+        }
+    )
+    reasons.append(
+        f"{candidate} against {reference}: one-time cost ${money.one_time:,.0f} (its training compute, data "
+        f"review, labels, engineering); monthly benefit ${money.benefit():,.0f} ({money.volume:,.0f} requests "
+        f"x gain {gain:.3f} in {quality.metric} x ${money.value:g} an outcome), extra running cost "
+        f"${money.extra_running:,.0f} a month; payback {_payback_text(months)}"
+        + (f" (interval {_interval_months(months_ci)})" if months is not None else "")
+    )
     return out
 
 
@@ -782,9 +1059,11 @@ def _more_data_reason(run_dir: Path, candidate: str, roi: RoiConfig) -> str | No
         return f"more data of the same kind will not reach the target: {target['message']} (tunewise curve)"
     more = target["more_rows"]
     classes = [row["label"] for row in entry["per_class"][:5]]
-    return (f"the learning curve says {candidate} reaches {target['accuracy']:.3f} accuracy with about "
-            f"{target['n_needed']:,} training rows: {more:,} more labelled rows, most useful in {', '.join(classes)}; "
-            f"at ${roi.usd_per_label:g} a label that is ${more * roi.usd_per_label:,.0f} (tunewise curve)")
+    return (
+        f"the learning curve says {candidate} reaches {target['accuracy']:.3f} accuracy with about "
+        f"{target['n_needed']:,} training rows: {more:,} more labelled rows, most useful in {', '.join(classes)}; "
+        f"at ${roi.usd_per_label:g} a label that is ${more * roi.usd_per_label:,.0f} (tunewise curve)"
+    )
 
 
 def _interval_months(months_ci: list[float | None]) -> str:

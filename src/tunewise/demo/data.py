@@ -129,27 +129,27 @@ P = POLICY
 KNOWLEDGE_BASE: dict[str, str] = {
     "returns.md": f"""# Returns
 
-- Items can be returned within {P['return_days']} days of delivery.
+- Items can be returned within {P["return_days"]} days of delivery.
 - Items must be unused and in their original packaging; opened electronics are accepted if all parts are included.
 - Start a return under Account > Orders > Return item; a prepaid return label is emailed to you.
-- Return shipping is free for Plus members and for damaged or wrong items; otherwise {P['standard_fee']} is deducted from the refund.
+- Return shipping is free for Plus members and for damaged or wrong items; otherwise {P["standard_fee"]} is deducted from the refund.
 - Exchanges for a different size or colour are handled as a return plus a new order.
 - Gifts can be returned with the order number; the refund goes to the original payer as store credit if they prefer.
 """,
     "refunds.md": f"""# Refunds
 
-- Refunds are issued within {P['refund_time']} after the return reaches our warehouse.
+- Refunds are issued within {P["refund_time"]} after the return reaches our warehouse.
 - Refunds go back to the original payment method; banks may take a few extra days to show them.
-- Cancelled orders are refunded in full, including shipping, within {P['refund_time']}.
+- Cancelled orders are refunded in full, including shipping, within {P["refund_time"]}.
 - A partial refund means part of the order was returned, or a return shipping fee was deducted.
 - Store credit is only used when the customer asks for it.
 """,
     "shipping.md": f"""# Shipping
 
-- Standard shipping costs {P['standard_fee']} and takes {P['standard_time']}.
-- Standard shipping is free on orders over {P['free_shipping_over']} and always free for Plus members.
-- Express shipping costs {P['express_fee']} and takes {P['express_time']}.
-- International shipping starts at {P['international_fee']} and takes {P['international_time']}.
+- Standard shipping costs {P["standard_fee"]} and takes {P["standard_time"]}.
+- Standard shipping is free on orders over {P["free_shipping_over"]} and always free for Plus members.
+- Express shipping costs {P["express_fee"]} and takes {P["express_time"]}.
+- International shipping starts at {P["international_fee"]} and takes {P["international_time"]}.
 - Each order ships separately; a second order placed the same day pays its own shipping.
 - Shipping fees do not depend on weight, except for furniture, which ships by freight.
 """,
@@ -157,22 +157,22 @@ KNOWLEDGE_BASE: dict[str, str] = {
 
 - Order status and tracking are under Account > Orders; the shipping confirmation email has the tracking link.
 - Orders are packed within 1 business day; 'Processing' means the order has not left the warehouse yet.
-- An order can be cancelled within {P['cancel_hours']} hours of placing it, or later as long as it is still 'Processing'.
+- An order can be cancelled within {P["cancel_hours"]} hours of placing it, or later as long as it is still 'Processing'.
 - Once an order has shipped it cannot be cancelled; refuse the delivery or return it instead.
 - The delivery address can be changed while the order is 'Processing'; after dispatch we ask the carrier to redirect it.
 """,
     "delivery.md": f"""# Late or missing deliveries
 
-- If a delivery is more than {P['trace_after_days']} business days past its estimated date, we open a trace with the carrier.
+- If a delivery is more than {P["trace_after_days"]} business days past its estimated date, we open a trace with the carrier.
 - If the carrier confirms the parcel is lost, we send a replacement or a full refund, whichever the customer prefers.
-- Plus members receive {P['late_credit']} store credit for any late delivery.
+- Plus members receive {P["late_credit"]} store credit for any late delivery.
 - Express orders that arrive late get their express fee refunded.
 """,
     "payments.md": f"""# Payments
 
 - We accept Visa, Mastercard, American Express, PayPal and Apple Pay.
 - The billing address must match the one held by your bank, or the payment is declined.
-- A failed payment can leave a pending authorisation; your bank releases it within {P['hold_release_days']} business days.
+- A failed payment can leave a pending authorisation; your bank releases it within {P["hold_release_days"]} business days.
 - A double charge is refunded automatically once the duplicate authorisation is found.
 - Update an expired card under Account > Payment methods, then retry the order.
 """,
@@ -180,32 +180,32 @@ KNOWLEDGE_BASE: dict[str, str] = {
 
 - One discount code per order; codes cannot be combined.
 - Codes do not apply to sale items unless the code says so.
-- Forgot a code? Support can apply it within {P['code_grace_days']} days of the order and refund the difference.
-- Plus members get {P['plus_discount']} off automatically; no code is needed.
+- Forgot a code? Support can apply it within {P["code_grace_days"]} days of the order and refund the difference.
+- Plus members get {P["plus_discount"]} off automatically; no code is needed.
 - Newsletter sign-up sends a welcome code within 24 hours.
 """,
     "damaged_and_warranty.md": f"""# Damaged items and warranty
 
-- Report a damaged item within {P['damage_report_hours']} hours of delivery, with photos of the item and the box.
+- Report a damaged item within {P["damage_report_hours"]} hours of delivery, with photos of the item and the box.
 - We send a free replacement or a full refund; you do not need to return a damaged item.
-- Electronics carry a {P['warranty_months']}-month warranty from the delivery date; the order number is the proof of purchase.
+- Electronics carry a {P["warranty_months"]}-month warranty from the delivery date; the order number is the proof of purchase.
 - The warranty covers faults in normal use; it does not cover water damage, drops or misuse.
 - Warranty claims: Account > Orders > Report a problem; we repair or replace the item.
 """,
     "account.md": f"""# Account and sign-in
 
-- A password reset link is valid for {P['reset_minutes']} minutes; check the spam folder if it does not arrive.
-- After {P['lock_attempts']} failed sign-in attempts the account is locked for {P['lock_minutes']} minutes.
+- A password reset link is valid for {P["reset_minutes"]} minutes; check the spam folder if it does not arrive.
+- After {P["lock_attempts"]} failed sign-in attempts the account is locked for {P["lock_minutes"]} minutes.
 - Sign-in codes go to the phone number or email on the account.
 - Support can merge duplicate accounts, change the account email and delete an account on request.
 - Report an order you do not recognise at once; we secure the account and cancel the order.
 """,
     "products_and_invoices.md": f"""# Products, stock and invoices
 
-- Out-of-stock items usually come back within {P['restock_weeks']}; the 'Notify me' button emails you when they do.
+- Out-of-stock items usually come back within {P["restock_weeks"]}; the 'Notify me' button emails you when they do.
 - Pre-orders are open for selected items and are charged when they ship.
 - Invoices: Account > Orders > Download invoice (PDF). We can reissue an invoice with a company name, address or VAT number.
-- Business customers get VAT invoices and {P['invoice_terms_days']}-day payment terms; one invoice can cover several orders.
+- Business customers get VAT invoices and {P["invoice_terms_days"]}-day payment terms; one invoice can cover several orders.
 """,
 }
 
@@ -213,28 +213,94 @@ KNOWLEDGE_BASE: dict[str, str] = {
 # Slot values
 # ---------------------------------------------------------------------------------------------
 PRODUCTS = (
-    "smartwatch", "Aurora desk lamp", "merino wool sweater", "ceramic pour-over set",
-    "trail running vest", "hiking backpack", "cast iron skillet", "bluetooth speaker",
-    "standing desk", "linen duvet cover", "smart thermostat", "espresso machine", "yoga mat",
-    "leather wallet", "kids' rain jacket", "air purifier", "electric toothbrush", "office chair",
-    "noise-cancelling headset", "glass food container set", "camping stove", "denim jacket",
-    "robot vacuum", "wool beanie", "fitness tracker", "chef's knife", "table lamp",
-    "baby monitor", "phone charger", "winter coat", "portable blender", "garden hose",
-    "mechanical keyboard", "weighted blanket", "straw sun hat", "bike helmet", "coffee grinder",
-    "water bottle", "tablet case", "hair dryer",
+    "smartwatch",
+    "Aurora desk lamp",
+    "merino wool sweater",
+    "ceramic pour-over set",
+    "trail running vest",
+    "hiking backpack",
+    "cast iron skillet",
+    "bluetooth speaker",
+    "standing desk",
+    "linen duvet cover",
+    "smart thermostat",
+    "espresso machine",
+    "yoga mat",
+    "leather wallet",
+    "kids' rain jacket",
+    "air purifier",
+    "electric toothbrush",
+    "office chair",
+    "noise-cancelling headset",
+    "glass food container set",
+    "camping stove",
+    "denim jacket",
+    "robot vacuum",
+    "wool beanie",
+    "fitness tracker",
+    "chef's knife",
+    "table lamp",
+    "baby monitor",
+    "phone charger",
+    "winter coat",
+    "portable blender",
+    "garden hose",
+    "mechanical keyboard",
+    "weighted blanket",
+    "straw sun hat",
+    "bike helmet",
+    "coffee grinder",
+    "water bottle",
+    "tablet case",
+    "hair dryer",
 )
 CITIES = (
-    "Denver", "Austin", "Portland", "Chicago", "Boston", "Seattle", "Atlanta", "Phoenix",
-    "Minneapolis", "Nashville", "San Diego", "Pittsburgh", "Toronto", "Leeds", "Dublin",
+    "Denver",
+    "Austin",
+    "Portland",
+    "Chicago",
+    "Boston",
+    "Seattle",
+    "Atlanta",
+    "Phoenix",
+    "Minneapolis",
+    "Nashville",
+    "San Diego",
+    "Pittsburgh",
+    "Toronto",
+    "Leeds",
+    "Dublin",
 )
 CARRIERS = ("UPS", "FedEx", "USPS", "DHL")
 CARD_BRANDS = ("Visa", "Mastercard", "Amex", "debit card", "credit card")
 CODES = (
-    "SPRING20", "WELCOME10", "FREESHIP", "SUMMER15", "NWGOODS25", "FRIEND10", "FALL30",
-    "BLACKFRIDAY", "SAVE5", "STUDENT15", "HOLIDAY20", "FLASH40",
+    "SPRING20",
+    "WELCOME10",
+    "FREESHIP",
+    "SUMMER15",
+    "NWGOODS25",
+    "FRIEND10",
+    "FALL30",
+    "BLACKFRIDAY",
+    "SAVE5",
+    "STUDENT15",
+    "HOLIDAY20",
+    "FLASH40",
 )
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 NUMBER_WORDS = ("three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve")
 
@@ -258,10 +324,20 @@ NEIGHBOURS: dict[str, tuple[str, ...]] = {
 
 # Relative frequency of each intent (order questions dominate real support queues).
 INTENT_WEIGHTS: dict[str, float] = {
-    "order_status": 1.4, "delivery_delay": 1.1, "cancel_order": 1.0, "return_item": 1.2,
-    "refund_status": 1.2, "change_address": 0.8, "payment_failed": 0.9, "discount_code": 0.8,
-    "shipping_cost": 0.8, "damaged_item": 0.9, "account_login": 0.9, "product_availability": 0.8,
-    "warranty_claim": 0.7, "invoice_request": 0.7,
+    "order_status": 1.4,
+    "delivery_delay": 1.1,
+    "cancel_order": 1.0,
+    "return_item": 1.2,
+    "refund_status": 1.2,
+    "change_address": 0.8,
+    "payment_failed": 0.9,
+    "discount_code": 0.8,
+    "shipping_cost": 0.8,
+    "damaged_item": 0.9,
+    "account_login": 0.9,
+    "product_availability": 0.8,
+    "warranty_claim": 0.7,
+    "invoice_request": 0.7,
 }
 INTENTS: tuple[str, ...] = tuple(INTENT_WEIGHTS)
 
@@ -920,37 +996,101 @@ TEMPLATES = {intent: TEMPLATES[intent] + PARAPHRASES[intent] for intent in TEMPL
 # Short and vague messages: real queues are full of them ("refund?", "order status pls"), and a
 # few read the same for two neighbouring intents; the label is the one the customer meant.
 SHORT: dict[str, tuple[str, ...]] = {
-    "order_status": ("(order status|status update)[ for {order}] <pls>", "where's my (order|stuff|package)[??]",
-                     "tracking (number|link)? <pls>", "order {order}[ status]??", "(when does my order ship|has my order shipped)?",
-                     "any update on {order}"),
-    "delivery_delay": ("(still|it's still) not delivered", "my (parcel|order|package) is (late|overdue)",
-                       "order {order} (late|still not here)", "where is it?? (it's been|been) {n} days",
-                       "delivery (overdue|late again)", "never (arrived|came)[ and it's been a week]"),
-    "cancel_order": ("cancel {order} <pls>", "(cancel|stop) my order <pls>", "(i need|need) to cancel[ asap]",
-                     "cancel (order|it)[ please]", "(can i|how to) cancel[??]"),
-    "return_item": ("return label <pls>", "how do returns work?", "<want> return something",
-                    "(return|exchange) the {product}?", "send back the {product}[ how]?"),
-    "refund_status": ("refund status[ for {order}]?", "where is my refund[??]", "refund not (received|here) yet",
-                      "still waiting (for|on) (my|the) refund", "(money|refund) back yet?"),
-    "change_address": ("change (delivery|shipping) address[ on {order}]", "wrong address on {order}",
-                       "new (delivery|shipping) address <pls>", "update (my|the) address[ for my order]"),
-    "payment_failed": ("payment (declined|failed)[??]", "(cant|can't) pay[ for my order]",
-                       "(card|my card) not working at checkout", "(double charged|charged twice)[!!]",
-                       "payment (error|problem) at checkout"),
-    "discount_code": ("(promo|discount) code not working", "(discount|promo) code?", "coupon (invalid|rejected)",
-                      "{code} (doesn't|won't) work", "(help with|question about) a (promo|discount) code"),
-    "shipping_cost": ("shipping (cost|price)?", "delivery (fee|cost)[ to {city}]?", "free shipping?",
-                      "how much is (shipping|delivery)[ to {city}]?"),
-    "damaged_item": ("item arrived (broken|damaged)", "(damaged|broken) delivery", "{product} (broken|cracked) on arrival",
-                     "(it|my order) (arrived|came) damaged"),
-    "account_login": ("(cant|can't) (log|sign) in", "password reset[ not working]", "locked out[ of my account]",
-                      "(login|sign in) (problem|issue)", "(cant|can't) access my account"),
-    "product_availability": ("{product} in stock?", "is the {product} available?", "restock[ date] for the {product}?",
-                             "when (will|is) the {product} back in stock?"),
-    "warranty_claim": ("warranty claim[ for my {product}]", "(warranty|guarantee) on the {product}?",
-                       "{product} <dead>[, warranty?]", "faulty {product}[, under warranty]"),
-    "invoice_request": ("invoice <pls>", "receipt for {order}[ please]", "(need|i need) an invoice[ for {order}]",
-                        "send (the|my) receipt <pls>", "(VAT|tax) invoice?"),
+    "order_status": (
+        "(order status|status update)[ for {order}] <pls>",
+        "where's my (order|stuff|package)[??]",
+        "tracking (number|link)? <pls>",
+        "order {order}[ status]??",
+        "(when does my order ship|has my order shipped)?",
+        "any update on {order}",
+    ),
+    "delivery_delay": (
+        "(still|it's still) not delivered",
+        "my (parcel|order|package) is (late|overdue)",
+        "order {order} (late|still not here)",
+        "where is it?? (it's been|been) {n} days",
+        "delivery (overdue|late again)",
+        "never (arrived|came)[ and it's been a week]",
+    ),
+    "cancel_order": (
+        "cancel {order} <pls>",
+        "(cancel|stop) my order <pls>",
+        "(i need|need) to cancel[ asap]",
+        "cancel (order|it)[ please]",
+        "(can i|how to) cancel[??]",
+    ),
+    "return_item": (
+        "return label <pls>",
+        "how do returns work?",
+        "<want> return something",
+        "(return|exchange) the {product}?",
+        "send back the {product}[ how]?",
+    ),
+    "refund_status": (
+        "refund status[ for {order}]?",
+        "where is my refund[??]",
+        "refund not (received|here) yet",
+        "still waiting (for|on) (my|the) refund",
+        "(money|refund) back yet?",
+    ),
+    "change_address": (
+        "change (delivery|shipping) address[ on {order}]",
+        "wrong address on {order}",
+        "new (delivery|shipping) address <pls>",
+        "update (my|the) address[ for my order]",
+    ),
+    "payment_failed": (
+        "payment (declined|failed)[??]",
+        "(cant|can't) pay[ for my order]",
+        "(card|my card) not working at checkout",
+        "(double charged|charged twice)[!!]",
+        "payment (error|problem) at checkout",
+    ),
+    "discount_code": (
+        "(promo|discount) code not working",
+        "(discount|promo) code?",
+        "coupon (invalid|rejected)",
+        "{code} (doesn't|won't) work",
+        "(help with|question about) a (promo|discount) code",
+    ),
+    "shipping_cost": (
+        "shipping (cost|price)?",
+        "delivery (fee|cost)[ to {city}]?",
+        "free shipping?",
+        "how much is (shipping|delivery)[ to {city}]?",
+    ),
+    "damaged_item": (
+        "item arrived (broken|damaged)",
+        "(damaged|broken) delivery",
+        "{product} (broken|cracked) on arrival",
+        "(it|my order) (arrived|came) damaged",
+    ),
+    "account_login": (
+        "(cant|can't) (log|sign) in",
+        "password reset[ not working]",
+        "locked out[ of my account]",
+        "(login|sign in) (problem|issue)",
+        "(cant|can't) access my account",
+    ),
+    "product_availability": (
+        "{product} in stock?",
+        "is the {product} available?",
+        "restock[ date] for the {product}?",
+        "when (will|is) the {product} back in stock?",
+    ),
+    "warranty_claim": (
+        "warranty claim[ for my {product}]",
+        "(warranty|guarantee) on the {product}?",
+        "{product} <dead>[, warranty?]",
+        "faulty {product}[, under warranty]",
+    ),
+    "invoice_request": (
+        "invoice <pls>",
+        "receipt for {order}[ please]",
+        "(need|i need) an invoice[ for {order}]",
+        "send (the|my) receipt <pls>",
+        "(VAT|tax) invoice?",
+    ),
 }
 
 # Vague messages that several intents share: "where's my parcel?" may be a status question or a
@@ -958,10 +1098,14 @@ SHORT: dict[str, tuple[str, ...]] = {
 # it knew from the conversation; the text alone cannot tell, so no model gets all of them.
 SHARED_VAGUE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("(where is|where's) my (order|package|parcel)[ {order}][??]", ("order_status", "delivery_delay")),
-    ("[hi, ](a |)question about (my|an) order[ {order}]",
-     ("order_status", "cancel_order", "change_address", "refund_status", "invoice_request")),
-    ("[hi, ](problem|issue) with (my|an) order[ {order}]",
-     ("delivery_delay", "damaged_item", "payment_failed", "order_status")),
+    (
+        "[hi, ](a |)question about (my|an) order[ {order}]",
+        ("order_status", "cancel_order", "change_address", "refund_status", "invoice_request"),
+    ),
+    (
+        "[hi, ](problem|issue) with (my|an) order[ {order}]",
+        ("delivery_delay", "damaged_item", "payment_failed", "order_status"),
+    ),
     ("about my refund[ for {order}]", ("refund_status", "return_item", "cancel_order")),
     ("the {product} (isn't right|has a problem|is no good)", ("damaged_item", "warranty_claim", "return_item")),
     ("(I was|I got|I've been) charged {amount}[, why]?", ("payment_failed", "shipping_cost", "discount_code")),
@@ -973,73 +1117,172 @@ VAGUE_SHARE = 0.06
 # Side remarks that mention another topic without being the request ("Also, my last refund took
 # ages."): a message often touches two topics; its label is its main request.
 ASIDES: dict[str, tuple[str, ...]] = {
-    "order_status": ("I already checked the tracking page.", "The order status page never loads for me anyway.",
-                     "I have another order on the way too."),
-    "delivery_delay": ("Your deliveries are usually late anyway.", "The last parcel was a week late too.",
-                       "Last time the courier lost my package."),
-    "cancel_order": ("I nearly cancelled the whole order.", "I thought about cancelling but decided not to.",
-                     "I cancelled a different order last week."),
-    "return_item": ("I returned something last month without any problem.", "I might return the other item later.",
-                    "I still have the return label from last time."),
-    "refund_status": ("My last refund took forever.", "I'm still waiting on a refund from another order as well.",
-                      "You refunded me quickly last time."),
-    "change_address": ("I moved recently.", "The address on my account is up to date.",
-                       "I changed my delivery address last month."),
-    "payment_failed": ("The payment went through fine this time.", "I had trouble paying at first.",
-                       "My card was declined the first time I tried."),
-    "discount_code": ("I used a discount code on it.", "I paid full price, no code.",
-                      "I got a promo code in your newsletter."),
-    "shipping_cost": ("I paid for express shipping.", "Shipping was free on this one.",
-                      "I paid extra for faster delivery."),
-    "damaged_item": ("The box was a bit dented but the item is fine.", "Last time an item arrived broken.",
-                     "The packaging was torn but nothing inside is damaged."),
-    "account_login": ("I had to reset my password just to write this.", "I'm logged in on the app.",
-                      "I couldn't sign in so I'm writing as a guest."),
-    "product_availability": ("It was out of stock for ages before this.", "I'd buy more if it were in stock.",
-                             "I ordered it the day it came back in stock."),
-    "warranty_claim": ("It's still under warranty, I think.", "I know the warranty only covers faults.",
-                       "I had a warranty repair on another item before."),
-    "invoice_request": ("I'll need the invoice for this later anyway.", "I have the receipt somewhere.",
-                        "My company pays for these orders."),
+    "order_status": (
+        "I already checked the tracking page.",
+        "The order status page never loads for me anyway.",
+        "I have another order on the way too.",
+    ),
+    "delivery_delay": (
+        "Your deliveries are usually late anyway.",
+        "The last parcel was a week late too.",
+        "Last time the courier lost my package.",
+    ),
+    "cancel_order": (
+        "I nearly cancelled the whole order.",
+        "I thought about cancelling but decided not to.",
+        "I cancelled a different order last week.",
+    ),
+    "return_item": (
+        "I returned something last month without any problem.",
+        "I might return the other item later.",
+        "I still have the return label from last time.",
+    ),
+    "refund_status": (
+        "My last refund took forever.",
+        "I'm still waiting on a refund from another order as well.",
+        "You refunded me quickly last time.",
+    ),
+    "change_address": (
+        "I moved recently.",
+        "The address on my account is up to date.",
+        "I changed my delivery address last month.",
+    ),
+    "payment_failed": (
+        "The payment went through fine this time.",
+        "I had trouble paying at first.",
+        "My card was declined the first time I tried.",
+    ),
+    "discount_code": (
+        "I used a discount code on it.",
+        "I paid full price, no code.",
+        "I got a promo code in your newsletter.",
+    ),
+    "shipping_cost": (
+        "I paid for express shipping.",
+        "Shipping was free on this one.",
+        "I paid extra for faster delivery.",
+    ),
+    "damaged_item": (
+        "The box was a bit dented but the item is fine.",
+        "Last time an item arrived broken.",
+        "The packaging was torn but nothing inside is damaged.",
+    ),
+    "account_login": (
+        "I had to reset my password just to write this.",
+        "I'm logged in on the app.",
+        "I couldn't sign in so I'm writing as a guest.",
+    ),
+    "product_availability": (
+        "It was out of stock for ages before this.",
+        "I'd buy more if it were in stock.",
+        "I ordered it the day it came back in stock.",
+    ),
+    "warranty_claim": (
+        "It's still under warranty, I think.",
+        "I know the warranty only covers faults.",
+        "I had a warranty repair on another item before.",
+    ),
+    "invoice_request": (
+        "I'll need the invoice for this later anyway.",
+        "I have the receipt somewhere.",
+        "My company pays for these orders.",
+    ),
 }
 ASIDE_LEADS = ("Also, ", "By the way, ", "Btw ", "", "", "Oh and ", "P.S. ")
 
 # Informal spellings and common misspellings (any one may be used; the rest stays as typed).
 INFORMAL: dict[str, tuple[str, ...]] = {
-    "you": ("u",), "your": ("ur", "youre"), "please": ("pls", "plz"), "thanks": ("thx", "ty"),
-    "because": ("cuz", "bc"), "don't": ("dont",), "can't": ("cant",), "won't": ("wont",), "i'm": ("im",),
-    "it's": ("its",), "didn't": ("didnt",), "haven't": ("havent",), "doesn't": ("doesnt",), "isn't": ("isnt",),
-    "what's": ("whats",), "where's": ("wheres",), "received": ("recieved",), "receive": ("recieve",),
-    "address": ("adress", "addres"), "cancel": ("cancle", "cancell"), "cancelled": ("canceled", "cancled"),
-    "refund": ("refnd", "refund"), "order": ("oder", "ordr"), "package": ("pakage", "packege"),
-    "delivery": ("delivary", "dilivery"), "delivered": ("deliverd", "delievered"), "warranty": ("waranty", "warrenty"),
-    "invoice": ("invoce", "invoise"), "account": ("acount", "accout"), "password": ("pasword", "passwrd"),
-    "discount": ("discout", "dicount"), "shipping": ("shiping", "shippin"), "damaged": ("damged", "dammaged"),
-    "available": ("availible", "avaliable"), "really": ("rly", "realy"), "something": ("smth", "somthing"),
-    "tracking": ("traking", "trackin"), "payment": ("paymnet", "payement"), "with": ("w/", "wth"),
-    "tomorrow": ("tmrw", "tomorow"), "definitely": ("definately",), "already": ("allready", "alredy"),
-    "weeks": ("wks",), "about": ("abt",), "before": ("b4",), "returned": ("retuned", "returnd"),
-    "charged": ("chargd", "charge"), "broken": ("broke", "brokn"), "exchange": ("exhange", "exchnage"),
-    "replacement": ("replacment", "replacemnt"), "business": ("buisness", "bussiness"),
+    "you": ("u",),
+    "your": ("ur", "youre"),
+    "please": ("pls", "plz"),
+    "thanks": ("thx", "ty"),
+    "because": ("cuz", "bc"),
+    "don't": ("dont",),
+    "can't": ("cant",),
+    "won't": ("wont",),
+    "i'm": ("im",),
+    "it's": ("its",),
+    "didn't": ("didnt",),
+    "haven't": ("havent",),
+    "doesn't": ("doesnt",),
+    "isn't": ("isnt",),
+    "what's": ("whats",),
+    "where's": ("wheres",),
+    "received": ("recieved",),
+    "receive": ("recieve",),
+    "address": ("adress", "addres"),
+    "cancel": ("cancle", "cancell"),
+    "cancelled": ("canceled", "cancled"),
+    "refund": ("refnd", "refund"),
+    "order": ("oder", "ordr"),
+    "package": ("pakage", "packege"),
+    "delivery": ("delivary", "dilivery"),
+    "delivered": ("deliverd", "delievered"),
+    "warranty": ("waranty", "warrenty"),
+    "invoice": ("invoce", "invoise"),
+    "account": ("acount", "accout"),
+    "password": ("pasword", "passwrd"),
+    "discount": ("discout", "dicount"),
+    "shipping": ("shiping", "shippin"),
+    "damaged": ("damged", "dammaged"),
+    "available": ("availible", "avaliable"),
+    "really": ("rly", "realy"),
+    "something": ("smth", "somthing"),
+    "tracking": ("traking", "trackin"),
+    "payment": ("paymnet", "payement"),
+    "with": ("w/", "wth"),
+    "tomorrow": ("tmrw", "tomorow"),
+    "definitely": ("definately",),
+    "already": ("allready", "alredy"),
+    "weeks": ("wks",),
+    "about": ("abt",),
+    "before": ("b4",),
+    "returned": ("retuned", "returnd"),
+    "charged": ("chargd", "charge"),
+    "broken": ("broke", "brokn"),
+    "exchange": ("exhange", "exchnage"),
+    "replacement": ("replacment", "replacemnt"),
+    "business": ("buisness", "bussiness"),
 }
 _INFORMAL_WORD = re.compile(r"[A-Za-z']+")
 
 # Everyday synonyms swapped into any message (each occurrence half the time), so that no fixed
 # wording belongs to one template: the same request arrives in many words.
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "ordered": ("bought", "purchased", "got"), "package": ("parcel", "box"), "parcel": ("package", "box"),
-    "arrived": ("came", "showed up", "turned up", "got here"), "received": ("got",), "got": ("received",),
-    "broken": ("busted", "smashed", "wrecked"), "damaged": ("broken", "banged up", "ruined"),
-    "money": ("cash", "funds"), "send back": ("return", "ship back", "mail back"),
-    "sent back": ("returned", "shipped back", "mailed back"), "tell me": ("let me know",),
-    "shipped": ("sent", "dispatched", "sent out"), "item": ("thing", "product"), "site": ("website", "app"),
-    "right now": ("now", "at the moment"), "i'd like to": ("i would like to", "i want to", "i wanna"),
-    "i want to": ("i'd like to", "i need to", "i wanna"), "can you": ("could you", "would you", "can u"),
-    "could you": ("can you", "would you"), "problem": ("issue",), "issue": ("problem",),
-    "work": ("go through",) , "quickly": ("fast", "soon"), "number": ("no.", "#"),
-    "delivery": ("shipment",), "buy": ("order", "get"), "cost": ("price",), "costs": ("is",),
-    "faulty": ("defective", "not working right"), "fix": ("sort out", "correct"),
-    "account": ("profile",), "store credit": ("a voucher", "credit"), "card": ("bank card",),
+    "ordered": ("bought", "purchased", "got"),
+    "package": ("parcel", "box"),
+    "parcel": ("package", "box"),
+    "arrived": ("came", "showed up", "turned up", "got here"),
+    "received": ("got",),
+    "got": ("received",),
+    "broken": ("busted", "smashed", "wrecked"),
+    "damaged": ("broken", "banged up", "ruined"),
+    "money": ("cash", "funds"),
+    "send back": ("return", "ship back", "mail back"),
+    "sent back": ("returned", "shipped back", "mailed back"),
+    "tell me": ("let me know",),
+    "shipped": ("sent", "dispatched", "sent out"),
+    "item": ("thing", "product"),
+    "site": ("website", "app"),
+    "right now": ("now", "at the moment"),
+    "i'd like to": ("i would like to", "i want to", "i wanna"),
+    "i want to": ("i'd like to", "i need to", "i wanna"),
+    "can you": ("could you", "would you", "can u"),
+    "could you": ("can you", "would you"),
+    "problem": ("issue",),
+    "issue": ("problem",),
+    "work": ("go through",),
+    "quickly": ("fast", "soon"),
+    "number": ("no.", "#"),
+    "delivery": ("shipment",),
+    "buy": ("order", "get"),
+    "cost": ("price",),
+    "costs": ("is",),
+    "faulty": ("defective", "not working right"),
+    "fix": ("sort out", "correct"),
+    "account": ("profile",),
+    "store credit": ("a voucher", "credit"),
+    "card": ("bank card",),
 }
 # The words that name a request have their long tail too ("refund", "reimbursement", "money
 # back"...): each variant is rare, so a word-count model meets many of them once or never in
@@ -1059,7 +1302,8 @@ KEYWORD_VARIANTS: dict[str, tuple[str, ...]] = {
     "discount": ("promo", "coupon", "voucher", "deal", "money off"),
     "promo code": ("voucher", "coupon", "promo", "offer code"),
     "password": ("passcode", "pwd", "login details", "credentials"),
-    "log in": ("get in", "sign on", "get into my account"), "sign in": ("get in", "sign on", "log on"),
+    "log in": ("get in", "sign on", "get into my account"),
+    "sign in": ("get in", "sign on", "log on"),
     "late": ("delayed", "overdue", "behind schedule", "running late", "not on time"),
     "delayed": ("held up", "stuck", "overdue"),
     "shipping": ("postage", "freight", "p&p", "carriage"),
@@ -1069,7 +1313,8 @@ KEYWORD_VARIANTS: dict[str, tuple[str, ...]] = {
     "out of stock": ("sold out", "unavailable", "not available"),
     "restock": ("replenish", "get more of", "bring back"),
     "address": ("location", "street address", "postal address"),
-    "track": ("trace", "locate", "check on"), "tracking": ("trace", "shipment info"),
+    "track": ("trace", "locate", "check on"),
+    "tracking": ("trace", "shipment info"),
     "status": ("progress", "state"),
 }
 SYNONYMS.update(KEYWORD_VARIANTS)
@@ -1091,230 +1336,399 @@ TYPO_SHARE = 0.3  # of the informal messages, those with one typing slip besides
 # one, else "your order". Every fact comes from POLICY, so replies agree with the knowledge base.
 REPLIES: dict[str, tuple[tuple[str | None, tuple[str, ...]], ...]] = {
     "order_status": (
-        (r"processing|packed", (
-            "{order_ref_cap} is still 'Processing', which means it hasn't left the warehouse yet. Orders are packed within 1 business day, and you'll get a tracking link by email as soon as it ships.",
-        )),
-        (r"confirmation email|carrier", (
-            "{order_ref_cap} shipped with {carrier}. I've resent the shipping confirmation email with the tracking link; you can also find it under Account > Orders.",
-        )),
-        (r"track", (
-            "You can track {order_ref} under Account > Orders, or with the tracking link in your shipping confirmation email. It's with {carrier} now.",
-        )),
-        (None, (
-            "I've checked {order_ref}: it (has shipped|left our warehouse) and is with {carrier}. You can follow it with the tracking link in your shipping confirmation email or under Account > Orders. Standard delivery takes {standard_time}.",
-            "{order_ref_cap} is on its way with {carrier} and should arrive within {standard_time} of dispatch. The live status is under Account > Orders.",
-        )),
+        (
+            r"processing|packed",
+            (
+                "{order_ref_cap} is still 'Processing', which means it hasn't left the warehouse yet. Orders are packed within 1 business day, and you'll get a tracking link by email as soon as it ships.",
+            ),
+        ),
+        (
+            r"confirmation email|carrier",
+            (
+                "{order_ref_cap} shipped with {carrier}. I've resent the shipping confirmation email with the tracking link; you can also find it under Account > Orders.",
+            ),
+        ),
+        (
+            r"track",
+            (
+                "You can track {order_ref} under Account > Orders, or with the tracking link in your shipping confirmation email. It's with {carrier} now.",
+            ),
+        ),
+        (
+            None,
+            (
+                "I've checked {order_ref}: it (has shipped|left our warehouse) and is with {carrier}. You can follow it with the tracking link in your shipping confirmation email or under Account > Orders. Standard delivery takes {standard_time}.",
+                "{order_ref_cap} is on its way with {carrier} and should arrive within {standard_time} of dispatch. The live status is under Account > Orders.",
+            ),
+        ),
     ),
     "delivery_delay": (
-        (r"express", (
-            "I'm sorry {order_ref} is late. Express orders that arrive late get their express fee of {express_fee} refunded, and I've asked {carrier} to trace the parcel.",
-        )),
-        (r"anything for|late delivery", (
-            "Sorry it arrived late. Express orders that arrive late get their express fee refunded, and Plus members receive {late_credit} store credit for any late delivery.",
-        )),
-        (None, (
-            "I'm sorry {order_ref} is late. As it is more than {trace_after_days} business days past the estimate, I've opened a trace with {carrier}. If they confirm it's lost, we'll send a replacement or a full refund, whichever you prefer.",
-            "Sorry for the wait on {order_ref}. {carrier} reports a delay in their network. If it isn't with you within {trace_after_days} business days of the estimated date, we'll open a trace and replace or refund it.",
-            "I apologise for the delay with {order_ref}. I've asked {carrier} to investigate; if the parcel is lost we will send a replacement or refund you in full.",
-        )),
+        (
+            r"express",
+            (
+                "I'm sorry {order_ref} is late. Express orders that arrive late get their express fee of {express_fee} refunded, and I've asked {carrier} to trace the parcel.",
+            ),
+        ),
+        (
+            r"anything for|late delivery",
+            (
+                "Sorry it arrived late. Express orders that arrive late get their express fee refunded, and Plus members receive {late_credit} store credit for any late delivery.",
+            ),
+        ),
+        (
+            None,
+            (
+                "I'm sorry {order_ref} is late. As it is more than {trace_after_days} business days past the estimate, I've opened a trace with {carrier}. If they confirm it's lost, we'll send a replacement or a full refund, whichever you prefer.",
+                "Sorry for the wait on {order_ref}. {carrier} reports a delay in their network. If it isn't with you within {trace_after_days} business days of the estimated date, we'll open a trace and replace or refund it.",
+                "I apologise for the delay with {order_ref}. I've asked {carrier} to investigate; if the parcel is lost we will send a replacement or refund you in full.",
+            ),
+        ),
     ),
     "cancel_order": (
-        (r"twice", (
-            "I've cancelled the duplicate order, so you'll only receive one {product}. The refund for the second order will reach your original payment method within {refund_time}.",
-        )),
-        (r"how do i cancel", (
-            "You can cancel an order under Account > Orders within {cancel_hours} hours of placing it, or later while it's still 'Processing'. I've gone ahead and cancelled {order_ref} for you.",
-        )),
-        (None, (
-            "Done: {order_ref} was still 'Processing', so I've cancelled it. The full amount, shipping included, will be back on your original payment method within {refund_time}.",
-            "I've cancelled {order_ref} for you. You'll get a full refund within {refund_time}. Orders can be cancelled within {cancel_hours} hours of placing them, or later while they're still 'Processing'.",
-        )),
+        (
+            r"twice",
+            (
+                "I've cancelled the duplicate order, so you'll only receive one {product}. The refund for the second order will reach your original payment method within {refund_time}.",
+            ),
+        ),
+        (
+            r"how do i cancel",
+            (
+                "You can cancel an order under Account > Orders within {cancel_hours} hours of placing it, or later while it's still 'Processing'. I've gone ahead and cancelled {order_ref} for you.",
+            ),
+        ),
+        (
+            None,
+            (
+                "Done: {order_ref} was still 'Processing', so I've cancelled it. The full amount, shipping included, will be back on your original payment method within {refund_time}.",
+                "I've cancelled {order_ref} for you. You'll get a full refund within {refund_time}. Orders can be cancelled within {cancel_hours} hours of placing them, or later while they're still 'Processing'.",
+            ),
+        ),
     ),
     "return_item": (
-        (r"exchange|two sizes", (
-            "Exchanges are handled as a return plus a new order: return the {product} under Account > Orders > Return item within {return_days} days and order the size or colour you want.",
-        )),
-        (r"pay for return", (
-            "Return shipping is free for Plus members and for damaged or wrong items; otherwise {standard_fee} is deducted from your refund.",
-        )),
-        (r"money back|did you get it", (
-            "Once the {product} reaches our warehouse, your refund is issued within {refund_time} to your original payment method.",
-        )),
-        (r"gift", (
-            "Gifts can be returned within {return_days} days with the order number. Start the return under Account > Orders > Return item and we'll email a prepaid label.",
-        )),
-        (r"policy|too late|weeks ago|able to return", (
-            "Items can be returned within {return_days} days of delivery, unused and in their original packaging. Start the return under Account > Orders > Return item.",
-        )),
-        (None, (
-            "You can return the {product} within {return_days} days of delivery, unused and in its original packaging. Start the return under Account > Orders > Return item and we'll email you a prepaid return label.",
-            "Happy to help with the return. Items can be sent back within {return_days} days; go to Account > Orders > Return item for {order_ref} and print the label we email you. Your refund follows within {refund_time} after it reaches our warehouse.",
-        )),
+        (
+            r"exchange|two sizes",
+            (
+                "Exchanges are handled as a return plus a new order: return the {product} under Account > Orders > Return item within {return_days} days and order the size or colour you want.",
+            ),
+        ),
+        (
+            r"pay for return",
+            (
+                "Return shipping is free for Plus members and for damaged or wrong items; otherwise {standard_fee} is deducted from your refund.",
+            ),
+        ),
+        (
+            r"money back|did you get it",
+            (
+                "Once the {product} reaches our warehouse, your refund is issued within {refund_time} to your original payment method.",
+            ),
+        ),
+        (
+            r"gift",
+            (
+                "Gifts can be returned within {return_days} days with the order number. Start the return under Account > Orders > Return item and we'll email a prepaid label.",
+            ),
+        ),
+        (
+            r"policy|too late|weeks ago|able to return",
+            (
+                "Items can be returned within {return_days} days of delivery, unused and in their original packaging. Start the return under Account > Orders > Return item.",
+            ),
+        ),
+        (
+            None,
+            (
+                "You can return the {product} within {return_days} days of delivery, unused and in its original packaging. Start the return under Account > Orders > Return item and we'll email you a prepaid return label.",
+                "Happy to help with the return. Items can be sent back within {return_days} days; go to Account > Orders > Return item for {order_ref} and print the label we email you. Your refund follows within {refund_time} after it reaches our warehouse.",
+            ),
+        ),
     ),
     "refund_status": (
-        (r"only got|partial|short", (
-            "A partial refund means part of the order was returned or a return shipping fee of {standard_fee} was deducted. I've checked {order_ref} and that's what happened here.",
-        )),
-        (r"store credit", (
-            "Refunds go back to your original payment method; we only use store credit when a customer asks for it.",
-        )),
-        (r"cancel", (
-            "Cancelled orders are refunded in full, shipping included, within {refund_time}. The refund for {order_ref} has been issued to your original payment method.",
-        )),
-        (None, (
-            "Your return for {order_ref} has reached our warehouse and the refund is being processed. Refunds are issued within {refund_time} to your original payment method; your bank may take a few extra days to show it.",
-            "I can see the refund for {order_ref} was issued to your original payment method. It can take {refund_time} to appear, depending on your bank.",
-        )),
+        (
+            r"only got|partial|short",
+            (
+                "A partial refund means part of the order was returned or a return shipping fee of {standard_fee} was deducted. I've checked {order_ref} and that's what happened here.",
+            ),
+        ),
+        (
+            r"store credit",
+            ("Refunds go back to your original payment method; we only use store credit when a customer asks for it.",),
+        ),
+        (
+            r"cancel",
+            (
+                "Cancelled orders are refunded in full, shipping included, within {refund_time}. The refund for {order_ref} has been issued to your original payment method.",
+            ),
+        ),
+        (
+            None,
+            (
+                "Your return for {order_ref} has reached our warehouse and the refund is being processed. Refunds are issued within {refund_time} to your original payment method; your bank may take a few extra days to show it.",
+                "I can see the refund for {order_ref} was issued to your original payment method. It can take {refund_time} to appear, depending on your bank.",
+            ),
+        ),
     ),
     "change_address": (
-        (r"pickup point|parcel locker", (
-            "I've asked {carrier} to deliver {order_ref} to a pickup point instead; they'll email you when it's ready to collect.",
-        )),
-        (r"how do i update", (
-            "The delivery address can be changed under Account > Orders while the order is still 'Processing'. After dispatch we ask the carrier to redirect it.",
-        )),
-        (None, (
-            "I've updated the delivery address on {order_ref}. Address changes are possible while an order is still 'Processing', so you're all set.",
-            "{order_ref_cap} has already been dispatched, so I've asked {carrier} to redirect it to the new address. They'll confirm by email.",
-        )),
+        (
+            r"pickup point|parcel locker",
+            (
+                "I've asked {carrier} to deliver {order_ref} to a pickup point instead; they'll email you when it's ready to collect.",
+            ),
+        ),
+        (
+            r"how do i update",
+            (
+                "The delivery address can be changed under Account > Orders while the order is still 'Processing'. After dispatch we ask the carrier to redirect it.",
+            ),
+        ),
+        (
+            None,
+            (
+                "I've updated the delivery address on {order_ref}. Address changes are possible while an order is still 'Processing', so you're all set.",
+                "{order_ref_cap} has already been dispatched, so I've asked {carrier} to redirect it to the new address. They'll confirm by email.",
+            ),
+        ),
     ),
     "payment_failed": (
-        (r"twice", (
-            "Sorry about the double charge on {order_ref}. The duplicate authorisation is refunded automatically; your bank releases it within {hold_release_days} business days.",
-        )),
-        (r"accept", (
-            "We accept Visa, Mastercard, American Express, PayPal and Apple Pay. If your card was declined, check that the billing address matches the one your bank has.",
-        )),
-        (r"billing address", (
-            "The billing address must match the one your bank has on file, or the payment is declined. Please update it at checkout and try again.",
-        )),
-        (r"proof", (
-            "I can confirm the payment for {order_ref} went through; the receipt is under Account > Orders > Download invoice.",
-        )),
-        (r"looks wrong", (
-            "I've checked {order_ref}: the total includes shipping and tax, and any pending authorisation from an earlier attempt is released by your bank within {hold_release_days} business days.",
-        )),
-        (r"expired|replaced", (
-            "Please update the card under Account > Payment methods and retry the order. Any pending charge from the failed attempt is released within {hold_release_days} business days.",
-        )),
-        (None, (
-            "Sorry about the failed payment. Please check that the billing address matches the one your bank has; if it doesn't, the payment is declined. Any pending charge is released by your bank within {hold_release_days} business days.",
-            "I can see the payment attempt was declined by the bank, so no order was created. The pending amount will be released within {hold_release_days} business days; you're welcome to retry checkout.",
-        )),
+        (
+            r"twice",
+            (
+                "Sorry about the double charge on {order_ref}. The duplicate authorisation is refunded automatically; your bank releases it within {hold_release_days} business days.",
+            ),
+        ),
+        (
+            r"accept",
+            (
+                "We accept Visa, Mastercard, American Express, PayPal and Apple Pay. If your card was declined, check that the billing address matches the one your bank has.",
+            ),
+        ),
+        (
+            r"billing address",
+            (
+                "The billing address must match the one your bank has on file, or the payment is declined. Please update it at checkout and try again.",
+            ),
+        ),
+        (
+            r"proof",
+            (
+                "I can confirm the payment for {order_ref} went through; the receipt is under Account > Orders > Download invoice.",
+            ),
+        ),
+        (
+            r"looks wrong",
+            (
+                "I've checked {order_ref}: the total includes shipping and tax, and any pending authorisation from an earlier attempt is released by your bank within {hold_release_days} business days.",
+            ),
+        ),
+        (
+            r"expired|replaced",
+            (
+                "Please update the card under Account > Payment methods and retry the order. Any pending charge from the failed attempt is released within {hold_release_days} business days.",
+            ),
+        ),
+        (
+            None,
+            (
+                "Sorry about the failed payment. Please check that the billing address matches the one your bank has; if it doesn't, the payment is declined. Any pending charge is released by your bank within {hold_release_days} business days.",
+                "I can see the payment attempt was declined by the bank, so no order was created. The pending amount will be released within {hold_release_days} business days; you're welcome to retry checkout.",
+            ),
+        ),
     ),
     "discount_code": (
-        (r"two|combine", (
-            "Only one discount code can be used per order; codes can't be combined.",
-        )),
-        (r"forgot|didn't get to", (
-            "No problem: I've applied {code} to {order_ref} and refunded the difference. We can do that within {code_grace_days} days of an order.",
-        )),
-        (r"plus members", (
-            "Plus members get {plus_discount} off automatically, so no code is needed; the discount shows in your cart.",
-        )),
-        (r"newsletter", (
-            "The welcome code is sent within 24 hours of signing up. I've resent it to the email on your account.",
-        )),
-        (r"sale", (
-            "Codes don't apply to sale items unless the code says so, so {code} won't work on items that are already reduced.",
-        )),
-        (r"how do i|where do i|where does it go|put it", (
-            "Enter the code in the 'Discount code' box at checkout, before you pay. Only one code can be used per order.",
-        )),
-        (None, (
-            "Only one discount code can be used per order, and codes don't apply to sale items unless the code says so. {code} may not apply to everything in your cart.",
-            "I've checked {code}: it can't be combined with other codes and doesn't apply to sale items. Plus members get {plus_discount} off automatically.",
-        )),
+        (r"two|combine", ("Only one discount code can be used per order; codes can't be combined.",)),
+        (
+            r"forgot|didn't get to",
+            (
+                "No problem: I've applied {code} to {order_ref} and refunded the difference. We can do that within {code_grace_days} days of an order.",
+            ),
+        ),
+        (
+            r"plus members",
+            (
+                "Plus members get {plus_discount} off automatically, so no code is needed; the discount shows in your cart.",
+            ),
+        ),
+        (
+            r"newsletter",
+            ("The welcome code is sent within 24 hours of signing up. I've resent it to the email on your account.",),
+        ),
+        (
+            r"sale",
+            (
+                "Codes don't apply to sale items unless the code says so, so {code} won't work on items that are already reduced.",
+            ),
+        ),
+        (
+            r"how do i|where do i|where does it go|put it",
+            (
+                "Enter the code in the 'Discount code' box at checkout, before you pay. Only one code can be used per order.",
+            ),
+        ),
+        (
+            None,
+            (
+                "Only one discount code can be used per order, and codes don't apply to sale items unless the code says so. {code} may not apply to everything in your cart.",
+                "I've checked {code}: it can't be combined with other codes and doesn't apply to sale items. Plus members get {plus_discount} off automatically.",
+            ),
+        ),
     ),
     "shipping_cost": (
-        (r"express|next-day", (
-            "Express shipping costs {express_fee} and takes {express_time}. Standard shipping is {standard_fee}, or free on orders over {free_shipping_over}.",
-        )),
-        (r"international", (
-            "Yes, we ship internationally: it starts at {international_fee} and takes {international_time}.",
-        )),
-        (r"plus members", (
-            "Yes, standard shipping is always free for Plus members.",
-        )),
-        (r"second order", (
-            "Every order ships on its own, so a second order pays its own shipping unless it's over {free_shipping_over}.",
-        )),
-        (r"weight|heavy", (
-            "Our shipping fee doesn't depend on weight, except for furniture, which ships by freight. Standard shipping is {standard_fee}.",
-        )),
-        (r"how long", (
-            "Standard shipping takes {standard_time} and express takes {express_time}. International orders take {international_time}.",
-        )),
-        (None, (
-            "Standard shipping costs {standard_fee} and takes {standard_time}; it's free on orders over {free_shipping_over}. Express shipping is {express_fee} and takes {express_time}.",
-            "Shipping is free on orders over {free_shipping_over}; below that, standard shipping is {standard_fee}. International shipping starts at {international_fee}.",
-        )),
+        (
+            r"express|next-day",
+            (
+                "Express shipping costs {express_fee} and takes {express_time}. Standard shipping is {standard_fee}, or free on orders over {free_shipping_over}.",
+            ),
+        ),
+        (
+            r"international",
+            ("Yes, we ship internationally: it starts at {international_fee} and takes {international_time}.",),
+        ),
+        (r"plus members", ("Yes, standard shipping is always free for Plus members.",)),
+        (
+            r"second order",
+            (
+                "Every order ships on its own, so a second order pays its own shipping unless it's over {free_shipping_over}.",
+            ),
+        ),
+        (
+            r"weight|heavy",
+            (
+                "Our shipping fee doesn't depend on weight, except for furniture, which ships by freight. Standard shipping is {standard_fee}.",
+            ),
+        ),
+        (
+            r"how long",
+            (
+                "Standard shipping takes {standard_time} and express takes {express_time}. International orders take {international_time}.",
+            ),
+        ),
+        (
+            None,
+            (
+                "Standard shipping costs {standard_fee} and takes {standard_time}; it's free on orders over {free_shipping_over}. Express shipping is {express_fee} and takes {express_time}.",
+                "Shipping is free on orders over {free_shipping_over}; below that, standard shipping is {standard_fee}. International shipping starts at {international_fee}.",
+            ),
+        ),
     ),
     "damaged_item": (
-        (r"stopped working|broke after", (
-            "Sorry to hear that. As it failed in normal use, it's covered by our {warranty_months}-month warranty; I've opened a claim and we'll replace the {product}.",
-        )),
-        (None, (
-            "I'm so sorry the {product} arrived damaged. We'll send a free replacement or a full refund, whichever you prefer, and you don't need to return the damaged item. Could you send photos of the item and the box?",
-            "Sorry about that! Please send a couple of photos of the {product} and the packaging; damage reported within {damage_report_hours} hours gets a free replacement or a full refund.",
-            "That shouldn't happen. I've arranged a replacement for the {product}; no need to send the damaged one back.",
-        )),
+        (
+            r"stopped working|broke after",
+            (
+                "Sorry to hear that. As it failed in normal use, it's covered by our {warranty_months}-month warranty; I've opened a claim and we'll replace the {product}.",
+            ),
+        ),
+        (
+            None,
+            (
+                "I'm so sorry the {product} arrived damaged. We'll send a free replacement or a full refund, whichever you prefer, and you don't need to return the damaged item. Could you send photos of the item and the box?",
+                "Sorry about that! Please send a couple of photos of the {product} and the packaging; damage reported within {damage_report_hours} hours gets a free replacement or a full refund.",
+                "That shouldn't happen. I've arranged a replacement for the {product}; no need to send the damaged one back.",
+            ),
+        ),
     ),
     "account_login": (
         (r"delete", ("I've started the deletion of your account; you'll get a confirmation email once it's done.",)),
         (r"merge", ("I've merged the two accounts; your order history is now under one sign-in.",)),
-        (r"locked", (
-            "Your account was locked after {lock_attempts} failed sign-in attempts; it unlocks automatically after {lock_minutes} minutes. Then use 'Forgot password' to set a new one.",
-        )),
-        (r"email (on|for)", ("I can change the account email for you; please reply from the new address and we'll update it.",)),
-        (r"code", ("Sign-in codes go to the phone number or email on the account. I've checked yours and sent a new code.",)),
-        (r"didn't place|don't recognise", (
-            "I've secured your account, cancelled {order_ref} and sent a reset link to the email on file. Please set a new password.",
-        )),
-        (None, (
-            "I've sent a new password reset link to the email on your account. It's valid for {reset_minutes} minutes, so please use it soon and check your spam folder.",
-            "Please use 'Forgot password' on the sign-in page; the reset link is valid for {reset_minutes} minutes. After {lock_attempts} failed attempts the account locks for {lock_minutes} minutes.",
-        )),
+        (
+            r"locked",
+            (
+                "Your account was locked after {lock_attempts} failed sign-in attempts; it unlocks automatically after {lock_minutes} minutes. Then use 'Forgot password' to set a new one.",
+            ),
+        ),
+        (
+            r"email (on|for)",
+            ("I can change the account email for you; please reply from the new address and we'll update it.",),
+        ),
+        (
+            r"code",
+            ("Sign-in codes go to the phone number or email on the account. I've checked yours and sent a new code.",),
+        ),
+        (
+            r"didn't place|don't recognise",
+            (
+                "I've secured your account, cancelled {order_ref} and sent a reset link to the email on file. Please set a new password.",
+            ),
+        ),
+        (
+            None,
+            (
+                "I've sent a new password reset link to the email on your account. It's valid for {reset_minutes} minutes, so please use it soon and check your spam folder.",
+                "Please use 'Forgot password' on the sign-in page; the reset link is valid for {reset_minutes} minutes. After {lock_attempts} failed attempts the account locks for {lock_minutes} minutes.",
+            ),
+        ),
     ),
     "product_availability": (
         (r"pre-order", ("Pre-orders are open for the {product}; you're only charged when it ships.",)),
-        (r"ready to ship|in stock right now|today", ("Good news: the {product} is in stock and ships within 1 business day.",)),
-        (None, (
-            "The {product} is out of stock right now; items like it usually come back within {restock_weeks}. Press 'Notify me' on the product page and we'll email you when it's back.",
-            "We expect the {product} back within {restock_weeks}. The 'Notify me' button on the product page will email you as soon as it is.",
-        )),
+        (
+            r"ready to ship|in stock right now|today",
+            ("Good news: the {product} is in stock and ships within 1 business day.",),
+        ),
+        (
+            None,
+            (
+                "The {product} is out of stock right now; items like it usually come back within {restock_weeks}. Press 'Notify me' on the product page and we'll email you when it's back.",
+                "We expect the {product} back within {restock_weeks}. The 'Notify me' button on the product page will email you as soon as it is.",
+            ),
+        ),
     ),
     "warranty_claim": (
         (r"water", ("I'm sorry, the warranty covers faults in normal use but not water damage, drops or misuse.",)),
-        (r"extended", ("We don't sell extended warranties; electronics carry a {warranty_months}-month warranty from delivery.",)),
-        (r"receipt", ("No receipt needed: your order number is the proof of purchase for the {warranty_months}-month warranty.",)),
-        (r"how long|cover", (
-            "Electronics carry a {warranty_months}-month warranty from the delivery date. It covers faults in normal use, not water damage, drops or misuse.",
-        )),
-        (None, (
-            "The {product} has a {warranty_months}-month warranty from the delivery date, and your order number is your proof of purchase. Please open a claim under Account > Orders > Report a problem and we'll repair or replace it.",
-            "Sorry to hear the {product} has a fault. It's covered by our {warranty_months}-month warranty for faults in normal use. I've opened a claim and we'll be in touch about a repair or replacement.",
-        )),
+        (
+            r"extended",
+            ("We don't sell extended warranties; electronics carry a {warranty_months}-month warranty from delivery.",),
+        ),
+        (
+            r"receipt",
+            (
+                "No receipt needed: your order number is the proof of purchase for the {warranty_months}-month warranty.",
+            ),
+        ),
+        (
+            r"how long|cover",
+            (
+                "Electronics carry a {warranty_months}-month warranty from the delivery date. It covers faults in normal use, not water damage, drops or misuse.",
+            ),
+        ),
+        (
+            None,
+            (
+                "The {product} has a {warranty_months}-month warranty from the delivery date, and your order number is your proof of purchase. Please open a claim under Account > Orders > Report a problem and we'll repair or replace it.",
+                "Sorry to hear the {product} has a fault. It's covered by our {warranty_months}-month warranty for faults in normal use. I've opened a claim and we'll be in touch about a repair or replacement.",
+            ),
+        ),
     ),
     "invoice_request": (
         (r"vat|tax|company", ("I've reissued the invoice for {order_ref} with your company details and VAT number.",)),
-        (r"one invoice|single invoice|accounts team", (
-            "Business customers can get one invoice covering several orders. I've emailed a combined invoice to you.",
-        )),
+        (
+            r"one invoice|single invoice|accounts team",
+            (
+                "Business customers can get one invoice covering several orders. I've emailed a combined invoice to you.",
+            ),
+        ),
         (r"credit note", ("I've emailed you a credit note for the refund on {order_ref}.",)),
-        (r"pro forma", ("I've emailed you a pro forma invoice for your cart; the final invoice follows when you pay.",)),
+        (
+            r"pro forma",
+            ("I've emailed you a pro forma invoice for your cart; the final invoice follows when you pay.",),
+        ),
         (r"download|pdf|printable", ("Invoices are available as PDFs under Account > Orders > Download invoice.",)),
-        (None, (
-            "You can download the invoice for {order_ref} under Account > Orders > Download invoice. I've also emailed you a PDF copy.",
-            "I've emailed you the invoice for {order_ref} as a PDF; it's also under Account > Orders > Download invoice.",
-        )),
+        (
+            None,
+            (
+                "You can download the invoice for {order_ref} under Account > Orders > Download invoice. I've also emailed you a PDF copy.",
+                "I've emailed you the invoice for {order_ref} as a PDF; it's also under Account > Orders > Download invoice.",
+            ),
+        ),
     ),
 }
 # Tier-specific sentences appended to some replies (slice columns must mean something).
 TIER_NOTES: dict[tuple[str, str], str] = {
     ("shipping_cost", "plus"): "As a Plus member, standard shipping is always free for you.",
     ("delivery_delay", "plus"): f"As a Plus member you'll also get {P['late_credit']} store credit for the delay.",
-    ("invoice_request", "business"): f"As a business customer you get VAT invoices with {P['invoice_terms_days']}-day payment terms.",
+    (
+        "invoice_request",
+        "business",
+    ): f"As a business customer you get VAT invoices with {P['invoice_terms_days']}-day payment terms.",
     ("return_item", "plus"): "Return shipping is free for Plus members.",
 }
 
@@ -1352,38 +1766,82 @@ SPAM = (
     "We offer SEO services for your store, guaranteed first page on Google for ${big}/month. Reply YES. {spam_domain}",
     "Your account has been (selected|chosen) for a crypto airdrop! Connect your wallet at https://{spam_domain}/{spam_path}",
 )
-SPAM_DOMAINS = ("free-prize-now.biz", "cryptoboost.io", "claim-reward.top", "win-big.xyz",
-                "luckydraw-7.club", "bestdeals4u.shop", "airdrop-claim.net", "seo-rank-fast.co")
+SPAM_DOMAINS = (
+    "free-prize-now.biz",
+    "cryptoboost.io",
+    "claim-reward.top",
+    "win-big.xyz",
+    "luckydraw-7.club",
+    "bestdeals4u.shop",
+    "airdrop-claim.net",
+    "seo-rank-fast.co",
+)
 SPAM_REPLIES = ("Closed as spam.", "[auto-closed: spam]", "This ticket was closed automatically.")
 CLARIFY_REPLIES = (
     "Hi! It looks like your message didn't come through. How can we help?",
     "Sorry, I couldn't understand your message. Could you tell us a bit more about what you need?",
     "Hello, could you give us some more details so we can help?",
 )
-COPIED_REPLY = (f"Thank you for contacting {STORE}! We have received your message and a member of our "
-                "team will get back to you within 24 hours.")
+COPIED_REPLY = (
+    f"Thank you for contacting {STORE}! We have received your message and a member of our "
+    "team will get back to you within 24 hours."
+)
 PLACEHOLDERS = ("{order_id}", "{{customer_name}}", "[ORDER_NUMBER]", "{first_name}", "<tracking_link>")
 
 # Channel styling pieces.
-EMAIL_OPENERS = ("Hello,", "Hi,", f"Dear {STORE} team,", "Good morning,", "Hi there,",
-                 "To whom it may concern,", "Hello support,", "Good afternoon,")
-EMAIL_CLOSERS = ("Thanks,", "Kind regards", "Best regards", "Thank you in advance.", "Cheers",
-                 "Many thanks", "Regards", "Thanks for your help.")
+EMAIL_OPENERS = (
+    "Hello,",
+    "Hi,",
+    f"Dear {STORE} team,",
+    "Good morning,",
+    "Hi there,",
+    "To whom it may concern,",
+    "Hello support,",
+    "Good afternoon,",
+)
+EMAIL_CLOSERS = (
+    "Thanks,",
+    "Kind regards",
+    "Best regards",
+    "Thank you in advance.",
+    "Cheers",
+    "Many thanks",
+    "Regards",
+    "Thanks for your help.",
+)
 CHAT_OPENERS = ("hi", "hey", "hello", "hi there", "hey there", "good morning")
 CHAT_CLOSERS = ("thanks", "thx", "thank you", "ty", "cheers")
 PHONE_OPENERS = ("yeah hi, um,", "hi, yes, so", "hello, um,", "yeah, so", "hi there, uh,", "okay so")
 PHONE_CLOSERS = ("yeah.", "that's it really.", "thanks.", "so yeah.")
 CONTEXT_SENTENCES = (
-    "I've been a customer for years.", "This is my first order with you.",
-    "This is the second time I'm asking.", "I checked the FAQ but couldn't find an answer.",
-    "Hope you can help.", "It's a bit urgent.", "My partner placed the order under my account.",
-    "I'd appreciate a quick reply.", "Sorry if this is a silly question.",
-    "I'm writing from my phone.", "I really like your shop otherwise.",
+    "I've been a customer for years.",
+    "This is my first order with you.",
+    "This is the second time I'm asking.",
+    "I checked the FAQ but couldn't find an answer.",
+    "Hope you can help.",
+    "It's a bit urgent.",
+    "My partner placed the order under my account.",
+    "I'd appreciate a quick reply.",
+    "Sorry if this is a silly question.",
+    "I'm writing from my phone.",
+    "I really like your shop otherwise.",
 )
-REPLY_OPENERS = ("Hi there!", "Hello!", "Thanks for reaching out!", f"Thanks for contacting {STORE}.",
-                 "Hi!", "Thanks for your message.", "")
-REPLY_CLOSERS = ("Let us know if there's anything else we can do.", "Have a great day!",
-                 f"- {STORE} Support", "Best wishes, the support team", "")
+REPLY_OPENERS = (
+    "Hi there!",
+    "Hello!",
+    "Thanks for reaching out!",
+    f"Thanks for contacting {STORE}.",
+    "Hi!",
+    "Thanks for your message.",
+    "",
+)
+REPLY_CLOSERS = (
+    "Let us know if there's anything else we can do.",
+    "Have a great day!",
+    f"- {STORE} Support",
+    "Best wishes, the support team",
+    "",
+)
 CHANNELS = ("email", "chat", "phone", "app")
 CHANNEL_WEIGHTS = (0.30, 0.35, 0.15, 0.20)
 TIERS = ("standard", "plus", "business")
@@ -1391,13 +1849,42 @@ TIER_WEIGHTS = (0.65, 0.25, 0.10)
 FILLERS = ("just", "really", "please", "actually", "so", "still")
 
 # PII pieces (made up, realistic-looking).
-FIRST_NAMES = ("maria", "james", "li", "fatima", "oliver", "sofia", "daniel", "aisha", "tom",
-               "elena", "kwame", "nina", "lucas", "priya", "sam", "hannah")
-LAST_NAMES = ("lopez", "smith", "chen", "khan", "brown", "rossi", "murphy", "okafor", "nguyen",
-              "schmidt", "patel", "garcia", "wilson", "novak")
+FIRST_NAMES = (
+    "maria",
+    "james",
+    "li",
+    "fatima",
+    "oliver",
+    "sofia",
+    "daniel",
+    "aisha",
+    "tom",
+    "elena",
+    "kwame",
+    "nina",
+    "lucas",
+    "priya",
+    "sam",
+    "hannah",
+)
+LAST_NAMES = (
+    "lopez",
+    "smith",
+    "chen",
+    "khan",
+    "brown",
+    "rossi",
+    "murphy",
+    "okafor",
+    "nguyen",
+    "schmidt",
+    "patel",
+    "garcia",
+    "wilson",
+    "novak",
+)
 EMAIL_DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "icloud.com", "hotmail.com", "proton.me")
-IBAN_SPECS = (("DE", "8n10n"), ("GB", "4a14n"), ("NL", "4a10n"), ("FR", "10n11c2n"),
-              ("ES", "20n"), ("IE", "4a14n"))
+IBAN_SPECS = (("DE", "8n10n"), ("GB", "4a14n"), ("NL", "4a10n"), ("FR", "10n11c2n"), ("ES", "20n"), ("IE", "4a14n"))
 PII_INTENTS: dict[str, tuple[str, ...]] = {
     "email": INTENTS,
     "phone": INTENTS,
@@ -1433,7 +1920,7 @@ def word_shingles(text: str, size: int = 3) -> set[tuple[str, ...]]:
     words = _WORD.findall(str(text).lower())
     if len(words) < size:
         return {tuple(words)} if words else set()
-    return {tuple(words[i:i + size]) for i in range(len(words) - size + 1)}
+    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -1524,10 +2011,19 @@ class _Draw:
 
     def slots(self) -> dict[str, str]:
         return {
-            "order": self.order_id(), "order2": self.order_id(), "product": self.pick(PRODUCTS),
-            "amount": self.amount(), "date": self.date(), "when": self.when(), "month": self.pick(MONTHS),
-            "n": self.pick(NUMBER_WORDS), "city": self.pick(CITIES), "carrier": self.pick(CARRIERS),
-            "card": self.pick(CARD_BRANDS), "code": self.pick(CODES), **_POLICY_SLOTS,
+            "order": self.order_id(),
+            "order2": self.order_id(),
+            "product": self.pick(PRODUCTS),
+            "amount": self.amount(),
+            "date": self.date(),
+            "when": self.when(),
+            "month": self.pick(MONTHS),
+            "n": self.pick(NUMBER_WORDS),
+            "city": self.pick(CITIES),
+            "carrier": self.pick(CARRIERS),
+            "card": self.pick(CARD_BRANDS),
+            "code": self.pick(CODES),
+            **_POLICY_SLOTS,
         }
 
 
@@ -1544,7 +2040,7 @@ def _expand(template: str, draw: _Draw) -> str:
             pick = draw.pick(inner.split("|"))
         else:
             pick = inner if draw.chance(0.5) else ""
-        template = template[: match.start()] + pick + template[match.end():]
+        template = template[: match.start()] + pick + template[match.end() :]
     return template
 
 
@@ -1588,8 +2084,11 @@ def _style(body: str, channel: str, draw: _Draw) -> str:
 
 def _aside(intent: str, body: str, draw: _Draw) -> str:
     """The body with a side remark about another (mostly a neighbouring) topic before or after it."""
-    other = draw.pick(NEIGHBOURS[intent]) if draw.chance(ASIDE_NEIGHBOUR) else draw.pick(
-        tuple(i for i in INTENTS if i != intent))
+    other = (
+        draw.pick(NEIGHBOURS[intent])
+        if draw.chance(ASIDE_NEIGHBOUR)
+        else draw.pick(tuple(i for i in INTENTS if i != intent))
+    )
     lead, remark = draw.pick(ASIDE_LEADS), draw.pick(ASIDES[other])
     if lead:
         if not remark.startswith(("I ", "I'")):
@@ -1605,6 +2104,7 @@ def _then(first: str, second: str) -> str:
 
 def _reword(text: str, draw: _Draw) -> str:
     """Everyday synonyms for some words and phrases (``SYNONYMS``), keeping a capital first letter."""
+
     def swap(match: re.Match) -> str:
         old = match.group(0)
         if not draw.chance(SYNONYM_SHARE):
@@ -1622,9 +2122,9 @@ def _slip(word: str, draw: _Draw) -> str:
     j = draw.between(1, len(word) - 2)
     how = draw.index(3)
     if how == 0:
-        return word[:j] + word[j + 1] + word[j] + word[j + 2:]
+        return word[:j] + word[j + 1] + word[j] + word[j + 2 :]
     if how == 1:
-        return word[:j] + word[j + 1:]
+        return word[:j] + word[j + 1 :]
     return word[:j] + word[j] + word[j:]
 
 
@@ -1655,8 +2155,16 @@ def _informal(text: str, channel: str, draw: _Draw) -> str:
     return text
 
 
-def _reply(intent: str, message: str, slots: dict[str, str], tier: str, has_order: bool, draw: _Draw,
-           extra: str = "", opener: str | None = None) -> str:
+def _reply(
+    intent: str,
+    message: str,
+    slots: dict[str, str],
+    tier: str,
+    has_order: bool,
+    draw: _Draw,
+    extra: str = "",
+    opener: str | None = None,
+) -> str:
     """An agent reply that answers this message with knowledge-base facts and its slot values."""
     lowered = message.lower()
     options = next(opts for pattern, opts in REPLIES[intent] if pattern is None or re.search(pattern, lowered))
@@ -1765,8 +2273,9 @@ class _Pool:
             has_order = "{order}" in skeleton
             # the reply answers the request, not the side remark
             reply = _reply(intent, request, slots, tier, has_order, draw)
-            return _Row(text, intent, reply, channel, tier, slots, (intent, index), has_order,
-                        clear=not (short or aside))
+            return _Row(
+                text, intent, reply, channel, tier, slots, (intent, index), has_order, clear=not (short or aside)
+            )
         raise RuntimeError(f"could not draw a new distinct message for intent {intent!r}; add templates")
 
 
@@ -1833,12 +2342,16 @@ def _near_edit(row: _Row, draw: _Draw) -> tuple[str, str, str] | None:
     if how == "remove_word":
         removable = FILLERS + ("hi", "hello", "hey", "the", "my", "thanks", "very", "yeah")
         # "hi there" loses both words or neither
-        candidates = [i for i, w in enumerate(words) if w.lower().strip(",.!?-") in removable
-                      and not (i + 1 < len(words) and words[i + 1].lower().startswith("there"))]
+        candidates = [
+            i
+            for i, w in enumerate(words)
+            if w.lower().strip(",.!?-") in removable
+            and not (i + 1 < len(words) and words[i + 1].lower().startswith("there"))
+        ]
         if not candidates:
             return None
         at = draw.pick(candidates)
-        return " ".join(words[:at] + words[at + 1:]), reply, how
+        return " ".join(words[:at] + words[at + 1 :]), reply, how
     if how == "punctuation":
         stripped = text.rstrip()
         if stripped.endswith(("?", "!", ".")):
@@ -1853,14 +2366,15 @@ def _near_edit(row: _Row, draw: _Draw) -> tuple[str, str, str] | None:
     at = draw.pick(long_words)
     w = words[at]
     j = draw.between(1, len(w) - 3)
-    words[at] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+    words[at] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     return " ".join(words), reply, how
 
 
 def _email(draw: _Draw) -> str:
     first, last = draw.pick(FIRST_NAMES), draw.pick(LAST_NAMES)
-    local = draw.pick((f"{first}.{last}", f"{first}{last}{draw.between(1, 99)}", f"{first[0]}{last}",
-                       f"{first}_{last}"))
+    local = draw.pick(
+        (f"{first}.{last}", f"{first}{last}{draw.between(1, 99)}", f"{first[0]}{last}", f"{first}_{last}")
+    )
     return f"{local}@{draw.pick(EMAIL_DOMAINS)}"
 
 
@@ -1888,7 +2402,7 @@ def _card(draw: _Draw) -> str:
     groups = (4, 6, 5) if brand == "amex" else (4, 4, 4, 4)
     parts, at = [], 0
     for g in groups:
-        parts.append(number[at:at + g])
+        parts.append(number[at : at + g])
         at += g
     return (" " if style == 1 else "-").join(parts)
 
@@ -1908,7 +2422,7 @@ def _iban(draw: _Draw) -> str:
     check = 98 - int(numeric) % 97
     iban = f"{country}{check:02d}{bban}"
     if draw.chance(0.6):
-        iban = " ".join(iban[i:i + 4] for i in range(0, len(iban), 4))
+        iban = " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
     return iban
 
 
@@ -1922,31 +2436,62 @@ def _inject_pii(row: _Row, kind: str, draw: _Draw) -> tuple[str, str]:
     if kind == "email":
         value = _email(draw)
         if draw.chance(0.3):
-            row.reply = _reply(row.intent, row.text, row.slots, row.tier, row.has_order, draw,
-                               extra=f"We've sent a confirmation to {value}.")
+            row.reply = _reply(
+                row.intent,
+                row.text,
+                row.slots,
+                row.tier,
+                row.has_order,
+                draw,
+                extra=f"We've sent a confirmation to {value}.",
+            )
             return "reply", value
-        sentence = draw.pick((f"You can reach me at {value}.", f"My email is {value}.",
-                              f"Please reply to {value}, not the account email."))
+        sentence = draw.pick(
+            (
+                f"You can reach me at {value}.",
+                f"My email is {value}.",
+                f"Please reply to {value}, not the account email.",
+            )
+        )
     elif kind == "phone":
         value = _phone(draw)
         if draw.chance(0.3):
-            row.reply = _reply(row.intent, row.text, row.slots, row.tier, row.has_order, draw,
-                               extra=f"We'll call you back on {value} within one business day.")
+            row.reply = _reply(
+                row.intent,
+                row.text,
+                row.slots,
+                row.tier,
+                row.has_order,
+                draw,
+                extra=f"We'll call you back on {value} within one business day.",
+            )
             return "reply", value
-        sentence = draw.pick((f"Call me back on {value} if that's easier.", f"My number is {value}.",
-                              f"You can text me at {value}."))
+        sentence = draw.pick(
+            (f"Call me back on {value} if that's easier.", f"My number is {value}.", f"You can text me at {value}.")
+        )
     elif kind == "card":
         value = _card(draw)
-        sentence = draw.pick((f"The card I used is {value}.", f"I paid with card {value}.",
-                              f"My card number is {value} if you need it."))
+        sentence = draw.pick(
+            (f"The card I used is {value}.", f"I paid with card {value}.", f"My card number is {value} if you need it.")
+        )
     elif kind == "iban":
         value = _iban(draw)
-        sentence = draw.pick((f"Please send the money to my bank account {value}.",
-                              f"My IBAN is {value}.", f"Can you transfer it to IBAN {value} instead?"))
+        sentence = draw.pick(
+            (
+                f"Please send the money to my bank account {value}.",
+                f"My IBAN is {value}.",
+                f"Can you transfer it to IBAN {value} instead?",
+            )
+        )
     else:
         value = _ip(draw)
-        sentence = draw.pick((f"I'm connecting from {value} if that helps.", f"My IP address is {value}.",
-                              f"Your site blocked my IP {value}."))
+        sentence = draw.pick(
+            (
+                f"I'm connecting from {value} if that helps.",
+                f"My IP address is {value}.",
+                f"Your site blocked my IP {value}.",
+            )
+        )
     row.text = f"{row.text} {sentence}" if draw.chance(0.8) else f"{sentence} {row.text}"
     return "text", value
 
@@ -1958,10 +2503,14 @@ def _decoy(row: _Row, draw: _Draw) -> None:
         check = next(str(d) for d in range(10) if not luhn_valid(body + str(d)))
         number = body + check
         if draw.chance(0.5):
-            number = " ".join(number[i:i + 4] for i in range(0, 16, 4))
-        sentence = draw.pick((f"The reference on my receipt is {number}.",
-                              f"Gift card number {number} if that matters.",
-                              f"My loyalty number is {number}."))
+            number = " ".join(number[i : i + 4] for i in range(0, 16, 4))
+        sentence = draw.pick(
+            (
+                f"The reference on my receipt is {number}.",
+                f"Gift card number {number} if that matters.",
+                f"My loyalty number is {number}.",
+            )
+        )
     else:
         number = "9400" + draw.digits(18)
         sentence = f"The tracking number is {number}."
@@ -1976,8 +2525,11 @@ def _new_row_text(kind: str, pool: _Pool, draw: _Draw) -> str:
         if kind == "off_topic":
             text = _fill(_expand(draw.pick(OFF_TOPIC), draw), {"city": draw.pick(CITIES)})
         elif kind == "spam":
-            values = {"spam_domain": draw.pick(SPAM_DOMAINS), "big": f"{draw.between(5, 95) * 100:,}",
-                      "spam_path": "".join(draw.pick("abcdefghkmnpqrstuvwxyz0123456789") for _ in range(6))}
+            values = {
+                "spam_domain": draw.pick(SPAM_DOMAINS),
+                "big": f"{draw.between(5, 95) * 100:,}",
+                "spam_path": "".join(draw.pick("abcdefghkmnpqrstuvwxyz0123456789") for _ in range(6)),
+            }
             text = _expand(draw.pick(SPAM), draw)
             text = _SLOT.sub(lambda m: values[m.group(1)], text)  # noqa: B023  (called right here)
         else:  # garbage
@@ -2007,8 +2559,9 @@ def _defect_counts(n_rows: int, draw: _Draw) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # Public entry point
 # ---------------------------------------------------------------------------------------------
-def generate_demo(out_dir: str | Path, task: str = "classify", seed: int = 0, n_rows: int = 1500,
-                  n_test: int = TEST_ROWS) -> DemoFiles:
+def generate_demo(
+    out_dir: str | Path, task: str = "classify", seed: int = 0, n_rows: int = 1500, n_test: int = TEST_ROWS
+) -> DemoFiles:
     """Write the demo support data set, its clean test set, knowledge base and defect truth.
 
     The files are the same for both tasks (``classify`` uses ``intent``, ``generate`` uses
@@ -2048,9 +2601,13 @@ def generate_demo(out_dir: str | Path, task: str = "classify", seed: int = 0, n_
     for name, text in KNOWLEDGE_BASE.items():
         write_text(kb_dir / name, text)
     return DemoFiles(
-        data=data_path, test=test_path, truth=truth_path, knowledge_base=kb_dir,
+        data=data_path,
+        test=test_path,
+        truth=truth_path,
+        knowledge_base=kb_dir,
         defect_counts={k: sum(1 for t in truth if t["defect"] == k) for k in DEFECT_SHARES},
-        n_rows=len(rows), decoy_ids=tuple(r.id for r in rows if r.decoy),
+        n_rows=len(rows),
+        decoy_ids=tuple(r.id for r in rows if r.decoy),
     )
 
 
@@ -2079,8 +2636,9 @@ def _inject_defects(base: list[_Row], counts: dict[str, int], pool: _Pool, draw:
         text, how = _case_or_space_variant(orig.text, draw)
         other = draw.pick(NEIGHBOURS[orig.intent])
         reply = _reply(other, orig.text, orig.slots, orig.tier, orig.has_order, draw)
-        added.append(_copy(orig, "label_conflict", text=text, intent=other, reply=reply,
-                           detail=f"original intent {orig.intent}"))
+        added.append(
+            _copy(orig, "label_conflict", text=text, intent=other, reply=reply, detail=f"original intent {orig.intent}")
+        )
     made = 0
     while made < counts["near_duplicate"]:
         orig = take(lambda r: len(r.text.split()) >= 10)
@@ -2142,14 +2700,32 @@ def _inject_defects(base: list[_Row], counts: dict[str, int], pool: _Pool, draw:
         for _ in range(counts[kind]):
             text = _new_row_text(kind, pool, draw)
             reply = draw.pick({"off_topic": OFF_TOPIC_REPLIES, "spam": SPAM_REPLIES}.get(kind, CLARIFY_REPLIES))
-            added.append(_Row(text, draw.pick(INTENTS), reply, draw.pick(CHANNELS, CHANNEL_WEIGHTS),
-                              draw.pick(TIERS, TIER_WEIGHTS), {}, ("", -1), kind=kind))
+            added.append(
+                _Row(
+                    text,
+                    draw.pick(INTENTS),
+                    reply,
+                    draw.pick(CHANNELS, CHANNEL_WEIGHTS),
+                    draw.pick(TIERS, TIER_WEIGHTS),
+                    {},
+                    ("", -1),
+                    kind=kind,
+                )
+            )
     return _interleave(base, added, draw)
 
 
 def _copy(orig: _Row, kind: str, **changes) -> _Row:
-    values = dict(text=orig.text, intent=orig.intent, reply=orig.reply, channel=orig.channel,
-                  tier=orig.tier, slots=orig.slots, template=orig.template, has_order=orig.has_order)
+    values = dict(
+        text=orig.text,
+        intent=orig.intent,
+        reply=orig.reply,
+        channel=orig.channel,
+        tier=orig.tier,
+        slots=orig.slots,
+        template=orig.template,
+        has_order=orig.has_order,
+    )
     detail = changes.pop("detail", None)
     values.update(changes)
     return _Row(**values, kind=kind, of=orig, detail=detail)
@@ -2168,13 +2744,10 @@ def _interleave(base: list[_Row], added: list[_Row], draw: _Draw) -> list[_Row]:
 
 
 def _truth_line(row: _Row) -> dict:
-    line = {"id": row.id, "defect": row.kind, "of": row.of.id if row.of is not None else None,
-            "detail": row.detail}
+    line = {"id": row.id, "defect": row.kind, "of": row.of.id if row.of is not None else None, "detail": row.detail}
     line.update(row.extra)
     return line
 
 
 def _frame(rows: list[_Row]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [(r.id, r.text, r.intent, r.reply, r.channel, r.tier) for r in rows], columns=list(COLUMNS)
-    )
+    return pd.DataFrame([(r.id, r.text, r.intent, r.reply, r.channel, r.tier) for r in rows], columns=list(COLUMNS))

@@ -15,40 +15,48 @@ from tunewise.workflows.init_project import render_config
 DEMO_BASELINE = {
     "classify": {"candidates": ["majority", "tfidf_lr", "embed_lr", "zero_shot_llm"], "sample_size": 60},
     # generation on a CPU is the slow part: 20 replies of up to 64 tokens per LLM candidate
-    "generate": {"candidates": ["nn_reply", "zero_shot_llm_gen", "rag_llm_gen"], "sample_size": 20,
-                 "max_new_tokens": 64},
+    "generate": {
+        "candidates": ["nn_reply", "zero_shot_llm_gen", "rag_llm_gen"],
+        "sample_size": 20,
+        "max_new_tokens": 64,
+    },
 }
 
 
 def demo_config(files: DemoFiles, task: str, seed: int) -> ProjectConfig:
     columns = {"id": "id", "input": "text"}
     columns["label" if task == "classify" else "target"] = "intent" if task == "classify" else "reply"
-    return ProjectConfig.model_validate({
-        "task": task,
-        "seed": seed,
-        "data": {
-            "train": files.data.name,
-            "test": files.test.name,
-            "format": "csv",
-            "record_format": "text_label",
-            "columns": columns,
-            "slice_columns": ["channel", "customer_tier"],
-            "knowledge_base": files.knowledge_base.name,
-            "task_description": "customer-support messages to an online store about orders, returns, payments and accounts",
-        },
-        # the demo's budget is 5 minutes on 2 cores: the prompted-LLM baselines score a paired
-        # sample of test rows (the cheap candidates score all of them); few-shot prompting,
-        # several times slower on a CPU, is left to real projects
-        "baseline": DEMO_BASELINE[task],
-        # the fine-tuned candidates with their data-sized defaults; classify candidates score the
-        # whole test set, generate candidates the same paired sample as the prompted LLM
-        "train": {k: v for k, v in DEMO_BASELINE[task].items()
-                  if k == "max_new_tokens" or (k == "sample_size" and task == "generate")},
-        # a support team's assumptions, stated as such: 20,000 messages a month, and $1.50 saved
-        # each time a message is routed (classify) or answered (generate) right instead of wrong
-        # (part of an agent's few minutes). Edit them to your numbers: the verdict follows.
-        "roi": {"monthly_volume": 20000, "value_per_outcome_usd": 1.5},
-    })
+    return ProjectConfig.model_validate(
+        {
+            "task": task,
+            "seed": seed,
+            "data": {
+                "train": files.data.name,
+                "test": files.test.name,
+                "format": "csv",
+                "record_format": "text_label",
+                "columns": columns,
+                "slice_columns": ["channel", "customer_tier"],
+                "knowledge_base": files.knowledge_base.name,
+                "task_description": "customer-support messages to an online store about orders, returns, payments and accounts",
+            },
+            # the demo's budget is 5 minutes on 2 cores: the prompted-LLM baselines score a paired
+            # sample of test rows (the cheap candidates score all of them); few-shot prompting,
+            # several times slower on a CPU, is left to real projects
+            "baseline": DEMO_BASELINE[task],
+            # the fine-tuned candidates with their data-sized defaults; classify candidates score the
+            # whole test set, generate candidates the same paired sample as the prompted LLM
+            "train": {
+                k: v
+                for k, v in DEMO_BASELINE[task].items()
+                if k == "max_new_tokens" or (k == "sample_size" and task == "generate")
+            },
+            # a support team's assumptions, stated as such: 20,000 messages a month, and $1.50 saved
+            # each time a message is routed (classify) or answered (generate) right instead of wrong
+            # (part of an agent's few minutes). Edit them to your numbers: the verdict follows.
+            "roi": {"monthly_volume": 20000, "value_per_outcome_usd": 1.5},
+        }
+    )
 
 
 def write_demo_project(out_dir: str | Path, task: str = "classify", seed: int = 0) -> tuple[Path, DemoFiles]:

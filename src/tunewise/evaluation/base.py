@@ -11,7 +11,10 @@ PRIMARY_METRIC = {"classify": "accuracy", "generate": "chrf"}
 
 
 # Secondary metrics compared against the baseline besides the primary one.
-COMPARED_METRICS = {"classify": ("accuracy", "macro_f1"), "generate": ("chrf", "bleu", "rouge_l", "embedding_similarity")}
+COMPARED_METRICS = {
+    "classify": ("accuracy", "macro_f1"),
+    "generate": ("chrf", "bleu", "rouge_l", "embedding_similarity"),
+}
 
 
 DEFAULT_BASELINE = {"classify": "zero_shot_llm", "generate": "zero_shot_llm_gen"}

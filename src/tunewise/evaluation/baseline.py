@@ -83,11 +83,15 @@ def resolve_candidates(task: str, config: BaselineConfig, has_knowledge_base: bo
             raise CandidateError(f"baseline.candidates: {exc}") from None
         if cls.task != task:
             matching = sorted(n for n, c in CANDIDATES.items() if c.task == task and not c.combines)
-            raise CandidateError(f"baseline.candidates: {name!r} is a {cls.task} candidate but the project's task is "
-                                 f"{task}; {task} candidates: {', '.join(matching)}")
+            raise CandidateError(
+                f"baseline.candidates: {name!r} is a {cls.task} candidate but the project's task is "
+                f"{task}; {task} candidates: {', '.join(matching)}"
+            )
         if cls.combines:
-            raise CandidateError(f"baseline.candidates: {name!r} combines other candidates' predictions: the evaluate "
-                                 "stage builds it (evaluate.ensemble), not the baseline stage")
+            raise CandidateError(
+                f"baseline.candidates: {name!r} combines other candidates' predictions: the evaluate "
+                "stage builds it (evaluate.ensemble), not the baseline stage"
+            )
     return list(config.candidates), []
 
 
@@ -110,8 +114,9 @@ PROBE_ROWS = 32
 MIN_BUDGET_SAMPLE = 100
 
 
-def plan_expensive_rows(seconds_per_row: float, n_test: int, n_validation: int,
-                        budget_s: float | None) -> tuple[int, int]:
+def plan_expensive_rows(
+    seconds_per_row: float, n_test: int, n_validation: int, budget_s: float | None
+) -> tuple[int, int]:
     """(test rows, validation rows) an expensive candidate scores within ``budget_s`` seconds.
 
     Everything when the estimate (``seconds_per_row`` times all rows) fits; else the budget is
@@ -161,10 +166,20 @@ class CandidateRun:
             "kind": self.kind,
             "expensive": self.expensive,
             "n_scored": {"test": len(self.test), "validation": len(self.validation)},
-            "seconds": {**{k: round(v, 3) for k, v in self.seconds.items()}, "total": round(sum(self.seconds.values()), 3)},
+            "seconds": {
+                **{k: round(v, 3) for k, v in self.seconds.items()},
+                "total": round(sum(self.seconds.values()), 3),
+            },
             "metrics": quick_metrics(task, self.test, test),
-            "latency_ms": ({"mean": float(latency.mean()), "p50": float(np.percentile(latency, 50)),
-                            "p95": float(np.percentile(latency, 95))} if len(latency) else {}),
+            "latency_ms": (
+                {
+                    "mean": float(latency.mean()),
+                    "p50": float(np.percentile(latency, 50)),
+                    "p95": float(np.percentile(latency, 95)),
+                }
+                if len(latency)
+                else {}
+            ),
             "latency_cores": measuring_cores(),  # the machine that timed them: decide scales from it
         }
         if self.info:
@@ -190,8 +205,13 @@ def _info(candidate: Candidate) -> dict[str, Any]:
     return dict(info()) if callable(info) else {}
 
 
-def run_candidate(candidate: Candidate, train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame,
-                  fit_validation: pd.DataFrame | None = None) -> CandidateRun:
+def run_candidate(
+    candidate: Candidate,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    fit_validation: pd.DataFrame | None = None,
+) -> CandidateRun:
     """Fit on ``train``, predict ``test`` and ``validation`` (already sampled for expensive candidates).
 
     ``fit_validation`` (default ``validation``) is what fit sees: the whole validation set, even
@@ -202,17 +222,32 @@ def run_candidate(candidate: Candidate, train: pd.DataFrame, validation: pd.Data
     fit_seconds = time.perf_counter() - started
     test_predictions, test_seconds = _predict(candidate, test)
     validation_predictions, validation_seconds = _predict(candidate, validation)
-    return CandidateRun(candidate.name, candidate.kind, candidate.expensive, test_predictions, validation_predictions,
-                        {"fit": fit_seconds, "test": test_seconds, "validation": validation_seconds}, _info(candidate))
+    return CandidateRun(
+        candidate.name,
+        candidate.kind,
+        candidate.expensive,
+        test_predictions,
+        validation_predictions,
+        {"fit": fit_seconds, "test": test_seconds, "validation": validation_seconds},
+        _info(candidate),
+    )
 
 
 def _rows(frame: pd.DataFrame, ids: list[str] | set[str]) -> pd.DataFrame:
     return frame[frame["id"].astype(str).isin(set(ids))].reset_index(drop=True)
 
 
-def run_within_budget(candidate: Candidate, train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame,
-                      budget_s: float | None, *, seed: int, by: str | None,
-                      fit_validation: pd.DataFrame | None = None) -> CandidateRun:
+def run_within_budget(
+    candidate: Candidate,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    budget_s: float | None,
+    *,
+    seed: int,
+    by: str | None,
+    fit_validation: pd.DataFrame | None = None,
+) -> CandidateRun:
     """Fit, time a probe of test rows, then score all of ``test`` and ``validation`` if the estimate
     fits ``budget_s``, else nested stratified samples of them sized to fit (:func:`plan_expensive_rows`).
 
@@ -237,32 +272,54 @@ def run_within_budget(candidate: Candidate, train: pd.DataFrame, validation: pd.
     probe_predictions = pd.concat([warm_predictions, timed_predictions], ignore_index=True)
     probe_seconds = warm_seconds + timed_seconds
     n_test, n_validation = plan_expensive_rows(per_row, len(test), len(validation), budget_s)
-    scoring = {"probe_rows": n_probe, "warmup_rows": n_warm, "seconds_per_row": round(per_row, 4),
-               "budget_s": budget_s,
-               "estimated_s_all": round(per_row * (len(test) + len(validation)), 1),
-               "whole": n_test == len(test) and n_validation == len(validation),
-               "n_test": n_test, "n_validation": n_validation}
+    scoring = {
+        "probe_rows": n_probe,
+        "warmup_rows": n_warm,
+        "seconds_per_row": round(per_row, 4),
+        "budget_s": budget_s,
+        "estimated_s_all": round(per_row * (len(test) + len(validation)), 1),
+        "whole": n_test == len(test) and n_validation == len(validation),
+        "n_test": n_test,
+        "n_validation": n_validation,
+    }
     whole = scoring["whole"]
     if n_test < len(test):
         test = _rows(test, stratified_sample_ids(test, n_test, seed, by))
     if n_validation < len(validation):
         validation = _rows(validation, stratified_sample_ids(validation, n_validation, seed + 1, by))
-    console.print(f"baseline: {candidate.name}: {per_row:.3f} s a row on a {n_probe}-row probe; scoring "
-                  + (f"all {len(test)} test and {len(validation)} validation rows" if whole else
-                     f"a stratified sample of {len(test)} test and {len(validation)} validation rows "
-                     f"(budget {budget_s:.0f} s)"))
+    console.print(
+        f"baseline: {candidate.name}: {per_row:.3f} s a row on a {n_probe}-row probe; scoring "
+        + (
+            f"all {len(test)} test and {len(validation)} validation rows"
+            if whole
+            else f"a stratified sample of {len(test)} test and {len(validation)} validation rows "
+            f"(budget {budget_s:.0f} s)"
+        )
+    )
 
     # the probe rows already scored are not scored again; predictions go back to frame order
     kept = probe_predictions[probe_predictions["id"].astype(str).isin(set(test["id"].astype(str)))]
     rest = test[~test["id"].astype(str).isin(set(kept["id"].astype(str)))].reset_index(drop=True)
     rest_predictions, rest_seconds = _predict(candidate, rest) if len(rest) else (kept.iloc[:0], 0.0)
-    test_predictions = (pd.concat([kept, rest_predictions], ignore_index=True)
-                        .set_index("id", drop=False).loc[test["id"].astype(str)].reset_index(drop=True))
+    test_predictions = (
+        pd.concat([kept, rest_predictions], ignore_index=True)
+        .set_index("id", drop=False)
+        .loc[test["id"].astype(str)]
+        .reset_index(drop=True)
+    )
     check_predictions(test_predictions, test, candidate)
     validation_predictions, validation_seconds = _predict(candidate, validation)
     seconds = {"fit": fit_seconds, "test": probe_seconds + rest_seconds, "validation": validation_seconds}
-    return CandidateRun(candidate.name, candidate.kind, candidate.expensive, test_predictions, validation_predictions,
-                        seconds, _info(candidate), scoring)
+    return CandidateRun(
+        candidate.name,
+        candidate.kind,
+        candidate.expensive,
+        test_predictions,
+        validation_predictions,
+        seconds,
+        _info(candidate),
+        scoring,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,10 +361,18 @@ def run_baseline(
 
     def write_sample() -> None:
         if out is not None:
-            write_json(out / "sample_ids.json", {
-                "sample_size": config.sample_size, "time_budget_s": config.time_budget_s if auto else None,
-                "seed": seed, "stratified_by": by, "scored_by": list(sampled_by), **sample, "scoring": scoring,
-            })
+            write_json(
+                out / "sample_ids.json",
+                {
+                    "sample_size": config.sample_size,
+                    "time_budget_s": config.time_budget_s if auto else None,
+                    "seed": seed,
+                    "stratified_by": by,
+                    "scored_by": list(sampled_by),
+                    **sample,
+                    "scoring": scoring,
+                },
+            )
 
     write_sample()
     expensive = [c.name for c in candidates if c.expensive]
@@ -320,24 +385,39 @@ def run_baseline(
     while candidates:  # popped, so a finished candidate's fitted state is freed before the next
         candidate = candidates.pop(0)
         if candidate.expensive and auto:
-            console.print(f"baseline: {candidate.name} ({candidate.kind}): timing a probe against a "
-                          f"{config.time_budget_s or 0:.0f} s budget" if config.time_budget_s else
-                          f"baseline: {candidate.name} ({candidate.kind}) on every row (no time budget)")
-            run = run_within_budget(candidate, train, _rows(validation, sample["validation"]),
-                                    _rows(test, sample["test"]), config.time_budget_s, seed=seed, by=by,
-                                    fit_validation=validation)
+            console.print(
+                f"baseline: {candidate.name} ({candidate.kind}): timing a probe against a "
+                f"{config.time_budget_s or 0:.0f} s budget"
+                if config.time_budget_s
+                else f"baseline: {candidate.name} ({candidate.kind}) on every row (no time budget)"
+            )
+            run = run_within_budget(
+                candidate,
+                train,
+                _rows(validation, sample["validation"]),
+                _rows(test, sample["test"]),
+                config.time_budget_s,
+                seed=seed,
+                by=by,
+                fit_validation=validation,
+            )
             scoring[run.name] = run.scoring
             # a sample narrows the common rows, and later candidates draw theirs from it (nested)
-            sample = {"test": run.test["id"].astype(str).tolist(),
-                      "validation": run.validation["id"].astype(str).tolist()} if not run.scoring["whole"] else sample
+            sample = (
+                {"test": run.test["id"].astype(str).tolist(), "validation": run.validation["id"].astype(str).tolist()}
+                if not run.scoring["whole"]
+                else sample
+            )
             if len(run.test) < len(test):
                 sampled_by.append(run.name)
             write_sample()
         else:
             scored_test = _rows(test, sample["test"]) if candidate.expensive else test
             scored_validation = _rows(validation, sample["validation"]) if candidate.expensive else validation
-            console.print(f"baseline: {candidate.name} ({candidate.kind}) on {len(scored_test)} test "
-                          f"and {len(scored_validation)} validation rows")
+            console.print(
+                f"baseline: {candidate.name} ({candidate.kind}) on {len(scored_test)} test "
+                f"and {len(scored_validation)} validation rows"
+            )
             run = run_candidate(candidate, train, scored_validation, scored_test, fit_validation=validation)
         if out is not None:
             write_parquet(out / "predictions" / f"{run.name}.parquet", run.test)
@@ -356,8 +436,13 @@ def run_baseline(
     summary = {
         "task": task,
         "primary_metric": "accuracy" if task == "classify" else "chrf",
-        "sizes": {"train": len(train), "validation": len(validation), "test": len(test),
-                  "sample_test": len(sample["test"]), "sample_validation": len(sample["validation"])},
+        "sizes": {
+            "train": len(train),
+            "validation": len(validation),
+            "test": len(test),
+            "sample_test": len(sample["test"]),
+            "sample_validation": len(sample["validation"]),
+        },
         "candidates": summaries,
         "skipped": skipped,
         "prediction_columns": list(PREDICTION_COLUMNS),

@@ -101,16 +101,24 @@ def _per_class(scores: ClassifyScores, name: str) -> pd.DataFrame:
     tp, fp, fn = counts.tp[0], counts.fp[0], counts.fn[0]
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
     present = (tp + fp + fn) > 0
-    return pd.DataFrame({
-        "candidate": name, "label": np.asarray(scores.labels, dtype=object)[present],
-        "precision": precision[present], "recall": recall[present], "f1": f1[present],
-        "support": (tp + fn)[present].astype(int), "predicted": (tp + fp)[present].astype(int),
-    })
+    return pd.DataFrame(
+        {
+            "candidate": name,
+            "label": np.asarray(scores.labels, dtype=object)[present],
+            "precision": precision[present],
+            "recall": recall[present],
+            "f1": f1[present],
+            "support": (tp + fn)[present].astype(int),
+            "predicted": (tp + fp)[present].astype(int),
+        }
+    )
 
 
 def _confusions(scores: ClassifyScores, top: int) -> dict:
     n_labels = len(scores.labels)
-    matrix = np.bincount(scores.y_true * n_labels + scores.y_pred, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+    matrix = np.bincount(scores.y_true * n_labels + scores.y_pred, minlength=n_labels * n_labels).reshape(
+        n_labels, n_labels
+    )
     present = np.flatnonzero((matrix.sum(axis=0) + matrix.sum(axis=1)) > 0)
     sub = matrix[np.ix_(present, present)]
     labels = [scores.labels[i] for i in present]
@@ -118,9 +126,16 @@ def _confusions(scores: ClassifyScores, top: int) -> dict:
     np.fill_diagonal(off, 0)
     flat = np.argsort(-off, axis=None, kind="stable")[:top]
     support = sub.sum(axis=1)
-    largest = [{"true": labels[i], "predicted": labels[j], "count": int(off[i, j]),
-                "share_of_true": float(off[i, j] / support[i]) if support[i] else 0.0}
-               for i, j in zip(*np.unravel_index(flat, off.shape)) if off[i, j] > 0]
+    largest = [
+        {
+            "true": labels[i],
+            "predicted": labels[j],
+            "count": int(off[i, j]),
+            "share_of_true": float(off[i, j] / support[i]) if support[i] else 0.0,
+        }
+        for i, j in zip(*np.unravel_index(flat, off.shape))
+        if off[i, j] > 0
+    ]
     return {"labels": labels, "matrix": sub.tolist(), "top": largest}
 
 
@@ -154,16 +169,22 @@ class Evaluation:
             paths.append(write_parquet(out / "per_example" / f"{name}.parquet", frame))
         if self.per_class is not None:
             paths.append(write_csv(out / "per_class.csv", self.per_class))
-        for artifact, payload in (("confusions.json", self.confusions), ("thresholds.json", self.thresholds),
-                                  ("coverage.json", self.coverage), ("slices.json", self.slices),
-                                  ("worst_examples.json", self.worst)):
+        for artifact, payload in (
+            ("confusions.json", self.confusions),
+            ("thresholds.json", self.thresholds),
+            ("coverage.json", self.coverage),
+            ("slices.json", self.slices),
+            ("worst_examples.json", self.worst),
+        ):
             if payload or artifact == "slices.json":
                 paths.append(write_json(out / artifact, json_safe(payload)))
         paths += write_plots(self, out / "plots")
         return paths
 
 
-def _label_list(task_labels: Sequence[str], candidates: Sequence[CandidatePredictions], extra: Sequence[str]) -> list[str]:
+def _label_list(
+    task_labels: Sequence[str], candidates: Sequence[CandidatePredictions], extra: Sequence[str]
+) -> list[str]:
     labels = set(map(str, task_labels)) | set(map(str, extra))
     for c in candidates:
         labels |= set(c.test["prediction"])
@@ -215,7 +236,9 @@ def evaluate_candidates(
     if config.candidates is not None:
         for name in config.candidates:
             if not any(c.name == name for c in candidates):
-                skipped.append({"name": name, "reason": f"evaluate.candidates lists {name!r} but no stage wrote its predictions"})
+                skipped.append(
+                    {"name": name, "reason": f"evaluate.candidates lists {name!r} but no stage wrote its predictions"}
+                )
     resampler = Resampler(config.n_resamples, seed)
     primary = PRIMARY_METRIC[task]
     timings: dict[str, float] = {}
@@ -249,7 +272,9 @@ def evaluate_candidates(
             if val_truth is not None and c.validation is not None:
                 known = c.validation[c.validation["id"].isin(set(val_truth["id"]))]
                 val_scores = score_classification(known, val_truth, labels)
-                thresholds[c.name] = choose_threshold(val_scores.confidence, val_scores.correct, config.target_precision)
+                thresholds[c.name] = choose_threshold(
+                    val_scores.confidence, val_scores.correct, config.target_precision
+                )
             else:
                 thresholds[c.name] = {"threshold": None, "reached": False, "reason": "no validation predictions"}
             threshold = thresholds[c.name]["threshold"]
@@ -257,34 +282,75 @@ def evaluate_candidates(
             coverage[c.name] = coverage_curve(s.confidence, s.correct)
             per_class.append(_per_class(s, c.name))
             confusions[c.name] = _confusions(s, config.top_confusions)
-            frame = pd.DataFrame({"id": s.ids, "label": [labels[i] for i in s.y_true],
-                                  "prediction": [labels[i] for i in s.y_pred], "confidence": s.confidence,
-                                  "correct": s.correct})
+            frame = pd.DataFrame(
+                {
+                    "id": s.ids,
+                    "label": [labels[i] for i in s.y_true],
+                    "prediction": [labels[i] for i in s.y_pred],
+                    "confidence": s.confidence,
+                    "correct": s.correct,
+                }
+            )
             if s.answered is not None:
                 frame["answered"] = s.answered
                 frame["final_prediction"] = np.where(s.answered, frame["prediction"], config.out_of_scope_label)
             # the worst mistakes are the confident ones
-            wrong = frame[~frame["correct"]].sort_values("confidence", ascending=False, kind="stable").head(config.worst_examples)
+            wrong = (
+                frame[~frame["correct"]]
+                .sort_values("confidence", ascending=False, kind="stable")
+                .head(config.worst_examples)
+            )
             if "input" in test.columns:
                 wrong = wrong.assign(input=_truth_for(wrong["id"], test, "input").tolist())
             worst[c.name] = wrong.to_dict("records")
         else:
-            s = score_generation_predictions(c.test, test, checker=checker, format_pattern=config.format_pattern, encoder=encoder)
-            frame = pd.concat([pd.DataFrame({"id": s.ids, "target": _truth_for(s.ids, test, "target").tolist(),
-                                             "prediction": c.test["prediction"].tolist()}), s.frame], axis=1)
+            s = score_generation_predictions(
+                c.test, test, checker=checker, format_pattern=config.format_pattern, encoder=encoder
+            )
+            frame = pd.concat(
+                [
+                    pd.DataFrame(
+                        {
+                            "id": s.ids,
+                            "target": _truth_for(s.ids, test, "target").tolist(),
+                            "prediction": c.test["prediction"].tolist(),
+                        }
+                    ),
+                    s.frame,
+                ],
+                axis=1,
+            )
             lowest = frame.sort_values("chrf", kind="stable").head(config.worst_examples)
-            with_facts = frame[frame["n_unsupported"] > 0].head(config.worst_examples) if "n_unsupported" in frame else frame.head(0)
-            add_input = (lambda f: f.assign(input=_truth_for(f["id"], test, "input").tolist())) if "input" in test else (lambda f: f)
-            worst[c.name] = {"lowest_chrf": add_input(lowest).to_dict("records"),
-                             "unsupported_facts": add_input(with_facts).to_dict("records")}
+            with_facts = (
+                frame[frame["n_unsupported"] > 0].head(config.worst_examples)
+                if "n_unsupported" in frame
+                else frame.head(0)
+            )
+            add_input = (
+                (lambda f: f.assign(input=_truth_for(f["id"], test, "input").tolist()))
+                if "input" in test
+                else (lambda f: f)
+            )
+            worst[c.name] = {
+                "lowest_chrf": add_input(lowest).to_dict("records"),
+                "unsupported_facts": add_input(with_facts).to_dict("records"),
+            }
         for col in kept_slices:
             frame[col] = slice_frame[col].reindex(frame["id"]).to_numpy()
         scores[c.name] = s
         per_example[c.name] = frame
         point, ci, _ = s.metrics(resampler(len(s.ids)), level)
-        entries[c.name] = {"name": c.name, "kind": c.kind, "source": c.source, "expensive": c.expensive,
-                           "metrics": point, "ci95": ci, "n_eval": int(len(s.ids)),
-                           "n_test": int(len(test)), "covers_full_test": len(s.ids) == len(test)}
+        entries[c.name] = {
+            "name": c.name,
+            "kind": c.kind,
+            "source": c.source,
+            "expensive": c.expensive,
+            "metrics": point,
+            "ci95": ci,
+            "n_eval": int(len(s.ids)),
+            "n_test": int(len(test)),
+            "covers_full_test": len(s.ids) == len(test),
+        }
         if c.members:
             entries[c.name]["members"] = list(c.members)
         if task == "classify" and thresholds[c.name].get("threshold") is not None:
@@ -313,7 +379,9 @@ def evaluate_candidates(
             if name != baseline:
                 result = compare_scores(scores[name], scores[baseline], COMPARED_METRICS[task], resampler, level, seed)
                 if result is None:
-                    skipped.append({"name": name, "reason": f"shares no scored test id with the baseline {baseline}; not compared"})
+                    skipped.append(
+                        {"name": name, "reason": f"shares no scored test id with the baseline {baseline}; not compared"}
+                    )
                 else:
                     comparisons[name] = result
     pairwise = pairwise_primary(scores, list(entries), primary, resampler, level, seed)
@@ -322,23 +390,52 @@ def evaluate_candidates(
     gate_candidate = best_by_primary(entries, finetuned or others, primary)
     # the alternative the fine-tune must not lose to: the best candidate that needs no fine-tuning
     # (cheap models and prompted LLMs alike), other than the reference itself
-    cheap = best_by_primary(entries, [n for n in entries if entries[n]["kind"] != "finetuned" and n not in (gate_candidate, baseline)
-                            and checks[n]["meaningful"]], primary)
+    cheap = best_by_primary(
+        entries,
+        [
+            n
+            for n in entries
+            if entries[n]["kind"] != "finetuned" and n not in (gate_candidate, baseline) and checks[n]["meaningful"]
+        ],
+        primary,
+    )
     vs_cheap = None
     if gate_candidate is not None and cheap is not None and config.gate_beats_cheap:
         vs_cheap = compare_scores(scores[gate_candidate], scores[cheap], (primary,), resampler, level, seed)
-    gate = gate_decision(task, candidate=gate_candidate, baseline=baseline, vs_baseline=comparisons.get(gate_candidate or ""),
-                         cheap=cheap, vs_cheap=vs_cheap, threshold=config.threshold,
-                         require_beats_cheap=config.gate_beats_cheap, notes=notes)
+    gate = gate_decision(
+        task,
+        candidate=gate_candidate,
+        baseline=baseline,
+        vs_baseline=comparisons.get(gate_candidate or ""),
+        cheap=cheap,
+        vs_cheap=vs_cheap,
+        threshold=config.threshold,
+        require_beats_cheap=config.gate_beats_cheap,
+        notes=notes,
+    )
     head = None
-    if gate_candidate is not None and gate_candidate in comparisons and primary in comparisons[gate_candidate]["metrics"]:
+    if (
+        gate_candidate is not None
+        and gate_candidate in comparisons
+        and primary in comparisons[gate_candidate]["metrics"]
+    ):
         cmp = comparisons[gate_candidate]["metrics"][primary]
-        head = {"candidate": gate_candidate, "baseline": baseline, "metric": primary,
-                "relative_improvement": cmp["relative_improvement"], "ci95": cmp["relative_ci"],
-                "p_value": cmp["p_value"], "test": cmp["test"], "threshold": config.threshold,
-                "difference": cmp["difference"], "difference_ci95": cmp["difference_ci"], "n": cmp["n"],
-                "candidate_score": cmp["candidate"], "baseline_score": cmp["baseline"],
-                "on_sample": cmp["n"] < len(test)}
+        head = {
+            "candidate": gate_candidate,
+            "baseline": baseline,
+            "metric": primary,
+            "relative_improvement": cmp["relative_improvement"],
+            "ci95": cmp["relative_ci"],
+            "p_value": cmp["p_value"],
+            "test": cmp["test"],
+            "threshold": config.threshold,
+            "difference": cmp["difference"],
+            "difference_ci95": cmp["difference_ci"],
+            "n": cmp["n"],
+            "candidate_score": cmp["candidate"],
+            "baseline_score": cmp["baseline"],
+            "on_sample": cmp["n"] < len(test),
+        }
     timings["compare"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -367,10 +464,23 @@ def evaluate_candidates(
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     if task == "classify":
-        summary["out_of_scope"] = {"label": config.out_of_scope_label, "target_precision": config.target_precision,
-                                   "test_rows": int((test["label"].astype(str) == config.out_of_scope_label).sum())}
-    return Evaluation(task, summary, scores, per_example, pd.concat(per_class, ignore_index=True) if per_class else None,
-                      confusions, thresholds, coverage, slices, worst)
+        summary["out_of_scope"] = {
+            "label": config.out_of_scope_label,
+            "target_precision": config.target_precision,
+            "test_rows": int((test["label"].astype(str) == config.out_of_scope_label).sum()),
+        }
+    return Evaluation(
+        task,
+        summary,
+        scores,
+        per_example,
+        pd.concat(per_class, ignore_index=True) if per_class else None,
+        confusions,
+        thresholds,
+        coverage,
+        slices,
+        worst,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,13 +502,15 @@ def write_plots(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-
     out = Path(out_dir)
     paths: list[Path] = []
     summary = evaluation.summary
     primary = summary["primary_metric"]
-    entries = [e for e in summary["candidates"] if e["metrics"].get(primary) is not None
-               and math.isfinite(e["metrics"][primary])]
+    entries = [
+        e
+        for e in summary["candidates"]
+        if e["metrics"].get(primary) is not None and math.isfinite(e["metrics"][primary])
+    ]
     if not entries:
         return paths
 
@@ -415,8 +527,13 @@ def write_plots(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
     values = [e["metrics"][primary] for e in entries]
     lows = [v - (e["ci95"].get(primary) or (v, v))[0] for v, e in zip(values, entries)]
     highs = [(e["ci95"].get(primary) or (v, v))[1] - v for v, e in zip(values, entries)]
-    ax.barh([f"{e['name']} (n={e['n_eval']})" for e in entries], values, xerr=[lows, highs], capsize=4,
-            color=[colours.get(e["kind"], "#55a868") for e in entries])
+    ax.barh(
+        [f"{e['name']} (n={e['n_eval']})" for e in entries],
+        values,
+        xerr=[lows, highs],
+        capsize=4,
+        color=[colours.get(e["kind"], "#55a868") for e in entries],
+    )
     ax.set_xlabel(f"{primary} ({summary['ci_level']:.0%} interval)")
     ax.set_title(f"{primary} by candidate")
     save(fig, "primary_metric.png")
@@ -450,4 +567,3 @@ def write_plots(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
             safe = re.sub(r"[^\w.-]", "_", best)
             save(fig, f"confusion_{safe}.png")
     return paths
-

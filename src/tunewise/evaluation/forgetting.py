@@ -108,8 +108,12 @@ class ProbeResult:
     answers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "perplexity": self.perplexity, "n_questions": len(self.answers),
-                "answers": self.answers}
+        return {
+            "accuracy": self.accuracy,
+            "perplexity": self.perplexity,
+            "n_questions": len(self.answers),
+            "answers": self.answers,
+        }
 
 
 def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 4) -> float:
@@ -120,8 +124,9 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int
     total_nll, total_tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
-                              padding_side="right").to(device)
+            batch = tokenizer(
+                list(texts[start : start + batch_size]), return_tensors="pt", padding=True, padding_side="right"
+            ).to(device)
             logits = model(**batch).logits[:, :-1].float()
             targets = batch["input_ids"][:, 1:]
             mask = batch["attention_mask"][:, 1:].bool()
@@ -133,17 +138,28 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int
 
 def run_probe(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tokens: int = 24) -> ProbeResult:
     """The general-ability probe on one model: question accuracy and paragraph perplexity."""
-    conversations = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q, _ in QUESTIONS]
-    replies, _ = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, description="forgetting probe")
-    answers = [{"question": q, "accepted": list(a), "reply": r, "correct": answer_is_correct(r, a)}
-               for (q, a), r in zip(QUESTIONS, replies)]
+    conversations = [
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q, _ in QUESTIONS
+    ]
+    replies, _ = generate_replies(
+        model,
+        tokenizer,
+        conversations,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        description="forgetting probe",
+    )
+    answers = [
+        {"question": q, "accepted": list(a), "reply": r, "correct": answer_is_correct(r, a)}
+        for (q, a), r in zip(QUESTIONS, replies)
+    ]
     accuracy = sum(x["correct"] for x in answers) / len(answers)
     return ProbeResult(accuracy, perplexity(model, tokenizer, PARAGRAPHS), answers)
 
 
-def compare_probes(base: ProbeResult, tuned: ProbeResult, *, max_accuracy_drop: float = 0.10,
-                   max_perplexity_rise: float = 0.25) -> dict[str, Any]:
+def compare_probes(
+    base: ProbeResult, tuned: ProbeResult, *, max_accuracy_drop: float = 0.10, max_perplexity_rise: float = 0.25
+) -> dict[str, Any]:
     """Change from base to fine-tuned; flagged when accuracy falls by more than
     ``max_accuracy_drop`` (absolute) or perplexity rises by more than ``max_perplexity_rise``
     (relative). With 30 questions one answer is 3.3 points, so small changes are noise."""
@@ -151,17 +167,33 @@ def compare_probes(base: ProbeResult, tuned: ProbeResult, *, max_accuracy_drop: 
     perplexity_change = tuned.perplexity / base.perplexity - 1 if base.perplexity else float("nan")
     flags = []
     if accuracy_change < -max_accuracy_drop:
-        flags.append(f"general-question accuracy fell by {-accuracy_change:.0%} (from {base.accuracy:.0%} to {tuned.accuracy:.0%})")
+        flags.append(
+            f"general-question accuracy fell by {-accuracy_change:.0%} (from {base.accuracy:.0%} to {tuned.accuracy:.0%})"
+        )
     if perplexity_change > max_perplexity_rise:
-        flags.append(f"perplexity on general text rose by {perplexity_change:.0%} "
-                     f"(from {base.perplexity:.1f} to {tuned.perplexity:.1f})")
-    changed = [{"question": b["question"], "base": b["reply"], "tuned": t["reply"], "base_correct": b["correct"],
-                "tuned_correct": t["correct"]} for b, t in zip(base.answers, tuned.answers) if b["correct"] != t["correct"]]
+        flags.append(
+            f"perplexity on general text rose by {perplexity_change:.0%} "
+            f"(from {base.perplexity:.1f} to {tuned.perplexity:.1f})"
+        )
+    changed = [
+        {
+            "question": b["question"],
+            "base": b["reply"],
+            "tuned": t["reply"],
+            "base_correct": b["correct"],
+            "tuned_correct": t["correct"],
+        }
+        for b, t in zip(base.answers, tuned.answers)
+        if b["correct"] != t["correct"]
+    ]
     return {
         "base": {"accuracy": base.accuracy, "perplexity": base.perplexity},
         "tuned": {"accuracy": tuned.accuracy, "perplexity": tuned.perplexity},
-        "accuracy_change": accuracy_change, "perplexity_change_relative": perplexity_change,
-        "forgot": bool(flags), "flags": flags, "changed_answers": changed,
+        "accuracy_change": accuracy_change,
+        "perplexity_change_relative": perplexity_change,
+        "forgot": bool(flags),
+        "flags": flags,
+        "changed_answers": changed,
         "rule": f"accuracy drop > {max_accuracy_drop:.0%} absolute or perplexity rise > {max_perplexity_rise:.0%} relative",
     }
 
@@ -202,8 +234,9 @@ def find_finetuned_models(train_dir: str | Path) -> list[tuple[str, Path, str]]:
     return found
 
 
-def load_finetuned(folder: Path, kind: str, base_spec: str, *, offline: bool = True,
-                   trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_finetuned(
+    folder: Path, kind: str, base_spec: str, *, offline: bool = True, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
     """Load a saved fine-tuned LLM: the base model with the adapter applied, or the full model."""
 
     if kind == "model":

@@ -45,8 +45,16 @@ from tunewise.core.artifacts import (
 from tunewise.core.errors import TunewiseError
 from tunewise.core.stats import wilson_interval
 
-__all__ = ["SHEET_COLUMNS", "SheetError", "SheetFiles", "csv_safe", "csv_safe_frame", "fold_ratings", "read_sheet",
-           "write_sheet"]
+__all__ = [
+    "SHEET_COLUMNS",
+    "SheetError",
+    "SheetFiles",
+    "csv_safe",
+    "csv_safe_frame",
+    "fold_ratings",
+    "read_sheet",
+    "write_sheet",
+]
 
 SHEET_COLUMNS = ("item", "input", "reference", "answer_A", "answer_B", "preference", "comment")
 _PREFERENCES = {"a": "A", "b": "B", "tie": "tie", "=": "tie", "same": "tie", "equal": "tie"}
@@ -64,8 +72,16 @@ class SheetFiles:
     n_items: int
 
 
-def write_sheet(out_dir: str | Path, records: pd.DataFrame, answers: dict[str, pd.Series], *, n: int = 50,
-                seed: int = 0, reference_column: str | None = None, title: str = "Which answer is better?") -> SheetFiles:
+def write_sheet(
+    out_dir: str | Path,
+    records: pd.DataFrame,
+    answers: dict[str, pd.Series],
+    *,
+    n: int = 50,
+    seed: int = 0,
+    reference_column: str | None = None,
+    title: str = "Which answer is better?",
+) -> SheetFiles:
     """Write the blind sheet for the two candidates in ``answers`` (name -> answers indexed by id).
 
     ``records`` holds ``id`` and ``input`` (and ``reference_column`` when given); only ids both
@@ -81,18 +97,28 @@ def write_sheet(out_dir: str | Path, records: pd.DataFrame, answers: dict[str, p
     records = records.assign(id=records["id"].astype(str))
     shared = records[records["id"].isin(set(answers_1.index) & set(answers_2.index))]
     rng = np.random.default_rng(seed)
-    chosen = shared.iloc[np.sort(rng.choice(len(shared), size=min(n, len(shared)), replace=False))] if len(shared) else shared
+    chosen = (
+        shared.iloc[np.sort(rng.choice(len(shared), size=min(n, len(shared)), replace=False))]
+        if len(shared)
+        else shared
+    )
     first_is_a = rng.random(len(chosen)) < 0.5  # the order of the two answers, drawn per item
     rows, key = [], []
     for i, (record, a_first) in enumerate(zip(chosen.itertuples(index=False), first_is_a), start=1):
         rid = str(record.id)
         name_a, name_b = (name_1, name_2) if a_first else (name_2, name_1)
         pick = {name_1: answers_1, name_2: answers_2}
-        rows.append({
-            "item": i, "input": str(record.input),
-            "reference": str(getattr(record, reference_column)) if reference_column else "",
-            "answer_A": str(pick[name_a][rid]), "answer_B": str(pick[name_b][rid]), "preference": "", "comment": "",
-        })
+        rows.append(
+            {
+                "item": i,
+                "input": str(record.input),
+                "reference": str(getattr(record, reference_column)) if reference_column else "",
+                "answer_A": str(pick[name_a][rid]),
+                "answer_B": str(pick[name_b][rid]),
+                "preference": "",
+                "comment": "",
+            }
+        )
         key.append({"item": i, "id": rid, "A": name_a, "B": name_b})
     out = Path(out_dir)
     sheet = pd.DataFrame(rows, columns=list(SHEET_COLUMNS))
@@ -112,11 +138,13 @@ def _html(rows: list[dict[str, Any]], title: str, show_reference: bool) -> str:
         reference = f'<div class="ref"><b>Reference:</b> {cell(row["reference"])}</div>' if show_reference else ""
         choices = "".join(
             f'<label><input type="radio" name="p{i}" value="{v}"> {label}</label> '
-            for v, label in (("A", "A is better"), ("B", "B is better"), ("tie", "About the same")))
+            for v, label in (("A", "A is better"), ("B", "B is better"), ("tie", "About the same"))
+        )
         items.append(
             f'<section><h3>Item {i}</h3><div class="in"><b>Input:</b> {cell(row["input"])}</div>{reference}'
             f'<div class="pair"><div><h4>A</h4>{cell(row["answer_A"])}</div><div><h4>B</h4>{cell(row["answer_B"])}</div></div>'
-            f'<div>{choices}</div><input class="c" type="text" id="c{i}" placeholder="comment (optional)"></section>')
+            f'<div>{choices}</div><input class="c" type="text" id="c{i}" placeholder="comment (optional)"></section>'
+        )
     # The rows travel as JSON inside the page so the export writes exactly the CSV columns;
     # "</" is escaped so no text can close the script element.
     data = json.dumps(rows, ensure_ascii=False).replace("</", "<\\/")
@@ -136,7 +164,7 @@ section {{ border: 1px solid #ccc; border-radius: 6px; padding: 0.8em 1em; margi
 <p>For each input, pick the better answer. The two answers come from different systems, in a random
 order. When done, click <b>Download ratings</b> and send the CSV file back.</p>
 <div id="bar"><a id="download" href="#" download="ratings.csv">Download ratings</a> <span id="count"></span></div>
-{''.join(items)}
+{"".join(items)}
 <script>
 const ROWS = {data};
 const COLUMNS = {columns};
@@ -219,8 +247,13 @@ def read_sheet(filled: str | Path, key: str | Path, candidate: str, level: float
     decided = wins + losses
     low, high = wilson_interval(wins, decided, level)
     return {
-        "candidate": candidate, "opponent": opponent, "wins": wins, "losses": losses, "ties": ties,
-        "unrated": unrated, "n_rated": decided + ties,
+        "candidate": candidate,
+        "opponent": opponent,
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "unrated": unrated,
+        "n_rated": decided + ties,
         "win_rate": wins / decided if decided else None,
         "ci95": [low, high] if decided else None,
         "tie_rate": ties / (decided + ties) if decided + ties else None,
@@ -239,8 +272,9 @@ def fold_ratings(evaluate_dir: str | Path, filled: str | Path) -> dict[str, Any]
     sheet = summary.get("human_sheet", {})
     key = evaluate_dir / "human" / "key.csv"
     if not sheet.get("candidates") or not key.exists():
-        raise SheetError(f"{filled}: there is no sheet key at {key}; write the sheet first with "
-                         "`tunewise evaluate --human-sheet`")
+        raise SheetError(
+            f"{filled}: there is no sheet key at {key}; write the sheet first with `tunewise evaluate --human-sheet`"
+        )
     ratings = {**read_sheet(filled, key, sheet["candidates"][0]), "sheet": str(filled)}
     write_json(evaluate_dir / "human_ratings.json", ratings)
     summary["human_ratings"] = ratings

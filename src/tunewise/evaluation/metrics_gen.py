@@ -95,7 +95,9 @@ def chrf_from_statistics(stats: np.ndarray) -> np.ndarray:
         avg_r = np.where(n_effective > 0, recall.sum(axis=-1) / np.maximum(n_effective, 1), 0.0)
         factor = CHRF_BETA**2
         denominator = factor * avg_p + avg_r
-        score = np.where(avg_p + avg_r > 0, (1 + factor) * avg_p * avg_r / np.where(denominator > 0, denominator, 1), 0.0)
+        score = np.where(
+            avg_p + avg_r > 0, (1 + factor) * avg_p * avg_r / np.where(denominator > 0, denominator, 1), 0.0
+        )
     return 100 * score
 
 
@@ -129,8 +131,9 @@ def bleu_from_statistics(stats: np.ndarray) -> np.ndarray:
     zero = correct == 0
     smooth = 2.0 ** np.cumsum(zero, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(zero, 100.0 / (smooth * np.where(total > 0, total, 1)),
-                             100.0 * correct / np.where(total > 0, total, 1))
+        precision = np.where(
+            zero, 100.0 / (smooth * np.where(total > 0, total, 1)), 100.0 * correct / np.where(total > 0, total, 1)
+        )
         log_mean = np.log(np.where(precision > 0, precision, 1)).mean(axis=-1)
         brevity = np.where(hyp_len < ref_len, np.exp(1 - ref_len / np.where(hyp_len > 0, hyp_len, 1)), 1.0)
     brevity = np.where((hyp_len < ref_len) & (hyp_len == 0), 0.0, brevity)
@@ -206,9 +209,25 @@ class Fact:
     key: str  # normalised form compared across texts
 
 
-_MONTHS = {m: i + 1 for i, m in enumerate(
-    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-     "november", "december"])}
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        [
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ]
+    )
+}
 _MONTHS.update({name[:3]: number for name, number in list(_MONTHS.items())})
 _MONTHS["sept"] = 9
 _MONTH = r"(?P<month>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
@@ -223,18 +242,47 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("date", re.compile(r"\b(?P<m>\d{1,2})/(?P<d>\d{1,2})(?:/(?P<y>\d{2}|\d{4}))?\b")),
     ("date", re.compile(rf"\b{_MONTH}\s+{_DAY}\b(?:,?\s+(?P<year>\d{{4}}))?", re.I)),
     ("date", re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}\b(?:,?\s+(?P<year>\d{{4}}))?", re.I)),
-    ("phone", re.compile(r"(?<![\w/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?![\w/])")),
+    (
+        "phone",
+        re.compile(
+            r"(?<![\w/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?![\w/])"
+        ),
+    ),
     ("amount", re.compile(r"(?P<cur>[$€£])\s?(?P<num>\d[\d,]*(?:\.\d+)?)")),
-    ("amount", re.compile(r"\b(?P<num>\d[\d,]*(?:\.\d+)?)\s?(?P<cur>usd|eur|gbp|dollars?|euros?|pounds?|%|percent)(?!\w)", re.I)),
-    ("order_number", re.compile(
-        r"\b(?:order|ref(?:erence)?|ticket|case|invoice|tracking)\s*(?:number|no\.?|num|id)?\s*[:#]?\s*"
-        r"(?P<id>[A-Z]{0,4}-?\d[A-Z0-9-]{2,})\b", re.I)),
+    (
+        "amount",
+        re.compile(
+            r"\b(?P<num>\d[\d,]*(?:\.\d+)?)\s?(?P<cur>usd|eur|gbp|dollars?|euros?|pounds?|%|percent)(?!\w)", re.I
+        ),
+    ),
+    (
+        "order_number",
+        re.compile(
+            r"\b(?:order|ref(?:erence)?|ticket|case|invoice|tracking)\s*(?:number|no\.?|num|id)?\s*[:#]?\s*"
+            r"(?P<id>[A-Z]{0,4}-?\d[A-Z0-9-]{2,})\b",
+            re.I,
+        ),
+    ),
     ("order_number", re.compile(r"#\s?(?P<id>[A-Z0-9-]*\d[A-Z0-9-]*)\b", re.I)),
     ("order_number", re.compile(r"\b(?P<id>\d{6,})\b")),
 ]
 
-_CURRENCY = {"$": "usd", "dollar": "usd", "dollars": "usd", "usd": "usd", "€": "eur", "euro": "eur", "euros": "eur",
-             "eur": "eur", "£": "gbp", "pound": "gbp", "pounds": "gbp", "gbp": "gbp", "%": "%", "percent": "%"}
+_CURRENCY = {
+    "$": "usd",
+    "dollar": "usd",
+    "dollars": "usd",
+    "usd": "usd",
+    "€": "eur",
+    "euro": "eur",
+    "euros": "eur",
+    "eur": "eur",
+    "£": "gbp",
+    "pound": "gbp",
+    "pounds": "gbp",
+    "gbp": "gbp",
+    "%": "%",
+    "percent": "%",
+}
 
 
 def _fact_key(kind: str, match: re.Match[str]) -> str | None:
@@ -319,8 +367,11 @@ def knowledge_texts(folder: str | Path | None) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"data.knowledge_base: {root} is not a folder of .md/.txt files")
-    return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(root.rglob("*"))
-            if p.is_file() and p.suffix.lower() in (".md", ".txt")]
+    return [
+        p.read_text(encoding="utf-8", errors="replace")
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix.lower() in (".md", ".txt")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,9 +387,15 @@ class GenerationScores:
     bleu_stats: np.ndarray  # (n, 10)
 
 
-def score_generation(replies: Sequence[str], references: Sequence[str], inputs: Sequence[str] | None = None, *,
-                     checker: FactChecker | None = None, format_pattern: str | None = None,
-                     encoder: str | None = None) -> GenerationScores:
+def score_generation(
+    replies: Sequence[str],
+    references: Sequence[str],
+    inputs: Sequence[str] | None = None,
+    *,
+    checker: FactChecker | None = None,
+    format_pattern: str | None = None,
+    encoder: str | None = None,
+) -> GenerationScores:
     """Score replies against references. ``checker`` adds unsupported facts (needs ``inputs``),
     ``format_pattern`` format compliance, ``encoder`` the embedding similarity."""
     replies = [str(r) for r in replies]
@@ -346,15 +403,16 @@ def score_generation(replies: Sequence[str], references: Sequence[str], inputs: 
     chrf_stats = chrf_statistics(replies, references)
     bleu_stats = bleu_statistics(replies, references)
     reply_words, reference_words = word_counts(replies), word_counts(references)
-    frame = pd.DataFrame({
-        "chrf": chrf_from_statistics(chrf_stats),
-        "rouge_l": rouge_l(replies, references),
-        "reply_words": reply_words,
-        "reference_words": reference_words,
-        "length_ratio": np.where(reference_words > 0, reply_words / np.maximum(reference_words, 1), np.nan),
-    })
+    frame = pd.DataFrame(
+        {
+            "chrf": chrf_from_statistics(chrf_stats),
+            "rouge_l": rouge_l(replies, references),
+            "reply_words": reply_words,
+            "reference_words": reference_words,
+            "length_ratio": np.where(reference_words > 0, reply_words / np.maximum(reference_words, 1), np.nan),
+        }
+    )
     if encoder is not None:
-
         if replies:
             frame["embedding_similarity"] = np.einsum("ij,ij->i", embed(replies, encoder), embed(references, encoder))
         else:

@@ -53,7 +53,9 @@ def read_predictions(path: Path) -> pd.DataFrame:
     if "score" not in frame.columns:
         frame["score"] = np.nan
     if frame["id"].duplicated().any():
-        raise EvaluationError(f"{path}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]!r} appears more than once")
+        raise EvaluationError(
+            f"{path}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]!r} appears more than once"
+        )
     return frame
 
 
@@ -65,7 +67,9 @@ def _stage_kinds(stage_dir: Path) -> dict[str, dict]:
     return {c["name"]: c for c in summary.get("candidates", []) if isinstance(c, dict) and "name" in c}
 
 
-def load_run_predictions(run_dir: str | Path, stages: Sequence[str] = ("baseline", "train")) -> tuple[list[CandidatePredictions], list[dict]]:
+def load_run_predictions(
+    run_dir: str | Path, stages: Sequence[str] = ("baseline", "train")
+) -> tuple[list[CandidatePredictions], list[dict]]:
     """Every candidate's predictions under ``runs/<id>/<stage>/predictions/``; (found, skipped).
 
     ``<name>.parquet`` holds test predictions, ``<name>.validation.parquet`` and
@@ -84,30 +88,45 @@ def load_run_predictions(run_dir: str | Path, stages: Sequence[str] = ("baseline
         for path in tests:
             name = path.name[: -len(".parquet")]
             if name in found:
-                skipped.append({"name": name, "reason": f"{path}: a candidate of this name came from stage "
-                                f"{found[name].source!r} already; rename one"})
+                skipped.append(
+                    {
+                        "name": name,
+                        "reason": f"{path}: a candidate of this name came from stage "
+                        f"{found[name].source!r} already; rename one",
+                    }
+                )
                 continue
             meta = listed.get(name, {})
             registered = CANDIDATES.get(name)
-            kind = meta.get("kind") or (registered.kind if registered else ("finetuned" if stage == "train" else "baseline"))
+            kind = meta.get("kind") or (
+                registered.kind if registered else ("finetuned" if stage == "train" else "baseline")
+            )
             expensive = bool(meta.get("expensive", registered.expensive if registered else stage == "train"))
             try:
                 test = read_predictions(path)
-                extra = {split: read_predictions(p) if (p := folder / f"{name}.{split}.parquet").exists() else None
-                         for split in ("validation", "train")}
+                extra = {
+                    split: read_predictions(p) if (p := folder / f"{name}.{split}.parquet").exists() else None
+                    for split in ("validation", "train")
+                }
             except EvaluationError as exc:
                 skipped.append({"name": name, "reason": str(exc)})
                 continue
             found[name] = CandidatePredictions(name, kind, test, extra["validation"], extra["train"], stage, expensive)
         for name in listed:
             if name not in found and not any(s["name"] == name for s in skipped):
-                skipped.append({"name": name, "reason": f"stage {stage!r} lists candidate {name!r} but "
-                                f"{folder / (name + '.parquet')} does not exist; re-run `tunewise {stage}`"})
+                skipped.append(
+                    {
+                        "name": name,
+                        "reason": f"stage {stage!r} lists candidate {name!r} but "
+                        f"{folder / (name + '.parquet')} does not exist; re-run `tunewise {stage}`",
+                    }
+                )
     return list(found.values()), skipped
 
 
-def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Sequence[str], *,
-                       name: str = EnsembleCandidate.name) -> tuple[CandidatePredictions | None, dict[str, Any]]:
+def ensemble_candidate(
+    candidates: Sequence[CandidatePredictions], labels: Sequence[str], *, name: str = EnsembleCandidate.name
+) -> tuple[CandidatePredictions | None, dict[str, Any]]:
     """The ``ensemble`` candidate from its members' stored predictions: no model runs again.
 
     Its members rule and combination rule are the candidate's (``tunewise.candidates.ensemble``): every
@@ -118,8 +137,10 @@ def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Seque
     """
     labels = sorted(labels)
     usable = {c.name: c for c in candidates if proba_matrix(c.test, labels) is not None}
-    pool = [(c.name, c.kind, validation_accuracy(c.validation) if c.validation is not None else None)
-            for c in usable.values()]
+    pool = [
+        (c.name, c.kind, validation_accuracy(c.validation) if c.validation is not None else None)
+        for c in usable.values()
+    ]
     members = [usable[n] for n in choose_members(pool)]
     info: dict[str, Any] = {"members": [m.name for m in members]}
     if len(members) < MIN_MEMBERS:
@@ -130,8 +151,16 @@ def ensemble_candidate(candidates: Sequence[CandidatePredictions], labels: Seque
     if all(m.validation is not None and proba_matrix(m.validation, labels) is not None for m in members):
         validation = combine_predictions([m.validation for m in members], labels)
     info["n_test"] = len(test)
-    return CandidatePredictions(name, EnsembleCandidate.kind, test, validation, None, "evaluate",
-                                any(m.expensive for m in members), members=info["members"]), info
+    return CandidatePredictions(
+        name,
+        EnsembleCandidate.kind,
+        test,
+        validation,
+        None,
+        "evaluate",
+        any(m.expensive for m in members),
+        members=info["members"],
+    ), info
 
 
 def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[CandidatePredictions, dict[str, Any]]:
@@ -154,11 +183,15 @@ def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[Ca
         else:
             frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise EvaluationError(f"{path}: cannot read the incumbent's predictions ({type(exc).__name__}: {exc})") from None
+        raise EvaluationError(
+            f"{path}: cannot read the incumbent's predictions ({type(exc).__name__}: {exc})"
+        ) from None
     missing = [c for c in ("id", "prediction") if c not in frame.columns]
     if missing:
-        raise EvaluationError(f"{path}: the incumbent's predictions lack column(s) {missing}; expected id, prediction "
-                              "and optionally latency_ms, usd")
+        raise EvaluationError(
+            f"{path}: the incumbent's predictions lack column(s) {missing}; expected id, prediction "
+            "and optionally latency_ms, usd"
+        )
     frame = frame.assign(id=frame["id"].astype(str), prediction=frame["prediction"].fillna("").astype(str))
     repeated = frame["id"][frame["id"].duplicated()]
     if len(repeated):
@@ -170,25 +203,41 @@ def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[Ca
             bad = values.isna() | (values < 0)
             if bad.any():
                 at = int(np.flatnonzero(bad.to_numpy())[0])
-                raise EvaluationError(f"{path}, line {at + 2}: field {column} must be a number >= 0, got "
-                                      f"{frame[column].iloc[at]!r}")
+                raise EvaluationError(
+                    f"{path}, line {at + 2}: field {column} must be a number >= 0, got {frame[column].iloc[at]!r}"
+                )
             frame[column] = values.astype(float)
     test_ids = test["id"].astype(str)
     extra = frame.loc[~frame["id"].isin(set(test_ids)), "id"]
     absent = test_ids[~test_ids.isin(set(frame["id"]))]
     kept = frame[frame["id"].isin(set(test_ids))].reset_index(drop=True)
-    predictions = pd.DataFrame({"id": kept["id"], "prediction": kept["prediction"], "score": np.nan,
-                                "latency_ms": kept["latency_ms"] if "latency_ms" in kept else np.nan})
+    predictions = pd.DataFrame(
+        {
+            "id": kept["id"],
+            "prediction": kept["prediction"],
+            "score": np.nan,
+            "latency_ms": kept["latency_ms"] if "latency_ms" in kept else np.nan,
+        }
+    )
     if "usd" in kept:
         predictions["usd"] = kept["usd"]
-    info = {"file": str(path), "rows": int(len(frame)), "matched": int(len(kept)),
-            "missing_ids": int(len(absent)), "missing_examples": absent.head(5).tolist(),
-            "extra_ids": int(len(extra)), "extra_examples": extra.head(5).tolist(),
-            "has_latency": "latency_ms" in frame.columns, "has_usd": "usd" in frame.columns,
-            "usd_per_request": float(kept["usd"].mean()) if "usd" in kept and len(kept) else None}
+    info = {
+        "file": str(path),
+        "rows": int(len(frame)),
+        "matched": int(len(kept)),
+        "missing_ids": int(len(absent)),
+        "missing_examples": absent.head(5).tolist(),
+        "extra_ids": int(len(extra)),
+        "extra_examples": extra.head(5).tolist(),
+        "has_latency": "latency_ms" in frame.columns,
+        "has_usd": "usd" in frame.columns,
+        "usd_per_request": float(kept["usd"].mean()) if "usd" in kept and len(kept) else None,
+    }
     if not len(kept):
-        raise EvaluationError(f"{path}: none of its {len(frame)} ids is a test id (first: "
-                              f"{frame['id'].iloc[0] if len(frame) else 'none'!r}); the file must answer the test file's rows")
+        raise EvaluationError(
+            f"{path}: none of its {len(frame)} ids is a test id (first: "
+            f"{frame['id'].iloc[0] if len(frame) else 'none'!r}); the file must answer the test file's rows"
+        )
     return CandidatePredictions(INCUMBENT_NAME, "incumbent", predictions, None, None, "evaluate", False), info
 
 
@@ -198,7 +247,9 @@ def _check_ids(candidate: CandidatePredictions, test_ids: set[str]) -> str | Non
         return f"candidate {candidate.name!r} ({candidate.source}): the predictions file is empty"
     unknown = candidate.test.loc[~candidate.test["id"].isin(test_ids), "id"]
     if len(unknown):
-        return (f"candidate {candidate.name!r} ({candidate.source}): {len(unknown)} of {len(candidate.test)} prediction "
-                f"ids are not in the test set (first: {unknown.iloc[0]!r}); its predictions were made on another "
-                f"split, so it is left out rather than compared on a different set; re-run `tunewise {candidate.source}`")
+        return (
+            f"candidate {candidate.name!r} ({candidate.source}): {len(unknown)} of {len(candidate.test)} prediction "
+            f"ids are not in the test set (first: {unknown.iloc[0]!r}); its predictions were made on another "
+            f"split, so it is left out rather than compared on a different set; re-run `tunewise {candidate.source}`"
+        )
     return None

@@ -41,8 +41,14 @@ def _score_any(task: str, predictions: pd.DataFrame, truth: pd.DataFrame, labels
     return score_generation_predictions(predictions, truth)
 
 
-def primary_score(task: str, predictions: pd.DataFrame, truth: pd.DataFrame, n_resamples: int = 2000,
-                  level: float = 0.95, seed: int = 0) -> tuple[float, int, tuple[float, float]]:
+def primary_score(
+    task: str,
+    predictions: pd.DataFrame,
+    truth: pd.DataFrame,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, int, tuple[float, float]]:
     """(accuracy or corpus chrF, rows, interval) of ``predictions`` on the ids ``truth`` holds."""
     truth = truth.assign(id=truth["id"].astype(str))
     known = predictions[predictions["id"].astype(str).isin(set(truth["id"]))]
@@ -59,21 +65,39 @@ def primary_score(task: str, predictions: pd.DataFrame, truth: pd.DataFrame, n_r
     return float(chrf_from_statistics(s.chrf_stats.sum(axis=0))), len(known), _interval(resampled, level)
 
 
-def robustness_report(task: str, fitted: dict[str, Candidate], sample: pd.DataFrame, *, kinds: Sequence[str],
-                      n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
-                      skipped: Sequence[dict] = ()) -> dict:
+def robustness_report(
+    task: str,
+    fitted: dict[str, Candidate],
+    sample: pd.DataFrame,
+    *,
+    kinds: Sequence[str],
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    skipped: Sequence[dict] = (),
+) -> dict:
     """Each fitted candidate on ``sample`` (records) as it is and under each perturbation of the
     input: the drop of the primary metric, with a paired interval from the same resamples."""
     primary = PRIMARY_METRIC[task]
     resampler = Resampler(n_resamples, seed)
     sample = sample.reset_index(drop=True).assign(id=lambda f: f["id"].astype(str))
-    perturbed = {kind: sample.assign(input=perturb_texts(sample["input"].fillna("").astype(str).tolist(), kind, seed))
-                 for kind in kinds}
+    perturbed = {
+        kind: sample.assign(input=perturb_texts(sample["input"].fillna("").astype(str).tolist(), kind, seed))
+        for kind in kinds
+    }
     report: dict[str, Any] = {
-        "n": int(len(sample)), "metric": primary, "perturbations": list(kinds),
-        "examples": {kind: [{"original": o, "perturbed": p} for o, p in
-                            zip(sample["input"].head(3).astype(str), perturbed[kind]["input"].head(3))] for kind in kinds},
-        "candidates": {}, "skipped": list(skipped),
+        "n": int(len(sample)),
+        "metric": primary,
+        "perturbations": list(kinds),
+        "examples": {
+            kind: [
+                {"original": o, "perturbed": p}
+                for o, p in zip(sample["input"].head(3).astype(str), perturbed[kind]["input"].head(3))
+            ]
+            for kind in kinds
+        },
+        "candidates": {},
+        "skipped": list(skipped),
     }
     for name, candidate in track(fitted.items(), "robustness", unit="candidates"):
         started = time.perf_counter()
@@ -81,8 +105,11 @@ def robustness_report(task: str, fitted: dict[str, Candidate], sample: pd.DataFr
         predictions = {kind: candidate.predict(frame) for kind, frame in perturbed.items()}
         labels = None
         if task == "classify":
-            labels = sorted(set(sample["label"].astype(str)) | set(clean_predictions["prediction"])
-                            | {p for f in predictions.values() for p in f["prediction"]})
+            labels = sorted(
+                set(sample["label"].astype(str))
+                | set(clean_predictions["prediction"])
+                | {p for f in predictions.values() for p in f["prediction"]}
+            )
         clean = _score_any(task, clean_predictions, sample, labels)
         clean_point = clean.metrics(None, level)[0][primary]
         entry: dict[str, Any] = {"clean": clean_point, "perturbations": {}}
@@ -91,16 +118,21 @@ def robustness_report(task: str, fitted: dict[str, Candidate], sample: pd.DataFr
             c = cmp["metrics"][primary]
             lo, hi = c["difference_ci"]
             entry["perturbations"][kind] = {
-                "score": c["candidate"], "drop": 0.0 - c["difference"] + 0.0, "drop_ci": [0.0 - hi, 0.0 - lo],
+                "score": c["candidate"],
+                "drop": 0.0 - c["difference"] + 0.0,
+                "drop_ci": [0.0 - hi, 0.0 - lo],
                 "relative_drop": (0.0 - c["difference"]) / clean_point if clean_point else float("nan"),
-                "p_value": c["p_value"], "significant": bool(lo > 0 or hi < 0),
+                "p_value": c["p_value"],
+                "significant": bool(lo > 0 or hi < 0),
             }
         entry["seconds"] = round(time.perf_counter() - started, 3)
         report["candidates"][name] = entry
     return report
 
 
-def overfitting_report(task: str, rows: dict[str, dict[str, tuple[float, int, tuple[float, float]]]], gap: float) -> dict:
+def overfitting_report(
+    task: str, rows: dict[str, dict[str, tuple[float, int, tuple[float, float]]]], gap: float
+) -> dict:
     """Train, validation and test scores side by side; ``rows``: candidate -> split -> (score, n, interval).
 
     Rule (both parts must hold, so a small validation set does not raise false alarms):
@@ -112,18 +144,27 @@ def overfitting_report(task: str, rows: dict[str, dict[str, tuple[float, int, tu
       validation score, and the test score lies outside the validation score's interval (the
       validation set does not stand for the test set, or choices tuned on it do not carry over).
     """
-    out: dict[str, Any] = {"metric": PRIMARY_METRIC[task], "gap": gap, "rule": (
-        f"overfit: train - validation > {gap:g} x validation and train above the validation interval; "
-        f"validation_test_gap: |validation - test| > {gap:g} x validation and test outside the validation interval"),
-        "candidates": {}}
+    out: dict[str, Any] = {
+        "metric": PRIMARY_METRIC[task],
+        "gap": gap,
+        "rule": (
+            f"overfit: train - validation > {gap:g} x validation and train above the validation interval; "
+            f"validation_test_gap: |validation - test| > {gap:g} x validation and test outside the validation interval"
+        ),
+        "candidates": {},
+    }
 
     def ok(x: float | None) -> bool:
         return x is not None and math.isfinite(x)
 
     for name, splits in rows.items():
         score = {split: value for split, (value, _, _) in splits.items()}
-        entry: dict[str, Any] = {"scores": score, "n": {split: n for split, (_, n, _) in splits.items()},
-                                 "ci95": {split: list(ci) for split, (_, _, ci) in splits.items()}, "flags": []}
+        entry: dict[str, Any] = {
+            "scores": score,
+            "n": {split: n for split, (_, n, _) in splits.items()},
+            "ci95": {split: list(ci) for split, (_, _, ci) in splits.items()},
+            "flags": [],
+        }
         train, val, test_score = score.get("train"), score.get("validation"), score.get("test")
         val_lo, val_hi = splits["validation"][2] if "validation" in splits else (float("nan"), float("nan"))
         if ok(train) and ok(val):

@@ -65,15 +65,23 @@ class ClassifyScores:
         return self.y_true == self.y_pred
 
     def take(self, positions: np.ndarray) -> ClassifyScores:
-        return ClassifyScores(self.ids[positions], self.y_true[positions], self.y_pred[positions],
-                              self.confidence[positions], self.labels,
-                              None if self.answered is None else self.answered[positions], self.oos_index)
+        return ClassifyScores(
+            self.ids[positions],
+            self.y_true[positions],
+            self.y_pred[positions],
+            self.confidence[positions],
+            self.labels,
+            None if self.answered is None else self.answered[positions],
+            self.oos_index,
+        )
 
     def paired_values(self, metric: str) -> tuple[np.ndarray, str] | None:
         return (self.correct, "mcnemar") if metric == "accuracy" else None
 
     def metrics(self, weights: np.ndarray | None, level: float) -> tuple[dict, dict, dict]:
-        point, ci, resampled = classification_metrics_with_ci(self.y_true, self.y_pred, len(self.labels), weights, level)
+        point, ci, resampled = classification_metrics_with_ci(
+            self.y_true, self.y_pred, len(self.labels), weights, level
+        )
         finite = np.isfinite(self.confidence)
         if finite.all():
             point["ece"] = expected_calibration_error(self.confidence, self.correct)
@@ -82,7 +90,10 @@ class ClassifyScores:
                 ci["ece"] = _interval(resampled["ece"], level)
         if self.answered is not None:
             ones = np.ones(len(self.ids), dtype=bool)
-            ratios = {"coverage": (self.answered, ones), "selective_accuracy": (self.answered & self.correct, self.answered)}
+            ratios = {
+                "coverage": (self.answered, ones),
+                "selective_accuracy": (self.answered & self.correct, self.answered),
+            }
             if self.oos_index is not None and (self.y_true == self.oos_index).any():
                 is_oos = self.y_true == self.oos_index
                 says_oos = ~self.answered | (self.y_pred == self.oos_index)
@@ -108,8 +119,12 @@ class GenerateScores:
     bleu_stats: np.ndarray
 
     def take(self, positions: np.ndarray) -> GenerateScores:
-        return GenerateScores(self.ids[positions], self.frame.iloc[positions].reset_index(drop=True),
-                              self.chrf_stats[positions], self.bleu_stats[positions])
+        return GenerateScores(
+            self.ids[positions],
+            self.frame.iloc[positions].reset_index(drop=True),
+            self.chrf_stats[positions],
+            self.bleu_stats[positions],
+        )
 
     def paired_values(self, metric: str) -> tuple[np.ndarray, str] | None:
         # corpus chrF is compared through its sentence-level scores (the same statistics per row)
@@ -122,13 +137,18 @@ class GenerateScores:
         point: dict[str, float] = {}
         ci: dict[str, tuple[float, float]] = {}
         resampled: dict[str, np.ndarray] = {}
-        for name, stats, fn in (("chrf", self.chrf_stats, chrf_from_statistics), ("bleu", self.bleu_stats, bleu_from_statistics)):
+        for name, stats, fn in (
+            ("chrf", self.chrf_stats, chrf_from_statistics),
+            ("bleu", self.bleu_stats, bleu_from_statistics),
+        ):
             point[name] = float(fn(stats.sum(axis=0))) if len(stats) else float("nan")
             if weights is not None:
                 resampled[name] = fn(weights.astype(np.float64) @ stats)
                 ci[name] = _interval(resampled[name], level)
         means = {"rouge_l": "rouge_l", "embedding_similarity": "embedding_similarity", "format_compliance": "format_ok"}
-        values = {name: self.frame[col].to_numpy(np.float64) for name, col in means.items() if col in self.frame.columns}
+        values = {
+            name: self.frame[col].to_numpy(np.float64) for name, col in means.items() if col in self.frame.columns
+        }
         if "n_unsupported" in self.frame.columns:
             values["unsupported_fact_rate"] = (self.frame["n_unsupported"].to_numpy() > 0).astype(np.float64)
         for name, v in values.items():
@@ -151,8 +171,13 @@ def _truth_for(ids: Sequence[str], truth: pd.DataFrame, column: str) -> pd.Serie
     return truth.set_index(truth["id"].astype(str))[column].reindex(list(ids))
 
 
-def score_classification(predictions: pd.DataFrame, truth: pd.DataFrame, labels: list[str],
-                         threshold: float | None = None, out_of_scope_label: str | None = None) -> ClassifyScores:
+def score_classification(
+    predictions: pd.DataFrame,
+    truth: pd.DataFrame,
+    labels: list[str],
+    threshold: float | None = None,
+    out_of_scope_label: str | None = None,
+) -> ClassifyScores:
     """Index predictions and true labels (``truth``: id, label) into the label list ``labels``."""
     index = {label: i for i, label in enumerate(labels)}
     ids = predictions["id"].astype(str).to_numpy()
@@ -163,18 +188,37 @@ def score_classification(predictions: pd.DataFrame, truth: pd.DataFrame, labels:
     confidence = pd.to_numeric(predictions["score"], errors="coerce").to_numpy(np.float64)
     answered = confidence >= threshold if threshold is not None else None
     oos = index.get(out_of_scope_label) if out_of_scope_label is not None else None
-    return ClassifyScores(ids, np.array([index[x] for x in expected]), np.array([index[x] for x in predictions["prediction"]]),
-                          confidence, labels, answered, oos)
+    return ClassifyScores(
+        ids,
+        np.array([index[x] for x in expected]),
+        np.array([index[x] for x in predictions["prediction"]]),
+        confidence,
+        labels,
+        answered,
+        oos,
+    )
 
 
-def score_generation_predictions(predictions: pd.DataFrame, truth: pd.DataFrame, *, checker: FactChecker | None = None,
-                                 format_pattern: str | None = None, encoder: str | None = None) -> GenerateScores:
+def score_generation_predictions(
+    predictions: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    checker: FactChecker | None = None,
+    format_pattern: str | None = None,
+    encoder: str | None = None,
+) -> GenerateScores:
     """Score replies against ``truth`` (id, target, input)."""
     ids = predictions["id"].astype(str).to_numpy()
     references = _truth_for(ids, truth, "target").fillna("").astype(str).tolist()
     inputs = _truth_for(ids, truth, "input").fillna("").astype(str).tolist() if "input" in truth.columns else None
-    scored = score_generation(predictions["prediction"].astype(str).tolist(), references, inputs,
-                              checker=checker if inputs is not None else None, format_pattern=format_pattern, encoder=encoder)
+    scored = score_generation(
+        predictions["prediction"].astype(str).tolist(),
+        references,
+        inputs,
+        checker=checker if inputs is not None else None,
+        format_pattern=format_pattern,
+        encoder=encoder,
+    )
     return GenerateScores(ids, scored.per_example, scored.chrf_stats, scored.bleu_stats)
 
 
@@ -185,8 +229,9 @@ def _common_positions(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
     return pa, pb
 
 
-def compare_scores(candidate: Scores, baseline: Scores, metrics: Sequence[str], resampler: Resampler, level: float,
-                   seed: int = 0) -> dict | None:
+def compare_scores(
+    candidate: Scores, baseline: Scores, metrics: Sequence[str], resampler: Resampler, level: float, seed: int = 0
+) -> dict | None:
     """Candidate against baseline on the ids both scored: per metric, the difference and the
     relative improvement with intervals from the same resamples, and a paired test; None when
     they share no id."""
@@ -211,6 +256,7 @@ def compare_scores(candidate: Scores, baseline: Scores, metrics: Sequence[str], 
                 p_value = paired_permutation(values_a, values_b, seed=seed)
         else:
             p_value, test = float("nan"), "bootstrap_only"
-        out["metrics"][metric] = compare_paired(metric, point_a[metric], point_b[metric], res_a[metric], res_b[metric],
-                                                p_value, test, len(pa), level).as_dict()
+        out["metrics"][metric] = compare_paired(
+            metric, point_a[metric], point_b[metric], res_a[metric], res_b[metric], p_value, test, len(pa), level
+        ).as_dict()
     return out

@@ -31,8 +31,15 @@ def _slice_metrics(task: str, s: Scores, resampler: Resampler, level: float, min
     return out
 
 
-def slice_report(task: str, scores: dict[str, Scores], test: pd.DataFrame, slice_columns: Sequence[str],
-                 baseline: str | None, config: EvaluateConfig, resampler: Resampler) -> dict:
+def slice_report(
+    task: str,
+    scores: dict[str, Scores],
+    test: pd.DataFrame,
+    slice_columns: Sequence[str],
+    baseline: str | None,
+    config: EvaluateConfig,
+    resampler: Resampler,
+) -> dict:
     """Metrics per value of each slice column, the largest gap, and slices worse than the baseline."""
     primary = PRIMARY_METRIC[task]
     level = config.confidence_level
@@ -55,26 +62,52 @@ def slice_report(task: str, scores: dict[str, Scores], test: pd.DataFrame, slice
                     base_part = scores[baseline].take(np.flatnonzero(base_values == value))
                     cmp = compare_scores(part, base_part, (primary,), resampler, level)
                     if cmp is None or cmp["n"] < config.min_slice_rows:
-                        entry["vs_baseline"] = {"computable": False, "reason": f"only {0 if cmp is None else cmp['n']} rows "
-                                                f"shared with {baseline} in this slice"}
+                        entry["vs_baseline"] = {
+                            "computable": False,
+                            "reason": f"only {0 if cmp is None else cmp['n']} rows "
+                            f"shared with {baseline} in this slice",
+                        }
                     else:
                         c = cmp["metrics"][primary]
                         worse = c["difference_ci"][1] is not None and c["difference_ci"][1] < 0
-                        entry["vs_baseline"] = {"computable": True, "difference": c["difference"],
-                                                "difference_ci": c["difference_ci"], "p_value": c["p_value"],
-                                                "n": c["n"], "worse_beyond_noise": bool(worse)}
+                        entry["vs_baseline"] = {
+                            "computable": True,
+                            "difference": c["difference"],
+                            "difference_ci": c["difference_ci"],
+                            "p_value": c["p_value"],
+                            "n": c["n"],
+                            "worse_beyond_noise": bool(worse),
+                        }
                         if worse:
-                            report["worse_than_baseline"].append({
-                                "column": column, "value": value, "candidate": name, "baseline": baseline,
-                                "metric": primary, "difference": c["difference"], "difference_ci": c["difference_ci"], "n": c["n"]})
+                            report["worse_than_baseline"].append(
+                                {
+                                    "column": column,
+                                    "value": value,
+                                    "candidate": name,
+                                    "baseline": baseline,
+                                    "metric": primary,
+                                    "difference": c["difference"],
+                                    "difference_ci": c["difference_ci"],
+                                    "n": c["n"],
+                                }
+                            )
                 per_value[value] = entry
-            computable = {v: e["metrics"][primary] for v, e in per_value.items()
-                          if e["computable"] and primary in e["metrics"] and math.isfinite(e["metrics"][primary])}
+            computable = {
+                v: e["metrics"][primary]
+                for v, e in per_value.items()
+                if e["computable"] and primary in e["metrics"] and math.isfinite(e["metrics"][primary])
+            }
             gap = None
             if len(computable) >= 2:
                 high, low = max(computable, key=computable.get), min(computable, key=computable.get)
-                gap = {"metric": primary, "high": high, "high_value": computable[high], "low": low,
-                       "low_value": computable[low], "gap": computable[high] - computable[low]}
+                gap = {
+                    "metric": primary,
+                    "high": high,
+                    "high_value": computable[high],
+                    "low": low,
+                    "low_value": computable[low],
+                    "gap": computable[high] - computable[low],
+                }
             col_report[name] = {"slices": per_value, "largest_gap": gap}
         report["columns"][column] = col_report
     return report

@@ -14,8 +14,9 @@ from tunewise.evaluation.base import COVERAGE_LEVELS
 from tunewise.evaluation.scores import ClassifyScores
 
 
-def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
-                     min_coverage: float = 0.1) -> dict:
+def choose_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_precision: float, min_coverage: float = 0.1
+) -> dict:
     """The lowest confidence at which the answers at or above it reach ``target_precision``.
 
     Lowest, so the most answers are kept. When no cut reaches the target, the cut with the best
@@ -39,11 +40,19 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     else:
         allowed = np.flatnonzero(cut & (np.arange(1, n + 1) >= max(1, math.ceil(min_coverage * n))))
         j = int(allowed[np.argmax(precision[allowed])])
-    return {"threshold": float(sorted_conf[j]), "reached": bool(reached), "target_precision": target_precision,
-            "validation_precision": float(precision[j]), "validation_coverage": (j + 1) / n, "n_validation": n}
+    return {
+        "threshold": float(sorted_conf[j]),
+        "reached": bool(reached),
+        "target_precision": target_precision,
+        "validation_precision": float(precision[j]),
+        "validation_coverage": (j + 1) / n,
+        "n_validation": n,
+    }
 
 
-def coverage_curve(confidence: np.ndarray, correct: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS) -> list[dict]:
+def coverage_curve(
+    confidence: np.ndarray, correct: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS
+) -> list[dict]:
     """Accuracy of the most confident share of answers, for each coverage level (the rest deferred)."""
     n = len(confidence)
     if n == 0 or not np.isfinite(confidence).all():
@@ -53,8 +62,14 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray, levels: Sequence
     out = []
     for level in levels:
         k = max(1, math.ceil(level * n))
-        out.append({"coverage": float(level), "n_answered": int(k), "accuracy": float(hits[k - 1] / k),
-                    "min_confidence": float(confidence[order[k - 1]])})
+        out.append(
+            {
+                "coverage": float(level),
+                "n_answered": int(k),
+                "accuracy": float(hits[k - 1] / k),
+                "min_confidence": float(confidence[order[k - 1]]),
+            }
+        )
     return out
 
 
@@ -66,12 +81,17 @@ def _oos_block(y_true: np.ndarray, y_pred: np.ndarray, is_oos: np.ndarray, flagg
     tp, fp = int((flagged & is_oos).sum()), int((flagged & in_scope).sum())
     fn = n_oos - tp
     precision, recall, f1 = (float(v) for v in precision_recall_f1(tp, fp, fn))
-    return {"in_scope_accuracy": in_right / n_in if n_in else None,
-            "oos_recall": recall if n_oos else None,
-            "oos_precision": precision if tp + fp else None,
-            "oos_f1": f1 if 2 * tp + fp + fn else None,
-            "in_scope_correct": in_right, "oos_caught": tp, "oos_false_alarms": fp, "oos_missed": fn,
-            "flagged": tp + fp}
+    return {
+        "in_scope_accuracy": in_right / n_in if n_in else None,
+        "oos_recall": recall if n_oos else None,
+        "oos_precision": precision if tp + fp else None,
+        "oos_f1": f1 if 2 * tp + fp + fn else None,
+        "in_scope_correct": in_right,
+        "oos_caught": tp,
+        "oos_false_alarms": fp,
+        "oos_missed": fn,
+        "flagged": tp + fp,
+    }
 
 
 def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
@@ -94,8 +114,15 @@ def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
     if scores.answered is not None:
         with_threshold = _oos_block(y_true, y_pred, is_oos, by_class | ~np.asarray(scores.answered, bool))
     main = with_threshold or class_only
-    return {"label": scores.labels[scores.oos_index], "threshold_applied": with_threshold is not None,
-            "n": int(len(y_true)), "n_in_scope": int((~is_oos).sum()), "n_oos": int(is_oos.sum()),
-            "n_predicted_oos_class": int(by_class.sum()),
-            "n_below_threshold": None if scores.answered is None else int((~np.asarray(scores.answered, bool)).sum()),
-            **main, "with_threshold": with_threshold, "class_only": class_only}
+    return {
+        "label": scores.labels[scores.oos_index],
+        "threshold_applied": with_threshold is not None,
+        "n": int(len(y_true)),
+        "n_in_scope": int((~is_oos).sum()),
+        "n_oos": int(is_oos.sum()),
+        "n_predicted_oos_class": int(by_class.sum()),
+        "n_below_threshold": None if scores.answered is None else int((~np.asarray(scores.answered, bool)).sum()),
+        **main,
+        "with_threshold": with_threshold,
+        "class_only": class_only,
+    }

@@ -71,7 +71,9 @@ def end_of_turn_ids(tokenizer: Any, model: Any = None) -> set[int]:
             ids.add(token_id)
     if model is not None:
         configured = model.generation_config.eos_token_id
-        ids.update(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
+        ids.update(
+            configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else []
+        )
     return ids
 
 
@@ -96,7 +98,9 @@ def generate_replies(
     order = np.argsort(lengths, kind="stable")
     # Greedy, explicitly: a model's own generation config may ask for sampling.
     greedy = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(end_of_turn_ids(tokenizer, model)) or None,
     )
     replies: list[str] = [""] * len(texts)
@@ -106,8 +110,13 @@ def generate_replies(
         for start in range(0, len(texts), batch_size):
             started = time.perf_counter()
             rows = order[start : start + batch_size]
-            encoded = tokenizer([texts[i] for i in rows], padding=True, padding_side="left",
-                                add_special_tokens=False, return_tensors="pt").to(device)
+            encoded = tokenizer(
+                [texts[i] for i in rows],
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+                return_tensors="pt",
+            ).to(device)
             output = model.generate(**encoded, generation_config=greedy)
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
             for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):

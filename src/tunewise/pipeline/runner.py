@@ -63,7 +63,9 @@ class StageContext:
         """Path of an earlier stage's artifact; a clear error when it is not there."""
         p = self.run_dir / stage / artifact
         if not p.exists():
-            raise StageError(f"stage '{self.name}' needs {p}, which stage '{stage}' writes; run `tunewise {stage}` first")
+            raise StageError(
+                f"stage '{self.name}' needs {p}, which stage '{stage}' writes; run `tunewise {stage}` first"
+            )
         return p
 
 
@@ -82,13 +84,26 @@ STAGES: dict[str, StageSpec] = {}
 PIPELINE_ORDER = ("ingest", "curate", "split", "baseline", "train", "evaluate", "decide", "report")
 
 
-def stage(name: str, *, sections: tuple[str, ...] = (), reads: tuple[str, ...] = (),
-          user_files: Callable[[ProjectConfig], list[Path]] | None = None, help: str = ""):
+def stage(
+    name: str,
+    *,
+    sections: tuple[str, ...] = (),
+    reads: tuple[str, ...] = (),
+    user_files: Callable[[ProjectConfig], list[Path]] | None = None,
+    help: str = "",
+):
     if name not in PIPELINE_ORDER:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(PIPELINE_ORDER)}")
 
     def register(fn: Callable[[StageContext], dict[str, Any]]):
-        STAGES[name] = StageSpec(name, fn, sections, reads, user_files or (lambda cfg: []), help or (fn.__doc__ or "").strip().splitlines()[0])
+        STAGES[name] = StageSpec(
+            name,
+            fn,
+            sections,
+            reads,
+            user_files or (lambda cfg: []),
+            help or (fn.__doc__ or "").strip().splitlines()[0],
+        )
         return fn
 
     return register
@@ -128,9 +143,15 @@ def _marker(run_dir: Path, name: str) -> dict | None:
         return None
 
 
-def run_stages(cfg: ProjectConfig, run_id: str = "default", *, only: list[str] | None = None,
-               force: set[str] | None = None, tracker: Any = None,
-               options: dict[str, Any] | None = None) -> dict[str, dict]:
+def run_stages(
+    cfg: ProjectConfig,
+    run_id: str = "default",
+    *,
+    only: list[str] | None = None,
+    force: set[str] | None = None,
+    tracker: Any = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, dict]:
     """Run (or reuse) the stages up to and including those in ``only`` (all when None).
 
     Stages that ``only`` needs are brought up to date first: asking for ``split`` runs ingest
@@ -153,8 +174,15 @@ def run_stages(cfg: ProjectConfig, run_id: str = "default", *, only: list[str] |
         return _run_locked(cfg, run_dir, stages, wanted, force, tracker, options)
 
 
-def _run_locked(cfg: ProjectConfig, run_dir: Path, stages: dict[str, StageSpec], wanted: list[str],
-                force: set[str], tracker: Any, options: dict[str, Any] | None) -> dict[str, dict]:
+def _run_locked(
+    cfg: ProjectConfig,
+    run_dir: Path,
+    stages: dict[str, StageSpec],
+    wanted: list[str],
+    force: set[str],
+    tracker: Any,
+    options: dict[str, Any] | None,
+) -> dict[str, dict]:
     try:
         write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
     except ArtifactWriteError as exc:
@@ -184,8 +212,12 @@ def _run_locked(cfg: ProjectConfig, run_dir: Path, stages: dict[str, StageSpec],
             metrics = spec.fn(StageContext(cfg, run_dir, name, dict(options or {}))) or {}
             elapsed = time.perf_counter() - t0
             marker = {
-                "stage": name, "key": key, "status": "done", "seconds": round(elapsed, 3),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
+                "stage": name,
+                "key": key,
+                "status": "done",
+                "seconds": round(elapsed, 3),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "metrics": metrics,
                 "params": {s: cfg.section(s) for s in spec.sections},
             }
             write_json(stage_dir / "_stage.json", marker)

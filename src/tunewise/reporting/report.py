@@ -48,8 +48,17 @@ PIPELINE_STAGES = ("ingest", "curate", "split", "baseline", "train", "evaluate",
 KIND_COLOURS = {"baseline": "#8c8c8c", "cheap": "#4c72b0", "finetuned": "#dd8452"}
 OTHER_COLOUR = "#55a868"
 # Packages whose versions decide whether a run can be reproduced.
-VERSIONED_PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "scikit-learn", "numpy", "pandas",
-                      "scipy", "sacrebleu")
+VERSIONED_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "sentence-transformers",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "scipy",
+    "sacrebleu",
+)
 EXAMPLES_PER_ISSUE = 3
 TEXT_CHARS = 300  # example texts are cut to this many characters
 
@@ -130,7 +139,7 @@ def fmt_interval(pair: Any, fmt=fmt_num) -> str:
 
 def _short(text: Any, limit: int = TEXT_CHARS) -> str:
     text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,11 +169,15 @@ def _svg(fig: Any) -> str:
     global _chart_count
     plt = _pyplot()
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight",
-                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    fig.savefig(
+        buffer,
+        format="svg",
+        bbox_inches="tight",
+        metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
+    )
     plt.close(fig)
     text = buffer.getvalue()
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     _chart_count += 1
     prefix = f"c{_chart_count}-"
     # Several SVGs share ids (figure_1, glyph paths); an id referenced from another chart would
@@ -200,9 +213,15 @@ def candidates_chart(candidates: list[dict], metric: str, chosen: str | None, ba
     # Short tick labels keep the chart wide enough to read on a phone; n goes beside the value.
     labels = [c["name"] + (" *" if c["name"] == chosen else "") for c in rows]
     fig, ax = plt.subplots(figsize=(5.2, 0.42 * len(rows) + 1.1))
-    ax.barh(range(len(rows)), values, xerr=[lows, highs], capsize=3,
-            color=[_kind_colour(c.get("kind")) for c in rows], edgecolor="#333333",
-            linewidth=[1.6 if c["name"] in (chosen, baseline) else 0.4 for c in rows])
+    ax.barh(
+        range(len(rows)),
+        values,
+        xerr=[lows, highs],
+        capsize=3,
+        color=[_kind_colour(c.get("kind")) for c in rows],
+        edgecolor="#333333",
+        linewidth=[1.6 if c["name"] in (chosen, baseline) else 0.4 for c in rows],
+    )
     ax.set_yticks(range(len(rows)), labels)
     ax.set_xlabel(f"{metric} on the test set, 95% interval" + (f"; * compared with {baseline}" if chosen else ""))
     for i, (c, v) in enumerate(zip(rows, values)):
@@ -229,12 +248,24 @@ def curves_charts(name: str, curves: dict) -> list[str]:
     charts = []
     ax = plt.subplots(figsize=(4.2, 2.8))[1]
     if train:
-        ax.plot([p["step"] for p in train], [p["loss"] for p in train], color="#4c72b0", linewidth=0.8,
-                alpha=0.7, label="training loss")
+        ax.plot(
+            [p["step"] for p in train],
+            [p["loss"] for p in train],
+            color="#4c72b0",
+            linewidth=0.8,
+            alpha=0.7,
+            label="training loss",
+        )
     val_loss = [p for p in validation if _finite(p.get("loss")) is not None]
     if val_loss:
-        ax.plot([p["step"] for p in val_loss], [p["loss"] for p in val_loss], "o-", color="#dd8452",
-                markersize=3, label="validation loss")
+        ax.plot(
+            [p["step"] for p in val_loss],
+            [p["loss"] for p in val_loss],
+            "o-",
+            color="#dd8452",
+            markersize=3,
+            label="validation loss",
+        )
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     ax.set_title(f"{name}: loss", fontsize=10)
@@ -304,11 +335,17 @@ def more_data_section(run_dir: Path) -> dict:
         grid = np.geomspace(ns.min(), ns.max() * 10, 60)
         ax.plot(grid, [1 - fit.error(n) for n in grid], "-", color=line.get_color(), alpha=0.7, linewidth=1)
         expected = entry.get("expected", {})
-        rows.append({"name": name, "measured": list(zip(entry["n"], entry["test_accuracy"])),
-                     "plateau": entry["fit"]["plateau_accuracy"], "plateau_ci95": entry.get("plateau_ci95"),
-                     "expected": {k: v for k, v in expected.items() if k != "1x"},
-                     "target": (entry.get("target") or {}).get("message"),
-                     "classes": [r["label"] for r in entry.get("per_class", [])[:5]]})
+        rows.append(
+            {
+                "name": name,
+                "measured": list(zip(entry["n"], entry["test_accuracy"])),
+                "plateau": entry["fit"]["plateau_accuracy"],
+                "plateau_ci95": entry.get("plateau_ci95"),
+                "expected": {k: v for k, v in expected.items() if k != "1x"},
+                "target": (entry.get("target") or {}).get("message"),
+                "classes": [r["label"] for r in entry.get("per_class", [])[:5]],
+            }
+        )
     if curve.get("target") is not None:
         ax.axhline(curve["target"], color="#999999", linestyle="--", linewidth=1, label="target")
     ax.axvline(curve["n_train"], color="#333333", linewidth=0.8, alpha=0.5)
@@ -317,8 +354,13 @@ def more_data_section(run_dir: Path) -> dict:
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=8, loc="lower right")
     ax.spines[["top", "right"]].set_visible(False)
-    return {"available": True, "chart": _svg(ax.figure), "rows": rows, "n_train": curve["n_train"],
-            "notes": curve.get("notes", [])}
+    return {
+        "available": True,
+        "chart": _svg(ax.figure),
+        "rows": rows,
+        "n_train": curve["n_train"],
+        "notes": curve.get("notes", []),
+    }
 
 
 def _comparison_for(evaluation: dict, candidate: str | None) -> dict | None:
@@ -331,11 +373,21 @@ def _comparison_for(evaluation: dict, candidate: str | None) -> dict | None:
         entry = (evaluation.get("comparisons") or {}).get(candidate) or {}
         m = (entry.get("metrics") or {}).get(primary)
         if m:
-            return {"candidate": candidate, "baseline": entry.get("baseline"), "metric": primary,
-                    "relative_improvement": m.get("relative_improvement"), "ci95": m.get("relative_ci"),
-                    "p_value": m.get("p_value"), "threshold": threshold, "test": m.get("test"),
-                    "difference": m.get("difference"), "difference_ci95": m.get("difference_ci"), "n": m.get("n"),
-                    "candidate_score": m.get("candidate"), "baseline_score": m.get("baseline")}
+            return {
+                "candidate": candidate,
+                "baseline": entry.get("baseline"),
+                "metric": primary,
+                "relative_improvement": m.get("relative_improvement"),
+                "ci95": m.get("relative_ci"),
+                "p_value": m.get("p_value"),
+                "threshold": threshold,
+                "test": m.get("test"),
+                "difference": m.get("difference"),
+                "difference_ci95": m.get("difference_ci"),
+                "n": m.get("n"),
+                "candidate_score": m.get("candidate"),
+                "baseline_score": m.get("baseline"),
+            }
     return dict(headline) if headline else None
 
 
@@ -359,19 +411,28 @@ def prompting_notes(run_dir: Path) -> list[str]:
     notes = []
     for entry in (_json(run_dir / "baseline" / "summary.json") or {}).get("candidates") or []:
         info = entry.get("info") or {}
-        search, shortlist, prompt = info.get("prompt_search") or {}, info.get("shortlist") or {}, info.get("prompt") or {}
+        search, shortlist, prompt = (
+            info.get("prompt_search") or {},
+            info.get("shortlist") or {},
+            info.get("prompt") or {},
+        )
         parts = []
         if search.get("searched"):
             chosen = search.get("chosen") or {}
-            tried = ", ".join(f"{t.get('instruction')}/{t.get('demos')} {t.get('accuracy', 0):.3f}"
-                              for t in search.get("tried") or [])
-            parts.append(f"prompt chosen on {search.get('rows')} {search.get('measured_on')} rows: "
-                         f"{chosen.get('instruction')} instruction, {chosen.get('demos')} demonstrations "
-                         f"(accuracy {search.get('chosen_accuracy', 0):.3f}, plain prompt {search.get('plain_accuracy', 0):.3f}, "
-                         f"gain {100 * (search.get('gain_over_plain') or 0):+.1f} points; tried {tried})")
+            tried = ", ".join(
+                f"{t.get('instruction')}/{t.get('demos')} {t.get('accuracy', 0):.3f}" for t in search.get("tried") or []
+            )
+            parts.append(
+                f"prompt chosen on {search.get('rows')} {search.get('measured_on')} rows: "
+                f"{chosen.get('instruction')} instruction, {chosen.get('demos')} demonstrations "
+                f"(accuracy {search.get('chosen_accuracy', 0):.3f}, plain prompt {search.get('plain_accuracy', 0):.3f}, "
+                f"gain {100 * (search.get('gain_over_plain') or 0):+.1f} points; tried {tried})"
+            )
         if shortlist.get("shortlisted"):
-            parts.append(f"scores the {shortlist.get('k')} most likely of {shortlist.get('n_labels')} labels per message "
-                         f"(recall {shortlist.get('recall')} on {shortlist.get('measured_on')})")
+            parts.append(
+                f"scores the {shortlist.get('k')} most likely of {shortlist.get('n_labels')} labels per message "
+                f"(recall {shortlist.get('recall')} on {shortlist.get('measured_on')})"
+            )
         if prompt.get("dtype"):
             parts.append(f"weights in {prompt['dtype']}")
         if parts:
@@ -388,26 +449,58 @@ def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None)
     chosen = (comparison or {}).get("candidate")
     baseline = (comparison or {}).get("baseline") or evaluation.get("baseline")
     # Secondary metrics worth a column: the compared ones evaluate reports for the task.
-    others = [m for m in ("macro_f1", "coverage", "ece", "bleu", "rouge_l", "embedding_similarity",
-                          "unsupported_fact_rate", "format_compliance") if any(m in c.get("metrics", {}) for c in candidates)]
+    others = [
+        m
+        for m in (
+            "macro_f1",
+            "coverage",
+            "ece",
+            "bleu",
+            "rouge_l",
+            "embedding_similarity",
+            "unsupported_fact_rate",
+            "format_compliance",
+        )
+        if any(m in c.get("metrics", {}) for c in candidates)
+    ]
     rows = []
+
     def best_first(c: dict) -> float:
         value = _finite(c.get("metrics", {}).get(primary))
         return -value if value is not None else math.inf
 
     for c in sorted(candidates, key=best_first):
         comp = (evaluation.get("comparisons") or {}).get(c["name"], {}).get("metrics", {}).get(primary) or {}
-        rows.append({"name": c["name"], "kind": c.get("kind"), "colour": _kind_colour(c.get("kind")),
-                     "value": c.get("metrics", {}).get(primary), "ci": (c.get("ci95") or {}).get(primary),
-                     "n_eval": c.get("n_eval"), "others": [c.get("metrics", {}).get(m) for m in others],
-                     "vs_baseline": comp.get("relative_improvement"), "vs_baseline_ci": comp.get("relative_ci"),
-                     "p_value": comp.get("p_value"), "chosen": c["name"] == chosen, "is_baseline": c["name"] == baseline})
-    return {"primary": primary, "candidates": candidates, "rows": rows, "other_metrics": others,
-            "prompting": prompting_notes(run_dir),
-            "chart": candidates_chart(candidates, primary, chosen, baseline),
-            "gate": evaluation.get("gate") or {}, "cheap_check": evaluation.get("cheap_check"),
-            "skipped": evaluation.get("skipped") or [], "sample": evaluation.get("sample"),
-            "n_test": evaluation.get("n_test"), "baseline": baseline}
+        rows.append(
+            {
+                "name": c["name"],
+                "kind": c.get("kind"),
+                "colour": _kind_colour(c.get("kind")),
+                "value": c.get("metrics", {}).get(primary),
+                "ci": (c.get("ci95") or {}).get(primary),
+                "n_eval": c.get("n_eval"),
+                "others": [c.get("metrics", {}).get(m) for m in others],
+                "vs_baseline": comp.get("relative_improvement"),
+                "vs_baseline_ci": comp.get("relative_ci"),
+                "p_value": comp.get("p_value"),
+                "chosen": c["name"] == chosen,
+                "is_baseline": c["name"] == baseline,
+            }
+        )
+    return {
+        "primary": primary,
+        "candidates": candidates,
+        "rows": rows,
+        "other_metrics": others,
+        "prompting": prompting_notes(run_dir),
+        "chart": candidates_chart(candidates, primary, chosen, baseline),
+        "gate": evaluation.get("gate") or {},
+        "cheap_check": evaluation.get("cheap_check"),
+        "skipped": evaluation.get("skipped") or [],
+        "sample": evaluation.get("sample"),
+        "n_test": evaluation.get("n_test"),
+        "baseline": baseline,
+    }
 
 
 def quality_section(run_dir: Path) -> dict:
@@ -429,11 +522,17 @@ def quality_section(run_dir: Path) -> dict:
             # Texts come from curate's own examples (the first rows of each kind, as the check saw
             # them), else from the cleaned rows (PII redacted); the raw input files are never read
             # here, so no text that curation redacted reaches a page people pass around.
-            texts = {(kind, e.get("id")): e.get("input") for kind, rows in (curate.get("examples") or {}).items()
-                     for e in rows}
+            texts = {
+                (kind, e.get("id")): e.get("input")
+                for kind, rows in (curate.get("examples") or {}).items()
+                for e in rows
+            }
             cleaned_file = run_dir / "curate" / "cleaned.parquet"
-            cleaned = (pd.read_parquet(cleaned_file, columns=["id", "input"]).astype({"id": str}).set_index("id")["input"]
-                       if cleaned_file.exists() else pd.Series(dtype=str))
+            cleaned = (
+                pd.read_parquet(cleaned_file, columns=["id", "input"]).astype({"id": str}).set_index("id")["input"]
+                if cleaned_file.exists()
+                else pd.Series(dtype=str)
+            )
             for kind, group in issues.groupby("issue", sort=False):
                 for row in group.head(EXAMPLES_PER_ISSUE).to_dict("records"):
                     rid = str(row.get("id"))
@@ -442,16 +541,40 @@ def quality_section(run_dir: Path) -> dict:
                         value = cleaned.loc[rid]
                         text = value.iloc[0] if isinstance(value, pd.Series) else value
                     line = row.get("line")
-                    where = f"{Path(str(row.get('source') or '')).name}:{line}" if line is not None and not pd.isna(line) else ""
-                    examples.setdefault(str(kind), []).append({
-                        "id": rid, "text": _short(text) if text is not None else None, "detail": _short(row.get("detail")),
-                        "action": row.get("action"), "where": where, "stage": row.get("stage")})
+                    where = (
+                        f"{Path(str(row.get('source') or '')).name}:{line}"
+                        if line is not None and not pd.isna(line)
+                        else ""
+                    )
+                    examples.setdefault(str(kind), []).append(
+                        {
+                            "id": rid,
+                            "text": _short(text) if text is not None else None,
+                            "detail": _short(row.get("detail")),
+                            "action": row.get("action"),
+                            "where": where,
+                            "stage": row.get("stage"),
+                        }
+                    )
     kinds = sorted(set(counts) | set(actions), key=lambda k: (-int(counts.get(k, sum(actions.get(k, {}).values()))), k))
-    table = [{"kind": k, "count": int(counts.get(k, sum(actions.get(k, {}).values()))),
-              "actions": ", ".join(f"{a} {n}" for a, n in sorted(actions.get(k, {}).items()))} for k in kinds]
-    return {"available": True, "ingest": ingest, "curate": curate, "split": split, "table": table,
-            "examples": {k: examples.get(k, []) for k in kinds}, "action_counts": curate.get("action_counts") or {},
-            "skipped_checks": curate.get("skipped") or {}}
+    table = [
+        {
+            "kind": k,
+            "count": int(counts.get(k, sum(actions.get(k, {}).values()))),
+            "actions": ", ".join(f"{a} {n}" for a, n in sorted(actions.get(k, {}).items())),
+        }
+        for k in kinds
+    ]
+    return {
+        "available": True,
+        "ingest": ingest,
+        "curate": curate,
+        "split": split,
+        "table": table,
+        "examples": {k: examples.get(k, []) for k in kinds},
+        "action_counts": curate.get("action_counts") or {},
+        "skipped_checks": curate.get("skipped") or {},
+    }
 
 
 def curves_section(run_dir: Path) -> list[dict]:
@@ -462,12 +585,22 @@ def curves_section(run_dir: Path) -> list[dict]:
     for folder in sorted(p for p in train_dir.iterdir() if p.is_dir() and (p / "curves.json").exists()):
         curves = _json(folder / "curves.json") or {}
         summary = _json(folder / "train_summary.json") or {}
-        out.append({"name": folder.name, "charts": curves_charts(folder.name, curves),
-                    "monitor": curves.get("monitor"), "best_step": curves.get("best_step"), "best": curves.get("best"),
-                    "steps": summary.get("steps_done"), "stop": summary.get("stop_message") or summary.get("stop_reason"),
-                    "seconds": summary.get("seconds"), "method": summary.get("method"),
-                    "base_model": summary.get("base_model"), "trainable": summary.get("trainable_parameters"),
-                    "parameters": summary.get("parameters")})
+        out.append(
+            {
+                "name": folder.name,
+                "charts": curves_charts(folder.name, curves),
+                "monitor": curves.get("monitor"),
+                "best_step": curves.get("best_step"),
+                "best": curves.get("best"),
+                "steps": summary.get("steps_done"),
+                "stop": summary.get("stop_message") or summary.get("stop_reason"),
+                "seconds": summary.get("seconds"),
+                "method": summary.get("method"),
+                "base_model": summary.get("base_model"),
+                "trainable": summary.get("trainable_parameters"),
+                "parameters": summary.get("parameters"),
+            }
+        )
     return out
 
 
@@ -477,23 +610,49 @@ def errors_section(run_dir: Path, task: str, focus: list[str]) -> dict:
         confusions = _json(run_dir / "evaluate" / "confusions.json") or {}
         worst = _json(run_dir / "evaluate" / "worst_examples.json") or {}
         names = [n for n in focus if n in confusions] + [n for n in confusions if n not in focus]
-        return {"kind": "confusions", "items": [
-            {"name": n, "open": i == 0, "top": confusions[n].get("top") or [],
-             "worst": [{**w, "input": _short(w.get("input"))} for w in (worst.get(n) or [])[:5]]}
-            for i, n in enumerate(names)]}
+        return {
+            "kind": "confusions",
+            "items": [
+                {
+                    "name": n,
+                    "open": i == 0,
+                    "top": confusions[n].get("top") or [],
+                    "worst": [{**w, "input": _short(w.get("input"))} for w in (worst.get(n) or [])[:5]],
+                }
+                for i, n in enumerate(names)
+            ],
+        }
     worst = _json(run_dir / "evaluate" / "worst_examples.json") or {}
     names = [n for n in focus if n in worst] + [n for n in worst if n not in focus]
     items = []
     for i, n in enumerate(names):
         groups = worst[n] if isinstance(worst[n], dict) else {"lowest_chrf": worst[n]}
-        items.append({"name": n, "open": i == 0, "groups": [
-            {"title": title.replace("_", " "), "rows": [
-                {"id": r.get("id"), "input": _short(r.get("input")), "target": _short(r.get("target")),
-                 "prediction": _short(r.get("prediction")), "chrf": r.get("chrf"),
-                 "unsupported": ", ".join(map(str, r.get("unsupported_facts") or []))
-                 if isinstance(r.get("unsupported_facts"), (list, tuple)) else _short(r.get("unsupported_facts"), 120)}
-                for r in rows[:5]]}
-            for title, rows in groups.items() if rows]})
+        items.append(
+            {
+                "name": n,
+                "open": i == 0,
+                "groups": [
+                    {
+                        "title": title.replace("_", " "),
+                        "rows": [
+                            {
+                                "id": r.get("id"),
+                                "input": _short(r.get("input")),
+                                "target": _short(r.get("target")),
+                                "prediction": _short(r.get("prediction")),
+                                "chrf": r.get("chrf"),
+                                "unsupported": ", ".join(map(str, r.get("unsupported_facts") or []))
+                                if isinstance(r.get("unsupported_facts"), (list, tuple))
+                                else _short(r.get("unsupported_facts"), 120),
+                            }
+                            for r in rows[:5]
+                        ],
+                    }
+                    for title, rows in groups.items()
+                    if rows
+                ],
+            }
+        )
     return {"kind": "generations", "items": items}
 
 
@@ -509,12 +668,22 @@ def slices_section(run_dir: Path, primary: str, focus: list[str]) -> dict:
             rows = []
             for value, entry in (report.get("slices") or {}).items():
                 vs = entry.get("vs_baseline") or {}
-                rows.append({"value": value, "n": entry.get("n"), "computable": entry.get("computable"),
-                             "score": (entry.get("metrics") or {}).get(primary),
-                             "ci": (entry.get("ci95") or {}).get(primary), "reason": entry.get("reason"),
-                             "vs": (f"{fmt_num(vs.get('difference'))} ({fmt_interval(vs.get('difference_ci'))})"
-                                    + (" worse beyond noise" if vs.get("worse_beyond_noise") else ""))
-                                   if vs.get("computable") else (vs.get("reason") or "")})
+                rows.append(
+                    {
+                        "value": value,
+                        "n": entry.get("n"),
+                        "computable": entry.get("computable"),
+                        "score": (entry.get("metrics") or {}).get(primary),
+                        "ci": (entry.get("ci95") or {}).get(primary),
+                        "reason": entry.get("reason"),
+                        "vs": (
+                            f"{fmt_num(vs.get('difference'))} ({fmt_interval(vs.get('difference_ci'))})"
+                            + (" worse beyond noise" if vs.get("worse_beyond_noise") else "")
+                        )
+                        if vs.get("computable")
+                        else (vs.get("reason") or ""),
+                    }
+                )
             columns.append({"column": column, "candidate": name, "rows": rows, "gap": report.get("largest_gap")})
     return {"available": True, "columns": columns, "worse": slices.get("worse_than_baseline") or []}
 
@@ -524,9 +693,13 @@ def robustness_section(run_dir: Path) -> dict:
     if not data:
         return {"available": False, "reason": "evaluate/robustness.json is missing"}
     if not data.get("enabled", True) or not data.get("candidates"):
-        return {"available": False, "reason": "robustness check off (evaluate.robustness: false)"
-                if not data.get("enabled", True) else "no candidate could be re-predicted",
-                "skipped": data.get("skipped") or []}
+        return {
+            "available": False,
+            "reason": "robustness check off (evaluate.robustness: false)"
+            if not data.get("enabled", True)
+            else "no candidate could be re-predicted",
+            "skipped": data.get("skipped") or [],
+        }
     kinds = list(data.get("perturbations") or [])
     rows = []
     for name, entry in data["candidates"].items():
@@ -535,10 +708,19 @@ def robustness_section(run_dir: Path) -> dict:
             p = (entry.get("perturbations") or {}).get(k) or {}
             cells.append({"drop": p.get("drop"), "ci": p.get("drop_ci"), "significant": bool(p.get("significant"))})
         rows.append({"name": name, "clean": entry.get("clean"), "cells": cells})
-    examples = {k: [{"original": _short(e.get("original"), 160), "perturbed": _short(e.get("perturbed"), 160)}
-                    for e in v[:2]] for k, v in (data.get("examples") or {}).items()}
-    return {"available": True, "n": data.get("n"), "metric": data.get("metric"), "kinds": kinds, "rows": rows,
-            "skipped": data.get("skipped") or [], "examples": examples}
+    examples = {
+        k: [{"original": _short(e.get("original"), 160), "perturbed": _short(e.get("perturbed"), 160)} for e in v[:2]]
+        for k, v in (data.get("examples") or {}).items()
+    }
+    return {
+        "available": True,
+        "n": data.get("n"),
+        "metric": data.get("metric"),
+        "kinds": kinds,
+        "rows": rows,
+        "skipped": data.get("skipped") or [],
+        "examples": examples,
+    }
 
 
 def forgetting_section(run_dir: Path) -> dict:
@@ -548,23 +730,40 @@ def forgetting_section(run_dir: Path) -> dict:
     base = data.get("base") or {}
     models = []
     for name, m in (data.get("models") or {}).items():
-        models.append({"name": name, "kind": m.get("kind"),
-                       "base_accuracy": (m.get("base") or base).get("accuracy"),
-                       "tuned_accuracy": (m.get("tuned") or {}).get("accuracy"),
-                       "base_perplexity": (m.get("base") or base).get("perplexity"),
-                       "tuned_perplexity": (m.get("tuned") or {}).get("perplexity"),
-                       "forgot": m.get("forgot"), "flags": m.get("flags") or []})
-    return {"status": data.get("status"), "reason": data.get("reason"), "models": models,
-            "base_model": data.get("base_model")}
+        models.append(
+            {
+                "name": name,
+                "kind": m.get("kind"),
+                "base_accuracy": (m.get("base") or base).get("accuracy"),
+                "tuned_accuracy": (m.get("tuned") or {}).get("accuracy"),
+                "base_perplexity": (m.get("base") or base).get("perplexity"),
+                "tuned_perplexity": (m.get("tuned") or {}).get("perplexity"),
+                "forgot": m.get("forgot"),
+                "flags": m.get("flags") or [],
+            }
+        )
+    return {
+        "status": data.get("status"),
+        "reason": data.get("reason"),
+        "models": models,
+        "base_model": data.get("base_model"),
+    }
 
 
 def overfitting_section(run_dir: Path) -> dict:
     data = _json(run_dir / "evaluate" / "overfitting.json")
     if not data:
         return {"available": False}
-    rows = [{"name": n, "train": e["scores"].get("train"), "validation": e["scores"].get("validation"),
-             "test": e["scores"].get("test"), "flags": ", ".join(e.get("flags") or [])}
-            for n, e in (data.get("candidates") or {}).items()]
+    rows = [
+        {
+            "name": n,
+            "train": e["scores"].get("train"),
+            "validation": e["scores"].get("validation"),
+            "test": e["scores"].get("test"),
+            "flags": ", ".join(e.get("flags") or []),
+        }
+        for n, e in (data.get("candidates") or {}).items()
+    ]
     return {"available": True, "rows": rows, "rule": data.get("rule"), "metric": data.get("metric")}
 
 
@@ -573,9 +772,17 @@ def decision_section(decision_file: dict | None, config: dict) -> dict:
     roi_config = config.get("roi") or {}
     unset = [f"roi.{k}" for k in ("monthly_volume", "value_per_outcome_usd") if roi_config.get(k) in (None, "")]
     if decision_file is None:
-        return {"present": False, "verdict": None, "recommended": None, "candidate": None,
-                "reasons": ["no decision yet: run `tunewise decide`"], "roi": {}, "missing": unset,
-                "payback_text": "n/a", "chart": None}
+        return {
+            "present": False,
+            "verdict": None,
+            "recommended": None,
+            "candidate": None,
+            "reasons": ["no decision yet: run `tunewise decide`"],
+            "roi": {},
+            "missing": unset,
+            "payback_text": "n/a",
+            "chart": None,
+        }
     roi = decision_file.get("roi") or {}
     decision = decision_file.get("decision") or {}
     # decide names the missing settings by field; the page names them as the config file does
@@ -585,14 +792,24 @@ def decision_section(decision_file: dict | None, config: dict) -> dict:
     net = _finite(roi.get("monthly_net_usd"))
     if _finite(roi.get("payback_months")) is None and net is not None and net <= 0:
         payback = "never"  # the monthly net does not cover the running-cost change
-    return {"present": True, "verdict": decision.get("verdict"), "payback_text": payback,
-            "recommended": decision.get("recommended"),
-            "candidate": decision.get("candidate") or decision.get("recommended"),
-            "reasons": decision.get("reasons") or [], "roi": roi, "missing": missing,
-            "headline": decision.get("headline"), "reference": decision.get("reference"),
-            "incumbent": decision.get("incumbent"), "candidate_costs": roi.get("candidates") or {},
-            "sensitivity": sensitivity, "chart": payback_chart(roi),
-            "assumptions": roi.get("assumptions") or {}, "cost_lines": roi.get("one_time_cost_lines") or []}
+    return {
+        "present": True,
+        "verdict": decision.get("verdict"),
+        "payback_text": payback,
+        "recommended": decision.get("recommended"),
+        "candidate": decision.get("candidate") or decision.get("recommended"),
+        "reasons": decision.get("reasons") or [],
+        "roi": roi,
+        "missing": missing,
+        "headline": decision.get("headline"),
+        "reference": decision.get("reference"),
+        "incumbent": decision.get("incumbent"),
+        "candidate_costs": roi.get("candidates") or {},
+        "sensitivity": sensitivity,
+        "chart": payback_chart(roi),
+        "assumptions": roi.get("assumptions") or {},
+        "cost_lines": roi.get("one_time_cost_lines") or [],
+    }
 
 
 def _data_files(run_dir: Path, config: dict, base_dir: Path | None) -> list[dict]:
@@ -619,11 +836,25 @@ def _data_files(run_dir: Path, config: dict, base_dir: Path | None) -> list[dict
         recorded = name.get("sha256") if isinstance(name, dict) else None
         if resolved.is_file():
             digest = file_digest(resolved)
-            out.append({"role": role, "path": str(resolved), "sha256": digest, "bytes": resolved.stat().st_size,
-                        "note": "" if recorded in (None, digest) else f"differs from ingest's {recorded}"})
+            out.append(
+                {
+                    "role": role,
+                    "path": str(resolved),
+                    "sha256": digest,
+                    "bytes": resolved.stat().st_size,
+                    "note": "" if recorded in (None, digest) else f"differs from ingest's {recorded}",
+                }
+            )
         else:
-            out.append({"role": role, "path": str(resolved), "sha256": recorded, "bytes": None,
-                        "note": "not found when the report was built"})
+            out.append(
+                {
+                    "role": role,
+                    "path": str(resolved),
+                    "sha256": recorded,
+                    "bytes": None,
+                    "note": "not found when the report was built",
+                }
+            )
     kb = data.get("knowledge_base")
     if kb:
         folder = Path(kb) if Path(kb).is_absolute() else base_dir / kb
@@ -632,8 +863,15 @@ def _data_files(run_dir: Path, config: dict, base_dir: Path | None) -> list[dict
             h = hashlib.sha256()
             for p in files:
                 h.update(str(p.relative_to(folder)).encode() + b"\0" + file_digest(p).encode())
-            out.append({"role": "knowledge_base", "path": str(folder), "sha256": h.hexdigest(),
-                        "bytes": sum(p.stat().st_size for p in files), "note": f"{len(files)} files, digest of digests"})
+            out.append(
+                {
+                    "role": "knowledge_base",
+                    "path": str(folder),
+                    "sha256": h.hexdigest(),
+                    "bytes": sum(p.stat().st_size for p in files),
+                    "note": f"{len(files)} files, digest of digests",
+                }
+            )
     return out
 
 
@@ -649,15 +887,27 @@ def reproducibility_section(run_dir: Path, config: dict, base_dir: Path | None) 
     for name in PIPELINE_STAGES + ("report",):
         marker = _json(run_dir / name / "_stage.json")
         if marker:
-            stages.append({"name": name, "key": marker.get("key"), "finished": marker.get("finished"),
-                           "seconds": marker.get("seconds")})
+            stages.append(
+                {
+                    "name": name,
+                    "key": marker.get("key"),
+                    "finished": marker.get("finished"),
+                    "seconds": marker.get("seconds"),
+                }
+            )
     versions = {"tunewise": __version__, "python": platform.python_version()}
     versions.update({p: _version(p) for p in VERSIONED_PACKAGES})
     models = config.get("models") or {}
-    return {"config_json": json.dumps(config, indent=2, ensure_ascii=False), "versions": versions,
-            "seed": config.get("seed"), "split_seed": (config.get("split") or {}).get("seed"),
-            "models": {k: models.get(k) for k in ("llm", "encoder")}, "files": _data_files(run_dir, config, base_dir),
-            "stages": stages, "platform": f"{platform.system()} {platform.machine()}"}
+    return {
+        "config_json": json.dumps(config, indent=2, ensure_ascii=False),
+        "versions": versions,
+        "seed": config.get("seed"),
+        "split_seed": (config.get("split") or {}).get("seed"),
+        "models": {k: models.get(k) for k in ("llm", "encoder")},
+        "files": _data_files(run_dir, config, base_dir),
+        "stages": stages,
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
 
 
 def timings(run_dir: Path) -> dict[str, float]:
@@ -696,18 +946,25 @@ def live_store_url(live: str | Path) -> str:
     if "://" not in text:
         path = Path(text).expanduser()
         if not path.is_file():
-            raise ReportError(f"live request log {path}: no such file (the server's log is "
-                              "runs/<id>/serve/requests.db unless serve.store_url names another)")
+            raise ReportError(
+                f"live request log {path}: no such file (the server's log is "
+                "runs/<id>/serve/requests.db unless serve.store_url names another)"
+            )
         return f"sqlite:///{path.resolve()}"
     from sqlalchemy.engine import make_url
 
     try:
         parsed = make_url(text)
     except Exception:  # noqa: BLE001
-        raise ReportError(f"live request log {_mask_url(text)}: not a SQLAlchemy URL "
-                          "(e.g. sqlite:////abs/requests.db or postgresql+psycopg://user@host/db)") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not Path(parsed.database).is_file():
+        raise ReportError(
+            f"live request log {_mask_url(text)}: not a SQLAlchemy URL "
+            "(e.g. sqlite:////abs/requests.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).is_file()
+    ):
         raise ReportError(f"live request log {_mask_url(text)}: no such file {parsed.database}")
     return text
 
@@ -716,11 +973,13 @@ def _monitor_config(config: dict) -> tuple[Any, str | None]:
     """The run's ``monitor:`` settings; the defaults (and a note) when config.json's section does not validate."""
     from pydantic import ValidationError
 
-
     try:
         return MonitorConfig.model_validate(config.get("monitor") or {}), None
     except ValidationError as exc:
-        return MonitorConfig(), f"config.json's monitor section is not valid here ({exc.error_count()} error(s)); default settings used"
+        return (
+            MonitorConfig(),
+            f"config.json's monitor section is not valid here ({exc.error_count()} error(s)); default settings used",
+        )
 
 
 def _utc(ts: Any) -> str:
@@ -728,7 +987,9 @@ def _utc(ts: Any) -> str:
     return "n/a" if number is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(number))
 
 
-def _read_live(url: str, run_dir: Path, config: Any, since: str | None, task: str) -> tuple[dict, list[dict], pd.DataFrame]:
+def _read_live(
+    url: str, run_dir: Path, config: Any, since: str | None, task: str
+) -> tuple[dict, list[dict], pd.DataFrame]:
     """The monitor report (no embedding drift), the arm-weight history and (ts, arm, candidate) per request."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -771,8 +1032,15 @@ def live_metric_chart(rows: list[dict], metric: str, offline_metric: str | None,
     for i, r in enumerate(rows):
         value = r["online_metric"]
         low, high = (r.get("online_ci") or [value, value])[:2]
-        ax.errorbar([value], [i], xerr=[[max(0.0, value - low)], [max(0.0, high - value)]], fmt="o", capsize=4,
-                    color=r.get("colour") or OTHER_COLOUR, markersize=7)
+        ax.errorbar(
+            [value],
+            [i],
+            xerr=[[max(0.0, value - low)], [max(0.0, high - value)]],
+            fmt="o",
+            capsize=4,
+            color=r.get("colour") or OTHER_COLOUR,
+            markersize=7,
+        )
         ax.text(value, i + 0.28, f"{value:.3g} (n={r.get('feedback_n')})", ha="center", fontsize=8)
         if _finite(r.get("offline")) is not None:
             ax.plot([r["offline"]], [i], "D", mfc="none", mec="#222222", markersize=8)
@@ -782,8 +1050,17 @@ def live_metric_chart(rows: list[dict], metric: str, offline_metric: str | None,
     ax.set_xlabel(f"online {metric.replace('_', ' ')}, {level:.0%} interval")
     handles = [Line2D([], [], marker="o", color="#555555", linestyle="none", label="online")]
     if offline_metric and any(_finite(r.get("offline")) is not None for r in rows):
-        handles.append(Line2D([], [], marker="D", mfc="none", mec="#222222", linestyle="none",
-                              label=f"offline {offline_metric} (evaluate)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="D",
+                mfc="none",
+                mec="#222222",
+                linestyle="none",
+                label=f"offline {offline_metric} (evaluate)",
+            )
+        )
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
@@ -797,7 +1074,9 @@ def live_traffic_chart(timeline: pd.DataFrame, colours: dict[str, str] | None = 
     start, span = float(ts.min()), float(ts.max() - ts.min())
     if span <= 0:
         return None
-    unit, seconds = ("minutes", 60.0) if span <= 3 * 3600 else ("hours", 3600.0) if span <= 4 * 86400 else ("days", 86400.0)
+    unit, seconds = (
+        ("minutes", 60.0) if span <= 3 * 3600 else ("hours", 3600.0) if span <= 4 * 86400 else ("days", 86400.0)
+    )
     edges = np.linspace(0, span / seconds, min(30, max(6, int(math.sqrt(len(ts))))) + 1)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 2.6))
@@ -812,8 +1091,9 @@ def live_traffic_chart(timeline: pd.DataFrame, colours: dict[str, str] | None = 
     return _svg(fig)
 
 
-def live_section(live: str, run_dir: Path, config: dict, evaluation: dict, task: str,
-                 since: str | None = None) -> tuple[dict, dict]:
+def live_section(
+    live: str, run_dir: Path, config: dict, evaluation: dict, task: str, since: str | None = None
+) -> tuple[dict, dict]:
     """The "Live traffic" section's content and the full monitor report (report/live.json)."""
     url = live_store_url(live)
     monitor_config, config_note = _monitor_config(config)
@@ -837,16 +1117,27 @@ def live_section(live: str, run_dir: Path, config: dict, evaluation: dict, task:
         if verdict and verdict.get("verdict") == "keep testing":
             more = (verdict.get("more_needed") or {}).get("candidate")
             needed = {"labelled": more, "requests": verdict.get("requests_needed")}
-        rows.append({"arm": arm, "candidate": candidate, "kind": offline.get("kind"),
-                     "weight": (weights.get(arm) or {}).get("weight"),
-                     "incumbent": arm == report.get("incumbent"),
-                     "assigned": entry.get("requests_assigned", 0), "answered": entry.get("requests_answered", 0),
-                     "errors": entry.get("failed", 0), "error_rate": entry.get("error_rate"),
-                     "p50": entry.get("latency_p50_ms"), "p99": entry.get("latency_p99_ms"),
-                     "feedback_n": entry.get("feedback_n", 0), "online_metric": entry.get("online_metric"),
-                     "online_ci": entry.get("online_ci"),
-                     "offline": (offline.get("metrics") or {}).get(offline_metric) if offline_metric else None,
-                     "verdict": verdict, "needed": needed})
+        rows.append(
+            {
+                "arm": arm,
+                "candidate": candidate,
+                "kind": offline.get("kind"),
+                "weight": (weights.get(arm) or {}).get("weight"),
+                "incumbent": arm == report.get("incumbent"),
+                "assigned": entry.get("requests_assigned", 0),
+                "answered": entry.get("requests_answered", 0),
+                "errors": entry.get("failed", 0),
+                "error_rate": entry.get("error_rate"),
+                "p50": entry.get("latency_p50_ms"),
+                "p99": entry.get("latency_p99_ms"),
+                "feedback_n": entry.get("feedback_n", 0),
+                "online_metric": entry.get("online_metric"),
+                "online_ci": entry.get("online_ci"),
+                "offline": (offline.get("metrics") or {}).get(offline_metric) if offline_metric else None,
+                "verdict": verdict,
+                "needed": needed,
+            }
+        )
     # one colour per arm in both charts: its candidate's kind colour, unless two arms would share one
     colours = [_kind_colour(r["kind"]) if r["kind"] else None for r in rows]
     if None in colours or len(set(colours)) < len(colours):
@@ -855,38 +1146,72 @@ def live_section(live: str, run_dir: Path, config: dict, evaluation: dict, task:
         r["colour"] = colour
     drift_rows = []
     drift = report.get("drift") or {}
-    names = {"predicted_labels": "predicted labels vs training labels",
-             "feedback_labels": "feedback labels vs training labels", "reply_length": "reply length vs training replies"}
+    names = {
+        "predicted_labels": "predicted labels vs training labels",
+        "feedback_labels": "feedback labels vs training labels",
+        "reply_length": "reply length vs training replies",
+    }
     for key, label in names.items():
         if key in drift:
             entry = drift[key]
-            drift_rows.append({"what": label, "psi": entry.get("psi"), "level": entry.get("level"),
-                               "n": entry.get("n_recent"), "reason": entry.get("reason")})
+            drift_rows.append(
+                {
+                    "what": label,
+                    "psi": entry.get("psi"),
+                    "level": entry.get("level"),
+                    "n": entry.get("n_recent"),
+                    "reason": entry.get("reason"),
+                }
+            )
     level = monitor_config.confidence_level
     n_requests = report["window"]["requests"]
     section = {
-        "present": True, "store": _mask_url(url), "window": report["window"], "since_text": _utc(report["window"].get("since"))
-        if report["window"].get("since") is not None else "the start of the log",
-        "first": _utc(report["window"].get("first")), "last": _utc(report["window"].get("last")),
-        "requests": n_requests, "empty": n_requests == 0, "metric": metric, "level": level,
-        "incumbent": report.get("incumbent"), "rows": rows, "weights": weights,
-        "history": [{"when": _utc(h.get("ts")), "weights": h.get("weights") or {}, "reason": h.get("reason")}
-                    for h in history[-LIVE_MAX_HISTORY:]], "history_total": len(history),
-        "verdict_note": report.get("verdict_note"), "drift_rows": drift_rows,
+        "present": True,
+        "store": _mask_url(url),
+        "window": report["window"],
+        "since_text": _utc(report["window"].get("since"))
+        if report["window"].get("since") is not None
+        else "the start of the log",
+        "first": _utc(report["window"].get("first")),
+        "last": _utc(report["window"].get("last")),
+        "requests": n_requests,
+        "empty": n_requests == 0,
+        "metric": metric,
+        "level": level,
+        "incumbent": report.get("incumbent"),
+        "rows": rows,
+        "weights": weights,
+        "history": [
+            {"when": _utc(h.get("ts")), "weights": h.get("weights") or {}, "reason": h.get("reason")}
+            for h in history[-LIVE_MAX_HISTORY:]
+        ],
+        "history_total": len(history),
+        "verdict_note": report.get("verdict_note"),
+        "drift_rows": drift_rows,
         "drift_note": drift.get("reason") if drift.get("status") == "not computed" else None,
-        "budgets": report.get("budgets") or [], "actions": report.get("actions") or [],
-        "needs_action": bool(report.get("needs_action")), "config_note": config_note,
+        "budgets": report.get("budgets") or [],
+        "actions": report.get("actions") or [],
+        "needs_action": bool(report.get("needs_action")),
+        "config_note": config_note,
         "offline_metric": offline_metric,
-        "budget_limits": {"p50": monitor_config.latency_p50_budget_ms, "p99": monitor_config.latency_p99_budget_ms,
-                          "error_rate": monitor_config.error_rate_budget},
-        "metric_chart": None, "traffic_chart": None,
+        "budget_limits": {
+            "p50": monitor_config.latency_p50_budget_ms,
+            "p99": monitor_config.latency_p99_budget_ms,
+            "error_rate": monitor_config.error_rate_budget,
+        },
+        "metric_chart": None,
+        "traffic_chart": None,
     }
     if n_requests:  # an empty log gets words, not empty axes
         section["metric_chart"] = live_metric_chart(rows, metric or "metric", offline_metric, level)
         section["traffic_chart"] = live_traffic_chart(timeline, {r["arm"]: r["colour"] for r in rows})
-    full = {**report, "store": section["store"], "arm_history": history,
-            "embedding_drift_note": "not computed for the report page (too slow for a page build); "
-                                    "`tunewise monitor` computes it"}
+    full = {
+        **report,
+        "store": section["store"],
+        "arm_history": history,
+        "embedding_drift_note": "not computed for the report page (too slow for a page build); "
+        "`tunewise monitor` computes it",
+    }
     return section, json_safe(full)
 
 
@@ -895,47 +1220,87 @@ def live_summary(section: dict, report: dict) -> dict:
     arms = {}
     for r in section["rows"]:
         verdict = r.get("verdict") or {}
-        arms[r["arm"]] = {"candidate": r["candidate"], "weight": r["weight"], "requests": r["assigned"],
-                          "answered": r["answered"], "errors": r["errors"], "error_rate": r["error_rate"],
-                          "feedback_n": r["feedback_n"], "online_metric": r["online_metric"], "online_ci": r["online_ci"],
-                          "offline_metric": r["offline"], "verdict": verdict.get("verdict"),
-                          "reason": verdict.get("reason")}
-    return json_safe({"store": section["store"], "window": report.get("window"), "metric": section["metric"],
-                       "incumbent": section["incumbent"], "arms": arms, "actions": section["actions"],
-                       "needs_action": section["needs_action"]})
+        arms[r["arm"]] = {
+            "candidate": r["candidate"],
+            "weight": r["weight"],
+            "requests": r["assigned"],
+            "answered": r["answered"],
+            "errors": r["errors"],
+            "error_rate": r["error_rate"],
+            "feedback_n": r["feedback_n"],
+            "online_metric": r["online_metric"],
+            "online_ci": r["online_ci"],
+            "offline_metric": r["offline"],
+            "verdict": verdict.get("verdict"),
+            "reason": verdict.get("reason"),
+        }
+    return json_safe(
+        {
+            "store": section["store"],
+            "window": report.get("window"),
+            "metric": section["metric"],
+            "incumbent": section["incumbent"],
+            "arms": arms,
+            "actions": section["actions"],
+            "needs_action": section["needs_action"],
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole report
 
 
-def build_summary(evaluation: dict, candidates: list[dict], comparison: dict | None, decision: dict,
-                  stage_timings: dict[str, float]) -> dict:
+def build_summary(
+    evaluation: dict, candidates: list[dict], comparison: dict | None, decision: dict, stage_timings: dict[str, float]
+) -> dict:
     roi = decision.get("roi") or {}
-    return json_safe({
-        "task": evaluation.get("task"),
-        "primary_metric": evaluation.get("primary_metric"),
-        "candidates": [{"name": c.get("name"), "kind": c.get("kind"), "metrics": c.get("metrics") or {},
-                        "ci95": c.get("ci95") or {}, "n_eval": c.get("n_eval"), "n_test": c.get("n_test"),
-                        "source": c.get("source")} for c in candidates],
-        "comparison": comparison,
-        "roi": {"one_time_cost_usd": roi.get("one_time_cost_usd"), "monthly_benefit_usd": roi.get("monthly_benefit_usd"),
+    return json_safe(
+        {
+            "task": evaluation.get("task"),
+            "primary_metric": evaluation.get("primary_metric"),
+            "candidates": [
+                {
+                    "name": c.get("name"),
+                    "kind": c.get("kind"),
+                    "metrics": c.get("metrics") or {},
+                    "ci95": c.get("ci95") or {},
+                    "n_eval": c.get("n_eval"),
+                    "n_test": c.get("n_test"),
+                    "source": c.get("source"),
+                }
+                for c in candidates
+            ],
+            "comparison": comparison,
+            "roi": {
+                "one_time_cost_usd": roi.get("one_time_cost_usd"),
+                "monthly_benefit_usd": roi.get("monthly_benefit_usd"),
                 "payback_months": roi.get("payback_months"),
                 "monthly_benefit_ci95": roi.get("monthly_benefit_ci95"),
                 "payback_months_ci95": roi.get("payback_months_ci95"),
-                "monthly_net_usd": roi.get("monthly_net_usd"), "horizon_months": roi.get("horizon_months"),
-                "missing": decision.get("missing") or []},
-        "decision": {"verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
-                     "reasons": decision.get("reasons") or [], "candidate": decision.get("candidate"),
-                     "headline": decision.get("headline"), "reference": decision.get("reference"),
-                     "incumbent": decision.get("incumbent"), "decided": decision.get("present", False)},
-        "gate": evaluation.get("gate"),
-        "timings_s": stage_timings,
-    })
+                "monthly_net_usd": roi.get("monthly_net_usd"),
+                "horizon_months": roi.get("horizon_months"),
+                "missing": decision.get("missing") or [],
+            },
+            "decision": {
+                "verdict": decision.get("verdict"),
+                "recommended": decision.get("recommended"),
+                "reasons": decision.get("reasons") or [],
+                "candidate": decision.get("candidate"),
+                "headline": decision.get("headline"),
+                "reference": decision.get("reference"),
+                "incumbent": decision.get("incumbent"),
+                "decided": decision.get("present", False),
+            },
+            "gate": evaluation.get("gate"),
+            "timings_s": stage_timings,
+        }
+    )
 
 
-def build_report(run_dir: str | Path, base_dir: str | Path | None = None, live: str | None = None,
-                 live_since: str | None = None) -> dict[str, Path]:
+def build_report(
+    run_dir: str | Path, base_dir: str | Path | None = None, live: str | None = None, live_since: str | None = None
+) -> dict[str, Path]:
     """Write ``report/index.html`` and ``report/summary.json`` for the run in ``run_dir``.
 
     ``base_dir`` is the project folder the config's data paths are relative to (the stage passes
@@ -961,8 +1326,11 @@ def build_report(run_dir: str | Path, base_dir: str | Path | None = None, live: 
     stage_timings = timings(run_dir)
     with _pyplot().rc_context(CHART_STYLE):
         # the live log first: a bad --live fails before any chart is drawn
-        live_page, live_report = (live_section(live, run_dir, config, evaluation, task, live_since)
-                                  if live is not None else ({"present": False}, None))
+        live_page, live_report = (
+            live_section(live, run_dir, config, evaluation, task, live_since)
+            if live is not None
+            else ({"present": False}, None)
+        )
         decision = decision_section(decision_file, config)
         comparison = _comparison_for(evaluation, decision.get("candidate"))
         candidates = candidates_section(run_dir, evaluation, comparison)
@@ -985,17 +1353,37 @@ def build_report(run_dir: str | Path, base_dir: str | Path | None = None, live: 
     return written
 
 
-def _page(run_dir: Path, config: dict, evaluation: dict, decision: dict, comparison: dict | None, candidates: dict,
-          task: str, primary: str | None, focus: list[str], base_dir: str | Path | None) -> dict:
+def _page(
+    run_dir: Path,
+    config: dict,
+    evaluation: dict,
+    decision: dict,
+    comparison: dict | None,
+    candidates: dict,
+    task: str,
+    primary: str | None,
+    focus: list[str],
+    base_dir: str | Path | None,
+) -> dict:
     """Everything the template shows, section by section (the charts are drawn here)."""
     return {
-        "run_id": run_dir.name, "run_dir": str(run_dir), "task": task, "primary": primary,
-        "built": time.strftime("%Y-%m-%d %H:%M:%S"), "description": (config.get("data") or {}).get("task_description"),
-        "decision": decision, "comparison": comparison, "candidates": candidates,
-        "quality": quality_section(run_dir), "curves": curves_section(run_dir),
-        "errors": errors_section(run_dir, task, focus), "slices": slices_section(run_dir, primary, focus),
-        "robustness": robustness_section(run_dir), "forgetting": forgetting_section(run_dir),
-        "overfitting": overfitting_section(run_dir), "more_data": more_data_section(run_dir),
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "task": task,
+        "primary": primary,
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "description": (config.get("data") or {}).get("task_description"),
+        "decision": decision,
+        "comparison": comparison,
+        "candidates": candidates,
+        "quality": quality_section(run_dir),
+        "curves": curves_section(run_dir),
+        "errors": errors_section(run_dir, task, focus),
+        "slices": slices_section(run_dir, primary, focus),
+        "robustness": robustness_section(run_dir),
+        "forgetting": forgetting_section(run_dir),
+        "overfitting": overfitting_section(run_dir),
+        "more_data": more_data_section(run_dir),
         "reproducibility": reproducibility_section(run_dir, config, Path(base_dir) if base_dir else None),
         "kind_colours": KIND_COLOURS,
     }
@@ -1004,10 +1392,21 @@ def _page(run_dir: Path, config: dict, evaluation: dict, decision: dict, compari
 def render(page: dict) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("tunewise", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=fmt_num, pct=fmt_pct, usd=fmt_usd, months=fmt_months, interval=fmt_interval,
-                       pct_interval=lambda pair: fmt_interval(pair, fmt_pct),
-                       usd_interval=lambda pair: fmt_interval(pair, fmt_usd),
-                       months_interval=lambda pair: fmt_interval(pair, fmt_months_number))
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("tunewise", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        num=fmt_num,
+        pct=fmt_pct,
+        usd=fmt_usd,
+        months=fmt_months,
+        interval=fmt_interval,
+        pct_interval=lambda pair: fmt_interval(pair, fmt_pct),
+        usd_interval=lambda pair: fmt_interval(pair, fmt_usd),
+        months_interval=lambda pair: fmt_interval(pair, fmt_months_number),
+    )
     return env.get_template("report.html.j2").render(**page)

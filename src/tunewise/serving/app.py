@@ -115,8 +115,16 @@ __all__ = [
 
 
 class _State:
-    def __init__(self, run_dir: Path, config: ServeConfig, specs: list[ArmSpec], models: dict[str, ServedModel],
-                 store: Any, api_key: str | None, admin_key: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: ServeConfig,
+        specs: list[ArmSpec],
+        models: dict[str, ServedModel],
+        store: Any,
+        api_key: str | None,
+        admin_key: str | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.config = config
         self.specs = {s.name: s for s in specs}
@@ -160,13 +168,24 @@ _TURN_OVERHEAD_TOKENS = 5
 def _message_text(message: Mapping[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, list):  # OpenAI content parts: the text ones
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") in (None, "text"))
+        return "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") in (None, "text")
+        )
     return "" if content is None else str(content)
 
 
-def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: str | Mapping[str, float] | list[ArmSpec] | None = None,
-               store_url: str | None = None, project_config: Any = None, models: dict[str, ServedModel] | None = None,
-               reset_weights: bool = False, allow_failed_gate: bool = False, insecure: bool = False) -> Any:
+def create_app(
+    run_dir: str | Path,
+    config: ServeConfig | None = None,
+    *,
+    arms: str | Mapping[str, float] | list[ArmSpec] | None = None,
+    store_url: str | None = None,
+    project_config: Any = None,
+    models: dict[str, ServedModel] | None = None,
+    reset_weights: bool = False,
+    allow_failed_gate: bool = False,
+    insecure: bool = False,
+) -> Any:
     """The FastAPI app serving ``run_dir``'s candidates. Models load when the app starts (lifespan),
     so uvicorn answers /healthz only once they are ready; every arm's candidate is checked to exist
     before (ServeError naming the arm). A run made by ``tunewise retrain`` whose gate failed is
@@ -177,8 +196,10 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
     run_dir = Path(run_dir)
     gate = retrain_gate(run_dir)
     if gate is not None and not gate.get("passed") and not allow_failed_gate:
-        raise ServeError(f"{run_dir} was retrained and failed the gate ({'; '.join(gate.get('reasons', []))}); "
-                         "serve the previous run, or pass --allow-failed-gate to serve it anyway")
+        raise ServeError(
+            f"{run_dir} was retrained and failed the gate ({'; '.join(gate.get('reasons', []))}); "
+            "serve the previous run, or pass --allow-failed-gate to serve it anyway"
+        )
     config = _widen_config(config)
     specs = arms if isinstance(arms, list) else resolve_arms(run_dir, arms if arms is not None else config.arms)
     if models is None:
@@ -226,20 +247,27 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             # an older server stored weights it could not serve with (all zero): the configured ones
             # go back into the log, so the log and the running server agree
             repaired = normalise_weights({n: w for n, (_, w) in configured.items()})
-            await asyncio.to_thread(store.set_weights, repaired,
-                                    "stored weights were unusable; reset to the configured ones")
+            await asyncio.to_thread(
+                store.set_weights, repaired, "stored weights were unusable; reset to the configured ones"
+            )
             state.apply_weights(await asyncio.to_thread(store.arm_weights))
         state.writer = store.writer()
         # one thread per model: a model never runs two batches at once (arms may share a model),
         # different models can
-        executors = {name: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-                     for name in loaded}
+        executors = {
+            name: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+            for name in loaded
+        }
         for spec in specs:
-            batcher = MicroBatcher(state.model_of(spec.name), executors[spec.candidate],
-                                   spec.max_batch or config.max_batch, config.max_wait_ms,
-                                   on_batch=lambda n, arm=spec.name: metrics_holder.batch_size.labels(arm).observe(n),
-                                   batch_threads=batch_threads,
-                                   batch_threads_min_rows=config.batch_threads_min_rows)
+            batcher = MicroBatcher(
+                state.model_of(spec.name),
+                executors[spec.candidate],
+                spec.max_batch or config.max_batch,
+                config.max_wait_ms,
+                on_batch=lambda n, arm=spec.name: metrics_holder.batch_size.labels(arm).observe(n),
+                batch_threads=batch_threads,
+                batch_threads_min_rows=config.batch_threads_min_rows,
+            )
             batcher.start()
             state.batchers[spec.name] = batcher
         refresher = asyncio.get_running_loop().create_task(_refresh_weights(state))
@@ -256,10 +284,19 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             for executor in executors.values():
                 executor.shutdown(wait=False)
 
-    app = FastAPI(title="tunewise serve", version="1", lifespan=lifespan,
-                  description="A/B and canary serving of a tunewise run's candidates, with a request log.")
-    app.add_middleware(_GuardMiddleware, max_bytes=config.max_body_bytes, metrics=metrics_holder,
-                       body_timeout_s=config.body_timeout_s, allowed_hosts=allowed_hosts)
+    app = FastAPI(
+        title="tunewise serve",
+        version="1",
+        lifespan=lifespan,
+        description="A/B and canary serving of a tunewise run's candidates, with a request log.",
+    )
+    app.add_middleware(
+        _GuardMiddleware,
+        max_bytes=config.max_body_bytes,
+        metrics=metrics_holder,
+        body_timeout_s=config.body_timeout_s,
+        allowed_hosts=allowed_hosts,
+    )
 
     def state() -> _State:
         return holder["state"]
@@ -290,13 +327,17 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         if s.admin_key is not None:
             if _matches(_presented_key(request), s.admin_key):
                 return None
-            return HTTPException(401, f"missing or wrong admin key ({s.config.admin_key_env}; Authorization: Bearer "
-                                      "KEY or X-API-Key)")
+            return HTTPException(
+                401, f"missing or wrong admin key ({s.config.admin_key_env}; Authorization: Bearer KEY or X-API-Key)"
+            )
         client = request.client.host if request.client else None
         if _is_loopback(client):
             return None
-        return HTTPException(403, f"admin functions answer only to loopback clients while {s.config.admin_key_env} "
-                                  "is not set; set it and send it as the key")
+        return HTTPException(
+            403,
+            f"admin functions answer only to loopback clients while {s.config.admin_key_env} "
+            "is not set; set it and send it as the key",
+        )
 
     def require_admin(request: Request) -> None:
         refusal = _admin_refusal(request)
@@ -321,8 +362,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         log.exception("unexpected error (reference %s) on %s", reference, request.url.path)
         metrics_holder.internal_errors.inc()
         # no trace to the client; 503 so clients retry
-        return JSONResponse({"detail": f"the server could not answer this request (reference {reference})"},
-                            status_code=503)
+        return JSONResponse(
+            {"detail": f"the server could not answer this request (reference {reference})"}, status_code=503
+        )
 
     def _pick_arm(s: _State, forced: str | None, user: str | None, request_id: str, request: Request) -> str:
         if forced is not None:
@@ -335,8 +377,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             return forced
         return assign_arm(user if user else request_id, s.weights)
 
-    def _bounded_history(s: _State, arm: str, field_name: str, history: list[dict[str, str]],
-                         text: str) -> tuple[list[dict[str, str]], int]:
+    def _bounded_history(
+        s: _State, arm: str, field_name: str, history: list[dict[str, str]], text: str
+    ) -> tuple[list[dict[str, str]], int]:
         """The history (earlier messages, {role, content}) within the limits: turns and characters
         refused with 413; beyond the context limit of the arm's model or of the incumbent (which may
         answer instead): refused, or with ``context_overflow: truncate`` the oldest non-system
@@ -344,12 +387,18 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         cfg = s.config
         turns = len(history) + 1
         if turns > cfg.max_turns:
-            raise HTTPException(413, f"{field_name}: {turns} messages; the limit is {cfg.max_turns} per request "
-                                     "(serve.max_turns): send fewer earlier turns")
+            raise HTTPException(
+                413,
+                f"{field_name}: {turns} messages; the limit is {cfg.max_turns} per request "
+                "(serve.max_turns): send fewer earlier turns",
+            )
         chars = sum(len(m["content"]) for m in history) + len(text)
         if chars > cfg.max_context_chars:
-            raise HTTPException(413, f"{field_name}: {chars} characters in all messages together; the limit is "
-                                     f"{cfg.max_context_chars} (serve.max_context_chars): send fewer earlier turns")
+            raise HTTPException(
+                413,
+                f"{field_name}: {chars} characters in all messages together; the limit is "
+                f"{cfg.max_context_chars} (serve.max_context_chars): send fewer earlier turns",
+            )
         checks = []
         for model in {id(m): m for m in (s.model_of(arm), s.model_of(s.incumbent))}.values():
             limits = [n for n in (model.context_tokens, cfg.max_context_tokens) if n]
@@ -358,10 +407,13 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         if not checks:
             return history, 0
         kept = list(history)
-        counts = {id(model): [model.count_tokens(m["content"]) + _TURN_OVERHEAD_TOKENS for m in kept]
-                  for model, _ in checks}
-        fixed = {id(model): model.count_tokens(text) + _TURN_OVERHEAD_TOKENS + model.prompt_overhead_tokens()
-                 for model, _ in checks}
+        counts = {
+            id(model): [model.count_tokens(m["content"]) + _TURN_OVERHEAD_TOKENS for m in kept] for model, _ in checks
+        }
+        fixed = {
+            id(model): model.count_tokens(text) + _TURN_OVERHEAD_TOKENS + model.prompt_overhead_tokens()
+            for model, _ in checks
+        }
 
         def over() -> tuple[int, int, str] | None:
             for model, limit in checks:
@@ -375,11 +427,17 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             droppable = [i for i, m in enumerate(kept) if m["role"] != "system"]
             if cfg.context_overflow != "truncate" or not droppable:
                 needed, limit, name = problem
-                what = ("even without earlier turns the message does not fit" if cfg.context_overflow == "truncate"
-                        else "drop the oldest turns and send it again")
-                raise HTTPException(413, f"{field_name}: about {needed} tokens with the model's prompt and reply "
-                                         f"budget; {name} takes {limit} (its context length, or serve.max_context_tokens): "
-                                         f"{what}")
+                what = (
+                    "even without earlier turns the message does not fit"
+                    if cfg.context_overflow == "truncate"
+                    else "drop the oldest turns and send it again"
+                )
+                raise HTTPException(
+                    413,
+                    f"{field_name}: about {needed} tokens with the model's prompt and reply "
+                    f"budget; {name} takes {limit} (its context length, or serve.max_context_tokens): "
+                    f"{what}",
+                )
             i = droppable[0]
             del kept[i]
             for model, _ in checks:
@@ -387,8 +445,16 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             dropped += 1
         return kept, dropped
 
-    async def _answer(s: _State, endpoint: str, arm: str, user: str | None, text: str, context: str,
-                      request_id: str, max_tokens: int | None = None) -> dict[str, Any]:
+    async def _answer(
+        s: _State,
+        endpoint: str,
+        arm: str,
+        user: str | None,
+        text: str,
+        context: str,
+        request_id: str,
+        max_tokens: int | None = None,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         if len(text) > s.config.max_input_chars:
             raise HTTPException(422, f"input is {len(text)} characters; the limit is {s.config.max_input_chars}")
@@ -396,8 +462,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         deadline = time.monotonic() + timeout  # queueing, the model and a fallback all count
 
         async def ask(name: str) -> tuple[dict[str, Any], int]:
-            return await asyncio.wait_for(s.batchers[name].submit(text, context, deadline),
-                                          max(deadline - time.monotonic(), 0.0))
+            return await asyncio.wait_for(
+                s.batchers[name].submit(text, context, deadline), max(deadline - time.monotonic(), 0.0)
+            )
 
         served_by, status, error, timed_out = arm, "ok", None, False
         try:
@@ -420,8 +487,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
                     error += f"; {s.incumbent}: {type(exc2).__name__}"
         if timed_out:
             s.metrics.timeouts.labels(arm).inc()
-            error = ((error + "; ") if error else "") + (f"timeout: not answered within {timeout:g} s "
-                                                         "(serve.request_timeout_s)")
+            error = ((error + "; ") if error else "") + (
+                f"timeout: not answered within {timeout:g} s (serve.request_timeout_s)"
+            )
             log.warning("request %s on arm %s timed out after %.1f s", request_id, arm, time.perf_counter() - started)
         model = s.model_of(served_by)
         reply_tokens, finish = None, "stop"
@@ -433,11 +501,23 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             finish = "length" if cut or (limit is not None and reply_tokens >= limit) else "stop"
             result = {**result, "prediction": reply}
         latency_ms = (time.perf_counter() - started) * 1000
-        row = {"id": request_id, "ts": time.time(), "endpoint": endpoint, "user": user, "arm": arm,
-               "served_by": served_by, "candidate": model.name, "input": text if s.config.store_inputs else None,
-               "output": result["prediction"] if result else None, "score": result["score"] if result else None,
-               "out_of_scope": int(result["out_of_scope"]) if result else None, "latency_ms": latency_ms,
-               "batch_size": batch if result else None, "status": status if result else "error", "error": error}
+        row = {
+            "id": request_id,
+            "ts": time.time(),
+            "endpoint": endpoint,
+            "user": user,
+            "arm": arm,
+            "served_by": served_by,
+            "candidate": model.name,
+            "input": text if s.config.store_inputs else None,
+            "output": result["prediction"] if result else None,
+            "score": result["score"] if result else None,
+            "out_of_scope": int(result["out_of_scope"]) if result else None,
+            "latency_ms": latency_ms,
+            "batch_size": batch if result else None,
+            "status": status if result else "error",
+            "error": error,
+        }
         try:
             # awaited before answering: an answered request is always in the log (see tunewise.monitoring.store)
             await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("request", row)), timeout=60)
@@ -447,15 +527,28 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         s.metrics.requests.labels(endpoint, served_by, row["status"]).inc()
         s.metrics.latency.labels(endpoint, arm).observe(time.perf_counter() - started)
         if timed_out:
-            raise HTTPException(504, f"no answer within {timeout:g} s (request {request_id}); the model's work on it "
-                                     "was stopped and the request is logged as an error")
+            raise HTTPException(
+                504,
+                f"no answer within {timeout:g} s (request {request_id}); the model's work on it "
+                "was stopped and the request is logged as an error",
+            )
         if result is None:
             raise HTTPException(503, f"no model could answer (request {request_id}); the failure is logged")
-        return {"result": result, "served_by": served_by, "model": model.name, "latency_ms": latency_ms,
-                "reply_tokens": reply_tokens, "finish_reason": finish}
+        return {
+            "result": result,
+            "served_by": served_by,
+            "model": model.name,
+            "latency_ms": latency_ms,
+            "reply_tokens": reply_tokens,
+            "finish_reason": finish,
+        }
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_key)],
-              responses=_errors(401, 403, 422, 504))
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        dependencies=[Depends(require_key)],
+        responses=_errors(401, 403, 422, 504),
+    )
     async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
         s = state()
         if s.task != "classify":
@@ -467,10 +560,18 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         context = json.dumps(kept if dropped else (body.context or []))
         answer = await _answer(s, "classify", arm, body.user, body.text, context, request_id)
         result = answer["result"]
-        return ClassifyResponse(request_id=request_id, arm=arm, served_by=answer["served_by"], model=answer["model"],
-                                label=result["prediction"], score=result["score"], out_of_scope=result["out_of_scope"],
-                                model_label=result["model_prediction"], latency_ms=round(answer["latency_ms"], 3),
-                                dropped_turns=dropped)
+        return ClassifyResponse(
+            request_id=request_id,
+            arm=arm,
+            served_by=answer["served_by"],
+            model=answer["model"],
+            label=result["prediction"],
+            score=result["score"],
+            out_of_scope=result["out_of_scope"],
+            model_label=result["model_prediction"],
+            latency_ms=round(answer["latency_ms"], 3),
+            dropped_turns=dropped,
+        )
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], responses=_errors(401, 403, 422, 504))
     async def chat(body: ChatRequest, request: Request) -> dict[str, Any]:
@@ -490,39 +591,66 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         if not text.strip():
             raise HTTPException(422, "messages: the last user message is empty")
         if len(body.messages) > s.config.max_turns:  # before anything is counted: 1,000 turns cost nothing
-            raise HTTPException(413, f"messages: {len(body.messages)} messages; the limit is {s.config.max_turns} "
-                                     "per request (serve.max_turns): send fewer earlier turns")
+            raise HTTPException(
+                413,
+                f"messages: {len(body.messages)} messages; the limit is {s.config.max_turns} "
+                "per request (serve.max_turns): send fewer earlier turns",
+            )
         forced = body.arm or (body.model if body.model in s.specs else None)
         request_id = uuid.uuid4().hex
         arm = _pick_arm(s, forced, body.user, request_id, request)
         history = [{"role": m.role, "content": m.text()} for m in body.messages[:last]]
         history, dropped = _bounded_history(s, arm, "messages", history, text)
         context = json.dumps(history)
-        answer = await _answer(s, "chat", arm, body.user, text, context, request_id,
-                               max_tokens=min(limits) if limits else None)
+        answer = await _answer(
+            s, "chat", arm, body.user, text, context, request_id, max_tokens=min(limits) if limits else None
+        )
         content = answer["result"]["prediction"]
         model = s.model_of(answer["served_by"])
         prompt_tokens = sum(model.count_tokens(m["content"]) for m in history) + model.count_tokens(text)
-        completion_tokens = answer["reply_tokens"] if answer["reply_tokens"] is not None else model.count_tokens(content)
+        completion_tokens = (
+            answer["reply_tokens"] if answer["reply_tokens"] is not None else model.count_tokens(content)
+        )
         return {
-            "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": answer["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": answer["finish_reason"]}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": answer["finish_reason"],
+                }
+            ],
             # the model's tokenizer on the messages' texts (chat-template tokens not counted); words
             # for a model without a tokenizer
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-            "tunewise": {"request_id": request_id, "arm": arm, "served_by": answer["served_by"],
-                         "score": answer["result"]["score"], "out_of_scope": answer["result"]["out_of_scope"],
-                         "dropped_turns": dropped},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "tunewise": {
+                "request_id": request_id,
+                "arm": arm,
+                "served_by": answer["served_by"],
+                "score": answer["result"]["score"],
+                "out_of_scope": answer["result"]["out_of_scope"],
+                "dropped_turns": dropped,
+            },
         }
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_key)],
-              responses=_errors(401, 404, 422))
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        dependencies=[Depends(require_key)],
+        responses=_errors(401, 404, 422),
+    )
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         s = state()
-        given = {k: v for k, v in (("label", body.label), ("thumbs", body.thumbs), ("rating", body.rating)) if v is not None}
+        given = {
+            k: v for k, v in (("label", body.label), ("thumbs", body.thumbs), ("rating", body.rating)) if v is not None
+        }
         if not given:
             raise HTTPException(422, "give at least one of label, thumbs (up/down) or rating (1-5)")
         found = await asyncio.to_thread(s.store.request_exists, body.request_id)
@@ -532,10 +660,15 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
             if s.task != "classify":
                 raise HTTPException(422, "label feedback is for classification; use thumbs or rating")
             served = s.models.get(next((sp.candidate for sp in s.specs.values() if sp.name == found["served_by"]), ""))
-            allowed = served.feedback_labels() if served else set().union(*(m.feedback_labels() for m in s.models.values()))
+            allowed = (
+                served.feedback_labels() if served else set().union(*(m.feedback_labels() for m in s.models.values()))
+            )
             if body.label not in allowed:
-                raise HTTPException(422, f"label {body.label!r} is not in the label set ({len(allowed)} labels: "
-                                         f"{', '.join(sorted(allowed)[:20])}{', ...' if len(allowed) > 20 else ''})")
+                raise HTTPException(
+                    422,
+                    f"label {body.label!r} is not in the label set ({len(allowed)} labels: "
+                    f"{', '.join(sorted(allowed)[:20])}{', ...' if len(allowed) > 20 else ''})",
+                )
         stored, duplicates, replaced = [], [], []
         now = time.time()
         for kind, value in given.items():
@@ -554,9 +687,15 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
     @app.get("/healthz", responses=_errors())
     async def healthz() -> dict[str, Any]:
         s = state()
-        return {"status": "ok", "task": s.task, "incumbent": s.incumbent, "weights": s.weights,
-                "arms": {n: sp.candidate for n, sp in s.specs.items()}, "uptime_s": round(time.time() - s.started, 1),
-                "log_queue": s.writer.pending if s.writer else None}
+        return {
+            "status": "ok",
+            "task": s.task,
+            "incumbent": s.incumbent,
+            "weights": s.weights,
+            "arms": {n: sp.candidate for n, sp in s.specs.items()},
+            "uptime_s": round(time.time() - s.started, 1),
+            "log_queue": s.writer.pending if s.writer else None,
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=_errors())  # Prometheus text
     async def metrics() -> Response:
@@ -569,8 +708,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         s = state()
         return {"weights": s.weights, "arms": {n: sp.candidate for n, sp in s.specs.items()}, "incumbent": s.incumbent}
 
-    @app.post("/admin/arms", dependencies=[Depends(require_key), Depends(require_admin)],
-              responses=_errors(401, 403, 422))
+    @app.post(
+        "/admin/arms", dependencies=[Depends(require_key), Depends(require_admin)], responses=_errors(401, 403, 422)
+    )
     async def set_arms(body: ArmsUpdate) -> dict[str, Any]:
         s = state()
         unknown = sorted(set(body.weights) - set(s.specs))
@@ -585,8 +725,9 @@ def create_app(run_dir: str | Path, config: ServeConfig | None = None, *, arms: 
         await asyncio.to_thread(s.store.set_weights, weights, body.reason)
         # what the log now holds is what this server serves with: read back, not assumed
         if not s.apply_weights(await asyncio.to_thread(s.store.arm_weights)):
-            raise HTTPException(503, "the weights were written but could not be read back; the server keeps "
-                                     f"{s.weights}")
+            raise HTTPException(
+                503, f"the weights were written but could not be read back; the server keeps {s.weights}"
+            )
         log.warning("arm weights set to %s (%s)", s.weights, body.reason or "no reason given")
         return {"weights": s.weights, "incumbent": s.incumbent}
 
@@ -610,12 +751,14 @@ async def _refresh_weights(state: _State) -> None:
 # Running
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
-               keep_alive_s: float = 75.0) -> None:
+def run_server(
+    app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", keep_alive_s: float = 75.0
+) -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
-                timeout_keep_alive=keep_alive_s)
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, timeout_keep_alive=keep_alive_s
+    )
 
 
 class ServerThread:
@@ -631,7 +774,9 @@ class ServerThread:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=75))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=75)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self, timeout: float = 120.0) -> ServerThread:
@@ -669,28 +814,57 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default serve.torch_threads: 1)")
-    parser.add_argument("--batch-threads", type=int, default=None,
-                        help="torch threads for large micro-batches (default: the machine's cores)")
-    parser.add_argument("--arm-batch", action="append", default=[], metavar="ARM=N",
-                        help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable")
+    parser.add_argument(
+        "--batch-threads",
+        type=int,
+        default=None,
+        help="torch threads for large micro-batches (default: the machine's cores)",
+    )
+    parser.add_argument(
+        "--arm-batch",
+        action="append",
+        default=[],
+        metavar="ARM=N",
+        help="this arm's max batch (e.g. single=1 serves it one request at a time); repeatable",
+    )
     parser.add_argument("--reset-weights", action="store_true")
     parser.add_argument("--allow-failed-gate", action="store_true", help="serve a retrained run whose gate failed")
-    parser.add_argument("--request-timeout", type=float, default=None,
-                        help="seconds before an unanswered request gets 504 (default serve.request_timeout_s: 30)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="listen on a non-loopback --host without an API key (refused otherwise)")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        help="seconds before an unanswered request gets 504 (default serve.request_timeout_s: 30)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="listen on a non-loopback --host without an API key (refused otherwise)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    given = {k: v for k, v in (("torch_threads", args.threads), ("batch_threads", args.batch_threads),
-                               ("request_timeout_s", args.request_timeout)) if v is not None}
+    given = {
+        k: v
+        for k, v in (
+            ("torch_threads", args.threads),
+            ("batch_threads", args.batch_threads),
+            ("request_timeout_s", args.request_timeout),
+        )
+        if v is not None
+    }
     try:
-        config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             **given)
+        config = ServeConfig(
+            host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, **given
+        )
         warning = check_bind(args.host, config, args.insecure)
         batches = {name: int(n) for name, n in (item.split("=", 1) for item in args.arm_batch)}
         specs = [dataclasses.replace(s, max_batch=batches.get(s.name)) for s in resolve_arms(args.run_dir, args.arms)]
-        app = create_app(args.run_dir, config, arms=specs, store_url=args.store, reset_weights=args.reset_weights,
-                         allow_failed_gate=args.allow_failed_gate, insecure=args.insecure)
+        app = create_app(
+            args.run_dir,
+            config,
+            arms=specs,
+            store_url=args.store,
+            reset_weights=args.reset_weights,
+            allow_failed_gate=args.allow_failed_gate,
+            insecure=args.insecure,
+        )
     except (ServeError, ValueError) as exc:  # ValueError: a bad --arm-batch or setting
         parser.exit(2, f"error: {exc}\n")
     if warning:

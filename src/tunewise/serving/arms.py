@@ -37,16 +37,22 @@ def check_bind(host: str, config: Any = None, insecure: bool = False) -> str | N
     has_key = bool(os.environ.get(config.api_key_env))
     if has_key:
         if not os.environ.get(config.admin_key_env):
-            return (f"listening on {host}; {config.admin_key_env} is not set, so /admin/arms (promote, rollback) "
-                    "and forced arms answer loopback clients only")
+            return (
+                f"listening on {host}; {config.admin_key_env} is not set, so /admin/arms (promote, rollback) "
+                "and forced arms answer loopback clients only"
+            )
         return None
     if not insecure:
-        raise ServeError(f"refusing to listen on {host} without an API key: anyone who reaches the port could use "
-                         f"the models and post feedback. Set {config.api_key_env} (and {config.admin_key_env} for "
-                         "promote/rollback from other hosts), listen on 127.0.0.1, or pass --insecure to serve "
-                         "without a key anyway")
-    return (f"listening on {host} WITHOUT an API key (--insecure): anyone who reaches the port can use the models "
-            "and post feedback, and the Host header is not checked")
+        raise ServeError(
+            f"refusing to listen on {host} without an API key: anyone who reaches the port could use "
+            f"the models and post feedback. Set {config.api_key_env} (and {config.admin_key_env} for "
+            "promote/rollback from other hosts), listen on 127.0.0.1, or pass --insecure to serve "
+            "without a key anyway"
+        )
+    return (
+        f"listening on {host} WITHOUT an API key (--insecure): anyone who reaches the port can use the models "
+        "and post feedback, and the Host header is not checked"
+    )
 
 
 def check_arms(run_dir: str | Path, specs: list[ArmSpec]) -> None:
@@ -58,11 +64,15 @@ def check_arms(run_dir: str | Path, specs: list[ArmSpec]) -> None:
     for spec in specs:
         trained = (run_dir / "train" / spec.candidate / "adapter" / "tunewise_train.json").exists()
         if not trained and spec.candidate not in CANDIDATES:
-            raise ServeError(f"arm {spec.name!r}: candidate {spec.candidate!r} is not trained in {run_dir / 'train'} "
-                             f"and is not a registered candidate (known: {', '.join(sorted(CANDIDATES))})")
+            raise ServeError(
+                f"arm {spec.name!r}: candidate {spec.candidate!r} is not trained in {run_dir / 'train'} "
+                f"and is not a registered candidate (known: {', '.join(sorted(CANDIDATES))})"
+            )
         if not trained and not (run_dir / "split" / "train.parquet").exists():
-            raise ServeError(f"arm {spec.name!r}: candidate {spec.candidate!r} is refitted on the run's split, and "
-                             f"{run_dir / 'split' / 'train.parquet'} is not there")
+            raise ServeError(
+                f"arm {spec.name!r}: candidate {spec.candidate!r} is refitted on the run's split, and "
+                f"{run_dir / 'split' / 'train.parquet'} is not there"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,10 @@ def resolve_arms(run_dir: str | Path, arms: str | Mapping[str, float] | None) ->
         if not candidate:
             candidate = roles.get(name) if name in roles else name
         if not candidate:
-            raise ServeError(f"arm {name!r}: the evaluation names no {name} (evaluate/summary.json gate); "
-                             f"give it as {name}:CANDIDATE=WEIGHT")
+            raise ServeError(
+                f"arm {name!r}: the evaluation names no {name} (evaluate/summary.json gate); "
+                f"give it as {name}:CANDIDATE=WEIGHT"
+            )
         if not (weight >= 0 and math.isfinite(weight)):
             raise ServeError(f"arm {name!r}: weight must be a non-negative number, got {weight}")
         specs.append(ArmSpec(name=name, candidate=candidate, weight=float(weight)))

@@ -23,8 +23,16 @@ class MicroBatcher:
     """Per arm: requests that arrive while a batch waits (``max_wait_ms``) or runs go into the next
     batch; one ``predict`` per batch in the model's thread, so the event loop never blocks."""
 
-    def __init__(self, model: ServedModel, executor: concurrent.futures.Executor, max_batch: int, max_wait_ms: float,
-                 on_batch: Any = None, batch_threads: int | None = None, batch_threads_min_rows: int = 8) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        executor: concurrent.futures.Executor,
+        max_batch: int,
+        max_wait_ms: float,
+        on_batch: Any = None,
+        batch_threads: int | None = None,
+        batch_threads_min_rows: int = 8,
+    ) -> None:
         self.model = model
         self.executor = executor
         self.max_batch = max_batch

@@ -15,24 +15,44 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("tunewise_requests", "answered requests", ["endpoint", "arm", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("tunewise_request_latency_seconds", "request latency, queueing and log write included",
-                                 ["endpoint", "arm"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.arm_failures = Counter("tunewise_arm_failures", "model failures per arm (answered by the incumbent "
-                                    "when possible)", ["arm"], registry=self.registry)
-        self.rejected = Counter("tunewise_rejected_requests", "requests refused with a 4xx", ["path", "status"],
-                                registry=self.registry)
+        self.requests = Counter(
+            "tunewise_requests", "answered requests", ["endpoint", "arm", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "tunewise_request_latency_seconds",
+            "request latency, queueing and log write included",
+            ["endpoint", "arm"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.arm_failures = Counter(
+            "tunewise_arm_failures",
+            "model failures per arm (answered by the incumbent when possible)",
+            ["arm"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "tunewise_rejected_requests", "requests refused with a 4xx", ["path", "status"], registry=self.registry
+        )
         self.internal_errors = Counter("tunewise_internal_errors", "unexpected server errors", registry=self.registry)
-        self.log_failures = Counter("tunewise_log_write_failures", "log rows that could not be written",
-                                    registry=self.registry)
+        self.log_failures = Counter(
+            "tunewise_log_write_failures", "log rows that could not be written", registry=self.registry
+        )
         self.feedback = Counter("tunewise_feedback", "feedback stored", ["kind", "duplicate"], registry=self.registry)
-        self.batch_size = Histogram("tunewise_batch_size", "requests per model call", ["arm"], registry=self.registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.batch_size = Histogram(
+            "tunewise_batch_size",
+            "requests per model call",
+            ["arm"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.weights = Gauge("tunewise_arm_weight", "current traffic weight", ["arm"], registry=self.registry)
-        self.timeouts = Counter("tunewise_request_timeouts", "requests not answered within serve.request_timeout_s "
-                                "(504; the model call is stopped)", ["arm"], registry=self.registry)
+        self.timeouts = Counter(
+            "tunewise_request_timeouts",
+            "requests not answered within serve.request_timeout_s (504; the model call is stopped)",
+            ["arm"],
+            registry=self.registry,
+        )
 
 
 class _GuardMiddleware:
@@ -48,8 +68,14 @@ class _GuardMiddleware:
     - every 4xx response is counted.
     """
 
-    def __init__(self, app: Any, max_bytes: int, metrics: _Metrics, body_timeout_s: float = 10.0,
-                 allowed_hosts: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        max_bytes: int,
+        metrics: _Metrics,
+        body_timeout_s: float = 10.0,
+        allowed_hosts: frozenset[str] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
@@ -72,8 +98,12 @@ class _GuardMiddleware:
             host = _host_name(headers.get(b"host", b"").decode("latin-1"))
             if host not in self.allowed_hosts:
                 # before the body is read: closing the connection avoids reading what a rebinding page sent
-                await _refuse(counting_send, 400, f"Host header {host or '(none)'!r} is not accepted: without an "
-                              f"API key the server answers only to {', '.join(sorted(self.allowed_hosts))}")
+                await _refuse(
+                    counting_send,
+                    400,
+                    f"Host header {host or '(none)'!r} is not accepted: without an "
+                    f"API key the server answers only to {', '.join(sorted(self.allowed_hosts))}",
+                )
                 return
         declared = headers.get(b"content-length")
         has_body = (declared not in (None, b"0")) or b"transfer-encoding" in headers
@@ -94,8 +124,12 @@ class _GuardMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
             except TimeoutError:
-                await _refuse(counting_send, 408, f"request body not received within {self.body_timeout_s:g} s "
-                              f"({size} of {declared.decode('latin-1') if declared else 'unknown'} bytes)")
+                await _refuse(
+                    counting_send,
+                    408,
+                    f"request body not received within {self.body_timeout_s:g} s "
+                    f"({size} of {declared.decode('latin-1') if declared else 'unknown'} bytes)",
+                )
                 return
             if message["type"] == "http.disconnect":
                 return
@@ -122,9 +156,17 @@ class _GuardMiddleware:
 async def _refuse(send: Any, status: int, detail: str) -> None:
     """An error in the documented shape ({"detail": ...}), and the connection closed after it."""
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -30,8 +30,10 @@ class _UnicodeText(BaseModel):
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise ValueError("a string holds an unpaired surrogate (a \\ud800-\\udfff escape without "
-                                     "its pair), which is not Unicode text") from None
+                    raise ValueError(
+                        "a string holds an unpaired surrogate (a \\ud800-\\udfff escape without "
+                        "its pair), which is not Unicode text"
+                    ) from None
             elif isinstance(value, dict):
                 stack.extend(value.keys())
                 stack.extend(value.values())
@@ -57,8 +59,9 @@ class ClassifyResponse(BaseModel):
     out_of_scope: bool = Field(False, description="True when the score fell below the evaluation's threshold")
     model_label: str | None = Field(None, description="the model's own label before the threshold")
     latency_ms: float
-    dropped_turns: int = Field(0, description="oldest context turns dropped to fit the model's context "
-                               "(serve.context_overflow: truncate)")
+    dropped_turns: int = Field(
+        0, description="oldest context turns dropped to fit the model's context (serve.context_overflow: truncate)"
+    )
 
 
 class ChatMessage(BaseModel):
@@ -94,11 +97,17 @@ class FeedbackRequest(_Strict):
 class FeedbackResponse(BaseModel):
     request_id: str
     stored: list[str] = Field(..., description="feedback kinds stored now (new, or a label that replaced another)")
-    duplicates: list[str] = Field(..., description="feedback kinds already stored before (kept once): the same "
-                                  "label again, or any second thumbs or rating")
-    replaced: list[str] = Field(default_factory=list, description="kinds whose earlier value this feedback "
-                                "replaced: a different label for the same request (the latest label wins; "
-                                "the earlier one stays in the feedback history)")
+    duplicates: list[str] = Field(
+        ...,
+        description="feedback kinds already stored before (kept once): the same "
+        "label again, or any second thumbs or rating",
+    )
+    replaced: list[str] = Field(
+        default_factory=list,
+        description="kinds whose earlier value this feedback "
+        "replaced: a different label for the same request (the latest label wins; "
+        "the earlier one stays in the feedback history)",
+    )
 
 
 class ArmsUpdate(_Strict):
@@ -122,14 +131,13 @@ class ErrorResponse(_Strict):
 # server answers). FastAPI would otherwise document only its own 422 shape (a list of objects),
 # which the handler below replaces with {"detail": "<sentence>"}.
 _ERROR_DESCRIPTIONS = {
-    400: "Host header not accepted (no API key set: loopback names only), or a body that cannot be read "
-         "(not UTF-8)",
+    400: "Host header not accepted (no API key set: loopback names only), or a body that cannot be read (not UTF-8)",
     401: "missing or wrong API key (or admin key)",
     403: "admin function (or a forced arm) from a non-loopback client while no admin key is set",
     404: "unknown request id",
     408: "request body not received within serve.body_timeout_s",
     413: "request body, chat history or context over a limit (serve.max_body_bytes, max_turns, "
-         "max_context_chars, the model's context length)",
+    "max_context_chars, the model's context length)",
     422: "invalid request: the reason in a sentence",
     503: "no model could answer, or an unexpected error (with a reference for the server log); retry",
     504: "not answered within serve.request_timeout_s (the model's work on it is stopped)",
@@ -141,5 +149,7 @@ _EVERY_ROUTE = (400, 408, 413, 503)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]}
-            for code in sorted({*codes, *_EVERY_ROUTE})}
+    return {
+        code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]}
+        for code in sorted({*codes, *_EVERY_ROUTE})
+    }

@@ -114,9 +114,18 @@ def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_n
         p_value, method, measure = paired_permutation(after, before), "paired_permutation", "chrf"
     old_value, new_value = float(before.astype(float).mean()), float(after.astype(float).mean())
     worse = new_value < old_value and p_value < NOISE_ALPHA
-    return {"status": "computed", "previous": old_name, "new": new_name, "rows": int(len(both)), "measure": measure,
-            "previous_value": old_value, "new_value": new_value, "p_value": float(p_value), "test": method,
-            "worse_beyond_noise": bool(worse)}
+    return {
+        "status": "computed",
+        "previous": old_name,
+        "new": new_name,
+        "rows": int(len(both)),
+        "measure": measure,
+        "previous_value": old_value,
+        "new_value": new_value,
+        "p_value": float(p_value),
+        "test": method,
+        "worse_beyond_noise": bool(worse),
+    }
 
 
 def retrain_gate(run_dir: str | Path) -> dict[str, Any] | None:
@@ -132,9 +141,13 @@ def retrain_gate(run_dir: str | Path) -> dict[str, Any] | None:
     if path.exists():
         return read_json(path).get("gate")
     if (run_dir / FEEDBACK_FILE).exists():
-        return {"passed": False, "reasons": [
-            f"the retrain into {run_dir.name} did not finish (it stopped before its gate was checked); run the same "
-            f"`tunewise retrain --new-run-id {run_dir.name}` again: it resumes where it stopped"]}
+        return {
+            "passed": False,
+            "reasons": [
+                f"the retrain into {run_dir.name} did not finish (it stopped before its gate was checked); run the same "
+                f"`tunewise retrain --new-run-id {run_dir.name}` again: it resumes where it stopped"
+            ],
+        }
     return None
 
 
@@ -147,12 +160,27 @@ def _resumed_added(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, An
     again = min(earlier["added"], now["skipped_already_labelled"])
     new_labels = Counter(earlier.get("new_labels") or {})
     new_labels.update(now.get("new_labels") or {})
-    return {**now, "added": earlier["added"] + now["added"], "skipped_already_labelled": now["skipped_already_labelled"] - again,
-            "new_labels": dict(new_labels), "test": earlier["test"], "ids": earlier["ids"] + now["ids"]}
+    return {
+        **now,
+        "added": earlier["added"] + now["added"],
+        "skipped_already_labelled": now["skipped_already_labelled"] - again,
+        "new_labels": dict(new_labels),
+        "test": earlier["test"],
+        "ids": earlier["ids"] + now["ids"],
+    }
 
 
-def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = None, since: str | None = None,
-            thumbs_up: bool = True, min_rows: int = 1, dry_run: bool = False) -> dict[str, Any]:
+def retrain(
+    cfg: Any,
+    *,
+    run_id: str,
+    store_url: str,
+    new_run_id: str | None = None,
+    since: str | None = None,
+    thumbs_up: bool = True,
+    min_rows: int = 1,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """Feedback rows -> add-labels -> the pipeline into ``new_run_id`` -> the same gate. Returns the record
     written to ``runs/<new>/retrain/retrain.json`` (``dry_run``: the rows only, nothing written).
 
@@ -160,22 +188,40 @@ def retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None = N
     its test ids) and of the new run: refused with the holder's pid while another process works in
     either, before anything is written."""
 
-    options = {"run_id": run_id, "store_url": store_url, "new_run_id": new_run_id, "since": since,
-               "thumbs_up": thumbs_up, "min_rows": min_rows, "dry_run": dry_run}
+    options = {
+        "run_id": run_id,
+        "store_url": store_url,
+        "new_run_id": new_run_id,
+        "since": since,
+        "thumbs_up": thumbs_up,
+        "min_rows": min_rows,
+        "dry_run": dry_run,
+    }
     if dry_run:  # reads only
         return _retrain(cfg, **options)
     with existing_run_lock(cfg.resolve(cfg.runs_dir) / check_run_id(run_id)):
         return _retrain(cfg, **options)
 
 
-def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, since: str | None,
-             thumbs_up: bool, min_rows: int, dry_run: bool) -> dict[str, Any]:
+def _retrain(
+    cfg: Any,
+    *,
+    run_id: str,
+    store_url: str,
+    new_run_id: str | None,
+    since: str | None,
+    thumbs_up: bool,
+    min_rows: int,
+    dry_run: bool,
+) -> dict[str, Any]:
     from tunewise.monitoring.store import Store  # on use: loads sqlalchemy
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
     if not (run_dir / "split" / "test.parquet").exists():
-        raise RetrainError(f"{run_dir}: no split test set; `tunewise retrain` starts from a run that went through "
-                           f"the pipeline (`tunewise run --run-id {run_id}`)")
+        raise RetrainError(
+            f"{run_dir}: no split test set; `tunewise retrain` starts from a run that went through "
+            f"the pipeline (`tunewise run --run-id {run_id}`)"
+        )
     try:
         cutoff = parse_since(since)
     except ValueError as exc:
@@ -187,22 +233,30 @@ def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, s
     finally:
         store.close()
     oos = (cfg.evaluate or EvaluateConfig()).out_of_scope_label
-    rows, skipped = feedback_training_rows(requests, feedback, task=cfg.task, labels=_run_labels(run_dir),
-                                           thumbs_up=thumbs_up, out_of_scope_label=oos)
+    rows, skipped = feedback_training_rows(
+        requests, feedback, task=cfg.task, labels=_run_labels(run_dir), thumbs_up=thumbs_up, out_of_scope_label=oos
+    )
     rows, near_test = _drop_test_copies(rows, run_dir, cfg)
     if near_test:
         skipped["near-copy of a test row"] += near_test
     record: dict[str, Any] = {
-        "source_run": run_id, "store": safe_url, "since": cutoff, "requests_in_window": int(len(requests)),
-        "feedback_rows": int(len(feedback)), "rows": int(len(rows)),
+        "source_run": run_id,
+        "store": safe_url,
+        "since": cutoff,
+        "requests_in_window": int(len(requests)),
+        "feedback_rows": int(len(feedback)),
+        "rows": int(len(rows)),
         "rows_by_source": rows["source"].value_counts().to_dict() if len(rows) else {},
-        "skipped": dict(skipped), "thumbs_up_used": thumbs_up,
+        "skipped": dict(skipped),
+        "thumbs_up_used": thumbs_up,
     }
     if dry_run:
         return {**record, "dry_run": True}
     if len(rows) < min_rows:
-        raise RetrainError(f"{len(rows)} labelled feedback row(s) in {safe_url} (--min-rows {min_rows}); skipped: "
-                           f"{dict(skipped) or 'none'}. Post feedback with a label (POST /v1/feedback) first")
+        raise RetrainError(
+            f"{len(rows)} labelled feedback row(s) in {safe_url} (--min-rows {min_rows}); skipped: "
+            f"{dict(skipped) or 'none'}. Post feedback with a label (POST /v1/feedback) first"
+        )
 
     new_run_id = check_run_id(new_run_id or f"{run_id}-retrain-{time.strftime('%Y%m%d-%H%M%S')}")
     new_dir = cfg.resolve(cfg.runs_dir) / new_run_id
@@ -213,17 +267,22 @@ def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, s
         answer = "label" if cfg.task == "classify" else "reply"
         feedback_file, added_file = new_dir / FEEDBACK_FILE, new_dir / ADDED_FILE
         earlier = read_json(added_file) if added_file.exists() else None  # an interrupted retrain into this run
-        write_text(feedback_file, rows[["request_id", "text", answer, "source"]].to_json(
-            orient="records", lines=True, force_ascii=False))
+        write_text(
+            feedback_file,
+            rows[["request_id", "text", answer, "source"]].to_json(orient="records", lines=True, force_ascii=False),
+        )
         added = add_labels(cfg, feedback_file, run_id=run_id)
-        added = {k: added[k] for k in ("added", "added_total", "added_file", "skipped_already_labelled", "new_labels",
-                                       "test", "ids")}
+        added = {
+            k: added[k]
+            for k in ("added", "added_total", "added_file", "skipped_already_labelled", "new_labels", "test", "ids")
+        }
         if earlier is not None:
             added = _resumed_added(earlier, added)
         # right after add-labels (a kill between the two writes, a few ms, still counts the rows as skipped)
         write_json(added_file, added)
-        record.update(new_run=new_run_id, feedback_file=str(feedback_file),
-                      added={k: v for k, v in added.items() if k != "ids"})
+        record.update(
+            new_run=new_run_id, feedback_file=str(feedback_file), added={k: v for k, v in added.items() if k != "ids"}
+        )
 
         started = time.perf_counter()
         run_stages(cfg, new_run_id)
@@ -239,36 +298,53 @@ def _retrain(cfg: Any, *, run_id: str, store_url: str, new_run_id: str | None, s
             after = new_gate[key]
             if after == before:
                 continue
-            reasons.append(f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
-                           "pass the gate its predecessor passed")
+            reasons.append(
+                f"the gate changed since {run_id}: {key} {before!r} -> {after!r}; a retrained model must "
+                "pass the gate its predecessor passed"
+            )
         verdict, old_verdict = decision.get("verdict"), old_decision.get("verdict")
         if verdict not in SERVABLE_VERDICTS:
-            reasons.append(f"{new_run_id}'s decision is {verdict or 'missing'}: "
-                           + "; ".join(decision.get("reasons", [])[:3]))
+            reasons.append(
+                f"{new_run_id}'s decision is {verdict or 'missing'}: " + "; ".join(decision.get("reasons", [])[:3])
+            )
         elif old_verdict in SERVABLE_VERDICTS and verdict != old_verdict:
-            reasons.append(f"{new_run_id}'s decision is {verdict} where {run_id}'s was {old_verdict}: "
-                           + "; ".join(decision.get("reasons", [])[:2]))
+            reasons.append(
+                f"{new_run_id}'s decision is {verdict} where {run_id}'s was {old_verdict}: "
+                + "; ".join(decision.get("reasons", [])[:2])
+            )
         old_test = set(pd.read_parquet(run_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
         new_test = set(pd.read_parquet(new_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
         same_test = old_test == new_test
         if not same_test:
-            reasons.append(f"the test rows differ from {run_id}'s ({len(old_test ^ new_test)} ids not shared): "
-                           "the comparison would not be like for like")
+            reasons.append(
+                f"the test rows differ from {run_id}'s ({len(old_test ^ new_test)} ids not shared): "
+                "the comparison would not be like for like"
+            )
         previous = old_decision.get("recommended") or old_decision.get("candidate")
         regression = _paired_regression(run_dir, previous, new_dir, decision.get("recommended"))
         if regression.get("worse_beyond_noise"):
-            reasons.append(f"{regression['new']} is worse than the previous {regression['previous']} beyond noise on "
-                           f"{regression['rows']} shared test rows ({regression['measure']} "
-                           f"{regression['new_value']:.4f} vs {regression['previous_value']:.4f}, {regression['test']} "
-                           f"p={regression['p_value']:.3g})")
+            reasons.append(
+                f"{regression['new']} is worse than the previous {regression['previous']} beyond noise on "
+                f"{regression['rows']} shared test rows ({regression['measure']} "
+                f"{regression['new_value']:.4f} vs {regression['previous_value']:.4f}, {regression['test']} "
+                f"p={regression['p_value']:.3g})"
+            )
         passed = not reasons
         record["gate"] = {
-            "passed": passed, "verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
-            "previous_recommended": previous, "same_test_rows": same_test, "test_rows": len(new_test),
-            "gate_settings": new_gate, "against_previous": regression,
-            "reasons": reasons or [f"{new_run_id} is {verdict} under the same gate as {run_id}, on the same "
-                                   f"{len(new_test)} test rows, and not worse than "
-                                   f"{previous or 'the previous candidate'} beyond noise"],
+            "passed": passed,
+            "verdict": decision.get("verdict"),
+            "recommended": decision.get("recommended"),
+            "previous_recommended": previous,
+            "same_test_rows": same_test,
+            "test_rows": len(new_test),
+            "gate_settings": new_gate,
+            "against_previous": regression,
+            "reasons": reasons
+            or [
+                f"{new_run_id} is {verdict} under the same gate as {run_id}, on the same "
+                f"{len(new_test)} test rows, and not worse than "
+                f"{previous or 'the previous candidate'} beyond noise"
+            ],
         }
         record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json(new_dir / RETRAIN_FILE, record)

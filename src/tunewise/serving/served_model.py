@@ -119,15 +119,26 @@ class ServedModel:
 
     def predict(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """items: (input, context JSON) -> one answer dict per item, in order."""
-        frame = pd.DataFrame({"id": [str(i) for i in range(len(items))], "input": [t for t, _ in items],
-                              "context": [c for _, c in items]})
+        frame = pd.DataFrame(
+            {
+                "id": [str(i) for i in range(len(items))],
+                "input": [t for t, _ in items],
+                "context": [c for _, c in items],
+            }
+        )
         predictions = self.candidate.predict(frame)
         out = []
         for row in predictions.itertuples(index=False):
             score = float(row.score) if row.score is not None and np.isfinite(row.score) else None
             out_of_scope = self.threshold is not None and score is not None and score < self.threshold
-            out.append({"prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
-                        "model_prediction": str(row.prediction), "score": score, "out_of_scope": bool(out_of_scope)})
+            out.append(
+                {
+                    "prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
+                    "model_prediction": str(row.prediction),
+                    "score": score,
+                    "out_of_scope": bool(out_of_scope),
+                }
+            )
         return out
 
 
@@ -164,14 +175,20 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
     run_dir = Path(run_dir)
     cfg = _project_config(run_dir, cfg)
     summary_path = run_dir / "evaluate" / "summary.json"
-    evaluated = {c["name"]: c for c in json.loads(summary_path.read_text()).get("candidates", [])} if summary_path.exists() else {}
+    evaluated = (
+        {c["name"]: c for c in json.loads(summary_path.read_text()).get("candidates", [])}
+        if summary_path.exists()
+        else {}
+    )
     oos_label = (cfg.evaluate if cfg is not None else EvaluateConfig()).out_of_scope_label
     models: dict[str, ServedModel] = {}
     for name in sorted(candidates):
         started = time.perf_counter()
         if name not in CANDIDATES:
-            raise ServeError(f"candidate {name!r}: not trained in {run_dir / 'train'} and not a registered "
-                             f"candidate (known: {', '.join(sorted(CANDIDATES))})")
+            raise ServeError(
+                f"candidate {name!r}: not trained in {run_dir / 'train'} and not a registered "
+                f"candidate (known: {', '.join(sorted(CANDIDATES))})"
+            )
         try:
             candidate = run_candidate(name, cfg, run_dir)
         except CandidateError as exc:

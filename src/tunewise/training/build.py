@@ -58,14 +58,25 @@ class BuiltModel:
     adapted_layers: tuple[int, int] | None = None  # (first, total) transformer layers that carry adapters
 
 
-def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels: list[str], config: TrainConfig,
-                *, checkpoint_every_n_layers: int | None = None, trust_remote_code: bool = False,
-                precision: str = "fp32", attention: str = "sdpa") -> BuiltModel:
+def build_model(
+    task: str,
+    method: str,
+    base_path: Path,
+    tokenizer: Any,
+    labels: list[str],
+    config: TrainConfig,
+    *,
+    checkpoint_every_n_layers: int | None = None,
+    trust_remote_code: bool = False,
+    precision: str = "fp32",
+    attention: str = "sdpa",
+) -> BuiltModel:
     """Base weights, then the adapters (or head); only the new weights are trainable."""
     import torch
 
     common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     from tunewise.training import modules as classes  # torch: imported on use (see its module docstring)
+
     prefix, adapted_layers = None, None
     with _quiet_transformers():
         if method == "encoder":
@@ -77,24 +88,38 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
         else:
             from peft import LoraConfig, get_peft_model
 
-            dropout = config.lora_dropout if config.lora_dropout is not None else DEFAULTS[(method, task)]["lora_dropout"]
-            lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": dropout,
-                    "target_modules": list(config.target_modules)}
+            dropout = (
+                config.lora_dropout if config.lora_dropout is not None else DEFAULTS[(method, task)]["lora_dropout"]
+            )
+            lora = {
+                "r": config.lora_r,
+                "lora_alpha": config.lora_alpha,
+                "lora_dropout": dropout,
+                "target_modules": list(config.target_modules),
+            }
             if task == "classify":
                 from transformers import AutoModelForSequenceClassification
 
                 base = AutoModelForSequenceClassification.from_pretrained(
-                    base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                    label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
-                    dtype=torch.float32, attn_implementation=attention, use_safetensors=True, **common)
+                    base_path,
+                    num_labels=len(labels),
+                    id2label=dict(enumerate(labels)),
+                    label2id={label: i for i, label in enumerate(labels)},
+                    pad_token_id=tokenizer.pad_token_id,
+                    dtype=torch.float32,
+                    attn_implementation=attention,
+                    use_safetensors=True,
+                    **common,
+                )
                 # the pooled token is the last one that is not padding: the model must know the pad id
                 base.config.pad_token_id = tokenizer.pad_token_id
                 lora_config = LoraConfig(task_type="SEQ_CLS", modules_to_save=["score"], **lora)
             else:
                 from transformers import AutoModelForCausalLM
 
-                base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, attn_implementation="sdpa",
-                                                            use_safetensors=True, **common)
+                base = AutoModelForCausalLM.from_pretrained(
+                    base_path, dtype=torch.float32, attn_implementation="sdpa", use_safetensors=True, **common
+                )
                 lora_config = LoraConfig(task_type="CAUSAL_LM", **lora)
             _check_target_modules(base, lora_config.target_modules)
             n_layers = int(getattr(base.config, "num_hidden_layers", 0) or 0)
@@ -104,7 +129,9 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
             if checkpoint_every_n_layers:
                 base.config.use_cache = False  # a KV cache is useless in training and clashes with recomputation
                 if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x: every n-th layer
-                    base.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=checkpoint_every_n_layers)
+                    base.activation_checkpointing_enable(
+                        {"use_reentrant": False}, every_n_layers=checkpoint_every_n_layers
+                    )
                 else:
                     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 # no enable_input_require_grads(): non-reentrant checkpointing does not need inputs that
@@ -120,10 +147,23 @@ def build_model(task: str, method: str, base_path: Path, tokenizer: Any, labels:
                 loss_module.prefix = prefix
     n_parameters = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True
-                    and hasattr(m, "_gradient_checkpointing_func")]
-    return BuiltModel(model, loss_module, tokenizer, int(tokenizer.pad_token_id), Path(base_path), n_parameters,
-                      n_trainable, checkpointed, prefix, adapted_layers)
+    checkpointed = [
+        m
+        for m in model.modules()
+        if getattr(m, "gradient_checkpointing", False) is True and hasattr(m, "_gradient_checkpointing_func")
+    ]
+    return BuiltModel(
+        model,
+        loss_module,
+        tokenizer,
+        int(tokenizer.pad_token_id),
+        Path(base_path),
+        n_parameters,
+        n_trainable,
+        checkpointed,
+        prefix,
+        adapted_layers,
+    )
 
 
 # Longest classify example that trains with plain ("eager") attention on a CPU: SDPA's fused CPU
@@ -175,7 +215,9 @@ def _check_target_modules(model: Any, wanted: Any) -> None:
     missing = sorted(set(wanted) - present)
     if missing:
         linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise TrainError(f"train.target_modules: {missing} not found in the model; its linear layers are: {', '.join(linear)}")
+        raise TrainError(
+            f"train.target_modules: {missing} not found in the model; its linear layers are: {', '.join(linear)}"
+        )
 
 
 # =============================================================================================
@@ -193,8 +235,9 @@ def build_optimizer(model: Any, method: str, learning_rate: float, weight_decay:
         lr = learning_rate * (ENCODER_HEAD_LR_FACTOR if method == "encoder" and name.startswith("head.") else 1)
         decay = weight_decay if param.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(param)
-    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                             lr=learning_rate)
+    return torch.optim.AdamW(
+        [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=learning_rate
+    )
 
 
 def build_scheduler(optimizer: Any, schedule: str, warmup_steps: int, total_steps: int) -> Any:

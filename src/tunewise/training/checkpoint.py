@@ -43,8 +43,10 @@ def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
     missing = [name for name, p in params.items() if p.requires_grad and name not in state]
     unknown = [name for name in state if name not in params]
     if missing or unknown:
-        raise TrainError(f"checkpoint does not match the model: {len(missing)} trainable weight(s) missing "
-                         f"(e.g. {missing[:1]}), {len(unknown)} unknown (e.g. {unknown[:1]})")
+        raise TrainError(
+            f"checkpoint does not match the model: {len(missing)} trainable weight(s) missing "
+            f"(e.g. {missing[:1]}), {len(unknown)} unknown (e.g. {unknown[:1]})"
+        )
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
@@ -74,8 +76,14 @@ def _step_of(folder: Path) -> int:
         return -1
 
 
-def _save_checkpoint(directory: Path, model: Any, best_state: dict[str, Any] | None, optimizer: Any, scheduler: Any,
-                     state: dict[str, Any]) -> Path:
+def _save_checkpoint(
+    directory: Path,
+    model: Any,
+    best_state: dict[str, Any] | None,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> Path:
     """Write ``step-NNNNNN/`` under ``directory`` atomically, then point ``latest`` at it.
 
     The folder is filled under a temporary name, a manifest records every file's size and sha256,
@@ -88,7 +96,6 @@ def _save_checkpoint(directory: Path, model: Any, best_state: dict[str, Any] | N
     import torch
     from safetensors.torch import save_file
 
-
     name = f"step-{state['step']:06d}"
     final = directory / name
     tmp = directory / f".{name}.{os.getpid()}.tmp"
@@ -100,15 +107,25 @@ def _save_checkpoint(directory: Path, model: Any, best_state: dict[str, Any] | N
         if best_state is not None:
             save_file(best_state, tmp / "best.safetensors")
         # Our own file, read back with weights_only=True: tensors, numbers and strings only.
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                   tmp / "trainer_state.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            tmp / "trainer_state.pt",
+        )
         write_json(tmp / "state.json", state)
         files = sorted(p for p in tmp.iterdir() if p.is_file())
-        write_json(tmp / CHECKPOINT_MANIFEST, {
-            "format": 1, "step": state["step"],
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files}})
+        write_json(
+            tmp / CHECKPOINT_MANIFEST,
+            {
+                "format": 1,
+                "step": state["step"],
+                "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in files},
+            },
+        )
         for p in tmp.iterdir():
             _fsync(p)
         _fsync(tmp)
@@ -123,12 +140,17 @@ def _save_checkpoint(directory: Path, model: Any, best_state: dict[str, Any] | N
             raise
         previous = _latest_checkpoint(directory)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise TrainError(f"could not write the checkpoint {final}: {exc}. Training stopped; {kept}. Free disk space "
-                         f"or make {directory} writable, then run again to resume.") from exc
+        raise TrainError(
+            f"could not write the checkpoint {final}: {exc}. Training stopped; {kept}. Free disk space "
+            f"or make {directory} writable, then run again to resume."
+        ) from exc
     # keep this one and the newest older one (a fallback if this one is later found damaged)
-    older = sorted((p for p in directory.glob("step-*") if p.name != name and _step_of(p) < state["step"]),
-                   key=_step_of, reverse=True)
-    keep = {name, *(p.name for p in older[:KEEP_CHECKPOINTS - 1])}
+    older = sorted(
+        (p for p in directory.glob("step-*") if p.name != name and _step_of(p) < state["step"]),
+        key=_step_of,
+        reverse=True,
+    )
+    keep = {name, *(p.name for p in older[: KEEP_CHECKPOINTS - 1])}
     for old in directory.glob("step-*"):
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
@@ -146,8 +168,11 @@ def _checkpoint_candidates(directory: Path) -> list[Path]:
     the newest step down (a damaged or missing pointer does not hide them)."""
     if not directory.is_dir():
         return []
-    folders = sorted((p for p in directory.glob("step-*") if (p / "state.json").exists() and _step_of(p) >= 0),
-                     key=_step_of, reverse=True)
+    folders = sorted(
+        (p for p in directory.glob("step-*") if (p / "state.json").exists() and _step_of(p) >= 0),
+        key=_step_of,
+        reverse=True,
+    )
     try:
         pointed = directory / (directory / "latest").read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError, ValueError):
@@ -197,13 +222,19 @@ def _read_checkpoint(folder: Path) -> dict[str, Any]:
         best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").exists() else None
     except Exception as exc:  # SafetensorError, EOFError, UnpicklingError, JSONDecodeError, ...
         raise CorruptCheckpoint(f"{type(exc).__name__}: {exc}") from None
-    if (not isinstance(state, dict) or not {"step", "epoch", "window_in_epoch", "watch"} <= state.keys()
-            or not isinstance(trainer_state, dict) or not {"optimizer", "scheduler", "torch_rng"} <= trainer_state.keys()):
+    if (
+        not isinstance(state, dict)
+        or not {"step", "epoch", "window_in_epoch", "watch"} <= state.keys()
+        or not isinstance(trainer_state, dict)
+        or not {"optimizer", "scheduler", "torch_rng"} <= trainer_state.keys()
+    ):
         raise CorruptCheckpoint("state.json or trainer_state.pt lacks part of the training state")
     return {"state": state, "trainable": trainable, "trainer_state": trainer_state, "best": best}
 
 
-def _apply_checkpoint(loaded: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) -> tuple[dict[str, Any], dict | None]:
+def _apply_checkpoint(
+    loaded: dict[str, Any], model: Any, optimizer: Any, scheduler: Any
+) -> tuple[dict[str, Any], dict | None]:
     import torch
 
     trainer_state = loaded["trainer_state"]
@@ -221,8 +252,9 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -
     return _apply_checkpoint(_read_checkpoint(folder), model, optimizer, scheduler)
 
 
-def _resume(ckpt_dir: Path, fingerprint: str, model: Any, optimizer: Any, scheduler: Any, *, name: str,
-            is_main: bool) -> tuple[Path, dict[str, Any], dict | None] | None:
+def _resume(
+    ckpt_dir: Path, fingerprint: str, model: Any, optimizer: Any, scheduler: Any, *, name: str, is_main: bool
+) -> tuple[Path, dict[str, Any], dict | None] | None:
     """Restore the newest usable checkpoint: (folder, state, best weights), or None to start over.
 
     A damaged checkpoint (a truncated file, a checksum mismatch, an unreadable state) is skipped
@@ -230,6 +262,7 @@ def _resume(ckpt_dir: Path, fingerprint: str, model: Any, optimizer: Any, schedu
     tried again); the one before it is tried next. A checkpoint of other settings or data is
     ignored, as before. Never raises for a bad checkpoint: at worst training starts over.
     """
+
     def warn(text: str) -> None:
         if is_main:
             console.print(f"[yellow]train {name}: {text}[/yellow]")
@@ -292,7 +325,9 @@ def save_adapter(result_model: Any, method: str, tokenizer: Any, folder: Path, e
         result_model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
     else:
         result_model.encoder.save_pretrained(tmp)
-        save_file({k: v.detach().contiguous() for k, v in result_model.head.state_dict().items()}, tmp / "head.safetensors")
+        save_file(
+            {k: v.detach().contiguous() for k, v in result_model.head.state_dict().items()}, tmp / "head.safetensors"
+        )
     tokenizer.save_pretrained(tmp)
     write_json(tmp / "tunewise_train.json", extra)
     if folder.exists():

@@ -33,21 +33,31 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100  # label of positions that carry no loss (prompt tokens, padding)
 
 
-def prepare(task: str, method: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame | None,
-            config: TrainConfig, *, model_spec: str, offline: bool = True, trust_remote_code: bool = False,
-            seed: int = 0, source: str = "training data") -> tuple[RunPlan, Any, Path, list[Example], list[Example], pd.DataFrame, pd.DataFrame]:
+def prepare(
+    task: str,
+    method: str,
+    train_frame: pd.DataFrame,
+    validation_frame: pd.DataFrame | None,
+    config: TrainConfig,
+    *,
+    model_spec: str,
+    offline: bool = True,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    source: str = "training data",
+) -> tuple[RunPlan, Any, Path, list[Example], list[Example], pd.DataFrame, pd.DataFrame]:
     """Steps 1-2 of the recipe: checks, tokenizer, examples and the plan (no model weights loaded).
 
     Returns (plan, tokenizer, base folder, train examples, validation examples, train frame after
     augmentation, validation frame used during training).
     """
     if (method, task) not in DEFAULTS:
-        raise TrainError(f"method {method!r} does not do task {task!r}; "
-                         f"supported: {', '.join(f'{m}+{t}' for m, t in DEFAULTS)}")
+        raise TrainError(
+            f"method {method!r} does not do task {task!r}; supported: {', '.join(f'{m}+{t}' for m, t in DEFAULTS)}"
+        )
     batch_size = config.batch_size or DEFAULTS[(method, task)]["batch_size"]
     check_training_data(task, train_frame, validation_frame, batch_size=batch_size, source=source)
     if config.augment:
-
         copies = augment_frame(train_frame, config.augment, kinds=config.augment_kinds, seed=seed)
         train_frame = pd.concat([train_frame, copies], ignore_index=True)
     labels = sorted(train_frame["label"].astype(str).unique()) if task == "classify" else []
@@ -72,17 +82,31 @@ def prepare(task: str, method: str, train_frame: pd.DataFrame, validation_frame:
     kept = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(kept)
     if not kept:
-        raise TrainError(f"{source}: no training row has a reply token within max_length {max_length}; "
-                         "raise train.max_length")
+        raise TrainError(
+            f"{source}: no training row has a reply token within max_length {max_length}; raise train.max_length"
+        )
     val_frame = validation_frame if validation_frame is not None else train_frame.iloc[0:0]
     val_frame = _stratified_head(val_frame, config.eval_max_rows, task, seed)
     val_examples = [e for e in encode(val_frame, max_length) if e is not None] if len(val_frame) else []
     rank, world_size = _distributed()
-    plan = plan_run(task, method, [len(e.input_ids) for e in kept], sum(e.n_targets for e in kept), len(val_examples),
-                    labels, config, max_length=max_length, dropped=dropped, truncated=truncated, world_size=world_size)
+    plan = plan_run(
+        task,
+        method,
+        [len(e.input_ids) for e in kept],
+        sum(e.n_targets for e in kept),
+        len(val_examples),
+        labels,
+        config,
+        max_length=max_length,
+        dropped=dropped,
+        truncated=truncated,
+        world_size=world_size,
+    )
     if len(kept) < plan.batch_size:
-        raise TrainError(f"{source}: {len(kept)} usable training rows is fewer than one batch (train.batch_size = "
-                         f"{plan.batch_size}); lower train.batch_size or add data")
+        raise TrainError(
+            f"{source}: {len(kept)} usable training rows is fewer than one batch (train.batch_size = "
+            f"{plan.batch_size}); lower train.batch_size or add data"
+        )
     return plan, tokenizer, base_path, kept, val_examples, train_frame, val_frame
 
 
@@ -90,8 +114,9 @@ def prepare(task: str, method: str, train_frame: pd.DataFrame, validation_frame:
 # 1. Data checks: before anything heavy happens
 
 
-def check_training_data(task: str, train: pd.DataFrame, validation: pd.DataFrame | None, *, batch_size: int,
-                        source: str = "training data") -> None:
+def check_training_data(
+    task: str, train: pd.DataFrame, validation: pd.DataFrame | None, *, batch_size: int, source: str = "training data"
+) -> None:
     """Raise TrainError for data that cannot train: missing columns, empty answers, one class, < a batch."""
     column = answer_column(task)
     for frame, where in ((train, source), (validation, "validation data")):
@@ -99,33 +124,41 @@ def check_training_data(task: str, train: pd.DataFrame, validation: pd.DataFrame
             continue
         missing = [c for c in ("id", "input", column) if c not in frame.columns]
         if missing:
-            raise TrainError(f"{where}: missing column(s) {missing} (task {task}); columns: {', '.join(map(str, frame.columns))}")
+            raise TrainError(
+                f"{where}: missing column(s) {missing} (task {task}); columns: {', '.join(map(str, frame.columns))}"
+            )
     answers = train[column]
     empty = answers.isna() | (answers.astype(str).str.strip() == "")
     if empty.any():
         first = train.loc[empty, "id"].iloc[0]
-        raise TrainError(f"{source}: {int(empty.sum())} row(s) have an empty {column} (first id {first}); "
-                         "curate drops them, or fix the data")
+        raise TrainError(
+            f"{source}: {int(empty.sum())} row(s) have an empty {column} (first id {first}); "
+            "curate drops them, or fix the data"
+        )
     if task == "classify":
         classes = answers.astype(str).unique()
         if len(classes) < 2:
-            raise TrainError(f"{source}: every training row has the label {classes[0]!r} ({len(train)} rows); "
-                             "a classifier needs at least two classes. Add examples of the other classes, or "
-                             "check data.columns.label points at the label column")
+            raise TrainError(
+                f"{source}: every training row has the label {classes[0]!r} ({len(train)} rows); "
+                "a classifier needs at least two classes. Add examples of the other classes, or "
+                "check data.columns.label points at the label column"
+            )
     if len(train) < batch_size:
-        raise TrainError(f"{source}: {len(train)} training rows is fewer than one batch (train.batch_size = "
-                         f"{batch_size}); set train.batch_size to at most {max(1, len(train))}, or add training data")
+        raise TrainError(
+            f"{source}: {len(train)} training rows is fewer than one batch (train.batch_size = "
+            f"{batch_size}); set train.batch_size to at most {max(1, len(train))}, or add training data"
+        )
 
 
 # =============================================================================================
 # 2. Examples: tokenised once, batched by length
 
 
-def load_tokenizer(method: str, model_spec: str, *, offline: bool = True, trust_remote_code: bool = False
-                   ) -> tuple[Any, Path]:
+def load_tokenizer(
+    method: str, model_spec: str, *, offline: bool = True, trust_remote_code: bool = False
+) -> tuple[Any, Path]:
     """The tokenizer only (no weights): enough to check lengths and plan the run."""
     from transformers import AutoTokenizer
-
 
     resolved = (resolve_llm if method == "lora" else resolve_encoder)(model_spec, offline=offline)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, local_files_only=True, trust_remote_code=trust_remote_code)
@@ -173,19 +206,26 @@ def _contexts(frame: pd.DataFrame) -> list[Any]:
     return frame["context"].tolist() if "context" in frame.columns else [None] * len(frame)
 
 
-def encode_classification(tokenizer: Any, frame: pd.DataFrame, labels: Sequence[str], max_length: int | None
-                          ) -> list[Example]:
+def encode_classification(
+    tokenizer: Any, frame: pd.DataFrame, labels: Sequence[str], max_length: int | None
+) -> list[Example]:
     """Token ids of each row's text (special tokens in user text are kept as plain text)."""
     index = {label: i for i, label in enumerate(labels)}
     texts = [classification_text(t, c) for t, c in zip(frame["input"].fillna("").astype(str), _contexts(frame))]
-    encoded = tokenizer(texts, add_special_tokens=True, truncation=max_length is not None, max_length=max_length,
-                        split_special_tokens=True)["input_ids"]
+    encoded = tokenizer(
+        texts,
+        add_special_tokens=True,
+        truncation=max_length is not None,
+        max_length=max_length,
+        split_special_tokens=True,
+    )["input_ids"]
     answers = frame["label"].astype(str).tolist() if "label" in frame.columns else [None] * len(frame)
     return [Example(list(ids), label=index.get(a, -1)) for ids, a in zip(encoded, answers)]
 
 
-def encode_replies(tokenizer: Any, frame: pd.DataFrame, max_length: int | None, system_prompt: str | None
-                   ) -> list[Example | None]:
+def encode_replies(
+    tokenizer: Any, frame: pd.DataFrame, max_length: int | None, system_prompt: str | None
+) -> list[Example | None]:
     """Chat-template examples with labels on the reply tokens only (the end-of-turn token included).
 
     The prompt (system, earlier turns, user message, generation prompt) and the reply are tokenised
@@ -202,10 +242,12 @@ def encode_replies(tokenizer: Any, frame: pd.DataFrame, max_length: int | None, 
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": reply}], tokenize=False)
         if not full.startswith(prompt):
-            raise TrainError("the tokenizer's chat template rewrites earlier turns when a reply is added; "
-                             "tunewise cannot tell the prompt from the reply with this template")
+            raise TrainError(
+                "the tokenizer's chat template rewrites earlier turns when a reply is added; "
+                "tunewise cannot tell the prompt from the reply with this template"
+            )
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
         cut = next((i + 1 for i, t in enumerate(reply_ids) if t in end_ids), len(reply_ids))
         reply_ids = reply_ids[:cut]  # the template's newline after the end-of-turn token is not learned
         ids = (prompt_ids + reply_ids)[:max_length] if max_length else prompt_ids + reply_ids
@@ -214,8 +256,16 @@ def encode_replies(tokenizer: Any, frame: pd.DataFrame, max_length: int | None, 
     return out
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int,
-                           mega_batch_factor: int = 50, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    mega_batch_factor: int = 50,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[int]]:
     """Batches of example indices for one epoch: random, yet of similar lengths inside a batch.
 
     The indices are shuffled (seeded by ``seed`` and ``epoch``, so a resumed run sees the same
@@ -290,8 +340,10 @@ def _batched(examples: Sequence[Example], batch_size: int) -> Iterator[tuple[np.
     for i in order:
         length = int(lengths[i])  # ascending, so this row sets the chunk's padded length
         padded = (len(rows) + 1) * length
-        if rows and (len(rows) >= batch_size
-                     or (len(rows) >= MIN_CHUNK_ROWS and padded - real - length > MAX_PADDING_SHARE * (real + length))):
+        if rows and (
+            len(rows) >= batch_size
+            or (len(rows) >= MIN_CHUNK_ROWS and padded - real - length > MAX_PADDING_SHARE * (real + length))
+        ):
             yield np.asarray(rows), [examples[j] for j in rows]
             rows, real = [], 0
         rows.append(int(i))

@@ -49,8 +49,16 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tunewise.cli.main", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "tunewise.cli.main",
+        *args,
+    ]
     env = {**os.environ, WORKER_ENV: "1"}
     # torchrun sets OMP_NUM_THREADS=1 per worker unless it is set; the recipe picks threads per rank itself.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

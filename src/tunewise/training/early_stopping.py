@@ -53,19 +53,27 @@ class EarlyStopping:
             self.since_best += 1
         k = self.overfit_window
         if len(self.history) > k:
-            recent = self.history[-(k + 1):]
+            recent = self.history[-(k + 1) :]
             worse = all(self._better(a[1], b[1]) for a, b in zip(recent, recent[1:]))
             falling = all(b[2] < a[2] for a, b in zip(recent, recent[1:]))
             if worse and falling:
-                return WatchDecision(improved, True, "overfitting",
-                                     f"validation got worse {k} times in a row (step {recent[0][0]} to {step}) while the "
-                                     f"training loss kept falling ({recent[0][2]:.4f} -> {recent[-1][2]:.4f}): the model "
-                                     f"is memorising the training data. Stopped; the best checkpoint (step "
-                                     f"{self.best_step}) is kept. Fewer epochs, more data, `augment`, or a lower "
-                                     f"learning rate may help.")
+                return WatchDecision(
+                    improved,
+                    True,
+                    "overfitting",
+                    f"validation got worse {k} times in a row (step {recent[0][0]} to {step}) while the "
+                    f"training loss kept falling ({recent[0][2]:.4f} -> {recent[-1][2]:.4f}): the model "
+                    f"is memorising the training data. Stopped; the best checkpoint (step "
+                    f"{self.best_step}) is kept. Fewer epochs, more data, `augment`, or a lower "
+                    f"learning rate may help.",
+                )
         if self.enabled and self.since_best >= self.patience:
-            return WatchDecision(improved, True, "early_stopping",
-                                 f"no improvement in {self.patience} validations; best at step {self.best_step}")
+            return WatchDecision(
+                improved,
+                True,
+                "early_stopping",
+                f"no improvement in {self.patience} validations; best at step {self.best_step}",
+            )
         return WatchDecision(improved, False)
 
     def state(self) -> dict[str, Any]:
@@ -80,13 +88,17 @@ class EarlyStopping:
 # one: it is sized to converge, and with min_delta 0 a last validation 0.0006 above the one
 # before (noise) would flag a converged run
 CAPS = ("max_steps", "epochs", "max_minutes")
-CAP_ADVICE = {"max_steps": "raise train.max_steps or remove it", "epochs": "raise train.epochs or remove it",
-              "max_minutes": "raise train.max_minutes or remove it",
-              "budget": "set train.epochs above the default budget"}
+CAP_ADVICE = {
+    "max_steps": "raise train.max_steps or remove it",
+    "epochs": "raise train.epochs or remove it",
+    "max_minutes": "raise train.max_minutes or remove it",
+    "budget": "set train.epochs above the default budget",
+}
 
 
-def convergence(plan: RunPlan, watch: EarlyStopping, stop_reason: str, validation: list[dict[str, Any]],
-                patience: int) -> dict[str, Any]:
+def convergence(
+    plan: RunPlan, watch: EarlyStopping, stop_reason: str, validation: list[dict[str, Any]], patience: int
+) -> dict[str, Any]:
     """Whether a limit stopped training while validation was still improving (``under_trained``).
 
     Under-trained: a cap the user set (``max_steps``, ``epochs``, ``max_minutes``) ended
@@ -110,15 +122,21 @@ def convergence(plan: RunPlan, watch: EarlyStopping, stop_reason: str, validatio
     since_best = sum(1 for step, _ in curve if step > watch.best_step)
     if since_best >= patience:
         return info  # a plateau of `patience` validations before the cap: converged enough
-    where = ("the last validation" if since_best == 0
-             else f"{since_best} validation(s) before the last, within patience {patience}")
-    limit = {"max_steps": f"the step cap train.max_steps = {plan.total_steps}",
-             "epochs": f"the epoch cap train.epochs = {plan.epochs}",
-             "max_minutes": f"the time cap train.max_minutes = {plan.max_minutes or 0:g}",
-             "budget": f"the default budget of {plan.budget_epochs} epochs"}[stop_reason]
+    where = (
+        "the last validation"
+        if since_best == 0
+        else f"{since_best} validation(s) before the last, within patience {patience}"
+    )
+    limit = {
+        "max_steps": f"the step cap train.max_steps = {plan.total_steps}",
+        "epochs": f"the epoch cap train.epochs = {plan.epochs}",
+        "max_minutes": f"the time cap train.max_minutes = {plan.max_minutes or 0:g}",
+        "budget": f"the default budget of {plan.budget_epochs} epochs",
+    }[stop_reason]
     info["under_trained"] = True
     info["under_trained_reason"] = (
         f"under-trained: {limit} stopped training at step {curve[-1][0]} while validation {plan.monitor} was still "
         f"improving (best {watch.best:.4g} at step {watch.best_step}, {where}); {CAP_ADVICE[stop_reason]} to "
-        "train to convergence")
+        "train to convergence"
+    )
     return info

@@ -25,9 +25,17 @@ if TYPE_CHECKING:
     from tunewise.training.modules import FrozenPrefix
 
 
-def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pad_id: int, batch_size: int = 32,
-                             device: str = "cpu", precision: str = "fp32", prefix: FrozenPrefix | None = None,
-                             description: str | None = None) -> np.ndarray:
+def classifier_probabilities(
+    classifier: Any,
+    examples: Sequence[Example],
+    *,
+    pad_id: int,
+    batch_size: int = 32,
+    device: str = "cpu",
+    precision: str = "fp32",
+    prefix: FrozenPrefix | None = None,
+    description: str | None = None,
+) -> np.ndarray:
     """Softmax probabilities (rows in ``examples`` order) of a classifier that maps ids to logits;
     examples that carry a cached ``prefix`` run through ``prefix.logits`` (the adapted layers only)."""
     import torch
@@ -45,8 +53,9 @@ def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pa
             if prefix is not None and "inputs_embeds" in tensors:
                 output = prefix.logits(tensors["inputs_embeds"].to(device), tensors["attention_mask"].to(device))
             else:
-                output = classifier(input_ids=tensors["input_ids"].to(device),
-                                    attention_mask=tensors["attention_mask"].to(device))
+                output = classifier(
+                    input_ids=tensors["input_ids"].to(device), attention_mask=tensors["attention_mask"].to(device)
+                )
             logits = (output.logits if hasattr(output, "logits") else output).float()
             proba = torch.softmax(logits, dim=-1).double().cpu().numpy()
             if out is None:
@@ -57,16 +66,31 @@ def classifier_probabilities(classifier: Any, examples: Sequence[Example], *, pa
     return out if out is not None else np.zeros((0, 0))
 
 
-def generate_texts(peft_model: Any, tokenizer: Any, frame: pd.DataFrame, *, system_prompt: str | None,
-                   max_new_tokens: int, batch_size: int = 8, description: str = "generating") -> tuple[list[str], np.ndarray]:
+def generate_texts(
+    peft_model: Any,
+    tokenizer: Any,
+    frame: pd.DataFrame,
+    *,
+    system_prompt: str | None,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    description: str = "generating",
+) -> tuple[list[str], np.ndarray]:
     """Greedy replies of the fine-tuned model to ``frame``'s messages (the training conversation format)."""
-    conversations = [conversation(t, c, system_prompt) for t, c in
-                     zip(frame["input"].fillna("").astype(str), _contexts(frame))]
+    conversations = [
+        conversation(t, c, system_prompt) for t, c in zip(frame["input"].fillna("").astype(str), _contexts(frame))
+    ]
     was_training = peft_model.training
     peft_model.eval()
     try:
-        return generate_replies(peft_model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, description=description)
+        return generate_replies(
+            peft_model,
+            tokenizer,
+            conversations,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            description=description,
+        )
     finally:
         peft_model.train(was_training)
 
@@ -106,14 +130,22 @@ def load_trained(adapter_dir: str | Path, *, trust_remote_code: bool = False) ->
 
                 labels = info["labels"]
                 base = AutoModelForSequenceClassification.from_pretrained(
-                    base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                    label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
-                    dtype=torch.float32, attn_implementation="sdpa", use_safetensors=True, **common)
+                    base_path,
+                    num_labels=len(labels),
+                    id2label=dict(enumerate(labels)),
+                    label2id={label: i for i, label in enumerate(labels)},
+                    pad_token_id=tokenizer.pad_token_id,
+                    dtype=torch.float32,
+                    attn_implementation="sdpa",
+                    use_safetensors=True,
+                    **common,
+                )
             else:
                 from transformers import AutoModelForCausalLM
 
-                base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, attn_implementation="sdpa",
-                                                            use_safetensors=True, **common)
+                base = AutoModelForCausalLM.from_pretrained(
+                    base_path, dtype=torch.float32, attn_implementation="sdpa", use_safetensors=True, **common
+                )
             model = PeftModel.from_pretrained(base, folder)
     model.eval()
     return model, tokenizer, info

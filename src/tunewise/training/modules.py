@@ -32,8 +32,9 @@ class ReplyTokenLoss(nn.Module):
         super().__init__()
         self.causal_lm = causal_lm  # a PeftModel (or a plain causal LM)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.causal_lm.get_base_model() if hasattr(self.causal_lm, "get_base_model") else self.causal_lm
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]  # position t predicts token t + 1
@@ -49,7 +50,7 @@ class ReplyTokenLoss(nn.Module):
         # (torchtune's CEWithChunkedOutputLoss habit), one chunk's logits live at a time.
         total = reply_hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, len(reply_targets), LOSS_CHUNK_TOKENS):
-            h, t = reply_hidden[start:start + LOSS_CHUNK_TOKENS], reply_targets[start:start + LOSS_CHUNK_TOKENS]
+            h, t = reply_hidden[start : start + LOSS_CHUNK_TOKENS], reply_targets[start : start + LOSS_CHUNK_TOKENS]
             if torch.is_grad_enabled() and len(reply_targets) > LOSS_CHUNK_TOKENS:
                 total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
             else:
@@ -65,8 +66,13 @@ class ClassificationLoss(nn.Module):
         self.classifier = classifier
         self.prefix: Any = None  # a FrozenPrefix (below), set by build_model when the lower layers are frozen
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs_embeds is not None:  # cached frozen layers: only the adapted ones run
             logits = self.prefix.logits(inputs_embeds, attention_mask).float()
         else:
@@ -112,8 +118,10 @@ class FrozenPrefix:
         self.first_adapted = first_adapted
 
         # the two slices, built once: every step swaps one in (a plain list, not a submodule of ours)
-        self._slices = {"frozen": torch.nn.ModuleList(list(self.layers)[:first_adapted]),
-                        "adapted": torch.nn.ModuleList(list(self.layers)[first_adapted:])}
+        self._slices = {
+            "frozen": torch.nn.ModuleList(list(self.layers)[:first_adapted]),
+            "adapted": torch.nn.ModuleList(list(self.layers)[first_adapted:]),
+        }
 
     @classmethod
     def of(cls, peft_model: Any, first_adapted: int) -> FrozenPrefix | None:
@@ -121,8 +129,11 @@ class FrozenPrefix:
         classifier = getattr(getattr(peft_model, "base_model", None), "model", None)
         decoder = getattr(classifier, getattr(classifier, "base_model_prefix", ""), None)
         layers = getattr(decoder, "layers", None)
-        if (not isinstance(layers, torch.nn.ModuleList) or not hasattr(classifier, "score")
-                or not 0 < first_adapted < len(layers)):
+        if (
+            not isinstance(layers, torch.nn.ModuleList)
+            or not hasattr(classifier, "score")
+            or not 0 < first_adapted < len(layers)
+        ):
             return None
         return cls(classifier, first_adapted)
 
@@ -134,8 +145,16 @@ class FrozenPrefix:
         finally:
             self.decoder.layers = self.layers
 
-    def encode(self, examples: Sequence[Example], *, pad_id: int, batch_size: int, device: str, precision: str,
-               description: str) -> None:
+    def encode(
+        self,
+        examples: Sequence[Example],
+        *,
+        pad_id: int,
+        batch_size: int,
+        device: str,
+        precision: str,
+        description: str,
+    ) -> None:
         """Set ``prefix`` on every example: the last frozen layer's output on its real tokens."""
         captured: dict[str, Any] = {}
 
@@ -147,12 +166,19 @@ class FrozenPrefix:
         self.classifier.eval()  # no dropout: the cached output is the layers' deterministic one
         try:
             # no_grad, not inference_mode: the cached tensors feed training steps later
-            with (torch.no_grad(), _autocast(device, precision), self._only("frozen"),
-                  progress(description, len(examples), unit="rows") as advance):
+            with (
+                torch.no_grad(),
+                _autocast(device, precision),
+                self._only("frozen"),
+                progress(description, len(examples), unit="rows") as advance,
+            ):
                 for rows, batch in _batched(examples, batch_size):
                     tensors = collate(batch, pad_id)
-                    self.decoder(input_ids=tensors["input_ids"].to(device),
-                                 attention_mask=tensors["attention_mask"].to(device), use_cache=False)
+                    self.decoder(
+                        input_ids=tensors["input_ids"].to(device),
+                        attention_mask=tensors["attention_mask"].to(device),
+                        use_cache=False,
+                    )
                     hidden = captured["hidden"].float().cpu()
                     for row, example in zip(range(len(batch)), batch, strict=True):
                         example.prefix = hidden[row, : len(example.input_ids)].clone()
@@ -164,8 +190,9 @@ class FrozenPrefix:
     def logits(self, inputs_embeds: Any, attention_mask: Any) -> Any:
         """The classifier's logits from the cached prefix (a batch padded by ``collate``)."""
         with self._only("adapted"):
-            hidden = self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  use_cache=False).last_hidden_state
+            hidden = self.decoder(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
         last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
         return self.classifier.score(hidden[torch.arange(len(hidden), device=hidden.device), last])
 

@@ -46,7 +46,9 @@ class RunPlan:
     dropped_no_reply: int = 0  # generate: rows whose prompt alone fills max_length
     truncated: int = 0  # rows cut at max_length
     world_size: int = 1
-    step_cap: str = "budget"  # what sets total_steps: "budget" (sized from the data), "epochs" or "max_steps" (user caps)
+    step_cap: str = (
+        "budget"  # what sets total_steps: "budget" (sized from the data), "epochs" or "max_steps" (user caps)
+    )
     budget_epochs: int = 0  # the default budget in epochs (what runs when the user caps nothing)
     budget_rule: str = ""  # how the default budget was sized
     max_minutes: float | None = None  # the user's time cap
@@ -58,14 +60,27 @@ def default_epochs(n_train: int, n_classes: int) -> tuple[int, str]:
     wanted = max(TARGET_EXAMPLES_SEEN, EXAMPLES_PER_CLASS * n_classes)
     epochs = int(min(MAX_DEFAULT_EPOCHS, max(MIN_DEFAULT_EPOCHS, math.ceil(wanted / n_train))))
     per_class = f" and {EXAMPLES_PER_CLASS} a class ({n_classes} classes)" if n_classes else ""
-    return epochs, (f"{epochs} epochs of {n_train:,} rows: at least {MIN_DEFAULT_EPOCHS} passes, "
-                    f"{TARGET_EXAMPLES_SEEN:,} examples seen{per_class}, at most {MAX_DEFAULT_EPOCHS} passes; "
-                    "early stopping on validation decides within it")
+    return epochs, (
+        f"{epochs} epochs of {n_train:,} rows: at least {MIN_DEFAULT_EPOCHS} passes, "
+        f"{TARGET_EXAMPLES_SEEN:,} examples seen{per_class}, at most {MAX_DEFAULT_EPOCHS} passes; "
+        "early stopping on validation decides within it"
+    )
 
 
-def plan_run(task: str, method: str, train_lengths: Sequence[int], n_targets: int, n_validation: int,
-             labels: list[str], config: TrainConfig, *, max_length: int, dropped: int = 0, truncated: int = 0,
-             world_size: int = 1) -> RunPlan:
+def plan_run(
+    task: str,
+    method: str,
+    train_lengths: Sequence[int],
+    n_targets: int,
+    n_validation: int,
+    labels: list[str],
+    config: TrainConfig,
+    *,
+    max_length: int,
+    dropped: int = 0,
+    truncated: int = 0,
+    world_size: int = 1,
+) -> RunPlan:
     """Resolve the sized defaults.
 
     Steps: the default budget (``default_epochs``) unless the user capped ``epochs`` or
@@ -92,17 +107,35 @@ def plan_run(task: str, method: str, train_lengths: Sequence[int], n_targets: in
         eval_every = max(1, min(eval_every, math.ceil(total_steps / MIN_EVALS_PER_RUN)))
     monitor = config.monitor if config.monitor != "auto" else ("macro_f1" if task == "classify" else "loss")
     if task == "classify" and monitor in ("chrf",) or task == "generate" and monitor in ("accuracy", "macro_f1"):
-        raise TrainError(f"train.monitor: {monitor} is not a {task} metric; use "
-                         f"{'loss, accuracy or macro_f1' if task == 'classify' else 'loss or chrf'}")
+        raise TrainError(
+            f"train.monitor: {monitor} is not a {task} metric; use "
+            f"{'loss, accuracy or macro_f1' if task == 'classify' else 'loss or chrf'}"
+        )
     return RunPlan(
-        task=task, method=method, n_train=n_train, n_validation=n_validation, labels=list(labels),
-        batch_size=batch_size, gradient_accumulation=config.gradient_accumulation, epochs=epochs,
-        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        warmup_steps=int(math.ceil(config.warmup_ratio * total_steps)), max_length=max_length,
+        task=task,
+        method=method,
+        n_train=n_train,
+        n_validation=n_validation,
+        labels=list(labels),
+        batch_size=batch_size,
+        gradient_accumulation=config.gradient_accumulation,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup_steps=int(math.ceil(config.warmup_ratio * total_steps)),
+        max_length=max_length,
         longest=int(max(train_lengths, default=0)),
-        learning_rate=config.learning_rate or defaults["learning_rate"], eval_every=eval_every,
-        checkpoint_every=config.checkpoint_every or eval_every, monitor=monitor,
-        tokens_per_epoch=int(sum(train_lengths)), targets_per_epoch=int(n_targets), dropped_no_reply=dropped,
-        truncated=truncated, world_size=world_size, step_cap=step_cap, budget_epochs=budget_epochs,
-        budget_rule=budget_rule, max_minutes=config.max_minutes,
+        learning_rate=config.learning_rate or defaults["learning_rate"],
+        eval_every=eval_every,
+        checkpoint_every=config.checkpoint_every or eval_every,
+        monitor=monitor,
+        tokens_per_epoch=int(sum(train_lengths)),
+        targets_per_epoch=int(n_targets),
+        dropped_no_reply=dropped,
+        truncated=truncated,
+        world_size=world_size,
+        step_cap=step_cap,
+        budget_epochs=budget_epochs,
+        budget_rule=budget_rule,
+        max_minutes=config.max_minutes,
     )

@@ -72,10 +72,23 @@ from tunewise.training.runtime import (
 from tunewise.training.settings import Method, TrainError
 
 
-def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame | None, *, method: Method = "lora",
-          config: TrainConfig | None = None, model_spec: str, offline: bool = True, trust_remote_code: bool = False,
-          out_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None, seed: int = 0,
-          name: str = "model", source: str = "training data", stop_after_steps: int | None = None) -> TrainResult:
+def train(
+    task: str,
+    train_frame: pd.DataFrame,
+    validation_frame: pd.DataFrame | None,
+    *,
+    method: Method = "lora",
+    config: TrainConfig | None = None,
+    model_spec: str,
+    offline: bool = True,
+    trust_remote_code: bool = False,
+    out_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    seed: int = 0,
+    name: str = "model",
+    source: str = "training data",
+    stop_after_steps: int | None = None,
+) -> TrainResult:
     """Fine-tune ``model_spec`` on ``train_frame`` (record frames); see the module docstring.
 
     ``out_dir`` receives adapter/, curves.json, curves.png and train_summary.json (rank 0 only);
@@ -89,8 +102,17 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
     started = time.perf_counter()
     # -- 1, 2. checks, tokenizer, examples, plan: a bad setting fails here, before weights load
     plan, tokenizer, base_path, examples, val_examples, train_frame, val_frame = prepare(
-        task, method, train_frame, validation_frame, config, model_spec=model_spec, offline=offline,
-        trust_remote_code=trust_remote_code, seed=seed, source=source)
+        task,
+        method,
+        train_frame,
+        validation_frame,
+        config,
+        model_spec=model_spec,
+        offline=offline,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+        source=source,
+    )
     runtime = resolve_runtime(config, plan, _base_config(base_path, method, trust_remote_code))
     device, precision = runtime.device, runtime.precision
     if device == "cpu":
@@ -104,9 +126,18 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
     try:
         torch.manual_seed(seed)  # LoRA and head initialisation, dropout
         # -- 3. model: base weights, adapters; then to the device
-        built = build_model(task, method, base_path, tokenizer, plan.labels, config, trust_remote_code=trust_remote_code,
-                            checkpoint_every_n_layers=runtime.checkpoint_every_n_layers, precision=runtime.precision,
-                            attention=training_attention(task, runtime.device, plan.max_length, config.attention))
+        built = build_model(
+            task,
+            method,
+            base_path,
+            tokenizer,
+            plan.labels,
+            config,
+            trust_remote_code=trust_remote_code,
+            checkpoint_every_n_layers=runtime.checkpoint_every_n_layers,
+            precision=runtime.precision,
+            attention=training_attention(task, runtime.device, plan.max_length, config.attention),
+        )
         built.loss_module.to(device)
         loss_module = built.loss_module
         _cache_frozen_layers(built, name, examples + val_examples, config, runtime, batch_size=max(plan.batch_size, 32))
@@ -117,22 +148,47 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
         # -- 4. optimiser over the trainable weights, then the scheduler that drives its learning rate
         optimizer = build_optimizer(built.model, method, plan.learning_rate, config.weight_decay)
         scheduler = build_scheduler(optimizer, config.lr_schedule, plan.warmup_steps, plan.total_steps)
-        watch = EarlyStopping(mode="min" if plan.monitor == "loss" else "max", patience=config.patience,
-                              min_delta=config.min_delta, overfit_window=config.overfit_window,
-                              enabled=config.early_stopping)
+        watch = EarlyStopping(
+            mode="min" if plan.monitor == "loss" else "max",
+            patience=config.patience,
+            min_delta=config.min_delta,
+            overfit_window=config.overfit_window,
+            enabled=config.early_stopping,
+        )
         # resume itself is not a training setting: a run started with --no-resume can be resumed later; nor is
         # the time cap (it changes no step of the plan): a run stopped by it resumes with a larger one
-        fingerprint = _fingerprint(config.model_dump(mode="json", exclude={"resume", "max_minutes"}), task, method,
-                                   model_spec, seed, _data_fingerprint(train_frame, task), plan.labels, world_size)
+        fingerprint = _fingerprint(
+            config.model_dump(mode="json", exclude={"resume", "max_minutes"}),
+            task,
+            method,
+            model_spec,
+            seed,
+            _data_fingerprint(train_frame, task),
+            plan.labels,
+            world_size,
+        )
         # -- 5. resume: after 3 and 4, because it restores their state
-        state: dict[str, Any] = {"step": 0, "epoch": 0, "window_in_epoch": 0, "data_seed": seed, "threads": runtime.threads,
-                                 "fingerprint": fingerprint, "train": [], "validation": [], "watch": watch.state(),
-                                 "tokens_seen": 0, "seconds": 0.0}
+        state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "window_in_epoch": 0,
+            "data_seed": seed,
+            "threads": runtime.threads,
+            "fingerprint": fingerprint,
+            "train": [],
+            "validation": [],
+            "watch": watch.state(),
+            "tokens_seen": 0,
+            "seconds": 0.0,
+        }
         best_state: dict[str, Any] | None = None
         resumed_from = None
         # a damaged checkpoint is skipped with a warning (the one before it is tried), never a crash
-        restored = (_resume(ckpt_dir, fingerprint, built.model, optimizer, scheduler, name=name, is_main=is_main)
-                    if ckpt_dir is not None and config.resume else None)
+        restored = (
+            _resume(ckpt_dir, fingerprint, built.model, optimizer, scheduler, name=name, is_main=is_main)
+            if ckpt_dir is not None and config.resume
+            else None
+        )
         if restored is not None:
             latest, state, best_state = restored
             if config.num_threads is None and state.get("threads"):
@@ -145,9 +201,26 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
                 console.print(f"train {name}: resuming from {latest} (step {state['step']} of {plan.total_steps})")
         # -- 6. the loop
         loop = _loop(
-            name, plan, config, built, loss_module, optimizer, scheduler, watch, state, examples, val_examples,
-            val_frame, runtime=runtime, ckpt_dir=ckpt_dir if is_main else None, is_main=is_main,
-            rank=rank, world_size=world_size, stop_after_steps=stop_after_steps, best_state=best_state)
+            name,
+            plan,
+            config,
+            built,
+            loss_module,
+            optimizer,
+            scheduler,
+            watch,
+            state,
+            examples,
+            val_examples,
+            val_frame,
+            runtime=runtime,
+            ckpt_dir=ckpt_dir if is_main else None,
+            is_main=is_main,
+            rank=rank,
+            world_size=world_size,
+            stop_after_steps=stop_after_steps,
+            best_state=best_state,
+        )
         stop_reason, message, best_state = loop.stop_reason, loop.message, loop.best_state
         # -- 7. the best weights back into the model; outputs
         if best_state is not None and stop_reason != "interrupted":
@@ -155,43 +228,91 @@ def train(task: str, train_frame: pd.DataFrame, validation_frame: pd.DataFrame |
         built.model.eval()
     finally:
         torch.set_num_threads(threads_before)
-    curves = {"monitor": plan.monitor, "best_step": watch.best_step, "best": watch.best,
-              "train": state["train"], "validation": state["validation"]}
+    curves = {
+        "monitor": plan.monitor,
+        "best_step": watch.best_step,
+        "best": watch.best,
+        "train": state["train"],
+        "validation": state["validation"],
+    }
     seconds = state["seconds"]
     converged = convergence(plan, watch, stop_reason, state["validation"], config.patience)
     if is_main and converged["under_trained"]:
         console.print(f"[yellow]train {name}: {converged['under_trained_reason']}[/yellow]")
     summary = {
-        "name": name, "task": task, "method": method, "base_model": model_spec, "base_path": str(base_path),
-        "plan": asdict(plan), "steps_done": state["step"], "epochs_done": round(state["step"] / plan.steps_per_epoch, 3),
-        "stop_reason": stop_reason, "stop_message": message,
-        "under_trained": converged["under_trained"], "under_trained_reason": converged["under_trained_reason"],
-        "monitor": plan.monitor, "validation_curve": converged["validation_curve"],
-        "best_step": watch.best_step, "best": {plan.monitor: watch.best},
+        "name": name,
+        "task": task,
+        "method": method,
+        "base_model": model_spec,
+        "base_path": str(base_path),
+        "plan": asdict(plan),
+        "steps_done": state["step"],
+        "epochs_done": round(state["step"] / plan.steps_per_epoch, 3),
+        "stop_reason": stop_reason,
+        "stop_message": message,
+        "under_trained": converged["under_trained"],
+        "under_trained_reason": converged["under_trained_reason"],
+        "monitor": plan.monitor,
+        "validation_curve": converged["validation_curve"],
+        "best_step": watch.best_step,
+        "best": {plan.monitor: watch.best},
         "best_metrics": next((e for e in state["validation"] if e["step"] == watch.best_step), None),
-        "resumed_from_step": resumed_from, "seconds": round(seconds, 3),
+        "resumed_from_step": resumed_from,
+        "seconds": round(seconds, 3),
         "elapsed_seconds": round(state.get("elapsed", seconds), 3),
         "wall_seconds_this_process": round(time.perf_counter() - started, 3),
-        "tokens_seen": state["tokens_seen"], "tokens_per_second": round(state["tokens_seen"] / seconds, 1) if seconds else None,
-        "parameters": built.n_parameters, "trainable_parameters": built.n_trainable, "device": device,
-        "adapted_layers": (f"{built.adapted_layers[0] + 1}-{built.adapted_layers[1]} of {built.adapted_layers[1]}"
-                           if built.adapted_layers else None),
+        "tokens_seen": state["tokens_seen"],
+        "tokens_per_second": round(state["tokens_seen"] / seconds, 1) if seconds else None,
+        "parameters": built.n_parameters,
+        "trainable_parameters": built.n_trainable,
+        "device": device,
+        "adapted_layers": (
+            f"{built.adapted_layers[0] + 1}-{built.adapted_layers[1]} of {built.adapted_layers[1]}"
+            if built.adapted_layers
+            else None
+        ),
         "frozen_layers_cached": built.prefix is not None,
         "attention": training_attention(task, device, plan.max_length, config.attention),
         "runtime": asdict(runtime),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "system_prompt": config.system_prompt, "config": config.model_dump(mode="json"), "seed": seed,
+        "system_prompt": config.system_prompt,
+        "config": config.model_dump(mode="json"),
+        "seed": seed,
     }
     if out is not None and is_main:
-        save_adapter(built.model, method, tokenizer, out / "adapter",
-                     {"task": task, "method": method, "base_model": model_spec, "base_path": str(base_path),
-                      "labels": plan.labels, "max_length": plan.max_length, "system_prompt": config.system_prompt,
-                      "best_step": watch.best_step})
+        save_adapter(
+            built.model,
+            method,
+            tokenizer,
+            out / "adapter",
+            {
+                "task": task,
+                "method": method,
+                "base_model": model_spec,
+                "base_path": str(base_path),
+                "labels": plan.labels,
+                "max_length": plan.max_length,
+                "system_prompt": config.system_prompt,
+                "best_step": watch.best_step,
+            },
+        )
         write_json(out / "curves.json", curves)
         _plot_curves(curves, out / "curves.png", f"{name}: {task}, {method}")
         write_json(out / "train_summary.json", summary)
-    return TrainResult(built.model, tokenizer, plan.labels, plan, summary, curves, out, built.pad_id, device,
-                       precision, config.system_prompt, plan.max_length)
+    return TrainResult(
+        built.model,
+        tokenizer,
+        plan.labels,
+        plan,
+        summary,
+        curves,
+        out,
+        built.pad_id,
+        device,
+        precision,
+        config.system_prompt,
+        plan.max_length,
+    )
 
 
 @dataclass
@@ -212,20 +333,29 @@ class TrainResult:
     max_length: int = 512
 
 
-def _cache_frozen_layers(built: BuiltModel, name: str, examples: list[Example], config: TrainConfig,
-                         runtime: Runtime, *, batch_size: int) -> None:
+def _cache_frozen_layers(
+    built: BuiltModel, name: str, examples: list[Example], config: TrainConfig, runtime: Runtime, *, batch_size: int
+) -> None:
     """Compute the frozen layers' output of every example once (see FrozenPrefix), memory allowing."""
     if built.prefix is None:
         return
     needed = built.prefix.bytes_for(examples)
     if needed > config.cache_memory_gib * 2**30:
-        console.print(f"[dim]train {name}: the frozen layers' output would take {needed / 2**30:.1f} GiB, over "
-                      f"train.cache_memory_gib = {config.cache_memory_gib:g}; every step runs the whole model[/dim]")
+        console.print(
+            f"[dim]train {name}: the frozen layers' output would take {needed / 2**30:.1f} GiB, over "
+            f"train.cache_memory_gib = {config.cache_memory_gib:g}; every step runs the whole model[/dim]"
+        )
         built.prefix = built.loss_module.prefix = None
         return
     first = built.prefix.first_adapted
-    built.prefix.encode(examples, pad_id=built.pad_id, batch_size=batch_size, device=runtime.device,
-                        precision=runtime.precision, description=f"train {name}: frozen layers 1-{first}, once")
+    built.prefix.encode(
+        examples,
+        pad_id=built.pad_id,
+        batch_size=batch_size,
+        device=runtime.device,
+        precision=runtime.precision,
+        description=f"train {name}: frozen layers 1-{first}, once",
+    )
 
 
 @dataclass
@@ -235,11 +365,28 @@ class LoopResult:
     best_state: dict[str, Any] | None  # the best trainable weights (None only when interrupted before any)
 
 
-def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss_module: Any, optimizer: Any,
-          scheduler: Any, watch: EarlyStopping, state: dict[str, Any], examples: list[Example],
-          val_examples: list[Example], val_frame: pd.DataFrame, *, runtime: Runtime, ckpt_dir: Path | None,
-          is_main: bool, rank: int, world_size: int, stop_after_steps: int | None,
-          best_state: dict[str, Any] | None) -> LoopResult:
+def _loop(
+    name: str,
+    plan: RunPlan,
+    config: TrainConfig,
+    built: BuiltModel,
+    loss_module: Any,
+    optimizer: Any,
+    scheduler: Any,
+    watch: EarlyStopping,
+    state: dict[str, Any],
+    examples: list[Example],
+    val_examples: list[Example],
+    val_frame: pd.DataFrame,
+    *,
+    runtime: Runtime,
+    ckpt_dir: Path | None,
+    is_main: bool,
+    rank: int,
+    world_size: int,
+    stop_after_steps: int | None,
+    best_state: dict[str, Any] | None,
+) -> LoopResult:
     """The training loop: steps, validation, early stopping, checkpoints, until a stop reason."""
     import torch
 
@@ -266,10 +413,17 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
     with progress(f"train {name}", plan.total_steps, unit="steps") as advance:
         advance(state["step"])
         while state["step"] < plan.total_steps and stop_reason == "completed":
-            batches = length_grouped_batches(lengths, plan.batch_size, seed=state["data_seed"], epoch=state["epoch"],
-                                             rank=rank, world_size=world_size)
-            windows = [batches[i : i + plan.gradient_accumulation]
-                       for i in range(0, len(batches), plan.gradient_accumulation)]
+            batches = length_grouped_batches(
+                lengths,
+                plan.batch_size,
+                seed=state["data_seed"],
+                epoch=state["epoch"],
+                rank=rank,
+                world_size=world_size,
+            )
+            windows = [
+                batches[i : i + plan.gradient_accumulation] for i in range(0, len(batches), plan.gradient_accumulation)
+            ]
             for window_index in range(state["window_in_epoch"], len(windows)):
                 window = windows[window_index]
                 step_started = tick = time.perf_counter()
@@ -285,7 +439,9 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                 window_loss, window_tokens = 0.0, 0
                 try:
                     for micro, indices in enumerate(window):
-                        batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], built.pad_id).items()}
+                        batch = {
+                            k: v.to(device) for k, v in collate([examples[i] for i in indices], built.pad_id).items()
+                        }
                         set_checkpointing(built, runtime, batch["input_ids"].numel())
                         last_micro = micro == len(window) - 1
                         # Under DDP, gradients are synchronised on the window's last backward only.
@@ -310,7 +466,8 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                         f"train {name}: the loss became {error.value} at step {state['step'] + 1} (learning rate "
                         f"{scheduler.get_last_lr()[0]:.2e}). Training stopped; {_last_good(ckpt_dir, last_good_step)}. "
                         f"Lower train.learning_rate (e.g. to {plan.learning_rate / 4:.1e}), keep max_grad_norm on, "
-                        "or check the data for extreme inputs.") from None
+                        "or check the data for extreme inputs."
+                    ) from None
                 except RuntimeError as error:
                     if not _is_oom(error):
                         raise
@@ -318,7 +475,8 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                         f"train {name}: out of memory at step {state['step'] + 1} (batch {plan.batch_size} x up to "
                         f"{plan.max_length} tokens). {_last_good(ckpt_dir, last_good_step).capitalize()}. Lower "
                         "train.batch_size (raise gradient_accumulation to keep the effective batch), lower "
-                        "train.max_length, or set gradient_checkpointing: true.") from None
+                        "train.max_length, or set gradient_checkpointing: true."
+                    ) from None
                 if world_size > 1:  # the logged loss and tokens are the whole window's, over every rank
                     totals = torch.tensor([window_loss, float(window_tokens)], dtype=torch.float64, device=device)
                     dist.all_reduce(totals)
@@ -330,11 +488,21 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                 state["tokens_seen"] += window_tokens
                 train_loss = window_loss / max(n_targets, 1)
                 state["since_eval"].append(train_loss)
-                state["train"].append({"step": state["step"], "epoch": state["epoch"], "loss": round(train_loss, 6),
-                                       "lr": scheduler.get_last_lr()[0], "tokens": window_tokens})
+                state["train"].append(
+                    {
+                        "step": state["step"],
+                        "epoch": state["epoch"],
+                        "loss": round(train_loss, 6),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens": window_tokens,
+                    }
+                )
                 if is_main:
-                    advance(1, description=f"train {name} loss {train_loss:.3f} "
-                            f"{window_tokens / max(seconds, 1e-9):,.0f} tok/s")
+                    advance(
+                        1,
+                        description=f"train {name} loss {train_loss:.3f} "
+                        f"{window_tokens / max(seconds, 1e-9):,.0f} tok/s",
+                    )
                 # -- the time cap (rank 0's clock decides): the run ends after this step, validated
                 time_up = time_limit is not None and state["elapsed"] + time.perf_counter() - tick >= time_limit
                 if time_limit is not None and world_size > 1:
@@ -346,7 +514,9 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                         mean_train = float(np.mean(state["since_eval"])) if state["since_eval"] else train_loss
                         state["since_eval"] = []
                         decision = watch.update(state["step"], metrics[plan.monitor], mean_train)
-                        state["validation"].append({"step": state["step"], **metrics, "train_loss": round(mean_train, 6)})
+                        state["validation"].append(
+                            {"step": state["step"], **metrics, "train_loss": round(mean_train, 6)}
+                        )
                         if decision.improved:
                             best_state = trainable_state(built.model)
                         if decision.stop:
@@ -355,8 +525,10 @@ def _loop(name: str, plan: RunPlan, config: TrainConfig, built: BuiltModel, loss
                             console.print(f"[{color}]train {name}: {decision.message}[/{color}]")
                     if time_up and stop_reason == "completed":  # a validation that said stop wins: converged
                         minutes = (state["elapsed"] + time.perf_counter() - tick) / 60
-                        stop_reason, message = "max_minutes", (f"reached the time cap train.max_minutes = "
-                                                               f"{plan.max_minutes:g} ({minutes:.1f} min)")
+                        stop_reason, message = (
+                            "max_minutes",
+                            (f"reached the time cap train.max_minutes = {plan.max_minutes:g} ({minutes:.1f} min)"),
+                        )
                     stop_reason = _broadcast_stop(stop_reason, world_size, device)
                 state["elapsed"] += time.perf_counter() - tick
                 done = state["step"] >= plan.total_steps or stop_reason != "completed"
@@ -410,8 +582,9 @@ def _broadcast_stop(stop_reason: str, world_size: int, device: str) -> str:
     import torch
     import torch.distributed as dist
 
-    code = torch.tensor([STOP_CODES.index(stop_reason) if stop_reason in STOP_CODES else len(STOP_CODES) - 1],
-                        device=device)
+    code = torch.tensor(
+        [STOP_CODES.index(stop_reason) if stop_reason in STOP_CODES else len(STOP_CODES) - 1], device=device
+    )
     dist.broadcast(code, src=0)
     return STOP_CODES[int(code)]
 
@@ -426,30 +599,57 @@ def _broadcast_flag(value: bool, device: str) -> bool:
     return bool(int(flag))
 
 
-def _validate(plan: RunPlan, config: TrainConfig, built: BuiltModel, loss_module: Any, val_examples: list[Example],
-              val_frame: pd.DataFrame, *, device: str, precision: str) -> dict[str, Any]:
+def _validate(
+    plan: RunPlan,
+    config: TrainConfig,
+    built: BuiltModel,
+    loss_module: Any,
+    val_examples: list[Example],
+    val_frame: pd.DataFrame,
+    *,
+    device: str,
+    precision: str,
+) -> dict[str, Any]:
     inner = loss_module.module if hasattr(loss_module, "module") else loss_module
     batch = max(plan.batch_size, 16)
     if plan.task == "classify":
-        proba = classifier_probabilities(built.model, val_examples, pad_id=built.pad_id, batch_size=batch,
-                                         device=device, precision=precision, prefix=built.prefix)
+        proba = classifier_probabilities(
+            built.model,
+            val_examples,
+            pad_id=built.pad_id,
+            batch_size=batch,
+            device=device,
+            precision=precision,
+            prefix=built.prefix,
+        )
         labels = np.array([e.label for e in val_examples])
         return {k: round(v, 6) for k, v in classification_metrics(labels, proba).items()}
-    metrics: dict[str, Any] = {"loss": round(_mean_loss(inner, val_examples, pad_id=built.pad_id, batch_size=batch,
-                                                         device=device, precision=precision), 6)}
+    metrics: dict[str, Any] = {
+        "loss": round(
+            _mean_loss(inner, val_examples, pad_id=built.pad_id, batch_size=batch, device=device, precision=precision),
+            6,
+        )
+    }
     if config.generate_sample and len(val_frame):
         import sacrebleu
 
         sample = val_frame.head(config.generate_sample)
-        replies, _ = generate_texts(built.model, built.tokenizer, sample, system_prompt=config.system_prompt,
-                                    max_new_tokens=config.max_new_tokens, batch_size=len(sample),
-                                    description="validation replies")
+        replies, _ = generate_texts(
+            built.model,
+            built.tokenizer,
+            sample,
+            system_prompt=config.system_prompt,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=len(sample),
+            description="validation replies",
+        )
         metrics["chrf"] = round(float(sacrebleu.corpus_chrf(replies, [sample["target"].astype(str).tolist()]).score), 4)
     return metrics
 
 
-def _mean_loss(loss_module: Any, examples: Sequence[Example], *, pad_id: int, batch_size: int, device: str,
-               precision: str) -> float:
+def _mean_loss(
+    loss_module: Any, examples: Sequence[Example], *, pad_id: int, batch_size: int, device: str, precision: str
+) -> float:
     import torch
 
     total, count = 0.0, 0

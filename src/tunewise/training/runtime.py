@@ -44,8 +44,10 @@ def resolve_runtime(config: TrainConfig, plan: RunPlan, base_config: Any) -> Run
     device = _resolve_device(config)
     native = _native_bf16(device)
     if config.precision == "bf16" and not native:
-        raise TrainError(f"train.precision: bf16, but this {'GPU' if device == 'cuda' else 'CPU'} has no native bf16 "
-                         "(CPU: AVX512-BF16 or AMX); emulated bf16 is slower than fp32: use precision: fp32 or auto")
+        raise TrainError(
+            f"train.precision: bf16, but this {'GPU' if device == 'cuda' else 'CPU'} has no native bf16 "
+            "(CPU: AVX512-BF16 or AMX); emulated bf16 is slower than fp32: use precision: fp32 or auto"
+        )
     precision = "bf16" if config.precision == "bf16" or (config.precision == "auto" and native) else "fp32"
     largest = plan.batch_size * plan.longest
     layers = layers_keeping_activations(config, plan, base_config)
@@ -61,8 +63,15 @@ def resolve_runtime(config: TrainConfig, plan: RunPlan, base_config: Any) -> Run
     threads = config.num_threads or _fastest_thread_count(max(1, (os.cpu_count() or 1) // max(plan.world_size, 1)))
     # Forced on (gradient_checkpointing: true): a budget of 0 makes every batch recompute.
     budget = 0.0 if config.gradient_checkpointing else config.activation_memory_gib
-    return Runtime(device, precision, threads, every_n, round(estimate, 3),
-                   activation_gib(base_config, 1, precision, layers=layers), budget)
+    return Runtime(
+        device,
+        precision,
+        threads,
+        every_n,
+        round(estimate, 3),
+        activation_gib(base_config, 1, precision, layers=layers),
+        budget,
+    )
 
 
 def layers_keeping_activations(config: TrainConfig, plan: RunPlan, base_config: Any) -> int:

@@ -93,8 +93,9 @@ def read_pool(cfg: Any, path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     return frame, info
 
 
-def _exclude_known(pool: pd.DataFrame, frames: dict[str, pd.DataFrame], cfg: Any
-                   ) -> tuple[pd.DataFrame, dict[str, int]]:
+def _exclude_known(
+    pool: pd.DataFrame, frames: dict[str, pd.DataFrame], cfg: Any
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop pool rows the project already has: the same normalised text as a gold row (train: labelled
     already; validation or test: it would leak into what the students are scored on), near-duplicates
     of validation and test rows (the split stage's leakage measure), and copies inside the pool."""
@@ -126,14 +127,17 @@ def _exclude_known(pool: pd.DataFrame, frames: dict[str, pd.DataFrame], cfg: Any
     return pool, counts
 
 
-def _suspects(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame]
-              ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+def _suspects(
+    cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """(suspect rows in the train split, suspect rows curation dropped, counts) from the run's curation.
     Curation sees the training file only: with a test file (data.test) its ids may repeat test ids."""
     path = run_dir / "curate" / "issues.parquet"
     if not path.exists():
-        raise DistillError(f"--relabel-suspects reads the rows curation flagged from {path}, which is not there: "
-                           "run `tunewise curate` first")
+        raise DistillError(
+            f"--relabel-suspects reads the rows curation flagged from {path}, which is not there: "
+            "run `tunewise curate` first"
+        )
     issues = pd.read_parquet(path, columns=["id", "issue"])
     ids = set(issues.loc[issues["issue"] == "suspected_label_error", "id"].dropna().astype(str))
     train = frames["train"]
@@ -147,10 +151,18 @@ def _suspects(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame]
         ingested = pd.read_parquet(records)
         outside = ingested["id"].astype(str).isin(ids - placed)
         dropped = ingested.loc[outside, ["id", "input", "context"]].reset_index(drop=True)
-        dropped = dropped.assign(pool_id=dropped["id"].astype(str), source_file=str(records), source_line=pd.NA,
-                                 id=[f"teacher-suspect-{i}" for i in range(len(dropped))])
-    counts = {"suspects": len(ids), "in_train": len(in_train), "in_validation_or_test": held,
-              "dropped_by_curation": len(dropped)}
+        dropped = dropped.assign(
+            pool_id=dropped["id"].astype(str),
+            source_file=str(records),
+            source_line=pd.NA,
+            id=[f"teacher-suspect-{i}" for i in range(len(dropped))],
+        )
+    counts = {
+        "suspects": len(ids),
+        "in_train": len(in_train),
+        "in_validation_or_test": held,
+        "dropped_by_curation": len(dropped),
+    }
     return in_train, dropped, counts
 
 
@@ -188,8 +200,9 @@ def _stage_current(cfg: Any, run_dir: Path, stage: str, sections: Sequence[str])
     return all(params.get(s) == cfg.section(s) for s in sections)
 
 
-def _build_teacher(cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict[str, pd.DataFrame],
-                   no_cache: bool) -> Teacher:
+def _build_teacher(
+    cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict[str, pd.DataFrame], no_cache: bool
+) -> Teacher:
     from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
     from tunewise.candidates.finetuned import FineTunedCandidate  # on use: loads scipy, sklearn
     from tunewise.candidates.registry import CandidateError, candidate_class  # on use: loads scipy, sklearn
@@ -197,12 +210,16 @@ def _build_teacher(cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict
     built = _built(run_dir)
     if name in API_TEACHERS:
         if cfg.baseline.api_llm is None:
-            raise DistillError(f"--teacher {name}: the API teachers call the endpoint of baseline.api_llm, which the "
-                               "config does not set: add baseline.api_llm (base_url, model, prices) to the config")
+            raise DistillError(
+                f"--teacher {name}: the API teachers call the endpoint of baseline.api_llm, which the "
+                "config does not set: add baseline.api_llm (base_url, model, prices) to the config"
+            )
     elif name not in built:
         listed = ", ".join(sorted(built)) or "no candidate yet (run `tunewise baseline` or `tunewise train`)"
-        raise DistillError(f"--teacher {name!r}: not found: run {run_id!r} built {listed}; the API teachers "
-                           f"{', '.join(API_TEACHERS)} call the endpoint of baseline.api_llm")
+        raise DistillError(
+            f"--teacher {name!r}: not found: run {run_id!r} built {listed}; the API teachers "
+            f"{', '.join(API_TEACHERS)} call the endpoint of baseline.api_llm"
+        )
     try:
         cls = candidate_class(name)
     except CandidateError as exc:
@@ -215,12 +232,16 @@ def _build_teacher(cfg: Any, run_dir: Path, run_id: str, name: str, frames: dict
         how = f"loaded from {run_dir / 'train' / name}"
     else:
         try:
-            candidate = run_candidate(name, cfg, run_dir, teacher_train, frames["validation"],
-                                      **({"no_cache": True} if no_cache else {}))
+            candidate = run_candidate(
+                name, cfg, run_dir, teacher_train, frames["validation"], **({"no_cache": True} if no_cache else {})
+            )
         except CandidateError as exc:
             raise DistillError(f"--teacher {name}: {exc}") from None
-        how = (f"{cfg.baseline.api_llm.model} at {cfg.baseline.api_llm.base_url}" if name in API_TEACHERS
-               else f"refit on {len(teacher_train):,} gold training rows")
+        how = (
+            f"{cfg.baseline.api_llm.model} at {cfg.baseline.api_llm.base_url}"
+            if name in API_TEACHERS
+            else f"refit on {len(teacher_train):,} gold training rows"
+        )
     teacher = Teacher(name, candidate, how, name in API_TEACHERS)
     # predictions the run already has on validation and test, from a stage run with today's settings
     stage = built.get(name)
@@ -251,7 +272,7 @@ def _label(teacher: Teacher, frame: pd.DataFrame, what: str) -> tuple[pd.DataFra
     step = _chunk_rows(teacher.candidate)
     with progress(f"distill: {teacher.name} labels {what}", len(frame), unit="rows") as advance:
         for start in range(0, len(frame), step):
-            chunk = frame.iloc[start:start + step]
+            chunk = frame.iloc[start : start + step]
             try:
                 predicted = teacher.candidate.predict(chunk)
             except SpendingCapReached as exc:
@@ -269,8 +290,9 @@ def _label(teacher: Teacher, frame: pd.DataFrame, what: str) -> tuple[pd.DataFra
 # The filter
 
 
-def choose_min_confidence(scores: np.ndarray, correct: np.ndarray, target: float | None,
-                          min_rows: int | None = None) -> dict[str, Any]:
+def choose_min_confidence(
+    scores: np.ndarray, correct: np.ndarray, target: float | None, min_rows: int | None = None
+) -> dict[str, Any]:
     """The lowest confidence threshold at which the rows kept (score >= threshold) are at least
     ``target`` accurate, among thresholds keeping ``min_rows`` rows; when none reaches it, the most
     accurate such threshold (``reached`` False). Every validation score is a candidate threshold."""
@@ -291,25 +313,39 @@ def choose_min_confidence(scores: np.ndarray, correct: np.ndarray, target: float
         reaching = np.flatnonzero(eligible & (accuracy >= target - 1e-12))
         if len(reaching):
             i = reaching[-1]  # the lowest threshold: the most rows
-            return {"threshold": float(thresholds[i]), "reached": True, "kept": int(kept[i]),
-                    "accuracy": float(accuracy[i]), "n": n, "min_rows": min_rows}
+            return {
+                "threshold": float(thresholds[i]),
+                "reached": True,
+                "kept": int(kept[i]),
+                "accuracy": float(accuracy[i]),
+                "n": n,
+                "min_rows": min_rows,
+            }
     if not eligible.any():
         i = len(last) - 1
     else:
         candidates = np.flatnonzero(eligible)
         i = candidates[np.lexsort((-kept[candidates], -accuracy[candidates]))[0]]  # most accurate, then most rows
-    return {"threshold": float(thresholds[i]), "reached": target is None, "kept": int(kept[i]),
-            "accuracy": float(accuracy[i]), "n": n, "min_rows": min_rows}
+    return {
+        "threshold": float(thresholds[i]),
+        "reached": target is None,
+        "kept": int(kept[i]),
+        "accuracy": float(accuracy[i]),
+        "n": n,
+        "min_rows": min_rows,
+    }
 
 
 def _correct(predictions: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     expected = truth.set_index(truth["id"].astype(str))["label"].astype(str)
-    return predictions["prediction"].astype(str).to_numpy() == expected.reindex(
-        predictions["id"].astype(str)).to_numpy()
+    return (
+        predictions["prediction"].astype(str).to_numpy() == expected.reindex(predictions["id"].astype(str)).to_numpy()
+    )
 
 
-def _student_target(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], students: Sequence[str]
-                    ) -> tuple[float | None, str]:
+def _student_target(
+    cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], students: Sequence[str]
+) -> tuple[float | None, str]:
     """The accuracy the students aim for: the decision's target, else the best gold-trained student's
     validation accuracy (noisier labels than that would pull it down)."""
 
@@ -348,21 +384,25 @@ def _resolve_students(cfg: Any, names: Sequence[str] | None) -> list[str]:
 
     if not names:
         return resolve_candidates(cfg.task, cfg.train.candidates)
-    allowed = sorted(n for n, c in CANDIDATES.items()
-                     if c.task == "classify" and c.kind in ("finetuned", "cheap") and not c.combines)
+    allowed = sorted(
+        n for n, c in CANDIDATES.items() if c.task == "classify" and c.kind in ("finetuned", "cheap") and not c.combines
+    )
     for name in names:
         try:
             cls = candidate_class(name)
         except CandidateError as exc:
             raise DistillError(f"--students: {exc}") from None
         if cls.task != "classify" or cls.kind not in ("finetuned", "cheap") or cls.combines:
-            raise DistillError(f"--students: {name!r} is a {cls.kind} {cls.task} candidate; students are fine-tuned "
-                               f"or cheap classifiers: {', '.join(allowed)}")
+            raise DistillError(
+                f"--students: {name!r} is a {cls.kind} {cls.task} candidate; students are fine-tuned "
+                f"or cheap classifiers: {', '.join(allowed)}"
+            )
     return list(dict.fromkeys(names))
 
 
-def _train_students(cfg: Any, out_dir: Path, students: list[str], frames: dict[str, pd.DataFrame]
-                    ) -> dict[str, pd.DataFrame]:
+def _train_students(
+    cfg: Any, out_dir: Path, students: list[str], frames: dict[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
     """Train the students on the distilled run's split; their test predictions by name."""
     import shutil
 
@@ -427,37 +467,61 @@ def _usage_rows(teacher: Teacher, ids: set[str]) -> pd.DataFrame | None:
 def _labelling_line(teacher: Teacher, ids: set[str], what: str, seconds: float) -> dict[str, Any]:
     usage = _usage_rows(teacher, ids)
     if usage is None:
-        return {"item": f"{teacher.name}: labelling {what} (one-time)", "usd": 0.0, "rows": len(ids),
-                "arithmetic": f"{len(ids):,} rows in {seconds:.1f} s on this machine (a local model: no price per "
-                              "request)"}
+        return {
+            "item": f"{teacher.name}: labelling {what} (one-time)",
+            "usd": 0.0,
+            "rows": len(ids),
+            "arithmetic": f"{len(ids):,} rows in {seconds:.1f} s on this machine (a local model: no price per request)",
+        }
     answered = usage[usage["status"] != "failed"]
     usd = float(usage["usd"].sum())
     spent = float(usage.loc[~usage["cached"].astype(bool), "usd"].sum())
     per_row = usd / len(answered) if len(answered) else 0.0
     cached = int(usage["cached"].astype(bool).sum())
-    now = (f"${spent:.4f} spent in this run" + (f", {cached:,} rows came from the cache" if cached else "")
-           if spent > 0 or not cached else "nothing spent in this run: every row came from the cache")
-    return {"item": f"{teacher.name}: labelling {what} (one-time)", "usd": usd, "rows": len(usage),
-            "spent_now_usd": spent, "cached_rows": cached,
-            "arithmetic": f"{len(answered):,} answered rows x ${per_row:.4g} a row (measured tokens at the "
-                          f"endpoint's prices) = ${usd:.4f}; {now}"}
+    now = (
+        f"${spent:.4f} spent in this run" + (f", {cached:,} rows came from the cache" if cached else "")
+        if spent > 0 or not cached
+        else "nothing spent in this run: every row came from the cache"
+    )
+    return {
+        "item": f"{teacher.name}: labelling {what} (one-time)",
+        "usd": usd,
+        "rows": len(usage),
+        "spent_now_usd": spent,
+        "cached_rows": cached,
+        "arithmetic": f"{len(answered):,} answered rows x ${per_row:.4g} a row (measured tokens at the "
+        f"endpoint's prices) = ${usd:.4f}; {now}",
+    }
 
 
 # =============================================================================================
 # The command
 
 
-def distill(cfg: Any, run_id: str = "default", *, pool: str | Path | None = None, relabel_suspects: bool = False,
-            teacher: str | None = None, agree: bool = False, min_confidence: float | None = None,
-            target: float | None = None, students: Sequence[str] | None = None, out_run_id: str | None = None,
-            no_cache: bool = False, dry_run: bool = False) -> dict[str, Any]:
+def distill(
+    cfg: Any,
+    run_id: str = "default",
+    *,
+    pool: str | Path | None = None,
+    relabel_suspects: bool = False,
+    teacher: str | None = None,
+    agree: bool = False,
+    min_confidence: float | None = None,
+    target: float | None = None,
+    students: Sequence[str] | None = None,
+    out_run_id: str | None = None,
+    no_cache: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """Label ``pool`` (and/or the suspected label errors) with the teacher, keep the rows it is sure
     of, train the students on gold + teacher rows in a new run, and compare them (see the module
     docstring). Returns the summary also written to ``runs/<run_id>/distill/summary.json``."""
 
     if cfg.task != "classify":
-        raise DistillError("distill labels rows by a teacher's answers and confidence: it works for classify "
-                           "projects; this project's task is generate")
+        raise DistillError(
+            "distill labels rows by a teacher's answers and confidence: it works for classify "
+            "projects; this project's task is generate"
+        )
     if pool is None and not relabel_suspects:
         raise DistillError("nothing to label: give --pool FILE (unlabelled rows) and/or --relabel-suspects")
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -474,14 +538,31 @@ def distill(cfg: Any, run_id: str = "default", *, pool: str | Path | None = None
     paths = {split: run_dir / "split" / f"{split}.parquet" for split in ("train", "validation", "test")}
     for path in paths.values():
         if not path.exists():
-            raise DistillError(f"{path} not found: run `tunewise split` (and `tunewise train` for the gold-only "
-                               f"students) on run {run_id!r} first")
+            raise DistillError(
+                f"{path} not found: run `tunewise split` (and `tunewise train` for the gold-only "
+                f"students) on run {run_id!r} first"
+            )
     pool_frame, pool_info = read_pool(cfg, pool) if pool is not None else (None, None)
     student_names = _resolve_students(cfg, students)
     with run_lock(run_dir):
         frames = {split: pd.read_parquet(path) for split, path in paths.items()}
-        return _distill_locked(cfg, run_id, run_dir, out_run_id, frames, pool_frame, pool_info, relabel_suspects,
-                               teachers, agree, min_confidence, target, student_names, no_cache, dry_run)
+        return _distill_locked(
+            cfg,
+            run_id,
+            run_dir,
+            out_run_id,
+            frames,
+            pool_frame,
+            pool_info,
+            relabel_suspects,
+            teachers,
+            agree,
+            min_confidence,
+            target,
+            student_names,
+            no_cache,
+            dry_run,
+        )
 
 
 def _write_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -489,27 +570,52 @@ def _write_summary(path: Path, summary: dict[str, Any]) -> None:
     write_json(path, json_safe(summary))  # JSON has no NaN: an empty interval is null
 
 
-def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frames: dict[str, pd.DataFrame],
-                    pool_frame: pd.DataFrame | None, pool_info: dict | None, relabel_suspects: bool,
-                    teacher_names: list[str], agree: bool, min_confidence: float | None, target: float | None,
-                    students: list[str], no_cache: bool, dry_run: bool) -> dict[str, Any]:
+def _distill_locked(
+    cfg: Any,
+    run_id: str,
+    run_dir: Path,
+    out_run_id: str,
+    frames: dict[str, pd.DataFrame],
+    pool_frame: pd.DataFrame | None,
+    pool_info: dict | None,
+    relabel_suspects: bool,
+    teacher_names: list[str],
+    agree: bool,
+    min_confidence: float | None,
+    target: float | None,
+    students: list[str],
+    no_cache: bool,
+    dry_run: bool,
+) -> dict[str, Any]:
 
     notes: list[str] = []
-    summary: dict[str, Any] = {"run_id": run_id, "out_run_id": out_run_id, "teachers": teacher_names,
-                               "filter": "agreement" if agree else "confidence", "students": students,
-                               "notes": notes, "status": "running"}
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "out_run_id": out_run_id,
+        "teachers": teacher_names,
+        "filter": "agreement" if agree else "confidence",
+        "students": students,
+        "notes": notes,
+        "status": "running",
+    }
     # -- what the teacher labels
     parts, counts = [], {}
     if pool_frame is not None:
         if pool_info["ignored_label_column"]:
-            notes.append(f"--pool {pool_info['file']}: column {pool_info['ignored_label_column']!r} looks like labels; "
-                         "they are ignored (the teacher labels the pool; gold labels go in with `tunewise add-labels`)")
+            notes.append(
+                f"--pool {pool_info['file']}: column {pool_info['ignored_label_column']!r} looks like labels; "
+                "they are ignored (the teacher labels the pool; gold labels go in with `tunewise add-labels`)"
+            )
         for problem in pool_info["unreadable"][:5]:
             notes.append(f"skipped unreadable pool row: {problem}")
         kept_pool, counts = _exclude_known(pool_frame, frames, cfg)
         parts.append(kept_pool)
-        summary["pool"] = {**{k: v for k, v in pool_info.items() if k != "unreadable"},
-                           "unreadable": len(pool_info["unreadable"]), "skipped": counts, "to_label": len(kept_pool)}
+        summary["pool"] = {
+            **{k: v for k, v in pool_info.items() if k != "unreadable"},
+            "unreadable": len(pool_info["unreadable"]),
+            "skipped": counts,
+            "to_label": len(kept_pool),
+        }
     relabel = pd.DataFrame()
     if relabel_suspects:
         relabel, dropped, suspect_counts = _suspects(cfg, run_dir, frames)
@@ -522,8 +628,14 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
             notes.append(f"curation flagged no suspected label error in run {run_id!r}: nothing to relabel")
     to_label = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["id", "input", "context"])
     if not len(to_label) and not len(relabel):
-        raise DistillError("nothing left to label: " + ("every pool row is already in the project's data "
-                           f"({counts})" if pool_frame is not None else "no suspected label errors"))
+        raise DistillError(
+            "nothing left to label: "
+            + (
+                f"every pool row is already in the project's data ({counts})"
+                if pool_frame is not None
+                else "no suspected label errors"
+            )
+        )
     summary["rows_to_label"] = len(to_label) + len(relabel)
 
     # -- the teachers
@@ -538,8 +650,9 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
     seconds: dict[str, float] = {}
     for t in teachers:
         if "validation" not in t.predictions:  # what the confidence threshold is chosen on
-            t.predictions["validation"], stopped = _label(t, frames["validation"],
-                                                          f"{len(frames['validation']):,} validation rows")
+            t.predictions["validation"], stopped = _label(
+                t, frames["validation"], f"{len(frames['validation']):,} validation rows"
+            )
         if stopped is None and len(to_label):
             t0 = time.perf_counter()
             t.predictions["pool"], stopped = _label(t, to_label, f"the pool ({len(to_label):,} rows)")
@@ -561,15 +674,22 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
     if stopped is not None:
         summary["status"] = "stopped"
         summary["stopped"] = str(stopped)
-        summary["cap"] = {"scope": getattr(stopped, "scope", None), "spent_usd": getattr(stopped, "spent_usd", None),
-                          "estimate_usd": getattr(stopped, "estimate_usd", None),
-                          "max_usd": getattr(stopped, "max_usd", None)}
-        summary["costs"] = {"one_time": [_labelling_line(t, set(rows["id"]), "the pool", seconds.get(t.name, 0.0))
-                                         for t in teachers]}
+        summary["cap"] = {
+            "scope": getattr(stopped, "scope", None),
+            "spent_usd": getattr(stopped, "spent_usd", None),
+            "estimate_usd": getattr(stopped, "estimate_usd", None),
+            "max_usd": getattr(stopped, "max_usd", None),
+        }
+        summary["costs"] = {
+            "one_time": [_labelling_line(t, set(rows["id"]), "the pool", seconds.get(t.name, 0.0)) for t in teachers]
+        }
         _write_summary(run_dir / "distill" / "summary.json", summary)
-        raise DistillStopped(f"distill stopped while labelling: {stopped} {summary['labelled']['labelled']:,} rows "
-                             f"labelled so far are kept in {artifact}; no student was trained. Re-run with a higher "
-                             "cap: cached answers cost nothing again", summary)
+        raise DistillStopped(
+            f"distill stopped while labelling: {stopped} {summary['labelled']['labelled']:,} rows "
+            f"labelled so far are kept in {artifact}; no student was trained. Re-run with a higher "
+            "cap: cached answers cost nothing again",
+            summary,
+        )
 
     # -- the distilled run: gold validation and test as they are, gold + kept teacher rows in train
     out_dir = cfg.resolve(cfg.runs_dir) / out_run_id
@@ -582,8 +702,10 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
         for split, frame in distilled.items():
             write_parquet(out_dir / "split" / f"{split}.parquet", frame)
         relabelled = int(distilled["train"]["gold_label"].notna().sum()) if "gold_label" in distilled["train"] else 0
-        console.print(f"distill: run {out_run_id!r}: {len(added):,} teacher rows + {len(frames['train']):,} gold rows "
-                      f"({relabelled:,} relabelled by the teacher) to train {', '.join(students)}")
+        console.print(
+            f"distill: run {out_run_id!r}: {len(added):,} teacher rows + {len(frames['train']):,} gold rows "
+            f"({relabelled:,} relabelled by the teacher) to train {', '.join(students)}"
+        )
         summary["train_rows"] = {"teacher": len(added), "gold": len(frames["train"]), "relabelled": relabelled}
         student_predictions = _train_students(cfg, out_dir, students, distilled)
         for t in teachers:  # the teacher on the whole gold test set, when the run had no predictions from it
@@ -600,27 +722,47 @@ def _distill_locked(cfg: Any, run_id: str, run_dir: Path, out_run_id: str, frame
     return json_safe(summary)
 
 
-def _dry_run(teachers: list[Teacher], frames: dict[str, pd.DataFrame], to_label: pd.DataFrame,
-             relabel: pd.DataFrame, summary: dict[str, Any]) -> dict[str, Any]:
+def _dry_run(
+    teachers: list[Teacher],
+    frames: dict[str, pd.DataFrame],
+    to_label: pd.DataFrame,
+    relabel: pd.DataFrame,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
     """What each API teacher would cost, per part (the pool, the suspects, validation and test); nothing sent."""
     estimates = {}
     for t in teachers:
         if not t.api:
             estimates[t.name] = {"usd": 0.0, "method": "a local model: no price per request"}
             continue
-        parts = {"pool": to_label, "suspects": relabel,
-                 **{s: frames[s] for s in ("validation", "test") if s not in t.predictions}}
+        parts = {
+            "pool": to_label,
+            "suspects": relabel,
+            **{s: frames[s] for s in ("validation", "test") if s not in t.predictions},
+        }
         by_part = {part: t.candidate.estimate_cost(frame) for part, frame in parts.items() if len(frame)}
-        estimates[t.name] = {"usd": float(sum(e["usd"] for e in by_part.values())),
-                             "rows_to_request": int(sum(e["rows_to_request"] for e in by_part.values())),
-                             "parts": by_part, "method": next(iter(by_part.values()))["method"] if by_part else ""}
+        estimates[t.name] = {
+            "usd": float(sum(e["usd"] for e in by_part.values())),
+            "rows_to_request": int(sum(e["rows_to_request"] for e in by_part.values())),
+            "parts": by_part,
+            "method": next(iter(by_part.values()))["method"] if by_part else "",
+        }
     summary.update(status="dry_run", estimates=estimates)
     return summary
 
 
-def _filter_rule(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], teachers: list[Teacher], agree: bool,
-                 min_confidence: float | None, target: float | None, students: list[str], labels: list[str],
-                 notes: list[str]) -> dict[str, Any]:
+def _filter_rule(
+    cfg: Any,
+    run_dir: Path,
+    frames: dict[str, pd.DataFrame],
+    teachers: list[Teacher],
+    agree: bool,
+    min_confidence: float | None,
+    target: float | None,
+    students: list[str],
+    labels: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
     """The threshold (given, or chosen on validation) and what the teacher does on validation at it."""
     validation = frames["validation"]
     scored = []
@@ -636,10 +778,14 @@ def _filter_rule(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], teach
             joined = a.merge(b, on="id", suffixes=("_a", "_b"))
             agreeing = joined[(joined["prediction_a"] == joined["prediction_b"]) & joined["prediction_a"].isin(labels)]
             correct = _correct(agreeing.rename(columns={"prediction_a": "prediction"}), validation)
-            rule["validation"] = {"rows": len(joined), "agree": len(agreeing),
-                                  "accuracy_when_agreeing": float(correct.mean()) if len(correct) else None}
-        rule["message"] = (f"kept: rows where {' and '.join(t.name for t in teachers)} give the same label"
-                           + (f" with confidence >= {min_confidence:g}" if min_confidence is not None else ""))
+            rule["validation"] = {
+                "rows": len(joined),
+                "agree": len(agreeing),
+                "accuracy_when_agreeing": float(correct.mean()) if len(correct) else None,
+            }
+        rule["message"] = f"kept: rows where {' and '.join(t.name for t in teachers)} give the same label" + (
+            f" with confidence >= {min_confidence:g}" if min_confidence is not None else ""
+        )
         return rule
     name, predictions = scored[0] if scored else (teachers[0].name, None)
     if predictions is None:
@@ -650,45 +796,70 @@ def _filter_rule(cfg: Any, run_dir: Path, frames: dict[str, pd.DataFrame], teach
     graded = len(np.unique(scores[predictions["prediction"].isin(labels).to_numpy()])) > 1
     if min_confidence is not None:
         kept = scores >= min_confidence
-        rule.update(min_confidence=float(min_confidence), chosen_on_validation=False,
-                    validation={"rows": len(scores), "kept": int(kept.sum()),
-                                "accuracy": float(correct[kept].mean()) if kept.any() else None,
-                                "accuracy_all": float(correct.mean())})
-        rule["message"] = (f"min-confidence {min_confidence:g} (given): {name} keeps {int(kept.sum())} of "
-                           f"{len(scores)} validation rows, "
-                           + (f"{correct[kept].mean():.3f} accurate" if kept.any() else "none"))
+        rule.update(
+            min_confidence=float(min_confidence),
+            chosen_on_validation=False,
+            validation={
+                "rows": len(scores),
+                "kept": int(kept.sum()),
+                "accuracy": float(correct[kept].mean()) if kept.any() else None,
+                "accuracy_all": float(correct.mean()),
+            },
+        )
+        rule["message"] = (
+            f"min-confidence {min_confidence:g} (given): {name} keeps {int(kept.sum())} of "
+            f"{len(scores)} validation rows, " + (f"{correct[kept].mean():.3f} accurate" if kept.any() else "none")
+        )
         return rule
     if target is not None:
         target_source = f"--target {target:.3f}"
     else:
         target, target_source = _student_target(cfg, run_dir, frames, students)
     choice = choose_min_confidence(scores, correct, target)
-    rule.update(min_confidence=choice["threshold"], chosen_on_validation=True, target=target,
-                target_source=target_source,
-                validation={"rows": choice["n"], "kept": choice["kept"], "accuracy": choice["accuracy"],
-                            "accuracy_all": float(correct.mean()), "reached_target": choice["reached"]})
+    rule.update(
+        min_confidence=choice["threshold"],
+        chosen_on_validation=True,
+        target=target,
+        target_source=target_source,
+        validation={
+            "rows": choice["n"],
+            "kept": choice["kept"],
+            "accuracy": choice["accuracy"],
+            "accuracy_all": float(correct.mean()),
+            "reached_target": choice["reached"],
+        },
+    )
     if not graded:
-        rule["message"] = (f"{name} gives no graded confidence on validation (every answer scores "
-                           f"{scores.max() if len(scores) else 1:g}: no log-probabilities from the endpoint?): every "
-                           f"labelled row is kept; its validation accuracy is {correct.mean():.3f}")
+        rule["message"] = (
+            f"{name} gives no graded confidence on validation (every answer scores "
+            f"{scores.max() if len(scores) else 1:g}: no log-probabilities from the endpoint?): every "
+            f"labelled row is kept; its validation accuracy is {correct.mean():.3f}"
+        )
         rule["min_confidence"] = float(scores.min()) if len(scores) else 0.0
     elif target is None:
-        rule["message"] = (f"min-confidence {choice['threshold']:.3g} chosen on validation ({target_source}): the most "
-                           f"accurate threshold, {choice['accuracy']:.3f} on the {choice['kept']} rows it keeps")
+        rule["message"] = (
+            f"min-confidence {choice['threshold']:.3g} chosen on validation ({target_source}): the most "
+            f"accurate threshold, {choice['accuracy']:.3f} on the {choice['kept']} rows it keeps"
+        )
     elif choice["reached"]:
-        rule["message"] = (f"min-confidence {choice['threshold']:.3g} chosen on validation: {name} is "
-                           f"{choice['accuracy']:.3f} accurate on the {choice['kept']} of {choice['n']} validation "
-                           f"rows at or above it, >= the students' target {target:.3f} ({target_source})")
+        rule["message"] = (
+            f"min-confidence {choice['threshold']:.3g} chosen on validation: {name} is "
+            f"{choice['accuracy']:.3f} accurate on the {choice['kept']} of {choice['n']} validation "
+            f"rows at or above it, >= the students' target {target:.3f} ({target_source})"
+        )
     else:
-        rule["message"] = (f"min-confidence {choice['threshold']:.3g} chosen on validation: no threshold makes {name} "
-                           f"reach the students' target {target:.3f} ({target_source}); this is its most accurate "
-                           f"one, {choice['accuracy']:.3f} on the {choice['kept']} of {choice['n']} rows it keeps")
+        rule["message"] = (
+            f"min-confidence {choice['threshold']:.3g} chosen on validation: no threshold makes {name} "
+            f"reach the students' target {target:.3f} ({target_source}); this is its most accurate "
+            f"one, {choice['accuracy']:.3f} on the {choice['kept']} of {choice['n']} rows it keeps"
+        )
         notes.append(rule["message"])
     return rule
 
 
-def _teacher_rows(teachers: list[Teacher], to_label: pd.DataFrame, relabel: pd.DataFrame, labels: list[str],
-                  rule: dict[str, Any]) -> pd.DataFrame:
+def _teacher_rows(
+    teachers: list[Teacher], to_label: pd.DataFrame, relabel: pd.DataFrame, labels: list[str], rule: dict[str, Any]
+) -> pd.DataFrame:
     """Every labelled row: teacher label and confidence, whether it is kept, and why not."""
     threshold = float(rule.get("min_confidence") or 0.0)
     out = []
@@ -705,20 +876,31 @@ def _teacher_rows(teachers: list[Teacher], to_label: pd.DataFrame, relabel: pd.D
         scores = np.min([pd.to_numeric(b["score"], errors="coerce").fillna(0.0).to_numpy() for b in by], axis=0)
         valid = np.isin(first, labels)
         same = np.all([b["prediction"].astype(str).to_numpy() == first for b in by], axis=0)
-        why = np.where(~valid, "no label (failed request or answer outside the labels)",
-                       np.where(~same, "the prompts disagree",
-                                np.where(scores < threshold, f"confidence below {threshold:.3g}", "")))
+        why = np.where(
+            ~valid,
+            "no label (failed request or answer outside the labels)",
+            np.where(
+                ~same, "the prompts disagree", np.where(scores < threshold, f"confidence below {threshold:.3g}", "")
+            ),
+        )
         if "label" in rows.columns:  # a relabelled suspect: the label it had
             rows = rows.assign(gold_label=rows["label"].astype(str))
-        frame_out = rows.assign(label=first, teacher="+".join(t.name for t in teachers),
-                                teacher_confidence=scores, kept=why == "", why_not=why, part=part)
+        frame_out = rows.assign(
+            label=first,
+            teacher="+".join(t.name for t in teachers),
+            teacher_confidence=scores,
+            kept=why == "",
+            why_not=why,
+            part=part,
+        )
         if len(teachers) > 1:
             for t, b in zip(teachers, by):
                 frame_out[f"answer_{t.name}"] = b["prediction"].astype(str).to_numpy()
         out.append(frame_out)
     if not out:
-        return pd.DataFrame(columns=["id", "input", "context", "label", "teacher", "teacher_confidence", "kept",
-                                     "why_not", "part"]).astype({"kept": bool})
+        return pd.DataFrame(
+            columns=["id", "input", "context", "label", "teacher", "teacher_confidence", "kept", "why_not", "part"]
+        ).astype({"kept": bool})
     rows = pd.concat(out, ignore_index=True)
     rows["source"] = "teacher"
     return rows
@@ -726,8 +908,11 @@ def _teacher_rows(teachers: list[Teacher], to_label: pd.DataFrame, relabel: pd.D
 
 def _labelled_counts(rows: pd.DataFrame) -> dict[str, Any]:
     reasons = rows.loc[~rows["kept"], "why_not"].value_counts().to_dict() if len(rows) else {}
-    return {"labelled": len(rows), "kept": int(rows["kept"].sum()) if len(rows) else 0,
-            "dropped": {str(k): int(v) for k, v in reasons.items()}}
+    return {
+        "labelled": len(rows),
+        "kept": int(rows["kept"].sum()) if len(rows) else 0,
+        "dropped": {str(k): int(v) for k, v in reasons.items()},
+    }
 
 
 def _distilled_frames(frames: dict[str, pd.DataFrame], rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -751,9 +936,25 @@ def _distilled_frames(frames: dict[str, pd.DataFrame], rows: pd.DataFrame) -> di
         train.loc[changed, "teacher_confidence"] = ids.map(by_id["teacher_confidence"])[changed]
     added = kept[kept["part"] == "pool"] if len(kept) else kept
     if len(added):
-        added = added.assign(synthetic=False)[[c for c in ("id", "input", "context", "label", "source_file",
-                                                           "source_line", "synthetic", "source", "teacher",
-                                                           "teacher_confidence", "pool_id") if c in added.columns]]
+        added = added.assign(synthetic=False)[
+            [
+                c
+                for c in (
+                    "id",
+                    "input",
+                    "context",
+                    "label",
+                    "source_file",
+                    "source_line",
+                    "synthetic",
+                    "source",
+                    "teacher",
+                    "teacher_confidence",
+                    "pool_id",
+                )
+                if c in added.columns
+            ]
+        ]
         train = pd.concat([train, added], ignore_index=True)
     for column in ("source", "teacher", "pool_id", "gold_label", "source_file"):
         if column in train.columns:
@@ -763,8 +964,14 @@ def _distilled_frames(frames: dict[str, pd.DataFrame], rows: pd.DataFrame) -> di
     return {"train": train, "validation": frames["validation"], "test": frames["test"]}
 
 
-def _compare(cfg: Any, run_dir: Path, test: pd.DataFrame, labels: list[str], teachers: list[Teacher],
-             students: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
+def _compare(
+    cfg: Any,
+    run_dir: Path,
+    test: pd.DataFrame,
+    labels: list[str],
+    teachers: list[Teacher],
+    students: dict[str, pd.DataFrame],
+) -> list[dict[str, Any]]:
     """Each student (trained on gold + teacher rows) against each teacher and against itself trained on
     gold alone, on the gold test set: the evaluation's paired comparison."""
     from tunewise.evaluation.robustness import primary_score  # on use: loads scipy, sklearn
@@ -779,8 +986,11 @@ def _compare(cfg: Any, run_dir: Path, test: pd.DataFrame, labels: list[str], tea
         if t.predictions.get("test") is not None and len(t.predictions["test"]):
             opponents[f"teacher {t.name}"] = (t.name, t.predictions["test"])
     gold_only = {name: _gold_only(run_dir, name) for name in students}
-    for frame in [*students.values(), *(p for _, p in opponents.values()),
-                  *(g for g in gold_only.values() if g is not None)]:
+    for frame in [
+        *students.values(),
+        *(p for _, p in opponents.values()),
+        *(g for g in gold_only.values() if g is not None),
+    ]:
         pool_of_labels |= set(frame["prediction"].astype(str))
     all_labels = sorted(pool_of_labels)
 
@@ -802,14 +1012,28 @@ def _compare(cfg: Any, run_dir: Path, test: pd.DataFrame, labels: list[str], tea
             result = compare_scores(mine, scores(other_predictions), COMPARED, resampler, level, seed)
             if result is None:
                 continue
-            out.append({"student": name, "against": what, "other": other, "n": result["n"],
-                        "student_accuracy": point(predictions), "other_accuracy": point(other_predictions),
-                        "metrics": result["metrics"]})
+            out.append(
+                {
+                    "student": name,
+                    "against": what,
+                    "other": other,
+                    "n": result["n"],
+                    "student_accuracy": point(predictions),
+                    "other_accuracy": point(other_predictions),
+                    "metrics": result["metrics"],
+                }
+            )
     return out
 
 
-def _costs(cfg: Any, run_dir: Path, teachers: list[Teacher], students: dict[str, pd.DataFrame], rows: pd.DataFrame,
-           seconds: dict[str, float]) -> dict[str, Any]:
+def _costs(
+    cfg: Any,
+    run_dir: Path,
+    teachers: list[Teacher],
+    students: dict[str, pd.DataFrame],
+    rows: pd.DataFrame,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
     from tunewise.decision.decide import _measured_usd_per_request  # on use: loads scipy, sklearn
 
     roi = cfg.roi
@@ -821,8 +1045,12 @@ def _costs(cfg: Any, run_dir: Path, teachers: list[Teacher], students: dict[str,
             one_time.append(_labelling_line(t, pool_ids, "the pool", seconds.get(t.name, 0.0)))
         if suspect_ids:
             one_time.append(_labelling_line(t, suspect_ids, "suspected label errors", 0.0))
-        scored = {str(i) for s in ("validation", "test") if s not in t.reused and s in t.predictions
-                  for i in t.predictions[s]["id"]}
+        scored = {
+            str(i)
+            for s in ("validation", "test")
+            if s not in t.reused and s in t.predictions
+            for i in t.predictions[s]["id"]
+        }
         if scored and t.api:
             one_time.append(_labelling_line(t, scored, "validation and test (to choose and compare)", 0.0))
     monthly = {}
@@ -830,13 +1058,22 @@ def _costs(cfg: Any, run_dir: Path, teachers: list[Teacher], students: dict[str,
         test = t.predictions.get("test")
         usd_per_request = None
         if t.api:
-            usd_per_request = ((t.candidate.info().get("usage") or {}).get("usd_per_row_mean")
-                               or _measured_usd_per_request(run_dir).get(t.name, 0.0))
+            usd_per_request = (t.candidate.info().get("usage") or {}).get(
+                "usd_per_row_mean"
+            ) or _measured_usd_per_request(run_dir).get(t.name, 0.0)
         if test is not None and len(test):
             monthly[f"teacher {t.name}"] = _running_cost(t.name, test, roi, usd_per_request)
     for name, predictions in students.items():
         monthly[f"student {name}"] = _running_cost(name, predictions, roi, None)
-    note = (None if roi.monthly_volume else
-            "roi.monthly_volume is not set: monthly costs are for 0 requests (a serving instance kept on still costs)")
-    return {"one_time": one_time, "one_time_usd": float(sum(line["usd"] for line in one_time)), "monthly": monthly,
-            "monthly_volume": roi.monthly_volume, "note": note}
+    note = (
+        None
+        if roi.monthly_volume
+        else "roi.monthly_volume is not set: monthly costs are for 0 requests (a serving instance kept on still costs)"
+    )
+    return {
+        "one_time": one_time,
+        "one_time_usd": float(sum(line["usd"] for line in one_time)),
+        "monthly": monthly,
+        "monthly_volume": roi.monthly_volume,
+        "note": note,
+    }

@@ -42,8 +42,14 @@ def trained_candidates(run_dir: str | Path) -> list[str]:
     return sorted(p.parent.parent.name for p in train_dir.glob("*/adapter/tunewise_train.json"))
 
 
-def export(run_dir: str | Path, merge: bool = False, *, candidate: str | None = None,
-           out_dir: str | Path | None = None, force: bool = False) -> Path:
+def export(
+    run_dir: str | Path,
+    merge: bool = False,
+    *,
+    candidate: str | None = None,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+) -> Path:
     """Write the trained ``candidate`` of ``run_dir`` to ``out_dir`` (default ``run_dir/export/<candidate>-<form>``).
 
     ``candidate`` may be left out when the run trained exactly one. The folder is built under a
@@ -84,8 +90,9 @@ def _export(run_dir: Path, merge: bool, *, candidate: str | None, out_dir: str |
             _export_merged(adapter_dir, tmp)
         else:
             _export_adapter(adapter_dir, info, tmp)
-        write_json(tmp / "tunewise_export.json", {**info, "candidate": candidate, "form": form,
-                                                  "source": str(adapter_dir)})
+        write_json(
+            tmp / "tunewise_export.json", {**info, "candidate": candidate, "form": form, "source": str(adapter_dir)}
+        )
         write_text(tmp / "README.md", _readme(candidate, info, form))
         if final.exists():
             shutil.rmtree(final)
@@ -97,14 +104,21 @@ def _export(run_dir: Path, merge: bool, *, candidate: str | None, out_dir: str |
 
 def _check_destination(final: Path, force: bool) -> None:
     resolved = final.resolve()
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved == Path(resolved.anchor):
-        raise ExportError(f"--output {final}: the current folder or one above it; name a new folder, "
-                          "e.g. -o exported-model")
+    if (
+        resolved == Path.cwd().resolve()
+        or resolved in Path.cwd().resolve().parents
+        or resolved == Path(resolved.anchor)
+    ):
+        raise ExportError(
+            f"--output {final}: the current folder or one above it; name a new folder, e.g. -o exported-model"
+        )
     if final.exists() and not final.is_dir():
         raise ExportError(f"--output {final}: a file is there; name a folder")
     if final.is_dir() and any(final.iterdir()) and not (final / "tunewise_export.json").exists() and not force:
-        raise ExportError(f"--output {final}: the folder holds files tunewise did not write; name a new folder, "
-                          "or pass --force to replace it")
+        raise ExportError(
+            f"--output {final}: the folder holds files tunewise did not write; name a new folder, "
+            "or pass --force to replace it"
+        )
 
 
 def _export_adapter(adapter_dir: Path, info: dict, out: Path) -> None:
@@ -117,9 +131,15 @@ def _export_adapter(adapter_dir: Path, info: dict, out: Path) -> None:
         # No config.json here: transformers would take the folder for a full model and look for its
         # weights. The classifier's settings go in classifier.json, passed as keyword arguments.
         labels = info["labels"]
-        write_json(out / CLASSIFIER_KWARGS, {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                                             "label2id": {label: i for i, label in enumerate(labels)},
-                                             "pad_token_id": _pad_id(adapter_dir)})
+        write_json(
+            out / CLASSIFIER_KWARGS,
+            {
+                "num_labels": len(labels),
+                "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)},
+                "pad_token_id": _pad_id(adapter_dir),
+            },
+        )
 
 
 def _export_merged(adapter_dir: Path, out: Path) -> None:
@@ -141,17 +161,25 @@ def _pad_id(adapter_dir: Path) -> int:
 def _readme(candidate: str, info: dict, form: str) -> str:
     auto = "AutoModelForSequenceClassification" if info["task"] == "classify" else "AutoModelForCausalLM"
     if form == "encoder":
-        how = ("from tunewise.training import load_trained\n"
-               "model, tokenizer, info = load_trained(folder)  # encoder + mean pooling + head.safetensors")
+        how = (
+            "from tunewise.training import load_trained\n"
+            "model, tokenizer, info = load_trained(folder)  # encoder + mean pooling + head.safetensors"
+        )
     elif form == "adapter" and info["task"] == "classify":
-        how = (f"import json\nfrom transformers import {auto}, AutoTokenizer\n"
-               f"kwargs = json.load(open(f\"{{folder}}/{CLASSIFIER_KWARGS}\"))  # head size and label names\n"
-               f"model = {auto}.from_pretrained(folder, **kwargs)\n"
-               "tokenizer = AutoTokenizer.from_pretrained(folder)")
+        how = (
+            f"import json\nfrom transformers import {auto}, AutoTokenizer\n"
+            f'kwargs = json.load(open(f"{{folder}}/{CLASSIFIER_KWARGS}"))  # head size and label names\n'
+            f"model = {auto}.from_pretrained(folder, **kwargs)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(folder)"
+        )
     else:
-        how = (f"from transformers import {auto}, AutoTokenizer\n"
-               f"model = {auto}.from_pretrained(folder)\n"
-               "tokenizer = AutoTokenizer.from_pretrained(folder)")
+        how = (
+            f"from transformers import {auto}, AutoTokenizer\n"
+            f"model = {auto}.from_pretrained(folder)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(folder)"
+        )
     needs = " (needs peft installed; the base model folder named in adapter_config.json)" if form == "adapter" else ""
-    return (f"# {candidate} ({form})\n\nFine-tuned by tunewise from `{info['base_model']}` for {info['task']}"
-            f"{needs}.\n\n```python\nfolder = \"<this folder>\"\n{how}\n```\n")
+    return (
+        f"# {candidate} ({form})\n\nFine-tuned by tunewise from `{info['base_model']}` for {info['task']}"
+        f'{needs}.\n\n```python\nfolder = "<this folder>"\n{how}\n```\n'
+    )

@@ -50,8 +50,14 @@ def render_config(cfg: ProjectConfig, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def init_project(data_file: str | Path, *, test_file: str | Path | None = None, task: str | None = None,
-                 out: str | Path = "tunewise.yaml", overwrite: bool = False) -> tuple[Path, dict]:
+def init_project(
+    data_file: str | Path,
+    *,
+    test_file: str | Path | None = None,
+    task: str | None = None,
+    out: str | Path = "tunewise.yaml",
+    overwrite: bool = False,
+) -> tuple[Path, dict]:
     """Write a config for ``data_file``; returns its path and what was inferred."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -61,6 +67,7 @@ def init_project(data_file: str | Path, *, test_file: str | Path | None = None, 
     test_info = sniff(test_file, task=task or info["suggested_task"]) if test_file else None
     task = task or info["suggested_task"]
     roles = info.get("columns_used", {})
+
     def rel(p: str | Path) -> str:
         # relative when the data sits beside the config (the project moves as one folder)
         r = os.path.relpath(Path(p).resolve(), out.resolve().parent)
@@ -74,10 +81,13 @@ def init_project(data_file: str | Path, *, test_file: str | Path | None = None, 
             "format": info["file_format"],
             "test_format": test_info["file_format"] if test_info else "auto",
             "encoding": info["encoding"],
-            "test_encoding": (test_info["encoding"] if test_info and test_info["encoding"] != info["encoding"]
-                              else None),
+            "test_encoding": (
+                test_info["encoding"] if test_info and test_info["encoding"] != info["encoding"] else None
+            ),
             "record_format": info["record_format"],
-            "columns": {k: v for k, v in roles.items() if k in ("id", "input", "label", "target", "instruction", "messages")},
+            "columns": {
+                k: v for k, v in roles.items() if k in ("id", "input", "label", "target", "instruction", "messages")
+            },
             "slice_columns": info.get("slice_candidates", []),
         },
     }
@@ -90,10 +100,14 @@ def init_project(data_file: str | Path, *, test_file: str | Path | None = None, 
     header = (
         f"tunewise project config, written by `tunewise init` for {data_file}.\n"
         f"Inferred: {info['file_format']} file, {info['record_format']} records, task {task}"
-        + (f"; test file {test_info['file_format']}" if test_info else "") + ".\n"
+        + (f"; test file {test_info['file_format']}" if test_info else "")
+        + ".\n"
         + "".join(f"{note}.\n" for note in notes)
-        + ("The test file is the held-out test set as it is; validation is split from train.\n" if test_file
-           else "No test file: split.test_fraction of the curated data is held out for test.\n")
+        + (
+            "The test file is the held-out test set as it is; validation is split from train.\n"
+            if test_file
+            else "No test file: split.test_fraction of the curated data is held out for test.\n"
+        )
         + "Every key is documented on its line; delete a line to take the default."
     )
     write_text(out, render_config(cfg, header))

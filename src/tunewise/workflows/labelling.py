@@ -44,8 +44,15 @@ from tunewise.data.ingest import IngestError, iter_raw_rows
 from tunewise.models.loading import embed
 from tunewise.pipeline.stages.ingest import read_split_file
 
-__all__ = ["LabellingError", "Selection", "add_labels", "margin_uncertainty", "rank_for_labelling", "read_pool",
-           "suggest"]
+__all__ = [
+    "LabellingError",
+    "Selection",
+    "add_labels",
+    "margin_uncertainty",
+    "rank_for_labelling",
+    "read_pool",
+    "suggest",
+]
 
 POOL_FACTOR = 10  # rows shortlisted per row asked for, before clustering
 NEAR_DUPLICATE_COSINE = 0.95
@@ -93,21 +100,28 @@ def _max_cosine(vectors: np.ndarray, reference: np.ndarray, block: int = 4096) -
         return np.full(len(vectors), -1.0)
     out = np.empty(len(vectors))
     for start in range(0, len(vectors), block):
-        out[start:start + block] = (vectors[start:start + block] @ reference.T).max(axis=1)
+        out[start : start + block] = (vectors[start : start + block] @ reference.T).max(axis=1)
     return out
 
 
-def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, labelled_texts: Sequence[str], k: int, *,
-                       embed_fn: Callable[[list[str]], np.ndarray], labelled_vectors: np.ndarray | None = None,
-                       pool_factor: int = POOL_FACTOR, near_duplicate: float = NEAR_DUPLICATE_COSINE,
-                       seed: int = 0) -> Selection:
+def rank_for_labelling(
+    pool_texts: Sequence[str],
+    uncertainty: np.ndarray,
+    labelled_texts: Sequence[str],
+    k: int,
+    *,
+    embed_fn: Callable[[list[str]], np.ndarray],
+    labelled_vectors: np.ndarray | None = None,
+    pool_factor: int = POOL_FACTOR,
+    near_duplicate: float = NEAR_DUPLICATE_COSINE,
+    seed: int = 0,
+) -> Selection:
     """Pick ``k`` pool rows to label: uncertain, unlike each other, and not already labelled.
 
     ``embed_fn(texts)`` returns unit-length embeddings; ``labelled_vectors`` (the embeddings of
     ``labelled_texts``) saves embedding them again when the caller has them.
     """
     from sklearn.cluster import KMeans
-
 
     if k < 1:
         raise LabellingError(f"k must be at least 1, got {k}")
@@ -139,7 +153,7 @@ def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, label
     near = 0
     position = 0
     while len(shortlist) < wanted and position < len(order):
-        block = order[position:position + max(wanted - len(shortlist), k)]
+        block = order[position : position + max(wanted - len(shortlist), k)]
         position += len(block)
         block_vectors = np.asarray(embed_fn([pool_texts[i] for i in block]), dtype=np.float32)
         similar = _max_cosine(block_vectors, labelled_vectors) >= near_duplicate
@@ -148,8 +162,15 @@ def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, label
         vectors.append(block_vectors[~similar])
     notes = []
     if not shortlist:
-        return Selection(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0, exact, near, copies,
-                         ["no pool row is left to suggest: every one is already labelled"])
+        return Selection(
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+            0,
+            exact,
+            near,
+            copies,
+            ["no pool row is left to suggest: every one is already labelled"],
+        )
     shortlist_arr = np.asarray(shortlist, dtype=np.int64)
     matrix = np.concatenate(vectors)
     n_clusters = min(k, len(shortlist_arr))
@@ -170,10 +191,17 @@ def rank_for_labelling(pool_texts: Sequence[str], uncertainty: np.ndarray, label
         picked.append(int(members[np.argmax(scores[members])]))  # argmax: the first (earliest) on ties
     if len(picked) < n_clusters:  # fewer non-empty clusters than asked: top up with the most uncertain left
         chosen = set(picked)
-        picked += [p for p in range(len(shortlist_arr)) if p not in chosen][:n_clusters - len(picked)]
+        picked += [p for p in range(len(shortlist_arr)) if p not in chosen][: n_clusters - len(picked)]
     picked.sort(key=lambda p: (-scores[p], p))
-    return Selection(shortlist_arr[picked], np.asarray(clusters)[picked].astype(np.int64), len(shortlist_arr),
-                     exact, near, copies, notes)
+    return Selection(
+        shortlist_arr[picked],
+        np.asarray(clusters)[picked].astype(np.int64),
+        len(shortlist_arr),
+        exact,
+        near,
+        copies,
+        notes,
+    )
 
 
 # =============================================================================================
@@ -219,8 +247,10 @@ def read_pool(cfg: Any, path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     rows, columns = _raw_rows(path, cfg.data.encoding)
     text_column = _find_column(columns, cfg.data.columns.input, _INPUT_NAMES)
     if text_column is None:
-        raise LabellingError(f"{path}: no text column (looked for {cfg.data.columns.input or 'text'}, "
-                             f"{', '.join(_INPUT_NAMES[1:])}); columns found: {', '.join(columns) or '(none)'}")
+        raise LabellingError(
+            f"{path}: no text column (looked for {cfg.data.columns.input or 'text'}, "
+            f"{', '.join(_INPUT_NAMES[1:])}); columns found: {', '.join(columns) or '(none)'}"
+        )
     id_column = _find_column(columns, cfg.data.columns.id, ("id",))
     records, unreadable, empty = [], [], 0
     for raw in rows:
@@ -234,11 +264,19 @@ def read_pool(cfg: Any, path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
         row_id = _text(raw.fields.get(id_column)) if id_column else ""
         records.append({"id": row_id or f"pool-{raw.line}", "input": text, "context": "[]", "source_line": raw.line})
     if not records:
-        raise LabellingError(f"{path}: the pool is empty: no row with text in column {text_column!r} ({len(rows)} rows read, "
-                             f"{empty} with empty text, {len(unreadable)} unreadable)")
+        raise LabellingError(
+            f"{path}: the pool is empty: no row with text in column {text_column!r} ({len(rows)} rows read, "
+            f"{empty} with empty text, {len(unreadable)} unreadable)"
+        )
     label_column = _find_column([c for c in columns if c != text_column], cfg.data.columns.label, _LABEL_NAMES)
-    return pd.DataFrame(records), {"file": str(path), "rows_read": len(rows), "unreadable": unreadable,
-                                   "empty": empty, "text_column": text_column, "ignored_label_column": label_column}
+    return pd.DataFrame(records), {
+        "file": str(path),
+        "rows_read": len(rows),
+        "unreadable": unreadable,
+        "empty": empty,
+        "text_column": text_column,
+        "ignored_label_column": label_column,
+    }
 
 
 def _run_dir(cfg: Any, run_id: str) -> Path:
@@ -248,8 +286,13 @@ def _run_dir(cfg: Any, run_id: str) -> Path:
 def _labelled_texts(cfg: Any, run_dir: Path) -> list[str]:
     """Every text the project has a label for: the run's records and splits, and the added rows."""
     texts: list[str] = []
-    for part in ("ingest/records.parquet", "ingest/test_records.parquet", "split/train.parquet",
-                 "split/validation.parquet", "split/test.parquet"):
+    for part in (
+        "ingest/records.parquet",
+        "ingest/test_records.parquet",
+        "split/train.parquet",
+        "split/validation.parquet",
+        "split/test.parquet",
+    ):
         if (run_dir / part).exists():
             texts += pd.read_parquet(run_dir / part, columns=["input"])["input"].astype(str).tolist()
     added = cfg.resolve(cfg.data.added)
@@ -274,8 +317,10 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
         evaluation = read_json(summary) if summary.exists() else {}
         name = (evaluation.get("gate") or {}).get("candidate")
         if not name:
-            raise LabellingError(f"no evaluation in {run_dir} names a candidate: pass --candidate (e.g. embed_lr) "
-                                 "or run `tunewise evaluate` first")
+            raise LabellingError(
+                f"no evaluation in {run_dir} names a candidate: pass --candidate (e.g. embed_lr) "
+                "or run `tunewise evaluate` first"
+            )
         if name not in CANDIDATES or CANDIDATES[name].combines:  # the ensemble: the best single model instead
             name = _best_single_candidate(evaluation, name)
     cls = candidate_class(name)
@@ -287,7 +332,9 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
     for split in ("train", "validation"):
         path = run_dir / "split" / f"{split}.parquet"
         if not path.exists():
-            raise LabellingError(f"{path} not found: run `tunewise split` first (the model is refit on its train split)")
+            raise LabellingError(
+                f"{path} not found: run `tunewise split` first (the model is refit on its train split)"
+            )
         frames[split] = pd.read_parquet(path)
     model = run_candidate(name, cfg, run_dir, frames["train"], frames["validation"])
     if cls.combines:  # asked for by name: made of the run's members
@@ -302,18 +349,31 @@ def _best_single_candidate(evaluation: dict, gate_candidate: str) -> str:
 
     metric = evaluation.get("primary_metric") or "accuracy"
     sign = 1 if metric in (evaluation.get("lower_is_better") or []) else -1
-    scored = [(sign * c["metrics"][metric], c["name"]) for c in evaluation.get("candidates", [])
-              if c.get("name") in CANDIDATES and CANDIDATES[c["name"]].task == "classify"
-              and not CANDIDATES[c["name"]].combines
-              and isinstance((c.get("metrics") or {}).get(metric), (int, float))]
+    scored = [
+        (sign * c["metrics"][metric], c["name"])
+        for c in evaluation.get("candidates", [])
+        if c.get("name") in CANDIDATES
+        and CANDIDATES[c["name"]].task == "classify"
+        and not CANDIDATES[c["name"]].combines
+        and isinstance((c.get("metrics") or {}).get(metric), (int, float))
+    ]
     if not scored:
-        raise LabellingError(f"the gate's candidate {gate_candidate!r} is not a model suggest can use and the "
-                             "evaluation has no other classifier: pass --candidate (e.g. embed_lr)")
+        raise LabellingError(
+            f"the gate's candidate {gate_candidate!r} is not a model suggest can use and the "
+            "evaluation has no other classifier: pass --candidate (e.g. embed_lr)"
+        )
     return min(scored)[1]
 
 
-def suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str = "default", candidate: str | None = None,
-            out: str | Path | None = None) -> dict[str, Any]:
+def suggest(
+    cfg: Any,
+    pool: str | Path,
+    k: int,
+    *,
+    run_id: str = "default",
+    candidate: str | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Rank ``pool`` and write the ``k`` rows to label next as a CSV for annotators; returns a summary.
     Holds the run folder's lock: it reads the run's model and writes ``runs/<id>/suggest/``."""
 
@@ -321,12 +381,15 @@ def suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str = "default", cand
         return _suggest(cfg, pool, k, run_id=run_id, candidate=candidate, out=out)
 
 
-def _suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str, candidate: str | None,
-             out: str | Path | None) -> dict[str, Any]:
+def _suggest(
+    cfg: Any, pool: str | Path, k: int, *, run_id: str, candidate: str | None, out: str | Path | None
+) -> dict[str, Any]:
 
     if cfg.task != "classify":
-        raise LabellingError("suggest ranks rows by the model's class probabilities: it works for classify projects; "
-                             "this project's task is generate")
+        raise LabellingError(
+            "suggest ranks rows by the model's class probabilities: it works for classify projects; "
+            "this project's task is generate"
+        )
     if k < 1:
         raise LabellingError(f"--k must be at least 1, got {k}")
     run_dir = _run_dir(cfg, run_id)
@@ -343,23 +406,39 @@ def _suggest(cfg: Any, pool: str | Path, k: int, *, run_id: str, candidate: str 
 
     selection = rank_for_labelling(frame["input"].tolist(), uncertainty, labelled, k, embed_fn=embed_fn, seed=cfg.seed)
     idx = selection.indices
-    table = pd.DataFrame({
-        "id": frame["id"].to_numpy()[idx], "text": frame["input"].to_numpy()[idx],
-        "suggested_label": predictions["prediction"].to_numpy()[idx],
-        "confidence": np.round(predictions["score"].to_numpy(dtype=float)[idx], 4),
-        "uncertainty": np.round(uncertainty[idx], 4), "cluster": selection.clusters, "label": "",
-    }, columns=list(SUGGEST_COLUMNS))
+    table = pd.DataFrame(
+        {
+            "id": frame["id"].to_numpy()[idx],
+            "text": frame["input"].to_numpy()[idx],
+            "suggested_label": predictions["prediction"].to_numpy()[idx],
+            "confidence": np.round(predictions["score"].to_numpy(dtype=float)[idx], 4),
+            "uncertainty": np.round(uncertainty[idx], 4),
+            "cluster": selection.clusters,
+            "label": "",
+        },
+        columns=list(SUGGEST_COLUMNS),
+    )
     out_path = Path(out) if out is not None else run_dir / "suggest" / "to_label.csv"
     write_csv(out_path, table)
     return {
-        "candidate": name, "model": how, "pool": str(pool), "out": str(out_path), "k": k, "suggested": len(table),
-        "pool_rows": read["rows_read"], "pool_unreadable": read["unreadable"], "pool_empty": read["empty"],
+        "candidate": name,
+        "model": how,
+        "pool": str(pool),
+        "out": str(out_path),
+        "k": k,
+        "suggested": len(table),
+        "pool_rows": read["rows_read"],
+        "pool_unreadable": read["unreadable"],
+        "pool_empty": read["empty"],
         "skipped_labelled_exact": selection.skipped_labelled_exact,
         "skipped_labelled_near": selection.skipped_labelled_near,
-        "skipped_pool_copies": selection.skipped_pool_copies, "shortlisted": selection.shortlisted,
+        "skipped_pool_copies": selection.skipped_pool_copies,
+        "shortlisted": selection.shortlisted,
         "pool_mean_uncertainty": float(uncertainty.mean()),
         "suggested_mean_uncertainty": float(table["uncertainty"].mean()) if len(table) else None,
-        "labelled_rows_compared": len(labelled), "notes": selection.notes, "rows": table.to_dict("records"),
+        "labelled_rows_compared": len(labelled),
+        "notes": selection.notes,
+        "rows": table.to_dict("records"),
     }
 
 
@@ -390,12 +469,20 @@ def _freeze_test(cfg: Any, run_dir: Path) -> dict[str, Any]:
         return {"frozen": True, "path": str(path), "new": False, "ids": len(read_json(path)["ids"])}
     test_path = run_dir / "split" / "test.parquet"
     if not test_path.exists():
-        raise LabellingError(f"{test_path} not found: run `tunewise split` first, so the test split can be frozen "
-                             "before rows are added")
+        raise LabellingError(
+            f"{test_path} not found: run `tunewise split` first, so the test split can be frozen before rows are added"
+        )
     ids = pd.read_parquet(test_path, columns=["id"])["id"].astype(str).tolist()
-    write_json(path, {"run_id": run_dir.name, "source": str(test_path), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      "note": "the split stage takes exactly these ids as test while data.test is not set",
-                      "ids": ids})
+    write_json(
+        path,
+        {
+            "run_id": run_dir.name,
+            "source": str(test_path),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "note": "the split stage takes exactly these ids as test while data.test is not set",
+            "ids": ids,
+        },
+    )
     return {"frozen": True, "path": str(path), "new": True, "ids": len(ids)}
 
 
@@ -415,8 +502,11 @@ def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
     # suggest's sheet is written with formula-like cells quoted (artifacts.csv_safe): take the quote off
     unescape = csv_unescape if file.suffix.lower() in (".csv", ".tsv") else (lambda value: value)
     text_column = _find_column(columns, cfg.data.columns.input, _INPUT_NAMES)
-    answer_column_name = (_find_column(columns, cfg.data.columns.label, _LABEL_NAMES) if answer == "label"
-                          else _find_column(columns, cfg.data.columns.target, _TARGET_NAMES))
+    answer_column_name = (
+        _find_column(columns, cfg.data.columns.label, _LABEL_NAMES)
+        if answer == "label"
+        else _find_column(columns, cfg.data.columns.target, _TARGET_NAMES)
+    )
     if text_column is None or answer_column_name is None:
         wanted = "text and label" if answer == "label" else "text and reply"
         raise LabellingError(f"{file} needs {wanted} columns; columns found: {', '.join(columns) or '(none)'}")
@@ -473,21 +563,36 @@ def _add_labels(cfg: Any, file: str | Path, *, run_id: str) -> dict[str, Any]:
         seen.add(key)
         if answer == "label" and value not in known_labels:
             if not new_labels[value]:
-                warnings.append(f"{file}:{line}: label {value!r} is not one of the {len(known_labels)} current labels: "
-                                "added as a new class")
+                warnings.append(
+                    f"{file}:{line}: label {value!r} is not one of the {len(known_labels)} current labels: "
+                    "added as a new class"
+                )
             new_labels[value] += 1
-        new_rows.append({"id": f"added-{next_number + len(new_rows)}", "text": text,
-                         ("label" if answer == "label" else "reply"): value})
+        new_rows.append(
+            {
+                "id": f"added-{next_number + len(new_rows)}",
+                "text": text,
+                ("label" if answer == "label" else "reply"): value,
+            }
+        )
 
     freeze = _freeze_test(cfg, _run_dir(cfg, run_id))
     if new_rows:
         lines = previous_lines + [json.dumps(r, ensure_ascii=False) for r in new_rows]
         write_text(added_path, "\n".join(lines) + "\n")  # atomic: the whole file or the old one
     return {
-        "file": str(file), "rows_read": len(rows), "added": len(new_rows), "added_file": str(added_path),
+        "file": str(file),
+        "rows_read": len(rows),
+        "added": len(new_rows),
+        "added_file": str(added_path),
         "added_total": len(previous_lines) + len(new_rows),
-        "skipped_blank_label": counts["blank_label"], "skipped_already_labelled": counts["already_labelled"],
-        "skipped_empty_text": counts["empty_text"], "skipped_unreadable": counts["unreadable"],
-        "skipped_too_long": counts["too_long"], "new_labels": dict(new_labels), "warnings": warnings,
-        "test": freeze, "ids": [r["id"] for r in new_rows],
+        "skipped_blank_label": counts["blank_label"],
+        "skipped_already_labelled": counts["already_labelled"],
+        "skipped_empty_text": counts["empty_text"],
+        "skipped_unreadable": counts["unreadable"],
+        "skipped_too_long": counts["too_long"],
+        "new_labels": dict(new_labels),
+        "warnings": warnings,
+        "test": freeze,
+        "ids": [r["id"] for r in new_rows],
     }

@@ -66,9 +66,13 @@ class LabelConflicts(Check):
         texts = example_texts(frame)
         surface = [surface_key(t) for t in texts]
         # clusters join rows equal after normalisation (numbers masked) and pairs >= threshold
-        result = find_near_duplicates([mask_numbers(t) for t in texts], threshold=threshold,
-                                      num_perm=self.project.curate.num_perm,
-                                      shingle=self.project.curate.shingle, progress=True)
+        result = find_near_duplicates(
+            [mask_numbers(t) for t in texts],
+            threshold=threshold,
+            num_perm=self.project.curate.num_perm,
+            shingle=self.project.curate.shingle,
+            progress=True,
+        )
         group = np.asarray(result.cluster, dtype=np.int64)
         labels = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in frame["label"]]
         ids = [str(v) for v in frame["id"]]
@@ -88,10 +92,15 @@ class LabelConflicts(Check):
                     if labels[m] != top:
                         # the majority row with the very same text if there is one, else the earliest
                         twin = next((r for r in majority_rows if surface[r] == surface[m]), majority_rows[0])
-                        findings.append(Finding(
-                            index=m, issue="label_conflict", change={"label": top}, of=ids[twin],
-                            detail=f"label '{labels[m]}' conflicts with '{top}' x{top_n} {where}; majority -> '{top}'",
-                        ))
+                        findings.append(
+                            Finding(
+                                index=m,
+                                issue="label_conflict",
+                                change={"label": top},
+                                of=ids[twin],
+                                detail=f"label '{labels[m]}' conflicts with '{top}' x{top_n} {where}; majority -> '{top}'",
+                            )
+                        )
             else:
                 first = members[0]
                 seen = {(surface[first], labels[first])}
@@ -100,9 +109,16 @@ class LabelConflicts(Check):
                         continue  # an exact copy of an earlier member: exact_duplicates reports it
                     seen.add((surface[m], labels[m]))
                     others = Counter({k: v for k, v in counts.items() if k != labels[m]})
-                    findings.append(Finding(
-                        index=m, issue="label_conflict", change=None, of=ids[first],
-                        detail=(f"label '{labels[m]}' conflicts with {_counts_text(others)} {where}; "
-                                f"no clear majority ({_counts_text(counts)})"),
-                    ))
+                    findings.append(
+                        Finding(
+                            index=m,
+                            issue="label_conflict",
+                            change=None,
+                            of=ids[first],
+                            detail=(
+                                f"label '{labels[m]}' conflicts with {_counts_text(others)} {where}; "
+                                f"no clear majority ({_counts_text(counts)})"
+                            ),
+                        )
+                    )
         return findings

@@ -140,8 +140,13 @@ def exact_copy_of(frame: pd.DataFrame, answer: str) -> np.ndarray:
     copy with another order number or an added "!!" is an edited copy (a near duplicate), not
     the same row typed twice.
     """
-    keys = pd.DataFrame({"text": [surface_key(t) for t in example_texts(frame)],
-                         "answer": answer_keys(frame, answer), "pos": np.arange(len(frame), dtype=np.int64)})
+    keys = pd.DataFrame(
+        {
+            "text": [surface_key(t) for t in example_texts(frame)],
+            "answer": answer_keys(frame, answer),
+            "pos": np.arange(len(frame), dtype=np.int64),
+        }
+    )
     return keys.groupby(["text", "answer"], sort=False)["pos"].transform("min").to_numpy(np.int64)
 
 
@@ -171,8 +176,13 @@ def _best_partner(pairs: np.ndarray, scores: np.ndarray, representative: np.ndar
     return best
 
 
-def _copies_findings(frame: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray, issue: str,
-                     describe: Callable[[int, int, float, str], str]) -> list[Finding]:
+def _copies_findings(
+    frame: pd.DataFrame,
+    pairs: np.ndarray,
+    scores: np.ndarray,
+    issue: str,
+    describe: Callable[[int, int, float, str], str],
+) -> list[Finding]:
     """One finding per row that is not its group's representative, ``of`` the representative."""
     ids = _column(frame, "id")
     representative = components(len(frame), pairs)
@@ -180,8 +190,11 @@ def _copies_findings(frame: pd.DataFrame, pairs: np.ndarray, scores: np.ndarray,
     findings = []
     for row in np.flatnonzero(representative != np.arange(len(frame))).tolist():
         other, score = partner[row]
-        findings.append(Finding(index=row, issue=issue, detail=describe(row, other, score, ids[other]),
-                                of=ids[int(representative[row])]))
+        findings.append(
+            Finding(
+                index=row, issue=issue, detail=describe(row, other, score, ids[other]), of=ids[int(representative[row])]
+            )
+        )
     return findings
 
 
@@ -246,7 +259,7 @@ def one_word_edit(a: list[str], b: list[str]) -> str | None:
     end = 0
     while end < min(len(a), len(b)) - start and a[-1 - end] == b[-1 - end]:
         end += 1
-    rest_a, rest_b = a[start:len(a) - end], b[start:len(b) - end]
+    rest_a, rest_b = a[start : len(a) - end], b[start : len(b) - end]
     if len(rest_a) + len(rest_b) == 1:
         word = (rest_a or rest_b)[0]
         return None if word in _NEGATIONS else f"one word apart: '{word}'"
@@ -270,8 +283,12 @@ class ExactDuplicates(Check):
         ids = _column(frame, "id")
         what = "label" if ctx.answer == "label" else "reply"
         return [
-            Finding(index=row, issue="exact_duplicate", detail=f"same input and {what} as {ids[first[row]]}",
-                    of=ids[first[row]])
+            Finding(
+                index=row,
+                issue="exact_duplicate",
+                detail=f"same input and {what} as {ids[first[row]]}",
+                of=ids[first[row]],
+            )
             for row in np.flatnonzero(first != np.arange(len(frame))).tolist()
         ]
 
@@ -289,9 +306,13 @@ class NearDuplicates(Check):
         # generate: the reply is part of the example (see the module docstring)
         texts = example_texts(frame, with_answer=None if ctx.task == "classify" else ctx.answer)
         masked = [mask_numbers(t) for t in texts]
-        result = find_near_duplicates(masked, threshold=min(threshold, ONE_EDIT_FLOOR),
-                                      num_perm=self.project.curate.num_perm,
-                                      shingle=self.project.curate.shingle, progress=True)
+        result = find_near_duplicates(
+            masked,
+            threshold=min(threshold, ONE_EDIT_FLOOR),
+            num_perm=self.project.curate.num_perm,
+            shingle=self.project.curate.shingle,
+            progress=True,
+        )
         pairs = np.asarray(result.pairs, dtype=np.int64).reshape(-1, 2)
         scores = np.asarray(result.jaccard, dtype=np.float64)
         keep = _same_answer_pairs(frame, pairs, ctx.task) & _not_exact_copies(frame, pairs, ctx, self.project)
@@ -313,8 +334,9 @@ class NearDuplicates(Check):
         return _copies_findings(frame, pairs, scores, "near_duplicate", describe)
 
 
-def semantic_pairs(embeddings: np.ndarray, threshold: float,
-                   block: int = SEMANTIC_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def semantic_pairs(
+    embeddings: np.ndarray, threshold: float, block: int = SEMANTIC_BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
     """All pairs i < j with cosine >= threshold, by a blocked product of normalised embeddings.
 
     Hand-written rather than sklearn's radius neighbours: it needs only one block of the
@@ -357,5 +379,10 @@ class SemanticDuplicates(Check):
         pairs, scores = semantic_pairs(embeddings, threshold)
         keep = _same_answer_pairs(frame, pairs, ctx.task) & _not_exact_copies(frame, pairs, ctx, self.project)
         pairs, scores = pairs[keep], scores[keep]
-        return _copies_findings(frame, pairs, scores, "semantic_duplicate",
-                                lambda row, other, score, other_id: f"cosine {score:.3f} with {other_id}")
+        return _copies_findings(
+            frame,
+            pairs,
+            scores,
+            "semantic_duplicate",
+            lambda row, other, score, other_id: f"cosine {score:.3f} with {other_id}",
+        )

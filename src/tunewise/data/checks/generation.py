@@ -44,7 +44,7 @@ from tunewise.data.checks.pii import PLACEHOLDERS
 from tunewise.data.checks.text import as_text
 from tunewise.data.curate import Check, CurateContext, Finding, register
 
-MIN_COPIES = 3                  # two rows sharing a reply is common and harmless ("Thanks!")
+MIN_COPIES = 3  # two rows sharing a reply is common and harmless ("Thanks!")
 # The mean over the few pairs of a small group is noisy, and a macro reply shared by three
 # same-topic messages is normal: the limit is threshold - 0.45/sqrt(copies), so 3 copies must be
 # clearly unrelated (< 0.24 at the default) while 25 copies need only fall below 0.41.
@@ -52,7 +52,7 @@ SMALL_GROUP_MARGIN = 0.45
 # Replies to different requests score 0.3-0.6 with MiniLM (95 % of different-intent reply pairs in
 # the demo fall below 0.61); rewordings of one answer score above ~0.7.
 REPLY_CONFLICT_SIMILARITY = 0.6
-MIN_WORDS_FOR_CUT_CHECK = 6     # short sign-offs ("Thanks, Sam") end without punctuation legitimately
+MIN_WORDS_FOR_CUT_CHECK = 6  # short sign-offs ("Thanks, Sam") end without punctuation legitimately
 
 _STAND_INS = {"-", "--", "—", "–", "n/a", "na", "none", "null", "nil", "tbd", "todo", "no reply", "no response"}
 _TERMINAL = tuple(".!?)]\"'”’»") + ("*",)
@@ -65,14 +65,15 @@ _CONNECTORS = frozenset(
 _WORDS = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 _SLOT_PATTERNS = (
-    re.compile(r"\{\{\s*[A-Za-z_][\w.\- ]*?\s*\}\}"),                 # {{name}}
-    re.compile(r"(?<!\{)\$?\{\s*[A-Za-z_][\w\-]*\s*\}(?!\})"),        # {order_id}, ${name}
-    re.compile(r"%\([A-Za-z_]\w*\)[sd]"),                              # %(name)s
+    re.compile(r"\{\{\s*[A-Za-z_][\w.\- ]*?\s*\}\}"),  # {{name}}
+    re.compile(r"(?<!\{)\$?\{\s*[A-Za-z_][\w\-]*\s*\}(?!\})"),  # {order_id}, ${name}
+    re.compile(r"%\([A-Za-z_]\w*\)[sd]"),  # %(name)s
 )
-_BRACKET = re.compile(r"\[([^\[\]\n]{2,40})\](?!\()")                 # [CUSTOMER NAME]; not [text](url)
+_BRACKET = re.compile(r"\[([^\[\]\n]{2,40})\](?!\()")  # [CUSTOMER NAME]; not [text](url)
 _ANGLE = re.compile(r"<([A-Za-z_][A-Za-z0-9_ ]{0,38}[A-Za-z0-9_]|[A-Za-z_])>")
-_SLOT_WORDS = re.compile(r"\b(?:name|date|number|id|link|url|email|address|insert|order|amount|time|phone|product)\b",
-                         re.IGNORECASE)
+_SLOT_WORDS = re.compile(
+    r"\b(?:name|date|number|id|link|url|email|address|insert|order|amount|time|phone|product)\b", re.IGNORECASE
+)
 _HTML_TAGS = frozenset(
     "a b i u p s br hr em strong small sub sup div span ul ol li table tr td th img code pre blockquote "
     "h1 h2 h3 h4 h5 h6 html body head title".split()
@@ -105,7 +106,9 @@ def template_slots(text: str) -> list[str]:
     return [slot for _, slot in sorted(found)]
 
 
-def truncation_reason(text: str, vocabulary: Sequence[str] = (), known: frozenset[str] | set[str] = frozenset()) -> str | None:
+def truncation_reason(
+    text: str, vocabulary: Sequence[str] = (), known: frozenset[str] | set[str] = frozenset()
+) -> str | None:
     """Why a reply looks cut off, or None.
 
     ``vocabulary`` (sorted) and ``known`` are the words used elsewhere in the replies; with them a
@@ -148,8 +151,10 @@ def _embed(ctx: CurateContext, texts: list[str], purpose: str) -> np.ndarray | N
     try:
         return ctx.embed(texts)
     except Exception as exc:  # noqa: BLE001 - fall back to the stated rule, and say so
-        console.print(f"[yellow]curate: generation: embeddings unavailable for {purpose} "
-                      f"({type(exc).__name__}: {exc}); using the fallback rule[/yellow]")
+        console.print(
+            f"[yellow]curate: generation: embeddings unavailable for {purpose} "
+            f"({type(exc).__name__}: {exc}); using the fallback rule[/yellow]"
+        )
         return None
 
 
@@ -192,8 +197,9 @@ class Generation(Check):
         findings += self._conflicts(inputs, replies, ids, ctx)
         return findings
 
-    def _copied(self, inputs: list[str], replies: list[str], ids: list[str], labels: list[Any] | None,
-                ctx: CurateContext) -> list[Finding]:
+    def _copied(
+        self, inputs: list[str], replies: list[str], ids: list[str], labels: list[Any] | None, ctx: CurateContext
+    ) -> list[Finding]:
         limit = self.threshold
         groups: dict[str, list[int]] = defaultdict(list)
         for index, reply in enumerate(replies):
@@ -205,7 +211,9 @@ class Generation(Check):
         members = [i for rows in groups.values() for i in rows]
         vectors = _embed(ctx, [inputs[i] for i in members], "copied replies")
         if vectors is None and labels is None:
-            console.print("[yellow]curate: generation: copied_reply not judged: no embeddings and no label column[/yellow]")
+            console.print(
+                "[yellow]curate: generation: copied_reply not judged: no embeddings and no label column[/yellow]"
+            )
             return []
         row_vector = dict(zip(members, vectors)) if vectors is not None else {}
         findings = []
@@ -246,7 +254,12 @@ class Generation(Check):
             else:
                 similarity = difflib.SequenceMatcher(None, reply_key(a), reply_key(b)).ratio()
             if similarity < REPLY_CONFLICT_SIMILARITY:
-                findings.append(Finding(other, "reply_conflict",
-                                        f"different reply to the same input (reply similarity {similarity:.2f})",
-                                        of=ids[first]))
+                findings.append(
+                    Finding(
+                        other,
+                        "reply_conflict",
+                        f"different reply to the same input (reply similarity {similarity:.2f})",
+                        of=ids[first],
+                    )
+                )
         return findings

@@ -109,25 +109,24 @@ MIN_CLASS_ROWS = 2  # a class needs one row to hold out and one to train on
 CHAR_NGRAM_FEATURES = 50_000  # the most frequent char n-grams; bounds memory and fit time
 
 # --- thin_classes / synthesize defaults ------------------------------------------------------
-MAX_GENERATED = 200       # candidates generated in one run, all classes together
-OVERSAMPLE = 3            # candidates per needed row and round: 1 in 4 to 1 in 7 is kept (demo, SmolLM2-135M)
-MAX_ROUNDS = 3            # generation rounds for classes still short
+MAX_GENERATED = 200  # candidates generated in one run, all classes together
+OVERSAMPLE = 3  # candidates per needed row and round: 1 in 4 to 1 in 7 is kept (demo, SmolLM2-135M)
+MAX_ROUNDS = 3  # generation rounds for classes still short
 GEN_BATCH = 16
 MAX_NEW_TOKENS = 40
 NEAR_COPY_COSINE = SemanticDuplicatesSettings.default_threshold()  # above it, a reworded copy
 PROMPT = "Rewrite this customer message in different words, keep its meaning:\n\n{text}"
 # words of the instruction that a weak model tends to repeat instead of paraphrasing
-_ECHO_MARKERS = ("rewrite this", "customer message", "keep its meaning", "in different words",
-                 "paraphrase", "rephrase")
+_ECHO_MARKERS = ("rewrite this", "customer message", "keep its meaning", "in different words", "paraphrase", "rephrase")
 
 
 @dataclass
 class Suspect:
     """A row whose given label the out-of-fold model doubts."""
 
-    position: int          # row position among the rows passed in
+    position: int  # row position among the rows passed in
     given: str
-    given_p: float         # out-of-fold probability of the given label
+    given_p: float  # out-of-fold probability of the given label
     suggested: str
     suggested_p: float
 
@@ -140,8 +139,14 @@ def text_features(texts: Sequence[str], embeddings: np.ndarray) -> Any:
 
     tfidf = make_union(
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2,
-                        max_features=CHAR_NGRAM_FEATURES, dtype=np.float32),
+        TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(3, 5),
+            sublinear_tf=True,
+            min_df=2,
+            max_features=CHAR_NGRAM_FEATURES,
+            dtype=np.float32,
+        ),
     )
     try:
         counts = tfidf.fit_transform(list(texts))
@@ -150,8 +155,9 @@ def text_features(texts: Sequence[str], embeddings: np.ndarray) -> Any:
     return sparse.hstack([counts, sparse.csr_matrix(embeddings)]).tocsr()
 
 
-def out_of_fold_probs(features: Any, y: np.ndarray, *, seed: int = 0, C: float = LR_C,
-                      left_out: np.ndarray | None = None) -> np.ndarray:
+def out_of_fold_probs(
+    features: Any, y: np.ndarray, *, seed: int = 0, C: float = LR_C, left_out: np.ndarray | None = None
+) -> np.ndarray:
     """Class probabilities for every row from a LogisticRegression that never saw that row.
 
     ``y`` holds class indices 0..K-1, each with 2+ rows. ``left_out`` (bool per row): rows kept
@@ -176,8 +182,9 @@ def out_of_fold_probs(features: Any, y: np.ndarray, *, seed: int = 0, C: float =
     return probs
 
 
-def find_suspects(features: Any, labels: Sequence[str], *, seed: int = 0, C: float = LR_C,
-                  min_suggested_p: float = MIN_SUGGESTED_P) -> list[Suspect]:
+def find_suspects(
+    features: Any, labels: Sequence[str], *, seed: int = 0, C: float = LR_C, min_suggested_p: float = MIN_SUGGESTED_P
+) -> list[Suspect]:
     """Rows whose label confident learning doubts, most suspicious first (see the module doc).
 
     ``labels`` must hold 2+ classes, each with 2+ rows.
@@ -240,24 +247,32 @@ class LabelErrors(Check):
         }
         if len(too_small):
             names = ", ".join(repr(c) for c in too_small.index[:10]) + (" ..." if len(too_small) > 10 else "")
-            coverage["note"] = (f"rows of {len(too_small)} class(es) with fewer than {MIN_CLASS_ROWS} "
-                                f"rows not judged: {names}")
+            coverage["note"] = (
+                f"rows of {len(too_small)} class(es) with fewer than {MIN_CLASS_ROWS} rows not judged: {names}"
+            )
         ctx.note(self.name, **coverage)
         if coverage["judged_classes"] < 2:
-            raise SkipCheck(f"needs at least 2 classes with {MIN_CLASS_ROWS}+ rows, "
-                            f"found {coverage['judged_classes']}"
-                            + (f" ({coverage['note']})" if len(too_small) else ""))
+            raise SkipCheck(
+                f"needs at least 2 classes with {MIN_CLASS_ROWS}+ rows, "
+                f"found {coverage['judged_classes']}" + (f" ({coverage['note']})" if len(too_small) else "")
+            )
         if len(judged) < MIN_ROWS_TO_JUDGE:
-            raise SkipCheck(f"only {len(judged)} rows to judge (classes with {MIN_CLASS_ROWS}+ rows); "
-                            f"needs {MIN_ROWS_TO_JUDGE} for out-of-fold predictions")
+            raise SkipCheck(
+                f"only {len(judged)} rows to judge (classes with {MIN_CLASS_ROWS}+ rows); "
+                f"needs {MIN_ROWS_TO_JUDGE} for out-of-fold predictions"
+            )
         texts = frame["input"].astype(str).to_numpy()[judged].tolist()
         features = text_features(texts, ctx.embed(texts))
-        suspects = find_suspects(features, labels.to_numpy()[judged].tolist(), seed=self.project.seed,
-                                 min_suggested_p=threshold)
+        suspects = find_suspects(
+            features, labels.to_numpy()[judged].tolist(), seed=self.project.seed, min_suggested_p=threshold
+        )
         return [
-            Finding(index=int(judged[s.position]), issue="suspected_label_error",
-                    detail=f"given '{s.given}' (p={s.given_p:.2f}), model says '{s.suggested}' (p={s.suggested_p:.2f})",
-                    change={"label": s.suggested})
+            Finding(
+                index=int(judged[s.position]),
+                issue="suspected_label_error",
+                detail=f"given '{s.given}' (p={s.given_p:.2f}), model says '{s.suggested}' (p={s.suggested_p:.2f})",
+                change={"label": s.suggested},
+            )
             for s in suspects
         ]
 
@@ -316,13 +331,19 @@ class ThinClasses(Check):
         if lost:
             from rich.markup import escape
 
-            console.print("[yellow]curate: " + escape(", ".join(f"class '{label}' lost all its {n} row(s)"
-                                                                for label, n in lost.items()))
-                          + " to earlier checks (see curate/issues.csv)[/yellow]", highlight=False)
+            console.print(
+                "[yellow]curate: "
+                + escape(", ".join(f"class '{label}' lost all its {n} row(s)" for label, n in lost.items()))
+                + " to earlier checks (see curate/issues.csv)[/yellow]",
+                highlight=False,
+            )
         first_row = {label: i for i, label in reversed(list(enumerate(labels)))}
         return [
-            Finding(index=first_row[label], issue="thin_class",
-                    detail=f"class '{label}' has {count} rows < minimum {self.minimum}")
+            Finding(
+                index=first_row[label],
+                issue="thin_class",
+                detail=f"class '{label}' has {count} rows < minimum {self.minimum}",
+            )
             for label, count in balance["thin"].items()
         ]
 
@@ -384,11 +405,13 @@ class ThinClasses(Check):
             if not jobs:
                 break
             budget -= len(jobs)
-            outputs = _paraphrase(model, tokenizer, [inputs[i] for _, i in jobs],
-                                  seed=self.project.seed + round_no, round_no=round_no)
+            outputs = _paraphrase(
+                model, tokenizer, [inputs[i] for _, i in jobs], seed=self.project.seed + round_no, round_no=round_no
+            )
             stats["generated"] += len(jobs)
-            candidates = [(label, i, _clean_generation(text, finished))
-                          for (label, i), (text, finished) in zip(jobs, outputs)]
+            candidates = [
+                (label, i, _clean_generation(text, finished)) for (label, i), (text, finished) in zip(jobs, outputs)
+            ]
             vectors = ctx.embed([c or "" for _, _, c in candidates])
             predicted = judge.predict(vectors)
             for (label, i, text), vector, guess in zip(candidates, vectors, predicted):
@@ -411,16 +434,29 @@ class ThinClasses(Check):
                 ids.add(new_id)
                 source = frame.iloc[i]
                 row = {column: source[column] for column in frame.columns}
-                row.update(id=new_id, input=text, context="[]", label=label, source_file="synthetic",
-                           source_line=None, synthetic=True)
-                added.append(Finding(
-                    index=len(new_rows), issue="synthetic",
-                    detail=f"paraphrase for thin class '{label}' ({counts[label]} rows < minimum {self.minimum})",
-                    of=str(source["id"])))
+                row.update(
+                    id=new_id,
+                    input=text,
+                    context="[]",
+                    label=label,
+                    source_file="synthetic",
+                    source_line=None,
+                    synthetic=True,
+                )
+                added.append(
+                    Finding(
+                        index=len(new_rows),
+                        issue="synthetic",
+                        detail=f"paraphrase for thin class '{label}' ({counts[label]} rows < minimum {self.minimum})",
+                        of=str(source["id"]),
+                    )
+                )
                 new_rows.append(row)
         stats["kept"] = len(new_rows)
-        stats["per_class"] = {label: {"had": int(counts[label]), "needed": needed[label], "kept": kept_per_class[label]}
-                              for label in needed}
+        stats["per_class"] = {
+            label: {"had": int(counts[label]), "needed": needed[label], "kept": kept_per_class[label]}
+            for label in needed
+        }
         stats["acceptance_rate"] = round(len(new_rows) / stats["generated"], 3) if stats["generated"] else None
         return pd.DataFrame(new_rows, columns=list(frame.columns)), added
 
@@ -439,16 +475,21 @@ def _new_id(label: str, n: int, taken: set[str]) -> str:
 
 def _load_generator(project: ProjectConfig) -> tuple[Any, Any]:
 
-    return load_llm(project.models.llm, offline=project.models.offline,
-                    trust_remote_code=project.models.trust_remote_code)
+    return load_llm(
+        project.models.llm, offline=project.models.offline, trust_remote_code=project.models.trust_remote_code
+    )
 
 
 def _paraphrase(model: Any, tokenizer: Any, texts: list[str], *, seed: int, round_no: int) -> list[tuple[str, bool]]:
     """Sampled paraphrases, one per text: (generated text, whether it ended before the token cap)."""
     import torch
 
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": PROMPT.format(text=t)}],
-                                             tokenize=False, add_generation_prompt=True) for t in texts]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPT.format(text=t)}], tokenize=False, add_generation_prompt=True
+        )
+        for t in texts
+    ]
     stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
     if end_of_turn is not None:
@@ -456,17 +497,27 @@ def _paraphrase(model: Any, tokenizer: Any, texts: list[str], *, seed: int, roun
     device = next(model.parameters()).device
     out: list[tuple[str, bool]] = []
     # fork_rng: the seed fixes this sampling without moving the caller's global torch RNG
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(), \
-            progress(f"synthesizing (round {round_no + 1})", len(texts), unit="texts") as advance:
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.inference_mode(),
+        progress(f"synthesizing (round {round_no + 1})", len(texts), unit="texts") as advance,
+    ):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), GEN_BATCH):
-            batch = prompts[start:start + GEN_BATCH]
-            encoded = tokenizer(batch, padding=True, padding_side="left", add_special_tokens=False,
-                                return_tensors="pt").to(device)
-            generated = model.generate(**encoded, do_sample=True, temperature=0.8, top_p=0.95,
-                                       max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                       eos_token_id=sorted(stop_ids))
-            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+            batch = prompts[start : start + GEN_BATCH]
+            encoded = tokenizer(
+                batch, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+            ).to(device)
+            generated = model.generate(
+                **encoded,
+                do_sample=True,
+                temperature=0.8,
+                top_p=0.95,
+                max_new_tokens=MAX_NEW_TOKENS,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(stop_ids),
+            )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             for row in new_tokens.tolist():
                 finished = any(t in stop_ids for t in row)
                 out.append((tokenizer.decode(row, skip_special_tokens=True), finished))

@@ -43,8 +43,10 @@ KINDS = ("email", "phone", "card", "iban", "ip")
 PLACEHOLDERS = {"email": "<EMAIL>", "phone": "<PHONE>", "card": "<CARD>", "iban": "<IBAN>", "ip": "<IP>"}
 
 # Compiled once: these run over every text field of every row.
-EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b")
+EMAIL_RE = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b"
+)
 # 13-19 digits, optionally grouped by single spaces or dashes.
 CARD_RE = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w]|-\d)")
 # Country code, check digits, then the BBAN in print (groups of 4) or electronic form.
@@ -57,24 +59,95 @@ PHONE_RE = re.compile(r"(?<![\w#$€£¥+/@.,-])(?:\+|\(\+?)?\d(?:[ .()\-]{0,2}\
 DATE_RE = re.compile(r"(?<!\d)(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?!\d)")
 PHONE_WORDS_RE = re.compile(
     r"\b(?:phone|tel|telephone|call|mobile|cell|cellphone|whatsapp|sms|text me|reach me|ring me)\b\W{0,3}"
-    r"(?:\w+\W+){0,3}$", re.IGNORECASE)
+    r"(?:\w+\W+){0,3}$",
+    re.IGNORECASE,
+)
 CURRENCY_RE = re.compile(r"(?:[$€£¥]|\b(?:usd|eur|gbp|dollars?|euros?|pounds?)\b)", re.IGNORECASE)
 # A payment word then at most three words ("card number is", "account no.:", "acct ending"): the
 # digit run that follows is redacted even without a valid checksum.
 CARD_WORDS_RE = re.compile(
-    r"\b(?:cards?|creditcard|debitcard|account|acct|acc|a/c|iban)\b\W{0,3}(?:[^\W\d]\w*\W{1,3}){0,3}$",
-    re.IGNORECASE)
+    r"\b(?:cards?|creditcard|debitcard|account|acct|acc|a/c|iban)\b\W{0,3}(?:[^\W\d]\w*\W{1,3}){0,3}$", re.IGNORECASE
+)
 
 # ISO 13616 IBAN lengths by country (SWIFT IBAN registry); unknown countries need 15-34 chars.
 IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
-    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
-    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
-    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
-    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
-    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
-    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BR": 29,
+    "BY": 28,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IQ": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LC": 32,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NL": 18,
+    "NO": 15,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "SA": 24,
+    "SC": 31,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "ST": 25,
+    "SV": 28,
+    "TL": 23,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VA": 22,
+    "VG": 24,
+    "XK": 20,
 }
 
 
@@ -91,8 +164,7 @@ def luhn_valid(digits: str) -> bool:
 
 def is_card_number(digits: str) -> bool:
     """13-19 digits, a card network's first digit (2-6: Mastercard, Amex, Visa, Discover...), Luhn."""
-    return (13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1
-            and luhn_valid(digits))
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1 and luhn_valid(digits)
 
 
 def iban_valid(iban: str) -> bool:
@@ -132,7 +204,7 @@ def _iban_spans(text: str) -> list[tuple[int, int, bool]]:
                     break
         if end < len(text) and text[end].isalnum():
             continue
-        candidate = re.sub(r"\s+", "", text[m.start():end]).upper()
+        candidate = re.sub(r"\s+", "", text[m.start() : end]).upper()
         if iban_valid(candidate):
             spans.append((m.start(), end, True))
         elif expected is not None and len(candidate) == expected:
@@ -144,11 +216,16 @@ def _looks_like_amount(candidate: str, before: str, after: str) -> bool:
     if CURRENCY_RE.search(before[-6:]) or CURRENCY_RE.match(after.lstrip()[:8]):
         return True
     groups = re.split(r"[ .]", candidate)
-    if re.fullmatch(r"\d+\.\d{2}", candidate):                      # 12999.00
+    if re.fullmatch(r"\d+\.\d{2}", candidate):  # 12999.00
         return True
     # 1 299 000 / 1.299.000: thousands groups, and amounts don't start with 0
-    return (len(groups) > 1 and not candidate.startswith("0") and len(groups[0]) <= 3
-            and all(len(g) == 3 for g in groups[1:]) and re.fullmatch(r"[\d .]+", candidate) is not None)
+    return (
+        len(groups) > 1
+        and not candidate.startswith("0")
+        and len(groups[0]) <= 3
+        and all(len(g) == 3 for g in groups[1:])
+        and re.fullmatch(r"[\d .]+", candidate) is not None
+    )
 
 
 def _is_phone(text: str, m: re.Match[str], dates: list[tuple[int, int]]) -> bool:
@@ -162,13 +239,13 @@ def _is_phone(text: str, m: re.Match[str], dates: list[tuple[int, int]]) -> bool
         return len(digits) >= 8
     if candidate.startswith("00") and len(digits) >= 10:  # 00 = international prefix in Europe
         return True
-    if _looks_like_amount(candidate, text[:m.start()], text[m.end():]):
+    if _looks_like_amount(candidate, text[: m.start()], text[m.end() :]):
         return False
     groups = [g for g in re.split(r"[ .()\-]+", candidate) if g]
     if len(groups) == 1:
         # A bare digit string is an order, account or tracking number unless a phone word says
         # otherwise ("call me on 5551234567").
-        return len(digits) >= 9 and PHONE_WORDS_RE.search(text[max(0, m.start() - 40):m.start()]) is not None
+        return len(digits) >= 9 and PHONE_WORDS_RE.search(text[max(0, m.start() - 40) : m.start()]) is not None
     # Phone groups are 2-5 digits; only a leading country/trunk code ("1-800-...") may be 1 digit.
     # After a trunk prefix or an area code in brackets the subscriber part may be longer
     # ("07700 900123", "030 12345678", "(030) 1234567").
@@ -204,11 +281,14 @@ def find_pii(text: str) -> list[PiiMatch]:
             continue
         if is_card_number(re.sub(r"\D", "", m.group())):
             claim("card", m.start(), m.end())
-        elif CARD_WORDS_RE.search(text[max(0, m.start() - 40):m.start()]):
+        elif CARD_WORDS_RE.search(text[max(0, m.start() - 40) : m.start()]):
             claim("card", m.start(), m.end(), "low")
     for m in IPV4_RE.finditer(text):
-        if (free(m.start(), m.end()) and all(int(octet) <= 255 for octet in m.group().split("."))
-                and not VERSION_BEFORE_RE.search(text[max(0, m.start() - 12):m.start()])):
+        if (
+            free(m.start(), m.end())
+            and all(int(octet) <= 255 for octet in m.group().split("."))
+            and not VERSION_BEFORE_RE.search(text[max(0, m.start() - 12) : m.start()])
+        ):
             claim("ip", m.start(), m.end())
     for m in IPV6_RE.finditer(text):
         groups = [g for g in m.group().split(":") if g]
@@ -229,7 +309,7 @@ def redact_matches(text: str) -> tuple[str, list[PiiMatch]]:
     """``text`` with each PII match replaced by its placeholder, and the matches (in order)."""
     matches = find_pii(text)
     for match in reversed(matches):
-        text = text[:match.start] + PLACEHOLDERS[match.kind] + text[match.end:]
+        text = text[: match.start] + PLACEHOLDERS[match.kind] + text[match.end :]
     return text, matches
 
 
@@ -240,7 +320,7 @@ def redact(text: str) -> tuple[str, list[str]]:
 
 
 def _kinds_phrase(kinds: set[str], low: set[str] = frozenset()) -> str:
-    """"email, card" or, when a kind was found only on context, "card (low confidence)"."""
+    """ "email, card" or, when a kind was found only on context, "card (low confidence)"."""
     return ", ".join(k + (" (low confidence)" if k in low else "") for k in KINDS if k in kinds)
 
 
@@ -266,10 +346,12 @@ class Pii(Check):
                 value = columns[field][index]
                 matches: list[PiiMatch] = []
                 if field == "context":
+
                     def redact_part(s: str) -> str:
                         new, found = redact_matches(s)
                         matches.extend(found)  # noqa: B023  (map_context calls it within this iteration)
                         return new
+
                     new_value = map_context(value, redact_part)
                 else:
                     new_value, found = redact_matches(as_text(value))

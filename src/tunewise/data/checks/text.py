@@ -129,8 +129,16 @@ def label_mapping(labels: Iterable[Any]) -> dict[str, str]:
     for spellings in groups.values():
         if len(spellings) < 2:
             continue
-        best = max(spellings, key=lambda s: (counts[s], s == tidy_text(s), bool(_SNAKE.fullmatch(s)),
-                                             s == s.lower(), [-ord(c) for c in s]))
+        best = max(
+            spellings,
+            key=lambda s: (
+                counts[s],
+                s == tidy_text(s),
+                bool(_SNAKE.fullmatch(s)),
+                s == s.lower(),
+                [-ord(c) for c in s],
+            ),
+        )
         canonical = tidy_text(best)
         mapping.update({s: canonical for s in spellings if s != canonical})
     return mapping
@@ -175,8 +183,9 @@ class Standardise(Check):
         for index, label in enumerate(frame["label"].tolist()):
             canonical = mapping.get(label) if isinstance(label, str) else None
             if canonical is not None:
-                findings.append(Finding(index, "label_variant", f"{label!r} -> {canonical!r}",
-                                        change={"label": canonical}))
+                findings.append(
+                    Finding(index, "label_variant", f"{label!r} -> {canonical!r}", change={"label": canonical})
+                )
         return findings
 
 
@@ -189,7 +198,7 @@ _VOWELS = frozenset("aeiouy")
 # "erty" (property, liberty) and "trew" (strewn) are dropped because real words contain them.
 _KEY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 _KEY_RUNS = frozenset(
-    run for row in _KEY_ROWS for line in (row, row[::-1]) for run in (line[i:i + 4] for i in range(len(line) - 3))
+    run for row in _KEY_ROWS for line in (row, row[::-1]) for run in (line[i : i + 4] for i in range(len(line) - 3))
 ) - {"erty", "trew"}
 # Letter-pair costs for telling random letters from English-like words: -2*log10 P(next | letter),
 # rounded and capped at 9, estimated from the 21,719 all-letter whole words of the BERT uncased
@@ -244,24 +253,24 @@ SINGLE_WORD_MIN_LETTERS = 6
 def random_letters_log_odds(word: str) -> float:
     """log10 P(word | random letters) - log10 P(word | English letter pairs), lower-case a-z."""
     padded = f"^{word}$"
-    pairs = [padded[i:i + 2] for i in range(len(padded) - 1)]
+    pairs = [padded[i : i + 2] for i in range(len(padded) - 1)]
     return sum(_BIGRAM_COST[p] for p in pairs) - len(pairs) * _UNIFORM_COST
 
 
 _TOKEN_STRIP = ".,;:!?\"'()[]{}<>*"
-MIN_WORD_CHAR_SHARE = 0.35   # "hi :)" is 50 % word characters; "!!!$$$ ok ???" is 15 %
-MIN_SYMBOLS_FOR_SHARE = 6    # don't judge the share on a handful of characters ("ok :)")
+MIN_WORD_CHAR_SHARE = 0.35  # "hi :)" is 50 % word characters; "!!!$$$ ok ???" is 15 %
+MIN_SYMBOLS_FOR_SHARE = 6  # don't judge the share on a handful of characters ("ok :)")
 
 
 def _is_mash_word(word: str) -> bool:
     """A lower-case ASCII letter run that no one types on purpose."""
     if len(word) < 4:
         return False
-    if len(set(word)) == 1:                                   # "jjjjjjjj"
+    if len(set(word)) == 1:  # "jjjjjjjj"
         return True
-    if len(word) >= 6 and not _VOWELS & set(word):            # "bcdfgh"; "https" (5) is fine
+    if len(word) >= 6 and not _VOWELS & set(word):  # "bcdfgh"; "https" (5) is fine
         return True
-    if any(word[i:i + 4] in _KEY_RUNS for i in range(len(word) - 3)):  # "asdfghjkl", "uiop"
+    if any(word[i : i + 4] in _KEY_RUNS for i in range(len(word) - 3)):  # "asdfghjkl", "uiop"
         return True
     return len(word) >= 5 and random_letters_log_odds(word) > MASH_LOG_ODDS  # "ytyzkfs"
 
@@ -283,9 +292,13 @@ def garbage_reason(text: str) -> str | None:
     mash = [w for w in ascii_words if _is_mash_word(w)]
     if mash and sum(len(w) for w in mash) / total_letters >= 0.5:
         return f"keyboard mash ({', '.join(mash[:3])})"
-    if (len(tokens) == 1 and len(letter_runs) == 1 and len(ascii_words) == 1
-            and len(ascii_words[0]) >= SINGLE_WORD_MIN_LETTERS
-            and random_letters_log_odds(ascii_words[0]) > SINGLE_WORD_LOG_ODDS):
+    if (
+        len(tokens) == 1
+        and len(letter_runs) == 1
+        and len(ascii_words) == 1
+        and len(ascii_words[0]) >= SINGLE_WORD_MIN_LETTERS
+        and random_letters_log_odds(ascii_words[0]) > SINGLE_WORD_LOG_ODDS
+    ):
         return f"random letters ({ascii_words[0]})"
     symbols = [ch for ch in stripped if not ch.isspace()]
     word_chars = sum(ch.isalnum() for ch in symbols)
@@ -322,6 +335,7 @@ class EmptyGarbage(Check):
 # ---------------------------------------------------------------------------------------------
 # too_short
 
+
 @register
 class TooShort(Check):
     name = "too_short"
@@ -356,10 +370,10 @@ def load_tokenizer(spec: str, offline: bool = True, trust_remote_code: bool = Fa
     try:
         from transformers import AutoTokenizer
 
-
         path = resolve_llm(spec, offline=offline).path
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=offline,
-                                             trust_remote_code=trust_remote_code), ""
+        return AutoTokenizer.from_pretrained(
+            str(path), local_files_only=offline, trust_remote_code=trust_remote_code
+        ), ""
     except Exception as exc:  # noqa: BLE001 - any failure means "estimate"; the reason is reported
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
@@ -370,7 +384,7 @@ def count_tokens(texts: list[str], tokenizer: Any | None) -> list[int]:
         return [round(len(t.split()) * WORDS_TO_TOKENS) for t in texts]
     counts: list[int] = []
     for start in range(0, len(texts), _TOKENIZE_BATCH):
-        batch = texts[start:start + _TOKENIZE_BATCH]
+        batch = texts[start : start + _TOKENIZE_BATCH]
         ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
         counts.extend(len(x) for x in ids)
     return counts
@@ -388,8 +402,10 @@ class TooLong(Check):
         models = self.project.models
         tokenizer, why = load_tokenizer(models.llm, models.offline, models.trust_remote_code)
         if tokenizer is None:
-            console.print(f"[yellow]curate: too_long estimates tokens (x{WORDS_TO_TOKENS} words): "
-                          f"tokenizer for {self.project.models.llm} not loaded: {why}[/yellow]")
+            console.print(
+                f"[yellow]curate: too_long estimates tokens (x{WORDS_TO_TOKENS} words): "
+                f"tokenizer for {self.project.models.llm} not loaded: {why}[/yellow]"
+            )
         parts = {"input": count_tokens([as_text(v) for v in frame["input"].tolist()], tokenizer)}
         if "context" in frame:
             contexts = [context_texts(v) for v in frame["context"].tolist()]
@@ -402,5 +418,6 @@ class TooLong(Check):
         how = "" if tokenizer is not None else f", estimated as words x {WORDS_TO_TOKENS}: tokenizer unavailable"
         return [
             Finding(index, "too_long", f"{total} tokens > {limit} (model context budget{how})")
-            for index, total in enumerate(totals) if total > limit
+            for index, total in enumerate(totals)
+            if total > limit
         ]

@@ -74,26 +74,31 @@ BLOCK = 1024  # rows per block of the similarity product
 SPAM_MIN_KINDS = 3
 
 # One of these alone makes a message spam: no customer writes them to a support desk.
-_STRONG_SPAM = re.compile("|".join([
-    r"\bclick (?:here|this link|the link|below)\b",
-    r"\bwin (?:a |an )?(?:free|brand new)\b",
-    r"\byou(?:'ve| have)(?: just)? won\b",
-    r"\b(?:claim|collect) your (?:free )?(?:prize|reward|gift|bonus|winnings)\b",
-    r"\b(?:selected|chosen) (?:for|to receive) (?:a |an |our )?(?:cash |exclusive )?"
-    r"(?:prize|reward|gift|airdrop|bonus)",
-    r"\b(?:earn|make) \$?\d[\d,.]*k? (?:a|an|per|every) (?:day|week|hour|month)\b",
-    r"\bmake money (?:fast|online|from home)\b",
-    r"\bwork(?:ing)? from home and (?:earn|make)\b",
-    r"\b(?:viagra|cialis|casino)\b",
-    r"\bconnect your wallet\b",
-    r"\bcrypto airdrop\b",
-    r"\bto the moon\b",
-    r"\bdouble your (?:money|bitcoin|crypto|investment)\b",
-    r"\bguaranteed (?:first page|returns|profits?|income|results|ranking)\b",
-    r"\bseo services\b",
-    r"\b(?:text|sms) (?:win|yes|stop|claim) to \d+",
-    r"\bcall (?:now|today) (?:on |at )?\+?\d[\d\s-]{6,}",
-]), re.IGNORECASE)
+_STRONG_SPAM = re.compile(
+    "|".join(
+        [
+            r"\bclick (?:here|this link|the link|below)\b",
+            r"\bwin (?:a |an )?(?:free|brand new)\b",
+            r"\byou(?:'ve| have)(?: just)? won\b",
+            r"\b(?:claim|collect) your (?:free )?(?:prize|reward|gift|bonus|winnings)\b",
+            r"\b(?:selected|chosen) (?:for|to receive) (?:a |an |our )?(?:cash |exclusive )?"
+            r"(?:prize|reward|gift|airdrop|bonus)",
+            r"\b(?:earn|make) \$?\d[\d,.]*k? (?:a|an|per|every) (?:day|week|hour|month)\b",
+            r"\bmake money (?:fast|online|from home)\b",
+            r"\bwork(?:ing)? from home and (?:earn|make)\b",
+            r"\b(?:viagra|cialis|casino)\b",
+            r"\bconnect your wallet\b",
+            r"\bcrypto airdrop\b",
+            r"\bto the moon\b",
+            r"\bdouble your (?:money|bitcoin|crypto|investment)\b",
+            r"\bguaranteed (?:first page|returns|profits?|income|results|ranking)\b",
+            r"\bseo services\b",
+            r"\b(?:text|sms) (?:win|yes|stop|claim) to \d+",
+            r"\bcall (?:now|today) (?:on |at )?\+?\d[\d\s-]{6,}",
+        ]
+    ),
+    re.IGNORECASE,
+)
 
 # Weak kinds: each is ordinary in support messages; three different ones together are not.
 _WEAK_SPAM: dict[str, re.Pattern[str]] = {
@@ -105,7 +110,8 @@ _WEAK_SPAM: dict[str, re.Pattern[str]] = {
         r"\bfree\b(?! (?:shipping|delivery|returns?|of charge|exchange|replacement|trial|cancellation))"
         r"|\b(?:prizes?|winners?|rewards?|giveaway|jackpot|lottery|cheap|best prices?|limited(?:[- ]time)? offer"
         r"|act now|buy now|invest now|before it'?s too late|don'?t miss (?:out|this)|100% free|risk[- ]free)\b",
-        re.I),
+        re.I,
+    ),
     "call to action": re.compile(r"\b(?:visit|sign up at|join at|claim at|go to|register at|reply yes)\b", re.I),
     "capitals": re.compile(r"(?:\b[A-Z]{3,}\b\W+){2,}\b[A-Z]{3,}\b"),
 }
@@ -124,10 +130,10 @@ def spam_cues(text: str) -> list[str]:
 class Typicality:
     """Per distinct text: the combined score and the two views it came from."""
 
-    score: np.ndarray       # (u,) share of a typical row's similarity, after one trust round
-    knn: np.ndarray         # (u,) mean cosine to the K nearest other texts (trust-weighted)
+    score: np.ndarray  # (u,) share of a typical row's similarity, after one trust round
+    knn: np.ndarray  # (u,) mean cosine to the K nearest other texts (trust-weighted)
     knn_median: float
-    nearest_class: np.ndarray | None     # (u,) best cosine to a class mean, or None (no labels)
+    nearest_class: np.ndarray | None  # (u,) best cosine to a class mean, or None (no labels)
     class_median: float | None
     best_class: list[str] | None
     k: int
@@ -139,13 +145,13 @@ def _nearest_class(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     sums = np.zeros((len(classes), embeddings.shape[1]), dtype=np.float64)
     np.add.at(sums, own, embeddings)
     counts = np.bincount(own, minlength=len(classes))
-    dots = embeddings @ sums.T                                       # (n, C)
+    dots = embeddings @ sums.T  # (n, C)
     cos = dots / np.maximum(np.linalg.norm(sums, axis=1), 1e-12)
     rows = np.arange(len(embeddings))
-    own_sum = sums[own] - embeddings                                 # leave-one-out mean direction
+    own_sum = sums[own] - embeddings  # leave-one-out mean direction
     own_dot = dots[rows, own] - np.einsum("ij,ij->i", embeddings, embeddings)
     own_cos = own_dot / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12)
-    cos[rows, own] = np.where(counts[own] > 1, own_cos, -1.0)      # a class of one says nothing
+    cos[rows, own] = np.where(counts[own] > 1, own_cos, -1.0)  # a class of one says nothing
     best = cos.argmax(axis=1)
     return cos[rows, best], [str(classes[b]) for b in best]
 
@@ -161,13 +167,13 @@ def _neighbours(embeddings: np.ndarray, reference: np.ndarray, k: int) -> tuple[
     sims = np.empty((len(embeddings), k), dtype=np.float32)
     where = np.empty((len(embeddings), k), dtype=np.int64)
     for start in range(0, len(embeddings), BLOCK):
-        block = embeddings[start:start + BLOCK] @ ref_vectors.T
-        own = position_in_ref[start:start + BLOCK]
+        block = embeddings[start : start + BLOCK] @ ref_vectors.T
+        own = position_in_ref[start : start + BLOCK]
         inside = np.flatnonzero(own >= 0)
         block[inside, own[inside]] = -np.inf  # a row is not its own neighbour
         top = np.argpartition(block, -k, axis=1)[:, -k:]
-        where[start:start + BLOCK] = reference[top]
-        sims[start:start + BLOCK] = np.take_along_axis(block, top, axis=1)
+        where[start : start + BLOCK] = reference[top]
+        sims[start : start + BLOCK] = np.take_along_axis(block, top, axis=1)
     return sims, where
 
 
@@ -216,8 +222,9 @@ class OffTopic(Check):
 
         # one score per distinct text: copies would otherwise vouch for each other
         group = np.asarray(exact_duplicate_groups(inputs), dtype=np.int64)
-        candidates = np.flatnonzero((group == np.arange(len(frame))) & ~is_spam
-                                    & np.array([bool(t.strip()) for t in inputs], dtype=bool))
+        candidates = np.flatnonzero(
+            (group == np.arange(len(frame))) & ~is_spam & np.array([bool(t.strip()) for t in inputs], dtype=bool)
+        )
         if len(candidates) < MIN_ROWS:
             return keep_last_of_class(frame, findings, ctx) if self.action == "drop" else findings
         embeddings = np.asarray(ctx.embed([inputs[i] for i in candidates]), dtype=np.float32)
@@ -234,11 +241,15 @@ class OffTopic(Check):
             if score is None or is_spam[row] or score >= threshold:
                 continue
             p = position[int(group[row])]
-            detail = (f"typicality {score:.2f} < {threshold:.2f}: {result.k} nearest rows cos "
-                      f"{result.knn[p]:.2f} (typical {result.knn_median:.2f})")
+            detail = (
+                f"typicality {score:.2f} < {threshold:.2f}: {result.k} nearest rows cos "
+                f"{result.knn[p]:.2f} (typical {result.knn_median:.2f})"
+            )
             if result.nearest_class is not None:
-                detail += (f", nearest class '{result.best_class[p]}' cos {result.nearest_class[p]:.2f} "
-                           f"(typical {result.class_median:.2f})")
+                detail += (
+                    f", nearest class '{result.best_class[p]}' cos {result.nearest_class[p]:.2f} "
+                    f"(typical {result.class_median:.2f})"
+                )
             findings.append(Finding(index=row, issue="off_topic", detail=detail))
         if self.action == "drop":
             findings = keep_last_of_class(frame, findings, ctx)
@@ -260,6 +271,8 @@ def keep_last_of_class(frame: pd.DataFrame, findings: list[Finding], ctx: Curate
         if found[label] >= sizes[label]:
             n = int(sizes[label])
             f.action = "flag"
-            f.detail += (f"; kept: {'the only row' if n == 1 else f'all {n} rows'} of class '{label}' "
-                         "(a class cannot lose its last rows to this check)")
+            f.detail += (
+                f"; kept: {'the only row' if n == 1 else f'all {n} rows'} of class '{label}' "
+                "(a class cannot lose its last rows to this check)"
+            )
     return findings

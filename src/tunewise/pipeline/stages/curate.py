@@ -16,7 +16,12 @@ def run(ctx: StageContext) -> dict:
 
     records = pd.read_parquet(ctx.input("ingest", "records.parquet"))
     prior = IssueTable("ingest")
-    prior.extend(pd.read_parquet(ctx.input("ingest", "issues.parquet")).astype(object).where(lambda f: f.notna(), None).to_dict("records"))
+    prior.extend(
+        pd.read_parquet(ctx.input("ingest", "issues.parquet"))
+        .astype(object)
+        .where(lambda f: f.notna(), None)
+        .to_dict("records")
+    )
     engine = make_engine(ctx.options.get("engine", "local"), ctx.options.get("ray_address"))
     try:
         result = curate_frame(records, ctx.config, engine=engine, prior_issues=prior)
@@ -27,5 +32,8 @@ def run(ctx: StageContext) -> dict:
     write_parquet(ctx.path("issues.parquet"), frame)
     write_csv(ctx.path("issues.csv"), frame)
     write_json(ctx.path("summary.json"), result.summary)
-    return {"rows_in": result.summary["rows_in"], "rows_out": result.summary["rows_out"],
-            "issue_counts": result.summary["issue_counts"]}
+    return {
+        "rows_in": result.summary["rows_in"],
+        "rows_out": result.summary["rows_out"],
+        "issue_counts": result.summary["issue_counts"],
+    }

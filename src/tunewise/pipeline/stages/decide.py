@@ -19,9 +19,15 @@ def run(ctx: StageContext) -> dict:
     write_json(ctx.path("decision.json"), result)
     decision, roi = result["decision"], result["roi"]
     colour = {"FINE_TUNE": "green", "USE_ALTERNATIVE": "cyan"}.get(decision["verdict"], "yellow")
-    console.print(f"decide: [bold {colour}]{decision['verdict']}[/bold {colour}]; recommended: {decision['recommended']}")
+    console.print(
+        f"decide: [bold {colour}]{decision['verdict']}[/bold {colour}]; recommended: {decision['recommended']}"
+    )
     for reason in decision["reasons"]:
         console.print(f"  - {reason}", highlight=False)
-    return {"verdict": decision["verdict"], "recommended": decision["recommended"],
-            "one_time_cost_usd": roi.get("one_time_cost_usd"), "monthly_benefit_usd": roi.get("monthly_benefit_usd"),
-            "payback_months": roi.get("payback_months")}
+    return {
+        "verdict": decision["verdict"],
+        "recommended": decision["recommended"],
+        "one_time_cost_usd": roi.get("one_time_cost_usd"),
+        "monthly_benefit_usd": roi.get("monthly_benefit_usd"),
+        "payback_months": roi.get("payback_months"),
+    }

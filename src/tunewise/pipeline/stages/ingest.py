@@ -59,10 +59,12 @@ def _undecodable_hint(cfg: ProjectConfig, result, path: Path) -> str | None:
     if not n:
         return None
     encoding = file_settings(cfg, path)[1]
-    return (f"ingest: {n:,} row(s) of {path} were rejected for bytes that are not {encoding}: if the file is "
-            "in another encoding, set data.encoding" + (" (data.test_encoding for the test file)" if cfg.data.test
-                                                         and path == cfg.resolve(cfg.data.test) else "")
-            + ", e.g. latin-1 or cp1252 (`tunewise init` detects it)")
+    return (
+        f"ingest: {n:,} row(s) of {path} were rejected for bytes that are not {encoding}: if the file is "
+        "in another encoding, set data.encoding"
+        + (" (data.test_encoding for the test file)" if cfg.data.test and path == cfg.resolve(cfg.data.test) else "")
+        + ", e.g. latin-1 or cp1252 (`tunewise init` detects it)"
+    )
 
 
 def refuse_single_label(cfg: ProjectConfig, records: pd.DataFrame, train, path: Path, issues_csv: Path) -> None:
@@ -76,20 +78,33 @@ def refuse_single_label(cfg: ProjectConfig, records: pd.DataFrame, train, path: 
     column = train.columns_used.get("label", "label")
     rejected = len(train.issues)
     more = f", {rejected:,} rejected with their reasons in {issues_csv}" if rejected else ""
-    raise IngestError(f"{path}: column {column!r} holds a single label ({str(labels[0])!r}); classification "
-                      f"needs at least two ({len(records):,} rows kept{more})")
+    raise IngestError(
+        f"{path}: column {column!r} holds a single label ({str(labels[0])!r}); classification "
+        f"needs at least two ({len(records):,} rows kept{more})"
+    )
 
 
 def read_added_file(cfg: ProjectConfig, path: Path, taken_ids: set[str]):
     """The rows ``tunewise add-labels`` wrote (id, text, label or reply), through the same record checks."""
     answer = "label" if cfg.task == "classify" else "target"
-    result = ingest(path, task=cfg.task, file_format="auto", record_format="text_label",
-                    columns={"id": "id", "input": "text", answer: "label" if answer == "label" else "reply"},
-                    max_chars=cfg.data.max_chars)
+    result = ingest(
+        path,
+        task=cfg.task,
+        file_format="auto",
+        record_format="text_label",
+        columns={"id": "id", "input": "text", answer: "label" if answer == "label" else "reply"},
+        max_chars=cfg.data.max_chars,
+    )
     clash = result.frame["id"].astype(str).isin(taken_ids)
     for row in result.frame[clash].itertuples(index=False):  # an id the training file uses already
-        result.issues.add(id=row.id, issue="malformed", detail=f"duplicate id {row.id!r}: the training data has it",
-                          action="dropped", source=str(path), line=int(row.source_line))
+        result.issues.add(
+            id=row.id,
+            issue="malformed",
+            detail=f"duplicate id {row.id!r}: the training data has it",
+            action="dropped",
+            source=str(path),
+            line=int(row.source_line),
+        )
     result.frame = result.frame[~clash].reset_index(drop=True)
     return result
 
@@ -112,25 +127,42 @@ def run(ctx: StageContext) -> dict:
         records = pd.concat([records, added.frame], ignore_index=True)
         for column in records.columns.difference(added.frame.columns):  # slice columns the added rows lack
             records[column] = records[column].astype(object).where(records[column].notna(), None)
-        metrics.update(added_rows_read=added.rows_read, added_rows_kept=len(added.frame),
-                       added_rows_rejected=len(added.issues))
+        metrics.update(
+            added_rows_read=added.rows_read, added_rows_kept=len(added.frame), added_rows_rejected=len(added.issues)
+        )
     write_parquet(ctx.path("records.parquet"), records)
-    metrics.update(rows_read=train.rows_read, rows_kept=len(train.frame), rows_rejected=len(train.issues),
-                   file_format=train.file_format, record_format=train.record_format)
+    metrics.update(
+        rows_read=train.rows_read,
+        rows_kept=len(train.frame),
+        rows_rejected=len(train.issues),
+        file_format=train.file_format,
+        record_format=train.record_format,
+    )
     if cfg.data.test:
         test_path = cfg.resolve(cfg.data.test)
         test = read_split_file(cfg, test_path)
         issues.extend(test.issues)
         hints.append(_undecodable_hint(cfg, test, test_path))
         write_parquet(ctx.path("test_records.parquet"), test.frame)
-        metrics.update(test_rows_read=test.rows_read, test_rows_kept=len(test.frame),
-                       test_rows_rejected=len(test.issues), test_file_format=test.file_format)
+        metrics.update(
+            test_rows_read=test.rows_read,
+            test_rows_kept=len(test.frame),
+            test_rows_rejected=len(test.issues),
+            test_file_format=test.file_format,
+        )
     for hint in filter(None, hints):
         console.print(f"[yellow]{hint}[/yellow]", highlight=False)
     frame = issues.frame()
     write_parquet(ctx.path("issues.parquet"), frame)
     write_csv(ctx.path("issues.csv"), frame)
     refuse_single_label(cfg, records, train, train_path, ctx.path("issues.csv"))
-    write_json(ctx.path("summary.json"), {**metrics, "columns_used": train.columns_used,
-                                          "issue_counts": issues.counts(), "notes": list(filter(None, hints))})
+    write_json(
+        ctx.path("summary.json"),
+        {
+            **metrics,
+            "columns_used": train.columns_used,
+            "issue_counts": issues.counts(),
+            "notes": list(filter(None, hints)),
+        },
+    )
     return metrics

@@ -24,5 +24,9 @@ def run(ctx: StageContext) -> dict:
 
     summary = read_json(written["summary"])
     decision = summary.get("decision") or {}
-    return {"verdict": decision.get("verdict"), "recommended": decision.get("recommended"),
-            "page": str(written["html"]), "page_bytes": written["html"].stat().st_size}
+    return {
+        "verdict": decision.get("verdict"),
+        "recommended": decision.get("recommended"),
+        "page": str(written["html"]),
+        "page_bytes": written["html"].stat().st_size,
+    }

@@ -27,9 +27,14 @@ def run(ctx: StageContext) -> dict:
     frozen = _frozen_test(cfg)
     test_ids = read_json(frozen[0])["ids"] if frozen else None
     result = split_frame(
-        cleaned, task=cfg.task, validation_fraction=cfg.split.validation_fraction,
-        test_fraction=cfg.split.test_fraction, seed=cfg.split.seed, test_frame=test_frame,
-        leakage_threshold=cfg.split.leakage_threshold, test_ids=test_ids,
+        cleaned,
+        task=cfg.task,
+        validation_fraction=cfg.split.validation_fraction,
+        test_fraction=cfg.split.test_fraction,
+        seed=cfg.split.seed,
+        test_frame=test_frame,
+        leakage_threshold=cfg.split.leakage_threshold,
+        test_ids=test_ids,
     )
     for name in ("train", "validation", "test"):
         write_parquet(ctx.path(f"{name}.parquet"), getattr(result, name))
@@ -46,12 +51,16 @@ def run(ctx: StageContext) -> dict:
         if not unseen:
             continue
         metrics[f"unseen_label_{part}_rows"] = sum(unseen.values())
-        shown = escape(", ".join(f"'{label}' ({n} row{'s' if n != 1 else ''})" for label, n in list(unseen.items())[:10]))
+        shown = escape(
+            ", ".join(f"'{label}' ({n} row{'s' if n != 1 else ''})" for label, n in list(unseen.items())[:10])
+        )
         more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
-        console.print(f"[yellow]split: {len(unseen)} {part} label(s) never seen in training: {shown}{more}; those "
-                      f"rows count as wrong for every model, unless it is evaluate.out_of_scope_label (unseen_labels in "
-                      f"{ctx.path('summary.json')}; every row in {ctx.path('issues.csv')} as unseen_label)[/yellow]",
-                      highlight=False)
+        console.print(
+            f"[yellow]split: {len(unseen)} {part} label(s) never seen in training: {shown}{more}; those "
+            f"rows count as wrong for every model, unless it is evaluate.out_of_scope_label (unseen_labels in "
+            f"{ctx.path('summary.json')}; every row in {ctx.path('issues.csv')} as unseen_label)[/yellow]",
+            highlight=False,
+        )
     return metrics
 
 
@@ -66,10 +75,14 @@ def _flag_unseen_labels(result) -> None:
             row = frame.loc[i]
             line = row.get("source_line")
             result.issues.add(
-                str(row["id"]), "unseen_label",
+                str(row["id"]),
+                "unseen_label",
                 f"{part} row's label '{labels[i]}' never occurs in the training split: every trained model scores "
                 "it wrong (unless it is evaluate.out_of_scope_label, which a confidence threshold may answer)",
-                "flagged", source=row.get("source_file"), line=None if line is None or pd.isna(line) else int(line))
+                "flagged",
+                source=row.get("source_file"),
+                line=None if line is None or pd.isna(line) else int(line),
+            )
 
 
 def _refuse_single_label(ctx: StageContext, train: pd.DataFrame, rows_curated: int) -> None:
@@ -79,8 +92,10 @@ def _refuse_single_label(ctx: StageContext, train: pd.DataFrame, rows_curated: i
     labels = train["label"].astype(str).unique() if len(train) else []
     if len(labels) >= 2:
         return
-    held = (f"holds a single label ('{labels[0]}')" if len(labels) else "is empty")
-    raise StageError(f"split: the training split {held} after curation ({rows_curated:,} curated rows, "
-                     f"{len(train):,} in train); classification needs at least two labels: see what curation "
-                     f"dropped in {ctx.run_dir / 'curate' / 'issues.csv'} and the class counts in "
-                     f"{ctx.path('summary.json')}")
+    held = f"holds a single label ('{labels[0]}')" if len(labels) else "is empty"
+    raise StageError(
+        f"split: the training split {held} after curation ({rows_curated:,} curated rows, "
+        f"{len(train):,} in train); classification needs at least two labels: see what curation "
+        f"dropped in {ctx.run_dir / 'curate' / 'issues.csv'} and the class counts in "
+        f"{ctx.path('summary.json')}"
+    )

@@ -41,11 +41,15 @@ def resolve_candidates(task: str, names: list[str] | None) -> list[str]:
         except CandidateError as exc:
             raise StageError(f"train.candidates: {exc}") from None
         if cls.combines:
-            raise StageError(f"train.candidates: {name!r} combines other candidates' predictions: the evaluate stage "
-                             f"builds it (evaluate.ensemble); fine-tuned {task} candidates: {', '.join(fine_tuned)}")
+            raise StageError(
+                f"train.candidates: {name!r} combines other candidates' predictions: the evaluate stage "
+                f"builds it (evaluate.ensemble); fine-tuned {task} candidates: {', '.join(fine_tuned)}"
+            )
         if cls.kind != "finetuned" or cls.task != task:
-            raise StageError(f"train.candidates: {name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
-                             f"candidates: {', '.join(fine_tuned)}")
+            raise StageError(
+                f"train.candidates: {name!r} is a {cls.kind} {cls.task} candidate; fine-tuned {task} "
+                f"candidates: {', '.join(fine_tuned)}"
+            )
     return list(names)
 
 
@@ -74,17 +78,33 @@ def run(ctx: StageContext) -> dict:
             _save_finished(finished, key, ctx, name, entry)
         summaries.append(entry)
     shutil.rmtree(ctx.run_dir / "_checkpoints" / "train", ignore_errors=True)  # the stage is done
-    write_json(ctx.path("summary.json"), {
-        "task": cfg.task, "primary_metric": "accuracy" if cfg.task == "classify" else "chrf",
-        "candidates": summaries, "sample_size": section.sample_size, "sample_ids": samples,
-    })
-    return {"candidates": {s["name"]: {**s["metrics"], "seconds": s["seconds"]["fit"], "steps": s["steps"],
-                                       "stop_reason": s.get("stop_reason"), "under_trained": s.get("under_trained")}
-                           for s in summaries}}
+    write_json(
+        ctx.path("summary.json"),
+        {
+            "task": cfg.task,
+            "primary_metric": "accuracy" if cfg.task == "classify" else "chrf",
+            "candidates": summaries,
+            "sample_size": section.sample_size,
+            "sample_ids": samples,
+        },
+    )
+    return {
+        "candidates": {
+            s["name"]: {
+                **s["metrics"],
+                "seconds": s["seconds"]["fit"],
+                "steps": s["steps"],
+                "stop_reason": s.get("stop_reason"),
+                "under_trained": s.get("under_trained"),
+            }
+            for s in summaries
+        }
+    }
 
 
-def _train_one(ctx: StageContext, name: str, frames: dict[str, pd.DataFrame],
-               samples: dict[str, list[str]]) -> dict[str, Any]:
+def _train_one(
+    ctx: StageContext, name: str, frames: dict[str, pd.DataFrame], samples: dict[str, list[str]]
+) -> dict[str, Any]:
     """Train one candidate, predict validation and test, write them.
 
     Classifiers predict every row; expensive candidates (the generator: a generation per row)
@@ -113,21 +133,30 @@ def _train_one(ctx: StageContext, name: str, frames: dict[str, pd.DataFrame],
     write_parquet(ctx.path(f"predictions/{name}.validation.parquet"), predictions["validation"])
     train_summary = candidate.train_summary_
     entry = {
-        "name": name, "kind": candidate.kind, "expensive": candidate.expensive,
+        "name": name,
+        "kind": candidate.kind,
+        "expensive": candidate.expensive,
         "n_scored": {split: len(p) for split, p in predictions.items()},
         "metrics": quick_metrics(cfg.task, predictions["test"], frames["test"]),
         "validation_metrics": quick_metrics(cfg.task, predictions["validation"], frames["validation"]),
-        "seconds": seconds, "steps": train_summary["steps_done"], "epochs": train_summary.get("epochs_done"),
-        "stop_reason": train_summary["stop_reason"], "stop_message": train_summary.get("stop_message"),
+        "seconds": seconds,
+        "steps": train_summary["steps_done"],
+        "epochs": train_summary.get("epochs_done"),
+        "stop_reason": train_summary["stop_reason"],
+        "stop_message": train_summary.get("stop_message"),
         "under_trained": train_summary.get("under_trained"),
         "under_trained_reason": train_summary.get("under_trained_reason"),
-        "monitor": train_summary.get("monitor"), "validation_curve": train_summary.get("validation_curve"),
-        "best_step": train_summary["best_step"], "tokens_per_second": train_summary["tokens_per_second"],
+        "monitor": train_summary.get("monitor"),
+        "validation_curve": train_summary.get("validation_curve"),
+        "best_step": train_summary["best_step"],
+        "tokens_per_second": train_summary["tokens_per_second"],
         "runtime": train_summary["runtime"],
         "latency_cores": measuring_cores(),  # the machine that timed the predictions: decide scales from it
     }
-    console.print(f"train: {name}: test {entry['metrics']} on {entry['n_scored']['test']} rows "
-                  f"({train_summary['steps_done']} steps, {train_summary['stop_reason']}) in {fit_seconds:.1f}s")
+    console.print(
+        f"train: {name}: test {entry['metrics']} on {entry['n_scored']['test']} rows "
+        f"({train_summary['steps_done']} steps, {train_summary['stop_reason']}) in {fit_seconds:.1f}s"
+    )
     if entry["under_trained"]:
         console.print(f"[yellow]train: {name}: {entry['under_trained_reason']}[/yellow]")
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: its outputs are what stays
@@ -144,18 +173,24 @@ def _samples(cfg: ProjectConfig, frames: dict[str, pd.DataFrame]) -> dict[str, l
     from tunewise.evaluation.baseline import stratified_sample_ids  # on use: loads scipy, sklearn
 
     by = answer_column(cfg.task) if cfg.task == "classify" else None
-    return {"test": stratified_sample_ids(frames["test"], cfg.train.sample_size, cfg.seed, by),
-            "validation": stratified_sample_ids(frames["validation"], cfg.train.sample_size, cfg.seed + 1, by)}
+    return {
+        "test": stratified_sample_ids(frames["test"], cfg.train.sample_size, cfg.seed, by),
+        "validation": stratified_sample_ids(frames["validation"], cfg.train.sample_size, cfg.seed + 1, by),
+    }
 
 
 def _finished_key(cfg: ProjectConfig, name: str, run_dir: Path, samples: dict[str, list[str]]) -> str:
     import hashlib
     import json
 
-
-    parts = {"train": cfg.train.for_candidate(name).model_dump(mode="json", exclude={"resume"}),
-             "models": cfg.models.model_dump(mode="json"), "seed": cfg.seed, "task": cfg.task, "samples": samples,
-             "split": {n: file_digest(run_dir / "split" / f"{n}.parquet") for n in ("train", "validation", "test")}}
+    parts = {
+        "train": cfg.train.for_candidate(name).model_dump(mode="json", exclude={"resume"}),
+        "models": cfg.models.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "task": cfg.task,
+        "samples": samples,
+        "split": {n: file_digest(run_dir / "split" / f"{n}.parquet") for n in ("train", "validation", "test")},
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -229,10 +264,19 @@ def dry_run(cfg: ProjectConfig, run_id: str = "default", calibration_steps: int 
         cls = candidate_class(name)
         spec = cfg.models.encoder if cls.method == "encoder" else cfg.models.llm
         try:
-            reports[name] = plan_cost(cfg.task, train_frame, validation_frame, method=cls.method, config=section.for_candidate(name),
-                                      model_spec=spec, offline=cfg.models.offline,
-                                      trust_remote_code=cfg.models.trust_remote_code, seed=cfg.seed,
-                                      calibration_steps=calibration_steps, source=str(paths["train"]))
+            reports[name] = plan_cost(
+                cfg.task,
+                train_frame,
+                validation_frame,
+                method=cls.method,
+                config=section.for_candidate(name),
+                model_spec=spec,
+                offline=cfg.models.offline,
+                trust_remote_code=cfg.models.trust_remote_code,
+                seed=cfg.seed,
+                calibration_steps=calibration_steps,
+                source=str(paths["train"]),
+            )
         except TrainError as exc:
             raise StageError(str(exc)) from None
     return reports
