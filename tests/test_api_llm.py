@@ -19,16 +19,10 @@ import pandas as pd
 import pytest
 
 from openai_stub import OpenAIStub
-from tunewise.candidates.api import (
-    ApiLlmConfig,
-    SpendingCapReached,
-    api_llm_settings,
-    cache_key,
-    label_probabilities,
-    map_to_label,
-    monthly_cost,
-    retry_after_seconds,
-)
+from tunewise.candidates.api import ApiLlmConfig, api_llm_settings
+from tunewise.candidates.api_answers import label_probabilities, map_to_label
+from tunewise.candidates.api_client import cache_key, retry_after_seconds
+from tunewise.candidates.api_spending import SpendingCapReached, monthly_cost
 from tunewise.candidates.registry import CandidateError, candidate_kwargs, check_predictions, make_candidate
 from tunewise.core.text import answer_label_key
 from tunewise.evaluation.baseline import quick_metrics

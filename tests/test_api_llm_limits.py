@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from openai_stub import OpenAIStub
-from tunewise.candidates.api import SpendingCapReached, SpendLedger, api_llm_settings
+from tunewise.candidates.api import api_llm_settings
+from tunewise.candidates.api_spending import SpendingCapReached, SpendLedger
 from tunewise.candidates.registry import CandidateError, candidate_kwargs, make_candidate
 from tunewise.config.sections import ApiLlmConfig, ConfigError, config_from_dict
 

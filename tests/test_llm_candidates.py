@@ -10,19 +10,17 @@ from tunewise.candidates.prompting import (
     PROMPT_ACCURACY_TOLERANCE,
     PROMPT_MIN_SAVING,
     PROMPT_VARIANTS,
-    _build_trie,
     _cached_llm,
     _render,
     _worse_beyond_noise,
     choose_prompt,
     generate_replies,
     label_display_name,
-    load_passages,
     nearest_neighbours,
-    score_continuations,
-    score_continuations_naive,
 )
+from tunewise.candidates.rag import load_passages
 from tunewise.candidates.registry import make_candidate
+from tunewise.llm.scoring import _build_trie, score_continuations, score_continuations_naive
 from tunewise.models.loading import DEFAULT_LLM
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -264,7 +264,7 @@ def _chunk_rows(candidate: Any) -> int:
 def _label(teacher: Teacher, frame: pd.DataFrame, what: str) -> tuple[pd.DataFrame, Exception | None]:
     """The teacher's predictions for ``frame`` in chunks, with progress lines; a spending cap stops it
     and the rows predicted before the batch that would have crossed it are returned with the error."""
-    from tunewise.candidates.api import SpendingCapReached  # on use: loads scipy, sklearn
+    from tunewise.candidates.api_spending import SpendingCapReached  # on use: loads scipy, sklearn
     from tunewise.candidates.registry import check_predictions  # on use: loads scipy, sklearn
 
     parts: list[pd.DataFrame] = []
