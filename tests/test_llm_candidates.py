@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tunewise.candidates.base import input_texts
 from tunewise.candidates.prompting import (
     PROMPT_ACCURACY_TOLERANCE,
     PROMPT_MIN_SAVING,
     PROMPT_VARIANTS,
     _cached_llm,
+    _LabelScoringClassifier,
     _render,
     _worse_beyond_noise,
     choose_prompt,
@@ -403,6 +405,31 @@ def test_prompt_search_scores_the_prompts_within_noise_again_on_more_rows(bankin
     assert picked in finalists and picked is finalists[choose_prompt(finalists)]
     again = few_shot.predict(validation)  # the 16 rows are the whole validation set
     assert (again["prediction"] == validation["label"]).mean() == pytest.approx(picked["accuracy"], abs=1e-9)
+
+
+def test_few_shot_reuses_the_prompt_searchs_answers_and_they_equal_fresh_scoring(banking8):
+    """The validation rows the search scored with the chosen prompt are not scored again: predict
+    takes them from the search's record (its latencies, to the bit), and they are what scoring them
+    afresh gives; a row the search never saw is scored."""
+    train, validation, test = banking8
+    few_shot = make_candidate(
+        "few_shot_llm", few_shot_k=2, max_input_tokens=48, prompt_search_rows=8, prompt_search_final_rows=16
+    ).fit(train, validation)
+    answered = few_shot.search_answers_
+    assert answered is not None and len(answered) == few_shot.info()["prompt_search"]["final_rows"]
+    mixed = pd.concat([test.head(3), validation, test.iloc[3:5]], ignore_index=True)
+    reused = few_shot.predict(mixed)
+    fresh = _LabelScoringClassifier.predict(few_shot, mixed)  # every row scored by the LLM
+    assert reused["id"].tolist() == mixed["id"].astype(str).tolist()
+    assert reused["prediction"].tolist() == fresh["prediction"].tolist()
+    # bf16 scores move a little with the batch a row shares (padding, kernels): a row taken from the
+    # wrong place would differ far more than this
+    np.testing.assert_allclose(np.stack(reused["proba"]), np.stack(fresh["proba"]), atol=0.1)
+    texts = pd.Series(input_texts(mixed))
+    searched = texts.isin(set(answered.index)).to_numpy()
+    assert searched.sum() == len(answered) and not searched[:3].any()
+    by_text = answered["latency_ms"].to_dict()
+    np.testing.assert_array_equal(reused.loc[searched, "latency_ms"], texts[searched].map(by_text))
 
 
 def test_choose_prompt_keeps_the_most_accurate_unless_a_much_shorter_one_is_within_a_point():

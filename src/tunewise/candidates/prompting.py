@@ -552,6 +552,7 @@ class FewShotClassifier(_LabelScoringClassifier):
         self._fit_shortlist(train, validation, train_vectors=self.shot_vectors_)  # the same embeddings rank labels
         self.instruction_, self.demos_ = PROMPT_VARIANTS[0]
         self.prompt_search_info_: dict[str, Any] = {"searched": False}
+        self.search_answers_: pd.DataFrame | None = None  # the chosen prompt's answers, by input text
         if self.prompt_search:
             self._search_prompt(train, validation)
         return self
@@ -613,18 +614,20 @@ class FewShotClassifier(_LabelScoringClassifier):
         more = rows.iloc[
             np.sort(order[self.prompt_search_rows : max(self.prompt_search_final_rows, self.prompt_search_rows)])
         ]
-        tried, correct = [], []
+        tried, correct, answers = [], [], []
         try:
             for instruction, demos in PROMPT_VARIANTS:
-                entry, right = self._try_prompt(instruction, demos, first)
+                entry, right, answered = self._try_prompt(instruction, demos, first)
                 tried.append(entry)
                 correct.append(right)
+                answers.append([answered])
             best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], -tried[i]["prompt_tokens"], -i))
             contenders = [i for i in range(len(tried)) if not _worse_beyond_noise(correct[i], correct[best])]
             if len(contenders) > 1 and len(more):
                 for i in contenders:
-                    entry, right = self._try_prompt(tried[i]["instruction"], tried[i]["demos"], more)
+                    entry, right, answered = self._try_prompt(tried[i]["instruction"], tried[i]["demos"], more)
                     correct[i] = np.concatenate([correct[i], right])
+                    answers[i].append(answered)
                     tried[i].update(
                         rows=len(correct[i]),
                         accuracy=round(float(correct[i].mean()), 4),
@@ -639,6 +642,8 @@ class FewShotClassifier(_LabelScoringClassifier):
             n = len(correct[i])  # a prompt dropped after the first round is compared on those rows
             entry["within_noise_of_best"] = not _worse_beyond_noise(correct[i], correct[best][:n])
         self.instruction_, self.demos_ = tried[chosen]["instruction"], tried[chosen]["demos"]
+        if measured_on == "validation":  # with the whole demonstration pool: what predict would answer
+            self.search_answers_ = pd.concat(answers[chosen])
         plain = tried[0]["accuracy"]
         self.prompt_search_info_ = {
             "searched": True,
@@ -658,11 +663,15 @@ class FewShotClassifier(_LabelScoringClassifier):
             "gain_over_plain": round(tried[chosen]["accuracy"] - plain, 4),
         }
 
-    def _try_prompt(self, instruction: str, demos: str, rows: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
-        """Score one prompt variant on ``rows``: its entry in the search's record, and which rows it got right."""
+    def _try_prompt(
+        self, instruction: str, demos: str, rows: pd.DataFrame
+    ) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame]:
+        """Score one prompt variant on ``rows``: its entry in the search's record, which rows it got
+        right, and its answers indexed by input text."""
         self.instruction_, self.demos_ = instruction, demos
         started = time.perf_counter()
-        predicted = self.predict(rows)["prediction"].astype(str).to_numpy()
+        answered = self.predict(rows)
+        predicted = answered["prediction"].astype(str).to_numpy()
         seconds = time.perf_counter() - started
         tokens = self.tokenizer_(_render(self.tokenizer_, self._conversations(rows)), add_special_tokens=False)[
             "input_ids"
@@ -678,7 +687,25 @@ class FewShotClassifier(_LabelScoringClassifier):
                 "seconds": round(seconds, 2),
             },
             right,
+            answered.set_axis(pd.Index(input_texts(rows), name="text")),
         )
+
+    def predict(self, frame: pd.DataFrame, shortlist: bool = True) -> pd.DataFrame:
+        """As every label-scoring classifier predicts; rows whose text the prompt search already
+        answered with the chosen prompt (same text, same demonstrations: the same answer) are taken
+        from its record, so the validation rows it searched on are not scored twice."""
+        answered = getattr(self, "search_answers_", None)
+        keys = pd.Index(input_texts(frame)) if len(frame) else pd.Index([])
+        known = keys.isin(answered.index) if answered is not None and shortlist else np.zeros(len(frame), bool)
+        if not known.any():
+            return super().predict(frame, shortlist=shortlist)
+        answered = answered[~answered.index.duplicated()]
+        reused = (
+            answered.loc[keys[known]].reset_index(drop=True).assign(id=frame.loc[known, "id"].astype(str).to_numpy())
+        )
+        fresh = super().predict(frame[~known], shortlist=shortlist) if (~known).any() else reused.iloc[:0]
+        order = np.concatenate([np.flatnonzero(known), np.flatnonzero(~known)])
+        return pd.concat([reused, fresh], ignore_index=True).iloc[np.argsort(order)].reset_index(drop=True)
 
     def _demonstrations(self, vectors: np.ndarray) -> np.ndarray:
         """Demonstration rows per message, most similar first: the ``few_shot_k`` nearest training

@@ -5,8 +5,10 @@ validation set (evaluation picks its out-of-scope threshold on validation), and 
 look at accuracy (classify) or chrF (generate). The full evaluation, with confidence intervals,
 is the evaluate stage.
 
-Expensive candidates (LLM prompting) score the whole test and validation sets when that fits the
-time budget, else a stratified sample (:func:`plan_expensive_rows`). With ``sample_size: auto``
+Expensive candidates (LLM prompting) score the whole test set when that fits the time budget, else
+a stratified sample (:func:`plan_expensive_rows`); they fit on and score a stratified sample of at
+most ``validation_rows`` validation rows (enough for a threshold; few_shot_llm's prompt search has
+answered most of them already). With ``sample_size: auto``
 (the default) each one is fitted, scores a probe of random test rows, and the rows/s measured
 there decide: everything when ``time_budget_s`` allows it, else a stratified sample sized to fit.
 A candidate that must sample draws its sample from the rows the previous one scored, so samples
@@ -351,9 +353,11 @@ def run_baseline(
     size = None if auto else config.sample_size
     # the rows every expensive candidate scored: all (auto, null) or the configured sample; an
     # expensive candidate that must sample (auto, over budget) narrows it to a nested sample
+    # prompted LLMs fit on and score at most `validation_rows` validation rows (the same sample)
+    validation_size = min((n for n in (size, config.validation_rows) if n is not None), default=None)
     sample = {
         "test": stratified_sample_ids(test, size, seed, by),
-        "validation": stratified_sample_ids(validation, size, seed + 1, by),
+        "validation": stratified_sample_ids(validation, validation_size, seed + 1, by),
     }
     sampled_by: list[str] = []  # expensive candidates that scored fewer than all test rows
     scoring: dict[str, dict] = {}
@@ -399,7 +403,6 @@ def run_baseline(
                 config.time_budget_s,
                 seed=seed,
                 by=by,
-                fit_validation=validation,
             )
             scoring[run.name] = run.scoring
             # a sample narrows the common rows, and later candidates draw theirs from it (nested)
@@ -418,7 +421,13 @@ def run_baseline(
                 f"baseline: {candidate.name} ({candidate.kind}) on {len(scored_test)} test "
                 f"and {len(scored_validation)} validation rows"
             )
-            run = run_candidate(candidate, train, scored_validation, scored_test, fit_validation=validation)
+            run = run_candidate(
+                candidate,
+                train,
+                scored_validation,
+                scored_test,
+                fit_validation=scored_validation if candidate.expensive else validation,
+            )
         if out is not None:
             write_parquet(out / "predictions" / f"{run.name}.parquet", run.test)
             write_parquet(out / "predictions" / f"{run.name}.validation.parquet", run.validation)

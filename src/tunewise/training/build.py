@@ -82,7 +82,13 @@ def build_model(
         if method == "encoder":
             from transformers import AutoModel
 
-            encoder = AutoModel.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True, **common)
+            encoder = AutoModel.from_pretrained(
+                base_path, dtype=torch.float32, attn_implementation=attention, use_safetensors=True, **common
+            )
+            if config.freeze_word_embeddings:
+                # the vocabulary matrix is half of MiniLM's weights: its dense gradient and AdamW
+                # update took a third of a CPU step, and rows of tokens the data never uses learn nothing
+                encoder.get_input_embeddings().weight.requires_grad_(False)
             model = classes.EncoderClassifier(encoder, len(labels))
             loss_module = classes.ClassificationLoss(model)
         else:
