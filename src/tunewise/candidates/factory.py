@@ -35,6 +35,7 @@ from tunewise.candidates.registry import (
 )
 from tunewise.config.sections import BaselineConfig, ModelsConfig, TrainConfig
 from tunewise.core.artifacts import read_json
+from tunewise.core.layout import RunLayout
 
 if TYPE_CHECKING:
     from tunewise.config.sections import ProjectConfig
@@ -181,7 +182,7 @@ def run_candidate(
     if issubclass(cls, FineTunedCandidate):
         return load_candidate(run_dir / "train", name)
     if cls.combines:
-        summary = run_dir / "evaluate" / "summary.json"
+        summary = RunLayout(run_dir).summary("evaluate")
         members = candidate_members(read_json(summary)).get(name) if summary.exists() else None
         if not members:
             raise CandidateError(f"{name!r}: {summary} records no members for it; run `tunewise evaluate` first")

@@ -1130,8 +1130,9 @@ def ingest(
                 chunks.append(pd.DataFrame.from_records(pending))
                 advance(len(pending))
                 pending = []
-    if pending:
-        chunks.append(pd.DataFrame.from_records(pending))
+        if pending:  # the last chunk is counted too (a file under one chunk showed "done 0 rows")
+            chunks.append(pd.DataFrame.from_records(pending))
+            advance(len(pending))
 
     if not chunks:
         _Sample(found, [], position, first_reasons).raise_if_unusable(source, fmt)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from tunewise.core.artifacts import atomic_path, read_json, write_json
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 from tunewise.core.progress import console, progress
 from tunewise.core.runs import check_run_id, existing_run_lock
 from tunewise.core.stats import percentile_interval, resample_weights
@@ -465,7 +466,7 @@ def _run_curve(
             "tunewise curve measures accuracy curves for classify projects; generation curves would "
             "generate with the LLM for every subset (hours on a CPU)"
         )
-    paths = {name: run_dir / "split" / f"{name}.parquet" for name in ("train", "validation", "test")}
+    paths = RunLayout(run_dir).splits()
     for path in paths.values():
         if not path.exists():
             raise CurveError(
@@ -473,7 +474,7 @@ def _run_curve(
                 "candidates and target) first"
             )
     frames = {name: pd.read_parquet(path) for name, path in paths.items()}
-    summary_path = run_dir / "evaluate" / "summary.json"
+    summary_path = RunLayout(run_dir).summary("evaluate")
     evaluation = read_json(summary_path) if summary_path.exists() else {}
     decision_path = run_dir / "decide" / "decision.json"
     decision = (read_json(decision_path) or {}).get("decision", {}) if decision_path.exists() else {}

@@ -50,6 +50,7 @@ from tunewise.candidates.ensemble import candidate_members
 from tunewise.config.sections import RoiConfig
 from tunewise.core.artifacts import read_json
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 from tunewise.core.pricing import CPU_INSTANCES, FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
 
 __all__ = [
@@ -373,7 +374,7 @@ def _latencies(run_dir: Path, names: list[str]) -> dict[str, float]:
     out = {}
     for name in names:
         for stage in ("train", "baseline", "evaluate"):  # evaluate: a combined candidate's summed latency
-            path = run_dir / stage / "predictions" / f"{name}.parquet"
+            path = RunLayout(run_dir).predictions(stage, name)
             if path.exists():
                 frame = pd.read_parquet(path, columns=["latency_ms"])
                 values = pd.to_numeric(frame["latency_ms"], errors="coerce").dropna()
@@ -407,7 +408,7 @@ def _train_summaries(run_dir: Path) -> dict[str, dict]:
 
 
 def _flagged_rows(run_dir: Path) -> int:
-    path = run_dir / "curate" / "issues.parquet"
+    path = RunLayout(run_dir).curate_issues
     if not path.exists():
         return 0
     issues = pd.read_parquet(path, columns=["id", "action"])
@@ -417,7 +418,7 @@ def _flagged_rows(run_dir: Path) -> int:
 def _api_tokens(run_dir: Path, roi: RoiConfig) -> float | None:
     if roi.tokens_per_request is not None:
         return roi.tokens_per_request
-    path = run_dir / "split" / "test.parquet"
+    path = RunLayout(run_dir).split("test")
     if not path.exists():
         return None
     texts = pd.read_parquet(path, columns=["input"])["input"].astype(str)
@@ -432,7 +433,7 @@ def _incumbent_usd_per_request(evaluation: dict) -> float | None:
 def _measured_usd_per_request(run_dir: Path) -> dict[str, float]:
     """Candidates that pay per request (the api_* ones): their measured mean USD a row, from the
     tokens each answer's ``usage`` reported at the endpoint's prices (baseline/summary.json)."""
-    path = run_dir / "baseline" / "summary.json"
+    path = RunLayout(run_dir).summary("baseline")
     summary = read_json(path) if path.exists() else {}
     out = {}
     for entry in summary.get("candidates") or []:
@@ -610,7 +611,7 @@ def _status(comparison: dict | None, metric: str, threshold: float, lower_is_bet
 def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     """The ``roi`` and ``decision`` parts of the report's summary.json, from a run's evaluation."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "evaluate" / "summary.json"
+    summary_path = RunLayout(run_dir).summary("evaluate")
     if not summary_path.exists():
         raise DecisionError(f"{summary_path} not found; run `tunewise evaluate` first")
     evaluation = read_json(summary_path)

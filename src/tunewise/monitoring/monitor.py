@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from tunewise.config.sections import MonitorConfig
+from tunewise.core.layout import RunLayout
 from tunewise.core.stats import wilson_interval
 from tunewise.models.loading import embed
 from tunewise.monitoring.feedback import INCUMBENT, feedback_training_rows, parse_since
@@ -510,7 +511,7 @@ def monitor_run(
         stored = store.arm_weights()
     finally:
         store.close()
-    train_path = run_dir / "split" / "train.parquet"
+    train_path = RunLayout(run_dir).split("train")
     train = pd.read_parquet(train_path) if train_path.exists() else None
     if task is None:
         task = (

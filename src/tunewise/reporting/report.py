@@ -41,6 +41,7 @@ from tunewise import __version__
 from tunewise.config.sections import MonitorConfig
 from tunewise.core.artifacts import file_digest, json_safe, write_json, write_text
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 
 # Stages whose _stage.json timing goes into summary.json, in pipeline order.
 PIPELINE_STAGES = ("ingest", "curate", "split", "baseline", "train", "evaluate", "decide")
@@ -409,7 +410,7 @@ def prompting_notes(run_dir: Path) -> list[str]:
     """One line per prompted candidate: the prompt its search chose on validation, the gain over the
     plain prompt, and its label shortlist (from the baseline stage's summary)."""
     notes = []
-    for entry in (_json(run_dir / "baseline" / "summary.json") or {}).get("candidates") or []:
+    for entry in (_json(RunLayout(run_dir).summary("baseline")) or {}).get("candidates") or []:
         info = entry.get("info") or {}
         search, shortlist, prompt = (
             info.get("prompt_search") or {},
@@ -442,7 +443,7 @@ def prompting_notes(run_dir: Path) -> list[str]:
 
 def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None) -> dict:
     primary = evaluation.get("primary_metric")
-    stage_metrics = (_json(run_dir / "evaluate" / "_stage.json") or {}).get("metrics") or {}
+    stage_metrics = (_json(RunLayout(run_dir).stage_record("evaluate")) or {}).get("metrics") or {}
     candidates = []
     for entry in evaluation.get("candidates") or []:
         candidates.append({**entry, "n_eval": _n_eval(run_dir, entry, stage_metrics)})
@@ -506,14 +507,14 @@ def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None)
 def quality_section(run_dir: Path) -> dict:
     """Rows before and after curation, issue counts per kind, a few example rows per kind."""
     ingest = _json(run_dir / "ingest" / "summary.json") or {}
-    curate = _json(run_dir / "curate" / "summary.json")
-    split = _json(run_dir / "split" / "summary.json") or {}
+    curate = _json(RunLayout(run_dir).summary("curate"))
+    split = _json(RunLayout(run_dir).summary("split")) or {}
     if curate is None:
         return {"available": False, "ingest": ingest, "split": split}
     counts = curate.get("issue_counts") or {}
     actions: dict[str, dict[str, int]] = {}
     examples: dict[str, list[dict]] = {}
-    issues_file = run_dir / "curate" / "issues.parquet"
+    issues_file = RunLayout(run_dir).curate_issues
     if issues_file.exists():
         issues = pd.read_parquet(issues_file)
         if len(issues):
@@ -527,7 +528,7 @@ def quality_section(run_dir: Path) -> dict:
                 for kind, rows in (curate.get("examples") or {}).items()
                 for e in rows
             }
-            cleaned_file = run_dir / "curate" / "cleaned.parquet"
+            cleaned_file = RunLayout(run_dir).curate_cleaned
             cleaned = (
                 pd.read_parquet(cleaned_file, columns=["id", "input"]).astype({"id": str}).set_index("id")["input"]
                 if cleaned_file.exists()
@@ -607,8 +608,8 @@ def curves_section(run_dir: Path) -> list[dict]:
 def errors_section(run_dir: Path, task: str, focus: list[str]) -> dict:
     """Top confusions (classify) or worst generations (generate), the focus candidates first."""
     if task == "classify":
-        confusions = _json(run_dir / "evaluate" / "confusions.json") or {}
-        worst = _json(run_dir / "evaluate" / "worst_examples.json") or {}
+        confusions = _json(RunLayout(run_dir).evaluation("confusions.json")) or {}
+        worst = _json(RunLayout(run_dir).evaluation("worst_examples.json")) or {}
         names = [n for n in focus if n in confusions] + [n for n in confusions if n not in focus]
         return {
             "kind": "confusions",
@@ -622,7 +623,7 @@ def errors_section(run_dir: Path, task: str, focus: list[str]) -> dict:
                 for i, n in enumerate(names)
             ],
         }
-    worst = _json(run_dir / "evaluate" / "worst_examples.json") or {}
+    worst = _json(RunLayout(run_dir).evaluation("worst_examples.json")) or {}
     names = [n for n in focus if n in worst] + [n for n in worst if n not in focus]
     items = []
     for i, n in enumerate(names):
@@ -657,7 +658,7 @@ def errors_section(run_dir: Path, task: str, focus: list[str]) -> dict:
 
 
 def slices_section(run_dir: Path, primary: str, focus: list[str]) -> dict:
-    slices = _json(run_dir / "evaluate" / "slices.json")
+    slices = _json(RunLayout(run_dir).evaluation("slices.json"))
     if not slices:
         return {"available": False}
     columns = []
@@ -689,7 +690,7 @@ def slices_section(run_dir: Path, primary: str, focus: list[str]) -> dict:
 
 
 def robustness_section(run_dir: Path) -> dict:
-    data = _json(run_dir / "evaluate" / "robustness.json")
+    data = _json(RunLayout(run_dir).evaluation("robustness.json"))
     if not data:
         return {"available": False, "reason": "evaluate/robustness.json is missing"}
     if not data.get("enabled", True) or not data.get("candidates"):
@@ -724,7 +725,7 @@ def robustness_section(run_dir: Path) -> dict:
 
 
 def forgetting_section(run_dir: Path) -> dict:
-    data = _json(run_dir / "evaluate" / "forgetting.json")
+    data = _json(RunLayout(run_dir).evaluation("forgetting.json"))
     if not data:
         return {"status": "missing", "reason": "evaluate/forgetting.json is missing", "models": []}
     base = data.get("base") or {}
@@ -751,7 +752,7 @@ def forgetting_section(run_dir: Path) -> dict:
 
 
 def overfitting_section(run_dir: Path) -> dict:
-    data = _json(run_dir / "evaluate" / "overfitting.json")
+    data = _json(RunLayout(run_dir).evaluation("overfitting.json"))
     if not data:
         return {"available": False}
     rows = [
@@ -1314,7 +1315,7 @@ def build_report(
     started = time.perf_counter()
     _chart_count = 0  # chart ids start at c1 on every page
     run_dir = Path(run_dir)
-    evaluation = _json(run_dir / "evaluate" / "summary.json")
+    evaluation = _json(RunLayout(run_dir).summary("evaluate"))
     if not evaluation:
         raise ReportError(f"{run_dir / 'evaluate' / 'summary.json'} is missing; run `tunewise evaluate` first")
     config = _json(run_dir / "config.json") or {}

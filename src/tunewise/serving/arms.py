@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunewise.core.layout import RunLayout
 from tunewise.monitoring.feedback import CANDIDATE, INCUMBENT
 from tunewise.serving.base import ServeError, _widen_config
 
@@ -62,13 +63,13 @@ def check_arms(run_dir: str | Path, specs: list[ArmSpec]) -> None:
 
     run_dir = Path(run_dir)
     for spec in specs:
-        trained = (run_dir / "train" / spec.candidate / "adapter" / "tunewise_train.json").exists()
+        trained = (RunLayout(run_dir).adapter(spec.candidate) / "tunewise_train.json").exists()
         if not trained and spec.candidate not in CANDIDATES:
             raise ServeError(
                 f"arm {spec.name!r}: candidate {spec.candidate!r} is not trained in {run_dir / 'train'} "
                 f"and is not a registered candidate (known: {', '.join(sorted(CANDIDATES))})"
             )
-        if not trained and not (run_dir / "split" / "train.parquet").exists():
+        if not trained and not (RunLayout(run_dir).split("train")).exists():
             raise ServeError(
                 f"arm {spec.name!r}: candidate {spec.candidate!r} is refitted on the run's split, and "
                 f"{run_dir / 'split' / 'train.parquet'} is not there"
@@ -100,7 +101,7 @@ def parse_arms(text: str | Mapping[str, float] | None) -> dict[str, float] | Non
 
 
 def _gate_roles(run_dir: Path) -> dict[str, str | None]:
-    summary_path = run_dir / "evaluate" / "summary.json"
+    summary_path = RunLayout(run_dir).summary("evaluate")
     if not summary_path.exists():
         raise ServeError(f"{summary_path} not found: run `tunewise evaluate` before serving")
     gate = json.loads(summary_path.read_text()).get("gate", {})

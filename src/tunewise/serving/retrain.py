@@ -38,6 +38,7 @@ import pandas as pd
 from tunewise.config.sections import EvaluateConfig
 from tunewise.core.artifacts import read_json, write_json, write_text
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 from tunewise.core.runs import check_run_id, existing_run_lock, run_lock
 from tunewise.monitoring.feedback import feedback_training_rows, parse_since
 from tunewise.pipeline.runner import run_stages
@@ -61,7 +62,7 @@ SERVABLE_VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE")
 
 
 def _run_labels(run_dir: Path) -> set[str] | None:
-    train = run_dir / "split" / "train.parquet"
+    train = RunLayout(run_dir).split("train")
     if not train.exists():
         return None
     frame = pd.read_parquet(train)
@@ -72,7 +73,7 @@ def _drop_test_copies(rows: pd.DataFrame, run_dir: Path, cfg: Any) -> tuple[pd.D
     """Rows that are near-copies of the source run's test rows (the split's own leakage check)."""
     from tunewise.data.split import find_leakage  # on use: loads scipy, sklearn
 
-    test_path = run_dir / "split" / "test.parquet"
+    test_path = RunLayout(run_dir).split("test")
     if rows.empty or not test_path.exists():
         return rows, 0
     test = pd.read_parquet(test_path, columns=["id", "input"])
@@ -95,7 +96,7 @@ def _paired_regression(old_dir: Path, old_name: str | None, new_dir: Path, new_n
 
     if not old_name or not new_name:
         return {"status": "not computed", "reason": "no recommended candidate in one of the runs"}
-    paths = [d / "evaluate" / "per_example" / f"{n}.parquet" for d, n in ((old_dir, old_name), (new_dir, new_name))]
+    paths = [RunLayout(d).per_example(n) for d, n in ((old_dir, old_name), (new_dir, new_name))]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         return {"status": "not computed", "reason": f"no per-example results: {', '.join(missing)}"}
@@ -217,7 +218,7 @@ def _retrain(
     from tunewise.monitoring.store import Store  # on use: loads sqlalchemy
 
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
-    if not (run_dir / "split" / "test.parquet").exists():
+    if not RunLayout(run_dir).split("test").exists():
         raise RetrainError(
             f"{run_dir}: no split test set; `tunewise retrain` starts from a run that went through "
             f"the pipeline (`tunewise run --run-id {run_id}`)"
@@ -312,8 +313,8 @@ def _retrain(
                 f"{new_run_id}'s decision is {verdict} where {run_id}'s was {old_verdict}: "
                 + "; ".join(decision.get("reasons", [])[:2])
             )
-        old_test = set(pd.read_parquet(run_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
-        new_test = set(pd.read_parquet(new_dir / "split" / "test.parquet", columns=["id"])["id"].astype(str))
+        old_test = set(pd.read_parquet(RunLayout(run_dir).split("test"), columns=["id"])["id"].astype(str))
+        new_test = set(pd.read_parquet(RunLayout(new_dir).split("test"), columns=["id"])["id"].astype(str))
         same_test = old_test == new_test
         if not same_test:
             reasons.append(

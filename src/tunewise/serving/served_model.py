@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise.config.sections import EvaluateConfig
+from tunewise.core.layout import RunLayout
 from tunewise.serving.base import ServeError, _project_config, log
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
@@ -174,7 +175,7 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
 
     run_dir = Path(run_dir)
     cfg = _project_config(run_dir, cfg)
-    summary_path = run_dir / "evaluate" / "summary.json"
+    summary_path = RunLayout(run_dir).summary("evaluate")
     evaluated = (
         {c["name"]: c for c in json.loads(summary_path.read_text()).get("candidates", [])}
         if summary_path.exists()

@@ -47,6 +47,7 @@ import pandas as pd
 
 from tunewise.core.artifacts import json_safe, make_private_dirs, read_json, write_json, write_parquet
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 from tunewise.core.progress import console, progress
 from tunewise.core.runs import check_run_id, run_lock
 from tunewise.core.text import dedup_keys
@@ -132,7 +133,7 @@ def _suspects(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """(suspect rows in the train split, suspect rows curation dropped, counts) from the run's curation.
     Curation sees the training file only: with a test file (data.test) its ids may repeat test ids."""
-    path = run_dir / "curate" / "issues.parquet"
+    path = RunLayout(run_dir).curate_issues
     if not path.exists():
         raise DistillError(
             f"--relabel-suspects reads the rows curation flagged from {path}, which is not there: "
@@ -247,8 +248,8 @@ def _build_teacher(
     stage = built.get(name)
     sections = {"baseline": ("baseline", "models"), "train": ("train", "models")}.get(stage or "", ())
     if stage and _stage_current(cfg, run_dir, stage, sections):
-        for split, suffix in (("validation", ".validation"), ("test", "")):
-            path = run_dir / stage / "predictions" / f"{name}{suffix}.parquet"
+        for split in ("validation", "test"):
+            path = RunLayout(run_dir).predictions(stage, name, split)
             if path.exists():
                 teacher.predictions[split] = pd.read_parquet(path)
                 teacher.reused[split] = str(path)
@@ -353,7 +354,7 @@ def _student_target(
     decision = (read_json(decision_path) or {}).get("decision", {}) if decision_path.exists() else {}
     target, source = decision.get("target_score"), "the decision's target"
     if target is None:
-        summary_path = run_dir / "evaluate" / "summary.json"
+        summary_path = RunLayout(run_dir).summary("evaluate")
         comparison = (read_json(summary_path) or {}).get("comparison") or {} if summary_path.exists() else {}
         if comparison.get("baseline_score") is not None:
             target = comparison["baseline_score"] * (1 + comparison.get("threshold", cfg.evaluate.threshold))
@@ -364,7 +365,7 @@ def _student_target(
     best: tuple[float, str] | None = None
     for name in students:
         for stage in ("train", "baseline"):
-            path = run_dir / stage / "predictions" / f"{name}.validation.parquet"
+            path = RunLayout(run_dir).predictions(stage, name, "validation")
             if path.exists():
                 accuracy = float(_correct(pd.read_parquet(path), frames["validation"]).mean())
                 if best is None or accuracy > best[0]:
@@ -418,15 +419,15 @@ def _train_students(
         tuned_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"candidates": tuned})})
         train_stage(StageContext(tuned_cfg, out_dir, "train"))
         for name in tuned:
-            predictions[name] = pd.read_parquet(stage_dir / "predictions" / f"{name}.parquet")
+            predictions[name] = pd.read_parquet(RunLayout(out_dir).predictions("train", name))
     factory = candidate_factory(cfg)
     for name in (s for s in students if CANDIDATES[s].kind != "finetuned"):
         console.print(f"distill: {name} (cheap) on {len(frames['train']):,} rows")
         candidate = factory(name).fit(frames["train"], frames["validation"])
-        for split, suffix in (("test", ""), ("validation", ".validation")):
+        for split in ("test", "validation"):
             predicted = candidate.predict(frames[split])
             check_predictions(predicted, frames[split], candidate)
-            write_parquet(out_dir / "baseline" / "predictions" / f"{name}{suffix}.parquet", predicted)
+            write_parquet(RunLayout(out_dir).predictions("baseline", name, split), predicted)
             if split == "test":
                 predictions[name] = predicted
     return predictions
@@ -434,7 +435,7 @@ def _train_students(
 
 def _gold_only(run_dir: Path, name: str) -> pd.DataFrame | None:
     for stage in ("train", "baseline"):
-        path = run_dir / stage / "predictions" / f"{name}.parquet"
+        path = RunLayout(run_dir).predictions(stage, name)
         if path.exists():
             return pd.read_parquet(path)
     return None
@@ -535,7 +536,7 @@ def distill(
     out_run_id = check_run_id(out_run_id or f"{run_id}-distilled")
     if out_run_id == run_id:
         raise DistillError(f"--out-run-id {out_run_id!r} is the source run: the students go to a run of their own")
-    paths = {split: run_dir / "split" / f"{split}.parquet" for split in ("train", "validation", "test")}
+    paths = RunLayout(run_dir).splits()
     for path in paths.values():
         if not path.exists():
             raise DistillError(
@@ -700,7 +701,7 @@ def _distill_locked(
         raise DistillError(f"teacher rows {sorted(leaked)[:3]} collide with test ids; nothing was trained")
     with run_lock(out_dir):
         for split, frame in distilled.items():
-            write_parquet(out_dir / "split" / f"{split}.parquet", frame)
+            write_parquet(RunLayout(out_dir).split(split), frame)
         relabelled = int(distilled["train"]["gold_label"].notna().sum()) if "gold_label" in distilled["train"] else 0
         console.print(
             f"distill: run {out_run_id!r}: {len(added):,} teacher rows + {len(frames['train']):,} gold rows "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tunewise.core.artifacts import read_json, write_json, write_text
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 from tunewise.core.runs import existing_run_lock
 from tunewise.training import load_trained
 
@@ -74,7 +75,7 @@ def _export(run_dir: Path, merge: bool, *, candidate: str | None, out_dir: str |
             listing = ", ".join(available) or "none (run `tunewise train` first)"
             raise ExportError(f"{run_dir}: say which candidate to export; trained candidates: {listing}")
         candidate = available[0]
-    adapter_dir = run_dir / "train" / candidate / "adapter"
+    adapter_dir = RunLayout(run_dir).adapter(candidate)
     if candidate not in available:
         raise ExportError(f"{adapter_dir} not found; trained candidates in {run_dir}: {', '.join(available) or 'none'}")
     info = read_json(adapter_dir / "tunewise_train.json")

@@ -36,6 +36,7 @@ import pandas as pd
 
 from tunewise.core.artifacts import csv_unescape, read_json, write_csv, write_json, write_text
 from tunewise.core.errors import TunewiseError
+from tunewise.core.layout import RunLayout
 from tunewise.core.progress import console
 from tunewise.core.records import answer_column
 from tunewise.core.runs import check_run_id, existing_run_lock
@@ -286,15 +287,11 @@ def _run_dir(cfg: Any, run_id: str) -> Path:
 def _labelled_texts(cfg: Any, run_dir: Path) -> list[str]:
     """Every text the project has a label for: the run's records and splits, and the added rows."""
     texts: list[str] = []
-    for part in (
-        "ingest/records.parquet",
-        "ingest/test_records.parquet",
-        "split/train.parquet",
-        "split/validation.parquet",
-        "split/test.parquet",
-    ):
-        if (run_dir / part).exists():
-            texts += pd.read_parquet(run_dir / part, columns=["input"])["input"].astype(str).tolist()
+    layout = RunLayout(run_dir)
+    ingested = [layout.stage("ingest") / "records.parquet", layout.stage("ingest") / "test_records.parquet"]
+    for path in [*ingested, *layout.splits().values()]:
+        if path.exists():
+            texts += pd.read_parquet(path, columns=["input"])["input"].astype(str).tolist()
     added = cfg.resolve(cfg.data.added)
     if added.exists():
         rows, _ = _raw_rows(added)
@@ -313,7 +310,7 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
     from tunewise.candidates.registry import CANDIDATES, candidate_class  # on use: loads scipy, sklearn
 
     if name is None:
-        summary = run_dir / "evaluate" / "summary.json"
+        summary = RunLayout(run_dir).summary("evaluate")
         evaluation = read_json(summary) if summary.exists() else {}
         name = (evaluation.get("gate") or {}).get("candidate")
         if not name:
@@ -330,7 +327,7 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
         return run_candidate(name, cfg, run_dir), name, f"loaded from {run_dir / 'train' / name}"
     frames = {}
     for split in ("train", "validation"):
-        path = run_dir / "split" / f"{split}.parquet"
+        path = RunLayout(run_dir).split(split)
         if not path.exists():
             raise LabellingError(
                 f"{path} not found: run `tunewise split` first (the model is refit on its train split)"
@@ -467,7 +464,7 @@ def _freeze_test(cfg: Any, run_dir: Path) -> dict[str, Any]:
     path = cfg.resolve(FROZEN_TEST_FILE)
     if path.exists():
         return {"frozen": True, "path": str(path), "new": False, "ids": len(read_json(path)["ids"])}
-    test_path = run_dir / "split" / "test.parquet"
+    test_path = RunLayout(run_dir).split("test")
     if not test_path.exists():
         raise LabellingError(
             f"{test_path} not found: run `tunewise split` first, so the test split can be frozen before rows are added"

@@ -10,6 +10,7 @@ import pandas as pd
 
 from tunewise.config.sections import ProjectConfig
 from tunewise.core.artifacts import json_safe, read_json, write_json, write_parquet
+from tunewise.core.layout import RunLayout
 from tunewise.core.progress import console, track
 from tunewise.evaluation.base import EvaluationError
 from tunewise.evaluation.forgetting import compare_probes, find_finetuned_models, load_finetuned, run_probe
@@ -183,7 +184,7 @@ def run(ctx: StageContext) -> dict:
         summary["incumbent"]["predictions_file"] = incumbent_info
     if ensemble_info is not None:
         summary["ensemble"] = ensemble_info
-    sample_file = ctx.run_dir / "baseline" / "sample_ids.json"
+    sample_file = RunLayout(ctx.run_dir).sample_ids
     if sample_file.exists():  # which candidates scored only a sample: their comparisons run on it
         sample = read_json(sample_file)
         summary["sample"] = {

@@ -20,6 +20,7 @@ import pandas as pd
 
 from tunewise.config.sections import ProjectConfig
 from tunewise.core.artifacts import file_digest, read_json, write_json, write_parquet, write_text
+from tunewise.core.layout import RunLayout
 from tunewise.core.machine import measuring_cores
 from tunewise.core.progress import console
 from tunewise.core.records import answer_column
@@ -68,7 +69,7 @@ def run(ctx: StageContext) -> dict:
     samples = _samples(cfg, frames)
     summaries = []
     for name in names:
-        finished = ctx.run_dir / "_checkpoints" / "train" / "_finished" / name
+        finished = RunLayout(ctx.run_dir).finished(name)
         key = _finished_key(cfg, name, ctx.run_dir, samples)
         if _restore_finished(finished, key, ctx, name):
             entry = read_json(finished / "summary.json")
@@ -114,7 +115,7 @@ def _train_one(
     from tunewise.evaluation.baseline import quick_metrics  # on use: loads scipy, sklearn
 
     cfg = ctx.config
-    checkpoints = ctx.run_dir / "_checkpoints" / "train" / name
+    checkpoints = RunLayout(ctx.run_dir).checkpoints(name)
     candidate = _candidate(cfg, name, str(ctx.path(name)), checkpoints)
     console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
     started = time.perf_counter()
@@ -189,7 +190,7 @@ def _finished_key(cfg: ProjectConfig, name: str, run_dir: Path, samples: dict[st
         "seed": cfg.seed,
         "task": cfg.task,
         "samples": samples,
-        "split": {n: file_digest(run_dir / "split" / f"{n}.parquet") for n in ("train", "validation", "test")},
+        "split": {n: file_digest(RunLayout(run_dir).split(n)) for n in ("train", "validation", "test")},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -232,14 +233,14 @@ def fit_worker(cfg: ProjectConfig, run_id: str = "default") -> None:
     resumes on every rank) but only rank 0 writes them.
     """
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
-    frames = {name: pd.read_parquet(run_dir / "split" / f"{name}.parquet") for name in ("train", "validation", "test")}
+    frames = {name: pd.read_parquet(RunLayout(run_dir).split(name)) for name in ("train", "validation", "test")}
     samples = _samples(cfg, frames)
     for name in resolve_candidates(cfg.task, cfg.train.candidates):
         # rank 0 restores a candidate that finished before an interruption instead of training it
-        marker = run_dir / "_checkpoints" / "train" / "_finished" / name / "key.txt"
+        marker = RunLayout(run_dir).finished(name) / "key.txt"
         if marker.exists() and marker.read_text() == _finished_key(cfg, name, run_dir, samples):
             continue
-        candidate = _candidate(cfg, name, None, run_dir / "_checkpoints" / "train" / name)
+        candidate = _candidate(cfg, name, None, RunLayout(run_dir).checkpoints(name))
         candidate.fit(frames["train"], frames["validation"])
         del candidate
 
@@ -254,7 +255,7 @@ def dry_run(cfg: ProjectConfig, run_id: str = "default", calibration_steps: int 
 
     section = cfg.train
     run_dir = cfg.resolve(cfg.runs_dir) / run_id
-    paths = {name: run_dir / "split" / f"{name}.parquet" for name in ("train", "validation")}
+    paths = RunLayout(run_dir).splits(("train", "validation"))
     for path in paths.values():
         if not path.exists():
             raise StageError(f"train --dry-run needs {path}, which stage 'split' writes; run `tunewise split` first")
