@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
+from tunewise.candidates.base import load_fitted, save_fitted
 from tunewise.candidates.ensemble import EnsembleCandidate, choose_members
-from tunewise.candidates.factory import build_candidate, run_candidate
+from tunewise.candidates.factory import build_candidate, load_run_candidate, run_candidate
 from tunewise.candidates.registry import (
     CANDIDATES,
     KINDS,
@@ -383,3 +384,59 @@ def test_run_candidate_builds_the_ensemble_from_the_members_its_evaluation_recor
         run_candidate("ensemble", None, tmp_path)
     with pytest.raises(CandidateError, match="no trained model"):
         run_candidate("encoder_ft", None, tmp_path)  # a fine-tuned candidate is loaded, never retrained here
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in CANDIDATES.items() if c.saves_fitted))
+def test_saved_fitted_candidate_loads_and_predicts_exactly_as_fitted(name, classify_data, tmp_path):
+    """A cheap candidate's fitted state goes to JSON and safetensors (no pickle) and comes back into
+    a candidate built with the same settings: the same probabilities to the bit. Other settings or
+    other training rows are refused with the reason, so a stale model is never served."""
+    train, test = classify_data
+    fitted = make_candidate(name).fit(train)
+    save_fitted(fitted, tmp_path / name, train)
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["fitted.json", "fitted.safetensors"]
+    assert not list((tmp_path / name).glob("*.pkl")) and not list((tmp_path / name).glob("*.joblib"))
+
+    loaded = make_candidate(name)
+    with pytest.raises(NotFittedError):
+        loaded.predict(test)
+    assert load_fitted(loaded, tmp_path / name, train) is None
+    expected, got = fitted.predict(test), loaded.predict(test)
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    np.testing.assert_array_equal(np.stack(got["proba"]), np.stack(expected["proba"]))
+
+    fewer = train.iloc[:-1]
+    assert "other training rows" in load_fitted(make_candidate(name), tmp_path / name, fewer)
+    params = make_candidate(name).get_params()
+    if params:  # majority has no settings to change
+        changed = {k: (v * 2 if isinstance(v, (int, float)) else v) for k, v in params.items()}
+        reason = load_fitted(make_candidate(name, **changed), tmp_path / name, train)
+        assert reason is not None and "other settings" in reason
+    assert "no fitted model" in load_fitted(make_candidate(name), tmp_path / "missing", train)
+
+
+def test_run_candidate_loads_what_the_baseline_stage_saved(classify_data, tmp_path):
+    """The baseline stage writes baseline/models/<name>; run_candidate (evaluate, serve, suggest)
+    loads it instead of fitting again, and refits when the run's training rows changed."""
+    train, test = classify_data
+    run_dir = tmp_path / "runs" / "r1"
+    (run_dir / "split").mkdir(parents=True)
+    train.to_parquet(run_dir / "split" / "train.parquet")
+    validation = test.iloc[::2].assign(id=lambda f: "va" + f["id"])
+    config = BaselineConfig(candidates=["tfidf_lr"], sample_size=None)
+    run_baseline(
+        train, validation, test, task="classify", config=config, models=ModelsConfig(), out_dir=run_dir / "baseline"
+    )
+    saved = run_dir / "baseline" / "models" / "tfidf_lr"
+    assert (saved / "fitted.json").exists()
+    loaded = load_run_candidate("tfidf_lr", None, run_dir)
+    assert loaded is not None
+    stored = pd.read_parquet(run_dir / "baseline" / "predictions" / "tfidf_lr.parquet")
+    assert (
+        run_candidate("tfidf_lr", None, run_dir).predict(test)["prediction"].tolist() == stored["prediction"].tolist()
+    )
+    # the split changed since the baseline stage ran: the saved model no longer applies
+    train.iloc[:-3].to_parquet(run_dir / "split" / "train.parquet")
+    assert load_run_candidate("tfidf_lr", None, run_dir) is None
+    refitted = run_candidate("tfidf_lr", None, run_dir)
+    assert refitted.pipeline_ is not loaded.pipeline_

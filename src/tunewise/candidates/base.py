@@ -13,6 +13,10 @@ baselines in ``tunewise.candidates.prompting``, the fine-tuned models of the tra
   ``self``; everything it learns lives in attributes whose names end in ``_``;
 - ``predict(frame)`` returns :data:`Predictions` for every row of ``frame``, in order, and raises
   :class:`NotFittedError` when ``fit`` has not run;
+- a candidate with ``saves_fitted`` (the cheap classic models) implements ``fitted_state`` and
+  ``restore_fitted``: :func:`save_fitted` writes what it learned as JSON and safetensors (never a
+  pickle), and :func:`load_fitted` reads it back into a candidate built with the same settings, so
+  later stages and serving load the baseline stage's fitted model instead of refitting it;
 - class attributes: ``name`` (the registry key), ``kind`` (``baseline`` for LLM prompting,
   ``cheap`` for classic models, ``finetuned`` for trained ones), ``task`` (``classify`` or
   ``generate``), ``expensive`` (True when scoring costs LLM forward passes, so the baseline
@@ -38,6 +42,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,8 +51,9 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from tunewise.core.artifacts import atomic_path, json_safe, read_json, write_json
 from tunewise.core.errors import TunewiseError
-from tunewise.core.records import answer_column
+from tunewise.core.records import answer_column, rows_fingerprint
 
 __all__ = [
     "CANDIDATES",
@@ -63,8 +69,10 @@ __all__ = [
     "classification_predictions",
     "generation_predictions",
     "input_texts",
+    "load_fitted",
     "make_candidate",
     "register_candidate",
+    "save_fitted",
 ]
 
 KINDS = ("baseline", "cheap", "finetuned")
@@ -90,12 +98,21 @@ class Candidate(BaseEstimator):
     task: ClassVar[str]
     expensive: ClassVar[bool] = False
     combines: ClassVar[bool] = False
+    saves_fitted: ClassVar[bool] = False  # fitted_state / restore_fitted implemented
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> Candidate:
         raise NotImplementedError
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError
+
+    def fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What the fitted candidate needs to predict: JSON values and named arrays."""
+        raise NotImplementedError(f"{self.name} does not save its fitted state")
+
+    def restore_fitted(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Become the fitted candidate whose :meth:`fitted_state` gave ``values`` and ``arrays``."""
+        raise NotImplementedError(f"{self.name} does not load a fitted state")
 
     def _check_fitted(self) -> None:
         # scikit-learn's check: fitted means some attribute ending in "_" has been set.
@@ -262,3 +279,57 @@ def candidate_kwargs(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """
     params = inspect.signature(candidate_class(name).__init__).parameters
     return {k: v for k, v in settings.items() if k in params}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitted state on disk: JSON and safetensors, no pickle
+
+FITTED_VALUES = "fitted.json"  # written last: its presence means the pair is complete
+FITTED_ARRAYS = "fitted.safetensors"
+FITTED_FORMAT = 1
+
+
+def save_fitted(candidate: Candidate, folder: str | Path, train: pd.DataFrame) -> Path:
+    """Write a fitted ``saves_fitted`` candidate to ``folder`` (private: a vocabulary is user text).
+
+    Beside what it learned go its settings and a fingerprint of ``train``, the rows it was fitted
+    on: :func:`load_fitted` refuses a folder whose settings or rows differ from the caller's.
+    """
+    from safetensors.numpy import save_file  # numpy only: no torch
+
+    values, arrays = candidate.fitted_state()
+    folder = Path(folder)
+    with atomic_path(folder / FITTED_ARRAYS, private=True) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    write_json(
+        folder / FITTED_VALUES,
+        {
+            "format": FITTED_FORMAT,
+            "candidate": candidate.name,
+            "params": json_safe(candidate.get_params()),
+            "fitted_on": {"rows": len(train), "fingerprint": rows_fingerprint(train, candidate.task)},
+            "values": values,
+        },
+        private=True,
+    )
+    return folder
+
+
+def load_fitted(candidate: Candidate, folder: str | Path, train: pd.DataFrame) -> str | None:
+    """Restore ``candidate`` (unfitted, built with the settings wanted) from ``folder`` when it holds
+    the same candidate, fitted with the same settings on the same rows as ``train``; returns None
+    when it did, else why not (missing, another candidate, other settings, other rows)."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    if not (folder / FITTED_VALUES).exists() or not (folder / FITTED_ARRAYS).exists():
+        return f"{folder} holds no fitted model"
+    saved = read_json(folder / FITTED_VALUES)
+    if saved.get("format") != FITTED_FORMAT or saved.get("candidate") != candidate.name:
+        return f"{folder / FITTED_VALUES} is not a saved {candidate.name}"
+    if saved.get("params") != json_safe(candidate.get_params()):
+        return f"{folder / FITTED_VALUES} was fitted with other settings"
+    if (saved.get("fitted_on") or {}).get("fingerprint") != rows_fingerprint(train, candidate.task):
+        return f"{folder / FITTED_VALUES} was fitted on other training rows"
+    candidate.restore_fitted(saved["values"], load_file(str(folder / FITTED_ARRAYS)))
+    return None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tunewise.candidates.api import api_llm_settings
+from tunewise.candidates.base import load_fitted
 from tunewise.candidates.ensemble import EnsembleCandidate, candidate_members
 from tunewise.candidates.finetuned import DEFAULT_FINETUNED, FineTunedCandidate, load_candidate
 from tunewise.candidates.registry import (
@@ -40,7 +41,7 @@ from tunewise.core.layout import RunLayout
 if TYPE_CHECKING:
     from tunewise.config.sections import ProjectConfig
 
-__all__ = ["build_candidate", "candidate_settings", "run_candidate", "run_candidates"]
+__all__ = ["build_candidate", "candidate_settings", "load_run_candidate", "run_candidate", "run_candidates"]
 
 
 def candidate_settings(
@@ -151,14 +152,13 @@ def build_candidate(name: str, config: ProjectConfig | Mapping[str, Any] | None 
 
 
 def _split(run_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    split = run_dir / "split"
-    if not (split / "train.parquet").exists():
+    paths = RunLayout(run_dir).splits(("train", "validation"))
+    if not paths["train"].exists():
         raise CandidateError(
-            f"{split / 'train.parquet'} not found: run `tunewise split` first ({name!r} is "
-            "refitted on the run's train split)"
+            f"{paths['train']} not found: run `tunewise split` first ({name!r} is fitted on the run's train split)"
         )
-    validation = split / "validation.parquet"
-    return pd.read_parquet(split / "train.parquet"), pd.read_parquet(validation) if validation.exists() else None
+    validation = paths["validation"]
+    return pd.read_parquet(paths["train"]), pd.read_parquet(validation) if validation.exists() else None
 
 
 def run_candidate(
@@ -175,7 +175,9 @@ def run_candidate(
     - one that combines others (the ensemble): its members recorded in the run's evaluation
       (``evaluate/summary.json``), each obtained as here, combined as its evaluation combined them;
     - any other: :func:`build_candidate` from ``config`` and ``overrides``, fitted on ``train`` and
-      ``validation`` (default: the run's ``split/train.parquet`` and ``split/validation.parquet``).
+      ``validation``; by default on the run's ``split/train.parquet`` and ``split/validation.parquet``,
+      and a cheap candidate the baseline stage saved with the same settings on the same rows is
+      loaded instead (:func:`load_run_candidate`).
     """
     run_dir = Path(run_dir)
     cls = candidate_class(name)
@@ -191,4 +193,28 @@ def run_candidate(
         return cls.from_members([run_candidate(m, config, run_dir, train, validation, **overrides) for m in members])
     if train is None:
         train, validation = _split(run_dir, name)
+        fitted = load_run_candidate(name, config, run_dir, train, **overrides)
+        if fitted is not None:
+            return fitted
     return build_candidate(name, config, **overrides).fit(train, validation)
+
+
+def load_run_candidate(
+    name: str,
+    config: ProjectConfig | Mapping[str, Any] | None,
+    run_dir: str | Path,
+    train: pd.DataFrame | None = None,
+    **overrides: Any,
+) -> Candidate | None:
+    """The cheap candidate ``name`` as the baseline stage fitted it (``baseline/models/<name>``),
+    when it was fitted with these settings on these training rows (default: the run's
+    ``split/train.parquet``); None when there is none such (then fit it)."""
+    if not candidate_class(name).saves_fitted:
+        return None
+    if train is None:
+        path = RunLayout(run_dir).split("train")
+        if not path.exists():
+            return None
+        train = pd.read_parquet(path)
+    candidate = build_candidate(name, config, **overrides)
+    return candidate if load_fitted(candidate, RunLayout(run_dir).fitted(name), train) is None else None

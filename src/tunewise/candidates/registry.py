@@ -3,7 +3,7 @@
 The contract every candidate follows and the registry live in :mod:`tunewise.candidates.base`
 (re-exported here). This module holds the cheap classic models and imports every other
 implementation, so importing it registers them all: the LLM prompting baselines
-(``tunewise.candidates.prompting``), the hosted-API ones (``tunewise.candidates.api``), the fine-tuned models
+(``tunewise.candidates.prompting``, ``tunewise.candidates.generating``), the hosted-API ones (``tunewise.candidates.api``), the fine-tuned models
 of the train stage (``tunewise.candidates.finetuned``) and the ``ensemble`` of them (``tunewise.candidates.ensemble``).
 Building a candidate from a project's config: ``tunewise.candidates.factory.build_candidate``.
 """
@@ -76,6 +76,20 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def _classifier_arrays(classifier: Any) -> dict[str, np.ndarray]:
+    """A fitted LogisticRegression's weights (its classes go with the JSON values, as labels)."""
+    return {"coef": classifier.coef_, "intercept": classifier.intercept_}
+
+
+def _restore_classifier(classifier: Any, labels: list[str], arrays: dict[str, np.ndarray]) -> Any:
+    """``classifier`` (an unfitted LogisticRegression) with saved weights: scikit-learn's
+    predict_proba needs only these fitted attributes."""
+    classifier.classes_ = np.asarray(labels, dtype=object)
+    classifier.coef_, classifier.intercept_ = arrays["coef"], arrays["intercept"]
+    classifier.n_features_in_ = int(arrays["coef"].shape[1])
+    return classifier
+
+
 @register_candidate
 class MajorityCandidate(Candidate):
     """Always the most frequent training label: the floor every other candidate must clear."""
@@ -92,6 +106,15 @@ class MajorityCandidate(Candidate):
         self.labels_ = sorted(counts.index)
         self.prior_ = np.array([counts[label] for label in self.labels_], dtype=np.float64) / counts.sum()
         return self
+
+    saves_fitted = True
+
+    def fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self._check_fitted()
+        return {"labels": self.labels_}, {"prior": self.prior_}
+
+    def restore_fitted(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.labels_, self.prior_ = list(values["labels"]), arrays["prior"]
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
@@ -118,28 +141,68 @@ class TfidfLogRegCandidate(Candidate):
         self.max_iter = max_iter
         self.char_min_df = char_min_df
 
-    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> TfidfLogRegCandidate:
+    saves_fitted = True
+
+    def _pipeline(self, char_min_df: int, vocabularies: dict[str, dict[str, int]] | None = None) -> Any:
+        """The features and the classifier, unfitted; with ``vocabularies`` the vectorizers' fixed
+        vocabularies (a saved fit)."""
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import FeatureUnion, make_pipeline
 
-        labels = self._training_answers(train)
-        # char_min_df drops character n-grams seen once; it is lowered for tiny training sets,
-        # where it would leave no features at all.
-        char_min_df = self.char_min_df if len(train) >= 50 else 1
+        vocab = vocabularies or {}
         features = FeatureUnion(
             [
-                ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True)),
+                (
+                    "word",
+                    TfidfVectorizer(
+                        analyzer="word", ngram_range=(1, 2), sublinear_tf=True, vocabulary=vocab.get("word")
+                    ),
+                ),
                 (
                     "char",
-                    TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=char_min_df),
+                    TfidfVectorizer(
+                        analyzer="char_wb",
+                        ngram_range=(2, 5),
+                        sublinear_tf=True,
+                        min_df=char_min_df,
+                        vocabulary=vocab.get("char"),
+                    ),
                 ),
             ]
         )
-        self.pipeline_ = make_pipeline(features, LogisticRegression(C=self.C, max_iter=self.max_iter))
+        return make_pipeline(features, LogisticRegression(C=self.C, max_iter=self.max_iter))
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> TfidfLogRegCandidate:
+        labels = self._training_answers(train)
+        # char_min_df drops character n-grams seen once; it is lowered for tiny training sets,
+        # where it would leave no features at all.
+        self.char_min_df_ = self.char_min_df if len(train) >= 50 else 1
+        self.pipeline_ = self._pipeline(self.char_min_df_)
         self.pipeline_.fit(input_texts(train), labels)
         self.labels_ = [str(c) for c in self.pipeline_.classes_]
         return self
+
+    def fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self._check_fitted()
+        union, classifier = self.pipeline_[0], self.pipeline_[-1]
+        vectorizers = dict(union.transformer_list)
+        values = {
+            "labels": self.labels_,
+            "char_min_df": self.char_min_df_,
+            # vocabulary_ maps a term to a numpy integer: JSON wants int
+            "vocabularies": {k: {t: int(i) for t, i in v.vocabulary_.items()} for k, v in vectorizers.items()},
+        }
+        arrays = {f"idf.{k}": v.idf_ for k, v in vectorizers.items()}
+        return values, {**arrays, **_classifier_arrays(classifier)}
+
+    def restore_fitted(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.char_min_df_ = int(values["char_min_df"])
+        self.pipeline_ = self._pipeline(self.char_min_df_, values["vocabularies"])
+        for name, vectorizer in self.pipeline_[0].transformer_list:
+            vectorizer.idf_ = arrays[f"idf.{name}"]  # scikit-learn's setter: the fitted idf weights
+        _restore_classifier(self.pipeline_[-1], values["labels"], arrays)
+        self.labels_ = list(values["labels"])
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
@@ -172,6 +235,20 @@ class EmbedLogRegCandidate(Candidate):
         self.labels_ = [str(c) for c in self.classifier_.classes_]
         return self
 
+    saves_fitted = True
+
+    def fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self._check_fitted()
+        return {"labels": self.labels_}, _classifier_arrays(self.classifier_)
+
+    def restore_fitted(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.classifier_ = _restore_classifier(
+            LogisticRegression(C=self.C, max_iter=self.max_iter), values["labels"], arrays
+        )
+        self.labels_ = list(values["labels"])
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
 
@@ -191,6 +268,7 @@ class EmbedLogRegCandidate(Candidate):
 # them. Imported after the classic candidates above so the registry keeps its order: classic,
 # prompting, API, fine-tuned, ensemble.
 from tunewise.candidates import prompting as _llm_candidates  # noqa: E402, F401, I001
+from tunewise.candidates import generating as _generating  # noqa: E402, F401
 from tunewise.candidates import rag as _rag  # noqa: E402, F401
 from tunewise.candidates import api as _api_llm  # noqa: E402, F401
 from tunewise.candidates import finetuned as _finetuned  # noqa: E402, F401

@@ -65,6 +65,10 @@ class RunLayout:
         suffix = "" if split == "test" else f".{split}"
         return self.run_dir / stage / "predictions" / f"{candidate}{suffix}.parquet"
 
+    def fitted(self, candidate: str) -> Path:
+        """``baseline/models/<candidate>``: a cheap candidate's fitted state (JSON and safetensors)."""
+        return self.run_dir / "baseline" / "models" / candidate
+
     def adapter(self, candidate: str) -> Path:
         """``train/<candidate>/adapter``: the trained weights (PEFT adapter, or encoder and head)."""
         return self.run_dir / "train" / candidate / "adapter"

@@ -17,6 +17,8 @@ In memory a data set is a pandas DataFrame with these columns:
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 
 TASKS = ("classify", "generate")
@@ -53,3 +55,11 @@ def records_from_texts(texts: list[str], labels: list[str], source_file: str = "
             "synthetic": [False] * len(texts),
         }
     )
+
+
+def rows_fingerprint(frame: pd.DataFrame, task: str) -> str:
+    """16 hex digits that change when any row's id, input, context or answer changes, or a row
+    comes or goes: what a model was fitted on (training checkpoints, saved cheap models)."""
+    cols = [c for c in ("id", "input", "context", answer_column(task)) if c in frame.columns]
+    hashed = pd.util.hash_pandas_object(frame[cols].astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]

@@ -21,6 +21,7 @@ sampled ids for a paired quick look.
 
 Artifacts (under ``out_dir``, written as each candidate finishes):
 ``predictions/<candidate>.parquet`` (test), ``predictions/<candidate>.validation.parquet``,
+``models/<candidate>/`` (a cheap candidate's fitted state: JSON and safetensors),
 ``sample_ids.json`` and ``summary.json``.
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunewise.candidates.base import save_fitted
 from tunewise.candidates.factory import build_candidate, candidate_settings  # candidate_settings re-exported
 from tunewise.candidates.registry import (
     CANDIDATES,
@@ -431,6 +433,8 @@ def run_baseline(
         if out is not None:
             write_parquet(out / "predictions" / f"{run.name}.parquet", run.test)
             write_parquet(out / "predictions" / f"{run.name}.validation.parquet", run.validation)
+            if candidate.saves_fitted:  # later stages and serving load it instead of fitting again
+                save_fitted(candidate, out / "models" / run.name, train)
         summaries.append(run.summary(task, test, sample["test"]))
         if not run.expensive:  # its metric on the sample is redone at the end, on the final sample
             cheap[run.name] = run.test[["id", "prediction"]]

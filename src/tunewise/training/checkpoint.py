@@ -16,11 +16,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from tunewise.core.artifacts import file_digest, make_private_dirs, read_json, write_json, write_text
 from tunewise.core.progress import console
-from tunewise.core.records import answer_column
 from tunewise.training.settings import TrainError
 
 if TYPE_CHECKING:
@@ -302,12 +299,6 @@ def _resume(
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _data_fingerprint(frame: pd.DataFrame, task: str) -> str:
-    cols = [c for c in ("id", "input", "context", answer_column(task)) if c in frame.columns]
-    hashed = pd.util.hash_pandas_object(frame[cols].astype(str), index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
 
 
 # =============================================================================================

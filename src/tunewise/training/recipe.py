@@ -37,6 +37,7 @@ import pandas as pd
 from tunewise.config.sections import TrainConfig
 from tunewise.core.artifacts import write_json
 from tunewise.core.progress import console, progress
+from tunewise.core.records import rows_fingerprint
 from tunewise.training.build import (
     BuiltModel,
     build_model,
@@ -46,7 +47,6 @@ from tunewise.training.build import (
     training_attention,
 )
 from tunewise.training.checkpoint import (
-    _data_fingerprint,
     _fingerprint,
     _latest_checkpoint,
     _resume,
@@ -163,7 +163,7 @@ def train(
             method,
             model_spec,
             seed,
-            _data_fingerprint(train_frame, task),
+            rows_fingerprint(train_frame, task),
             plan.labels,
             world_size,
         )

@@ -305,7 +305,7 @@ def _labelled_texts(cfg: Any, run_dir: Path) -> list[str]:
 
 def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
     """(fitted candidate, its name, how it was obtained)."""
-    from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.factory import load_run_candidate, run_candidate  # on use: loads scipy, sklearn
     from tunewise.candidates.finetuned import FineTunedCandidate  # on use: loads scipy, sklearn
     from tunewise.candidates.registry import CANDIDATES, candidate_class  # on use: loads scipy, sklearn
 
@@ -333,6 +333,9 @@ def _model(cfg: Any, run_dir: Path, name: str | None) -> tuple[Any, str, str]:
                 f"{path} not found: run `tunewise split` first (the model is refit on its train split)"
             )
         frames[split] = pd.read_parquet(path)
+    loaded = load_run_candidate(name, cfg, run_dir, frames["train"])
+    if loaded is not None:
+        return loaded, name, f"loaded from {RunLayout(run_dir).fitted(name)}"
     model = run_candidate(name, cfg, run_dir, frames["train"], frames["validation"])
     if cls.combines:  # asked for by name: made of the run's members
         return model, name, f"made of {', '.join(m.name for m in model.members_)} from {run_dir}"

@@ -43,10 +43,11 @@ def _fitted_candidates(
     validation: pd.DataFrame | None,
     include_expensive: bool,
 ) -> tuple[dict, list[dict]]:
-    """Fitted candidates to re-predict with: cheap ones refitted on train.parquet (seconds),
+    """Fitted candidates to re-predict with: cheap ones as the baseline stage saved them (refitted
+    on train.parquet when it did not),
     prompted LLMs only when asked, fine-tuned ones loaded from the train stage; a candidate that
     combines others (the ensemble) is left out: its members are measured."""
-    from tunewise.candidates.factory import run_candidate  # on use: loads scipy, sklearn
+    from tunewise.candidates.factory import load_run_candidate, run_candidate  # on use: loads scipy, sklearn
     from tunewise.candidates.registry import CANDIDATES  # on use: loads scipy, sklearn
 
     cfg = ctx.config
@@ -81,9 +82,11 @@ def _fitted_candidates(
             )
             continue
         started = time.perf_counter()
-        fitted[name] = run_candidate(name, cfg, ctx.run_dir, train, validation)
+        loaded = load_run_candidate(name, cfg, ctx.run_dir, train)  # as the baseline stage fitted it
+        fitted[name] = loaded if loaded is not None else run_candidate(name, cfg, ctx.run_dir, train, validation)
         console.print(
-            f"evaluate: refitted {name} in {time.perf_counter() - started:.1f}s for robustness and over-fitting"
+            f"evaluate: {'loaded' if loaded is not None else 'refitted'} {name} in "
+            f"{time.perf_counter() - started:.1f}s for robustness and over-fitting"
         )
     return fitted, skipped
 
