@@ -257,7 +257,7 @@ def run_trl(train_df, steps: int, *, threads: int, precision: str, gradient_chec
     )
     from trl import SFTConfig, SFTTrainer
 
-    from tunewise.config.sections import DEFAULT_TARGET_MODULES
+    from tunewise.config.train_section import DEFAULT_TARGET_MODULES
     from tunewise.models.loading import DEFAULT_LLM, resolve_llm
 
     class LoopClock(TrainerCallback):

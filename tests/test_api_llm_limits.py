@@ -14,7 +14,8 @@ from openai_stub import OpenAIStub
 from tunewise.candidates.api import api_llm_settings
 from tunewise.candidates.api_spending import SpendingCapReached, SpendLedger
 from tunewise.candidates.registry import CandidateError, candidate_kwargs, make_candidate
-from tunewise.config.sections import ApiLlmConfig, ConfigError, config_from_dict
+from tunewise.config.baseline_section import ApiLlmConfig
+from tunewise.config.sections import ConfigError, config_from_dict
 
 LABELS = {
     "card_arrival": ["my new card has not arrived", "when will the card arrive"],

@@ -65,7 +65,8 @@ def test_payback_and_running_cost_arithmetic():
 
 def test_running_cost_scales_from_the_cores_that_measured_the_latency(tmp_path):
     from tunewise.core.machine import measuring_cores
-    from tunewise.decision.decide import MEASURED_CORES, _latency_cores
+    from tunewise.decision.costs import MEASURED_CORES
+    from tunewise.decision.run_facts import read_latency_cores
 
     roi = RoiConfig(monthly_volume=1_000_000, value_per_outcome_usd=1.0, always_on=False, serving_instance="c7i.large")
     # 36 ms measured on 4 cores: the 2-vCPU c7i.large serves half as many requests an hour, 20 busy hours
@@ -98,9 +99,9 @@ def test_running_cost_scales_from_the_cores_that_measured_the_latency(tmp_path):
     )
     names = ["tfidf_lr", "majority", "encoder_ft", "embed_lr", "ensemble"]
     disagree = {"ensemble": ["tfidf_lr", "encoder_ft"]}
-    assert _latency_cores(run, names, disagree) == {"tfidf_lr": 8, "encoder_ft": 4, "embed_lr": 8}
-    assert _latency_cores(run, names, {"ensemble": ["tfidf_lr", "embed_lr"]})["ensemble"] == 8  # its members agree
-    assert _latency_cores(tmp_path / "old_run", names, {}) == {}
+    assert read_latency_cores(run, names, disagree) == {"tfidf_lr": 8, "encoder_ft": 4, "embed_lr": 8}
+    assert read_latency_cores(run, names, {"ensemble": ["tfidf_lr", "embed_lr"]})["ensemble"] == 8  # its members agree
+    assert read_latency_cores(tmp_path / "old_run", names, {}) == {}
 
 
 def _reevaluate(run_dir, out_dir, incumbent_file=None, **evaluate_settings):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.data import ingest as ingest_module
+from tunewise.data import readers as readers_module
 from tunewise.data.ingest import IngestError, RawRow, ingest, iter_raw_rows, sniff
 
 BANKING77 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "banking77" / "train.csv"
@@ -395,7 +395,7 @@ def test_json_array_parser_across_tiny_chunks_matches_json_load(tmp_path, monkey
     path = tmp_path / "d.json"
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     expected_lines = [i + 1 for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()) if line == " {"]
-    monkeypatch.setattr(ingest_module, "_READ_CHUNK", 7)  # every element straddles chunk ends
+    monkeypatch.setattr(readers_module, "_READ_CHUNK", 7)  # every element straddles chunk ends
     raw = list(iter_raw_rows(path, "json"))
     assert [r.fields for r in raw] == rows
     assert [r.line for r in raw] == expected_lines

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from tunewise.candidates.base import input_texts
+from tunewise.candidates.llm_base import cached_llm
 from tunewise.candidates.prompting import (
     PROMPT_ACCURACY_TOLERANCE,
     PROMPT_MIN_SAVING,
     PROMPT_VARIANTS,
-    _cached_llm,
     _LabelScoringClassifier,
     _render,
     _worse_beyond_noise,
@@ -45,7 +45,7 @@ def banking(banking77):
 
 @pytest.fixture(scope="module")
 def llm():
-    return _cached_llm(DEFAULT_LLM, True, False)
+    return cached_llm(DEFAULT_LLM, True, False)
 
 
 def test_shared_prompt_scoring_equals_naive_per_label_scoring(banking):

@@ -96,16 +96,11 @@ from tunewise.candidates.base import (
     input_texts,
     register_candidate,
 )
-from tunewise.candidates.prompting import (
-    DEFAULT_CLASSIFY_SYSTEM_PROMPT,
-    DEFAULT_GENERATE_SYSTEM_PROMPT,
-    _contexts,
-    _embed,
-    label_display_name,
-    label_display_names,
-    nearest_neighbours,
-)
-from tunewise.config.sections import ApiLlmConfig
+from tunewise.candidates.generating import DEFAULT_GENERATE_SYSTEM_PROMPT
+from tunewise.candidates.llm_base import embed_texts, label_display_name, label_display_names, nearest_neighbours
+from tunewise.candidates.prompting import DEFAULT_CLASSIFY_SYSTEM_PROMPT
+from tunewise.config.baseline_section import ApiLlmConfig
+from tunewise.llm.chat import contexts as _contexts
 from tunewise.models.loading import DEFAULT_ENCODER, resolve_llm
 
 __all__ = [
@@ -802,7 +797,7 @@ class ApiFewShotClassifier(_ApiClassifier):
         self._fit_endpoint()
         self.shot_texts_ = input_texts(train)
         self.shot_answers_ = [label_display_name(a) for a in self._training_answers(train)]
-        self.shot_vectors_ = _embed(self.shot_texts_, self.encoder)
+        self.shot_vectors_ = embed_texts(self.shot_texts_, self.encoder)
         return self
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
@@ -814,7 +809,9 @@ def _few_shot_conversations(candidate: Any, frame: pd.DataFrame, answers: Sequen
     texts = input_texts(frame)
     if not texts:
         return []
-    neighbours = nearest_neighbours(_embed(texts, candidate.encoder), candidate.shot_vectors_, candidate.few_shot_k)
+    neighbours = nearest_neighbours(
+        embed_texts(texts, candidate.encoder), candidate.shot_vectors_, candidate.few_shot_k
+    )
     out = []
     for text, (turns, system), near in zip(texts, _contexts(frame), neighbours):
         shots = []
@@ -977,7 +974,7 @@ class ApiFewShotGenerator(_ApiGenerator):
         self._fit_endpoint()
         self.shot_texts_ = input_texts(train)
         self.shot_replies_ = replies
-        self.shot_vectors_ = _embed(self.shot_texts_, self.encoder)
+        self.shot_vectors_ = embed_texts(self.shot_texts_, self.encoder)
         return self
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunewise.candidates.prompting import (
-    label_display_name,
-)
+from tunewise.candidates.llm_base import label_display_name
 from tunewise.core.text import answer_label_key
 
 

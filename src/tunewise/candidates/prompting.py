@@ -43,7 +43,6 @@ torch and transformers are imported inside functions: importing the registry sta
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -53,24 +52,29 @@ import numpy as np
 import pandas as pd
 
 from tunewise.candidates.base import (
-    Candidate,
     CandidateError,
     classification_predictions,
-    generation_predictions,
     input_texts,
     register_candidate,
 )
+from tunewise.candidates.llm_base import (
+    LLMCandidate,
+    embed_texts,
+    label_display_name,
+    label_display_names,
+    label_similarity,
+    nearest_neighbours,
+    softmax_rows,
+    top_labels,
+)
 from tunewise.llm.chat import contexts as _contexts, generate_replies, render as _render
 from tunewise.llm.scoring import ContinuationScores, answer_continuations, score_continuations
-from tunewise.models.loading import DEFAULT_ENCODER, DEFAULT_LLM, embed, load_llm
+from tunewise.models.loading import DEFAULT_ENCODER, DEFAULT_LLM
 
 __all__ = [
     "ContinuationScores",
     "FewShotClassifier",
-    "FewShotGenerator",
-    "NearestReplyCandidate",
     "ZeroShotClassifier",
-    "ZeroShotGenerator",
     "answer_continuations",
     "generate_replies",
     "label_display_name",
@@ -80,10 +84,6 @@ __all__ = [
     "top_labels",
 ]
 
-DEFAULT_GENERATE_SYSTEM_PROMPT = (
-    "You reply to customer messages on behalf of a support team. "
-    "Write the reply the team would send: helpful, accurate and concise."
-)
 DEFAULT_CLASSIFY_SYSTEM_PROMPT = "You sort customer messages into categories."
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao et al. (2021)
 
@@ -112,168 +112,7 @@ SHORTLIST_HELD_OUT_ROWS = 2000
 SHORTLIST_RANKER = "max cosine similarity to the label's training examples (sentence encoder)"
 
 
-# ---------------------------------------------------------------------------------------------
-# Models, shared between candidates within one process
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_llm(spec: str, offline: bool, trust_remote_code: bool, dtype: str = "float32") -> tuple[Any, Any]:
-    # zero_shot_llm and few_shot_llm (and the generate ones) use the same weights; load once.
-
-    return load_llm(spec, offline=offline, trust_remote_code=trust_remote_code, dtype=dtype)
-
-
-def inference_dtype(precision: str) -> str:
-    """The weight dtype prompted candidates run in: ``precision`` auto, fp32 or bf16.
-
-    auto is bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX; oneDNN's check) and
-    float32 elsewhere: emulated bf16 is slower than float32. On this project's 2-core AMX machine
-    bf16 weights score few-shot prompts 2x faster than float32 with the same labels on a 96-row
-    BANKING77 check (bench/bench_shortlist.py measures both). bf16 where it is emulated is refused.
-    """
-    if precision == "fp32":
-        return "float32"
-    import torch
-
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    if precision == "bf16" and not native:
-        raise CandidateError(
-            "precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
-            "slower than float32; use precision auto or fp32"
-        )
-    if precision not in ("auto", "bf16"):
-        raise CandidateError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-    return "bfloat16" if native else "float32"
-
-
-def _embed(texts: list[str], encoder: str) -> np.ndarray:
-
-    return embed(texts, encoder) if texts else np.zeros((0, 1), dtype=np.float32)
-
-
-def nearest_neighbours(queries: np.ndarray, pool: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
-    """Indices of the ``k`` most similar pool rows per query row, most similar first.
-
-    Rows are unit-normalised embeddings, so the dot product is the cosine similarity. Queries are
-    taken in chunks so a large test set against a large training set stays within memory.
-    """
-    k = min(k, len(pool))
-    out = np.zeros((len(queries), k), dtype=np.int64)
-    if k == 0:
-        return out
-    for start in range(0, len(queries), chunk):
-        sims = queries[start : start + chunk] @ pool.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        out[start : start + len(sims)] = np.take_along_axis(top, order, axis=1)
-    return out
-
-
-def label_similarity(
-    queries: np.ndarray,
-    pool: np.ndarray,
-    pool_labels: np.ndarray,
-    n_labels: int,
-    *,
-    exclude: np.ndarray | None = None,
-    chunk: int = 1024,
-) -> np.ndarray:
-    """(queries, labels): each query's highest cosine similarity to a pool row of each label.
-
-    The cheap ranker behind the label shortlist. The nearest example of a label is a better guide
-    than the label's centroid when a label covers several phrasings: on BANKING77 (MiniLM, 10% of
-    train held out) the true label is in the top 10 for 99.5% of messages, against 98.7% by centroid
-    and 91.5% by the label name's own embedding. ``exclude`` (one pool row per query, -1 for none)
-    leaves a query's own row out, for a leave-one-out measure on training rows. A label with no
-    pool row left gets -inf.
-    """
-    pool_labels = np.asarray(pool_labels, dtype=np.int64)
-    order = np.argsort(pool_labels, kind="stable")  # pool rows grouped by label, for reduceat
-    grouped = pool[order]
-    present = np.unique(pool_labels)
-    starts = np.searchsorted(pool_labels[order], present)
-    where = np.empty(len(order), dtype=np.int64)
-    where[order] = np.arange(len(order))  # pool row -> column in ``grouped``
-    out = np.full((len(queries), n_labels), -np.inf, dtype=np.float32)
-    for begin in range(0, len(queries), chunk):
-        sims = queries[begin : begin + chunk] @ grouped.T
-        if exclude is not None:
-            own = np.asarray(exclude[begin : begin + chunk])
-            hit = np.flatnonzero(own >= 0)
-            sims[hit, where[own[hit]]] = -np.inf
-        if len(present):
-            out[begin : begin + len(sims), present] = np.maximum.reduceat(sims, starts, axis=1)
-    return out
-
-
-def top_labels(similarity: np.ndarray, k: int) -> np.ndarray:
-    """(rows, k) label indices with the highest similarity, best first (ties: lower index first)."""
-    k = min(k, similarity.shape[1])
-    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompts
-
-
-def label_display_name(label: str) -> str:
-    """How a label is shown to (and answered by) the LLM: underscores become spaces."""
-    return str(label).replace("_", " ").strip()
-
-
-def label_display_names(candidate: str, labels: Sequence[str]) -> list[str]:
-    """Display names of ``labels``; two labels that read the same are an error naming ``candidate``."""
-    names = [label_display_name(label) for label in labels]
-    clashes = pd.Series(list(labels)).groupby(names).agg(list)
-    clashes = clashes[clashes.map(len) > 1]
-    if len(clashes):
-        raise CandidateError(
-            f"{candidate}: labels {clashes.iloc[0]} read the same once underscores "
-            "become spaces; rename one so the LLM can tell them apart"
-        )
-    return names
-
-
-def _truncate(tokenizer: Any, texts: list[str], max_tokens: int) -> list[str]:
-    """Keep the first ``max_tokens`` tokens of each text, so one long message cannot blow the context."""
-    if not texts:
-        return []
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [t if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]) for t, ids in zip(texts, encoded)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Label scoring
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Candidates
-
-
-class _LLMCandidate(Candidate):
-    """What every LLM candidate shares: loading the model in fit, truncating inputs."""
-
-    kind = "baseline"
-    expensive = True
-
-    def _load_llm(self) -> None:
-        self.dtype_ = inference_dtype(getattr(self, "precision", "auto"))
-        self.model_, self.tokenizer_ = _cached_llm(self.llm, self.offline, self.trust_remote_code, self.dtype_)
-
-    def _inputs(self, frame: pd.DataFrame) -> list[str]:
-        return _truncate(self.tokenizer_, input_texts(frame), self.max_input_tokens)
-
-
-class _LabelScoringClassifier(_LLMCandidate):
+class _LabelScoringClassifier(LLMCandidate):
     """Label scoring shared by zero- and few-shot classification; subclasses build the prompts.
 
     The label shortlist: with many labels, most of the tokens fed per example are label-trie nodes
@@ -338,7 +177,9 @@ class _LabelScoringClassifier(_LLMCandidate):
         if not grid or grid == [n_labels]:
             return  # too few labels to leave any out: every label is scored
         codes = {label: i for i, label in enumerate(self.labels_)}
-        self.rank_vectors_ = train_vectors if train_vectors is not None else _embed(input_texts(train), self.encoder)
+        self.rank_vectors_ = (
+            train_vectors if train_vectors is not None else embed_texts(input_texts(train), self.encoder)
+        )
         self.rank_labels_ = np.array([codes[a] for a in self._training_answers(train)], dtype=np.int64)
 
         # Held-out rows: validation rows with a training label (others cannot be predicted whether
@@ -350,7 +191,7 @@ class _LabelScoringClassifier(_LLMCandidate):
             if len(known):
                 if len(known) > SHORTLIST_HELD_OUT_ROWS:
                     known = known.iloc[np.sort(rng.choice(len(known), SHORTLIST_HELD_OUT_ROWS, replace=False))]
-                held_out = _embed(input_texts(known), self.encoder)
+                held_out = embed_texts(input_texts(known), self.encoder)
                 truth = known["label"].astype(str).map(codes).to_numpy()
                 self.shortlist_info_["measured_on"] = f"validation ({len(known)} rows)"
         if held_out is None:
@@ -385,7 +226,7 @@ class _LabelScoringClassifier(_LLMCandidate):
         if self.shortlist_k_ >= len(self.labels_):
             return None
         similarity = label_similarity(
-            _embed(input_texts(frame), self.encoder), self.rank_vectors_, self.rank_labels_, len(self.labels_)
+            embed_texts(input_texts(frame), self.encoder), self.rank_vectors_, self.rank_labels_, len(self.labels_)
         )
         return top_labels(similarity, self.shortlist_k_)
 
@@ -424,7 +265,7 @@ class _LabelScoringClassifier(_LLMCandidate):
         """Predictions (the contract of tunewise.candidates.registry); ``shortlist=False`` scores every label."""
         scored = self.label_log_likelihoods(frame, shortlist=shortlist)
         scores = scored.scores(self.label_score) - self._label_prior()[None, :]
-        proba = _softmax(scores) if len(frame) else np.zeros((0, len(self.labels_)))  # off the shortlist: 0
+        proba = softmax_rows(scores) if len(frame) else np.zeros((0, len(self.labels_)))  # off the shortlist: 0
         return classification_predictions(frame, self.labels_, proba, scored.latency_ms)
 
 
@@ -548,7 +389,7 @@ class FewShotClassifier(_LabelScoringClassifier):
         self.shot_texts_ = self._inputs(train)
         self.shot_answers_ = [label_display_name(a) for a in self._training_answers(train)]
         self.shot_labels_ = np.array(self._training_answers(train), dtype=object)
-        self.shot_vectors_ = _embed(input_texts(train), self.encoder)
+        self.shot_vectors_ = embed_texts(input_texts(train), self.encoder)
         self._fit_shortlist(train, validation, train_vectors=self.shot_vectors_)  # the same embeddings rank labels
         self.instruction_, self.demos_ = PROMPT_VARIANTS[0]
         self.prompt_search_info_: dict[str, Any] = {"searched": False}
@@ -726,7 +567,7 @@ class FewShotClassifier(_LabelScoringClassifier):
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
         texts = self._inputs(frame)
-        neighbours = self._demonstrations(_embed(input_texts(frame), self.encoder))
+        neighbours = self._demonstrations(embed_texts(input_texts(frame), self.encoder))
         system_prompt = self.instructions_[self.instruction_]
         out = []
         inline = self.demos_ == "inline"
@@ -778,151 +619,3 @@ def _worse_beyond_noise(correct: np.ndarray, best: np.ndarray) -> bool:
     counts anyway."""
     lost, won = int((best & ~correct).sum()), int((correct & ~best).sum())
     return lost - won > 1.96 * math.sqrt(lost + won)
-
-
-class _GeneratingCandidate(_LLMCandidate):
-    task = "generate"
-
-    def _system_prompt(self) -> str:
-        head = self.system_prompt or DEFAULT_GENERATE_SYSTEM_PROMPT
-        return f"{head}\n{self.task_description.strip()}" if self.task_description else head
-
-    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        raise NotImplementedError
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        self._check_fitted()
-        replies, latency = generate_replies(
-            self.model_,
-            self.tokenizer_,
-            self._conversations(frame),
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size,
-            description=self.name,
-        )
-        return generation_predictions(frame, replies, latency)
-
-
-@register_candidate
-class ZeroShotGenerator(_GeneratingCandidate):
-    """System prompt + the message (and its earlier turns); greedy decoding."""
-
-    name = "zero_shot_llm_gen"
-
-    def __init__(
-        self,
-        llm: str = DEFAULT_LLM,
-        offline: bool = True,
-        trust_remote_code: bool = False,
-        system_prompt: str | None = None,
-        task_description: str | None = None,
-        max_new_tokens: int = 128,
-        batch_size: int = 8,
-        max_input_tokens: int = 256,
-    ) -> None:
-        self.llm = llm
-        self.offline = offline
-        self.trust_remote_code = trust_remote_code
-        self.system_prompt = system_prompt
-        self.task_description = task_description
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_input_tokens = max_input_tokens
-
-    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ZeroShotGenerator:
-        self._load_llm()
-        self.system_prompt_ = self._system_prompt()
-        return self
-
-    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        return [
-            [
-                {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                *turns,
-                {"role": "user", "content": text},
-            ]
-            for text, (turns, system) in zip(self._inputs(frame), _contexts(frame))
-        ]
-
-
-@register_candidate
-class FewShotGenerator(_GeneratingCandidate):
-    """The ``few_shot_k`` most similar training (message, reply) pairs as earlier turns."""
-
-    name = "few_shot_llm_gen"
-
-    def __init__(
-        self,
-        llm: str = DEFAULT_LLM,
-        encoder: str = DEFAULT_ENCODER,
-        offline: bool = True,
-        trust_remote_code: bool = False,
-        system_prompt: str | None = None,
-        task_description: str | None = None,
-        few_shot_k: int = 5,
-        max_new_tokens: int = 128,
-        batch_size: int = 8,
-        max_input_tokens: int = 256,
-    ) -> None:
-        self.llm = llm
-        self.encoder = encoder
-        self.offline = offline
-        self.trust_remote_code = trust_remote_code
-        self.system_prompt = system_prompt
-        self.task_description = task_description
-        self.few_shot_k = few_shot_k
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.max_input_tokens = max_input_tokens
-
-    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FewShotGenerator:
-        self._load_llm()
-        self.system_prompt_ = self._system_prompt()
-        self.shot_texts_ = self._inputs(train)
-        self.shot_replies_ = _truncate(self.tokenizer_, self._training_answers(train), self.max_input_tokens)
-        self.shot_vectors_ = _embed(input_texts(train), self.encoder)
-        return self
-
-    def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        neighbours = nearest_neighbours(_embed(input_texts(frame), self.encoder), self.shot_vectors_, self.few_shot_k)
-        out = []
-        for text, (turns, system), near in zip(self._inputs(frame), _contexts(frame), neighbours):
-            shots = []
-            for j in near[::-1]:
-                shots += [
-                    {"role": "user", "content": self.shot_texts_[j]},
-                    {"role": "assistant", "content": self.shot_replies_[j]},
-                ]
-            out.append(
-                [
-                    {"role": "system", "content": "\n\n".join([self.system_prompt_, *system])},
-                    *shots,
-                    *turns,
-                    {"role": "user", "content": text},
-                ]
-            )
-        return out
-
-
-@register_candidate
-class NearestReplyCandidate(Candidate):
-    """The reply given to the most similar training message (by sentence embedding)."""
-
-    name = "nn_reply"
-    kind = "cheap"
-    task = "generate"
-
-    def __init__(self, encoder: str = DEFAULT_ENCODER) -> None:
-        self.encoder = encoder
-
-    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> NearestReplyCandidate:
-        self.replies_ = self._training_answers(train)
-        self.vectors_ = _embed(input_texts(train), self.encoder)
-        return self
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        self._check_fitted()
-        started = time.perf_counter()
-        nearest = nearest_neighbours(_embed(input_texts(frame), self.encoder), self.vectors_, 1)
-        replies = [self.replies_[row[0]] for row in nearest]
-        return generation_predictions(frame, replies, (time.perf_counter() - started) * 1000 / max(len(frame), 1))

@@ -13,7 +13,8 @@ from tunewise.candidates.base import (
     input_texts,
     register_candidate,
 )
-from tunewise.candidates.prompting import _embed, _GeneratingCandidate, _truncate, nearest_neighbours
+from tunewise.candidates.generating import GeneratingCandidate
+from tunewise.candidates.llm_base import embed_texts, nearest_neighbours, truncate_texts
 from tunewise.llm.chat import contexts as _contexts
 from tunewise.models.loading import DEFAULT_ENCODER, DEFAULT_LLM
 
@@ -71,7 +72,7 @@ def load_passages(folder: str | Path) -> list[Passage]:
 
 
 @register_candidate
-class RagGenerator(_GeneratingCandidate):
+class RagGenerator(GeneratingCandidate):
     """The ``rag_top_k`` knowledge-base paragraphs most similar to the message, in the system prompt."""
 
     name = "rag_llm_gen"
@@ -111,18 +112,22 @@ class RagGenerator(_GeneratingCandidate):
         self._load_llm()
         self.system_prompt_ = self._system_prompt()
         self.passages_ = load_passages(self.knowledge_base)
-        self.passage_texts_ = _truncate(self.tokenizer_, [p.text for p in self.passages_], self.max_input_tokens)
-        self.passage_vectors_ = _embed([p.text for p in self.passages_], self.encoder)
+        self.passage_texts_ = truncate_texts(self.tokenizer_, [p.text for p in self.passages_], self.max_input_tokens)
+        self.passage_vectors_ = embed_texts([p.text for p in self.passages_], self.encoder)
         return self
 
     def retrieve(self, frame: pd.DataFrame) -> list[list[Passage]]:
         """The top-k passages for each row, most similar first."""
         self._check_fitted()
-        nearest = nearest_neighbours(_embed(input_texts(frame), self.encoder), self.passage_vectors_, self.rag_top_k)
+        nearest = nearest_neighbours(
+            embed_texts(input_texts(frame), self.encoder), self.passage_vectors_, self.rag_top_k
+        )
         return [[self.passages_[j] for j in row] for row in nearest]
 
     def _conversations(self, frame: pd.DataFrame) -> list[list[dict[str, str]]]:
-        nearest = nearest_neighbours(_embed(input_texts(frame), self.encoder), self.passage_vectors_, self.rag_top_k)
+        nearest = nearest_neighbours(
+            embed_texts(input_texts(frame), self.encoder), self.passage_vectors_, self.rag_top_k
+        )
         out = []
         for text, (turns, system), near in zip(self._inputs(frame), _contexts(frame), nearest):
             passages = "\n\n".join(f"[{i + 1}] {self.passage_texts_[j]}" for i, j in enumerate(near))

@@ -28,7 +28,8 @@ from tunewise.models.loading import doctor_report
 from tunewise.pipeline.runner import load_stages, run_stages
 from tunewise.pipeline.stages.train import dry_run as plan_training, fit_worker
 from tunewise.pipeline.tracking import Tracker
-from tunewise.reporting.report import ReportError, build_report, live_store_url
+from tunewise.reporting.live import live_store_url
+from tunewise.reporting.report import ReportError, build_report
 from tunewise.training import distributed
 from tunewise.workflows.distill import DistillError, distill as run_distill
 from tunewise.workflows.export import ExportError, export as export_model
