@@ -10,7 +10,6 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tunewise.models.embedded import (
     EMBEDDED,
@@ -21,10 +20,6 @@ from tunewise.models.embedded import (
     tunewise_home,
 )
 from tunewise.models.gguf_cache import cache_is_current
-
-if TYPE_CHECKING:
-    pass
-
 
 # --------------------------------------------------------------------------------------------
 # Doctor

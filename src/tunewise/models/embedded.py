@@ -9,11 +9,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Literal
 
 DEFAULT_LLM = "embedded:smollm2-135m-instruct"
 DEFAULT_ENCODER = "embedded:minilm-l6"

@@ -15,15 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunewise.core.artifacts import file_digest, read_json, write_json
 from tunewise.core.progress import console
 from tunewise.models.embedded import CACHE_FORMAT, MARKER_NAME, EmbeddedModel, llm_cache_dir, package_version
-
-if TYPE_CHECKING:
-    pass
-
 
 # --------------------------------------------------------------------------------------------
 # The GGUF -> safetensors cache

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tunewise.core.errors import TunewiseError
 from tunewise.models.embedded import (
@@ -22,9 +21,6 @@ from tunewise.models.embedded import (
     set_offline,
 )
 from tunewise.models.gguf_cache import ensure_llm_cache
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass
