@@ -1,12 +1,33 @@
-"""A minimal classify run for the serving tests: runs/<id>/split and evaluate/summary.json (majority as
-the incumbent, tfidf_lr as the candidate), enough for the server to refit and serve."""
+"""Helpers of the serving tests: a minimal classify run (runs/<id>/split and evaluate/summary.json,
+majority as the incumbent, tfidf_lr as the candidate, enough for the server to fit and serve), and
+waiting for a server process to answer /healthz."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0, log: Path | None = None) -> None:
+    """Poll ``url``/healthz until it answers 200; fail (with the server's log when given) if the
+    process exits first or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            detail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"server exited with {process.returncode}\n{detail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not come up")
 
 
 def _records(frame: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from serve_runs import make_classify_run
+from serve_runs import make_classify_run, wait_healthy
 from tunewise.models.loading import quiet_known_warnings
 from tunewise.monitoring.store import Store
 from tunewise.serving.app import ServerThread, create_app
@@ -858,16 +858,7 @@ def test_issue18_10_a_served_llm_classifier_logs_no_past_key_values_warning(run_
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.5)
+        wait_healthy(base, server, timeout=300, log=log_path)
         for text in ("where is my parcel?", "I want a refund for the kettle", "my card was charged twice"):
             r = httpx.post(f"{base}/v1/classify", json={"text": text}, timeout=120)
             assert r.status_code == 200, r.text

@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_runs import make_classify_run
+from serve_runs import make_classify_run, wait_healthy
 from tunewise.monitoring.store import Store
 from tunewise.serving.app import ServerThread, create_app
 from tunewise.serving.arms import ArmSpec, assign_arm, parse_arms, resolve_arms
@@ -389,20 +389,6 @@ def _start_server(run_dir: Path, port: int, store_url: str, log: Path) -> subpro
     )
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not come up")
-
-
 def test_kill_9_mid_load_loses_no_answered_request_and_leaves_the_log_intact(run_dir, tmp_path):
     import sqlite3
 
@@ -431,7 +417,7 @@ def test_kill_9_mid_load_loses_no_answered_request_and_leaves_the_log_intact(run
                     received.append(r.json()["request_id"])
 
     try:
-        _wait_healthy(base, server)
+        wait_healthy(base, server)
         workers = [threading.Thread(target=client, args=(w,)) for w in range(16)]
         for w in workers:
             w.start()
@@ -448,7 +434,7 @@ def test_kill_9_mid_load_loses_no_answered_request_and_leaves_the_log_intact(run
         assert len(answered_before) >= 300, f"only {len(answered_before)} answers before the kill"
 
         server = _start_server(run_dir, port, url, tmp_path / "server.log")
-        _wait_healthy(base, server)
+        wait_healthy(base, server)
         after = httpx.post(f"{base}/v1/classify", json={"text": "is the server back?"}, timeout=10)
         assert after.status_code == 200
     finally:

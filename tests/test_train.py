@@ -435,7 +435,7 @@ def test_non_finite_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(ti
     # RMSNorm keeps a small fp32 model finite even at absurd learning rates, so the fault is
     # injected: from the third training forward pass on, the model's loss is NaN (what a
     # diverging fp16 run or a corrupt batch produces). The recipe's handling is what is tested.
-    build_real_model = recipe.build_model
+    build_real_model = recipe.build_for_plan
 
     def build_model_that_diverges(*args, **kwargs):
         built = build_real_model(*args, **kwargs)
@@ -451,7 +451,7 @@ def test_non_finite_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(ti
         built.loss_module.register_forward_hook(poison)
         return built
 
-    monkeypatch.setattr(recipe, "build_model", build_model_that_diverges)
+    monkeypatch.setattr(recipe, "build_for_plan", build_model_that_diverges)
     with pytest.raises(
         TrainError,
         match=r"loss became nan at step 3.*last good checkpoint \(step 2\).*"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunewise.config.sections import TrainConfig
+from tunewise.training.plan import RunPlan
 from tunewise.training.runtime import Runtime, _quiet_transformers
 from tunewise.training.settings import DEFAULTS, ENCODER_HEAD_LR_FACTOR, TrainError, adapted_layer_count
 
@@ -169,6 +170,34 @@ def build_model(
         checkpointed,
         prefix,
         adapted_layers,
+    )
+
+
+def build_for_plan(
+    task: str,
+    method: str,
+    base_path: Path,
+    tokenizer: Any,
+    plan: RunPlan,
+    config: TrainConfig,
+    runtime: Runtime,
+    *,
+    trust_remote_code: bool = False,
+) -> BuiltModel:
+    """:func:`build_model` as the plan and the runtime decided it (labels, checkpointing, precision,
+    attention kernel): the one call the recipe and the dry run share, so the dry run times the model
+    that trains."""
+    return build_model(
+        task,
+        method,
+        base_path,
+        tokenizer,
+        plan.labels,
+        config,
+        trust_remote_code=trust_remote_code,
+        checkpoint_every_n_layers=runtime.checkpoint_every_n_layers,
+        precision=runtime.precision,
+        attention=training_attention(task, runtime.device, plan.max_length, config.attention),
     )
 
 

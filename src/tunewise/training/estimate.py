@@ -14,7 +14,7 @@ import pandas as pd
 
 from tunewise.config.sections import TrainConfig
 from tunewise.core.pricing import FLOPS_PER_TOKEN, GPU_UTILISATION, REFERENCE_GPUS
-from tunewise.training.build import BuiltModel, build_model, build_optimizer, set_checkpointing, training_attention
+from tunewise.training.build import BuiltModel, build_for_plan, build_optimizer, set_checkpointing
 from tunewise.training.data import collate, length_grouped_batches, prepare
 from tunewise.training.plan import RunPlan
 from tunewise.training.runtime import (
@@ -84,17 +84,8 @@ def dry_run(
     torch.set_num_threads(runtime.threads)
     try:
         torch.manual_seed(seed)
-        built = build_model(
-            task,
-            method,
-            base_path,
-            tokenizer,
-            plan.labels,
-            config,
-            trust_remote_code=trust_remote_code,
-            checkpoint_every_n_layers=runtime.checkpoint_every_n_layers,
-            precision=runtime.precision,
-            attention=training_attention(task, runtime.device, plan.max_length, config.attention),
+        built = build_for_plan(
+            task, method, base_path, tokenizer, plan, config, runtime, trust_remote_code=trust_remote_code
         )
         built.loss_module.to(device).train()
         optimizer = build_optimizer(built.model, method, plan.learning_rate, config.weight_decay)

@@ -40,7 +40,7 @@ from tunewise.core.progress import console, progress
 from tunewise.core.records import rows_fingerprint
 from tunewise.training.build import (
     BuiltModel,
-    build_model,
+    build_for_plan,
     build_optimizer,
     build_scheduler,
     set_checkpointing,
@@ -126,17 +126,8 @@ def train(
     try:
         torch.manual_seed(seed)  # LoRA and head initialisation, dropout
         # -- 3. model: base weights, adapters; then to the device
-        built = build_model(
-            task,
-            method,
-            base_path,
-            tokenizer,
-            plan.labels,
-            config,
-            trust_remote_code=trust_remote_code,
-            checkpoint_every_n_layers=runtime.checkpoint_every_n_layers,
-            precision=runtime.precision,
-            attention=training_attention(task, runtime.device, plan.max_length, config.attention),
+        built = build_for_plan(
+            task, method, base_path, tokenizer, plan, config, runtime, trust_remote_code=trust_remote_code
         )
         built.loss_module.to(device)
         loss_module = built.loss_module
