@@ -16,18 +16,21 @@ import pandas as pd
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0, log: Path | None = None) -> None:
     """Poll ``url``/healthz until it answers 200; fail (with the server's log when given) if the
     process exits first or ``timeout`` seconds pass."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def tail() -> str:
+        return log.read_text()[-3000:] if log is not None and log.exists() else ""
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if process.poll() is not None:
-            detail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"server exited with {process.returncode}\n{detail}")
+            raise AssertionError(f"the server exited with {process.returncode}:\n{tail()}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise AssertionError("server did not come up")
+    raise AssertionError(f"the server did not come up:\n{tail()}")
 
 
 def _records(frame: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from serve_runs import wait_healthy
+
 INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed"]
 # what differs between two identical runs: clocks, and the cost arithmetic written with a measured latency
 TIMING_KEYS = {"finished", "started", "peak_rss_mib", "page_bytes", "resumed_from_step"}
@@ -497,21 +499,6 @@ def _serve(folder: Path, run_id: str, port: int, log: Path) -> subprocess.Popen:
     )
 
 
-def _healthy(base: str, server: subprocess.Popen, log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 600  # seconds on an idle machine; a starved shared one took over 300
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited with {server.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"the server did not come up:\n{log.read_text()[-3000:]}")
-
-
 def test_kill_9_of_the_server_under_load_keeps_every_acknowledged_request_and_feedback(kill_project, straight):
     """``tunewise serve`` (LoRA and TF-IDF arms, the run's own SQLite log) killed while four clients
     classify and post label and thumbs feedback; restarted on the same log: every request and
@@ -557,7 +544,7 @@ def test_kill_9_of_the_server_under_load_keeps_every_acknowledged_request_and_fe
 
     server = _serve(kill_project, "served", port, log)
     try:
-        _healthy(base, server, log)
+        wait_healthy(base, server, timeout=600, log=log)  # a starved shared machine took over 300 s
         workers = [threading.Thread(target=client, args=(w,)) for w in range(4)]
         for worker in workers:
             worker.start()
@@ -576,7 +563,7 @@ def test_kill_9_of_the_server_under_load_keeps_every_acknowledged_request_and_fe
         with sqlite3.connect(db) as conn:  # the log a crashed server left opens cleanly
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         server = _serve(kill_project, "served", port, log)
-        _healthy(base, server, log)
+        wait_healthy(base, server, timeout=600, log=log)  # a starved shared machine took over 300 s
         after = httpx.post(f"{base}/v1/classify", json={"text": "my card has not arrived yet"}, timeout=30)
         assert after.status_code == 200
         assert (
