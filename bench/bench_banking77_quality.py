@@ -87,6 +87,9 @@ def epochs_for(spec: str | None, name: str) -> int | None:
 
 
 def main() -> int:
+    from tunewise.models.loading import quiet_known_warnings
+
+    quiet_known_warnings()  # as every tunewise command does: transformers' past_key_values notice, once per batch
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(TARGETS), default="full")
     parser.add_argument("--candidates", default="tfidf_lr,embed_lr,encoder_ft,lora_llm")

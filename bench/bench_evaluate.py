@@ -51,6 +51,9 @@ def verdict(ok: bool) -> str:
 
 
 def main() -> int:
+    from tunewise.models.loading import quiet_known_warnings
+
+    quiet_known_warnings()  # as every tunewise command does: transformers' past_key_values notice, once per batch
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=None, help="score only this many test rows (seeded sample)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")

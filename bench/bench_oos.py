@@ -108,6 +108,9 @@ def make(name: str, args):
 
 
 def main() -> int:
+    from tunewise.models.loading import quiet_known_warnings
+
+    quiet_known_warnings()  # as every tunewise command does: transformers' past_key_values notice, once per batch
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--candidates",

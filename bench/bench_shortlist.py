@@ -113,6 +113,9 @@ def many_labels(args, make_candidate, stratified_sample_ids, train_test_split) -
 
 
 def main() -> int:
+    from tunewise.models.loading import quiet_known_warnings
+
+    quiet_known_warnings()  # as every tunewise command does: transformers' past_key_values notice, once per batch
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full-rows", type=int, default=500, help="stratified test rows scored by the reference")
     parser.add_argument("--test-rows", type=int, default=None, help="test rows scored by the default (default all)")
