@@ -24,7 +24,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from serve_runs import make_classify_run, wait_healthy
+from serve_runs import make_classify_run, postgres_cluster, wait_healthy
 from tunewise.models.loading import quiet_known_warnings
 from tunewise.monitoring.store import Store
 from tunewise.serving.app import ServerThread, create_app
@@ -576,72 +576,11 @@ def test_issue18_7_a_second_different_label_replaces_the_first_and_both_stay_in_
     assert rows.set_index("request_id").loc[rid, "label"] == second  # the latest label trains
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL cluster on a loopback port (as in test_serve.py)."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-    import pwd
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="tunewise-pg-"))
-    data, sockets = folder / "data", folder / "sock"
-    sockets.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run initdb as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-        for path in (folder, sockets):
-            shutil.chown(path, "postgres")
-    port = _free_port()
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "tunewise",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "pg.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://tunewise@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    """A throwaway PostgreSQL cluster on a loopback port (tests/serve_runs.postgres_cluster)."""
+    with postgres_cluster() as url:
+        yield url
 
 
 def test_issue18_7_label_corrections_on_postgresql_replace_and_keep_the_history(postgres):

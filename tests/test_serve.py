@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_runs import make_classify_run, wait_healthy
+from serve_runs import make_classify_run, postgres_cluster, wait_healthy
 from tunewise.monitoring.store import Store
 from tunewise.serving.app import ServerThread, create_app
 from tunewise.serving.arms import ArmSpec, assign_arm, parse_arms, resolve_arms
@@ -453,74 +453,11 @@ def test_kill_9_mid_load_loses_no_answered_request_and_leaves_the_log_intact(run
 # Two replicas, one PostgreSQL
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
-    """A throwaway PostgreSQL cluster on a loopback port (Debian's binaries; as user postgres when
-    running as root, since initdb refuses root)."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-    import pwd
-    import tempfile
-
-    # not under pytest's tmp folder: that is private to root, and the server runs as postgres
-    folder = Path(tempfile.mkdtemp(prefix="tunewise-pg-"))
-    data, sockets = folder / "data", folder / "sock"
-    sockets.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run initdb as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-        for p in (folder, sockets):
-            shutil.chown(p, "postgres")
-    port = _free_port()
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "tunewise",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "pg.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://tunewise@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    """A throwaway PostgreSQL cluster on a loopback port (tests/serve_runs.postgres_cluster)."""
+    with postgres_cluster() as url:
+        yield url
 
 
 def test_two_replicas_on_one_postgres_share_the_log_and_the_arm_weights(run_dir, models, postgres):
