@@ -3,7 +3,8 @@
 The usual protocol: a quarter of the 77 intents (seeded) are held out as out of scope. Their test
 rows are relabelled ``out_of_scope``; a few rows per held-out intent (default 10) go into training
 labelled ``out_of_scope`` and a few others (default 5) into the validation set, where
-``evaluate_candidates`` chooses each candidate's confidence threshold (``evaluate.target_precision``).
+``evaluate_candidates`` chooses each candidate's confidence threshold: the highest whose validation
+in-scope accuracy stays within ``evaluate.oos_max_in_scope_drop`` of answering everything.
 Answers below the threshold, or of the ``out_of_scope`` class, count as "out of scope".
 
 The reference, a model without any out-of-scope handling: the same candidate trained on the
@@ -129,6 +130,12 @@ def main() -> int:
     parser.add_argument(
         "--target-precision", type=float, default=0.9, help="evaluate.target_precision for the threshold"
     )
+    parser.add_argument(
+        "--max-in-scope-drop",
+        type=float,
+        default=None,
+        help="evaluate.oos_max_in_scope_drop (default: tunewise's); the threshold's in-scope cost on validation",
+    )
     parser.add_argument("--n-resamples", type=int, default=500, help="bootstrap resamples for the intervals")
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps for fine-tuned candidates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -159,7 +166,11 @@ def main() -> int:
         f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    config = EvaluateConfig(target_precision=args.target_precision, n_resamples=args.n_resamples)
+    config = EvaluateConfig(
+        target_precision=args.target_precision,
+        n_resamples=args.n_resamples,
+        **({} if args.max_in_scope_drop is None else {"oos_max_in_scope_drop": args.max_in_scope_drop}),
+    )
 
     results: dict[str, dict] = {}
     for name in [c for c in args.candidates.split(",") if c]:
@@ -200,8 +211,11 @@ def main() -> int:
             "accuracy_pass": accuracy_ok,
         }
         c = oos["class_only"]
+        info = evaluation.thresholds[name]
         print(
-            f"{name}: threshold {results[name]['threshold']}; with threshold: in-scope acc "
+            f"{name}: threshold {results[name]['threshold']} ({info.get('method')}, validation in-scope "
+            f"{info.get('validation_in_scope_accuracy')} vs {info.get('validation_in_scope_accuracy_without_threshold')},"
+            f" OOS recall {info.get('validation_oos_recall')}); with threshold: in-scope acc "
             f"{oos['in_scope_accuracy']:.4f}, OOS recall {oos['oos_recall']:.4f}, precision "
             f"{oos['oos_precision'] if oos['oos_precision'] is None else round(oos['oos_precision'], 4)}; "
             f"class only: in-scope acc {c['in_scope_accuracy']:.4f}, OOS recall {c['oos_recall']:.4f}; "

@@ -169,8 +169,17 @@ class EvaluateConfig(Section):
         0.9,
         gt=0,
         le=1,
-        description="classify: the out-of-scope threshold is the lowest confidence at which "
-        "validation answers reach this precision; answers below it become the out-of-scope label",
+        description="classify, when validation has no out-of-scope rows: the threshold is the lowest "
+        "confidence at which validation answers reach this precision; answers below it become the "
+        "out-of-scope label",
+    )
+    oos_max_in_scope_drop: float = Field(
+        0.0025,
+        ge=0,
+        le=1,
+        description="classify, when validation has out-of-scope rows: the threshold is the highest "
+        "confidence whose validation in-scope accuracy stays within this of answering everything "
+        "(the most out-of-scope recall for a bounded in-scope cost)",
     )
     format_pattern: str | None = Field(
         None,

@@ -71,7 +71,12 @@ from tunewise.evaluation.scores import (
     score_generation_predictions,
 )
 from tunewise.evaluation.slices import slice_report
-from tunewise.evaluation.thresholds import choose_threshold, coverage_curve, out_of_scope_metrics
+from tunewise.evaluation.thresholds import (
+    choose_oos_threshold,
+    choose_threshold,
+    coverage_curve,
+    out_of_scope_metrics,
+)
 
 __all__ = [
     "EvaluateConfig",
@@ -271,8 +276,18 @@ def evaluate_candidates(
             threshold = None
             if val_truth is not None and c.validation is not None:
                 known = c.validation[c.validation["id"].isin(set(val_truth["id"]))]
-                val_scores = score_classification(known, val_truth, labels)
-                thresholds[c.name] = choose_threshold(
+                val_scores = score_classification(known, val_truth, labels, None, config.out_of_scope_label)
+                # out-of-scope rows in validation: bound the in-scope cost; otherwise the precision target
+                by_budget = None
+                if val_scores.oos_index is not None:
+                    by_budget = choose_oos_threshold(
+                        val_scores.confidence,
+                        val_scores.y_true,
+                        val_scores.y_pred,
+                        val_scores.oos_index,
+                        config.oos_max_in_scope_drop,
+                    )
+                thresholds[c.name] = by_budget or choose_threshold(
                     val_scores.confidence, val_scores.correct, config.target_precision
                 )
             else:
@@ -467,6 +482,7 @@ def evaluate_candidates(
         summary["out_of_scope"] = {
             "label": config.out_of_scope_label,
             "target_precision": config.target_precision,
+            "max_in_scope_drop": config.oos_max_in_scope_drop,
             "test_rows": int((test["label"].astype(str) == config.out_of_scope_label).sum()),
         }
     return Evaluation(
