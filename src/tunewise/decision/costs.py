@@ -309,3 +309,68 @@ def test_rows_needed(
 
 
 test_rows_needed.__test__ = False  # a function's name, not a pytest test
+
+
+# =============================================================================================
+# One candidate's costs
+
+
+@dataclass
+class CandidateCosts:
+    """One candidate's costs: one-time (with its lines), a month of running it, and over the horizon."""
+
+    one_time: float
+    one_time_lines: list[dict[str, Any]]
+    running: float  # a month
+    running_arithmetic: str
+    instance: str | None
+    memory_gib: float | None
+    horizon: int
+
+    @property
+    def total(self) -> float:
+        return self.one_time + self.running * self.horizon
+
+
+def candidate_costs(
+    name: str,
+    entry: dict,
+    roi: RoiConfig,
+    trained: dict[str, dict],
+    flagged: int,
+    latency: dict[str, float],
+    api_tokens: float | None,
+    usd_per_request: float | None,
+    members: list[str] | None,
+) -> CandidateCosts:
+    """What building and serving ``name`` costs: its own one-time work and training compute, and its
+    running cost (a measured API price, or the smallest CPU instance that holds it)."""
+    # the incumbent runs already: no engineering or data work to build it, whatever its kind
+    kind = "incumbent" if entry.get("is_incumbent") else entry["kind"]
+    one_time, lines = one_time_cost(trained, flagged, roi, candidate=name, kind=kind, members=members)
+    memory = serving_memory_gib(name, members)
+    if entry.get("usd_per_request_measured") is not None:  # an API candidate: priced by its measured tokens
+        running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=entry["usd_per_request_measured"])
+    elif kind == "incumbent" and usd_per_request is not None:
+        running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=usd_per_request)
+    elif kind == "incumbent":
+        running = monthly_running_cost(
+            latency.get(name, 0.0),
+            roi,
+            api_tokens=api_tokens,
+            memory_gib=memory,
+            measured_cores=entry.get("latency_cores"),
+        )
+    else:
+        running = monthly_running_cost(
+            latency.get(name, 0.0), roi, memory_gib=memory, measured_cores=entry.get("latency_cores")
+        )
+    return CandidateCosts(
+        one_time,
+        lines,
+        running["usd"],
+        running["arithmetic"],
+        running.get("instance"),
+        None if running.get("instance") is None else memory,
+        roi.horizon_months,
+    )

@@ -33,14 +33,15 @@ The verdict (``decision.verdict``):
   would settle it, from a power calculation at the observed effect.
 
 The first reason is the one that decided. Every cost line carries its arithmetic: the cost model
-and the payback arithmetic are :mod:`tunewise.decision.costs`, what is read from the run folder
-besides the evaluation is :mod:`tunewise.decision.run_facts`.
+and the payback arithmetic are :mod:`tunewise.decision.costs`, scores, noise and the target
+:mod:`tunewise.decision.quality`, the ``roi`` part of summary.json (the best fine-tune's payback)
+:mod:`tunewise.decision.roi`, what is read from the run folder besides the evaluation
+:mod:`tunewise.decision.run_facts`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +51,20 @@ from tunewise.core.artifacts import read_json
 from tunewise.core.layout import RunLayout
 from tunewise.core.pricing import CPU_INSTANCES
 from tunewise.decision.costs import (
+    CandidateCosts,
     Money,
+    candidate_costs,
     gain_scale,
     monthly_running_cost,
     one_time_cost,
     payback_months,
     payback_text,
-    sensitivity,
     serving_memory_gib,
     test_rows_needed,
-    training_compute_lines,
 )
 from tunewise.decision.errors import DecisionError
+from tunewise.decision.quality import Quality, improvement_target, relative_text, target_status
+from tunewise.decision.roi import roi_block, upgrade_money
 from tunewise.decision.run_facts import (
     incumbent_usd_per_request,
     read_api_tokens,
@@ -72,9 +75,11 @@ from tunewise.decision.run_facts import (
     read_train_summaries,
 )
 
+# re-exported for callers (workflows.distill_students, the tests): the cost model itself lives in costs
 __all__ = [
     "CPU_INSTANCES",
     "DecisionError",
+    "Money",
     "VERDICTS",
     "decide",
     "monthly_running_cost",
@@ -91,102 +96,8 @@ VERDICTS = ("FINE_TUNE", "USE_ALTERNATIVE", "NOT_YET", "INCONCLUSIVE")
 # The decision
 
 
-@dataclass
-class _Quality:
-    """Quality facts the verdict reads from evaluate/summary.json."""
-
-    metric: str
-    scale: float
-    lower_is_better: bool
-    entries: dict[str, dict]
-    pairwise: dict[str, dict[str, dict]]
-
-    def score(self, name: str) -> float:
-        value = self.entries[name]["metrics"].get(self.metric)
-        return float("nan") if value is None else float(value)
-
-    def oriented(self, name: str) -> float:
-        """Higher is better, on a 0-1 scale."""
-        return (-1 if self.lower_is_better else 1) * self.score(name) / self.scale
-
-    def better_beyond_noise(self, a: str, b: str) -> bool:
-        """a is better than b: the paired difference's interval lies wholly on a's side."""
-        pair = self.pairwise.get(a, {}).get(b)
-        if pair is None:
-            return False
-        low, high = pair["difference_ci"]
-        return (high < 0) if self.lower_is_better else (low > 0)
-
-    def pair_text(self, a: str, b: str) -> str:
-        pair = self.pairwise.get(a, {}).get(b)
-        if pair is None:
-            return f"{a} and {b} share no scored rows"
-        low, high = pair["difference_ci"]
-        return (
-            f"{a} {self.score(a):.4g} vs {b} {self.score(b):.4g} {self.metric}, difference {pair['difference']:+.4g} "
-            f"(interval {low:+.4g} to {high:+.4g}, n={pair['n']:,})"
-        )
-
-
-@dataclass
-class _Costs:
-    one_time: float
-    one_time_lines: list[dict[str, Any]]
-    running: float  # a month
-    running_arithmetic: str
-    instance: str | None
-    memory_gib: float | None
-    horizon: int
-
-    @property
-    def total(self) -> float:
-        return self.one_time + self.running * self.horizon
-
-
-def _candidate_costs(
-    name: str,
-    entry: dict,
-    roi: RoiConfig,
-    trained: dict[str, dict],
-    flagged: int,
-    latency: dict[str, float],
-    api_tokens: float | None,
-    usd_per_request: float | None,
-    members: list[str] | None,
-) -> _Costs:
-    # the incumbent runs already: no engineering or data work to build it, whatever its kind
-    kind = "incumbent" if entry.get("is_incumbent") else entry["kind"]
-    one_time, lines = one_time_cost(trained, flagged, roi, candidate=name, kind=kind, members=members)
-    memory = serving_memory_gib(name, members)
-    if entry.get("usd_per_request_measured") is not None:  # an API candidate: priced by its measured tokens
-        running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=entry["usd_per_request_measured"])
-    elif kind == "incumbent" and usd_per_request is not None:
-        running = monthly_running_cost(latency.get(name, 0.0), roi, usd_per_request=usd_per_request)
-    elif kind == "incumbent":
-        running = monthly_running_cost(
-            latency.get(name, 0.0),
-            roi,
-            api_tokens=api_tokens,
-            memory_gib=memory,
-            measured_cores=entry.get("latency_cores"),
-        )
-    else:
-        running = monthly_running_cost(
-            latency.get(name, 0.0), roi, memory_gib=memory, measured_cores=entry.get("latency_cores")
-        )
-    return _Costs(
-        one_time,
-        lines,
-        running["usd"],
-        running["arithmetic"],
-        running.get("instance"),
-        None if running.get("instance") is None else memory,
-        roi.horizon_months,
-    )
-
-
 def _choose(
-    names: list[str], quality: _Quality, costs: dict[str, _Costs], roi: RoiConfig, priced: bool
+    names: list[str], quality: Quality, costs: dict[str, CandidateCosts], roi: RoiConfig, priced: bool
 ) -> tuple[str | None, list[str]]:
     """The cheapest of the candidates within noise of the best (ties: the better one, said so);
     with volume and value, a better one beyond noise instead when its extra gain pays back."""
@@ -233,25 +144,6 @@ def _choose(
     return chosen, notes
 
 
-def _status(comparison: dict | None, metric: str, threshold: float, lower_is_better: bool) -> tuple[str, dict]:
-    """meets / misses / unsure: where the relative improvement's interval lies against the threshold."""
-    entry = (comparison or {}).get("metrics", {}).get(metric)
-    if not entry or entry.get("relative_improvement") is None:
-        return "unknown", {}
-    rel = entry["relative_improvement"]
-    low, high = entry["relative_ci"]
-    if lower_is_better:
-        rel, low, high = -rel, -high, -low
-    if not all(v is not None and math.isfinite(v) for v in (rel, low, high)):
-        return "unknown", {}
-    facts = {"relative": rel, "relative_ci": [low, high], "n": entry["n"]}
-    if low >= threshold:
-        return "meets", facts
-    if high < threshold:
-        return "misses", facts
-    return "unsure", facts
-
-
 def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     """The ``roi`` and ``decision`` parts of the report's summary.json, from a run's evaluation."""
     run_dir = Path(run_dir)
@@ -273,7 +165,7 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     members = candidate_members(evaluation)
     for name, cores in read_latency_cores(run_dir, list(entries), members).items():
         entries[name] = {**entries[name], "latency_cores": cores}
-    quality = _Quality(
+    quality = Quality(
         metric,
         gain_scale(metric),
         metric in (evaluation.get("lower_is_better") or []),
@@ -285,7 +177,7 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     flagged = read_flagged_rows(run_dir)
     api_tokens = read_api_tokens(run_dir, roi)
     costs = {
-        name: _candidate_costs(
+        name: candidate_costs(
             name,
             entry,
             roi,
@@ -304,10 +196,10 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
 
     finetunes = [n for n, e in entries.items() if e["kind"] == "finetuned"]
     alternatives = [n for n, e in entries.items() if e["kind"] != "finetuned" and e.get("meaningful", True)]
-    statuses = {n: _status(comparisons.get(n), metric, threshold, quality.lower_is_better) for n in finetunes}
+    statuses = {n: target_status(comparisons.get(n), metric, threshold, quality.lower_is_better) for n in finetunes}
     under_trained = {n: trained[n] for n in finetunes if (trained.get(n) or {}).get("under_trained")}
     alternative, alternative_notes = _choose(alternatives, quality, costs, roi, priced)
-    target_score, target = _target(reference, threshold, quality)
+    target_score, target = improvement_target(reference, threshold, quality)
 
     qualifying = [
         f
@@ -323,11 +215,11 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     if finetune is not None:
         status, facts = statuses[finetune]
         meets = (
-            f"{finetune} meets the target: {_rel_text(facts)} over {reference}, the whole interval above "
+            f"{finetune} meets the target: {relative_text(facts)} over {reference}, the whole interval above "
             f"the {threshold:.0%} minimum ({target})"
         )
         comparator = alternative or (reference if reference != finetune else None)
-        money = _upgrade_money(finetune, comparator, quality, costs, roi) if comparator else None
+        money = upgrade_money(finetune, comparator, quality, costs, roi) if comparator else None
         extra["vs_alternative"] = money
         beats = (
             f"it beats every alternative that costs no more beyond noise ({quality.pair_text(finetune, alternative)})"
@@ -377,7 +269,7 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
                 else "the observed effect sits on the threshold: no test size tells it apart"
             )
             reasons.append(
-                f"the test set cannot tell whether {pick} meets the target: {_rel_text(facts)} over "
+                f"the test set cannot tell whether {pick} meets the target: {relative_text(facts)} over "
                 f"{reference} on {facts['n']:,} rows straddles the {threshold:.0%} minimum ({target}); {more}"
             )
             extra["test_rows_needed"] = needed
@@ -432,7 +324,7 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
             + "; candidates within noise of each other were decided by their cost at the default rates"
         )
 
-    roi_out = _roi_block(
+    roi_out = roi_block(
         run_dir,
         evaluation,
         roi,
@@ -488,31 +380,12 @@ def decide(run_dir: str | Path, roi: RoiConfig) -> dict[str, Any]:
     return {"roi": roi_out, "decision": decision}
 
 
-def _rel_text(facts: dict) -> str:
-    low, high = facts["relative_ci"]
-    return f"{facts['relative']:+.1%} (interval {low:+.1%} to {high:+.1%})"
-
-
-def _target(reference: str | None, threshold: float, quality: _Quality) -> tuple[float | None, str]:
-    """(target score, its arithmetic): the reference's score moved by the minimum improvement."""
-    if reference not in quality.entries:
-        return None, "no reference"
-    score = quality.score(reference)
-    factor = (1 - threshold) if quality.lower_is_better else (1 + threshold)
-    target = score * factor
-    ceiling = 1.0 * quality.scale
-    text = f"{quality.metric} {target:.4g} = {reference}'s {score:.4g} x {factor:g}"
-    if not quality.lower_is_better and target > ceiling:
-        text += f", above the metric's maximum {ceiling:g}: no candidate can reach it from this reference"
-    return target, text
-
-
 def _finetune_shortfall(
     best: str | None,
     statuses: dict,
-    quality: _Quality,
+    quality: Quality,
     alternatives: list[str],
-    costs: dict[str, _Costs],
+    costs: dict[str, CandidateCosts],
     reference: str | None,
     threshold: float,
     target: str,
@@ -523,7 +396,7 @@ def _finetune_shortfall(
     if status == "misses":
         return (
             f"no fine-tune reaches the {threshold:.0%} minimum improvement over {reference} "
-            f"(best {best}: {_rel_text(facts)}; target {target})"
+            f"(best {best}: {relative_text(facts)}; target {target})"
         )
     if status == "meets":
         cheaper = [
@@ -535,158 +408,6 @@ def _finetune_shortfall(
             + ", which cost less"
         )
     return f"{best} could not be compared with {reference}"
-
-
-def _upgrade_money(
-    finetune: str, alternative: str, quality: _Quality, costs: dict[str, _Costs], roi: RoiConfig
-) -> dict[str, Any]:
-    gain = quality.oriented(finetune) - quality.oriented(alternative)
-    money = Money(
-        costs[finetune].one_time - costs[alternative].one_time,
-        gain,
-        roi.monthly_volume or 0.0,
-        roi.value_per_outcome_usd or 0.0,
-        costs[finetune].running - costs[alternative].running,
-    )
-    months = payback_months(money.one_time, money.net()) if roi.monthly_volume and roi.value_per_outcome_usd else None
-    return {
-        "candidate": finetune,
-        "alternative": alternative,
-        "gain": gain,
-        "extra_one_time_usd": money.one_time,
-        "extra_running_usd": money.extra_running,
-        "monthly_benefit_usd": money.benefit(),
-        "monthly_net_usd": money.net(),
-        "payback_months": months,
-    }
-
-
-def _roi_block(
-    run_dir: Path,
-    evaluation: dict,
-    roi: RoiConfig,
-    quality: _Quality,
-    costs: dict[str, _Costs],
-    trained: dict[str, dict],
-    flagged: int,
-    latency: dict[str, float],
-    api_tokens: float | None,
-    candidate: str | None,
-    reference: str | None,
-    missing: list[str],
-    reasons: list[str],
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """The payback arithmetic of the best fine-tune against the reference: cost lines, benefit,
-    net, payback with intervals, break-even gain, cumulative net and sensitivity."""
-    out: dict[str, Any] = {
-        "horizon_months": roi.horizon_months,
-        "assumptions": roi.model_dump(mode="json"),
-        "missing": missing,
-        "one_time_cost_usd": None,
-        "monthly_benefit_usd": None,
-        "payback_months": None,
-        "candidate": candidate,
-        "baseline": reference,
-        "metric": quality.metric,
-        "training_compute_this_run_usd": sum(line["usd"] for line in training_compute_lines(trained, roi)),
-    }
-    comparison = evaluation.get("comparisons", {}).get(candidate or "", {}).get("metrics", {}).get(quality.metric)
-    if candidate is None or reference is None or not comparison:
-        return out
-    sign = -1 if quality.lower_is_better else 1
-    gain = sign * comparison["difference"] / quality.scale
-    gain_ci = sorted(sign * x / quality.scale for x in comparison["difference_ci"])
-    c, b = costs[candidate], costs[reference]
-    out.update(
-        {
-            "gain": gain,
-            "gain_ci95": gain_ci,
-            "one_time_cost_usd": c.one_time,
-            "one_time_cost_lines": c.one_time_lines,
-            "monthly_running_cost_usd": {"candidate": c.running, "baseline": b.running},
-            "monthly_running_cost_arithmetic": {"candidate": c.running_arithmetic, "baseline": b.running_arithmetic},
-            "latency_ms": {candidate: latency.get(candidate), reference: latency.get(reference)},
-        }
-    )
-    if missing:
-        return out
-    members = candidate_members(evaluation).get(candidate)
-
-    def money_for(settings: RoiConfig, g: float) -> Money:
-        entries = quality.entries
-        cc = _candidate_costs(
-            candidate,
-            entries[candidate],
-            settings,
-            trained,
-            flagged,
-            latency,
-            api_tokens,
-            incumbent_usd_per_request(evaluation),
-            members,
-        )
-        bb = _candidate_costs(
-            reference,
-            entries[reference],
-            settings,
-            trained,
-            flagged,
-            latency,
-            api_tokens,
-            incumbent_usd_per_request(evaluation),
-            None,
-        )
-        return Money(
-            cc.one_time,
-            g,
-            settings.monthly_volume or 0.0,
-            settings.value_per_outcome_usd or 0.0,
-            cc.running - bb.running,
-        )
-
-    money = money_for(roi, gain)
-    net = money.net()
-    months = payback_months(money.one_time, net)
-    net_ci = sorted([money.net(gain_ci[0]), money.net(gain_ci[1])])
-    months_ci = [payback_months(money.one_time, net_ci[1]), payback_months(money.one_time, net_ci[0])]
-    horizon = roi.horizon_months
-    break_even_gain = (money.one_time / horizon + money.extra_running) / (money.volume * money.value)
-    out.update(
-        {
-            "monthly_benefit_usd": money.benefit(),
-            "monthly_benefit_ci95": sorted([money.benefit(g) for g in gain_ci]),
-            "monthly_net_usd": net,
-            "monthly_net_ci95": net_ci,
-            "payback_months": months,
-            "payback_months_ci95": months_ci,
-            "roi_12m": (net * 12 - money.one_time) / money.one_time if money.one_time else None,
-            "break_even_gain": break_even_gain,
-            "break_even_relative_improvement": (
-                break_even_gain * quality.scale / comparison["baseline"] if comparison.get("baseline") else None
-            ),
-            "benefit_arithmetic": f"{money.volume:,.0f} requests x gain {gain:.4g} x ${money.value:g} = "
-            f"${money.benefit():,.2f} a month",
-            "cumulative": [
-                {
-                    "month": m,
-                    "net_usd": -money.one_time + net * m,
-                    "low": -money.one_time + net_ci[0] * m,
-                    "high": -money.one_time + net_ci[1] * m,
-                }
-                for m in range(horizon + 1)
-            ],
-            "sensitivity": sensitivity(money, roi, money_for),
-        }
-    )
-    reasons.append(
-        f"{candidate} against {reference}: one-time cost ${money.one_time:,.0f} (its training compute, data "
-        f"review, labels, engineering); monthly benefit ${money.benefit():,.0f} ({money.volume:,.0f} requests "
-        f"x gain {gain:.3f} in {quality.metric} x ${money.value:g} an outcome), extra running cost "
-        f"${money.extra_running:,.0f} a month; payback {payback_text(months)}"
-        + (f" (interval {_interval_months(months_ci)})" if months is not None else "")
-    )
-    return out
 
 
 def _more_data_reason(run_dir: Path, candidate: str, roi: RoiConfig) -> str | None:
@@ -709,8 +430,3 @@ def _more_data_reason(run_dir: Path, candidate: str, roi: RoiConfig) -> str | No
         f"{target['n_needed']:,} training rows: {more:,} more labelled rows, most useful in {', '.join(classes)}; "
         f"at ${roi.usd_per_label:g} a label that is ${more * roi.usd_per_label:,.0f} (tunewise curve)"
     )
-
-
-def _interval_months(months_ci: list[float | None]) -> str:
-    low, high = months_ci
-    return f"{low:.1f} to {'never' if high is None else f'{high:.1f}'} months" if low is not None else "never"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunewise.config.sections import TrainConfig
 from tunewise.training.plan import RunPlan
-from tunewise.training.runtime import Runtime, _quiet_transformers
+from tunewise.training.runtime import Runtime, quiet_transformers
 from tunewise.training.settings import DEFAULTS, ENCODER_HEAD_LR_FACTOR, TrainError, adapted_layer_count
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def build_model(
     from tunewise.training import modules as classes  # torch: imported on use (see its module docstring)
 
     prefix, adapted_layers = None, None
-    with _quiet_transformers():
+    with quiet_transformers():
         if method == "encoder":
             from transformers import AutoModel
 

@@ -73,7 +73,7 @@ def _step_of(folder: Path) -> int:
         return -1
 
 
-def _save_checkpoint(
+def save_checkpoint(
     directory: Path,
     model: Any,
     best_state: dict[str, Any] | None,
@@ -135,7 +135,7 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(exc, (OSError, RuntimeError)) and type(exc).__name__ != "SafetensorError":
             raise
-        previous = _latest_checkpoint(directory)
+        previous = latest_checkpoint(directory)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         raise TrainError(
             f"could not write the checkpoint {final}: {exc}. Training stopped; {kept}. Free disk space "
@@ -154,7 +154,7 @@ def _save_checkpoint(
     return final
 
 
-def _latest_checkpoint(directory: Path) -> Path | None:
+def latest_checkpoint(directory: Path) -> Path | None:
     """The folder ``latest`` points to, if it is there (else the newest step folder)."""
     candidates = _checkpoint_candidates(directory)
     return candidates[0] if candidates else None
@@ -249,7 +249,7 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -
     return _apply_checkpoint(_read_checkpoint(folder), model, optimizer, scheduler)
 
 
-def _resume(
+def resume_checkpoint(
     ckpt_dir: Path, fingerprint: str, model: Any, optimizer: Any, scheduler: Any, *, name: str, is_main: bool
 ) -> tuple[Path, dict[str, Any], dict | None] | None:
     """Restore the newest usable checkpoint: (folder, state, best weights), or None to start over.
@@ -297,7 +297,7 @@ def _resume(
     return None
 
 
-def _fingerprint(*parts: Any) -> str:
+def run_fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

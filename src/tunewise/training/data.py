@@ -1,8 +1,9 @@
 """The recipe's steps 1 and 2: record frames checked, tokenised into examples, and the run planned
 from them (``prepare``); the examples batched by length for training (``length_grouped_batches``)
-and for inference (``_batched``), and padded per batch (``collate``). A generate example is the
-chat conversation (earlier turns from ``context``, then the message) with labels on the reply;
-a classify example is the text the classifier reads. No torch at import: ``collate`` imports it.
+and for inference (``inference_batches``), and padded per batch (``collate``). A generate example
+is the chat conversation (earlier turns from ``context``, then the message) with labels on the
+reply; a classify example is the text the classifier reads. No torch at import: ``collate``
+imports it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tunewise.core.sampling import stratified_sample_ids
 from tunewise.llm.chat import context_messages as _context_messages, end_of_turn_ids as _end_of_turn_ids
 from tunewise.models.loading import resolve_encoder, resolve_llm
 from tunewise.training.plan import RunPlan, plan_run
-from tunewise.training.runtime import _distributed
+from tunewise.training.runtime import rank_and_world_size
 from tunewise.training.settings import DEFAULTS, TrainError
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def prepare(
     val_frame = validation_frame if validation_frame is not None else train_frame.iloc[0:0]
     val_frame = _stratified_head(val_frame, config.eval_max_rows, task, seed)
     val_examples = [e for e in encode(val_frame, max_length) if e is not None] if len(val_frame) else []
-    rank, world_size = _distributed()
+    rank, world_size = rank_and_world_size()
     plan = plan_run(
         task,
         method,
@@ -202,7 +203,7 @@ def classification_text(text: str, context: Any = None) -> str:
     return "\n".join(f"{t['role']}: {t['content']}" for t in turns) + f"\nuser: {text}"
 
 
-def _contexts(frame: pd.DataFrame) -> list[Any]:
+def raw_contexts(frame: pd.DataFrame) -> list[Any]:
     return frame["context"].tolist() if "context" in frame.columns else [None] * len(frame)
 
 
@@ -211,7 +212,7 @@ def encode_classification(
 ) -> list[Example]:
     """Token ids of each row's text (special tokens in user text are kept as plain text)."""
     index = {label: i for i, label in enumerate(labels)}
-    texts = [classification_text(t, c) for t, c in zip(frame["input"].fillna("").astype(str), _contexts(frame))]
+    texts = [classification_text(t, c) for t, c in zip(frame["input"].fillna("").astype(str), raw_contexts(frame))]
     encoded = tokenizer(
         texts,
         add_special_tokens=True,
@@ -237,7 +238,7 @@ def encode_replies(
     texts = frame["input"].fillna("").astype(str).tolist()
     replies = frame["target"].fillna("").astype(str).tolist() if "target" in frame.columns else [""] * len(frame)
     out: list[Example | None] = []
-    for text, context, reply in zip(texts, _contexts(frame), replies):
+    for text, context, reply in zip(texts, raw_contexts(frame), replies):
         messages = conversation(text, context, system_prompt)
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": reply}], tokenize=False)
@@ -330,7 +331,7 @@ MAX_PADDING_SHARE = 0.15
 MIN_CHUNK_ROWS = 4  # below this, per-call overhead outweighs the padding saved
 
 
-def _batched(examples: Sequence[Example], batch_size: int) -> Iterator[tuple[np.ndarray, list[Example]]]:
+def inference_batches(examples: Sequence[Example], batch_size: int) -> Iterator[tuple[np.ndarray, list[Example]]]:
     """Length-sorted chunks for inference, at most ``batch_size`` rows, cut early where padding
     would exceed ``MAX_PADDING_SHARE``; yields (positions in ``examples``, chunk)."""
     lengths = np.asarray([len(e.input_ids) for e in examples])

@@ -19,11 +19,11 @@ from tunewise.training.data import collate, length_grouped_batches, prepare
 from tunewise.training.plan import RunPlan
 from tunewise.training.runtime import (
     Runtime,
-    _autocast,
-    _base_config,
-    _bound_heap_growth,
     activation_gib,
+    autocast,
+    bound_heap_growth,
     layers_keeping_activations,
+    load_base_config,
     resolve_runtime,
 )
 from tunewise.training.settings import Method
@@ -73,11 +73,11 @@ def dry_run(
         seed=seed,
         source=source,
     )
-    base_config = _base_config(base_path, method, trust_remote_code)
+    base_config = load_base_config(base_path, method, trust_remote_code)
     runtime = resolve_runtime(config, plan, base_config)
     device = runtime.device
     if device == "cpu":
-        _bound_heap_growth()
+        bound_heap_growth()
     total_tokens = int(plan.tokens_per_epoch * plan.total_steps / plan.steps_per_epoch)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     threads_before = torch.get_num_threads()
@@ -108,7 +108,7 @@ def dry_run(
             batch = {k: v.to(device) for k, v in collate([examples[j] for j in indices], built.pad_id).items()}
             set_checkpointing(built, runtime, batch["input_ids"].numel())
             t0 = time.perf_counter()
-            with _autocast(device, runtime.precision):
+            with autocast(device, runtime.precision):
                 loss_sum, n = built.loss_module(**batch)
             (loss_sum / max(int(n), 1)).backward()
             optimizer.step()

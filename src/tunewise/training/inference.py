@@ -17,8 +17,8 @@ import pandas as pd
 from tunewise.core.artifacts import read_json
 from tunewise.core.progress import progress
 from tunewise.llm.chat import generate_replies
-from tunewise.training.data import Example, _batched, _contexts, collate, conversation
-from tunewise.training.runtime import _autocast, _quiet_transformers
+from tunewise.training.data import Example, collate, conversation, inference_batches, raw_contexts
+from tunewise.training.runtime import autocast, quiet_transformers
 from tunewise.training.settings import TrainError
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ def classifier_probabilities(
     was_training = classifier.training
     classifier.eval()
     shown = progress(description, len(examples), unit="rows") if description else contextlib.nullcontext(None)
-    with torch.inference_mode(), _autocast(device, precision), shown as advance:
-        for rows, batch in _batched(examples, batch_size):
+    with torch.inference_mode(), autocast(device, precision), shown as advance:
+        for rows, batch in inference_batches(examples, batch_size):
             tensors = collate(batch, pad_id)
             if advance is not None:
                 advance(len(rows))
@@ -78,7 +78,7 @@ def generate_texts(
 ) -> tuple[list[str], np.ndarray]:
     """Greedy replies of the fine-tuned model to ``frame``'s messages (the training conversation format)."""
     conversations = [
-        conversation(t, c, system_prompt) for t, c in zip(frame["input"].fillna("").astype(str), _contexts(frame))
+        conversation(t, c, system_prompt) for t, c in zip(frame["input"].fillna("").astype(str), raw_contexts(frame))
     ]
     was_training = peft_model.training
     peft_model.eval()
@@ -113,7 +113,7 @@ def load_trained(adapter_dir: str | Path, *, trust_remote_code: bool = False) ->
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     base_path = Path(info["base_path"])
     common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    with _quiet_transformers():
+    with quiet_transformers():
         if info["method"] == "encoder":
             from transformers import AutoModel
 

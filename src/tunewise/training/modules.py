@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tunewise.core.progress import progress
-from tunewise.training.data import IGNORE_INDEX, Example, _batched, collate
-from tunewise.training.runtime import _autocast
+from tunewise.training.data import IGNORE_INDEX, Example, collate, inference_batches
+from tunewise.training.runtime import autocast
 
 LOSS_CHUNK_TOKENS = 512  # reply positions whose logits are computed at once (see ReplyTokenLoss)
 
@@ -168,11 +168,11 @@ class FrozenPrefix:
             # no_grad, not inference_mode: the cached tensors feed training steps later
             with (
                 torch.no_grad(),
-                _autocast(device, precision),
+                autocast(device, precision),
                 self._only("frozen"),
                 progress(description, len(examples), unit="rows") as advance,
             ):
-                for rows, batch in _batched(examples, batch_size):
+                for rows, batch in inference_batches(examples, batch_size):
                     tensors = collate(batch, pad_id)
                     self.decoder(
                         input_ids=tensors["input_ids"].to(device),

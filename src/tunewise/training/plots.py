@@ -8,7 +8,7 @@ from typing import Any
 from tunewise.core.artifacts import atomic_path
 
 
-def _plot_curves(curves: dict[str, Any], path: Path, title: str) -> None:
+def plot_curves(curves: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only

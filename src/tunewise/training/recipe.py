@@ -1,24 +1,5 @@
-"""The fine-tuning recipe: LoRA on the base LLM (classification head or reply generation), or a full
-fine-tune of the small sentence encoder with a linear head. ``train`` below is the recipe, read top
-to bottom (torchtune's ``lora_finetune_single_device`` habit): no callbacks, no trainer framework.
-The loop follows it; each step's parts are the modules beside this one (in brackets).
-
-    train()                                    the recipe
-      1. settings and data are checked          bad settings are refused before any weights load (data)
-      2. tokenizer, examples, the run plan      sizes (epochs, steps, warm-up, length) from the data (data, plan)
-      3. model                                  base weights, then LoRA (or the encoder + head) (build, modules)
-      4. optimiser, then scheduler              the scheduler wraps the optimiser: built after it (build)
-      5. resume                                 after 3 and 4: it loads their state (checkpoint)
-      6. the loop                               forward, loss, backward, clip, step; eval; checkpoint
-      7. the best weights, curves, summary      (early_stopping, checkpoint, plots)
-
-The methods and tasks are described in tunewise.training.build, speed and memory in
-tunewise.training.runtime, checkpoints in tunewise.training.checkpoint.
-
-Distributed data parallel: the loss is computed by one ``nn.Module`` (the model's forward plus the
-loss), so it can be wrapped in ``DistributedDataParallel``; batches are sharded by rank (the
-length-grouped batches play the role of a ``DistributedSampler``); only rank 0 logs, evaluates,
-writes checkpoints and shows progress. ``tunewise train --nproc N`` launches the processes (tunewise.training.distributed).
+"""The fine-tuning recipe: ``train`` (its docstring maps the steps), read top to bottom, then its
+loop and the loop's helpers. Validation metrics are computed in tunewise.training.validation.
 """
 
 from __future__ import annotations
@@ -26,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +18,7 @@ from tunewise.config.sections import TrainConfig
 from tunewise.core.artifacts import write_json
 from tunewise.core.progress import console, progress
 from tunewise.core.records import rows_fingerprint
+from tunewise.training import checkpoint, plots, validation
 from tunewise.training.build import (
     BuiltModel,
     build_for_plan,
@@ -46,27 +27,16 @@ from tunewise.training.build import (
     set_checkpointing,
     training_attention,
 )
-from tunewise.training.checkpoint import (
-    _fingerprint,
-    _latest_checkpoint,
-    _resume,
-    _save_checkpoint,
-    load_trainable_state,
-    save_adapter,
-    trainable_state,
-)
-from tunewise.training.data import Example, _batched, collate, length_grouped_batches, prepare
+from tunewise.training.data import Example, collate, length_grouped_batches, prepare
 from tunewise.training.early_stopping import EarlyStopping, convergence
-from tunewise.training.inference import classifier_probabilities, generate_texts
 from tunewise.training.plan import RunPlan
-from tunewise.training.plots import _plot_curves
 from tunewise.training.runtime import (
     Runtime,
-    _autocast,
-    _base_config,
-    _bound_heap_growth,
-    _distributed,
-    _is_oom,
+    autocast,
+    bound_heap_growth,
+    is_oom,
+    load_base_config,
+    rank_and_world_size,
     resolve_runtime,
 )
 from tunewise.training.settings import Method, TrainError
@@ -89,7 +59,29 @@ def train(
     source: str = "training data",
     stop_after_steps: int | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model_spec`` on ``train_frame`` (record frames); see the module docstring.
+    """Fine-tune ``model_spec`` on ``train_frame`` (record frames): LoRA on the base LLM (classification
+    head or reply generation), or a full fine-tune of the small sentence encoder with a linear head.
+    This function is the recipe, read top to bottom (torchtune's ``lora_finetune_single_device``
+    habit): no callbacks, no trainer framework. The loop follows it; each step's parts are the
+    modules beside this one (in brackets).
+
+        1. settings and data are checked          bad settings are refused before any weights load (data)
+        2. tokenizer, examples, the run plan      sizes (epochs, steps, warm-up, length) from the data (data, plan)
+        3. model                                  base weights, then LoRA (or the encoder + head) (build, modules)
+        4. optimiser, then scheduler              the scheduler wraps the optimiser: built after it (build)
+        5. resume                                 after 3 and 4: it loads their state (checkpoint)
+        6. the loop                               forward, loss, backward, clip, step; eval; checkpoint
+        7. the best weights, curves, summary      (early_stopping, checkpoint, plots)
+
+    The methods and tasks are described in tunewise.training.build, speed and memory in
+    tunewise.training.runtime, checkpoints in tunewise.training.checkpoint, validation metrics in
+    tunewise.training.validation.
+
+    Distributed data parallel: the loss is computed by one ``nn.Module`` (the model's forward plus the
+    loss), so it can be wrapped in ``DistributedDataParallel``; batches are sharded by rank (the
+    length-grouped batches play the role of a ``DistributedSampler``); only rank 0 logs, evaluates,
+    writes checkpoints and shows progress. ``tunewise train --nproc N`` launches the processes
+    (tunewise.training.distributed).
 
     ``out_dir`` receives adapter/, curves.json, curves.png and train_summary.json (rank 0 only);
     ``checkpoint_dir`` the resumable checkpoints (default ``out_dir/checkpoints``; none without
@@ -113,11 +105,11 @@ def train(
         seed=seed,
         source=source,
     )
-    runtime = resolve_runtime(config, plan, _base_config(base_path, method, trust_remote_code))
+    runtime = resolve_runtime(config, plan, load_base_config(base_path, method, trust_remote_code))
     device, precision = runtime.device, runtime.precision
     if device == "cpu":
-        _bound_heap_growth()
-    rank, world_size = _distributed()
+        bound_heap_growth()
+    rank, world_size = rank_and_world_size()
     is_main = rank == 0
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (out / "checkpoints" if out else None)
@@ -148,7 +140,7 @@ def train(
         )
         # resume itself is not a training setting: a run started with --no-resume can be resumed later; nor is
         # the time cap (it changes no step of the plan): a run stopped by it resumes with a larger one
-        fingerprint = _fingerprint(
+        fingerprint = checkpoint.run_fingerprint(
             config.model_dump(mode="json", exclude={"resume", "max_minutes"}),
             task,
             method,
@@ -176,7 +168,9 @@ def train(
         resumed_from = None
         # a damaged checkpoint is skipped with a warning (the one before it is tried), never a crash
         restored = (
-            _resume(ckpt_dir, fingerprint, built.model, optimizer, scheduler, name=name, is_main=is_main)
+            checkpoint.resume_checkpoint(
+                ckpt_dir, fingerprint, built.model, optimizer, scheduler, name=name, is_main=is_main
+            )
             if ckpt_dir is not None and config.resume
             else None
         )
@@ -215,7 +209,7 @@ def train(
         stop_reason, message, best_state = loop.stop_reason, loop.message, loop.best_state
         # -- 7. the best weights back into the model; outputs
         if best_state is not None and stop_reason != "interrupted":
-            load_trainable_state(built.model, best_state)
+            checkpoint.load_trainable_state(built.model, best_state)
         built.model.eval()
     finally:
         torch.set_num_threads(threads_before)
@@ -271,7 +265,7 @@ def train(
         "seed": seed,
     }
     if out is not None and is_main:
-        save_adapter(
+        checkpoint.save_adapter(
             built.model,
             method,
             tokenizer,
@@ -288,7 +282,7 @@ def train(
             },
         )
         write_json(out / "curves.json", curves)
-        _plot_curves(curves, out / "curves.png", f"{name}: {task}, {method}")
+        plots.plot_curves(curves, out / "curves.png", f"{name}: {task}, {method}")
         write_json(out / "train_summary.json", summary)
     return TrainResult(
         built.model,
@@ -391,15 +385,17 @@ def _loop(
     time_limit = plan.max_minutes * 60 if plan.max_minutes else None
     last_good_step = state["step"]
 
-    def checkpoint() -> None:
+    def write_checkpoint() -> None:
         nonlocal last_good_step
         if ckpt_dir is not None:
             state["watch"] = watch.state()
-            _save_checkpoint(ckpt_dir, built.model, best_state, optimizer, scheduler, state)
+            checkpoint.save_checkpoint(ckpt_dir, built.model, best_state, optimizer, scheduler, state)
             last_good_step = state["step"]
 
     def validate() -> dict[str, Any]:
-        return _validate(plan, config, built, loss_module, val_examples, val_frame, device=device, precision=precision)
+        return validation.validate(
+            plan, config, built, loss_module, val_examples, val_frame, device=device, precision=precision
+        )
 
     with progress(f"train {name}", plan.total_steps, unit="steps") as advance:
         advance(state["step"])
@@ -438,7 +434,7 @@ def _loop(
                         # Under DDP, gradients are synchronised on the window's last backward only.
                         sync = contextlib.nullcontext() if world_size == 1 or last_micro else loss_module.no_sync()
                         with sync:
-                            with _autocast(device, precision):
+                            with autocast(device, precision):
                                 loss_sum, _ = loss_module(**batch)  # forward
                             loss = loss_sum / max(n_targets, 1)  # loss
                             if not torch.isfinite(loss):
@@ -460,7 +456,7 @@ def _loop(
                         "or check the data for extreme inputs."
                     ) from None
                 except RuntimeError as error:
-                    if not _is_oom(error):
+                    if not is_oom(error):
                         raise
                     raise TrainError(
                         f"train {name}: out of memory at step {state['step'] + 1} (batch {plan.batch_size} x up to "
@@ -509,7 +505,7 @@ def _loop(
                             {"step": state["step"], **metrics, "train_loss": round(mean_train, 6)}
                         )
                         if decision.improved:
-                            best_state = trainable_state(built.model)
+                            best_state = checkpoint.trainable_state(built.model)
                         if decision.stop:
                             stop_reason, message = decision.reason or "stopped", decision.message
                             color = "yellow" if decision.reason == "overfitting" else "dim"
@@ -525,7 +521,7 @@ def _loop(
                 done = state["step"] >= plan.total_steps or stop_reason != "completed"
                 interrupted = stop_after_steps is not None and state["step"] >= stop_after_steps and not done
                 if state["step"] % plan.checkpoint_every == 0 or done or interrupted:
-                    checkpoint()
+                    write_checkpoint()
                 if done:
                     break
                 if interrupted:
@@ -537,7 +533,7 @@ def _loop(
                 continue
             break
     if best_state is None and stop_reason != "interrupted":
-        best_state = trainable_state(built.model)  # no validation data: the last weights are the best
+        best_state = checkpoint.trainable_state(built.model)  # no validation data: the last weights are the best
     if stop_reason == "completed":  # the planned steps ran out: name the limit that set them
         stop_reason, message = plan.step_cap, _cap_message(plan)
     return LoopResult(stop_reason, message, best_state)
@@ -559,7 +555,7 @@ class _NonFinite(Exception):
 def _last_good(ckpt_dir: Path | None, step: int) -> str:
     if ckpt_dir is None:
         return "no checkpoint was being written"
-    latest = _latest_checkpoint(ckpt_dir)
+    latest = checkpoint.latest_checkpoint(ckpt_dir)
     return f"the last good checkpoint (step {step}) is kept at {latest}" if latest else "no checkpoint was written yet"
 
 
@@ -588,83 +584,3 @@ def _broadcast_flag(value: bool, device: str) -> bool:
     flag = torch.tensor([int(value)], device=device)
     dist.broadcast(flag, src=0)
     return bool(int(flag))
-
-
-def _validate(
-    plan: RunPlan,
-    config: TrainConfig,
-    built: BuiltModel,
-    loss_module: Any,
-    val_examples: list[Example],
-    val_frame: pd.DataFrame,
-    *,
-    device: str,
-    precision: str,
-) -> dict[str, Any]:
-    inner = loss_module.module if hasattr(loss_module, "module") else loss_module
-    batch = max(plan.batch_size, 16)
-    if plan.task == "classify":
-        proba = classifier_probabilities(
-            built.model,
-            val_examples,
-            pad_id=built.pad_id,
-            batch_size=batch,
-            device=device,
-            precision=precision,
-            prefix=built.prefix,
-        )
-        labels = np.array([e.label for e in val_examples])
-        return {k: round(v, 6) for k, v in classification_metrics(labels, proba).items()}
-    metrics: dict[str, Any] = {
-        "loss": round(
-            _mean_loss(inner, val_examples, pad_id=built.pad_id, batch_size=batch, device=device, precision=precision),
-            6,
-        )
-    }
-    if config.generate_sample and len(val_frame):
-        import sacrebleu
-
-        sample = val_frame.head(config.generate_sample)
-        replies, _ = generate_texts(
-            built.model,
-            built.tokenizer,
-            sample,
-            system_prompt=config.system_prompt,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=len(sample),
-            description="validation replies",
-        )
-        metrics["chrf"] = round(float(sacrebleu.corpus_chrf(replies, [sample["target"].astype(str).tolist()]).score), 4)
-    return metrics
-
-
-def _mean_loss(
-    loss_module: Any, examples: Sequence[Example], *, pad_id: int, batch_size: int, device: str, precision: str
-) -> float:
-    import torch
-
-    total, count = 0.0, 0
-    was_training = loss_module.training
-    loss_module.eval()
-    with torch.inference_mode(), _autocast(device, precision):
-        for _, batch in _batched(examples, batch_size):
-            tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-            loss_sum, n = loss_module(**tensors)
-            total += float(loss_sum)
-            count += int(n)
-    loss_module.train(was_training)
-    return total / max(count, 1)
-
-
-def classification_metrics(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import f1_score
-
-    predicted = proba.argmax(axis=1)
-    known = labels >= 0
-    n_labels = proba.shape[1]
-    loss = float(-np.log(np.clip(proba[known, labels[known]], 1e-12, None)).mean()) if known.any() else float("nan")
-    return {
-        "accuracy": float((predicted == labels).mean()),
-        "macro_f1": float(f1_score(labels, predicted, labels=list(range(n_labels)), average="macro", zero_division=0)),
-        "loss": loss,
-    }

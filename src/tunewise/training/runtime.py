@@ -42,7 +42,7 @@ class Runtime:
 
 def resolve_runtime(config: TrainConfig, plan: RunPlan, base_config: Any) -> Runtime:
     device = _resolve_device(config)
-    native = _native_bf16(device)
+    native = native_bf16(device)
     if config.precision == "bf16" and not native:
         raise TrainError(
             f"train.precision: bf16, but this {'GPU' if device == 'cuda' else 'CPU'} has no native bf16 "
@@ -96,7 +96,7 @@ def _resolve_device(config: TrainConfig) -> str:
     return "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def _native_bf16(device: str) -> bool:
+def native_bf16(device: str) -> bool:
     import torch
 
     if device == "cuda":
@@ -107,7 +107,7 @@ def _native_bf16(device: str) -> bool:
         return False
 
 
-def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     import torch
 
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -163,14 +163,14 @@ def _fastest_thread_count(limit: int) -> int:
         torch.set_num_threads(before)
 
 
-def _base_config(base_path: Path, method: str, trust_remote_code: bool) -> Any:
+def load_base_config(base_path: Path, method: str, trust_remote_code: bool) -> Any:
     """The base model's config (sizes), read without loading weights."""
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(base_path, local_files_only=True, trust_remote_code=trust_remote_code)
 
 
-def _distributed() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -194,7 +194,7 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 MMAP_THRESHOLD_BYTES = 4 << 20
 
 
-def _bound_heap_growth() -> None:
+def bound_heap_growth() -> None:
     """Serve allocations of 4 MiB and more straight from mmap on a CPU (glibc), for this process.
 
     A step allocates and frees hundreds of MB of differently sized tensors. glibc's default
@@ -210,12 +210,12 @@ def _bound_heap_growth() -> None:
         libc.malloc_trim(0)  # what loading left on the heap
 
 
-def _is_oom(error: BaseException) -> bool:
+def is_oom(error: BaseException) -> bool:
     text = str(error)
     return "out of memory" in text.lower() or "DefaultCPUAllocator" in text
 
 
-def _quiet_transformers() -> contextlib.AbstractContextManager:
+def quiet_transformers() -> contextlib.AbstractContextManager:
     """Silence transformers' load report (missing `score` weights are expected: the head is new)."""
     import transformers
 
