@@ -29,6 +29,12 @@ Classification answers below the evaluation's out-of-scope threshold for that ca
 (evaluate/summary.json) are answered with the out-of-scope label: the bot hands over to a person
 instead of guessing, as the evaluation measured.
 
+Where things live: this module builds the app (start-up checks, lifespan, middleware, error
+handlers) and runs it; :mod:`~tunewise.serving.routes` holds the routes,
+:mod:`~tunewise.serving.access` the key and admin checks and the arm choice,
+:mod:`~tunewise.serving.answering` the chat history limits and the answer (fallback, deadline, log
+row), :mod:`~tunewise.serving.state` what a running server holds (``app.state.tunewise``).
+
 Command: ``tunewise serve --run-id RUN [--arms incumbent=0.9,candidate=0.1]``, or for scripts and
 tests without a config file ``python -m tunewise.serving.app RUN_DIR --port 8000 [--arms ...]``.
 """
@@ -39,8 +45,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
-import hmac
-import json
 import logging
 import os
 import sys
@@ -52,35 +56,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse
 
 from tunewise.models.loading import quiet_known_warnings  # every command calls it too; the server when it starts
-from tunewise.monitoring.feedback import INCUMBENT
-from tunewise.serving.arms import (
-    ArmSpec,
-    _is_loopback,
-    assign_arm,
-    check_arms,
-    check_bind,
-    normalise_weights,
-    resolve_arms,
-)
-from tunewise.serving.base import ServeConfig, ServeError, _widen_config, log
+from tunewise.serving.arms import ArmSpec, check_arms, check_bind, is_loopback, normalise_weights, resolve_arms
+from tunewise.serving.base import ServeConfig, ServeError, log, widen_config
 from tunewise.serving.batching import MicroBatcher
-from tunewise.serving.guard import _LOOPBACK_HOSTS, _GuardMiddleware, _Metrics
-from tunewise.serving.protocol import (
-    ArmsUpdate,
-    ChatRequest,
-    ClassifyRequest,
-    ClassifyResponse,
-    FeedbackRequest,
-    FeedbackResponse,
-    _errors,
-)
+from tunewise.serving.guard import LOOPBACK_HOSTS, GuardMiddleware, ServeMetrics
 from tunewise.serving.retrain import retrain_gate
-from tunewise.serving.served_model import RequestDeadlineExceeded, ServedModel, load_models
+from tunewise.serving.routes import router
+from tunewise.serving.served_model import ServedModel, load_models
+from tunewise.serving.state import ServingState, refresh_weights
 
 __all__ = [
     "ServerThread",
@@ -91,87 +79,7 @@ __all__ = [
 
 
 # =============================================================================================
-# Start-up checks: where to listen, which arms, which warnings
-
-
-# =============================================================================================
-# Arms: which candidates, with which weights, and the sticky assignment
-
-
-# =============================================================================================
-# Models
-
-
-# =============================================================================================
-# Micro-batching
-
-
-# =============================================================================================
-# Request and response models
-
-
-# =============================================================================================
 # The app
-
-
-class _State:
-    def __init__(
-        self,
-        run_dir: Path,
-        config: ServeConfig,
-        specs: list[ArmSpec],
-        models: dict[str, ServedModel],
-        store: Any,
-        api_key: str | None,
-        admin_key: str | None = None,
-    ) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.specs = {s.name: s for s in specs}
-        self.models = models
-        self.store = store
-        self.api_key = api_key
-        self.admin_key = admin_key
-        self.metrics = _Metrics()
-        self.weights: dict[str, float] = {s.name: s.weight for s in specs}
-        self.weights_version = 0  # bumped by /admin/arms: a re-read started before it is not applied
-        self.incumbent = config.incumbent or (INCUMBENT if INCUMBENT in self.specs else specs[0].name)
-        if self.incumbent not in self.specs:
-            raise ServeError(f"incumbent {self.incumbent!r} is not one of the arms {sorted(self.specs)}")
-        self.task = next(iter(models.values())).task
-        self.batchers: dict[str, MicroBatcher] = {}
-        self.writer: Any = None
-        self.started = time.time()
-
-    def model_of(self, arm: str) -> ServedModel:
-        return self.models[self.specs[arm].candidate]
-
-    def apply_weights(self, stored: Mapping[str, tuple[str, float]]) -> bool:
-        """Serve with the stored weights (what every replica reads); False, keeping the current
-        ones, when the stored ones are unusable (not finite, negative, all zero)."""
-        weights = {name: float(stored[name][1]) if name in stored else w for name, w in self.weights.items()}
-        try:
-            normalise_weights(weights)
-        except ValueError as exc:
-            log.warning("stored arm weights %s are unusable (%s); keeping %s", weights, exc, self.weights)
-            return False
-        self.weights = weights
-        for name, w in self.weights.items():
-            self.metrics.weights.labels(name).set(w)
-        return True
-
-
-# Chat-template tokens around each message (role markers, end of turn): a margin, not an exact count
-_TURN_OVERHEAD_TOKENS = 5
-
-
-def _message_text(message: Mapping[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):  # OpenAI content parts: the text ones
-        return "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") in (None, "text")
-        )
-    return "" if content is None else str(content)
 
 
 def create_app(
@@ -200,7 +108,7 @@ def create_app(
             f"{run_dir} was retrained and failed the gate ({'; '.join(gate.get('reasons', []))}); "
             "serve the previous run, or pass --allow-failed-gate to serve it anyway"
         )
-    config = _widen_config(config)
+    config = widen_config(config)
     specs = arms if isinstance(arms, list) else resolve_arms(run_dir, arms if arms is not None else config.arms)
     if models is None:
         check_arms(run_dir, specs)
@@ -219,10 +127,9 @@ def create_app(
     admin_key = os.environ.get(config.admin_key_env) or None
     allowed_hosts = None
     if api_key is None and not insecure:
-        own = {config.host.lower()} if _is_loopback(config.host) and ":" not in config.host else set()  # 127.0.0.2
-        allowed_hosts = _LOOPBACK_HOSTS | own
-    holder: dict[str, _State] = {}
-    metrics_holder = _Metrics()  # the middleware needs it before the lifespan runs
+        own = {config.host.lower()} if is_loopback(config.host) and ":" not in config.host else set()  # 127.0.0.2
+        allowed_hosts = LOOPBACK_HOSTS | own
+    metrics_holder = ServeMetrics()  # the middleware needs it before the lifespan runs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -239,8 +146,8 @@ def create_app(
         for model in loaded.values():
             model.install_deadline_hooks()
         store = await asyncio.to_thread(Store, url)
-        state = _State(run_dir, config, specs, loaded, store, api_key, admin_key)
-        state.metrics = metrics_holder
+        state = ServingState(run_dir, config, specs, loaded, store, api_key, admin_key)
+        state.metrics = metrics_holder  # one registry: the middleware, the routes and /metrics share it
         configured = {s.name: (s.candidate, s.weight) for s in specs}
         await asyncio.to_thread(store.init_arms, configured, reset_weights)
         if not state.apply_weights(await asyncio.to_thread(store.arm_weights)):
@@ -270,9 +177,8 @@ def create_app(
             )
             batcher.start()
             state.batchers[spec.name] = batcher
-        refresher = asyncio.get_running_loop().create_task(_refresh_weights(state))
-        holder["state"] = state
-        app.state.tunewise = state
+        refresher = asyncio.get_running_loop().create_task(refresh_weights(state))
+        app.state.tunewise = state  # what the routes and the key checks read (state.state_of)
         try:
             yield
         finally:
@@ -291,58 +197,12 @@ def create_app(
         description="A/B and canary serving of a tunewise run's candidates, with a request log.",
     )
     app.add_middleware(
-        _GuardMiddleware,
+        GuardMiddleware,
         max_bytes=config.max_body_bytes,
         metrics=metrics_holder,
         body_timeout_s=config.body_timeout_s,
         allowed_hosts=allowed_hosts,
     )
-
-    def state() -> _State:
-        return holder["state"]
-
-    def _presented_key(request: Request) -> str:
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        return given
-
-    def _matches(given: str, key: str | None) -> bool:
-        return key is not None and hmac.compare_digest(given.encode(), key.encode())
-
-    def require_key(request: Request) -> None:
-        s = holder["state"]
-        if s.api_key is None:
-            return
-        given = _presented_key(request)
-        # the admin key may do what the API key does
-        if not (_matches(given, s.api_key) or _matches(given, s.admin_key)):
-            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
-
-    def _admin_refusal(request: Request) -> HTTPException | None:
-        """None when the client may use admin functions: it shows the admin key, or, when no admin
-        key is set, it is a loopback client (behind a proxy on this host: X-Forwarded-For counts)."""
-        s = holder["state"]
-        if s.admin_key is not None:
-            if _matches(_presented_key(request), s.admin_key):
-                return None
-            return HTTPException(
-                401, f"missing or wrong admin key ({s.config.admin_key_env}; Authorization: Bearer KEY or X-API-Key)"
-            )
-        client = request.client.host if request.client else None
-        if _is_loopback(client):
-            return None
-        return HTTPException(
-            403,
-            f"admin functions answer only to loopback clients while {s.config.admin_key_env} "
-            "is not set; set it and send it as the key",
-        )
-
-    def require_admin(request: Request) -> None:
-        refusal = _admin_refusal(request)
-        if refusal is not None:
-            raise refusal
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -366,385 +226,8 @@ def create_app(
             {"detail": f"the server could not answer this request (reference {reference})"}, status_code=503
         )
 
-    def _pick_arm(s: _State, forced: str | None, user: str | None, request_id: str, request: Request) -> str:
-        if forced is not None:
-            if forced not in s.specs:
-                raise HTTPException(422, f"unknown arm {forced!r}; arms: {', '.join(sorted(s.specs))}")
-            refusal = _admin_refusal(request)
-            if refusal is not None:
-                refusal.detail = f"forcing an arm is an admin function: {refusal.detail}"
-                raise refusal
-            return forced
-        return assign_arm(user if user else request_id, s.weights)
-
-    def _bounded_history(
-        s: _State, arm: str, field_name: str, history: list[dict[str, str]], text: str
-    ) -> tuple[list[dict[str, str]], int]:
-        """The history (earlier messages, {role, content}) within the limits: turns and characters
-        refused with 413; beyond the context limit of the arm's model or of the incumbent (which may
-        answer instead): refused, or with ``context_overflow: truncate`` the oldest non-system
-        turns dropped until it fits. Returns (history, turns dropped)."""
-        cfg = s.config
-        turns = len(history) + 1
-        if turns > cfg.max_turns:
-            raise HTTPException(
-                413,
-                f"{field_name}: {turns} messages; the limit is {cfg.max_turns} per request "
-                "(serve.max_turns): send fewer earlier turns",
-            )
-        chars = sum(len(m["content"]) for m in history) + len(text)
-        if chars > cfg.max_context_chars:
-            raise HTTPException(
-                413,
-                f"{field_name}: {chars} characters in all messages together; the limit is "
-                f"{cfg.max_context_chars} (serve.max_context_chars): send fewer earlier turns",
-            )
-        checks = []
-        for model in {id(m): m for m in (s.model_of(arm), s.model_of(s.incumbent))}.values():
-            limits = [n for n in (model.context_tokens, cfg.max_context_tokens) if n]
-            if limits:
-                checks.append((model, min(limits)))
-        if not checks:
-            return history, 0
-        kept = list(history)
-        counts = {
-            id(model): [model.count_tokens(m["content"]) + _TURN_OVERHEAD_TOKENS for m in kept] for model, _ in checks
-        }
-        fixed = {
-            id(model): model.count_tokens(text) + _TURN_OVERHEAD_TOKENS + model.prompt_overhead_tokens()
-            for model, _ in checks
-        }
-
-        def over() -> tuple[int, int, str] | None:
-            for model, limit in checks:
-                needed = fixed[id(model)] + sum(counts[id(model)])
-                if needed > limit:
-                    return needed, limit, model.name
-            return None
-
-        dropped = 0
-        while (problem := over()) is not None:
-            droppable = [i for i, m in enumerate(kept) if m["role"] != "system"]
-            if cfg.context_overflow != "truncate" or not droppable:
-                needed, limit, name = problem
-                what = (
-                    "even without earlier turns the message does not fit"
-                    if cfg.context_overflow == "truncate"
-                    else "drop the oldest turns and send it again"
-                )
-                raise HTTPException(
-                    413,
-                    f"{field_name}: about {needed} tokens with the model's prompt and reply "
-                    f"budget; {name} takes {limit} (its context length, or serve.max_context_tokens): "
-                    f"{what}",
-                )
-            i = droppable[0]
-            del kept[i]
-            for model, _ in checks:
-                del counts[id(model)][i]
-            dropped += 1
-        return kept, dropped
-
-    async def _answer(
-        s: _State,
-        endpoint: str,
-        arm: str,
-        user: str | None,
-        text: str,
-        context: str,
-        request_id: str,
-        max_tokens: int | None = None,
-    ) -> dict[str, Any]:
-        started = time.perf_counter()
-        if len(text) > s.config.max_input_chars:
-            raise HTTPException(422, f"input is {len(text)} characters; the limit is {s.config.max_input_chars}")
-        timeout = s.config.request_timeout_s
-        deadline = time.monotonic() + timeout  # queueing, the model and a fallback all count
-
-        async def ask(name: str) -> tuple[dict[str, Any], int]:
-            return await asyncio.wait_for(
-                s.batchers[name].submit(text, context, deadline), max(deadline - time.monotonic(), 0.0)
-            )
-
-        served_by, status, error, timed_out = arm, "ok", None, False
-        try:
-            result, batch = await ask(arm)
-        except (TimeoutError, RequestDeadlineExceeded):
-            result, timed_out = None, True
-        except Exception as exc:  # noqa: BLE001 - the incumbent answers instead, the failure is counted
-            s.metrics.arm_failures.labels(arm).inc()
-            log.error("arm %s failed: %s: %s", arm, type(exc).__name__, exc)
-            error = f"{arm}: {type(exc).__name__}: {exc}"[:500]
-            result = None
-            if arm != s.incumbent:
-                try:
-                    result, batch = await ask(s.incumbent)
-                    served_by, status = s.incumbent, "fallback"
-                except (TimeoutError, RequestDeadlineExceeded):
-                    timed_out = True
-                except Exception as exc2:  # noqa: BLE001
-                    s.metrics.arm_failures.labels(s.incumbent).inc()
-                    error += f"; {s.incumbent}: {type(exc2).__name__}"
-        if timed_out:
-            s.metrics.timeouts.labels(arm).inc()
-            error = ((error + "; ") if error else "") + (
-                f"timeout: not answered within {timeout:g} s (serve.request_timeout_s)"
-            )
-            log.warning("request %s on arm %s timed out after %.1f s", request_id, arm, time.perf_counter() - started)
-        model = s.model_of(served_by)
-        reply_tokens, finish = None, "stop"
-        if result is not None and model.task == "generate":
-            # the reply is cut here, before it is logged, so the log holds what the client got; the
-            # model generated up to its own limit (one batch serves requests with different limits)
-            reply, reply_tokens, cut = model.cut(result["prediction"], max_tokens or s.config.max_tokens)
-            limit = model.generation_limit
-            finish = "length" if cut or (limit is not None and reply_tokens >= limit) else "stop"
-            result = {**result, "prediction": reply}
-        latency_ms = (time.perf_counter() - started) * 1000
-        row = {
-            "id": request_id,
-            "ts": time.time(),
-            "endpoint": endpoint,
-            "user": user,
-            "arm": arm,
-            "served_by": served_by,
-            "candidate": model.name,
-            "input": text if s.config.store_inputs else None,
-            "output": result["prediction"] if result else None,
-            "score": result["score"] if result else None,
-            "out_of_scope": int(result["out_of_scope"]) if result else None,
-            "latency_ms": latency_ms,
-            "batch_size": batch if result else None,
-            "status": status if result else "error",
-            "error": error,
-        }
-        try:
-            # awaited before answering: an answered request is always in the log (see tunewise.monitoring.store)
-            await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("request", row)), timeout=60)
-        except Exception as exc:  # noqa: BLE001 - still answer; the missing row is counted
-            s.metrics.log_failures.inc()
-            log.error("request %s not logged: %s", request_id, exc)
-        s.metrics.requests.labels(endpoint, served_by, row["status"]).inc()
-        s.metrics.latency.labels(endpoint, arm).observe(time.perf_counter() - started)
-        if timed_out:
-            raise HTTPException(
-                504,
-                f"no answer within {timeout:g} s (request {request_id}); the model's work on it "
-                "was stopped and the request is logged as an error",
-            )
-        if result is None:
-            raise HTTPException(503, f"no model could answer (request {request_id}); the failure is logged")
-        return {
-            "result": result,
-            "served_by": served_by,
-            "model": model.name,
-            "latency_ms": latency_ms,
-            "reply_tokens": reply_tokens,
-            "finish_reason": finish,
-        }
-
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        dependencies=[Depends(require_key)],
-        responses=_errors(401, 403, 422, 504),
-    )
-    async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
-        s = state()
-        if s.task != "classify":
-            raise HTTPException(422, "this server's models generate replies: use /v1/chat/completions")
-        request_id = uuid.uuid4().hex
-        arm = _pick_arm(s, body.arm, body.user, request_id, request)
-        history = [{"role": str(m.get("role", "")), "content": _message_text(m)} for m in (body.context or [])]
-        kept, dropped = _bounded_history(s, arm, "context", history, body.text)
-        context = json.dumps(kept if dropped else (body.context or []))
-        answer = await _answer(s, "classify", arm, body.user, body.text, context, request_id)
-        result = answer["result"]
-        return ClassifyResponse(
-            request_id=request_id,
-            arm=arm,
-            served_by=answer["served_by"],
-            model=answer["model"],
-            label=result["prediction"],
-            score=result["score"],
-            out_of_scope=result["out_of_scope"],
-            model_label=result["model_prediction"],
-            latency_ms=round(answer["latency_ms"], 3),
-            dropped_turns=dropped,
-        )
-
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], responses=_errors(401, 403, 422, 504))
-    async def chat(body: ChatRequest, request: Request) -> dict[str, Any]:
-        s = state()
-        if body.stream:
-            raise HTTPException(422, "stream: streaming is not supported; send stream=false")
-        for name in ("max_tokens", "max_completion_tokens"):
-            asked = getattr(body, name)
-            if asked is not None and asked > s.config.max_tokens:
-                raise HTTPException(422, f"{name} {asked} is above the server's limit {s.config.max_tokens}")
-        limits = [n for n in (body.max_tokens, body.max_completion_tokens) if n is not None]
-        users = [i for i, m in enumerate(body.messages) if m.role == "user"]
-        if not users:
-            raise HTTPException(422, "messages: no user message to answer")
-        last = users[-1]
-        text = body.messages[last].text()
-        if not text.strip():
-            raise HTTPException(422, "messages: the last user message is empty")
-        if len(body.messages) > s.config.max_turns:  # before anything is counted: 1,000 turns cost nothing
-            raise HTTPException(
-                413,
-                f"messages: {len(body.messages)} messages; the limit is {s.config.max_turns} "
-                "per request (serve.max_turns): send fewer earlier turns",
-            )
-        forced = body.arm or (body.model if body.model in s.specs else None)
-        request_id = uuid.uuid4().hex
-        arm = _pick_arm(s, forced, body.user, request_id, request)
-        history = [{"role": m.role, "content": m.text()} for m in body.messages[:last]]
-        history, dropped = _bounded_history(s, arm, "messages", history, text)
-        context = json.dumps(history)
-        answer = await _answer(
-            s, "chat", arm, body.user, text, context, request_id, max_tokens=min(limits) if limits else None
-        )
-        content = answer["result"]["prediction"]
-        model = s.model_of(answer["served_by"])
-        prompt_tokens = sum(model.count_tokens(m["content"]) for m in history) + model.count_tokens(text)
-        completion_tokens = (
-            answer["reply_tokens"] if answer["reply_tokens"] is not None else model.count_tokens(content)
-        )
-        return {
-            "id": f"chatcmpl-{request_id}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": answer["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": answer["finish_reason"],
-                }
-            ],
-            # the model's tokenizer on the messages' texts (chat-template tokens not counted); words
-            # for a model without a tokenizer
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "tunewise": {
-                "request_id": request_id,
-                "arm": arm,
-                "served_by": answer["served_by"],
-                "score": answer["result"]["score"],
-                "out_of_scope": answer["result"]["out_of_scope"],
-                "dropped_turns": dropped,
-            },
-        }
-
-    @app.post(
-        "/v1/feedback",
-        response_model=FeedbackResponse,
-        dependencies=[Depends(require_key)],
-        responses=_errors(401, 404, 422),
-    )
-    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
-        s = state()
-        given = {
-            k: v for k, v in (("label", body.label), ("thumbs", body.thumbs), ("rating", body.rating)) if v is not None
-        }
-        if not given:
-            raise HTTPException(422, "give at least one of label, thumbs (up/down) or rating (1-5)")
-        found = await asyncio.to_thread(s.store.request_exists, body.request_id)
-        if found is None:
-            raise HTTPException(404, f"unknown request id {body.request_id!r}: no request with this id in the log")
-        if "label" in given:
-            if s.task != "classify":
-                raise HTTPException(422, "label feedback is for classification; use thumbs or rating")
-            served = s.models.get(next((sp.candidate for sp in s.specs.values() if sp.name == found["served_by"]), ""))
-            allowed = (
-                served.feedback_labels() if served else set().union(*(m.feedback_labels() for m in s.models.values()))
-            )
-            if body.label not in allowed:
-                raise HTTPException(
-                    422,
-                    f"label {body.label!r} is not in the label set ({len(allowed)} labels: "
-                    f"{', '.join(sorted(allowed)[:20])}{', ...' if len(allowed) > 20 else ''})",
-                )
-        stored, duplicates, replaced = [], [], []
-        now = time.time()
-        for kind, value in given.items():
-            row = {"request_id": body.request_id, "kind": kind, "value": str(value), "ts": now}
-            outcome = await asyncio.wait_for(asyncio.wrap_future(s.writer.submit("feedback", row)), timeout=60)
-            # the store says "new", "replaced" (a different label: the latest wins) or "duplicate"
-            if outcome == "duplicate":
-                duplicates.append(kind)
-            else:
-                stored.append(kind)
-                if outcome == "replaced":
-                    replaced.append(kind)
-            s.metrics.feedback.labels(kind, str(outcome == "duplicate").lower()).inc()
-        return FeedbackResponse(request_id=body.request_id, stored=stored, duplicates=duplicates, replaced=replaced)
-
-    @app.get("/healthz", responses=_errors())
-    async def healthz() -> dict[str, Any]:
-        s = state()
-        return {
-            "status": "ok",
-            "task": s.task,
-            "incumbent": s.incumbent,
-            "weights": s.weights,
-            "arms": {n: sp.candidate for n, sp in s.specs.items()},
-            "uptime_s": round(time.time() - s.started, 1),
-            "log_queue": s.writer.pending if s.writer else None,
-        }
-
-    @app.get("/metrics", response_class=PlainTextResponse, responses=_errors())  # Prometheus text
-    async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(metrics_holder.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/arms", dependencies=[Depends(require_key)], responses=_errors(401))
-    async def get_arms() -> dict[str, Any]:
-        s = state()
-        return {"weights": s.weights, "arms": {n: sp.candidate for n, sp in s.specs.items()}, "incumbent": s.incumbent}
-
-    @app.post(
-        "/admin/arms", dependencies=[Depends(require_key), Depends(require_admin)], responses=_errors(401, 403, 422)
-    )
-    async def set_arms(body: ArmsUpdate) -> dict[str, Any]:
-        s = state()
-        unknown = sorted(set(body.weights) - set(s.specs))
-        if unknown:
-            raise HTTPException(422, f"unknown arms {unknown}; arms: {', '.join(sorted(s.specs))}")
-        # arms not named get weight 0: the update is the whole split, normalised to 1
-        try:
-            weights = normalise_weights({name: body.weights.get(name, 0.0) for name in s.specs})
-        except ValueError as exc:
-            raise HTTPException(422, f"weights: {exc}") from None
-        s.weights_version += 1  # a re-read of the log that started before this write is not applied
-        await asyncio.to_thread(s.store.set_weights, weights, body.reason)
-        # what the log now holds is what this server serves with: read back, not assumed
-        if not s.apply_weights(await asyncio.to_thread(s.store.arm_weights)):
-            raise HTTPException(
-                503, f"the weights were written but could not be read back; the server keeps {s.weights}"
-            )
-        log.warning("arm weights set to %s (%s)", s.weights, body.reason or "no reason given")
-        return {"weights": s.weights, "incumbent": s.incumbent}
-
+    app.include_router(router)
     return app
-
-
-async def _refresh_weights(state: _State) -> None:
-    """Re-read the weights: another replica, or promote/rollback through it, may have changed them."""
-    while True:
-        await asyncio.sleep(state.config.arms_refresh_s)
-        try:
-            version = state.weights_version
-            stored = await asyncio.to_thread(state.store.arm_weights)
-            if version == state.weights_version:  # else /admin/arms wrote (and applied) newer ones meanwhile
-                state.apply_weights(stored)
-        except Exception as exc:  # noqa: BLE001 - keep serving with the weights we have
-            log.warning("could not re-read arm weights: %s", exc)
 
 
 # =============================================================================================

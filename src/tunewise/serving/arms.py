@@ -14,10 +14,10 @@ from typing import Any
 
 from tunewise.core.layout import RunLayout
 from tunewise.monitoring.feedback import CANDIDATE, INCUMBENT
-from tunewise.serving.base import ServeError, _widen_config
+from tunewise.serving.base import ServeError, widen_config
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
     if not host:
         return False
     host = host.strip("[]")
@@ -32,8 +32,8 @@ def _is_loopback(host: str | None) -> bool:
 def check_bind(host: str, config: Any = None, insecure: bool = False) -> str | None:
     """Refuse (ServeError) to listen on a non-loopback ``host`` without an API key, unless
     ``insecure``; returns a warning to print when serving anyway, else None."""
-    config = _widen_config(config)
-    if _is_loopback(host):
+    config = widen_config(config)
+    if is_loopback(host):
         return None
     has_key = bool(os.environ.get(config.api_key_env))
     if has_key:

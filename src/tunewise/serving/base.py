@@ -22,7 +22,7 @@ class ServeError(TunewiseError, RuntimeError):
 ServeConfig = _SectionServeConfig  # the serve section, hardening settings included (issue 18)
 
 
-def _widen_config(config: Any) -> ServeConfig:
+def widen_config(config: Any) -> ServeConfig:
     if config is None:
         return ServeConfig()
     if isinstance(config, ServeConfig):
@@ -30,7 +30,7 @@ def _widen_config(config: Any) -> ServeConfig:
     return ServeConfig(**config.model_dump())
 
 
-def _project_config(run_dir: Path, cfg: Any = None) -> Any:
+def run_project_config(run_dir: Path, cfg: Any = None) -> Any:
     if cfg is not None:
         return cfg
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunewise.serving.served_model import RequestDeadlineExceeded, ServedModel, _deadline_scope
+from tunewise.serving.served_model import RequestDeadlineExceeded, ServedModel, deadline_scope
 
 
 @dataclass
@@ -64,7 +64,7 @@ class MicroBatcher:
     def _predict(self, items: list[tuple[str, str]], deadline: float | None = None) -> list[dict[str, Any]]:
         """One model call; a large batch gets ``batch_threads`` (set per call in the model's thread):
         on CPU one request's matrices are too small to share across cores, a full batch's are not."""
-        with _deadline_scope(deadline):
+        with deadline_scope(deadline):
             if deadline is not None and time.monotonic() > deadline:
                 raise RequestDeadlineExceeded("the request timed out before the model started")
             if not self.batch_threads or len(items) < self.batch_threads_min_rows:

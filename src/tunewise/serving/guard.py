@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 
-class _Metrics:
+class ServeMetrics:
     """Prometheus metrics in a registry of the app's own (tests run several apps in one process)."""
 
     def __init__(self) -> None:
@@ -55,7 +55,7 @@ class _Metrics:
         )
 
 
-class _GuardMiddleware:
+class GuardMiddleware:
     """In front of every route:
 
     - the Host header (when ``allowed_hosts`` is given: no API key is set): only those names, any
@@ -72,7 +72,7 @@ class _GuardMiddleware:
         self,
         app: Any,
         max_bytes: int,
-        metrics: _Metrics,
+        metrics: ServeMetrics,
         body_timeout_s: float = 10.0,
         allowed_hosts: frozenset[str] | None = None,
     ) -> None:
@@ -179,7 +179,7 @@ def _host_name(value: str) -> str:
     return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") <= 1 else value
 
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 def _route_label(path: str) -> str:

@@ -148,7 +148,7 @@ _ERROR_DESCRIPTIONS = {
 _EVERY_ROUTE = (400, 408, 413, 503)
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
         code: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]}
         for code in sorted({*codes, *_EVERY_ROUTE})

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tunewise.config.sections import EvaluateConfig
 from tunewise.core.layout import RunLayout
-from tunewise.serving.base import ServeError, _project_config, log
+from tunewise.serving.base import ServeError, log, run_project_config
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
@@ -75,7 +75,7 @@ class ServedModel:
     def install_deadline_hooks(self) -> int:
         """Let a running model call be stopped: a forward pre-hook on the torch model and on each of
         its layers (the members of its ModuleLists) raises :class:`RequestDeadlineExceeded` once the
-        deadline the serving thread set (:func:`_deadline_scope`) has passed. A generation stops at
+        deadline the serving thread set (:func:`deadline_scope`) has passed. A generation stops at
         its next token, a long prompt within one layer. Returns the number of hooks (0: not a torch
         model; such calls run to their end, the client still gets its 504 on time)."""
         try:
@@ -157,7 +157,7 @@ def _deadline_hook(module: Any, args: Any) -> None:
 
 
 @contextlib.contextmanager
-def _deadline_scope(deadline: float | None):
+def deadline_scope(deadline: float | None):
     previous = getattr(_DEADLINE, "at", None)
     _DEADLINE.at = deadline
     try:
@@ -174,7 +174,7 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
     from tunewise.candidates.registry import CANDIDATES, CandidateError  # on use: loads scipy, sklearn
 
     run_dir = Path(run_dir)
-    cfg = _project_config(run_dir, cfg)
+    cfg = run_project_config(run_dir, cfg)
     summary_path = RunLayout(run_dir).summary("evaluate")
     evaluated = (
         {c["name"]: c for c in json.loads(summary_path.read_text()).get("candidates", [])}
