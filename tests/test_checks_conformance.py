@@ -30,14 +30,14 @@ from tunewise.data.curate import (
     Engine,
     Finding,
     SkipCheck,
-    _load_checks,
     curate_frame,
+    load_checks,
 )
 from tunewise.data.issues import ISSUE_KINDS
 from tunewise.pipeline.precheck import load_config
 from tunewise.workflows.init_project import render_config
 
-_load_checks()
+load_checks()
 CLASSES = 6
 PER_CLASS = 25
 

@@ -14,7 +14,7 @@ All four are ``kind = "baseline"`` and ``expensive = True``, like the embedded p
 the baseline stage times them on a probe and scores a sample when the whole sets would not fit its
 time budget, and ``evaluate.baseline`` can name one as the incumbent.
 
-Requests (:class:`_Session`): a pool of ``max_concurrency`` threads sharing one sync ``OpenAI``
+Requests (:class:`ApiSession`): a pool of ``max_concurrency`` threads sharing one sync ``OpenAI``
 client (its own retries off). 429, 408, 409 and 5xx answers, timeouts, dropped connections and
 malformed bodies are retried up to ``max_retries`` times with exponential back-off and jitter; a
 ``Retry-After`` (seconds or an HTTP date, or OpenAI's ``retry-after-ms``) is honoured as a lower
@@ -78,12 +78,12 @@ from tunewise.candidates.api_answers import label_probabilities, map_to_label
 from tunewise.candidates.api_client import (
     CHARS_PER_TOKEN,
     MESSAGE_OVERHEAD_TOKENS,
+    ApiRow,
+    ApiSession,
+    FeatureRefused,
     ResponseCache,
-    _default_cache_dir,
-    _FeatureRefused,
-    _Row,
-    _Session,
     cache_key,
+    default_cache_dir,
     log,
 )
 from tunewise.candidates.api_spending import SpendingCapReached, SpendLedger, monthly_cost
@@ -169,9 +169,7 @@ class ApiCandidate(Candidate):
         except ImportError:  # pragma: no cover - a core dependency
             raise CandidateError(f"{self.name}: needs the openai package: pip install 'openai>=1.30'") from None
         self.cache_dir_ = (
-            None
-            if self.no_cache
-            else str(Path(self.cache_dir).expanduser() if self.cache_dir else _default_cache_dir())
+            None if self.no_cache else str(Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir())
         )
         self.tokenizer_ = self._load_tokenizer()
         self.rows_: list[dict[str, Any]] = []
@@ -237,7 +235,7 @@ class ApiCandidate(Candidate):
     def _key(self, messages: list[dict], features: tuple[bool, bool]) -> str:
         return cache_key(self.base_url, self.model, messages, self._decoding(features))
 
-    def _cached(self, cache: ResponseCache | None, messages: list[dict]) -> _Row | None:
+    def _cached(self, cache: ResponseCache | None, messages: list[dict]) -> ApiRow | None:
         if cache is None:
             return None
         ladder = self._ladder()
@@ -245,7 +243,7 @@ class ApiCandidate(Candidate):
         for features in order:
             entry = cache.get(self._key(messages, features))
             if entry is not None:
-                row = _Row.from_cache(entry)
+                row = ApiRow.from_cache(entry)
                 row.features = features
                 if self.features_ is None:
                     self.features_ = features
@@ -269,13 +267,13 @@ class ApiCandidate(Candidate):
         tokens_out = self._max_tokens() * len(conversations)
         return self._usd(tokens_in, tokens_out), tokens_in, tokens_out
 
-    def _negotiate(self, session: _Session, cache: ResponseCache | None, messages: list[dict]) -> _Row:
+    def _negotiate(self, session: ApiSession, cache: ResponseCache | None, messages: list[dict]) -> ApiRow:
         """The first request: the most capable feature set the server accepts (a 400 steps down)."""
         row = None
         for features in self._ladder():
             try:
                 row = session.request(messages, features, negotiating=True)
-            except _FeatureRefused as exc:
+            except FeatureRefused as exc:
                 log.info("%s: the server refused %s (%s); trying without", self.name, _feature_names(features), exc)
                 continue
             if row.status == "ok":
@@ -286,20 +284,20 @@ class ApiCandidate(Candidate):
             cache.put(self._key(messages, row.features), row.cache_entry())
         return row
 
-    def _send(self, session: _Session, cache: ResponseCache | None, messages: list[dict]) -> _Row:
+    def _send(self, session: ApiSession, cache: ResponseCache | None, messages: list[dict]) -> ApiRow:
         features = self.features_ if self.features_ is not None else (False, False)
         row = session.request(messages, features)
         if row.status == "ok" and cache is not None:
             cache.put(self._key(messages, features), row.cache_entry())
         return row
 
-    def _complete(self, frame: pd.DataFrame) -> list[_Row]:
+    def _complete(self, frame: pd.DataFrame) -> list[ApiRow]:
         """One row outcome per row of ``frame``, in order (cache, spending cap, concurrent requests)."""
         conversations = self._conversations(frame)
         n = len(conversations)
-        rows: list[_Row | None] = [None] * n
+        rows: list[ApiRow | None] = [None] * n
         cache = None if self.cache_dir_ is None else ResponseCache(self.cache_dir_)
-        session: _Session | None = None
+        session: ApiSession | None = None
         pool: ThreadPoolExecutor | None = None
         try:
             for start in range(0, n, self.batch_size):
@@ -329,7 +327,7 @@ class ApiCandidate(Candidate):
                 spent_before = self.spent_usd_
                 try:
                     if session is None:
-                        session = _Session(self).open()
+                        session = ApiSession(self).open()
                         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix=self.name)
                     while self.features_ is None and misses:  # until one answer says what the server takes
                         first = misses.pop(0)
@@ -366,7 +364,7 @@ class ApiCandidate(Candidate):
         return f"{self.model} @ {str(self.base_url).rstrip('/')}"
 
     def _reserve_project(
-        self, frame: pd.DataFrame, rows: list[_Row | None], start: int, n: int, n_misses: int, estimate: float
+        self, frame: pd.DataFrame, rows: list[ApiRow | None], start: int, n: int, n_misses: int, estimate: float
     ) -> float:
         """Reserve a batch's estimate in the project's ledger (the amount reserved), or raise
         SpendingCapReached when it would take the project's total past ``max_usd_project``."""
@@ -389,17 +387,17 @@ class ApiCandidate(Candidate):
             )
         return estimate if estimate > 0 else 0.0
 
-    def _spend(self, row: _Row) -> None:
+    def _spend(self, row: ApiRow) -> None:
         if row.status == "ok" and not row.cached:
             self.spent_usd_ += self._usd(row.prompt_tokens, row.completion_tokens)
 
     # -- predictions and what is recorded
 
-    def _answer(self, row: _Row) -> dict[str, Any]:
+    def _answer(self, row: ApiRow) -> dict[str, Any]:
         """prediction, score, proba, status (ok, invalid, failed) of one row."""
         raise NotImplementedError
 
-    def _record(self, frame: pd.DataFrame, rows: Sequence[_Row]) -> pd.DataFrame:
+    def _record(self, frame: pd.DataFrame, rows: Sequence[ApiRow]) -> pd.DataFrame:
         """Predictions for ``frame`` from ``rows``, and each row's usage appended to ``rows_``."""
         if "id" not in frame.columns:
             raise CandidateError(f"record frame has no 'id' column; columns: {', '.join(map(str, frame.columns))}")

@@ -124,13 +124,13 @@ class ResponseCache:
         write_json(self.path(key), {**entry, "version": CACHE_VERSION}, private=True)
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
 
     return tunewise_home() / "api_cache"
 
 
 @dataclass
-class _Row:
+class ApiRow:
     status: str  # ok, failed
     content: str = ""
     logprobs: list[dict] | None = None
@@ -156,7 +156,7 @@ class _Row:
         }
 
     @classmethod
-    def from_cache(cls, entry: dict[str, Any]) -> _Row:
+    def from_cache(cls, entry: dict[str, Any]) -> ApiRow:
         return cls(
             "ok",
             content=str(entry.get("content", "")),
@@ -170,12 +170,12 @@ class _Row:
         )  # type: ignore[arg-type]
 
 
-class _FeatureRefused(Exception):
+class FeatureRefused(Exception):
     """The server answered 400 to a request with response_format or logprobs."""
 
 
 @dataclass
-class _Session:
+class ApiSession:
     """The client and the shared state of one predict call; holds the key, never the candidate."""
 
     candidate: Candidate  # the api_* candidate that owns the session (tunewise.candidates.api)
@@ -186,7 +186,7 @@ class _Session:
     stopped: threading.Event = field(default_factory=threading.Event)  # set when the run stops: workers leave
     requests: int = 0  # HTTP requests sent, every attempt counted
 
-    def open(self) -> _Session:
+    def open(self) -> ApiSession:
         try:
             from openai import OpenAI
         except ImportError:  # pragma: no cover - a core dependency
@@ -220,8 +220,8 @@ class _Session:
                 return
             self.stopped.wait(min(remaining, 0.5))
 
-    def request(self, messages: list[dict], features: tuple[bool, bool], *, negotiating: bool = False) -> _Row:
-        """One row: the request with retries. Raises _FeatureRefused (negotiating and a 400) or
+    def request(self, messages: list[dict], features: tuple[bool, bool], *, negotiating: bool = False) -> ApiRow:
+        """One row: the request with retries. Raises FeatureRefused (negotiating and a 400) or
         CandidateError (401, 403, 404)."""
         import openai
 
@@ -232,7 +232,7 @@ class _Session:
         while True:
             self._hold()
             if self.stopped.is_set():
-                return _Row(
+                return ApiRow(
                     "failed",
                     attempts=attempts,
                     reason="run stopped",
@@ -260,7 +260,7 @@ class _Session:
                     log.info("%s: the server refused max_completion_tokens; sending max_tokens instead", c.name)
                     continue
                 if isinstance(exc, openai.UnprocessableEntityError):
-                    return _Row(
+                    return ApiRow(
                         "failed",
                         attempts=attempts,
                         reason=self.mask(f"HTTP 422: {said}"),
@@ -272,7 +272,7 @@ class _Session:
                 if negotiating and (features[0] or features[1]):
                     refused = self.mask(exc.message)
                 else:
-                    return _Row(
+                    return ApiRow(
                         "failed",
                         attempts=attempts,
                         reason=self.mask(f"HTTP 400: {exc.message}"),
@@ -291,7 +291,7 @@ class _Session:
                         f"({self.mask(exc.message)})"
                     )
                 elif status not in RETRY_STATUSES and status < 500:
-                    return _Row(
+                    return ApiRow(
                         "failed",
                         attempts=attempts,
                         reason=reason,
@@ -321,9 +321,9 @@ class _Session:
             if refused is not None:
                 if kind in ABORT_KINDS:
                     raise CandidateError(refused)
-                raise _FeatureRefused(refused)
+                raise FeatureRefused(refused)
             if attempts > c.max_retries:
-                return _Row(
+                return ApiRow(
                     "failed",
                     attempts=attempts,
                     reason=reason,
@@ -338,7 +338,7 @@ class _Session:
 
     def _row(
         self, response: Any, messages: list[dict], features: tuple[bool, bool], attempts: int, latency_ms: float
-    ) -> _Row:
+    ) -> ApiRow:
         choice = response.choices[0]  # no choices: IndexError, a malformed answer
         content = choice.message.content
         if content is None:
@@ -363,7 +363,7 @@ class _Session:
             completion_tokens = math.ceil(len(content) / CHARS_PER_TOKEN)
         else:
             prompt_tokens, completion_tokens = int(usage.prompt_tokens), int(usage.completion_tokens)
-        return _Row(
+        return ApiRow(
             "ok",
             content=content,
             logprobs=tokens,

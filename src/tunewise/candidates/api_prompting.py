@@ -16,7 +16,7 @@ from tunewise.candidates.api import ApiCandidate
 from tunewise.candidates.api_answers import label_probabilities, map_to_label
 from tunewise.candidates.api_client import (
     CHARS_PER_TOKEN,
-    _Row,
+    ApiRow,
 )
 from tunewise.candidates.base import (
     input_texts,
@@ -85,7 +85,7 @@ class _ApiClassifier(ApiCandidate):
     def _max_tokens(self) -> int:
         return self.max_tokens_
 
-    def _answer(self, row: _Row) -> dict[str, Any]:
+    def _answer(self, row: ApiRow) -> dict[str, Any]:
         n = len(self.labels_)
         uniform = [1.0 / n] * n
         if row.status != "ok":
@@ -287,7 +287,7 @@ class _ApiGenerator(ApiCandidate):
     def _max_tokens(self) -> int:
         return int(self.max_new_tokens)
 
-    def _answer(self, row: _Row) -> dict[str, Any]:
+    def _answer(self, row: ApiRow) -> dict[str, Any]:
         if row.status != "ok":
             return {"prediction": "", "status": "failed"}
         return {"prediction": row.content.strip(), "status": "ok"}

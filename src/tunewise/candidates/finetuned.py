@@ -40,7 +40,7 @@ from tunewise.training import (
     load_trained,
     train as run_training,
 )
-from tunewise.training.runtime import _native_bf16
+from tunewise.training.runtime import native_bf16
 
 PROGRESS_MIN_ROWS = 1000  # predictions over at least this many rows show progress (a data set, not a request)
 
@@ -190,7 +190,7 @@ class FineTunedCandidate(Candidate):
         """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving)."""
 
         model, tokenizer, info = load_trained(adapter_dir, trust_remote_code=kwargs.get("trust_remote_code", False))
-        precision = "bf16" if _native_bf16("cpu") else "fp32"
+        precision = "bf16" if native_bf16("cpu") else "fp32"
         if info["task"] != cls.task or info["method"] != cls.method:
             raise CandidateError(
                 f"{adapter_dir}: trained as {info['method']} for {info['task']}, not a {cls.name} model"

@@ -39,12 +39,12 @@ def prepare_process() -> None:
     quiet_known_warnings()
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
+def known_errors() -> tuple[type[BaseException], ...]:
     # every tunewise error (ConfigError, StageError, IngestError, ...) derives from TunewiseError
     return (TunewiseError, FileExistsError)
 
 
-def _fail(exc: BaseException) -> None:
+def fail_with(exc: BaseException) -> None:
     """The error's message and, for a TunewiseError with one, its hint (what to do) on stderr; exit 1."""
     err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
     hint = getattr(exc, "hint", None) if isinstance(exc, TunewiseError) else None
@@ -53,9 +53,9 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(1)
 
 
-def _load(config: Path) -> ProjectConfig:
+def load_project(config: Path) -> ProjectConfig:
     try:
         return load_config(config)
-    except _known_errors() as exc:  # a ConfigError, or an error of the precheck load_config runs
-        _fail(exc)
+    except known_errors() as exc:  # a ConfigError, or an error of the precheck load_config runs
+        fail_with(exc)
         raise  # unreachable

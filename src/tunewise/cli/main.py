@@ -15,7 +15,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out, prepare_process
+from tunewise.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    RunIdOpt,
+    err,
+    fail_with,
+    known_errors,
+    load_project,
+    out,
+    prepare_process,
+)
 from tunewise.cli.pipeline_commands import (
     ForceOpt,
     print_stage_table,
@@ -60,13 +70,13 @@ def demo(
     human = err if as_json else out  # with --json, stdout carries the JSON only
     try:
         cfg_path, files = write_demo_project(out_dir, task=task, seed=seed)
-    except _known_errors() as exc:
-        _fail(exc)
+    except known_errors() as exc:
+        fail_with(exc)
     human.print(
         f"demo data: [bold]{files.data}[/bold] ({sum(files.defect_counts.values())} injected defects, "
         f"truth in {files.truth.name}); config: [bold]{cfg_path}[/bold]"
     )
-    cfg = _load(cfg_path)
+    cfg = load_project(cfg_path)
     run_and_show(cfg, "demo", None, None, as_json)
     print_verdict(cfg, "demo", human)
     human.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
@@ -120,15 +130,15 @@ def report(
 ) -> None:
     """Write the run's report page and summary.json; with --live, add what the server's log says."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     url = None
     if live is not None:
         try:  # a wrong --live fails before the stage runs
             url = live_store_url(live)
         except ReportError as exc:
-            _fail(exc)
+            fail_with(exc)
     elif since is not None:
-        _fail(ConfigError("--since needs --live: it is the window of the live section"))
+        fail_with(ConfigError("--since needs --live: it is the window of the live section"))
     if url is None:
         run_and_show(cfg, run_id, ["report"], list(force or []) + ["report"], as_json)
         return
@@ -140,8 +150,8 @@ def report(
     try:
         with existing_run_lock(run_dir):  # the page is rewritten outside run_stages
             written = build_report(run_dir, base_dir=cfg.base_dir, live=url, live_since=since)
-    except (ReportError, *_known_errors()) as exc:
-        _fail(exc)
+    except (ReportError, *known_errors()) as exc:
+        fail_with(exc)
     summary = json.loads(written["summary"].read_text(encoding="utf-8"))
     live_summary = summary["live"]
     if as_json:

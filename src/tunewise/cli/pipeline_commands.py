@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
+from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, err, fail_with, known_errors, load_project, out
 from tunewise.config.sections import ConfigError, ProjectConfig
 from tunewise.core.artifacts import read_json
 from tunewise.core.runs import existing_run_lock
@@ -32,7 +32,7 @@ RayAddressOpt = Annotated[
 
 def check_engine(engine: str) -> None:
     if engine not in ("local", "ray"):
-        _fail(ConfigError(f"--engine must be local or ray, got {engine!r}"))
+        fail_with(ConfigError(f"--engine must be local or ray, got {engine!r}"))
 
 
 def run_stages_or_fail(
@@ -42,8 +42,8 @@ def run_stages_or_fail(
     try:
         with Tracker(cfg, run_id) as tracker:
             return run_stages(cfg, run_id, only=only, force=set(force or ()), tracker=tracker, options=options)
-    except _known_errors() as exc:
-        _fail(exc)
+    except known_errors() as exc:
+        fail_with(exc)
         raise  # unreachable
 
 
@@ -87,11 +87,11 @@ def init(
     """Inspect a data file and write a commented tunewise.yaml with sensible defaults."""
 
     if task not in (None, "classify", "generate"):
-        _fail(ConfigError(f"--task must be classify or generate, got {task!r}"))
+        fail_with(ConfigError(f"--task must be classify or generate, got {task!r}"))
     try:
         path, info = init_project(data_file, test_file=test, task=task, out=output, overwrite=force)
-    except _known_errors() as exc:
-        _fail(exc)
+    except known_errors() as exc:
+        fail_with(exc)
     out.print(
         f"wrote [bold]{path}[/bold]: {info['file_format']} file, {info['record_format']} records, task {info['task']}"
     )
@@ -110,7 +110,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run every pipeline stage in order, reusing stages whose inputs did not change."""
-    cfg = _load(config)
+    cfg = load_project(config)
     run_and_show(cfg, run_id, None, force, as_json)
     print_verdict(cfg, run_id, err if as_json else out)  # with --json, stdout carries the JSON only
 
@@ -144,7 +144,7 @@ def _stage_command(app: typer.Typer, name: str, help_text: str) -> None:
         force: ForceOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        cfg = _load(config)
+        cfg = load_project(config)
         run_and_show(cfg, run_id, [name], list(force or []) + [name], as_json)
 
     command.__doc__ = help_text
@@ -172,7 +172,7 @@ def curate(
 ) -> None:
     """Find and fix duplicates, conflicts, label errors, off-topic rows, PII and thin classes."""
     check_engine(engine)
-    cfg = _load(config)
+    cfg = load_project(config)
     run_and_show(
         cfg,
         run_id,
@@ -206,7 +206,7 @@ def evaluate(
 ) -> None:
     """Score every candidate on held-out data with intervals, paired tests, slices and the gate."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     if human_sheet and cfg.evaluate.human_sheet_size == 0:
         cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"human_sheet_size": 50})})
     evaluate_dir = cfg.resolve(cfg.runs_dir) / run_id / "evaluate"
@@ -238,8 +238,8 @@ def _fold_human_ratings(evaluate_dir: Path, filled: Path, console=out) -> None:
     try:
         with existing_run_lock(evaluate_dir.parent):  # it rewrites evaluate/summary.json outside run_stages
             ratings = fold_ratings(evaluate_dir, filled)
-    except (SheetError, OSError, *_known_errors()) as exc:
-        _fail(exc)
+    except (SheetError, OSError, *known_errors()) as exc:
+        fail_with(exc)
     if ratings["win_rate"] is None:
         console.print(f"human ratings: no decided items yet ({ratings['ties']} ties, {ratings['unrated']} unrated)")
         return
@@ -282,7 +282,7 @@ def train(
 ) -> None:
     """Fine-tune the configured candidates (LoRA on the LLM, the small encoder) with validation and early stopping."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     if not resume:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": False})})
     if dry_run:
@@ -305,8 +305,8 @@ def train(
                 run_and_show(cfg, run_id, ["train"], list(force or []) + ["train"], as_json)
             else:
                 fit_worker(cfg, run_id)
-        except _known_errors() as exc:
-            _fail(exc)
+        except known_errors() as exc:
+            fail_with(exc)
     finally:
         distributed.destroy_process_group()
 
@@ -315,8 +315,8 @@ def _train_dry_run(cfg: ProjectConfig, run_id: str, as_json: bool) -> None:
 
     try:
         reports = plan_training(cfg, run_id)
-    except _known_errors() as exc:
-        _fail(exc)
+    except known_errors() as exc:
+        fail_with(exc)
     if as_json:
         print(json.dumps(reports, default=str))
         return

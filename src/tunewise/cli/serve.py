@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
+from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, err, fail_with, known_errors, load_project, out
 from tunewise.config.sections import MonitorConfig
 from tunewise.monitoring.monitor import ACTION_EXIT_CODE, monitor_run
 from tunewise.serving.arms import check_bind, parse_arms
@@ -95,13 +95,13 @@ def register(app: typer.Typer) -> None:
         """Serve the run's incumbent and candidate with a traffic split, feedback and a request log."""
         from tunewise.serving.app import create_app, run_server  # on use: loads fastapi
 
-        cfg = _load(config)
+        cfg = load_project(config)
         section = _serve_section(cfg)
         updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         section = ServeConfig(**section.model_copy(update=updates).model_dump())
         run_dir = cfg.resolve(cfg.runs_dir) / run_id
         if not run_dir.is_dir():
-            _fail(FileNotFoundError(f"{run_dir}: no such run; run `tunewise run --run-id {run_id}` first"))
+            fail_with(FileNotFoundError(f"{run_dir}: no such run; run `tunewise run --run-id {run_id}` first"))
         try:
             # everything is checked before "serving" is printed: where to listen, every arm's candidate
             warning = check_bind(section.host, section, insecure)
@@ -115,8 +115,8 @@ def register(app: typer.Typer) -> None:
                 allow_failed_gate=allow_failed_gate,
                 insecure=insecure,
             )
-        except (ServeError, *_known_errors()) as exc:
-            _fail(exc)
+        except (ServeError, *known_errors()) as exc:
+            fail_with(exc)
         if warning:
             err.print(f"[yellow]warning: {warning}[/yellow]")
         out.print(f"serving {run_dir} on http://{section.host}:{section.port} (docs: /docs, metrics: /metrics)")
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
         """Online metrics, promote / keep testing / roll back, drift and budgets; exit 3 when action is needed."""
         from tunewise.monitoring.store import StoreError  # on use: loads sqlalchemy
 
-        cfg = _load(config)
+        cfg = load_project(config)
         run_dir = cfg.resolve(cfg.runs_dir) / run_id
         try:
             report = monitor_run(
@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
                 task=cfg.task,
             )
         except (StoreError, ValueError) as exc:
-            _fail(exc)
+            fail_with(exc)
         if as_json:
             print(json.dumps(report, default=str))
         else:
@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:
         the new run fails the gate (`tunewise serve` then refuses it)."""
         from tunewise.monitoring.store import StoreError  # on use: loads sqlalchemy
 
-        cfg = _load(config)
+        cfg = load_project(config)
         try:
             record = run_retrain(
                 cfg,
@@ -195,8 +195,8 @@ def register(app: typer.Typer) -> None:
                 min_rows=min_rows,
                 dry_run=dry_run,
             )
-        except (RetrainError, StoreError, *_known_errors()) as exc:
-            _fail(exc)
+        except (RetrainError, StoreError, *known_errors()) as exc:
+            fail_with(exc)
         if as_json:
             print(json.dumps(record, default=str))
         else:
@@ -243,7 +243,7 @@ def register(app: typer.Typer) -> None:
         base, key = _server(config, url)
         current = _call("GET", f"{base}/v1/arms", key)["weights"]
         if arm not in current:
-            _fail(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
+            fail_with(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
         weights = _with_share(current, arm, weight)
         result = _call(
             "POST", f"{base}/admin/arms", key, {"weights": weights, "reason": reason or f"promote {arm} to {weight}"}
@@ -262,9 +262,9 @@ def register(app: typer.Typer) -> None:
         arms = _call("GET", f"{base}/v1/arms", key)
         current, incumbent = arms["weights"], arms["incumbent"]
         if arm not in current:
-            _fail(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
+            fail_with(ValueError(f"unknown arm {arm!r}; the server's arms: {', '.join(sorted(current))}"))
         if arm == incumbent:
-            _fail(ValueError(f"{arm!r} is the incumbent (the fallback); roll back a candidate arm"))
+            fail_with(ValueError(f"{arm!r} is the incumbent (the fallback); roll back a candidate arm"))
         weights = {n: (0.0 if n == arm else w) for n, w in current.items()}
         if sum(weights.values()) <= 0:
             weights[incumbent] = 1.0
@@ -275,7 +275,9 @@ def register(app: typer.Typer) -> None:
         """The server's URL and the key to send: the admin key (POST /admin/arms needs it when it is
         set; the server takes it wherever the API key is asked for), else the API key."""
 
-        section = ServeConfig(**(_serve_section(_load(config)) if config.exists() else ServeConfig()).model_dump())
+        section = ServeConfig(
+            **(_serve_section(load_project(config)) if config.exists() else ServeConfig()).model_dump()
+        )
         if url is None:
             url = f"http://{section.host}:{section.port}"
         key = os.environ.get(section.admin_key_env) or os.environ.get(section.api_key_env)
@@ -288,13 +290,13 @@ def register(app: typer.Typer) -> None:
         try:
             response = httpx.request(method, url, json=body, headers=headers, timeout=30)
         except httpx.HTTPError as exc:
-            _fail(ConnectionError(f"cannot reach the server at {url}: {exc}"))
+            fail_with(ConnectionError(f"cannot reach the server at {url}: {exc}"))
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail")
             except ValueError:
                 detail = response.text[:200]
-            _fail(RuntimeError(f"{method} {url}: HTTP {response.status_code}: {detail}"))
+            fail_with(RuntimeError(f"{method} {url}: HTTP {response.status_code}: {detail}"))
         return response.json()
 
 

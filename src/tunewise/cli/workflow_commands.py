@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, _fail, _known_errors, _load, err, out
+from tunewise.cli.common import ConfigOpt, JsonOpt, RunIdOpt, err, fail_with, known_errors, load_project, out
 from tunewise.cli.pipeline_commands import RayAddressOpt, check_engine
 from tunewise.config.sections import ConfigError
 from tunewise.core.runs import check_run_id
@@ -37,7 +37,7 @@ def export(
 ) -> None:
     """Export a trained candidate: the adapter (safetensors) or, with --merge, a merged model."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     try:
         folder = export_model(
             cfg.resolve(cfg.runs_dir) / check_run_id(run_id),
@@ -46,8 +46,8 @@ def export(
             out_dir=output,
             force=force,
         )
-    except (ExportError, *_known_errors()) as exc:
-        _fail(exc)
+    except (ExportError, *known_errors()) as exc:
+        fail_with(exc)
     out.print(f"exported to [bold]{folder}[/bold]")
 
 
@@ -80,11 +80,11 @@ def curve(
     """Learning curves: accuracy against data size, what 2x/5x/10x data would give, and the data the target needs."""
 
     check_engine(engine)
-    cfg = _load(config)
+    cfg = load_project(config)
     try:
         parsed = [float(f) for f in fractions.split(",") if f.strip()]
     except ValueError:
-        _fail(ConfigError(f"--fractions: {fractions!r} is not a comma-separated list of numbers"))
+        fail_with(ConfigError(f"--fractions: {fractions!r} is not a comma-separated list of numbers"))
     try:
         result = run_curve(
             cfg,
@@ -95,8 +95,8 @@ def curve(
             ray_address=ray_address,
             candidates=[c for c in (candidates or "").split(",") if c] or None,
         )
-    except (CurveError, *_known_errors()) as exc:
-        _fail(exc)
+    except (CurveError, *known_errors()) as exc:
+        fail_with(exc)
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -144,11 +144,11 @@ def suggest(
 ) -> None:
     """Rows to label next: the model's most uncertain, spread over distinct confusions, none already labelled."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     try:
         result = suggest_rows(cfg, pool, k, run_id=run_id, candidate=candidate, out=output)
-    except (LabellingError, *_known_errors()) as exc:
-        _fail(exc)
+    except (LabellingError, *known_errors()) as exc:
+        fail_with(exc)
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -197,11 +197,11 @@ def add_labels(
 ) -> None:
     """Add newly labelled rows to the project's data (the test split stays as it is); then: tunewise run."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     try:
         result = add_rows(cfg, file, run_id=run_id)
-    except (LabellingError, *_known_errors()) as exc:
-        _fail(exc)
+    except (LabellingError, *known_errors()) as exc:
+        fail_with(exc)
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -302,7 +302,7 @@ def distill(
 ) -> None:
     """Label a pool with a teacher (the hosted LLM), train the small models on it, compare and price both."""
 
-    cfg = _load(config)
+    cfg = load_project(config)
     try:
         result = run_distill(
             cfg,
@@ -318,8 +318,8 @@ def distill(
             students=[s for s in (students or "").split(",") if s] or None,
             dry_run=dry_run,
         )
-    except (DistillError, *_known_errors()) as exc:
-        _fail(exc)
+    except (DistillError, *known_errors()) as exc:
+        fail_with(exc)
     if as_json:
         print(json.dumps(result, default=str))
         return

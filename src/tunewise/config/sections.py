@@ -412,7 +412,7 @@ class ProjectConfig(Section):
 # Loading with good errors
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
     """Map each mapping key path in a YAML document to its 1-based line."""
     lines: dict[tuple[str, ...], int] = {}
     try:
@@ -451,7 +451,7 @@ def _fields_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
 
 
 def format_validation_error(err: ValidationError, source: str, text: str) -> str:
-    key_lines = _key_lines(text)
+    lines_of_keys = key_lines(text)
     messages = []
     for e in err.errors():
         if e["type"] == "literal_error" and isinstance(e.get("input"), dict):
@@ -461,8 +461,8 @@ def format_validation_error(err: ValidationError, source: str, text: str) -> str
         loc = tuple(p for p in loc if not (p[:1].isupper() or p.startswith("literal[")))
         line = None
         for n in range(len(loc), 0, -1):
-            if loc[:n] in key_lines:
-                line = key_lines[loc[:n]]
+            if loc[:n] in lines_of_keys:
+                line = lines_of_keys[loc[:n]]
                 break
         where = f"{source}:{line}" if line else source
         parent = " under " + ".".join(loc[:-1]) if len(loc) > 1 else " at top level"

@@ -246,13 +246,13 @@ def register(cls: type[Check]) -> type[Check]:
     return cls
 
 
-def _load_checks() -> None:
+def load_checks() -> None:
     from tunewise.data import checks  # noqa: F401  (modules register themselves)
 
 
 def build_checks(cfg: ProjectConfig) -> list[Check]:
     """Instantiate the enabled checks in order; refuse actions a check cannot take."""
-    _load_checks()
+    load_checks()
     out = []
     for name in CHECK_ORDER:
         settings: CheckSettings = getattr(cfg.curate, name)

@@ -60,15 +60,15 @@ from tunewise.evaluation.gate import (
     pick_incumbent,
 )
 from tunewise.evaluation.metrics_gen import FactChecker
-from tunewise.evaluation.predictions import CandidatePredictions, _check_ids
+from tunewise.evaluation.predictions import CandidatePredictions, check_ids
 from tunewise.evaluation.scores import (
     ClassifyScores,
     Resampler,
     Scores,
-    _truth_for,
     compare_scores,
     score_classification,
     score_generation_predictions,
+    truth_for,
 )
 from tunewise.evaluation.slices import slice_report
 from tunewise.evaluation.thresholds import (
@@ -233,7 +233,7 @@ def evaluate_candidates(
     for c in candidates:
         if config.candidates is not None and c.name not in config.candidates and c.name != always:
             continue
-        reason = _check_ids(c, test_ids)
+        reason = check_ids(c, test_ids)
         if reason:
             skipped.append({"name": c.name, "reason": reason})
         else:
@@ -316,7 +316,7 @@ def evaluate_candidates(
                 .head(config.worst_examples)
             )
             if "input" in test.columns:
-                wrong = wrong.assign(input=_truth_for(wrong["id"], test, "input").tolist())
+                wrong = wrong.assign(input=truth_for(wrong["id"], test, "input").tolist())
             worst[c.name] = wrong.to_dict("records")
         else:
             s = score_generation_predictions(
@@ -327,7 +327,7 @@ def evaluate_candidates(
                     pd.DataFrame(
                         {
                             "id": s.ids,
-                            "target": _truth_for(s.ids, test, "target").tolist(),
+                            "target": truth_for(s.ids, test, "target").tolist(),
                             "prediction": c.test["prediction"].tolist(),
                         }
                     ),
@@ -342,7 +342,7 @@ def evaluate_candidates(
                 else frame.head(0)
             )
             add_input = (
-                (lambda f: f.assign(input=_truth_for(f["id"], test, "input").tolist()))
+                (lambda f: f.assign(input=truth_for(f["id"], test, "input").tolist()))
                 if "input" in test
                 else (lambda f: f)
             )

@@ -241,7 +241,7 @@ def load_incumbent_predictions(path: str | Path, test: pd.DataFrame) -> tuple[Ca
     return CandidatePredictions(INCUMBENT_NAME, "incumbent", predictions, None, None, "evaluate", False), info
 
 
-def _check_ids(candidate: CandidatePredictions, test_ids: set[str]) -> str | None:
+def check_ids(candidate: CandidatePredictions, test_ids: set[str]) -> str | None:
     """Why the candidate cannot be compared on this test set, or None."""
     if len(candidate.test) == 0:
         return f"candidate {candidate.name!r} ({candidate.source}): the predictions file is empty"

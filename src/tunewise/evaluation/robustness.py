@@ -22,11 +22,11 @@ from tunewise.evaluation.metrics_gen import chrf_from_statistics
 from tunewise.evaluation.scores import (
     Resampler,
     Scores,
-    _interval,
-    _truth_for,
     compare_scores,
+    percentile_ci,
     score_classification,
     score_generation_predictions,
+    truth_for,
 )
 
 
@@ -56,13 +56,13 @@ def primary_score(
         return float("nan"), 0, (float("nan"), float("nan"))
     weights = resample_weights(len(known), n_resamples, seed)
     if task == "classify":
-        expected = _truth_for(known["id"].astype(str), truth, "label").astype(str).to_numpy()
+        expected = truth_for(known["id"].astype(str), truth, "label").astype(str).to_numpy()
         correct = (known["prediction"].astype(str).to_numpy() == expected).astype(np.float64)
         value, interval, _ = mean_with_ci(correct, weights, level)
         return value, len(known), interval
     s = score_generation_predictions(known, truth)
     resampled = chrf_from_statistics(weights.astype(np.float64) @ s.chrf_stats)
-    return float(chrf_from_statistics(s.chrf_stats.sum(axis=0))), len(known), _interval(resampled, level)
+    return float(chrf_from_statistics(s.chrf_stats.sum(axis=0))), len(known), percentile_ci(resampled, level)
 
 
 def robustness_report(

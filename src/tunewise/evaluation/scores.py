@@ -44,7 +44,7 @@ class Resampler:
         return weights
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
     return percentile_interval(np.asarray(values, dtype=np.float64), level)
 
 
@@ -87,7 +87,7 @@ class ClassifyScores:
             point["ece"] = expected_calibration_error(self.confidence, self.correct)
             if weights is not None:
                 resampled["ece"] = calibration_error_resampled(self.confidence, self.correct, weights)
-                ci["ece"] = _interval(resampled["ece"], level)
+                ci["ece"] = percentile_ci(resampled["ece"], level)
         if self.answered is not None:
             ones = np.ones(len(self.ids), dtype=bool)
             ratios = {
@@ -105,7 +105,7 @@ class ClassifyScores:
                 point[name] = float(num.sum() / den.sum()) if den.sum() else float("nan")
                 if weights is not None:
                     resampled[name] = ratio_resampled(num, den, weights)
-                    ci[name] = _interval(resampled[name], level)
+                    ci[name] = percentile_ci(resampled[name], level)
         return point, ci, resampled
 
 
@@ -144,7 +144,7 @@ class GenerateScores:
             point[name] = float(fn(stats.sum(axis=0))) if len(stats) else float("nan")
             if weights is not None:
                 resampled[name] = fn(weights.astype(np.float64) @ stats)
-                ci[name] = _interval(resampled[name], level)
+                ci[name] = percentile_ci(resampled[name], level)
         means = {"rouge_l": "rouge_l", "embedding_similarity": "embedding_similarity", "format_compliance": "format_ok"}
         values = {
             name: self.frame[col].to_numpy(np.float64) for name, col in means.items() if col in self.frame.columns
@@ -160,14 +160,14 @@ class GenerateScores:
         point["length_ratio"] = float(words.sum() / ref_words.sum()) if ref_words.sum() else float("nan")
         if weights is not None:
             resampled["length_ratio"] = ratio_resampled(words, ref_words, weights)
-            ci["length_ratio"] = _interval(resampled["length_ratio"], level)
+            ci["length_ratio"] = percentile_ci(resampled["length_ratio"], level)
         return point, ci, resampled
 
 
 Scores = ClassifyScores | GenerateScores
 
 
-def _truth_for(ids: Sequence[str], truth: pd.DataFrame, column: str) -> pd.Series:
+def truth_for(ids: Sequence[str], truth: pd.DataFrame, column: str) -> pd.Series:
     return truth.set_index(truth["id"].astype(str))[column].reindex(list(ids))
 
 
@@ -181,7 +181,7 @@ def score_classification(
     """Index predictions and true labels (``truth``: id, label) into the label list ``labels``."""
     index = {label: i for i, label in enumerate(labels)}
     ids = predictions["id"].astype(str).to_numpy()
-    expected = _truth_for(ids, truth, "label").astype(str).to_numpy()
+    expected = truth_for(ids, truth, "label").astype(str).to_numpy()
     unknown = sorted({x for x in (*expected, *predictions["prediction"]) if x not in index})
     if unknown:
         raise EvaluationError(f"labels {unknown[:5]} are missing from the label list")
@@ -209,8 +209,8 @@ def score_generation_predictions(
 ) -> GenerateScores:
     """Score replies against ``truth`` (id, target, input)."""
     ids = predictions["id"].astype(str).to_numpy()
-    references = _truth_for(ids, truth, "target").fillna("").astype(str).tolist()
-    inputs = _truth_for(ids, truth, "input").fillna("").astype(str).tolist() if "input" in truth.columns else None
+    references = truth_for(ids, truth, "target").fillna("").astype(str).tolist()
+    inputs = truth_for(ids, truth, "input").fillna("").astype(str).tolist() if "input" in truth.columns else None
     scored = score_generation(
         predictions["prediction"].astype(str).tolist(),
         references,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tunewise.candidates.factory import run_candidates as of_config
 from tunewise.candidates.registry import CANDIDATES
-from tunewise.config.sections import ConfigError, ProjectConfig, _key_lines, read_config
-from tunewise.data.curate import CHECKS, _load_checks
+from tunewise.config.sections import ConfigError, ProjectConfig, key_lines, read_config
+from tunewise.data.curate import CHECKS, load_checks
 from tunewise.evaluation.base import PREDICTIONS_PREFIX  # evaluate.baseline: predictions:FILE
 
 
@@ -39,7 +39,7 @@ def config_problems(cfg: ProjectConfig) -> list[tuple[tuple[str, ...], str]]:
     problems: list[tuple[tuple[str, ...], str]] = []
 
     # curate.<check>.action: an action the check cannot take
-    _load_checks()
+    load_checks()
     for name, cls in CHECKS.items():
         settings = getattr(cfg.curate, name)
         if settings.action is not None and settings.action not in cls.actions:
@@ -185,7 +185,7 @@ def check_config(cfg: ProjectConfig, *, source: str = "<config>", text: str | No
     problems = config_problems(cfg)
     if not problems:
         return
-    lines = _key_lines(text) if text else {}
+    lines = key_lines(text) if text else {}
     messages = []
     for path, message in problems:
         line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
