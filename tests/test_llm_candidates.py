@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from tunewise.candidates.base import input_texts
+from tunewise.candidates.label_scoring import LabelScoringClassifier
 from tunewise.candidates.llm_base import cached_llm
 from tunewise.candidates.prompting import (
     PROMPT_ACCURACY_TOLERANCE,
     PROMPT_MIN_SAVING,
     PROMPT_VARIANTS,
-    _LabelScoringClassifier,
     _render,
     _worse_beyond_noise,
     choose_prompt,
@@ -419,7 +419,7 @@ def test_few_shot_reuses_the_prompt_searchs_answers_and_they_equal_fresh_scoring
     assert answered is not None and len(answered) == few_shot.info()["prompt_search"]["final_rows"]
     mixed = pd.concat([test.head(3), validation, test.iloc[3:5]], ignore_index=True)
     reused = few_shot.predict(mixed)
-    fresh = _LabelScoringClassifier.predict(few_shot, mixed)  # every row scored by the LLM
+    fresh = LabelScoringClassifier.predict(few_shot, mixed)  # every row scored by the LLM
     assert reused["id"].tolist() == mixed["id"].astype(str).tolist()
     assert reused["prediction"].tolist() == fresh["prediction"].tolist()
     # bf16 scores move a little with the batch a row shares (padding, kernels): a row taken from the

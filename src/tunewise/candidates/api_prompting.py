@@ -23,8 +23,8 @@ from tunewise.candidates.base import (
     register_candidate,
 )
 from tunewise.candidates.generating import DEFAULT_GENERATE_SYSTEM_PROMPT
+from tunewise.candidates.label_scoring import DEFAULT_CLASSIFY_SYSTEM_PROMPT
 from tunewise.candidates.llm_base import embed_texts, label_display_name, label_display_names, nearest_neighbours
-from tunewise.candidates.prompting import DEFAULT_CLASSIFY_SYSTEM_PROMPT
 from tunewise.llm.chat import contexts as _contexts
 from tunewise.models.loading import DEFAULT_ENCODER
 

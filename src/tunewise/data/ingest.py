@@ -32,18 +32,16 @@ import pandas as pd
 
 from tunewise.core.progress import progress
 from tunewise.core.records import answer_column
-from tunewise.data.issues import IssueTable
-from tunewise.data.readers import (
+from tunewise.data.file_formats import (
     FILE_FORMATS,
     IngestError,
-    RawRow,
     check_file,
     check_text,
-    iter_raw_rows,
     known_extension,
-    open_rows,
     resolve_file_format,
 )
+from tunewise.data.issues import IssueTable
+from tunewise.data.readers import RawRow, iter_raw_rows, open_rows
 from tunewise.data.record_shapes import (
     RECORD_FORMATS,
     SAMPLE_ROWS,

@@ -3,7 +3,8 @@ Parquet), with the physical line where it starts, or why it could not be read.
 
 Reading streams, so a file larger than memory works: CSV/TSV through the ``csv`` module over lines
 we decode ourselves, JSON Lines line by line, a JSON array element by element, Parquet batch by
-batch. Knows file formats, nothing about record shapes (:mod:`tunewise.data.record_shapes`).
+batch. Knows file formats, nothing about record shapes (:mod:`tunewise.data.record_shapes`); which
+format a file is, and whether it is a readable text file: :mod:`tunewise.data.file_formats`.
 """
 
 from __future__ import annotations
@@ -12,36 +13,23 @@ import codecs
 import csv
 import io
 import json
-import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from tunewise.core.errors import TunewiseError
-
-FILE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
-
-_EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
-
+from tunewise.data.file_formats import (
+    FILE_FORMATS,
+    IngestError,
+    check_file,
+    check_text,
+    codec,
+    is_utf8,
+    resolve_file_format,
+)
 
 _READ_CHUNK = 1 << 20  # characters read at a time from a JSON array
-
-
-class IngestError(TunewiseError):
-    """The data file as a whole cannot be used; the message names the file and says why."""
-
-    hint = "check the data file (csv, tsv, jsonl, json or parquet) and the column names in the config's data section"
 
 
 class RawRow(NamedTuple):
@@ -57,114 +45,6 @@ class RawRow(NamedTuple):
     fields: dict[str, Any] | None
     error: str | None = None
     chars: int | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Files and formats
-# --------------------------------------------------------------------------------------------
-
-
-def check_file(path: Path) -> None:
-    if not path.exists():
-        raise IngestError(f"data file not found: {path}")
-    if path.is_dir():
-        raise IngestError(f"{path} is a directory; expected a data file (csv, tsv, jsonl, json, parquet)")
-    if not os.access(path, os.R_OK):
-        raise IngestError(f"cannot read {path}: permission denied")
-    if path.stat().st_size == 0:
-        raise IngestError(f"{path} is empty (0 bytes)")
-
-
-def _codec(encoding: str) -> str:
-    """The codec's canonical name (``utf-8``, ``iso8859-1``, ``cp1252``); an unknown one is an error."""
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise IngestError(f"unknown text encoding {encoding!r} (data.encoding); e.g. utf-8, latin-1, cp1252") from None
-
-
-def _is_utf8(encoding: str) -> bool:
-    return _codec(encoding) in ("utf-8", "utf-8-sig")
-
-
-_TEXT_HEAD = 8192  # bytes looked at to tell a text file from a binary one
-# Control bytes no text data file holds (tab, newlines, form feed and escape are allowed).
-_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13, 27)) + b"\x7f"
-_MAGIC = (
-    (b"PAR1", "it looks like a Parquet file: name it .parquet or set data.format: parquet"),
-    (b"\x1f\x8b", "it looks like a gzip file: decompress it first"),
-    (b"PK\x03\x04", "it looks like a zip archive (or an Excel .xlsx file): extract it, or save the sheet as CSV"),
-    (b"\xd0\xcf\x11\xe0", "it looks like an old Excel or Word file: save it as CSV"),
-    (b"\xff\xfe", "it looks like UTF-16 text: save it as UTF-8"),
-    (b"\xfe\xff", "it looks like UTF-16 text: save it as UTF-8"),
-)
-
-
-def check_text(path: Path) -> None:
-    """Refuse a file that is not text (binary data, a compressed or Parquet file under a text
-    name, UTF-16) with one clear message, before a CSV or JSON parser trips over its bytes."""
-    with open(path, "rb") as f:
-        head = f.read(_TEXT_HEAD)
-    why = None
-    for magic, said in _MAGIC:
-        if head.startswith(magic):
-            why = said
-            break
-    if why is None and b"\x00" in head:
-        zeros_odd = head[1::2].count(0) > 0.4 * len(head[1::2])
-        zeros_even = head[0::2].count(0) > 0.4 * len(head[0::2])
-        why = (
-            "it looks like UTF-16 text: save it as UTF-8"
-            if zeros_odd != zeros_even
-            else "it holds NUL bytes, as binary files do"
-        )
-    if why is None and head:
-        control = sum(head.count(bytes([b])) for b in _CONTROL_BYTES)
-        if control > 0.05 * len(head):
-            why = f"{control} of its first {len(head):,} bytes are control characters"
-    if why is not None:
-        raise IngestError(
-            f"{path} does not look like a text data file ({why}); expected csv, tsv, jsonl, json or parquet"
-        )
-
-
-def _first_char(path: Path, encoding: str = "utf-8") -> str:
-    """First non-whitespace character of a text file (after any BOM), '' if none in 64 KiB."""
-    with open(path, "rb") as f:
-        head = f.read(65536)
-    return head.decode("utf-8-sig" if _is_utf8(encoding) else encoding, errors="replace").lstrip()[:1]
-
-
-def known_extension(path: str | Path) -> bool:
-    """Whether the file's extension names a format (``.csv``, ``.jsonl``, ...)."""
-    return Path(path).suffix.lower() in _EXTENSIONS
-
-
-def resolve_file_format(path: str | Path, file_format: str = "auto", encoding: str = "utf-8") -> str:
-    """The concrete file format: the one given, or inferred from the extension and content."""
-    path = Path(path)
-    if file_format != "auto":
-        if file_format not in FILE_FORMATS:
-            raise IngestError(
-                f"unknown file format {file_format!r} for {path}; expected one of {', '.join(FILE_FORMATS)}"
-            )
-        return file_format
-    check_file(path)
-    fmt = _EXTENSIONS.get(path.suffix.lower())
-    if fmt == "json" or fmt is None:
-        check_text(path)
-        first = _first_char(path, encoding)
-        if first == "[":
-            return "json"
-        if first == "{":
-            return "jsonl"
-        if fmt == "json":
-            raise IngestError(f"{path} does not start with '[' or '{{'; expected a JSON array of records or JSON Lines")
-        # Unknown extension and not JSON: a delimited text file; tabs in the header mean TSV.
-        with open(path, "rb") as f:
-            header = f.readline()
-        return "tsv" if b"\t" in header else "csv"
-    return fmt
 
 
 def iter_raw_rows(path: str | Path, file_format: str, encoding: str = "utf-8") -> Iterator[RawRow]:
@@ -206,7 +86,7 @@ def open_rows(path: Path, fmt: str, encoding: str = "utf-8") -> tuple[list[str] 
     check_file(path)
     if fmt in ("csv", "tsv", "jsonl", "json"):
         check_text(path)
-        encoding = _codec(encoding)
+        encoding = codec(encoding)
     if fmt in ("csv", "tsv"):
         return _delimited_rows(path, "\t" if fmt == "tsv" else ",", encoding)
     if fmt == "jsonl":
@@ -220,7 +100,7 @@ def open_rows(path: Path, fmt: str, encoding: str = "utf-8") -> tuple[list[str] 
 
 
 def _undecodable(offset: int, encoding: str = "utf-8") -> str:
-    name = "UTF-8" if _is_utf8(encoding) else encoding
+    name = "UTF-8" if is_utf8(encoding) else encoding
     return f"undecodable bytes (not {name}) at byte offset {offset}"
 
 
@@ -231,13 +111,13 @@ def _refuse_json_object(path: Path, encoding: str) -> None:
     """A file that is one JSON object pretty-printed over many lines is not JSON Lines: reading it
     line by line would reject every line as malformed. Say so instead. (A one-line object is a
     JSON Lines file of one record.)"""
-    codec = "utf-8-sig" if _is_utf8(encoding) else encoding
+    text_codec = "utf-8-sig" if is_utf8(encoding) else encoding
     first = second = None
     with open(path, "rb") as f:
         for raw in f:
             if raw.strip():
                 if first is None:
-                    first = raw.decode(codec, errors="replace").strip()
+                    first = raw.decode(text_codec, errors="replace").strip()
                 else:
                     second = raw
                     break
@@ -255,7 +135,7 @@ def _refuse_json_object(path: Path, encoding: str) -> None:
         whole: dict = {}
     else:
         try:
-            whole = json.loads(path.read_bytes().decode(codec))
+            whole = json.loads(path.read_bytes().decode(text_codec))
         except (ValueError, UnicodeDecodeError):
             return  # not one JSON value: JSON Lines with bad lines, reported line by line
         if not isinstance(whole, dict):
@@ -285,7 +165,7 @@ class _LineDecoder:
 
     def __init__(self, binary: IO[bytes], encoding: str = "utf-8") -> None:
         self.binary = binary
-        self.encoding = _codec(encoding)
+        self.encoding = codec(encoding)
         self.bad: deque[tuple[int, int]] = deque()  # (line number, byte offset), in order
         self.line_no = 0
 
@@ -295,7 +175,7 @@ class _LineDecoder:
             self.line_no += 1
             start = offset
             offset += len(raw)
-            if self.line_no == 1 and raw.startswith(codecs.BOM_UTF8) and _is_utf8(self.encoding):
+            if self.line_no == 1 and raw.startswith(codecs.BOM_UTF8) and is_utf8(self.encoding):
                 raw = raw[len(codecs.BOM_UTF8) :]
                 start += len(codecs.BOM_UTF8)
             try:
@@ -354,7 +234,7 @@ def _delimited_rows(path: Path, delimiter: str, encoding: str = "utf-8") -> tupl
         binary.close()
         raise IngestError(
             f"the header of {path} has {_undecodable(bad_header, encoding)}; save the file as UTF-8"
-            + ("" if not _is_utf8(encoding) else " or set data.encoding (e.g. latin-1)")
+            + ("" if not is_utf8(encoding) else " or set data.encoding (e.g. latin-1)")
         )
 
     columns = _header_names(header, path)
@@ -482,7 +362,7 @@ def _json_array_rows(path: Path, encoding: str = "utf-8") -> Iterator[RawRow]:
     refilled in chunks and trimmed behind us, so memory holds about one chunk, not the file.
     Undecodable bytes are let through as surrogates (``surrogateescape``) and reported per element.
     """
-    utf8 = _is_utf8(encoding)
+    utf8 = is_utf8(encoding)
     byte_codec = "utf-8" if utf8 else encoding
     with open(path, "rb") as probe:
         bom = len(codecs.BOM_UTF8) if probe.read(3) == codecs.BOM_UTF8 and utf8 else 0

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.core.records import CORE_COLUMNS, answer_column
-from tunewise.data.readers import IngestError, RawRow, json_kind, open_rows
+from tunewise.data.file_formats import IngestError
+from tunewise.data.readers import RawRow, json_kind, open_rows
 
 RECORD_FORMATS = ("text_label", "instruction", "prompt_completion", "messages")
 COLUMN_ROLES = ("id", "input", "label", "target", "instruction", "messages")

@@ -40,6 +40,7 @@ from tunewise.reporting.format import (
     read_artifact,
 )
 from tunewise.reporting.live import live_section, live_summary
+from tunewise.reporting.reproducibility import reproducibility_section, timings
 from tunewise.reporting.sections import (
     candidates_section,
     comparison_for,
@@ -50,10 +51,8 @@ from tunewise.reporting.sections import (
     more_data_section,
     overfitting_section,
     quality_section,
-    reproducibility_section,
     robustness_section,
     slices_section,
-    timings,
 )
 
 # ---------------------------------------------------------------------------------------------
