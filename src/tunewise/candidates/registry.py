@@ -265,8 +265,8 @@ class EmbedLogRegCandidate(Candidate):
 
 # The other implementations register themselves on import: the LLM prompting baselines, the
 # hosted-API candidates (they reuse llm_candidates' prompts), the fine-tuned ones and the ensemble of
-# them. Imported after the classic candidates above so the registry keeps its order: classic,
-# prompting, API, fine-tuned, ensemble.
+# them. The registry's order is import order (fine-tuned first when tunewise.candidates.factory is
+# imported first); nothing reads it as a ranking: stages take DEFAULT_CANDIDATES or sorted names.
 from tunewise.candidates import prompting as _llm_candidates  # noqa: E402, F401, I001
 from tunewise.candidates import generating as _generating  # noqa: E402, F401
 from tunewise.candidates import rag as _rag  # noqa: E402, F401

@@ -155,18 +155,19 @@ def embed(texts: list[str], spec: str = DEFAULT_ENCODER, batch_size: int = 128, 
     # Encode in chunks so long inputs show rows/s and an ETA.
     chunk = max(batch_size, 1) * 8
     fresh: dict[str, np.ndarray] = {}
-    with progress("embedding", len(missing), unit="texts") as advance:
-        for start in range(0, len(missing), chunk):
-            part = missing[start : start + chunk]
-            vectors = encoder.encode(
-                part,
-                batch_size=batch_size,
-                normalize_embeddings=normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            fresh.update(zip(part, np.asarray(vectors, dtype=np.float32)))
-            advance(len(part))
+    if missing:  # every text cached: no progress line saying "done 0/0"
+        with progress("embedding", len(missing), unit="texts") as advance:
+            for start in range(0, len(missing), chunk):
+                part = missing[start : start + chunk]
+                vectors = encoder.encode(
+                    part,
+                    batch_size=batch_size,
+                    normalize_embeddings=normalize,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                fresh.update(zip(part, np.asarray(vectors, dtype=np.float32)))
+                advance(len(part))
     out = np.zeros((len(texts), dim), dtype=np.float32)
     for i, text in enumerate(texts):
         out[i] = fresh[text] if text in fresh else cache[text]
