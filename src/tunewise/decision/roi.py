@@ -101,30 +101,16 @@ def roi_block(
         return out
     members = candidate_members(evaluation).get(candidate)
 
+    incumbent_usd = incumbent_usd_per_request(evaluation)  # the same for every sensitivity case
+
     def money_for(settings: RoiConfig, g: float) -> Money:
-        entries = quality.entries
-        cc = candidate_costs(
-            candidate,
-            entries[candidate],
-            settings,
-            trained,
-            flagged,
-            latency,
-            api_tokens,
-            incumbent_usd_per_request(evaluation),
-            members,
-        )
-        bb = candidate_costs(
-            reference,
-            entries[reference],
-            settings,
-            trained,
-            flagged,
-            latency,
-            api_tokens,
-            incumbent_usd_per_request(evaluation),
-            None,
-        )
+        def costs_of(name: str, its_members: list[str] | None) -> CandidateCosts:
+            entry = quality.entries[name]
+            return candidate_costs(
+                name, entry, settings, trained, flagged, latency, api_tokens, incumbent_usd, its_members
+            )
+
+        cc, bb = costs_of(candidate, members), costs_of(reference, None)
         return Money(
             cc.one_time,
             g,
