@@ -104,7 +104,9 @@ def make(name: str, args):
         settings: dict = {"sample_size": None}
         if args.max_steps:
             settings["max_steps"] = args.max_steps
-        kwargs.update(train_config=TrainConfig(**settings), seed=args.seed)
+        kwargs.update(
+            train_config=TrainConfig(**settings), seed=args.seed if args.train_seed is None else args.train_seed
+        )
     return make_candidate(name, **kwargs)
 
 
@@ -140,6 +142,17 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps for fine-tuned candidates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="fine-tuned candidates' training seed (default: --seed), same split",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate the predictions a previous run saved under --out/predictions instead of fitting again",
+    )
     parser.add_argument("--quick", action="store_true", help="a small subset, to check the script works")
     parser.add_argument("--quick-intents", type=int, default=20)
     parser.add_argument("--quick-rows", type=int, default=20, help="train and test rows per intent with --quick")
@@ -175,9 +188,16 @@ def main() -> int:
     results: dict[str, dict] = {}
     for name in [c for c in args.candidates.split(",") if c]:
         started = time.perf_counter()
-        model = make(name, args).fit(train, validation)
-        predicted = CandidatePredictions(name, "candidate", model.predict(test), validation=model.predict(validation))
-        del model
+        saved = args.out / "predictions" / (name if args.train_seed is None else f"{name}-train-seed{args.train_seed}")
+        if args.reuse:
+            outputs = {
+                split: pd.read_parquet(saved / f"{split}.parquet") for split in ("test", "validation", "reference")
+            }
+        else:
+            model = make(name, args).fit(train, validation)
+            outputs = {"test": model.predict(test), "validation": model.predict(validation)}
+            del model
+        predicted = CandidatePredictions(name, "candidate", outputs["test"], validation=outputs["validation"])
         seconds = time.perf_counter() - started
         evaluation = evaluate_candidates(
             test,
@@ -191,9 +211,16 @@ def main() -> int:
         oos = entry["out_of_scope"]
 
         started = time.perf_counter()
-        reference = make(name, args).fit(data["train_ref"], data["validation_ref"])
-        ref_pred = reference.predict(data["test_ref"])
-        del reference
+        if args.reuse:
+            ref_pred = outputs["reference"]
+        else:
+            reference = make(name, args).fit(data["train_ref"], data["validation_ref"])
+            ref_pred = outputs["reference"] = reference.predict(data["test_ref"])
+            del reference
+            # saved, so a change to evaluation can be measured on the same models (--reuse)
+            saved.mkdir(parents=True, exist_ok=True)
+            for split, frame in outputs.items():
+                frame.to_parquet(saved / f"{split}.parquet")
         ref_seconds = time.perf_counter() - started
         ref_accuracy = float((ref_pred["prediction"].to_numpy() == data["test_ref"]["label"].to_numpy()).mean())
 
@@ -249,7 +276,10 @@ def main() -> int:
             f"{fmt(c['oos_precision'])} | {fmt(c['oos_f1'])} | |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"results{'-quick' if args.quick else ''}-seed{args.seed}.json"
+    tag = "" if args.train_seed is None else f"-train-seed{args.train_seed}"
+    path = (
+        args.out / f"results{'-quick' if args.quick else ''}-seed{args.seed}{tag}{'-reuse' if args.reuse else ''}.json"
+    )
     path.write_text(
         json.dumps(
             {"held_out": data["held"], "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
