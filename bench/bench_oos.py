@@ -3,12 +3,9 @@
 The usual protocol: a quarter of the 77 intents (seeded) are held out as out of scope. Their test
 rows are relabelled ``out_of_scope``; a few rows per held-out intent (default 10) go into training
 labelled ``out_of_scope`` and a few others (default 5) into the validation set, where
-``evaluate_candidates`` chooses each candidate's out-of-scope rule: the shift of the class's prior
-and the confidence threshold that catch the most out-of-scope validation rows while validation
-in-scope accuracy stays within ``evaluate.oos_max_in_scope_drop`` of the model forced to answer in
-scope. Answers below the threshold, or of the ``out_of_scope`` class, count as "out of scope".
-Each model's predictions are saved under ``--out/predictions/seed<seed>/<candidate>``; ``--reuse``
-evaluates them again (a change to the rule measured on the same models, in seconds).
+``evaluate_candidates`` chooses each candidate's confidence threshold: the highest whose validation
+in-scope accuracy stays within ``evaluate.oos_max_in_scope_drop`` of answering everything.
+Answers below the threshold, or of the ``out_of_scope`` class, count as "out of scope".
 
 The reference, a model without any out-of-scope handling: the same candidate trained on the
 in-scope rows only (no out_of_scope rows), evaluated by plain accuracy on the in-scope test rows.
@@ -191,12 +188,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     for name in [c for c in args.candidates.split(",") if c]:
         started = time.perf_counter()
-        saved = (
-            args.out
-            / "predictions"
-            / f"seed{args.seed}"
-            / (name if args.train_seed is None else f"{name}-train-seed{args.train_seed}")
-        )
+        saved = args.out / "predictions" / (name if args.train_seed is None else f"{name}-train-seed{args.train_seed}")
         if args.reuse:
             outputs = {
                 split: pd.read_parquet(saved / f"{split}.parquet") for split in ("test", "validation", "reference")
@@ -248,8 +240,7 @@ def main() -> int:
         c = oos["class_only"]
         info = evaluation.thresholds[name]
         print(
-            f"{name}: threshold {results[name]['threshold']}, prior shift {info.get('oos_prior_shift', 0.0)} "
-            f"({info.get('method')}, validation in-scope "
+            f"{name}: threshold {results[name]['threshold']} ({info.get('method')}, validation in-scope "
             f"{info.get('validation_in_scope_accuracy')} vs {info.get('validation_in_scope_accuracy_without_threshold')},"
             f" OOS recall {info.get('validation_oos_recall')}); with threshold: in-scope acc "
             f"{oos['in_scope_accuracy']:.4f}, OOS recall {oos['oos_recall']:.4f}, precision "

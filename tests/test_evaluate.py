@@ -13,7 +13,6 @@ import pytest
 import sacrebleu
 from sklearn.metrics import accuracy_score, f1_score
 
-from tunewise.candidates.base import classification_predictions, shift_prediction_prior
 from tunewise.config.sections import ProjectConfig, config_from_dict
 from tunewise.core.artifacts import write_json, write_parquet
 from tunewise.core.stats import wilson_interval
@@ -22,13 +21,7 @@ from tunewise.evaluation.gate import gate_exit_code
 from tunewise.evaluation.human_sheet import SheetError, read_sheet, write_sheet
 from tunewise.evaluation.predictions import CandidatePredictions, load_run_predictions
 from tunewise.evaluation.scores import score_classification
-from tunewise.evaluation.thresholds import (
-    OOS_PRIOR_SHIFTS,
-    choose_oos_rule,
-    choose_oos_threshold,
-    choose_threshold,
-    coverage_curve,
-)
+from tunewise.evaluation.thresholds import choose_oos_threshold, choose_threshold, coverage_curve
 from tunewise.pipeline.runner import StageContext
 
 LABELS = ("billing", "delivery", "login", "refund")
@@ -279,60 +272,6 @@ def test_choose_oos_threshold_takes_the_highest_cut_within_the_in_scope_budget()
     assert tied_tight["threshold"] == 0.5 and tied_tight["validation_oos_recall"] == 0.0
     # no out-of-scope rows in validation: the caller falls back to the precision target
     assert choose_oos_threshold(confidence, np.zeros(8, int), y_pred, 2, 0.01) is None
-
-
-def test_shift_class_prior_moves_one_class_and_renormalises():
-    from tunewise.candidates.base import shift_class_prior
-
-    proba = np.array([[0.45, 0.05, 0.5], [0.0, 0.0, 1.0], [0.2, 0.2, 0.6]])
-    halved = shift_class_prior(proba, 2, np.log(0.5))
-    np.testing.assert_allclose(halved[0], np.array([0.45, 0.05, 0.25]) / 0.75)
-    np.testing.assert_allclose(halved.sum(axis=1), 1.0)
-    removed = shift_class_prior(proba, 2, -np.inf)
-    assert removed[0, 2] == 0 and removed[2].tolist() == [0.5, 0.5, 0.0]
-    assert removed[1].tolist() == [0.0, 0.0, 1.0]  # nothing else to choose: kept as it was
-    assert shift_class_prior(proba, 2, 0.0).tolist() == proba.tolist()
-    frame = classification_predictions(
-        pd.DataFrame({"id": ["a", "b", "c"], "input": "x"}), ["a", "b", "oos"], proba, 1.0
-    )
-    moved = shift_prediction_prior(frame, ["a", "b", "oos"], "oos", np.log(0.5))
-    assert moved["prediction"].tolist() == ["a", "oos", "oos"]
-    assert moved["score"].tolist() == pytest.approx([0.6, 1.0, 3 / 7])
-    assert moved["latency_ms"].tolist() == frame["latency_ms"].tolist()
-    # a label the model does not know leaves its predictions as they were
-    assert shift_prediction_prior(frame, ["a", "b", "oos"], "other", -3.0) is frame
-
-
-def test_choose_oos_rule_lowers_the_class_prior_when_the_class_costs_in_scope_answers():
-    # classes 0, 1 in scope, 2 out of scope
-    proba = np.array(
-        [
-            [0.9, 0.05, 0.05],  # in scope, right
-            [0.05, 0.9, 0.05],  # in scope, right
-            [0.45, 0.05, 0.5],  # in scope, answered out of scope by the model as trained
-            [0.1, 0.1, 0.8],  # out of scope, by the class
-            [0.4, 0.35, 0.25],  # out of scope, only by a threshold
-        ]
-    )
-    y_true = np.array([0, 1, 0, 2, 2])
-    rule = choose_oos_rule(proba, y_true, 2, 0.0)
-    # forced to answer in scope the model is right on all 3 in-scope rows: the reference
-    assert rule["validation_in_scope_accuracy_forced"] == 1.0
-    tried = {t["shift"]: t for t in rule["shifts_tried"]}
-    assert tried[0.0]["feasible"] is False  # as trained it loses row 2, which no threshold takes back
-    # -0.5 is the shift nearest 0 that answers row 2 right (0.45 > 0.5 * e^-0.5); the threshold
-    # then catches row 4 and the class row 3: every out-of-scope row at no in-scope cost. Stronger
-    # shifts tie (the threshold catches row 3 too) and lose the tie to the nearer one.
-    assert rule["oos_prior_shift"] == -0.5 and rule["method"] == "in_scope_budget_prior_shift"
-    assert rule["validation_oos_recall"] == 1.0 and rule["validation_in_scope_accuracy"] == 1.0
-    assert tried[-20.0]["validation_oos_recall"] == 1.0
-    assert rule["threshold"] == pytest.approx(0.45 / (0.5 + 0.5 * np.exp(-0.5)))
-    assert [t["shift"] for t in rule["shifts_tried"]] == sorted(OOS_PRIOR_SHIFTS)
-    # a budget of one in-scope row lets the model as trained keep its own answers
-    loose = choose_oos_rule(proba, y_true, 2, 0.34)
-    assert loose["oos_prior_shift"] == 0.0 and loose["validation_oos_recall"] == 1.0
-    # no out-of-scope rows: no rule
-    assert choose_oos_rule(proba[:3], y_true[:3], 2, 0.0) is None
 
 
 def test_out_of_scope_metrics_by_hand():
@@ -840,48 +779,22 @@ def test_out_of_scope_as_a_class_on_banking77_held_out_intents(banking77):
         {k: entry["metrics"][k] for k in ("in_scope_accuracy", "oos_recall", "oos_precision")}
     )
     assert got["oos_recall"] == got["with_threshold"]["oos_recall"]
-    # the out-of-scope class's prior shift and the threshold, chosen together: checked against every
-    # shift and every possible cut on validation, within the budget (2 points) of the model forced
-    # to answer in scope
+    # the threshold is the highest validation confidence that keeps in-scope accuracy within the
+    # budget (2 points) of answering everything: checked against every possible cut
     val = model.predict(validation).set_index("id").loc[validation["id"]]
-    val_oos = (validation["label"] == oos).to_numpy()
-    names = list(model.labels_)
-    val_proba = np.stack(val["proba"].to_numpy())
-    truth_index = np.array([names.index(x) for x in validation["label"]])
-    forced = np.where(np.arange(len(names)) == names.index(oos), 0.0, val_proba).argmax(axis=1)
-    reference = ((forced == truth_index) & ~val_oos).sum() / (~val_oos).sum()
-    best = None
-    for shift in OOS_PRIOR_SHIFTS:
-        weights = np.where(np.arange(len(names)) == names.index(oos), np.exp(shift), 1.0)
-        shifted = val_proba * weights / (val_proba * weights).sum(axis=1, keepdims=True)
-        pred, conf = shifted.argmax(axis=1), shifted.max(axis=1)
-        by_class = pred == names.index(oos)
-        feasible = []  # per shift, the highest cut within the budget: the most out-of-scope rows it catches
-        for cut in np.unique(conf):
-            flagged = by_class | (conf < cut)
-            in_scope = ((pred == truth_index) & ~flagged & ~val_oos).sum() / (~val_oos).sum()
-            if in_scope >= reference - 0.02 - 1e-12:
-                feasible.append((cut, (flagged & val_oos).sum() / val_oos.sum(), in_scope))
-        if feasible:
-            _, recall, in_scope = max(feasible)
-            best = max(best or (recall, in_scope), (recall, in_scope))
+    val_oos, val_by_class = (validation["label"] == oos).to_numpy(), (val["prediction"] == oos).to_numpy()
+    val_right = (val["prediction"].to_numpy() == validation["label"].to_numpy()) & ~val_oos
+    conf = val["score"].to_numpy()
+
+    def in_scope_accuracy(cut: float) -> float:
+        return (val_right & ~val_by_class & (conf >= cut)).sum() / (~val_oos).sum()
+
+    feasible = [t for t in np.unique(conf) if in_scope_accuracy(t) >= in_scope_accuracy(conf.min()) - 0.02 - 1e-12]
     chosen = result.thresholds["tfidf_lr"]
-    assert chosen["method"] == "in_scope_budget_prior_shift"
-    assert chosen["validation_in_scope_accuracy_forced"] == pytest.approx(reference)
-    assert (chosen["validation_oos_recall"], chosen["validation_in_scope_accuracy"]) == pytest.approx(best)
-    # the test predictions evaluated are the shifted ones, as serving answers
-    assert entry.get("out_of_scope_prior_shift", 0.0) == chosen["oos_prior_shift"]
-    raw = model.predict(test).set_index("id").loc[per_example["id"]]
-    shifted_test = shift_prediction_prior(raw.reset_index(), names, oos, chosen["oos_prior_shift"])
-    assert per_example["prediction"].tolist() == shifted_test["prediction"].tolist()
+    assert chosen["method"] == "in_scope_budget" and chosen["threshold"] == max(feasible)
     # on test it catches held-out-intent rows the 15 out_of_scope training rows did not teach, at an
     # in-scope cost near the budget (measured: recall 0.675 -> 0.758, in-scope 0.969 -> 0.958)
-    # on test it catches held-out-intent rows the 15 out_of_scope training rows did not teach, at an
-    # in-scope cost near the budget, against the model as trained (measured: recall 0.675 -> 0.800,
-    # in-scope 0.969 -> 0.953, with a shift of +0.5)
-    raw_oos = (raw["prediction"] == oos).to_numpy()
-    raw_in_scope = ((raw["prediction"].to_numpy() == per_example["label"].to_numpy()) & ~is_oos).sum() / (~is_oos).sum()
-    assert got["oos_recall"] >= raw_oos[is_oos].mean() + 0.05
-    assert got["in_scope_accuracy"] >= raw_in_scope - 0.02
+    assert got["with_threshold"]["oos_recall"] >= got["class_only"]["oos_recall"] + 0.05
+    assert got["with_threshold"]["in_scope_accuracy"] >= got["class_only"]["in_scope_accuracy"] - 0.02
     # no out-of-scope rows in the test set: nothing to report
     assert out_of_scope_metrics(result.scores["tfidf_lr"].take(np.flatnonzero(~is_oos))) is None

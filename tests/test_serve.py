@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 
 from serve_runs import make_classify_run, postgres_cluster, wait_healthy
@@ -255,31 +254,6 @@ def test_a_failing_candidate_is_answered_by_the_incumbent_and_counted(run_dir, m
     assert 'tunewise_arm_failures_total{arm="candidate"} 1.0' in metrics
     row = Store(url).requests_frame().iloc[0]
     assert row["status"] == "fallback" and "GPU fell off the bus" in row["error"]
-
-
-def test_served_answers_apply_the_out_of_scope_prior_shift_evaluate_chose(run_dir, models, tmp_path):
-    from tunewise.candidates.base import shift_prediction_prior
-
-    copy = tmp_path / "r1"
-    shutil.copytree(run_dir, copy)
-    summary_path = copy / "evaluate" / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    summary["candidates"][1]["out_of_scope_prior_shift"] = -20.0
-    summary_path.write_text(json.dumps(summary))
-    loaded = load_models(copy, {"tfidf_lr"})["tfidf_lr"]
-    assert loaded.prior_shift == -20.0 and loaded.threshold == 0.05
-    # the demo data has no out_of_scope label: shift a real one, which the model then never answers
-    texts = ["I want to cancel my order", "cancel it please", "where is my parcel", "cancel_order now"]
-    items = [(t, "[]") for t in texts]
-    plain = ServedModel("tfidf_lr", loaded.candidate, None, "cancel_order")
-    shifted = ServedModel("tfidf_lr", loaded.candidate, None, "cancel_order", prior_shift=-20.0)
-    assert "cancel_order" in [a["prediction"] for a in plain.predict(items)]
-    answers = shifted.predict(items)
-    assert "cancel_order" not in [a["prediction"] for a in answers]
-    frame = pd.DataFrame({"id": [str(i) for i in range(len(texts))], "input": texts, "context": "[]"})
-    expected = shift_prediction_prior(loaded.candidate.predict(frame), loaded.labels, "cancel_order", -20.0)
-    assert [a["prediction"] for a in answers] == expected["prediction"].tolist()
-    assert [a["score"] for a in answers] == pytest.approx(expected["score"].tolist())
 
 
 def test_concurrent_requests_are_micro_batched(run_dir, tmp_path):

@@ -169,36 +169,6 @@ def classification_predictions(
     )
 
 
-def shift_class_prior(proba: np.ndarray, index: int, shift: float) -> np.ndarray:
-    """``proba`` with class ``index``'s log-probability moved by ``shift`` and each row renormalised:
-    Bayes' rule for a class prior times ``exp(shift)`` (``-inf`` removes the class). A row whose
-    whole mass was that class keeps its probabilities (nothing else to choose)."""
-    proba = np.array(proba, dtype=np.float64)
-    if shift == 0 or not len(proba):
-        return proba
-    shifted = proba.copy()
-    shifted[:, index] *= 0.0 if shift == -np.inf else np.exp(shift)
-    total = shifted.sum(axis=1, keepdims=True)
-    return np.where(total > 0, shifted / np.where(total > 0, total, 1.0), proba)
-
-
-def shift_prediction_prior(predictions: pd.DataFrame, labels: Sequence[str], label: str, shift: float) -> pd.DataFrame:
-    """Classification predictions (with ``proba`` in ``labels`` order) after :func:`shift_class_prior`
-    on ``label``: prediction, score and proba recomputed, other columns kept."""
-    labels = list(labels)
-    if shift == 0 or label not in labels or not len(predictions):
-        return predictions
-    proba = shift_class_prior(
-        np.stack([np.asarray(p, np.float64) for p in predictions["proba"]]), labels.index(label), shift
-    )
-    best = proba.argmax(axis=1)
-    return predictions.assign(
-        prediction=np.asarray(labels, dtype=object)[best].tolist(),
-        score=proba[np.arange(len(proba)), best],
-        proba=[row.tolist() for row in proba],
-    )
-
-
 def generation_predictions(frame: pd.DataFrame, replies: Sequence[str], latency_ms: np.ndarray | float) -> pd.DataFrame:
     """Predictions for generated replies: no score, no proba."""
     if len(replies) != len(frame):

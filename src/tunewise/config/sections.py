@@ -174,13 +174,12 @@ class EvaluateConfig(Section):
         "out-of-scope label",
     )
     oos_max_in_scope_drop: float = Field(
-        0.005,
+        0.0025,
         ge=0,
         le=1,
-        description="classify, when validation has out-of-scope rows: the out-of-scope class's prior "
-        "shift and the confidence threshold that catch the most out-of-scope validation rows while "
-        "in-scope accuracy stays within this of the model forced to answer in scope (of answering "
-        "everything, for a model without class probabilities)",
+        description="classify, when validation has out-of-scope rows: the threshold is the highest "
+        "confidence whose validation in-scope accuracy stays within this of answering everything "
+        "(the most out-of-scope recall for a bounded in-scope cost)",
     )
     format_pattern: str | None = Field(
         None,

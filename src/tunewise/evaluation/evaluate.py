@@ -28,15 +28,13 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tunewise.candidates.base import shift_prediction_prior
-from tunewise.candidates.ensemble import proba_matrix
 from tunewise.config.sections import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
 from tunewise.core.artifacts import atomic_path, json_safe, write_csv, write_json, write_parquet
 from tunewise.core.records import answer_column
@@ -74,7 +72,6 @@ from tunewise.evaluation.scores import (
 )
 from tunewise.evaluation.slices import slice_report
 from tunewise.evaluation.thresholds import (
-    choose_oos_rule,
     choose_oos_threshold,
     choose_threshold,
     coverage_curve,
@@ -201,33 +198,6 @@ def _label_list(
     return sorted(labels)
 
 
-def _choose_rule(
-    c: CandidatePredictions, val_truth: pd.DataFrame | None, labels: list[str], config: EvaluateConfig
-) -> tuple[dict, float]:
-    """A classifier's out-of-scope rule from its validation predictions: (threshold record, prior shift).
-
-    With out-of-scope rows in validation, the in-scope budget bounds the cost: the class's prior
-    shift and the threshold together when the predictions carry class probabilities in label
-    order, the threshold alone otherwise. Without such rows, the precision target.
-    """
-    if val_truth is None or c.validation is None:
-        return {"threshold": None, "reached": False, "reason": "no validation predictions"}, 0.0
-    known = c.validation[c.validation["id"].isin(set(val_truth["id"]))]
-    scores = score_classification(known, val_truth, labels, None, config.out_of_scope_label)
-    if scores.oos_index is not None:
-        proba = proba_matrix(known, labels)
-        if proba is not None and proba_matrix(c.test, labels) is not None:
-            rule = choose_oos_rule(proba, scores.y_true, scores.oos_index, config.oos_max_in_scope_drop)
-            if rule is not None:
-                return rule, rule["oos_prior_shift"]
-        budget = choose_oos_threshold(
-            scores.confidence, scores.y_true, scores.y_pred, scores.oos_index, config.oos_max_in_scope_drop
-        )
-        if budget is not None:
-            return budget, 0.0
-    return choose_threshold(scores.confidence, scores.correct, config.target_precision), 0.0
-
-
 def evaluate_candidates(
     test: pd.DataFrame,
     candidates: Sequence[CandidatePredictions],
@@ -303,9 +273,25 @@ def evaluate_candidates(
 
     for c in usable:
         if task == "classify":
-            thresholds[c.name], shift = _choose_rule(c, val_truth, labels, config)
-            if shift:  # the candidate as it would answer: its out-of-scope prior moved (serving does the same)
-                c = replace(c, test=shift_prediction_prior(c.test, labels, config.out_of_scope_label, shift))
+            threshold = None
+            if val_truth is not None and c.validation is not None:
+                known = c.validation[c.validation["id"].isin(set(val_truth["id"]))]
+                val_scores = score_classification(known, val_truth, labels, None, config.out_of_scope_label)
+                # out-of-scope rows in validation: bound the in-scope cost; otherwise the precision target
+                by_budget = None
+                if val_scores.oos_index is not None:
+                    by_budget = choose_oos_threshold(
+                        val_scores.confidence,
+                        val_scores.y_true,
+                        val_scores.y_pred,
+                        val_scores.oos_index,
+                        config.oos_max_in_scope_drop,
+                    )
+                thresholds[c.name] = by_budget or choose_threshold(
+                    val_scores.confidence, val_scores.correct, config.target_precision
+                )
+            else:
+                thresholds[c.name] = {"threshold": None, "reached": False, "reason": "no validation predictions"}
             threshold = thresholds[c.name]["threshold"]
             s = score_classification(c.test, test, labels, threshold, config.out_of_scope_label)
             coverage[c.name] = coverage_curve(s.confidence, s.correct)
@@ -384,8 +370,6 @@ def evaluate_candidates(
             entries[c.name]["members"] = list(c.members)
         if task == "classify" and thresholds[c.name].get("threshold") is not None:
             entries[c.name]["out_of_scope_threshold"] = thresholds[c.name]["threshold"]
-        if task == "classify" and thresholds[c.name].get("oos_prior_shift"):
-            entries[c.name]["out_of_scope_prior_shift"] = thresholds[c.name]["oos_prior_shift"]
         if task == "classify":
             oos_metrics = out_of_scope_metrics(s)
             if oos_metrics is not None:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunewise.candidates.base import shift_class_prior
 from tunewise.core.stats import (
     precision_recall_f1,
 )
@@ -53,16 +52,10 @@ def choose_threshold(
 
 
 def choose_oos_threshold(
-    confidence: np.ndarray,
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    oos_index: int,
-    max_in_scope_drop: float,
-    reference_accuracy: float | None = None,
+    confidence: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, oos_index: int, max_in_scope_drop: float
 ) -> dict | None:
-    """The highest confidence cut whose in-scope accuracy stays within ``max_in_scope_drop`` of
-    ``reference_accuracy`` (default: answering everything), on validation rows that include
-    out-of-scope ones; None when there are none, or when no cut stays within the budget.
+    """The highest confidence cut whose in-scope accuracy stays within ``max_in_scope_drop`` of answering
+    everything, on validation rows that include out-of-scope ones; None when there are none.
 
     A row below the cut is answered out of scope, so a higher cut catches more out-of-scope rows
     and loses more right in-scope answers. Highest within the budget maximises out-of-scope recall
@@ -83,13 +76,9 @@ def choose_oos_threshold(
     let_through = np.cumsum((is_oos & ~by_class)[order])
     in_scope_accuracy = kept_right / n_in
     without = float(in_scope_accuracy[-1])
-    reference = without if reference_accuracy is None else float(reference_accuracy)
     cut = np.r_[sorted_conf[:-1] > sorted_conf[1:], True]
-    feasible = np.flatnonzero(cut & (in_scope_accuracy >= reference - max_in_scope_drop - 1e-12))
-    if not len(feasible):
-        return None
     # the first feasible cut is the highest threshold: in-scope accuracy only grows with j
-    j = int(feasible[0])
+    j = int(np.flatnonzero(cut & (in_scope_accuracy >= without - max_in_scope_drop - 1e-12))[0])
     return {
         "threshold": float(sorted_conf[j]),
         "reached": True,
@@ -97,75 +86,11 @@ def choose_oos_threshold(
         "max_in_scope_drop": max_in_scope_drop,
         "validation_in_scope_accuracy": float(in_scope_accuracy[j]),
         "validation_in_scope_accuracy_without_threshold": without,
-        "validation_in_scope_accuracy_reference": reference,
         "validation_oos_recall": float((n_oos - let_through[j]) / n_oos),
         "validation_oos_recall_class_only": float(by_class[is_oos].mean()),
         "validation_coverage": (j + 1) / n,
         "n_validation": n,
         "n_validation_oos": n_oos,
-    }
-
-
-# Log-factors tried on the out-of-scope class's prior: from "never predicted" (-20: a factor of
-# 2e-9) through the model as trained (0) to twenty times more likely.
-OOS_PRIOR_SHIFTS = (-20.0, -8.0, -6.0, -5.0, -4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
-
-
-def choose_oos_rule(
-    proba: np.ndarray,
-    y_true: np.ndarray,
-    oos_index: int,
-    max_in_scope_drop: float,
-    shifts: Sequence[float] = OOS_PRIOR_SHIFTS,
-) -> dict | None:
-    """The out-of-scope class's prior shift and the confidence threshold, chosen together on
-    validation rows that include out-of-scope ones (None when there are none).
-
-    The reference is the model forced to answer an in-scope label (the class removed, no
-    threshold): its in-scope accuracy is what the model gives without out-of-scope handling. Each
-    shift (:func:`~tunewise.candidates.base.shift_class_prior`) gets its highest threshold whose
-    in-scope accuracy stays within ``max_in_scope_drop`` of the reference; the pair catching the most
-    out-of-scope rows wins, ties going to the higher in-scope accuracy, then to the shift nearest 0
-    (the model as trained). A model trained with the class may say "out of scope" to more in-scope
-    messages than the threshold would (lora_llm on BANKING77 with held-out intents: 22 of 2,320,
-    1 point); a threshold alone cannot take those back, a lower prior can.
-    """
-    proba, y_true = np.asarray(proba, np.float64), np.asarray(y_true)
-    is_oos = y_true == oos_index
-    if not is_oos.any() or is_oos.all() or not np.isfinite(proba).all():
-        return None
-    forced = shift_class_prior(proba, oos_index, -np.inf).argmax(axis=1)
-    reference = float((forced == y_true)[~is_oos].mean())
-    rows = np.arange(len(proba))
-    best, best_key, tried = None, None, []
-    for shift in sorted(set(map(float, shifts)), key=abs):
-        shifted = shift_class_prior(proba, oos_index, shift)
-        y_pred = shifted.argmax(axis=1)
-        choice = choose_oos_threshold(
-            shifted[rows, y_pred], y_true, y_pred, oos_index, max_in_scope_drop, reference_accuracy=reference
-        )
-        if choice is None:
-            tried.append({"shift": shift, "feasible": False})
-            continue
-        tried.append(
-            {
-                "shift": shift,
-                "feasible": True,
-                "threshold": choice["threshold"],
-                "validation_oos_recall": choice["validation_oos_recall"],
-                "validation_in_scope_accuracy": choice["validation_in_scope_accuracy"],
-            }
-        )
-        key = (choice["validation_oos_recall"], choice["validation_in_scope_accuracy"])
-        if best_key is None or key > best_key:  # shifts come nearest-0 first: a tie keeps the nearer one
-            best, best_key = {**choice, "oos_prior_shift": shift}, key
-    if best is None:  # not reached: the most negative shift without a threshold is the reference itself
-        return None
-    return {
-        **best,
-        "method": "in_scope_budget_prior_shift",
-        "validation_in_scope_accuracy_forced": reference,
-        "shifts_tried": sorted(tried, key=lambda t: t["shift"]),
     }
 
 

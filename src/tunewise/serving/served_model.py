@@ -21,24 +21,15 @@ _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 
 
 class ServedModel:
-    """A fitted candidate, with the out-of-scope rule the evaluation chose for it: a threshold on its
-    confidence and, for a classifier with class probabilities, a shift of the out-of-scope class's prior."""
+    """A fitted candidate, with the out-of-scope threshold the evaluation chose for it."""
 
-    def __init__(
-        self,
-        name: str,
-        candidate: Any,
-        threshold: float | None,
-        out_of_scope_label: str,
-        prior_shift: float = 0.0,
-    ) -> None:
+    def __init__(self, name: str, candidate: Any, threshold: float | None, out_of_scope_label: str) -> None:
         self.name = name
         self.candidate = candidate
         self.task = candidate.task
         self.threshold = threshold if candidate.task == "classify" else None
         self.out_of_scope_label = out_of_scope_label
         self.labels = list(getattr(candidate, "labels_", []) or [])
-        self.prior_shift = float(prior_shift or 0.0) if candidate.task == "classify" else 0.0
 
     def feedback_labels(self) -> set[str]:
         return {*self.labels, self.out_of_scope_label}
@@ -137,10 +128,6 @@ class ServedModel:
             }
         )
         predictions = self.candidate.predict(frame)
-        if self.prior_shift and "proba" in predictions.columns:  # as evaluate scored it
-            from tunewise.candidates.base import shift_prediction_prior  # on use: loads sklearn, as load_models does
-
-            predictions = shift_prediction_prior(predictions, self.labels, self.out_of_scope_label, self.prior_shift)
         out = []
         for row in predictions.itertuples(index=False):
             score = float(row.score) if row.score is not None and np.isfinite(row.score) else None
@@ -207,14 +194,8 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
             candidate = run_candidate(name, cfg, run_dir)
         except CandidateError as exc:
             raise ServeError(f"candidate {name!r}: {exc}") from None
-        entry = evaluated.get(name, {})
-        models[name] = ServedModel(
-            name,
-            candidate,
-            entry.get("out_of_scope_threshold"),
-            oos_label,
-            entry.get("out_of_scope_prior_shift", 0.0),
-        )
+        threshold = evaluated.get(name, {}).get("out_of_scope_threshold")
+        models[name] = ServedModel(name, candidate, threshold, oos_label)
         log.info("loaded %s in %.1fs", name, time.perf_counter() - started)
     tasks = {m.task for m in models.values()}
     if len(tasks) > 1:
