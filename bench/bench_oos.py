@@ -6,6 +6,8 @@ labelled ``out_of_scope`` and a few others (default 5) into the validation set, 
 ``evaluate_candidates`` chooses each candidate's confidence threshold: the highest whose validation
 in-scope accuracy stays within ``evaluate.oos_max_in_scope_drop`` of answering everything.
 Answers below the threshold, or of the ``out_of_scope`` class, count as "out of scope".
+Each model's predictions are saved under ``--out/predictions/seed<seed>/<candidate>``; ``--reuse``
+evaluates them again (a change to the evaluation measured on the same models, in seconds).
 
 The reference, a model without any out-of-scope handling: the same candidate trained on the
 in-scope rows only (no out_of_scope rows), evaluated by plain accuracy on the in-scope test rows.
@@ -104,6 +106,8 @@ def make(name: str, args):
         settings: dict = {"sample_size": None}
         if args.max_steps:
             settings["max_steps"] = args.max_steps
+        if args.eval_max_rows:
+            settings["eval_max_rows"] = args.eval_max_rows
         kwargs.update(
             train_config=TrainConfig(**settings), seed=args.seed if args.train_seed is None else args.train_seed
         )
@@ -140,6 +144,9 @@ def main() -> int:
     )
     parser.add_argument("--n-resamples", type=int, default=500, help="bootstrap resamples for the intervals")
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps for fine-tuned candidates")
+    parser.add_argument(
+        "--eval-max-rows", type=int, default=None, help="train.eval_max_rows: validation rows early stopping reads"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -121,8 +121,11 @@ class TrainConfig(Section):
         ge=1,
         description="optimiser steps between validations; default: about 4 per epoch (at least 4, at most 40 per run)",
     )
-    eval_max_rows: int = Field(
-        256, ge=1, description="validation rows used during training (a stratified head of the validation split)"
+    eval_max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="validation rows used during training (a stratified head of the validation split); "
+        "default: 1,024 (classify), 256 (generate)",
     )
     monitor: Literal["auto", "loss", "accuracy", "macro_f1", "chrf"] = Field(
         "auto",
