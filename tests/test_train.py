@@ -20,7 +20,7 @@ import pytest
 from tunewise.config.sections import TrainConfig
 from tunewise.training import TrainError, dry_run, train
 from tunewise.training.checkpoint import trainable_state
-from tunewise.training.data import IGNORE_INDEX, encode_replies, length_grouped_batches
+from tunewise.training.data import IGNORE_INDEX, encode_replies, length_grouped_batches, prepare
 from tunewise.training.early_stopping import EarlyStopping
 from tunewise.training.plan import plan_run
 
@@ -131,6 +131,25 @@ def test_reply_examples_carry_loss_on_reply_tokens_only(tiny_llm):
 
 # ---------------------------------------------------------------------------------------------
 # Early stopping and the overfitting watch
+
+
+def test_early_stopping_reads_up_to_1024_validation_rows_for_classify_and_256_for_generate(tiny_llm):
+    # 256 rows of macro F1 over tens of classes is noise that stopped lora_llm early (docs/benchmarks.md)
+    train_rows, validation_rows = toy_frame(64), toy_frame(1100, seed=1, prefix="v")
+
+    def validation_used(task: str, **settings) -> pd.DataFrame:
+        config = TrainConfig(num_threads=1, **settings)
+        *_, val_examples, _, val_frame = prepare(task, "lora", train_rows, validation_rows, config, model_spec=tiny_llm)
+        assert len(val_examples) == len(val_frame)
+        return val_frame
+
+    classify = validation_used("classify")
+    assert len(classify) == 1024
+    # stratified by label: every class keeps its share
+    shares = classify["label"].value_counts(normalize=True)
+    assert (shares - validation_rows["label"].value_counts(normalize=True)).abs().max() < 0.01
+    assert len(validation_used("generate")) == 256
+    assert len(validation_used("classify", eval_max_rows=100)) == 100
 
 
 def test_overfitting_watch_stops_when_validation_worsens_while_training_loss_falls():
