@@ -195,7 +195,12 @@ def main() -> int:
     results: dict[str, dict] = {}
     for name in [c for c in args.candidates.split(",") if c]:
         started = time.perf_counter()
-        saved = args.out / "predictions" / (name if args.train_seed is None else f"{name}-train-seed{args.train_seed}")
+        saved = (
+            args.out
+            / "predictions"
+            / f"seed{args.seed}"
+            / (name if args.train_seed is None else f"{name}-train-seed{args.train_seed}")
+        )
         if args.reuse:
             outputs = {
                 split: pd.read_parquet(saved / f"{split}.parquet") for split in ("test", "validation", "reference")
