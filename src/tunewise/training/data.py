@@ -25,19 +25,13 @@ from tunewise.llm.chat import context_messages as _context_messages, end_of_turn
 from tunewise.models.loading import resolve_encoder, resolve_llm
 from tunewise.training.plan import RunPlan, plan_run
 from tunewise.training.runtime import rank_and_world_size
-from tunewise.training.settings import DEFAULTS, TrainError
+from tunewise.training.settings import DEFAULTS, EVAL_MAX_ROWS, TrainError
 
 if TYPE_CHECKING:
     import torch
 
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (prompt tokens, padding)
-# Validation rows early stopping reads by default. Classify: macro F1 over tens of classes on 256
-# rows (3 or 4 a class) is noise that stopped lora_llm early (BANKING77 with held-out intents: 1.7
-# in-scope points lost at step 777; with 1,024 rows it trained to its budget and lost none). A
-# classifier's validation pass is one forward per row, cheap beside training; a generation's costs
-# more (a loss over every reply token), so generate keeps 256.
-EVAL_MAX_ROWS = {"classify": 1024, "generate": 256}
 
 
 def prepare(
