@@ -152,7 +152,7 @@ def dry_run(
         "eval_every": plan.eval_every,
         "validations": validations,
         "validation_rows": len(val_examples),
-        "this_machine_seconds": round(here, 1) if here is not None else None,
+        "this_machine_seconds": round(here, 3) if here is not None else None,
         "reference_gpus": {g["gpu"]: g["seconds_to_convergence"] for g in gpus},
         "note": "time for every planned step plus the validations (an upper bound: early stopping on validation "
         "usually ends a run inside the budget); generate's chrF replies at each validation not counted",
@@ -187,7 +187,8 @@ def dry_run(
         "this_machine": {
             "calibration_steps": max(0, min(calibration_steps, len(batches) - 1)),
             "tokens_per_second": round(tokens_per_second, 1) if tokens_per_second else None,
-            "seconds": round(total_tokens / tokens_per_second, 1) if tokens_per_second else None,
+            # three decimals: a tiny model's whole plan can take under 0.05 s on a fast machine
+            "seconds": round(total_tokens / tokens_per_second, 3) if tokens_per_second else None,
             **asdict(runtime),
         },
         "flops": {
