@@ -114,6 +114,16 @@ def make(name: str, args):
     return make_candidate(name, **kwargs)
 
 
+def training_record(model) -> dict | None:
+    """How a fine-tuned candidate's training ended (steps, best step, why it stopped, the validation curve):
+    whether early stopping, not the out-of-scope rows, cost in-scope accuracy."""
+    summary = getattr(model, "train_summary_", None)
+    if not summary:
+        return None
+    keys = ("steps_done", "epochs_done", "stop_reason", "best_step", "best", "under_trained", "validation_curve")
+    return {key: summary.get(key) for key in keys} | {"planned_steps": summary["plan"]["total_steps"]}
+
+
 def main() -> int:
     from tunewise.models.loading import quiet_known_warnings
 
@@ -195,6 +205,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     for name in [c for c in args.candidates.split(",") if c]:
         started = time.perf_counter()
+        training: dict[str, dict | None] = {}
         saved = (
             args.out
             / "predictions"
@@ -208,6 +219,7 @@ def main() -> int:
         else:
             model = make(name, args).fit(train, validation)
             outputs = {"test": model.predict(test), "validation": model.predict(validation)}
+            training["with_oos"] = training_record(model)
             del model
         predicted = CandidatePredictions(name, "candidate", outputs["test"], validation=outputs["validation"])
         seconds = time.perf_counter() - started
@@ -228,6 +240,7 @@ def main() -> int:
         else:
             reference = make(name, args).fit(data["train_ref"], data["validation_ref"])
             ref_pred = outputs["reference"] = reference.predict(data["test_ref"])
+            training["reference"] = training_record(reference)
             del reference
             # saved, so a change to evaluation can be measured on the same models (--reuse)
             saved.mkdir(parents=True, exist_ok=True)
@@ -246,6 +259,7 @@ def main() -> int:
             "reference_accuracy": ref_accuracy,
             "fit_predict_seconds": round(seconds, 1),
             "reference_seconds": round(ref_seconds, 1),
+            "training": training,
             "recall_pass": recall_ok,
             "accuracy_pass": accuracy_ok,
         }
