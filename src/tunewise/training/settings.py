@@ -51,8 +51,8 @@ MAX_EVALS_PER_RUN = 40
 # Validation rows early stopping reads by default (train.eval_max_rows). Classify: macro F1 over
 # tens of classes on 256 rows (3 or 4 a class) is noise; it stopped lora_llm's BANKING77
 # out-of-scope runs early (step 777: 1.7 in-scope points below its reference; with 1,024 rows the
-# same seed trained to its budget and lost none, another seed still stopped early and lost 0.8;
-# docs/benchmarks.md). A classifier's validation pass is one forward a row, cheap beside training;
+# same seed trained to its budget and lost none; the other seed also trained to its budget and
+# still lost 0.8, a cost of the out-of-scope class, not of early stopping; docs/benchmarks.md). A classifier's validation pass is one forward a row, cheap beside training;
 # a generation's is a loss over every reply token, so generate keeps 256.
 EVAL_MAX_ROWS = {"classify": 1024, "generate": 256}
 ENCODER_HEAD_LR_FACTOR = 20  # the encoder's head starts from random weights: it learns 20x faster
