@@ -797,3 +797,67 @@ def test_importing_the_training_package_imports_no_torch_and_its_modules_share_o
     from tunewise.training import modules
 
     assert modules.IGNORE_INDEX == IGNORE_INDEX  # one definition, in training.data (no torch)
+
+
+def test_the_out_of_scope_class_weighs_like_an_average_class_in_the_loss(tiny_llm, tmp_path):
+    import torch
+
+    from tunewise.training.data import class_loss_weights
+    from tunewise.training.modules import ClassificationLoss
+
+    # 16 rows for each of 3 intents, 32 pooled out-of-scope rows: balanced weight 16 / 32
+    in_scope = toy_frame(48)
+    rng = np.random.default_rng(3)
+    topics = ["weather", "football scores", "a pasta recipe", "the capital of Peru"]
+    out_of_scope = in_scope.head(32).copy()
+    out_of_scope["id"] = [f"o{i}" for i in range(32)]
+    out_of_scope["input"] = [f"tell me about {topics[i % 4]} {rng.integers(100)}" for i in range(32)]
+    out_of_scope["label"] = "out_of_scope"
+    rows = pd.concat([in_scope, out_of_scope], ignore_index=True)
+    labels = sorted(rows["label"].unique())
+    weights = class_loss_weights(labels, rows["label"], "out_of_scope", "balanced")
+    assert weights["weight"] == 0.5 and weights["rows"] == 32 and weights["mean_in_scope_rows"] == 16
+    assert weights["weights"] == [0.5 if label == "out_of_scope" else 1.0 for label in labels]
+    assert class_loss_weights(labels, rows["label"], "out_of_scope", 0.25)["weight"] == 0.25
+    assert class_loss_weights(labels, rows["label"], None, "balanced") is None  # no label named
+    in_scope_labels = sorted(in_scope["label"].unique())
+    assert class_loss_weights(in_scope_labels, in_scope["label"], "out_of_scope", "balanced") is None  # no such class
+    assert class_loss_weights(labels, in_scope["label"], "out_of_scope", "balanced") is None  # no such rows
+    # fewer out-of-scope rows than an average class: never weighted up
+    few = pd.concat([in_scope, out_of_scope.head(4)], ignore_index=True)
+    assert class_loss_weights(labels, few["label"], "out_of_scope", "balanced")["weight"] == 1.0
+
+    # the loss: each row's cross-entropy times its class's weight, summed, over the row count
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, len(labels))
+    loss = ClassificationLoss(lambda input_ids, attention_mask: head(input_ids.float()))
+    features, targets = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 3, -1])
+    plain, count = loss(features, None, targets)
+    loss.set_class_weight(weights["weights"])
+    weighted, _ = loss(features, None, targets)
+    per_row = torch.nn.functional.cross_entropy(head(features[:5]), targets[:5], reduction="none")
+    oos = labels.index("out_of_scope")
+    expected = sum(float(r) * (0.5 if int(t) == oos else 1.0) for r, t in zip(per_row.detach(), targets[:5]))
+    assert int(count) == 5 and float(plain) == pytest.approx(float(per_row.sum()), rel=1e-5)
+    assert float(weighted) == pytest.approx(expected, rel=1e-5) and float(weighted) < float(plain)
+
+    # a real run weights the class it was told about and says so in its summary. One epoch at a
+    # learning rate too small to move the weights: every batch's loss is the starting model's, so
+    # the weighted run's losses are the same except on batches with out-of-scope rows, lower there
+    still = quick(max_steps=10, learning_rate=1e-12)
+    result = train(
+        "classify",
+        rows,
+        None,
+        config=still,
+        model_spec=tiny_llm,
+        out_dir=tmp_path / "run",
+        seed=0,
+        out_of_scope_label="out_of_scope",
+    )
+    recorded = json.loads((tmp_path / "run" / "train_summary.json").read_text())["out_of_scope_weight"]
+    assert recorded == {k: v for k, v in weights.items() if k != "weights"} == result.summary["out_of_scope_weight"]
+    unweighted = train("classify", rows, None, config=still, model_spec=tiny_llm, seed=0)
+    assert unweighted.summary["out_of_scope_weight"] is None
+    losses = [(w["loss"], u["loss"]) for w, u in zip(result.curves["train"], unweighted.curves["train"], strict=True)]
+    assert len(losses) == 10 and all(w <= u + 1e-6 for w, u in losses) and any(w < u - 1e-3 for w, u in losses)

@@ -34,7 +34,7 @@ from tunewise.candidates.registry import (
     candidate_kwargs,
     make_candidate,
 )
-from tunewise.config.sections import BaselineConfig, ModelsConfig, TrainConfig
+from tunewise.config.sections import BaselineConfig, EvaluateConfig, ModelsConfig, TrainConfig
 from tunewise.core.artifacts import read_json
 from tunewise.core.layout import RunLayout
 
@@ -91,6 +91,8 @@ def _fine_tuned_settings(name: str, config: Any) -> dict[str, Any]:
         "trust_remote_code": models.trust_remote_code,
         "train_config": train.for_candidate(name),
         "seed": getattr(config, "seed", 0),
+        # the classifiers weight this class in their loss (train.out_of_scope_weight)
+        "out_of_scope_label": (getattr(config, "evaluate", None) or EvaluateConfig()).out_of_scope_label,
     }
 
 

@@ -138,6 +138,7 @@ class FineTunedCandidate(Candidate):
                 checkpoint_dir=self.checkpoint_dir,
                 seed=self.seed,
                 name=self.name,
+                out_of_scope_label=getattr(self, "out_of_scope_label", None),
             )
         except TrainError as exc:
             raise CandidateError(str(exc)) from None
@@ -255,8 +256,10 @@ class LoraClassifier(_Classifier):
         seed: int = 0,
         output_dir: str | None = None,
         checkpoint_dir: str | None = None,
+        out_of_scope_label: str = "out_of_scope",
     ) -> None:
         self.llm = llm
+        self.out_of_scope_label = out_of_scope_label
         self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
 
     def _model_spec(self) -> str:
@@ -279,8 +282,10 @@ class EncoderFineTuned(_Classifier):
         seed: int = 0,
         output_dir: str | None = None,
         checkpoint_dir: str | None = None,
+        out_of_scope_label: str = "out_of_scope",
     ) -> None:
         self.encoder = encoder
+        self.out_of_scope_label = out_of_scope_label
         self._set_settings(offline, trust_remote_code, train_config, seed, output_dir, checkpoint_dir)
 
     def _model_spec(self) -> str:

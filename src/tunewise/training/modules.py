@@ -59,12 +59,17 @@ class ReplyTokenLoss(nn.Module):
 
 
 class ClassificationLoss(nn.Module):
-    """Summed cross-entropy of a classifier's logits (rows labelled -1 carry no loss)."""
+    """Summed cross-entropy of a classifier's logits (rows labelled -1 carry no loss), each row weighted
+    by its class's weight when ``class_weight`` is set (the out-of-scope class, see data.class_loss_weights)."""
 
     def __init__(self, classifier: Any) -> None:
         super().__init__()
         self.classifier = classifier
         self.prefix: Any = None  # a FrozenPrefix (below), set by build_model when the lower layers are frozen
+        self.register_buffer("class_weight", None)  # a buffer: it follows the module to its device
+
+    def set_class_weight(self, weights: Sequence[float] | None) -> None:
+        self.class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
     def forward(
         self,
@@ -79,7 +84,12 @@ class ClassificationLoss(nn.Module):
             output = self.classifier(input_ids=input_ids, attention_mask=attention_mask)
             logits = (output.logits if hasattr(output, "logits") else output).float()
         keep = labels >= 0
-        return F.cross_entropy(logits[keep], labels[keep], reduction="sum"), keep.sum()
+        if self.class_weight is None:
+            return F.cross_entropy(logits[keep], labels[keep], reduction="sum"), keep.sum()
+        # a weighted sum over rows, still divided by the row count (not by the weights' sum, as
+        # cross_entropy(weight=...) with mean would): a weight below 1 lowers the class's pull
+        row_loss = F.cross_entropy(logits[keep], labels[keep], reduction="none")
+        return (row_loss * self.class_weight[labels[keep]]).sum(), keep.sum()
 
 
 class EncoderClassifier(nn.Module):

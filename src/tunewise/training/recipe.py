@@ -27,7 +27,7 @@ from tunewise.training.build import (
     set_checkpointing,
     training_attention,
 )
-from tunewise.training.data import Example, collate, length_grouped_batches, prepare
+from tunewise.training.data import Example, class_loss_weights, collate, length_grouped_batches, prepare
 from tunewise.training.early_stopping import EarlyStopping, convergence
 from tunewise.training.plan import RunPlan
 from tunewise.training.runtime import (
@@ -58,6 +58,7 @@ def train(
     name: str = "model",
     source: str = "training data",
     stop_after_steps: int | None = None,
+    out_of_scope_label: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``model_spec`` on ``train_frame`` (record frames): LoRA on the base LLM (classification
     head or reply generation), or a full fine-tune of the small sentence encoder with a linear head.
@@ -87,6 +88,7 @@ def train(
     ``checkpoint_dir`` the resumable checkpoints (default ``out_dir/checkpoints``; none without
     either). ``stop_after_steps`` ends the run after that optimiser step as if the process had
     been stopped there, with its checkpoint written: what a time-boxed job or a test of resume does.
+    ``out_of_scope_label`` (classify): the class weighted by ``config.out_of_scope_weight`` in the loss.
     """
     import torch
 
@@ -121,6 +123,13 @@ def train(
         built = build_for_plan(
             task, method, base_path, tokenizer, plan, config, runtime, trust_remote_code=trust_remote_code
         )
+        class_weights = (
+            class_loss_weights(plan.labels, train_frame["label"], out_of_scope_label, config.out_of_scope_weight)
+            if task == "classify"
+            else None
+        )
+        if class_weights is not None:
+            built.loss_module.set_class_weight(class_weights["weights"])
         built.loss_module.to(device)
         loss_module = built.loss_module
         _cache_frozen_layers(built, name, examples + val_examples, config, runtime, batch_size=max(plan.batch_size, 32))
@@ -259,6 +268,9 @@ def train(
         "frozen_layers_cached": built.prefix is not None,
         "attention": training_attention(task, device, plan.max_length, config.attention),
         "runtime": asdict(runtime),
+        "out_of_scope_weight": (
+            {k: v for k, v in class_weights.items() if k != "weights"} if class_weights is not None else None
+        ),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "system_prompt": config.system_prompt,
         "config": config.model_dump(mode="json"),
