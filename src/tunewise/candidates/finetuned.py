@@ -88,6 +88,7 @@ class FineTunedCandidate(Candidate):
     seed: int
     output_dir: str | None
     checkpoint_dir: str | None
+    out_of_scope_label: str | None = None  # the classifiers: the class train.out_of_scope_weight weights
 
     def _model_spec(self) -> str:
         raise NotImplementedError
@@ -138,7 +139,7 @@ class FineTunedCandidate(Candidate):
                 checkpoint_dir=self.checkpoint_dir,
                 seed=self.seed,
                 name=self.name,
-                out_of_scope_label=getattr(self, "out_of_scope_label", None),
+                out_of_scope_label=self.out_of_scope_label,
             )
         except TrainError as exc:
             raise CandidateError(str(exc)) from None

@@ -127,7 +127,7 @@ def class_loss_weights(
     scikit-learn's ``class_weight="balanced"`` would for that one class. None when the training
     data has no out-of-scope rows.
     """
-    if out_of_scope_label is None or out_of_scope_label not in labels or len(labels) < 2:
+    if out_of_scope_label is None or out_of_scope_label not in labels:
         return None
     counts = train_labels.astype(str).value_counts()
     oos_rows = int(counts.get(out_of_scope_label, 0))
