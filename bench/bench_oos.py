@@ -280,6 +280,7 @@ def main() -> int:
             validation=validation,
             seed=args.seed,
             config=config.model_copy(update={"baseline": name}),
+            proba_labels=sorted(set(train["label"])),
         )
         entry = evaluation.summary["candidates"][0]
         oos = entry["out_of_scope"]
@@ -327,7 +328,8 @@ def main() -> int:
         info = evaluation.thresholds[name]
         print(
             f"{run}: threshold {results[run]['threshold']} ({info.get('method')}, validation in-scope "
-            f"{info.get('validation_in_scope_accuracy')} vs {info.get('validation_in_scope_accuracy_without_threshold')},"
+            f"{info.get('validation_in_scope_accuracy')} vs {info.get('validation_in_scope_accuracy_reference')} "
+            f"{info.get('reference')}, cut on {info.get('score')},"
             f" OOS recall {info.get('validation_oos_recall')}); with threshold: in-scope acc "
             f"{oos['in_scope_accuracy']:.4f}, OOS recall {oos['oos_recall']:.4f}, precision "
             f"{oos['oos_precision'] if oos['oos_precision'] is None else round(oos['oos_precision'], 4)}; "

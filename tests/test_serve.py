@@ -490,3 +490,55 @@ def test_two_replicas_on_one_postgres_share_the_log_and_the_arm_weights(run_dir,
     logged = store.request_ids()
     assert set(ids) <= logged and len(logged) == len(ids) + 1
     store.close()
+
+
+def test_a_margin_threshold_defers_answers_close_to_the_out_of_scope_class(tmp_path, banking77):
+    """The evaluation's in-scope-margin threshold, served: a row is answered out of scope when its
+    best in-scope probability beats out_of_scope's by less than the cut (real tfidf_lr on BANKING77
+    with two intents held out as out_of_scope)."""
+    import pandas as pd
+
+    from tunewise.candidates.base import in_scope_margin
+
+    raw = pd.read_csv(banking77 / "train.csv")
+    intents = sorted(raw["category"].unique())
+    kept, held = intents[:6], intents[6:8]
+    rows = pd.concat([raw[raw["category"].isin(kept)].groupby("category").head(30), raw[raw["category"].isin(held)]])
+    rows = rows.assign(category=rows["category"].where(rows["category"].isin(kept), "out_of_scope"))
+    records = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(len(rows))], "input": rows["text"].tolist(), "context": "[]"}
+    ).assign(label=rows["category"].tolist())
+    unseen = records[records["label"] == "out_of_scope"].iloc[20:]  # held-out rows not trained on
+    train = pd.concat(
+        [records[records["label"] != "out_of_scope"], records[records["label"] == "out_of_scope"].iloc[:20]]
+    )
+    run = tmp_path / "runs" / "r1"
+    (run / "split").mkdir(parents=True)
+    (run / "evaluate").mkdir()
+    train.to_parquet(run / "split" / "train.parquet")
+    train.iloc[::5].to_parquet(run / "split" / "validation.parquet")
+    train.iloc[::7].to_parquet(run / "split" / "test.parquet")
+    summary = {
+        "gate": {"passed": True, "candidate": "tfidf_lr", "baseline": "majority"},
+        "candidates": [
+            {"name": "tfidf_lr", "out_of_scope_threshold": 0.3, "out_of_scope_threshold_score": "in_scope_margin"}
+        ],
+    }
+    (run / "evaluate" / "summary.json").write_text(json.dumps(summary))
+    served = load_models(run, {"tfidf_lr"})["tfidf_lr"]
+    assert served.threshold == 0.3 and served.threshold_score == "in_scope_margin"
+
+    items = [(text, "[]") for text in [*unseen["input"], *raw[raw["category"].isin(kept)]["text"].iloc[-60:]]]
+    answers = served.predict(items)
+    frame = pd.DataFrame({"id": [str(i) for i in range(len(items))], "input": [t for t, _ in items], "context": "[]"})
+    proba = np.stack(served.candidate.predict(frame)["proba"].to_numpy())
+    margin = in_scope_margin(proba, served.candidate.labels_, "out_of_scope")
+    flagged = np.array([a["out_of_scope"] for a in answers])
+    assert (flagged == (margin < 0.3)).all()
+    assert all(a["prediction"] == "out_of_scope" for a, f in zip(answers, flagged, strict=True) if f)
+    # the margin defers rows the top probability alone would answer: confident, but close to out_of_scope
+    confident = np.array([a["score"] >= 0.3 for a in answers])
+    assert (flagged & confident).any()
+    # the same threshold on the top probability (the evaluation's choice without an out-of-scope class)
+    by_confidence = ServedModel("tfidf_lr", served.candidate, 0.3, "out_of_scope").predict(items)
+    assert [a["out_of_scope"] for a in by_confidence] == [bool(c < 0.3) for c in (a["score"] for a in answers)]

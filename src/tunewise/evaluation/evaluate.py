@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunewise.candidates.base import in_scope_margin
+from tunewise.candidates.ensemble import proba_matrix
 from tunewise.config.sections import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
 from tunewise.core.artifacts import atomic_path, json_safe, write_csv, write_json, write_parquet
 from tunewise.core.records import answer_column
@@ -198,6 +200,25 @@ def _label_list(
     return sorted(labels)
 
 
+def _margin_and_forced(
+    predictions: pd.DataFrame, proba_labels: Sequence[str] | None, out_of_scope_label: str, labels: list[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(in-scope margin, best in-scope label as an index into ``labels``, -1 when absent) per row of
+    ``predictions``; None when its probabilities are missing, in another order, or without the
+    out-of-scope label."""
+    if proba_labels is None or len(set(proba_labels)) < 2:
+        return None
+    order = sorted(map(str, proba_labels))
+    proba = proba_matrix(predictions, order)
+    margin = None if proba is None else in_scope_margin(proba, order, out_of_scope_label)
+    if margin is None:
+        return None
+    in_scope = [label for label in order if label != out_of_scope_label]
+    index = {label: i for i, label in enumerate(labels)}
+    best = np.delete(proba, order.index(out_of_scope_label), axis=1).argmax(axis=1)
+    return margin, np.array([index.get(in_scope[b], -1) for b in best], dtype=np.int64)
+
+
 def evaluate_candidates(
     test: pd.DataFrame,
     candidates: Sequence[CandidatePredictions],
@@ -210,12 +231,16 @@ def evaluate_candidates(
     encoder: str | None = None,
     seed: int = 0,
     skipped: Sequence[dict] = (),
+    proba_labels: Sequence[str] | None = None,
 ) -> Evaluation:
     """Score every candidate on ``test`` (records with ``label`` or ``target``), compare each
     with the baseline on shared ids, report slices and apply the gate.
 
     ``encoder`` turns on embedding similarity (generate); ``knowledge`` (texts) feeds the
     unsupported-facts check; ``validation`` (records) is where out-of-scope thresholds are chosen.
+    ``proba_labels`` (classify): the training labels, whose sorted order is the candidates'
+    probability columns; with the out-of-scope label among them, thresholds cut on the in-scope
+    margin (:func:`_margin_and_forced`).
     """
     config = config or EvaluateConfig()
     level = config.confidence_level
@@ -280,12 +305,14 @@ def evaluate_candidates(
                 # out-of-scope rows in validation: bound the in-scope cost; otherwise the precision target
                 by_budget = None
                 if val_scores.oos_index is not None:
+                    margin = _margin_and_forced(known, proba_labels, config.out_of_scope_label, labels)
                     by_budget = choose_oos_threshold(
-                        val_scores.confidence,
+                        val_scores.confidence if margin is None else margin[0],
                         val_scores.y_true,
                         val_scores.y_pred,
                         val_scores.oos_index,
                         config.oos_max_in_scope_drop,
+                        None if margin is None else margin[1],
                     )
                 thresholds[c.name] = by_budget or choose_threshold(
                     val_scores.confidence, val_scores.correct, config.target_precision
@@ -293,7 +320,16 @@ def evaluate_candidates(
             else:
                 thresholds[c.name] = {"threshold": None, "reached": False, "reason": "no validation predictions"}
             threshold = thresholds[c.name]["threshold"]
-            s = score_classification(c.test, test, labels, threshold, config.out_of_scope_label)
+            cut_on = None
+            if threshold is not None and thresholds[c.name].get("score") == "in_scope_margin":
+                test_margin = _margin_and_forced(c.test, proba_labels, config.out_of_scope_label, labels)
+                if test_margin is None:
+                    raise EvaluationError(
+                        f"{c.name}: its validation predictions have class probabilities with "
+                        f"{config.out_of_scope_label!r} but its test predictions do not"
+                    )
+                cut_on = test_margin[0]
+            s = score_classification(c.test, test, labels, threshold, config.out_of_scope_label, cut_on)
             coverage[c.name] = coverage_curve(s.confidence, s.correct)
             per_class.append(_per_class(s, c.name))
             confusions[c.name] = _confusions(s, config.top_confusions)
@@ -370,6 +406,7 @@ def evaluate_candidates(
             entries[c.name]["members"] = list(c.members)
         if task == "classify" and thresholds[c.name].get("threshold") is not None:
             entries[c.name]["out_of_scope_threshold"] = thresholds[c.name]["threshold"]
+            entries[c.name]["out_of_scope_threshold_score"] = thresholds[c.name].get("score", "confidence")
         if task == "classify":
             oos_metrics = out_of_scope_metrics(s)
             if oos_metrics is not None:

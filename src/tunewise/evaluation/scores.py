@@ -57,7 +57,7 @@ class ClassifyScores:
     y_pred: np.ndarray
     confidence: np.ndarray
     labels: list[str]
-    answered: np.ndarray | None = None  # confidence >= the out-of-scope threshold
+    answered: np.ndarray | None = None  # the threshold's score (confidence or in-scope margin) >= it
     oos_index: int | None = None
 
     @property
@@ -177,8 +177,13 @@ def score_classification(
     labels: list[str],
     threshold: float | None = None,
     out_of_scope_label: str | None = None,
+    threshold_score: np.ndarray | None = None,
 ) -> ClassifyScores:
-    """Index predictions and true labels (``truth``: id, label) into the label list ``labels``."""
+    """Index predictions and true labels (``truth``: id, label) into the label list ``labels``.
+
+    A row is answered when its ``threshold_score`` (one per prediction row; default its confidence)
+    reaches ``threshold``.
+    """
     index = {label: i for i, label in enumerate(labels)}
     ids = predictions["id"].astype(str).to_numpy()
     expected = truth_for(ids, truth, "label").astype(str).to_numpy()
@@ -186,7 +191,8 @@ def score_classification(
     if unknown:
         raise EvaluationError(f"labels {unknown[:5]} are missing from the label list")
     confidence = pd.to_numeric(predictions["score"], errors="coerce").to_numpy(np.float64)
-    answered = confidence >= threshold if threshold is not None else None
+    cut_on = confidence if threshold_score is None else np.asarray(threshold_score, np.float64)
+    answered = cut_on >= threshold if threshold is not None else None
     oos = index.get(out_of_scope_label) if out_of_scope_label is not None else None
     return ClassifyScores(
         ids,

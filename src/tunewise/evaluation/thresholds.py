@@ -52,43 +52,68 @@ def choose_threshold(
 
 
 def choose_oos_threshold(
-    confidence: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, oos_index: int, max_in_scope_drop: float
+    score: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    oos_index: int,
+    max_in_scope_drop: float,
+    forced_pred: np.ndarray | None = None,
 ) -> dict | None:
-    """The highest confidence cut whose in-scope accuracy stays within ``max_in_scope_drop`` of answering
-    everything, on validation rows that include out-of-scope ones; None when there are none.
+    """The highest cut on ``score`` whose in-scope accuracy stays within ``max_in_scope_drop`` of the
+    model forced to answer in scope, on validation rows that include out-of-scope ones; None when
+    there are none.
 
-    A row below the cut is answered out of scope, so a higher cut catches more out-of-scope rows
-    and loses more right in-scope answers. Highest within the budget maximises out-of-scope recall
-    at a bounded in-scope cost: a precision target alone ignores what the deferred in-scope rows
-    cost (on BANKING77 with held-out intents, tfidf_lr lost 1.7 in-scope points at precision 0.9).
+    ``score`` is the in-scope margin (:func:`tunewise.candidates.base.in_scope_margin`) when the
+    model has an out-of-scope class, with ``forced_pred`` its best in-scope label; else the top
+    probability, and the reference is answering everything (``y_pred``). A row predicted out of
+    scope or scoring below the cut is answered out of scope, so a higher cut catches more
+    out-of-scope rows and loses more right in-scope answers. The budget bounds the whole in-scope
+    cost of out-of-scope handling, the class's wrong out-of-scope answers included: that is what
+    the team gives up against the same model without it. Only cuts >= 0 are taken (a margin below
+    0 is an out-of-scope prediction already); when even the lowest exceeds the budget, it is
+    used and ``reached`` is False.
     """
-    confidence = np.asarray(confidence, np.float64)
+    score = np.asarray(score, np.float64)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     is_oos, by_class = y_true == oos_index, y_pred == oos_index
-    n, n_oos = len(confidence), int(is_oos.sum())
+    n, n_oos = len(score), int(is_oos.sum())
     n_in = n - n_oos
-    if n_oos == 0 or n_in == 0 or not np.isfinite(confidence).all():
+    if n_oos == 0 or n_in == 0 or not np.isfinite(score).all():
         return None
-    order = np.argsort(-confidence, kind="stable")
-    sorted_conf = confidence[order]
-    # answering the j+1 most confident rows: in-scope answers kept right, out-of-scope rows let through
+    reference_pred = y_pred if forced_pred is None else np.asarray(forced_pred)
+    reference = float((~is_oos & (reference_pred == y_true)).sum() / n_in)
+    order = np.argsort(-score, kind="stable")
+    sorted_score = score[order]
+    # answering the j+1 highest-scoring rows: in-scope answers kept right, out-of-scope rows let through
     kept_right = np.cumsum((~is_oos & ~by_class & (y_pred == y_true))[order])
     let_through = np.cumsum((is_oos & ~by_class)[order])
     in_scope_accuracy = kept_right / n_in
-    without = float(in_scope_accuracy[-1])
-    cut = np.r_[sorted_conf[:-1] > sorted_conf[1:], True]
-    # the first feasible cut is the highest threshold: in-scope accuracy only grows with j
-    j = int(np.flatnonzero(cut & (in_scope_accuracy >= without - max_in_scope_drop - 1e-12))[0])
+    cut = np.r_[sorted_score[:-1] > sorted_score[1:], True] & (sorted_score >= 0)
+    feasible = np.flatnonzero(cut & (in_scope_accuracy >= reference - max_in_scope_drop - 1e-12))
+    reached = len(feasible) > 0
+    if reached:
+        j = int(feasible[0])  # the first feasible cut is the highest: in-scope accuracy only grows with j
+    elif cut.any():
+        j = int(np.flatnonzero(cut)[-1])
+    else:  # every row scores below 0: all are out-of-scope predictions already
+        j = None
+    kept = in_scope_accuracy[j] if j is not None else 0.0
+    caught = n_oos - let_through[j] if j is not None else n_oos
     return {
-        "threshold": float(sorted_conf[j]),
-        "reached": True,
+        "threshold": float(sorted_score[j]) if j is not None else 0.0,
+        "reached": bool(reached),
         "method": "in_scope_budget",
+        "score": "confidence" if forced_pred is None else "in_scope_margin",
         "max_in_scope_drop": max_in_scope_drop,
-        "validation_in_scope_accuracy": float(in_scope_accuracy[j]),
-        "validation_in_scope_accuracy_without_threshold": without,
-        "validation_oos_recall": float((n_oos - let_through[j]) / n_oos),
+        "validation_in_scope_accuracy": float(kept),
+        "validation_in_scope_accuracy_reference": reference,
+        "reference": "answering everything" if forced_pred is None else "forced to answer in scope",
+        "validation_in_scope_accuracy_without_threshold": float(
+            (~is_oos & ~by_class & (y_pred == y_true)).sum() / n_in
+        ),
+        "validation_oos_recall": float(caught / n_oos),
         "validation_oos_recall_class_only": float(by_class[is_oos].mean()),
-        "validation_coverage": (j + 1) / n,
+        "validation_coverage": (j + 1) / n if j is not None else 0.0,
         "n_validation": n,
         "n_validation_oos": n_oos,
     }

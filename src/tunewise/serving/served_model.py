@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tunewise.candidates.base import in_scope_margin
 from tunewise.config.sections import EvaluateConfig
 from tunewise.core.layout import RunLayout
 from tunewise.serving.base import ServeError, log, run_project_config
@@ -23,11 +24,20 @@ _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
 class ServedModel:
     """A fitted candidate, with the out-of-scope threshold the evaluation chose for it."""
 
-    def __init__(self, name: str, candidate: Any, threshold: float | None, out_of_scope_label: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        candidate: Any,
+        threshold: float | None,
+        out_of_scope_label: str,
+        threshold_score: str = "confidence",
+    ) -> None:
         self.name = name
         self.candidate = candidate
         self.task = candidate.task
         self.threshold = threshold if candidate.task == "classify" else None
+        # what the threshold cuts: the top probability, or the in-scope margin (the evaluation's choice)
+        self.threshold_score = threshold_score
         self.out_of_scope_label = out_of_scope_label
         self.labels = list(getattr(candidate, "labels_", []) or [])
 
@@ -129,9 +139,22 @@ class ServedModel:
         )
         predictions = self.candidate.predict(frame)
         out = []
-        for row in predictions.itertuples(index=False):
+        margins = None
+        if self.threshold is not None and self.threshold_score == "in_scope_margin" and len(predictions):
+            margins = in_scope_margin(
+                np.stack([np.asarray(p, dtype=np.float64) for p in predictions["proba"]]),
+                self.labels,
+                self.out_of_scope_label,
+            )
+            if margins is None:
+                raise ValueError(
+                    f"{self.name}: the threshold cuts the in-scope margin but {self.out_of_scope_label!r} "
+                    "is not one of the model's labels"
+                )
+        for i, row in enumerate(predictions.itertuples(index=False)):
             score = float(row.score) if row.score is not None and np.isfinite(row.score) else None
-            out_of_scope = self.threshold is not None and score is not None and score < self.threshold
+            cut_on = score if margins is None else float(margins[i])
+            out_of_scope = self.threshold is not None and cut_on is not None and cut_on < self.threshold
             out.append(
                 {
                     "prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
@@ -195,7 +218,8 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
         except CandidateError as exc:
             raise ServeError(f"candidate {name!r}: {exc}") from None
         threshold = evaluated.get(name, {}).get("out_of_scope_threshold")
-        models[name] = ServedModel(name, candidate, threshold, oos_label)
+        threshold_score = evaluated.get(name, {}).get("out_of_scope_threshold_score", "confidence")
+        models[name] = ServedModel(name, candidate, threshold, oos_label, threshold_score)
         log.info("loaded %s in %.1fs", name, time.perf_counter() - started)
     tasks = {m.task for m in models.values()}
     if len(tasks) > 1:

@@ -181,6 +181,8 @@ def run(ctx: StageContext) -> dict:
         encoder=encoder,
         seed=cfg.seed,
         skipped=skipped,
+        # the candidates' probability columns are the sorted training labels
+        proba_labels=sorted(set(train["label"].astype(str))) if task == "classify" and train is not None else None,
     )
     summary = evaluation.summary
     if incumbent_info is not None:
