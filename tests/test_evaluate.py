@@ -291,9 +291,9 @@ def test_choose_oos_threshold_on_the_in_scope_margin_bounds_the_cost_against_the
     assert some["validation_oos_recall"] == pytest.approx(2 / 3)
     wide = choose_oos_threshold(margin, y_true, y_pred, 2, 0.4, forced)
     assert wide["threshold"] == 0.6 and wide["validation_oos_recall"] == 1.0
-    # no budget at all cannot be met: the lowest cut at or above 0 (the class alone), not reached
+    # no budget at all cannot be met: the class alone (a cut at 0), not reached
     tight = choose_oos_threshold(margin, y_true, y_pred, 2, 0.0, forced)
-    assert tight["threshold"] == 0.05 and tight["reached"] is False
+    assert tight["threshold"] == 0.0 and tight["reached"] is False
     assert tight["validation_oos_recall"] == pytest.approx(1 / 3)
     # margins below 0 are out-of-scope answers already: never a cut
     assert choose_oos_threshold(-np.abs(margin), y_true, y_pred, 2, 0.5, forced)["threshold"] == 0.0

@@ -70,8 +70,9 @@ def choose_oos_threshold(
     out-of-scope rows and loses more right in-scope answers. The budget bounds the whole in-scope
     cost of out-of-scope handling, the class's wrong out-of-scope answers included: that is what
     the team gives up against the same model without it. Only cuts >= 0 are taken (a margin below
-    0 is an out-of-scope prediction already); when even the lowest exceeds the budget, it is
-    used and ``reached`` is False.
+    0 is an out-of-scope prediction already); when even the lowest exceeds the budget, the cut is
+    0 (the class alone: no validation row tells where between 0 and the lowest score to cut) and
+    ``reached`` is False.
     """
     score = np.asarray(score, np.float64)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -100,7 +101,7 @@ def choose_oos_threshold(
     kept = in_scope_accuracy[j] if j is not None else 0.0
     caught = n_oos - let_through[j] if j is not None else n_oos
     return {
-        "threshold": float(sorted_score[j]) if j is not None else 0.0,
+        "threshold": float(sorted_score[j]) if reached else 0.0,
         "reached": bool(reached),
         "method": "in_scope_budget",
         "score": "confidence" if forced_pred is None else "in_scope_margin",

@@ -26,7 +26,8 @@ The app (:func:`create_app`) is FastAPI on uvicorn:
   non-loopback address without an API key unless ``--insecure``.
 
 Classification answers below the evaluation's out-of-scope threshold for that candidate
-(evaluate/summary.json) are answered with the out-of-scope label: the bot hands over to a person
+(evaluate/summary.json: the cut and what it cuts, the top probability or the in-scope margin) are
+answered with the out-of-scope label: the bot hands over to a person
 instead of guessing, as the evaluation measured.
 
 Where things live: this module builds the app (start-up checks, lifespan, middleware, error

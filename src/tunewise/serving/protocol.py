@@ -56,7 +56,10 @@ class ClassifyResponse(BaseModel):
     model: str = Field(..., description="candidate name")
     label: str = Field(..., description="the answer; the out-of-scope label when the model was not confident")
     score: float | None = Field(None, description="probability of the model's label")
-    out_of_scope: bool = Field(False, description="True when the score fell below the evaluation's threshold")
+    out_of_scope: bool = Field(
+        False,
+        description="True when the score (or the in-scope margin, when the evaluation cut on it) fell below the evaluation's threshold",
+    )
     model_label: str | None = Field(None, description="the model's own label before the threshold")
     latency_ms: float
     dropped_turns: int = Field(
