@@ -3,9 +3,11 @@
 The usual protocol: a quarter of the 77 intents (seeded) are held out as out of scope. Their test
 rows are relabelled ``out_of_scope``; a few rows per held-out intent (default 10) go into training
 labelled ``out_of_scope`` and a few others (default 5) into the validation set, where
-``evaluate_candidates`` chooses each candidate's confidence threshold: the highest whose validation
-in-scope accuracy stays within ``evaluate.oos_max_in_scope_drop`` of answering everything.
-Answers below the threshold, or of the ``out_of_scope`` class, count as "out of scope".
+``evaluate_candidates`` chooses each candidate's threshold on the in-scope margin (best in-scope
+probability minus out_of_scope's): the highest whose validation in-scope cost against the model
+forced to answer in scope stays within ``evaluate.oos_max_in_scope_drop`` at
+``evaluate.oos_cost_confidence``. Answers below the threshold, or of the ``out_of_scope`` class,
+count as "out of scope".
 Each model's predictions are saved under ``--out/predictions/seed<seed>/<candidate>``; ``--reuse``
 evaluates them again (a change to the evaluation measured on the same models, in seconds).
 
@@ -184,7 +186,8 @@ def main() -> int:
         "--max-in-scope-drop",
         type=float,
         default=None,
-        help="evaluate.oos_max_in_scope_drop (default: tunewise's); the threshold's in-scope cost on validation",
+        help="evaluate.oos_max_in_scope_drop (default: tunewise's); the threshold's in-scope cost on validation "
+        "(its upper bound at evaluate.oos_cost_confidence)",
     )
     parser.add_argument("--n-resamples", type=int, default=500, help="bootstrap resamples for the intervals")
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps for fine-tuned candidates")

@@ -16,6 +16,7 @@ from tunewise.core.stats import (
     mcnemar,
     mean_with_ci,
     paired_permutation,
+    proportion_upper_bound,
     resample_weights,
     wilson_interval,
 )
@@ -133,6 +134,17 @@ def test_wilson_interval_matches_statsmodels():
         low, high = wilson_interval(k, n)
         ref_low, ref_high = proportion_confint(k, n, alpha=0.05, method="wilson")
         assert (low, high) == (pytest.approx(ref_low, abs=1e-12), pytest.approx(ref_high, abs=1e-12))
+
+
+def test_proportion_upper_bound_is_the_one_sided_clopper_pearson_bound_of_statsmodels():
+    # a one-sided bound at 0.9 is the upper end of the two-sided exact interval at 0.8
+    ks, n = np.array([0, 1, 3, 10, 231]), 231
+    ours = proportion_upper_bound(ks, n, 0.9)
+    for k, bound in zip(ks, ours, strict=True):
+        expected = 1.0 if k == n else proportion_confint(int(k), n, alpha=0.2, method="beta")[1]
+        assert bound == pytest.approx(expected, abs=1e-12)
+    assert ours[0] == pytest.approx(1 - 0.1 ** (1 / n))  # no event seen: 1 - (1 - level)^(1/n)
+    assert (np.diff(ours) > 0).all()
 
 
 def test_paired_permutation_separates_a_real_difference_from_none():

@@ -174,13 +174,19 @@ class EvaluateConfig(Section):
         "out-of-scope label",
     )
     oos_max_in_scope_drop: float = Field(
-        0.005,
+        0.01,
         ge=0,
         le=1,
         description="classify, when validation has out-of-scope rows: the threshold is the highest cut whose "
-        "validation in-scope accuracy stays within this of the same model forced to answer in scope (the "
-        "most out-of-scope recall for a bounded in-scope cost); half of the usual 1-point target, as "
-        "validation rows come from the training data and cost less than test rows",
+        "in-scope cost (validation in-scope accuracy lost against the same model forced to answer in scope) "
+        "stays within this at oos_cost_confidence: the most out-of-scope recall for a bounded in-scope cost",
+    )
+    oos_cost_confidence: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="classify: the in-scope cost checked against oos_max_in_scope_drop is its upper bound at "
+        "this level (exact, one-sided), so few validation rows give a cautious threshold",
     )
     format_pattern: str | None = Field(
         None,

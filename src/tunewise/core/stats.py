@@ -281,6 +281,15 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
     return (float(ci.low), float(ci.high))
 
 
+def proportion_upper_bound(successes: np.ndarray | int, trials: int, level: float) -> np.ndarray:
+    """One-sided exact (Clopper-Pearson) upper bound of a proportion at ``level``, elementwise over
+    ``successes``: the beta quantile ``Beta(k + 1, n - k).ppf(level)``, 1 when k = n."""
+    k = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = sps.beta.ppf(level, k + 1, np.maximum(trials - k, 1e-300))
+    return np.where(k >= trials, 1.0, bound)
+
+
 def bootstrap_statistic(fn: Callable[[np.ndarray], float], n: int, weights: np.ndarray) -> np.ndarray:
     """Fallback for statistics without a counts form (corpus BLEU): one call per resample."""
     out = np.empty(weights.shape[0])

@@ -313,6 +313,7 @@ def evaluate_candidates(
                         val_scores.oos_index,
                         config.oos_max_in_scope_drop,
                         None if margin is None else margin[1],
+                        config.oos_cost_confidence,
                     )
                 thresholds[c.name] = by_budget or choose_threshold(
                     val_scores.confidence, val_scores.correct, config.target_precision
@@ -520,6 +521,7 @@ def evaluate_candidates(
             "label": config.out_of_scope_label,
             "target_precision": config.target_precision,
             "max_in_scope_drop": config.oos_max_in_scope_drop,
+            "cost_confidence": config.oos_cost_confidence,
             "test_rows": int((test["label"].astype(str) == config.out_of_scope_label).sum()),
         }
     return Evaluation(
