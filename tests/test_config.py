@@ -31,6 +31,22 @@ def test_nested_unknown_key_and_wrong_type_reported_together(tmp_path):
     assert f"{p}:7: split.seed" in msg and "'abc'" in msg
 
 
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    # YAML loaders keep the last value silently; the same name in two sections is fine
+    p = write(
+        tmp_path,
+        "seed: 1\ndata:\n  train: a.csv\ntrain:\n  lora_r: 8\n  seed: 3\n  lora_r: 16\nsplit:\n  seed: 2\nseed: 4\n",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).splitlines() == [
+        f"{p}:7: train.lora_r is given twice (first at line 5); keep one",
+        f"{p}:10: seed is given twice (first at line 1); keep one",
+    ]
+    p.write_text("seed: 1\ndata:\n  train: a.csv\nsplit:\n  seed: 2\n")
+    assert load_config(p).seed == 1
+
+
 def test_bad_literal_and_missing_required(tmp_path):
     p = write(tmp_path, "task: clasify\n")
     with pytest.raises(ConfigError) as exc:

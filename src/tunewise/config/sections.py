@@ -419,27 +419,48 @@ class ProjectConfig(Section):
 # Loading with good errors
 
 
-def key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each mapping key path in a YAML document to its 1-based line."""
-    lines: dict[tuple[str, ...], int] = {}
+def _key_paths(text: str) -> list[tuple[tuple[str, ...], int, bool]]:
+    """Every mapping key and sequence item of a YAML document in order: (path, 1-based line,
+    whether it is a mapping key); empty when the text is not valid YAML."""
+    found: list[tuple[tuple[str, ...], int, bool]] = []
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
-        return lines
+        return found
 
     def walk(node: Any, path: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                k = (*path, str(key.value))
-                lines[k] = key.start_mark.line + 1
-                walk(value, k)
+                found.append(((*path, str(key.value)), key.start_mark.line + 1, True))
+                walk(value, (*path, str(key.value)))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[(*path, str(i))] = item.start_mark.line + 1
+                found.append(((*path, str(i)), item.start_mark.line + 1, False))
                 walk(item, (*path, str(i)))
 
     walk(root, ())
-    return lines
+    return found
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each mapping key path in a YAML document to its 1-based line."""
+    return {path: line for path, line, _ in _key_paths(text)}
+
+
+def duplicate_keys(text: str) -> list[tuple[str, int, int]]:
+    """Keys given twice in one mapping: (dotted key path, first line, repeated line), 1-based.
+
+    PyYAML keeps the last value without a word (yamllint's key-duplicates rule catches it; the
+    loader does not), so a setting edited in one place and left in another silently loses.
+    """
+    first_line: dict[tuple[str, ...], int] = {}
+    repeated = []
+    for path, line, is_key in _key_paths(text):
+        if is_key and path in first_line:
+            repeated.append((".".join(path), first_line[path], line))
+        elif is_key:
+            first_line[path] = line
+    return repeated
 
 
 def _fields_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
@@ -506,6 +527,14 @@ def read_config(path: str | Path) -> ProjectConfig:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    repeated = duplicate_keys(text)
+    if repeated:
+        raise ConfigError(
+            "\n".join(
+                f"{path}:{again}: {key} is given twice (first at line {first}); keep one"
+                for key, first, again in repeated
+            )
+        )
     try:
         cfg = ProjectConfig.model_validate(raw)
     except ValidationError as err:
