@@ -122,13 +122,6 @@ def load_stages() -> dict[str, StageSpec]:
     return {n: STAGES[n] for n in PIPELINE_ORDER if n in STAGES}
 
 
-def _file_key(path: Path, base_dir: Path) -> str:
-    """A user file's name in a stage key: relative to the project folder when inside it, so a
-    project moved or copied elsewhere keeps its cached stages (the digest says the content)."""
-    path, base = Path(path).resolve(), Path(base_dir).resolve()
-    return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
-
-
 def _stage_key(spec: StageSpec, cfg: ProjectConfig, upstream_keys: dict[str, str]) -> str:
     payload = {
         "version": __version__,
@@ -137,7 +130,7 @@ def _stage_key(spec: StageSpec, cfg: ProjectConfig, upstream_keys: dict[str, str
         "seed": cfg.seed,
         "sections": {s: cfg.section(s) for s in spec.sections},
         "upstream": {s: upstream_keys.get(s) for s in spec.reads},
-        "files": {_file_key(p, cfg.base_dir): (file_digest(p) if p.is_file() else None) for p in spec.user_files(cfg)},
+        "files": {str(p): (file_digest(p) if p.is_file() else None) for p in spec.user_files(cfg)},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
