@@ -67,6 +67,7 @@ __all__ = [
     "candidate_kwargs",
     "check_predictions",
     "classification_predictions",
+    "best_in_scope",
     "generation_predictions",
     "in_scope_margin",
     "input_texts",
@@ -170,9 +171,12 @@ def classification_predictions(
     )
 
 
-def in_scope_margin(proba: np.ndarray, labels: Sequence[str], out_of_scope_label: str) -> np.ndarray | None:
-    """Per row, the best in-scope label's probability minus the out-of-scope label's (``proba``'s
-    columns are ``labels``); None when ``out_of_scope_label`` is not one of them.
+def best_in_scope(
+    proba: np.ndarray, labels: Sequence[str], out_of_scope_label: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per row, the best in-scope label (a column of ``proba``, whose columns are ``labels``) and
+    its in-scope margin: its probability minus the out-of-scope label's. None when
+    ``out_of_scope_label`` is not one of ``labels`` or no other label is.
 
     Below 0 the model answers out of scope; a small margin is a doubtful in-scope answer. The
     out-of-scope threshold cuts on this rather than on the top probability: on BANKING77 with
@@ -182,13 +186,20 @@ def in_scope_margin(proba: np.ndarray, labels: Sequence[str], out_of_scope_label
     (probability 0) it is the top probability itself.
     """
     labels = list(labels)
-    if out_of_scope_label not in labels:
+    if out_of_scope_label not in labels or len(labels) < 2:
         return None
     proba = np.asarray(proba, dtype=np.float64)
     oos = labels.index(out_of_scope_label)
-    in_scope = np.delete(proba, oos, axis=1)
-    best = in_scope.max(axis=1) if in_scope.shape[1] else np.zeros(len(proba))
-    return best - proba[:, oos]
+    masked = proba.copy()
+    masked[:, oos] = -np.inf
+    best = masked.argmax(axis=1)
+    return best, proba[np.arange(len(proba)), best] - proba[:, oos]
+
+
+def in_scope_margin(proba: np.ndarray, labels: Sequence[str], out_of_scope_label: str) -> np.ndarray | None:
+    """The in-scope margin of :func:`best_in_scope` alone."""
+    found = best_in_scope(proba, labels, out_of_scope_label)
+    return None if found is None else found[1]
 
 
 def generation_predictions(frame: pd.DataFrame, replies: Sequence[str], latency_ms: np.ndarray | float) -> pd.DataFrame:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunewise.candidates.base import in_scope_margin
+from tunewise.candidates.base import best_in_scope
 from tunewise.candidates.ensemble import proba_matrix
 from tunewise.config.sections import EvaluateConfig  # noqa: F401  (re-exported: the evaluate section)
 from tunewise.core.artifacts import atomic_path, json_safe, write_csv, write_json, write_parquet
@@ -206,17 +206,16 @@ def _margin_and_forced(
     """(in-scope margin, best in-scope label as an index into ``labels``, -1 when absent) per row of
     ``predictions``; None when its probabilities are missing, in another order, or without the
     out-of-scope label."""
-    if proba_labels is None or len(set(proba_labels)) < 2:
+    if proba_labels is None:
         return None
     order = sorted(map(str, proba_labels))
     proba = proba_matrix(predictions, order)
-    margin = None if proba is None else in_scope_margin(proba, order, out_of_scope_label)
-    if margin is None:
+    found = None if proba is None else best_in_scope(proba, order, out_of_scope_label)
+    if found is None:
         return None
-    in_scope = [label for label in order if label != out_of_scope_label]
+    best, margin = found
     index = {label: i for i, label in enumerate(labels)}
-    best = np.delete(proba, order.index(out_of_scope_label), axis=1).argmax(axis=1)
-    return margin, np.array([index.get(in_scope[b], -1) for b in best], dtype=np.int64)
+    return margin, np.array([index.get(order[b], -1) for b in best], dtype=np.int64)
 
 
 def evaluate_candidates(

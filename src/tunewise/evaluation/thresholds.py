@@ -75,10 +75,11 @@ def choose_oos_threshold(
     must stay within the budget is the upper bound at that level (exact, one-sided) of the share of
     in-scope rows lost, not the share itself: on 231 validation rows one lost row is 0.4 points
     measured but up to 1.7 at 90%, and a cut placed on one row cost 2.4 points on test (BANKING77
-    held-out slice, docs/benchmarks.md); on 760 rows the bound allows 3 rows. Only cuts >= 0 are taken (a margin below
-    0 is an out-of-scope prediction already); when even the lowest exceeds the budget, the cut is
-    0 (the class alone: no validation row tells where between 0 and the lowest score to cut) and
-    ``reached`` is False.
+    held-out slice, docs/benchmarks.md); on 760 rows the bound allows 3 rows.
+
+    Only cuts >= 0 are taken (a margin below 0 is an out-of-scope prediction already); when even
+    the lowest exceeds the budget, the cut is 0 (the class alone: no validation row tells where
+    between 0 and the lowest score to cut) and ``reached`` is False.
     """
     score = np.asarray(score, np.float64)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
