@@ -225,6 +225,68 @@ def test_shortlist_covering_every_label_equals_full_scoring(banking8):
     np.testing.assert_array_equal(via_shortlist.logprob_sum.argmax(1), reference.logprob_sum.argmax(1))
 
 
+def test_two_scoring_workers_return_the_one_worker_scores_on_one_thread_each(banking8):
+    # two batches at once (baseline.scoring_workers), each in its own thread on half of torch's
+    # threads: the same batches, so the same scores (fp32), and torch's thread count restored after
+    import threading
+
+    import torch
+
+    train, validation, test = banking8
+    few_shot = make_candidate(
+        "few_shot_llm", few_shot_k=2, max_input_tokens=48, batch_size=4, precision="fp32", prompt_search=False
+    ).fit(train, validation)
+    prompts = few_shot.tokenizer_(
+        _render(few_shot.tokenizer_, few_shot._conversations(test)), add_special_tokens=False
+    )["input_ids"]
+    seen: list[tuple[str, int]] = []
+    hook = few_shot.model_.register_forward_pre_hook(
+        lambda *_: seen.append((threading.current_thread().name, torch.get_num_threads()))
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = score_continuations(few_shot.model_, prompts, few_shot.continuations_, batch_size=4)
+        seen.clear()
+        two = score_continuations(few_shot.model_, prompts, few_shot.continuations_, batch_size=4, workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    batches = [(name, threads) for name, threads in seen[1:]]  # the first pass is the shared prefix
+    assert len(batches) == len(test) // 4
+    assert {name.split("_")[0] for name, _ in batches} == {"score"}
+    assert len({name for name, _ in batches}) == 2 and {threads for _, threads in batches} == {1}
+    np.testing.assert_allclose(two.logprob_sum, one.logprob_sum, atol=1e-4)
+    np.testing.assert_array_equal(two.logprob_sum.argmax(1), one.logprob_sum.argmax(1))
+    # more workers than batches: one per batch
+    few = score_continuations(few_shot.model_, prompts[:4], few_shot.continuations_, batch_size=4, workers=8)
+    np.testing.assert_allclose(few.logprob_sum, one.logprob_sum[:4], atol=1e-4)
+
+
+def test_scoring_workers_setting():
+    import torch
+
+    from tunewise.config.baseline_section import BaselineConfig
+    from tunewise.llm.scoring import scoring_workers
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert scoring_workers("auto") == 1  # one core: nothing to share
+        torch.set_num_threads(2)
+        assert scoring_workers("auto") == 2
+    finally:
+        torch.set_num_threads(before)
+    assert scoring_workers(3) == 3
+    for bad in (0, -1, True, "two"):
+        with pytest.raises(ValueError):
+            scoring_workers(bad)
+    assert BaselineConfig().scoring_workers == "auto"
+    with pytest.raises(ValueError, match="scoring_workers"):
+        BaselineConfig(scoring_workers=0)
+
+
 def test_short_shortlists_score_exactly_their_labels(banking8):
     train, validation, test = banking8
     zero_shot = make_candidate("zero_shot_llm", max_input_tokens=48, batch_size=4, shortlist=3, precision="fp32").fit(

@@ -72,6 +72,7 @@ def candidate_settings(
         "shortlist": config.shortlist,
         "shortlist_recall": config.shortlist_recall,
         "precision": config.precision,
+        "scoring_workers": config.scoring_workers,
         "prompt_search": config.prompt_search,
         "prompt_search_rows": config.prompt_search_rows,
         "prompt_search_final_rows": config.prompt_search_final_rows,

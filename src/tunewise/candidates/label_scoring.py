@@ -18,7 +18,7 @@ from tunewise.candidates.llm_base import (
     top_labels,
 )
 from tunewise.llm.chat import render as _render
-from tunewise.llm.scoring import ContinuationScores, answer_continuations, score_continuations
+from tunewise.llm.scoring import ContinuationScores, answer_continuations, score_continuations, scoring_workers
 
 DEFAULT_CLASSIFY_SYSTEM_PROMPT = "You sort customer messages into categories."
 
@@ -173,6 +173,7 @@ class LabelScoringClassifier(LLMCandidate):
             batch_size=self.batch_size,
             description=self.name,
             pad_token_id=self.tokenizer_.pad_token_id or 0,
+            workers=scoring_workers(getattr(self, "scoring_workers", 1)),
         )
 
     def _label_prior(self) -> np.ndarray:

@@ -126,6 +126,7 @@ class ZeroShotClassifier(LabelScoringClassifier):
         shortlist: bool | int | str = "auto",
         shortlist_recall: float = 0.99,
         precision: str = "auto",
+        scoring_workers: int | str = "auto",
     ) -> None:
         self.llm = llm
         self.encoder = encoder
@@ -140,6 +141,7 @@ class ZeroShotClassifier(LabelScoringClassifier):
         self.shortlist = shortlist
         self.shortlist_recall = shortlist_recall
         self.precision = precision
+        self.scoring_workers = scoring_workers
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> ZeroShotClassifier:
         self._fit_labels(train)
@@ -198,6 +200,7 @@ class FewShotClassifier(LabelScoringClassifier):
         prompt_search: bool = True,
         prompt_search_rows: int = 200,
         prompt_search_final_rows: int = 600,
+        scoring_workers: int | str = "auto",
     ) -> None:
         self.llm = llm
         self.encoder = encoder
@@ -215,6 +218,7 @@ class FewShotClassifier(LabelScoringClassifier):
         self.prompt_search = prompt_search
         self.prompt_search_rows = prompt_search_rows
         self.prompt_search_final_rows = prompt_search_final_rows
+        self.scoring_workers = scoring_workers
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> FewShotClassifier:
         self._fit_labels(train)

@@ -40,6 +40,9 @@ class ServedModel:
         self.threshold_score = threshold_score
         self.out_of_scope_label = out_of_scope_label
         self.labels = list(getattr(candidate, "labels_", []) or [])
+        if hasattr(candidate, "scoring_workers"):
+            # the server sets torch's threads per micro-batch itself (serving.batching): one batch at a time
+            candidate.scoring_workers = 1
 
     def feedback_labels(self) -> set[str]:
         return {*self.labels, self.out_of_scope_label}
