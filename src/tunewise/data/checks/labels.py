@@ -93,6 +93,7 @@ import pandas as pd
 
 from tunewise.config.checks import LabelErrorsSettings, SemanticDuplicatesSettings, ThinClassesSettings
 from tunewise.config.sections import ProjectConfig
+from tunewise.core.machine import measuring_cores
 from tunewise.core.progress import console, progress, track
 from tunewise.core.text import surface_key
 from tunewise.data.curate import Check, CurateContext, Finding, SkipCheck, register
@@ -163,9 +164,11 @@ def out_of_fold_probs(
     ``y`` holds class indices 0..K-1, each with 2+ rows. ``left_out`` (bool per row): rows kept
     out of every training fold (they are still predicted). A class that a training fold lacks
     gets probability 0 from that fold. Hand-rolled rather than ``cross_val_predict`` because of
-    ``left_out``.
+    ``left_out``. The folds are fitted side by side, one process per core (joblib): a fit on
+    sparse features runs on one core (scipy's sparse products are single-threaded), and each
+    fold's model is the same whichever process fits it.
     """
-    from sklearn.linear_model import LogisticRegression
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     n_classes = int(y.max()) + 1
@@ -174,12 +177,25 @@ def out_of_fold_probs(
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, len(y)), shuffle=True, random_state=seed)
     with _quiet_small_classes():
         splits = list(folds.split(np.zeros(len(y)), y))
-    for train, test in track(splits, "label errors: cross-validated fits", unit="folds"):
-        if left_out is not None:
-            train = train[~left_out[train]]
-        model = LogisticRegression(C=C, tol=LR_TOL, max_iter=LR_MAX_ITER).fit(features[train], y[train])
-        probs[np.ix_(test, model.classes_)] = model.predict_proba(features[test])
+    if left_out is not None:
+        splits = [(train[~left_out[train]], test) for train, test in splits]
+    jobs = max(1, min(len(splits), measuring_cores()))
+    fitted = Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(_fit_fold)(features, y, train, test, C) for train, test in splits
+    )
+    for test, classes, fold_probs in track(
+        fitted, "label errors: cross-validated fits", total=len(splits), unit="folds"
+    ):
+        probs[np.ix_(test, classes)] = fold_probs
     return probs
+
+
+def _fit_fold(features: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray, C: float) -> tuple:
+    """One fold of :func:`out_of_fold_probs`: the held-out rows, the classes seen, their probabilities."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=C, tol=LR_TOL, max_iter=LR_MAX_ITER).fit(features[train], y[train])
+    return test, model.classes_, model.predict_proba(features[test])
 
 
 def find_suspects(
