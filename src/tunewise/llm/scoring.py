@@ -19,6 +19,7 @@ from tunewise.llm.chat import end_of_turn_ids, render as _render
 # Upper bound on floats held by one batch's logits (B x kept positions x vocabulary): 64M floats
 # is 256 MB in float32. The batch is cut down to fit, so 77 labels do not exhaust memory.
 MAX_LOGIT_FLOATS = 64_000_000
+MIN_BATCHES_PER_WORKER = 4  # score_continuations(workers=...): fewer batches than this a worker, fewer workers
 
 
 def answer_continuations(model: Any, tokenizer: Any, answers: Sequence[str]) -> list[list[int]]:
@@ -139,7 +140,8 @@ def score_continuations(
 
     ``workers`` > 1 runs that many batches at once, each in its own thread with an equal share of
     torch's threads (see :func:`scoring_workers`). Batches are the same as with one worker (cut from
-    the same length order, dealt out in turn), so each row is scored in the same company.
+    the same length order, dealt out in turn), so each row is scored in the same company. A call
+    with fewer than ``MIN_BATCHES_PER_WORKER`` batches a worker uses fewer workers.
     """
     import torch
 
@@ -253,7 +255,9 @@ def score_continuations(
             advance(b)
 
         starts = list(range(0, n, batch_size))
-        workers = max(1, min(workers, len(starts)))
+        # a worker needs a few batches: dealt out in turn, a short call leaves one worker idle at the
+        # end, and starting the threads costs more than it saves (25-row calls ran 0.83x)
+        workers = max(1, min(workers, len(starts) // MIN_BATCHES_PER_WORKER))
         if workers == 1:
             for start in starts:
                 score_batch(start)
