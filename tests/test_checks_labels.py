@@ -206,3 +206,22 @@ def test_synthesize_adds_marked_paraphrases_that_copy_nothing(noisy_banking, one
     assert {f.issue for f in added_findings} == {"synthetic"}
     assert [f.index for f in added_findings] == list(range(len(added)))
     assert all(f.of in set(keep["id"]) for f in added_findings)
+
+
+def test_folds_fitted_side_by_side_give_the_one_by_one_probabilities(banking77, monkeypatch):
+    # above PARALLEL_FOLDS_MIN_ROWS the five folds are fitted in worker processes: the same
+    # probabilities to the bit as fitting them here one by one
+    from tunewise.data.checks import labels as label_checks
+
+    frame = pd.read_csv(banking77 / "train.csv")
+    frame = frame[frame["category"].isin(sorted(frame["category"].unique())[:20])].head(2400)
+    assert len(frame) >= label_checks.PARALLEL_FOLDS_MIN_ROWS
+    features = label_checks.text_features(frame["text"].tolist(), np.zeros((len(frame), 1), dtype=np.float32))
+    y = np.unique(frame["category"].to_numpy(), return_inverse=True)[1]
+    left_out = np.zeros(len(y), dtype=bool)
+    left_out[::50] = True
+    side_by_side = label_checks.out_of_fold_probs(features, y, left_out=left_out)
+    monkeypatch.setattr(label_checks, "PARALLEL_FOLDS_MIN_ROWS", len(y) + 1)
+    one_by_one = label_checks.out_of_fold_probs(features, y, left_out=left_out)
+    np.testing.assert_array_equal(side_by_side, one_by_one)
+    assert np.allclose(side_by_side.sum(axis=1), 1.0)  # every row predicted by its own fold

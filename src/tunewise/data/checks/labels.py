@@ -104,6 +104,7 @@ LR_C = 4.0
 LR_TOL = 1e-3
 LR_MAX_ITER = 1000
 CV_FOLDS = 5
+PARALLEL_FOLDS_MIN_ROWS = 2000  # fewer rows: the folds are fitted one by one, in this process
 MIN_SUGGESTED_P = LabelErrorsSettings.default_threshold()
 MIN_ROWS_TO_JUDGE = 30
 MIN_CLASS_ROWS = 2  # a class needs one row to hold out and one to train on
@@ -179,7 +180,9 @@ def out_of_fold_probs(
         splits = list(folds.split(np.zeros(len(y)), y))
     if left_out is not None:
         splits = [(train[~left_out[train]], test) for train, test in splits]
-    jobs = max(1, min(len(splits), measuring_cores()))
+    # small data: fits take milliseconds, and starting worker processes (each imports scikit-learn)
+    # would cost seconds; run them here
+    jobs = max(1, min(len(splits), measuring_cores())) if len(y) >= PARALLEL_FOLDS_MIN_ROWS else 1
     fitted = Parallel(n_jobs=jobs, return_as="generator")(
         delayed(_fit_fold)(features, y, train, test, C) for train, test in splits
     )
