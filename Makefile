@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 # lint runs first: a style error or an import that breaks the layers (docs/architecture.md) fails in seconds
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=40 tests
 
 # ruff (rules in pyproject.toml, [tool.ruff]) and import-linter (the layers and no cycles,
 # [tool.importlinter]); both come from the lock through the dev extra
