@@ -209,6 +209,11 @@ def main() -> int:
         "reference trained once per seed; the target is also read on the means of the paired changes",
     )
     parser.add_argument(
+        "--no-neighbours",
+        action="store_true",
+        help="evaluate.oos_neighbours off: the candidate's own cut alone (the tenth session's rule)",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="evaluate the predictions a previous run saved under --out/predictions instead of fitting again",
@@ -249,8 +254,18 @@ def main() -> int:
     config = EvaluateConfig(
         target_precision=args.target_precision,
         n_resamples=args.n_resamples,
+        oos_neighbours=not args.no_neighbours,
         **({} if args.max_in_scope_drop is None else {"oos_max_in_scope_drop": args.max_in_scope_drop}),
     )
+    # as the evaluate stage does: the out-of-scope neighbours of the training rows (the default encoder)
+    oos_neighbours = None
+    if config.oos_neighbours:
+        from tunewise.config.sections import ModelsConfig
+        from tunewise.evaluation.neighbours import OutOfScopeNeighbours
+
+        oos_neighbours = OutOfScopeNeighbours.fit(
+            train["input"].tolist(), train["label"].tolist(), OOS, ModelsConfig().encoder
+        )
 
     results: dict[str, dict] = {}
     seeds = [int(s) for s in args.train_seeds.split(",")] if args.train_seeds else [args.train_seed]
@@ -284,6 +299,7 @@ def main() -> int:
             seed=args.seed,
             config=config.model_copy(update={"baseline": name}),
             proba_labels=sorted(set(train["label"])),
+            oos_neighbours=oos_neighbours,
         )
         entry = evaluation.summary["candidates"][0]
         oos = entry["out_of_scope"]
@@ -332,7 +348,13 @@ def main() -> int:
         print(
             f"{run}: threshold {results[run]['threshold']} ({info.get('method')}, validation in-scope "
             f"{info.get('validation_in_scope_accuracy')} vs {info.get('validation_in_scope_accuracy_reference')} "
-            f"{info.get('reference')}, cut on {info.get('score')},"
+            f"{info.get('reference')}, cut on {info.get('score')}"
+            + (
+                f" and the neighbour margin at {info['neighbour_threshold']:.4f}"
+                if info.get("neighbour_threshold") is not None
+                else ""
+            )
+            + ","
             f" OOS recall {info.get('validation_oos_recall')}); with threshold: in-scope acc "
             f"{oos['in_scope_accuracy']:.4f}, OOS recall {oos['oos_recall']:.4f}, precision "
             f"{oos['oos_precision'] if oos['oos_precision'] is None else round(oos['oos_precision'], 4)}; "

@@ -542,3 +542,22 @@ def test_a_margin_threshold_defers_answers_close_to_the_out_of_scope_class(tmp_p
     # the same threshold on the top probability (the evaluation's choice without an out-of-scope class)
     by_confidence = ServedModel("tfidf_lr", served.candidate, 0.3, "out_of_scope").predict(items)
     assert [a["out_of_scope"] for a in by_confidence] == [bool(c < 0.3) for c in (a["score"] for a in answers)]
+
+    # the evaluation's second cut, on the out-of-scope neighbour margin: served from the saved
+    # training embeddings, a row below either cut is answered out of scope
+    from tunewise.evaluation.neighbours import NEIGHBOURS_FILE, OutOfScopeNeighbours
+
+    summary["candidates"][0]["out_of_scope_neighbour_threshold"] = 0.0
+    (run / "evaluate" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ServeError, match=NEIGHBOURS_FILE):  # the cut without its embeddings: refused
+        load_models(run, {"tfidf_lr"})
+    neighbours = OutOfScopeNeighbours.fit(
+        train["input"].tolist(), train["label"].tolist(), "out_of_scope", "embedded:minilm-l6"
+    )
+    neighbours.save(run / "evaluate" / NEIGHBOURS_FILE)
+    served = load_models(run, {"tfidf_lr"})["tfidf_lr"]
+    assert served.neighbour_threshold == 0.0
+    near = neighbours.margin([t for t, _ in items]) < 0.0
+    flagged_both = np.array([a["out_of_scope"] for a in served.predict(items)])
+    assert (flagged_both == ((margin < 0.3) | near)).all()
+    assert (near & ~(margin < 0.3)).any()  # rows only the neighbours catch

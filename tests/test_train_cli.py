@@ -126,49 +126,43 @@ def test_train_then_export_merged_from_the_command_line(tiny_llm, tmp_path):
     assert model.config.num_labels == 3
 
 
-def test_export_never_destroys_a_users_files(tiny_llm, tmp_path):
+def test_export_never_destroys_a_users_files(tiny_llm, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunewise.cli.main import app
+
     project = write_project(tmp_path / "exp", tiny_llm, max_steps=2)
     tunewise("train", "--config", str(project), cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)  # "-o ." below: the folder the command runs in
+    monkeypatch.setenv("TUNEWISE_PROGRESS", "off")
 
-    def export(*extra: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [sys.executable, "-m", "tunewise.cli.main", "export", "default", "--config", str(project), *extra],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        done.stderr = " ".join(done.stderr.split())  # Rich wraps long messages
-        return done
+    def command(*args: str) -> tuple[int, str]:
+        # in-process: the same command code as a subprocess, without nine more interpreter starts
+        result = CliRunner().invoke(app, list(args))
+        return result.exit_code, " ".join(result.stderr.split())  # Rich wraps long messages
+
+    def export(*extra: str) -> tuple[int, str]:
+        return command("export", "default", "--config", str(project), *extra)
 
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "notes.txt").write_text("mine")
-    refused = export("-o", str(victim))
-    assert refused.returncode == 1 and "did not write" in refused.stderr and "--force" in refused.stderr
+    code, err = export("-o", str(victim))
+    assert code == 1 and "did not write" in err and "--force" in err
     assert (victim / "notes.txt").read_text() == "mine"
-    here = export("-o", ".")
-    assert here.returncode == 1 and "current folder" in here.stderr and (tmp_path / "victim" / "notes.txt").exists()
+    code, err = export("-o", ".")
+    assert code == 1 and "current folder" in err and (tmp_path / "victim" / "notes.txt").exists()
     (tmp_path / "a_file.txt").write_text("keep")
-    on_file = export("-o", str(tmp_path / "a_file.txt"))
-    assert on_file.returncode == 1 and "a file is there" in on_file.stderr
+    code, err = export("-o", str(tmp_path / "a_file.txt"))
+    assert code == 1 and "a file is there" in err
     assert (tmp_path / "a_file.txt").read_text() == "keep"
     fresh = tmp_path / "exported"
-    assert export("-o", str(fresh)).returncode == 0 and (fresh / "tunewise_export.json").exists()
-    assert export("-o", str(fresh)).returncode == 0  # an earlier export is replaced
-    assert export("-o", str(victim), "--force").returncode == 0 and not (victim / "notes.txt").exists()
+    assert export("-o", str(fresh))[0] == 0 and (fresh / "tunewise_export.json").exists()
+    assert export("-o", str(fresh))[0] == 0  # an earlier export is replaced
+    assert export("-o", str(victim), "--force")[0] == 0 and not (victim / "notes.txt").exists()
     for bad in ("../..", "/tmp", "a/b"):
-        outside = subprocess.run(
-            [sys.executable, "-m", "tunewise.cli.main", "run", "--config", str(project), "--run-id", bad],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert outside.returncode == 1 and "plain folder name" in " ".join(outside.stderr.split()), (
-            bad,
-            outside.stderr,
-        )
+        code, err = command("run", "--config", str(project), "--run-id", bad)
+        assert code == 1 and "plain folder name" in err, (bad, err)
 
 
 def test_export_without_a_trained_candidate_says_what_to_run(tmp_path):

@@ -188,6 +188,12 @@ class EvaluateConfig(Section):
         description="classify: the in-scope cost checked against oos_max_in_scope_drop is its upper bound at "
         "this level (exact, one-sided), so few validation rows give a cautious threshold",
     )
+    oos_neighbours: bool = Field(
+        True,
+        description="classify, when training has out-of-scope rows: also cut on how much nearer a message is "
+        "to its nearest in-scope training rows than to the nearest out-of-scope one (models.encoder's space), "
+        "chosen with the candidate's own cut under the same in-scope budget; serve applies both",
+    )
     format_pattern: str | None = Field(
         None,
         description="generate: regular expression every reply should contain (re.search; anchor with ^...$ for all of it)",

@@ -62,6 +62,7 @@ from tunewise.evaluation.gate import (
     pick_incumbent,
 )
 from tunewise.evaluation.metrics_gen import FactChecker
+from tunewise.evaluation.neighbours import OutOfScopeNeighbours
 from tunewise.evaluation.predictions import CandidatePredictions, check_ids
 from tunewise.evaluation.scores import (
     ClassifyScores,
@@ -74,6 +75,7 @@ from tunewise.evaluation.scores import (
 )
 from tunewise.evaluation.slices import slice_report
 from tunewise.evaluation.thresholds import (
+    choose_oos_cuts,
     choose_oos_threshold,
     choose_threshold,
     coverage_curve,
@@ -231,6 +233,7 @@ def evaluate_candidates(
     seed: int = 0,
     skipped: Sequence[dict] = (),
     proba_labels: Sequence[str] | None = None,
+    oos_neighbours: OutOfScopeNeighbours | None = None,
 ) -> Evaluation:
     """Score every candidate on ``test`` (records with ``label`` or ``target``), compare each
     with the baseline on shared ids, report slices and apply the gate.
@@ -239,7 +242,8 @@ def evaluate_candidates(
     unsupported-facts check; ``validation`` (records) is where out-of-scope thresholds are chosen.
     ``proba_labels`` (classify): the training labels, whose sorted order is the candidates'
     probability columns; with the out-of-scope label among them, thresholds cut on the in-scope
-    margin (:func:`_margin_and_forced`).
+    margin (:func:`_margin_and_forced`). ``oos_neighbours`` (fitted on the training rows) adds a
+    second cut on the out-of-scope neighbour margin, chosen with the first under the same budget.
     """
     config = config or EvaluateConfig()
     level = config.confidence_level
@@ -283,6 +287,17 @@ def evaluate_candidates(
     val_truth = None
     if validation is not None and task == "classify":
         val_truth = validation.assign(id=validation["id"].astype(str))
+    # the neighbour margin of every validation and test message, by id (one embedding pass for all candidates)
+    neighbour_margin: dict[str, pd.Series] = {}
+    if (
+        oos_neighbours is not None
+        and val_truth is not None
+        and "input" in val_truth.columns
+        and "input" in test.columns
+        and (val_truth["label"].astype(str) == config.out_of_scope_label).any()
+    ):
+        for split, frame in (("validation", val_truth), ("test", test)):
+            neighbour_margin[split] = pd.Series(oos_neighbours.margin(frame["input"].tolist()), index=frame["id"])
 
     scores: dict[str, Scores] = {}
     per_example: dict[str, pd.DataFrame] = {}
@@ -305,8 +320,8 @@ def evaluate_candidates(
                 by_budget = None
                 if val_scores.oos_index is not None:
                     margin = _margin_and_forced(known, proba_labels, config.out_of_scope_label, labels)
-                    by_budget = choose_oos_threshold(
-                        val_scores.confidence if margin is None else margin[0],
+                    own_score = val_scores.confidence if margin is None else margin[0]
+                    budget = (
                         val_scores.y_true,
                         val_scores.y_pred,
                         val_scores.oos_index,
@@ -314,6 +329,11 @@ def evaluate_candidates(
                         None if margin is None else margin[1],
                         config.oos_cost_confidence,
                     )
+                    if "validation" in neighbour_margin:
+                        by_budget = choose_oos_cuts(
+                            own_score, neighbour_margin["validation"].reindex(val_scores.ids).to_numpy(), *budget
+                        )
+                    by_budget = by_budget or choose_oos_threshold(own_score, *budget)
                 thresholds[c.name] = by_budget or choose_threshold(
                     val_scores.confidence, val_scores.correct, config.target_precision
                 )
@@ -329,6 +349,12 @@ def evaluate_candidates(
                         f"{config.out_of_scope_label!r} but its test predictions do not"
                     )
                 cut_on = test_margin[0]
+            neighbour_cut = thresholds[c.name].get("neighbour_threshold")
+            if threshold is not None and neighbour_cut is not None:
+                # a message nearer the out-of-scope training rows than the cut is not answered
+                own = pd.to_numeric(c.test["score"], errors="coerce").to_numpy(np.float64) if cut_on is None else cut_on
+                near_oos = neighbour_margin["test"].reindex(c.test["id"].astype(str)).to_numpy() < neighbour_cut
+                cut_on = np.where(near_oos, -np.inf, own)
             s = score_classification(c.test, test, labels, threshold, config.out_of_scope_label, cut_on)
             coverage[c.name] = coverage_curve(s.confidence, s.correct)
             per_class.append(_per_class(s, c.name))
@@ -407,6 +433,8 @@ def evaluate_candidates(
         if task == "classify" and thresholds[c.name].get("threshold") is not None:
             entries[c.name]["out_of_scope_threshold"] = thresholds[c.name]["threshold"]
             entries[c.name]["out_of_scope_threshold_score"] = thresholds[c.name].get("score", "confidence")
+            if thresholds[c.name].get("neighbour_threshold") is not None:
+                entries[c.name]["out_of_scope_neighbour_threshold"] = thresholds[c.name]["neighbour_threshold"]
         if task == "classify":
             oos_metrics = out_of_scope_metrics(s)
             if oos_metrics is not None:

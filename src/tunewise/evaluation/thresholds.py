@@ -139,6 +139,67 @@ def choose_oos_threshold(
     }
 
 
+def choose_oos_cuts(
+    score: np.ndarray,
+    neighbour_margin: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    oos_index: int,
+    max_in_scope_drop: float,
+    forced_pred: np.ndarray | None = None,
+    cost_confidence: float | None = None,
+) -> dict | None:
+    """:func:`choose_oos_threshold` on two scores at once: the candidate's own (``score``) and the
+    out-of-scope neighbour margin (:mod:`tunewise.evaluation.neighbours`); a row is answered out of
+    scope when either falls below its cut.
+
+    Both scores are put on one scale, the share of in-scope validation rows scoring at or below
+    (their empirical distribution), and one cut ``u`` on the smaller of the two is chosen under the
+    same in-scope budget: the two cuts flag the same share of in-scope rows each, so neither score
+    needs a weight fitted on 95 out-of-scope rows. ``min(F1(a), F2(b)) < u`` is exactly
+    ``a < t1 or b < t2`` with ``t`` the ``u``-quantile of each score's in-scope values, so the result
+    is two plain cuts (``threshold`` on ``score``, ``neighbour_threshold`` on the neighbour margin)
+    that the server applies without the validation rows. None when validation has no
+    out-of-scope rows.
+    """
+    score = np.asarray(score, np.float64)
+    neighbour_margin = np.asarray(neighbour_margin, np.float64)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    in_scope, by_class = y_true != oos_index, y_pred == oos_index
+    if not in_scope.any() or in_scope.all() or not np.isfinite(neighbour_margin).all():
+        return None
+    reference_score = np.sort(score[in_scope])
+    reference_neighbour = np.sort(neighbour_margin[in_scope])
+    n_in = len(reference_score)
+
+    def share_at_or_below(sorted_reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(sorted_reference, values, side="right")  # in rows, exact (no float steps)
+
+    rank = np.minimum(
+        share_at_or_below(reference_score, score), share_at_or_below(reference_neighbour, neighbour_margin)
+    )
+    # the class's own out-of-scope answers stay flagged whatever the cut (below every cut >= 0)
+    combined = np.where(by_class, -1.0, rank.astype(np.float64))
+    chosen = choose_oos_threshold(combined, y_true, y_pred, oos_index, max_in_scope_drop, forced_pred, cost_confidence)
+    if chosen is None:
+        return None
+    rows = int(round(chosen["threshold"]))  # a rank: flag rows ranking below it on either score
+    if rows >= 1:
+        score_cut = float(reference_score[rows - 1])
+        neighbour_cut = float(reference_neighbour[rows - 1])
+    else:  # no cut: the class alone
+        score_cut, neighbour_cut = 0.0, None
+    if forced_pred is not None:
+        score_cut = max(score_cut, 0.0)  # a margin below 0 is an out-of-scope prediction already
+    return {
+        **chosen,
+        "threshold": score_cut,
+        "neighbour_threshold": neighbour_cut,
+        "cut_in_scope_rows": rows,
+        "cut_in_scope_share": rows / n_in,
+    }
+
+
 def coverage_curve(
     confidence: np.ndarray, correct: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS
 ) -> list[dict]:

@@ -16,6 +16,7 @@ import pandas as pd
 from tunewise.candidates.base import in_scope_margin
 from tunewise.config.sections import EvaluateConfig
 from tunewise.core.layout import RunLayout
+from tunewise.evaluation.neighbours import NEIGHBOURS_FILE, OutOfScopeNeighbours
 from tunewise.serving.base import ServeError, log, run_project_config
 
 _WORDS = re.compile(r"\S+")  # the "tokens" of a model without a tokenizer
@@ -31,6 +32,8 @@ class ServedModel:
         threshold: float | None,
         out_of_scope_label: str,
         threshold_score: str = "confidence",
+        oos_neighbours: OutOfScopeNeighbours | None = None,
+        neighbour_threshold: float | None = None,
     ) -> None:
         self.name = name
         self.candidate = candidate
@@ -38,6 +41,9 @@ class ServedModel:
         self.threshold = threshold if candidate.task == "classify" else None
         # what the threshold cuts: the top probability, or the in-scope margin (the evaluation's choice)
         self.threshold_score = threshold_score
+        # the evaluation's second cut: nearer the out-of-scope training rows than this is out of scope
+        self.oos_neighbours = oos_neighbours if self.threshold is not None and neighbour_threshold is not None else None
+        self.neighbour_threshold = neighbour_threshold if self.oos_neighbours is not None else None
         self.out_of_scope_label = out_of_scope_label
         self.labels = list(getattr(candidate, "labels_", []) or [])
         if hasattr(candidate, "scoring_workers"):
@@ -154,10 +160,15 @@ class ServedModel:
                     f"{self.name}: the threshold cuts the in-scope margin but {self.out_of_scope_label!r} "
                     "is not one of the model's labels"
                 )
+        near_oos = np.zeros(len(predictions), bool)
+        if self.oos_neighbours is not None and len(predictions):
+            near_oos = self.oos_neighbours.margin(frame["input"].tolist()) < self.neighbour_threshold
         for i, row in enumerate(predictions.itertuples(index=False)):
             score = float(row.score) if row.score is not None and np.isfinite(row.score) else None
             cut_on = score if margins is None else float(margins[i])
-            out_of_scope = self.threshold is not None and cut_on is not None and cut_on < self.threshold
+            out_of_scope = self.threshold is not None and (
+                bool(near_oos[i]) or (cut_on is not None and cut_on < self.threshold)
+            )
             out.append(
                 {
                     "prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
@@ -209,6 +220,7 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
     )
     oos_label = (cfg.evaluate if cfg is not None else EvaluateConfig()).out_of_scope_label
     models: dict[str, ServedModel] = {}
+    neighbours: OutOfScopeNeighbours | None = None
     for name in sorted(candidates):
         started = time.perf_counter()
         if name not in CANDIDATES:
@@ -222,7 +234,18 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
             raise ServeError(f"candidate {name!r}: {exc}") from None
         threshold = evaluated.get(name, {}).get("out_of_scope_threshold")
         threshold_score = evaluated.get(name, {}).get("out_of_scope_threshold_score", "confidence")
-        models[name] = ServedModel(name, candidate, threshold, oos_label, threshold_score)
+        neighbour_threshold = evaluated.get(name, {}).get("out_of_scope_neighbour_threshold")
+        if threshold is not None and neighbour_threshold is not None and neighbours is None:
+            saved = RunLayout(run_dir).stage("evaluate") / NEIGHBOURS_FILE
+            if not saved.exists():
+                raise ServeError(
+                    f"candidate {name!r}: the evaluation cut on out-of-scope neighbours but {saved} is missing; "
+                    "run `tunewise evaluate` again"
+                )
+            neighbours = OutOfScopeNeighbours.load(saved)  # one copy for every arm: the training rows'
+        models[name] = ServedModel(
+            name, candidate, threshold, oos_label, threshold_score, neighbours, neighbour_threshold
+        )
         log.info("loaded %s in %.1fs", name, time.perf_counter() - started)
     tasks = {m.task for m in models.values()}
     if len(tasks) > 1:

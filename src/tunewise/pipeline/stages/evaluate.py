@@ -170,6 +170,25 @@ def run(ctx: StageContext) -> dict:
     kb = cfg.knowledge_base_dir()
     knowledge = knowledge_texts(kb) if task == "generate" and kb is not None else []
     encoder = cfg.models.encoder if task == "generate" and section.embedding_similarity else None
+    oos_neighbours = None
+    if (
+        task == "classify"
+        and section.oos_neighbours
+        and train is not None
+        and validation is not None
+        # the cuts are chosen on out-of-scope validation rows: without them nothing to embed
+        and (validation["label"].astype(str) == section.out_of_scope_label).any()
+    ):
+        from tunewise.evaluation.neighbours import NEIGHBOURS_FILE, OutOfScopeNeighbours
+
+        oos_neighbours = OutOfScopeNeighbours.fit(
+            train["input"].astype(str).tolist(),
+            train["label"].astype(str).tolist(),
+            section.out_of_scope_label,
+            cfg.models.encoder,
+        )
+        if oos_neighbours is not None:  # the server applies the same cut: it reads these embeddings
+            oos_neighbours.save(ctx.path(NEIGHBOURS_FILE))
     evaluation = evaluate_candidates(
         test,
         candidates,
@@ -183,6 +202,7 @@ def run(ctx: StageContext) -> dict:
         skipped=skipped,
         # the candidates' probability columns are the sorted training labels
         proba_labels=sorted(set(train["label"].astype(str))) if task == "classify" and train is not None else None,
+        oos_neighbours=oos_neighbours,
     )
     summary = evaluation.summary
     if incumbent_info is not None:
