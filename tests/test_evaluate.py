@@ -871,18 +871,21 @@ def test_out_of_scope_as_a_class_on_banking77_held_out_intents(banking77):
 
 
 def test_choose_oos_cuts_is_one_cut_on_the_rank_of_either_score():
-    """Two scores, one budget: the cut on min(rank of score, rank of neighbour margin) among the
-    in-scope validation rows is exactly the two returned cuts, and is what choose_oos_threshold
-    takes on that rank (seeded scores where out-of-scope rows score lower on both, with noise)."""
+    """Two scores, one budget: the cut on min(rank of the in-scope margin, rank of the neighbour
+    margin) among the in-scope validation rows is exactly the two returned cuts, and is what
+    choose_oos_threshold takes on that rank; the class's answers rank like any low margin, so
+    those above a cut below 0 are answered with the best in-scope label (seeded scores where
+    out-of-scope rows score lower on both, with noise)."""
     from tunewise.evaluation.thresholds import choose_oos_cuts
 
     rng = np.random.default_rng(3)
-    for trial in range(20):
+    below_zero = reached = 0
+    for trial in range(30):
         n, oos_index = 400, 0
         y_true = np.where(rng.random(n) < 0.15, oos_index, rng.integers(1, 6, n))
         is_oos = y_true == oos_index
         forced = np.where(rng.random(n) < 0.9, np.where(is_oos, 1, y_true), rng.integers(1, 6, n))
-        margin = rng.normal(0.6, 0.3, n) - 0.5 * is_oos
+        margin = rng.normal(0.6, 0.3, n) - 0.5 * is_oos - [0.0, 0.3][trial % 2]
         y_pred = np.where(margin < 0, oos_index, forced)
         neighbour = rng.normal(0.1, 0.05, n) - 0.08 * is_oos * rng.random(n)
         drop = [0.005, 0.01, 0.03][trial % 3]
@@ -890,23 +893,25 @@ def test_choose_oos_cuts_is_one_cut_on_the_rank_of_either_score():
         rank = np.minimum(
             np.searchsorted(np.sort(margin[~is_oos]), margin, side="right"),
             np.searchsorted(np.sort(neighbour[~is_oos]), neighbour, side="right"),
-        )
-        same = choose_oos_threshold(
-            np.where(y_pred == oos_index, -1.0, rank), y_true, y_pred, oos_index, drop, forced, 0.9
-        )
-        assert got["reached"] == same["reached"] and got["validation_oos_recall"] == same["validation_oos_recall"]
-        flagged_by_rank = (y_pred == oos_index) | (rank < same["threshold"])
-        flagged_by_cuts = (y_pred == oos_index) | (margin < got["threshold"])
-        if got["neighbour_threshold"] is not None:
-            flagged_by_cuts |= neighbour < got["neighbour_threshold"]
+        ).astype(float)
+        same = choose_oos_threshold(rank, y_true, forced, oos_index, drop, forced, 0.9)
+        if not same["reached"]:
+            assert got is None  # the candidate's own margin alone, then
+            continue
+        reached += 1
+        flagged_by_rank = rank < same["threshold"]
+        flagged_by_cuts = (margin < got["threshold"]) | (neighbour < got["neighbour_threshold"])
         assert (flagged_by_rank == flagged_by_cuts).all(), trial
-        assert got["threshold"] >= 0
-        # the in-scope cost on validation is within the budget at its 90% bound
-        lost = int((~is_oos & (forced == y_true)).sum() - (~is_oos & ~flagged_by_cuts & (y_pred == y_true)).sum())
+        assert got["validation_oos_recall"] == pytest.approx(flagged_by_cuts[is_oos].mean())
+        assert got["answers_class_in_scope"] == (got["threshold"] < 0)
+        below_zero += got["threshold"] < 0
+        # answered rows get the best in-scope label; the in-scope cost is within the budget at its 90% bound
+        lost = int((~is_oos & (forced == y_true)).sum() - (~is_oos & ~flagged_by_cuts & (forced == y_true)).sum())
         n_in = int((~is_oos).sum())
-        if got["reached"]:
-            assert lost == got["validation_in_scope_rows_lost"]
-            assert scipy.stats.beta.ppf(0.9, lost + 1, n_in - lost) <= drop + 1e-9
+        assert lost == got["validation_in_scope_rows_lost"]
+        assert scipy.stats.beta.ppf(0.9, lost + 1, n_in - lost) <= drop + 1e-9
+        assert got["validation_oos_recall_class_only"] == pytest.approx((y_pred == oos_index)[is_oos].mean())
+    assert reached >= 20 and below_zero >= 1  # both kinds of cut were exercised
     # no out-of-scope validation rows: nothing to choose
     assert choose_oos_cuts(margin, neighbour, np.ones(n, int), y_pred, oos_index, 0.01, forced, 0.9) is None
 

@@ -561,3 +561,16 @@ def test_a_margin_threshold_defers_answers_close_to_the_out_of_scope_class(tmp_p
     flagged_both = np.array([a["out_of_scope"] for a in served.predict(items)])
     assert (flagged_both == ((margin < 0.3) | near)).all()
     assert (near & ~(margin < 0.3)).any()  # rows only the neighbours catch
+    # a margin cut below 0 (the evaluation's when the class answers in-scope messages out of scope
+    # past the budget): a class answer above it is answered with the best in-scope label
+    lenient = ServedModel("tfidf_lr", served.candidate, -0.2, "out_of_scope", "in_scope_margin").predict(items)
+    model_says_oos = np.array([a["model_prediction"] == "out_of_scope" for a in lenient])
+    overridden = model_says_oos & (margin >= -0.2)
+    assert overridden.any() and (model_says_oos & (margin < -0.2)).any()
+    columns = list(served.candidate.labels_)
+    in_scope_columns = [i for i, label in enumerate(columns) if label != "out_of_scope"]
+    best = np.asarray(columns, dtype=object)[in_scope_columns][proba[:, in_scope_columns].argmax(1)]
+    for answer, flag, over, label in zip(lenient, margin < -0.2, overridden, best, strict=True):
+        assert answer["out_of_scope"] == bool(flag)
+        if over:
+            assert answer["prediction"] == label != "out_of_scope"

@@ -340,7 +340,7 @@ def evaluate_candidates(
             else:
                 thresholds[c.name] = {"threshold": None, "reached": False, "reason": "no validation predictions"}
             threshold = thresholds[c.name]["threshold"]
-            cut_on = None
+            cut_on = in_scope_pred = None
             if threshold is not None and thresholds[c.name].get("score") == "in_scope_margin":
                 test_margin = _margin_and_forced(c.test, proba_labels, config.out_of_scope_label, labels)
                 if test_margin is None:
@@ -349,13 +349,15 @@ def evaluate_candidates(
                         f"{config.out_of_scope_label!r} but its test predictions do not"
                     )
                 cut_on = test_margin[0]
+                if thresholds[c.name].get("answers_class_in_scope"):
+                    in_scope_pred = test_margin[1]  # a class answer above the cut: the best in-scope label
             neighbour_cut = thresholds[c.name].get("neighbour_threshold")
             if threshold is not None and neighbour_cut is not None:
                 # a message nearer the out-of-scope training rows than the cut is not answered
                 own = pd.to_numeric(c.test["score"], errors="coerce").to_numpy(np.float64) if cut_on is None else cut_on
                 near_oos = neighbour_margin["test"].reindex(c.test["id"].astype(str)).to_numpy() < neighbour_cut
                 cut_on = np.where(near_oos, -np.inf, own)
-            s = score_classification(c.test, test, labels, threshold, config.out_of_scope_label, cut_on)
+            s = score_classification(c.test, test, labels, threshold, config.out_of_scope_label, cut_on, in_scope_pred)
             coverage[c.name] = coverage_curve(s.confidence, s.correct)
             per_class.append(_per_class(s, c.name))
             confusions[c.name] = _confusions(s, config.top_confusions)
@@ -370,7 +372,7 @@ def evaluate_candidates(
             )
             if s.answered is not None:
                 frame["answered"] = s.answered
-                frame["final_prediction"] = np.where(s.answered, frame["prediction"], config.out_of_scope_label)
+                frame["final_prediction"] = [labels[i] for i in s.final_pred]
             # the worst mistakes are the confident ones
             wrong = (
                 frame[~frame["correct"]]

@@ -59,10 +59,24 @@ class ClassifyScores:
     labels: list[str]
     answered: np.ndarray | None = None  # the threshold's score (confidence or in-scope margin) >= it
     oos_index: int | None = None
+    # the best in-scope label per row: what an answered row the model put in the out-of-scope class
+    # is answered with, when the out-of-scope cuts reach below its margin (thresholds.choose_oos_cuts)
+    in_scope_pred: np.ndarray | None = None
 
     @property
     def correct(self) -> np.ndarray:
         return self.y_true == self.y_pred
+
+    @property
+    def final_pred(self) -> np.ndarray:
+        """The answer after out-of-scope handling: the out-of-scope label below the threshold, the
+        best in-scope label for an answered out-of-scope-class prediction (when known), else the model's."""
+        if self.answered is None or self.oos_index is None:
+            return self.y_pred
+        answer = self.y_pred
+        if self.in_scope_pred is not None:
+            answer = np.where((answer == self.oos_index) & (self.in_scope_pred >= 0), self.in_scope_pred, answer)
+        return np.where(self.answered, answer, self.oos_index)
 
     def take(self, positions: np.ndarray) -> ClassifyScores:
         return ClassifyScores(
@@ -73,6 +87,7 @@ class ClassifyScores:
             self.labels,
             None if self.answered is None else self.answered[positions],
             self.oos_index,
+            None if self.in_scope_pred is None else self.in_scope_pred[positions],
         )
 
     def paired_values(self, metric: str) -> tuple[np.ndarray, str] | None:
@@ -90,14 +105,15 @@ class ClassifyScores:
                 ci["ece"] = percentile_ci(resampled["ece"], level)
         if self.answered is not None:
             ones = np.ones(len(self.ids), dtype=bool)
+            final = self.final_pred
+            final_correct = final == self.y_true  # unanswered rows: right when out of scope
             ratios = {
                 "coverage": (self.answered, ones),
-                "selective_accuracy": (self.answered & self.correct, self.answered),
+                "selective_accuracy": (self.answered & final_correct, self.answered),
             }
             if self.oos_index is not None and (self.y_true == self.oos_index).any():
                 is_oos = self.y_true == self.oos_index
-                says_oos = ~self.answered | (self.y_pred == self.oos_index)
-                final_correct = np.where(self.answered, self.correct, is_oos)
+                says_oos = final == self.oos_index
                 ratios["in_scope_accuracy"] = (final_correct & ~is_oos, ~is_oos)
                 ratios["oos_recall"] = (says_oos & is_oos, is_oos)
                 ratios["oos_precision"] = (says_oos & is_oos, says_oos)
@@ -178,11 +194,13 @@ def score_classification(
     threshold: float | None = None,
     out_of_scope_label: str | None = None,
     threshold_score: np.ndarray | None = None,
+    in_scope_pred: np.ndarray | None = None,
 ) -> ClassifyScores:
     """Index predictions and true labels (``truth``: id, label) into the label list ``labels``.
 
     A row is answered when its ``threshold_score`` (one per prediction row; default its confidence)
-    reaches ``threshold``.
+    reaches ``threshold``; ``in_scope_pred`` (indices into ``labels``, -1 when unknown) is what an
+    answered out-of-scope-class prediction is answered with.
     """
     index = {label: i for i, label in enumerate(labels)}
     ids = predictions["id"].astype(str).to_numpy()
@@ -202,6 +220,7 @@ def score_classification(
         labels,
         answered,
         oos,
+        None if in_scope_pred is None else np.asarray(in_scope_pred, np.int64),
     )
 
 

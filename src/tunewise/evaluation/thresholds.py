@@ -159,8 +159,13 @@ def choose_oos_cuts(
     needs a weight fitted on 95 out-of-scope rows. ``min(F1(a), F2(b)) < u`` is exactly
     ``a < t1 or b < t2`` with ``t`` the ``u``-quantile of each score's in-scope values, so the result
     is two plain cuts (``threshold`` on ``score``, ``neighbour_threshold`` on the neighbour margin)
-    that the server applies without the validation rows. None when validation has no
-    out-of-scope rows.
+    that the server applies without the validation rows.
+
+    With an out-of-scope class (``forced_pred``, ``score`` the in-scope margin), the class's answers
+    are not kept whatever the cut: a margin below 0 ranks like any other, so the cut can sit below 0
+    and a class answer above it is answered with the best in-scope label. None when validation has
+    no out-of-scope rows or no cut is within the budget (then the candidate's own score alone,
+    :func:`choose_oos_threshold`).
     """
     score = np.asarray(score, np.float64)
     neighbour_margin = np.asarray(neighbour_margin, np.float64)
@@ -177,26 +182,34 @@ def choose_oos_cuts(
 
     rank = np.minimum(
         share_at_or_below(reference_score, score), share_at_or_below(reference_neighbour, neighbour_margin)
-    )
-    # the class's own out-of-scope answers stay flagged whatever the cut (below every cut >= 0)
-    combined = np.where(by_class, -1.0, rank.astype(np.float64))
-    chosen = choose_oos_threshold(combined, y_true, y_pred, oos_index, max_in_scope_drop, forced_pred, cost_confidence)
-    if chosen is None:
-        return None
-    rows = int(round(chosen["threshold"]))  # a rank: flag rows ranking below it on either score
-    if rows >= 1:
-        score_cut = float(reference_score[rows - 1])
-        neighbour_cut = float(reference_neighbour[rows - 1])
-    else:  # no cut: the class alone
-        score_cut, neighbour_cut = 0.0, None
-    if forced_pred is not None:
-        score_cut = max(score_cut, 0.0)  # a margin below 0 is an out-of-scope prediction already
+    ).astype(np.float64)
+    if forced_pred is None:  # no out-of-scope class to weigh: the model's own such answers stay
+        combined, answers = np.where(by_class, -1.0, rank), y_pred
+    else:
+        # The class is one more low margin (below 0): its answers ranking below the cut stay out of
+        # scope, those above it are answered with the best in-scope label. A class learnt from a
+        # few rows can answer right in-scope messages out of scope past the budget by itself
+        # (lora_llm, BANKING77 split seed 1: 5 validation rows against the 3 allowed); kept as a
+        # hard decision, no cut could then be taken at all.
+        combined, answers = rank, np.asarray(forced_pred)
+    chosen = choose_oos_threshold(combined, y_true, answers, oos_index, max_in_scope_drop, forced_pred, cost_confidence)
+    rows = 0 if chosen is None else int(round(chosen["threshold"]))  # flag rows ranking below it on either
+    if chosen is None or not chosen["reached"] or rows < 1:
+        return None  # the caller falls back to the candidate's own score alone
+    score_cut = float(reference_score[rows - 1])
+    is_oos = ~in_scope
     return {
         **chosen,
         "threshold": score_cut,
-        "neighbour_threshold": neighbour_cut,
+        "neighbour_threshold": float(reference_neighbour[rows - 1]),
         "cut_in_scope_rows": rows,
         "cut_in_scope_share": rows / n_in,
+        # the class's answers above the cut are answered in scope (a margin cut below 0)
+        "answers_class_in_scope": bool(forced_pred is not None and score_cut < 0),
+        "validation_in_scope_accuracy_without_threshold": float(
+            (in_scope & ~by_class & (y_pred == y_true)).sum() / n_in
+        ),
+        "validation_oos_recall_class_only": float(by_class[is_oos].mean()),
     }
 
 
@@ -262,7 +275,8 @@ def out_of_scope_metrics(scores: ClassifyScores) -> dict | None:
     class_only = _oos_block(y_true, y_pred, is_oos, by_class)
     with_threshold = None
     if scores.answered is not None:
-        with_threshold = _oos_block(y_true, y_pred, is_oos, by_class | ~np.asarray(scores.answered, bool))
+        final = scores.final_pred  # an answered class prediction may be answered in scope
+        with_threshold = _oos_block(y_true, final, is_oos, final == scores.oos_index)
     main = with_threshold or class_only
     return {
         "label": scores.labels[scores.oos_index],

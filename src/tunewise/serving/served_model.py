@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunewise.candidates.base import in_scope_margin
+from tunewise.candidates.base import best_in_scope
 from tunewise.config.sections import EvaluateConfig
 from tunewise.core.layout import RunLayout
 from tunewise.evaluation.neighbours import NEIGHBOURS_FILE, OutOfScopeNeighbours
@@ -148,13 +148,15 @@ class ServedModel:
         )
         predictions = self.candidate.predict(frame)
         out = []
-        margins = None
+        margins = best = None
         if self.threshold is not None and self.threshold_score == "in_scope_margin" and len(predictions):
-            margins = in_scope_margin(
+            found = best_in_scope(
                 np.stack([np.asarray(p, dtype=np.float64) for p in predictions["proba"]]),
                 self.labels,
                 self.out_of_scope_label,
             )
+            if found is not None:
+                best, margins = found
             if margins is None:
                 raise ValueError(
                     f"{self.name}: the threshold cuts the in-scope margin but {self.out_of_scope_label!r} "
@@ -169,9 +171,13 @@ class ServedModel:
             out_of_scope = self.threshold is not None and (
                 bool(near_oos[i]) or (cut_on is not None and cut_on < self.threshold)
             )
+            answer = str(row.prediction)
+            if best is not None and not out_of_scope and answer == self.out_of_scope_label:
+                # the evaluation's margin cut sits below 0: a class answer above it is answered in scope
+                answer = self.labels[int(best[i])]
             out.append(
                 {
-                    "prediction": self.out_of_scope_label if out_of_scope else str(row.prediction),
+                    "prediction": self.out_of_scope_label if out_of_scope else answer,
                     "model_prediction": str(row.prediction),
                     "score": score,
                     "out_of_scope": bool(out_of_scope),
