@@ -964,6 +964,16 @@ def test_oos_neighbours_catch_held_out_intents_the_margin_misses(banking77, tmp_
     assert got["oos_recall"] >= before["oos_recall"] + 0.1
     assert got["in_scope_accuracy"] >= before["in_scope_accuracy"] - 0.01
 
+    # the report's candidate table gets the out-of-scope columns, with these figures
+    from tunewise.reporting.sections import candidates_section
+
+    table = candidates_section(tmp_path, both.summary, None)
+    columns = table["other_metrics"]
+    assert {"in_scope_accuracy", "oos_recall", "oos_precision"} <= set(columns)
+    row = table["rows"][0]["others"]
+    assert row[columns.index("oos_recall")] == pytest.approx(got["oos_recall"])
+    assert row[columns.index("in_scope_accuracy")] == pytest.approx(got["in_scope_accuracy"])
+
     saved = neighbours.save(tmp_path / "oos_neighbours.npz")
     with np.load(saved, allow_pickle=False) as arrays:
         assert set(arrays.files) == {"in_scope", "out_of_scope", "meta"}

@@ -156,6 +156,10 @@ def candidates_section(run_dir: Path, evaluation: dict, comparison: dict | None)
         for m in (
             "macro_f1",
             "coverage",
+            # out-of-scope rows in the test set: what the team trades (evaluation.thresholds)
+            "in_scope_accuracy",
+            "oos_recall",
+            "oos_precision",
             "ece",
             "bleu",
             "rouge_l",
