@@ -554,6 +554,9 @@ def test_a_margin_threshold_defers_answers_close_to_the_out_of_scope_class(tmp_p
     neighbours = OutOfScopeNeighbours.fit(
         train["input"].tolist(), train["label"].tolist(), "out_of_scope", "embedded:minilm-l6"
     )
+    (run / "evaluate" / NEIGHBOURS_FILE).write_bytes(b"PK\x03\x04 not a whole archive")
+    with pytest.raises(ServeError, match="not a readable out-of-scope neighbours file"):
+        load_models(run, {"tfidf_lr"})
     neighbours.save(run / "evaluate" / NEIGHBOURS_FILE)
     served = load_models(run, {"tfidf_lr"})["tfidf_lr"]
     assert served.neighbour_threshold == 0.0

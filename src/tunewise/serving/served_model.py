@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,13 @@ def load_models(run_dir: str | Path, candidates: set[str], cfg: Any = None) -> d
                     f"candidate {name!r}: the evaluation cut on out-of-scope neighbours but {saved} is missing; "
                     "run `tunewise evaluate` again"
                 )
-            neighbours = OutOfScopeNeighbours.load(saved)  # one copy for every arm: the training rows'
+            try:  # one copy for every arm: the training rows'
+                neighbours = OutOfScopeNeighbours.load(saved)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a truncated or foreign file
+                raise ServeError(
+                    f"candidate {name!r}: {saved} is not a readable out-of-scope neighbours file "
+                    f"({type(exc).__name__}: {exc}); run `tunewise evaluate --force evaluate` again"
+                ) from None
         models[name] = ServedModel(
             name, candidate, threshold, oos_label, threshold_score, neighbours, neighbour_threshold
         )
