@@ -662,65 +662,6 @@ def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining
     assert not (run_dir / "_checkpoints" / "train").exists()
 
 
-def _split_on_disk(run_dir) -> None:
-    (run_dir / "split").mkdir(parents=True, exist_ok=True)
-    for name, frame in (
-        ("train", toy_frame(40)),
-        ("validation", toy_frame(12, 1, "v")),
-        ("test", toy_frame(15, 2, "t")),
-    ):
-        frame.to_parquet(run_dir / "split" / f"{name}.parquet")
-
-
-def test_side_by_side_candidates_train_as_they_do_one_after_another(tiny_llm, tmp_path):
-    """Two candidates fitted at once, each in a process of its own, give the models and predictions
-    they give one after another at the same thread count; the default turns it on only where it pays."""
-    from tunewise.config.sections import config_from_dict
-    from tunewise.core.machine import measuring_cores
-    from tunewise.pipeline.runner import StageContext
-    from tunewise.pipeline.stages import train as train_stage
-
-    if measuring_cores() < 2:
-        pytest.skip("side by side needs 2 cores")
-    base = config_from_dict(
-        {"task": "classify", "data": {"train": "x.csv"}, "models": {"llm": tiny_llm}}, base_dir=tmp_path
-    )
-    both = ["lora_llm", "encoder_ft"]
-
-    def config(**settings):
-        return base.model_copy(update={"train": quick(candidates=both, max_steps=6, eval_every=3, **settings)})
-
-    unset = {"num_threads": None}
-    assert train_stage.side_by_side_workers(config(**unset), both) == 2  # auto, threads left to tunewise
-    assert train_stage.side_by_side_workers(config(**unset), ["lora_llm"]) == 1  # one candidate to train
-    assert train_stage.side_by_side_workers(config(), both) == 1  # auto, but the user set the threads
-    assert train_stage.side_by_side_workers(config(side_by_side=False, **unset), both) == 1
-    assert train_stage.side_by_side_workers(config(side_by_side=True), both) == 2  # true: with the set threads
-
-    outputs = {}
-    for side_by_side in (False, True):
-        run_dir = tmp_path / f"side_by_side_{side_by_side}"
-        _split_on_disk(run_dir)
-        metrics = train_stage.run(StageContext(config(side_by_side=side_by_side), run_dir, "train"))
-        assert set(metrics["candidates"]) == set(both)
-        outputs[side_by_side] = run_dir / "train"
-    one_after_another, at_once = outputs[False], outputs[True]
-    for name in both:
-        first = json.loads((one_after_another / name / "train_summary.json").read_text())
-        second = json.loads((at_once / name / "train_summary.json").read_text())
-        assert second["runtime"]["threads"] == first["runtime"]["threads"] == 1
-        assert second["validation_curve"] == first["validation_curve"] and second["steps_done"] == 6
-        for suffix in ("", ".validation"):
-            a = pd.read_parquet(one_after_another / "predictions" / f"{name}{suffix}.parquet")
-            b = pd.read_parquet(at_once / "predictions" / f"{name}{suffix}.parquet")
-            assert a["id"].tolist() == b["id"].tolist() and a["prediction"].tolist() == b["prediction"].tolist()
-            assert np.allclose(np.stack(a["proba"]), np.stack(b["proba"]), atol=1e-5), name
-    summary = json.loads((at_once / "summary.json").read_text())
-    assert [entry["name"] for entry in summary["candidates"]] == both  # the configured order, whoever finished first
-    assert (at_once / "lora_llm" / "adapter" / "adapter_model.safetensors").exists()
-    assert not (at_once.parent / "_checkpoints" / "train").exists()
-
-
 def test_train_stage_refuses_a_candidate_of_another_task():
     from tunewise.pipeline.runner import StageError
     from tunewise.pipeline.stages.train import resolve_candidates

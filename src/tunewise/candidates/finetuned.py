@@ -188,13 +188,11 @@ class FineTunedCandidate(Candidate):
         return torch_threads(self.threads_)
 
     @classmethod
-    def from_trained(cls, adapter_dir: str | Path, precision: str | None = None, **kwargs: Any) -> FineTunedCandidate:
-        """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving).
-
-        ``precision`` (``"bf16"`` or ``"fp32"``): of the forward passes; default: bf16 where the CPU has it natively."""
+    def from_trained(cls, adapter_dir: str | Path, **kwargs: Any) -> FineTunedCandidate:
+        """A fitted candidate from the ``adapter/`` folder a train run wrote (for evaluation and serving)."""
 
         model, tokenizer, info = load_trained(adapter_dir, trust_remote_code=kwargs.get("trust_remote_code", False))
-        precision = precision or ("bf16" if native_bf16("cpu") else "fp32")
+        precision = "bf16" if native_bf16("cpu") else "fp32"
         if info["task"] != cls.task or info["method"] != cls.method:
             raise CandidateError(
                 f"{adapter_dir}: trained as {info['method']} for {info['task']}, not a {cls.name} model"
@@ -340,13 +338,12 @@ class LoraGenerator(FineTunedCandidate):
         return generation_predictions(frame, replies, latency)
 
 
-def load_candidate(train_dir: str | Path, name: str, precision: str | None = None, **kwargs: Any) -> FineTunedCandidate:
-    """The fitted candidate ``name`` from a train stage folder (``runs/<id>/train``): evaluation, serving,
-    and the train stage's predictions after a side-by-side fit (``precision``: see ``from_trained``)."""
+def load_candidate(train_dir: str | Path, name: str, **kwargs: Any) -> FineTunedCandidate:
+    """The fitted candidate ``name`` from a train stage folder (``runs/<id>/train``): evaluation, serving."""
     cls = candidate_class(name)
     if not issubclass(cls, FineTunedCandidate):
         raise CandidateError(f"{name!r} is a {cls.kind} candidate, not a fine-tuned one")
     adapter_dir = Path(train_dir) / name / "adapter"
     if not (adapter_dir / "tunewise_train.json").exists():
         raise CandidateError(f"{adapter_dir}: no trained model (run `tunewise train`)")
-    return cls.from_trained(adapter_dir, precision=precision, **kwargs)
+    return cls.from_trained(adapter_dir, **kwargs)

@@ -198,14 +198,6 @@ class TrainConfig(Section):
         "a short probe runs faster on 1 (a machine busy with other processes: one thread "
         "measured up to 6x faster than two there)",
     )
-    side_by_side: bool | Literal["auto"] = Field(
-        "auto",
-        description="train the candidates at once, each in its own process on an equal share of the CPU cores (its "
-        "thread count), then predict one after another on every core. auto: on a CPU with 2+ cores when 2+ candidates "
-        "train, unless num_threads is set or under --nproc (on 2 cores a small model's training gains little from a "
-        "second thread, so two one-thread fits side by side finish sooner than two two-thread fits in turn); "
-        "true: also with num_threads set; false: one after another, each on every core",
-    )
     sample_size: int | None = Field(
         500,
         ge=1,

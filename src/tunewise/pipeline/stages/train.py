@@ -67,25 +67,17 @@ def run(ctx: StageContext) -> dict:
     names = resolve_candidates(cfg.task, section.candidates)
     frames = _read_split(ctx)
     samples = _samples(cfg, frames)
-    entries: dict[str, dict[str, Any]] = {}
-    keys = {name: _finished_key(cfg, name, ctx.run_dir, samples) for name in names}
+    summaries = []
     for name in names:
-        if _restore_finished(RunLayout(ctx.run_dir).finished(name), keys[name], ctx, name):
-            entries[name] = read_json(RunLayout(ctx.run_dir).finished(name) / "summary.json")
+        finished = RunLayout(ctx.run_dir).finished(name)
+        key = _finished_key(cfg, name, ctx.run_dir, samples)
+        if _restore_finished(finished, key, ctx, name):
+            entry = read_json(finished / "summary.json")
             console.print(f"train: {name}: finished before this run was interrupted; restored, not retrained")
-    pending = [name for name in names if name not in entries]
-
-    def finish(name: str, entry: dict[str, Any]) -> None:
-        _save_finished(RunLayout(ctx.run_dir).finished(name), keys[name], ctx, name, entry)
-        entries[name] = entry
-
-    workers = side_by_side_workers(cfg, pending)
-    if workers > 1:
-        _train_side_by_side(ctx, pending, frames, samples, workers, finish)
-    else:
-        for name in pending:
-            finish(name, _train_one(ctx, name, frames, samples))
-    summaries = [entries[name] for name in names]
+        else:
+            entry = _train_one(ctx, name, frames, samples)
+            _save_finished(finished, key, ctx, name, entry)
+        summaries.append(entry)
     shutil.rmtree(ctx.run_dir / "_checkpoints" / "train", ignore_errors=True)  # the stage is done
     write_json(
         ctx.path("summary.json"),
@@ -119,34 +111,16 @@ def _train_one(
     Classifiers predict every row; expensive candidates (the generator: a generation per row)
     predict the paired sample. ``under_trained`` (from train_summary.json) says a cap stopped
     training while validation was still improving."""
-    candidate, fit_seconds = _fit(ctx, name, frames)
-    return _predict_and_summarise(ctx, name, candidate, fit_seconds, frames, samples)
-
-
-def _fit(ctx: StageContext, name: str, frames: dict[str, pd.DataFrame]) -> tuple[Any, float]:
-    """The candidate ``name`` trained (its adapter and curves written to ``train/<name>/``), and the seconds it took."""
-    checkpoints = RunLayout(ctx.run_dir).checkpoints(name)
-    candidate = _candidate(ctx.config, name, str(ctx.path(name)), checkpoints)
-    console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
-    started = time.perf_counter()
-    candidate.fit(frames["train"], frames["validation"])
-    return candidate, time.perf_counter() - started
-
-
-def _predict_and_summarise(
-    ctx: StageContext,
-    name: str,
-    candidate: Any,
-    fit_seconds: float,
-    frames: dict[str, pd.DataFrame],
-    samples: dict[str, list[str]],
-) -> dict[str, Any]:
-    """Predict validation and test with the trained ``candidate``, write them; its summary entry."""
     from tunewise.candidates.registry import check_predictions  # on use: loads scipy, sklearn
     from tunewise.evaluation.baseline import quick_metrics  # on use: loads scipy, sklearn
 
     cfg = ctx.config
     checkpoints = RunLayout(ctx.run_dir).checkpoints(name)
+    candidate = _candidate(cfg, name, str(ctx.path(name)), checkpoints)
+    console.print(f"train: {name} ({candidate.task}) on {len(frames['train'])} rows")
+    started = time.perf_counter()
+    candidate.fit(frames["train"], frames["validation"])
+    fit_seconds = time.perf_counter() - started
     predictions, seconds = {}, {"fit": round(fit_seconds, 3)}
     for split in ("test", "validation"):
         frame = frames[split]
@@ -188,107 +162,6 @@ def _predict_and_summarise(
         console.print(f"[yellow]train: {name}: {entry['under_trained_reason']}[/yellow]")
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: its outputs are what stays
     return entry
-
-
-# -- side by side (train.side_by_side): the candidates fit at once, each in a process of its own on
-# its share of the cores. Why: on 2 cores a small model's training step gains little from the second
-# thread (lora_llm 1.0-1.3x, encoder_ft 1.3x, measured), so two one-thread fits at once finish well
-# before two two-thread fits in turn. Processes, not threads: torch's thread count and its random
-# generator (dropout) are global to a process. The predictions are made here afterwards, one
-# candidate after another on every core, so their latencies are measured as in a run one after another.
-
-
-def side_by_side_workers(cfg: ProjectConfig, pending: list[str]) -> int:
-    """Processes to train ``pending`` in at once; 1: one after another in this process (train.side_by_side)."""
-    from tunewise.training import distributed
-
-    setting, cores = cfg.train.side_by_side, measuring_cores()
-    if setting is False or len(pending) < 2 or cores < 2 or distributed.in_worker():
-        return 1
-    settings = [cfg.train.for_candidate(name) for name in pending]
-    if setting == "auto" and any(s.num_threads is not None for s in settings):
-        return 1  # the user chose the thread count for a run one after another
-    if any(s.device == "cuda" for s in settings):
-        return 1
-    if any(s.device == "auto" for s in settings):
-        import torch
-
-        if torch.cuda.is_available():
-            return 1
-    return min(len(pending), cores)
-
-
-def _train_side_by_side(
-    ctx: StageContext,
-    pending: list[str],
-    frames: dict[str, pd.DataFrame],
-    samples: dict[str, list[str]],
-    workers: int,
-    finish: Any,
-) -> None:
-    """Fit ``pending`` in ``workers`` processes at once, then predict with each here in turn and ``finish`` it.
-
-    A candidate whose fit failed does not stop the others: they are finished (kept for a re-run)
-    and the first failure is raised afterwards."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tunewise.candidates.finetuned import load_candidate
-    from tunewise.core.progress import progress_mode
-
-    threads = max(1, measuring_cores() // workers)
-    console.print(
-        f"train: {', '.join(pending)} side by side, {workers} at once on {threads} thread{'s' * (threads > 1)} each "
-        "(train.side_by_side); predictions follow, one candidate at a time"
-    )
-    fitted: dict[str, tuple[dict[str, Any], float]] = {}
-    failed: list[BaseException] = []
-    # spawn, not fork: a forked child inherits torch's thread pools in whatever state they were
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=spawn, initializer=_child_started, initargs=(progress_mode(),)
-    ) as pool:
-        futures = {name: pool.submit(_fit_in_child, ctx, name, threads) for name in pending}
-        for name, future in futures.items():
-            try:
-                fitted[name] = future.result()
-            except Exception as exc:  # noqa: BLE001 - raised below, once the others are finished
-                failed.append(exc)
-    for name in pending:
-        if name in fitted:
-            summary, fit_seconds = fitted[name]
-            candidate = load_candidate(
-                ctx.dir,
-                name,
-                precision=summary["runtime"]["precision"],
-                trust_remote_code=ctx.config.models.trust_remote_code,
-            )
-            candidate.train_summary_ = summary
-            finish(name, _predict_and_summarise(ctx, name, candidate, fit_seconds, frames, samples))
-    if failed:
-        raise failed[0]
-
-
-def _child_started(parent_progress: str) -> None:
-    """In a side-by-side process: end with the parent; plain progress lines (two Rich bars would fight)."""
-    import os
-
-    from tunewise.core.machine import end_with_parent
-
-    end_with_parent()
-    if parent_progress == "rich":
-        os.environ["TUNEWISE_PROGRESS"] = "log"
-
-
-def _fit_in_child(ctx: StageContext, name: str, threads: int) -> tuple[dict[str, Any], float]:
-    """A side-by-side process's work: fit ``name`` on ``threads`` threads; its training summary and seconds."""
-    cfg = ctx.config
-    section = cfg.train
-    if section.for_candidate(name).num_threads is None:
-        overrides = {**section.overrides, name: {**section.overrides.get(name, {}), "num_threads": threads}}
-        cfg = cfg.model_copy(update={"train": section.model_copy(update={"overrides": overrides})})
-    candidate, fit_seconds = _fit(StageContext(cfg, ctx.run_dir, ctx.name, ctx.options), name, _read_split(ctx))
-    return candidate.train_summary_, fit_seconds
 
 
 # A killed stage is re-run from a clean folder; candidates that had finished are kept aside (with
