@@ -662,6 +662,20 @@ def test_an_interrupted_stage_restores_finished_candidates_instead_of_retraining
     assert not (run_dir / "_checkpoints" / "train").exists()
 
 
+def test_the_thread_probe_takes_the_median_round_so_a_burst_does_not_pick_one_thread():
+    from tunewise.training.runtime import PROBE_ROUNDS, _fastest_thread_count, threads_from_probe
+
+    quiet = [1.3, 1.25, 1.4, 1.28, 1.35]  # one/two-thread time of the probe rounds on an idle 2-core machine
+    assert threads_from_probe(quiet, 2) == 2
+    # the second core taken away for one round (0.5) or two: the old single pair would have picked 1 thread
+    assert threads_from_probe([1.3, 0.5, 1.4, 1.28, 1.35], 2) == 2
+    assert threads_from_probe([0.52, 0.5, 1.4, 1.28, 1.35], 2) == 2
+    # cores busy with other processes in every round: one thread is clearly faster
+    assert threads_from_probe([0.2, 0.35, 0.5, 0.18, 0.3], 2) == 1
+    assert threads_from_probe([0.75, 0.8, 0.9, 0.72, 0.85], 2) == 2  # barely faster on one: not worth losing the second
+    assert PROBE_ROUNDS >= 3 and _fastest_thread_count(1) == 1 and _fastest_thread_count(2) in (1, 2)
+
+
 def test_train_stage_refuses_a_candidate_of_another_task():
     from tunewise.pipeline.runner import StageError
     from tunewise.pipeline.stages.train import resolve_candidates

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,8 +130,12 @@ def activation_gib(base_config: Any, tokens: int, precision: str, *, layers: int
     return tokens * layers * (16 * hidden + 6 * mlp) * bytes_per_value / 2**30
 
 
+PROBE_ROUNDS = 5  # _fastest_thread_count: interleaved rounds of the one- and many-thread probes
+ONE_THREAD_MARGIN = 0.7  # one thread when its probe takes under 0.7x the many-thread one's (median round)
+
+
 def _fastest_thread_count(limit: int) -> int:
-    """``limit`` threads, or 1 if a short probe (a small MLP stack, ~50 ms) runs faster on one.
+    """``limit`` threads, or 1 if a short probe (a small MLP stack, ~50 ms a round) runs clearly faster on one.
 
     With other processes busy on the same cores, OpenMP threads wait for each other at every
     operation: on this project's shared 2-core machine two threads ran training steps 2x and
@@ -158,9 +163,19 @@ def _fastest_thread_count(limit: int) -> int:
         return best
 
     try:
-        return 1 if probe(1) < probe(limit) else limit
+        # The median of interleaved rounds, and one thread only when clearly faster: this 2-core
+        # machine's second core is at times taken away for a few hundred ms, and a single probe pair
+        # then put one thread ahead (2 of 80 times by more than 1.9x) though two threads trained
+        # 1.27x faster over minutes; a wrong pick costs training 1.3-1.4x. Busy cores make one thread
+        # 2-6x faster in every round.
+        return threads_from_probe([probe(1) / probe(limit) for _ in range(PROBE_ROUNDS)], limit)
     finally:
         torch.set_num_threads(before)
+
+
+def threads_from_probe(ratios: list[float], limit: int) -> int:
+    """1 when the median round's one-thread / ``limit``-thread time is under ONE_THREAD_MARGIN, else ``limit``."""
+    return 1 if statistics.median(ratios) < ONE_THREAD_MARGIN else limit
 
 
 def load_base_config(base_path: Path, method: str, trust_remote_code: bool) -> Any:
