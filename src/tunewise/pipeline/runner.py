@@ -130,18 +130,9 @@ def _stage_key(spec: StageSpec, cfg: ProjectConfig, upstream_keys: dict[str, str
         "seed": cfg.seed,
         "sections": {s: cfg.section(s) for s in spec.sections},
         "upstream": {s: upstream_keys.get(s) for s in spec.reads},
-        "files": {_file_name(p, cfg): (file_digest(p) if p.is_file() else None) for p in spec.user_files(cfg)},
+        "files": {str(p): (file_digest(p) if p.is_file() else None) for p in spec.user_files(cfg)},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_name(path: Path, cfg: ProjectConfig) -> str:
-    """A user file's name in a stage key: relative to the project folder when inside it, so a moved or
-    copied project reuses its stages (its content is in the key beside the name)."""
-    try:
-        return Path(path).resolve().relative_to(cfg.base_dir.resolve()).as_posix()
-    except ValueError:  # outside the project folder: the absolute path is its name
-        return str(path)
 
 
 def _marker(run_dir: Path, name: str) -> dict | None:
