@@ -673,7 +673,7 @@ def test_the_thread_probe_takes_the_median_round_so_a_burst_does_not_pick_one_th
     # cores busy with other processes in every round: one thread is clearly faster
     assert threads_from_probe([0.2, 0.35, 0.5, 0.18, 0.3], 2) == 1
     assert threads_from_probe([0.75, 0.8, 0.9, 0.72, 0.85], 2) == 2  # barely faster on one: not worth losing the second
-    assert PROBE_ROUNDS >= 3 and _fastest_thread_count(1) == 1 and _fastest_thread_count(2) in (1, 2)
+    assert PROBE_ROUNDS >= 3 and _fastest_thread_count(1) == 1
 
 
 def test_train_stage_refuses_a_candidate_of_another_task():
