@@ -113,6 +113,8 @@ def make(name: str, args, train_seed: int | None = None):
             settings["max_steps"] = args.max_steps
         if args.eval_max_rows:
             settings["eval_max_rows"] = args.eval_max_rows
+        if args.oos_weight is not None:
+            settings["out_of_scope_weight"] = args.oos_weight
         kwargs.update(train_config=TrainConfig(**settings), seed=args.seed if train_seed is None else train_seed)
     return make_candidate(name, **kwargs)
 
@@ -193,6 +195,12 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps for fine-tuned candidates")
     parser.add_argument(
         "--eval-max-rows", type=int, default=None, help="train.eval_max_rows: validation rows early stopping reads"
+    )
+    parser.add_argument(
+        "--oos-weight",
+        type=float,
+        default=None,
+        help="train.out_of_scope_weight for fine-tuned candidates (default: tunewise's, balanced)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
