@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-BANKING77 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "banking77"
+from bench_evaluate import BANKING77  # noqa: E402 - the bench folder's shared data path
+
 OOS = "out_of_scope"
 
 
