@@ -751,6 +751,13 @@ def test_issue18_10_the_past_key_values_future_warning_is_filtered_and_others_ar
             FutureWarning,
             stacklevel=1,
         )
+        # PEFT's read of the renamed gradient-checkpointing property, once per LoRA training
+        warnings.warn(
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6. "
+            "Use `is_activation_checkpointing` instead.",
+            FutureWarning,
+            stacklevel=1,
+        )
         warnings.warn("`something_else` is deprecated", FutureWarning, stacklevel=1)
         warnings.warn(PKV, UserWarning, stacklevel=1)  # the filter names the category too
     assert [(w.category, str(w.message)) for w in caught] == [

@@ -178,8 +178,9 @@ class EvaluateConfig(Section):
         ge=0,
         le=1,
         description="classify, when validation has out-of-scope rows: the threshold is the highest cut whose "
-        "in-scope cost (validation in-scope accuracy lost against the same model forced to answer in scope) "
-        "stays within this at oos_cost_confidence: the most out-of-scope recall for a bounded in-scope cost",
+        "in-scope cost (the share of in-scope validation rows it answers out of scope, right answers or not, "
+        "against the same model forced to answer in scope: an upper bound on the accuracy lost) stays within "
+        "this at oos_cost_confidence: the most out-of-scope recall for a bounded in-scope cost",
     )
     oos_cost_confidence: float = Field(
         0.9,

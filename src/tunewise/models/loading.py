@@ -191,6 +191,12 @@ _KNOWN_WARNINGS = (
         r"`[\w.]+`\. Use `cache` instead\.",
         FutureWarning,
     ),
+    # PEFT 0.21 reads the model's old `is_gradient_checkpointing` property when it sets up LoRA
+    # training; transformers 5 renamed it. Harmless, and printed once per training run.
+    (
+        r"`is_gradient_checkpointing` is deprecated and will be removed in \S+\. Use `is_activation_checkpointing`",
+        FutureWarning,
+    ),
 )
 
 
